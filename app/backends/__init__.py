@@ -1,0 +1,1 @@
+"""Backends: our engine, llama.cpp in process, and OpenAI-compatible servers."""

@@ -1,0 +1,102 @@
+"""The `duet` command line. Parsing lives here; each command's work lives in its own module,
+imported only when that command runs, so `duet --help` stays fast (no torch, no llama_cpp)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app import __version__
+from app.errors import DuetError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as every other usage error
+        self.exit(2, f"duet: {message} (see 'duet --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="duet", description="Plan with a reasoning model, code with a fast one: offline, in the terminal.")
+    p.add_argument("--version", action="version", version=f"duet {__version__}")
+    p.add_argument("--config", metavar="PATH", help="config file (default: $DUET_CONFIG, then the platform config dir)")
+    p.add_argument("--demo", action="store_true", help="use the built-in demo model (Gemma 3 270M) for both roles")
+    p.add_argument("--workspace", metavar="DIR", default=".", help="project folder the coder may edit (default: .)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    sub.add_parser("tui", help="the TUI (the default command)")
+
+    ask = sub.add_parser("ask", help="one turn, headless: answer to stdout, thinking to stderr")
+    ask.add_argument("prompt", metavar="PROMPT", nargs="+")
+    ask.add_argument("--role", choices=("auto", "reasoner", "coder"), default="auto")
+    ask.add_argument("--json", action="store_true", help="print one JSON object instead")
+    ask.add_argument("--no-save", action="store_true", help="do not save this turn as a session")
+
+    route = sub.add_parser("route", help="show the router's decision for TEXT")
+    route.add_argument("text", metavar="TEXT", nargs="+")
+    route.add_argument("--json", action="store_true")
+    route.add_argument("--after-plan", action="store_true", help="as if a plan was just produced")
+
+    sub.add_parser("doctor", help="check every configured model and backend")
+
+    ex = sub.add_parser("export-traces", help="reasoner turns as a distillation dataset (JSONL)")
+    ex.add_argument("--out", metavar="FILE.jsonl", required=True)
+    ex.add_argument("--since", metavar="DATE", help="only turns on or after this date (YYYY-MM-DD)")
+    ex.add_argument("--min-reasoning-tokens", type=int, default=0, metavar="N")
+    ex.add_argument("--only-applied", action="store_true", help="only plans whose code was applied")
+    ex.add_argument("--format", choices=("fields", "messages"), default="fields")
+    return p
+
+
+def load_user_config(args):
+    from app.config import demo_config, load_config
+    from app.paths import find_config
+
+    if args.demo:
+        return demo_config()
+    return load_config(find_config(args.config))
+
+
+def _run(args) -> int:
+    command = args.command or "tui"
+    if command == "route":
+        from app.router import route
+
+        return _print_route(route(" ".join(args.text), after_plan=args.after_plan), args.json)
+    if command == "export-traces":
+        from app.export_traces import run_export
+
+        return run_export(args)
+    config = load_user_config(args)
+    if command == "doctor":
+        from app.doctor import run_doctor
+
+        return run_doctor(config)
+    if command == "ask":
+        from app.ask import run_ask
+
+        return run_ask(args, config)
+    from app.tui.app import run_tui
+
+    return run_tui(config, args)
+
+
+def _print_route(r, as_json: bool) -> int:
+    if as_json:
+        import json
+
+        print(json.dumps({"role": r.role, "intent": r.intent, "why": r.why}, ensure_ascii=False))
+    else:
+        print(f"{r.role} · {r.intent} — {r.why}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except DuetError as exc:
+        print(f"duet: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("duet: interrupted", file=sys.stderr)
+        return 130

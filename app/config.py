@@ -1,0 +1,267 @@
+"""Duet's configuration: one TOML file, parsed once, validated once.
+
+The schema is data (``SCHEMA`` below): each key with its type, so validation,
+did-you-mean suggestions and the README's reference come from one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from app.errors import ConfigError
+
+BUILTIN = "<built-in defaults>"
+BACKENDS = ("local", "llama.cpp", "openai")
+ROLES = ("reasoner", "coder")
+QUANTS = ("int8", "int4")
+
+# key -> (python types accepted, description). Sections nest as dicts.
+ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "backend": ((str,), '"local" | "llama.cpp" | "openai"'),
+    "url": ((str,), "openai: base url up to /v1"),
+    "model": ((str,), "openai: model name sent to the server"),
+    "api_key_env": ((str,), "openai: env var holding the API key"),
+    "path": ((str,), "local: HF folder; llama.cpp: .gguf file"),
+    "quant": ((str,), "local: int8 | int4"),
+    "device": ((str,), "local/llama.cpp: cpu | cuda"),
+    "dtype": ((str,), "local: bfloat16 | float32"),
+    "context": ((int,), "context window to use (tokens)"),
+    "threads": ((int,), "llama.cpp/local: CPU threads"),
+    "gpu_layers": ((int,), "llama.cpp: layers offloaded to the GPU"),
+    "system_prompt": ((str,), "system prompt (R1 guidance: none)"),
+    "timeout": ((int, float), "openai: seconds to wait for the first byte"),
+}
+SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "temperature": ((int, float), "sampling temperature (0 = greedy)"),
+    "top_p": ((int, float), "nucleus sampling mass"),
+    "max_tokens": ((int,), "most tokens one answer may take"),
+}
+UI_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "resume_last": ((bool,), "reopen the last session on start"),
+    "thinking_pane": ((str,), '"side" | "below" | "hidden"'),
+}
+WORKSPACE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "auto_commit": ((bool,), "git commit each applied change (off by default)"),
+    "max_file_bytes": ((int,), "largest file the coder may edit"),
+}
+TOP_SECTIONS = ("reasoner", "coder", "ui", "workspace")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 8192
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    role: str
+    backend: str = "llama.cpp"
+    url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    path: Path | None = None
+    quant: str | None = None
+    device: str = "cpu"
+    dtype: str = "bfloat16"
+    context: int | None = None
+    threads: int | None = None
+    gpu_layers: int = 0
+    system_prompt: str | None = None
+    timeout: float = 60.0
+    sampling: Sampling = field(default_factory=Sampling)
+    demo: bool = False  # the built-in Gemma 270M demo model
+
+    @property
+    def label(self) -> str:
+        """A short name for the model, for status bars and transcripts."""
+        if self.demo:
+            return "gemma-3-270m (demo)"
+        if self.model:
+            return self.model
+        if self.path is not None:
+            return self.path.name
+        return self.backend
+
+
+@dataclass(frozen=True)
+class UiConfig:
+    resume_last: bool = True
+    thinking_pane: str = "side"
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig:
+    auto_commit: bool = False
+    max_file_bytes: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Config:
+    reasoner: RoleConfig
+    coder: RoleConfig
+    ui: UiConfig = field(default_factory=UiConfig)
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+    source: str = BUILTIN  # the file it came from, for error messages
+
+    def role(self, name: str) -> RoleConfig:
+        return self.reasoner if name == "reasoner" else self.coder
+
+    @property
+    def is_demo(self) -> bool:
+        return self.reasoner.demo and self.coder.demo
+
+
+DEFAULT_SAMPLING = {
+    "reasoner": Sampling(temperature=0.6, top_p=0.95, max_tokens=8192),
+    "coder": Sampling(temperature=0.2, top_p=0.95, max_tokens=4096),
+}
+
+
+def demo_role(role: str) -> RoleConfig:
+    """The built-in demo: Gemma 3 270M through llama.cpp, for both roles."""
+    return RoleConfig(role=role, backend="llama.cpp", context=2048, demo=True,
+                      sampling=replace(DEFAULT_SAMPLING[role], max_tokens=256))
+
+
+def demo_config() -> Config:
+    return Config(reasoner=demo_role("reasoner"), coder=demo_role("coder"))
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate ``path``; ``None`` gives the built-in demo defaults."""
+    if path is None:
+        return demo_config()
+    file = Path(path).expanduser()
+    name = str(file)
+    if not file.is_file():
+        raise ConfigError(name, "", "config file not found")
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(name, "", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, "", f"invalid TOML: {exc}") from None
+    return parse_config(data, source=name, base=file.parent)
+
+
+def parse_config(data: dict, *, source: str = BUILTIN, base: Path | None = None) -> Config:
+    """Validate a parsed TOML table and build the Config it describes."""
+    _check_keys(data, {k: None for k in TOP_SECTIONS}, source, "")
+    for section in TOP_SECTIONS:
+        if section in data and not isinstance(data[section], dict):
+            raise ConfigError(source, section, f"must be a table ([{section}]), got {_tname(data[section])}")
+    roles: dict[str, RoleConfig] = {}
+    for role in ROLES:
+        if role in data:
+            roles[role] = _parse_role(role, data[role], source, base or Path.cwd())
+    if not roles:
+        reasoner, coder = demo_role("reasoner"), demo_role("coder")
+    else:
+        # One configured role serves both, with each role's own sampling defaults.
+        only = next(iter(roles.values()))
+        reasoner = roles.get("reasoner") or replace(only, role="reasoner", sampling=DEFAULT_SAMPLING["reasoner"])
+        coder = roles.get("coder") or replace(only, role="coder", sampling=DEFAULT_SAMPLING["coder"])
+    ui = UiConfig(**_parse_flat(data.get("ui", {}), UI_KEYS, source, "ui"))
+    if ui.thinking_pane not in ("side", "below", "hidden"):
+        raise ConfigError(source, "ui.thinking_pane", f'must be "side", "below" or "hidden", got "{ui.thinking_pane}"')
+    ws = WorkspaceConfig(**_parse_flat(data.get("workspace", {}), WORKSPACE_KEYS, source, "workspace"))
+    return Config(reasoner=reasoner, coder=coder, ui=ui, workspace=ws, source=source)
+
+
+def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
+    sampling_table = table.get("sampling", {})
+    flat = {k: v for k, v in table.items() if k != "sampling"}
+    values = _parse_flat(flat, ROLE_KEYS, source, role)
+    if "sampling" in table and not isinstance(sampling_table, dict):
+        raise ConfigError(source, f"{role}.sampling", f"must be a table, got {_tname(sampling_table)}")
+    sampling = replace(DEFAULT_SAMPLING[role], **_parse_flat(sampling_table, SAMPLING_KEYS, source, f"{role}.sampling"))
+    _check_sampling(sampling, source, role)
+
+    backend = values.get("backend")
+    if backend is None:
+        raise ConfigError(source, f"{role}.backend", f"missing; choose one of {', '.join(BACKENDS)}")
+    if backend not in BACKENDS:
+        hint = _did_you_mean(backend, BACKENDS)
+        raise ConfigError(source, f"{role}.backend", f'unknown backend "{backend}"{hint}; choose one of {", ".join(BACKENDS)}')
+    if "quant" in values and values["quant"] not in QUANTS:
+        raise ConfigError(source, f"{role}.quant", f'must be "int8" or "int4", got "{values["quant"]}"')
+    for key in ("context", "threads"):
+        if key in values and values[key] <= 0:
+            raise ConfigError(source, f"{role}.{key}", f"must be positive, got {values[key]}")
+
+    if backend == "openai":
+        url = values.get("url")
+        if not url:
+            raise ConfigError(source, f"{role}.url", "missing; the openai backend needs the server's base url, e.g. http://127.0.0.1:8000/v1")
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ConfigError(source, f"{role}.url", f'"{url}" is not an http(s) url')
+    else:
+        raw = values.get("path")
+        if not raw:
+            what = "a HF model folder" if backend == "local" else "a .gguf file"
+            raise ConfigError(source, f"{role}.path", f"missing; the {backend} backend needs {what}")
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            path = base / path
+        if backend == "local" and not (path / "config.json").is_file():
+            problem = "no such folder" if not path.exists() else "no config.json in that folder"
+            raise ConfigError(source, f"{role}.path", f"{problem}: {path}")
+        if backend == "llama.cpp" and not path.is_file():
+            raise ConfigError(source, f"{role}.path", f"no such file: {path}")
+        values["path"] = path
+    return RoleConfig(role=role, sampling=sampling, **values)
+
+
+def _check_sampling(s: Sampling, source: str, role: str) -> None:
+    if s.temperature < 0:
+        raise ConfigError(source, f"{role}.sampling.temperature", f"must be >= 0, got {s.temperature}")
+    if not 0 < s.top_p <= 1:
+        raise ConfigError(source, f"{role}.sampling.top_p", f"must be in (0, 1], got {s.top_p}")
+    if s.max_tokens <= 0:
+        raise ConfigError(source, f"{role}.sampling.max_tokens", f"must be positive, got {s.max_tokens}")
+
+
+def _parse_flat(table: dict, schema: dict, source: str, prefix: str) -> dict:
+    _check_keys(table, schema, source, prefix)
+    out = {}
+    for key, value in table.items():
+        types, _ = schema[key]
+        # bool is an int in Python; TOML keeps them apart, so do we.
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            want = " or ".join(_TYPE_NAMES[t] for t in types)
+            raise ConfigError(source, f"{prefix}.{key}", f"must be {want}, got {_tname(value)} {value!r}")
+        out[key] = float(value) if float in types and not isinstance(value, bool) else value
+    return out
+
+
+def _check_keys(table: dict, schema: dict, source: str, prefix: str) -> None:
+    allowed = list(schema) + (["sampling"] if prefix in ROLES else [])
+    for key in table:
+        if key not in allowed:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(source, where, f"unknown key{_did_you_mean(key, allowed)}")
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _tname(value) -> str:
+    return {str: "string", int: "integer", float: "number", bool: "boolean", dict: "table", list: "array"}.get(type(value), type(value).__name__)
