@@ -241,7 +241,7 @@ def _parse_flat(table: dict, schema: dict, source: str, prefix: str) -> dict:
         # bool is an int in Python; TOML keeps them apart, so do we.
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
-            want = " or ".join(_TYPE_NAMES[t] for t in types)
+            want = "a number" if float in types else _TYPE_NAMES[types[0]]
             raise ConfigError(source, f"{prefix}.{key}", f"must be {want}, got {_tname(value)} {value!r}")
         out[key] = float(value) if float in types and not isinstance(value, bool) else value
     return out

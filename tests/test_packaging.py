@@ -1,0 +1,26 @@
+"""The distribution ships every package folder and the prompt templates."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(project["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("app", "local_engine", "kernels")
+        for p in (ROOT / top).rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    assert on_disk <= listed, f"add to pyproject packages: {sorted(on_disk - listed)}"
+    assert project["tool"]["setuptools"]["package-dir"]["app.templates"] == "prompts"
+
+
+def test_console_script_points_at_the_cli():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["duet"] == "app.cli:main"
