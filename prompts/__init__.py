@@ -1,0 +1,1 @@
+"""Prompt templates (installed as the package app.templates; see pyproject.toml)."""
