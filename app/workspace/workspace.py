@@ -1,0 +1,231 @@
+"""``Workspace(root)``: propose the coder's edits, apply them atomically, undo them.
+
+Typical use (the TUI does this after each coder turn)::
+
+    ws = Workspace(root)
+    changes = ws.propose(coder_reply)        # writes nothing
+    accepted = changes.select(files={"a.py"}, hunks={"b.py": {0}})  # or the diff preview
+    ws.apply(accepted)                       # all files or none
+    ws.undo()                                # exact previous bytes, even after a restart
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.errors import DuetError, UsageError
+from app.workspace import safety
+from app.workspace.changeset import ChangeSet, Edit, Rejection
+from app.workspace.edit_blocks import Block, Match, NoMatch, locate, parse
+from app.workspace.history import History, Write, make_parents, remove_empty_dirs, write_all
+from app.workspace.textfile import TextFile
+
+
+class ApplyError(DuetError):
+    """Nothing was written; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply`` did: the files written, notes for the user, the auto-commit (if any)."""
+
+    paths: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+    commit: str | None = None
+
+
+@dataclass
+class _Pending:
+    before: bytes | None
+    file: TextFile | None
+    blocks: list[Block] = field(default_factory=list)
+
+
+class Workspace:
+    """The project folder the coder may edit, and the rules that guard it."""
+
+    def __init__(self, root: str | Path, *, max_file_bytes: int = safety.DEFAULT_MAX_BYTES,
+                 auto_commit: bool = False):
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"{root}: workspace root is not a folder")
+        self.root = Path(os.path.realpath(path))
+        self.max_file_bytes = max_file_bytes
+        self.auto_commit = auto_commit
+        self.history = History(self.root)
+        self.recovered = self.history.recover()  # an apply interrupted by a crash is rolled back
+
+    @classmethod
+    def from_config(cls, root: str | Path, config) -> "Workspace":
+        """A workspace with ``config.workspace``'s limits and auto-commit setting."""
+        ws = config.workspace
+        return cls(root, max_file_bytes=ws.max_file_bytes, auto_commit=ws.auto_commit)
+
+    # ---- propose ------------------------------------------------------------
+    def propose(self, coder_output: str, *, on_top_of: ChangeSet | None = None) -> ChangeSet:
+        """Parse the coder's blocks into edits and rejections; writes nothing.
+
+        With ``on_top_of`` (an earlier round's ChangeSet), the new blocks apply
+        to that round's proposed contents and the result merges both rounds'
+        edits; only the new round's rejections are kept.
+        """
+        blocks, problems = parse(coder_output)
+        rejected = [Rejection(p.path, p.reason) for p in problems]
+        pending: dict[str, _Pending] = {}
+        for e in (on_top_of.edits if on_top_of else ()):
+            pending[e.path] = _Pending(e.before, TextFile.decode(e.after, self.max_file_bytes), list(e.blocks))
+        for block in blocks:
+            try:
+                target = safety.resolve(self.root, block.path)
+                state = pending.get(target.rel)
+                if state is None:
+                    before = safety.read_existing(target, self.max_file_bytes)
+                    file = None if before is None else TextFile.decode(before, self.max_file_bytes)
+                    state = pending[target.rel] = _Pending(before, file)
+                state.file = _apply_block(state.file, block)
+                state.blocks.append(block)
+            except (safety.Unsafe, NoMatch) as exc:
+                rejected.append(Rejection(block.path, f"{exc}", block))
+        edits = []
+        for rel, state in pending.items():
+            if state.file is None:
+                continue
+            try:
+                after = state.file.encode(self.max_file_bytes)
+            except safety.Unsafe as exc:
+                rejected.append(Rejection(rel, str(exc)))
+                continue
+            if after != state.before:
+                edits.append(Edit.make(rel, state.before, after, state.blocks))
+        return ChangeSet(tuple(edits), tuple(rejected))
+
+    # ---- apply / undo -------------------------------------------------------
+    def apply(self, changeset: ChangeSet) -> Applied:
+        """Write every edit in ``changeset`` atomically: all files or none.
+
+        A file that changed on disk since it was proposed is re-matched from the
+        coder's blocks; if that fails (or only some hunks were accepted), nothing
+        is written and ApplyError says which file. Pass ``changeset.select(...)``
+        to apply only what the user accepted.
+        """
+        if not changeset.edits:
+            return Applied(())
+        writes: list[Write] = []
+        notes: list[str] = []
+        seen: set[str] = set()
+        for e in changeset.edits:
+            try:
+                target = safety.resolve(self.root, e.path)
+                current = safety.read_existing(target, self.max_file_bytes)
+            except safety.Unsafe as exc:
+                raise ApplyError(f"{e.path}: {exc}") from None
+            if target.rel in seen:
+                raise ApplyError(f"{e.path}: edited twice in one change set")
+            seen.add(target.rel)
+            after = e.after
+            if current != e.before:
+                after = self._rematch(e, current)
+                notes.append(f"{e.path} changed on disk since the edit was proposed; the edit was re-matched")
+            writes.append(Write(target.rel, target.real, current, after))
+        made: list[str] = []
+        folder = None
+        try:
+            for w in writes:
+                if w.before is None:
+                    made += make_parents(self.root, w.real)
+            folder = self.history.record(writes, made, changeset.summary())
+            write_all(writes)
+        except OSError as exc:
+            if folder is not None:
+                self.history.drop(folder)
+            remove_empty_dirs(self.root, made)
+            raise ApplyError(f"nothing was written: {exc}") from None
+        self.history.mark_applied(folder)
+        commit = None
+        if self.auto_commit:
+            commit, note = self._commit(writes, changeset)
+            notes += [note] if note else []
+        return Applied(tuple(w.rel for w in writes), tuple(notes), commit)
+
+    def undo(self, *, force: bool = False) -> list[str]:
+        """Put back the files of the last apply exactly (created files removed).
+
+        Repeatable: each call undoes one earlier apply. Refuses (HistoryError)
+        when a file was changed since that apply, unless ``force``.
+        """
+        from app.workspace.history import HistoryError
+
+        last = self.history.last()
+        if last is None:
+            raise HistoryError("nothing to undo")
+        folder, info = last
+        try:
+            writes, dirs = self.history.undo_writes(folder, info, force=force)
+        except safety.Unsafe as exc:
+            raise HistoryError(f"cannot undo: {exc}") from None
+        write_all(writes)
+        remove_empty_dirs(self.root, dirs)
+        self.history.drop(folder)
+        return [f["path"] for f in info["files"]]
+
+    @property
+    def can_undo(self) -> bool:
+        return self.history.depth() > 0
+
+    # ---- helpers --------------------------------------------------------------
+    def _rematch(self, edit: Edit, current: bytes | None) -> bytes:
+        stale = f"{edit.path} changed on disk since the edit was proposed"
+        if edit.partial or not edit.blocks:
+            raise ApplyError(f"{stale}; propose it again")
+        try:
+            file = None if current is None else TextFile.decode(current, self.max_file_bytes)
+            for block in edit.blocks:
+                file = _apply_block(file, block)
+            return file.encode(self.max_file_bytes)
+        except (safety.Unsafe, NoMatch) as exc:
+            raise ApplyError(f"{stale} and the edit no longer applies: {str(exc).splitlines()[0]}") from None
+
+    def _commit(self, writes: list[Write], changeset: ChangeSet) -> tuple[str | None, str | None]:
+        """Commit just the written paths; returns (sha, note for the user)."""
+        def git(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["git", "-C", str(self.root), *args], capture_output=True, text=True,
+                                  timeout=30, check=False)
+
+        try:
+            if git("rev-parse", "--is-inside-work-tree").stdout.strip() != "true":
+                return None, None
+            paths = [w.rel for w in writes]
+            parts = []
+            for w in writes:
+                e = changeset.edit(w.rel)
+                verb = "create" if w.before is None else "edit"
+                parts.append(f"{verb} {w.rel}" + (f" (+{e.added} -{e.removed})" if e else ""))
+            message = "duet: " + ", ".join(parts)
+            done = git("add", "--", *paths)
+            if done.returncode == 0:
+                done = git("commit", "-q", "-m", message, "--", *paths)
+            if done.returncode != 0:
+                return None, f"auto-commit failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"
+            return git("rev-parse", "HEAD").stdout.strip(), None
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"auto-commit failed: {exc}"
+
+
+def _apply_block(file: TextFile | None, block: Block) -> TextFile:
+    """``file`` with ``block`` applied (``None``: the file does not exist yet)."""
+    creating = not any(line.strip() for line in block.search)
+    if creating:
+        if file is None:
+            return TextFile.new(block.replace)
+        if not file.bodies:
+            file.replace(Match(0, 0, block.replace))
+            return file
+        raise NoMatch("SEARCH is empty but the file already exists; an empty SEARCH only creates "
+                      "new files: quote the lines to change")
+    if file is None:
+        raise NoMatch("file does not exist; to create it, use an empty SEARCH section")
+    file.replace(locate(file.bodies, block))
+    return file
