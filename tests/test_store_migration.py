@@ -108,3 +108,12 @@ def test_a_corrupt_database_is_kept_aside_with_a_warning_and_a_fresh_one_started
     with SessionStore.open() as again:
         assert again.warning is None
         assert [s.id for s in again.list_sessions()] == [sid]
+
+
+def test_an_unopenable_database_path_is_a_one_line_error_naming_it():
+    from app.errors import DuetError
+
+    (data_dir() / "sessions.db").mkdir()
+    with pytest.raises(DuetError) as caught:
+        SessionStore.open()
+    assert "sessions.db" in str(caught.value) and "\n" not in str(caught.value)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from app.errors import DuetError
 from app.store import writers
 from app.store.recorder import ReplyRecorder
 from app.store.schema import MIGRATIONS, VERSION
@@ -176,7 +177,7 @@ class SessionStore:
             store = cls._fallback(beside, warning)
         except sqlite3.DatabaseError as exc:
             if not _broken(exc):
-                raise
+                raise DuetError(f"{path}: cannot open the session database: {exc}") from None
             kept = _set_aside(path)
             warning = f"{path} is damaged ({exc}); kept as {kept.name}, starting a fresh one"
             store = cls._fallback(path, warning)
