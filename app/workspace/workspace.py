@@ -19,6 +19,7 @@ from pathlib import Path
 from app.errors import DuetError, UsageError
 from app.workspace import safety
 from app.workspace.changeset import ChangeSet, Edit, Rejection
+from app.workspace.context import FileContext
 from app.workspace.edit_blocks import Block, Match, NoMatch, locate, parse
 from app.workspace.history import History, Write, make_parents, remove_empty_dirs, write_all
 from app.workspace.textfile import TextFile
@@ -55,6 +56,7 @@ class Workspace:
         self.root = Path(os.path.realpath(path))
         self.max_file_bytes = max_file_bytes
         self.auto_commit = auto_commit
+        self.context = FileContext(self.root, max_file_bytes=max_file_bytes)  # files the coder sees
         self.history = History(self.root)
         self.recovered = self.history.recover()  # an apply interrupted by a crash is rolled back
 
@@ -170,6 +172,12 @@ class Workspace:
         remove_empty_dirs(self.root, dirs)
         self.history.drop(folder)
         return [f["path"] for f in info["files"]]
+
+    def review(self):
+        """Material for ``/review``: the files in context, else the uncommitted git diff."""
+        from app.workspace.review import review_material
+
+        return review_material(self.context)
 
     @property
     def can_undo(self) -> bool:

@@ -1,0 +1,317 @@
+"""The files the coder sees: add/drop files and folders, token estimates, outline.
+
+Folders are walked with ``.gitignore`` rules (every ``.gitignore`` on the way,
+matched by ``pathspec``'s git-ignore semantics); ``.git/`` is always skipped;
+files the safety rules refuse (binary, non-UTF-8, too large, outside the root)
+are skipped with the reason. A file named explicitly is added even if ignored,
+as ``git add -f`` would.
+
+Token counts are estimates (about four characters a token) unless a counter
+is passed in. The outline lists paths and top-level symbols parsed with
+tree-sitter: grammars come from ``tree_sitter_language_pack`` when it has them
+locally, else from a per-language grammar package (``tree_sitter_python``, ...);
+files of a language with neither are listed by path only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import pathspec
+
+from app.workspace import safety
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token: what code averages with BPE vocabularies."""
+    return (len(text) + 3) // 4
+
+
+@dataclass(frozen=True)
+class Added:
+    added: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]  # (path, reason)
+
+
+@dataclass(frozen=True)
+class Budget:
+    per_file: dict[str, int]
+    total: int
+    window: int | None
+
+    @property
+    def fits(self) -> bool:
+        return self.window is None or self.total <= self.window
+
+    def describe(self) -> str:
+        if self.window is None:
+            return f"~{self.total:,} tokens in {len(self.per_file)} files"
+        pct = 100 * self.total / max(1, self.window)
+        return f"~{self.total:,} of {self.window:,} tokens ({pct:.0f}%) in {len(self.per_file)} files"
+
+
+class Ignore:
+    """``.gitignore`` rules of a tree; each file's patterns apply below its folder."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._specs: dict[str, pathspec.GitIgnoreSpec | None] = {}
+
+    def _spec(self, folder: str) -> pathspec.GitIgnoreSpec | None:
+        if folder not in self._specs:
+            file = self.root / folder / ".gitignore"
+            try:
+                lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+                self._specs[folder] = pathspec.GitIgnoreSpec.from_lines(lines)
+            except OSError:
+                self._specs[folder] = None
+        return self._specs[folder]
+
+    def ignored(self, rel: str, is_dir: bool = False) -> bool:
+        parts = rel.split("/")
+        if ".git" in (p.lower() for p in parts):
+            return True
+        for depth in range(len(parts)):
+            folder = "/".join(parts[:depth])
+            spec = self._spec(folder)
+            if spec is None:
+                continue
+            sub = "/".join(parts[depth:]) + ("/" if is_dir else "")
+            if spec.match_file(sub):
+                return True
+        return False
+
+
+class FileContext:
+    """The set of files in the coder's context, relative to ``root``, in the order added."""
+
+    def __init__(self, root: str | Path, *, max_file_bytes: int = safety.DEFAULT_MAX_BYTES,
+                 count_tokens: Callable[[str], int] = estimate_tokens):
+        self.root = Path(os.path.realpath(root))
+        self.max_file_bytes = max_file_bytes
+        self.count_tokens = count_tokens
+        self.ignore = Ignore(self.root)
+        self._files: list[str] = []
+
+    @property
+    def files(self) -> list[str]:
+        return list(self._files)
+
+    def add(self, path: str) -> Added:
+        """Add a file, or every non-ignored text file under a folder."""
+        added, skipped = [], []
+        try:
+            rel = "." if path.strip() in ("", ".", "./") else safety.clean_relative(path)
+        except safety.Unsafe as exc:
+            return Added((), ((path, str(exc)),))
+        start = self.root / rel
+        if start.is_dir() and not start.is_symlink():
+            names = self.walk(rel)
+        elif start.exists() or start.is_symlink():
+            names = [rel]
+        else:
+            return Added((), ((path, "no such file or folder"),))
+        for name in names:
+            reason = self._check(name)
+            if reason:
+                skipped.append((name, reason))
+            elif name not in self._files:
+                self._files.append(name)
+                added.append(name)
+        return Added(tuple(added), tuple(skipped))
+
+    def drop(self, path: str) -> list[str]:
+        """Remove a file, or every file under a folder; returns what was removed."""
+        rel = path.strip().replace("\\", "/").strip("/")
+        gone = [f for f in self._files if rel in ("", ".") or f == rel or f.startswith(rel + "/")]
+        self._files = [f for f in self._files if f not in gone]
+        return gone
+
+    def clear(self) -> None:
+        self._files = []
+
+    def read(self, rel: str) -> str | None:
+        try:
+            target = safety.resolve(self.root, rel)
+            data = safety.read_existing(target, self.max_file_bytes)
+            return None if data is None else safety.decode_text(data, self.max_file_bytes)[0]
+        except (safety.Unsafe, OSError):
+            return None
+
+    def budget(self, window: int | None = None) -> Budget:
+        """Token estimate per file and in total, against ``window`` (the coder's context)."""
+        per = {f: self.count_tokens(self.read(f) or "") for f in self._files}
+        return Budget(per, sum(per.values()), window)
+
+    def render(self, *, numbered: bool = False) -> str:
+        """The files' contents for a prompt, each under its path in a fence."""
+        out = []
+        for f in self._files:
+            text = self.read(f)
+            if text is None:
+                continue
+            out.append(f"{f}\n```\n{number_lines(text) if numbered else text.rstrip(chr(10))}\n```")
+        return "\n\n".join(out)
+
+    def walk(self, start: str = ".") -> list[str]:
+        """Every non-ignored file under ``start`` (relative paths, sorted; symlinked folders not followed)."""
+        found = []
+        base = self.root / start
+        for folder, dirs, names in os.walk(base):
+            rel_folder = Path(folder).relative_to(self.root).as_posix()
+            prefix = "" if rel_folder == "." else rel_folder + "/"
+            dirs[:] = sorted(d for d in dirs if not self.ignore.ignored(prefix + d, is_dir=True))
+            found += [prefix + n for n in sorted(names) if not self.ignore.ignored(prefix + n)]
+        return found
+
+    def outline(self, paths: list[str] | None = None, *, max_chars: int = 20_000) -> str:
+        """Paths with their top-level symbols (all project files unless ``paths``)."""
+        lines: list[str] = []
+        size = 0
+        names = paths if paths is not None else [p for p in self.walk() if not self._check(p)]
+        for rel in names:
+            text = self.read(rel)
+            entry = [rel] + ["  " + s for s in (symbols(rel, text) if text is not None else [])]
+            size += sum(len(x) + 1 for x in entry)
+            if size > max_chars:
+                lines.append(f"... ({len(names) - names.index(rel)} more files)")
+                break
+            lines += entry
+        return "\n".join(lines)
+
+    def _check(self, rel: str) -> str | None:
+        try:
+            target = safety.resolve(self.root, rel)
+            data = safety.read_existing(target, self.max_file_bytes)
+            if data is None:
+                return "no such file"
+            safety.decode_text(data, self.max_file_bytes)
+        except safety.Unsafe as exc:
+            return str(exc)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+
+
+def number_lines(text: str) -> str:
+    """``text`` with right-aligned 1-based line numbers: ``  12 | code``."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    width = len(str(len(lines)))
+    return "\n".join(f"{i:>{width}} | {line}" for i, line in enumerate(lines, 1))
+
+
+# ---- tree-sitter outline ----------------------------------------------------
+
+# language -> (module, function) for the per-language grammar packages
+GRAMMAR_PACKAGES = {
+    "python": ("tree_sitter_python", "language"),
+    "javascript": ("tree_sitter_javascript", "language"),
+    "typescript": ("tree_sitter_typescript", "language_typescript"),
+    "tsx": ("tree_sitter_typescript", "language_tsx"),
+    "go": ("tree_sitter_go", "language"),
+    "rust": ("tree_sitter_rust", "language"),
+}
+_DEFINITIONS = ("definition", "declaration", "_item", "class", "function", "method", "struct",
+                "enum", "trait", "impl", "interface", "type_alias", "module")
+
+
+def language_of(rel: str) -> str | None:
+    try:
+        import tree_sitter_language_pack as pack
+
+        return pack.detect_language_from_path(rel)
+    except Exception:  # noqa: BLE001 - unknown extension or a pack without the function
+        return None
+
+
+@lru_cache(maxsize=None)
+def parser_for(language: str):
+    """A tree-sitter Parser for ``language`` available offline, or None."""
+    try:
+        import tree_sitter_language_pack as pack
+
+        if language in set(pack.downloaded_languages()):
+            return pack.get_parser(language)
+    except Exception:  # noqa: BLE001 - the pack is optional at run time
+        pass
+    spec = GRAMMAR_PACKAGES.get(language)
+    if spec is None:
+        return None
+    try:
+        import tree_sitter
+
+        module = importlib.import_module(spec[0])
+        return tree_sitter.Parser(tree_sitter.Language(getattr(module, spec[1])()))
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def symbols(rel: str, text: str) -> list[str]:
+    """Top-level definitions of a source file, one short line each (classes list their methods)."""
+    language = language_of(rel)
+    parser = parser_for(language) if language else None
+    if parser is None:
+        return []
+    source = text.encode("utf-8")
+    tree = parser.parse(source)
+    out = []
+    for node in tree.root_node.named_children:
+        node = _unwrap(node)
+        if node is None:
+            continue
+        line = _signature(source, node)
+        members = _members(source, node)
+        if members:
+            line += f"  [{', '.join(members[:12])}{', ...' if len(members) > 12 else ''}]"
+        out.append(line)
+    return out
+
+
+def _unwrap(node):
+    """The definition inside decorators/exports, or None if ``node`` defines nothing."""
+    if node.type in ("decorated_definition", "export_statement"):
+        inner = node.child_by_field_name("definition") or node.child_by_field_name("declaration")
+        return _unwrap(inner) if inner is not None else None
+    if node.type == "expression_statement" and node.named_child_count == 1:
+        child = node.named_children[0]
+        if child.type == "assignment" and child.child_by_field_name("left") is not None \
+                and child.child_by_field_name("left").type == "identifier":
+            return child
+        return None
+    if node.type in ("lexical_declaration", "variable_declaration", "const_declaration", "var_declaration"):
+        return node
+    return node if any(k in node.type for k in _DEFINITIONS) else None
+
+
+def _signature(source: bytes, node) -> str:
+    if node.type == "assignment":
+        return source[node.child_by_field_name("left").start_byte:node.child_by_field_name("left").end_byte] \
+            .decode("utf-8", "replace") + " = ..."
+    body = node.child_by_field_name("body")
+    end = body.start_byte if body is not None else node.end_byte
+    head = source[node.start_byte:end].decode("utf-8", "replace")
+    head = " ".join(head.split())
+    head = head.rstrip(":{ ").rstrip()
+    return head if len(head) <= 100 else head[:97] + "..."
+
+
+def _members(source: bytes, node) -> list[str]:
+    body = node.child_by_field_name("body")
+    if body is None or "class" not in node.type and "impl" not in node.type and "trait" not in node.type:
+        return []
+    names = []
+    for child in body.named_children:
+        child = _unwrap(child) if child.type in ("decorated_definition",) else child
+        if child is None:
+            continue
+        name = child.child_by_field_name("name")
+        if name is not None and ("function" in child.type or "method" in child.type):
+            names.append(source[name.start_byte:name.end_byte].decode("utf-8", "replace"))
+    return names
