@@ -1,0 +1,145 @@
+"""File context (.gitignore, token budget, outline) and /review material."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.workspace import Workspace
+from app.workspace.context import FileContext, number_lines, parser_for, symbols
+
+
+@pytest.fixture
+def proj(tmp_path) -> Path:
+    root = tmp_path / "proj"
+    (root / "src" / "pkg").mkdir(parents=True)
+    (root / "build").mkdir()
+    (root / ".git").mkdir()
+    (root / ".gitignore").write_text("build/\n*.log\n")
+    (root / "src" / ".gitignore").write_text("generated_*.py\n!generated_keep.py\n")
+    (root / "src" / "main.py").write_text("import os\n\n\ndef main():\n    return 0\n")
+    (root / "src" / "pkg" / "util.py").write_text("class Helper:\n    def run(self):\n        pass\n")
+    (root / "src" / "generated_api.py").write_text("x = 1\n")
+    (root / "src" / "generated_keep.py").write_text("y = 1\n")
+    (root / "build" / "out.py").write_text("z = 1\n")
+    (root / "debug.log").write_text("log\n")
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (root / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    return root
+
+
+def test_adding_a_folder_respects_every_gitignore_and_skips_git(proj):
+    added = FileContext(proj).add(".")
+    assert list(added.added) == [".gitignore", "src/.gitignore", "src/generated_keep.py", "src/main.py",
+                                 "src/pkg/util.py"]
+    assert dict(added.skipped) == {"logo.png": "binary file (contains NUL bytes)"}
+
+
+def test_a_file_named_explicitly_is_added_even_if_ignored(proj):
+    ctx = FileContext(proj)
+    assert ctx.add("build/out.py").added == ("build/out.py",)
+
+
+def test_paths_outside_the_root_are_not_added(proj):
+    ctx = FileContext(proj)
+    assert ctx.add("../proj/src/main.py").added == ()
+    assert ctx.add("/etc/passwd").added == ()
+    assert ctx.add("missing.py").skipped == (("missing.py", "no such file or folder"),)
+
+
+def test_dropping_a_folder_drops_the_files_under_it(proj):
+    ctx = FileContext(proj)
+    ctx.add("src")
+    assert ctx.drop("src/pkg") == ["src/pkg/util.py"]
+    assert "src/main.py" in ctx.files and "src/pkg/util.py" not in ctx.files
+
+
+def test_the_budget_counts_tokens_per_file_and_in_total_against_the_window(proj):
+    ctx = FileContext(proj)
+    ctx.add("src/main.py")
+    ctx.add("src/pkg/util.py")
+    budget = ctx.budget(window=10)
+    assert set(budget.per_file) == {"src/main.py", "src/pkg/util.py"}
+    assert budget.total == sum(budget.per_file.values()) > 10
+    assert not budget.fits and "of 10 tokens" in budget.describe()
+    assert ctx.budget(window=10_000).fits
+
+
+def test_a_custom_token_counter_is_used(proj):
+    ctx = FileContext(proj, count_tokens=lambda text: len(text.split()))
+    ctx.add("src/main.py")
+    assert ctx.budget().per_file == {"src/main.py": 6}
+
+
+def test_render_puts_each_file_under_its_path_optionally_numbered(proj):
+    ctx = FileContext(proj)
+    ctx.add("src/pkg/util.py")
+    assert ctx.render() == "src/pkg/util.py\n```\nclass Helper:\n    def run(self):\n        pass\n```"
+    assert "1 | class Helper:\n2 |     def run(self):" in ctx.render(numbered=True)
+
+
+def test_number_lines_aligns_numbers():
+    assert number_lines("".join(f"l{i}\n" for i in range(10))).split("\n")[0] == " 1 | l0"
+
+
+@pytest.mark.skipif(parser_for("python") is None, reason="no offline Python grammar")
+def test_the_outline_lists_paths_and_top_level_symbols_from_tree_sitter(proj):
+    outline = FileContext(proj).outline()
+    assert "src/main.py\n  def main()" in outline
+    assert "src/pkg/util.py\n  class Helper  [run]" in outline
+    assert "build/out.py" not in outline and "logo.png" not in outline
+
+
+@pytest.mark.skipif(parser_for("python") is None, reason="no offline Python grammar")
+def test_symbols_see_through_decorators_and_skip_imports_and_nested_code():
+    source = ("import os\n@cache\ndef f(a, b=1) -> int:\n    def inner(): pass\n    return a\n"
+              "class A(Base):\n    @property\n    def p(self): return 1\nLIMIT: int = 3\n")
+    assert symbols("m.py", source) == ["def f(a, b=1) -> int", "class A(Base)  [p]", "LIMIT = ..."]
+
+
+def test_files_in_an_unknown_language_are_listed_by_path_only(proj):
+    (proj / "notes.unknownext").write_text("def looks_like_code(): pass\n")
+    assert symbols("notes.unknownext", "def x(): pass\n") == []
+    assert "notes.unknownext\n" in FileContext(proj).outline() + "\n"
+
+
+def test_the_outline_is_cut_at_the_size_limit(proj):
+    outline = FileContext(proj).outline(max_chars=30)
+    assert outline.endswith("more files)")
+
+
+def test_review_with_files_in_context_numbers_their_lines(proj):
+    ws = Workspace(proj)
+    ws.context.add("src/main.py")
+    review = ws.review()
+    assert review.kind == "files" and review.files == ("src/main.py",)
+    assert "4 | def main():" in review.text and "src/main.py" in review.note
+
+
+def test_review_with_nothing_in_context_outside_git_says_there_is_nothing(tmp_path):
+    review = Workspace(tmp_path).review()
+    assert review.kind == "none" and "not a git repository" in review.note
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_review_with_nothing_in_context_uses_the_uncommitted_git_diff_and_says_so(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "Test")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    ws = Workspace(tmp_path)
+    assert ws.review().kind == "none" and "no uncommitted changes" in ws.review().note
+    (tmp_path / "a.py").write_text("x = 2\n")
+    (tmp_path / "new.py").write_text("y = 1\n")
+    review = ws.review()
+    assert review.kind == "diff" and review.files == ("a.py",)
+    assert "uncommitted changes (git diff HEAD)" in review.note and "1 untracked" in review.note
+    assert "-x = 1\n+x = 2" in review.text and "new.py" in review.text
