@@ -55,8 +55,14 @@ class ThinkSplitter:
             out += self._drain(final=False)  # content held so far was the answer
         return out + self._thinking(text)
 
-    def finish(self) -> list[Piece]:
-        """Flush what is held; the stream is over."""
+    def finish(self, *, interrupted: bool = False) -> list[Piece]:
+        """Flush what is held; the stream is over.
+
+        ``interrupted``: it stopped early (cancelled, failed). Text still undecided then
+        counts as thinking: a reasoner cut off mid-thought has not reached `</think>`.
+        """
+        if interrupted and self._state == "hold":
+            self._state = "think"
         out = self._drain(final=True)
         self._held_ws = ""
         return out

@@ -1,0 +1,76 @@
+"""What every backend shares: the message type, the protocol, and turning split text into events."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.backends.events import AnswerDelta, Done, Event, Failed, ThinkingDelta
+from app.config import Sampling
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a conversation. ``thinking`` is kept for the record, never sent to a model."""
+
+    role: str  # "system" | "user" | "assistant"
+    content: str
+    thinking: str = ""
+
+
+@dataclass(frozen=True)
+class ServerUnreachable(Failed):
+    """Nothing was sent: the server refused the connection or never answered it."""
+
+
+class Backend(Protocol):
+    """Takes messages and sampling, yields events; ends with exactly one Done or Failed.
+
+    Setting ``cancel`` stops generation promptly: the stream ends with
+    Done(finish_reason="cancelled") and the model/connection is free for the next turn.
+    """
+
+    label: str
+
+    def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
+               cancel: threading.Event | None = None) -> Iterator[Event]: ...
+
+    def close(self) -> None: ...
+
+
+def wire_messages(messages: Iterable[ChatMessage]) -> list[dict]:
+    """Messages as chat APIs and chat templates take them: role and content, no thinking."""
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def piece_events(pieces: Iterable[tuple[str, str]]) -> list[Event]:
+    """ThinkSplitter pieces as backend events."""
+    return [ThinkingDelta(text) if kind == "thinking" else AnswerDelta(text) for kind, text in pieces if text]
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A server's message squeezed to one line a person can read."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class Clock:
+    """Time to first token and total time of one turn."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.first: float | None = None
+
+    def token(self) -> None:
+        if self.first is None:
+            self.first = time.monotonic() - self.start
+
+    def done(self, finish_reason: str) -> Done:
+        return Done(finish_reason=finish_reason, first_token_s=self.first, total_s=time.monotonic() - self.start)
+
+
+def cancelled(cancel: threading.Event | None) -> bool:
+    return cancel is not None and cancel.is_set()

@@ -1,0 +1,141 @@
+"""A GGUF model through llama-cpp-python, in process.
+
+Loaded once on first use and kept; two roles on the same file share one `Llama` (see
+`make_backend`), one turn at a time. The prompt is rendered with the GGUF's own chat
+template (Gemma's format for Gemma files that carry none, ChatML for the rest), so we know
+whether it ends inside an open `<think>` block and split the output accordingly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.backends.base import ChatMessage, Clock, cancelled, piece_events, wire_messages
+from app.backends.events import Event, Failed, Usage
+from app.config import RoleConfig, Sampling
+from app.errors import DuetError
+from local_engine.reasoning import ThinkSplitter, prompt_opens_thinking
+
+DEFAULT_CONTEXT = 8192  # when the config gives none: the model's own, capped here
+
+
+class LlamaModel:
+    """One loaded GGUF, shared by every backend that points at the same file and settings."""
+
+    def __init__(self, path: Path, *, context: int | None, threads: int | None, gpu_layers: int, device: str):
+        self.path = Path(path)
+        self.context, self.threads, self.gpu_layers, self.device = context, threads, gpu_layers, device
+        self.lock = threading.Lock()  # one generation at a time
+        self._llm = None
+        self._format = None
+
+    def load(self):
+        if self._llm is not None:
+            return self._llm
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise DuetError("the llama.cpp backend needs llama-cpp-python: pip install llama-cpp-python") from None
+        from app.gguf_meta import context_length
+
+        n_ctx = self.context or min(context_length(self.path) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+        gpu_layers = -1 if self.device == "cuda" and self.gpu_layers == 0 else self.gpu_layers
+        try:
+            self._llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=self.threads,
+                              n_gpu_layers=gpu_layers, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise DuetError(f"{self.path}: llama.cpp could not load it ({exc})") from None
+        self._format = _chat_formatter(self._llm)
+        return self._llm
+
+    def render(self, messages: list[dict]):
+        """(prompt text, stop strings, whether the template already added BOS)."""
+        self.load()
+        result = self._format(messages=messages)
+        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        return result.prompt, stop, result.added_special
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+
+def _chat_formatter(llm):
+    from llama_cpp import llama_chat_format
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if template:
+        def text(token_id: int) -> str:
+            return llm.detokenize([token_id], special=True).decode("utf-8", errors="replace") if token_id >= 0 else ""
+
+        return llama_chat_format.Jinja2ChatFormatter(template=template, eos_token=text(llm.token_eos()),
+                                                     bos_token=text(llm.token_bos()))
+    arch = llm.metadata.get("general.architecture", "")
+    return llama_chat_format.format_gemma if arch.startswith("gemma") else llama_chat_format.format_chatml
+
+
+class LlamaCppBackend:
+    def __init__(self, rc: RoleConfig, model: LlamaModel):
+        self.rc = rc
+        self.label = rc.label
+        self.model = model
+
+    def close(self) -> None:
+        self.model.close()
+
+    def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
+               cancel: threading.Event | None = None) -> Iterator[Event]:
+        clock = Clock()
+        with self.model.lock:
+            try:
+                llm = self.model.load()
+                prompt, stop, added_special = self.model.render(wire_messages(messages))
+                tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=not added_special, special=True)
+            except DuetError as exc:
+                yield Failed(str(exc))
+                return
+            except Exception as exc:  # a template that raises, a tokenizer error: report, don't crash
+                yield Failed(f"{self.model.path.name}: could not build the prompt ({type(exc).__name__}: {exc})")
+                return
+            if len(tokens) >= llm.n_ctx():
+                yield Failed(f"the prompt is {len(tokens)} tokens but {self.rc.role}.context is {llm.n_ctx()}: "
+                             f"start a new session or raise {self.rc.role}.context")
+                return
+            splitter = ThinkSplitter(opened=prompt_opens_thinking(prompt))
+            generated = [0]
+
+            def count(_ids, scores):  # called once per sampled token
+                generated[0] += 1
+                return scores
+
+            from llama_cpp import LogitsProcessorList
+
+            max_tokens = min(sampling.max_tokens, llm.n_ctx() - len(tokens))
+            finish = None
+            chunks = llm.create_completion(tokens, stream=True, max_tokens=max_tokens, temperature=sampling.temperature,
+                                           top_p=sampling.top_p, stop=stop, logits_processor=LogitsProcessorList([count]))
+            try:
+                for chunk in chunks:
+                    if cancelled(cancel):
+                        break
+                    choice = chunk["choices"][0]
+                    if choice.get("text"):
+                        clock.token()
+                        yield from piece_events(splitter.feed(choice["text"]))
+                    finish = choice.get("finish_reason") or finish
+            except Exception as exc:
+                yield from piece_events(splitter.finish(interrupted=True))
+                yield Failed(f"llama.cpp stopped mid-answer ({type(exc).__name__}: {exc})")
+                return
+            finally:
+                chunks.close()  # frees the model for the next turn
+            if cancelled(cancel):
+                yield from piece_events(splitter.finish(interrupted=True))
+                yield clock.done("cancelled")
+                return
+            yield from piece_events(splitter.finish())
+            yield Usage(prompt_tokens=len(tokens), completion_tokens=generated[0])
+            yield clock.done(finish or "stop")

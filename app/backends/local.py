@@ -1,0 +1,127 @@
+"""Our own engine (`local_engine.Engine`) in process, in the calling thread.
+
+The TUI calls `stream` from a worker thread; cancelling is checked between tokens. The
+prompt comes from the checkpoint's own chat template, so an R1 template that ends with
+`<think>` tells the splitter the output starts inside the thinking.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.backends.base import ChatMessage, Clock, cancelled, piece_events, wire_messages
+from app.backends.events import Event, Failed, Usage
+from app.config import RoleConfig, Sampling
+from app.errors import DuetError
+from local_engine.reasoning import ThinkSplitter, prompt_opens_thinking
+
+DEFAULT_CONTEXT = 4096
+
+
+class LocalModel:
+    """One loaded Engine, shared by every backend on the same folder and settings."""
+
+    def __init__(self, path: Path, *, device: str, dtype: str, quant: str | None, context: int | None):
+        self.path = Path(path)
+        self.device, self.dtype, self.quant = device, dtype, quant
+        self.context = context or DEFAULT_CONTEXT
+        self.lock = threading.Lock()
+        self.engine = None
+
+    def load(self):
+        if self.engine is None:
+            try:
+                from local_engine import Engine
+            except ImportError as exc:
+                raise DuetError(f"the local backend cannot start: {exc}") from None
+            self.engine = Engine.load(str(self.path), device=self.device, dtype=self.dtype, quant=self.quant,
+                                      max_seq_len=self.context)
+        return self.engine
+
+    def close(self) -> None:
+        self.engine = None
+
+
+class Detokenizer:
+    """Token ids in, text out, never splitting a UTF-8 character (Chinese spans tokens)."""
+
+    def __init__(self, decode):
+        self.decode = decode
+        self.ids: list[int] = []
+        self._prefix = 0  # ids[_prefix:_read] is the context already turned into text
+        self._read = 0
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.decode(self.ids[self._prefix:self._read])
+        now = self.decode(self.ids[self._prefix:])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.ids)
+            return now[len(before):]
+        return ""
+
+
+def _stop_ids(tokenizer) -> list[int] | None:
+    for name in ("eos_token_id", "eos_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return [value]
+        if isinstance(value, (list, tuple)) and value:
+            return list(value)
+    return None
+
+
+class LocalBackend:
+    def __init__(self, rc: RoleConfig, model: LocalModel):
+        self.rc = rc
+        self.label = rc.label
+        self.model = model
+
+    def close(self) -> None:
+        self.model.close()
+
+    def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
+               cancel: threading.Event | None = None) -> Iterator[Event]:
+        clock = Clock()
+        with self.model.lock:
+            try:
+                engine = self.model.load()
+                tokenizer = engine.tokenizer
+                prompt = tokenizer.apply_chat_template(wire_messages(messages), add_generation_prompt=True)
+                ids = list(tokenizer.encode(prompt))
+            except DuetError as exc:
+                yield Failed(str(exc))
+                return
+            except Exception as exc:  # a bad checkpoint or template: report it, keep the app alive
+                yield Failed(f"{self.model.path}: could not start the local engine ({type(exc).__name__}: {exc})")
+                return
+            room = self.model.context - len(ids)
+            if room <= 0:
+                yield Failed(f"the prompt is {len(ids)} tokens but {self.rc.role}.context is {self.model.context}: "
+                             f"start a new session or raise {self.rc.role}.context")
+                return
+            splitter = ThinkSplitter(opened=prompt_opens_thinking(prompt))
+            text = Detokenizer(tokenizer.decode)
+            limit = min(sampling.max_tokens, room)
+            produced = 0
+            try:
+                for token in engine.generate(ids, max_new_tokens=limit, temperature=sampling.temperature,
+                                             top_p=sampling.top_p, stop_ids=_stop_ids(tokenizer)):
+                    produced += 1
+                    clock.token()
+                    yield from piece_events(splitter.feed(text.add(int(token))))
+                    if cancelled(cancel):
+                        break
+            except Exception as exc:
+                yield from piece_events(splitter.finish(interrupted=True))
+                yield Failed(f"the local engine stopped mid-answer ({type(exc).__name__}: {exc})")
+                return
+            if cancelled(cancel):
+                yield from piece_events(splitter.finish(interrupted=True))
+                yield clock.done("cancelled")
+                return
+            yield from piece_events(splitter.finish())
+            yield Usage(prompt_tokens=len(ids), completion_tokens=produced)
+            yield clock.done("length" if produced >= limit else "stop")
