@@ -78,6 +78,17 @@ def test_inconsistent_indentation_differences_are_not_guessed(tmp_path):
     assert not changes.edits and "Did you mean" in changes.rejected[0].reason
 
 
+def test_blank_lines_at_the_edges_of_search_are_tolerated_without_adding_lines(ws):
+    reply = block("calc.py", "\n    return a - b\n\n", "\n    return b - a\n\n")
+    assert after(ws, reply) == SOURCE.replace("a - b", "b - a")
+
+
+def test_blank_lines_that_are_really_there_are_matched_first(tmp_path):
+    (tmp_path / "g.py").write_text("x = 1\n\ny = 2\n")
+    reply = block("g.py", "x = 1\n\n", "x = 10\n\n")
+    assert after(Workspace(tmp_path), reply) == "x = 10\n\ny = 2\n"
+
+
 def test_several_blocks_after_one_path_line_all_apply(ws):
     reply = ("calc.py\n<<<<<<< SEARCH\n    return a + b\n=======\n    return b + a\n>>>>>>> REPLACE\n"
              "<<<<<<< SEARCH\n    return a - b\n=======\n    return b - a\n>>>>>>> REPLACE\n")

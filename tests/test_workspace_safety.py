@@ -42,7 +42,6 @@ def tree(tmp_path) -> Path:
     (".git/config", ".git"),
     ("sub/.GIT/hooks/pre-commit", ".git"),
     ("a\x00b.py", "control"),
-    ("NUL.txt", "reserved"),
 ])
 def test_paths_that_leave_the_root_or_enter_git_are_rejected_with_a_reason(tree, path, why):
     changes = Workspace(tree).propose(create(path))
@@ -118,6 +117,22 @@ def test_apply_rechecks_the_rules_when_a_symlink_appears_after_propose(tree):
     with pytest.raises(ApplyError, match="symlink"):
         ws.apply(changes)
     assert sorted(os.listdir(tree.parent / "outside")) == ["secret.txt"]
+
+
+def test_a_symlink_loop_is_rejected(tree):
+    (tree / "loop").symlink_to(tree / "loop")
+    changes = Workspace(tree).propose(create("loop"))
+    assert not changes.edits and "loop" in changes.rejected[0].reason
+
+
+def test_replacement_text_that_is_not_valid_unicode_is_rejected(tree):
+    changes = Workspace(tree).propose(create("s.txt", "bad \udc80 surrogate\n"))
+    assert not changes.edits and "Unicode" in changes.rejected[0].reason
+
+
+@pytest.mark.skipif(os.name == "nt", reason="reserved device names are refused on Windows")
+def test_names_reserved_only_on_windows_are_fine_elsewhere(tree):
+    assert Workspace(tree).propose(create("aux.py")).paths == ["aux.py"]
 
 
 def test_clean_relative_normalizes_harmless_spellings():

@@ -147,29 +147,46 @@ def locate(file_lines: list[str], block: Block) -> Match:
 
     Tries exact lines, then lines ignoring trailing whitespace, then lines that
     differ only by a consistent leading-whitespace offset (the replacement is
-    re-indented by the same offset). Zero or several places raise NoMatch.
+    re-indented by the same offset); if none fits, the same again without blank
+    lines at the edges of SEARCH (and as many at the edges of REPLACE). Zero or
+    several places raise NoMatch.
     """
-    search = list(block.search)
-    while search and not search[-1].strip():
-        search.pop()  # a trailing blank line the model added
-    if not search:
+    search, replace = list(block.search), list(block.replace)
+    if not any(line.strip() for line in search):
         raise NoMatch("SEARCH is empty but the file exists; quote the lines to change")
-    n = len(search)
-    for tier in ("exact", "trailing", "indent"):
-        hits: list[tuple[int, str]] = []
-        for start in range(len(file_lines) - n + 1):
-            shift = _compare(file_lines[start:start + n], search, tier)
-            if shift is not None:
-                hits.append((start, shift))
-        if len(hits) == 1:
-            start, shift = hits[0]
-            return Match(start, start + n, _reindent(block.replace, shift))
-        if len(hits) > 1:
-            where = ", ".join(str(s + 1) for s, _ in hits[:5])
-            raise NoMatch(
-                f"SEARCH matches {len(hits)} places (lines {where}); "
-                "include more surrounding lines so it matches exactly one")
-    raise NoMatch(_did_you_mean(file_lines, search))
+    variants = [(search, replace)]
+    trimmed = _trim_blank_edges(search, replace)
+    if trimmed[0] != search:
+        variants.append(trimmed)
+    for search, replace in variants:
+        n = len(search)
+        for tier in ("exact", "trailing", "indent"):
+            hits: list[tuple[int, str]] = []
+            for start in range(len(file_lines) - n + 1):
+                shift = _compare(file_lines[start:start + n], search, tier)
+                if shift is not None:
+                    hits.append((start, shift))
+            if len(hits) == 1:
+                start, shift = hits[0]
+                return Match(start, start + n, _reindent(tuple(replace), shift))
+            if len(hits) > 1:
+                where = ", ".join(str(s + 1) for s, _ in hits[:5])
+                raise NoMatch(
+                    f"SEARCH matches {len(hits)} places (lines {where}); "
+                    "include more surrounding lines so it matches exactly one")
+    raise NoMatch(_did_you_mean(file_lines, variants[-1][0]))
+
+
+def _trim_blank_edges(search: list[str], replace: list[str]) -> tuple[list[str], list[str]]:
+    """SEARCH without blank lines at its edges; REPLACE without as many at the same edges."""
+    def blanks(lines: list[str]) -> int:
+        return next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+
+    lead, trail = blanks(search), blanks(search[::-1])
+    r_lead = min(lead, blanks(replace))
+    replace = replace[r_lead:]
+    r_trail = min(trail, blanks(replace[::-1]))
+    return search[lead:len(search) - trail], replace[:len(replace) - r_trail]
 
 
 def _compare(window: list[str], search: list[str], tier: str) -> str | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from app.workspace.changeset import ChangeSet
+from app.workspace.edit_blocks import parse
 from app.workspace.workspace import Workspace
 
 MAX_ROUNDS = 3
@@ -55,11 +56,10 @@ def revise(workspace: Workspace, coder_output: str, ask_coder: Callable[[str], s
             break
         prompt = feedback_prompt(changes)
         reply = ask_coder(prompt)
-        merged = workspace.propose(reply, on_top_of=changes)
-        gave_up = merged.edits == changes.edits and not merged.rejected and "SEARCH" not in reply
-        if gave_up:
-            merged = ChangeSet(changes.edits, changes.rejected)
-        changes = merged
+        blocks, problems = parse(reply)
+        gave_up = not blocks and not problems  # a reply with no edit blocks at all
+        if not gave_up:
+            changes = workspace.propose(reply, on_top_of=changes)
         if on_round is not None:
             on_round(Round(number, prompt, reply, changes))
         if gave_up:

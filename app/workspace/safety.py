@@ -5,7 +5,7 @@ read for an edit or written. The rules:
 
 - the path is relative and stays inside the root: no absolute paths, no ``~``,
   no drive letters or UNC prefixes, no ``..`` components, no NUL or control
-  characters;
+  characters (and, on Windows, no reserved device names);
 - nothing under ``.git/`` (any case), before or after resolving symlinks;
 - symlinks may be followed only while they stay inside the root;
 - the target is a regular file (or does not exist yet), not a folder or device;
@@ -68,7 +68,7 @@ def clean_relative(path: str) -> str:
             raise Unsafe("'..' is not allowed; the file must be inside the project root")
         if part.lower() == ".git":
             raise Unsafe("files under .git/ are never edited")
-        if part.split(".")[0].lower() in _WINDOWS_RESERVED:
+        if os.name == "nt" and part.split(".")[0].lower() in _WINDOWS_RESERVED:
             raise Unsafe(f"{part!r} is a reserved device name")
         if part != part.strip() or part.endswith("."):
             raise Unsafe(f"path component {part!r} has leading/trailing spaces or a trailing dot")
@@ -92,6 +92,8 @@ def resolve(root: Path, path: str) -> Target:
     if real.exists() and not real.is_file():
         kind = "a folder" if real.is_dir() else "not a regular file"
         raise Unsafe(f"{rel} is {kind}")
+    if os.path.lexists(real) and not real.exists():
+        raise Unsafe(f"{rel} is a symlink loop or a broken symlink")
     parent = real.parent
     while not parent.exists():
         parent = parent.parent
@@ -122,7 +124,10 @@ def encode_text(text: str, bom: bool, max_bytes: int = DEFAULT_MAX_BYTES) -> byt
     """The bytes to write for ``text``; refuses NUL bytes and oversized results."""
     if "\x00" in text:
         raise Unsafe("replacement contains NUL bytes")
-    data = (BOM if bom else b"") + text.encode("utf-8", errors="strict")
+    try:
+        data = (BOM if bom else b"") + text.encode("utf-8", errors="strict")
+    except UnicodeEncodeError:
+        raise Unsafe("replacement is not valid Unicode text (lone surrogates)") from None
     check_size(len(data), max_bytes, "result")
     return data
 

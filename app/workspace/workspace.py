@@ -58,7 +58,12 @@ class Workspace:
         self.auto_commit = auto_commit
         self.context = FileContext(self.root, max_file_bytes=max_file_bytes)  # files the coder sees
         self.history = History(self.root)
-        self.recovered = self.history.recover()  # an apply interrupted by a crash is rolled back
+        self.warning: str | None = None  # for the user: an interrupted apply that could not be rolled back
+        try:
+            self.recovered = self.history.recover()  # an apply cut short by a crash is rolled back
+        except (safety.Unsafe, OSError, DuetError) as exc:
+            self.recovered = False
+            self.warning = f"could not roll back an interrupted apply: {exc}"
 
     @classmethod
     def from_config(cls, root: str | Path, config) -> "Workspace":
