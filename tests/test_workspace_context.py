@@ -81,6 +81,17 @@ def test_render_puts_each_file_under_its_path_optionally_numbered(proj):
     assert "1 | class Helper:\n2 |     def run(self):" in ctx.render(numbered=True)
 
 
+@pytest.mark.skipif(parser_for("python") is None, reason="no offline Python grammar")
+def test_files_that_do_not_fit_the_window_are_given_as_an_outline(proj):
+    ctx = FileContext(proj)
+    ctx.add("src")
+    full, fits = ctx.for_prompt(10_000)
+    assert fits and full == ctx.render()
+    short, fits = ctx.for_prompt(40, reserve=10)
+    assert not fits and "src/main.py\n  def main()" in short and "```" not in short
+    assert len(short) <= 30 * 4
+
+
 def test_number_lines_aligns_numbers():
     assert number_lines("".join(f"l{i}\n" for i in range(10))).split("\n")[0] == " 1 | l0"
 

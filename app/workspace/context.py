@@ -158,6 +158,16 @@ class FileContext:
             out.append(f"{f}\n```\n{number_lines(text) if numbered else text.rstrip(chr(10))}\n```")
         return "\n\n".join(out)
 
+    def for_prompt(self, window: int | None, *, reserve: int = 0) -> tuple[str, bool]:
+        """``(text, full)``: the files in full if they fit in ``window - reserve``
+        tokens, else the outline of those files (``full`` False), cut to fit."""
+        if not self._files:
+            return "", True
+        if window is None or self.budget().total <= window - reserve:
+            return self.render(), True
+        room_chars = max(0, (window - reserve) * 4)
+        return self.outline(self.files, max_chars=room_chars), False
+
     def walk(self, start: str = ".") -> list[str]:
         """Every non-ignored file under ``start`` (relative paths, sorted; symlinked folders not followed)."""
         found = []
