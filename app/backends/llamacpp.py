@@ -30,6 +30,7 @@ class LlamaModel:
         self.lock = threading.Lock()  # one generation at a time
         self._llm = None
         self._format = None
+        self.n_ctx = 0
 
     def load(self):
         if self._llm is not None:
@@ -42,6 +43,7 @@ class LlamaModel:
 
         n_ctx = self.context or min(context_length(self.path) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
         gpu_layers = -1 if self.device == "cuda" and self.gpu_layers == 0 else self.gpu_layers
+        self.n_ctx = n_ctx  # llama.cpp may pad its own figure; this is what the buffers hold
         try:
             self._llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=self.threads,
                               n_gpu_layers=gpu_layers, verbose=False)
@@ -100,8 +102,9 @@ class LlamaCppBackend:
             except Exception as exc:  # a template that raises, a tokenizer error: report, don't crash
                 yield Failed(f"{self.model.path.name}: could not build the prompt ({type(exc).__name__}: {exc})")
                 return
-            if len(tokens) >= llm.n_ctx():
-                yield Failed(f"the prompt is {len(tokens)} tokens but {self.rc.role}.context is {llm.n_ctx()}: "
+            n_ctx = min(llm.n_ctx(), self.model.n_ctx)
+            if len(tokens) >= n_ctx:
+                yield Failed(f"the prompt is {len(tokens)} tokens but {self.rc.role}.context is {n_ctx}: "
                              f"start a new session or raise {self.rc.role}.context")
                 return
             splitter = ThinkSplitter(opened=prompt_opens_thinking(prompt))
@@ -113,7 +116,7 @@ class LlamaCppBackend:
 
             from llama_cpp import LogitsProcessorList
 
-            max_tokens = min(sampling.max_tokens, llm.n_ctx() - len(tokens))
+            max_tokens = min(sampling.max_tokens, n_ctx - len(tokens))
             finish = None
             chunks = llm.create_completion(tokens, stream=True, max_tokens=max_tokens, temperature=sampling.temperature,
                                            top_p=sampling.top_p, stop=stop, logits_processor=LogitsProcessorList([count]))

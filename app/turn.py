@@ -1,0 +1,164 @@
+"""One turn, end to end: route → prompt → backend → events → session store.
+
+Shared by `duet ask` and the TUI. Build a `Turn` (routing and the prompt happen at once,
+so the caller can show the decision), then iterate `turn.events(cancel)` — from a worker
+thread in the TUI. Every event is recorded as it streams unless ``save=False``; afterwards
+`turn.result` holds what came back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from app.backends.base import ChatMessage, ServerUnreachable
+from app.backends.events import AnswerDelta, Done, Event, Failed, ThinkingDelta, Usage
+from app.config import Config, RoleConfig
+from app.errors import DuetError
+
+ROLE_PREFIX = {"reasoner": "/think", "coder": "/code"}  # the router's way to force a role
+
+
+@dataclass
+class TurnResult:
+    role: str
+    model: str
+    thinking: str = ""
+    answer: str = ""
+    usage: Usage | None = None
+    done: Done | None = None
+    failed: Failed | None = None
+    message_id: int | None = None
+    session_id: int | None = None
+
+    @property
+    def status(self) -> str:
+        if self.failed is not None:
+            return "failed"
+        if self.done is not None and self.done.finish_reason == "cancelled":
+            return "cancelled"
+        return "done" if self.done is not None else "streaming"
+
+    @property
+    def unreachable(self) -> bool:
+        return isinstance(self.failed, ServerUnreachable)
+
+
+@dataclass
+class Turn:
+    """One request and its answer. ``role`` is "auto", "reasoner" or "coder"."""
+
+    config: Config
+    request: str
+    role: str = "auto"
+    history: Sequence[ChatMessage] = ()  # earlier turns: answers only (thinking is dropped anyway)
+    plan: str | None = None  # the last reasoner answer, when the coder implements it (never its trace)
+    files: Sequence = ()  # files in context, as app.prompts.build_prompt takes them
+    save: bool = True
+    session_id: int | None = None  # None: a new session titled after the request
+    store: object = None  # an open app.store.SessionStore; None: opened on first use
+    handoff_from: int | None = None  # message id of the plan this turn implements
+    lang: str | None = None
+    route: object = field(init=False)
+    role_cfg: RoleConfig = field(init=False)
+    prompt: str = field(init=False)  # the user message text the model gets
+    result: TurnResult = field(init=False)
+
+    def __post_init__(self):
+        self.route = decide(self.request, self.role, after_plan=self.plan is not None)
+        self.role_cfg = self.config.role(self.route.role)
+        self.prompt = build_prompt_text(self.route, self.plan, self.files, self.lang)
+        self.result = TurnResult(role=self.route.role, model=self.role_cfg.label)
+
+    def messages(self) -> list[ChatMessage]:
+        """What the backend gets: optional system prompt, the history, this request."""
+        out = [ChatMessage("system", self.role_cfg.system_prompt)] if self.role_cfg.system_prompt else []
+        out += [ChatMessage(m.role, m.content) for m in self.history if m.role != "system"]
+        return out + [ChatMessage("user", self.prompt)]
+
+    def events(self, cancel: threading.Event | None = None, *, backend=None) -> Iterator[Event]:
+        """Stream the answer; the last event is one Done or Failed. Recorded as it streams."""
+        recorder = self._begin() if self.save else None
+        result = self.result
+        try:
+            for event in self._stream(cancel, backend):
+                if recorder is not None:
+                    recorder.add(event)
+                if isinstance(event, ThinkingDelta):
+                    result.thinking += event.text
+                elif isinstance(event, AnswerDelta):
+                    result.answer += event.text
+                elif isinstance(event, Usage):
+                    result.usage = event
+                elif isinstance(event, Done):
+                    result.done = event
+                elif isinstance(event, Failed):
+                    result.failed = event
+                yield event
+        finally:
+            if recorder is not None:
+                # The caller stopped listening before the end: that is a cancel.
+                recorder.finish(None if (result.done or result.failed) else "cancelled")
+
+    def _stream(self, cancel, backend) -> Iterator[Event]:
+        try:
+            if backend is None:
+                from app.backends import make_backend
+
+                backend = make_backend(self.role_cfg)
+            yield from backend.stream(self.messages(), self.role_cfg.sampling, cancel=cancel)
+        except DuetError as exc:
+            yield Failed(str(exc))
+        except Exception as exc:  # a backend bug must not take the app down with the text so far
+            yield Failed(f"the {self.role_cfg.backend} backend failed: {type(exc).__name__}: {exc}")
+
+    def _begin(self):
+        if self.store is None:
+            from app.store import SessionStore
+
+            self.store = SessionStore.open()
+        if self.session_id is None:
+            self.session_id = self.store.create_session(_title(self.route.text or self.request))
+        self.store.add_user_message(self.session_id, self.request, files=file_names(self.files))
+        recorder = self.store.begin_reply(self.session_id, role=self.route.role, model=self.role_cfg.label,
+                                          intent=self.route.intent, why=self.route.why, prompt=self.prompt,
+                                          handoff_from=self.handoff_from)
+        self.result.message_id, self.result.session_id = recorder.message_id, self.session_id
+        return recorder
+
+
+def decide(request: str, role: str = "auto", *, after_plan: bool = False):
+    """The router's decision; a forced role keeps the router's intent only if it fits that role."""
+    from app.router import route
+
+    decision = route(request, after_plan=after_plan)
+    if role == "auto" or role == decision.role:
+        return decision
+    if role not in ROLE_PREFIX:
+        raise DuetError(f'unknown role "{role}": choose auto, reasoner or coder')
+    forced = route(f"{ROLE_PREFIX[role]} {decision.text}", after_plan=after_plan)
+    return type(decision)(role, forced.intent, f"--role {role} (the router said {decision.role}: {decision.why})",
+                          decision.text, True)
+
+
+def build_prompt_text(route, plan: str | None, files: Sequence, lang: str | None) -> str:
+    try:
+        from app.prompts import build_prompt
+    except ImportError:  # the prompts module is not there yet: the request as typed
+        return route.text
+    return build_prompt(route.role, route.intent, route.text, plan=plan, files=files, lang=lang)
+
+
+def file_names(files: Sequence) -> list[str]:
+    names = []
+    for f in files:
+        if isinstance(f, (tuple, list)):
+            f = f[0]
+        names.append(str(getattr(f, "path", f)))
+    return names
+
+
+def _title(text: str, limit: int = 60) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

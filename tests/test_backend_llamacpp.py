@@ -1,0 +1,87 @@
+"""The llama.cpp backend with the real Gemma 3 270M GGUF, in process."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from app.backends import close_all, make_backend
+from app.backends.base import ChatMessage
+from app.backends.events import AnswerDelta, Done, Failed, Usage
+from app.config import RoleConfig, Sampling, demo_role
+from tests.backend_helpers import collect
+
+pytest.importorskip("llama_cpp")
+
+GREEDY = Sampling(temperature=0.0, top_p=1.0, max_tokens=16)
+ASK = [ChatMessage("user", "Write a haiku about the sea.")]
+
+
+@pytest.fixture
+def gguf_role(gemma_gguf):
+    close_all()
+    yield lambda role="coder", **kw: RoleConfig(role=role, backend="llama.cpp", path=gemma_gguf, context=kw.pop("context", 512),
+                                                threads=2, **kw)
+    close_all()
+
+
+def test_the_real_gguf_streams_real_tokens_with_usage(gguf_role):
+    r = collect(make_backend(gguf_role()).stream(ASK, GREEDY))
+    deltas = [e for e in r.events if isinstance(e, AnswerDelta)]
+    assert len(deltas) > 3 and r.answer.strip()
+    assert r.thinking == ""  # Gemma's prompt opens no think block
+    assert isinstance(r.end, Done) and r.end.finish_reason in ("stop", "length") and r.end.first_token_s > 0
+    assert isinstance(r.usage, Usage) and r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 16
+
+
+def test_the_model_loads_once_and_two_roles_on_the_same_file_share_it(gguf_role):
+    coder, reasoner = make_backend(gguf_role("coder")), make_backend(gguf_role("reasoner"))
+    assert coder is not reasoner and coder.model is reasoner.model
+    first = collect(coder.stream(ASK, GREEDY))
+    llm = coder.model._llm
+    second = collect(reasoner.stream(ASK, GREEDY))
+    assert coder.model._llm is llm  # not reloaded
+    assert first.answer == second.answer  # greedy: the same prompt gives the same tokens
+
+
+def test_thinking_history_is_not_part_of_the_prompt(gguf_role):
+    backend = make_backend(gguf_role())
+    with_trace = [ChatMessage("user", "hi"), ChatMessage("assistant", "hello", thinking="x " * 2000),
+                  ChatMessage("user", "bye")]
+    r = collect(backend.stream(with_trace, GREEDY))
+    assert isinstance(r.end, Done) and r.usage.prompt_tokens < 60  # 2000 words of trace would not fit in 512
+
+
+def test_cancel_stops_between_tokens_and_the_model_serves_the_next_turn(gguf_role):
+    backend = make_backend(gguf_role())
+    cancel = threading.Event()
+    stamp = {}
+
+    def on_event(event, result):
+        if isinstance(event, AnswerDelta) and not cancel.is_set():
+            stamp["t"] = time.monotonic()
+            cancel.set()
+
+    r = collect(backend.stream(ASK, Sampling(0.0, 1.0, 400), cancel=cancel), on_event)
+    assert time.monotonic() - stamp["t"] < 0.5
+    assert isinstance(r.end, Done) and r.end.finish_reason == "cancelled"
+    assert len([e for e in r.events if isinstance(e, AnswerDelta)]) <= 3
+    again = collect(backend.stream(ASK, GREEDY))
+    assert isinstance(again.end, Done) and again.answer
+
+
+def test_a_prompt_longer_than_the_context_fails_naming_the_key(gguf_role):
+    r = collect(make_backend(gguf_role("reasoner", context=64)).stream([ChatMessage("user", "word " * 200)], GREEDY))
+    assert isinstance(r.end, Failed) and "reasoner.context" in r.end.message and "64" in r.end.message
+
+
+def test_the_demo_role_uses_the_packaged_gemma(duet_home):
+    close_all()
+    try:
+        r = collect(make_backend(demo_role("coder")).stream(ASK, GREEDY))
+        assert isinstance(r.end, Done) and r.answer
+        assert (duet_home / "models" / "gemma-3-270m-q4_k_m.gguf").is_file()
+    finally:
+        close_all()
