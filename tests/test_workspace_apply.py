@@ -192,6 +192,25 @@ def test_an_apply_cut_short_by_a_crash_is_rolled_back_on_the_next_start(root):
     assert not ws.can_undo
 
 
+def test_crash_recovery_leaves_alone_a_file_changed_after_the_crash(root):
+    (root / "a.txt").write_bytes(b"original\n")
+    writes = [Write("a.txt", root / "a.txt", b"original\n", b"new\n")]
+    History(root).record(writes, [], "interrupted")
+    write_all(writes)
+    (root / "a.txt").write_bytes(b"typed by the user after the crash\n")
+    Workspace(root)
+    assert (root / "a.txt").read_bytes() == b"typed by the user after the crash\n"
+
+
+def test_an_edit_made_by_hand_with_binary_content_is_refused_at_apply(root):
+    from app.workspace import ChangeSet, Edit
+
+    bad = ChangeSet((Edit.make("x.bin", None, b"\x00\x01"),))
+    with pytest.raises(ApplyError, match="binary"):
+        Workspace(root).apply(bad)
+    assert not (root / "x.bin").exists()
+
+
 def test_an_empty_changeset_writes_nothing_and_records_no_history(root):
     ws = Workspace(root)
     assert ws.apply(ws.propose("no blocks here")).paths == ()

@@ -171,3 +171,13 @@ def test_proposing_writes_nothing(tmp_path):
     before = {p: p.read_bytes() for p in Path(tmp_path).rglob("*") if p.is_file()}
     Workspace(tmp_path).propose(block("a.txt", "one\n", "two\n") + block("b.txt", "", "new\n"))
     assert {p: p.read_bytes() for p in Path(tmp_path).rglob("*") if p.is_file()} == before
+
+
+def test_a_block_missing_its_search_marker_is_reported_as_stray():
+    blocks, problems = parse("a.py\n=======\nnew\n>>>>>>> REPLACE\n")
+    assert not blocks and "stray >>>>>>> REPLACE at line 4" in problems[0].reason
+
+
+def test_a_heading_underline_in_prose_is_not_a_problem():
+    blocks, problems = parse("Title\n=======\n\na.py\n<<<<<<< SEARCH\n=======\nx\n>>>>>>> REPLACE\n")
+    assert not problems and blocks[0].path == "a.py"

@@ -82,9 +82,10 @@ def parse(reply: str) -> tuple[list[Block], list[Problem]]:
             candidate = None
             i += 1
             continue
-        if DIVIDER.match(line) or REPLACE.match(line):
-            problems.append(Problem(last_path or "", f"stray {line.strip()[:12]} at line {i + 1} outside a block"))
-        else:
+        if REPLACE.match(line):  # (a stray ======= may be a heading underline in prose)
+            problems.append(Problem(last_path or "", f"stray >>>>>>> REPLACE at line {i + 1}: "
+                                                     "a block needs <<<<<<< SEARCH, ======= and >>>>>>> REPLACE"))
+        elif not DIVIDER.match(line):
             fence = FENCE.match(line)
             if fence:
                 # ```lang path  or  ```path.py : a path on the fence line

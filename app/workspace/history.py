@@ -104,8 +104,14 @@ class History:
             return None
         return entries[-1], _read_json(entries[-1] / "entry.json")
 
-    def undo_writes(self, folder: Path, info: dict, *, force: bool = False) -> tuple[list[Write], list[str]]:
-        """The writes that put back an entry's files, checking nobody changed them since."""
+    def undo_writes(self, folder: Path, info: dict, *, conflicts: str = "raise") -> tuple[list[Write], list[str]]:
+        """The writes that put back an entry's files.
+
+        A file already as it was before is left alone; one that is neither as
+        it was before nor as the entry left it (changed since) makes this raise
+        HistoryError (``conflicts="raise"``), is left alone (``"skip"``) or is
+        put back anyway (``"overwrite"``).
+        """
         from app.workspace import safety
 
         writes = []
@@ -116,8 +122,10 @@ class History:
             after = after_file.read_bytes() if after_file.exists() else None
             current = target.real.read_bytes() if target.real.is_file() else None
             if current == before:
-                continue  # already as it was (e.g. an undo cut short)
-            if not force and info.get("state") == "applied" and current != after:
+                continue  # already as it was (e.g. an apply cut short before this file)
+            if current != after and conflicts != "overwrite":
+                if conflicts == "skip":
+                    continue
                 raise HistoryError(f"{f['path']} changed since the edit was applied; "
                                    "undo would lose those changes")
             writes.append(Write(f["path"], target.real, current, before))
@@ -129,7 +137,7 @@ class History:
         if last is None or last[1].get("state") != "applying":
             return False
         folder, info = last
-        writes, dirs = self.undo_writes(folder, info, force=True)
+        writes, dirs = self.undo_writes(folder, info, conflicts="skip")
         write_all(writes)
         remove_empty_dirs(self.root, dirs)
         self.drop(folder)

@@ -127,6 +127,7 @@ class Workspace:
             try:
                 target = safety.resolve(self.root, e.path)
                 current = safety.read_existing(target, self.max_file_bytes)
+                safety.decode_text(e.after, self.max_file_bytes)  # an Edit made by hand is checked too
             except safety.Unsafe as exc:
                 raise ApplyError(f"{e.path}: {exc}") from None
             if target.rel in seen:
@@ -150,7 +151,10 @@ class Workspace:
                 self.history.drop(folder)
             remove_empty_dirs(self.root, made)
             raise ApplyError(f"nothing was written: {exc}") from None
-        self.history.mark_applied(folder)
+        try:
+            self.history.mark_applied(folder)
+        except OSError as exc:  # the files are written; recovery only touches files still as written
+            notes.append(f"undo history may be incomplete: {exc}")
         commit = None
         if self.auto_commit:
             commit, note = self._commit(writes, changeset)
@@ -170,7 +174,7 @@ class Workspace:
             raise HistoryError("nothing to undo")
         folder, info = last
         try:
-            writes, dirs = self.history.undo_writes(folder, info, force=force)
+            writes, dirs = self.history.undo_writes(folder, info, conflicts="overwrite" if force else "raise")
         except safety.Unsafe as exc:
             raise HistoryError(f"cannot undo: {exc}") from None
         write_all(writes)
