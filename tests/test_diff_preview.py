@@ -144,3 +144,8 @@ async def test_an_empty_changeset_shows_a_message_and_enter_returns_nothing(ws):
         await pilot.press("enter")
         await pilot.pause()
     assert app.result.edits == ()
+
+
+def test_the_preview_looks_as_recorded(ws, snap_compare):
+    """SVG snapshot (update with --snapshot-update after an intended change)."""
+    assert snap_compare(Host(ws.propose(REPLY)), press=["down", "space"], terminal_size=(100, 40))
