@@ -1,0 +1,40 @@
+"""Absorbed MLA attention over the latent cache.
+
+The cache holds, per token, the normalised latent c_kv [kv_lora] and the rotated rope key
+k_pe [rope], concatenated: cache [B, S, kv_lora + rope]. With the kv_b up-projection folded
+into the query (q_nope · W_uk) the scores are  q_lat · c_kv + q_pe · k_pe  and the output
+stays in latent space (p · c_kv), to be expanded by W_uv afterwards."""
+
+from __future__ import annotations
+
+import torch
+
+
+def reference_mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: float,
+                            start_pos: int) -> torch.Tensor:
+    """q [B, T, H, kv_lora + rope] (absorbed nope part, then rope part), cache [B, S, kv_lora + rope]
+    with S = start_pos + T valid rows; query t sits at position start_pos + t (causal).
+    Returns the latent output [B, T, H, kv_lora]."""
+    B, T, H, _ = q.shape
+    S = cache.shape[1]
+    scores = torch.einsum("bthd,bsd->bths", q.float(), cache.float()) * scale
+    pos = torch.arange(T, device=q.device)[:, None] + start_pos
+    mask = torch.arange(S, device=q.device)[None, :] > pos  # [T, S]
+    scores = scores.masked_fill(mask[None, :, None, :], float("-inf"))
+    p = scores.softmax(dim=-1)
+    return torch.einsum("bths,bsc->bthc", p, cache[..., :kv_lora].float()).to(q.dtype)
+
+
+def mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: float,
+                  start_pos: int) -> torch.Tensor:
+    B, T, H, D = q.shape
+    S = cache.shape[1]
+    qf = q.reshape(B, T * H, D)  # all heads and steps share the one latent "head"
+    scores = torch.bmm(qf, cache.transpose(1, 2)).float().mul_(scale)  # [B, T*H, S]
+    if T > 1:
+        pos = torch.arange(T, device=q.device).repeat_interleave(H)[:, None] + start_pos
+        mask = torch.arange(S, device=q.device)[None, :] > pos
+        scores.masked_fill_(mask[None], float("-inf"))
+    p = scores.softmax(dim=-1).to(cache.dtype)
+    out = torch.bmm(p, cache[..., :kv_lora])  # [B, T*H, kv_lora]
+    return out.view(B, T, H, kv_lora)

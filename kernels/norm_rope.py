@@ -1,0 +1,48 @@
+"""RMSNorm and decoupled RoPE (DeepSeek's interleaved pairs, or rotate-half), reference + fast."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * (x / rms(x)), the normalisation in float32, cast back before the weight."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+
+
+def reference_apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         interleaved: bool = True) -> torch.Tensor:
+    """Rotate x [..., T, heads, D] by angles given as cos/sin [T, D/2] (float32).
+
+    interleaved: pairs (x0, x1), (x2, x3)… as DeepSeek's checkpoints lay them out; the result
+    keeps that layout. Otherwise pairs (x_i, x_{i+D/2}) (rotate-half)."""
+    d = x.shape[-1]
+    c = cos[:, None, :].float()  # [T, 1, D/2]
+    s = sin[:, None, :].float()
+    xf = x.float()
+    if interleaved:
+        a, b = xf[..., 0::2], xf[..., 1::2]
+        out = torch.stack((a * c - b * s, b * c + a * s), dim=-1).flatten(-2)
+    else:
+        a, b = xf[..., : d // 2], xf[..., d // 2:]
+        out = torch.cat((a * c - b * s, b * c + a * s), dim=-1)
+    return out.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               interleaved: bool = True) -> torch.Tensor:
+    if not interleaved:
+        return reference_apply_rope(x, cos, sin, False)
+    # complex multiply on the (even, odd) pairs: one kernel instead of four
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
+    freqs = torch.complex(cos.float(), sin.float())[:, None, :]  # [T, 1, D/2]
+    return torch.view_as_real(xc * freqs).flatten(-2).to(x.dtype)

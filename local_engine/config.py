@@ -1,0 +1,170 @@
+"""ModelArgs: one config object, read once from config.json with the checkpoint's field names."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from local_engine.errors import ModelError
+
+ARCHITECTURES = ("DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM")
+
+
+@dataclass
+class ModelArgs:
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    moe_intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    n_routed_experts: int | None
+    n_shared_experts: int | None
+    num_experts_per_tok: int
+    first_k_dense_replace: int
+    moe_layer_freq: int = 1
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    norm_topk_prob: bool = False
+    scoring_func: str = "softmax"  # "sigmoid" (V3) | "softmax" (V2)
+    topk_method: str = "greedy"  # "noaux_tc" | "greedy" | "group_limited_greedy"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # {"type": "yarn", factor, original_max_position_embeddings, ...}
+    rope_interleave: bool = True
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: list[int] = field(default_factory=list)
+    fp8: bool = False  # DeepSeek block-FP8 weights (weight_scale_inv beside each weight)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def softmax_scale(self) -> float:
+        scale = self.qk_head_dim ** -0.5
+        rs = self.rope_scaling
+        if rs and rs.get("type") == "yarn":
+            m_all = rs.get("mscale_all_dim", 0)
+            if m_all:
+                m = yarn_mscale(rs["factor"], m_all)
+                scale *= m * m
+        return scale
+
+    def is_moe_layer(self, i: int) -> bool:
+        return (bool(self.n_routed_experts) and i >= self.first_k_dense_replace
+                and i % self.moe_layer_freq == 0)
+
+    @classmethod
+    def from_folder(cls, folder) -> "ModelArgs":
+        path = Path(folder) / "config.json"
+        if not path.is_file():
+            raise ModelError(f"{path}: no config.json (not an HF model folder)")
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelError(f"{path}: unreadable JSON ({e})") from None
+        return cls.from_dict(cfg, source=str(path))
+
+    @classmethod
+    def from_dict(cls, cfg: dict, source: str = "config.json") -> "ModelArgs":
+        archs = cfg.get("architectures") or []
+        arch = next((a for a in archs if a in ARCHITECTURES), None)
+        if arch is None:
+            mt = cfg.get("model_type")
+            arch = {"deepseek_v3": ARCHITECTURES[0], "deepseek_v2": ARCHITECTURES[1]}.get(mt)
+        if arch is None:
+            raise ModelError(f"{source}: unsupported architecture {archs or cfg.get('model_type')!r} "
+                             f"(supported: {', '.join(ARCHITECTURES)})")
+        v3 = arch == ARCHITECTURES[0]
+
+        def need(key):
+            if key not in cfg or cfg[key] is None:
+                raise ModelError(f"{source}: missing field {key!r}")
+            return cfg[key]
+
+        # rope: DeepSeek writes rope_theta + rope_scaling{"type"}; transformers 5 writes rope_parameters
+        rope = cfg.get("rope_parameters") or {}
+        theta = float(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0)
+        scaling = cfg.get("rope_scaling") or None
+        if scaling is None and rope.get("rope_type", "default") not in ("default", None):
+            scaling = dict(rope)
+        if scaling is not None:
+            scaling = dict(scaling)
+            kind = scaling.get("type") or scaling.get("rope_type")
+            if kind in (None, "default"):
+                scaling = None
+            elif kind != "yarn":
+                raise ModelError(f"{source}: rope_scaling type {kind!r} is not supported (only yarn)")
+            else:
+                scaling["type"] = "yarn"
+                scaling.setdefault("original_max_position_embeddings", 4096)
+                if scaling.get("factor") is None:
+                    scaling["factor"] = cfg["max_position_embeddings"] / scaling["original_max_position_embeddings"]
+        eos = cfg.get("eos_token_id")
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        scoring = cfg.get("scoring_func") or ("sigmoid" if v3 else "softmax")
+        topk_method = cfg.get("topk_method") or ("noaux_tc" if v3 else "greedy")
+        if scoring not in ("sigmoid", "softmax"):
+            raise ModelError(f"{source}: scoring_func {scoring!r} is not supported")
+        if topk_method not in ("noaux_tc", "greedy", "group_limited_greedy"):
+            raise ModelError(f"{source}: topk_method {topk_method!r} is not supported")
+        q = cfg.get("quantization_config") or {}
+        fp8 = q.get("quant_method") == "fp8"
+        if fp8 and list(q.get("weight_block_size") or [128, 128]) != [128, 128]:
+            raise ModelError(f"{source}: FP8 weight_block_size {q.get('weight_block_size')} (only 128x128)")
+        try:
+            args = cls(
+                arch=arch,
+                vocab_size=int(need("vocab_size")),
+                hidden_size=int(need("hidden_size")),
+                intermediate_size=int(need("intermediate_size")),
+                moe_intermediate_size=int(cfg.get("moe_intermediate_size") or 0),
+                num_hidden_layers=int(need("num_hidden_layers")),
+                num_attention_heads=int(need("num_attention_heads")),
+                q_lora_rank=cfg.get("q_lora_rank") or None,
+                kv_lora_rank=int(need("kv_lora_rank")),
+                qk_nope_head_dim=int(need("qk_nope_head_dim")),
+                qk_rope_head_dim=int(need("qk_rope_head_dim")),
+                v_head_dim=int(need("v_head_dim")),
+                n_routed_experts=cfg.get("n_routed_experts") or None,
+                n_shared_experts=cfg.get("n_shared_experts") or None,
+                num_experts_per_tok=int(cfg.get("num_experts_per_tok") or 0),
+                first_k_dense_replace=int(cfg.get("first_k_dense_replace") or 0),
+                moe_layer_freq=int(cfg.get("moe_layer_freq") or 1),
+                n_group=int(cfg.get("n_group") or 1),
+                topk_group=int(cfg.get("topk_group") or 1),
+                routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
+                norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+                scoring_func=scoring,
+                topk_method=topk_method,
+                rms_norm_eps=float(cfg.get("rms_norm_eps") or 1e-6),
+                rope_theta=theta,
+                rope_scaling=scaling,
+                rope_interleave=bool(cfg.get("rope_interleave", True)),
+                max_position_embeddings=int(cfg.get("max_position_embeddings") or 4096),
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                bos_token_id=cfg.get("bos_token_id"),
+                eos_token_id=eos,
+                fp8=fp8,
+            )
+        except (TypeError, ValueError) as e:
+            raise ModelError(f"{source}: bad field value ({e})") from None
+        if args.n_routed_experts and args.n_routed_experts % args.n_group:
+            raise ModelError(f"{source}: n_routed_experts {args.n_routed_experts} not divisible by n_group {args.n_group}")
+        return args
+
+
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0

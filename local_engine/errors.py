@@ -1,0 +1,8 @@
+"""Errors local_engine raises for bad input (a folder that is not a model it can run)."""
+
+
+class ModelError(Exception):
+    """A model folder is missing, corrupt or unsupported. One line naming the file/tensor.
+
+    ``python -m local_engine`` maps it to exit status 2; app code maps it to its UsageError.
+    """

@@ -1,0 +1,174 @@
+"""DeepSeek-V3/V2 transformer: MLA, Gate, MLP (dense or expert), MoE, Block, Transformer.
+
+Names follow DeepSeek's inference code (wq_a, kv_norm, wkv_b, …). Each attention module owns
+its cache: only the latent c_kv and the rotated rope key, [batch, seq, kv_lora + rope]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import dispatch
+from local_engine.config import ModelArgs
+from local_engine.layers import Linear, RMSNorm
+
+
+class MLA(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        a = args
+        self.n_heads, self.nope, self.rope, self.v = (a.num_attention_heads, a.qk_nope_head_dim,
+                                                      a.qk_rope_head_dim, a.v_head_dim)
+        self.kv_lora = a.kv_lora_rank
+        self.interleaved = a.rope_interleave
+        self.scale = a.softmax_scale
+        H, qk = a.num_attention_heads, a.qk_head_dim
+        if a.q_lora_rank:
+            self.wq_a = Linear(a.hidden_size, a.q_lora_rank)
+            self.q_norm = RMSNorm(a.q_lora_rank, a.rms_norm_eps)
+            self.wq_b = Linear(a.q_lora_rank, H * qk)
+        else:
+            self.wq = Linear(a.hidden_size, H * qk)
+        self.wkv_a = Linear(a.hidden_size, a.kv_lora_rank + a.qk_rope_head_dim)
+        self.kv_norm = RMSNorm(a.kv_lora_rank, a.rms_norm_eps)
+        self.wkv_b = Linear(a.kv_lora_rank, H * (a.qk_nope_head_dim + a.v_head_dim))
+        self.wo = Linear(H * a.v_head_dim, a.hidden_size)
+        self.cache: torch.Tensor | None = None  # [max_batch, max_seq, kv_lora + rope]
+
+    def alloc_cache(self, max_batch: int, max_seq_len: int, dtype: torch.dtype, device) -> None:
+        self.cache = torch.zeros(max_batch, max_seq_len, self.kv_lora + self.rope, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape  # x [batch, seq, hidden]; cos/sin [seq, rope/2]
+        H, end = self.n_heads, start_pos + T
+        q = self.wq_b(self.q_norm(self.wq_a(x))) if hasattr(self, "wq_a") else self.wq(x)
+        q = q.view(B, T, H, self.nope + self.rope)
+        q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
+        q_pe = dispatch.apply_rope(q_pe, cos, sin, self.interleaved)  # [B, T, H, rope]
+        c_kv, k_pe = self.wkv_a(x).split([self.kv_lora, self.rope], dim=-1)
+        c_kv = self.kv_norm(c_kv)  # [B, T, kv_lora]
+        k_pe = dispatch.apply_rope(k_pe.unsqueeze(2), cos, sin, self.interleaved).squeeze(2)  # [B, T, rope]
+        self.cache[:B, start_pos:end, : self.kv_lora] = c_kv
+        self.cache[:B, start_pos:end, self.kv_lora:] = k_pe
+        w = self.wkv_b.weight.view(H, self.nope + self.v, self.kv_lora)
+        if start_pos == 0 and T > 1:
+            # fresh prefill: expand keys/values per head (fewer FLOPs than absorbed for long prompts)
+            kv = F.linear(c_kv, self.wkv_b.weight).view(B, T, H, self.nope + self.v)
+            k_nope, v = kv.split([self.nope, self.v], dim=-1)
+            k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, T, H, self.rope)], dim=-1)
+            qf = torch.cat([q_nope, q_pe], dim=-1)
+            out = F.scaled_dot_product_attention(qf.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 is_causal=True, scale=self.scale)
+            out = out.transpose(1, 2)  # [B, T, H, v]
+        else:
+            # absorbed: q_nope · W_uk into latent space, attend over the latent cache, W_uv out
+            q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1), w[:, : self.nope])
+            q_abs = torch.cat([q_lat.transpose(0, 1).view(B, T, H, self.kv_lora), q_pe], dim=-1)
+            lat = dispatch.mla_attention(q_abs, self.cache[:B, :end], self.kv_lora, self.scale, start_pos)
+            out = torch.bmm(lat.reshape(B * T, H, self.kv_lora).transpose(0, 1), w[:, self.nope:].transpose(1, 2))
+            out = out.transpose(0, 1).reshape(B, T, H, self.v)
+        return self.wo(out.flatten(2))
+
+
+class MLP(nn.Module):
+    """SwiGLU with gate and up fused: w13 [2I, H] (gate rows, then up rows), w2 [H, I]."""
+
+    def __init__(self, dim: int, inter: int):
+        super().__init__()
+        self.inter = inter
+        self.w13 = Linear(dim, 2 * inter)
+        self.w2 = Linear(inter, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, u = self.w13(x).split(self.inter, dim=-1)
+        return self.w2(F.silu(g) * u)
+
+
+class Gate(nn.Module):
+    """Router in float32: V3 sigmoid + selection bias + group-limited top-k; V2 softmax."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        a = args
+        self.topk, self.n_group, self.topk_group = a.num_experts_per_tok, a.n_group, a.topk_group
+        self.scoring, self.method = a.scoring_func, a.topk_method
+        self.norm, self.route_scale = a.norm_topk_prob, a.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(a.n_routed_experts, a.hidden_size, dtype=torch.float32),
+                                   requires_grad=False)
+        self.bias = (nn.Parameter(torch.empty(a.n_routed_experts, dtype=torch.float32), requires_grad=False)
+                     if a.topk_method == "noaux_tc" else None)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N, H] -> weights [N, K] float32, indices [N, K]."""
+        logits = F.linear(x.float(), self.weight)
+        scores = logits.sigmoid() if self.scoring == "sigmoid" else logits.softmax(dim=-1)
+        choice = scores if self.bias is None else scores + self.bias
+        if self.n_group > 1 and self.method != "greedy":
+            N = x.shape[0]
+            grouped = choice.view(N, self.n_group, -1)
+            if self.method == "noaux_tc":
+                group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)
+            else:
+                group_scores = grouped.amax(dim=-1)
+            keep = group_scores.topk(self.topk_group, dim=-1)[1]
+            drop = torch.ones_like(group_scores, dtype=torch.bool).scatter_(1, keep, False)
+            choice = grouped.masked_fill(drop[..., None], float("-inf")).flatten(1)
+        indices = choice.topk(self.topk, dim=-1)[1]
+        weights = scores.gather(1, indices)
+        if self.norm and self.topk > 1:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * self.route_scale, indices
+
+
+class MoE(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate = Gate(args)
+        self.experts = nn.ModuleList(MLP(args.hidden_size, args.moe_intermediate_size)
+                                     for _ in range(args.n_routed_experts))
+        n_shared = args.n_shared_experts or 0
+        self.shared = MLP(args.hidden_size, n_shared * args.moe_intermediate_size) if n_shared else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])  # [N, H]
+        weights, indices = self.gate(flat)
+        y = dispatch.moe_combine(flat, weights, indices, self.experts)
+        if self.shared is not None:
+            y = y + self.shared(flat)
+        return y.view(shape)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.attn = MLA(args)
+        self.ffn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.ffn = MoE(args) if args.is_moe_layer(layer_id) else MLP(args.hidden_size, args.intermediate_size)
+
+    def forward(self, x, start_pos, cos, sin):
+        x = x + self.attn(self.attn_norm(x), start_pos, cos, sin)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = nn.ModuleList()  # filled block by block by the loader
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.head = Linear(args.hidden_size, args.vocab_size)
+        self.cos: torch.Tensor | None = None  # [max_seq, rope/2]
+        self.sin: torch.Tensor | None = None
+
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        T = tokens.shape[1]
+        cos, sin = self.cos[start_pos:start_pos + T], self.sin[start_pos:start_pos + T]
+        h = self.embed(tokens)
+        for layer in self.layers:
+            h = layer(h, start_pos, cos, sin)
+        return self.head(self.norm(h)).float()  # [B, T, vocab]

@@ -1,0 +1,122 @@
+"""The checkpoint's own tokenizer (tokenizer.json) and chat template (tokenizer_config.json),
+rendered in a sandboxed Jinja environment; plus incremental, UTF-8-safe detokenization."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from local_engine.errors import ModelError
+
+THINK_OPEN = "<think>"
+
+
+def _token_text(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+class Tokenizer:
+    def __init__(self, folder):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        folder = Path(folder)
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise ModelError(f"{path}: missing (the model folder needs its tokenizer.json)")
+        try:
+            self._tok = HFTokenizer.from_file(str(path))
+        except Exception as e:
+            raise ModelError(f"{path}: unreadable tokenizer ({e})") from None
+        cfg_path = folder / "tokenizer_config.json"
+        cfg = {}
+        if cfg_path.is_file():
+            try:
+                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ModelError(f"{cfg_path}: unreadable JSON ({e})") from None
+        self.bos_token = _token_text(cfg.get("bos_token"))
+        self.eos_token = _token_text(cfg.get("eos_token"))
+        self.bos_token_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
+        self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
+        template = cfg.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        self.chat_template: str | None = template
+        # R1-style templates strip earlier reasoning ("</think>" appears in them): such models
+        # are started inside a think block, as DeepSeek recommends.
+        self.reasoning = bool(template and "</think>" in template)
+        self._compiled = None
+        self._source = cfg_path
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        if add_bos and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
+            ids = [self.bos_token_id] + ids
+        return ids
+
+    def decode(self, ids, *, skip_special_tokens: bool = False) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            raise ModelError(f"{self._source}: no chat_template")
+        if self._compiled is None:
+            self._compiled = _compile(self.chat_template, self._source)
+        msgs = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
+        try:
+            text = self._compiled.render(messages=msgs, add_generation_prompt=add_generation_prompt,
+                                         bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+        except Exception as e:
+            raise ModelError(f"{self._source}: chat_template failed ({type(e).__name__}: {e})") from None
+        if add_generation_prompt and self.reasoning and not text.rstrip().endswith(THINK_OPEN):
+            text += THINK_OPEN + "\n"
+        return text
+
+
+def _compile(template: str, source):
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template)
+    except TemplateError as e:
+        raise ModelError(f"{source}: chat_template does not parse ({e})") from None
+
+
+class IncrementalDecoder:
+    """Token ids in, text out; holds back bytes until they form whole UTF-8 characters."""
+
+    def __init__(self, tokenizer: Tokenizer, *, skip_special_tokens: bool = False):
+        self.tok, self.skip = tokenizer, skip_special_tokens
+        self.ids: list[int] = []
+        self._prefix = 0  # ids[_prefix:_read]: context already emitted, decoded again for spacing
+        self._read = 0
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        before = self.tok.decode(self.ids[self._prefix:self._read], skip_special_tokens=self.skip)
+        now = self.tok.decode(self.ids[self._prefix:], skip_special_tokens=self.skip)
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.ids)
+            return now[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held (an unfinished character comes out as U+FFFD)."""
+        before = self.tok.decode(self.ids[self._prefix:self._read], skip_special_tokens=self.skip)
+        now = self.tok.decode(self.ids[self._prefix:], skip_special_tokens=self.skip)
+        self._prefix = self._read = len(self.ids)
+        return now[len(before):]
