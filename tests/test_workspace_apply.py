@@ -211,6 +211,16 @@ def test_an_edit_made_by_hand_with_binary_content_is_refused_at_apply(root):
     assert not (root / "x.bin").exists()
 
 
+def test_one_file_reached_under_two_names_is_not_written_twice(root):
+    (root / "a.txt").write_text("x\n")
+    os.link(root / "a.txt", root / "hard.txt")
+    ws = Workspace(root)
+    changes = ws.propose(block("a.txt", "x\n", "y\n") + block("hard.txt", "x\n", "z\n"))
+    with pytest.raises(ApplyError, match="edited twice"):
+        ws.apply(changes)
+    assert (root / "a.txt").read_text() == "x\n"
+
+
 def test_an_empty_changeset_writes_nothing_and_records_no_history(root):
     ws = Workspace(root)
     assert ws.apply(ws.propose("no blocks here")).paths == ()

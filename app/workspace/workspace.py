@@ -122,7 +122,7 @@ class Workspace:
             return Applied(())
         writes: list[Write] = []
         notes: list[str] = []
-        seen: set[str] = set()
+        seen: set[object] = set()
         for e in changeset.edits:
             try:
                 target = safety.resolve(self.root, e.path)
@@ -130,9 +130,10 @@ class Workspace:
                 safety.decode_text(e.after, self.max_file_bytes)  # an Edit made by hand is checked too
             except safety.Unsafe as exc:
                 raise ApplyError(f"{e.path}: {exc}") from None
-            if target.rel in seen:
+            key = _identity(target.real) or target.rel  # one file under two spellings (case, links)
+            if key in seen:
                 raise ApplyError(f"{e.path}: edited twice in one change set")
-            seen.add(target.rel)
+            seen.add(key)
             after = e.after
             if current != e.before:
                 after = self._rematch(e, current)
@@ -229,6 +230,14 @@ class Workspace:
             return git("rev-parse", "HEAD").stdout.strip(), None
         except (OSError, subprocess.SubprocessError) as exc:
             return None, f"auto-commit failed: {exc}"
+
+
+def _identity(real: Path) -> tuple[int, int] | None:
+    try:
+        st = real.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _apply_block(file: TextFile | None, block: Block) -> TextFile:
