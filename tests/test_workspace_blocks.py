@@ -42,7 +42,8 @@ def test_decorated_path_lines_are_understood(ws, path_line):
 
 
 def test_fences_around_the_block_are_ignored(ws):
-    reply = "Sure:\n\ncalc.py\n```python\n<<<<<<< SEARCH\n    return a + b\n=======\n    return b + a\n>>>>>>> REPLACE\n```\nDone.\n"
+    reply = ("Sure:\n\ncalc.py\n```python\n<<<<<<< SEARCH\n    return a + b\n=======\n    return b + a\n"
+             ">>>>>>> REPLACE\n```\nDone.\n")
     assert "return b + a" in after(ws, reply)
 
 

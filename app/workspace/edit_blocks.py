@@ -68,7 +68,8 @@ def parse(reply: str) -> tuple[list[Block], list[Problem]]:
             search, i, ok_div = _collect(lines, i + 1, DIVIDER)
             replace, i, ok_rep = _collect(lines, i + 1, REPLACE) if ok_div else ([], i, False)
             if path is None:
-                problems.append(Problem("", f"block at line {start + 1} has no file path on the line before <<<<<<< SEARCH"))
+                problems.append(Problem("", f"block at line {start + 1} has no file path "
+                                            "on the line before <<<<<<< SEARCH"))
             elif bad_path:
                 problems.append(Problem("", f"block at line {start + 1}: the line before <<<<<<< SEARCH must be "
                                             f"the file path alone, got {path[:60]!r}"))

@@ -57,13 +57,15 @@ def uncommitted_changes(root: Path) -> Review:
     untracked = [u for u in untracked if u]
     text = diff.stdout
     if not text.strip() and not untracked:
-        return Review("none", "Nothing to review: no files in context and no uncommitted changes (git diff HEAD is empty).", "")
+        return Review("none", "Nothing to review: no files in context and no uncommitted changes "
+                              "(git diff HEAD is empty).", "")
     if len(text) > MAX_DIFF_CHARS:
         text = text[:MAX_DIFF_CHARS] + f"\n... (diff cut at {MAX_DIFF_CHARS:,} characters)\n"
     if untracked:
         text += "\nUntracked files (not shown): " + ", ".join(untracked[:50]) + "\n"
     changed = [line[6:] for line in diff.stdout.split("\n") if line.startswith("+++ b/")]
-    note = (f"No files in context, so reviewing the uncommitted changes (git diff {'HEAD' if has_head else '--cached'}): "
+    base = "HEAD" if has_head else "--cached"
+    note = (f"No files in context, so reviewing the uncommitted changes (git diff {base}): "
             f"{len(changed)} file{'s' if len(changed) != 1 else ''} changed"
             + (f", {len(untracked)} untracked" if untracked else ""))
     return Review("diff", note, text, tuple(changed))
