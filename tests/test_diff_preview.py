@@ -88,6 +88,12 @@ async def test_moving_down_then_toggling_a_file_drops_the_whole_file(ws):
     assert not app.result.edit("long.txt").partial
 
 
+async def test_n_jumps_to_the_next_file_and_p_back(ws):
+    app = await run_keys(ws.propose(REPLY), "n", "f", "p", "p", "space", "enter")
+    assert app.result.paths == ["long.txt"]  # the new file dropped, then long.txt's first hunk
+    assert b"LINE 3 [" not in app.result.edit("long.txt").after
+
+
 async def test_toggling_twice_restores_the_hunk(ws):
     app = await run_keys(ws.propose(REPLY), "down", "space", "space", "enter")
     assert app.result.edit("long.txt") == ws.propose(REPLY).edit("long.txt")

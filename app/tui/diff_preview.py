@@ -9,7 +9,7 @@ Push it after a coder turn and apply what comes back::
 
 Keys: ``a`` accept all, ``r``/``escape`` reject all, ``space`` toggle the hunk
 under the cursor, ``f`` toggle its whole file, ``j``/``k`` (or arrows) move
-between hunks, ``enter`` apply the selection. The screen always dismisses
+between hunks, ``n``/``p`` between files, ``enter`` apply the selection. The screen always dismisses
 with a ChangeSet: the accepted subset (``changeset.select(...)``), whose
 ``edits`` are empty when nothing was accepted. Model output is rendered
 literally (``Content``, never markup).
@@ -81,6 +81,8 @@ class DiffPreview(Screen[ChangeSet]):
         Binding("f", "toggle_file", "Toggle file", id="diff.toggle_file"),
         Binding("j,down", "move(1)", "Next", id="diff.next", show=False),
         Binding("k,up", "move(-1)", "Previous", id="diff.previous", show=False),
+        Binding("n", "move_file(1)", "Next file", id="diff.next_file", show=False),
+        Binding("p", "move_file(-1)", "Previous file", id="diff.previous_file", show=False),
         Binding("enter", "confirm", "Apply selected", id="diff.confirm", priority=True),
     ]
 
@@ -167,6 +169,16 @@ class DiffPreview(Screen[ChangeSet]):
             return
         current = self.current
         at = hunks.index(current) if current in hunks else 0
-        target = hunks[max(0, min(len(hunks) - 1, at + step))]
-        target.focus()
-        target.scroll_visible()
+        self._go(hunks[max(0, min(len(hunks) - 1, at + step))])
+
+    def action_move_file(self, step: int) -> None:
+        current = self.current
+        if current is None:
+            return
+        edits = list(self.changeset.edits)
+        at = max(0, min(len(edits) - 1, edits.index(current.edit) + step))
+        self._go(next(h for h in self.hunks if h.edit is edits[at]))
+
+    def _go(self, hunk: HunkView) -> None:
+        hunk.focus()
+        hunk.scroll_visible()
