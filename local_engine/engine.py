@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from local_engine.config import ModelArgs
-from local_engine.errors import ModelError
+from local_engine.errors import InputError, ModelError
 from local_engine.model import Transformer
 from local_engine.tokenizer import Tokenizer
 
@@ -64,9 +64,9 @@ class Engine:
         """tokens [B, T] -> logits [B, T, vocab] (float32); fills the cache from start_pos."""
         B, T = tokens.shape
         if B > self.max_batch:
-            raise ValueError(f"batch {B} exceeds max_batch {self.max_batch}")
+            raise InputError(f"batch {B} exceeds max_batch {self.max_batch}")
         if start_pos + T > self.max_seq_len:
-            raise ValueError(f"{start_pos + T} tokens exceed max_seq_len {self.max_seq_len}")
+            raise InputError(f"{start_pos + T} tokens exceed max_seq_len {self.max_seq_len}")
         return self.model(tokens.to(self.device), start_pos)
 
     def reset(self) -> None:
@@ -95,9 +95,9 @@ class Engine:
         which is not yielded; after max_new_tokens; at max_seq_len; or when ``cancel`` is set."""
         ids = [int(i) for i in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
         if not ids:
-            raise ValueError("empty prompt")
+            raise InputError("empty prompt")
         if len(ids) >= self.max_seq_len:
-            raise ValueError(f"prompt of {len(ids)} tokens does not fit max_seq_len {self.max_seq_len}")
+            raise InputError(f"prompt of {len(ids)} tokens does not fit max_seq_len {self.max_seq_len}")
         stops = set(stop_ids or ()) | set(self.args.eos_token_id)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             stops.add(self.tokenizer.eos_token_id)

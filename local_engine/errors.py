@@ -6,3 +6,7 @@ class ModelError(Exception):
 
     ``python -m local_engine`` maps it to exit status 2; app code maps it to its UsageError.
     """
+
+
+class InputError(ValueError):
+    """A request the loaded engine cannot serve (prompt longer than max_seq_len, batch too big)."""

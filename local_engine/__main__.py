@@ -1,0 +1,95 @@
+"""python -m local_engine generate|bench — run the engine alone.
+
+Exit status 0 on success, 2 for a bad model folder or arguments (one line on stderr), 1 otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m local_engine")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="stream a completion (thinking to stderr, answer to stdout)")
+    g.add_argument("--model", required=True, help="HF model folder")
+    g.add_argument("--quant", choices=["int8", "int4"])
+    g.add_argument("--dtype", default="bfloat16")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--max-seq-len", type=int, default=4096)
+    g.add_argument("--temperature", type=float, default=0.6)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--raw", action="store_true", help="feed PROMPT as is, without the chat template")
+    g.add_argument("prompt")
+    b = sub.add_parser("bench", help="Duet vs transformers on the same weights (see bench/)")
+    from local_engine.bench import add_arguments
+
+    add_arguments(b)
+    return p
+
+
+def generate(args) -> int:
+    from local_engine import Engine
+    from local_engine.reasoning import ThinkSplitter, prompt_opens_thinking
+    from local_engine.errors import ModelError
+    from local_engine.tokenizer import IncrementalDecoder
+
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, quant=args.quant,
+                         max_seq_len=args.max_seq_len)
+    tok = engine.tokenizer
+    if tok is None:
+        raise ModelError(f"{args.model}: no tokenizer.json: cannot turn the prompt into tokens")
+    if args.raw or not tok.chat_template:
+        prompt = args.prompt
+        ids = tok.encode(prompt, add_bos=True)
+        splitter = None
+    else:
+        prompt = tok.apply_chat_template([{"role": "user", "content": args.prompt}])
+        ids = tok.encode(prompt)
+        splitter = ThinkSplitter(opened=prompt_opens_thinking(prompt))
+    text = IncrementalDecoder(tok)
+
+    def emit(pieces):
+        for kind, piece in pieces:
+            stream = sys.stderr if kind == "thinking" else sys.stdout
+            stream.write(piece)
+            stream.flush()
+
+    for token in engine.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                 top_p=args.top_p, seed=args.seed):
+        piece = text.add(token)
+        if splitter is None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        else:
+            emit(splitter.feed(piece))
+    tail = text.flush()
+    if splitter is None:
+        sys.stdout.write(tail)
+    else:
+        emit(splitter.feed(tail) + splitter.finish())
+    sys.stdout.write("\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    from local_engine.errors import InputError, ModelError
+
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return generate(args)
+        from local_engine.bench import run
+
+        return run(args)
+    except (ModelError, InputError) as e:
+        print(f"local_engine: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

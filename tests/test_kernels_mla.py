@@ -1,0 +1,36 @@
+"""Absorbed MLA attention over the latent cache: fast path equals the reference; the absorbed
+form equals attention with per-head keys/values expanded from the same latent."""
+
+import pytest
+import torch
+
+from kernels.mla import mla_attention, reference_mla_attention
+
+
+@pytest.mark.parametrize("B,T,H,R,P,start", [(1, 1, 1, 3, 2, 0), (1, 1, 5, 48, 8, 17), (2, 4, 3, 33, 6, 9),
+                                             (1, 7, 4, 10, 4, 0)])
+def test_mla_attention_matches_reference(B, T, H, R, P, start):
+    g = torch.Generator().manual_seed(B + T + H)
+    q = torch.randn(B, T, H, R + P, generator=g)
+    cache = torch.randn(B, start + T, R + P, generator=g)
+    torch.testing.assert_close(mla_attention(q, cache, R, 0.3, start),
+                               reference_mla_attention(q, cache, R, 0.3, start), atol=1e-5, rtol=1e-5)
+
+
+def test_absorbed_attention_equals_expanded_per_head_attention():
+    g = torch.Generator().manual_seed(5)
+    H, nope, v, R, P, S = 3, 6, 5, 8, 4, 9
+    w_kv_b = torch.randn(H, nope + v, R, generator=g)
+    c_kv, k_pe = torch.randn(S, R, generator=g), torch.randn(S, P, generator=g)
+    q_nope, q_pe = torch.randn(H, nope, generator=g), torch.randn(H, P, generator=g)
+    # expanded: per-head keys and values
+    k = torch.einsum("hdr,sr->hsd", w_kv_b[:, :nope], c_kv)
+    val = torch.einsum("hdr,sr->hsd", w_kv_b[:, nope:], c_kv)
+    scores = (torch.einsum("hd,hsd->hs", q_nope, k) + q_pe @ k_pe.T) * 0.2
+    expected = torch.einsum("hs,hsd->hd", scores.softmax(-1), val)
+    # absorbed
+    q_lat = torch.einsum("hd,hdr->hr", q_nope, w_kv_b[:, :nope])
+    q = torch.cat([q_lat, q_pe], -1)[None, None]
+    lat = mla_attention(q, torch.cat([c_kv, k_pe], -1)[None], R, 0.2, S - 1)[0, 0]
+    got = torch.einsum("hr,hdr->hd", lat, w_kv_b[:, nope:])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
