@@ -44,35 +44,6 @@ class LocalModel:
         self.engine = None
 
 
-class Detokenizer:
-    """Token ids in, text out, never splitting a UTF-8 character (Chinese spans tokens)."""
-
-    def __init__(self, decode):
-        self.decode = decode
-        self.ids: list[int] = []
-        self._prefix = 0  # ids[_prefix:_read] is the context already turned into text
-        self._read = 0
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        before = self.decode(self.ids[self._prefix:self._read])
-        now = self.decode(self.ids[self._prefix:])
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            self._prefix, self._read = self._read, len(self.ids)
-            return now[len(before):]
-        return ""
-
-
-def _stop_ids(tokenizer) -> list[int] | None:
-    for name in ("eos_token_id", "eos_id"):
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, int):
-            return [value]
-        if isinstance(value, (list, tuple)) and value:
-            return list(value)
-    return None
-
-
 class LocalBackend:
     def __init__(self, rc: RoleConfig, model: LocalModel):
         self.rc = rc
@@ -102,18 +73,21 @@ class LocalBackend:
                 yield Failed(f"the prompt is {len(ids)} tokens but {self.rc.role}.context is {self.model.context}: "
                              f"start a new session or raise {self.rc.role}.context")
                 return
+            from local_engine.tokenizer import IncrementalDecoder
+
             splitter = ThinkSplitter(opened=prompt_opens_thinking(prompt))
-            text = Detokenizer(tokenizer.decode)
+            text = IncrementalDecoder(tokenizer)  # never splits a UTF-8 character
             limit = min(sampling.max_tokens, room)
             produced = 0
-            try:
+            try:  # the engine checks ``cancel`` between tokens and stops at EOS
                 for token in engine.generate(ids, max_new_tokens=limit, temperature=sampling.temperature,
-                                             top_p=sampling.top_p, stop_ids=_stop_ids(tokenizer)):
+                                             top_p=sampling.top_p, cancel=cancel):
                     produced += 1
                     clock.token()
                     yield from piece_events(splitter.feed(text.add(int(token))))
                     if cancelled(cancel):
                         break
+                yield from piece_events(splitter.feed(text.flush()))
             except Exception as exc:
                 yield from piece_events(splitter.finish(interrupted=True))
                 yield Failed(f"the local engine stopped mid-answer ({type(exc).__name__}: {exc})")

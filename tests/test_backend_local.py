@@ -1,0 +1,111 @@
+"""The local backend: our engine on a tiny random DeepSeek-V3 checkpoint, in process."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("torch")
+
+from app.backends import close_all, make_backend  # noqa: E402
+from app.backends.base import ChatMessage  # noqa: E402
+from app.backends.events import AnswerDelta, Done, Failed, ThinkingDelta  # noqa: E402
+from app.config import RoleConfig, Sampling  # noqa: E402
+from local_engine.reasoning import split_text  # noqa: E402
+from tests.backend_helpers import collect  # noqa: E402
+from tests.tiny_checkpoints import write_tiny_v3  # noqa: E402
+
+GREEDY = Sampling(temperature=0.0, top_p=1.0, max_tokens=24)
+ASK = [ChatMessage("user", "Plan a cache.")]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {"r1": write_tiny_v3(root / "r1", r1=True), "plain": write_tiny_v3(root / "plain", r1=False)}
+
+
+@pytest.fixture
+def local_role(checkpoints):
+    close_all()
+    yield lambda kind="r1", role="reasoner", **kw: RoleConfig(role=role, backend="local", path=checkpoints[kind],
+                                                             dtype="float32", context=kw.pop("context", 256), **kw)
+    close_all()
+
+
+def expected_split(backend, messages, opened):
+    """What the engine itself generates for this prompt, split by the shared parser."""
+    engine = backend.model.load()
+    ids = engine.chat_prompt([{"role": m.role, "content": m.content} for m in messages])
+    out = list(engine.generate(ids, max_new_tokens=GREEDY.max_tokens, temperature=0.0))
+    return split_text(engine.tokenizer.decode(out), opened=opened), len(ids), len(out)
+
+
+def test_an_r1_checkpoint_streams_inside_its_think_block(local_role):
+    backend = make_backend(local_role("r1"))
+    r = collect(backend.stream(ASK, GREEDY))
+    (thinking, answer), n_prompt, n_out = expected_split(backend, ASK, opened=True)
+    assert isinstance(r.end, Done) and (r.thinking, r.answer) == (thinking, answer)
+    assert r.thinking  # the template opened <think>: the first words are thinking
+    assert any(isinstance(e, ThinkingDelta) for e in r.events)
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n_prompt, n_out)
+
+
+def test_a_plain_checkpoint_streams_an_answer(local_role):
+    backend = make_backend(local_role("plain", role="coder"))
+    r = collect(backend.stream(ASK, GREEDY))
+    (thinking, answer), _, _ = expected_split(backend, ASK, opened=False)
+    assert isinstance(r.end, Done) and (r.thinking, r.answer) == (thinking, answer)
+    assert any(isinstance(e, AnswerDelta) for e in r.events)
+
+
+def test_two_roles_on_one_folder_share_one_engine(local_role):
+    reasoner, coder = make_backend(local_role("r1")), make_backend(local_role("r1", role="coder"))
+    assert reasoner.model is coder.model
+    collect(reasoner.stream(ASK, GREEDY))
+    engine = reasoner.model.engine
+    collect(coder.stream(ASK, GREEDY))
+    assert coder.model.engine is engine
+
+
+def test_cancel_stops_between_tokens(local_role):
+    backend = make_backend(local_role("r1"))
+    cancel = threading.Event()
+    stamp = {}
+
+    def on_event(event, result):
+        if not cancel.is_set() and isinstance(event, (ThinkingDelta, AnswerDelta)):
+            stamp["t"] = time.monotonic()
+            cancel.set()
+
+    r = collect(backend.stream(ASK, Sampling(0.0, 1.0, 200), cancel=cancel), on_event)
+    assert time.monotonic() - stamp["t"] < 0.5
+    assert isinstance(r.end, Done) and r.end.finish_reason == "cancelled"
+
+
+def test_a_prompt_longer_than_the_context_fails_naming_the_key(local_role):
+    r = collect(make_backend(local_role("r1", context=16)).stream([ChatMessage("user", "cache " * 50)], GREEDY))
+    assert isinstance(r.end, Failed) and "reasoner.context" in r.end.message
+
+
+def test_duet_ask_json_runs_the_local_engine(checkpoints, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[reasoner]\nbackend = "local"\npath = "{checkpoints["r1"]}"\ndtype = "float32"\ncontext = 256\n\n'
+                   f'[reasoner.sampling]\ntemperature = 0.0\nmax_tokens = 12\n', encoding="utf-8")
+    p = subprocess.run([sys.executable, "-m", "app", "--config", str(cfg), "ask", "--json", "--role", "reasoner",
+                        "Plan a cache."], capture_output=True, text=True, timeout=300, cwd=root,
+                       env=dict(os.environ, PYTHONPATH=str(root)))
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["role"] == "reasoner" and out["model"] == "r1" and out["thinking"]
+    assert 0 < out["usage"]["completion_tokens"] <= 12 and out["usage"]["prompt_tokens"] > 0
+    assert 0 < out["timings"]["first_token_s"] <= out["timings"]["total_s"]
