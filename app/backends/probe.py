@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from app.config import RoleConfig
 
-PARSER_HINT = ("vLLM/SGLang: --reasoning-parser deepseek_r1; "
-               "llama-server: --reasoning-format deepseek")
+PARSER_HINT = ("vLLM: --reasoning-parser deepseek_r1; SGLang: --reasoning-parser deepseek-r1; "
+               "llama-server: --jinja --reasoning-format deepseek")
 
 
 @dataclass
