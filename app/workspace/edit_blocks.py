@@ -235,11 +235,11 @@ def _did_you_mean(file_lines: list[str], search: list[str]) -> str:
     n = len(search)
     if not file_lines:
         return f"{head}: the file is empty"
-    best, best_at = 0.0, 0
+    best, best_at = 0.5, None  # only windows at least this similar are worth showing
     target = "\n".join(s.strip() for s in search)
     matcher = difflib.SequenceMatcher(autojunk=False)
     matcher.set_seq2(target)
-    step = max(1, (len(file_lines) - n + 1) // 2000)  # bound the work on huge files
+    step = max(1, (len(file_lines) - n + 1) // 50_000)  # bound the work on huge files
     for start in range(0, max(1, len(file_lines) - n + 1), step):
         matcher.set_seq1("\n".join(s.strip() for s in file_lines[start:start + n]))
         if matcher.real_quick_ratio() <= best or matcher.quick_ratio() <= best:
@@ -247,7 +247,7 @@ def _did_you_mean(file_lines: list[str], search: list[str]) -> str:
         ratio = matcher.ratio()
         if ratio > best:
             best, best_at = ratio, start
-    if best < 0.5:
+    if best_at is None:
         return f"{head} and no similar lines were found; re-read the file and copy the lines exactly"
     shown = "\n".join(file_lines[best_at:best_at + n])
     return (f"{head}. Did you mean these lines ({best_at + 1}-{best_at + min(n, len(file_lines) - best_at)})?\n"
