@@ -37,8 +37,9 @@ class Route:
 class Cue:
     intent: str
     weight: float
-    pattern: re.Pattern | None  # None: the feature in ``when`` is the cue
-    when: str | None
+    en: re.Pattern | None  # tried only on prose with Latin letters
+    zh: re.Pattern | None  # tried only on prose with Chinese characters
+    when: str | None  # with neither pattern, this feature is the cue
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,11 @@ def load_rules(path: Path = RULES_PATH) -> Rules:
         when = spec.get("when")
         if when is not None and when not in FEATURES:
             raise ConfigError(name, f"{key}.when", f"must be one of {', '.join(FEATURES)}")
-        parts = [_english(p) for p in _strings(spec, "en", name, key)] + _strings(spec, "zh", name, key)
-        if not parts and when is None:
+        en, zh = _strings(spec, "en", name, key), _strings(spec, "zh", name, key)
+        if not en and not zh and when is None:
             raise ConfigError(name, key, "needs `en` or `zh` patterns, or a `when` feature")
-        cues.append(Cue(intent, float(weight), _compile("|".join(parts), name, key) if parts else None, when))
+        cues.append(Cue(intent, float(weight), _compile(_english(en), name, f"{key}.en") if en else None,
+                        _compile("|".join(zh), name, f"{key}.zh") if zh else None, when))
 
     prefixes = {}
     for prefix, spec in _table(data, "prefixes", name).items():
@@ -131,9 +133,9 @@ def _strings(spec: dict, field: str, name: str, key: str) -> list[str]:
     return value
 
 
-def _english(pattern: str) -> str:
+def _english(patterns: list[str]) -> str:
     # Bounded by non-letters, so "review" fits "帮我review一下" but not "preview".
-    return rf"(?<![A-Za-z0-9_])(?:{pattern})(?![A-Za-z0-9_])"
+    return r"(?<![A-Za-z0-9_])(?:" + "|".join(f"(?:{p})" for p in patterns) + r")(?![A-Za-z0-9_])"
 
 
 def _compile(pattern: str, name: str, key: str) -> re.Pattern:
@@ -205,6 +207,7 @@ def split_request(text: str) -> tuple[str, dict[str, bool]]:
 
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
+_LATIN = re.compile(r"[A-Za-z]")
 
 
 def prose_like(line: str) -> bool:
@@ -230,14 +233,17 @@ def score(text: str, *, after_plan: bool = False, table: Rules | None = None) ->
     clause_end = end.start() if end else len(prose)
     later = table.sequencing.search(prose)
     later_start = later.start() if later else len(prose) + 1
+    latin, cjk = _LATIN.search(prose) is not None, _CJK.search(prose) is not None
     scores: dict[str, Score] = {}
     for cue in table.cues:
         if cue.when and not features[cue.when]:
             continue
-        if cue.pattern is None:
+        if cue.en is None and cue.zh is None:
             pos, words = len(prose), [_FEATURE_WORDS[cue.when]]
         else:
-            matches = list(cue.pattern.finditer(prose))
+            matches = list(cue.en.finditer(prose)) if latin and cue.en else []
+            if cjk and cue.zh:
+                matches = sorted(matches + list(cue.zh.finditer(prose)), key=lambda m: m.start())
             if not matches:
                 continue
             pos = matches[0].start()
