@@ -107,7 +107,7 @@ def snapshot(base: Path) -> dict[str, object]:
     return seen
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(output=coder_outputs(), take_first_hunks=st.booleans())
 def test_adversarial_coder_output_never_escapes_the_root_or_half_writes_and_undo_is_exact(output, take_first_hunks):
