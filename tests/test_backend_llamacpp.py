@@ -85,3 +85,33 @@ def test_the_demo_role_uses_the_packaged_gemma(duet_home):
         assert (duet_home / "models" / "gemma-3-270m-q4_k_m.gguf").is_file()
     finally:
         close_all()
+
+
+THINK_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m.role }}\n{{ m.content }}<end_of_turn>\n"
+                  "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n<think>\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def think_gguf(gemma_gguf, tmp_path_factory):
+    """The Gemma GGUF with an R1-style chat template in its metadata: the prompt opens <think>."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("think") / "gemma-think.gguf"
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(gemma_gguf), str(out),
+                    "--chat-template", THINK_TEMPLATE], check=True, capture_output=True, timeout=300)
+    return out
+
+
+def test_the_ggufs_own_template_opening_think_makes_the_output_thinking(think_gguf):
+    close_all()
+    try:
+        rc = RoleConfig(role="reasoner", backend="llama.cpp", path=think_gguf, context=512, threads=2)
+        backend = make_backend(rc)
+        r = collect(backend.stream(ASK, GREEDY))
+        prompt, _, _ = backend.model.render([{"role": "user", "content": ASK[0].content}])
+        assert prompt.endswith("<start_of_turn>model\n<think>\n")  # the GGUF's template, not a guess
+        # Gemma never writes </think>: everything it says is the unfinished thought
+        assert isinstance(r.end, Done) and r.thinking.strip() and r.answer == ""
+    finally:
+        close_all()
