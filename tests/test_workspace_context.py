@@ -92,6 +92,14 @@ def test_files_that_do_not_fit_the_window_are_given_as_an_outline(proj):
     assert len(short) <= 30 * 4
 
 
+def test_pairs_give_path_and_text_for_the_prompt_builder(proj):
+    ctx = FileContext(proj)
+    ctx.add("src/pkg/util.py")
+    ctx.add("src/main.py")
+    (proj / "src" / "main.py").unlink()  # gone since it was added: left out
+    assert ctx.pairs() == [("src/pkg/util.py", "class Helper:\n    def run(self):\n        pass\n")]
+
+
 def test_number_lines_aligns_numbers():
     assert number_lines("".join(f"l{i}\n" for i in range(10))).split("\n")[0] == " 1 | l0"
 

@@ -143,6 +143,10 @@ class FileContext:
         except (safety.Unsafe, OSError):
             return None
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """``(path, text)`` of each readable file in context: what ``app.prompts.build_prompt(files=)`` takes."""
+        return [(f, text) for f in self._files if (text := self.read(f)) is not None]
+
     def budget(self, window: int | None = None) -> Budget:
         """Token estimate per file and in total, against ``window`` (the coder's context)."""
         per = {f: self.count_tokens(self.read(f) or "") for f in self._files}
