@@ -43,7 +43,7 @@ class Engine:
         torch_dtype = _dtype(dtype)
         args = ModelArgs.from_folder(folder)
         tokenizer = Tokenizer(folder) if (folder / "tokenizer.json").is_file() else None
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the weights stay ordinary tensors
             if (folder / QUANT_MARKER).is_file():
                 from local_engine.quantize import load_quantized
 
@@ -69,6 +69,7 @@ class Engine:
             raise InputError(f"{start_pos + T} tokens exceed max_seq_len {self.max_seq_len}")
         return self.model(tokens.to(self.device), start_pos)
 
+    @torch.no_grad()
     def reset(self) -> None:
         """Forget the context. (Positions are explicit, so this only clears the cache.)"""
         for layer in self.model.layers:
