@@ -51,11 +51,15 @@ class Edit:
     after: bytes
     blocks: tuple[Block, ...] = ()
     partial: bool = False
-    hunks: tuple[Hunk, ...] = field(default=(), compare=False)
+    hunks: tuple[Hunk, ...] = field(default=(), compare=False, repr=False)  # computed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        object.__setattr__(self, "hunks", make_hunks(self.before, self.after))
 
     @classmethod
     def make(cls, path: str, before: bytes | None, after: bytes, blocks=(), partial=False) -> "Edit":
-        return cls(path, before, after, tuple(blocks), partial, make_hunks(before, after))
+        return cls(path, before, after, tuple(blocks), partial)
 
     @property
     def created(self) -> bool:
