@@ -165,7 +165,7 @@ _CODE = re.compile(
     r"|static|package|struct|impl|int|char|void|#include|SELECT|INSERT|UPDATE|CREATE)\b"
     r"|^\s*@\w+|^\s*[\w.\[\]'\"]+\s*[+\-*/]?=[^=]|^\s*\w+\(.*\)\s*$|^\s*[\"'{\[]"
 )
-_MATH = re.compile(r"[\w)]\s*\^\s*[\w(]|\d\s*[-+*/]\s*\d|[a-z]\s*[-+*/]\s*\d|=\s*-?\d|f\(x\)|[√∑∫≤≥]", re.I)
+_MATH = re.compile(r"[\w)]\s*\^\s*[\w(]|\d\s*[-+*/]\s*\d|[a-z]\s*[-+*/]\s*\d|=\s*-?\d|\d%|f\(x\)|[√∑∫≤≥]", re.I)
 _QUESTION = re.compile(r"[?？]\s*$|[吗呢]\s*[?？]?\s*$|^(?:how|what|why|when|which|is|are|does|do|can|could|should|would)\b|怎么|如何|为何", re.I)
 _CLAUSE_END = re.compile(r"[，。？！；：\n]|[,.?!;:](?=\s|$)")
 

@@ -59,13 +59,13 @@ def test_router_gets_at_least_95_percent_of_the_labelled_set_right(capsys):
 
 
 def test_router_on_the_held_out_set_is_reported_and_guarded_against_regression(capsys):
-    # Written after the rules and never tuned on: this is how the router does on requests
-    # it has not seen. Measured 82% role, 56% role+intent when frozen; the floor only
-    # catches regressions.
+    # Written after the rules and never tuned on: how the router does on phrasings it has
+    # not seen. Measured 76% role, 60% role+intent when frozen (two earlier held-out rounds:
+    # 78%/56% and 82%/56%, since folded into the labelled set). The floor only catches regressions.
     exact, role_ok, misses = _accuracy(_load("router_heldout.jsonl"))
     with capsys.disabled():
         print(f"\nrouter held-out set: role+intent {exact:.1%}, role {role_ok:.1%}")
-    assert role_ok >= 0.75, "\n".join(misses)
+    assert role_ok >= 0.70, "\n".join(misses)
 
 
 @pytest.mark.parametrize("prefix, role", [
