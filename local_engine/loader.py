@@ -117,15 +117,18 @@ def _layer_plan(args: ModelArgs, names) -> dict[int, list[str]]:
     return plan
 
 
-def _fill_block(block: Block, layer: int, tensors: dict[str, torch.Tensor], source: str) -> None:
+def _fill_block(block: Block, layer: int, tensors: dict[str, torch.Tensor], shards: "Shards") -> None:
     prefix = f"model.layers.{layer}."
+    source = str(shards.folder)
     ours: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}  # our name -> checkpoint name, for error messages
     pairs = defaultdict(dict)  # our module path -> {"gate_proj": t, "up_proj": t}
     fused = {}
     for name, t in tensors.items():
         rest = name[len(prefix):]
         if rest in _ATTN:
             ours[_ATTN[rest]] = t
+            origin[_ATTN[rest]] = name
             continue
         m = _MLP.match(rest)
         if m:
@@ -133,7 +136,9 @@ def _fill_block(block: Block, layer: int, tensors: dict[str, torch.Tensor], sour
             mod = "ffn.shared" if shared else (f"ffn.experts.{expert}" if expert is not None else "ffn")
             if proj == "down_proj":
                 ours[mod + ".w2.weight"] = t
+                origin[mod + ".w2.weight"] = name
             else:
+                origin[mod + ".w13.weight"] = name
                 pairs[mod][proj] = t
             continue
         if rest in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):  # transformers' fused layout
@@ -145,6 +150,9 @@ def _fill_block(block: Block, layer: int, tensors: dict[str, torch.Tensor], sour
     for mod, gu in pairs.items():
         if set(gu) != {"gate_proj", "up_proj"}:
             raise ModelError(f"{source}: layer {layer}: {mod} has {sorted(gu)} but needs gate_proj and up_proj")
+        if gu["gate_proj"].shape != gu["up_proj"].shape:
+            raise ModelError(f"{source}: layer {layer}: {mod} gate_proj {tuple(gu['gate_proj'].shape)} and "
+                             f"up_proj {tuple(gu['up_proj'].shape)} differ")
         ours[mod + ".w13.weight"] = torch.cat([gu["gate_proj"], gu["up_proj"]], dim=0)
     if fused:
         for e in range(len(block.ffn.experts)):
@@ -152,23 +160,27 @@ def _fill_block(block: Block, layer: int, tensors: dict[str, torch.Tensor], sour
                 ours[f"ffn.experts.{e}.w13.weight"] = fused["mlp.experts.gate_up_proj"][e]
             if "mlp.experts.down_proj" in fused:
                 ours[f"ffn.experts.{e}.w2.weight"] = fused["mlp.experts.down_proj"][e]
-    _assign(block, ours, f"model.layers.{layer}", source)
+    _assign(block, ours, f"model.layers.{layer}", shards, origin)
 
 
-def _assign(module: nn.Module, ours: dict[str, torch.Tensor], where: str, source: str) -> None:
+def _assign(module: nn.Module, ours: dict[str, torch.Tensor], where: str, shards: "Shards",
+            origin: dict[str, str]) -> None:
+    source = str(shards.folder)
     params = dict(module.named_parameters())
-    for name, t in ours.items():
+    for name, t in sorted(ours.items()):
         if name not in params:
             continue  # e.g. q_proj in a q_lora model: not part of this architecture
         p = params[name]
         if tuple(t.shape) != tuple(p.shape):
-            raise ModelError(f"{source}: {where}.{name}: shape {tuple(t.shape)}, config expects {tuple(p.shape)}")
+            hf = origin.get(name, f"{where}.{name}")
+            raise ModelError(f"{shards.folder / shards.where.get(hf, '')}: tensor {hf}: shape {tuple(t.shape)}, "
+                             f"config.json expects {tuple(p.shape)}")
         mod_path, _, attr = name.rpartition(".")
         owner = module.get_submodule(mod_path) if mod_path else module
         setattr(owner, attr, nn.Parameter(t, requires_grad=False))
     missing = [n for n, p in module.named_parameters() if p.is_meta]
     if missing:
-        raise ModelError(f"{source}: {where}: missing tensor(s) for {', '.join(missing[:4])}")
+        raise ModelError(f"{source}: {where}: no tensor in the checkpoint for {', '.join(missing[:4])}")
 
 
 def load_model(folder, args: ModelArgs, *, dtype: torch.dtype, device, max_batch: int, max_seq_len: int,
@@ -184,7 +196,8 @@ def load_model(folder, args: ModelArgs, *, dtype: torch.dtype, device, max_batch
     tensors = shards.read(present, dtype, device)
     if "lm_head.weight" not in tensors and args.tie_word_embeddings and "model.embed_tokens.weight" in tensors:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-    _assign(model, {top[k]: v for k, v in tensors.items()}, "model", source)  # layers are empty yet
+    _assign(model, {top[k]: v for k, v in tensors.items()}, "model", shards,  # layers are empty yet
+            {v: k for k, v in top.items()})
     del tensors
     plan = _layer_plan(args, shards.where)
     quantize_block_ = None
@@ -195,7 +208,7 @@ def load_model(folder, args: ModelArgs, *, dtype: torch.dtype, device, max_batch
             raise ModelError(f"{source}: no tensors for layer {i} (num_hidden_layers is {args.num_hidden_layers})")
         with torch.device("meta"):
             block = Block(args, i)
-        _fill_block(block, i, shards.read(plan[i], dtype, device), source)
+        _fill_block(block, i, shards.read(plan[i], dtype, device), shards)
         if quantize_block_ is not None:
             quantize_block_(block, quant)  # quantize while loading: never the whole model in full precision
         block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)
