@@ -170,9 +170,15 @@ _QUESTION = re.compile(r"[?？]\s*$|[吗呢]\s*[?？]?\s*$|^(?:how|what|why|when
 _CLAUSE_END = re.compile(r"[，。？！；：\n]|[,.?!;:](?=\s|$)")
 
 
+HEAD_LINES, TAIL_LINES = 300, 100  # a long paste is judged by its ends: the ask is at one of them
+HEAD_CHARS, TAIL_CHARS = 1200, 600
+
+
 def split_request(text: str) -> tuple[str, dict[str, bool]]:
     """The request's prose (pasted code, diffs and tracebacks set aside) and its features."""
     lines = text.splitlines()
+    if len(lines) > HEAD_LINES + TAIL_LINES:
+        lines = lines[:HEAD_LINES] + lines[-TAIL_LINES:]
     prose: list[str] = []
     features = dict.fromkeys(FEATURES, False)
     if len(lines) <= 1:
@@ -201,6 +207,8 @@ def split_request(text: str) -> tuple[str, dict[str, bool]]:
         if not any(p.strip() for p in prose):  # all pasted: judge it as written
             prose = lines
     joined = "\n".join(p for p in prose if p.strip())
+    if len(joined) > HEAD_CHARS + TAIL_CHARS:
+        joined = joined[:HEAD_CHARS] + "\n" + joined[-TAIL_CHARS:]
     features["math"] = bool(_MATH.search(joined))
     features["question"] = bool(_QUESTION.search(joined))
     return joined, features
