@@ -20,7 +20,8 @@ A `Reply` is a status, a JSON body for non-streaming answers, and `events` for S
 a dict is sent as `data: <json>`, a str is written as is (raw, possibly malformed), a float
 sleeps that many seconds, and the markers DONE / RESET / STALL send `data: [DONE]`, reset the
 TCP connection, or go silent until the server stops. `delay` sleeps before each event;
-`split_bytes` writes the byte stream in pieces that cut lines and UTF-8 characters apart.
+`split_bytes` writes the byte stream in pieces that cut lines and UTF-8 characters apart;
+`ignore_stream` answers with one JSON body even when the client asked for a stream.
 Requests naming a model the server does not list get a 404 like vLLM's.
 """
 
@@ -49,6 +50,7 @@ class Reply:
     body: dict | str | None = None  # non-200 body, or the whole answer to a stream=False request
     delay: float = 0.0  # seconds before each event
     split_bytes: int | None = None  # write the SSE bytes in pieces of this size
+    ignore_stream: bool = False  # answer a stream=true request with the whole JSON body, as some servers do
 
 
 @dataclass
@@ -294,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
         reply = owner._next_reply()
         if reply.status != 200:
             return self._send_json(reply.status, reply.body or {})
-        if not body.get("stream"):
+        if not body.get("stream") or reply.ignore_stream:
             return self._send_json(200, reply.body or {})
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

@@ -14,7 +14,7 @@ from app.backends.probe import probe
 from app.config import RoleConfig, Sampling
 from tests.backend_helpers import collect
 from tests.sse_server import (
-    DONE, RESET, STALL, ScriptedServer, chunk, context_overflow_reply, error_reply, reasoner_reply, text_reply,
+    DONE, RESET, STALL, Reply, ScriptedServer, chunk, context_overflow_reply, error_reply, reasoner_reply, text_reply,
     with_fault)
 
 THINKING = "The user wants 2+3.\nAdding: 5. 思考完毕。"
@@ -167,6 +167,21 @@ def test_a_server_that_rejects_stream_options_is_asked_again_without_them(server
     r = ask(server, reasoner_reply(THINKING, ANSWER, usage=None))
     assert (r.thinking, r.answer) == (THINKING, ANSWER) and isinstance(r.end, Done)
     assert "stream_options" in server.requests[-2].json and "stream_options" not in server.requests[-1].json
+
+
+@pytest.mark.parametrize("placement", ["reasoning_content", "inline_no_open"])
+def test_a_server_that_ignores_stream_and_sends_one_json_body_still_gives_the_split(server, placement):
+    reply = reasoner_reply(THINKING, ANSWER, placement=placement)
+    reply.ignore_stream = True
+    r = ask(server, reply)
+    assert (r.thinking, r.answer) == (THINKING, ANSWER) and r.usage == Usage(12, 34) and isinstance(r.end, Done)
+
+
+def test_a_200_that_is_not_an_openai_answer_is_one_failed(server):
+    server.set_script(Reply(status=200, body="<html>captive portal</html>", ignore_stream=True))
+    backend = OpenAIBackend(role(server))
+    r = collect(backend.stream(ASK, SAMPLING))
+    assert isinstance(r.end, Failed) and "OpenAI-compatible" in r.end.message
 
 
 def test_a_length_cut_reports_length(server):
