@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.errors import UsageError
 from app.prompts import (build_prompt, detect_lang, handoff_brief, parse_template, render, strip_thinking,
@@ -201,3 +203,14 @@ def test_a_plan_given_to_build_prompt_loses_its_trace_too():
 def test_strip_thinking_keeps_answers_that_merely_mention_think():
     assert strip_thinking("I think this works.") == "I think this works."
     assert strip_thinking("<think>a</think>b<think>c</think>d") == "bd"
+
+
+@given(st.text(max_size=200).filter(str.strip), st.text(max_size=200),
+       st.sampled_from([("reasoner", "design"), ("reasoner", "review"), ("coder", "edit"), ("coder", "shell")]))
+@settings(max_examples=100, deadline=None)
+def test_any_request_and_file_text_arrive_verbatim(request, file_text, role_intent):
+    out = build_prompt(*role_intent, request, files=[("a.txt", file_text)])
+    assert request.strip() in out
+    body = file_text.replace("\r\n", "\n").rstrip("\n")
+    if role_intent[0] == "coder":
+        assert body in out

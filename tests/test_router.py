@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.errors import ConfigError
 from app.router import RULES_PATH, Route, load_rules, route, rules
@@ -194,3 +196,24 @@ def test_a_broken_rules_file_is_one_error_naming_file_and_key(tmp_path, edit, ke
         load_rules(path)
     message = str(info.value)
     assert str(path) in message and key in message and "\n" not in message
+
+
+def test_a_long_paste_is_judged_by_the_ask_at_either_end():
+    log = "\n".join(f"2024-01-01 12:00:{i % 60:02d} INFO worker {i} done in 12ms" for i in range(5000))
+    assert route(f"why does the worker stall after this?\n{log}").role == "reasoner"
+    assert route(f"{log}\n\nwhy does the worker stall after this?").role == "reasoner"
+    assert route(f"{log}\n\nwrite a script that counts the INFO lines per worker").role == "coder"
+
+
+@given(st.text(max_size=300), st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_any_text_routes_to_a_known_role_and_intent(text, after_plan):
+    r = route(text, after_plan=after_plan)
+    assert rules().intents[r.intent][0] == r.role and r.why
+
+
+@given(st.sampled_from(sorted(("/plan", "/design", "/review", "/think", "/code", "/edit"))), st.text(max_size=200))
+@settings(max_examples=100, deadline=None)
+def test_a_prefix_decides_whatever_follows_it(prefix, text):
+    r = route(f"{prefix} {text}")
+    assert r.forced and r.role == rules().prefixes[prefix][0]
