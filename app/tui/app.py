@@ -1,0 +1,88 @@
+"""The Duet TUI: `run_tui(config, args)` starts it.
+
+With no config file (and no --demo), a first-run screen shows what `app.discovery` found
+and offers the built-in demo model; otherwise the chat screen opens at once, resuming the
+last session when `ui.resume_last` is set. Models load in the background.
+"""
+
+from __future__ import annotations
+
+from textual.app import App
+from textual.binding import Binding
+
+from app.config import Config
+from app.tui.chat import ChatScreen
+from app.tui.commands import DuetCommands
+
+
+class DuetApp(App):
+    """Holds the config, the session store and the workspace; screens do the work."""
+
+    TITLE = "Duet"
+    COMMANDS = App.COMMANDS | {DuetCommands}
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True, show=False)]
+
+    def __init__(self, config: Config, *, workspace=None, first_run: bool = False,
+                 store=None, backend=None, load_models: bool = True, resume: bool | None = None):
+        super().__init__()
+        self.config = config
+        self.first_run = first_run
+        self.store = store
+        self.backend_override = backend
+        self.load_models = load_models
+        self.resume = config.ui.resume_last if resume is None else resume
+        self.workspace = workspace  # an app.workspace.Workspace, or None
+
+    def on_mount(self) -> None:
+        if self.store is None:
+            from app.store import SessionStore
+
+            self.store = SessionStore.open()
+        if self.store.warning:
+            self.notify(self.store.warning, severity="warning", timeout=10, markup=False)
+        if self.workspace is not None and self.workspace.warning:
+            self.notify(self.workspace.warning, severity="warning", timeout=10, markup=False)
+        if self.first_run:
+            from app.tui.first_run import FirstRunScreen
+
+            self.push_screen(FirstRunScreen(), self._first_run_done)
+        else:
+            self.open_chat()
+
+    def _first_run_done(self, use_demo: bool | None) -> None:
+        if use_demo:
+            from app.config import demo_config
+
+            self.config = demo_config()
+            self.open_chat()
+        else:
+            self.exit(0)
+
+    def open_chat(self) -> None:
+        sid = self.store.last_session_id() if self.resume else None
+        self.push_screen(ChatScreen(self.config, store=self.store, workspace=self.workspace,
+                                    backend=self.backend_override, session_id=sid, load_models=self.load_models))
+
+    @property
+    def chat(self) -> ChatScreen | None:
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, ChatScreen):
+                return screen
+        return None
+
+
+def run_tui(config: Config, args) -> int:
+    """`duet` (and `duet tui`): the app, on the first-run screen when there is no config."""
+    from app.paths import find_config
+    from app.workspace import Workspace
+
+    first_run = not getattr(args, "demo", False) and find_config(getattr(args, "config", None)) is None
+    workspace = Workspace.from_config(getattr(args, "workspace", None) or ".", config)  # UsageError: exit 2
+    app = DuetApp(config, workspace=workspace, first_run=first_run)
+    try:
+        result = app.run()
+    finally:
+        from app.backends import close_all
+
+        close_all()
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,76 @@
+"""From a worker thread to the widgets: events are buffered, the UI drains them on a timer.
+
+The thread that reads the backend never waits for the UI: it appends events to an
+`EventBuffer`; the chat screen drains the buffer about 30 times a second and hands the
+widgets one merged chunk of thinking and one of answer per drain. That keeps the number of
+Markdown appends bounded by time, not by tokens, so long answers stay smooth.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from app.backends.events import AnswerDelta, ThinkingDelta
+
+DRAIN_HZ = 30
+
+
+@dataclass
+class Chunk:
+    """Consecutive deltas of one kind, merged: ``count`` deltas (about one token each)."""
+
+    kind: str  # "thinking" | "answer"
+    text: str
+    count: int
+
+
+class EventBuffer:
+    """A thread-safe list of backend events, drained in merged form."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._events: list = []
+        self.closed = False  # the worker put its last event
+
+    def put(self, event) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+
+    def drain(self) -> tuple[list, bool]:
+        """Everything since the last drain (deltas merged into Chunks), and whether the stream is over."""
+        with self._lock:
+            events, self._events = self._events, []
+            closed = self.closed
+        return merge(events), closed
+
+
+def merge(events: list) -> list:
+    out: list = []
+    parts: list[str] = []  # texts of the Chunk being built (out[-1])
+    for event in events:
+        kind = "thinking" if isinstance(event, ThinkingDelta) else "answer" if isinstance(event, AnswerDelta) else None
+        if kind is None:
+            _close(out, parts)
+            out.append(event)
+        elif not event.text:
+            continue
+        elif out and isinstance(out[-1], Chunk) and out[-1].kind == kind and parts:
+            parts.append(event.text)
+            out[-1].count += 1
+        else:
+            _close(out, parts)
+            out.append(Chunk(kind, "", 1))
+            parts.append(event.text)
+    _close(out, parts)
+    return out
+
+
+def _close(out: list, parts: list[str]) -> None:
+    if parts:
+        out[-1].text = "".join(parts)
+        parts.clear()
