@@ -190,3 +190,9 @@ def test_a_turn_cancelled_from_another_thread_ends_with_done_cancelled(server, c
     events = list(turn.events(cancel))
     assert events[-1] == turn.result.done and isinstance(events[-1], Done)
     assert turn.result.status == "cancelled" and turn.result.session_id is None
+
+
+def test_ask_with_the_demo_model_writes_only_the_answer_and_thinking(tmp_path):
+    p = duet("--demo", "ask", "--role", "coder", "--no-save", "Say hello.", timeout=180)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() and p.stderr == ""  # Gemma does not think; llama.cpp's own logs stay out

@@ -41,6 +41,7 @@ class LlamaModel:
             raise DuetError("the llama.cpp backend needs llama-cpp-python: pip install llama-cpp-python") from None
         from app.gguf_meta import context_length
 
+        _quiet_llama_logs()
         n_ctx = self.context or min(context_length(self.path) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
         gpu_layers = -1 if self.device == "cuda" and self.gpu_layers == 0 else self.gpu_layers
         self.n_ctx = n_ctx  # llama.cpp may pad its own figure; this is what the buffers hold
@@ -63,6 +64,25 @@ class LlamaModel:
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+
+
+_log_sink = None  # keeps the ctypes callback alive
+
+
+def _quiet_llama_logs() -> None:
+    """llama.cpp logs to stderr even with verbose=False; stderr is where `duet ask` writes the thinking."""
+    global _log_sink
+    if _log_sink is None:
+        import ctypes
+
+        import llama_cpp
+
+        @llama_cpp.llama_log_callback
+        def sink(level, text, user_data):  # failures reach us as exceptions instead
+            pass
+
+        _log_sink = sink
+        llama_cpp.llama_log_set(sink, ctypes.c_void_p(0))
 
 
 def _chat_formatter(llm):
