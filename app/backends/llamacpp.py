@@ -28,11 +28,17 @@ class LlamaModel:
         self.path = Path(path)
         self.context, self.threads, self.gpu_layers, self.device = context, threads, gpu_layers, device
         self.lock = threading.Lock()  # one generation at a time
+        self._load_lock = threading.Lock()
         self._llm = None
         self._format = None
         self.n_ctx = 0
 
     def load(self):
+        """The loaded Llama; the first call loads it (safe from several threads)."""
+        with self._load_lock:
+            return self._load()
+
+    def _load(self):
         if self._llm is not None:
             return self._llm
         try:

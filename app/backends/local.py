@@ -27,10 +27,16 @@ class LocalModel:
         self.path = Path(path)
         self.device, self.dtype, self.quant = device, dtype, quant
         self.context = context or DEFAULT_CONTEXT
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one generation at a time
+        self._load_lock = threading.Lock()
         self.engine = None
 
     def load(self):
+        """The loaded Engine; the first call loads it (safe from several threads)."""
+        with self._load_lock:
+            return self._load()
+
+    def _load(self):
         if self.engine is None:
             try:
                 from local_engine import Engine
