@@ -35,12 +35,20 @@ class ThinkSplitter:
 
     def __init__(self, opened: bool | None = False):
         self.opened = opened
-        self.thinking = ""  # all thinking emitted so far
-        self.answer = ""  # all answer emitted so far
+        self._thinking_parts: list[str] = []  # all thinking emitted so far
+        self._answer_parts: list[str] = []  # all answer emitted so far
         self.closed = False  # a `</think>` (or the end of field reasoning) was seen
         self._state = "start"  # start | hold | think | answer
         self._buf = ""  # content not yet emitted
         self._held_ws = ""  # trailing blank space of the thinking, emitted only if more follows
+
+    @property
+    def thinking(self) -> str:
+        return "".join(self._thinking_parts)
+
+    @property
+    def answer(self) -> str:
+        return "".join(self._answer_parts)
 
     def feed(self, text: str) -> list[Piece]:
         """Content text (may hold inline tags)."""
@@ -106,24 +114,24 @@ class ThinkSplitter:
                 return out
             # answer
             text, self._buf = self._buf, ""
-            if not self.answer:
+            if not self._answer_parts:
                 text = text.lstrip()
             if text:
                 self._held_ws = ""
-                self.answer += text
+                self._answer_parts.append(text)
                 out.append((ANSWER, text))
             return out
 
     def _thinking(self, text: str) -> list[Piece]:
         """Emit thinking, holding trailing blank space until more thinking follows."""
         text = self._held_ws + text
-        if not self.thinking:
+        if not self._thinking_parts:
             text = text.lstrip()
         body = text.rstrip()
         self._held_ws = text[len(body):]
         if not body:
             return []
-        self.thinking += body
+        self._thinking_parts.append(body)
         return [(THINKING, body)]
 
     def _close(self) -> None:
