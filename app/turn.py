@@ -24,13 +24,21 @@ ROLE_PREFIX = {"reasoner": "/think", "coder": "/code"}  # the router's way to fo
 class TurnResult:
     role: str
     model: str
-    thinking: str = ""
-    answer: str = ""
+    thinking_parts: list[str] = field(default_factory=list)  # joined on demand: traces run long
+    answer_parts: list[str] = field(default_factory=list)
     usage: Usage | None = None
     done: Done | None = None
     failed: Failed | None = None
     message_id: int | None = None
     session_id: int | None = None
+
+    @property
+    def thinking(self) -> str:
+        return "".join(self.thinking_parts)
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.answer_parts)
 
     @property
     def status(self) -> str:
@@ -86,9 +94,9 @@ class Turn:
                 if recorder is not None:
                     recorder.add(event)
                 if isinstance(event, ThinkingDelta):
-                    result.thinking += event.text
+                    result.thinking_parts.append(event.text)
                 elif isinstance(event, AnswerDelta):
-                    result.answer += event.text
+                    result.answer_parts.append(event.text)
                 elif isinstance(event, Usage):
                     result.usage = event
                 elif isinstance(event, Done):
