@@ -57,6 +57,7 @@ class OpenAIBackend:
         events = self._stream(body, cancel)
         first = next(events)
         if isinstance(first, _Retry):  # the server rejects stream_options: ask again without
+            events.close()
             events = self._stream(self.request_body(messages, sampling, usage=False), cancel)
             first = next(events)
         yield first
@@ -72,7 +73,6 @@ class OpenAIBackend:
         splitter = ThinkSplitter(opened=None if self.rc.role == "reasoner" else False)
         finish, usage, ended = None, None, False
         url = f"{self.base}/chat/completions"
-        sent_anything = False
         try:
             with self._http().stream("POST", url, json=body, headers=auth_headers(self.rc)) as response:
                 watcher = _CancelWatcher(cancel, response)
@@ -122,7 +122,6 @@ class OpenAIBackend:
                             finish = choice.get("finish_reason") or finish
                         if isinstance(chunk.get("usage"), dict):
                             usage = _usage(chunk["usage"]) or usage
-                        sent_anything = sent_anything or bool(pieces)
                         yield from piece_events(pieces)
                 finally:
                     watcher.stop()
