@@ -206,12 +206,15 @@ class ChatScreen(Screen):
         item.plan_id = plan_item.message_id if plan_item is not None else None
         self.conversation.mount(item)
         item.start_stream()
-        self.conversation.scroll_end(animate=False)
+        if self.conversation.is_anchored:
+            self.conversation.anchor()  # a new request: back to following, even if scrolled up
+        else:
+            self.conversation.scroll_end(animate=False)
         self.current, self.turn = item, turn
         self.buffer, self.cancel_event = EventBuffer(), threading.Event()
         self.status_bar.role(route.role).set_state("busy")
         if route.role == "reasoner":
-            self.call_later(self.pane.begin, f"thinking · {rc.label}")
+            self.pane.begin(f"thinking · {rc.label}")
         self._drain_timer = self.set_interval(1 / DRAIN_HZ, self._drain)
         self._stream_turn(turn, self.buffer, self.cancel_event)
         self.refresh_bindings()
@@ -243,8 +246,6 @@ class ChatScreen(Screen):
         if not events and not closed:
             item.refresh_figures()
             return
-        conversation, pane = self.conversation, self.pane
-        follow = at_bottom(conversation), at_bottom(pane)  # follow the stream only from the bottom
         end = None
         pane_text = []
         for event in events:
@@ -261,12 +262,11 @@ class ChatScreen(Screen):
 
             await self.pane.write(visible("".join(pane_text)))
         item.refresh_figures()
-        if follow[0]:
-            conversation.scroll_end(animate=False, immediate=False, x_axis=False)
-        if follow[1]:
-            pane.scroll_end(animate=False, immediate=False, x_axis=False)
+        follow(self.conversation)
+        follow(self.pane)
         if closed and item is self.current:
-            await self._finish(item, end)
+            self.buffer = None  # no more drains
+            self.call_later(self._finish, item, end)  # outside this timer's task: _finish stops the timer
 
     async def _finish(self, item: ReplyItem, end) -> None:
         """The turn is over (ended, failed or cancelled): settle the widgets and the state."""
@@ -274,7 +274,7 @@ class ChatScreen(Screen):
             self._drain_timer.stop()
             self._drain_timer = None
         turn = self.turn
-        self.current, self.buffer, self.cancel_event = None, None, None
+        self.buffer, self.cancel_event = None, None  # no more drains; `current` clears once settled
         if isinstance(end, Failed):
             status, error = "failed", end.message
         elif isinstance(end, Done) and end.finish_reason == "cancelled":
@@ -286,7 +286,8 @@ class ChatScreen(Screen):
         total = end.total_s if isinstance(end, Done) and end.total_s else None
         if isinstance(end, Done) and end.first_token_s is not None:
             item.first_token = end.first_token_s
-        await self.pane.end()
+        if item.role == "reasoner":
+            await self.pane.end()
         await item.finish(status, error=error, total_s=total)
         widget = self.status_bar.role(item.role)
         if isinstance(end, ServerUnreachable):
@@ -301,6 +302,7 @@ class ChatScreen(Screen):
                 self.history += [ChatMessage("user", turn.prompt), ChatMessage("assistant", item.answer)]
         if status == "done" and item.role == "reasoner" and item.answer.strip():
             self.last_plan = item
+        self.current = None
         self.refresh_bindings()
         self.post_message(TurnFinished(item))
         if status == "done" and item.role == "coder" and self.workspace is not None:
@@ -447,6 +449,7 @@ class ChatScreen(Screen):
 
     async def clear_conversation(self) -> None:
         await self.conversation.remove_children()
+        self.conversation.anchor(False)
         self.history, self.last_plan = [], None
         await self.pane.show("thinking", "")
         self.refresh_bindings()
@@ -545,8 +548,12 @@ class TurnFinished(Message):
         self.item = item
 
 
-def at_bottom(scroll) -> bool:
-    return scroll.max_scroll_y - scroll.scroll_y <= 1
+def follow(scroll) -> None:
+    """Keep ``scroll`` at the bottom as content arrives, until the user scrolls up (Textual's
+    anchor, released by user scrolling). Anchored only once content overflows, so short
+    content stays at the top."""
+    if not scroll.is_anchored and scroll.max_scroll_y > 0:
+        scroll.anchor()
 
 
 def prepare_backend(rc) -> tuple[str, str]:

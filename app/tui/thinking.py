@@ -8,11 +8,13 @@ from textual.widgets import Markdown, Static
 
 
 class ThinkingPane(VerticalScroll):
-    """Streams one trace at a time; follows it only while the user is at the bottom (anchor)."""
+    """Streams one trace at a time through a MarkdownStream; the chat screen follows it
+    only while the user is at the bottom."""
 
     def __init__(self, **kw):
         super().__init__(**kw)
         self._stream = None
+        self._reset = False  # begin() was called: clear the Markdown before the next write
         self.text = ""
 
     def compose(self) -> ComposeResult:
@@ -23,21 +25,33 @@ class ThinkingPane(VerticalScroll):
     def markdown(self) -> Markdown:
         return self.query_one(".pane-trace", Markdown)
 
-    async def begin(self, title: str) -> None:
-        await self.end()
+    def begin(self, title: str) -> None:
+        """A new trace starts (synchronous, so no delta can slip in before it)."""
         self.text = ""
+        self._reset = True
         self.query_one(".pane-title", Static).update(title)
+
+    async def _start(self) -> None:
+        self._reset = False
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.stop()
         await self.markdown.update("")
         self._stream = Markdown.get_stream(self.markdown)
+        self.anchor(False)
         self.scroll_home(animate=False)
 
     async def write(self, text: str) -> None:
+        if self._reset:
+            await self._start()
         self.text += text
         if self._stream is not None:
             await self._stream.write(text)
 
     async def end(self) -> None:
         """Stop streaming and render the whole trace once (fences never go blank)."""
+        if self._reset:
+            await self._start()
         if self._stream is not None:
             stream, self._stream = self._stream, None
             await stream.stop()
@@ -45,7 +59,12 @@ class ThinkingPane(VerticalScroll):
 
     async def show(self, title: str, text: str) -> None:
         """Show a finished trace (a selected or resumed message)."""
-        await self.end()
+        self._reset = False
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.stop()
         self.text = text
         self.query_one(".pane-title", Static).update(title)
+        self.anchor(False)
         await self.markdown.update(text)
+        self.scroll_home(animate=False)

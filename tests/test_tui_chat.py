@@ -1,0 +1,263 @@
+"""The chat screen driven by real keystrokes against the openai backend on a real loopback SSE server."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from rich.cells import cell_len
+
+from app.tui.dialogs import PlanEditor
+from app.tui.thinking import ThinkingPane
+from tests.sse_server import ScriptedServer, error_reply, reasoner_reply, text_reply
+from tests.tui_support import (make_app, replies, screen_text, sent_messages, server_config, type_and_send, wait_for,
+                               wait_reply)
+
+THINKING = "First I consider the cache keys.\n\nThen the eviction policy: LRU fits.\n\nSECRET-TRACE-MARKER."
+PLAN = "## Plan\n\n1. Add an LRU cache in `cache.py`.\n2. Wire it into `server.py`."
+
+
+@pytest.fixture
+def server():
+    with ScriptedServer(reasoner_reply(THINKING, PLAN, placement="reasoning_content")) as s:
+        yield s
+
+
+async def test_a_design_request_is_routed_to_the_reasoner_and_shows_model_and_why(server):
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "design a cache for the session list")
+        item = await wait_reply(pilot, app)
+        assert item.role == "reasoner" and item.status == "done"
+        assert item.answer == PLAN and item.thinking == THINKING
+        screen = screen_text(app)
+        assert "reasoner · scripted-model · design" in screen
+        assert item.why.startswith("design request") and "design request (\"design\")" in screen
+
+
+async def test_an_implementation_request_goes_to_the_coder(server):
+    server.set_script(text_reply("def search(xs, x): ..."))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "implement binary search in Go")
+        item = await wait_reply(pilot, app)
+        assert item.role == "coder"
+        assert "coder · scripted-model · implement" in screen_text(app)
+
+
+async def test_ctrl_r_forces_the_reasoner_and_ctrl_g_forces_the_coder(server):
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "implement binary search in Go", key="ctrl+r")
+        first = await wait_reply(pilot, app)
+        await type_and_send(pilot, "design a cache", key="ctrl+g")
+        second = await wait_reply(pilot, app, 2)
+        assert (first.role, second.role) == ("reasoner", "coder")
+        assert "--role reasoner" in first.why
+
+
+async def test_the_thinking_pane_fills_live_before_the_answer_starts(server):
+    thinking = "".join(f"Thought number {i}.\n\n" for i in range(40))
+    server.set_script(reasoner_reply(thinking, "Done.", chunk_size=8, delay=0.01))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/think why is the sky blue")
+        pane = app.chat.query_one(ThinkingPane)
+        await wait_for(pilot, lambda: len(pane.text) > 40)
+        item = replies(app)[0]
+        assert item.status == "streaming" and item.answer == ""  # the trace arrives first, live
+        seen_midway = len(pane.text)
+        assert 40 < seen_midway < len(thinking)
+        assert "thinking…" in screen_text(app)  # the message's one-liner while it thinks
+        await wait_reply(pilot, app)
+        assert pane.text == item.thinking and pane.text.rstrip() == thinking.rstrip()
+        assert "Thought number 39." in screen_text(app)
+
+
+async def test_the_trace_stays_collapsed_to_one_line_and_expands_on_ctrl_t(server):
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 50)) as pilot:
+        await type_and_send(pilot, "/plan a cache")
+        item = await wait_reply(pilot, app)
+        await pilot.press("f2", "f2")  # hide the pane so only the message can show the trace
+        await pilot.pause()
+        screen = screen_text(app)
+        assert re.search(r"▸ thought for \d+ s · \d+ tokens", screen)
+        assert "SECRET-TRACE-MARKER" not in screen
+        await pilot.press("ctrl+t")
+        await wait_for(pilot, lambda: "SECRET-TRACE-MARKER" in screen_text(app))
+        assert item.expanded and "▾ thought for" in screen_text(app)
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert not item.expanded and "SECRET-TRACE-MARKER" not in screen_text(app)
+
+
+async def test_hand_off_sends_the_edited_plan_and_the_files_but_never_the_trace(server, tmp_path):
+    from app.workspace import Workspace
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "cache.py").write_text("CACHE_SIZE = 128\n")
+    ws = Workspace(root)
+    ws.context.add("cache.py")
+    app = make_app(server_config(server.base_url), workspace=ws)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/plan a cache")
+        await wait_reply(pilot, app)
+        server.set_script(text_reply("I would write the code now."))
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanEditor))
+        await pilot.press("ctrl+end", *"\n3. EDITED-STEP: add tests.")
+        await pilot.press("ctrl+s")
+        coder = await wait_reply(pilot, app, 2)
+        assert coder.role == "coder"
+        messages = sent_messages(server)
+        wire = repr(messages)
+        assert "SECRET-TRACE-MARKER" not in wire and "eviction policy" not in wire
+        last = messages[-1]["content"]
+        assert "EDITED-STEP" in last and "Add an LRU cache" in last
+        assert "CACHE_SIZE = 128" in last and "cache.py" in last
+
+
+async def test_a_code_request_after_a_plan_carries_the_plan(server):
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/plan a cache")
+        await wait_reply(pilot, app)
+        server.set_script(text_reply("ok"))
+        await type_and_send(pilot, "/code write step 1")
+        item = await wait_reply(pilot, app, 2)
+        assert item.role == "coder"
+        last = sent_messages(server)[-1]["content"]
+        assert "Add an LRU cache" in last and "SECRET-TRACE-MARKER" not in repr(sent_messages(server))
+
+
+async def test_escape_cancels_within_a_fraction_of_a_second_and_keeps_the_partial_answer(server):
+    answer = "".join(f"word{i} " for i in range(400))
+    server.set_script(reasoner_reply("", answer, placement="answer_only", chunk_size=6, delay=0.02))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "tell me a long story")
+        await wait_for(pilot, lambda: replies(app) and len(replies(app)[0].answer) > 30)
+        pressed = time.monotonic()
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.chat.current is None, timeout=5)
+        took = time.monotonic() - pressed
+        item = replies(app)[0]
+        assert item.status == "cancelled"
+        assert len(item.answer) > 30 and answer.startswith(item.answer) and item.answer != answer
+        assert took < 1.0, f"cancel took {took:.2f} s"
+        assert "cancelled — partial answer kept" in screen_text(app)
+        chats = [r for r in server.requests if r.path.endswith("/chat/completions")]
+        await wait_for(pilot, chats[-1].client_gone.is_set, timeout=5)  # the connection was released
+
+
+async def test_markup_and_ansi_escapes_in_model_output_are_shown_literally(server):
+    answer = "Use [bold]this[/bold] and [link=http://evil.example]click[/link] \x1b[31mred\x1b[0m here."
+    server.set_script(reasoner_reply("[italic]thinking[/italic] \x1b[2J", answer))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await type_and_send(pilot, "/think show markup")
+        await wait_reply(pilot, app)
+        screen = screen_text(app)
+        assert "[bold]this[/bold]" in screen
+        assert "[link=http://evil.example]click[/link]" in screen
+        assert "␛[31mred␛[0m" in screen
+        assert "[italic]thinking[/italic] ␛[2J" in screen  # the pane too
+
+
+async def test_cjk_input_and_output_render_with_double_width_cells(server):
+    server.set_script(text_reply("你好，世界！这是中文回答。"))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "解释一下这段代码")
+        await wait_reply(pilot, app)
+        lines = screen_text(app).splitlines()
+        cjk = [line for line in lines if "你好，世界！这是中文回答。" in line]
+        typed = [line for line in lines if "解释一下这段代码" in line]
+        assert cjk and typed
+        # The pane's border sits in the same terminal column on CJK lines as on ASCII lines.
+        ascii_line = next(line for line in lines if "▏" in line and line.isascii() is False and "你" not in line)
+        column = cell_len(ascii_line[: ascii_line.index("▏")])
+        for line in cjk + typed:
+            assert cell_len(line[: line.index("▏")]) == column
+
+
+async def test_a_narrow_terminal_puts_the_thinking_pane_below_the_conversation(server):
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(80, 40)) as pilot:
+        await pilot.pause()
+        conv, pane = app.chat.conversation.region, app.chat.pane.region
+        assert pane.y > conv.y and pane.width == conv.width
+        await pilot.resize_terminal(140, 40)
+        await pilot.pause()
+        conv, pane = app.chat.conversation.region, app.chat.pane.region
+        assert pane.x > conv.x and pane.y == conv.y
+
+
+async def test_f2_hides_the_pane_and_f3_widens_it(server):
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.pause()
+        width = app.chat.pane.region.width
+        await pilot.press("f3")
+        await pilot.pause()
+        assert app.chat.pane.region.width > width
+        await pilot.press("f2", "f2")
+        await pilot.pause()
+        assert not app.chat.pane.display and app.chat.conversation.region.width == 140
+
+
+async def test_a_backend_error_shows_inline_and_f5_retries(server):
+    server.enqueue(error_reply(500, "the GPU caught fire"))
+    server.set_script(text_reply("Recovered."))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "implement a queue")
+        item = await wait_reply(pilot, app)
+        assert item.status == "failed"
+        screen = screen_text(app)
+        assert "the GPU caught fire" in screen and "F5 retry" in screen
+        await pilot.press("f5")
+        again = await wait_reply(pilot, app, 2)
+        assert again.status == "done" and again.answer == "Recovered."
+
+
+async def test_an_unreachable_model_shows_failed_with_its_reason_in_the_status_bar(server, free_port):
+    config = server_config(server.base_url, coder_url=f"http://127.0.0.1:{free_port}/v1")
+    app = make_app(config, load_models=True)
+    async with app.run_test(size=(160, 40)) as pilot:
+        status = app.chat.status_bar
+        await wait_for(pilot, lambda: status.role("coder").state == "failed")
+        await wait_for(pilot, lambda: status.role("reasoner").state == "ready")
+        assert "coder: scripted-model · failed (" in screen_text(app)
+        await type_and_send(pilot, "/think still usable?")  # the other model still answers
+        assert (await wait_reply(pilot, app)).status == "done"
+
+
+async def test_enter_sends_ctrl_j_adds_a_newline_and_up_recalls_history(server):
+    server.set_script(text_reply("ok"))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        prompt = app.chat.query_one("#prompt")
+        await pilot.press(*"/pl", "tab")
+        assert prompt.text == "/plan "
+        await pilot.press("ctrl+a", "ctrl+k")
+        await pilot.press(*"line one", "ctrl+j", *"line two")
+        assert prompt.text == "line one\nline two"
+        await pilot.press("enter")
+        await wait_reply(pilot, app)
+        assert prompt.text == ""
+        assert any("line one\nline two" in m["content"] for m in sent_messages(server))
+        await pilot.press("up")
+        assert prompt.text == "line one\nline two"
+
+
+async def test_the_command_palette_lists_the_chat_commands(server):
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"hand off")
+        await wait_for(pilot, lambda: "Hand off the plan to the coder" in screen_text(app))
