@@ -188,7 +188,9 @@ class ChatScreen(Screen):
             plan = self.last_plan.answer
         if decision.role != "coder":
             plan, plan_item = None, None
-        files = self.context_files() if decision.role == "coder" or decision.intent == "review" else []
+        files = self.context_files() if decision.role == "coder" else []
+        if decision.intent == "review" and decision.role == "reasoner":
+            files = self.review_material()
         try:
             turn = Turn(self.config, request, role=role, history=list(self.history if history is None else history),
                         plan=plan, files=files, session_id=self.session_id, store=self.store,
@@ -488,6 +490,19 @@ class ChatScreen(Screen):
             if text is not None:
                 out.append((rel, text))
         return out
+
+    def review_material(self) -> list[tuple[str, str]]:
+        """/review: the files in context, else the uncommitted changes (the note says which)."""
+        if self.workspace is None:
+            return []
+        review = self.workspace.review()
+        if review.note:
+            self.notify(review.note, markup=False)
+        if review.kind == "files":
+            return self.context_files()
+        if review.kind == "diff":
+            return [("uncommitted changes (git diff HEAD)", review.text)]
+        return []
 
     def _show_context(self) -> None:
         if self.workspace is None:
