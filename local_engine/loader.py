@@ -1,15 +1,15 @@
-"""Read an HF DeepSeek folder into a Transformer, block by block, from memory-mapped safetensors.
+"""Read an HF DeepSeek folder into a Transformer, block by block, tensor by tensor.
 
-Each block is built on the meta device, filled from the shards (FP8 dequantized, cast to the
-target dtype), optionally quantized, then the next one: peak memory stays near the final
-weights. Shards are opened per block and closed again so their mapped pages are released.
-Tensors past ``num_hidden_layers`` (DeepSeek's MTP layer) are skipped."""
+Each block is built on the meta device and its parameters are filled one checkpoint tensor at
+a time (FP8 dequantized, cast to the target dtype, gate/up written straight into the fused
+w13), then it is optionally quantized and the next block follows. So the process holds the
+weights built so far plus one tensor in flight. Tensors past ``num_hidden_layers`` (DeepSeek's
+MTP layer) are skipped."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -19,10 +19,11 @@ from kernels import dispatch
 from local_engine.config import ModelArgs
 from local_engine.errors import ModelError
 from local_engine.model import Block, Transformer
+from local_engine.safetensors_io import ShardFile
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
-# HF name (inside a layer) -> our name; gate/up pairs are fused into w13 separately
+# checkpoint name inside a layer -> our parameter name
 _ATTN = {
     "self_attn.q_proj.weight": "attn.wq.weight",
     "self_attn.q_a_proj.weight": "attn.wq_a.weight",
@@ -38,181 +39,214 @@ _ATTN = {
     "mlp.gate.e_score_correction_bias": "ffn.gate.bias",
 }
 _MLP = re.compile(r"^mlp\.(?:(shared_experts)\.|experts\.(\d+)\.)?(gate_proj|up_proj|down_proj)\.weight$")
+_TOP = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
+        "lm_head.weight": "head.weight"}
 
 
 class Shards:
-    """Which file holds which tensor; reads tensors (dequantizing FP8) with files opened briefly."""
+    """Which file holds which tensor, and reading one tensor (FP8 dequantized, cast)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self.files: dict[str, ShardFile] = {}
         index = folder / "model.safetensors.index.json"
-        self.where: dict[str, str] = {}
         if index.is_file():
             try:
-                self.where = dict(json.loads(index.read_text(encoding="utf-8"))["weight_map"])
+                self.where: dict[str, str] = dict(json.loads(index.read_text(encoding="utf-8"))["weight_map"])
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ModelError(f"{index}: unreadable index ({e})") from None
             for fname in sorted(set(self.where.values())):
                 if not (folder / fname).is_file():
                     raise ModelError(f"{folder / fname}: shard named in {index.name} is missing")
+                self.file(fname)  # parse every header now: a truncated shard fails before any work
         else:
-            files = sorted(folder.glob("*.safetensors"))
-            if not files:
+            paths = sorted(folder.glob("*.safetensors"))
+            if not paths:
                 raise ModelError(f"{folder}: no *.safetensors weights")
-            for f in files:
-                for key in self._open(f.name).keys():
-                    self.where[key] = f.name
+            self.where = {k: p.name for p in paths for k in self.file(p.name).keys()}
 
-    def _open(self, fname: str):
-        from safetensors import safe_open
+    def file(self, fname: str) -> ShardFile:
+        if fname not in self.files:
+            self.files[fname] = ShardFile(self.folder / fname)
+        return self.files[fname]
 
-        try:
-            return safe_open(str(self.folder / fname), framework="pt")
-        except Exception as e:  # SafetensorError, OSError: corrupt or truncated header
-            raise ModelError(f"{self.folder / fname}: not a readable safetensors file ({e})") from None
+    def path(self, name: str) -> Path:
+        return self.folder / self.where.get(name, "?")
 
-    def read(self, names: list[str], dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
-        """Tensors by name, cast to dtype (FP8 weights dequantized with their weight_scale_inv)."""
-        by_file = defaultdict(list)
-        for n in names:
-            by_file[self.where[n]].append(n)
-        out = {}
-        for fname, keys in by_file.items():
-            f = self._open(fname)
+    def read(self, name: str, dtype: torch.dtype, device, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One tensor; read straight into ``out`` when it fits (same dtype and shape, CPU)."""
+        f = self.file(self.where[name])
+        if name not in f.entries:
+            raise ModelError(f"{f.path}: tensor {name} is listed in the index but not in the file")
+        direct = out is not None and out.device.type == "cpu" and f.entries[name][0] == dtype
+        t = f.get(name, out if direct else None)
+        if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            sk = name + "_scale_inv"
+            if sk not in self.where:
+                raise ModelError(f"{f.path}: FP8 tensor {name} has no {sk}")
             try:
-                for k in keys:
-                    t = self._get(f, fname, k)
-                    if t.dtype == torch.float8_e4m3fn:
-                        sk = k + "_scale_inv"
-                        if sk not in self.where:
-                            raise ModelError(f"{self.folder / fname}: FP8 tensor {k} has no {sk}")
-                        s = self._get(f, fname, sk) if self.where[sk] == fname else self.read([sk], torch.float32, "cpu")[sk]
-                        try:
-                            t = dispatch.fp8_block_dequant(t, s, dtype)
-                        except ValueError as e:
-                            raise ModelError(f"{self.folder / fname}: {k}: {e}") from None
-                    want = torch.float32 if _router(k) else dtype  # the router stays float32
-                    out[k] = t.to(device=device, dtype=want if t.is_floating_point() else t.dtype)
-            finally:
-                del f
-        return out
+                t = dispatch.fp8_block_dequant(t, self.read(sk, torch.float32, "cpu"), dtype)
+            except ValueError as e:
+                raise ModelError(f"{f.path}: tensor {name}: {e}") from None
+        if t.is_floating_point():
+            t = t.to(torch.float32 if _router(name) else dtype)  # the router stays float32
+        return t.to(device)
 
-    def _get(self, f, fname, key):
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def _release_free_memory() -> None:
+    """glibc keeps freed small blocks in its heap; malloc_trim hands them back (Linux only)."""
+    global _trim
+    if _trim is None:
         try:
-            return f.get_tensor(key)
-        except Exception as e:
-            raise ModelError(f"{self.folder / fname}: cannot read tensor {key} ({e})") from None
+            import ctypes
+
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
 
 
 def _router(name: str) -> bool:
     return name.endswith("mlp.gate.weight") or name.endswith("e_score_correction_bias")
 
 
-def _layer_plan(args: ModelArgs, names) -> dict[int, list[str]]:
-    plan = defaultdict(list)
-    for n in names:
-        m = _LAYER.match(n)
-        if m and int(m.group(1)) < args.num_hidden_layers and not n.endswith("_scale_inv"):
-            plan[int(m.group(1))].append(n)
-    return plan
+def _target(rest: str) -> tuple[str, int | None] | None:
+    """Our parameter for a checkpoint tensor of a layer, and which half of w13 (0 gate, 1 up)."""
+    if rest in _ATTN:
+        return _ATTN[rest], None
+    m = _MLP.match(rest)
+    if m:
+        shared, expert, proj = m.groups()
+        mod = "ffn.shared" if shared else (f"ffn.experts.{expert}" if expert is not None else "ffn")
+        if proj == "down_proj":
+            return mod + ".w2.weight", None
+        return mod + ".w13.weight", 0 if proj == "gate_proj" else 1
+    return None
 
 
-def _fill_block(block: Block, layer: int, tensors: dict[str, torch.Tensor], shards: "Shards") -> None:
+class _Filler:
+    """Puts checkpoint tensors into a module built on the meta device, checking shapes."""
+
+    def __init__(self, module: nn.Module, shards: Shards, where: str, dtype=None, device=None):
+        self.module, self.shards, self.where = module, shards, where
+        self.dtype, self.device = dtype, device
+        self.params = dict(module.named_parameters())
+        self.halves: dict[str, set[int]] = {}
+
+    def slot(self, ours: str, half: int | None) -> torch.Tensor | None:
+        """Where a half of a fused w13 goes, allocated on first use: read straight into it."""
+        p = self.params.get(ours)
+        if half is None or p is None:
+            return None
+        mod_path, _, attr = ours.rpartition(".")
+        owner = self.module.get_submodule(mod_path)
+        if p.is_meta:
+            p = nn.Parameter(torch.empty(p.shape, dtype=self.dtype, device=self.device), requires_grad=False)
+            setattr(owner, attr, p)
+            self.params[ours] = p
+        rows = p.shape[0] // 2
+        return p.data[half * rows:(half + 1) * rows]
+
+    def put(self, ours: str, half: int | None, t: torch.Tensor, ckpt_name: str) -> None:
+        p = self.params.get(ours)
+        if p is None:
+            return  # not part of this architecture (e.g. q_proj beside q_lora)
+        want = tuple(p.shape)
+        if half is not None:
+            want = (want[0] // 2,) + want[1:]
+        if tuple(t.shape) != want:
+            raise ModelError(f"{self.shards.path(ckpt_name)}: tensor {ckpt_name}: shape {tuple(t.shape)}, "
+                             f"config.json expects {want}")
+        mod_path, _, attr = ours.rpartition(".")
+        owner = self.module.get_submodule(mod_path) if mod_path else self.module
+        if half is None:
+            new = t
+        else:
+            new = getattr(owner, attr)
+            if new.is_meta:
+                new = torch.empty(p.shape, dtype=t.dtype, device=t.device)
+            dst = new.data[half * want[0]:(half + 1) * want[0]]
+            if dst.data_ptr() != t.data_ptr():  # not already read in place
+                dst.copy_(t)
+            self.halves.setdefault(ours, set()).add(half)
+        setattr(owner, attr, nn.Parameter(new, requires_grad=False))
+        self.params[ours] = getattr(owner, attr)
+
+    def finish(self) -> None:
+        missing = [n for n, p in self.module.named_parameters() if p.is_meta]
+        missing += [n for n, h in self.halves.items() if h != {0, 1}]
+        if missing:
+            raise ModelError(f"{self.shards.folder}: {self.where}: no tensor in the checkpoint for "
+                             f"{', '.join(missing[:4])}")
+
+
+def _fill_block(block: Block, layer: int, names: list[str], shards: Shards, dtype, device) -> None:
     prefix = f"model.layers.{layer}."
-    source = str(shards.folder)
-    ours: dict[str, torch.Tensor] = {}
-    origin: dict[str, str] = {}  # our name -> checkpoint name, for error messages
-    pairs = defaultdict(dict)  # our module path -> {"gate_proj": t, "up_proj": t}
-    fused = {}
-    for name, t in tensors.items():
+    fill = _Filler(block, shards, f"model.layers.{layer}", dtype, device)
+    # read in file order: sequential I/O
+    for name in sorted(names, key=lambda n: (shards.where[n], shards.file(shards.where[n]).offset(n))):
         rest = name[len(prefix):]
-        if rest in _ATTN:
-            ours[_ATTN[rest]] = t
-            origin[_ATTN[rest]] = name
-            continue
-        m = _MLP.match(rest)
-        if m:
-            shared, expert, proj = m.groups()
-            mod = "ffn.shared" if shared else (f"ffn.experts.{expert}" if expert is not None else "ffn")
-            if proj == "down_proj":
-                ours[mod + ".w2.weight"] = t
-                origin[mod + ".w2.weight"] = name
-            else:
-                origin[mod + ".w13.weight"] = name
-                pairs[mod][proj] = t
-            continue
-        if rest in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):  # transformers' fused layout
-            fused[rest] = t
-            continue
-        if rest.endswith(".bias"):
-            raise ModelError(f"{source}: tensor {name}: biases in attention/MLP are not supported")
+        target = _target(rest)
+        if target is not None:
+            fill.put(*target, shards.read(name, dtype, device, out=fill.slot(*target)), name)
+        elif rest in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):  # transformers' in-memory layout
+            t = shards.read(name, dtype, device)
+            for e in range(t.shape[0]):
+                ours = f"ffn.experts.{e}." + ("w13.weight" if rest.endswith("gate_up_proj") else "w2.weight")
+                fill.put(ours, None, t[e].clone(), name)
+        elif rest.endswith(".bias"):
+            raise ModelError(f"{shards.path(name)}: tensor {name}: biases in attention/MLP are not supported")
         # anything else inside a layer (e.g. rotary inv_freq) is not used
-    for mod, gu in pairs.items():
-        if set(gu) != {"gate_proj", "up_proj"}:
-            raise ModelError(f"{source}: layer {layer}: {mod} has {sorted(gu)} but needs gate_proj and up_proj")
-        if gu["gate_proj"].shape != gu["up_proj"].shape:
-            raise ModelError(f"{source}: layer {layer}: {mod} gate_proj {tuple(gu['gate_proj'].shape)} and "
-                             f"up_proj {tuple(gu['up_proj'].shape)} differ")
-        ours[mod + ".w13.weight"] = torch.cat([gu["gate_proj"], gu["up_proj"]], dim=0)
-    if fused:
-        for e in range(len(block.ffn.experts)):
-            if "mlp.experts.gate_up_proj" in fused:
-                ours[f"ffn.experts.{e}.w13.weight"] = fused["mlp.experts.gate_up_proj"][e]
-            if "mlp.experts.down_proj" in fused:
-                ours[f"ffn.experts.{e}.w2.weight"] = fused["mlp.experts.down_proj"][e]
-    _assign(block, ours, f"model.layers.{layer}", shards, origin)
-
-
-def _assign(module: nn.Module, ours: dict[str, torch.Tensor], where: str, shards: "Shards",
-            origin: dict[str, str]) -> None:
-    source = str(shards.folder)
-    params = dict(module.named_parameters())
-    for name, t in sorted(ours.items()):
-        if name not in params:
-            continue  # e.g. q_proj in a q_lora model: not part of this architecture
-        p = params[name]
-        if tuple(t.shape) != tuple(p.shape):
-            hf = origin.get(name, f"{where}.{name}")
-            raise ModelError(f"{shards.folder / shards.where.get(hf, '')}: tensor {hf}: shape {tuple(t.shape)}, "
-                             f"config.json expects {tuple(p.shape)}")
-        mod_path, _, attr = name.rpartition(".")
-        owner = module.get_submodule(mod_path) if mod_path else module
-        setattr(owner, attr, nn.Parameter(t, requires_grad=False))
-    missing = [n for n, p in module.named_parameters() if p.is_meta]
-    if missing:
-        raise ModelError(f"{source}: {where}: no tensor in the checkpoint for {', '.join(missing[:4])}")
+    fill.finish()
 
 
 def load_model(folder, args: ModelArgs, *, dtype: torch.dtype, device, max_batch: int, max_seq_len: int,
                quant: str | None = None) -> Transformer:
     folder = Path(folder)
     shards = Shards(folder)
-    source = str(folder)
+    try:
+        return _load(shards, args, dtype, device, max_batch, max_seq_len, quant)
+    finally:
+        shards.close()
+
+
+def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant) -> Transformer:
     with torch.device("meta"):
         model = Transformer(args)
-    top = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
-           "lm_head.weight": "head.weight"}
-    present = [k for k in top if k in shards.where]
-    tensors = shards.read(present, dtype, device)
-    if "lm_head.weight" not in tensors and args.tie_word_embeddings and "model.embed_tokens.weight" in tensors:
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-    _assign(model, {top[k]: v for k, v in tensors.items()}, "model", shards,  # layers are empty yet
-            {v: k for k, v in top.items()})
-    del tensors
-    plan = _layer_plan(args, shards.where)
+    top = _Filler(model, shards, "model")  # layers are still empty
+    for name, ours in _TOP.items():
+        if name in shards.where:
+            top.put(ours, None, shards.read(name, dtype, device), name)
+    if model.head.weight.is_meta and args.tie_word_embeddings and not model.embed.weight.is_meta:
+        model.head.weight = model.embed.weight
+    top.finish()
+    plan: dict[int, list[str]] = {}
+    for n in shards.where:
+        m = _LAYER.match(n)
+        if m and int(m.group(1)) < args.num_hidden_layers and not n.endswith("_scale_inv"):
+            plan.setdefault(int(m.group(1)), []).append(n)
     quantize_block_ = None
     if quant:
         from local_engine.quantize import quantize_block_
     for i in range(args.num_hidden_layers):
         if not plan.get(i):
-            raise ModelError(f"{source}: no tensors for layer {i} (num_hidden_layers is {args.num_hidden_layers})")
+            raise ModelError(f"{shards.folder}: no tensors for layer {i} (num_hidden_layers is {args.num_hidden_layers})")
         with torch.device("meta"):
             block = Block(args, i)
-        _fill_block(block, i, shards.read(plan[i], dtype, device), shards)
+        _fill_block(block, i, plan[i], shards, dtype, device)
         if quantize_block_ is not None:
             quantize_block_(block, quant)  # quantize while loading: never the whole model in full precision
         block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)
         model.layers.append(block)
+        _release_free_memory()  # the layer's temporaries (dtype casts, FP8 strips) go back to the OS
     from local_engine.rope import rope_tables
 
     cos, sin = rope_tables(args, max_seq_len)
