@@ -38,7 +38,7 @@ def llama_server(gemma_gguf, tmp_path_factory):
         port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("llama-server") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--model_alias", MODEL,
+                             "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--model_alias", MODEL,
                              "--chat_format", "gemma"], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
     try:

@@ -23,7 +23,7 @@ ASK = [ChatMessage("user", "Write a haiku about the sea.")]
 def gguf_role(gemma_gguf):
     close_all()
     yield lambda role="coder", **kw: RoleConfig(role=role, backend="llama.cpp", path=gemma_gguf, context=kw.pop("context", 512),
-                                                threads=2, **kw)
+                                                threads=1, **kw)
     close_all()
 
 
@@ -106,7 +106,7 @@ def think_gguf(gemma_gguf, tmp_path_factory):
 def test_the_ggufs_own_template_opening_think_makes_the_output_thinking(think_gguf):
     close_all()
     try:
-        rc = RoleConfig(role="reasoner", backend="llama.cpp", path=think_gguf, context=512, threads=2)
+        rc = RoleConfig(role="reasoner", backend="llama.cpp", path=think_gguf, context=512, threads=1)
         backend = make_backend(rc)
         r = collect(backend.stream(ASK, GREEDY))
         prompt, _, _ = backend.model.render([{"role": "user", "content": ASK[0].content}])
@@ -115,3 +115,34 @@ def test_the_ggufs_own_template_opening_think_makes_the_output_thinking(think_gg
         assert isinstance(r.end, Done) and r.thinking.strip() and r.answer == ""
     finally:
         close_all()
+
+
+def test_cancel_during_a_long_prompt_stops_before_the_whole_prompt_is_read(gguf_role):
+    backend = make_backend(gguf_role(context=1024))
+    llm = backend.model.load()
+    long_ask = [ChatMessage("user", "the sea, the waves, the salt; " * 110)]
+    n_prompt = len(llm.tokenize(backend.model.render([{"role": "user", "content": long_ask[0].content}])[0].encode(),
+                                add_bos=True, special=True))
+    assert n_prompt > 600
+    cancel = threading.Event()
+    cancel.set()  # Esc before the first token
+    r = collect(backend.stream(long_ask, GREEDY, cancel=cancel))
+    assert r.events == [r.end] and r.end.finish_reason == "cancelled"
+    assert llm.n_tokens < n_prompt  # it stopped reading the prompt
+    r = collect(backend.stream(long_ask, GREEDY))  # and the next turn reads it all and answers
+    assert isinstance(r.end, Done) and r.answer and r.usage.prompt_tokens == n_prompt
+
+
+def test_a_follow_up_turn_reads_only_the_new_part_of_the_prompt(gguf_role):
+    backend = make_backend(gguf_role())
+    first = [ChatMessage("user", "Name a colour.")]
+    one = collect(backend.stream(first, GREEDY))
+    llm = backend.model.load()
+    read = []
+    real_eval = llm.eval
+    llm.eval = lambda batch: (read.append(len(batch)), real_eval(batch))[1]  # count, then the real thing
+    follow = first + [ChatMessage("assistant", one.answer), ChatMessage("user", "Another one.")]
+    r = collect(backend.stream(follow, GREEDY))
+    assert isinstance(r.end, Done) and r.answer
+    prompt_read = sum(read) - (r.usage.completion_tokens - 1)  # decode steps go through eval too
+    assert 0 < prompt_read < r.usage.prompt_tokens - 10  # the first turn's tokens came from the cache

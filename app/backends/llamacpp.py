@@ -105,6 +105,32 @@ def _chat_formatter(llm):
     return llama_chat_format.format_gemma if arch.startswith("gemma") else llama_chat_format.format_chatml
 
 
+PREFILL_CHUNK = 128  # prompt tokens per llama.cpp call: cancel is checked between calls
+
+
+def _prefill(llm, tokens: list[int], cancel: threading.Event | None) -> None:
+    """Evaluate the prompt in chunks, so Esc during a long prompt stops within one chunk.
+
+    Whatever the cache already holds of this prompt (the earlier turns) is kept, as
+    llama-cpp-python itself does; `create_completion` then finds the whole prompt cached
+    and samples at once from the logits of the last chunk.
+    """
+    held = getattr(llm, "_input_ids", None)
+    if held is None or not hasattr(llm, "n_tokens"):
+        return  # another llama-cpp-python: let create_completion read the prompt in one go
+    keep = 0
+    for a, b in zip(held, tokens):
+        if a != b:
+            break
+        keep += 1
+    keep = min(keep, len(tokens) - 1)  # re-read at least the last token: fresh logits
+    llm.n_tokens = keep  # eval() drops the cache beyond this point
+    for start in range(keep, len(tokens), PREFILL_CHUNK):
+        if cancelled(cancel):
+            return
+        llm.eval(tokens[start:start + PREFILL_CHUNK])
+
+
 class LlamaCppBackend:
     def __init__(self, rc: RoleConfig, model: LlamaModel):
         self.rc = rc
@@ -142,6 +168,14 @@ class LlamaCppBackend:
 
             from llama_cpp import LogitsProcessorList
 
+            try:
+                _prefill(llm, tokens, cancel)
+            except Exception as exc:
+                yield Failed(f"llama.cpp could not read the prompt ({type(exc).__name__}: {exc})")
+                return
+            if cancelled(cancel):
+                yield clock.done("cancelled")
+                return
             max_tokens = min(sampling.max_tokens, n_ctx - len(tokens))
             finish = None
             chunks = llm.create_completion(tokens, stream=True, max_tokens=max_tokens, temperature=sampling.temperature,
