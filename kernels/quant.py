@@ -195,9 +195,16 @@ def _int4pack_cpu_ok(n: int, k: int, group: int) -> bool:
     return n % 16 == 0 and k % group == 0 and group in INT4_GROUPS
 
 
+def _aligned(t: Tensor) -> Tensor:
+    """The packed kernels segfault on unaligned data (safetensors hands out tensors at any
+    offset of its buffer): copy those into a fresh allocation."""
+    return t.contiguous().clone() if t.data_ptr() % 64 or not t.is_contiguous() else t
+
+
 def from_codes(mode: str, shape: tuple[int, int], group_size: int, codes: dict[str, Tensor]) -> QuantizedWeight:
     """Build the runtime weight from portable codes (int8: q, scale; int4: plain-nibble q,
     scale_zero), packing for the device's fast kernel where there is one."""
+    codes = {k: _aligned(v) for k, v in codes.items()}
     if mode == "int8":
         return QuantizedWeight("int8", tuple(shape), group_size, dict(codes), layout="plain")
     q, sz = codes["q"], codes["scale_zero"]

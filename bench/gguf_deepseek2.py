@@ -1,0 +1,112 @@
+"""Write a deepseek2 GGUF for llama.cpp from arrays already in their target precision.
+
+Tensors are given with llama.cpp's names and torch's [out, in] orientation (3-D for stacked
+experts); Q8_0 / Q4_0 tensors are given as their codes and block scales, which this module
+lays out in ggml's block format, so the same quantized weights can be handed to Duet and
+to llama.cpp. Every deepseek2 hyper-parameter is set explicitly -- in particular
+``expert_gating_func``: without it llama.cpp silently uses softmax gating.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, TokenType
+
+
+def q8_0_blocks(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """q int8 [..., K], d [..., K/32] (block scales) -> uint8 [..., K/32 * 34] (fp16 d, 32 int8)."""
+    nb = q.shape[-1] // 32
+    out = np.empty(q.shape[:-1] + (nb, 34), dtype=np.uint8)
+    out[..., :2] = d.astype(np.float16).reshape(q.shape[:-1] + (nb, 1)).view(np.uint8)
+    out[..., 2:] = q.reshape(q.shape[:-1] + (nb, 32)).view(np.uint8)
+    return out.reshape(q.shape[:-1] + (nb * 34,))
+
+
+def q4_0_blocks(codes: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """codes uint8 [..., K] in 0..15 (w = (code - 8) * d), d [..., K/32] -> uint8 [..., K/32 * 18]:
+    fp16 d, then 16 bytes holding element j in the low nibble and j + 16 in the high one."""
+    nb = codes.shape[-1] // 32
+    c = codes.reshape(codes.shape[:-1] + (nb, 32))
+    out = np.empty(codes.shape[:-1] + (nb, 18), dtype=np.uint8)
+    out[..., :2] = d.astype(np.float16).reshape(codes.shape[:-1] + (nb, 1)).view(np.uint8)
+    out[..., 2:] = c[..., :16] | (c[..., 16:] << 4)
+    return out.reshape(codes.shape[:-1] + (nb * 18,))
+
+
+def _byte_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    """A valid GPT-2 style byte-level vocabulary padded to vocab_size (the bench feeds ids)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    tokens = [chr(c) for c in cs]
+    tokens.append("Ġt")
+    merges = ["Ġ t"]
+    tokens += [f"<|x{i}|>" for i in range(vocab_size - len(tokens))]
+    types = [TokenType.NORMAL] * len(tokens)
+    return tokens[:vocab_size], types[:vocab_size], merges
+
+
+def write_deepseek2_gguf(path, cfg: dict, tensors: dict) -> None:
+    """cfg: HF config.json fields of a DeepseekV2/V3 model. tensors: gguf name ->
+    ("f32" | "f16" | "bf16", array) or ("q8_0" | "q4_0", codes, block_scales)."""
+    w = GGUFWriter(str(path), "deepseek2")
+    L = cfg["num_hidden_layers"]
+    w.add_name("duet-bench")
+    w.add_context_length(cfg.get("max_position_embeddings", 4096))
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(L)
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(1)
+    w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
+    w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
+    w.add_vocab_size(cfg["vocab_size"])
+    if cfg.get("q_lora_rank"):
+        w.add_q_lora_rank(cfg["q_lora_rank"])
+    w.add_kv_lora_rank(cfg["kv_lora_rank"])
+    w.add_key_length(cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"])
+    w.add_value_length(cfg["kv_lora_rank"])
+    w.add_key_length_mla(cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"])
+    w.add_value_length_mla(cfg["v_head_dim"])
+    w.add_rope_dimension_count(cfg["qk_rope_head_dim"])
+    w.add_leading_dense_block_count(cfg["first_k_dense_replace"])
+    w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    w.add_expert_count(cfg["n_routed_experts"])
+    w.add_expert_shared_count(cfg["n_shared_experts"])
+    w.add_expert_used_count(cfg["num_experts_per_tok"])
+    w.add_expert_weights_scale(float(cfg.get("routed_scaling_factor", 1.0)))
+    w.add_expert_weights_norm(bool(cfg.get("norm_topk_prob", False)))
+    sigmoid = cfg.get("scoring_func", "softmax") == "sigmoid"
+    w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID if sigmoid else ExpertGatingFuncType.SOFTMAX)
+    w.add_expert_group_count(cfg.get("n_group") or 1)
+    w.add_expert_group_used_count(cfg.get("topk_group") or 1)
+    tokens, types, merges = _byte_vocab(cfg["vocab_size"])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(cfg.get("bos_token_id") or 0)
+    w.add_eos_token_id(cfg.get("eos_token_id") or 1)
+    for name, spec in tensors.items():
+        kind = spec[0]
+        if kind == "f32":
+            w.add_tensor(name, np.ascontiguousarray(spec[1], dtype=np.float32))
+        elif kind == "f16":
+            w.add_tensor(name, np.ascontiguousarray(spec[1], dtype=np.float16))
+        elif kind == "bf16":   # uint16 bit patterns
+            w.add_tensor(name, np.ascontiguousarray(spec[1]), raw_dtype=GGMLQuantizationType.BF16)
+        elif kind == "q8_0":
+            w.add_tensor(name, q8_0_blocks(spec[1], spec[2]), raw_dtype=GGMLQuantizationType.Q8_0)
+        elif kind == "q4_0":
+            w.add_tensor(name, q4_0_blocks(spec[1], spec[2]), raw_dtype=GGMLQuantizationType.Q4_0)
+        else:
+            raise ValueError(f"{name}: unknown tensor kind {kind!r}")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

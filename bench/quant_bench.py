@@ -1,0 +1,368 @@
+"""Duet int8/int4 vs llama.cpp Q8_0/Q4_0 on the same weights, DeepSeek-V2-Lite layer shapes.
+
+    python -m bench.quant_bench [--layers 4] [--threads 2] [--modes int8,int4]
+
+Random weights are generated straight into their quantized form (int8: codes + one scale
+per row; int4: codes + one scale per group of 64, zero 0) and written twice: as a Duet
+quantized folder (loaded by ``Engine.load``) and as a deepseek2 GGUF with the very same
+weights as Q8_0 (each row's scale repeated per block of 32) / Q4_0. Attention projections,
+dense MLP, experts and head are quantized in both; ``wkv_b`` (attn_k_b/attn_v_b) is bf16 in
+both. llama.cpp runs in a subprocess (llama-cpp-python) with the same thread count.
+
+Reports decode tok/s at batch 1 at context 0 and 2048, prefill tok/s (2048 tokens), and the
+physical limit: active weight bytes per token / memory bandwidth (timed large copy).
+Two departures from V2-Lite: the vocabulary is 16384 (not 102400) so the head does not
+dominate a 4-layer model, and q goes through a 1536-rank q_lora (as in V2/V3): llama.cpp
+treats a deepseek2 model as "lite" (plain q projection) only when it has 26 or 27 layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+V2_LITE = dict(
+    architectures=["DeepseekV2ForCausalLM"], model_type="deepseek_v2",
+    vocab_size=16384, hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
+    num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=16, q_lora_rank=1536,
+    kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+    n_routed_experts=64, n_shared_experts=2, num_experts_per_tok=6, first_k_dense_replace=1,
+    moe_layer_freq=1, n_group=1, topk_group=1, topk_method="greedy", scoring_func="softmax",
+    norm_topk_prob=False, routed_scaling_factor=1.0, rms_norm_eps=1e-6, rope_theta=10000.0,
+    max_position_embeddings=4096, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False,
+    torch_dtype="bfloat16",
+)
+PREFILL, DECODE = 2048, 16
+GROUP = 64
+
+
+# ---------------------------------------------------------------------------------------
+# weights
+
+
+class Weights:
+    """Generates each weight once in its quantized form; emits Duet and GGUF tensors."""
+
+    def __init__(self, mode: str, seed: int = 0):
+        self.mode = mode
+        self.g = torch.Generator().manual_seed(seed)
+        self.duet: dict[str, torch.Tensor] = {}
+        self.linears: dict[str, dict] = {}
+        self.gguf: dict[str, tuple] = {}
+
+    def codes(self, n: int, k: int):
+        """One [n, k] weight: Duet codes dict + (gguf codes, gguf block scales) as numpy."""
+        if self.mode == "int8":
+            q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=self.g)
+            scale = torch.full((n,), 1 / (math.sqrt(k) * 73), dtype=torch.bfloat16)
+            scale = scale * (1 + 0.1 * torch.rand(n, generator=self.g)).to(torch.bfloat16)
+            d = scale.float().numpy()[:, None].repeat(k // 32, 1)
+            return {"q": q, "scale": scale}, (q.numpy(), d)
+        c = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=self.g)
+        s = (torch.rand(k // GROUP, n, generator=self.g) * 0.2 + 0.9) / (math.sqrt(k) * 4.6)
+        s = s.to(torch.bfloat16)
+        sz = torch.stack([s, torch.zeros_like(s)], dim=-1)          # [K/g, N, 2], zero 0
+        from kernels.quant import pack_nibbles
+        d = s.float().t().numpy().repeat(GROUP // 32, 1)              # [N, K/32]
+        return {"q": pack_nibbles(c), "scale_zero": sz}, (c.numpy(), d)
+
+    def linear(self, duet_name: str, gguf_names: list[str], n_rows: list[int], k: int, experts: int = 0):
+        """A Duet Linear whose rows are the concatenation of gguf tensors (w13 = gate ++ up);
+        with ``experts`` the gguf side stacks that many [n, k] matrices into one 3-D tensor."""
+        kind = "q8_0" if self.mode == "int8" else "q4_0"
+        stacks = {g: ([], []) for g in gguf_names}
+        for e in range(max(experts, 1)):
+            parts = [self.codes(n, k) for n in n_rows]
+            name = duet_name.format(e=e)
+            if self.mode == "int8":
+                codes = {"q": torch.cat([p[0]["q"] for p in parts]), "scale": torch.cat([p[0]["scale"] for p in parts])}
+            else:
+                codes = {"q": torch.cat([p[0]["q"] for p in parts]),
+                         "scale_zero": torch.cat([p[0]["scale_zero"] for p in parts], dim=1)}
+            for key, t in codes.items():
+                self.duet[f"{name}.qweight.{key}"] = t
+            self.linears[name] = {"mode": self.mode, "shape": [sum(n_rows), k],
+                                  "group_size": k if self.mode == "int8" else GROUP}
+            for g, p in zip(gguf_names, parts):
+                stacks[g][0].append(p[1][0])
+                stacks[g][1].append(p[1][1])
+        for g, (qs, ds) in stacks.items():
+            if experts:
+                self.gguf[g] = (kind, np.stack(qs), np.stack(ds))
+            else:
+                self.gguf[g] = (kind, qs[0], ds[0])
+
+    def plain(self, duet_name: str, gguf_name: str, t: torch.Tensor, gguf_kind: str):
+        self.duet[duet_name] = t
+        if gguf_kind == "bf16":
+            self.gguf[gguf_name] = ("bf16", t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))
+        else:
+            self.gguf[gguf_name] = (gguf_kind, t.float().numpy())
+
+
+def build(cfg: dict, mode: str) -> Weights:
+    c = cfg
+    H, V, nh = c["hidden_size"], c["vocab_size"], c["num_attention_heads"]
+    nope, rope, vd, R = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"], c["kv_lora_rank"]
+    I, Im, E = c["intermediate_size"], c["moe_intermediate_size"], c["n_routed_experts"]
+    Is = Im * c["n_shared_experts"]
+    W = Weights(mode)
+    g = W.g
+    W.plain("embed.weight", "token_embd.weight", torch.randn(V, H, generator=g).to(torch.bfloat16), "f16")
+    W.plain("norm.weight", "output_norm.weight", torch.ones(H), "f32")
+    W.linear("head", ["output.weight"], [V], H)
+    for i in range(c["num_hidden_layers"]):
+        p, b = f"layers.{i}.", f"blk.{i}."
+        W.plain(p + "attn_norm.weight", b + "attn_norm.weight", torch.ones(H), "f32")
+        W.plain(p + "ffn_norm.weight", b + "ffn_norm.weight", torch.ones(H), "f32")
+        W.plain(p + "attn.kv_norm.weight", b + "attn_kv_a_norm.weight", torch.ones(R), "f32")
+        Q = c["q_lora_rank"]
+        W.linear(p + "attn.wq_a", [b + "attn_q_a.weight"], [Q], H)
+        W.plain(p + "attn.q_norm.weight", b + "attn_q_a_norm.weight", torch.ones(Q), "f32")
+        W.linear(p + "attn.wq_b", [b + "attn_q_b.weight"], [nh * (nope + rope)], Q)
+        W.linear(p + "attn.wkv_a", [b + "attn_kv_a_mqa.weight"], [R + rope], H)
+        W.linear(p + "attn.wo", [b + "attn_output.weight"], [H], nh * vd)
+        wkv_b = (torch.randn(nh * (nope + vd), R, generator=g) / math.sqrt(R)).to(torch.bfloat16)
+        W.duet[p + "attn.wkv_b.weight"] = wkv_b
+        kv = wkv_b.view(nh, nope + vd, R)
+        k_b = kv[:, :nope].transpose(1, 2).contiguous()              # [nh, R, nope]
+        v_b = kv[:, nope:].contiguous()                              # [nh, v, R]
+        for name, t in ((b + "attn_k_b.weight", k_b), (b + "attn_v_b.weight", v_b)):
+            W.gguf[name] = ("bf16", t.view(torch.int16).numpy().view(np.uint16))
+        if i < c["first_k_dense_replace"]:
+            W.linear(p + "ffn.w13", [b + "ffn_gate.weight", b + "ffn_up.weight"], [I, I], H)
+            W.linear(p + "ffn.w2", [b + "ffn_down.weight"], [H], I)
+            continue
+        W.plain(p + "ffn.gate.weight", b + "ffn_gate_inp.weight",
+                torch.randn(E, H, generator=g) / math.sqrt(H), "f32")
+        W.linear(p + "ffn.experts.{e}.w13", [b + "ffn_gate_exps.weight", b + "ffn_up_exps.weight"],
+                 [Im, Im], H, experts=E)
+        W.linear(p + "ffn.experts.{e}.w2", [b + "ffn_down_exps.weight"], [H], Im, experts=E)
+        W.linear(p + "ffn.shared.w13", [b + "ffn_gate_shexp.weight", b + "ffn_up_shexp.weight"], [Is, Is], H)
+        W.linear(p + "ffn.shared.w2", [b + "ffn_down_shexp.weight"], [H], Is)
+    return W
+
+
+def write_duet(folder: Path, cfg: dict, W: Weights) -> None:
+    from safetensors.torch import save_file
+
+    from local_engine.quantize import FORMAT, MARKER, TENSORS, VERSION
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    save_file({k: v.contiguous() for k, v in W.duet.items()}, str(folder / TENSORS), metadata={"format": FORMAT})
+    meta = {"format": FORMAT, "version": VERSION, "mode": W.mode, "linears": W.linears,
+            "num_hidden_layers": cfg["num_hidden_layers"]}
+    (folder / MARKER).write_text(json.dumps(meta))
+
+
+def active_bytes(cfg: dict, W: Weights) -> int:
+    """Weight bytes one decode token reads: everything but the embedding table and the
+    experts not chosen (top-k of E per MoE layer)."""
+    E, k = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+    total = 0
+    for name, t in W.duet.items():
+        if name == "embed.weight":
+            continue
+        b = t.numel() * t.element_size()
+        if ".experts." in name:
+            b = b * k / E
+        total += b
+    return int(total)
+
+
+# ---------------------------------------------------------------------------------------
+# timing
+
+
+def bandwidth_gbs() -> dict:
+    """Memory bandwidth from a large copy (read + write) and a large reduction (read)."""
+    a = torch.ones(1 << 28, dtype=torch.float32)                   # 1 GiB
+    b = torch.empty_like(a)
+    best_copy = best_read = float("inf")
+    for _ in range(4):
+        t = time.perf_counter()
+        b.copy_(a)
+        best_copy = min(best_copy, time.perf_counter() - t)
+        t = time.perf_counter()
+        a.sum()
+        best_read = min(best_read, time.perf_counter() - t)
+    n = a.numel() * 4
+    return {"copy_gbs": 2 * n / best_copy / 1e9, "read_gbs": n / best_read / 1e9}
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def run_duet(folder: Path, threads: int) -> dict:
+    from local_engine import Engine
+
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    eng = Engine.load(folder, dtype="bfloat16", max_seq_len=PREFILL + DECODE + 8)
+    load_s = time.perf_counter() - t
+    V = eng.args.vocab_size
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(2, V, (1, PREFILL), generator=gen)
+
+    def decode(start: int) -> float:
+        # a fixed pseudo-random token stream (the same for llama.cpp): varying tokens route
+        # to varying experts, as real decoding does
+        toks = torch.randint(2, V, (DECODE + 1,), generator=torch.Generator().manual_seed(2)).tolist()
+        eng.forward(torch.tensor([[toks[0]]]), start)             # warm-up step
+        times = []
+        for j in range(DECODE):
+            t0 = time.perf_counter()
+            eng.forward(torch.tensor([[toks[j + 1]]]), start + 1 + j)
+            times.append(time.perf_counter() - t0)
+        return 1 / _median(times)
+
+    eng.reset()
+    d0 = decode(0)
+    eng.reset()
+    t = time.perf_counter()
+    for s in range(0, PREFILL, 512):                              # chunks, as llama.cpp's n_batch
+        eng.forward(prompt[:, s:s + 512], s)
+    prefill = PREFILL / (time.perf_counter() - t)
+    d2k = decode(PREFILL)
+    return {"load_s": load_s, "decode_ctx0": d0, "decode_ctx2048": d2k, "prefill": prefill,
+            "weight_bytes": eng.weight_bytes()}
+
+
+LLAMA_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+from llama_cpp import Llama
+path, threads, prefill, decode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+t = time.perf_counter()
+llm = Llama(path, n_ctx=prefill + decode + 16, n_threads=threads, n_threads_batch=threads, n_batch=512,
+            n_ubatch=512, flash_attn=False, type_k=1, type_v=1, verbose=False, logits_all=False)
+load_s = time.perf_counter() - t
+rng = np.random.default_rng(1)
+V = llm.n_vocab()
+prompt = rng.integers(2, V, prefill).tolist()
+def dec():
+    toks = np.random.default_rng(2).integers(2, V, decode + 1).tolist()
+    llm.eval([toks[0]])
+    ts = []
+    for tok in toks[1:]:
+        t0 = time.perf_counter(); llm.eval([tok]); ts.append(time.perf_counter() - t0)
+    ts.sort(); return 1 / ts[len(ts) // 2]
+llm.reset(); d0 = dec()
+llm.reset()
+t = time.perf_counter(); llm.eval(prompt); pf = prefill / (time.perf_counter() - t)
+d2k = dec()
+print(json.dumps({"load_s": load_s, "decode_ctx0": d0, "decode_ctx2048": d2k, "prefill": pf}))
+"""
+
+
+def run_llama(path: Path, threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    r = subprocess.run([sys.executable, "-c", LLAMA_SCRIPT, str(path), str(threads), str(PREFILL), str(DECODE)],
+                       capture_output=True, text=True, env=env, timeout=900)
+    if r.returncode != 0:
+        return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def profile_duet(folder: Path, threads: int) -> list[tuple[str, float]]:
+    """Where one decode step's time goes (torch profiler, top ops by self CPU time)."""
+    from local_engine import Engine
+
+    torch.set_num_threads(threads)
+    eng = Engine.load(folder, dtype="bfloat16", max_seq_len=64)
+    tok = torch.tensor([[5]])
+    for j in range(3):
+        eng.forward(tok, j)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for j in range(4):
+            eng.forward(tok, 3 + j)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    return [(e.key, e.self_cpu_time_total / 4 / 1000, e.count // 4) for e in rows]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--modes", default="int8,int4")
+    ap.add_argument("--workdir", default=None, help="where the model files go (default: a temp dir, removed)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quant_bench.json"))
+    ap.add_argument("--no-profile", action="store_true")
+    a = ap.parse_args(argv)
+    cfg = dict(V2_LITE, num_hidden_layers=a.layers)
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="duet-quant-bench-"))
+    torch.set_num_threads(a.threads)
+    bw = bandwidth_gbs()
+    print(f"memory bandwidth: copy {bw['copy_gbs']:.1f} GB/s (read+write), read {bw['read_gbs']:.1f} GB/s",
+          flush=True)
+    rows, profiles = [], {}
+    try:
+        for mode in a.modes.split(","):
+            t = time.perf_counter()
+            W = build(cfg, mode)
+            folder, gguf_path = work / f"duet-{mode}", work / f"llama-{mode}.gguf"
+            write_duet(folder, cfg, W)
+            from bench.gguf_deepseek2 import write_deepseek2_gguf
+
+            write_deepseek2_gguf(gguf_path, cfg, W.gguf)
+            act = active_bytes(cfg, W)
+            print(f"[{mode}] weights written in {time.perf_counter() - t:.0f}s; "
+                  f"active bytes/token {act / 1e6:.0f} MB", flush=True)
+            del W
+            duet = run_duet(folder, a.threads)
+            print(f"[{mode}] duet {duet}", flush=True)
+            if not a.no_profile:
+                profiles[mode] = profile_duet(folder, a.threads)
+            llama = run_llama(gguf_path, a.threads)
+            print(f"[{mode}] llama.cpp {llama}", flush=True)
+            limit = bw["read_gbs"] * 1e9 / act
+            peer = "Q8_0" if mode == "int8" else "Q4_0"
+            rows.append({"engine": f"duet {mode}", **duet, "active_bytes": act, "limit_tok_s": limit})
+            rows.append({"engine": f"llama.cpp {peer}", **llama, "active_bytes": act, "limit_tok_s": limit})
+            shutil.rmtree(folder, ignore_errors=True)
+            gguf_path.unlink(missing_ok=True)
+    finally:
+        if a.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(f"DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads, bf16 activations")
+    print(f"{'engine':<18}{'decode@0':>10}{'decode@2k':>11}{'prefill':>10}{'limit':>8}{'% limit':>9}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['engine']:<18}  error: {r['error']}")
+            continue
+        pct = 100 * r["decode_ctx0"] / r["limit_tok_s"]
+        print(f"{r['engine']:<18}{r['decode_ctx0']:>10.1f}{r['decode_ctx2048']:>11.1f}{r['prefill']:>10.1f}"
+              f"{r['limit_tok_s']:>8.1f}{pct:>8.0f}%")
+    for mode, prof in profiles.items():
+        print(f"\nduet {mode}: one decode step, top ops by self time (ms, calls)")
+        for key, ms, n in prof:
+            print(f"  {key:<45}{ms:8.2f} {n:6d}")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": cfg, "threads": a.threads, "bandwidth": bw, "rows": rows,
+                               "profiles": profiles, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
