@@ -23,7 +23,7 @@ class DuetApp(App):
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True, show=False)]
 
     def __init__(self, config: Config, *, workspace=None, first_run: bool = False,
-                 store=None, backend=None, load_models: bool = True, resume: bool | None = None):
+                 store=None, backend=None, load_models: bool = True, resume: bool | None = None, discover=None):
         super().__init__()
         self.config = config
         self.first_run = first_run
@@ -32,6 +32,7 @@ class DuetApp(App):
         self.load_models = load_models
         self.resume = config.ui.resume_last if resume is None else resume
         self.workspace = workspace  # an app.workspace.Workspace, or None
+        self.discover = discover  # first run: a callable listing what was found (default app.discovery)
 
     def on_mount(self) -> None:
         if self.store is None:
@@ -45,7 +46,7 @@ class DuetApp(App):
         if self.first_run:
             from app.tui.first_run import FirstRunScreen
 
-            self.push_screen(FirstRunScreen(), self._first_run_done)
+            self.push_screen(FirstRunScreen(self.discover), self._first_run_done)
         else:
             self.open_chat()
 

@@ -50,12 +50,12 @@ class ChatScreen(Screen):
         Binding("f5", "regenerate", "Regenerate", id="chat.regenerate"),
         Binding("f4", "continue", "Continue", id="chat.continue"),
         Binding("ctrl+t", "toggle_thinking", "Trace", id="chat.toggle_thinking", priority=True),
-        Binding("f2", "pane_mode", "Pane", id="chat.pane_mode"),
+        Binding("f2", "pane_mode", "Pane", id="chat.pane_mode", show=False),
         Binding("f3", "widen_pane", "Widen", id="chat.widen_pane", show=False),
         Binding("f6", "copy_answer", "Copy", id="chat.copy_answer", show=False),
         Binding("f7", "copy_code", "Copy code", id="chat.copy_code", show=False),
         Binding("ctrl+f", "files", "Files", id="chat.files", priority=True),
-        Binding("ctrl+n", "new_session", "New", id="chat.new_session", priority=True),
+        Binding("ctrl+n", "new_session", "New", id="chat.new_session", priority=True, show=False),
         Binding("ctrl+s", "sessions", "Sessions", id="chat.sessions", priority=True),
     ]
 

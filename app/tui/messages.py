@@ -35,7 +35,7 @@ def thought_line(seconds: float | None, tokens: int, *, live: bool = False, expa
     if live:
         return f"{arrow} thinking… {tokens:,} tokens"
     took = f"thought for {seconds:.0f} s" if seconds is not None else "thought"
-    return f"{arrow} {took} · {tokens:,} tokens"
+    return f"{arrow} {took} · {tokens:,} token{'' if tokens == 1 else 's'}"
 
 
 class UserItem(Static):

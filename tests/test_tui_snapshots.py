@@ -1,0 +1,81 @@
+"""SVG snapshots of the main screens (pytest-textual-snapshot); run with --snapshot-update to accept."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.backends.events import AnswerDelta, Done, ThinkingDelta, Usage
+from app.config import Config, RoleConfig, Sampling
+from app.discovery import Found
+from app.store import SessionStore
+from app.tui.app import DuetApp
+
+PLAN = """## Plan
+
+1. Keep sessions in an **LRU** cache keyed by id.
+2. Evict on write when the cache is full.
+
+```python
+from functools import lru_cache
+
+@lru_cache(maxsize=128)
+def load(session_id: int) -> Session:
+    return db.read(session_id)
+```
+"""
+THINKING = "The user wants a cache.\n\nReads dominate, so LRU fits; size 128 covers the working set."
+
+
+def config() -> Config:
+    def role(name: str, model: str) -> RoleConfig:
+        return RoleConfig(role=name, backend="openai", url="http://127.0.0.1:9/v1", model=model, context=32768,
+                          sampling=Sampling())
+
+    return Config(reasoner=role("reasoner", "deepseek-r1"), coder=role("coder", "qwen2.5-coder"))
+
+
+def seeded_app(tmp_path, **kw) -> DuetApp:
+    store = SessionStore.open(tmp_path / "s.db")
+    sid = store.create_session("Session cache")
+    store.add_user_message(sid, "/plan a cache for the session list")
+    with store.begin_reply(sid, role="reasoner", model="deepseek-r1", intent="design",
+                           why="/plan prefix → reasoner") as rec:
+        for e in (ThinkingDelta(THINKING), AnswerDelta(PLAN), Usage(812, 2310), Done("stop", 1.2, 41.0)):
+            rec.add(e)
+    store.add_user_message(sid, "/code write step 1 [bold]literally[/bold] 中文")
+    with store.begin_reply(sid, role="coder", model="qwen2.5-coder", intent="implement",
+                           why="/code prefix → coder") as rec:
+        for e in (AnswerDelta("Added the cache in `store.py`."), Usage(1400, 90), Done("stop", 0.3, 2.1)):
+            rec.add(e)
+    return DuetApp(config(), store=store, load_models=False, resume=True, **kw)
+
+
+def test_snapshot_chat_with_a_resumed_session(snap_compare, tmp_path):
+    assert snap_compare(seeded_app(tmp_path), terminal_size=(120, 40))
+
+
+def test_snapshot_chat_on_a_narrow_terminal(snap_compare, tmp_path):
+    assert snap_compare(seeded_app(tmp_path), terminal_size=(80, 40))
+
+
+def test_snapshot_expanded_trace_with_the_pane_hidden(snap_compare, tmp_path):
+    assert snap_compare(seeded_app(tmp_path), press=["f2", "f2", "ctrl+t"], terminal_size=(100, 40))
+
+
+def test_snapshot_hand_off_plan_editor(snap_compare, tmp_path):
+    assert snap_compare(seeded_app(tmp_path), press=["ctrl+o"], terminal_size=(100, 30))
+
+
+def test_snapshot_first_run(snap_compare, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/home/me/.config")
+    found = [Found("gguf", "qwen2.5-coder-7b-instruct-q4_k_m", "/home/me/models/qwen2.5-coder-7b-q4_k_m.gguf", "4.4 GB"),
+             Found("server", "deepseek-r1:14b", "http://127.0.0.1:11434/v1", "Ollama")]
+    app = DuetApp(config(), store=SessionStore.open(tmp_path / "s.db"), first_run=True, load_models=False,
+                  discover=lambda: found)
+
+    async def found_shown(pilot) -> None:
+        while not app.screen.query(".found-item"):
+            await pilot.pause(0.02)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=found_shown)
