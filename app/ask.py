@@ -61,16 +61,36 @@ def run_ask(args, config: Config) -> int:
                 break
             if isinstance(item, BaseException):
                 raise item
-            printer.show(item)
+            try:
+                printer.show(item)
+            except BrokenPipeError:  # `duet ask … | head`: the reader left, stop the model
+                _mute_stdout()
+                printer.stream = False
+                cancel.set()
     interrupted = cancel.is_set()
-    printer.close()
+    try:
+        printer.close()
+    except BrokenPipeError:
+        _mute_stdout()
     warning = getattr(turn.store, "warning", None)
     if warning:
         print(f"duet: warning: {warning}", file=sys.stderr)
     result = turn.result
     if args.json:
-        print(json.dumps(as_json(turn, result), ensure_ascii=False))
+        try:
+            print(json.dumps(as_json(turn, result), ensure_ascii=False), flush=True)
+        except BrokenPipeError:
+            _mute_stdout()
     return _report(turn, result, config, interrupted)
+
+
+def _mute_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @contextlib.contextmanager

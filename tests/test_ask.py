@@ -196,3 +196,18 @@ def test_ask_with_the_demo_model_writes_only_the_answer_and_thinking(tmp_path):
     p = duet("--demo", "ask", "--role", "coder", "--no-save", "Say hello.", timeout=180)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() and p.stderr == ""  # Gemma does not think; llama.cpp's own logs stay out
+
+
+def test_closing_stdout_early_cancels_the_turn_quietly(server, config_file, duet_home):
+    """`duet ask … | head -c 5`: the reader leaves, the model stops, no traceback."""
+    server.set_script(reasoner_reply(THINKING, ANSWER * 200, delay=0.01))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--config", str(config_file), "ask", "--role", "reasoner",
+                             "What is 2+3?"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, bufsize=0)
+    assert proc.stdout.read(5)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=10) == 130
+    assert "Traceback" not in err and err.endswith("duet: cancelled\n")
+    with SessionStore.open() as store:
+        assert store.messages(store.last_session_id())[-1].status == "cancelled"
