@@ -221,7 +221,8 @@ def test_undecided_text_of_a_reasoner_cut_off_counts_as_thinking(server):
 
 
 @pytest.mark.parametrize("placement, expected", [("reasoning_content", "field"), ("reasoning", "field"),
-                                                 ("inline", "inline"), ("answer_only", "none")])
+                                                 ("inline", "inline"), ("inline_no_open", "inline"),
+                                                 ("answer_only", "none")])
 def test_probe_tells_where_the_server_puts_reasoning(server, placement, expected):
     server.set_script(reasoner_reply(THINKING, ANSWER, placement=placement))
     result = probe(role(server))
