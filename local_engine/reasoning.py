@@ -39,7 +39,9 @@ class ThinkSplitter:
         self._answer_parts: list[str] = []  # all answer emitted so far
         self.closed = False  # a `</think>` (or the end of field reasoning) was seen
         self._state = "start"  # start | hold | think | answer
-        self._buf = ""  # content not yet emitted
+        self._buf = ""  # content not yet emitted (short: a tag still arriving, blank space)
+        self._held: list[str] = []  # "hold" state: undecided text, in parts (it may be long)
+        self._tail = ""  # its last few characters, where a `</think>` may have begun
         self._held_ws = ""  # trailing blank space of the thinking, emitted only if more follows
 
     @property
@@ -52,6 +54,8 @@ class ThinkSplitter:
 
     def feed(self, text: str) -> list[Piece]:
         """Content text (may hold inline tags)."""
+        if self._state == "hold":
+            return self._hold(text)
         self._buf += text
         return self._drain(final=False)
 
@@ -59,8 +63,8 @@ class ThinkSplitter:
         """Reasoning a server delivered in its own field; content from now on is answer."""
         out: list[Piece] = []
         if self._state in ("start", "hold"):
-            self._state = "answer"
-            out += self._drain(final=False)  # content held so far was the answer
+            self._release("answer")  # content held so far was the answer
+            out += self._drain(final=False)
         return out + self._thinking(text)
 
     def finish(self, *, interrupted: bool = False) -> list[Piece]:
@@ -70,7 +74,7 @@ class ThinkSplitter:
         counts as thinking: a reasoner cut off mid-thought has not reached `</think>`.
         """
         if interrupted and self._state == "hold":
-            self._state = "think"
+            self._release("think")
         out = self._drain(final=True)
         self._held_ws = ""
         return out
@@ -91,14 +95,13 @@ class ThinkSplitter:
                 self._state = {True: "think", False: "answer", None: "hold"}[self.opened]
                 continue
             if self._state == "hold":
-                i = self._buf.find(CLOSE)
-                if i >= 0:
-                    out += self._thinking(self._buf[:i])
-                    self._close()
-                    self._buf = self._buf[i + len(CLOSE):]
-                    continue
+                if self._buf:
+                    text, self._buf = self._buf, ""
+                    out += self._hold(text)
+                    if self._state != "hold":
+                        return out
                 if final:
-                    self._state = "answer"
+                    self._release("answer")
                     continue
                 return out
             if self._state == "think":
@@ -121,6 +124,28 @@ class ThinkSplitter:
                 self._answer_parts.append(text)
                 out.append((ANSWER, text))
             return out
+
+    def _hold(self, text: str) -> list[Piece]:
+        """Keep undecided text until `</think>` arrives; scans only the new text (and the tail)."""
+        window = self._tail + text
+        i = window.find(CLOSE)
+        if i < 0:
+            self._held.append(text)
+            self._tail = window[-(len(CLOSE) - 1):]
+            return []
+        held = "".join(self._held)
+        thinking = held[: len(held) - len(self._tail)] + window[:i]
+        self._held, self._tail = [], ""
+        out = self._thinking(thinking)
+        self._close()
+        self._buf = window[i + len(CLOSE):]
+        return out + self._drain(final=False)
+
+    def _release(self, state: str) -> None:
+        """Leave the hold state: the held text goes back to the buffer, to be read as ``state``."""
+        self._buf = "".join(self._held) + self._buf
+        self._held, self._tail = [], ""
+        self._state = state
 
     def _thinking(self, text: str) -> list[Piece]:
         """Emit thinking, holding trailing blank space until more thinking follows."""
