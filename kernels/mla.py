@@ -29,12 +29,13 @@ def mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: flo
                   start_pos: int) -> torch.Tensor:
     B, T, H, D = q.shape
     S = cache.shape[1]
-    qf = q.reshape(B, T * H, D)  # all heads and steps share the one latent "head"
-    scores = torch.bmm(qf, cache.transpose(1, 2)).float().mul_(scale)  # [B, T*H, S]
+    # scores as cache @ qᵀ: the long cache is read in place (bmm would copy a transposed one)
+    qt = q.reshape(B, T * H, D).transpose(1, 2)  # [B, D, T*H], small
+    scores = torch.bmm(cache, qt).float().mul_(scale)  # [B, S, T*H]
     if T > 1:
-        pos = torch.arange(T, device=q.device).repeat_interleave(H)[:, None] + start_pos
-        mask = torch.arange(S, device=q.device)[None, :] > pos
+        pos = torch.arange(T, device=q.device).repeat_interleave(H)[None, :] + start_pos
+        mask = torch.arange(S, device=q.device)[:, None] > pos  # [S, T*H]
         scores.masked_fill_(mask[None], float("-inf"))
-    p = scores.softmax(dim=-1).to(cache.dtype)
+    p = scores.softmax(dim=1).to(cache.dtype).transpose(1, 2)  # [B, T*H, S]
     out = torch.bmm(p, cache[..., :kv_lora])  # [B, T*H, kv_lora]
     return out.view(B, T, H, kv_lora)
