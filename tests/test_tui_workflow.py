@@ -215,3 +215,51 @@ async def test_first_run_lists_what_discovery_found_and_enter_starts_the_demo(tm
         await wait_for(pilot, lambda: app.chat is not None and app.screen is app.chat)
         await pilot.pause()
         assert "gemma-3-270m (demo)" in screen_text(app)
+
+
+async def test_rejected_blocks_go_back_to_the_coder_and_the_fixed_round_reaches_the_preview(server, ws):
+    bad = "src/calc.py\n<<<<<<< SEARCH\n    return a * b\n=======\n    return a + b\n>>>>>>> REPLACE\n"
+    good = "src/calc.py\n<<<<<<< SEARCH\n    return a - b\n=======\n    return a + b\n>>>>>>> REPLACE\n"
+    server.enqueue(text_reply(bad), text_reply(good))
+    app = make_app(server_config(server.base_url), workspace=ws)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/edit fix add")
+        await wait_for(pilot, lambda: isinstance(app.screen, DiffPreview), timeout=15)
+        assert len(replies(app)) == 2  # the user saw the retry round as its own reply
+        feedback = sent_messages(server)[-1]["content"]
+        assert "could not be applied" in feedback and "src/calc.py" in feedback and "return a - b" in feedback
+        await pilot.press("a", "enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, DiffPreview))
+    assert (ws.root / "src" / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+
+
+async def test_copy_keys_put_the_answer_and_its_last_code_block_on_the_clipboard(server):
+    server.set_script(text_reply("Here:\n\n```python\nprint('one')\n```\n\nand\n\n```sh\necho two\n```\n"))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/code show code")
+        item = await wait_reply(pilot, app)
+        await pilot.press("f8")
+        assert app.clipboard == item.answer
+        await pilot.press("f9")
+        assert app.clipboard == "echo two\n"
+
+
+async def test_f5_regenerates_and_ctrl_n_starts_a_new_session(server, tmp_path):
+    server.enqueue(text_reply("first answer"), text_reply("second answer"))
+    app = make_app(server_config(server.base_url), store_path=tmp_path / "s.db")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/code say something")
+        await wait_reply(pilot, app)
+        await pilot.press("f5")
+        again = await wait_reply(pilot, app, 2)
+        assert again.answer == "second answer"
+        chats = [r for r in server.requests if r.path.endswith("/chat/completions")]
+        assert "first answer" not in repr(chats[-1].json["messages"])  # the replaced answer is not history
+        first_session = app.chat.session_id
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: not replies(app))
+        await type_and_send(pilot, "/code again")
+        await wait_reply(pilot, app)
+        assert app.chat.session_id not in (None, first_session)
+        assert len(app.store.list_sessions()) == 2

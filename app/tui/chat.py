@@ -52,8 +52,8 @@ class ChatScreen(Screen):
         Binding("ctrl+t", "toggle_thinking", "Trace", id="chat.toggle_thinking", priority=True),
         Binding("f2", "pane_mode", "Pane", id="chat.pane_mode", show=False),
         Binding("f3", "widen_pane", "Widen", id="chat.widen_pane", show=False),
-        Binding("f6", "copy_answer", "Copy", id="chat.copy_answer", show=False),
-        Binding("f7", "copy_code", "Copy code", id="chat.copy_code", show=False),
+        Binding("f8", "copy_answer", "Copy", id="chat.copy_answer", show=False),
+        Binding("f9", "copy_code", "Copy code", id="chat.copy_code", show=False),
         Binding("ctrl+f", "files", "Files", id="chat.files", priority=True),
         Binding("ctrl+n", "new_session", "New", id="chat.new_session", priority=True, show=False),
         Binding("ctrl+s", "sessions", "Sessions", id="chat.sessions", priority=True),
@@ -79,7 +79,7 @@ class ChatScreen(Screen):
         self.last_plan: ReplyItem | None = None
         self._drain_timer: Timer | None = None
         self._models_loaded = threading.Event()
-        self._pending_request: str = ""
+        self._revision = None  # (changes so far, rounds done, the retry reply, the first coder reply)
         self.pane_mode = config.ui.thinking_pane
 
     # ---- layout -----------------------------------------------------------------------------
@@ -312,12 +312,31 @@ class ChatScreen(Screen):
 
     # ---- after a coder turn -------------------------------------------------------------------
     def preview_changes(self, item: ReplyItem) -> None:
+        """Propose the coder's edits; rejected blocks go back to the coder (up to 3 rounds,
+        each a visible turn); then the diff preview, and the accepted subset is applied."""
         from app.tui.diff_preview import DiffPreview
+        from app.workspace.edit_blocks import parse
+        from app.workspace.revise import MAX_ROUNDS, feedback_prompt
 
+        revision = self._revision if self._revision is not None and self._revision[2] is item else None
+        self._revision = None
+        earlier, rounds = (revision[0], revision[1]) if revision else (None, 0)
+        source = revision[3] if revision else item
         try:
-            changes = self.workspace.propose(item.answer)
+            blocks, problems = parse(item.answer)
+            if earlier is not None and not blocks and not problems:  # the coder gave up: keep what we had
+                changes = earlier
+            else:
+                changes = self.workspace.propose(item.answer, on_top_of=earlier)
         except DuetError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        if changes.rejected and rounds < MAX_ROUNDS and (blocks or problems):
+            self.notify(f"{len(changes.rejected)} edit block(s) did not apply: asking the coder again "
+                        f"(round {rounds + 1} of {MAX_ROUNDS}).", markup=False)
+            retry = self.start_turn(feedback_prompt(changes), "coder")
+            if retry is not None:
+                self._revision = (changes, rounds + 1, retry, source)
             return
         if changes.rejected:
             lines = "\n".join(f"{r.path}: {r.reason.splitlines()[0] if r.reason else ''}" for r in changes.rejected)
@@ -334,8 +353,8 @@ class ChatScreen(Screen):
             except DuetError as exc:
                 self.notify(str(exc), severity="error", markup=False)
                 return
-            if self.store is not None and item.message_id is not None:
-                self.store.record_applied(item.message_id, accepted.summary())
+            if self.store is not None and source.message_id is not None:
+                self.store.record_applied(source.message_id, accepted.summary())
             self.notify(f"Applied: {accepted.summary()} ({', '.join(applied.paths)})", markup=False)
 
         self.app.push_screen(DiffPreview(changes), done)
