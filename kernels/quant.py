@@ -35,6 +35,7 @@ __all__ = [
 
 MODES = ("int8", "int4")
 INT4_GROUPS = (32, 64, 128, 256)   # what aten's int4 kernel accepts
+CUDA_INNER_K_TILES = 8
 DEFAULT_GROUP = 64                 # 0.5 + 4/64 = 0.5625 bytes/param
 
 
@@ -171,24 +172,33 @@ def unpack_nibbles(p: Tensor) -> Tensor:
     return torch.stack([p & 15, p >> 4], dim=-1).reshape(p.shape[0], -1)
 
 
-_PERM: dict[tuple[int, int], Tensor] = {}
+def _pack_cpu(nibbles: Tensor) -> Tensor:
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_nibbles(nibbles).to(torch.int32), 2)
 
 
-def _cpu_int4pack_source(n: int, k: int) -> Tensor:
-    """For aten's CPU int4 packing of an [n, k] matrix: index into q.flatten() of each
-    nibble of the packed tensor (flattened, low nibble first). Found by packing the digits
-    of arange(n*k) in base 16, once per shape."""
-    key = (n, k)
-    if key not in _PERM:
+def _pack_cuda(nibbles: Tensor) -> Tensor:
+    swapped = ((nibbles & 15) << 4) | (nibbles >> 4)      # the CUDA kernel wants the even column high
+    return torch.ops.aten._convert_weight_to_int4pack(swapped.contiguous(), CUDA_INNER_K_TILES)
+
+
+_PACKERS = {"cpu_int4pack": _pack_cpu, "cuda_int4pack": _pack_cuda}
+_SOURCE: dict[tuple, Tensor] = {}
+
+
+def _packed_source(layout: str, n: int, k: int, device) -> Tensor:
+    """For a packed [n, k] int4 matrix: the index into codes.flatten() of each nibble of the
+    packed tensor's bytes (low nibble first). Every packing is a permutation of nibbles, so
+    packing the base-16 digits of arange(n*k) reveals it; once per shape."""
+    key = (layout, n, k)
+    if key not in _SOURCE:
         idx = torch.arange(n * k, dtype=torch.int64)
         src = torch.zeros(n * k, dtype=torch.int64)
-        digits = max(1, ((n * k - 1).bit_length() + 3) // 4)
-        for d in range(digits):
-            codes = ((idx >> (4 * d)) & 15).to(torch.int32).reshape(n, k)
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
-            src |= unpack_nibbles(packed).reshape(-1).to(torch.int64) << (4 * d)
-        _PERM[key] = src
-    return _PERM[key]
+        for d in range(max(1, ((n * k - 1).bit_length() + 3) // 4)):
+            digits = ((idx >> (4 * d)) & 15).to(torch.uint8).reshape(n, k)
+            packed = _PACKERS[layout](pack_nibbles(digits).to(device))
+            src |= unpack_nibbles(packed.contiguous().view(torch.uint8).reshape(1, -1)).reshape(-1).cpu().long() << (4 * d)
+        _SOURCE[key] = src
+    return _SOURCE[key]
 
 
 def _int4pack_cpu_ok(n: int, k: int, group: int) -> bool:
@@ -210,8 +220,13 @@ def from_codes(mode: str, shape: tuple[int, int], group_size: int, codes: dict[s
     q, sz = codes["q"], codes["scale_zero"]
     n, k = sz.shape[1], sz.shape[0] * group_size
     if q.device.type == "cpu" and _int4pack_cpu_ok(n, k, group_size):
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_nibbles(q).to(torch.int32), 2)
-        return QuantizedWeight("int4", tuple(shape), group_size, {"q": packed, "scale_zero": sz}, "cpu_int4pack")
+        return QuantizedWeight("int4", tuple(shape), group_size, {"q": _pack_cpu(q), "scale_zero": sz}, "cpu_int4pack")
+    if q.device.type == "cuda" and n % 8 == 0 and k % (CUDA_INNER_K_TILES * 16) == 0:
+        try:
+            return QuantizedWeight("int4", tuple(shape), group_size, {"q": _pack_cuda(q), "scale_zero": sz},
+                                   "cuda_int4pack")
+        except (RuntimeError, NotImplementedError):
+            pass   # no packed int4 kernel for this GPU/torch: the vectorised fallback runs
     return QuantizedWeight("int4", tuple(shape), group_size, {"q": q, "scale_zero": sz}, "nibbles")
 
 
@@ -220,9 +235,9 @@ def to_codes(qw: QuantizedWeight) -> dict[str, Tensor]:
     if qw.mode == "int8" or qw.layout == "nibbles":
         return dict(qw.tensors)
     n, k = qw.padded_shape
-    nibbles = unpack_nibbles(qw.tensors["q"]).reshape(-1)
-    codes = torch.empty(n * k, dtype=torch.uint8)
-    codes[_cpu_int4pack_source(n, k)] = nibbles
+    packed = qw.tensors["q"].contiguous().view(torch.uint8).reshape(1, -1)
+    codes = torch.empty(n * k, dtype=torch.uint8, device=packed.device)
+    codes[_packed_source(qw.layout, n, k, packed.device).to(packed.device)] = unpack_nibbles(packed).reshape(-1)
     return {"q": pack_nibbles(codes.reshape(n, k)), "scale_zero": qw.tensors["scale_zero"]}
 
 
@@ -263,6 +278,8 @@ def quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
     elif qw.layout == "cpu_int4pack":
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, qw.tensors["q"], qw.group_size,
                                                        qw.tensors["scale_zero"])
+    elif qw.layout == "cuda_int4pack":
+        y = torch.ops.aten._weight_int4pack_mm(xb, qw.tensors["q"], qw.group_size, qw.tensors["scale_zero"])
     else:   # vectorised fallback: one dequantize, one matmul
         return F.linear(x, dequantize(qw, x.dtype))
     if np_ != n:
