@@ -148,6 +148,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
 def _tensors(q):
     if q is None:
         return []
+    q = getattr(q, "tensors", q)  # kernels.quant.QuantizedWeight keeps its tensors in a dict
     if isinstance(q, torch.Tensor):
         return [q]
     if isinstance(q, dict):
