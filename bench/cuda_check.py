@@ -1,6 +1,7 @@
 """One-shot GPU check: every kernel's CUDA path against its reference, and its time.
 
     python bench/cuda_check.py            # ~1-2 minutes on one GPU; writes bench/results/cuda_check.json
+    python bench/cuda_check.py --device cpu   # the same checks on CPU (to test this script)
 
 For each kernel (quantized int8/int4 matmul, RMSNorm, RoPE, MLA decode attention, MoE
 dispatch, FP8 block dequant, and a tiny quantized engine end to end) it runs the fast path
@@ -32,8 +33,18 @@ def rel(a, b) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
+DEV = "cuda"
+
+
 def cuda_time_us(fn, reps: int = 20) -> float:
     fn()
+    if DEV == "cpu":
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e6)
+        return sorted(times)[len(times) // 2]
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
@@ -44,6 +55,11 @@ def cuda_time_us(fn, reps: int = 20) -> float:
         torch.cuda.synchronize()
         times.append(s.elapsed_time(e) * 1000)
     return sorted(times)[len(times) // 2]
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
 
 
 def check(name: str, tol: float):
@@ -64,7 +80,7 @@ def check(name: str, tol: float):
 
 
 def probe_ops() -> dict:
-    dev = "cuda"
+    dev = DEV
     out = {}
     x = torch.randn(4, 256, device=dev, dtype=torch.bfloat16)
     try:
@@ -89,10 +105,13 @@ def probe_ops() -> dict:
 
 
 def main() -> int:
-    if not torch.cuda.is_available():
+    global DEV
+    if "--device" in sys.argv:
+        DEV = sys.argv[sys.argv.index("--device") + 1]
+    if DEV == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 2
-    dev = "cuda"
+    dev = DEV
     torch.manual_seed(0)
     from kernels import fp8, mla, moe, norm_rope
     from kernels.quant import quantize_weight, quantized_linear, reference_quantized_linear
@@ -202,17 +221,17 @@ def main() -> int:
                 gpu = gpu_eng.forward(ids)
                 tok = torch.tensor([[5]])
                 gpu_eng.forward(tok, 16)
-                torch.cuda.synchronize()
+                sync()
                 t = time.perf_counter()
                 for j in range(10):
                     gpu_eng.forward(tok, 17 + j)
-                torch.cuda.synchronize()
+                sync()
                 return rel(gpu.cpu(), cpu), {"decode_ms": round((time.perf_counter() - t) / 10 * 1000, 2)}
 
     ok = all(r["ok"] for r in RESULTS)
-    out = ROOT / "bench" / "results" / "cuda_check.json"
+    out = ROOT / "bench" / "results" / f"{DEV}_check.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    out.write_text(json.dumps({"device": torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu", "torch": torch.__version__,
                                "ops": ops, "results": RESULTS, "all_ok": ok}, indent=1))
     print(f"\n{sum(r['ok'] for r in RESULTS)}/{len(RESULTS)} checks passed; wrote {out}")
     return 0 if ok else 1
