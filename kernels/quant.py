@@ -264,24 +264,40 @@ def reference_quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
     return (x.float() @ dequantize(qw).t()).to(x.dtype)
 
 
+def _kernel(qw: QuantizedWeight):
+    """The packed kernel for this weight's device and layout, as f(x_bf16 [M, K']) -> [M, N'];
+    None where there is none (the vectorised fallback runs)."""
+    t = qw.tensors
+    if qw.mode == "int8" and qw.device.type == "cpu":
+        op, q, scale = torch.ops.aten._weight_int8pack_mm, t["q"], t["scale"]
+        return lambda xb: op(xb, q, scale)
+    if qw.layout == "cpu_int4pack":
+        op, q, g, sz = torch.ops.aten._weight_int4pack_mm_for_cpu, t["q"], qw.group_size, t["scale_zero"]
+        return lambda xb: op(xb, q, g, sz)
+    if qw.layout == "cuda_int4pack":
+        op, q, g, sz = torch.ops.aten._weight_int4pack_mm, t["q"], qw.group_size, t["scale_zero"]
+        return lambda xb: op(xb, q, g, sz)
+    return None
+
+
 def quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
     """x [..., in] -> [..., out] with the packed kernel of the device (bf16 activations)."""
-    n, k = qw.shape
-    np_, kp = qw.padded_shape
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
-    if kp != k:
-        x2 = F.pad(x2, (0, kp - k))
-    xb = x2.to(torch.bfloat16).contiguous()
-    if qw.mode == "int8" and qw.device.type == "cpu":
-        y = torch.ops.aten._weight_int8pack_mm(xb, qw.tensors["q"], qw.tensors["scale"])
-    elif qw.layout == "cpu_int4pack":
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, qw.tensors["q"], qw.group_size,
-                                                       qw.tensors["scale_zero"])
-    elif qw.layout == "cuda_int4pack":
-        y = torch.ops.aten._weight_int4pack_mm(xb, qw.tensors["q"], qw.group_size, qw.tensors["scale_zero"])
-    else:   # vectorised fallback: one dequantize, one matmul
+    plan = qw.__dict__.get("_plan")
+    if plan is None:   # decided once per weight: the per-call Python cost is what decode pays
+        n, k = qw.shape
+        np_, kp = qw.padded_shape
+        plan = qw.__dict__["_plan"] = (_kernel(qw), n, k, kp - k, np_ != n)
+    kernel, n, k, pad_k, slice_n = plan
+    if kernel is None:   # vectorised fallback: one dequantize, one matmul
         return F.linear(x, dequantize(qw, x.dtype))
-    if np_ != n:
+    x2 = x.reshape(-1, k)
+    if pad_k:
+        x2 = F.pad(x2, (0, pad_k))
+    if x2.dtype != torch.bfloat16:
+        x2 = x2.to(torch.bfloat16)
+    y = kernel(x2.contiguous())
+    if slice_n:
         y = y[:, :n]
-    return y.to(x.dtype).reshape(*lead, n)
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
+    return y.view(*x.shape[:-1], n) if not slice_n else y.reshape(*x.shape[:-1], n)
