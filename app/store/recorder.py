@@ -25,8 +25,8 @@ class ReplyRecorder:
         self._store = store
         self.message_id = message_id
         self.session_id = session_id
-        self.thinking = ""  # everything seen so far, flushed or not
-        self.answer = ""
+        self._thinking_parts: list[str] = []  # everything seen so far, flushed or not
+        self._answer_parts: list[str] = []
         self.status = "streaming"
         self._thinking_pending: list[str] = []
         self._answer_pending: list[str] = []
@@ -41,14 +41,14 @@ class ReplyRecorder:
         if isinstance(event, ThinkingDelta):
             if not event.text:
                 return
-            self.thinking += event.text
+            self._thinking_parts.append(event.text)
             self._thinking_pending.append(event.text)
             self._thinking_deltas += 1
             self._pending += 1
         elif isinstance(event, AnswerDelta):
             if not event.text:
                 return
-            self.answer += event.text
+            self._answer_parts.append(event.text)
             self._answer_pending.append(event.text)
             self._pending += 1
         elif isinstance(event, Usage):
@@ -61,6 +61,14 @@ class ReplyRecorder:
             raise TypeError(f"not a backend event: {event!r}")
         if self._pending >= FLUSH_DELTAS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
+
+    @property
+    def thinking(self) -> str:
+        return "".join(self._thinking_parts)
+
+    @property
+    def answer(self) -> str:
+        return "".join(self._answer_parts)
 
     def flush(self) -> None:
         """Append the pending text to the row now."""
