@@ -261,3 +261,27 @@ async def test_the_command_palette_lists_the_chat_commands(server):
         await pilot.pause()
         await pilot.press(*"hand off")
         await wait_for(pilot, lambda: "Hand off the plan to the coder" in screen_text(app))
+
+
+async def test_a_reasoner_reply_without_any_thinking_finishes_and_the_ui_stays_responsive(server):
+    server.set_script(text_reply("Just an answer."))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/think quick one")
+        item = await wait_reply(pilot, app)
+        assert item.status == "done" and item.answer == "Just an answer." and not item.thinking
+        await pilot.press(*"still typing")
+        assert app.chat.query_one("#prompt").text == "still typing"
+
+
+async def test_escape_right_after_sending_to_the_reasoner_cancels_cleanly(server):
+    server.set_script(reasoner_reply("slow " * 200, "never shown", chunk_size=4, delay=0.05))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/think take your time")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.chat.current is None, timeout=5)
+        item = replies(app)[0]
+        assert item.status == "cancelled" and "never shown" not in item.answer
+        await pilot.press(*"next")
+        assert app.chat.query_one("#prompt").text == "next"

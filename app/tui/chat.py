@@ -369,8 +369,8 @@ class ChatScreen(Screen):
         if action == "continue":
             last = self.last_reply()
             return not streaming and last is not None and last.status in ("interrupted", "cancelled")
-        if action == "hand_off":
-            return None if streaming else self.last_plan is not None
+        if action == "hand_off":  # shown only once there is a plan; dimmed while a reply streams
+            return (None if streaming else True) if self.last_plan is not None else False
         return True
 
     def action_cancel(self) -> None:

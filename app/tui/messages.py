@@ -183,8 +183,10 @@ class ReplyItem(Vertical):
         self.total_s = total_s if total_s is not None else time.monotonic() - self.started
         self._streaming = False
         if self._stream is not None:
+            from app.tui.thinking import stop_stream
+
             stream, self._stream = self._stream, None
-            await stream.stop()
+            await stop_stream(stream)
         await self.query_one(".answer", Markdown).update(self.answer)
         self._show_notice()
         self.refresh_figures()

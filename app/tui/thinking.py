@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Markdown, Static
@@ -33,9 +35,7 @@ class ThinkingPane(VerticalScroll):
 
     async def _start(self) -> None:
         self._reset = False
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            await stream.stop()
+        await self._stop()
         await self.markdown.update("")
         self._stream = Markdown.get_stream(self.markdown)
         self.anchor(False)
@@ -50,21 +50,33 @@ class ThinkingPane(VerticalScroll):
 
     async def end(self) -> None:
         """Stop streaming and render the whole trace once (fences never go blank)."""
-        if self._reset:
-            await self._start()
+        if self._reset:  # the reply brought no thinking at all
+            self._reset = False
+            await self._stop()
+            await self.markdown.update("")
+            return
+        if self._stream is not None:
+            await self._stop()
+            await self.markdown.update(self.text)
+
+    async def _stop(self) -> None:
         if self._stream is not None:
             stream, self._stream = self._stream, None
-            await stream.stop()
-            await self.markdown.update(self.text)
+            await stop_stream(stream)
 
     async def show(self, title: str, text: str) -> None:
         """Show a finished trace (a selected or resumed message)."""
         self._reset = False
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            await stream.stop()
+        await self._stop()
         self.text = text
         self.query_one(".pane-title", Static).update(title)
         self.anchor(False)
         await self.markdown.update(text)
         self.scroll_home(animate=False)
+
+
+async def stop_stream(stream) -> None:
+    """Stop a MarkdownStream safely: let its task start first (cancelling a task that never
+    ran would raise CancelledError into the caller), then stop it."""
+    await asyncio.sleep(0)
+    await stream.stop()
