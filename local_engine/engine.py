@@ -34,7 +34,10 @@ class Engine:
         self.max_seq_len, self.max_batch, self.path = max_seq_len, max_batch, path
 
     @classmethod
-    def load(cls, path, *, device="cpu", dtype="bfloat16", quant=None, max_seq_len=4096, max_batch=1) -> "Engine":
+    def load(cls, path, *, device="cpu", dtype="bfloat16", quant=None, max_seq_len=4096, max_batch=1,
+             pack: bool | None = None) -> "Engine":
+        """``pack``: pre-pack dense weights for the device's fast matmul (default: on when it has
+        one and the model is not quantized; CPU bf16 today)."""
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise ModelError(f"{folder}: not a folder (expected an HF model folder with config.json)")
@@ -56,7 +59,7 @@ class Engine:
                 from local_engine.loader import load_model
 
                 model = load_model(folder, args, dtype=torch_dtype, device=device, max_batch=max_batch,
-                                   max_seq_len=max_seq_len, quant=quant)
+                                   max_seq_len=max_seq_len, quant=quant, pack=quant is None if pack is None else pack)
         return cls(model, args, tokenizer, device=device, dtype=torch_dtype, max_seq_len=max_seq_len,
                    max_batch=max_batch, path=folder)
 
@@ -86,7 +89,8 @@ class Engine:
         """Bytes of weights held (parameters plus any quantized tensors), cache excluded."""
         seen, total = set(), 0
         for t in list(self.model.parameters()) + [q for m in self.model.modules()
-                                                  for q in _tensors(getattr(m, "qweight", None))]:
+                                                  for q in _tensors(getattr(m, "qweight", None))
+                                                  + _tensors(getattr(m, "packed", None))]:
             if id(t) not in seen and not t.is_meta:
                 seen.add(id(t))
                 total += t.numel() * t.element_size()

@@ -10,23 +10,42 @@ from kernels import dispatch
 
 
 class Linear(nn.Module):
-    """y = x Wᵀ with weight [out, in]; ``qweight`` replaces ``weight`` once quantized."""
+    """y = x Wᵀ with weight [out, in]; ``qweight`` replaces ``weight`` once quantized.
+
+    ``pack_()`` swaps the weight for a pre-packed copy (kernels.dispatch decides if the device
+    and dtype have one); ``weight`` then reads back as a dense tensor on demand."""
 
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype), requires_grad=False)
         self.qweight = None
+        self.packed = None
+
+    def __getattr__(self, name):
+        if name == "weight" and self.__dict__.get("packed") is not None:
+            return self.packed.to_dense()  # rare readers only (saving, tests): the hot path uses packed
+        return super().__getattr__(name)
+
+    def pack_(self) -> bool:
+        w = self._parameters.get("weight")
+        if self.qweight is not None or w is None or not dispatch.can_pack(w):
+            return False
+        self.packed = dispatch.pack_weight(w.data)
+        del self._parameters["weight"]
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qweight is not None:
             from kernels.quant import quantized_linear
 
             return quantized_linear(x, self.qweight)
+        if self.packed is not None:
+            return dispatch.packed_linear(x, self.packed)
         return F.linear(x, self.weight)
 
     def extra_repr(self) -> str:
-        kind = "quantized" if self.qweight is not None else str(self.weight.dtype)
+        kind = "quantized" if self.qweight is not None else "packed" if self.packed is not None else str(self.weight.dtype)
         return f"in={self.in_features}, out={self.out_features}, {kind}"
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from kernels import dispatch
 from local_engine.config import ModelArgs
 from local_engine.errors import ModelError
+from local_engine.layers import Linear
 from local_engine.model import Block, Transformer
 from local_engine.safetensors_io import ShardFile
 
@@ -209,16 +210,23 @@ def _fill_block(block: Block, layer: int, names: list[str], shards: Shards, dtyp
 
 
 def load_model(folder, args: ModelArgs, *, dtype: torch.dtype, device, max_batch: int, max_seq_len: int,
-               quant: str | None = None) -> Transformer:
+               quant: str | None = None, pack: bool = False) -> Transformer:
     folder = Path(folder)
     shards = Shards(folder)
     try:
-        return _load(shards, args, dtype, device, max_batch, max_seq_len, quant)
+        return _load(shards, args, dtype, device, max_batch, max_seq_len, quant, pack)
     finally:
         shards.close()
 
 
-def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant) -> Transformer:
+def pack_linears_(module: nn.Module) -> None:
+    """Pre-pack every plain Linear except kv_b, which absorbed attention reads as a matrix."""
+    for name, m in module.named_modules():
+        if isinstance(m, Linear) and not name.endswith("wkv_b"):
+            m.pack_()
+
+
+def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pack) -> Transformer:
     with torch.device("meta"):
         model = Transformer(args)
     top = _Filler(model, shards, "model")  # layers are still empty
@@ -244,11 +252,15 @@ def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant) ->
         _fill_block(block, i, plan[i], shards, dtype, device)
         if quantize_block_ is not None:
             quantize_block_(block, quant)  # quantize while loading: never the whole model in full precision
+        if pack:
+            pack_linears_(block)
         block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)
         model.layers.append(block)
         _release_free_memory()  # the layer's temporaries (dtype casts, FP8 strips) go back to the OS
     from local_engine.rope import rope_tables
 
+    if pack:
+        model.head.pack_()
     cos, sin = rope_tables(args, max_seq_len)
     model.cos, model.sin = cos.to(device), sin.to(device)
     return model.eval()

@@ -35,9 +35,19 @@ class MLA(nn.Module):
         self.wkv_b = Linear(a.kv_lora_rank, H * (a.qk_nope_head_dim + a.v_head_dim))
         self.wo = Linear(H * a.v_head_dim, a.hidden_size)
         self.cache: torch.Tensor | None = None  # [max_batch, max_seq, kv_lora + rope]
+        self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None  # W_uk, W_uvᵀ (contiguous)
 
     def alloc_cache(self, max_batch: int, max_seq_len: int, dtype: torch.dtype, device) -> None:
         self.cache = torch.zeros(max_batch, max_seq_len, self.kv_lora + self.rope, dtype=dtype, device=device)
+
+    def absorbed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_b split per head for the absorbed form: W_uk [H, nope, kv_lora], W_uvᵀ [H, kv_lora, v].
+
+        Made once, contiguous (strided batched matmuls are 2x slower); costs one more copy of kv_b."""
+        if self._absorbed is None:
+            w = self.wkv_b.weight.view(self.n_heads, self.nope + self.v, self.kv_lora)
+            self._absorbed = (w[:, : self.nope].contiguous(), w[:, self.nope:].transpose(1, 2).contiguous())
+        return self._absorbed
 
     def forward(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape  # x [batch, seq, hidden]; cos/sin [seq, rope/2]
@@ -51,7 +61,6 @@ class MLA(nn.Module):
         k_pe = dispatch.apply_rope(k_pe.unsqueeze(2), cos, sin, self.interleaved).squeeze(2)  # [B, T, rope]
         self.cache[:B, start_pos:end, : self.kv_lora] = c_kv
         self.cache[:B, start_pos:end, self.kv_lora:] = k_pe
-        w = self.wkv_b.weight.view(H, self.nope + self.v, self.kv_lora)
         if start_pos == 0 and T > 1:
             # fresh prefill: expand keys/values per head (fewer FLOPs than absorbed for long prompts)
             kv = F.linear(c_kv, self.wkv_b.weight).view(B, T, H, self.nope + self.v)
@@ -63,10 +72,11 @@ class MLA(nn.Module):
             out = out.transpose(1, 2)  # [B, T, H, v]
         else:
             # absorbed: q_nope · W_uk into latent space, attend over the latent cache, W_uv out
-            q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1), w[:, : self.nope])
+            w_uk, w_uv_t = self.absorbed()
+            q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1), w_uk)
             q_abs = torch.cat([q_lat.transpose(0, 1).view(B, T, H, self.kv_lora), q_pe], dim=-1)
             lat = dispatch.mla_attention(q_abs, self.cache[:B, :end], self.kv_lora, self.scale, start_pos)
-            out = torch.bmm(lat.reshape(B * T, H, self.kv_lora).transpose(0, 1), w[:, self.nope:].transpose(1, 2))
+            out = torch.bmm(lat.reshape(B * T, H, self.kv_lora).transpose(0, 1), w_uv_t)
             out = out.transpose(0, 1).reshape(B, T, H, self.v)
         return self.wo(out.flatten(2))
 

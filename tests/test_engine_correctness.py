@@ -127,3 +127,22 @@ def test_fp8_weights_are_dequantized_into_the_model(checkpoints):
     assert engine.model.layers[1].ffn.gate.weight.dtype == torch.float32
     ref = load_reference(checkpoints["v3_fp8"][1])
     torch.testing.assert_close(w, ref.model.layers[0].self_attn.kv_b_proj.weight.detach(), atol=0, rtol=0)
+
+
+def test_packed_bf16_weights_compute_what_plain_weights_compute(checkpoints):
+    from kernels import dispatch
+
+    folder = checkpoints["v3_sharded_mtp_yarn"][0]
+    plain = Engine.load(folder, dtype="bfloat16", max_seq_len=64, pack=False)
+    packed = Engine.load(folder, dtype="bfloat16", max_seq_len=64, pack=True)
+    lin = packed.model.layers[1].ffn.experts[3].w13
+    if not dispatch.can_pack(plain.model.layers[1].ffn.experts[3].w13.weight):
+        pytest.skip("no packed matmul on this build")
+    assert lin.packed is not None and "weight" not in lin._parameters
+    assert packed.model.layers[0].attn.wkv_b.packed is None  # read as a matrix by absorbed decode
+    torch.testing.assert_close(lin.weight, plain.model.layers[1].ffn.experts[3].w13.weight, atol=0, rtol=0)
+    assert packed.weight_bytes() == plain.weight_bytes()
+    x = _prompt(21, n=12)
+    torch.testing.assert_close(packed.forward(x), plain.forward(x), atol=1e-2, rtol=0)
+    assert (list(packed.generate(x[0].tolist(), max_new_tokens=24, temperature=0))
+            == list(plain.generate(x[0].tolist(), max_new_tokens=24, temperature=0)))
