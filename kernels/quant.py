@@ -1,18 +1,19 @@
 """Weight-only int8 / int4 quantization: a packed weight, its fast matmul, and the reference.
 
-int8: symmetric, one scale per output channel (w = q * scale, q in -127..127), the layout
-      of PyTorch's ``aten._weight_int8pack_mm`` (CPU). 1 byte/param + 2 bytes per row.
-int4: asymmetric, one (scale, zero) pair per group of ``group_size`` inputs
-      (w = (q - 8) * scale + zero, q in 0..15), the layout of
-      ``aten._weight_int4pack_mm_for_cpu``. Scale and zero are chosen per group by a small
-      search that minimises the squared error (min/max shrink + least-squares refit), so
-      group 64 rounds as accurately as llama.cpp's Q4_0 does with group 32 (0.5625 B/param).
+int8: one bf16 scale per group of 32 inputs (as llama.cpp's Q8_0), 256 symmetric levels
+      w = (u - 127.5) * scale, u in 0..255; 1.0625 bytes/param. The fast path splits u into
+      its high and low nibbles and runs PyTorch's packed int4 kernel twice, sharing one
+      scale/zero table built per call: int4mm(16x, hi, [s, s/2]) + int4mm(x, lo, [s, s/2]).
+      (aten's own int8 kernel takes only one scale per row: twice Q8_0's rounding error.)
+int4: asymmetric, one (scale, zero) pair per group of 64 inputs (w = (q - 8) * scale + zero,
+      q in 0..15), the layout of ``aten._weight_int4pack_mm_for_cpu``; 0.5625 bytes/param.
+Both pick their scales per group by a small search minimising the squared error, so they
+round at least as accurately as Q8_0 / Q4_0 (group 32) do.
 
-Shapes the packed ops cannot take are padded with zero rows/columns at quantization time
-(int8 needs K % 16 == 0 -- other K crash or give wrong sums in torch 2.13; int4 needs
-N % 16 == 0 and K % group == 0), so every CPU weight runs the packed kernel. Devices
-without the packed kernels use the vectorised fallback (dequantize, then one F.linear).
-Dispatch lives in ``quantized_linear`` only.
+Shapes the packed kernel cannot take are padded with zero rows/columns at quantization time
+(N % 16 == 0, K % group == 0), so every CPU weight runs it. Devices without a packed kernel
+use the vectorised fallback (dequantize, then one F.linear). The packed kernel takes bf16
+activations and returns bf16. Dispatch lives in ``_kernel`` only.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ __all__ = [
 MODES = ("int8", "int4")
 INT4_GROUPS = (32, 64, 128, 256)   # what aten's int4 kernel accepts
 CUDA_INNER_K_TILES = 8
-DEFAULT_GROUP = 64                 # 0.5 + 4/64 = 0.5625 bytes/param
+DEFAULT_GROUP = 64                 # int4: 0.5 + 4/64 = 0.5625 bytes/param
+INT8_GROUP = 32                    # int8: 1 + 2/32 = 1.0625 bytes/param
 
 
 def _ceil_to(n: int, m: int) -> int:
@@ -47,10 +49,11 @@ def _ceil_to(n: int, m: int) -> int:
 class QuantizedWeight:
     """A packed [out, in] weight.
 
-    tensors (int8): ``q`` int8 [N', K'], ``scale`` bf16 [N']
-    tensors (int4): ``q`` packed uint8 [N', K'/2] (aten CPU layout when ``layout ==
-    "cpu_int4pack"``, plain nibbles -- low nibble = even column -- when ``"nibbles"``),
-    ``scale_zero`` bf16 [K'/group, N', 2].
+    int8: layout "codes": ``q`` uint8 [N', K'] (u), ``scale`` bf16 [K'/group, N'];
+          packed layouts ("cpu_int4pack", "cuda_int4pack"): ``hi``, ``lo`` (u >> 4, u & 15
+          in the kernel's packing) and ``scale``.
+    int4: ``q`` packed uint8 (plain nibbles [N', K'/2] -- low nibble = even column -- when
+          layout is "nibbles", else the kernel's packing), ``scale_zero`` bf16 [K'/group, N', 2].
     N' >= out and K' >= in are the padded sizes; ``shape`` is the logical (out, in).
     """
 
@@ -62,9 +65,8 @@ class QuantizedWeight:
 
     @property
     def padded_shape(self) -> tuple[int, int]:
-        if self.mode == "int8":
-            return tuple(self.tensors["q"].shape)
-        return (self.tensors["scale_zero"].shape[1], self.tensors["scale_zero"].shape[0] * self.group_size)
+        sc = self.tensors["scale" if self.mode == "int8" else "scale_zero"]
+        return (sc.shape[1], sc.shape[0] * self.group_size)
 
     @property
     def nbytes(self) -> int:
@@ -77,7 +79,7 @@ class QuantizedWeight:
 
     @property
     def device(self) -> torch.device:
-        return self.tensors["q"].device
+        return self.tensors["scale" if self.mode == "int8" else "scale_zero"].device
 
     def to(self, device) -> "QuantizedWeight":
         codes = to_codes(self)
@@ -89,13 +91,33 @@ class QuantizedWeight:
 # quantization (rounding)
 
 
-def _quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
-    # w: [N, K] float -> q int8 [N, K], scale bf16 [N]; rounding uses the stored bf16 scale
-    amax = w.abs().amax(dim=1)
-    scale = (amax / 127).to(torch.bfloat16)
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    q = torch.round(w / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q, scale
+def _bf16_around(s: Tensor) -> tuple[Tensor, Tensor]:
+    """The bf16 values just below and just above positive s (float32 results)."""
+    b = s.to(torch.bfloat16)
+    bits = b.view(torch.int16)
+    below = torch.where(b.float() > s, (bits - 1).view(torch.bfloat16), b)
+    above = torch.where(b.float() < s, (bits + 1).view(torch.bfloat16), b)
+    return below.float(), above.float()
+
+
+def _quantize_int8(w: Tensor, group: int, steps: int = 6) -> tuple[Tensor, Tensor]:
+    """w [N, K] (K % group == 0) -> u uint8 [N, K], scale bf16 [K/g, N] with w ~ (u - 127.5) * s."""
+    n, k = w.shape
+    wg = w.float().reshape(n, k // group, group)                    # [N, G, g]
+    amax = wg.abs().amax(-1, keepdim=True)
+    best_err = best_s = None
+    for f in torch.linspace(1.0, 0.9, steps).tolist():
+        s0 = torch.where(amax == 0, torch.full_like(amax, 1e-30), amax * f / 127.5)
+        for s in _bf16_around(s0):
+            j = torch.floor(wg / s).clamp_(-128, 127)
+            err = ((j + 0.5) * s - wg).square_().sum(-1, keepdim=True)
+            if best_err is None:
+                best_err, best_s = err, s
+            else:
+                better = err < best_err
+                best_err, best_s = torch.where(better, err, best_err), torch.where(better, s, best_s)
+    u = (torch.floor(wg / best_s).clamp_(-128, 127) + 128).to(torch.uint8).reshape(n, k)
+    return u, best_s[..., 0].t().contiguous().to(torch.bfloat16)
 
 
 def _int4_round(wg: Tensor, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,23 +161,24 @@ def _quantize_int4(w: Tensor, group: int, steps: int = 12) -> tuple[Tensor, Tens
     return q.reshape(n, k).to(torch.uint8), scale_zero.transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
-def quantize_weight(w: Tensor, mode: str, *, group_size: int = DEFAULT_GROUP) -> QuantizedWeight:
-    """Quantize a [out, in] weight. ``group_size`` applies to int4 (32, 64, 128 or 256)."""
+def quantize_weight(w: Tensor, mode: str, *, group_size: int | None = None) -> QuantizedWeight:
+    """Quantize a [out, in] weight; ``group_size`` (32, 64, 128 or 256) defaults to 32 for
+    int8 and 64 for int4."""
     if mode not in MODES:
         raise ValueError(f"quant mode must be one of {MODES}, got {mode!r}")
     if w.dim() != 2:
         raise ValueError(f"expected a 2-D [out, in] weight, got shape {tuple(w.shape)}")
+    group = group_size or (INT8_GROUP if mode == "int8" else DEFAULT_GROUP)
+    if group not in INT4_GROUPS:
+        raise ValueError(f"{mode} group_size must be one of {INT4_GROUPS}, got {group}")
     n, k = w.shape
-    w = w.detach().float()
+    np_, kp = _ceil_to(n, 16), _ceil_to(k, group)
+    wp = F.pad(w.detach().float(), (0, kp - k, 0, np_ - n))
     if mode == "int8":
-        kp = _ceil_to(k, 16)
-        q, scale = _quantize_int8(F.pad(w, (0, kp - k)))
-        return from_codes("int8", (n, k), kp, {"q": q, "scale": scale})
-    if group_size not in INT4_GROUPS:
-        raise ValueError(f"int4 group_size must be one of {INT4_GROUPS}, got {group_size}")
-    np_, kp = _ceil_to(n, 16), _ceil_to(k, group_size)
-    q, scale_zero = _quantize_int4(F.pad(w, (0, kp - k, 0, np_ - n)), group_size)
-    return from_codes("int4", (n, k), group_size, {"q": pack_nibbles(q), "scale_zero": scale_zero})
+        u, scale = _quantize_int8(wp, group)
+        return from_codes("int8", (n, k), group, {"q": u, "scale": scale})
+    q, scale_zero = _quantize_int4(wp, group)
+    return from_codes("int4", (n, k), group, {"q": pack_nibbles(q), "scale_zero": scale_zero})
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,34 +234,53 @@ def _aligned(t: Tensor) -> Tensor:
     return t.contiguous().clone() if t.data_ptr() % 64 or not t.is_contiguous() else t
 
 
+def _packed_layout(device: torch.device, n: int, k: int, group: int) -> str | None:
+    if device.type == "cpu" and _int4pack_cpu_ok(n, k, group):
+        return "cpu_int4pack"
+    if device.type == "cuda" and n % 8 == 0 and k % (CUDA_INNER_K_TILES * 16) == 0:
+        return "cuda_int4pack"
+    return None
+
+
 def from_codes(mode: str, shape: tuple[int, int], group_size: int, codes: dict[str, Tensor]) -> QuantizedWeight:
-    """Build the runtime weight from portable codes (int8: q, scale; int4: plain-nibble q,
-    scale_zero), packing for the device's fast kernel where there is one."""
+    """Build the runtime weight from portable codes (int8: u [N', K'], scale; int4:
+    plain-nibble q, scale_zero), packing for the device's kernel where there is one."""
     codes = {k: _aligned(v) for k, v in codes.items()}
-    if mode == "int8":
-        return QuantizedWeight("int8", tuple(shape), group_size, dict(codes), layout="plain")
-    q, sz = codes["q"], codes["scale_zero"]
-    n, k = sz.shape[1], sz.shape[0] * group_size
-    if q.device.type == "cpu" and _int4pack_cpu_ok(n, k, group_size):
-        return QuantizedWeight("int4", tuple(shape), group_size, {"q": _pack_cpu(q), "scale_zero": sz}, "cpu_int4pack")
-    if q.device.type == "cuda" and n % 8 == 0 and k % (CUDA_INNER_K_TILES * 16) == 0:
+    sc = codes["scale" if mode == "int8" else "scale_zero"]
+    n, k = sc.shape[1], sc.shape[0] * group_size
+    layout = _packed_layout(sc.device, n, k, group_size)
+    if layout is not None:
+        pack = _PACKERS[layout]
         try:
-            return QuantizedWeight("int4", tuple(shape), group_size, {"q": _pack_cuda(q), "scale_zero": sz},
-                                   "cuda_int4pack")
+            if mode == "int8":
+                u = codes["q"]
+                return QuantizedWeight("int8", tuple(shape), group_size,
+                                       {"hi": pack(pack_nibbles(u >> 4)), "lo": pack(pack_nibbles(u & 15)),
+                                        "scale": sc}, layout)
+            return QuantizedWeight("int4", tuple(shape), group_size, {"q": pack(codes["q"]), "scale_zero": sc},
+                                   layout)
         except (RuntimeError, NotImplementedError):
-            pass   # no packed int4 kernel for this GPU/torch: the vectorised fallback runs
-    return QuantizedWeight("int4", tuple(shape), group_size, {"q": q, "scale_zero": sz}, "nibbles")
+            pass   # no packed int4 kernel for this device/torch: the vectorised fallback runs
+    return QuantizedWeight(mode, tuple(shape), group_size, dict(codes), "codes" if mode == "int8" else "nibbles")
+
+
+def _unpack(qw: QuantizedWeight, packed: Tensor) -> Tensor:
+    """A packed [N', K'] nibble matrix back to uint8 codes [N', K']."""
+    n, k = qw.padded_shape
+    flat = packed.contiguous().view(torch.uint8).reshape(1, -1)
+    codes = torch.empty(n * k, dtype=torch.uint8, device=flat.device)
+    codes[_packed_source(qw.layout, n, k, flat.device).to(flat.device)] = unpack_nibbles(flat).reshape(-1)
+    return codes.reshape(n, k)
 
 
 def to_codes(qw: QuantizedWeight) -> dict[str, Tensor]:
     """The portable form of a weight (what ``save_quantized`` writes)."""
-    if qw.mode == "int8" or qw.layout == "nibbles":
+    if qw.layout in ("codes", "nibbles"):
         return dict(qw.tensors)
-    n, k = qw.padded_shape
-    packed = qw.tensors["q"].contiguous().view(torch.uint8).reshape(1, -1)
-    codes = torch.empty(n * k, dtype=torch.uint8, device=packed.device)
-    codes[_packed_source(qw.layout, n, k, packed.device).to(packed.device)] = unpack_nibbles(packed).reshape(-1)
-    return {"q": pack_nibbles(codes.reshape(n, k)), "scale_zero": qw.tensors["scale_zero"]}
+    if qw.mode == "int8":
+        u = (_unpack(qw, qw.tensors["hi"]) << 4) | _unpack(qw, qw.tensors["lo"])
+        return {"q": u, "scale": qw.tensors["scale"]}
+    return {"q": pack_nibbles(_unpack(qw, qw.tensors["q"])), "scale_zero": qw.tensors["scale_zero"]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,7 +291,9 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> Tenso
     """The weight the quantized one stands for: [out, in] in ``dtype``."""
     n, k = qw.shape
     if qw.mode == "int8":
-        w = qw.tensors["q"].float() * qw.tensors["scale"].float()[:, None]
+        u = to_codes(qw)["q"].float()                                            # [N', K']
+        scale = qw.tensors["scale"].float().t().repeat_interleave(qw.group_size, dim=1)
+        w = (u - 127.5) * scale
     else:
         codes = unpack_nibbles(to_codes(qw)["q"]).float()                        # [N', K']
         sz = qw.tensors["scale_zero"].float()                                    # [G, N', 2]
@@ -267,17 +311,22 @@ def reference_quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
 def _kernel(qw: QuantizedWeight):
     """The packed kernel for this weight's device and layout, as f(x_bf16 [M, K']) -> [M, N'];
     None where there is none (the vectorised fallback runs)."""
-    t = qw.tensors
-    if qw.mode == "int8" and qw.device.type == "cpu":
-        op, q, scale = torch.ops.aten._weight_int8pack_mm, t["q"], t["scale"]
-        return lambda xb: op(xb, q, scale)
-    if qw.layout == "cpu_int4pack":
-        op, q, g, sz = torch.ops.aten._weight_int4pack_mm_for_cpu, t["q"], qw.group_size, t["scale_zero"]
+    t, g = qw.tensors, qw.group_size
+    op = {"cpu_int4pack": torch.ops.aten._weight_int4pack_mm_for_cpu,
+          "cuda_int4pack": torch.ops.aten._weight_int4pack_mm}.get(qw.layout)
+    if op is None:
+        return None
+    if qw.mode == "int4":
+        q, sz = t["q"], t["scale_zero"]
         return lambda xb: op(xb, q, g, sz)
-    if qw.layout == "cuda_int4pack":
-        op, q, g, sz = torch.ops.aten._weight_int4pack_mm, t["q"], qw.group_size, t["scale_zero"]
-        return lambda xb: op(xb, q, g, sz)
-    return None
+    hi, lo, s = t["hi"], t["lo"], t["scale"]
+
+    def int8_as_two_int4(xb):
+        # w = (16 hi + lo - 127.5) s = 16 [(hi - 8) s + s/2] + [(lo - 8) s + s/2]
+        sz = torch.stack((s, s * 0.5), dim=-1)                       # [K'/g, N', 2], per call
+        return op(xb * 16, hi, g, sz).float() + op(xb, lo, g, sz)
+
+    return int8_as_two_int4
 
 
 def quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
