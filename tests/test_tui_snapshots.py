@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from app.backends.events import AnswerDelta, Done, ThinkingDelta, Usage
@@ -40,7 +42,8 @@ def seeded_app(tmp_path, **kw) -> DuetApp:
     store.add_user_message(sid, "/plan a cache for the session list")
     with store.begin_reply(sid, role="reasoner", model="deepseek-r1", intent="design",
                            why="/plan prefix → reasoner") as rec:
-        for e in (ThinkingDelta(THINKING), AnswerDelta(PLAN), Usage(812, 2310), Done("stop", 1.2, 41.0)):
+        deltas = [ThinkingDelta(w) for w in re.findall(r"\s*\S+\s*", THINKING)]  # about a token each, as servers send them
+        for e in (*deltas, AnswerDelta(PLAN), Usage(812, 2310), Done("stop", 1.2, 41.0)):
             rec.add(e)
     store.add_user_message(sid, "/code write step 1 [bold]literally[/bold] 中文")
     with store.begin_reply(sid, role="coder", model="qwen2.5-coder", intent="implement",
