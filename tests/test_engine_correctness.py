@@ -27,6 +27,8 @@ def checkpoints(tmp_path_factory):
         "v2_group_limited": (write_tiny_v2(root / "v2g", seed=3, n_group=3, topk_group=2,
                                            topk_method="group_limited_greedy", q_lora_rank=24), None),
         "v3_fp8": (fp8, root / "v3_deq"),
+        "v3_rotate_half_no_yarn": (write_tiny_v3(root / "v3rh", seed=4, rope_interleave=False, rope_scaling=None,
+                                                 n_group=1, topk_group=1), None),
     }
 
 
@@ -42,7 +44,7 @@ def _prompt(seed, n=PROMPT_LEN, vocab=400):
 
 
 @pytest.mark.parametrize("name", ["v3_sharded_mtp_yarn", "v3_deepseek_config", "v2_no_qlora_softmax",
-                                  "v2_group_limited", "v3_fp8"])
+                                  "v2_group_limited", "v3_fp8", "v3_rotate_half_no_yarn"])
 def test_prefill_and_cached_decode_logits_match_transformers(checkpoints, name):
     engine, ref = _pair(checkpoints, name)
     x = _prompt(len(name))
