@@ -107,7 +107,7 @@ def _quantize_int8(w: Tensor, group: int, steps: int = 6) -> tuple[Tensor, Tenso
     amax = wg.abs().amax(-1, keepdim=True)
     best_err = best_s = None
     for f in torch.linspace(1.0, 0.9, steps).tolist():
-        s0 = torch.where(amax == 0, torch.full_like(amax, 1e-30), amax * f / 127.5)
+        s0 = (amax * f / 127.5).clamp_min(1e-30)                    # a normal bf16: s/2 is exact
         for s in _bf16_around(s0):
             j = torch.floor(wg / s).clamp_(-128, 127)
             err = ((j + 0.5) * s - wg).square_().sum(-1, keepdim=True)
@@ -319,11 +319,14 @@ def _kernel(qw: QuantizedWeight):
     if qw.mode == "int4":
         q, sz = t["q"], t["scale_zero"]
         return lambda xb: op(xb, q, g, sz)
-    hi, lo, s = t["hi"], t["lo"], t["scale"]
+    hi, lo, s_bits = t["hi"], t["lo"], t["scale"].view(torch.int16)
+    shape = (*t["scale"].shape, 2)
 
     def int8_as_two_int4(xb):
         # w = (16 hi + lo - 127.5) s = 16 [(hi - 8) s + s/2] + [(lo - 8) s + s/2]
-        sz = torch.stack((s, s * 0.5), dim=-1)                       # [K'/g, N', 2], per call
+        # the kernel's [K'/g, N', 2] (scale, zero) table, built per call: each int32 word holds
+        # bits(s) low and bits(s/2) = bits(s) - 128 high (s is a positive normal bf16)
+        sz = s_bits.to(torch.int32).mul_(65537).sub_(128 << 16).view(torch.bfloat16).view(shape)
         return op(xb * 16, hi, g, sz).float() + op(xb, lo, g, sz)
 
     return int8_as_two_int4
