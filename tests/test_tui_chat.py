@@ -59,7 +59,7 @@ async def test_ctrl_r_forces_the_reasoner_and_ctrl_g_forces_the_coder(server):
 
 async def test_the_thinking_pane_fills_live_before_the_answer_starts(server):
     thinking = "".join(f"Thought number {i}.\n\n" for i in range(40))
-    server.set_script(reasoner_reply(thinking, "Done.", chunk_size=8, delay=0.01))
+    server.set_script(reasoner_reply(thinking, "Done.", chunk_size=8, delay=0.02))
     app = make_app(server_config(server.base_url))
     async with app.run_test(size=(120, 40)) as pilot:
         await type_and_send(pilot, "/think why is the sky blue")
@@ -285,3 +285,28 @@ async def test_escape_right_after_sending_to_the_reasoner_cancels_cleanly(server
         assert item.status == "cancelled" and "never shown" not in item.answer
         await pilot.press(*"next")
         assert app.chat.query_one("#prompt").text == "next"
+
+
+async def test_the_conversation_follows_the_stream_only_while_the_user_stays_at_the_bottom(server):
+    from textual import events
+
+    answer = "".join(f"Line {i} of a long answer.\n\n" for i in range(100))
+    server.enqueue(reasoner_reply("", answer, placement="answer_only", chunk_size=20, delay=0.01))
+    server.set_script(text_reply("Short.\n\n" * 40))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(100, 30)) as pilot:
+        conv = app.chat.conversation
+        await type_and_send(pilot, "/code a long one")
+        await wait_for(pilot, lambda: conv.max_scroll_y > 20)
+        await wait_for(pilot, lambda: conv.max_scroll_y - conv.scroll_y <= 1)  # following
+        for _ in range(5):  # the user scrolls up with the wheel
+            conv.post_message(events.MouseScrollUp(conv, 5, 5, 0, -1, 0, False, False, False))
+        await pilot.pause(0.1)
+        held = conv.scroll_y
+        await wait_for(pilot, lambda: app.chat.current is None, timeout=15)
+        await pilot.pause()
+        assert conv.scroll_y == held < conv.max_scroll_y - 5  # stayed where the user put it
+        await type_and_send(pilot, "/code again")  # a new request follows again
+        await wait_reply(pilot, app, 2, timeout=15)
+        await pilot.pause(0.2)
+        assert conv.max_scroll_y - conv.scroll_y <= 1

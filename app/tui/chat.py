@@ -291,6 +291,8 @@ class ChatScreen(Screen):
         if item.role == "reasoner":
             await self.pane.end()
         await item.finish(status, error=error, total_s=total)
+        follow(self.conversation)
+        follow(self.pane)
         widget = self.status_bar.role(item.role)
         if isinstance(end, ServerUnreachable):
             widget.set_state("failed", "unreachable")
@@ -586,8 +588,12 @@ def follow(scroll) -> None:
     """Keep ``scroll`` at the bottom as content arrives, until the user scrolls up (Textual's
     anchor, released by user scrolling). Anchored only once content overflows, so short
     content stays at the top."""
-    if not scroll.is_anchored and scroll.max_scroll_y > 0:
+    if scroll.is_anchored:
+        return
+    if scroll.max_scroll_y > 0:
         scroll.anchor()
+    else:  # new content may not be laid out yet: look again after the next refresh
+        scroll.call_after_refresh(lambda: scroll.max_scroll_y > 0 and not scroll.is_anchored and scroll.anchor())
 
 
 def prepare_backend(rc) -> tuple[str, str]:
