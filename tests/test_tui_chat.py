@@ -133,6 +133,19 @@ async def test_a_code_request_after_a_plan_carries_the_plan(server):
         assert "Add an LRU cache" in last and "SECRET-TRACE-MARKER" not in repr(sent_messages(server))
 
 
+async def test_an_auto_routed_coder_request_after_a_plan_carries_the_plan(server):
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/plan a cache")
+        await wait_reply(pilot, app)
+        server.set_script(text_reply("ok"))
+        await type_and_send(pilot, "now implement it")
+        item = await wait_reply(pilot, app, 2)
+        assert item.role == "coder" and not item.forced
+        messages = sent_messages(server)
+        assert "Add an LRU cache" in messages[-1]["content"] and "SECRET-TRACE-MARKER" not in repr(messages)
+
+
 async def test_escape_cancels_within_a_fraction_of_a_second_and_keeps_the_partial_answer(server):
     answer = "".join(f"word{i} " for i in range(400))
     server.set_script(reasoner_reply("", answer, placement="answer_only", chunk_size=6, delay=0.02))
@@ -310,3 +323,15 @@ async def test_the_conversation_follows_the_stream_only_while_the_user_stays_at_
         await wait_reply(pilot, app, 2, timeout=15)
         await pilot.pause(0.2)
         assert conv.max_scroll_y - conv.scroll_y <= 1
+
+
+async def test_bindings_have_ids_so_a_keymap_can_move_them(server):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    config = server_config(server.base_url)
+    ui = SimpleNamespace(resume_last=False, thinking_pane="side", keymap={"chat.force_coder": "f10"})
+    app = make_app(replace(config, ui=ui))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "design a cache", key="f10")
+        assert (await wait_reply(pilot, app)).role == "coder"

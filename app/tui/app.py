@@ -35,6 +35,9 @@ class DuetApp(App):
         self.discover = discover  # first run: a callable listing what was found (default app.discovery)
 
     def on_mount(self) -> None:
+        keymap = getattr(self.config.ui, "keymap", None)  # binding id -> keys, e.g. {"chat.hand_off": "f6"}
+        if keymap:
+            self.set_keymap(dict(keymap))
         if self.store is None:
             from app.store import SessionStore
 
