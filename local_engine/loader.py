@@ -85,8 +85,10 @@ class Shards:
             sk = name + "_scale_inv"
             if sk not in self.where:
                 raise ModelError(f"{f.path}: FP8 tensor {name} has no {sk}")
+            fits = out is not None and out.dtype == dtype and out.shape == t.shape and out.device == t.device
             try:
-                t = dispatch.fp8_block_dequant(t, self.read(sk, torch.float32, "cpu"), dtype)
+                t = dispatch.fp8_block_dequant(t, self.read(sk, torch.float32, "cpu"), dtype,
+                                               out=out if fits else None)
             except ValueError as e:
                 raise ModelError(f"{f.path}: tensor {name}: {e}") from None
         if t.is_floating_point():
@@ -136,9 +138,9 @@ def _target(rest: str) -> tuple[str, int | None] | None:
 class _Filler:
     """Puts checkpoint tensors into a module built on the meta device, checking shapes."""
 
-    def __init__(self, module: nn.Module, shards: Shards, where: str, dtype=None, device=None):
+    def __init__(self, module: nn.Module, shards: Shards, where: str, dtype=None, device=None, pack=False):
         self.module, self.shards, self.where = module, shards, where
-        self.dtype, self.device = dtype, device
+        self.dtype, self.device, self.pack = dtype, device, pack
         self.params = dict(module.named_parameters())
         self.halves: dict[str, set[int]] = {}
 
@@ -179,19 +181,26 @@ class _Filler:
                 dst.copy_(t)
             self.halves.setdefault(ours, set()).add(half)
         setattr(owner, attr, nn.Parameter(new, requires_grad=False))
-        self.params[ours] = getattr(owner, attr)
+        self.params[ours] = new
+        done = half is None or self.halves[ours] == {0, 1}
+        if self.pack and done and isinstance(owner, Linear) and not mod_path.endswith("wkv_b"):
+            owner.pack_()  # right away: the dense buffer is freed before the next tensor is read
+            self.params[ours] = owner.packed  # (holding the dense one here would keep it alive)
 
     def finish(self) -> None:
         missing = [n for n, p in self.module.named_parameters() if p.is_meta]
+        missing += [n for n, m in self.module.named_modules() if isinstance(m, Linear) and m.packed is None
+                    and m._parameters.get("weight") is None]
         missing += [n for n, h in self.halves.items() if h != {0, 1}]
         if missing:
             raise ModelError(f"{self.shards.folder}: {self.where}: no tensor in the checkpoint for "
                              f"{', '.join(missing[:4])}")
 
 
-def _fill_block(block: Block, layer: int, names: list[str], shards: Shards, dtype, device) -> None:
+def _fill_block(block: Block, layer: int, names: list[str], shards: Shards, dtype, device,
+                pack: bool = False) -> None:
     prefix = f"model.layers.{layer}."
-    fill = _Filler(block, shards, f"model.layers.{layer}", dtype, device)
+    fill = _Filler(block, shards, f"model.layers.{layer}", dtype, device, pack)
     # read in file order: sequential I/O
     for name in sorted(names, key=lambda n: (shards.where[n], shards.file(shards.where[n]).offset(n))):
         rest = name[len(prefix):]
@@ -229,7 +238,7 @@ def pack_linears_(module: nn.Module) -> None:
 def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pack) -> Transformer:
     with torch.device("meta"):
         model = Transformer(args)
-    top = _Filler(model, shards, "model")  # layers are still empty
+    top = _Filler(model, shards, "model", pack=pack and not quant)  # layers are still empty
     for name, ours in _TOP.items():
         if name in shards.where:
             top.put(ours, None, shards.read(name, dtype, device), name)
@@ -249,18 +258,14 @@ def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pa
             raise ModelError(f"{shards.folder}: no tensors for layer {i} (num_hidden_layers is {args.num_hidden_layers})")
         with torch.device("meta"):
             block = Block(args, i)
-        _fill_block(block, i, plan[i], shards, dtype, device)
+        _fill_block(block, i, plan[i], shards, dtype, device, pack=pack and not quant)
         if quantize_block_ is not None:
             quantize_block_(block, quant)  # quantize while loading: never the whole model in full precision
-        if pack:
-            pack_linears_(block)
         block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)
         model.layers.append(block)
         _release_free_memory()  # the layer's temporaries (dtype casts, FP8 strips) go back to the OS
     from local_engine.rope import rope_tables
 
-    if pack:
-        model.head.pack_()
     cos, sin = rope_tables(args, max_seq_len)
     model.cos, model.sin = cos.to(device), sin.to(device)
     return model.eval()

@@ -30,3 +30,13 @@ def test_fp8_dequant_rejects_scales_that_do_not_fit():
     q = torch.zeros(130, 10).to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="weight_scale_inv"):
         fp8_block_dequant(q, torch.ones(1, 1))
+
+
+def test_fp8_dequant_writes_into_a_given_buffer():
+    w = torch.randn(200, 130, generator=torch.Generator().manual_seed(4))
+    q, s = fp8_quantize(w)
+    big = torch.zeros(400, 130, dtype=torch.bfloat16)
+    half = big[200:]
+    got = fp8_block_dequant(q, s, torch.bfloat16, out=half)
+    assert got.data_ptr() == half.data_ptr() and big[:200].abs().sum() == 0
+    torch.testing.assert_close(big[200:], reference_fp8_block_dequant(q, s, torch.bfloat16), atol=0, rtol=0)
