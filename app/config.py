@@ -98,6 +98,7 @@ class RoleConfig:
 class UiConfig:
     resume_last: bool = True
     thinking_pane: str = "side"
+    keymap: tuple[tuple[str, str], ...] = ()  # [ui.keymap]: binding id -> keys
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,14 @@ def parse_config(data: dict, *, source: str = BUILTIN, base: Path | None = None)
         only = next(iter(roles.values()))
         reasoner = roles.get("reasoner") or replace(only, role="reasoner", sampling=DEFAULT_SAMPLING["reasoner"])
         coder = roles.get("coder") or replace(only, role="coder", sampling=DEFAULT_SAMPLING["coder"])
-    ui = UiConfig(**_parse_flat(data.get("ui", {}), UI_KEYS, source, "ui"))
+    ui_table = dict(data.get("ui", {}))
+    keymap = ui_table.pop("keymap", {})
+    if not isinstance(keymap, dict):
+        raise ConfigError(source, "ui.keymap", f"must be a table of binding id = keys, got {_tname(keymap)}")
+    for binding, keys in keymap.items():
+        if not isinstance(keys, str):
+            raise ConfigError(source, f"ui.keymap.{binding}", f'must be a string of keys like "f6" or "ctrl+k", got {_tname(keys)}')
+    ui = UiConfig(**_parse_flat(ui_table, UI_KEYS, source, "ui"), keymap=tuple(keymap.items()))
     if ui.thinking_pane not in ("side", "below", "hidden"):
         raise ConfigError(source, "ui.thinking_pane", f'must be "side", "below" or "hidden", got "{ui.thinking_pane}"')
     ws = WorkspaceConfig(**_parse_flat(data.get("workspace", {}), WORKSPACE_KEYS, source, "workspace"))

@@ -92,6 +92,8 @@ def test_relative_model_path_is_relative_to_the_config_file(tmp_path, gguf_file)
     ('[coder]\nbackend = "local"\npath = "/nonexistent/folder"\n', "coder.path", "no such folder"),
     ('[coder]\nbackend = "local"\npath = "/nonexistent/folder"\nquant = "int3"\n', "coder.quant", "int8"),
     ('reasoner = 3\n', "reasoner", "must be a table"),
+    ('[ui.keymap]\n"chat.hand_off" = 6\n', "ui.keymap.chat.hand_off", "must be a string"),
+    ('[ui]\nthinking_pane = "left"\n', "ui.thinking_pane", "side"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, key, words):
     path = write(tmp_path, text)
@@ -145,3 +147,8 @@ def test_platform_config_file_is_found(tmp_path):
     (xdg / "duet" / "config.toml").write_text('[coder]\nbackend = "llama.cpp"\npath = "gone.gguf"\n')
     result = run_duet("doctor", env_extra={"XDG_CONFIG_HOME": str(xdg)})
     assert result.returncode == 2 and "gone.gguf" in result.stderr
+
+
+def test_ui_keymap_is_read_as_binding_ids_to_keys(tmp_path):
+    config = load_config(write(tmp_path, '[ui.keymap]\n"chat.hand_off" = "f6"\n'))
+    assert dict(config.ui.keymap) == {"chat.hand_off": "f6"}
