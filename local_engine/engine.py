@@ -44,6 +44,12 @@ class Engine:
         if quant not in (None, "int8", "int4"):
             raise ModelError(f"quant {quant!r} is not supported (int8 | int4)")
         torch_dtype = _dtype(dtype)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ModelError(f"device {device!r} is not a torch device") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(f"device {device!r}: no CUDA device is available here")
         args = ModelArgs.from_folder(folder)
         if torch.device(device).type == "cpu":
             # attention probabilities underflow to denormals; on x86 those make bmm/softmax 10x slower
