@@ -28,12 +28,11 @@ def moe(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
         experts: Sequence[Expert]) -> torch.Tensor:
     n_tok, k = indices.shape
     flat = indices.reshape(-1)
-    if n_tok == 1:  # decode: k experts, one row each; no sorting needed
-        ids = flat.tolist()
-        w = weights.reshape(-1).to(x.dtype)
-        out = experts[ids[0]](x) * w[0]
+    if n_tok == 1:  # decode: k experts, one row each; no sorting, weights as plain numbers
+        ids, ws = flat.tolist(), weights.reshape(-1).tolist()
+        out = experts[ids[0]](x).mul_(ws[0])
         for j in range(1, k):
-            out = out + experts[ids[j]](x) * w[j]
+            out.add_(experts[ids[j]](x), alpha=ws[j])
         return out
     order = flat.argsort(stable=True)  # slots sorted by expert
     counts = torch.bincount(flat, minlength=len(experts)).tolist()

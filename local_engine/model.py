@@ -94,7 +94,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, u = self.w13(x).split(self.inter, dim=-1)
-        return self.w2(F.silu(g) * u)
+        return self.w2(F.silu(g).mul_(u))
 
 
 class Gate(nn.Module):
