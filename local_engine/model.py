@@ -45,7 +45,12 @@ class MLA(nn.Module):
 
         Made once, contiguous (strided batched matmuls are 2x slower); costs one more copy of kv_b."""
         if self._absorbed is None:
-            w = self.wkv_b.weight.view(self.n_heads, self.nope + self.v, self.kv_lora)
+            w = self.wkv_b.weight
+            if self.wkv_b.qweight is not None:  # quantized anyway: absorb its dequantized values
+                from kernels.quant import dequantize
+
+                w = dequantize(self.wkv_b.qweight, self.cache.dtype)
+            w = w.view(self.n_heads, self.nope + self.v, self.kv_lora)
             self._absorbed = (w[:, : self.nope].contiguous(), w[:, self.nope:].transpose(1, 2).contiguous())
         return self._absorbed
 
@@ -63,7 +68,7 @@ class MLA(nn.Module):
         self.cache[:B, start_pos:end, self.kv_lora:] = k_pe
         if start_pos == 0 and T > 1:
             # fresh prefill: expand keys/values per head (fewer FLOPs than absorbed for long prompts)
-            kv = F.linear(c_kv, self.wkv_b.weight).view(B, T, H, self.nope + self.v)
+            kv = self.wkv_b(c_kv).view(B, T, H, self.nope + self.v)
             k_nope, v = kv.split([self.nope, self.v], dim=-1)
             k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, T, H, self.rope)], dim=-1)
             qf = torch.cat([q_nope, q_pe], dim=-1)
