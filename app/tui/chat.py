@@ -79,6 +79,7 @@ class ChatScreen(Screen):
         self.last_plan: ReplyItem | None = None
         self._drain_timer: Timer | None = None
         self._models_loaded = threading.Event()
+        self._end = None
         self._revision = None  # (changes so far, rounds done, the retry reply, the first coder reply)
         self.pane_mode = config.ui.thinking_pane
 
@@ -214,6 +215,7 @@ class ChatScreen(Screen):
             self.conversation.scroll_end(animate=False)
         self.current, self.turn = item, turn
         self.buffer, self.cancel_event = EventBuffer(), threading.Event()
+        self._end = None  # the turn's Done or Failed, whichever drain brings it
         self.status_bar.role(route.role).set_state("busy")
         if route.role == "reasoner":
             self.pane.begin(f"thinking · {rc.label}")
@@ -248,7 +250,6 @@ class ChatScreen(Screen):
         if not events and not closed:
             item.refresh_figures()
             return
-        end = None
         pane_text = []
         for event in events:
             if isinstance(event, Chunk):
@@ -258,7 +259,7 @@ class ChatScreen(Screen):
             elif isinstance(event, Usage):
                 item.usage = event
             elif isinstance(event, (Done, Failed)):
-                end = event
+                self._end = event
         if pane_text:
             from app.tui.literal import visible
 
@@ -266,12 +267,14 @@ class ChatScreen(Screen):
         item.refresh_figures()
         follow(self.conversation)
         follow(self.pane)
-        if closed and item is self.current:
+        if closed and item is self.current and buffer is self.buffer:
             self.buffer = None  # no more drains
-            self.call_later(self._finish, item, end)  # outside this timer's task: _finish stops the timer
+            self.call_later(self._finish, item, self._end)  # outside this timer's task: _finish stops the timer
 
     async def _finish(self, item: ReplyItem, end) -> None:
         """The turn is over (ended, failed or cancelled): settle the widgets and the state."""
+        if item is not self.current:
+            return
         if self._drain_timer is not None:
             self._drain_timer.stop()
             self._drain_timer = None
