@@ -335,3 +335,27 @@ async def test_bindings_have_ids_so_a_keymap_can_move_them(server):
     async with app.run_test(size=(120, 40)) as pilot:
         await type_and_send(pilot, "design a cache", key="f10")
         assert (await wait_reply(pilot, app)).role == "coder"
+
+
+class _LingeringBackend:
+    """Sends its answer and Done, then takes a while to end the stream (as a server closing slowly)."""
+
+    label = "lingering"
+
+    def stream(self, messages, sampling, *, cancel=None):
+        from app.backends.events import AnswerDelta, Done
+
+        yield AnswerDelta("All done.")
+        yield Done("stop", 0.01, 0.02)
+        time.sleep(0.3)  # the UI drains Done long before the stream closes
+
+    def close(self):
+        pass
+
+
+async def test_a_stream_that_lingers_after_done_still_reads_as_done(server):
+    app = make_app(server_config(server.base_url), backend=_LingeringBackend())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/code anything")
+        item = await wait_reply(pilot, app)
+        assert item.status == "done" and item.answer == "All done."
