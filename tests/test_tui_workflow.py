@@ -263,3 +263,25 @@ async def test_f5_regenerates_and_ctrl_n_starts_a_new_session(server, tmp_path):
         await wait_reply(pilot, app)
         assert app.chat.session_id not in (None, first_session)
         assert len(app.store.list_sessions()) == 2
+
+
+async def test_files_too_large_for_the_window_go_as_their_outline(server, ws):
+    body = "".join(f"def function_{i}(x):\n    return x + {i}  # BODY-{i}\n\n" for i in range(400))
+    (ws.root / "src" / "big.py").write_text(body)
+    ws.context.add("src/big.py")
+    app = make_app(server_config(server.base_url), workspace=ws)  # a 4,096-token window
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/plan restructure big.py")
+        await wait_reply(pilot, app)
+        sent = sent_messages(server)[-1]["content"]
+        assert "src/big.py" in sent and "function_0" in sent  # paths and symbols...
+        assert "BODY-1" not in sent  # ...not the bodies
+
+
+async def test_the_reasoner_also_sees_the_files_in_context(server, ws):
+    ws.context.add("src/calc.py")
+    app = make_app(server_config(server.base_url), workspace=ws)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/plan make add faster")
+        await wait_reply(pilot, app)
+        assert "return a - b" in sent_messages(server)[-1]["content"]

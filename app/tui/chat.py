@@ -189,9 +189,10 @@ class ChatScreen(Screen):
             plan = self.last_plan.answer
         if decision.role != "coder":
             plan, plan_item = None, None
-        files = self.context_files() if decision.role == "coder" else []
         if decision.intent == "review" and decision.role == "reasoner":
             files = self.review_material()
+        else:
+            files = self.context_files(self.config.role(decision.role))
         try:
             turn = Turn(self.config, request, role=role, history=list(self.history if history is None else history),
                         plan=plan, files=files, session_id=self.session_id, store=self.store,
@@ -464,7 +465,7 @@ class ChatScreen(Screen):
             self.query_one(PromptInput).text = ""
             self.start_turn(request, "coder", plan=edited, plan_item=plan_item)
 
-        self.app.push_screen(PlanEditor(plan_item.answer, [f for f, _ in self.context_files()]), send)
+        self.app.push_screen(PlanEditor(plan_item.answer, self.workspace.context.files if self.workspace else []), send)
 
     def action_new_session(self) -> None:
         if self.current is not None:
@@ -504,10 +505,19 @@ class ChatScreen(Screen):
         self.app.push_screen(FilePicker(self.workspace.context), lambda _: self._show_context())
 
     # ---- files and sessions --------------------------------------------------------------------
-    def context_files(self) -> list[tuple[str, str]]:
+    def context_files(self, rc=None) -> list[tuple[str, str]]:
+        """The files in context as (path, text); when they do not fit ``rc``'s window (less the
+        answer's room), their outline instead."""
         if self.workspace is None:
             return []
         ctx = self.workspace.context
+        if rc is not None and rc.context and ctx.files:
+            reserve = min(rc.sampling.max_tokens, rc.context // 2) + 512  # the answer and the template
+            text, full = ctx.for_prompt(rc.context, reserve=reserve)
+            if not full:
+                self.notify("The files in context do not fit the model's window: sending their outline.",
+                            severity="warning")
+                return [("outline of the files in context (too large to send whole)", text)]
         out = []
         for rel in ctx.files:
             text = ctx.read(rel)
