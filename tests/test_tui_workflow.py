@@ -52,7 +52,10 @@ async def test_a_coder_reply_opens_the_diff_preview_and_accepting_writes_the_fil
         await pilot.press("a", "enter")
         await wait_for(pilot, lambda: not isinstance(app.screen, DiffPreview))
         await pilot.pause()
-    assert (ws.root / "src" / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+        assert (ws.root / "src" / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+        await pilot.press("f12")  # undo puts the exact bytes back
+        await pilot.pause()
+        assert (ws.root / "src" / "calc.py").read_text() == "def add(a, b):\n    return a - b\n"
     with SessionStore.open(store_path) as store:
         assert store.message(item.message_id).applied  # the store knows this reply's change was applied
 

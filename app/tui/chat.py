@@ -55,6 +55,7 @@ class ChatScreen(Screen):
         Binding("f8", "copy_answer", "Copy", id="chat.copy_answer", show=False),
         Binding("f9", "copy_code", "Copy code", id="chat.copy_code", show=False),
         Binding("ctrl+f", "files", "Files", id="chat.files", priority=True),
+        Binding("f12", "undo_changes", "Undo edit", id="chat.undo_changes", show=False),
         Binding("ctrl+n", "new_session", "New", id="chat.new_session", priority=True, show=False),
         Binding("ctrl+s", "sessions", "Sessions", id="chat.sessions", priority=True),
     ]
@@ -466,6 +467,28 @@ class ChatScreen(Screen):
             self.start_turn(request, "coder", plan=edited, plan_item=plan_item)
 
         self.app.push_screen(PlanEditor(plan_item.answer, self.workspace.context.files if self.workspace else []), send)
+
+    def action_undo_changes(self) -> None:
+        """Put back the files of the last applied change (asks before overwriting later edits)."""
+        from app.tui.dialogs import Confirm
+        from app.workspace import HistoryError
+
+        if self.workspace is None:
+            return
+        try:
+            paths = self.workspace.undo()
+        except HistoryError as exc:
+            if "changed since" not in str(exc):
+                self.notify(str(exc), markup=False)
+                return
+
+            def forced(yes: bool | None) -> None:
+                if yes:
+                    self.notify(f"Undone: {', '.join(self.workspace.undo(force=True))}", markup=False)
+
+            self.app.push_screen(Confirm(f"{exc}. Undo anyway and lose those later changes?"), forced)
+            return
+        self.notify(f"Undone: {', '.join(paths)}", markup=False)
 
     def action_new_session(self) -> None:
         if self.current is not None:

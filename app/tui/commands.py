@@ -20,6 +20,7 @@ COMMANDS = [
     ("widen_pane", "Widen the thinking pane", "Cycle the pane's width"),
     ("copy_answer", "Copy the answer", "Copy the last answer to the clipboard"),
     ("copy_code", "Copy the last code block", "Copy the last fenced code block of the last answer"),
+    ("undo_changes", "Undo the last applied edit", "Put the files back exactly as they were before it"),
     ("files", "Add or drop files", "Fuzzy-pick files for the coder's context"),
     ("new_session", "New session", "Start an empty conversation"),
     ("sessions", "Sessions: switch, search, rename, delete, export", "Open the session list"),
