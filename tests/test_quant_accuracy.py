@@ -5,7 +5,8 @@ models have), 256 positions each, three seeds per architecture. The peer is the 
 engine with the same Linears replaced by ``gguf.quants`` dequantize(quantize(w)) -- the
 rounding llama.cpp applies. Metrics against float32 logits: mean cosine over positions and
 top-1 agreement. Random tiny models flip expert choices easily, so the comparison is side
-by side, pooled over the six checkpoints.
+by side, pooled over the six checkpoints. Duet runs its real kernels (bf16 activations and
+outputs inside each matmul); the peer multiplies in float32 -- a handicap for Duet.
 """
 
 import numpy as np
