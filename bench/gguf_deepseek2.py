@@ -110,3 +110,38 @@ def write_deepseek2_gguf(path, cfg: dict, tensors: dict) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def gguf_tensors_from_hf(state: dict, cfg: dict) -> dict:
+    """HF DeepseekV2/V3 tensors (name -> float tensor/array) -> gguf name -> ("f32", array),
+    as llama.cpp's converter lays them out (kv_b split into attn_k_b / attn_v_b)."""
+    def f32(name):
+        t = state[name]
+        return ("f32", np.ascontiguousarray(t.float().numpy() if hasattr(t, "float") else t, dtype=np.float32))
+
+    H, nope, v, R = cfg["num_attention_heads"], cfg["qk_nope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
+    out = {"token_embd.weight": f32("model.embed_tokens.weight"), "output_norm.weight": f32("model.norm.weight"),
+           "output.weight": f32("lm_head.weight")}
+    simple = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+              "self_attn.q_proj": "attn_q", "self_attn.q_a_proj": "attn_q_a",
+              "self_attn.q_a_layernorm": "attn_q_a_norm", "self_attn.q_b_proj": "attn_q_b",
+              "self_attn.kv_a_proj_with_mqa": "attn_kv_a_mqa", "self_attn.kv_a_layernorm": "attn_kv_a_norm",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "mlp.gate": "ffn_gate_inp",
+              "mlp.shared_experts.gate_proj": "ffn_gate_shexp", "mlp.shared_experts.up_proj": "ffn_up_shexp",
+              "mlp.shared_experts.down_proj": "ffn_down_shexp"}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for hf, gg in simple.items():
+            if p + hf + ".weight" in state:
+                out[f"blk.{i}.{gg}.weight"] = f32(p + hf + ".weight")
+        if p + "mlp.gate.e_score_correction_bias" in state:
+            out[f"blk.{i}.exp_probs_b.bias"] = f32(p + "mlp.gate.e_score_correction_bias")
+        kv = np.asarray(state[p + "self_attn.kv_b_proj.weight"].float().numpy()).reshape(H, nope + v, R)
+        out[f"blk.{i}.attn_k_b.weight"] = ("f32", np.ascontiguousarray(kv[:, :nope].transpose(0, 2, 1)))
+        out[f"blk.{i}.attn_v_b.weight"] = ("f32", np.ascontiguousarray(kv[:, nope:]))
+        if p + "mlp.experts.0.gate_proj.weight" in state:
+            for part, gg in (("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps"), ("down_proj", "ffn_down_exps")):
+                out[f"blk.{i}.{gg}.weight"] = ("f32", np.stack([
+                    state[f"{p}mlp.experts.{e}.{part}.weight"].float().numpy() for e in range(cfg["n_routed_experts"])]))
+    return out
