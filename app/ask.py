@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from app.backends.base import ModelUnusable
 from app.backends.events import AnswerDelta, ThinkingDelta
 from app.config import Config
 from app.turn import Turn, TurnResult
@@ -121,6 +122,9 @@ def _report(turn: Turn, r: TurnResult, config: Config, interrupted: bool) -> int
     if r.failed is not None:
         if r.unreachable and not (r.thinking or r.answer):
             print(f"duet: {config.source}: {turn.route.role}.url: {r.failed.message}", file=sys.stderr)
+            return 2
+        if isinstance(r.failed, ModelUnusable):  # a model file or folder that cannot be loaded
+            print(f"duet: {config.source}: {turn.route.role}.path: {r.failed.message}", file=sys.stderr)
             return 2
         print(f"duet: {r.failed.message}", file=sys.stderr)
         return 1

@@ -15,6 +15,10 @@ class UsageError(DuetError):
     exit_code = 2
 
 
+class ModelLoadError(UsageError):
+    """The configured model file or folder exists but cannot be loaded (corrupt, unsupported)."""
+
+
 class ConfigError(UsageError):
     """A problem in a configuration file, naming the file and the key."""
 

@@ -211,3 +211,33 @@ def test_closing_stdout_early_cancels_the_turn_quietly(server, config_file, duet
     assert "Traceback" not in err and err.endswith("duet: cancelled\n")
     with SessionStore.open() as store:
         assert store.messages(store.last_session_id())[-1].status == "cancelled"
+
+
+def _ask_with_config(tmp_path, body: str):
+    config = tmp_path / "config.toml"
+    config.write_text(body)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "app", "--config", str(config), "ask", "--role", "coder", "hi"],
+                          capture_output=True, text=True, env=env, timeout=120), config
+
+
+def test_a_gguf_that_is_not_a_model_is_exit_2_naming_file_and_key(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"this is not a gguf file")
+    result, config = _ask_with_config(tmp_path, f'[coder]\nbackend = "llama.cpp"\npath = "{bad}"\n')
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert str(config) in line and "coder.path" in line and "broken.gguf" in line
+    assert "Traceback" not in result.stderr
+
+
+def test_a_local_folder_with_a_corrupt_shard_is_exit_2_naming_the_shard(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["DeepseekV3ForCausalLM"]}')
+    (model / "model.safetensors").write_bytes(b"\x00garbage")
+    result, config = _ask_with_config(tmp_path, f'[coder]\nbackend = "local"\npath = "{model}"\n')
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert str(config) in line and "coder.path" in line
+    assert "Traceback" not in result.stderr

@@ -26,6 +26,18 @@ class ServerUnreachable(Failed):
     """Nothing was sent: the server refused the connection or never answered it."""
 
 
+@dataclass(frozen=True)
+class ModelUnusable(Failed):
+    """The configured model could not be loaded: bad model input, not a passing fault."""
+
+
+def failed_from(exc: Exception) -> Failed:
+    """The Failed event for a DuetError raised while loading or preparing a model."""
+    from app.errors import ModelLoadError
+
+    return (ModelUnusable if isinstance(exc, ModelLoadError) else Failed)(str(exc))
+
+
 class Backend(Protocol):
     """Takes messages and sampling, yields events; ends with exactly one Done or Failed.
 

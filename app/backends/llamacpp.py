@@ -12,10 +12,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.backends.base import ChatMessage, Clock, cancelled, piece_events, wire_messages
+from app.backends.base import ChatMessage, Clock, cancelled, failed_from, piece_events, wire_messages
 from app.backends.events import Event, Failed, Usage
 from app.config import RoleConfig, Sampling
-from app.errors import DuetError
+from app.errors import DuetError, ModelLoadError
 from local_engine.reasoning import ThinkSplitter, prompt_opens_thinking
 
 DEFAULT_CONTEXT = 8192  # when the config gives none: the model's own, capped here
@@ -45,17 +45,21 @@ class LlamaModel:
             from llama_cpp import Llama
         except ImportError:
             raise DuetError("the llama.cpp backend needs llama-cpp-python: pip install llama-cpp-python") from None
-        from app.gguf_meta import context_length
+        from app.gguf_meta import NotGGUF, context_length
 
         _quiet_llama_logs()
-        n_ctx = self.context or min(context_length(self.path) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+        try:
+            trained = context_length(self.path)
+        except (NotGGUF, OSError) as exc:
+            raise ModelLoadError(str(exc)) from None
+        n_ctx = self.context or min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
         gpu_layers = -1 if self.device == "cuda" and self.gpu_layers == 0 else self.gpu_layers
         self.n_ctx = n_ctx  # llama.cpp may pad its own figure; this is what the buffers hold
         try:
             self._llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=self.threads,
                               n_gpu_layers=gpu_layers, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
-            raise DuetError(f"{self.path}: llama.cpp could not load it ({exc})") from None
+            raise ModelLoadError(f"{self.path}: llama.cpp could not load it ({exc})") from None
         self._format = _chat_formatter(self._llm)
         return self._llm
 
@@ -149,7 +153,7 @@ class LlamaCppBackend:
                 prompt, stop, added_special = self.model.render(wire_messages(messages))
                 tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=not added_special, special=True)
             except DuetError as exc:
-                yield Failed(str(exc))
+                yield failed_from(exc)
                 return
             except Exception as exc:  # a template that raises, a tokenizer error: report, don't crash
                 yield Failed(f"{self.model.path.name}: could not build the prompt ({type(exc).__name__}: {exc})")

@@ -11,10 +11,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.backends.base import ChatMessage, Clock, cancelled, piece_events, wire_messages
+from app.backends.base import ChatMessage, Clock, cancelled, failed_from, piece_events, wire_messages
 from app.backends.events import Event, Failed, Usage
 from app.config import RoleConfig, Sampling
-from app.errors import DuetError
+from app.errors import DuetError, ModelLoadError
 from local_engine.reasoning import ThinkSplitter, prompt_opens_thinking
 
 DEFAULT_CONTEXT = 4096
@@ -42,8 +42,13 @@ class LocalModel:
                 from local_engine import Engine
             except ImportError as exc:
                 raise DuetError(f"the local backend cannot start: {exc}") from None
-            self.engine = Engine.load(str(self.path), device=self.device, dtype=self.dtype, quant=self.quant,
-                                      max_seq_len=self.context)
+            from local_engine.errors import ModelError
+
+            try:
+                self.engine = Engine.load(str(self.path), device=self.device, dtype=self.dtype, quant=self.quant,
+                                          max_seq_len=self.context)
+            except ModelError as exc:
+                raise ModelLoadError(str(exc)) from None
         return self.engine
 
     def close(self) -> None:
@@ -69,7 +74,7 @@ class LocalBackend:
                 prompt = tokenizer.apply_chat_template(wire_messages(messages), add_generation_prompt=True)
                 ids = list(tokenizer.encode(prompt))
             except DuetError as exc:
-                yield Failed(str(exc))
+                yield failed_from(exc)
                 return
             except Exception as exc:  # a bad checkpoint or template: report it, keep the app alive
                 yield Failed(f"{self.model.path}: could not start the local engine ({type(exc).__name__}: {exc})")
