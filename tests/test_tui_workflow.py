@@ -17,7 +17,7 @@ from app.tui.diff_preview import DiffPreview
 from app.tui.first_run import FirstRunScreen
 from app.tui.sessions import SessionsScreen
 from app.workspace import Workspace
-from tests.sse_server import ScriptedServer, reasoner_reply, text_reply
+from tests.sse_server import ScriptedServer, text_reply
 from tests.tui_support import (make_app, replies, screen_text, sent_messages, server_config, type_and_send, wait_for,
                                wait_reply)
 

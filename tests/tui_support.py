@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from app.config import Config, RoleConfig, Sampling
@@ -60,5 +59,5 @@ def text_of(app) -> str:
     return screen_text(app)
 
 
-__all__ = ["asyncio", "make_app", "replies", "screen_text", "sent_messages", "server_config", "text_of",
+__all__ = ["make_app", "replies", "screen_text", "sent_messages", "server_config", "text_of",
            "type_and_send", "wait_for", "wait_reply"]

@@ -9,12 +9,12 @@ into the widgets. Widgets never call backends; the Turn records to the session s
 from __future__ import annotations
 
 import threading
-import time
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
@@ -36,6 +36,14 @@ NARROW = 100  # columns: below this a side pane goes below the conversation
 HANDOFF_REQUEST = "Implement the plan."
 CONTINUE_REQUEST = "Continue your previous answer exactly where it stopped."
 CANCEL_GRACE_S = 0.3  # after Esc, stop waiting for the backend's own end this soon
+
+
+class TurnFinished(Message):
+    """A reply ended (done, failed or cancelled); tests and benches wait for it."""
+
+    def __init__(self, item: ReplyItem):
+        super().__init__()
+        self.item = item
 
 
 class ChatScreen(Screen):
@@ -607,17 +615,6 @@ class ChatScreen(Screen):
             await self.pane.show(f"thought · {last_trace.model}", last_trace.thinking)
         self.conversation.scroll_end(animate=False)
         self.refresh_bindings()
-
-
-from textual.message import Message  # noqa: E402
-
-
-class TurnFinished(Message):
-    """A reply ended (done, failed or cancelled); tests and benches wait for it."""
-
-    def __init__(self, item: ReplyItem):
-        super().__init__()
-        self.item = item
 
 
 def follow(scroll) -> None:
