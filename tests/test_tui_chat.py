@@ -359,3 +359,22 @@ async def test_a_stream_that_lingers_after_done_still_reads_as_done(server):
         await type_and_send(pilot, "/code anything")
         item = await wait_reply(pilot, app)
         assert item.status == "done" and item.answer == "All done."
+
+
+async def test_a_model_that_takes_long_to_load_shows_loading_and_never_freezes_the_ui(server):
+    import socket
+
+    with socket.socket() as silent:  # accepts connections, never answers: the probe waits
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        config = server_config(f"http://127.0.0.1:{silent.getsockname()[1]}/v1", coder_url=server.base_url)
+        app = make_app(config, load_models=True)
+        async with app.run_test(size=(140, 40)) as pilot:
+            status = app.chat.status_bar
+            await wait_for(pilot, lambda: status.role("reasoner").state == "loading")
+            await pilot.press(*"typing while it loads")
+            assert app.chat.query_one("#prompt").text == "typing while it loads"
+            assert status.role("reasoner").state == "loading"
+            assert "reasoner: scripted-model · loading" in screen_text(app)
+            await wait_for(pilot, lambda: status.role("reasoner").state == "failed", timeout=10)
+            await wait_for(pilot, lambda: status.role("coder").state == "ready", timeout=10)
