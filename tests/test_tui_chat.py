@@ -378,3 +378,20 @@ async def test_a_model_that_takes_long_to_load_shows_loading_and_never_freezes_t
             assert "reasoner: scripted-model · loading" in screen_text(app)
             await wait_for(pilot, lambda: status.role("reasoner").state == "failed", timeout=10)
             await wait_for(pilot, lambda: status.role("coder").state == "ready", timeout=10)
+
+
+async def test_clicking_an_older_trace_line_expands_it_and_shows_it_in_the_pane(server):
+    from app.tui.messages import TraceSummary
+
+    server.enqueue(reasoner_reply("OLDER-TRACE thinking.", "first plan"), reasoner_reply("NEWER-TRACE.", "second plan"))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(140, 50)) as pilot:
+        await type_and_send(pilot, "/plan one")
+        await wait_reply(pilot, app)
+        await type_and_send(pilot, "/plan two")
+        await wait_reply(pilot, app, 2)
+        assert "NEWER-TRACE" in app.chat.pane.text
+        first = replies(app)[0]
+        await pilot.click(first.query_one(TraceSummary))
+        await wait_for(pilot, lambda: first.expanded and "OLDER-TRACE" in app.chat.pane.text)
+        assert not replies(app)[1].expanded

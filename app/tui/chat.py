@@ -427,15 +427,18 @@ class ChatScreen(Screen):
         for item in reversed(list(self.conversation.query(ReplyItem))):
             if item.thinking and item.status != "streaming":
                 item.expanded = not item.expanded
-                if item.expanded:
+                if item.expanded and self.current is None:
                     self.call_later(self.pane.show, f"thought · {item.model}", item.thinking)
                 return
         self.notify("No finished reply with a thinking trace yet.")
 
     @on(TraceSummary.Toggle)
     def _toggle_one(self, event: TraceSummary.Toggle) -> None:
-        if event.item.status != "streaming":
-            event.item.expanded = not event.item.expanded
+        item = event.item
+        if item.status != "streaming":
+            item.expanded = not item.expanded
+            if item.expanded and self.current is None:
+                self.call_later(self.pane.show, f"thought · {item.model}", item.thinking)
 
     def action_pane_mode(self) -> None:
         self.pane_mode = PANE_MODES[(PANE_MODES.index(self.pane_mode) + 1) % len(PANE_MODES)]
