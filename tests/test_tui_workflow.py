@@ -288,3 +288,21 @@ async def test_the_reasoner_also_sees_the_files_in_context(server, ws):
         await type_and_send(pilot, "/plan make add faster")
         await wait_reply(pilot, app)
         assert "return a - b" in sent_messages(server)[-1]["content"]
+
+
+async def test_a_reply_another_live_process_is_still_writing_is_shown_as_such(server, tmp_path):
+    store_path = tmp_path / "s.db"
+    writer = SessionStore.open(store_path)  # this process stays alive: its reply is "streaming"
+    sid = writer.create_session("busy elsewhere")
+    writer.add_user_message(sid, "long task")
+    rec = writer.begin_reply(sid, role="coder", model="m")
+    rec.add(AnswerDelta("so far"))
+    rec.flush()
+    app = make_app(server_config(server.base_url), store_path=store_path, resume=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: replies(app) and replies(app)[0].answer == "so far")
+        await pilot.pause()
+        assert replies(app)[0].status == "elsewhere"
+        assert "still streaming in another Duet window" in screen_text(app)
+    rec.finish()
+    writer.close()

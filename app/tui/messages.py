@@ -199,6 +199,7 @@ class ReplyItem(Vertical):
             "cancelled": "⏹ cancelled — partial answer kept · F5 regenerate",
             "failed": f"✖ {self.error or 'failed'} · F5 retry",
             "interrupted": "⚠ interrupted (Duet stopped while this streamed) · F5 regenerate · F4 continue",
+            "elsewhere": "… still streaming in another Duet window (reopen the session to see more)",
         }.get(self.status)
         notice.display = text is not None
         notice.set_class(self.status == "failed", "error")
@@ -210,7 +211,10 @@ class ReplyItem(Vertical):
         """Show a stored reply (a resumed session)."""
         self.thinking, self.answer = visible(thinking), visible(answer)
         self.thinking_tokens = thinking_tokens or (len(thinking) + 3) // 4
-        self.status = status if status in ("done", "cancelled", "failed", "interrupted") else "interrupted"
+        # "streaming" here means another live Duet process is still writing this reply.
+        self.status = {"streaming": "elsewhere"}.get(status, status)
+        if self.status not in ("done", "cancelled", "failed", "interrupted", "elsewhere"):
+            self.status = "interrupted"
         self.error = error
         self.usage = usage
         if timings:
