@@ -395,3 +395,25 @@ async def test_clicking_an_older_trace_line_expands_it_and_shows_it_in_the_pane(
         await pilot.click(first.query_one(TraceSummary))
         await wait_for(pilot, lambda: first.expanded and "OLDER-TRACE" in app.chat.pane.text)
         assert not replies(app)[1].expanded
+
+
+async def test_quitting_mid_reply_stops_the_backend_and_keeps_the_partial_answer_saved(server, tmp_path):
+    from app.store import SessionStore
+
+    answer = "".join(f"word{i} " for i in range(400))
+    server.set_script(reasoner_reply("", answer, placement="answer_only", chunk_size=6, delay=0.02))
+    app = make_app(server_config(server.base_url), store_path=tmp_path / "s.db")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/code a long one")
+        await wait_for(pilot, lambda: replies(app) and len(replies(app)[0].answer) > 30)
+        await pilot.press("ctrl+q")
+    chat = [r for r in server.requests if r.path.endswith("/chat/completions")][-1]
+    assert chat.client_gone.wait(5)  # the connection was released
+    deadline = time.monotonic() + 5
+    while True:
+        with SessionStore.open(tmp_path / "s.db") as store:
+            reply = store.messages(store.last_session_id())[-1]
+        if reply.status != "streaming" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert reply.status == "cancelled" and reply.answer and answer.startswith(reply.answer)

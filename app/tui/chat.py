@@ -19,6 +19,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer
+from textual.worker import get_current_worker
 
 from app.backends.base import ChatMessage, ServerUnreachable
 from app.backends.events import Done, Failed, Usage
@@ -124,6 +125,10 @@ class ChatScreen(Screen):
                 self.status_bar.role(role).set_state("ready")
         if self.session_id is not None:
             self.call_later(self.load_session, self.session_id)
+
+    def on_unmount(self) -> None:
+        if self.cancel_event is not None:  # closing mid-reply: stop the backend, the store keeps the text
+            self.cancel_event.set()
 
     def on_resize(self) -> None:
         self._apply_layout()
@@ -241,10 +246,13 @@ class ChatScreen(Screen):
                 if cancel.is_set():
                     buffer.put(Done("cancelled"))
                     return
+            worker = get_current_worker()
             events = turn.events(cancel, backend=self.backend_override)
             try:
                 for event in events:
                     buffer.put(event)
+                    if worker.is_cancelled:  # the app is closing, or a newer turn replaced this one
+                        cancel.set()
             finally:
                 events.close()
         except Exception as exc:  # never let a turn take the app down
