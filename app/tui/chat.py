@@ -196,7 +196,7 @@ class ChatScreen(Screen):
         try:
             decision = decide(request, role, after_plan=has_plan)
         except DuetError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(str(exc), severity="error", markup=False)
             return None
         if decision.role == "coder" and plan is None and self.last_plan is not None:
             plan_item = self.last_plan
@@ -213,7 +213,7 @@ class ChatScreen(Screen):
                         handoff_from=plan_item.message_id if plan_item is not None else None,
                         save=self.store is not None)
         except DuetError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(str(exc), severity="error", markup=False)
             return None
         rc = turn.role_cfg
         route = turn.route
