@@ -325,12 +325,13 @@ def _kernel(qw: QuantizedWeight):
         return lambda xb: op(xb, q, g, sz)
     hi, lo, s_bits = t["hi"], t["lo"], t["scale"].view(torch.int16)
     shape = (*t["scale"].shape, 2)
+    offset = torch.full((1,), -(128 << 16), dtype=torch.int32, device=s_bits.device)
 
     def int8_as_two_int4(xb):
         # w = (16 hi + lo - 127.5) s = 16 [(hi - 8) s + s/2] + [(lo - 8) s + s/2]
         # the kernel's [K'/g, N', 2] (scale, zero) table, built per call: each int32 word holds
         # bits(s) low and bits(s/2) = bits(s) - 128 high (s is a positive normal bf16)
-        sz = s_bits.to(torch.int32).mul_(65537).sub_(128 << 16).view(torch.bfloat16).view(shape)
+        sz = torch.add(offset, s_bits, alpha=65537).view(torch.bfloat16).view(shape)   # one pass, int32
         return op(xb * 16, hi, g, sz).float() + op(xb, lo, g, sz)
 
     return int8_as_two_int4
