@@ -8,7 +8,7 @@
 2. Time from process start to the first frame: a fresh `python` process that imports the
    app and runs it headless on the demo config, exiting after the first refresh.
 
-    python bench/tui_bench.py [--tokens 20000] [--runs 1]
+    python bench/tui_bench.py [--tokens 20000] [--runs 3] [--rate 4000]
 
 Prints a table; writes bench/results/tui_bench.json.
 """
@@ -103,11 +103,12 @@ async def absorb(n: int, rate: float | None = None) -> dict:
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.pause()
             chat = app.chat
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             chat.start_turn("/plan benchmark", "auto")
             while chat.current is not None:
                 await asyncio.sleep(0.005)
             elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start  # both threads; unlike wall time, not inflated by other processes
             item = list(chat.conversation.query(ReplyItem))[-1]
             assert item.status == "done", item.status
             tokens = item.thinking_tokens + item.answer_tokens
@@ -118,7 +119,8 @@ async def absorb(n: int, rate: float | None = None) -> dict:
     tenth = max(1, len(drains) // 10)
     early, late = sorted(drains[:tenth]), sorted(drains[-tenth - 1:-1] or drains[-1:])  # the last one finishes
     ordered = sorted(drains)
-    return {"tokens": tokens, "seconds": round(elapsed, 3), "tokens_per_s": round(tokens / elapsed),
+    return {"tokens": tokens, "seconds": round(elapsed, 3), "cpu_seconds": round(cpu, 3),
+            "tokens_per_s": round(tokens / elapsed),
             "drains": len(drains), "drain_ms_max": round(1000 * ordered[-1], 1),
             "drain_ms_p50": round(1000 * ordered[len(ordered) // 2], 1),
             "drain_ms_p50_first_tenth": round(1000 * early[len(early) // 2], 2),
@@ -162,32 +164,34 @@ def first_frame_s() -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=20000)
-    ap.add_argument("--runs", type=int, default=1, help="repeat and keep the fastest")
+    ap.add_argument("--runs", type=int, default=3, help="repeat and keep the fastest (shared CPUs are noisy)")
     ap.add_argument("--rate", type=float, default=4000, help="tokens/s of the paced run (a fast model)")
     args = ap.parse_args()
     half = args.tokens // 2
     results = {}
     for n in (half, args.tokens):
         runs = [asyncio.run(absorb(n)) for _ in range(args.runs)]
-        results[n] = min(runs, key=lambda r: r["seconds"])
+        results[n] = min(runs, key=lambda r: r["cpu_seconds"])
     ratio = results[args.tokens]["seconds"] / results[half]["seconds"]
+    cpu_ratio = results[args.tokens]["cpu_seconds"] / results[half]["cpu_seconds"]
     paced = asyncio.run(absorb(args.tokens, rate=args.rate))
     frames = sorted(first_frame_s() for _ in range(3))
     report = {
         "absorb": {str(k): v for k, v in results.items()},
         "cost_ratio": round(ratio, 2),
         "cost_ratio_ok": ratio <= 2.2,
+        "cpu_cost_ratio": round(cpu_ratio, 2),
         "paced": {"rate": args.rate, **paced},
         "first_frame_s": round(frames[1], 3),  # median of 3
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
-    print(f"{'tokens':>8} {'seconds':>8} {'tokens/s':>9} {'drains':>7} {'drain p50 ms':>13} {'drain max ms':>13}")
+    print(f"{'tokens':>8} {'seconds':>8} {'cpu s':>7} {'tokens/s':>9} {'drains':>7} {'drain p50 ms':>13} {'drain max ms':>13}")
     for n, r in results.items():
-        print(f"{n:>8} {r['seconds']:>8.2f} {r['tokens_per_s']:>9,} {r['drains']:>7} {r['drain_ms_p50']:>13} "
-              f"{r['drain_ms_max']:>13}")
-    print(f"cost {args.tokens} / {half} tokens: {ratio:.2f}x (linear = 2.0, target <= 2.2)")
+        print(f"{n:>8} {r['seconds']:>8.2f} {r['cpu_seconds']:>7.2f} {r['tokens_per_s']:>9,} {r['drains']:>7} "
+              f"{r['drain_ms_p50']:>13} {r['drain_ms_max']:>13}")
+    print(f"cost {args.tokens} / {half} tokens: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU (linear = 2.0, target <= 2.2)")
     print(f"paced (a model offering {args.rate:,.0f} tokens/s): absorbed {paced['tokens_per_s']:,} tokens/s over "
           f"{paced['tokens']:,} tokens; {paced['drains']} drains (dispatch to the Markdown streams) took p50 "
           f"{paced['drain_ms_p50']} ms, max {paced['drain_ms_max']} ms; p50 in the first tenth "
