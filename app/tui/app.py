@@ -7,6 +7,8 @@ last session when `ui.resume_last` is set. Models load in the background.
 
 from __future__ import annotations
 
+import gc
+
 from textual.app import App
 from textual.binding import Binding
 
@@ -52,6 +54,14 @@ class DuetApp(App):
             self.push_screen(FirstRunScreen(self.discover), self._first_run_done)
         else:
             self.open_chat()
+
+    def on_ready(self) -> None:
+        # Everything loaded at start-up (imports, widgets) lives as long as the app: move it out of
+        # the collector's sight, so full collections while a long reply streams stay cheap (linear).
+        gc.freeze()
+
+    def on_unmount(self) -> None:
+        gc.unfreeze()
 
     def _first_run_done(self, use_demo: bool | None) -> None:
         if use_demo:
