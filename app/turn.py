@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from app.backends.base import ChatMessage, ServerUnreachable
+from app.backends.base import ChatMessage, ServerUnreachable, failed_from
 from app.backends.events import AnswerDelta, Done, Event, Failed, ThinkingDelta, Usage
 from app.config import Config, RoleConfig
 from app.errors import DuetError
@@ -117,7 +117,7 @@ class Turn:
                 backend = make_backend(self.role_cfg)
             yield from backend.stream(self.messages(), self.role_cfg.sampling, cancel=cancel)
         except DuetError as exc:
-            yield Failed(str(exc))
+            yield failed_from(exc)
         except Exception as exc:  # a backend bug must not take the app down with the text so far
             yield Failed(f"the {self.role_cfg.backend} backend failed: {type(exc).__name__}: {exc}")
 
@@ -151,10 +151,8 @@ def decide(request: str, role: str = "auto", *, after_plan: bool = False):
 
 
 def build_prompt_text(route, plan: str | None, files: Sequence, lang: str | None) -> str:
-    try:
-        from app.prompts import build_prompt
-    except ImportError:  # the prompts module is not there yet: the request as typed
-        return route.text
+    from app.prompts import build_prompt
+
     return build_prompt(route.role, route.intent, route.text, plan=plan, files=files, lang=lang)
 
 
