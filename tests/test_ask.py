@@ -241,3 +241,20 @@ def test_a_local_folder_with_a_corrupt_shard_is_exit_2_naming_the_shard(tmp_path
     line = result.stderr.strip().splitlines()[-1]
     assert str(config) in line and "coder.path" in line
     assert "Traceback" not in result.stderr
+
+
+def test_kill_9_mid_answer_leaves_the_partial_answer_marked_interrupted(server, config_file, duet_home):
+    server.set_script(reasoner_reply(THINKING, ANSWER * 80, delay=0.03))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--config", str(config_file), "ask", "--role", "reasoner",
+                             "What is 2+3?"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, bufsize=0)
+    shown = proc.stdout.read(300)  # the answer is well under way
+    time.sleep(1.2)  # past at least one batch interval (0.5 s) after those bytes
+    proc.kill()  # SIGKILL: no handler runs, nothing is flushed on the way out
+    proc.wait(timeout=10)
+    with SessionStore.open() as store:  # "start again"
+        reply = store.messages(store.last_session_id())[-1]
+    assert reply.status == "interrupted"
+    assert reply.thinking == THINKING  # the trace finished streaming long before the kill
+    assert len(reply.answer) >= len(shown.decode()) and (ANSWER * 80).startswith(reply.answer)
+    assert len(reply.answer) < len(ANSWER * 80)
