@@ -40,6 +40,7 @@ class Cue:
     en: re.Pattern | None  # tried only on prose with Latin letters
     zh: re.Pattern | None  # tried only on prose with Chinese characters
     when: str | None  # with neither pattern, this feature is the cue
+    unless: str | None = None  # the cue is skipped when this feature holds
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Rules:
     fallback: str
     after_plan_fallback: str
     first_clause_bonus: float
+    last_clause_bonus: float
     later_clause_factor: float
     sequencing: re.Pattern
 
@@ -89,11 +91,14 @@ def load_rules(path: Path = RULES_PATH) -> Rules:
         when = spec.get("when")
         if when is not None and when not in FEATURES:
             raise ConfigError(name, f"{key}.when", f"must be one of {', '.join(FEATURES)}")
+        unless = spec.get("unless")
+        if unless is not None and unless not in FEATURES:
+            raise ConfigError(name, f"{key}.unless", f"must be one of {', '.join(FEATURES)}")
         en, zh = _strings(spec, "en", name, key), _strings(spec, "zh", name, key)
         if not en and not zh and when is None:
             raise ConfigError(name, key, "needs `en` or `zh` patterns, or a `when` feature")
         cues.append(Cue(intent, float(weight), _compile(_english(en), name, f"{key}.en") if en else None,
-                        _compile("|".join(zh), name, f"{key}.zh") if zh else None, when))
+                        _compile("|".join(zh), name, f"{key}.zh") if zh else None, when, unless))
 
     prefixes = {}
     for prefix, spec in _table(data, "prefixes", name).items():
@@ -114,6 +119,7 @@ def load_rules(path: Path = RULES_PATH) -> Rules:
         fallback=known(data.get("fallback"), "fallback"),
         after_plan_fallback=known(data.get("after_plan_fallback"), "after_plan_fallback"),
         first_clause_bonus=float(data.get("first_clause_bonus", 0)),
+        last_clause_bonus=float(data.get("last_clause_bonus", 0)),
         later_clause_factor=float(data.get("later_clause_factor", 1)),
         sequencing=_compile("|".join(_strings(data, "sequencing", name, "")) or r"(?!)", name, "sequencing"),
     )
@@ -166,7 +172,10 @@ _CODE = re.compile(
     r"|^\s*@\w+|^\s*[\w.\[\]'\"]+\s*[+\-*/]?=[^=]|^\s*\w+\(.*\)\s*$|^\s*[\"'{\[]"
 )
 _MATH = re.compile(r"[\w)]\s*\^\s*[\w(]|\d\s*[-+*/]\s*\d|[a-z]\s*[-+*/]\s*\d|=\s*-?\d|\d%|f\(x\)|[√∑∫≤≥]", re.I)
-_QUESTION = re.compile(r"[?？]\s*$|[吗呢]\s*[?？]?\s*$|^(?:how|what|why|when|which|is|are|does|do|can|could|should|would)\b|怎么|如何|为何", re.I)
+_QUESTION = re.compile(
+    r"[?？](?=\s|$|[\u3400-\u9fff])|[吗呢](?=\s|$|[，。,.!！])|^(?:how|what|why|when|where|which|who|is|are|does|do|did|can|could"
+    r"|should|would|will|shall|any|isn'?t|doesn'?t)\b|怎么|如何|为何|为什么|哪些|哪个|哪里|是否|是不是|能不能|有没有|可不可以|行不行",
+    re.I | re.M)
 _CLAUSE_END = re.compile(r"[，。？！；：\n]|[,.?!;:](?=\s|$)")
 
 
@@ -239,12 +248,13 @@ def score(text: str, *, after_plan: bool = False, table: Rules | None = None) ->
     features["after_plan"] = after_plan
     end = _CLAUSE_END.search(prose)
     clause_end = end.start() if end else len(prose)
+    last_start = _last_clause_start(prose)
     later = table.sequencing.search(prose)
     later_start = later.start() if later else len(prose) + 1
     latin, cjk = _LATIN.search(prose) is not None, _CJK.search(prose) is not None
     scores: dict[str, Score] = {}
     for cue in table.cues:
-        if cue.when and not features[cue.when]:
+        if (cue.when and not features[cue.when]) or (cue.unless and features[cue.unless]):
             continue
         if cue.en is None and cue.zh is None:
             pos, words = len(prose), [_FEATURE_WORDS[cue.when]]
@@ -261,6 +271,8 @@ def score(text: str, *, after_plan: bool = False, table: Rules | None = None) ->
         weight = cue.weight
         if pos < clause_end:
             weight += table.first_clause_bonus
+        if last_start and last_start <= pos < len(prose):  # a feature cue has no place in the text
+            weight += table.last_clause_bonus
         if pos >= later_start:
             weight *= table.later_clause_factor
         s = scores.setdefault(cue.intent, Score(terms=[]))
@@ -268,6 +280,13 @@ def score(text: str, *, after_plan: bool = False, table: Rules | None = None) ->
         s.first = min(s.first, pos)
         s.terms.extend(w for w in words if w not in s.terms)
     return scores
+
+
+def _last_clause_start(prose: str) -> int:
+    """Where the final clause begins (0 when there is one clause): in Chinese the ask often comes last."""
+    stripped = prose.rstrip().rstrip("。？！?!.")
+    ends = [m.end() for m in _CLAUSE_END.finditer(stripped)]
+    return ends[-1] if ends else 0
 
 
 def best(scores: dict[str, Score], intents) -> str | None:
