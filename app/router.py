@@ -17,6 +17,7 @@ from app.errors import ConfigError
 
 RULES_PATH = Path(__file__).with_name("router_rules.toml")
 ROLES = ("reasoner", "coder")
+ROLE_KEY = "role:"  # scores under "role:reasoner" come from cues that pick a role, not an intent
 FEATURES = ("diff", "code", "traceback", "math", "question", "after_plan")
 _FEATURE_WORDS = {"diff": "pasted diff", "code": "pasted code", "traceback": "traceback",
                   "math": "formula", "question": "open question", "after_plan": "after a plan"}
@@ -35,12 +36,13 @@ class Route:
 
 @dataclass(frozen=True)
 class Cue:
-    intent: str
+    intent: str  # or "role:<role>" for a cue that only leans towards a role
     weight: float
     en: re.Pattern | None  # tried only on prose with Latin letters
     zh: re.Pattern | None  # tried only on prose with Chinese characters
     when: str | None  # with neither pattern, this feature is the cue
     unless: str | None = None  # the cue is skipped when this feature holds
+    verb: bool = False  # an English match counts fully only where it opens a clause (imperative)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class Rules:
     last_clause_bonus: float
     later_clause_factor: float
     sequencing: re.Pattern
+    imperative_lead: re.Pattern  # what may stand before an imperative verb: "please", "can you", "ok so"
+    non_imperative_factor: float
 
 
 # ---------------------------------------------------------------------------- loading
@@ -84,7 +88,12 @@ def load_rules(path: Path = RULES_PATH) -> Rules:
     cues = []
     for i, spec in enumerate(data.get("cues", [])):
         key = f"cues[{i}]"
-        intent = known(spec.get("intent"), f"{key}.intent")
+        if spec.get("role") is not None and spec.get("intent") is None:  # a cue for the role alone
+            if spec["role"] not in ROLES:
+                raise ConfigError(name, f"{key}.role", f"must be one of {', '.join(ROLES)}")
+            intent = ROLE_KEY + spec["role"]
+        else:
+            intent = known(spec.get("intent"), f"{key}.intent")
         weight = spec.get("weight")
         if not isinstance(weight, (int, float)) or isinstance(weight, bool):
             raise ConfigError(name, f"{key}.weight", "must be a number")
@@ -98,7 +107,8 @@ def load_rules(path: Path = RULES_PATH) -> Rules:
         if not en and not zh and when is None:
             raise ConfigError(name, key, "needs `en` or `zh` patterns, or a `when` feature")
         cues.append(Cue(intent, float(weight), _compile(_english(en), name, f"{key}.en") if en else None,
-                        _compile("|".join(zh), name, f"{key}.zh") if zh else None, when, unless))
+                        _compile("|".join(zh), name, f"{key}.zh") if zh else None, when, unless,
+                        bool(spec.get("verb", False))))
 
     prefixes = {}
     for prefix, spec in _table(data, "prefixes", name).items():
@@ -121,6 +131,9 @@ def load_rules(path: Path = RULES_PATH) -> Rules:
         first_clause_bonus=float(data.get("first_clause_bonus", 0)),
         last_clause_bonus=float(data.get("last_clause_bonus", 0)),
         later_clause_factor=float(data.get("later_clause_factor", 1)),
+        imperative_lead=_compile(r"(?:^|[\n,.;:!?，。；：！？]|\b(?:and|then)\b)\s*(?:(?:" + "|".join(_strings(data, "imperative_lead", name, ""))
+                                 + r")[\s,]+)*$", name, "imperative_lead"),
+        non_imperative_factor=float(data.get("non_imperative_factor", 1)),
         sequencing=_compile("|".join(_strings(data, "sequencing", name, "")) or r"(?!)", name, "sequencing"),
     )
 
@@ -163,7 +176,8 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 _DIFF_START = re.compile(r"^(diff --git |@@ .*@@|--- \S|\+\+\+ \S)")
 _TRACE = re.compile(
     r"^(Traceback \(most recent call last\)|\s+File \".*\", line \d+|[\w.]+(Error|Exception)\b(: .*)?$"
-    r"|FAILED |ERROR |panic: |Exception in thread|\s+at [\w.$<>]+\(|Segmentation fault|E\s{2,})"
+    r"|FAILED |ERROR |panic: |Exception in thread|\s+at [\w.$<>]+\(|Segmentation fault|E\s{2,}"
+    r"|\s*\[?\d{4}-\d\d-\d\d[T ]\d\d:\d\d|\s*\[?(?:INFO|WARN|WARNING|DEBUG|TRACE|FATAL)\]?[\s:])"
 )
 _CODE = re.compile(
     r"^(\s{2,}|\t)\S|[{};]\s*$|^\s*[})\]]"
@@ -173,8 +187,8 @@ _CODE = re.compile(
 )
 _MATH = re.compile(r"[\w)]\s*\^\s*[\w(]|\d\s*[-+*/]\s*\d|[a-z]\s*[-+*/]\s*\d|=\s*-?\d|\d%|f\(x\)|[√∑∫≤≥]", re.I)
 _QUESTION = re.compile(
-    r"[?？](?=\s|$|[\u3400-\u9fff])|[吗呢](?=\s|$|[，。,.!！])|^(?:how|what|why|when|where|which|who|is|are|does|do|did|can|could"
-    r"|should|would|will|shall|any|isn'?t|doesn'?t)\b|怎么|如何|为何|为什么|哪些|哪个|哪里|是否|是不是|能不能|有没有|可不可以|行不行",
+    r"[?？](?=\s|$|[\u3400-\u9fff])|[吗呢](?=\s|$|[，。,.!！])|^(?:how|what|why|when|where|which|who|is|are|does|did|should|shall|any|isn'?t|doesn'?t"
+    r"|(?:can|could|would|will)(?!\s+(?:you|u)\b))\b|怎么|如何|为何|为什么|哪些|哪个|哪里|是否|是不是|能不能|有没有|可不可以|行不行|要不要|该不该|值不值|到底",
     re.I | re.M)
 _CLAUSE_END = re.compile(r"[，。？！；：\n]|[,.?!;:](?=\s|$)")
 
@@ -256,10 +270,11 @@ def score(text: str, *, after_plan: bool = False, table: Rules | None = None) ->
     for cue in table.cues:
         if (cue.when and not features[cue.when]) or (cue.unless and features[cue.unless]):
             continue
+        en_matches = ()
         if cue.en is None and cue.zh is None:
             pos, words = len(prose), [_FEATURE_WORDS[cue.when]]
         else:
-            matches = list(cue.en.finditer(prose)) if latin and cue.en else []
+            matches = en_matches = list(cue.en.finditer(prose)) if latin and cue.en else []
             if cjk and cue.zh:
                 matches = sorted(matches + list(cue.zh.finditer(prose)), key=lambda m: m.start())
             if not matches:
@@ -275,11 +290,19 @@ def score(text: str, *, after_plan: bool = False, table: Rules | None = None) ->
             weight += table.last_clause_bonus
         if pos >= later_start:
             weight *= table.later_clause_factor
+        if (cue.verb and en_matches and len(en_matches) == len(matches)
+                and not any(_opens_clause(prose, m.start(), table) for m in en_matches)):
+            weight *= table.non_imperative_factor
         s = scores.setdefault(cue.intent, Score(terms=[]))
         s.total += weight
         s.first = min(s.first, pos)
         s.terms.extend(w for w in words if w not in s.terms)
     return scores
+
+
+def _opens_clause(prose: str, pos: int, table: Rules) -> bool:
+    """Whether the word at ``pos`` starts its clause, politeness aside ("please fix", "can you add")."""
+    return table.imperative_lead.search(prose, max(0, pos - 60), pos) is not None
 
 
 def _last_clause_start(prose: str) -> int:
@@ -316,14 +339,25 @@ def route(text: str, *, after_plan: bool = False) -> Route:
 
     body = text.strip()
     scores = score(body, after_plan=after_plan, table=table)
-    intent = best(scores, table.intents)
-    if intent is None:
+    if not scores:
         intent = table.after_plan_fallback if after_plan else table.fallback
         role, label = table.intents[intent]
         reason = "follow-up to the plan" if after_plan else label
         return Route(role, intent, f"{reason} → {role}", body, False)
-    role, label = table.intents[intent]
+    # The role first, on all its evidence (every intent of it, and role-only cues); then its best intent.
+    role = max(ROLES, key=lambda r: _role_total(scores, r, table))
+    intent = best(scores, {i for i, (r, _) in table.intents.items() if r == role})
+    if intent is None:
+        intent = table.role_default[role]
+        return Route(role, intent, f"{_terms(scores[ROLE_KEY + role])} → {role}", body, False)
+    label = table.intents[intent][1]
     return Route(role, intent, f"{label} ({_terms(scores[intent])}) → {role}", body, False)
+
+
+def _role_total(scores: dict[str, Score], role: str, table: Rules) -> tuple[float, int]:
+    """A role's summed score, and (for ties) minus the position of its earliest cue."""
+    mine = [s for i, s in scores.items() if i == ROLE_KEY + role or (i in table.intents and table.intents[i][0] == role)]
+    return (sum(s.total for s in mine), -min((s.first for s in mine), default=1 << 30))
 
 
 def _terms(s: Score, limit: int = 4) -> str:
