@@ -187,7 +187,7 @@ _CODE = re.compile(
 )
 _MATH = re.compile(r"[\w)]\s*\^\s*[\w(]|\d\s*[-+*/]\s*\d|[a-z]\s*[-+*/]\s*\d|=\s*-?\d|\d%|f\(x\)|[√∑∫≤≥]", re.I)
 _QUESTION = re.compile(
-    r"[?？](?=\s|$|[\u3400-\u9fff])|[吗呢](?=\s|$|[，。,.!！])|^(?:how|what|why|when|where|which|who|is|are|does|did|should|shall|any|isn'?t|doesn'?t"
+    r"[?？](?=\s|$|[\u3400-\u9fff])|[吗呢](?=\s|$|[，。,.!！])|(?:^|[.!;]\s+)(?:how|what|why|when|where|which|who|is|are|does|did|should|shall|any|isn'?t|doesn'?t"
     r"|(?:can|could|would|will)(?!\s+(?:you|u)\b))\b|怎么|如何|为何|为什么|哪些|哪个|哪里|是否|是不是|能不能|有没有|可不可以|行不行|要不要|该不该|值不值|到底",
     re.I | re.M)
 _CLAUSE_END = re.compile(r"[，。？！；：\n]|[,.?!;:](?=\s|$)")
