@@ -3,7 +3,7 @@
     python bench/router_bench.py [--repeat N]
 
 Prints a table and writes bench/results/router_bench.json. Also times loading the rules
-(once per process) and the labelled/held-out accuracy, so speed and quality are seen together.
+(once per process) and the accuracy on every tests/data/router_*.jsonl set, so speed and quality are seen together.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def main() -> int:
                       "max_us": times[-1],
                       # each request's fastest run, averaged: the cost without other processes' noise
                       "best_mean_us": statistics.fmean(fastest[name])})
-    labelled = _accuracy(rows)
-    heldout = _accuracy(_rows("router_heldout.jsonl"))
+    sets = {path.stem.removeprefix("router_"): _accuracy(_rows(path.name))
+            for path in sorted((ROOT / "tests" / "data").glob("router_*.jsonl"))}
 
     print(f"router: rules loaded in {load_ms:.1f} ms; {args.repeat} passes over {len(rows)} labelled requests")
     print(f"{'requests':<18}{'n':>5}{'mean µs':>10}{'p50 µs':>10}{'p99 µs':>10}{'max µs':>10}{'best µs':>10}")
@@ -77,15 +77,13 @@ def main() -> int:
         print(f"{row['requests']:<18}{row['n']:>5}{row['mean_us']:>10.1f}{row['p50_us']:>10.1f}"
               f"{row['p99_us']:>10.1f}{row['max_us']:>10.1f}{row['best_mean_us']:>10.1f}")
     print("best µs: each request's fastest run, averaged (the cost without noise from other processes)")
-    print(f"accuracy role+intent / role: labelled {labelled[0]:.1%} / {labelled[1]:.1%}, "
-          f"held-out {heldout[0]:.1%} / {heldout[1]:.1%}")
+    print("accuracy role+intent / role: " + ", ".join(f"{name} {e:.1%} / {r:.1%}" for name, (e, r) in sets.items()))
 
     out = ROOT / "bench" / "results" / "router_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "rules_load_ms": load_ms, "repeat": args.repeat, "table": table,
-        "accuracy": {"labelled": {"role_intent": labelled[0], "role": labelled[1]},
-                     "heldout": {"role_intent": heldout[0], "role": heldout[1]}},
+        "accuracy": {name: {"role_intent": e, "role": r} for name, (e, r) in sets.items()},
         "python": platform.python_version(), "machine": platform.machine(),
     }, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out.relative_to(ROOT)}")

@@ -60,14 +60,72 @@ def test_router_gets_at_least_95_percent_of_the_labelled_set_right(capsys):
     assert role_ok >= 0.95
 
 
-def test_router_on_the_held_out_set_is_reported_and_guarded_against_regression(capsys):
-    # Written after the rules and never tuned on: how the router does on phrasings it has
-    # not seen. Measured 76% role, 60% role+intent when frozen (two earlier held-out rounds:
-    # 78%/56% and 82%/56%, since folded into the labelled set). The floor only catches regressions.
+def test_router_on_the_former_held_out_set_stays_right(capsys):
+    # Written after the first rules: 76% role, 60% role+intent when frozen. The lexicon rework
+    # was tuned on it (now 100% / 100%), so it is a regression guard, no longer held out.
     exact, role_ok, misses = _accuracy(_load("router_heldout.jsonl"))
     with capsys.disabled():
         print(f"\nrouter held-out set: role+intent {exact:.1%}, role {role_ok:.1%}")
-    assert role_ok >= 0.70, "\n".join(misses)
+    assert role_ok >= 0.95 and exact >= 0.90, "\n".join(misses)
+
+
+# Fresh sets, each written before a round of rule changes and measured on the rules of the day
+# before anything was changed (role / role+intent):
+#   router_fresh   120 requests: 92.5% / 83.3% on the original rules
+#   router_fresh2   65 requests: 78.5% / 61.5% original, 89.2% / 76.9% after round 1
+#   router_fresh3   65 requests: 84.6% / 55.4% original, 87.7% / 64.6% after round 2
+#   router_fresh4   60 requests: 85.0% / 68.3% original, 95.0% / 81.7% after round 3 (role-first)
+# Later rounds looked at the earlier sets' misses by category, so today's figures on them
+# (all 100% role, 95-100% role+intent) overstate what unseen phrasings get; the "after"
+# column above is the honest one. The floors sit a few points under today's figures.
+FRESH_FLOORS = {"router_fresh.jsonl": (0.95, 0.93), "router_fresh2.jsonl": (0.95, 0.92),
+                "router_fresh3.jsonl": (0.95, 0.90), "router_fresh4.jsonl": (0.95, 0.92)}
+
+
+@pytest.mark.parametrize("name", sorted(FRESH_FLOORS))
+def test_router_on_the_fresh_sets_is_reported_and_stays_above_its_floor(name, capsys):
+    rows = _load(name)
+    exact, role_ok, misses = _accuracy(rows)
+    with capsys.disabled():
+        print(f"\nrouter {name}: {len(rows)} requests, role+intent {exact:.1%}, role {role_ok:.1%}")
+    role_floor, exact_floor = FRESH_FLOORS[name]
+    assert role_ok >= role_floor and exact >= exact_floor, "\n".join(misses)
+
+
+def test_the_fresh_set_is_half_chinese_and_covers_every_intent_both_roles_and_follow_ups():
+    rows = _load("router_fresh.jsonl")
+    assert len(rows) >= 120
+    chinese = sum(any("\u4e00" <= ch <= "\u9fff" for ch in r["text"]) for r in rows)
+    assert chinese >= len(rows) // 2
+    assert {r["intent"] for r in rows} == set(rules().intents)
+    assert any(r["after_plan"] for r in rows) and any("\n" in r["text"] for r in rows)
+
+
+def test_an_english_verb_used_as_a_noun_does_not_make_a_request_a_coding_task():
+    # "build", "generate", "update" open an imperative; mid-sentence they describe a situation.
+    assert route("build a CLI that tails a log file").role == "coder"
+    assert route("our build went from 4 to 11 minutes after the upgrade, where is the time going?").role == "reasoner"
+    assert route("please generate a uuid helper").role == "coder"
+    assert route("what is 2^64 / 10^9 in years if we generate one id per ns").role == "reasoner"
+
+
+def test_an_open_question_leans_to_the_reasoner_without_taking_the_intent():
+    r = route("单体应用到底要不要拆")
+    assert (r.role, r.intent) == ("reasoner", "analysis")
+    r = route("is this thread safe?\n\nclass C:\n    def inc(self):\n        self.n += 1")
+    assert (r.role, r.intent) == ("reasoner", "review")
+
+
+def test_in_chinese_the_ask_at_the_end_of_the_request_counts():
+    r = route("Rust 和 Go 写这种网关，哪个更划算")
+    assert r.role == "reasoner"
+    assert route("我们要做一个多租户的 SaaS，数据库怎么隔离比较好？").role == "reasoner"
+
+
+def test_plan_words_name_the_plan_right_after_one():
+    assert route("plan the migration of the billing module").intent == "design"
+    assert route("go with plan B, write the code", after_plan=True).role == "coder"
+    assert route("就用方案 A，帮我把代码写出来", after_plan=True).role == "coder"
 
 
 @pytest.mark.parametrize("prefix, role", [
@@ -189,6 +247,8 @@ def test_rules_are_data_a_new_phrase_is_one_line_in_the_file(tmp_path):
     (lambda s: s.replace("zh = ['改成',", "zh = ['改成(',", 1), "cues["),
     (lambda s: s.replace('"/code" = { role = "coder" }', '"/code" = { role = "writer" }'), "prefixes./code.role"),
     (lambda s: s + "\n[[cues]]\nintent = \"edit\"\nweight = 1\n", "cues["),
+    (lambda s: s + "\n[[cues]]\nrole = \"writer\"\nweight = 1\nwhen = \"question\"\n", ".role"),
+    (lambda s: s + "\n[[cues]]\nintent = \"edit\"\nweight = 1\nunless = \"sunny\"\nen = ['x']\n", ".unless"),
 ])
 def test_a_broken_rules_file_is_one_error_naming_file_and_key(tmp_path, edit, key):
     path = _write_rules(tmp_path, edit)
