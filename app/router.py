@@ -301,8 +301,11 @@ def score(text: str, *, after_plan: bool = False, table: Rules | None = None) ->
 
 
 def _opens_clause(prose: str, pos: int, table: Rules) -> bool:
-    """Whether the word at ``pos`` starts its clause, politeness aside ("please fix", "can you add")."""
-    return table.imperative_lead.search(prose, max(0, pos - 60), pos) is not None
+    """Whether the word at ``pos`` starts its clause, politeness aside ("please fix", "can you add"),
+    or sits in a Chinese clause, whose word order puts the verb mid-clause ("帮我 refactor 一下")."""
+    if table.imperative_lead.search(prose, max(0, pos - 60), pos) is not None:
+        return True
+    return _CJK.search(_CLAUSE_END.split(prose[max(0, pos - 60):pos])[-1]) is not None
 
 
 def _last_clause_start(prose: str) -> int:
