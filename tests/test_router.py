@@ -75,11 +75,13 @@ def test_router_on_the_former_held_out_set_stays_right(capsys):
 #   router_fresh2   65 requests: 78.5% / 61.5% original, 89.2% / 76.9% after round 1
 #   router_fresh3   65 requests: 84.6% / 55.4% original, 87.7% / 64.6% after round 2
 #   router_fresh4   60 requests: 85.0% / 68.3% original, 95.0% / 81.7% after round 3 (role-first)
+#   router_fresh5   40 requests: 82.5% / 70.0% original, 92.5% / 82.5% after round 4
 # Later rounds looked at the earlier sets' misses by category, so today's figures on them
 # (all 100% role, 95-100% role+intent) overstate what unseen phrasings get; the "after"
 # column above is the honest one. The floors sit a few points under today's figures.
 FRESH_FLOORS = {"router_fresh.jsonl": (0.95, 0.93), "router_fresh2.jsonl": (0.95, 0.92),
-                "router_fresh3.jsonl": (0.95, 0.90), "router_fresh4.jsonl": (0.95, 0.92)}
+                "router_fresh3.jsonl": (0.95, 0.90), "router_fresh4.jsonl": (0.95, 0.92),
+                "router_fresh5.jsonl": (0.95, 0.85)}
 
 
 @pytest.mark.parametrize("name", sorted(FRESH_FLOORS))
