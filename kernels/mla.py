@@ -29,13 +29,15 @@ def mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: flo
                   start_pos: int) -> torch.Tensor:
     B, T, H, D = q.shape
     S = cache.shape[1]
-    # scores as cache @ qᵀ: the long cache is read in place (bmm would copy a transposed one)
+    # scores as cache @ qᵀ: the long cache is read in place (bmm would copy a transposed one);
+    # the small result is then turned to [B, T*H, S] so softmax reduces over contiguous rows
     qt = q.reshape(B, T * H, D).transpose(1, 2)  # [B, D, T*H], small
-    scores = torch.bmm(cache, qt).float().mul_(scale)  # [B, S, T*H]
+    scores = torch.empty(B, T * H, S, dtype=torch.float32, device=q.device)
+    scores.copy_(torch.bmm(cache, qt).transpose(1, 2)).mul_(scale)  # [B, T*H, S]
     if T > 1:
-        pos = torch.arange(T, device=q.device).repeat_interleave(H)[None, :] + start_pos
-        mask = torch.arange(S, device=q.device)[:, None] > pos  # [S, T*H]
+        pos = torch.arange(T, device=q.device).repeat_interleave(H)[:, None] + start_pos
+        mask = torch.arange(S, device=q.device)[None, :] > pos  # [T*H, S]
         scores.masked_fill_(mask[None], float("-inf"))
-    p = scores.softmax(dim=1).to(cache.dtype).transpose(1, 2)  # [B, T*H, S]
+    p = scores.softmax(dim=-1).to(cache.dtype)  # [B, T*H, S]
     out = torch.bmm(p, cache[..., :kv_lora])  # [B, T*H, kv_lora]
     return out.view(B, T, H, kv_lora)

@@ -10,6 +10,7 @@ import torch
 
 from local_engine.config import ModelArgs
 from local_engine.errors import InputError, ModelError
+from local_engine.loader import _release_free_memory
 from local_engine.model import Transformer
 from local_engine.tokenizer import Tokenizer
 
@@ -66,6 +67,9 @@ class Engine:
 
                 model = load_model(folder, args, dtype=torch_dtype, device=device, max_batch=max_batch,
                                    max_seq_len=max_seq_len, quant=quant, pack=quant is None if pack is None else pack)
+            for layer in model.layers:
+                layer.attn.fuse_qkv_a_()  # packed weights only; a no-op otherwise
+                _release_free_memory()
         return cls(model, args, tokenizer, device=device, dtype=torch_dtype, max_seq_len=max_seq_len,
                    max_batch=max_batch, path=folder)
 

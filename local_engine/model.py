@@ -34,6 +34,7 @@ class MLA(nn.Module):
         self.kv_norm = RMSNorm(a.kv_lora_rank, a.rms_norm_eps)
         self.wkv_b = Linear(a.kv_lora_rank, H * (a.qk_nope_head_dim + a.v_head_dim))
         self.wo = Linear(H * a.v_head_dim, a.hidden_size)
+        self.wqkv_a: Linear | None = None  # fuse_qkv_a_(): [wq_a or wq; wkv_a] as one matmul
         self.cache: torch.Tensor | None = None  # [max_batch, max_seq, kv_lora + rope]
         self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None  # W_uk, W_uvᵀ (contiguous)
 
@@ -43,27 +44,55 @@ class MLA(nn.Module):
     def absorbed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """kv_b split per head for the absorbed form: W_uk [H, nope, kv_lora], W_uvᵀ [H, kv_lora, v].
 
-        Made once, contiguous (strided batched matmuls are 2x slower); costs one more copy of kv_b."""
+        Made once, contiguous (strided batched matmuls are 2x slower), in float32: the same values,
+        but CPU batched matmuls of these small per-head shapes run 3x faster in float32 than in
+        bf16. Costs one more copy of kv_b (two for bf16 weights; kv_b is <1% of a model)."""
         if self._absorbed is None:
             w = self.wkv_b.weight
             if self.wkv_b.qweight is not None:  # quantized anyway: absorb its dequantized values
                 from kernels.quant import dequantize
 
                 w = dequantize(self.wkv_b.qweight, self.cache.dtype)
-            w = w.view(self.n_heads, self.nope + self.v, self.kv_lora)
+            w = w.float().view(self.n_heads, self.nope + self.v, self.kv_lora)
             self._absorbed = (w[:, : self.nope].contiguous(), w[:, self.nope:].transpose(1, 2).contiguous())
         return self._absorbed
+
+    def fuse_qkv_a_(self) -> bool:
+        """Replace the two projections of x (wq_a or wq, and wkv_a) by one matmul over their stacked
+        rows: one call instead of two per layer and step. Only for packed weights (quantized ones
+        keep their own layout); each output row is the same dot product as before."""
+        q_lin = self.wq_a if hasattr(self, "wq_a") else self.wq
+        if self.wqkv_a is not None or q_lin.packed is None or self.wkv_a.packed is None:
+            return False
+        w = torch.cat([q_lin.weight, self.wkv_a.weight])  # dense copies of the packed weights
+        fused = Linear(w.shape[1], w.shape[0])
+        fused.weight = nn.Parameter(w, requires_grad=False)
+        fused.pack_()
+        self.q_in = q_lin.out_features
+        self.wqkv_a = fused
+        del self.wkv_a
+        if hasattr(self, "wq_a"):
+            del self.wq_a
+        else:
+            del self.wq
+        return True
 
     def forward(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape  # x [batch, seq, hidden]; cos/sin [seq, rope/2]
         H, end = self.n_heads, start_pos + T
-        q = self.wq_b(self.q_norm(self.wq_a(x))) if hasattr(self, "wq_a") else self.wq(x)
+        if self.wqkv_a is not None:
+            q_in, kv = self.wqkv_a(x).split([self.q_in, self.kv_lora + self.rope], dim=-1)
+            q = self.wq_b(self.q_norm(q_in)) if hasattr(self, "q_norm") else q_in
+        else:
+            q = self.wq_b(self.q_norm(self.wq_a(x))) if hasattr(self, "wq_a") else self.wq(x)
+            kv = self.wkv_a(x)
         q = q.view(B, T, H, self.nope + self.rope)
         q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
-        q_pe = dispatch.apply_rope(q_pe, cos, sin, self.interleaved)  # [B, T, H, rope]
-        c_kv, k_pe = self.wkv_a(x).split([self.kv_lora, self.rope], dim=-1)
+        c_kv, k_pe = kv.split([self.kv_lora, self.rope], dim=-1)
         c_kv = self.kv_norm(c_kv)  # [B, T, kv_lora]
-        k_pe = dispatch.apply_rope(k_pe.unsqueeze(2), cos, sin, self.interleaved).squeeze(2)  # [B, T, rope]
+        # one rotation for the query heads and the shared key: [B, T, H + 1, rope]
+        pe = dispatch.apply_rope(torch.cat([q_pe, k_pe.unsqueeze(2)], dim=2), cos, sin, self.interleaved)
+        q_pe, k_pe = pe[:, :, :H], pe[:, :, H]  # [B, T, H, rope], [B, T, rope]
         self.cache[:B, start_pos:end, : self.kv_lora] = c_kv
         self.cache[:B, start_pos:end, self.kv_lora:] = k_pe
         if start_pos == 0 and T > 1:
@@ -80,11 +109,11 @@ class MLA(nn.Module):
         else:
             # absorbed: q_nope · W_uk into latent space, attend over the latent cache, W_uv out
             w_uk, w_uv_t = self.absorbed()
-            q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1), w_uk)
-            q_abs = torch.cat([q_lat.transpose(0, 1).view(B, T, H, self.kv_lora), q_pe], dim=-1)
+            q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1).float(), w_uk)
+            q_abs = torch.cat([q_lat.transpose(0, 1).view(B, T, H, self.kv_lora).to(x.dtype), q_pe], dim=-1)
             lat = dispatch.mla_attention(q_abs, self.cache[:B, :end], self.kv_lora, self.scale, start_pos)
-            out = torch.bmm(lat.reshape(B * T, H, self.kv_lora).transpose(0, 1), w_uv_t)
-            out = out.transpose(0, 1).reshape(B, T, H, self.v)
+            out = torch.bmm(lat.reshape(B * T, H, self.kv_lora).transpose(0, 1).float(), w_uv_t)
+            out = out.transpose(0, 1).reshape(B, T, H, self.v).to(x.dtype)
         return self.wo(out.flatten(2))
 
 

@@ -148,3 +148,35 @@ def test_packed_bf16_weights_compute_what_plain_weights_compute(checkpoints):
     torch.testing.assert_close(packed.forward(x), plain.forward(x), atol=1e-2, rtol=0)
     assert (list(packed.generate(x[0].tolist(), max_new_tokens=24, temperature=0))
             == list(plain.generate(x[0].tolist(), max_new_tokens=24, temperature=0)))
+
+
+@pytest.mark.parametrize("name", ["v3_sharded_mtp_yarn", "v2_no_qlora_softmax"])
+def test_fused_q_and_kv_a_projection_equals_the_two_projections_it_replaces(checkpoints, name):
+    from kernels import dispatch
+    from local_engine.layers import Linear
+
+    folder = checkpoints[name][0]
+    plain = Engine.load(folder, dtype="bfloat16", max_seq_len=64, pack=False)
+    attn = plain.model.layers[0].attn
+    q_lin = attn.wq_a if hasattr(attn, "wq_a") else attn.wq
+    if not dispatch.can_pack(q_lin.weight):
+        pytest.skip("no packed matmul on this build")
+    packed = Engine.load(folder, dtype="bfloat16", max_seq_len=64, pack=True)
+    fused = packed.model.layers[0].attn
+    assert fused.wqkv_a is not None and not hasattr(fused, "wkv_a")
+    assert not hasattr(fused, "wq_a") and not hasattr(fused, "wq")
+    assert plain.model.layers[0].attn.wqkv_a is None  # plain weights stay as they were
+    torch.testing.assert_close(fused.wqkv_a.weight, torch.cat([q_lin.weight, attn.wkv_a.weight]), atol=0, rtol=0)
+    separate = []
+    for lin in (q_lin, attn.wkv_a):
+        twin = Linear(lin.in_features, lin.out_features)
+        twin.weight = torch.nn.Parameter(lin.weight.clone(), requires_grad=False)
+        twin.pack_()
+        separate.append(twin)
+    for T in (1, 7):
+        x = torch.randn(1, T, q_lin.in_features, generator=torch.Generator().manual_seed(T)).to(torch.bfloat16)
+        with torch.inference_mode():
+            both = torch.cat([separate[0](x), separate[1](x)], dim=-1)
+            torch.testing.assert_close(fused.wqkv_a(x), both, atol=0, rtol=0)
+    x = _prompt(22, n=9)
+    torch.testing.assert_close(packed.forward(x), plain.forward(x), atol=1e-2, rtol=0)
