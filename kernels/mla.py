@@ -25,8 +25,18 @@ def reference_mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, 
     return torch.einsum("bths,bsc->bthc", p, cache[..., :kv_lora].float()).to(q.dtype)
 
 
+def padded_length(end: int, capacity: int, step: int = 64) -> int:
+    """How many cache rows to hand ``mla_attention`` for ``end`` valid ones: rounded up to a multiple
+    of ``step`` (within ``capacity``). oneDNN builds a new kernel for every new matmul shape
+    (~400 us on CPU), so a length that grows by one each decode step would pay that every step;
+    rows past ``end`` are masked out by causality and get probability exactly 0."""
+    return min(-(-end // step) * step, capacity)
+
+
 def mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: float,
                   start_pos: int) -> torch.Tensor:
+    """As the reference; ``cache`` may hold more rows than start_pos + T (see padded_length):
+    those sit after every query's position and are masked."""
     B, T, H, D = q.shape
     S = cache.shape[1]
     # scores as cache @ qᵀ: the long cache is read in place (bmm would copy a transposed one);
@@ -38,6 +48,8 @@ def mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: flo
         pos = torch.arange(T, device=q.device).repeat_interleave(H)[:, None] + start_pos
         mask = torch.arange(S, device=q.device)[None, :] > pos  # [T*H, S]
         scores.masked_fill_(mask[None], float("-inf"))
+    elif S > start_pos + 1:
+        scores[:, :, start_pos + 1:] = float("-inf")  # padding rows after the one query
     p = scores.softmax(dim=-1).to(cache.dtype)  # [B, T*H, S]
     out = torch.bmm(p, cache[..., :kv_lora])  # [B, T*H, kv_lora]
     return out.view(B, T, H, kv_lora)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import dispatch
+from kernels import dispatch, mla
 from local_engine.config import ModelArgs
 from local_engine.layers import Linear, RMSNorm
 
@@ -111,7 +111,8 @@ class MLA(nn.Module):
             w_uk, w_uv_t = self.absorbed()
             q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1).float(), w_uk)
             q_abs = torch.cat([q_lat.transpose(0, 1).view(B, T, H, self.kv_lora).to(x.dtype), q_pe], dim=-1)
-            lat = dispatch.mla_attention(q_abs, self.cache[:B, :end], self.kv_lora, self.scale, start_pos)
+            rows = mla.padded_length(end, self.cache.shape[1])  # few distinct shapes: oneDNN reuses its kernels
+            lat = dispatch.mla_attention(q_abs, self.cache[:B, :rows], self.kv_lora, self.scale, start_pos)
             out = torch.bmm(lat.reshape(B * T, H, self.kv_lora).transpose(0, 1).float(), w_uv_t)
             out = out.transpose(0, 1).reshape(B, T, H, self.v).to(x.dtype)
         return self.wo(out.flatten(2))

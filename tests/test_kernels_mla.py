@@ -4,7 +4,7 @@ form equals attention with per-head keys/values expanded from the same latent.""
 import pytest
 import torch
 
-from kernels.mla import mla_attention, reference_mla_attention
+from kernels.mla import mla_attention, padded_length, reference_mla_attention
 
 
 @pytest.mark.parametrize("B,T,H,R,P,start", [(1, 1, 1, 3, 2, 0), (1, 1, 5, 48, 8, 17), (2, 4, 3, 33, 6, 9),
@@ -15,6 +15,26 @@ def test_mla_attention_matches_reference(B, T, H, R, P, start):
     cache = torch.randn(B, start + T, R + P, generator=g)
     torch.testing.assert_close(mla_attention(q, cache, R, 0.3, start),
                                reference_mla_attention(q, cache, R, 0.3, start), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,T,H,R,P,start,extra", [(1, 1, 1, 3, 2, 0, 63), (1, 1, 5, 48, 8, 17, 1),
+                                                   (2, 4, 3, 33, 6, 9, 50), (1, 7, 4, 10, 4, 0, 5)])
+def test_rows_past_the_queries_are_ignored_whatever_they_hold(dtype, B, T, H, R, P, start, extra):
+    g = torch.Generator().manual_seed(B + T + H + extra)
+    q = torch.randn(B, T, H, R + P, generator=g).to(dtype)
+    valid = torch.randn(B, start + T, R + P, generator=g).to(dtype)
+    stale = torch.randn(B, extra, R + P, generator=g).mul(1e3).to(dtype)  # an earlier, longer context
+    padded = torch.cat([valid, stale], dim=1)
+    expected = reference_mla_attention(q, valid, R, 0.3, start)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(mla_attention(q, padded, R, 0.3, start), expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(reference_mla_attention(q, padded, R, 0.3, start), expected, atol=tol, rtol=tol)
+
+
+def test_padded_length_rounds_up_within_the_capacity():
+    assert [padded_length(e, 200) for e in (1, 63, 64, 65, 190, 193, 200)] == [64, 64, 64, 128, 192, 200, 200]
+    assert padded_length(5, 300, step=16) == 16
 
 
 def test_absorbed_attention_equals_expanded_per_head_attention():
