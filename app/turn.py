@@ -13,40 +13,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from app.backends.base import ChatMessage, ServerUnreachable, failed_from
-from app.backends.events import AnswerDelta, Done, Event, Failed, ThinkingDelta, Usage
+from app.backends.events import Event, Failed, Tally
 from app.config import Config, RoleConfig
 from app.errors import DuetError
 
 ROLE_PREFIX = {"reasoner": "/think", "coder": "/code"}  # the router's way to force a role
 
 
-@dataclass
-class TurnResult:
-    role: str
-    model: str
-    thinking_parts: list[str] = field(default_factory=list)  # joined on demand: traces run long
-    answer_parts: list[str] = field(default_factory=list)
-    usage: Usage | None = None
-    done: Done | None = None
-    failed: Failed | None = None
-    message_id: int | None = None
-    session_id: int | None = None
+class TurnResult(Tally):
+    """What came back for one turn, and where it was saved."""
 
-    @property
-    def thinking(self) -> str:
-        return "".join(self.thinking_parts)
-
-    @property
-    def answer(self) -> str:
-        return "".join(self.answer_parts)
-
-    @property
-    def status(self) -> str:
-        if self.failed is not None:
-            return "failed"
-        if self.done is not None and self.done.finish_reason == "cancelled":
-            return "cancelled"
-        return "done" if self.done is not None else "streaming"
+    def __init__(self, role: str, model: str):
+        super().__init__()
+        self.role, self.model = role, model
+        self.message_id: int | None = None
+        self.session_id: int | None = None
 
     @property
     def unreachable(self) -> bool:
@@ -93,16 +74,7 @@ class Turn:
             for event in self._stream(cancel, backend):
                 if recorder is not None:
                     recorder.add(event)
-                if isinstance(event, ThinkingDelta):
-                    result.thinking_parts.append(event.text)
-                elif isinstance(event, AnswerDelta):
-                    result.answer_parts.append(event.text)
-                elif isinstance(event, Usage):
-                    result.usage = event
-                elif isinstance(event, Done):
-                    result.done = event
-                elif isinstance(event, Failed):
-                    result.failed = event
+                result.add(event)
                 yield event
         finally:
             if recorder is not None:

@@ -42,3 +42,46 @@ class Failed:
 
 
 Event = ThinkingDelta | AnswerDelta | Usage | Done | Failed
+
+
+class Tally:
+    """What an event stream has said so far: the text (kept in parts, since traces run
+    long), usage, and how it ended. The one place that folds events into a reply."""
+
+    def __init__(self) -> None:
+        self.thinking_parts: list[str] = []
+        self.answer_parts: list[str] = []
+        self.usage: Usage | None = None
+        self.done: Done | None = None
+        self.failed: Failed | None = None
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, ThinkingDelta):
+            self.thinking_parts.append(event.text)
+        elif isinstance(event, AnswerDelta):
+            self.answer_parts.append(event.text)
+        elif isinstance(event, Usage):
+            self.usage = event
+        elif isinstance(event, Done):
+            self.done = event
+        elif isinstance(event, Failed):
+            self.failed = event
+        else:
+            raise TypeError(f"not a backend event: {event!r}")
+
+    @property
+    def thinking(self) -> str:
+        return "".join(self.thinking_parts)
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.answer_parts)
+
+    @property
+    def status(self) -> str:
+        """done | failed | cancelled, or streaming while neither Done nor Failed came."""
+        if self.failed is not None:
+            return "failed"
+        if self.done is not None:
+            return "cancelled" if self.done.finish_reason == "cancelled" else "done"
+        return "streaming"

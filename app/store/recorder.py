@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from app.backends.events import AnswerDelta, Done, Failed, ThinkingDelta, Usage
+from app.backends.events import AnswerDelta, Tally, ThinkingDelta
 
 if TYPE_CHECKING:
     from app.store.sessions import SessionStore
@@ -25,50 +25,35 @@ class ReplyRecorder:
         self._store = store
         self.message_id = message_id
         self.session_id = session_id
-        self._thinking_parts: list[str] = []  # everything seen so far, flushed or not
-        self._answer_parts: list[str] = []
+        self._tally = Tally()  # everything seen so far, flushed or not
         self.status = "streaming"
         self._thinking_pending: list[str] = []
         self._answer_pending: list[str] = []
         self._pending = 0
         self._thinking_deltas = 0
         self._last_flush = time.monotonic()
-        self._usage: Usage | None = None
-        self._done: Done | None = None
-        self._failed: Failed | None = None
 
     def add(self, event) -> None:
+        if isinstance(event, (ThinkingDelta, AnswerDelta)) and not event.text:
+            return
+        self._tally.add(event)  # raises TypeError for anything that is not an event
         if isinstance(event, ThinkingDelta):
-            if not event.text:
-                return
-            self._thinking_parts.append(event.text)
             self._thinking_pending.append(event.text)
             self._thinking_deltas += 1
             self._pending += 1
         elif isinstance(event, AnswerDelta):
-            if not event.text:
-                return
-            self._answer_parts.append(event.text)
             self._answer_pending.append(event.text)
             self._pending += 1
-        elif isinstance(event, Usage):
-            self._usage = event
-        elif isinstance(event, Done):
-            self._done = event
-        elif isinstance(event, Failed):
-            self._failed = event
-        else:
-            raise TypeError(f"not a backend event: {event!r}")
         if self._pending >= FLUSH_DELTAS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
     @property
     def thinking(self) -> str:
-        return "".join(self._thinking_parts)
+        return self._tally.thinking
 
     @property
     def answer(self) -> str:
-        return "".join(self._answer_parts)
+        return self._tally.answer
 
     def flush(self) -> None:
         """Append the pending text to the row now."""
@@ -82,22 +67,17 @@ class ReplyRecorder:
         if self.status != "streaming":
             return
         if status is None:
-            if self._failed is not None:
-                status = "failed"
-            elif self._done is not None and self._done.finish_reason == "cancelled":
-                status = "cancelled"
-            else:
-                status = "done"
+            status = "done" if self._tally.status == "streaming" else self._tally.status
         if status not in ("done", "failed", "cancelled"):
             raise ValueError(f"finish status must be done, failed or cancelled, not {status!r}")
-        if error is None and self._failed is not None:
-            error = self._failed.message
+        if error is None and self._tally.failed is not None:
+            error = self._tally.failed.message
         self._write(status, error)
         self.status = status
 
     def _write(self, status: str | None, error: str | None) -> None:
         thinking, answer = "".join(self._thinking_pending), "".join(self._answer_pending)
-        usage, done = self._usage, self._done
+        usage, done = self._tally.usage, self._tally.done
         now = time.time()
         sql = """UPDATE messages SET thinking = thinking || ?, answer = answer || ?,
                    thinking_deltas = ?, prompt_tokens = ?, completion_tokens = ?,
