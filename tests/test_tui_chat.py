@@ -12,7 +12,7 @@ from app.tui.dialogs import PlanEditor
 from app.tui.thinking import ThinkingPane
 from tests.sse_server import ScriptedServer, error_reply, reasoner_reply, text_reply
 from tests.tui_support import (make_app, replies, screen_text, sent_messages, server_config, type_and_send, wait_for,
-                               wait_reply)
+                               wait_reply, wait_text)
 
 THINKING = "First I consider the cache keys.\n\nThen the eviction policy: LRU fits.\n\nSECRET-TRACE-MARKER."
 PLAN = "## Plan\n\n1. Add an LRU cache in `cache.py`.\n2. Wire it into `server.py`."
@@ -43,7 +43,7 @@ async def test_an_implementation_request_goes_to_the_coder(server):
         await type_and_send(pilot, "implement binary search in Go")
         item = await wait_reply(pilot, app)
         assert item.role == "coder"
-        assert "coder · scripted-model · implement" in screen_text(app)
+        await wait_text(pilot, app, "coder · scripted-model · implement")
 
 
 async def test_ctrl_r_forces_the_reasoner_and_ctrl_g_forces_the_coder(server):
@@ -161,7 +161,7 @@ async def test_escape_cancels_within_a_fraction_of_a_second_and_keeps_the_partia
         assert item.status == "cancelled"
         assert len(item.answer) > 30 and answer.startswith(item.answer) and item.answer != answer
         assert took < 1.0, f"cancel took {took:.2f} s"
-        assert "cancelled — partial answer kept" in screen_text(app)
+        await wait_text(pilot, app, "cancelled — partial answer kept")
         chats = [r for r in server.requests if r.path.endswith("/chat/completions")]
         await wait_for(pilot, chats[-1].client_gone.is_set, timeout=5)  # the connection was released
 
@@ -244,7 +244,7 @@ async def test_an_unreachable_model_shows_failed_with_its_reason_in_the_status_b
         status = app.chat.status_bar
         await wait_for(pilot, lambda: status.role("coder").state == "failed")
         await wait_for(pilot, lambda: status.role("reasoner").state == "ready")
-        assert "coder: scripted-model · failed (" in screen_text(app)
+        await wait_text(pilot, app, "coder: scripted-model · failed (")
         await type_and_send(pilot, "/think still usable?")  # the other model still answers
         assert (await wait_reply(pilot, app)).status == "done"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import Config, RoleConfig, Sampling
-from tests.tui_support import make_app, screen_text, type_and_send, wait_for, wait_reply
+from tests.tui_support import make_app, screen_text, type_and_send, wait_for, wait_reply, wait_text
 
 pytest.importorskip("llama_cpp")
 
@@ -33,6 +33,6 @@ async def test_the_demo_model_loads_in_the_background_and_answers_a_coder_reques
             assert item.status == "done" and item.role == "coder"
             assert item.answer.strip() and item.answer_tokens > 0
             assert item.usage is not None and item.usage.completion_tokens <= 24
-            assert "coder · " + gemma_config.coder.label in screen_text(app)
+            await wait_text(pilot, app, "coder · " + gemma_config.coder.label)
     finally:
         close_all()

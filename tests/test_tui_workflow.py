@@ -19,7 +19,7 @@ from app.tui.sessions import SessionsScreen
 from app.workspace import Workspace
 from tests.sse_server import ScriptedServer, text_reply
 from tests.tui_support import (make_app, replies, screen_text, sent_messages, server_config, type_and_send, wait_for,
-                               wait_reply)
+                               wait_reply, wait_text)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ async def test_a_coder_reply_opens_the_diff_preview_and_accepting_writes_the_fil
         await type_and_send(pilot, "/edit fix add in src/calc.py")
         item = await wait_reply(pilot, app)
         await wait_for(pilot, lambda: isinstance(app.screen, DiffPreview))
-        assert "+    return a + b" in screen_text(app)
+        await wait_text(pilot, app, "+    return a + b")
         await pilot.press("a", "enter")
         await wait_for(pilot, lambda: not isinstance(app.screen, DiffPreview))
         await pilot.pause()
@@ -86,10 +86,10 @@ async def test_the_file_picker_adds_a_fuzzy_match_and_the_coder_gets_its_text(se
         await pilot.press(*"scalc", "enter")
         await pilot.pause()
         assert ws.context.files == ["src/calc.py"]
-        assert "✓ src/calc.py" in screen_text(app)
+        await wait_text(pilot, app, "✓ src/calc.py")
         await pilot.press("escape")
         await pilot.pause()
-        assert "in 1 files" in screen_text(app)  # the status bar's context budget
+        await wait_text(pilot, app, "in 1 files")  # the status bar's context budget
         await type_and_send(pilot, "/code add a docstring")
         await wait_reply(pilot, app)
         assert "return a - b" in sent_messages(server)[-1]["content"]
@@ -144,7 +144,7 @@ async def test_an_interrupted_reply_from_a_killed_process_offers_continue(server
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: replies(app) and replies(app)[0].status == "interrupted")
         await pilot.pause()
-        assert "interrupted" in screen_text(app) and "F4 continue" in screen_text(app)
+        await wait_text(pilot, app, "interrupted", "F4 continue")
         await pilot.press("f4")
         await wait_reply(pilot, app, 2)
         messages = sent_messages(server)
@@ -165,7 +165,7 @@ async def test_sessions_screen_searches_switches_renames_and_deletes_with_confir
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.chat.session_id == second and replies(app))
         await pilot.pause()
-        assert "使用最近最少使用缓存。" in screen_text(app)
+        await wait_text(pilot, app, "使用最近最少使用缓存。")
         # rename the highlighted (newest) session, then delete the other one
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: isinstance(app.screen, SessionsScreen))
@@ -217,7 +217,7 @@ async def test_first_run_lists_what_discovery_found_and_enter_starts_the_demo(tm
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.chat is not None and app.screen is app.chat)
         await pilot.pause()
-        assert "gemma-3-270m (demo)" in screen_text(app)
+        await wait_text(pilot, app, "gemma-3-270m (demo)")
 
 
 async def test_rejected_blocks_go_back_to_the_coder_and_the_fixed_round_reaches_the_preview(server, ws):
@@ -303,6 +303,6 @@ async def test_a_reply_another_live_process_is_still_writing_is_shown_as_such(se
         await wait_for(pilot, lambda: replies(app) and replies(app)[0].answer == "so far")
         await pilot.pause()
         assert replies(app)[0].status == "elsewhere"
-        assert "still streaming in another Duet window" in screen_text(app)
+        await wait_text(pilot, app, "still streaming in another Duet window")
     rec.finish()
     writer.close()

@@ -33,6 +33,12 @@ async def wait_for(pilot, condition, timeout: float = 10.0, step: float = 0.02) 
         await pilot.pause(step)
 
 
+async def wait_text(pilot, app, *texts: str, timeout: float = 10.0) -> str:
+    """Wait until every one of ``texts`` is on screen (a repaint can lag the state it shows); the screen."""
+    await wait_for(pilot, lambda: all(t in screen_text(app) for t in texts), timeout)
+    return screen_text(app)
+
+
 def replies(app) -> list[ReplyItem]:
     return list(app.chat.conversation.query(ReplyItem))
 
@@ -59,5 +65,5 @@ def text_of(app) -> str:
     return screen_text(app)
 
 
-__all__ = ["make_app", "replies", "screen_text", "sent_messages", "server_config", "text_of",
+__all__ = ["make_app", "replies", "screen_text", "sent_messages", "server_config", "text_of", "wait_text",
            "type_and_send", "wait_for", "wait_reply"]
