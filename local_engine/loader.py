@@ -207,6 +207,8 @@ def _fill_block(block: Block, layer: int, names: list[str], shards: Shards, dtyp
         target = _target(rest)
         if target is not None:
             fill.put(*target, shards.read(name, dtype, device, out=fill.slot(*target)), name)
+            _release_free_memory()  # glibc would keep each freed dense copy (a packed weight's source,
+            # an FP8 strip) in its heap until the layer ends: a transient worth half a layer
         elif rest in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):  # transformers' in-memory layout
             t = shards.read(name, dtype, device)
             for e in range(t.shape[0]):

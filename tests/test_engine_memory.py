@@ -39,10 +39,10 @@ print(json.dumps({"peak": status("VmHWM") - base, "final": status("VmRSS") - bas
 """
 
 
-# ~17M parameters in few, larger experts: weights dominate the fixed costs (module objects, the
+# ~32M parameters in few, larger experts: weights dominate the fixed costs (module objects, the
 # matmul library's caches) that a real checkpoint would make negligible; small enough for 2 cores
 SIZE = dict(vocab_size=4096, hidden_size=256, intermediate_size=512, moe_intermediate_size=384,
-            n_routed_experts=16, num_experts_per_tok=4, num_hidden_layers=4, tokenizer=False)
+            n_routed_experts=32, num_experts_per_tok=4, num_hidden_layers=4, tokenizer=False)
 
 
 @pytest.fixture(scope="session")
