@@ -69,10 +69,10 @@ async def test_the_thinking_pane_fills_live_before_the_answer_starts(server):
         assert item.status == "streaming" and item.answer == ""  # the trace arrives first, live
         seen_midway = len(pane.text)
         assert 40 < seen_midway < len(thinking)
-        assert "thinking…" in screen_text(app)  # the message's one-liner while it thinks
+        await wait_text(pilot, app, "thinking…")  # the message's one-liner while it thinks
         await wait_reply(pilot, app)
         assert pane.text == item.thinking and pane.text.rstrip() == thinking.rstrip()
-        assert "Thought number 39." in screen_text(app)
+        await wait_text(pilot, app, "Thought number 39.")
 
 
 async def test_the_trace_stays_collapsed_to_one_line_and_expands_on_ctrl_t(server):
@@ -375,7 +375,7 @@ async def test_a_model_that_takes_long_to_load_shows_loading_and_never_freezes_t
             await pilot.press(*"typing while it loads")
             assert app.chat.query_one("#prompt").text == "typing while it loads"
             assert status.role("reasoner").state == "loading"
-            assert "reasoner: scripted-model · loading" in screen_text(app)
+            await wait_text(pilot, app, "reasoner: scripted-model · loading")
             await wait_for(pilot, lambda: status.role("reasoner").state == "failed", timeout=10)
             await wait_for(pilot, lambda: status.role("coder").state == "ready", timeout=10)
 
