@@ -28,7 +28,7 @@ def test_every_intent_has_an_english_and_a_chinese_template_with_a_vars_header()
     for intent, (role, _) in rules().intents.items():
         for lang in ("en", "zh"):
             assert f"{role}-{intent}.{lang}" in names
-    for extra in ("coder-handoff", "edit-format"):
+    for extra in ("coder-handoff", "coder-retry", "edit-format"):
         assert {f"{extra}.en", f"{extra}.zh"} <= names
     for t in templates().values():
         assert t.about, f"{t.name}: header lacks 'about'"

@@ -15,6 +15,7 @@ from app.store import SessionStore
 from app.tui.dialogs import Ask, Confirm, FilePicker, fuzzy_score
 from app.tui.diff_preview import DiffPreview
 from app.tui.first_run import FirstRunScreen
+from app.tui.messages import UserItem
 from app.tui.sessions import SessionsScreen
 from app.workspace import Workspace
 from tests.sse_server import ScriptedServer, text_reply
@@ -229,6 +230,8 @@ async def test_rejected_blocks_go_back_to_the_coder_and_the_fixed_round_reaches_
         await type_and_send(pilot, "/edit fix add")
         await wait_for(pilot, lambda: isinstance(app.screen, DiffPreview), timeout=15)
         assert len(replies(app)) == 2  # the user saw the retry round as its own reply
+        authors = [str(u.render()).split("\n")[0] for u in app.chat.conversation.query(UserItem)]
+        assert authors == ["you", "duet → coder · retry 1 of 3"]  # Duet wrote the retry, not the user
         feedback = sent_messages(server)[-1]["content"]
         assert "could not be applied" in feedback and "src/calc.py" in feedback and "return a - b" in feedback
         await pilot.press("a", "enter")

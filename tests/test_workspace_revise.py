@@ -73,3 +73,12 @@ def test_a_later_round_applies_on_top_of_the_accepted_edits(tmp_path):
     changes = revise(ws, first, coder)
     assert changes.edits[0].before == b"a = 1\nb = 2\n"
     assert changes.edits[0].after == b"a = 10\nb = 20\n"
+
+
+def test_a_chinese_request_gets_its_retry_feedback_in_chinese(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    ws = Workspace(tmp_path)
+    coder = ScriptedCoder(block("a.py", "x = 1\n", "x = 2\n"))
+    changes = revise(ws, block("a.py", "x = 9\n", "x = 2\n"), coder, lang="zh")
+    assert "修改块无法应用" in coder.prompts[0] and "a.py" in coder.prompts[0]
+    assert not changes.rejected and changes.edits[0].after == b"x = 2\n"

@@ -188,7 +188,8 @@ class ChatScreen(Screen):
         self.start_turn(text.strip(), role)
 
     def start_turn(self, request: str, role: str = "auto", *, plan: str | None = None, plan_item: ReplyItem | None = None,
-                   history: list[ChatMessage] | None = None, show_user: bool = True) -> ReplyItem | None:
+                   history: list[ChatMessage] | None = None, show_user: bool = True,
+                   author: str = "you") -> ReplyItem | None:
         """Route, mount the items, and start streaming. ``plan`` overrides the last plan (hand-off)."""
         from app.turn import Turn, decide
 
@@ -218,7 +219,7 @@ class ChatScreen(Screen):
         rc = turn.role_cfg
         route = turn.route
         if show_user:
-            self.conversation.mount(UserItem(request, [f for f, _ in files]))
+            self.conversation.mount(UserItem(request, [f for f, _ in files], author))
         item = ReplyItem(role=route.role, model=rc.label, intent=route.intent, why=route.why, context=rc.context,
                          request=request, forced=role != "auto")
         item.plan_id = plan_item.message_id if plan_item is not None else None
@@ -339,6 +340,7 @@ class ChatScreen(Screen):
         each a visible turn); then the diff preview, and the accepted subset is applied."""
         from app.tui.diff_preview import DiffPreview
         from app.workspace.edit_blocks import parse
+        from app.prompts import detect_lang
         from app.workspace.revise import MAX_ROUNDS, feedback_prompt
 
         revision = self._revision if self._revision is not None and self._revision[2] is item else None
@@ -357,7 +359,8 @@ class ChatScreen(Screen):
         if changes.rejected and rounds < MAX_ROUNDS and (blocks or problems):
             self.notify(f"{len(changes.rejected)} edit block(s) did not apply: asking the coder again "
                         f"(round {rounds + 1} of {MAX_ROUNDS}).", markup=False)
-            retry = self.start_turn(feedback_prompt(changes), "coder")
+            retry = self.start_turn(feedback_prompt(changes, detect_lang(source.request)), "coder",
+                                    author=f"duet → coder · retry {rounds + 1} of {MAX_ROUNDS}")
             if retry is not None:
                 self._revision = (changes, rounds + 1, retry, source)
             return

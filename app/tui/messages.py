@@ -39,10 +39,10 @@ def thought_line(seconds: float | None, tokens: int, *, live: bool = False, expa
 
 
 class UserItem(Static):
-    """What the user sent, with the files that were in context."""
+    """What the user sent (or Duet, for a retry round), with the files that were in context."""
 
-    def __init__(self, text: str, files: list[str] = ()):
-        body = Content.assemble(("you", "bold"), "\n", text)
+    def __init__(self, text: str, files: list[str] = (), author: str = "you"):
+        body = Content.assemble((author, "bold"), "\n", text)
         if files:
             body = Content.assemble(body, ("\n⎘ " + ", ".join(files), "dim"))
         super().__init__(body, classes="user-item", markup=False)

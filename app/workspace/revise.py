@@ -17,16 +17,6 @@ from app.workspace.workspace import Workspace
 
 MAX_ROUNDS = 3
 
-FEEDBACK = """\
-Some of your edit blocks could not be applied:
-
-{reasons}
-
-Send corrected SEARCH/REPLACE blocks for those changes only (the other edits \
-were accepted and are already part of the files). Each block needs the file \
-path on the line before <<<<<<< SEARCH, and SEARCH must copy the current \
-lines exactly, matching one place in the file."""
-
 
 @dataclass(frozen=True)
 class Round:
@@ -38,12 +28,15 @@ class Round:
     changeset: ChangeSet
 
 
-def feedback_prompt(changeset: ChangeSet) -> str:
-    return FEEDBACK.format(reasons=changeset.feedback())
+def feedback_prompt(changeset: ChangeSet, lang: str = "en") -> str:
+    """What the coder is told about its rejected blocks (``prompts/coder-retry.<lang>.md``)."""
+    from app.prompts import render
+
+    return render(f"coder-retry.{lang}", reasons=changeset.feedback())
 
 
 def revise(workspace: Workspace, coder_output: str, ask_coder: Callable[[str], str], *,
-           rounds: int = MAX_ROUNDS, on_round: Callable[[Round], None] | None = None) -> ChangeSet:
+           rounds: int = MAX_ROUNDS, on_round: Callable[[Round], None] | None = None, lang: str = "en") -> ChangeSet:
     """Propose ``coder_output``; while blocks are rejected, ask the coder to fix them.
 
     Stops after ``rounds`` retries, or when a round rejects nothing, or when a
@@ -54,7 +47,7 @@ def revise(workspace: Workspace, coder_output: str, ask_coder: Callable[[str], s
     for number in range(1, rounds + 1):
         if not changes.rejected:
             break
-        prompt = feedback_prompt(changes)
+        prompt = feedback_prompt(changes, lang)
         reply = ask_coder(prompt)
         blocks, problems = parse(reply)
         gave_up = not blocks and not problems  # a reply with no edit blocks at all
