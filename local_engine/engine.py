@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -36,9 +36,10 @@ class Engine:
 
     @classmethod
     def load(cls, path, *, device="cpu", dtype="bfloat16", quant=None, max_seq_len=4096, max_batch=1,
-             pack: bool | None = None) -> "Engine":
+             pack: bool | None = None, progress: Callable[[float], None] | None = None) -> "Engine":
         """``pack``: pre-pack dense weights for the device's fast matmul (default: on when it has
-        one and the model is not quantized; CPU bf16 today)."""
+        one and the model is not quantized; CPU bf16 today). ``progress(fraction)`` is called as
+        layers load (from the loading thread)."""
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise ModelError(f"{folder}: not a folder (expected an HF model folder with config.json)")
@@ -66,7 +67,8 @@ class Engine:
                 from local_engine.loader import load_model
 
                 model = load_model(folder, args, dtype=torch_dtype, device=device, max_batch=max_batch,
-                                   max_seq_len=max_seq_len, quant=quant, pack=quant is None if pack is None else pack)
+                                   max_seq_len=max_seq_len, quant=quant, pack=quant is None if pack is None else pack,
+                                   progress=progress)
             for layer in model.layers:
                 layer.attn.fuse_qkv_a_()  # packed weights only; a no-op otherwise
                 _release_free_memory()

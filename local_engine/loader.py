@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -221,11 +222,13 @@ def _fill_block(block: Block, layer: int, names: list[str], shards: Shards, dtyp
 
 
 def load_model(folder, args: ModelArgs, *, dtype: torch.dtype, device, max_batch: int, max_seq_len: int,
-               quant: str | None = None, pack: bool = False) -> Transformer:
+               quant: str | None = None, pack: bool = False,
+               progress: Callable[[float], None] | None = None) -> Transformer:
+    """``progress(fraction)`` is called after each layer."""
     folder = Path(folder)
     shards = Shards(folder)
     try:
-        return _load(shards, args, dtype, device, max_batch, max_seq_len, quant, pack)
+        return _load(shards, args, dtype, device, max_batch, max_seq_len, quant, pack, progress)
     finally:
         shards.close()
 
@@ -237,7 +240,7 @@ def pack_linears_(module: nn.Module) -> None:
             m.pack_()
 
 
-def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pack) -> Transformer:
+def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pack, progress) -> Transformer:
     with torch.device("meta"):
         model = Transformer(args)
     top = _Filler(model, shards, "model", pack=pack and not quant)  # layers are still empty
@@ -265,6 +268,8 @@ def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pa
             quantize_block_(block, quant)  # quantize while loading: never the whole model in full precision
         block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)
         model.layers.append(block)
+        if progress is not None:
+            progress((i + 1) / args.num_hidden_layers)
         _release_free_memory()  # the layer's temporaries (dtype casts, FP8 strips) go back to the OS
     from local_engine.rope import rope_tables
 

@@ -109,3 +109,31 @@ def test_duet_ask_json_runs_the_local_engine(checkpoints, tmp_path):
     assert out["role"] == "reasoner" and out["model"] == "r1" and out["thinking"]
     assert 0 < out["usage"]["completion_tokens"] <= 12 and out["usage"]["prompt_tokens"] > 0
     assert 0 < out["timings"]["first_token_s"] <= out["timings"]["total_s"]
+
+
+def test_loading_reports_progress_layer_by_layer_up_to_one(local_role):
+    backend = make_backend(local_role())
+    heard = []
+    backend.model.load(heard.append)
+    layers = backend.model.engine.args.num_hidden_layers
+    assert len(heard) == layers and heard == sorted(heard) and heard[-1] == 1.0
+    backend.model.load(heard.append)  # already loaded: nothing more to report
+    assert len(heard) == layers
+
+
+async def test_the_status_bar_shows_a_local_model_loading_as_a_fraction(checkpoints):
+    from textual.widgets import ProgressBar
+
+    from app.config import Config
+    from tests.tui_support import make_app, wait_for
+
+    close_all()
+    role = lambda name: RoleConfig(role=name, backend="local", path=checkpoints["r1"], dtype="float32",  # noqa: E731
+                                   context=256)
+    app = make_app(Config(reasoner=role("reasoner"), coder=role("coder")), load_models=True)
+    async with app.run_test(size=(140, 40)) as pilot:
+        status = app.chat.status_bar
+        await wait_for(pilot, lambda: status.role("reasoner").state == "ready", timeout=60)
+        bar = status.role("reasoner").query_one(ProgressBar)
+        assert bar.total == 1.0 and bar.progress == 1.0  # a determinate bar filled layer by layer
+    close_all()

@@ -31,12 +31,13 @@ class LocalModel:
         self._load_lock = threading.Lock()
         self.engine = None
 
-    def load(self):
-        """The loaded Engine; the first call loads it (safe from several threads)."""
+    def load(self, progress=None):
+        """The loaded Engine; the first call loads it (safe from several threads).
+        ``progress(fraction)`` hears how far the load is, from the loading thread."""
         with self._load_lock:
-            return self._load()
+            return self._load(progress)
 
-    def _load(self):
+    def _load(self, progress=None):
         if self.engine is None:
             try:
                 from local_engine import Engine
@@ -46,7 +47,7 @@ class LocalModel:
 
             try:
                 self.engine = Engine.load(str(self.path), device=self.device, dtype=self.dtype, quant=self.quant,
-                                          max_seq_len=self.context)
+                                          max_seq_len=self.context, progress=progress)
             except ModelError as exc:
                 raise ModelLoadError(str(exc)) from None
         return self.engine

@@ -164,7 +164,8 @@ class ChatScreen(Screen):
                 rc = self.config.role(role)
                 widget = self.status_bar.role(role)
                 self.app.call_from_thread(widget.set_state, "loading")
-                state, reason = prepare_backend(rc)
+                state, reason = prepare_backend(
+                    rc, lambda f, w=widget: self.app.call_from_thread(w.set_state, "loading", "", f))
                 self.app.call_from_thread(widget.set_state, state, reason)
         finally:
             self._models_loaded.set()
@@ -643,8 +644,9 @@ def follow(scroll) -> None:
         scroll.call_after_refresh(lambda: scroll.max_scroll_y > 0 and not scroll.is_anchored and scroll.anchor())
 
 
-def prepare_backend(rc) -> tuple[str, str]:
-    """Load a role's model (or probe its server): ("ready"|"failed", reason). Runs in a thread."""
+def prepare_backend(rc, progress=None) -> tuple[str, str]:
+    """Load a role's model (or probe its server): ("ready"|"failed", reason). Runs in a thread;
+    ``progress(fraction)`` hears how far a local engine's load is."""
     try:
         if rc.backend == "openai":
             from app.backends.probe import probe
@@ -657,7 +659,9 @@ def prepare_backend(rc) -> tuple[str, str]:
 
         backend = make_backend(rc)
         model = getattr(backend, "model", None)
-        if model is not None and hasattr(model, "load"):
+        if rc.backend == "local":
+            model.load(progress)
+        elif model is not None and hasattr(model, "load"):
             model.load()
         return "ready", ""
     except DuetError as exc:
