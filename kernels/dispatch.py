@@ -1,20 +1,53 @@
 """Which kernel runs where: the one place that chooses between fast paths and references.
 
-Set DUET_KERNELS=reference to run every reference instead (debugging)."""
+Set DUET_KERNELS=reference to run every reference instead (debugging). On CUDA tensors, where
+triton imports, rms_norm / mla_attention / fp8_block_dequant run their Triton kernels
+(``kernels.triton_ops``); everywhere else the PyTorch fast paths run, as before."""
 
 from __future__ import annotations
 
 import os
 
-from kernels import fp8, mla, moe, norm_rope
+import torch
+
+from kernels import fp8, mla, moe, norm_rope, triton_ops
 
 _REFERENCE = os.environ.get("DUET_KERNELS") == "reference"
 
-rms_norm = norm_rope.reference_rms_norm if _REFERENCE else norm_rope.rms_norm
 apply_rope = norm_rope.reference_apply_rope if _REFERENCE else norm_rope.apply_rope
 moe_combine = moe.reference_moe if _REFERENCE else moe.moe
-mla_attention = mla.reference_mla_attention if _REFERENCE else mla.mla_attention
-fp8_block_dequant = fp8.reference_fp8_block_dequant if _REFERENCE else fp8.fp8_block_dequant
+
+_FAST = {"rms_norm": norm_rope.rms_norm, "mla_attention": mla.mla_attention,
+         "fp8_block_dequant": fp8.fp8_block_dequant}
+_REFERENCES = {"rms_norm": norm_rope.reference_rms_norm, "mla_attention": mla.reference_mla_attention,
+               "fp8_block_dequant": fp8.reference_fp8_block_dequant}
+TRITON = tuple(_FAST)   # the kernels that have a Triton version
+
+
+def uses_triton(device_type: str) -> bool:
+    """Whether tensors on this kind of device run the Triton kernels."""
+    return not _REFERENCE and device_type == "cuda" and triton_ops.available()
+
+
+def choose(name: str, device_type: str):
+    """The function that kernel ``name`` (one of TRITON) runs for tensors on ``device_type``."""
+    if _REFERENCE:
+        return _REFERENCES[name]
+    if uses_triton(device_type):
+        return getattr(triton_ops, name)
+    return _FAST[name]
+
+
+def rms_norm(x, weight, eps: float):
+    return choose("rms_norm", x.device.type)(x, weight, eps)
+
+
+def mla_attention(q, cache, kv_lora: int, scale: float, start_pos: int):
+    return choose("mla_attention", q.device.type)(q, cache, kv_lora, scale, start_pos)
+
+
+def fp8_block_dequant(w, scale_inv, dtype: torch.dtype = torch.float32, out=None):
+    return choose("fp8_block_dequant", w.device.type)(w, scale_inv, dtype, out)
 
 
 # -- dense linear with a pre-packed weight (oneDNN's blocked layout, CPU bf16) -----------------
@@ -22,21 +55,15 @@ fp8_block_dequant = fp8.reference_fp8_block_dequant if _REFERENCE else fp8.fp8_b
 # once at load makes those matmuls 2-3x faster with bit-identical results.
 
 def can_pack(w) -> bool:
-    import torch
-
     return (not _REFERENCE and w.device.type == "cpu" and w.dtype == torch.bfloat16 and w.dim() == 2
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
 def pack_weight(w):
-    import torch
-
     return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
 
 
 def packed_linear(x, packed):
-    import torch
-
     return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 

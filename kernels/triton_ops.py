@@ -1,0 +1,228 @@
+"""Triton versions of the engine's hot kernels, behind thin launchers with the references' signatures.
+
+    quantized_linear(x, qw)                       kernels.quant.reference_quantized_linear
+    mla_attention(q, cache, kv_lora, scale, start_pos)   kernels.mla.reference_mla_attention
+    rms_norm(x, weight, eps)                      kernels.norm_rope.reference_rms_norm
+    add_rms_norm(x, residual, weight, eps)        h = x + residual; (h, reference_rms_norm(h))
+    apply_rope(x, cos, sin, interleaved=True)     kernels.norm_rope.reference_apply_rope
+    fp8_block_dequant(w, scale_inv, dtype, out)   kernels.fp8.reference_fp8_block_dequant
+
+Importing this module does not import triton (CPU-only installs never need it); the kernels
+(``kernels.triton_kernels``) load on first use. ``available()`` tells whether triton imports.
+Launchers take tensors on the device the kernels run on: CUDA, or CPU under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_AVAILABLE: bool | None = None
+
+
+def available() -> bool:
+    """Whether triton can be imported here (checked once)."""
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        try:
+            import triton  # noqa: F401
+            _AVAILABLE = True
+        except Exception:   # ImportError, or a broken install raising anything at import
+            _AVAILABLE = False
+    return _AVAILABLE
+
+
+def _k():
+    from kernels import triton_kernels
+
+    return triton_kernels
+
+
+def _pow2(n: int, lo: int = 1) -> int:
+    return max(lo, 1 << max(0, n - 1).bit_length())
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _prec(dtype: torch.dtype) -> str:
+    # float32 operands: exact products (tf32 would round them to 10 bits); others ignore it
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _programs_wanted(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 8   # the interpreter: few programs, but more than one so splits are exercised
+
+
+# ---------------------------------------------------------------------------------------
+# weight-only quantized linear
+
+GEMV_MAX_M = 4   # up to this many rows each row streams the weight itself; above, tiles + tl.dot
+
+
+def quantized_linear(x: Tensor, qw) -> Tensor:
+    """x [..., in] (or [..., in'] padded with zeros to the weight's padded width) -> [..., out]
+    in x's dtype, for a ``kernels.quant.QuantizedWeight`` in the portable layouts: int4
+    "nibbles" (q [N', K'/2], scale_zero [K'/g, N', 2]) or int8 "codes" (q [N', K'], scale [K'/g, N'])."""
+    if qw.layout not in ("nibbles", "codes"):
+        raise ValueError(f"triton quantized_linear takes the nibbles/codes layouts, not {qw.layout!r}")
+    n, k = qw.shape
+    np_, kp = qw.padded_shape
+    kx = x.shape[-1]
+    if kx not in (k, kp):
+        raise ValueError(f"input has {kx} features, the weight takes {k}")
+    g = qw.group_size
+    x2 = x.reshape(-1, kx)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return y.view(*x.shape[:-1], n)
+    kern = _k()
+    int4 = qw.mode == "int4"
+    q = qw.tensors["q"]
+    sc = qw.tensors["scale_zero" if int4 else "scale"]
+    width = kp // 2 if int4 else kp
+    if m <= GEMV_MAX_M:
+        block_k = min(g, 128)
+        block_n = 16 if _cdiv(n, 16) >= 256 else 8 if _cdiv(n, 8) >= 128 else 4
+        fn = kern.int4_gemv if int4 else kern.int8_gemv
+        fn[(_cdiv(n, block_n), m)](x2, q, sc, y, n, kx, width, np_, x2.stride(0), y.stride(0),
+                                   GROUP=g, BLOCK_N=block_n, BLOCK_K=block_k)
+    else:
+        block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+        block_n, block_k = 64, min(g, 64)
+        fn = kern.int4_mm if int4 else kern.int8_mm
+        fn[(_cdiv(m, block_m), _cdiv(n, block_n))](x2, q, sc, y, m, n, kx, width, np_, x2.stride(0), y.stride(0),
+                                                   GROUP=g, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                                   PREC=_prec(x.dtype), UPCAST=x.device.type != "cuda")
+    return y.view(*x.shape[:-1], n)
+
+
+# ---------------------------------------------------------------------------------------
+# absorbed MLA attention
+
+
+def mla_attention(q: Tensor, cache: Tensor, kv_lora: int, scale: float, start_pos: int) -> Tensor:
+    """As ``kernels.mla.mla_attention``: q [B, T, H, kv_lora + rope], cache [B, S, kv_lora + rope]
+    (rows past start_pos + T, if any, are ignored) -> latent output [B, T, H, kv_lora] in q's dtype."""
+    B, T, H, D = q.shape
+    S = cache.shape[1]
+    R, P = kv_lora, D - kv_lora
+    out = torch.empty(B, T, H, R, dtype=q.dtype, device=q.device)
+    if B * T * H == 0:
+        return out
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if cache.stride(-1) != 1:
+        cache = cache.contiguous()
+    if cache.dtype != q.dtype:
+        cache = cache.to(q.dtype)
+    valid = min(S, start_pos + T)
+    block_h = min(_pow2(H, 16), 64)
+    block_r, block_p = _pow2(R, 16), _pow2(P, 16)
+    block_s = 16 if block_r >= 512 else 32
+    heads = _cdiv(H, block_h)
+    splits = max(1, min(_programs_wanted(q.device) // (B * T * heads), _cdiv(valid, block_s)))
+    rows = _cdiv(_cdiv(valid, splits), block_s) * block_s
+    splits = _cdiv(valid, rows)
+    kern = _k()
+    direct = splits == 1
+    if direct:
+        part = ml = out   # unused
+    else:
+        part = torch.empty(B * T * H * splits, R, dtype=torch.float32, device=q.device)
+        ml = torch.empty(B * T * H * splits, 2, dtype=torch.float32, device=q.device)
+    kern.mla_partial[(B * T, heads, splits)](
+        q, cache, out, part, ml, T, H, R, P, valid, start_pos, float(scale), rows, splits,
+        q.stride(0), q.stride(1), q.stride(2), cache.stride(0), cache.stride(1),
+        BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_P=block_p,
+        PREC=_prec(q.dtype), UPCAST=q.device.type != "cuda", DIRECT=direct, num_warps=8 if block_r >= 256 else 4)
+    if not direct:
+        kern.mla_combine[(B * T * H,)](part, ml, out, R, splits,
+                                       BLOCK_SPLIT=_pow2(splits), BLOCK_R=block_r)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# RMSNorm, RoPE
+
+
+def _rows(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+def _norm_warps(block_d: int) -> int:
+    return 1 if block_d <= 256 else 4 if block_d <= 2048 else 8
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """weight * (x / rms(x)): the normalisation in float32, cast to x's dtype before the weight;
+    the result has the dtype of ``weight * x`` (as the reference)."""
+    d = x.shape[-1]
+    xr = _rows(x)
+    y = torch.empty(xr.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    if xr.shape[0]:
+        block = _pow2(d)
+        _k().rms_norm[(xr.shape[0],)](xr, xr, weight.contiguous(), xr, y, d, float(eps),
+                                      HAS_RES=False, BLOCK_D=block, num_warps=_norm_warps(block))
+    return y.view(x.shape)
+
+
+def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The decoder block's residual add fused with the next norm: h = x + residual (x's dtype),
+    then (h, rms_norm(h, weight, eps)); one read of each input, one write of each output."""
+    d = x.shape[-1]
+    xr, rr = _rows(x), _rows(residual.to(x.dtype))
+    h = torch.empty_like(xr)
+    y = torch.empty(xr.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    if xr.shape[0]:
+        block = _pow2(d)
+        _k().rms_norm[(xr.shape[0],)](xr, rr, weight.contiguous(), h, y, d, float(eps),
+                                      HAS_RES=True, BLOCK_D=block, num_warps=_norm_warps(block))
+    return h.view(x.shape), y.view(x.shape)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = True) -> Tensor:
+    """Rotate x [..., T, heads, D] by cos/sin [T, D/2] in one pass (float32 math, x's dtype out)."""
+    T, heads, d = x.shape[-3:]
+    half = d // 2
+    xr = x.reshape(-1, T, heads, d).contiguous()
+    y = torch.empty_like(xr)
+    if xr.numel():
+        _k().rope[(xr.shape[0] * T,)](xr, cos.float().contiguous(), sin.float().contiguous(), y, T, heads, half,
+                                      INTERLEAVED=interleaved, BLOCK_H=min(_pow2(heads), 16),
+                                      BLOCK_HALF=_pow2(half))
+    return y.view(x.shape)
+
+
+# ---------------------------------------------------------------------------------------
+# FP8 block dequant
+
+FP8_BLOCK = 128
+
+
+def fp8_block_dequant(w: Tensor, scale_inv: Tensor, dtype: torch.dtype = torch.float32,
+                      out: Tensor | None = None) -> Tensor:
+    """float8_e4m3fn w [out, in] × one scale per 128×128 block -> ``dtype`` (into ``out`` if given)."""
+    out_f, in_f = w.shape
+    if scale_inv.shape != (_cdiv(out_f, FP8_BLOCK), _cdiv(in_f, FP8_BLOCK)):
+        raise ValueError(f"weight_scale_inv shape {tuple(scale_inv.shape)} does not fit weight {tuple(w.shape)}")
+    if w.dtype != torch.float8_e4m3fn:
+        raise ValueError(f"fp8_block_dequant takes float8_e4m3fn weights, not {w.dtype}")
+    target = out if out is not None else torch.empty(out_f, in_f, dtype=dtype, device=w.device)
+    dst = target if target.dtype == dtype and target.stride(-1) == 1 else \
+        torch.empty(out_f, in_f, dtype=dtype, device=w.device)
+    if w.numel():
+        rows = 32
+        s = scale_inv.float().contiguous()
+        _k().fp8_dequant[(_cdiv(out_f, rows), _cdiv(in_f, FP8_BLOCK))](
+            w.contiguous().view(torch.uint8), s, dst, out_f, in_f, s.stride(0), dst.stride(0),
+            BLOCK=FP8_BLOCK, ROWS=rows, num_warps=4)
+    if dst is not target:
+        target.copy_(dst)
+    return target
