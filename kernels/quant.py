@@ -52,8 +52,12 @@ class QuantizedWeight:
     int8: layout "codes": ``q`` uint8 [N', K'] (u), ``scale`` bf16 [K'/group, N'];
           packed layouts ("cpu_int4pack", "cuda_int4pack"): ``hi``, ``lo`` (u >> 4, u & 15
           in the kernel's packing) and ``scale``.
+          layout "cpu_native" (kernels/csrc, CPU): ``q`` int8 [N', K'] (u - 128), ``scale`` bf16
+          [N', K'/group] -- the same bytes as "codes", laid out for a row-by-row dot product.
     int4: ``q`` packed uint8 (plain nibbles [N', K'/2] -- low nibble = even column -- when
-          layout is "nibbles", else the kernel's packing), ``scale_zero`` bf16 [K'/group, N', 2].
+          layout is "nibbles", else the kernel's packing), ``scale_zero`` bf16 [K'/group, N', 2];
+          layout "cpu_native": ``q`` uint8 [N', K'/2], each 64 inputs in 32 bytes (byte i: input
+          i low, input 32 + i high), ``scale_zero`` bf16 [N', K'/group, 2].
     N' >= out and K' >= in are the padded sizes; ``shape`` is the logical (out, in).
     """
 
@@ -66,6 +70,8 @@ class QuantizedWeight:
     @property
     def padded_shape(self) -> tuple[int, int]:
         sc = self.tensors["scale" if self.mode == "int8" else "scale_zero"]
+        if self.layout == NATIVE:      # scales [N', K'/group(, 2)]
+            return (sc.shape[0], sc.shape[1] * self.group_size)
         return (sc.shape[1], sc.shape[0] * self.group_size)
 
     @property
@@ -246,12 +252,49 @@ def _packed_layout(device: torch.device, n: int, k: int, group: int) -> str | No
     return None
 
 
-def from_codes(mode: str, shape: tuple[int, int], group_size: int, codes: dict[str, Tensor]) -> QuantizedWeight:
+NATIVE = "cpu_native"
+NATIVE_MAX_ROWS = 4    # the native kernel's batch; more rows (prefill) dequantize, then one matmul
+
+
+def native_ok(mode: str, group_size: int, device) -> bool:
+    """Whether the native CPU kernel (kernels/csrc) takes this weight: CPU, a group of whole
+    32-input (int8) / 64-input (int4) blocks, and the library built and loaded."""
+    if torch.device(device).type != "cpu" or group_size % (32 if mode == "int8" else 64):
+        return False
+    from kernels import cpu_native
+
+    return cpu_native.lib() is not None
+
+
+def _to_native(mode: str, codes: dict[str, Tensor]) -> dict[str, Tensor]:
+    if mode == "int8":
+        return {"q": (codes["q"] ^ 128).view(torch.int8), "scale": codes["scale"].t().contiguous()}
+    c = unpack_nibbles(codes["q"])                                   # [N', K']
+    c = c.view(c.shape[0], -1, 2, 32)                                # 64-input blocks, two halves
+    q = (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(c.shape[0], -1)     # [N', K'/2]
+    return {"q": q.contiguous(), "scale_zero": codes["scale_zero"].transpose(0, 1).contiguous()}
+
+
+def _from_native(qw: QuantizedWeight) -> dict[str, Tensor]:
+    t = qw.tensors
+    if qw.mode == "int8":
+        return {"q": t["q"].view(torch.uint8) ^ 128, "scale": t["scale"].t().contiguous()}
+    b = t["q"].view(t["q"].shape[0], -1, 1, 32)
+    c = torch.cat([b & 15, b >> 4], dim=2).reshape(t["q"].shape[0], -1)   # codes [N', K']
+    return {"q": pack_nibbles(c), "scale_zero": t["scale_zero"].transpose(0, 1).contiguous()}
+
+
+def from_codes(mode: str, shape: tuple[int, int], group_size: int, codes: dict[str, Tensor], *,
+               native: bool | None = None) -> QuantizedWeight:
     """Build the runtime weight from portable codes (int8: u [N', K'], scale; int4:
-    plain-nibble q, scale_zero), packing for the device's kernel where there is one."""
+    plain-nibble q, scale_zero), in the layout of the device's kernel where there is one:
+    the native CPU kernel when it is built (``native=False`` asks for aten's packed int4
+    layout instead), aten's packed int4 kernel otherwise."""
     codes = {k: _aligned(v) for k, v in codes.items()}
     sc = codes["scale" if mode == "int8" else "scale_zero"]
     n, k = sc.shape[1], sc.shape[0] * group_size
+    if native is not False and native_ok(mode, group_size, sc.device):
+        return QuantizedWeight(mode, tuple(shape), group_size, _to_native(mode, codes), NATIVE)
     layout = _packed_layout(sc.device, n, k, group_size)
     if layout is not None:
         pack = _PACKERS[layout]
@@ -281,6 +324,8 @@ def to_codes(qw: QuantizedWeight) -> dict[str, Tensor]:
     """The portable form of a weight (what ``save_quantized`` writes)."""
     if qw.layout in ("codes", "nibbles"):
         return dict(qw.tensors)
+    if qw.layout == NATIVE:
+        return _from_native(qw)
     if qw.mode == "int8":
         u = (_unpack(qw, qw.tensors["hi"]) << 4) | _unpack(qw, qw.tensors["lo"])
         return {"q": u, "scale": qw.tensors["scale"]}
@@ -294,13 +339,14 @@ def to_codes(qw: QuantizedWeight) -> dict[str, Tensor]:
 def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> Tensor:
     """The weight the quantized one stands for: [out, in] in ``dtype``."""
     n, k = qw.shape
+    portable = to_codes(qw)
     if qw.mode == "int8":
-        u = to_codes(qw)["q"].float()                                            # [N', K']
-        scale = qw.tensors["scale"].float().t().repeat_interleave(qw.group_size, dim=1)
+        u = portable["q"].float()                                                # [N', K']
+        scale = portable["scale"].float().t().repeat_interleave(qw.group_size, dim=1)
         w = (u - 127.5) * scale
     else:
-        codes = unpack_nibbles(to_codes(qw)["q"]).float()                        # [N', K']
-        sz = qw.tensors["scale_zero"].float()                                    # [G, N', 2]
+        codes = unpack_nibbles(portable["q"]).float()                            # [N', K']
+        sz = portable["scale_zero"].float()                                      # [G, N', 2]
         scale = sz[..., 0].t().repeat_interleave(qw.group_size, dim=1)           # [N', K']
         zero = sz[..., 1].t().repeat_interleave(qw.group_size, dim=1)
         w = (codes - 8) * scale + zero
@@ -337,8 +383,38 @@ def _kernel(qw: QuantizedWeight):
     return int8_as_two_int4
 
 
+def _native_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
+    from kernels import cpu_native
+
+    plan = qw.__dict__.get("_native")
+    if plan is None:
+        np_, kp = qw.padded_shape
+        plan = qw.__dict__["_native"] = (8 if qw.mode == "int8" else 4, qw.tensors["q"],
+                                         qw.tensors["scale" if qw.mode == "int8" else "scale_zero"],
+                                         kp, qw.group_size, *qw.shape)
+    bits, q, s, kp, gs, n, k = plan
+    x2 = x.reshape(-1, k)
+    if x2.dtype not in (torch.bfloat16, torch.float32):
+        x2 = x2.float()
+    m = x2.shape[0]
+    if m == 0:
+        return x.new_zeros(*x.shape[:-1], n)
+    x2 = x2.contiguous()
+    if m <= NATIVE_MAX_ROWS:
+        y = cpu_native.gemm(bits, x2, q, s, kp, gs, n)
+    else:
+        y = F.linear(x2, cpu_native.dequant(bits, q, s, kp, gs, n, k, x2.dtype))
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
+    return y.view(*x.shape[:-1], n)
+
+
 def quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
-    """x [..., in] -> [..., out] with the packed kernel of the device (bf16 activations)."""
+    """x [..., in] -> [..., out] with the kernel of the weight's layout: native (float
+    activations, at most 4 rows per kernel call; more rows dequantize and run one matmul)
+    or aten's packed int4 kernel (bf16 activations)."""
+    if qw.layout == NATIVE:
+        return _native_linear(x, qw)
     plan = qw.__dict__.get("_plan")
     if plan is None:   # decided once per weight: the per-call Python cost is what decode pays
         n, k = qw.shape

@@ -84,11 +84,17 @@ def test_bytes_per_parameter_including_scales(mode, limit):
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_portable_codes_round_trip_through_the_cpu_packed_layout(mode):
+@pytest.mark.parametrize("native", [False, True])
+def test_portable_codes_round_trip_through_the_cpu_packed_layouts(mode, native):
+    from kernels import cpu_native
+
+    if native and cpu_native.lib() is None:
+        pytest.skip("the native kernels did not build here (no C compiler?)")
     w = torch.randn(48, 192)
-    qw = quantize_weight(w, mode)
-    assert qw.layout == "cpu_int4pack"
-    again = from_codes(mode, qw.shape, qw.group_size, to_codes(qw))
+    qw = from_codes(mode, (48, 192), 32 if mode == "int8" else 64, to_codes(quantize_weight(w, mode)),
+                    native=native)
+    assert qw.layout == ("cpu_native" if native else "cpu_int4pack")
+    again = from_codes(mode, qw.shape, qw.group_size, to_codes(qw), native=native)
     assert all(torch.equal(again.tensors[k], qw.tensors[k]) for k in qw.tensors)
     assert torch.equal(dequantize(again), dequantize(qw))
 

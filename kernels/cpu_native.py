@@ -1,0 +1,180 @@
+"""The native CPU kernels (kernels/csrc/quant_gemv.c): built at first use, called via ctypes.
+
+    lib() -> ctypes.CDLL | None     the loaded library, or None (then the aten paths run)
+    gemm / dequant / moe            thin wrappers over its three entry points
+
+The C file is compiled with the system compiler (``$CC``, default ``cc``) as
+``-O3 -march=native -fPIC -shared -fopenmp`` and linked against the OpenMP runtime torch
+itself loaded, so both share one thread pool (two runtimes on few cores spin against each
+other). The .so is cached under ``$DUET_KERNEL_CACHE`` (default: the user cache dir
+``duet/kernels``), named by a hash of source, flags, compiler version and that runtime;
+it is written to a temp file and renamed, so racing processes are harmless. Any failure
+(no compiler, compile error, not x86-64 Linux) logs one warning and returns None.
+``DUET_KERNELS=reference`` or ``=aten`` keeps it unloaded. ctypes releases the GIL for the
+duration of each call. ``CALLS`` counts calls per entry point (tests check the path ran).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+__all__ = ["lib", "build", "gemm", "dequant", "moe", "CALLS", "SOURCE"]
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp")
+CALLS: Counter = Counter()
+
+_LIB: ctypes.CDLL | None = None
+_TRIED = False
+_c_int, _c_long, _ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
+
+
+def _torch_gomp() -> Path | None:
+    """The libgomp torch loaded (its wheel bundles one), else None."""
+    lib_dir = Path(torch.__file__).resolve().parent / "lib"
+    for cand in sorted(lib_dir.glob("libgomp*.so*")):
+        return cand
+    return None
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("DUET_KERNEL_CACHE")
+    if env:
+        return Path(env)
+    try:
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("duet")) / "kernels"
+    except ImportError:
+        return Path.home() / ".cache" / "duet" / "kernels"
+
+
+def build(cache_dir: Path | None = None, cc: str | None = None) -> tuple[Path, bool]:
+    """Compile the library unless the cache has it: (path of the .so, whether it compiled now).
+    Raises RuntimeError with the compiler's message on failure."""
+    cc = cc or os.environ.get("CC") or "cc"
+    exe = shutil.which(cc.split()[0]) if cc.split() else None
+    if exe is None:
+        raise RuntimeError(f"no C compiler ({cc!r} not found)")
+    try:
+        ver = subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"{cc} --version failed: {e}") from None
+    if ver.returncode != 0:
+        raise RuntimeError(f"{cc} --version failed: {(ver.stderr or ver.stdout).strip()[:200]}")
+    gomp = _torch_gomp()
+    link = [str(gomp), f"-Wl,-rpath,{gomp.parent}"] if gomp else []
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), ver.stdout.encode(), str(gomp).encode(),
+                 platform.machine().encode()):
+        key.update(part + b"\0")
+    out_dir = cache_dir or _cache_dir()
+    target = out_dir / f"duet_quant_{key.hexdigest()[:16]}.so"
+    if target.is_file():
+        return target, False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=out_dir)
+    os.close(fd)
+    try:
+        r = subprocess.run([*cc.split(), *FLAGS, str(SOURCE), "-o", tmp, *link, "-lm"],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {(r.stderr or r.stdout).strip()[-400:]}")
+        os.replace(tmp, target)       # atomic: a racing process sees the old or the new file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target, True
+
+
+def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
+    so.duet_isa.restype = _c_int
+    so.duet_isa.argtypes = []
+    so.duet_gemm.restype = _c_int
+    so.duet_gemm.argtypes = [_c_int, _ptr, _c_int, _c_int, _c_int, _c_long, _ptr, _ptr, _c_int, _c_int, _c_int,
+                             _ptr, _c_int, _c_long, _c_int]
+    so.duet_dequant.restype = None
+    so.duet_dequant.argtypes = [_c_int, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int]
+    so.duet_moe.restype = _c_int
+    so.duet_moe.argtypes = [_c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int,
+                            _c_int, _ptr, _c_int, _c_int]
+    return so
+
+
+def lib() -> ctypes.CDLL | None:
+    """The native library, built and loaded once per process; None where it cannot be."""
+    global _LIB, _TRIED
+    if _TRIED:
+        return _LIB
+    _TRIED = True
+    if os.environ.get("DUET_KERNELS") in ("reference", "aten"):
+        return None
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+        log.warning("duet native kernels: only built on x86-64 Linux (this is %s %s); using aten",
+                    sys.platform, platform.machine())
+        return None
+    try:
+        path, _ = build()
+        _LIB = _bind(ctypes.CDLL(str(path)))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        log.warning("duet native kernels unavailable, using aten: %s", str(e).splitlines()[0] if str(e) else e)
+        _LIB = None
+    return _LIB
+
+
+def isa() -> int:
+    """512 (AVX-512BW), 256 (AVX2+FMA) or 0 (plain C) as compiled; -1 when not loaded."""
+    so = lib()
+    return so.duet_isa() if so is not None else -1
+
+
+_BF16 = {torch.bfloat16: 1, torch.float32: 0}
+
+
+def gemm(bits: int, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, kp: int, gs: int, n: int) -> torch.Tensor:
+    """x [M, k] (bf16 or fp32, contiguous) -> y [M, n] in x's dtype; q/s a native weight."""
+    m, k = x.shape
+    y = torch.empty(m, n, dtype=x.dtype)
+    CALLS["gemm"] += 1
+    rc = _LIB.duet_gemm(bits, x.data_ptr(), _BF16[x.dtype], m, k, k, q.data_ptr(), s.data_ptr(), kp, gs, n,
+                        y.data_ptr(), _BF16[x.dtype], n, torch.get_num_threads())
+    if rc:
+        raise MemoryError("duet_gemm: out of memory")
+    return y
+
+
+def dequant(bits: int, q: torch.Tensor, s: torch.Tensor, kp: int, gs: int, n: int, k: int,
+            dtype: torch.dtype) -> torch.Tensor:
+    """The weight a native matrix stands for, [n, k] in dtype (bf16 or fp32)."""
+    out = torch.empty(n, k, dtype=dtype)
+    CALLS["dequant"] += 1
+    _LIB.duet_dequant(bits, q.data_ptr(), s.data_ptr(), kp, gs, n, k, out.data_ptr(), _BF16[dtype],
+                      torch.get_num_threads())
+    return out
+
+
+def moe(bits: int, table: torch.Tensor, inter: torch.Tensor, ip: torch.Tensor, idx: torch.Tensor,
+        wts: torch.Tensor, shared: int, gs: int, x: torch.Tensor, hidden: int, hp: int) -> torch.Tensor:
+    """One token through its experts (+ the shared one): x [1, hidden] -> [1, hidden].
+    table int64 [E, 4] addresses; inter/ip int32 [E]; idx int64 [k]; wts float32 [k]."""
+    y = torch.empty(1, hidden, dtype=x.dtype)
+    CALLS["moe"] += 1
+    rc = _LIB.duet_moe(bits, table.data_ptr(), inter.data_ptr(), ip.data_ptr(), idx.data_ptr(), wts.data_ptr(),
+                       idx.numel(), shared, gs, x.data_ptr(), _BF16[x.dtype], hidden, hp, y.data_ptr(),
+                       _BF16[x.dtype], torch.get_num_threads())
+    if rc:
+        raise MemoryError(f"duet_moe failed ({rc})")
+    return y

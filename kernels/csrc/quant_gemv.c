@@ -1,0 +1,470 @@
+/* Duet's native CPU kernels: int8 / int4 weight-only matmul for a few rows (decode), the
+ * dequantization used for many rows (prefill), and a fused batch-1 MoE step.
+ *
+ * Plain C + OpenMP, no torch headers; loaded through ctypes by kernels/cpu_native.py, which
+ * compiles it with -O3 -march=native: AVX-512BW, AVX2 or plain C is picked at compile time.
+ *
+ * Weight layouts ("native"), one row n of a padded [N', K'] matrix:
+ *   int8: j int8 [K'] (j = u - 128, w = (j + 0.5) s), scale bf16 [K'/gs]        gs % 32 == 0
+ *   int4: 32 bytes per 64 inputs: byte i holds input i (low nibble) and input 32 + i (high);
+ *         (scale, zero) bf16 pairs [K'/gs][2], w = (q - 8) s + z                gs % 64 == 0
+ * Activations (bf16 or fp32) are turned into int16 per block of XB inputs (32 for int8, 64
+ * for int4) with one float scale per block (|x| max -> 32767): a finer rounding than bf16's
+ * 8 significant bits everywhere in the block, so the products are exact integers that
+ * accumulate in int32 per block, then in float32 with the block's scale.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <omp.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define DUET_AVX512 1
+#include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__)
+#define DUET_AVX2 1
+#include <immintrin.h>
+#endif
+
+#define MAXM 4
+#define INLINE static inline __attribute__((always_inline))
+
+int duet_isa(void) {
+#if defined(DUET_AVX512)
+    return 512;
+#elif defined(DUET_AVX2)
+    return 256;
+#else
+    return 0;
+#endif
+}
+
+INLINE float bf2f(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+INLINE uint16_t f2bf(float f) {  /* round to nearest even, NaN kept quiet */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+INLINE float load_act(const void *x, int bf16, long i) {
+    return bf16 ? bf2f(((const uint16_t *)x)[i]) : ((const float *)x)[i];
+}
+
+/* ---------------------------------------------------------------------------------------
+ * activations -> int16 blocks */
+
+typedef struct {
+    int M, Kp, XB, KB;      /* rows, padded length, block size, blocks per row */
+    int16_t *q;             /* [M][Kp] */
+    float *scale;           /* [M][KB]: x ~ q * scale */
+    float *sum;             /* [M][KB]: float sum of the block (before rounding) */
+} xq_t;
+
+/* one block of XB floats -> int16 codes, scale, sum */
+INLINE void quant_block(const float *v, int XB, int16_t *q, float *scale, float *sum) {
+    float amax = 0.f, s = 0.f;
+    for (int i = 0; i < XB; i++) {
+        float a = fabsf(v[i]);
+        amax = a > amax ? a : amax;
+        s += v[i];
+    }
+    float inv = amax > 0.f ? 32767.f / amax : 0.f;
+    for (int i = 0; i < XB; i++) {
+        float r = v[i] * inv;
+        r = r > 32767.f ? 32767.f : (r < -32767.f ? -32767.f : r);
+        q[i] = (int16_t)(r + (r >= 0.f ? 0.5f : -0.5f));
+    }
+    *scale = amax / 32767.f;
+    *sum = s;
+}
+
+static int xq_alloc(xq_t *xq, int M, int Kp, int XB) {
+    xq->M = M; xq->Kp = Kp; xq->XB = XB; xq->KB = Kp / XB;
+    size_t nq = (size_t)M * Kp * sizeof(int16_t), nf = (size_t)M * xq->KB * sizeof(float);
+    nq = (nq + 63) & ~(size_t)63;
+    char *p = aligned_alloc(64, nq + 2 * ((nf + 63) & ~(size_t)63) + 64);
+    if (!p) return -1;
+    xq->q = (int16_t *)p;
+    xq->scale = (float *)(p + nq);
+    xq->sum = (float *)(p + nq + ((nf + 63) & ~(size_t)63));
+    return 0;
+}
+
+/* rows of x (logical length k, row stride ldx; bf16 or fp32) -> zero-padded int16 blocks */
+static void xq_fill(xq_t *xq, const void *x, int bf16, int k, long ldx) {
+    float v[64];
+    for (int m = 0; m < xq->M; m++) {
+        for (int b = 0; b < xq->KB; b++) {
+            int base = b * xq->XB;
+            for (int i = 0; i < xq->XB; i++) {
+                int c = base + i;
+                v[i] = c < k ? load_act(x, bf16, (long)m * ldx + c) : 0.f;
+            }
+            quant_block(v, xq->XB, xq->q + (long)m * xq->Kp + base, xq->scale + (long)m * xq->KB + b,
+                        xq->sum + (long)m * xq->KB + b);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * one weight row against MM activation rows (MM <= 4, a compile-time constant after inlining) */
+
+INLINE void row_q8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, int m0, int MM, float *t, float *out) {
+    const int KB = xq->KB, Kp = xq->Kp, per = gs / 32;   /* x blocks (32) per weight group */
+    float corr[MAXM];   /* t: scratch [MM][KB] */
+    for (int m = 0; m < MM; m++) {
+        const float *xs = xq->scale + (long)(m0 + m) * KB, *xm = xq->sum + (long)(m0 + m) * KB;
+        float c = 0.f;
+        int b0 = 0;
+#if defined(DUET_AVX512)
+        if (per == 1) {   /* 16 blocks at a time: bf16 scales -> fp32, times the x scales and sums */
+            __m512 cv = _mm512_setzero_ps();
+            for (; b0 < KB; b0 += 16) {   /* the last step masked to the blocks left */
+                __mmask16 k = KB - b0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (KB - b0)) - 1);
+                __m512 f = _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, s + b0)), 16));
+                _mm512_mask_storeu_ps(t + m * KB + b0, k, _mm512_mul_ps(f, _mm512_maskz_loadu_ps(k, xs + b0)));
+                cv = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(k, xm + b0), cv);
+            }
+            c = _mm512_reduce_add_ps(cv);
+        }
+#endif
+        if (per == 1) {
+            for (int b = b0; b < KB; b++) {
+                float f = bf2f(s[b]);
+                t[m * KB + b] = f * xs[b];
+                c += f * xm[b];
+            }
+        } else {
+            for (int g = 0, b = 0; b < KB; g++) {
+                float f = bf2f(s[g]);
+                for (int j = 0; j < per; j++, b++) {
+                    t[m * KB + b] = f * xs[b];
+                    c += f * xm[b];
+                }
+            }
+        }
+        corr[m] = 0.5f * c;                   /* w = (j + 0.5) s: the 0.5 s part */
+    }
+    const int16_t *x0 = xq->q + (long)m0 * Kp;
+#if defined(DUET_AVX512)
+    __m512 acc[MAXM];
+    for (int m = 0; m < MM; m++) acc[m] = _mm512_setzero_ps();
+    for (int b = 0; b < KB; b++) {
+        __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * b)));
+        for (int m = 0; m < MM; m++) {
+            __m512i p = _mm512_madd_epi16(wv, _mm512_loadu_si512((const void *)(x0 + (long)m * Kp + 32 * b)));
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(t[m * KB + b]), acc[m]);
+        }
+    }
+    for (int m = 0; m < MM; m++) out[m] = _mm512_reduce_add_ps(acc[m]) + corr[m];
+#elif defined(DUET_AVX2)
+    __m256 acc[MAXM];
+    for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
+    for (int b = 0; b < KB; b++) {
+        __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * b)));
+        __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * b + 16)));
+        for (int m = 0; m < MM; m++) {
+            const int16_t *xp = x0 + (long)m * Kp + 32 * b;
+            __m256i p = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)xp)),
+                                         _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(xp + 16))));
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(t[m * KB + b]), acc[m]);
+        }
+    }
+    for (int m = 0; m < MM; m++) {
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        out[m] = _mm_cvtss_f32(h) + corr[m];
+    }
+#else
+    for (int m = 0; m < MM; m++) {
+        float a = 0.f;
+        const int16_t *xp = x0 + (long)m * Kp;
+        for (int b = 0; b < KB; b++) {
+            int32_t d = 0;
+            for (int i = 0; i < 32; i++) d += (int32_t)w[32 * b + i] * xp[32 * b + i];
+            a += (float)d * t[m * KB + b];
+        }
+        out[m] = a + corr[m];
+    }
+#endif
+}
+
+INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq, int m0, int MM, float *t, float *out) {
+    const int KB = xq->KB, Kp = xq->Kp, per = gs / 64;   /* x blocks (64) per weight group */
+    float corr[MAXM];   /* t: scratch [MM][KB] */
+    for (int m = 0; m < MM; m++) {
+        const float *xs = xq->scale + (long)(m0 + m) * KB, *xm = xq->sum + (long)(m0 + m) * KB;
+        float c = 0.f;
+        int g = 0, b = 0;
+#if defined(DUET_AVX512)
+        if (per == 1) {   /* 16 groups at a time: (scale, zero) pairs as one 32-bit lane each */
+            __m512 cv = _mm512_setzero_ps();
+            const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+            for (; b < KB; b += 16, g += 16) {   /* the last step masked to the groups left */
+                __mmask16 k = KB - b >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (KB - b)) - 1);
+                __m512i pair = _mm512_maskz_loadu_epi32(k, sz + 2 * b);
+                __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
+                __m512 z = _mm512_castsi512_ps(_mm512_and_si512(pair, hi));
+                _mm512_mask_storeu_ps(t + m * KB + b, k, _mm512_mul_ps(sc, _mm512_maskz_loadu_ps(k, xs + b)));
+                cv = _mm512_fmadd_ps(_mm512_fnmadd_ps(_mm512_set1_ps(8.f), sc, z), _mm512_maskz_loadu_ps(k, xm + b), cv);
+            }
+            c = _mm512_reduce_add_ps(cv);
+        }
+#endif
+        for (; b < KB; g++) {
+            float sc = bf2f(sz[2 * g]), z8 = bf2f(sz[2 * g + 1]) - 8.f * sc;   /* w = q s + (z - 8 s) */
+            for (int j = 0; j < per; j++, b++) {
+                t[m * KB + b] = sc * xs[b];
+                c += z8 * xm[b];
+            }
+        }
+        corr[m] = c;
+    }
+    const int16_t *x0 = xq->q + (long)m0 * Kp;
+#if defined(DUET_AVX512)
+    const __m512i low = _mm512_set1_epi16(15);
+    __m512 acc[MAXM];
+    for (int m = 0; m < MM; m++) acc[m] = _mm512_setzero_ps();
+    for (int b = 0; b < KB; b++) {
+        __m512i raw = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * b)));
+        __m512i lo = _mm512_and_si512(raw, low), hi = _mm512_srli_epi16(raw, 4);
+        for (int m = 0; m < MM; m++) {
+            const int16_t *xp = x0 + (long)m * Kp + 64 * b;
+            __m512i p = _mm512_madd_epi16(lo, _mm512_loadu_si512((const void *)xp));
+#if defined(__AVX512VNNI__)
+            p = _mm512_dpwssd_epi32(p, hi, _mm512_loadu_si512((const void *)(xp + 32)));
+#else
+            p = _mm512_add_epi32(p, _mm512_madd_epi16(hi, _mm512_loadu_si512((const void *)(xp + 32))));
+#endif
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(t[m * KB + b]), acc[m]);
+        }
+    }
+    for (int m = 0; m < MM; m++) out[m] = _mm512_reduce_add_ps(acc[m]) + corr[m];
+#elif defined(DUET_AVX2)
+    const __m256i low = _mm256_set1_epi16(15);
+    __m256 acc[MAXM];
+    for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
+    for (int b = 0; b < KB; b++) {
+        __m256i r0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * b)));
+        __m256i r1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * b + 16)));
+        __m256i l0 = _mm256_and_si256(r0, low), h0 = _mm256_srli_epi16(r0, 4);
+        __m256i l1 = _mm256_and_si256(r1, low), h1 = _mm256_srli_epi16(r1, 4);
+        for (int m = 0; m < MM; m++) {
+            const int16_t *xp = x0 + (long)m * Kp + 64 * b;
+            __m256i p = _mm256_madd_epi16(l0, _mm256_loadu_si256((const __m256i *)xp));
+            p = _mm256_add_epi32(p, _mm256_madd_epi16(l1, _mm256_loadu_si256((const __m256i *)(xp + 16))));
+            p = _mm256_add_epi32(p, _mm256_madd_epi16(h0, _mm256_loadu_si256((const __m256i *)(xp + 32))));
+            p = _mm256_add_epi32(p, _mm256_madd_epi16(h1, _mm256_loadu_si256((const __m256i *)(xp + 48))));
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(t[m * KB + b]), acc[m]);
+        }
+    }
+    for (int m = 0; m < MM; m++) {
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        out[m] = _mm_cvtss_f32(h) + corr[m];
+    }
+#else
+    for (int m = 0; m < MM; m++) {
+        float a = 0.f;
+        const int16_t *xp = x0 + (long)m * Kp;
+        for (int b = 0; b < KB; b++) {
+            int32_t d = 0;
+            for (int i = 0; i < 32; i++) {
+                uint8_t v = w[32 * b + i];
+                d += (int32_t)(v & 15) * xp[64 * b + i] + (int32_t)(v >> 4) * xp[64 * b + 32 + i];
+            }
+            a += (float)d * t[m * KB + b];
+        }
+        out[m] = a + corr[m];
+    }
+#endif
+}
+
+/* weight row n of a native matrix against activation rows m0 .. m0+mm-1 */
+INLINE void row_dot(int bits, const void *w, const uint16_t *s, int Kp, int gs, long n,
+                    const xq_t *xq, int m0, int mm, float *t, float *out) {
+    const long G = Kp / gs;
+    if (bits == 8) {
+        const int8_t *wr = (const int8_t *)w + n * Kp;
+        const uint16_t *sr = s + n * G;
+        switch (mm) {
+            case 1: row_q8(wr, sr, gs, xq, m0, 1, t, out); break;
+            case 2: row_q8(wr, sr, gs, xq, m0, 2, t, out); break;
+            case 3: row_q8(wr, sr, gs, xq, m0, 3, t, out); break;
+            default: row_q8(wr, sr, gs, xq, m0, 4, t, out); break;
+        }
+    } else {
+        const uint8_t *wr = (const uint8_t *)w + n * (Kp / 2);
+        const uint16_t *sr = s + n * G * 2;
+        switch (mm) {
+            case 1: row_q4(wr, sr, gs, xq, m0, 1, t, out); break;
+            case 2: row_q4(wr, sr, gs, xq, m0, 2, t, out); break;
+            case 3: row_q4(wr, sr, gs, xq, m0, 3, t, out); break;
+            default: row_q4(wr, sr, gs, xq, m0, 4, t, out); break;
+        }
+    }
+}
+
+INLINE void store_out(void *y, int bf16, long i, float v) {
+    if (bf16) ((uint16_t *)y)[i] = f2bf(v);
+    else ((float *)y)[i] = v;
+}
+
+/* y[M, n] (row stride ldy) = x[M, k] W[:n, :k]^T.  Returns 0, or -1 when out of memory. */
+int duet_gemm(int bits, const void *x, int x_bf16, int M, int k, long ldx,
+              const void *w, const uint16_t *s, int Kp, int gs, int n,
+              void *y, int y_bf16, long ldy, int nthreads) {
+    if (M <= 0 || n <= 0) return 0;
+    xq_t xq;
+    if (xq_alloc(&xq, M, Kp, bits == 8 ? 32 : 64)) return -1;
+    xq_fill(&xq, x, x_bf16, k, ldx);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (long r = 0; r < n; r++) {
+        float out[MAXM], t[MAXM * xq.KB];
+        for (int m0 = 0; m0 < M; m0 += MAXM) {
+            int mm = M - m0 < MAXM ? M - m0 : MAXM;
+            row_dot(bits, w, s, Kp, gs, r, &xq, m0, mm, t, out);
+            for (int i = 0; i < mm; i++) store_out(y, y_bf16, (long)(m0 + i) * ldy + r, out[i]);
+        }
+    }
+    free(xq.q);
+    return 0;
+}
+
+/* The weight itself: out[n, k] (bf16 or fp32) from a native matrix (for many-row matmuls). */
+void duet_dequant(int bits, const void *w, const uint16_t *s, int Kp, int gs, int n, int k,
+                  void *out, int out_bf16, int nthreads) {
+    const long G = Kp / gs;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (long r = 0; r < n; r++) {
+        float row[Kp];
+        if (bits == 8) {
+            const int8_t *wr = (const int8_t *)w + r * Kp;
+            const uint16_t *sr = s + r * G;
+            for (long g = 0; g < G; g++) {
+                float sc = bf2f(sr[g]);
+                for (int c = 0; c < gs; c++) row[g * gs + c] = ((float)wr[g * gs + c] + 0.5f) * sc;
+            }
+        } else {
+            const uint8_t *wr = (const uint8_t *)w + r * (Kp / 2);
+            const uint16_t *sr = s + r * G * 2;
+            for (long g = 0; g < G; g++) {
+                float sc = bf2f(sr[2 * g]), z8 = bf2f(sr[2 * g + 1]) - 8.f * sc;
+                for (int c = 0; c < gs; c += 64) {
+                    const uint8_t *v = wr + (g * gs + c) / 2;
+                    float *o = row + g * gs + c;
+                    for (int i = 0; i < 32; i++) {
+                        o[i] = (float)(v[i] & 15) * sc + z8;
+                        o[32 + i] = (float)(v[i] >> 4) * sc + z8;
+                    }
+                }
+            }
+        }
+        if (out_bf16) {
+            uint16_t *o = (uint16_t *)out + r * k;
+            for (int c = 0; c < k; c++) o[c] = f2bf(row[c]);
+        } else {
+            memcpy((float *)out + r * k, row, (size_t)k * sizeof(float));
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * fused batch-1 MoE step: y = sum_e wt_e * W2_e (silu(G_e x) * (U_e x)), W13_e = [G_e; U_e]
+ *
+ * table [E][4]: per expert the addresses of its W13 codes, W13 scales, W2 codes, W2 scales
+ * (native layouts, one mode and group size); inter[E]: I_e (gate rows 0..I_e-1, up rows
+ * I_e..2I_e-1 of W13); ip[E]: the padded K of W2_e (>= I_e). The token's k experts are
+ * idx[0..k-1] with weights wts[0..k-1]; shared >= 0 adds table row `shared` with weight 1.
+ * Hp: the padded K of W13; H: rows of y (<= padded N of W2). */
+int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32_t *ip_t,
+             const int64_t *idx, const float *wts_k, int k, int shared, int gs,
+             const void *x, int x_bf16, int H, int Hp, void *y, int y_bf16, int nthreads) {
+    int n_e = k + (shared >= 0);
+    if (k < 0 || n_e <= 0 || n_e > 64) return -2;
+    int64_t ptrs[64 * 4];
+    int32_t inter[64], ip[64];
+    float wts[64];
+    for (int e = 0; e < n_e; e++) {
+        int64_t row = e < k ? idx[e] : shared;
+        memcpy(ptrs + 4 * e, table + 4 * row, 4 * sizeof(int64_t));
+        inter[e] = inter_t[row];
+        ip[e] = ip_t[row];
+        wts[e] = e < k ? wts_k[e] : 1.f;
+    }
+    const int XB = bits == 8 ? 32 : 64;
+    long off13[65], offh[65];
+    off13[0] = offh[0] = 0;
+    for (int e = 0; e < n_e; e++) {
+        off13[e + 1] = off13[e] + 2L * inter[e];
+        offh[e + 1] = offh[e] + ip[e];
+    }
+    const long R = off13[n_e], HT = offh[n_e], TB = HT / XB;
+    xq_t xq, hq[64];
+    if (xq_alloc(&xq, 1, Hp, XB)) return -1;
+    float *gu = aligned_alloc(64, ((R * sizeof(float)) + 63) & ~(size_t)63);
+    xq_t hall;   /* all experts' hidden vectors, one after the other: [HT] */
+    if (!gu || xq_alloc(&hall, 1, (int)HT, XB)) { free(xq.q); free(gu); return -1; }
+    for (int e = 0; e < n_e; e++) {   /* views of hall, one per expert */
+        hq[e] = hall;
+        hq[e].Kp = ip[e];
+        hq[e].KB = ip[e] / XB;
+        hq[e].q = hall.q + offh[e];
+        hq[e].scale = hall.scale + offh[e] / XB;
+        hq[e].sum = hall.sum + offh[e] / XB;
+    }
+    xq_fill(&xq, x, x_bf16, H, 0);
+    int tmax = Hp / XB;
+    for (int e = 0; e < n_e; e++) tmax = ip[e] / XB > tmax ? ip[e] / XB : tmax;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float t[tmax];
+#pragma omp for schedule(static)
+        for (long r = 0; r < R; r++) {   /* gate and up rows of every expert */
+            int e = 0;
+            while (r >= off13[e + 1]) e++;
+            const int64_t *p = ptrs + 4 * e;
+            row_dot(bits, (const void *)p[0], (const uint16_t *)p[1], Hp, gs, r - off13[e], &xq, 0, 1, t, gu + r);
+        }
+#pragma omp for schedule(static)
+        for (long b = 0; b < TB; b++) {  /* silu(gate) * up, as int16 blocks */
+            int e = 0;
+            long c0 = b * XB;
+            while (c0 >= offh[e + 1]) e++;
+            const float *g = gu + off13[e], *u = g + inter[e];
+            float v[64];
+            for (int i = 0; i < XB; i++) {
+                long c = c0 - offh[e] + i;
+                v[i] = c < inter[e] ? g[c] / (1.f + expf(-g[c])) * u[c] : 0.f;
+            }
+            quant_block(v, XB, hall.q + c0, hall.scale + b, hall.sum + b);
+        }
+#pragma omp for schedule(static)
+        for (long n = 0; n < H; n++) {   /* down projections, weighted, summed */
+            float acc = 0.f;
+            for (int e = 0; e < n_e; e++) {
+                const int64_t *p = ptrs + 4 * e;
+                float o;
+                row_dot(bits, (const void *)p[2], (const uint16_t *)p[3], ip[e], gs, n, &hq[e], 0, 1, t, &o);
+                acc += wts[e] * o;
+            }
+            store_out(y, y_bf16, n, acc);
+        }
+    }
+    free(xq.q);
+    free(hall.q);
+    free(gu);
+    return 0;
+}
