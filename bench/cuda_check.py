@@ -7,8 +7,14 @@ For each kernel (quantized int8/int4 matmul, RMSNorm, RoPE, MLA decode attention
 dispatch, FP8 block dequant, and a tiny quantized engine end to end) it runs the fast path
 and the reference on random inputs of awkward shapes on ``cuda``, reports the max relative
 error and pass/fail, and times the fast path (CUDA events, median of 20) at DeepSeek-V2-Lite
-sizes. It also probes which aten packed ops this GPU/torch has. Exit 1 if any check fails,
-2 without a GPU.
+sizes. It also probes which aten packed ops this GPU/torch has.
+
+Then each Triton kernel (kernels/triton_ops.py) is checked against its reference and timed
+against the PyTorch path it would replace, at DeepSeek-V2-Lite (hidden 2048, 16 heads,
+kv_lora 512, rope 64, experts 1408) and R1 (hidden 7168, 128 heads, experts 2048) shapes,
+with L2 flushed before each timed call; a table is printed and stored under "triton" in
+the JSON. With ``--device cpu`` those run in Triton's interpreter on tiny shapes (checks
+only: interpreter times mean nothing). Exit 1 if any check fails, 2 without a GPU.
 """
 
 from __future__ import annotations
@@ -36,7 +42,11 @@ def rel(a, b) -> float:
 DEV = "cuda"
 
 
-def cuda_time_us(fn, reps: int = 20) -> float:
+_FLUSH = None   # a buffer larger than L2, zeroed before each timed call when flush=True
+
+
+def cuda_time_us(fn, reps: int = 20, flush: bool = False) -> float:
+    global _FLUSH
     fn()
     if DEV == "cpu":
         times = []
@@ -46,9 +56,13 @@ def cuda_time_us(fn, reps: int = 20) -> float:
             times.append((time.perf_counter() - t) * 1e6)
         return sorted(times)[len(times) // 2]
     torch.cuda.synchronize()
+    if flush and _FLUSH is None:
+        _FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     times = []
     for _ in range(reps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if flush:
+            _FLUSH.zero_()
         s.record()
         fn()
         e.record()
@@ -111,6 +125,10 @@ def main() -> int:
     if DEV == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 2
+    if DEV == "cpu":   # the Triton kernels run in the interpreter: set before they are decorated
+        import os
+
+        os.environ["TRITON_INTERPRET"] = "1"
     dev = DEV
     torch.manual_seed(0)
     from kernels import fp8, mla, moe, norm_rope
@@ -228,13 +246,164 @@ def main() -> int:
                 sync()
                 return rel(gpu.cpu(), cpu), {"decode_ms": round((time.perf_counter() - t) / 10 * 1000, 2)}
 
+    table = triton_checks() if ops.get("triton") and not str(ops["triton"]).startswith(("Module", "Import")) else []
+
     ok = all(r["ok"] for r in RESULTS)
     out = ROOT / "bench" / "results" / f"{DEV}_check.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu", "torch": torch.__version__,
-                               "ops": ops, "results": RESULTS, "all_ok": ok}, indent=1))
+                               "ops": ops, "results": RESULTS, "triton": table, "all_ok": ok}, indent=1))
     print(f"\n{sum(r['ok'] for r in RESULTS)}/{len(RESULTS)} checks passed; wrote {out}")
     return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------------------
+# Triton kernels vs the PyTorch paths they would replace
+
+def triton_checks() -> list[dict]:
+    """Check every Triton kernel against its reference and time it against the torch path.
+    Returns the table rows (also printed)."""
+    import torch.nn.functional as F
+
+    from kernels import fp8, mla, norm_rope, quant, triton_ops
+
+    dev, gpu = DEV, DEV == "cuda"
+    table: list[dict] = []
+
+    def compare(name: str, tol: float, ref, triton_fn, torch_paths: dict, nbytes: int = 0):
+        """ref(): the reference output; triton_fn(): the Triton output; torch_paths: label -> fn."""
+        @check(f"triton {name}", tol)
+        def _():
+            got = triton_fn()
+            err = rel(got, ref())
+            row = {"kernel": name, "rel_err": err}
+            if gpu:   # interpreter times mean nothing: on CPU the kernels are only checked
+                row["triton_us"] = round(cuda_time_us(triton_fn, 20, flush=True), 1)
+                for label, fn in torch_paths.items():
+                    row[f"{label}_us"] = round(cuda_time_us(fn, 20, flush=True), 1)
+                if nbytes:
+                    row["triton_gbs"] = round(nbytes / row["triton_us"] / 1e3, 1)
+                row["speedup"] = round(min(row[f"{label}_us"] for label in torch_paths) / row["triton_us"], 2)
+            table.append(row)
+            return err, {k: v for k, v in row.items() if k.endswith(("_us", "_gbs"))}
+
+    bf16 = torch.bfloat16
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape, dtype=bf16):
+        return torch.randn(*shape, generator=g).to(dtype).to(dev)
+
+    # -- weight-only int4 / int8 linear ---------------------------------------------------
+    if gpu:
+        lin_shapes = [("V2-Lite expert w13", 2816, 2048), ("V2-Lite expert w2", 2048, 1408),
+                      ("R1 expert w13", 4096, 7168), ("R1 expert w2", 7168, 2048), ("R1 attn wo", 7168, 16384),
+                      ("awkward", 333, 1000)]
+        ms = (1, 4, 64)
+    else:
+        lin_shapes, ms = [("awkward", 37, 200)], (1, 5)
+    def aten_int4(x, codes, group):
+        """aten's CUDA int4 kernel on the same codes (as kernels.quant packs them), or None."""
+        nib = codes["q"]
+        try:
+            packed = torch.ops.aten._convert_weight_to_int4pack((((nib & 15) << 4) | (nib >> 4)).contiguous(), 8)
+            sz = codes["scale_zero"]
+            torch.ops.aten._weight_int4pack_mm(x[:1], packed, group, sz)
+        except Exception:
+            return None
+        return lambda: torch.ops.aten._weight_int4pack_mm(x, packed, group, sz)
+
+    for mode in ("int4", "int8"):
+        group = quant.DEFAULT_GROUP if mode == "int4" else quant.INT8_GROUP
+        for label, n, k in lin_shapes:
+            # random codes and scales straight on the device (rounding real weights of R1's
+            # size on the CPU would take minutes; the kernels do not care what the codes mean)
+            np_, kp = -(-n // 16) * 16, -(-k // group) * group
+            gd = torch.Generator(device=dev).manual_seed(n + k)
+            if mode == "int4":
+                sz = torch.stack([torch.rand(kp // group, np_, device=dev, generator=gd) * 4e-3 + 1e-3,
+                                  torch.randn(kp // group, np_, device=dev, generator=gd) * 1e-3], -1)
+                codes = {"q": torch.randint(0, 256, (np_, kp // 2), device=dev, generator=gd, dtype=torch.uint8),
+                         "scale_zero": sz.to(bf16)}
+            else:
+                codes = {"q": torch.randint(0, 256, (np_, kp), device=dev, generator=gd, dtype=torch.uint8),
+                         "scale": (torch.rand(kp // group, np_, device=dev, generator=gd) * 3e-4 + 1e-4).to(bf16)}
+            tq = quant.QuantizedWeight(mode, (n, k), group, codes, "nibbles" if mode == "int4" else "codes")
+            dq = quant.from_codes(mode, (n, k), group, codes)              # the device's own layout
+            dense = quant.dequantize(tq, bf16)                             # bf16 weight: cuBLAS baseline
+            for m in ms:
+                x = randn(m, k)
+                paths = {f"quant[{dq.layout}]": lambda x=x, dq=dq: quant.quantized_linear(x, dq),
+                         "bf16_dense": lambda x=x, d=dense: F.linear(x, d)}
+                if mode == "int4" and gpu and k == kp:
+                    fn = aten_int4(x, codes, group)
+                    if fn is not None:
+                        paths["aten_int4pack"] = fn
+                compare(f"quantized_linear {mode} {label} [{n}x{k}] M={m}", 1e-2,
+                        lambda x=x, tq=tq: quant.reference_quantized_linear(x, tq),
+                        lambda x=x, tq=tq: triton_ops.quantized_linear(x, tq), paths, tq.nbytes)
+            del dense
+
+    # -- absorbed MLA decode attention ----------------------------------------------------
+    if gpu:
+        mla_cases = [("V2-Lite", 1, 1, 16, 1), ("V2-Lite", 1, 1, 16, 2049), ("V2-Lite", 1, 1, 16, 8192),
+                     ("V2-Lite", 1, 3, 16, 37), ("V2-Lite", 4, 1, 16, 1000), ("R1", 1, 1, 128, 2049),
+                     ("R1", 1, 1, 128, 8192)]
+        R, P = 512, 64
+    else:
+        mla_cases, R, P = [("tiny", 1, 1, 5, 70), ("tiny", 2, 3, 5, 12)], 48, 8
+    for label, B, T, H, S in mla_cases:
+        q, cache = randn(B, T, H, R + P), randn(B, S + 5, R + P)   # 5 stale rows past the queries
+        start = S - T
+        compare(f"mla_attention {label} B={B} T={T} H={H} S={S}", 1e-2,
+                lambda q=q, c=cache, s=start, S=S: mla.reference_mla_attention(q, c[:, :S], R, 0.07, s),
+                lambda q=q, c=cache, s=start: triton_ops.mla_attention(q, c, R, 0.07, s),
+                {"torch": lambda q=q, c=cache, s=start: mla.mla_attention(q, c, R, 0.07, s)},
+                cache[:, :S].numel() * 2)
+
+    # -- RMSNorm, add + RMSNorm, RoPE -----------------------------------------------------
+    norm_shapes = [(1, 2048), (1, 7168), (64, 7168), (3, 130)] if gpu else [(3, 130)]
+    for shape in norm_shapes:
+        x, r, w = randn(*shape), randn(*shape), randn(shape[-1])
+        compare(f"rms_norm {list(shape)}", 1e-2, lambda x=x, w=w: norm_rope.reference_rms_norm(x, w, 1e-6),
+                lambda x=x, w=w: triton_ops.rms_norm(x, w, 1e-6),
+                {"torch": lambda x=x, w=w: norm_rope.rms_norm(x, w, 1e-6)})
+        compare(f"add_rms_norm {list(shape)}", 1e-2,
+                lambda x=x, r=r, w=w: torch.cat([x + r, norm_rope.reference_rms_norm(x + r, w, 1e-6)]),
+                lambda x=x, r=r, w=w: torch.cat(triton_ops.add_rms_norm(x, r, w, 1e-6)),
+                {"torch": lambda x=x, r=r, w=w: norm_rope.rms_norm(x + r, w, 1e-6)})
+    rope_shapes = [(1, 1, 17, 64), (1, 1, 129, 64), (1, 64, 129, 64)] if gpu else [(1, 3, 5, 16)]
+    for shape in rope_shapes:
+        for inter in (True, False):
+            x = randn(*shape)
+            ang = torch.rand(shape[1], shape[-1] // 2, generator=g).to(dev) * 6
+            cos, sin = ang.cos(), ang.sin()
+            compare(f"apply_rope {list(shape)} interleaved={inter}", 1e-2,
+                    lambda x=x, c=cos, s=sin, i=inter: norm_rope.reference_apply_rope(x, c, s, i),
+                    lambda x=x, c=cos, s=sin, i=inter: triton_ops.apply_rope(x, c, s, i),
+                    {"torch": lambda x=x, c=cos, s=sin, i=inter: norm_rope.apply_rope(x, c, s, i)})
+
+    # -- FP8 block dequant ---------------------------------------------------------------
+    fp8_shapes = [(2048, 7168), (7168, 2048), (1408, 2048), (300, 520)] if gpu else [(300, 200)]
+    for shape in fp8_shapes:
+        for dtype in (torch.float32, bf16):
+            wq = (torch.randn(*shape, generator=g) * 0.5).to(torch.float8_e4m3fn).to(dev)
+            sc = (torch.rand(-(-shape[0] // 128), -(-shape[1] // 128), generator=g) + 0.5).to(dev)
+            # bit-exact on CUDA; the interpreter rounds to bf16 by truncation
+            compare(f"fp8_block_dequant {list(shape)} -> {str(dtype)[6:]}",
+                    0.0 if gpu or dtype == torch.float32 else 1e-2,
+                    lambda w=wq, s=sc, d=dtype: fp8.reference_fp8_block_dequant(w, s, d),
+                    lambda w=wq, s=sc, d=dtype: triton_ops.fp8_block_dequant(w, s, d),
+                    {"torch": lambda w=wq, s=sc, d=dtype: fp8.fp8_block_dequant(w, s, d)},
+                    wq.numel() * (1 + torch.finfo(dtype).bits // 8))
+
+    print("\nTriton vs PyTorch (speedup: best torch path / triton; L2 flushed before each call)" if gpu else
+          "\nTriton kernels in the interpreter (checked only, not timed)")
+    cols = ["kernel", "triton_us", "speedup", "rel_err"]
+    extra = sorted({k for row in table for k in row if k.endswith(("_us", "_gbs")) and k not in cols})
+    print(" | ".join(cols + extra))
+    for row in table:
+        print(" | ".join(f"{row.get(c, ''):.2e}" if c == "rel_err" else str(row.get(c, "")) for c in cols + extra))
+    return table
 
 
 if __name__ == "__main__":

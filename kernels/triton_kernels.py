@@ -33,28 +33,34 @@ def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def int4_gemv(x_ptr, q_ptr, sz_ptr, y_ptr, N, K, KP_HALF, NP, stride_xm, stride_ym,
+def int4_gemv(x_ptr, q_ptr, sz_ptr, y_ptr, N, K, KP, NP, stride_xm, stride_ym,
               GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # grid (cdiv(N, BLOCK_N), M): one row of x, BLOCK_N outputs
+    # grid (cdiv(N, BLOCK_N), M): one row of x, BLOCK_N outputs; a K step spans BLOCK_K // GROUP
+    # whole groups, each summed on its own before its (scale, zero) applies
     pid_n, m = tl.program_id(0), tl.program_id(1)
     HALF: tl.constexpr = BLOCK_K // 2
+    NG: tl.constexpr = BLOCK_K // GROUP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_j = tl.arange(0, HALF)
+    offs_g = tl.arange(0, NG)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + 2 * offs_j                                                  # even columns
         xe = tl.load(x_ptr + m * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
         xo = tl.load(x_ptr + m * stride_xm + kk + 1, mask=kk + 1 < K, other=0.0).to(tl.float32)
-        p = tl.load(q_ptr + offs_n[:, None] * KP_HALF + (k0 // 2 + offs_j)[None, :],
-                    mask=n_ok[:, None], other=0)                              # [BLOCK_N, HALF] bytes
+        p = tl.load(q_ptr + offs_n[:, None] * (KP // 2) + (k0 // 2 + offs_j)[None, :],
+                    mask=n_ok[:, None] & (kk < KP)[None, :], other=0)        # [BLOCK_N, HALF] bytes
         lo = (p & 15).to(tl.float32) - 8.0
         hi = (p >> 4).to(tl.float32) - 8.0
-        part = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1)
-        sz = sz_ptr + ((k0 // GROUP) * NP + offs_n) * 2
-        s = tl.load(sz, mask=n_ok, other=0.0).to(tl.float32)
-        z = tl.load(sz + 1, mask=n_ok, other=0.0).to(tl.float32)
-        acc += s * part + z * (tl.sum(xe, axis=0) + tl.sum(xo, axis=0))
+        part = tl.sum(tl.reshape(lo * xe[None, :] + hi * xo[None, :], [BLOCK_N, NG, GROUP // 2]), axis=2)
+        xs = tl.sum(tl.reshape(xe + xo, [NG, GROUP // 2]), axis=1)           # [NG]
+        gi = k0 // GROUP + offs_g
+        ok = n_ok[:, None] & (gi < KP // GROUP)[None, :]
+        sz = sz_ptr + (gi[None, :] * NP + offs_n[:, None]) * 2                # [BLOCK_N, NG]
+        s = tl.load(sz, mask=ok, other=0.0).to(tl.float32)
+        z = tl.load(sz + 1, mask=ok, other=0.0).to(tl.float32)
+        acc += tl.sum(s * part + z * xs[None, :], axis=1)
     tl.store(y_ptr + m * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -94,17 +100,22 @@ def int4_mm(x_ptr, q_ptr, sz_ptr, y_ptr, M, N, K, KP_HALF, NP, stride_xm, stride
 def int8_gemv(x_ptr, u_ptr, s_ptr, y_ptr, N, K, KP, NP, stride_xm, stride_ym,
               GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n, m = tl.program_id(0), tl.program_id(1)
+    NG: tl.constexpr = BLOCK_K // GROUP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
+    offs_g = tl.arange(0, NG)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs_k
         x = tl.load(x_ptr + m * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
-        u = tl.load(u_ptr + offs_n[:, None] * KP + kk[None, :], mask=n_ok[:, None], other=128)
-        part = tl.sum((u.to(tl.float32) - 128.0) * x[None, :], axis=1)
-        s = tl.load(s_ptr + (k0 // GROUP) * NP + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        acc += s * (part + 0.5 * tl.sum(x, axis=0))
+        u = tl.load(u_ptr + offs_n[:, None] * KP + kk[None, :], mask=n_ok[:, None] & (kk < KP)[None, :], other=128)
+        part = tl.sum(tl.reshape((u.to(tl.float32) - 128.0) * x[None, :], [BLOCK_N, NG, GROUP]), axis=2)
+        xs = tl.sum(tl.reshape(x, [NG, GROUP]), axis=1)                      # [NG]
+        gi = k0 // GROUP + offs_g
+        s = tl.load(s_ptr + gi[None, :] * NP + offs_n[:, None],
+                    mask=n_ok[:, None] & (gi < KP // GROUP)[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(s * (part + 0.5 * xs[None, :]), axis=1)
     tl.store(y_ptr + m * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 

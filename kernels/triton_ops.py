@@ -14,6 +14,8 @@ Launchers take tensors on the device the kernels run on: CUDA, or CPU under TRIT
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -51,6 +53,7 @@ def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+@functools.lru_cache(maxsize=None)
 def _programs_wanted(device: torch.device) -> int:
     if device.type == "cuda":
         return 2 * torch.cuda.get_device_properties(device).multi_processor_count
@@ -87,11 +90,11 @@ def quantized_linear(x: Tensor, qw) -> Tensor:
     q = qw.tensors["q"]
     sc = qw.tensors["scale_zero" if int4 else "scale"]
     width = kp // 2 if int4 else kp
-    if m <= GEMV_MAX_M:
-        block_k = min(g, 128)
+    if m <= GEMV_MAX_M:   # enough programs to fill the GPU, each streaming >= 2 KiB of weight a step
+        block_k = max(g, 256 if int4 else 128)
         block_n = 16 if _cdiv(n, 16) >= 256 else 8 if _cdiv(n, 8) >= 128 else 4
         fn = kern.int4_gemv if int4 else kern.int8_gemv
-        fn[(_cdiv(n, block_n), m)](x2, q, sc, y, n, kx, width, np_, x2.stride(0), y.stride(0),
+        fn[(_cdiv(n, block_n), m)](x2, q, sc, y, n, kx, kp, np_, x2.stride(0), y.stride(0),
                                    GROUP=g, BLOCK_N=block_n, BLOCK_K=block_k)
     else:
         block_m = 16 if m <= 16 else 32 if m <= 32 else 64
@@ -123,8 +126,8 @@ def mla_attention(q: Tensor, cache: Tensor, kv_lora: int, scale: float, start_po
     if cache.dtype != q.dtype:
         cache = cache.to(q.dtype)
     valid = min(S, start_pos + T)
-    block_h = min(_pow2(H, 16), 64)
     block_r, block_p = _pow2(R, 16), _pow2(P, 16)
+    block_h = 16 if block_r >= 512 else min(_pow2(H, 16), 64)   # the [heads, kv_lora] fp32 accumulator stays in registers
     block_s = 16 if block_r >= 512 else 32
     heads = _cdiv(H, block_h)
     splits = max(1, min(_programs_wanted(q.device) // (B * T * heads), _cdiv(valid, block_s)))
@@ -219,7 +222,7 @@ def fp8_block_dequant(w: Tensor, scale_inv: Tensor, dtype: torch.dtype = torch.f
         torch.empty(out_f, in_f, dtype=dtype, device=w.device)
     if w.numel():
         rows = 32
-        s = scale_inv.float().contiguous()
+        s = scale_inv.to(w.device, torch.float32).contiguous()   # the loader reads scales to the CPU
         _k().fp8_dequant[(_cdiv(out_f, rows), _cdiv(in_f, FP8_BLOCK))](
             w.contiguous().view(torch.uint8), s, dst, out_f, in_f, s.stride(0), dst.stride(0),
             BLOCK=FP8_BLOCK, ROWS=rows, num_warps=4)
