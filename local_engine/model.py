@@ -128,8 +128,31 @@ class MLP(nn.Module):
         self.w2 = Linear(inter, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == x.shape[-1]:  # one token: one native call where the weights allow
+            fused = native_decode(self, lambda: ([self.w13.qweight], [self.w2.qweight]))
+            if fused is not None:
+                return fused.dense(x.reshape(1, -1)).view(x.shape)
         g, u = self.w13(x).split(self.inter, dim=-1)
         return self.w2(F.silu(g).mul_(u))
+
+
+def native_decode(module: nn.Module, weights):
+    """The fused one-token kernel of an MLP or MoE (kernels.moe.fuse_experts over the
+    (w13s, w2s[, shared]) that ``weights()`` lists), built at its first one-token call and
+    kept on the module; None where the weights are not natively quantized. Quantizing a
+    module afterwards must drop it (``forget_native_decode``)."""
+    plan = module.__dict__.get("_native_decode")
+    if plan is None:
+        from kernels.moe import fuse_experts
+
+        plan = fuse_experts(*weights()) or False
+        module.__dict__["_native_decode"] = plan
+    return plan or None
+
+
+def forget_native_decode(module: nn.Module) -> None:
+    for m in module.modules():
+        m.__dict__.pop("_native_decode", None)
 
 
 class Gate(nn.Module):
@@ -177,10 +200,18 @@ class MoE(nn.Module):
         n_shared = args.n_shared_experts or 0
         self.shared = MLP(args.hidden_size, n_shared * args.moe_intermediate_size) if n_shared else None
 
+    def _expert_weights(self):
+        shared = (self.shared.w13.qweight, self.shared.w2.qweight) if self.shared is not None else None
+        return [e.w13.qweight for e in self.experts], [e.w2.qweight for e in self.experts], shared
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [N, H]
         weights, indices = self.gate(flat)
+        if flat.shape[0] == 1:  # decode: routed + shared experts in one native call where possible
+            fused = native_decode(self, self._expert_weights)
+            if fused is not None:
+                return fused(flat, weights, indices).view(shape)
         y = dispatch.moe_combine(flat, weights, indices, self.experts)
         if self.shared is not None:
             y = y + self.shared(flat)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kernels.quant import DEFAULT_GROUP, MODES, QuantizedWeight, from_codes, quantize_weight, to_codes
+from kernels.quant import MODES, QuantizedWeight, from_codes, quantize_weight, to_codes
 from local_engine.errors import ModelError
 from local_engine.layers import Linear
 
@@ -48,13 +48,16 @@ def _set_quantized(m: Linear, qw: QuantizedWeight) -> None:
 
 
 def quantize_block_(block: nn.Module, mode: str, *, attention: bool = False,
-                    group_size: int = DEFAULT_GROUP) -> None:
+                    group_size: int | None = None) -> None:
     """Quantize one block's Linears in place (call right after the block's weights load)."""
     if mode not in MODES:
         raise ModelError(f"quant must be one of {', '.join(MODES)}, got {mode!r}")
+    from local_engine.model import forget_native_decode
+
     for _, m in _targets(block, attention):
         if m.qweight is None:
             _set_quantized(m, quantize_weight(m.weight, mode, group_size=group_size))
+    forget_native_decode(block)
 
 
 def quantized_bytes(model: nn.Module) -> tuple[int, int]:
