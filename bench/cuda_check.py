@@ -2,6 +2,7 @@
 
     python bench/cuda_check.py            # ~1-2 minutes on one GPU; writes bench/results/cuda_check.json
     python bench/cuda_check.py --device cpu   # the same checks on CPU (to test this script)
+    python bench/cuda_check.py --compile-only  # no GPU: compile every Triton kernel for sm_90
 
 For each kernel (quantized int8/int4 matmul, RMSNorm, RoPE, MLA decode attention, MoE
 dispatch, FP8 block dequant, and a tiny quantized engine end to end) it runs the fast path
@@ -120,6 +121,8 @@ def probe_ops() -> dict:
 
 def main() -> int:
     global DEV
+    if "--compile-only" in sys.argv:
+        return 0 if compile_all() else 1
     if "--device" in sys.argv:
         DEV = sys.argv[sys.argv.index("--device") + 1]
     if DEV == "cuda" and not torch.cuda.is_available():
@@ -404,6 +407,84 @@ def triton_checks() -> list[dict]:
     for row in table:
         print(" | ".join(f"{row.get(c, ''):.2e}" if c == "rel_err" else str(row.get(c, "")) for c in cols + extra))
     return table
+
+
+# ---------------------------------------------------------------------------------------
+# no GPU: compile the Triton kernels for one, at the shapes the checks above run
+
+V2_LITE = {"hidden": 2048, "heads": 16, "kv_lora": 512, "rope": 64, "expert": 1408}
+R1 = {"hidden": 7168, "heads": 128, "kv_lora": 512, "rope": 64, "expert": 2048}
+SMEM_LIMIT = 232448   # bytes of shared memory one block may use on sm_90 (227 KiB)
+
+
+def compile_all(arch: int = 90) -> bool:
+    """Build every kernel the launchers would start at V2-Lite and R1 shapes (tensors on the meta
+    device) for CUDA sm_<arch>, then ask ptxas for registers and spills. True if all fit in
+    shared memory and none spills registers. Writes bench/results/triton_compile_sm<arch>.json."""
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    from kernels import quant, triton_ops
+
+    def empty(*shape, dtype=torch.bfloat16):
+        return torch.empty(*shape, dtype=dtype, device="meta")
+
+    t0 = time.perf_counter()
+    with triton_ops.compiling_for(arch) as built:
+        for cfg in (V2_LITE, R1):
+            h, e = cfg["hidden"], cfg["expert"]
+            for mode, g in (("int4", quant.DEFAULT_GROUP), ("int8", quant.INT8_GROUP)):
+                for n, k in ((2 * e, h), (h, e), (333, 1000)):
+                    np_, kp = -(-n // 16) * 16, -(-k // g) * g
+                    t = ({"q": empty(np_, kp // 2, dtype=torch.uint8), "scale_zero": empty(kp // g, np_, 2)}
+                         if mode == "int4" else {"q": empty(np_, kp, dtype=torch.uint8), "scale": empty(kp // g, np_)})
+                    qw = quant.QuantizedWeight(mode, (n, k), g, t, "nibbles" if mode == "int4" else "codes")
+                    for m, dtype in ((1, torch.bfloat16), (64, torch.bfloat16), (64, torch.float32)):
+                        triton_ops.quantized_linear(empty(m, k, dtype=dtype), qw)
+            H, R, P = cfg["heads"], cfg["kv_lora"], cfg["rope"]
+            for T, S in ((1, 1), (1, 8192), (4, 2048)):
+                triton_ops.mla_attention(empty(1, T, H, R + P), empty(1, S, R + P), R, 0.07, S - T)
+            triton_ops.mla_attention(empty(1, 1, H, R + P, dtype=torch.float32),
+                                     empty(1, 9, R + P, dtype=torch.float32), R, 0.07, 8)
+            for dtype in (torch.bfloat16, torch.float32):
+                x = empty(3, h, dtype=dtype)
+                triton_ops.rms_norm(x, empty(h), 1e-6)
+                triton_ops.add_rms_norm(x, x, empty(h), 1e-6)
+                for inter in (True, False):
+                    triton_ops.apply_rope(empty(1, 5, H + 1, P, dtype=dtype), empty(5, P // 2, dtype=torch.float32),
+                                          empty(5, P // 2, dtype=torch.float32), inter)
+                triton_ops.fp8_block_dequant(empty(2 * e, h, dtype=torch.float8_e4m3fn),
+                                             empty(-(-2 * e // 128), -(-h // 128), dtype=torch.float32), dtype)
+    rows, seen, ok = [], set(), True
+    with tempfile.TemporaryDirectory() as d:
+        for name, meta, kern in built:
+            if kern.hash in seen:
+                continue
+            seen.add(kern.hash)
+            ptx = Path(d) / f"{kern.hash}.ptx"
+            ptx.write_text(kern.asm["ptx"])
+            log = subprocess.run([get_ptxas(arch).path, f"-arch=sm_{arch}a", "-v", str(ptx), "-o", str(ptx) + ".o"],
+                                 capture_output=True, text=True).stderr
+            words = log.split()
+            regs = next((int(w) for w, nxt in zip(words, words[1:]) if nxt == "registers,"), -1)
+            spill = "0 bytes spill stores" not in log
+            fits = kern.metadata.shared <= SMEM_LIMIT and regs > 0
+            ok &= fits and not spill
+            consts = " ".join(f"{k}={v}" for k, v in meta.items() if k not in ("num_warps", "UPCAST"))
+            rows.append({"kernel": name, "warps": kern.metadata.num_warps, "shared": kern.metadata.shared,
+                         "registers": regs, "spills": spill, "fits": fits, "constexprs": consts})
+    print(f"compiled {len(built)} launches ({len(rows)} distinct kernels) for sm_{arch} in "
+          f"{time.perf_counter() - t0:.1f} s")
+    print(f"{'kernel':<14}{'warps':>6}{'shared':>9}{'regs':>6}  spills  fits   constexprs")
+    for r in rows:
+        print(f"{r['kernel']:<14}{r['warps']:>6}{r['shared']:>9}{r['registers']:>6}  {str(r['spills']):<7} "
+              f"{str(r['fits']):<6} {r['constexprs']}")
+    out = ROOT / "bench" / "results" / f"triton_compile_sm{arch}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    return ok
 
 
 if __name__ == "__main__":

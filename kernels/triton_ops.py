@@ -14,6 +14,7 @@ Launchers take tensors on the device the kernels run on: CUDA, or CPU under TRIT
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -40,6 +41,59 @@ def _k():
     return triton_kernels
 
 
+def _interpreted(t: Tensor) -> bool:
+    # CPU tensors only reach the kernels through Triton's interpreter (TRITON_INTERPRET=1)
+    return t.device.type == "cpu"
+
+
+_COMPILING: tuple[int, list] | None = None   # (arch, built kernels) inside compiling_for()
+
+
+def _launch(name: str, grid: tuple, *args, **meta) -> None:
+    """Start kernel ``name`` (constexprs and launch options by keyword): the one place kernels run."""
+    kernel = getattr(_k(), name)
+    if _COMPILING is None:
+        kernel[grid](*args, **meta)
+    else:
+        _COMPILING[1].append((name, meta, _compile(kernel, args, meta, _COMPILING[0])))
+
+
+@contextlib.contextmanager
+def compiling_for(arch: int = 90):
+    """Inside, the launchers compile their kernels for CUDA sm_<arch> instead of running them:
+    no GPU needed. Call them with tensors on the "meta" device (shapes and dtypes only) and
+    without TRITON_INTERPRET. Yields the list of (kernel name, constexprs, compiled kernel) built."""
+    global _COMPILING
+    built: list = []
+    _COMPILING = (arch, built)
+    try:
+        yield built
+    finally:
+        _COMPILING = None
+
+
+_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.uint8: "u8", torch.int8: "i8"}
+
+
+def _compile(kernel, args: tuple, meta: dict, arch: int):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    meta = dict(meta)
+    options = {k: meta.pop(k) for k in ("num_warps", "num_stages") if k in meta}
+    names = kernel.arg_names
+    signature = {}
+    for name, a in zip(names, args):
+        if isinstance(a, Tensor):
+            signature[name] = "*" + _TYPES[a.dtype]
+        else:
+            signature[name] = "fp32" if isinstance(a, float) else "i1" if isinstance(a, bool) else "i32"
+    signature.update({name: "constexpr" for name in names[len(args):]})
+    src = ASTSource(kernel, signature, {name: meta[name] for name in names[len(args):]})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
 def _pow2(n: int, lo: int = 1) -> int:
     return max(lo, 1 << max(0, n - 1).bit_length())
 
@@ -48,9 +102,13 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _prec(dtype: torch.dtype) -> str:
-    # float32 operands: exact products (tf32 would round them to 10 bits); others ignore it
-    return "ieee" if dtype == torch.float32 else "tf32"
+def _prec(dtype: torch.dtype, split: bool = False) -> str:
+    """tl.dot's input precision: bf16/fp16 ignore it; float32 operands must not be rounded to
+    tf32's 10 bits: "ieee", or three tf32 products ("tf32x3", split=True: tensor cores, fewer
+    registers; as exact when one operand is a small integer, as the quantization codes are)."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "tf32x3" if split else "ieee"
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,7 +143,6 @@ def quantized_linear(x: Tensor, qw) -> Tensor:
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return y.view(*x.shape[:-1], n)
-    kern = _k()
     int4 = qw.mode == "int4"
     q = qw.tensors["q"]
     sc = qw.tensors["scale_zero" if int4 else "scale"]
@@ -93,16 +150,18 @@ def quantized_linear(x: Tensor, qw) -> Tensor:
     if m <= GEMV_MAX_M:   # enough programs to fill the GPU, each streaming >= 2 KiB of weight a step
         block_k = max(g, 256 if int4 else 128)
         block_n = 16 if _cdiv(n, 16) >= 256 else 8 if _cdiv(n, 8) >= 128 else 4
-        fn = kern.int4_gemv if int4 else kern.int8_gemv
-        fn[(_cdiv(n, block_n), m)](x2, q, sc, y, n, kx, kp, np_, x2.stride(0), y.stride(0),
-                                   GROUP=g, BLOCK_N=block_n, BLOCK_K=block_k)
+        _launch("int4_gemv" if int4 else "int8_gemv", (_cdiv(n, block_n), m),
+                x2, q, sc, y, n, kx, kp, np_, x2.stride(0), y.stride(0),
+                GROUP=g, BLOCK_N=block_n, BLOCK_K=block_k)
     else:
         block_m = 16 if m <= 16 else 32 if m <= 32 else 64
         block_n, block_k = 64, min(g, 64)
-        fn = kern.int4_mm if int4 else kern.int8_mm
-        fn[(_cdiv(m, block_m), _cdiv(n, block_n))](x2, q, sc, y, m, n, kx, width, np_, x2.stride(0), y.stride(0),
-                                                   GROUP=g, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                                                   PREC=_prec(x.dtype), UPCAST=x.device.type != "cuda")
+        # 4 warps would take 255 registers a thread for 64-row tiles (ptxas on sm_90)
+        warps = 8 if block_m == 64 or x.dtype == torch.float32 else 4
+        _launch("int4_mm" if int4 else "int8_mm", (_cdiv(m, block_m), _cdiv(n, block_n)),
+                x2, q, sc, y, m, n, kx, width, np_, x2.stride(0), y.stride(0),
+                GROUP=g, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                PREC=_prec(x.dtype, split=True), UPCAST=_interpreted(x), num_warps=warps)
     return y.view(*x.shape[:-1], n)
 
 
@@ -133,21 +192,19 @@ def mla_attention(q: Tensor, cache: Tensor, kv_lora: int, scale: float, start_po
     splits = max(1, min(_programs_wanted(q.device) // (B * T * heads), _cdiv(valid, block_s)))
     rows = _cdiv(_cdiv(valid, splits), block_s) * block_s
     splits = _cdiv(valid, rows)
-    kern = _k()
     direct = splits == 1
     if direct:
         part = ml = out   # unused
     else:
         part = torch.empty(B * T * H * splits, R, dtype=torch.float32, device=q.device)
         ml = torch.empty(B * T * H * splits, 2, dtype=torch.float32, device=q.device)
-    kern.mla_partial[(B * T, heads, splits)](
-        q, cache, out, part, ml, T, H, R, P, valid, start_pos, float(scale), rows, splits,
+    _launch("mla_partial", (B * T, heads, splits),
+            q, cache, out, part, ml, T, H, R, P, valid, start_pos, float(scale), rows, splits,
         q.stride(0), q.stride(1), q.stride(2), cache.stride(0), cache.stride(1),
         BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_P=block_p,
-        PREC=_prec(q.dtype), UPCAST=q.device.type != "cuda", DIRECT=direct, num_warps=8 if block_r >= 256 else 4)
+        PREC=_prec(q.dtype), UPCAST=_interpreted(q), DIRECT=direct, num_warps=8 if block_r >= 256 else 4)
     if not direct:
-        kern.mla_combine[(B * T * H,)](part, ml, out, R, splits,
-                                       BLOCK_SPLIT=_pow2(splits), BLOCK_R=block_r)
+        _launch("mla_combine", (B * T * H,), part, ml, out, R, splits, BLOCK_SPLIT=_pow2(splits), BLOCK_R=block_r)
     return out
 
 
@@ -171,8 +228,8 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     y = torch.empty(xr.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     if xr.shape[0]:
         block = _pow2(d)
-        _k().rms_norm[(xr.shape[0],)](xr, xr, weight.contiguous(), xr, y, d, float(eps),
-                                      HAS_RES=False, BLOCK_D=block, num_warps=_norm_warps(block))
+        _launch("rms_norm", (xr.shape[0],), xr, xr, weight.contiguous(), xr, y, d, float(eps),
+                HAS_RES=False, BLOCK_D=block, num_warps=_norm_warps(block))
     return y.view(x.shape)
 
 
@@ -185,8 +242,8 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tup
     y = torch.empty(xr.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     if xr.shape[0]:
         block = _pow2(d)
-        _k().rms_norm[(xr.shape[0],)](xr, rr, weight.contiguous(), h, y, d, float(eps),
-                                      HAS_RES=True, BLOCK_D=block, num_warps=_norm_warps(block))
+        _launch("rms_norm", (xr.shape[0],), xr, rr, weight.contiguous(), h, y, d, float(eps),
+                HAS_RES=True, BLOCK_D=block, num_warps=_norm_warps(block))
     return h.view(x.shape), y.view(x.shape)
 
 
@@ -197,9 +254,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = True) ->
     xr = x.reshape(-1, T, heads, d).contiguous()
     y = torch.empty_like(xr)
     if xr.numel():
-        _k().rope[(xr.shape[0] * T,)](xr, cos.float().contiguous(), sin.float().contiguous(), y, T, heads, half,
-                                      INTERLEAVED=interleaved, BLOCK_H=min(_pow2(heads), 16),
-                                      BLOCK_HALF=_pow2(half))
+        _launch("rope", (xr.shape[0] * T,), xr, cos.float().contiguous(), sin.float().contiguous(), y, T, heads, half,
+                INTERLEAVED=interleaved, BLOCK_H=min(_pow2(heads), 16), BLOCK_HALF=_pow2(half))
     return y.view(x.shape)
 
 
@@ -223,7 +279,7 @@ def fp8_block_dequant(w: Tensor, scale_inv: Tensor, dtype: torch.dtype = torch.f
     if w.numel():
         rows = 32
         s = scale_inv.to(w.device, torch.float32).contiguous()   # the loader reads scales to the CPU
-        _k().fp8_dequant[(_cdiv(out_f, rows), _cdiv(in_f, FP8_BLOCK))](
+        _launch("fp8_dequant", (_cdiv(out_f, rows), _cdiv(in_f, FP8_BLOCK)),
             w.contiguous().view(torch.uint8), s, dst, out_f, in_f, s.stride(0), dst.stride(0),
             BLOCK=FP8_BLOCK, ROWS=rows, num_warps=4)
     if dst is not target:
