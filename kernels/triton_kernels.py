@@ -196,19 +196,27 @@ def mla_partial(q_ptr, c_ptr, out_ptr, part_ptr, ml_ptr,
 
 @triton.jit
 def mla_combine(part_ptr, ml_ptr, out_ptr, R, n_split,
-                BLOCK_SPLIT: tl.constexpr, BLOCK_R: tl.constexpr):
-    # program (b·T + t)·H + h: weigh each split by exp(its max - the overall max)
-    row = tl.program_id(0)
+                BLOCK_SPLIT: tl.constexpr, CHUNK: tl.constexpr, BLOCK_R: tl.constexpr):
+    # program ((b·T + t)·H + h, latent block): weigh each split by exp(its max - the overall max),
+    # CHUNK splits at a time (a [CHUNK, BLOCK_R] tile stays in registers)
+    row, rb = tl.program_id(0), tl.program_id(1)
     offs_sp = tl.arange(0, BLOCK_SPLIT)
-    offs_r = tl.arange(0, BLOCK_R)
-    sp_ok, r_ok = offs_sp < n_split, offs_r < R
-    m = tl.load(ml_ptr + (row * n_split + offs_sp) * 2, mask=sp_ok, other=float("-inf"))
-    l = tl.load(ml_ptr + (row * n_split + offs_sp) * 2 + 1, mask=sp_ok, other=0.0)
-    w = tl.exp(m - tl.max(m, axis=0))                                                           # [SPLIT]
-    part = tl.load(part_ptr + (row * n_split + offs_sp)[:, None] * R + offs_r[None, :],
-                   mask=sp_ok[:, None] & r_ok[None, :], other=0.0)                              # [SPLIT, BR]
-    o = tl.sum(part * w[:, None], axis=0) / tl.sum(l * w, axis=0)
-    tl.store(out_ptr + row * R + offs_r, o.to(out_ptr.dtype.element_ty), mask=r_ok)
+    offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = offs_r < R
+    m_all = tl.load(ml_ptr + (row * n_split + offs_sp) * 2, mask=offs_sp < n_split, other=float("-inf"))
+    m_max = tl.max(m_all, axis=0)
+    l_all = tl.load(ml_ptr + (row * n_split + offs_sp) * 2 + 1, mask=offs_sp < n_split, other=0.0)
+    total = tl.sum(l_all * tl.exp(m_all - m_max), axis=0)
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    offs_c = tl.arange(0, CHUNK)
+    for s0 in range(0, n_split, CHUNK):
+        sp = s0 + offs_c
+        sp_ok = sp < n_split
+        w = tl.exp(tl.load(ml_ptr + (row * n_split + sp) * 2, mask=sp_ok, other=float("-inf")) - m_max)
+        part = tl.load(part_ptr + (row * n_split + sp)[:, None] * R + offs_r[None, :],
+                       mask=sp_ok[:, None] & r_ok[None, :], other=0.0)                     # [CHUNK, BR]
+        acc += tl.sum(part * w[:, None], axis=0)
+    tl.store(out_ptr + row * R + offs_r, (acc / total).to(out_ptr.dtype.element_ty), mask=r_ok)
 
 
 # ---------------------------------------------------------------------------------------

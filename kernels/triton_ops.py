@@ -115,7 +115,10 @@ def _prec(dtype: torch.dtype, split: bool = False) -> str:
 def _programs_wanted(device: torch.device) -> int:
     if device.type == "cuda":
         return 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 8   # the interpreter: few programs, but more than one so splits are exercised
+    return 8 if device.type == "cpu" else 264   # the interpreter: a few, so splits are tested; meta: an H100's
+
+
+SPLIT_MIN_ROWS = 128   # MLA: fewer rows a split would write more partial results than it reads cache
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,7 +192,8 @@ def mla_attention(q: Tensor, cache: Tensor, kv_lora: int, scale: float, start_po
     block_h = 16 if block_r >= 512 else min(_pow2(H, 16), 64)   # the [heads, kv_lora] fp32 accumulator stays in registers
     block_s = 16 if block_r >= 512 else 32
     heads = _cdiv(H, block_h)
-    splits = max(1, min(_programs_wanted(q.device) // (B * T * heads), _cdiv(valid, block_s)))
+    min_rows = block_s if _interpreted(q) else SPLIT_MIN_ROWS
+    splits = max(1, min(_programs_wanted(q.device) // (B * T * heads), _cdiv(valid, min_rows)))
     rows = _cdiv(_cdiv(valid, splits), block_s) * block_s
     splits = _cdiv(valid, rows)
     direct = splits == 1
@@ -200,11 +204,14 @@ def mla_attention(q: Tensor, cache: Tensor, kv_lora: int, scale: float, start_po
         ml = torch.empty(B * T * H * splits, 2, dtype=torch.float32, device=q.device)
     _launch("mla_partial", (B * T, heads, splits),
             q, cache, out, part, ml, T, H, R, P, valid, start_pos, float(scale), rows, splits,
-        q.stride(0), q.stride(1), q.stride(2), cache.stride(0), cache.stride(1),
-        BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_P=block_p,
-        PREC=_prec(q.dtype), UPCAST=_interpreted(q), DIRECT=direct, num_warps=8 if block_r >= 256 else 4)
+            q.stride(0), q.stride(1), q.stride(2), cache.stride(0), cache.stride(1),
+            BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_P=block_p,
+            PREC=_prec(q.dtype), UPCAST=_interpreted(q), DIRECT=direct, num_warps=8 if block_r >= 256 else 4,
+            num_stages=2 if q.dtype == torch.float32 else 3)   # float32, 3 stages: 111 KiB of shared memory
     if not direct:
-        _launch("mla_combine", (B * T * H,), part, ml, out, R, splits, BLOCK_SPLIT=_pow2(splits), BLOCK_R=block_r)
+        chunk = 2 if _interpreted(q) else 16   # the interpreter's tests are short: still loop
+        _launch("mla_combine", (B * T * H, _cdiv(R, min(block_r, 128))), part, ml, out, R, splits,
+                BLOCK_SPLIT=_pow2(splits), CHUNK=chunk, BLOCK_R=min(block_r, 128))
     return out
 
 

@@ -90,7 +90,9 @@ def test_quantized_linear_refuses_packed_layouts_and_wrong_widths():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,H,R,P,start,extra", [(1, 1, 1, 3, 2, 0, 0),       # a single row
                                                    (1, 1, 5, 48, 8, 117, 10),   # decode, 4 splits
+                                                   (1, 1, 2, 20, 4, 69, 3),     # decode, 3 splits
                                                    (2, 4, 3, 33, 6, 9, 5),      # causal T>1 after a prefix
+                                                   (1, 2, 3, 16, 4, 100, 0),    # causal T>1, 4 splits
                                                    (1, 7, 20, 10, 4, 0, 0)])    # prefill, 20 heads
 def test_mla_attention_matches_the_reference_and_ignores_rows_past_the_queries(B, T, H, R, P, start, extra, dtype):
     g = torch.Generator().manual_seed(B + T + H + start)
