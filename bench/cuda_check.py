@@ -249,7 +249,9 @@ def main() -> int:
                 sync()
                 return rel(gpu.cpu(), cpu), {"decode_ms": round((time.perf_counter() - t) / 10 * 1000, 2)}
 
-    table = triton_checks() if ops.get("triton") and not str(ops["triton"]).startswith(("Module", "Import")) else []
+    from kernels import triton_ops
+
+    table = triton_checks() if triton_ops.available() else []
 
     ok = all(r["ok"] for r in RESULTS)
     out = ROOT / "bench" / "results" / f"{DEV}_check.json"
@@ -304,6 +306,7 @@ def triton_checks() -> list[dict]:
         ms = (1, 4, 64)
     else:
         lin_shapes, ms = [("awkward", 37, 200)], (1, 5)
+
     def aten_int4(x, codes, group):
         """aten's CUDA int4 kernel on the same codes (as kernels.quant packs them), or None."""
         nib = codes["q"]
