@@ -20,9 +20,9 @@ import triton.language as tl
 # The integer parts (c - 8, u - 128) are exact in bf16/fp16, so tl.dot sees exact weights.
 # x may have fewer columns (K) than the padded weight (K'); its missing columns read as 0.
 #
-# UPCAST (set by the launchers for the interpreter only): Triton's CPU interpreter multiplies
-# bf16 dot operands as raw integers and casts ints to bf16 bitwise, so there the dots run in
-# float32 on the same (already rounded) operand values. On CUDA it is False.
+# UPCAST (set by the launchers for bf16/fp16 in the interpreter only): Triton's CPU interpreter
+# multiplies bf16 dot operands as raw integers and casts ints to bf16 bitwise, so there the
+# dots run in float32 on the same (already rounded) operand values. On CUDA it is False.
 
 
 @triton.jit

@@ -46,6 +46,11 @@ def _interpreted(t: Tensor) -> bool:
     return t.device.type == "cpu"
 
 
+def _upcast(t: Tensor) -> bool:
+    # the interpreter's dots are wrong for bf16/fp16 operands only (see triton_kernels._dot)
+    return _interpreted(t) and t.dtype != torch.float32
+
+
 _COMPILING: tuple[int, list] | None = None   # (arch, built kernels) inside compiling_for()
 
 
@@ -164,7 +169,7 @@ def quantized_linear(x: Tensor, qw) -> Tensor:
         _launch("int4_mm" if int4 else "int8_mm", (_cdiv(m, block_m), _cdiv(n, block_n)),
                 x2, q, sc, y, m, n, kx, width, np_, x2.stride(0), y.stride(0),
                 GROUP=g, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                PREC=_prec(x.dtype, split=True), UPCAST=_interpreted(x), num_warps=warps)
+                PREC=_prec(x.dtype, split=True), UPCAST=_upcast(x), num_warps=warps)
     return y.view(*x.shape[:-1], n)
 
 
@@ -206,7 +211,7 @@ def mla_attention(q: Tensor, cache: Tensor, kv_lora: int, scale: float, start_po
             q, cache, out, part, ml, T, H, R, P, valid, start_pos, float(scale), rows, splits,
             q.stride(0), q.stride(1), q.stride(2), cache.stride(0), cache.stride(1),
             BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_R=block_r, BLOCK_P=block_p,
-            PREC=_prec(q.dtype), UPCAST=_interpreted(q), DIRECT=direct, num_warps=8 if block_r >= 256 else 4,
+            PREC=_prec(q.dtype), UPCAST=_upcast(q), DIRECT=direct, num_warps=8 if block_r >= 256 else 4,
             num_stages=2 if q.dtype == torch.float32 else 3)   # float32, 3 stages: 111 KiB of shared memory
     if not direct:
         chunk = 2 if _interpreted(q) else 16   # the interpreter's tests are short: still loop
