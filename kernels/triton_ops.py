@@ -155,8 +155,8 @@ def quantized_linear(x: Tensor, qw) -> Tensor:
     q = qw.tensors["q"]
     sc = qw.tensors["scale_zero" if int4 else "scale"]
     width = kp // 2 if int4 else kp
-    if m <= GEMV_MAX_M:   # enough programs to fill the GPU, each streaming >= 2 KiB of weight a step
-        block_k = max(g, 256 if int4 else 128)
+    if m <= GEMV_MAX_M:   # enough programs to fill the GPU, each streaming up to 4 KiB of weight a step
+        block_k = max(g, 512 if int4 else 256)
         block_n = 16 if _cdiv(n, 16) >= 256 else 8 if _cdiv(n, 8) >= 128 else 4
         _launch("int4_gemv" if int4 else "int8_gemv", (_cdiv(n, block_n), m),
                 x2, q, sc, y, n, kx, kp, np_, x2.stride(0), y.stride(0),
