@@ -212,12 +212,22 @@ def _median(xs):
     return xs[len(xs) // 2]
 
 
-def run_duet(folder: Path, threads: int) -> dict:
+def _load(folder: Path, native: bool, max_seq_len: int):
+    """Engine.load; with native=False inside cpu_native.disabled(), so every quantized
+    weight takes aten's packed int4 layout (the path before the native kernels)."""
+    from kernels import cpu_native
     from local_engine import Engine
 
+    if native:
+        return Engine.load(folder, dtype="bfloat16", max_seq_len=max_seq_len)
+    with cpu_native.disabled():
+        return Engine.load(folder, dtype="bfloat16", max_seq_len=max_seq_len)
+
+
+def run_duet(folder: Path, threads: int, native: bool = True) -> dict:
     torch.set_num_threads(threads)
     t = time.perf_counter()
-    eng = Engine.load(folder, dtype="bfloat16", max_seq_len=PREFILL + DECODE + 8)
+    eng = _load(folder, native, PREFILL + DECODE + 8)
     load_s = time.perf_counter() - t
     V = eng.args.vocab_size
     gen = torch.Generator().manual_seed(1)
@@ -290,43 +300,71 @@ def run_llama(path: Path, threads: int) -> dict:
 
 
 def call_overhead_us(threads: int) -> dict:
-    """Python cost of one quantized_linear call beyond its kernel, at a tiny size where the
-    kernel itself is ~2 us (decode makes ~20 such calls per MoE layer)."""
-    from kernels.quant import _kernel, quantize_weight, quantized_linear
+    """Cost of one quantized_linear call at a tiny size (64x256, M=1) where the kernel itself
+    is ~1-2 us: the whole call vs the bare kernel, native and aten (decode makes ~20 such
+    calls per layer without the fused MoE)."""
+    from kernels import cpu_native
+    from kernels.quant import _kernel, from_codes, quantize_weight, quantized_linear, to_codes
 
     torch.set_num_threads(threads)
     out = {}
     for mode in ("int8", "int4"):
         qw = quantize_weight(torch.randn(64, 256), mode)
+        qa = from_codes(mode, qw.shape, qw.group_size, to_codes(qw), native=False)
         x = torch.randn(1, 1, 256, dtype=torch.bfloat16)
-        raw = _kernel(qw)
         x2 = x.view(1, 256)
+        raw_aten = _kernel(qa)
+        fns = {"aten_call": lambda: quantized_linear(x, qa), "aten_kernel": lambda: raw_aten(x2)}
+        if qw.layout == "cpu_native":
+            bits, q = (8 if mode == "int8" else 4), qw.tensors["q"]
+            s = qw.tensors["scale" if mode == "int8" else "scale_zero"]
+            kp = qw.padded_shape[1]
+            fns["native_call"] = lambda: quantized_linear(x, qw)
+            fns["native_kernel"] = lambda: cpu_native.gemm(bits, x2, q, s, kp, qw.group_size, 64)
         times = {}
-        for name, fn in (("call", lambda: quantized_linear(x, qw)), ("kernel", lambda: raw(x2))):
+        for name, fn in fns.items():
             for _ in range(100):
                 fn()
             t = time.perf_counter()
             for _ in range(2000):
                 fn()
-            times[name] = (time.perf_counter() - t) / 2000 * 1e6
-        out[mode] = {"call_us": round(times["call"], 2), "kernel_us": round(times["kernel"], 2)}
+            times[name] = round((time.perf_counter() - t) / 2000 * 1e6, 2)
+        out[mode] = times
     return out
 
 
-def profile_duet(folder: Path, threads: int) -> list[tuple[str, float]]:
-    """Where one decode step's time goes (torch profiler, top ops by self CPU time)."""
-    from local_engine import Engine
+def profile_duet(folder: Path, threads: int, native: bool = True) -> list[tuple[str, float]]:
+    """Where one decode step's time goes (torch profiler, top ops by self CPU time; the
+    native kernels, invisible to it as ctypes calls, are labelled native::<entry>)."""
+    from kernels import cpu_native
 
     torch.set_num_threads(threads)
-    eng = Engine.load(folder, dtype="bfloat16", max_seq_len=64)
+    eng = _load(folder, native, 64)
     tok = torch.tensor([[5]])
     for j in range(3):
         eng.forward(tok, j)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for j in range(4):
-            eng.forward(tok, 3 + j)
-    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
-    return [(e.key, e.self_cpu_time_total / 4 / 1000, e.count // 4) for e in rows]
+    saved = {name: getattr(cpu_native, name) for name in ("gemm", "dequant", "moe")}
+
+    def labelled(name, fn):
+        def call(*a):
+            with torch.profiler.record_function(f"native::{name}"):
+                return fn(*a)
+        return call
+
+    try:
+        for name, fn in saved.items():
+            setattr(cpu_native, name, labelled(name, fn))
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            for j in range(4):
+                eng.forward(tok, 3 + j)
+            step_ms = (time.perf_counter() - t) / 4 * 1000
+    finally:
+        for name, fn in saved.items():
+            setattr(cpu_native, name, fn)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    return [("(whole step, profiled)", step_ms, 1)] + [(e.key, e.self_cpu_time_total / 4 / 1000, e.count // 4)
+                                                       for e in rows]
 
 
 def main(argv=None) -> int:
@@ -337,6 +375,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None, help="where the model files go (default: a temp dir, removed)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quant_bench.json"))
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-aten", action="store_true", help="skip the rows of the aten int4pack path")
     a = ap.parse_args(argv)
     cfg = dict(V2_LITE, num_hidden_layers=a.layers)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="duet-quant-bench-"))
@@ -347,7 +386,7 @@ def main(argv=None) -> int:
     rows, profiles = [], {}
     load_before = os.getloadavg()
     overhead = call_overhead_us(a.threads)
-    print(f"quantized_linear per-call cost at 64x256 (us): {overhead}", flush=True)
+    print(f"quantized_linear per-call cost at 64x256, M=1 (us): {overhead}", flush=True)
     try:
         for mode in a.modes.split(","):
             t = time.perf_counter()
@@ -363,6 +402,8 @@ def main(argv=None) -> int:
             del W
             duet = run_duet(folder, a.threads)
             print(f"[{mode}] duet {duet}", flush=True)
+            aten = run_duet(folder, a.threads, native=False) if not a.no_aten else None
+            print(f"[{mode}] duet (aten) {aten}", flush=True)
             if not a.no_profile:
                 profiles[mode] = profile_duet(folder, a.threads)
             llama = run_llama(gguf_path, a.threads)
@@ -370,6 +411,8 @@ def main(argv=None) -> int:
             limit = bw["read_gbs"] * 1e9 / act
             peer = "Q8_0" if mode == "int8" else "Q4_0"
             rows.append({"engine": f"duet {mode}", **duet, "active_bytes": act, "limit_tok_s": limit})
+            if aten is not None:
+                rows.append({"engine": f"duet {mode} (aten)", **aten, "active_bytes": act, "limit_tok_s": limit})
             rows.append({"engine": f"llama.cpp {peer}", **llama, "active_bytes": act, "limit_tok_s": limit})
             shutil.rmtree(folder, ignore_errors=True)
             gguf_path.unlink(missing_ok=True)
@@ -378,13 +421,13 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print(f"DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads, bf16 activations")
-    print(f"{'engine':<18}{'decode@0':>10}{'decode@2k':>11}{'prefill':>10}{'limit':>8}{'% limit':>9}")
+    print(f"{'engine':<20}{'decode@0':>10}{'decode@2k':>11}{'prefill':>10}{'limit':>8}{'% limit':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['engine']:<18}  error: {r['error']}")
+            print(f"{r['engine']:<20}  error: {r['error']}")
             continue
         pct = 100 * r["decode_ctx0"] / r["limit_tok_s"]
-        print(f"{r['engine']:<18}{r['decode_ctx0']:>10.1f}{r['decode_ctx2048']:>11.1f}{r['prefill']:>10.1f}"
+        print(f"{r['engine']:<20}{r['decode_ctx0']:>10.1f}{r['decode_ctx2048']:>11.1f}{r['prefill']:>10.1f}"
               f"{r['limit_tok_s']:>8.1f}{pct:>8.0f}%")
     for mode, prof in profiles.items():
         print(f"\nduet {mode}: one decode step, top ops by self time (ms, calls)")

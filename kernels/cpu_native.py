@@ -26,11 +26,12 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "gemm", "dequant", "moe", "CALLS", "SOURCE"]
+__all__ = ["lib", "build", "disabled", "isa", "gemm", "dequant", "moe", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
@@ -133,6 +134,19 @@ def lib() -> ctypes.CDLL | None:
         log.warning("duet native kernels unavailable, using aten: %s", str(e).splitlines()[0] if str(e) else e)
         _LIB = None
     return _LIB
+
+
+@contextmanager
+def disabled():
+    """Within the block ``lib()`` answers None, so weights built there take the aten layout
+    (benchmarks compare both paths in one process)."""
+    global _LIB, _TRIED
+    saved = (_LIB, _TRIED)
+    _LIB, _TRIED = None, True
+    try:
+        yield
+    finally:
+        _LIB, _TRIED = saved
 
 
 def isa() -> int:

@@ -28,6 +28,10 @@
 #endif
 
 #define MAXM 4
+#define SMALL_WORK (96L << 10)   /* weight bytes x rows below which one thread does the job */
+#ifndef DUET_PF
+#define DUET_PF 4096   /* bytes of weights prefetched ahead of the one being read */
+#endif
 #define INLINE static inline __attribute__((always_inline))
 
 int duet_isa(void) {
@@ -66,25 +70,26 @@ typedef struct {
     int M, Kp, XB, KB;      /* rows, padded length, block size, blocks per row */
     int16_t *q;             /* [M][Kp] */
     float *scale;           /* [M][KB]: x ~ q * scale */
-    float *sum;             /* [M][KB]: float sum of the block (before rounding) */
+    float *sum;             /* [M][KB]: the sum of the rounded block */
 } xq_t;
 
 /* one block of XB floats -> int16 codes, scale, sum */
 INLINE void quant_block(const float *v, int XB, int16_t *q, float *scale, float *sum) {
-    float amax = 0.f, s = 0.f;
+    float amax = 0.f;
     for (int i = 0; i < XB; i++) {
         float a = fabsf(v[i]);
         amax = a > amax ? a : amax;
-        s += v[i];
     }
     float inv = amax > 0.f ? 32767.f / amax : 0.f;
+    int32_t qs = 0;
     for (int i = 0; i < XB; i++) {
         float r = v[i] * inv;
         r = r > 32767.f ? 32767.f : (r < -32767.f ? -32767.f : r);
         q[i] = (int16_t)(r + (r >= 0.f ? 0.5f : -0.5f));
+        qs += q[i];
     }
     *scale = amax / 32767.f;
-    *sum = s;
+    *sum = (float)qs * *scale;   /* the sum of the rounded block: the zero-point terms see the same x */
 }
 
 static int xq_alloc(xq_t *xq, int M, int Kp, int XB) {
@@ -157,16 +162,29 @@ INLINE void row_q8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, i
     }
     const int16_t *x0 = xq->q + (long)m0 * Kp;
 #if defined(DUET_AVX512)
-    __m512 acc[MAXM];
-    for (int m = 0; m < MM; m++) acc[m] = _mm512_setzero_ps();
-    for (int b = 0; b < KB; b++) {
-        __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * b)));
-        for (int m = 0; m < MM; m++) {
-            __m512i p = _mm512_madd_epi16(wv, _mm512_loadu_si512((const void *)(x0 + (long)m * Kp + 32 * b)));
-            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(t[m * KB + b]), acc[m]);
-        }
+    /* four accumulators per row: the fma chain, not memory, would limit one */
+    __m512 acc[MAXM][4];
+    for (int m = 0; m < MM; m++)
+        for (int u = 0; u < 4; u++) acc[m][u] = _mm512_setzero_ps();
+#define Q8_STEP(bb, u)                                                                              \
+    {                                                                                               \
+        __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * (bb))));     \
+        for (int m = 0; m < MM; m++) {                                                              \
+            __m512i p = _mm512_madd_epi16(wv, _mm512_loadu_si512((const void *)(x0 + (long)m * Kp + 32 * (bb)))); \
+            acc[m][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(t[m * KB + (bb)]), acc[m][u]); \
+        }                                                                                           \
     }
-    for (int m = 0; m < MM; m++) out[m] = _mm512_reduce_add_ps(acc[m]) + corr[m];
+    int b = 0;
+    for (; b + 4 <= KB; b += 4) {
+        _mm_prefetch((const char *)(w + 32 * b + DUET_PF), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + 32 * b + DUET_PF + 64), _MM_HINT_T0);
+        Q8_STEP(b, 0) Q8_STEP(b + 1, 1) Q8_STEP(b + 2, 2) Q8_STEP(b + 3, 3)
+    }
+    for (; b < KB; b++) Q8_STEP(b, 0)
+#undef Q8_STEP
+    for (int m = 0; m < MM; m++)
+        out[m] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]),
+                                                    _mm512_add_ps(acc[m][2], acc[m][3]))) + corr[m];
 #elif defined(DUET_AVX2)
     __m256 acc[MAXM];
     for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
@@ -234,23 +252,37 @@ INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq,
     const int16_t *x0 = xq->q + (long)m0 * Kp;
 #if defined(DUET_AVX512)
     const __m512i low = _mm512_set1_epi16(15);
-    __m512 acc[MAXM];
-    for (int m = 0; m < MM; m++) acc[m] = _mm512_setzero_ps();
-    for (int b = 0; b < KB; b++) {
-        __m512i raw = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * b)));
-        __m512i lo = _mm512_and_si512(raw, low), hi = _mm512_srli_epi16(raw, 4);
-        for (int m = 0; m < MM; m++) {
-            const int16_t *xp = x0 + (long)m * Kp + 64 * b;
-            __m512i p = _mm512_madd_epi16(lo, _mm512_loadu_si512((const void *)xp));
+    __m512 acc[MAXM][4];   /* four accumulators per row, as in row_q8 */
+    for (int m = 0; m < MM; m++)
+        for (int u = 0; u < 4; u++) acc[m][u] = _mm512_setzero_ps();
 #if defined(__AVX512VNNI__)
-            p = _mm512_dpwssd_epi32(p, hi, _mm512_loadu_si512((const void *)(xp + 32)));
+#define Q4_HI(p, h, xp) _mm512_dpwssd_epi32(p, h, _mm512_loadu_si512((const void *)(xp)))
 #else
-            p = _mm512_add_epi32(p, _mm512_madd_epi16(hi, _mm512_loadu_si512((const void *)(xp + 32))));
+#define Q4_HI(p, h, xp) _mm512_add_epi32(p, _mm512_madd_epi16(h, _mm512_loadu_si512((const void *)(xp))))
 #endif
-            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(t[m * KB + b]), acc[m]);
-        }
+#define Q4_STEP(bb, u)                                                                              \
+    {                                                                                               \
+        __m512i raw = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * (bb))));    \
+        __m512i lo = _mm512_and_si512(raw, low), hi = _mm512_srli_epi16(raw, 4);                    \
+        for (int m = 0; m < MM; m++) {                                                              \
+            const int16_t *xp = x0 + (long)m * Kp + 64 * (bb);                                      \
+            __m512i p = _mm512_madd_epi16(lo, _mm512_loadu_si512((const void *)xp));                \
+            p = Q4_HI(p, hi, xp + 32);                                                              \
+            acc[m][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(t[m * KB + (bb)]), acc[m][u]); \
+        }                                                                                           \
     }
-    for (int m = 0; m < MM; m++) out[m] = _mm512_reduce_add_ps(acc[m]) + corr[m];
+    int b = 0;
+    for (; b + 4 <= KB; b += 4) {
+        _mm_prefetch((const char *)(w + 32 * b + DUET_PF), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + 32 * b + DUET_PF + 64), _MM_HINT_T0);
+        Q4_STEP(b, 0) Q4_STEP(b + 1, 1) Q4_STEP(b + 2, 2) Q4_STEP(b + 3, 3)
+    }
+    for (; b < KB; b++) Q4_STEP(b, 0)
+#undef Q4_STEP
+#undef Q4_HI
+    for (int m = 0; m < MM; m++)
+        out[m] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]),
+                                                    _mm512_add_ps(acc[m][2], acc[m][3]))) + corr[m];
 #elif defined(DUET_AVX2)
     const __m256i low = _mm256_set1_epi16(15);
     __m256 acc[MAXM];
@@ -330,6 +362,7 @@ int duet_gemm(int bits, const void *x, int x_bf16, int M, int k, long ldx,
     xq_t xq;
     if (xq_alloc(&xq, M, Kp, bits == 8 ? 32 : 64)) return -1;
     xq_fill(&xq, x, x_bf16, k, ldx);
+    if ((long)n * Kp * bits / 8 * M < SMALL_WORK) nthreads = 1;   /* waking the team costs more */
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (long r = 0; r < n; r++) {
         float out[MAXM], t[MAXM * xq.KB];
@@ -415,8 +448,9 @@ int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32
     xq_t xq, hq[64];
     if (xq_alloc(&xq, 1, Hp, XB)) return -1;
     float *gu = aligned_alloc(64, ((R * sizeof(float)) + 63) & ~(size_t)63);
+    float *yacc = aligned_alloc(64, ((H * sizeof(float)) + 63) & ~(size_t)63);
     xq_t hall;   /* all experts' hidden vectors, one after the other: [HT] */
-    if (!gu || xq_alloc(&hall, 1, (int)HT, XB)) { free(xq.q); free(gu); return -1; }
+    if (!gu || !yacc || xq_alloc(&hall, 1, (int)HT, XB)) { free(xq.q); free(gu); free(yacc); return -1; }
     for (int e = 0; e < n_e; e++) {   /* views of hall, one per expert */
         hq[e] = hall;
         hq[e].Kp = ip[e];
@@ -451,18 +485,24 @@ int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32
             }
             quant_block(v, XB, hall.q + c0, hall.scale + b, hall.sum + b);
         }
-#pragma omp for schedule(static)
-        for (long n = 0; n < H; n++) {   /* down projections, weighted, summed */
-            float acc = 0.f;
-            for (int e = 0; e < n_e; e++) {
-                const int64_t *p = ptrs + 4 * e;
+        /* down projections, weighted, summed: expert by expert so that each thread streams one
+           matrix at a time; every loop below splits 0..H-1 the same way (static schedule, same
+           bounds), so a thread only ever touches its own rows of yacc and needs no barrier */
+#pragma omp for schedule(static) nowait
+        for (long n = 0; n < H; n++) yacc[n] = 0.f;
+        for (int e = 0; e < n_e; e++) {
+            const int64_t *p = ptrs + 4 * e;
+#pragma omp for schedule(static) nowait
+            for (long n = 0; n < H; n++) {
                 float o;
                 row_dot(bits, (const void *)p[2], (const uint16_t *)p[3], ip[e], gs, n, &hq[e], 0, 1, t, &o);
-                acc += wts[e] * o;
+                yacc[n] += wts[e] * o;
             }
-            store_out(y, y_bf16, n, acc);
         }
+#pragma omp for schedule(static)
+        for (long n = 0; n < H; n++) store_out(y, y_bf16, n, yacc[n]);
     }
+    free(yacc);
     free(xq.q);
     free(hall.q);
     free(gu);

@@ -1,0 +1,199 @@
+"""kernels/csrc (via kernels.cpu_native): the native int8/int4 GEMV, its dequantization for
+many rows, and the fused one-token MoE, each against its reference; the build cache and the
+fallback when no compiler works."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import cpu_native
+from kernels.moe import fuse_experts, reference_moe
+from kernels.quant import (
+    NATIVE,
+    dequantize,
+    from_codes,
+    quantize_weight,
+    quantized_linear,
+    reference_quantized_linear,
+    to_codes,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(cpu_native.lib() is None,
+                                reason="the native kernels did not build here (no working C compiler?)")
+
+AWKWARD = [(1, 1), (5, 7), (13, 33), (17, 100), (48, 130), (100, 72), (33, 512), (40, 1000)]
+# the kernel rounds activations to int16 per block of 32/64 (finer than bf16): float32
+# results agree with the float32 reference to ~1e-4; bf16 outputs carry bf16's 2^-9
+TOL = {torch.float32: 1e-3, torch.bfloat16: 1e-2}
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("n,k", AWKWARD)
+def test_native_matmul_matches_reference_for_one_to_four_rows_and_more(mode, n, k):
+    g = torch.Generator().manual_seed(n * 1000 + k)
+    qw = quantize_weight(torch.randn(n, k, generator=g), mode)
+    assert qw.layout == NATIVE
+    for dtype in (torch.float32, torch.bfloat16):
+        for m in (1, 2, 3, 4, 5, 19):
+            x = torch.randn(m, k, generator=g).to(dtype)
+            before = dict(cpu_native.CALLS)
+            y = quantized_linear(x, qw)
+            ref = reference_quantized_linear(x.float(), qw)
+            assert y.shape == (m, n) and y.dtype == dtype
+            assert _rel(y, ref) < TOL[dtype], (mode, n, k, m, dtype, _rel(y, ref))
+            entry = "gemm" if m <= 4 else "dequant"       # the native path really ran
+            assert cpu_native.CALLS[entry] == before.get(entry, 0) + 1
+
+
+@pytest.mark.parametrize("mode,group", [("int8", 64), ("int8", 128), ("int4", 128), ("int4", 256)])
+def test_larger_groups_run_natively_and_match(mode, group):
+    g = torch.Generator().manual_seed(group)
+    qw = quantize_weight(torch.randn(37, 300, generator=g), mode, group_size=group)
+    assert qw.layout == NATIVE
+    for m in (1, 4, 9):
+        x = torch.randn(m, 300, generator=g)
+        assert _rel(quantized_linear(x, qw), reference_quantized_linear(x, qw)) < TOL[torch.float32]
+
+
+def test_int4_groups_of_32_keep_the_aten_layout():
+    qw = quantize_weight(torch.randn(32, 64), "int4", group_size=32)
+    assert qw.layout == "cpu_int4pack"
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_empty_batches_zero_inputs_and_zero_weights(mode):
+    qw = quantize_weight(torch.randn(24, 96), mode)
+    assert quantized_linear(torch.randn(0, 96), qw).shape == (0, 24)
+    assert quantized_linear(torch.randn(3, 0, 96), qw).shape == (3, 0, 24)
+    zero_x = torch.zeros(2, 96)
+    torch.testing.assert_close(quantized_linear(zero_x, qw), torch.zeros(2, 24))
+    qz = quantize_weight(torch.zeros(24, 96), mode)     # all-zero groups (int4 keeps a zero point)
+    x = torch.randn(3, 96)
+    ref = reference_quantized_linear(x, qz)
+    if ref.abs().max() == 0:   # q s and the zero-point term cancel on the same rounded x: float rounding only
+        assert quantized_linear(x, qz).abs().max() < 1e-4
+    else:
+        assert _rel(quantized_linear(x, qz), ref) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_native_layout_is_a_lossless_relayout_of_the_codes(mode):
+    w = torch.randn(50, 200)
+    qw = quantize_weight(w, mode)
+    aten = from_codes(mode, qw.shape, qw.group_size, to_codes(qw), native=False)
+    codes_a, codes_n = to_codes(aten), to_codes(qw)
+    assert codes_a.keys() == codes_n.keys() and all(torch.equal(codes_a[k], codes_n[k]) for k in codes_a)
+    assert qw.nbytes == sum(t.numel() * t.element_size() for t in codes_n.values())   # no second copy
+    np_, kp = qw.padded_shape
+    bits = 8 if mode == "int8" else 4
+    sc = qw.tensors["scale" if mode == "int8" else "scale_zero"]
+    native = cpu_native.dequant(bits, qw.tensors["q"], sc, kp, qw.group_size, 50, 200, torch.float32)
+    torch.testing.assert_close(native, dequantize(qw), rtol=1e-6, atol=1e-7)
+
+
+def _swiglu_reference(w13, w2):
+    def run(x):
+        g, u = reference_quantized_linear(x.float(), w13).split(w13.shape[0] // 2, dim=-1)
+        return reference_quantized_linear(F.silu(g) * u, w2)
+    return run
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("H,I,E,K,shared", [(128, 64, 8, 2, True), (100, 40, 5, 3, False), (72, 136, 16, 6, True)])
+def test_fused_moe_matches_reference_moe(mode, H, I, E, K, shared):
+    g = torch.Generator().manual_seed(H + I + E)
+    w13 = [quantize_weight(torch.randn(2 * I, H, generator=g) / H ** 0.5, mode) for _ in range(E)]
+    w2 = [quantize_weight(torch.randn(H, I, generator=g) / I ** 0.5, mode) for _ in range(E)]
+    sh = (quantize_weight(torch.randn(4 * I, H, generator=g) / H ** 0.5, mode),
+          quantize_weight(torch.randn(H, 2 * I, generator=g) / I ** 0.5, mode)) if shared else None
+    fused = fuse_experts(w13, w2, sh)
+    assert fused is not None
+    experts = [_swiglu_reference(a, b) for a, b in zip(w13, w2)]
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(1, H, generator=g).to(dtype)
+        idx = torch.randperm(E, generator=g)[:K][None]
+        w = torch.rand(1, K, generator=g)
+        before = cpu_native.CALLS["moe"]
+        y = fused(x, w, idx)
+        assert cpu_native.CALLS["moe"] == before + 1 and y.shape == (1, H) and y.dtype == dtype
+        ref = reference_moe(x.float(), w, idx, experts)
+        if shared:
+            ref = ref + _swiglu_reference(*sh)(x.float())
+        assert _rel(y, ref) < TOL[dtype], (dtype, _rel(y, ref))
+    dense = fuse_experts(w13[:1], w2[:1])
+    x = torch.randn(1, H, generator=g)
+    assert _rel(dense.dense(x), _swiglu_reference(w13[0], w2[0])(x)) < TOL[torch.float32]
+
+
+def test_fusing_refuses_weights_it_cannot_run():
+    a = quantize_weight(torch.randn(64, 128), "int8")
+    b = quantize_weight(torch.randn(128, 32), "int8")
+    assert fuse_experts([a], [b]) is not None
+    assert fuse_experts([a], [quantize_weight(torch.randn(128, 32), "int4")]) is None          # mixed modes
+    assert fuse_experts([a], [quantize_weight(torch.randn(120, 32), "int8")]) is None          # hidden differs
+    aten = from_codes("int8", a.shape, a.group_size, to_codes(a), native=False)
+    assert fuse_experts([aten], [b]) is None
+    assert fuse_experts([None], [b]) is None                                                   # unquantized
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_engine_decode_runs_the_fused_moe_and_matches_its_own_prefill(tmp_path, mode):
+    from local_engine import Engine
+    from tests.tiny_checkpoints import write_tiny_v3
+
+    path = write_tiny_v3(tmp_path / "v3", hidden_size=128, intermediate_size=192, moe_intermediate_size=64,
+                         num_hidden_layers=3)
+    eng = Engine.load(path, dtype="float32", quant=mode)
+    ids = torch.randint(0, 400, (1, 12), generator=torch.Generator().manual_seed(7))
+    prefill = eng.forward(ids)[0]                       # many rows: dequantize + matmul
+    eng.reset()
+    before = dict(cpu_native.CALLS)
+    steps = torch.cat([eng.forward(ids[:, j:j + 1], j)[0] for j in range(12)])   # one row: native GEMV/MoE
+    moe_layers = sum(1 for b in eng.model.layers if hasattr(b.ffn, "experts"))
+    assert cpu_native.CALLS["moe"] - before.get("moe", 0) == 12 * len(eng.model.layers)   # MoE and dense MLP
+    assert moe_layers >= 1
+    cos = F.cosine_similarity(steps, prefill, dim=-1).min().item()
+    assert cos > 0.9999, cos
+
+
+def test_the_library_shares_torchs_openmp_runtime():
+    maps = Path("/proc/self/maps").read_text()
+    gomp = {line.split()[-1] for line in maps.splitlines() if "libgomp" in line and "/" in line}
+    assert len(gomp) == 1, gomp
+
+
+def test_a_second_build_reuses_the_cached_library(tmp_path):
+    path, compiled = cpu_native.build(tmp_path)
+    assert compiled and path.is_file() and path.parent == tmp_path
+    again, compiled_again = cpu_native.build(tmp_path)
+    assert again == path and not compiled_again
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_broken_compiler_falls_back_to_aten_with_one_warning(tmp_path):
+    script = (
+        "import torch\n"
+        "from kernels.quant import quantize_weight, quantized_linear, reference_quantized_linear\n"
+        "qw = quantize_weight(torch.randn(40, 96), 'int8')\n"
+        "x = torch.randn(2, 96)\n"
+        "err = ((quantized_linear(x, qw) - reference_quantized_linear(x, qw)).norm() / "
+        "reference_quantized_linear(x, qw).norm()).item()\n"
+        "print(qw.layout, err < 1e-2)\n"
+    )
+    env = dict(os.environ, CC="false", DUET_KERNEL_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
+    env.pop("DUET_KERNELS", None)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["cpu_int4pack", "True"]
+    assert r.stderr.count("native kernels unavailable") == 1, r.stderr
+    assert not list(tmp_path.glob("*.so"))
