@@ -270,7 +270,7 @@ def triton_checks() -> list[dict]:
     Returns the table rows (also printed)."""
     import torch.nn.functional as F
 
-    from kernels import fp8, mla, norm_rope, quant, triton_ops
+    from kernels import fp8, mla, moe, norm_rope, quant, triton_ops
 
     dev, gpu = DEV, DEV == "cuda"
     table: list[dict] = []
@@ -318,23 +318,29 @@ def triton_checks() -> list[dict]:
             return None
         return lambda: torch.ops.aten._weight_int4pack_mm(x, packed, group, sz)
 
-    for mode in ("int4", "int8"):
+    gd = torch.Generator(device=dev).manual_seed(1)
+
+    def random_weight(mode: str, n: int, k: int):
+        """(portable weight for Triton, the same codes in the device's own layout): random codes
+        and scales straight on the device (rounding real weights of R1's size on the CPU would
+        take minutes; the kernels do not care what the codes mean)."""
         group = quant.DEFAULT_GROUP if mode == "int4" else quant.INT8_GROUP
+        np_, kp = -(-n // 16) * 16, -(-k // group) * group
+        if mode == "int4":
+            sz = torch.stack([torch.rand(kp // group, np_, device=dev, generator=gd) * 4e-3 + 1e-3,
+                              torch.randn(kp // group, np_, device=dev, generator=gd) * 1e-3], -1)
+            codes = {"q": torch.randint(0, 256, (np_, kp // 2), device=dev, generator=gd, dtype=torch.uint8),
+                     "scale_zero": sz.to(bf16)}
+        else:
+            codes = {"q": torch.randint(0, 256, (np_, kp), device=dev, generator=gd, dtype=torch.uint8),
+                     "scale": (torch.rand(kp // group, np_, device=dev, generator=gd) * 3e-4 + 1e-4).to(bf16)}
+        tq = quant.QuantizedWeight(mode, (n, k), group, codes, "nibbles" if mode == "int4" else "codes")
+        return tq, quant.from_codes(mode, (n, k), group, codes)
+
+    for mode in ("int4", "int8"):
         for label, n, k in lin_shapes:
-            # random codes and scales straight on the device (rounding real weights of R1's
-            # size on the CPU would take minutes; the kernels do not care what the codes mean)
-            np_, kp = -(-n // 16) * 16, -(-k // group) * group
-            gd = torch.Generator(device=dev).manual_seed(n + k)
-            if mode == "int4":
-                sz = torch.stack([torch.rand(kp // group, np_, device=dev, generator=gd) * 4e-3 + 1e-3,
-                                  torch.randn(kp // group, np_, device=dev, generator=gd) * 1e-3], -1)
-                codes = {"q": torch.randint(0, 256, (np_, kp // 2), device=dev, generator=gd, dtype=torch.uint8),
-                         "scale_zero": sz.to(bf16)}
-            else:
-                codes = {"q": torch.randint(0, 256, (np_, kp), device=dev, generator=gd, dtype=torch.uint8),
-                         "scale": (torch.rand(kp // group, np_, device=dev, generator=gd) * 3e-4 + 1e-4).to(bf16)}
-            tq = quant.QuantizedWeight(mode, (n, k), group, codes, "nibbles" if mode == "int4" else "codes")
-            dq = quant.from_codes(mode, (n, k), group, codes)              # the device's own layout
+            tq, dq = random_weight(mode, n, k)
+            codes, group, kp = tq.tensors, tq.group_size, tq.padded_shape[1]
             dense = quant.dequantize(tq, bf16)                             # bf16 weight: cuBLAS baseline
             for m in ms:
                 x = randn(m, k)
@@ -348,6 +354,33 @@ def triton_checks() -> list[dict]:
                         lambda x=x, tq=tq: quant.reference_quantized_linear(x, tq),
                         lambda x=x, tq=tq: triton_ops.quantized_linear(x, tq), paths, tq.nbytes)
             del dense
+
+    # -- MoE decode: the token's top-k quantized experts ------------------------------------
+    moe_cases = ([("V2-Lite", 2048, 1408, 64, 6), ("R1", 7168, 2048, 32, 8)] if gpu else
+                 [("tiny", 45, 23, 5, 3)])   # R1: 32 of its 256 experts are enough to pick 8 from
+    for mode in ("int4", "int8"):
+        for label, H, I, E, K in moe_cases:
+            pairs = [(random_weight(mode, 2 * I, H), random_weight(mode, H, I)) for _ in range(E)]
+            experts = triton_ops.ExpertTable([p[0][0] for p in pairs], [p[1][0] for p in pairs])
+
+            def mlp(w13, w2, lin):
+                def f(x):
+                    gate, up = lin(x, w13).split(I, dim=-1)
+                    return lin(F.silu(gate) * up, w2)
+                return f
+
+            ref_experts = [mlp(a[0], b[0], quant.reference_quantized_linear) for a, b in pairs]
+            dev_experts = [mlp(a[1], b[1], quant.quantized_linear) for a, b in pairs]   # the engine's path today
+            x = randn(1, H)
+            idx = torch.randperm(E, generator=g)[:K][None].to(dev)
+            w = (torch.rand(1, K, generator=g) / K).to(dev)
+            nbytes = K * (pairs[0][0][0].nbytes + pairs[0][1][0].nbytes)
+            compare(f"moe_decode {mode} {label} E={E} top-{K} H={H} I={I}", 2e-2,
+                    lambda x=x, w=w, i=idx, ex=ref_experts: moe.reference_moe(x.float(), w, i, ex),
+                    lambda x=x, w=w, i=idx, t=experts: triton_ops.moe_decode(x, w, i, t),
+                    {f"moe[{pairs[0][0][1].layout}]": lambda x=x, w=w, i=idx, ex=dev_experts: moe.moe(x, w, i, ex)},
+                    nbytes)
+            del pairs, experts, ref_experts, dev_experts
 
     # -- absorbed MLA decode attention ----------------------------------------------------
     if gpu:
@@ -420,6 +453,14 @@ R1 = {"hidden": 7168, "heads": 128, "kv_lora": 512, "rope": 64, "expert": 2048}
 SMEM_LIMIT = 232448   # bytes of shared memory one block may use on sm_90 (227 KiB)
 
 
+def _meta_codes(mode: str, n: int, k: int, group: int, empty) -> dict:
+    """Portable-layout tensors of an [n, k] quantized weight (shapes only, via ``empty``)."""
+    np_, kp = -(-n // 16) * 16, -(-k // group) * group
+    if mode == "int4":
+        return {"q": empty(np_, kp // 2, dtype=torch.uint8), "scale_zero": empty(kp // group, np_, 2)}
+    return {"q": empty(np_, kp, dtype=torch.uint8), "scale": empty(kp // group, np_)}
+
+
 def compile_all(arch: int = 90) -> bool:
     """Build every kernel the launchers would start at V2-Lite and R1 shapes (tensors on the meta
     device) for CUDA sm_<arch>, then ask ptxas for registers and spills. True if all fit in
@@ -440,12 +481,16 @@ def compile_all(arch: int = 90) -> bool:
             h, e = cfg["hidden"], cfg["expert"]
             for mode, g in (("int4", quant.DEFAULT_GROUP), ("int8", quant.INT8_GROUP)):
                 for n, k in ((2 * e, h), (h, e), (333, 1000)):
-                    np_, kp = -(-n // 16) * 16, -(-k // g) * g
-                    t = ({"q": empty(np_, kp // 2, dtype=torch.uint8), "scale_zero": empty(kp // g, np_, 2)}
-                         if mode == "int4" else {"q": empty(np_, kp, dtype=torch.uint8), "scale": empty(kp // g, np_)})
-                    qw = quant.QuantizedWeight(mode, (n, k), g, t, "nibbles" if mode == "int4" else "codes")
+                    qw = quant.QuantizedWeight(mode, (n, k), g, _meta_codes(mode, n, k, g, empty),
+                                               "nibbles" if mode == "int4" else "codes")
                     for m, dtype in ((1, torch.bfloat16), (64, torch.bfloat16), (64, torch.float32)):
                         triton_ops.quantized_linear(empty(m, k, dtype=dtype), qw)
+                w13 = quant.QuantizedWeight(mode, (2 * e, h), g, _meta_codes(mode, 2 * e, h, g, empty), qw.layout)
+                w2 = quant.QuantizedWeight(mode, (h, e), g, _meta_codes(mode, h, e, g, empty), qw.layout)
+                for dtype in (torch.bfloat16, torch.float32):
+                    table = triton_ops.ExpertTable([w13] * 4, [w2] * 4)
+                    triton_ops.moe_decode(empty(1, h, dtype=dtype), empty(1, 4, dtype=torch.float32),
+                                          empty(1, 4, dtype=torch.int64), table)
             H, R, P = cfg["heads"], cfg["kv_lora"], cfg["rope"]
             for T, S in ((1, 1), (1, 8192), (4, 2048)):
                 triton_ops.mla_attention(empty(1, T, H, R + P), empty(1, S, R + P), R, 0.07, S - T)

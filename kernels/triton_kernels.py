@@ -33,22 +33,19 @@ def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def int4_gemv(x_ptr, q_ptr, sz_ptr, y_ptr, N, K, KP, NP, stride_xm, stride_ym,
-              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # grid (cdiv(N, BLOCK_N), M): one row of x, BLOCK_N outputs; a K step spans BLOCK_K // GROUP
-    # whole groups, each summed on its own before its (scale, zero) applies
-    pid_n, m = tl.program_id(0), tl.program_id(1)
+def _int4_rows(x_ptr, q_ptr, sz_ptr, offs_n, n_ok, K, KP, NP,
+               GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x (one row, K entries) · W[offs_n]ᵀ for an int4 "nibbles" weight: [BLOCK_N] float32.
+    A K step spans BLOCK_K // GROUP whole groups, each summed alone before its (scale, zero)."""
     HALF: tl.constexpr = BLOCK_K // 2
     NG: tl.constexpr = BLOCK_K // GROUP
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
     offs_j = tl.arange(0, HALF)
     offs_g = tl.arange(0, NG)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + 2 * offs_j                                                  # even columns
-        xe = tl.load(x_ptr + m * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
-        xo = tl.load(x_ptr + m * stride_xm + kk + 1, mask=kk + 1 < K, other=0.0).to(tl.float32)
+        xe = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+        xo = tl.load(x_ptr + kk + 1, mask=kk + 1 < K, other=0.0).to(tl.float32)
         p = tl.load(q_ptr + offs_n[:, None] * (KP // 2) + (k0 // 2 + offs_j)[None, :],
                     mask=n_ok[:, None] & (kk < KP)[None, :], other=0)        # [BLOCK_N, HALF] bytes
         lo = (p & 15).to(tl.float32) - 8.0
@@ -61,6 +58,38 @@ def int4_gemv(x_ptr, q_ptr, sz_ptr, y_ptr, N, K, KP, NP, stride_xm, stride_ym,
         s = tl.load(sz, mask=ok, other=0.0).to(tl.float32)
         z = tl.load(sz + 1, mask=ok, other=0.0).to(tl.float32)
         acc += tl.sum(s * part + z * xs[None, :], axis=1)
+    return acc
+
+
+@triton.jit
+def _int8_rows(x_ptr, u_ptr, s_ptr, offs_n, n_ok, K, KP, NP,
+               GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """As _int4_rows for an int8 "codes" weight."""
+    NG: tl.constexpr = BLOCK_K // GROUP
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_g = tl.arange(0, NG)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + offs_n[:, None] * KP + kk[None, :], mask=n_ok[:, None] & (kk < KP)[None, :], other=128)
+        part = tl.sum(tl.reshape((u.to(tl.float32) - 128.0) * x[None, :], [BLOCK_N, NG, GROUP]), axis=2)
+        xs = tl.sum(tl.reshape(x, [NG, GROUP]), axis=1)                      # [NG]
+        gi = k0 // GROUP + offs_g
+        s = tl.load(s_ptr + gi[None, :] * NP + offs_n[:, None],
+                    mask=n_ok[:, None] & (gi < KP // GROUP)[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(s * (part + 0.5 * xs[None, :]), axis=1)
+    return acc
+
+
+@triton.jit
+def int4_gemv(x_ptr, q_ptr, sz_ptr, y_ptr, N, K, KP, NP, stride_xm, stride_ym,
+              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # grid (cdiv(N, BLOCK_N), M): one row of x, BLOCK_N outputs
+    pid_n, m = tl.program_id(0), tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    acc = _int4_rows(x_ptr + m * stride_xm, q_ptr, sz_ptr, offs_n, n_ok, K, KP, NP, GROUP, BLOCK_N, BLOCK_K)
     tl.store(y_ptr + m * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -100,22 +129,9 @@ def int4_mm(x_ptr, q_ptr, sz_ptr, y_ptr, M, N, K, KP_HALF, NP, stride_xm, stride
 def int8_gemv(x_ptr, u_ptr, s_ptr, y_ptr, N, K, KP, NP, stride_xm, stride_ym,
               GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n, m = tl.program_id(0), tl.program_id(1)
-    NG: tl.constexpr = BLOCK_K // GROUP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_g = tl.arange(0, NG)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + offs_k
-        x = tl.load(x_ptr + m * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
-        u = tl.load(u_ptr + offs_n[:, None] * KP + kk[None, :], mask=n_ok[:, None] & (kk < KP)[None, :], other=128)
-        part = tl.sum(tl.reshape((u.to(tl.float32) - 128.0) * x[None, :], [BLOCK_N, NG, GROUP]), axis=2)
-        xs = tl.sum(tl.reshape(x, [NG, GROUP]), axis=1)                      # [NG]
-        gi = k0 // GROUP + offs_g
-        s = tl.load(s_ptr + gi[None, :] * NP + offs_n[:, None],
-                    mask=n_ok[:, None] & (gi < KP // GROUP)[None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(s * (part + 0.5 * xs[None, :]), axis=1)
+    acc = _int8_rows(x_ptr + m * stride_xm, u_ptr, s_ptr, offs_n, n_ok, K, KP, NP, GROUP, BLOCK_N, BLOCK_K)
     tl.store(y_ptr + m * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -140,6 +156,50 @@ def int8_mm(x_ptr, u_ptr, s_ptr, y_ptr, M, N, K, KP, NP, stride_xm, stride_ym,
         acc += (part + 0.5 * tl.sum(x.to(tl.float32), axis=1)[:, None]) * s[None, :]
     y = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+# ---------------------------------------------------------------------------------------
+# MoE decode (one token): every selected expert's SwiGLU MLP in two launches. The experts'
+# weights stay separate tensors; tables of their addresses (int64) are indexed by expert id.
+
+
+@triton.jit
+def _rows(x_ptr, q_tab, s_tab, e, offs_n, n_ok, K, KP, NP,
+          INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    q = tl.load(q_tab + e).to(tl.pointer_type(tl.uint8))
+    s = tl.load(s_tab + e).to(tl.pointer_type(tl.bfloat16))
+    if INT4:
+        return _int4_rows(x_ptr, q, s, offs_n, n_ok, K, KP, NP, GROUP, BLOCK_N, BLOCK_K)
+    return _int8_rows(x_ptr, q, s, offs_n, n_ok, K, KP, NP, GROUP, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def moe_up(x_ptr, idx_ptr, q_tab, s_tab, act_ptr, I, H, HP, NP,
+           INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # grid (cdiv(I, BLOCK_N), top-k): slot j's expert, rows n (gate) and I + n (up) of w13
+    # [2I, H] -> act[j, n] = silu(gate) · up in float32, stored in the activations' dtype
+    pid_n, j = tl.program_id(0), tl.program_id(1)
+    e = tl.load(idx_ptr + j)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < I
+    g = _rows(x_ptr, q_tab, s_tab, e, offs_n, n_ok, H, HP, NP, INT4, GROUP, BLOCK_N, BLOCK_K)
+    u = _rows(x_ptr, q_tab, s_tab, e, offs_n + I, n_ok, H, HP, NP, INT4, GROUP, BLOCK_N, BLOCK_K)
+    tl.store(act_ptr + j * I + offs_n, (g / (1.0 + tl.exp(-g)) * u).to(act_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def moe_down(act_ptr, idx_ptr, w_ptr, q_tab, s_tab, y_ptr, H, I, IP, NP, TOPK,
+             INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # grid (cdiv(H, BLOCK_N),): y[n] = Σ_j weight_j · (w2[e_j] act_j)[n], w2 [H, I]
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < H
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for j in range(TOPK):
+        e = tl.load(idx_ptr + j)
+        w = tl.load(w_ptr + j).to(tl.float32)
+        acc += w * _rows(act_ptr + j * I, q_tab, s_tab, e, offs_n, n_ok, I, IP, NP, INT4, GROUP, BLOCK_N, BLOCK_K)
+    tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 # ---------------------------------------------------------------------------------------

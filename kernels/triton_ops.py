@@ -5,6 +5,7 @@
     rms_norm(x, weight, eps)                      kernels.norm_rope.reference_rms_norm
     add_rms_norm(x, residual, weight, eps)        h = x + residual; (h, reference_rms_norm(h))
     apply_rope(x, cos, sin, interleaved=True)     kernels.norm_rope.reference_apply_rope
+    moe_decode(x, weights, indices, ExpertTable)  kernels.moe.reference_moe, quantized SwiGLU experts
     fp8_block_dequant(w, scale_inv, dtype, out)   kernels.fp8.reference_fp8_block_dequant
 
 Importing this module does not import triton (CPU-only installs never need it); the kernels
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -77,7 +79,8 @@ def compiling_for(arch: int = 90):
         _COMPILING = None
 
 
-_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.uint8: "u8", torch.int8: "i8"}
+_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.uint8: "u8", torch.int8: "i8",
+          torch.int32: "i32", torch.int64: "i64"}
 
 
 def _compile(kernel, args: tuple, meta: dict, arch: int):
@@ -132,6 +135,14 @@ SPLIT_MIN_ROWS = 128   # MLA: fewer rows a split would write more partial result
 GEMV_MAX_M = 4   # up to this many rows each row streams the weight itself; above, tiles + tl.dot
 
 
+def _gemv_block_k(group: int, int4: bool, x: Tensor) -> int:
+    """Inputs per GEMV step: several whole groups, 256 bytes of each weight row on a GPU;
+    fewer in the interpreter (its time grows with the tile), still more than one group."""
+    if _interpreted(x):
+        return max(group, 128)
+    return max(group, 512 if int4 else 256)
+
+
 def quantized_linear(x: Tensor, qw) -> Tensor:
     """x [..., in] (or [..., in'] padded with zeros to the weight's padded width) -> [..., out]
     in x's dtype, for a ``kernels.quant.QuantizedWeight`` in the portable layouts: int4
@@ -156,7 +167,7 @@ def quantized_linear(x: Tensor, qw) -> Tensor:
     sc = qw.tensors["scale_zero" if int4 else "scale"]
     width = kp // 2 if int4 else kp
     if m <= GEMV_MAX_M:   # enough programs to fill the GPU, each streaming up to 4 KiB of weight a step
-        block_k = max(g, 512 if int4 else 256)
+        block_k = _gemv_block_k(g, int4, x)
         block_n = 16 if _cdiv(n, 16) >= 256 else 8 if _cdiv(n, 8) >= 128 else 4
         _launch("int4_gemv" if int4 else "int8_gemv", (_cdiv(n, block_n), m),
                 x2, q, sc, y, n, kx, kp, np_, x2.stride(0), y.stride(0),
@@ -171,6 +182,62 @@ def quantized_linear(x: Tensor, qw) -> Tensor:
                 GROUP=g, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                 PREC=_prec(x.dtype, split=True), UPCAST=_upcast(x), num_warps=warps)
     return y.view(*x.shape[:-1], n)
+
+
+# ---------------------------------------------------------------------------------------
+# MoE decode: all selected quantized experts of one token in two launches
+
+
+class ExpertTable:
+    """One MoE layer's quantized experts for ``moe_decode``: expert e is the SwiGLU MLP
+    w2(silu(g) · u) with [g; u] = w13(x) (as local_engine's MLP), w13 [2I, H], w2 [H, I],
+    all in the same portable layout. Holds the weights and int64 tables of their addresses."""
+
+    def __init__(self, w13: Sequence, w2: Sequence):
+        if not w13 or len(w13) != len(w2):
+            raise ValueError("ExpertTable needs one w2 per w13, at least one expert")
+        first = w13[0]
+        if first.layout not in ("nibbles", "codes"):
+            raise ValueError(f"ExpertTable takes the nibbles/codes layouts, not {first.layout!r}")
+        two_i, self.hidden = first.shape
+        self.inter = two_i // 2
+        for a, b in zip(w13, w2):
+            if (a.shape, b.shape) != ((two_i, self.hidden), (self.hidden, self.inter)) or \
+                    {a.mode, b.mode, a.layout, b.layout, a.group_size, b.group_size} != \
+                    {first.mode, first.layout, first.group_size}:
+                raise ValueError("ExpertTable: experts differ in shape, mode, layout or group size")
+        self.mode, self.group = first.mode, first.group_size
+        scale = "scale_zero" if self.mode == "int4" else "scale"
+        dev = first.device
+
+        def table(ws, name):
+            return torch.tensor([w.tensors[name].data_ptr() for w in ws], dtype=torch.int64, device=dev)
+
+        self.weights = (list(w13), list(w2))   # the tables point into these: keep them alive
+        self.q13, self.s13, self.q2, self.s2 = table(w13, "q"), table(w13, scale), table(w2, "q"), table(w2, scale)
+        self.np13, self.hp = first.padded_shape
+        self.np2, self.ip = w2[0].padded_shape
+
+
+def moe_decode(x: Tensor, weights: Tensor, indices: Tensor, experts: ExpertTable) -> Tensor:
+    """One token: x [1, H], weights [1, k] (float32), indices [1, k] -> Σ_j weights_j · expert_{indices_j}(x),
+    [1, H] in x's dtype (``kernels.moe.moe`` with the table's experts)."""
+    if x.shape[0] != 1:
+        raise ValueError(f"moe_decode takes one token, got {x.shape[0]}")
+    h, i, k = experts.hidden, experts.inter, indices.shape[-1]
+    xr = x.reshape(h).contiguous()
+    idx = indices.reshape(k).to(torch.int32)
+    act = torch.empty(k, i, dtype=x.dtype, device=x.device)
+    y = torch.empty(1, h, dtype=x.dtype, device=x.device)
+    int4 = experts.mode == "int4"
+    block_k = _gemv_block_k(experts.group, int4, x)
+    block_up = 8 if _cdiv(i, 8) * k >= 256 else 4
+    _launch("moe_up", (_cdiv(i, block_up), k), xr, idx, experts.q13, experts.s13, act, i, h, experts.hp, experts.np13,
+            INT4=int4, GROUP=experts.group, BLOCK_N=block_up, BLOCK_K=block_k)
+    block_down = 8 if _cdiv(h, 8) >= 128 else 4
+    _launch("moe_down", (_cdiv(h, block_down),), act, idx, weights.reshape(k).contiguous(), experts.q2, experts.s2, y,
+            h, i, experts.ip, experts.np2, k, INT4=int4, GROUP=experts.group, BLOCK_N=block_down, BLOCK_K=block_k)
+    return y
 
 
 # ---------------------------------------------------------------------------------------

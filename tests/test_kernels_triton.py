@@ -22,10 +22,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 pytest.importorskip("triton")
 
-from kernels import dispatch, fp8, mla, norm_rope, quant, triton_kernels, triton_ops  # noqa: E402
+from kernels import dispatch, fp8, mla, moe, norm_rope, quant, triton_kernels, triton_ops  # noqa: E402
 from tests.tiny_checkpoints import fp8_quantize  # noqa: E402
 
 if not type(triton_kernels.rms_norm).__name__ == "InterpretedFunction":
@@ -82,6 +83,45 @@ def test_quantized_linear_refuses_packed_layouts_and_wrong_widths():
         triton_ops.quantized_linear(torch.randn(1, 64), packed)
     with pytest.raises(ValueError, match="features"):
         triton_ops.quantized_linear(torch.randn(1, 63), qw)
+
+
+# ---------------------------------------------------------------------------------------
+# MoE decode: the selected quantized SwiGLU experts of one token in two launches
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode,group", [("int4", 32), ("int8", 32), ("int4", 64)])
+def test_moe_decode_matches_the_reference_combine_of_quantized_experts(mode, group, dtype):
+    g = torch.Generator().manual_seed(len(mode) + group)
+    H, I, E, K = 45, 23, 5, 3
+    w13 = [portable(torch.randn(2 * I, H, generator=g), mode, group) for _ in range(E)]
+    w2 = [portable(torch.randn(H, I, generator=g), mode, group) for _ in range(E)]
+
+    def expert(e):   # local_engine's MLP on the reference matmul
+        def mlp(x):
+            gate, up = quant.reference_quantized_linear(x, w13[e]).split(I, dim=-1)
+            return quant.reference_quantized_linear(F.silu(gate) * up, w2[e])
+        return mlp
+
+    x = torch.randn(1, H, generator=g).to(dtype)
+    idx, w = torch.randperm(E, generator=g)[:K][None], torch.rand(1, K, generator=g)
+    out = triton_ops.moe_decode(x, w, idx, triton_ops.ExpertTable(w13, w2))
+    assert out.shape == (1, H) and out.dtype == dtype
+    if dtype == torch.float32:   # two chained matmuls, summed in another order: 1e-4
+        ref = moe.reference_moe(x, w, idx, [expert(e) for e in range(E)])
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    else:   # against the same experts in float32 on the same bf16 input: the kernel keeps float32 inside
+        ideal = moe.reference_moe(x.float(), w, idx, [expert(e) for e in range(E)])
+        torch.testing.assert_close(out.float(), ideal, rtol=2e-2, atol=2e-2 * ideal.abs().max().item())
+
+
+def test_expert_table_refuses_mixed_experts_and_moe_decode_more_than_one_token():
+    a = portable(torch.randn(8, 32), "int4", 32)
+    b = portable(torch.randn(32, 4), "int4", 32)
+    with pytest.raises(ValueError, match="differ"):
+        triton_ops.ExpertTable([a, a], [b, portable(torch.randn(32, 4), "int8", 32)])
+    table = triton_ops.ExpertTable([a], [b])
+    with pytest.raises(ValueError, match="one token"):
+        triton_ops.moe_decode(torch.randn(2, 32), torch.ones(2, 1), torch.zeros(2, 1, dtype=torch.long), table)
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,5 +253,5 @@ def test_every_kernel_compiles_for_an_h100_class_gpu_without_spilling():
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     names = {line.split()[0] for line in done.stdout.splitlines()[2:] if line.strip()}
-    assert names == {"int4_gemv", "int4_mm", "int8_gemv", "int8_mm", "mla_partial", "mla_combine",
-                     "rms_norm", "rope", "fp8_dequant"}, done.stdout
+    assert names == {"int4_gemv", "int4_mm", "int8_gemv", "int8_mm", "moe_up", "moe_down", "mla_partial",
+                     "mla_combine", "rms_norm", "rope", "fp8_dequant"}, done.stdout
