@@ -113,7 +113,7 @@ def _cdiv(a: int, b: int) -> int:
 def _prec(dtype: torch.dtype, split: bool = False) -> str:
     """tl.dot's input precision: bf16/fp16 ignore it; float32 operands must not be rounded to
     tf32's 10 bits: "ieee", or three tf32 products ("tf32x3", split=True: tensor cores, fewer
-    registers; as exact when one operand is a small integer, as the quantization codes are)."""
+    registers, ~2^-21 relative; the quantization codes, small integers, are exact in tf32)."""
     if dtype != torch.float32:
         return "tf32"
     return "tf32x3" if split else "ieee"
@@ -163,8 +163,8 @@ def quantized_linear(x: Tensor, qw) -> Tensor:
     if m == 0 or n == 0:
         return y.view(*x.shape[:-1], n)
     int4 = qw.mode == "int4"
-    q = qw.tensors["q"]
-    sc = qw.tensors["scale_zero" if int4 else "scale"]
+    q = qw.tensors["q"].contiguous()   # no-ops for kernels.quant's own weights
+    sc = qw.tensors["scale_zero" if int4 else "scale"].contiguous()
     width = kp // 2 if int4 else kp
     if m <= GEMV_MAX_M:   # enough programs to fill the GPU, each streaming up to 4 KiB of weight a step
         block_k = _gemv_block_k(g, int4, x)
@@ -211,6 +211,8 @@ class ExpertTable:
         dev = first.device
 
         def table(ws, name):
+            if not all(w.tensors[name].is_contiguous() for w in ws):
+                raise ValueError(f"ExpertTable: every expert's {name!r} must be contiguous")
             return torch.tensor([w.tensors[name].data_ptr() for w in ws], dtype=torch.int64, device=dev)
 
         self.weights = (list(w13), list(w2))   # the tables point into these: keep them alive
