@@ -11,7 +11,11 @@ dense MLP, experts and head are quantized in both; ``wkv_b`` (attn_k_b/attn_v_b)
 both. llama.cpp runs in a subprocess (llama-cpp-python) with the same thread count.
 
 Reports decode tok/s at batch 1 at context 0 and 2048, prefill tok/s (2048 tokens), and the
-physical limit: active weight bytes per token / memory bandwidth (timed large copy).
+physical limit: active weight bytes per token / memory bandwidth (timed large copy). Duet runs
+twice: with the native CPU kernels (kernels/csrc: int16-activation GEMV, one fused call per
+MoE layer, dequantize + matmul for prefill) and with aten's packed int4 kernel ("(aten)"
+rows, the path before them). Also printed: the per-call cost at a tiny size, the GB/s of one
+M=1 matmul streaming its weights from memory, and a profile of one decode step.
 Two departures from V2-Lite: the vocabulary is 16384 (not 102400) so the head does not
 dominate a 4-layer model, and q goes through a 1536-rank q_lora (as in V2/V3): llama.cpp
 treats a deepseek2 model as "lite" (plain q projection) only when it has 26 or 27 layers.
@@ -333,6 +337,43 @@ def call_overhead_us(threads: int) -> dict:
     return out
 
 
+def kernel_gbs(threads: int, n: int = 2816, k: int = 2048, total: float = 400e6) -> dict:
+    """GB/s of one M=1 quantized matmul streaming its weight from memory (a rotating set of
+    ``total`` bytes of [n, k] matrices, so no cache holds them), native vs aten, next to the
+    read bandwidth timed right before."""
+    from kernels.quant import from_codes, quantized_linear
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(3)
+    out = {"read_gbs": bandwidth_gbs()["read_gbs"]}
+    for mode in ("int8", "int4"):
+        if mode == "int8":
+            codes = {"q": torch.randint(0, 256, (n, k), dtype=torch.uint8, generator=g),
+                     "scale": (torch.rand(k // 32, n, generator=g) * 1e-3).to(torch.bfloat16)}
+        else:
+            codes = {"q": torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g),
+                     "scale_zero": (torch.rand(k // GROUP, n, 2, generator=g) * 1e-3).to(torch.bfloat16)}
+        group = 32 if mode == "int8" else GROUP
+        for native in (True, False):
+            ws = [from_codes(mode, (n, k), group, {key: t.clone() for key, t in codes.items()}, native=native)]
+            count = max(4, int(total // ws[0].nbytes))
+            ws += [from_codes(mode, (n, k), group, {key: t.clone() for key, t in codes.items()}, native=native)
+                   for _ in range(count - 1)]
+            x = torch.randn(1, k, dtype=torch.bfloat16)
+            for w in ws:
+                quantized_linear(x, w)
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                for w in ws:
+                    quantized_linear(x, w)
+                best = min(best, (time.perf_counter() - t) / count)
+            label = f"{mode} {'native' if native else 'aten'} ({ws[0].layout})"
+            out[label] = ws[0].nbytes / best / 1e9
+            del ws
+    return out
+
+
 def profile_duet(folder: Path, threads: int, native: bool = True) -> list[tuple[str, float]]:
     """Where one decode step's time goes (torch profiler, top ops by self CPU time; the
     native kernels, invisible to it as ctypes calls, are labelled native::<entry>)."""
@@ -387,6 +428,10 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     overhead = call_overhead_us(a.threads)
     print(f"quantized_linear per-call cost at 64x256, M=1 (us): {overhead}", flush=True)
+    kgbs = kernel_gbs(a.threads)
+    print("M=1 matmul streaming 2816x2048 weights from memory: " + ", ".join(
+        f"{k_} {v:.1f} GB/s" + ("" if k_ == "read_gbs" else f" ({100 * v / kgbs['read_gbs']:.0f}% of read)")
+        for k_, v in kgbs.items()), flush=True)
     try:
         for mode in a.modes.split(","):
             t = time.perf_counter()
@@ -439,7 +484,7 @@ def main(argv=None) -> int:
     print(f"load average before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f} on {load['cpus']} CPUs "
           f"(other processes share these cores: timings are indicative)")
     out.write_text(json.dumps({"config": cfg, "threads": a.threads, "bandwidth": bw, "rows": rows,
-                               "call_overhead_us": overhead, "profiles": profiles, "load_average": load,
+                               "call_overhead_us": overhead, "kernel_gbs": kgbs, "profiles": profiles, "load_average": load,
                                "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     print(f"\nwrote {out}")
     return 0
