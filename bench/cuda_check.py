@@ -2,6 +2,7 @@
 
     python bench/cuda_check.py            # ~1-2 minutes on one GPU; writes bench/results/cuda_check.json
     python bench/cuda_check.py --device cpu   # the same checks on CPU (to test this script)
+    python bench/cuda_check.py --only triton   # just the Triton section (or any other name prefix)
     python bench/cuda_check.py --compile-only  # no GPU: compile every Triton kernel for sm_90
 
 For each kernel (quantized int8/int4 matmul, RMSNorm, RoPE, MLA decode attention, MoE
@@ -77,8 +78,13 @@ def sync():
         torch.cuda.synchronize()
 
 
+ONLY = ""   # --only PREFIX: run just the checks whose name starts with it (e.g. "triton")
+
+
 def check(name: str, tol: float):
     def wrap(fn):
+        if not name.startswith(ONLY):
+            return fn
         t0 = time.perf_counter()
         try:
             err, timing = fn()
@@ -120,7 +126,9 @@ def probe_ops() -> dict:
 
 
 def main() -> int:
-    global DEV
+    global DEV, ONLY
+    if "--only" in sys.argv:
+        ONLY = sys.argv[sys.argv.index("--only") + 1]
     if "--compile-only" in sys.argv:
         return 0 if compile_all() else 1
     if "--device" in sys.argv:
