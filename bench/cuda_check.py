@@ -3,7 +3,7 @@
     python bench/cuda_check.py            # ~1-2 minutes on one GPU; writes bench/results/cuda_check.json
     python bench/cuda_check.py --device cpu   # the same checks on CPU (to test this script)
     python bench/cuda_check.py --only triton   # just the Triton section (or any other name prefix)
-    python bench/cuda_check.py --compile-only  # no GPU: compile every Triton kernel for sm_90
+    python bench/cuda_check.py --compile-only [--arch 80,90]  # no GPU: compile the Triton kernels for sm_90
 
 For each kernel (quantized int8/int4 matmul, RMSNorm, RoPE, MLA decode attention, MoE
 dispatch, FP8 block dequant, and a tiny quantized engine end to end) it runs the fast path
@@ -130,7 +130,8 @@ def main() -> int:
     if "--only" in sys.argv:
         ONLY = sys.argv[sys.argv.index("--only") + 1]
     if "--compile-only" in sys.argv:
-        return 0 if compile_all() else 1
+        archs = sys.argv[sys.argv.index("--arch") + 1] if "--arch" in sys.argv else "90"
+        return 0 if all([compile_all(int(a)) for a in archs.split(",")]) else 1
     if "--device" in sys.argv:
         DEV = sys.argv[sys.argv.index("--device") + 1]
     if DEV == "cuda" and not torch.cuda.is_available():
@@ -521,7 +522,7 @@ def compile_all(arch: int = 90) -> bool:
             seen.add(kern.hash)
             ptx = Path(d) / f"{kern.hash}.ptx"
             ptx.write_text(kern.asm["ptx"])
-            log = subprocess.run([get_ptxas(arch).path, f"-arch=sm_{arch}a", "-v", str(ptx), "-o", str(ptx) + ".o"],
+            log = subprocess.run([get_ptxas(arch).path, f"-arch=sm_{arch}{'a' if arch >= 90 else ''}", "-v", str(ptx), "-o", str(ptx) + ".o"],
                                  capture_output=True, text=True).stderr
             words = log.split()
             regs = next((int(w) for w, nxt in zip(words, words[1:]) if nxt == "registers,"), -1)

@@ -330,13 +330,17 @@ def rope(x_ptr, cos_ptr, sin_ptr, y_ptr, T, HEADS, HALF,
 def fp8_dequant(w_ptr, s_ptr, out_ptr, O, I, stride_s, stride_out,
                 BLOCK: tl.constexpr, ROWS: tl.constexpr):
     # grid (cdiv(O, ROWS), cdiv(I, BLOCK)); ROWS divides BLOCK, so a tile has one scale.
-    # w is the float8_e4m3fn weight viewed as bytes (that view also runs in the interpreter)
+    # w is the float8_e4m3fn weight viewed as bytes, decoded by hand (Triton's fp8e4nv type
+    # needs sm_89+): e4m3's exponent and mantissa fields, moved into fp16's, give the value
+    # / 2^8 exactly, subnormals included (both formats' subnormals line up); 0x7f/0xff are NaN.
     pid_r, pid_c = tl.program_id(0), tl.program_id(1)
     offs_r = pid_r * ROWS + tl.arange(0, ROWS)
     offs_c = pid_c * BLOCK + tl.arange(0, BLOCK)
     ok = (offs_r < O)[:, None] & (offs_c < I)[None, :]
-    bits = tl.load(w_ptr + offs_r[:, None] * I + offs_c[None, :], mask=ok, other=0)
-    w = bits.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    bits = tl.load(w_ptr + offs_r[:, None] * I + offs_c[None, :], mask=ok, other=0).to(tl.uint16)
+    half = ((bits & 0x7F) << 7) | ((bits & 0x80) << 8)
+    w = half.to(tl.float16, bitcast=True).to(tl.float32) * 256.0
+    w = tl.where((bits & 0x7F) == 0x7F, float("nan"), w)
     s = tl.load(s_ptr + ((pid_r * ROWS) // BLOCK) * stride_s + pid_c)
     tl.store(out_ptr + offs_r[:, None] * stride_out + offs_c[None, :],
              (w * s).to(out_ptr.dtype.element_ty), mask=ok)

@@ -173,10 +173,12 @@ def quantized_linear(x: Tensor, qw) -> Tensor:
                 x2, q, sc, y, n, kx, kp, np_, x2.stride(0), y.stride(0),
                 GROUP=g, BLOCK_N=block_n, BLOCK_K=block_k)
     else:
-        block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+        fp32 = x.dtype == torch.float32
+        block_m = 16 if m <= 16 else 32 if m <= 32 or fp32 else 64
         block_n, block_k = 64, min(g, 64)
-        # 4 warps would take 255 registers a thread for 64-row tiles (ptxas on sm_90)
-        warps = 8 if block_m == 64 or x.dtype == torch.float32 else 4
+        # ptxas (sm_80, sm_90): 4 warps take 255 registers a thread for 64-row tiles; float32's
+        # three tf32 products spill unless tiles have at most 32 rows, on 8 warps
+        warps = 8 if block_m == 64 or fp32 else 4
         _launch("int4_mm" if int4 else "int8_mm", (_cdiv(m, block_m), _cdiv(n, block_n)),
                 x2, q, sc, y, m, n, kx, width, np_, x2.stride(0), y.stride(0),
                 GROUP=g, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
