@@ -2,7 +2,8 @@
 
 Set DUET_KERNELS=reference to run every reference instead (debugging). On CUDA tensors, where
 triton imports, rms_norm / mla_attention / fp8_block_dequant run their Triton kernels
-(``kernels.triton_ops``); everywhere else the PyTorch fast paths run, as before."""
+(``kernels.triton_ops``; DUET_TRITON=0 keeps them off); everywhere else the PyTorch fast paths
+run, as before."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ TRITON = tuple(_FAST)   # the kernels that have a Triton version
 
 
 def uses_triton(device_type: str) -> bool:
-    """Whether tensors on this kind of device run the Triton kernels."""
-    return not _REFERENCE and device_type == "cuda" and triton_ops.available()
+    """Whether tensors on this kind of device run the Triton kernels (DUET_TRITON=0: never)."""
+    return not _REFERENCE and device_type == "cuda" and triton_ops.enabled()
 
 
 def choose(name: str, device_type: str):

@@ -9,7 +9,8 @@
     fp8_block_dequant(w, scale_inv, dtype, out)   kernels.fp8.reference_fp8_block_dequant
 
 Importing this module does not import triton (CPU-only installs never need it); the kernels
-(``kernels.triton_kernels``) load on first use. ``available()`` tells whether triton imports.
+(``kernels.triton_kernels``) load on first use. ``available()`` tells whether triton imports,
+``enabled()`` whether CUDA tensors should use it (DUET_TRITON=0 turns it off).
 Launchers take tensors on the device the kernels run on: CUDA, or CPU under TRITON_INTERPRET=1.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +37,12 @@ def available() -> bool:
         except Exception:   # ImportError, or a broken install raising anything at import
             _AVAILABLE = False
     return _AVAILABLE
+
+
+def enabled() -> bool:
+    """Whether CUDA tensors should run these kernels: triton imports and DUET_TRITON is not "0"
+    (the switch back to the PyTorch paths, should a GPU/driver/triton mix misbehave)."""
+    return os.environ.get("DUET_TRITON") != "0" and available()
 
 
 def _k():

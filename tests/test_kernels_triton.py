@@ -234,10 +234,13 @@ def test_dispatch_cpu_results_are_the_pytorch_fast_paths_bit_for_bit():
     assert torch.equal(dispatch.fp8_block_dequant(fq, fs, torch.bfloat16), fp8.fp8_block_dequant(fq, fs, torch.bfloat16))
 
 
-def test_dispatch_falls_back_without_triton_or_with_reference_kernels(monkeypatch):
+def test_dispatch_falls_back_without_triton_when_switched_off_or_with_reference_kernels(monkeypatch):
     monkeypatch.setattr(triton_ops, "_AVAILABLE", False)   # as where triton does not import
     assert dispatch.choose("rms_norm", "cuda") is norm_rope.rms_norm and not dispatch.uses_triton("cuda")
     monkeypatch.setattr(triton_ops, "_AVAILABLE", True)
+    monkeypatch.setenv("DUET_TRITON", "0")                 # the switch back to PyTorch on CUDA
+    assert dispatch.choose("mla_attention", "cuda") is mla.mla_attention
+    monkeypatch.delenv("DUET_TRITON")
     monkeypatch.setattr(dispatch, "_REFERENCE", True)      # DUET_KERNELS=reference
     assert dispatch.choose("mla_attention", "cuda") is mla.reference_mla_attention
 
