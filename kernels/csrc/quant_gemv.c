@@ -32,6 +32,9 @@
 #ifndef DUET_PF
 #define DUET_PF 4096   /* bytes of weights prefetched ahead of the one being read */
 #endif
+#ifndef DUET_SPF
+#define DUET_SPF 1024  /* bytes of scales prefetched ahead of a row's own */
+#endif
 #define INLINE static inline __attribute__((always_inline))
 
 int duet_isa(void) {
@@ -123,9 +126,10 @@ static void xq_fill(xq_t *xq, const void *x, int bf16, int k, long ldx) {
 /* ---------------------------------------------------------------------------------------
  * one weight row against MM activation rows (MM <= 4, a compile-time constant after inlining) */
 
-INLINE void row_q8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, int m0, int MM, float *t, float *out) {
-    const int KB = xq->KB, Kp = xq->Kp, per = gs / 32;   /* x blocks (32) per weight group */
-    float corr[MAXM];   /* t: scratch [MM][KB] */
+/* per weight row: t[m][b] = weight scale x activation scale of block b, corr[m] = the
+   zero-point / half-step term (uses only the scales and the block sums) */
+INLINE void prep_q8(const uint16_t *s, int gs, const xq_t *xq, int m0, int MM, float *t, float *corr) {
+    const int KB = xq->KB, per = gs / 32;   /* x blocks (32) per weight group */
     for (int m = 0; m < MM; m++) {
         const float *xs = xq->scale + (long)(m0 + m) * KB, *xm = xq->sum + (long)(m0 + m) * KB;
         float c = 0.f;
@@ -160,6 +164,12 @@ INLINE void row_q8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, i
         }
         corr[m] = 0.5f * c;                   /* w = (j + 0.5) s: the 0.5 s part */
     }
+}
+
+INLINE void row_q8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, int m0, int MM, float *t, float *out) {
+    const int KB = xq->KB, Kp = xq->Kp;
+    float corr[MAXM];   /* t: scratch [MM][KB] */
+    prep_q8(s, gs, xq, m0, MM, t, corr);
     const int16_t *x0 = xq->q + (long)m0 * Kp;
 #if defined(DUET_AVX512)
     /* four accumulators per row: the fma chain, not memory, would limit one */
@@ -218,9 +228,10 @@ INLINE void row_q8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, i
 #endif
 }
 
-INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq, int m0, int MM, float *t, float *out) {
-    const int KB = xq->KB, Kp = xq->Kp, per = gs / 64;   /* x blocks (64) per weight group */
-    float corr[MAXM];   /* t: scratch [MM][KB] */
+/* per weight row: t[m][b] = weight scale x activation scale of block b, corr[m] = the
+   zero-point / half-step term (uses only the scales and the block sums) */
+INLINE void prep_q4(const uint16_t *sz, int gs, const xq_t *xq, int m0, int MM, float *t, float *corr) {
+    const int KB = xq->KB, per = gs / 64;   /* x blocks (64) per weight group */
     for (int m = 0; m < MM; m++) {
         const float *xs = xq->scale + (long)(m0 + m) * KB, *xm = xq->sum + (long)(m0 + m) * KB;
         float c = 0.f;
@@ -249,6 +260,12 @@ INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq,
         }
         corr[m] = c;
     }
+}
+
+INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq, int m0, int MM, float *t, float *out) {
+    const int KB = xq->KB, Kp = xq->Kp;
+    float corr[MAXM];   /* t: scratch [MM][KB] */
+    prep_q4(sz, gs, xq, m0, MM, t, corr);
     const int16_t *x0 = xq->q + (long)m0 * Kp;
 #if defined(DUET_AVX512)
     const __m512i low = _mm512_set1_epi16(15);
@@ -324,6 +341,100 @@ INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq,
 #endif
 }
 
+/* Two weight rows (any two: their codes and scales by address) against one activation row.
+ * The one-row loop is bound by its loads (the activation block is as many bytes as the
+ * weights, from L1); two rows share each activation load. AVX-512 only; elsewhere two calls. */
+INLINE void row2(int bits, const void *w0, const uint16_t *s0, const void *w1, const uint16_t *s1, int gs,
+                 const xq_t *xq, float *t, float *out) {
+    const int KB = xq->KB;
+    float c0, c1;
+    const float *t0 = t, *t1 = t + KB;
+    const int16_t *x0 = xq->q;
+#if defined(DUET_AVX512) || defined(DUET_AVX2)
+    /* the scales of the rows a few pairs on: each row starts with them (prep), a miss there
+       stalls the row, and the hardware prefetcher does not follow this thin stream */
+    for (int i = 0; i < 4; i++) {
+        _mm_prefetch((const char *)s0 + DUET_SPF + 64 * i, _MM_HINT_T0);
+        _mm_prefetch((const char *)s1 + DUET_SPF + 64 * i, _MM_HINT_T0);
+    }
+#endif
+    if (bits == 8) {
+        prep_q8(s0, gs, xq, 0, 1, t, &c0);
+        prep_q8(s1, gs, xq, 0, 1, t + KB, &c1);
+    } else {
+        prep_q4(s0, gs, xq, 0, 1, t, &c0);
+        prep_q4(s1, gs, xq, 0, 1, t + KB, &c1);
+    }
+#if defined(DUET_AVX512)
+    __m512 a0[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a1[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    int b = 0;
+    if (bits == 8) {
+        const int8_t *v0 = (const int8_t *)w0, *v1 = (const int8_t *)w1;
+#define R8_STEP(bb, u)                                                                              \
+    {                                                                                               \
+        __m512i xv = _mm512_loadu_si512((const void *)(x0 + 32 * (bb)));                            \
+        __m512i p0 = _mm512_madd_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(v0 + 32 * (bb)))), xv); \
+        __m512i p1 = _mm512_madd_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(v1 + 32 * (bb)))), xv); \
+        a0[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_set1_ps(t0[bb]), a0[u]);            \
+        a1[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_set1_ps(t1[bb]), a1[u]);            \
+    }
+        for (; b + 2 <= KB; b += 2) {
+            _mm_prefetch((const char *)(v0 + 32 * b + DUET_PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(v1 + 32 * b + DUET_PF), _MM_HINT_T0);
+            R8_STEP(b, 0) R8_STEP(b + 1, 1)
+        }
+        for (; b < KB; b++) R8_STEP(b, 0)
+#undef R8_STEP
+    } else {
+        const uint8_t *v0 = (const uint8_t *)w0, *v1 = (const uint8_t *)w1;
+        const __m512i low = _mm512_set1_epi16(15);
+#if defined(__AVX512VNNI__)
+#define R4_HI(p, h, xv) _mm512_dpwssd_epi32(p, h, xv)
+#else
+#define R4_HI(p, h, xv) _mm512_add_epi32(p, _mm512_madd_epi16(h, xv))
+#endif
+#define R4_STEP(bb, u)                                                                              \
+    {                                                                                               \
+        __m512i xl = _mm512_loadu_si512((const void *)(x0 + 64 * (bb)));                            \
+        __m512i xh = _mm512_loadu_si512((const void *)(x0 + 64 * (bb) + 32));                       \
+        __m512i r0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(v0 + 32 * (bb))));    \
+        __m512i r1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(v1 + 32 * (bb))));    \
+        __m512i p0 = R4_HI(_mm512_madd_epi16(_mm512_and_si512(r0, low), xl), _mm512_srli_epi16(r0, 4), xh); \
+        __m512i p1 = R4_HI(_mm512_madd_epi16(_mm512_and_si512(r1, low), xl), _mm512_srli_epi16(r1, 4), xh); \
+        a0[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_set1_ps(t0[bb]), a0[u]);            \
+        a1[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_set1_ps(t1[bb]), a1[u]);            \
+    }
+        for (; b + 2 <= KB; b += 2) {
+            _mm_prefetch((const char *)(v0 + 32 * b + DUET_PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(v1 + 32 * b + DUET_PF), _MM_HINT_T0);
+            R4_STEP(b, 0) R4_STEP(b + 1, 1)
+        }
+        for (; b < KB; b++) R4_STEP(b, 0)
+#undef R4_STEP
+#undef R4_HI
+    }
+    out[0] = _mm512_reduce_add_ps(_mm512_add_ps(a0[0], a0[1])) + c0;
+    out[1] = _mm512_reduce_add_ps(_mm512_add_ps(a1[0], a1[1])) + c1;
+#else
+    (void)t0; (void)t1; (void)x0;
+    if (bits == 8) {
+        row_q8((const int8_t *)w0, s0, gs, xq, 0, 1, t, out);
+        row_q8((const int8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
+    } else {
+        row_q4((const uint8_t *)w0, s0, gs, xq, 0, 1, t, out);
+        row_q4((const uint8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
+    }
+#endif
+}
+
+/* the codes and scales of row n of a native [N', Kp] matrix */
+INLINE void row_at(int bits, const void *w, const uint16_t *s, int Kp, int gs, long n,
+                   const void **wr, const uint16_t **sr) {
+    const long G = Kp / gs;
+    *wr = (const uint8_t *)w + n * (bits == 8 ? Kp : Kp / 2);
+    *sr = s + n * G * (bits == 8 ? 1 : 2);
+}
+
 /* weight row n of a native matrix against activation rows m0 .. m0+mm-1 */
 INLINE void row_dot(int bits, const void *w, const uint16_t *s, int Kp, int gs, long n,
                     const xq_t *xq, int m0, int mm, float *t, float *out) {
@@ -363,6 +474,27 @@ int duet_gemm(int bits, const void *x, int x_bf16, int M, int k, long ldx,
     if (xq_alloc(&xq, M, Kp, bits == 8 ? 32 : 64)) return -1;
     xq_fill(&xq, x, x_bf16, k, ldx);
     if ((long)n * Kp * bits / 8 * M < SMALL_WORK) nthreads = 1;   /* waking the team costs more */
+    if (M == 1) {   /* decode: two weight rows per step */
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+        for (long pr = 0; pr < (n + 1) / 2; pr++) {
+            long r = 2 * pr;
+            float out[2], t[2 * xq.KB];
+            const void *w0, *w1;
+            const uint16_t *s0, *s1;
+            row_at(bits, w, s, Kp, gs, r, &w0, &s0);
+            if (r + 1 < n) {
+                row_at(bits, w, s, Kp, gs, r + 1, &w1, &s1);
+                row2(bits, w0, s0, w1, s1, gs, &xq, t, out);
+                store_out(y, y_bf16, r, out[0]);
+                store_out(y, y_bf16, r + 1, out[1]);
+            } else {
+                row_dot(bits, w, s, Kp, gs, r, &xq, 0, 1, t, out);
+                store_out(y, y_bf16, r, out[0]);
+            }
+        }
+        free(xq.q);
+        return 0;
+    }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (long r = 0; r < n; r++) {
         float out[MAXM], t[MAXM * xq.KB];
@@ -448,7 +580,7 @@ int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32
     xq_t xq, hq[64];
     if (xq_alloc(&xq, 1, Hp, XB)) return -1;
     float *gu = aligned_alloc(64, ((R * sizeof(float)) + 63) & ~(size_t)63);
-    float *yacc = aligned_alloc(64, ((H * sizeof(float)) + 63) & ~(size_t)63);
+    float *yacc = aligned_alloc(64, (((H + 1) * sizeof(float)) + 63) & ~(size_t)63);
     xq_t hall;   /* all experts' hidden vectors, one after the other: [HT] */
     if (!gu || !yacc || xq_alloc(&hall, 1, (int)HT, XB)) { free(xq.q); free(gu); free(yacc); return -1; }
     for (int e = 0; e < n_e; e++) {   /* views of hall, one per expert */
@@ -464,13 +596,24 @@ int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32
     for (int e = 0; e < n_e; e++) tmax = ip[e] / XB > tmax ? ip[e] / XB : tmax;
 #pragma omp parallel num_threads(nthreads)
     {
-        float t[tmax];
+        float t[2 * tmax];
 #pragma omp for schedule(static)
-        for (long r = 0; r < R; r++) {   /* gate and up rows of every expert */
+        for (long pr = 0; pr < (R + 1) / 2; pr++) {   /* gate and up rows of every expert, two at a time */
+            const void *wr[2];
+            const uint16_t *sr[2];
+            long r = 2 * pr;
             int e = 0;
-            while (r >= off13[e + 1]) e++;
-            const int64_t *p = ptrs + 4 * e;
-            row_dot(bits, (const void *)p[0], (const uint16_t *)p[1], Hp, gs, r - off13[e], &xq, 0, 1, t, gu + r);
+            for (int i = 0; i < 2 && r + i < R; i++) {
+                while (r + i >= off13[e + 1]) e++;
+                const int64_t *p = ptrs + 4 * e;
+                row_at(bits, (const void *)p[0], (const uint16_t *)p[1], Hp, gs, r + i - off13[e], &wr[i], &sr[i]);
+            }
+            if (r + 1 < R) {
+                row2(bits, wr[0], sr[0], wr[1], sr[1], gs, &xq, t, gu + r);
+            } else {
+                const int64_t *p = ptrs + 4 * e;
+                row_dot(bits, (const void *)p[0], (const uint16_t *)p[1], Hp, gs, r - off13[e], &xq, 0, 1, t, gu + r);
+            }
         }
 #pragma omp for schedule(static)
         for (long b = 0; b < TB; b++) {  /* silu(gate) * up, as int16 blocks */
@@ -488,19 +631,34 @@ int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32
         /* down projections, weighted, summed: expert by expert so that each thread streams one
            matrix at a time; every loop below splits 0..H-1 the same way (static schedule, same
            bounds), so a thread only ever touches its own rows of yacc and needs no barrier */
+        const long HP = (H + 1) / 2;   /* row pairs */
 #pragma omp for schedule(static) nowait
-        for (long n = 0; n < H; n++) yacc[n] = 0.f;
+        for (long pr = 0; pr < HP; pr++) yacc[2 * pr] = yacc[2 * pr + 1] = 0.f;
         for (int e = 0; e < n_e; e++) {
             const int64_t *p = ptrs + 4 * e;
 #pragma omp for schedule(static) nowait
-            for (long n = 0; n < H; n++) {
-                float o;
-                row_dot(bits, (const void *)p[2], (const uint16_t *)p[3], ip[e], gs, n, &hq[e], 0, 1, t, &o);
-                yacc[n] += wts[e] * o;
+            for (long pr = 0; pr < HP; pr++) {
+                long n = 2 * pr;
+                float o[2];
+                if (n + 1 < H) {
+                    const void *w0, *w1;
+                    const uint16_t *s0, *s1;
+                    row_at(bits, (const void *)p[2], (const uint16_t *)p[3], ip[e], gs, n, &w0, &s0);
+                    row_at(bits, (const void *)p[2], (const uint16_t *)p[3], ip[e], gs, n + 1, &w1, &s1);
+                    row2(bits, w0, s0, w1, s1, gs, &hq[e], t, o);
+                    yacc[n] += wts[e] * o[0];
+                    yacc[n + 1] += wts[e] * o[1];
+                } else {
+                    row_dot(bits, (const void *)p[2], (const uint16_t *)p[3], ip[e], gs, n, &hq[e], 0, 1, t, o);
+                    yacc[n] += wts[e] * o[0];
+                }
             }
         }
 #pragma omp for schedule(static)
-        for (long n = 0; n < H; n++) store_out(y, y_bf16, n, yacc[n]);
+        for (long pr = 0; pr < HP; pr++) {
+            store_out(y, y_bf16, 2 * pr, yacc[2 * pr]);
+            if (2 * pr + 1 < H) store_out(y, y_bf16, 2 * pr + 1, yacc[2 * pr + 1]);
+        }
     }
     free(yacc);
     free(xq.q);
