@@ -104,6 +104,8 @@ def build(cache_dir: Path | None = None, cc: str | None = None) -> tuple[Path, b
 def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.duet_isa.restype = _c_int
     so.duet_isa.argtypes = []
+    so.duet_last_team.restype = _c_int
+    so.duet_last_team.argtypes = []
     so.duet_gemm.restype = _c_int
     so.duet_gemm.argtypes = [_c_int, _ptr, _c_int, _c_int, _c_int, _c_long, _ptr, _ptr, _c_int, _c_int, _c_int,
                              _ptr, _c_int, _c_long, _c_int]

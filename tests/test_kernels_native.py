@@ -172,6 +172,19 @@ def test_the_library_shares_torchs_openmp_runtime():
     assert len(gomp) == 1, gomp
 
 
+def test_the_kernels_use_torchs_thread_count():
+    qw = quantize_weight(torch.randn(512, 1024), "int8")     # large enough to run in parallel
+    x = torch.randn(1, 1024)
+    before = torch.get_num_threads()
+    try:
+        for n in sorted({1, min(2, os.cpu_count() or 1)}):
+            torch.set_num_threads(n)
+            quantized_linear(x, qw)
+            assert cpu_native.lib().duet_last_team() == n
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_second_build_reuses_the_cached_library(tmp_path):
     path, compiled = cpu_native.build(tmp_path)
     assert compiled and path.is_file() and path.parent == tmp_path

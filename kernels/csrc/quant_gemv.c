@@ -37,6 +37,10 @@
 #endif
 #define INLINE static inline __attribute__((always_inline))
 
+static int last_team = 0;   /* threads in the last parallel matmul (tests check torch's count is used) */
+
+int duet_last_team(void) { return last_team; }
+
 int duet_isa(void) {
 #if defined(DUET_AVX512)
     return 512;
@@ -456,6 +460,7 @@ int duet_gemm(int bits, const void *x, int x_bf16, int M, int k, long ldx,
 #pragma omp parallel for num_threads(nthreads) schedule(static)
         for (long pr = 0; pr < (n + 1) / 2; pr++) {
             long r = 2 * pr;
+            if (pr == 0) last_team = omp_get_num_threads();
             float out[2], t[2 * xq.KB];
             const void *w0, *w1;
             const uint16_t *s0, *s1;
