@@ -244,10 +244,17 @@ def _aligned(t: Tensor) -> Tensor:
     return t.contiguous().clone() if t.data_ptr() % 64 or not t.is_contiguous() else t
 
 
+def _triton_cuda() -> bool:
+    """CUDA weights keep the portable layout and run kernels/triton_ops where triton imports."""
+    from kernels import triton_ops   # importing it does not import triton
+
+    return triton_ops.enabled()
+
+
 def _packed_layout(device: torch.device, n: int, k: int, group: int) -> str | None:
     if device.type == "cpu" and _int4pack_cpu_ok(n, k, group):
         return "cpu_int4pack"
-    if device.type == "cuda" and n % 8 == 0 and k % (CUDA_INNER_K_TILES * 16) == 0:
+    if device.type == "cuda" and n % 8 == 0 and k % (CUDA_INNER_K_TILES * 16) == 0 and not _triton_cuda():
         return "cuda_int4pack"
     return None
 
@@ -415,6 +422,10 @@ def quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
     or aten's packed int4 kernel (bf16 activations)."""
     if qw.layout == NATIVE:
         return _native_linear(x, qw)
+    if x.is_cuda and qw.layout in ("codes", "nibbles") and _triton_cuda():
+        from kernels import triton_ops
+
+        return triton_ops.quantized_linear(x, qw)
     plan = qw.__dict__.get("_plan")
     if plan is None:   # decided once per weight: the per-call Python cost is what decode pays
         n, k = qw.shape

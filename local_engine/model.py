@@ -204,11 +204,29 @@ class MoE(nn.Module):
         shared = (self.shared.w13.qweight, self.shared.w2.qweight) if self.shared is not None else None
         return [e.w13.qweight for e in self.experts], [e.w2.qweight for e in self.experts], shared
 
+    def _expert_table(self, x):
+        """The Triton decode table of this layer's quantized experts (CUDA only), built once."""
+        if not dispatch.uses_triton(x.device.type):
+            return None
+        if "_table" not in self.__dict__:
+            from kernels import triton_ops
+
+            qs = [(e.w13.qweight, e.w2.qweight) for e in self.experts]
+            ok = all(a is not None and b is not None and a.layout in ("nibbles", "codes") for a, b in qs)
+            self.__dict__["_table"] = triton_ops.ExpertTable(*zip(*qs)) if ok else None
+        return self.__dict__["_table"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [N, H]
         weights, indices = self.gate(flat)
         if flat.shape[0] == 1:  # decode: routed + shared experts in one native call where possible
+            table = self._expert_table(flat)
+            if table is not None:  # CUDA: the routed experts in two Triton launches
+                from kernels import triton_ops
+
+                y = triton_ops.moe_decode(flat, weights, indices, table)
+                return (y if self.shared is None else y + self.shared(flat)).view(shape)
             fused = native_decode(self, self._expert_weights)
             if fused is not None:
                 return fused(flat, weights, indices).view(shape)
