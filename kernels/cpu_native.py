@@ -63,6 +63,16 @@ def _cache_dir() -> Path:
         return Path.home() / ".cache" / "duet" / "kernels"
 
 
+def _cpu_flags() -> bytes:
+    """This CPU's feature flags: -march=native code must not be reused on another CPU (a cache
+    dir on a shared home)."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return next((line for line in f if line.startswith(b"flags")), b"")
+    except OSError:
+        return platform.processor().encode()
+
+
 def build(cache_dir: Path | None = None, cc: str | None = None) -> tuple[Path, bool]:
     """Compile the library unless the cache has it: (path of the .so, whether it compiled now).
     Raises RuntimeError with the compiler's message on failure."""
@@ -80,7 +90,7 @@ def build(cache_dir: Path | None = None, cc: str | None = None) -> tuple[Path, b
     link = [str(gomp), f"-Wl,-rpath,{gomp.parent}"] if gomp else []
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), ver.stdout.encode(), str(gomp).encode(),
-                 platform.machine().encode()):
+                 platform.machine().encode(), _cpu_flags()):
         key.update(part + b"\0")
     out_dir = cache_dir or _cache_dir()
     target = out_dir / f"duet_quant_{key.hexdigest()[:16]}.so"

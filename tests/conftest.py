@@ -11,6 +11,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory) -> Path:
+    """The native kernels compile into a session temp dir, not the user's cache."""
+    path = tmp_path_factory.mktemp("kernels")
+    old = os.environ.get("DUET_KERNEL_CACHE")
+    os.environ["DUET_KERNEL_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("DUET_KERNEL_CACHE", None)
+    else:
+        os.environ["DUET_KERNEL_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def duet_home(tmp_path, monkeypatch) -> Path:
     """Every test gets its own data dir and no user config."""
