@@ -1,7 +1,7 @@
 """The native CPU kernels (kernels/csrc/quant_gemv.c): built at first use, called via ctypes.
 
     lib() -> ctypes.CDLL | None     the loaded library, or None (then the aten paths run)
-    gemm / dequant / moe            thin wrappers over its three entry points
+    gemm / dequant / moe / head_gemv  thin wrappers over its entry points
 
 The C file is compiled with the system compiler (``$CC``, default ``cc``) as
 ``-O3 -march=native -fPIC -shared -fopenmp`` and linked against the OpenMP runtime torch
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "disabled", "isa", "gemm", "dequant", "moe", "CALLS", "SOURCE"]
+__all__ = ["lib", "build", "disabled", "isa", "gemm", "dequant", "moe", "head_gemv", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
@@ -121,6 +121,8 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
                              _ptr, _c_int, _c_long, _c_int]
     so.duet_dequant.restype = None
     so.duet_dequant.argtypes = [_c_int, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int]
+    so.duet_head_gemv.restype = None
+    so.duet_head_gemv.argtypes = [_ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int]
     so.duet_moe.restype = _c_int
     so.duet_moe.argtypes = [_c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int,
                             _c_int, _ptr, _c_int, _c_int]
@@ -203,4 +205,15 @@ def moe(bits: int, table: torch.Tensor, inter: torch.Tensor, ip: torch.Tensor, i
                        _BF16[x.dtype], torch.get_num_threads())
     if rc:
         raise MemoryError(f"duet_moe failed ({rc})")
+    return y
+
+
+def head_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Per-head GEMV: x float32 [H, K], w bf16 [H, K, N] (contiguous) -> y float32 [H, N],
+    y[h] = x[h] · w[h] (MLA's absorbed decode: q_nope · W_uk, and the latent · W_uvᵀ)."""
+    h, k, n = w.shape
+    x = x.contiguous()
+    y = torch.empty(h, n, dtype=torch.float32)
+    CALLS["head_gemv"] += 1
+    _LIB.duet_head_gemv(x.data_ptr(), w.data_ptr(), y.data_ptr(), h, k, n, torch.get_num_threads())
     return y

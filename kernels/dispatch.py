@@ -72,3 +72,23 @@ def reference_packed_linear(x, packed):
     import torch.nn.functional as F
 
     return F.linear(x, packed.to_dense())
+
+
+# -- MLA's absorbed decode: one token's per-head GEMVs against bf16 W_uk / W_uvᵀ ----------------
+# torch's bf16 bmm of [H, 1, K] x [H, K, N] streams at a third of memory bandwidth (float32 copies
+# run 1.5x faster but read twice the bytes); kernels/csrc's per-head GEMV reads bf16 at bandwidth.
+
+def native_head_gemv(cache) -> bool:
+    """Whether a bf16 CPU model's absorbed decode runs the native per-head GEMV."""
+    if _REFERENCE or cache.device.type != "cpu" or cache.dtype != torch.bfloat16:
+        return False
+    from kernels import cpu_native
+
+    return cpu_native.lib() is not None
+
+
+def head_gemv(x, w):
+    """x float32 [H, K], w bf16 [H, K, N] -> float32 [H, N] (needs native_head_gemv)."""
+    from kernels import cpu_native
+
+    return cpu_native.head_gemv(x, w)

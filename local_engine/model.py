@@ -37,6 +37,7 @@ class MLA(nn.Module):
         self.wqkv_a: Linear | None = None  # fuse_qkv_a_(): [wq_a or wq; wkv_a] as one matmul
         self.cache: torch.Tensor | None = None  # [max_batch, max_seq, kv_lora + rope]
         self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None  # W_uk, W_uvᵀ (contiguous)
+        self._native = False  # absorbed() decides: bf16 W_uk/W_uvᵀ and the native one-token GEMV
 
     def alloc_cache(self, max_batch: int, max_seq_len: int, dtype: torch.dtype, device) -> None:
         self.cache = torch.zeros(max_batch, max_seq_len, self.kv_lora + self.rope, dtype=dtype, device=device)
@@ -44,16 +45,19 @@ class MLA(nn.Module):
     def absorbed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """kv_b split per head for the absorbed form: W_uk [H, nope, kv_lora], W_uvᵀ [H, kv_lora, v].
 
-        Made once, contiguous (strided batched matmuls are 2x slower), in float32: the same values,
-        but CPU batched matmuls of these small per-head shapes run 3x faster in float32 than in
-        bf16. Costs one more copy of kv_b (two for bf16 weights; kv_b is <1% of a model)."""
+        Made once, contiguous (strided batched matmuls are 2x slower). In bf16 where the native
+        per-head GEMV runs the one-token decode (``dispatch.native_head_gemv``: bf16 on CPU);
+        else in float32: the same values, but CPU batched matmuls of these per-head shapes run
+        faster in float32 than in bf16. Costs one more copy of kv_b (<1% of a model)."""
         if self._absorbed is None:
             w = self.wkv_b.weight
             if self.wkv_b.qweight is not None:  # quantized anyway: absorb its dequantized values
                 from kernels.quant import dequantize
 
                 w = dequantize(self.wkv_b.qweight, self.cache.dtype)
-            w = w.float().view(self.n_heads, self.nope + self.v, self.kv_lora)
+            self._native = dispatch.native_head_gemv(self.cache)
+            w = w.to(torch.bfloat16 if self._native else torch.float32)
+            w = w.view(self.n_heads, self.nope + self.v, self.kv_lora)
             self._absorbed = (w[:, : self.nope].contiguous(), w[:, self.nope:].transpose(1, 2).contiguous())
         return self._absorbed
 
@@ -109,11 +113,18 @@ class MLA(nn.Module):
         else:
             # absorbed: q_nope · W_uk into latent space, attend over the latent cache, W_uv out
             w_uk, w_uv_t = self.absorbed()
-            q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1).float(), w_uk)
+            one = self._native and B * T == 1  # one token: the native per-head GEMV
+            if one:
+                q_lat = dispatch.head_gemv(q_nope.reshape(H, self.nope).float(), w_uk).unsqueeze(1)  # [H, 1, kv_lora]
+            else:
+                q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1).to(w_uk.dtype), w_uk)
             q_abs = torch.cat([q_lat.transpose(0, 1).view(B, T, H, self.kv_lora).to(x.dtype), q_pe], dim=-1)
             rows = mla.padded_length(end, self.cache.shape[1])  # few distinct shapes: oneDNN reuses its kernels
             lat = dispatch.mla_attention(q_abs, self.cache[:B, :rows], self.kv_lora, self.scale, start_pos)
-            out = torch.bmm(lat.reshape(B * T, H, self.kv_lora).transpose(0, 1).float(), w_uv_t)
+            if one:
+                out = dispatch.head_gemv(lat.reshape(H, self.kv_lora).float(), w_uv_t).unsqueeze(1)  # [H, 1, v]
+            else:
+                out = torch.bmm(lat.reshape(B * T, H, self.kv_lora).transpose(0, 1).to(w_uv_t.dtype), w_uv_t)
             out = out.transpose(0, 1).reshape(B, T, H, self.v).to(x.dtype)
         return self.wo(out.flatten(2))
 

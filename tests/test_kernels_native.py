@@ -166,6 +166,39 @@ def test_engine_decode_runs_the_fused_moe_and_matches_its_own_prefill(tmp_path, 
     assert cos > 0.9999, cos
 
 
+@pytest.mark.parametrize("H,K,N", [(1, 1, 1), (3, 7, 200), (5, 33, 129), (16, 128, 512), (2, 512, 128)])
+def test_the_per_head_gemv_matches_a_float32_bmm(H, K, N):
+    g = torch.Generator().manual_seed(H * K + N)
+    x, w = torch.randn(H, K, generator=g), torch.randn(H, K, N, generator=g).to(torch.bfloat16)
+    want = torch.bmm(x[:, None, :], w.float())[:, 0]
+    got = cpu_native.head_gemv(x, w)
+    assert got.shape == (H, N) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * K)
+
+
+def test_bf16_decode_runs_absorbed_attention_natively_and_matches_the_float32_bmm(tmp_path):
+    from local_engine import Engine
+    from tests.tiny_checkpoints import write_tiny_v3
+
+    path = write_tiny_v3(tmp_path / "v3", dtype="bfloat16", num_hidden_layers=2)
+    ids = torch.randint(0, 400, (1, 10), generator=torch.Generator().manual_seed(3))
+
+    def decode(eng):
+        return torch.cat([eng.forward(ids[:, j:j + 1], j)[0] for j in range(ids.shape[1])])
+
+    native = Engine.load(path, dtype="bfloat16")
+    before = cpu_native.CALLS["head_gemv"]
+    got = decode(native)
+    assert cpu_native.CALLS["head_gemv"] - before == 2 * 2 * ids.shape[1]  # 2 per layer and token
+    assert native.model.layers[0].attn.absorbed()[0].dtype == torch.bfloat16  # half the bytes of float32
+    with cpu_native.disabled():
+        plain = Engine.load(path, dtype="bfloat16")
+        want = decode(plain)
+    assert plain.model.layers[0].attn.absorbed()[0].dtype == torch.float32
+    assert F.cosine_similarity(got, want, dim=-1).min().item() > 0.9999
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.9
+
+
 def test_the_library_shares_torchs_openmp_runtime():
     maps = Path("/proc/self/maps").read_text()
     gomp = {line.split()[-1] for line in maps.splitlines() if "libgomp" in line and "/" in line}

@@ -649,3 +649,50 @@ int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32
     free(gu);
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Per-head GEMV with bf16 weights (MLA's absorbed decode): y[h, :] = x[h, :] · W[h]
+ * x float32 [H, K], W bf16 [H, K, N] (row-major), y float32 [H, N]. One thread per head range;
+ * a head's output is built in column tiles of 128 held in registers while its K rows stream.
+ */
+#define HG_TILE 128
+
+static void head_gemv_tile(const float *x, const uint16_t *w, float *y, int K, int N, int j0, int nj) {
+#if defined(DUET_AVX512)
+    if (nj == HG_TILE) {
+        __m512 acc[HG_TILE / 16];
+        for (int c = 0; c < HG_TILE / 16; c++) acc[c] = _mm512_setzero_ps();
+        for (int i = 0; i < K; i++) {
+            const __m512 xv = _mm512_set1_ps(x[i]);
+            const uint16_t *row = w + (long)i * N + j0;
+            _mm_prefetch((const char *)(row + 4L * N), _MM_HINT_T0);
+            for (int c = 0; c < HG_TILE / 16; c++) {
+                __m256i h = _mm256_loadu_si256((const __m256i *)(row + 16 * c));
+                __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+                acc[c] = _mm512_fmadd_ps(xv, wv, acc[c]);
+            }
+        }
+        for (int c = 0; c < HG_TILE / 16; c++) _mm512_storeu_ps(y + j0 + 16 * c, acc[c]);
+        return;
+    }
+#endif
+    for (int j = j0; j < j0 + nj; j++) y[j] = 0.f;
+    for (int i = 0; i < K; i++) {
+        const float xi = x[i];
+        const uint16_t *row = w + (long)i * N;
+        for (int j = j0; j < j0 + nj; j++) y[j] += xi * bf2f(row[j]);
+    }
+}
+
+void duet_head_gemv(const float *x, const uint16_t *w, float *y, int H, int K, int N, int threads) {
+    const long tiles = (N + HG_TILE - 1) / HG_TILE;
+    const long work = (long)H * tiles;
+    if (threads < 1 || (long)H * K * N * 2 < SMALL_WORK) threads = 1;
+    last_team = threads;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long t = 0; t < work; t++) {
+        const int h = (int)(t / tiles), j0 = (int)(t % tiles) * HG_TILE;
+        const int nj = N - j0 < HG_TILE ? N - j0 : HG_TILE;
+        head_gemv_tile(x + (long)h * K, w + (long)h * K * N, y + (long)h * N, K, N, j0, nj);
+    }
+}
