@@ -51,6 +51,15 @@ int duet_isa(void) {
 #endif
 }
 
+#if defined(DUET_AVX2)
+INLINE float hsum256(__m256 v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+#endif
+
 INLINE float bf2f(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -212,12 +221,7 @@ INLINE void row_q8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, i
             acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(t[m * KB + b]), acc[m]);
         }
     }
-    for (int m = 0; m < MM; m++) {
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        out[m] = _mm_cvtss_f32(h) + corr[m];
-    }
+    for (int m = 0; m < MM; m++) out[m] = hsum256(acc[m]) + corr[m];
 #else
     for (int m = 0; m < MM; m++) {
         float a = 0.f;
@@ -322,12 +326,7 @@ INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq,
             acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(t[m * KB + b]), acc[m]);
         }
     }
-    for (int m = 0; m < MM; m++) {
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        out[m] = _mm_cvtss_f32(h) + corr[m];
-    }
+    for (int m = 0; m < MM; m++) out[m] = hsum256(acc[m]) + corr[m];
 #else
     for (int m = 0; m < MM; m++) {
         float a = 0.f;
