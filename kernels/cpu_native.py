@@ -1,7 +1,7 @@
 """The native CPU kernels (kernels/csrc/quant_gemv.c): built at first use, called via ctypes.
 
     lib() -> ctypes.CDLL | None     the loaded library, or None (then the aten paths run)
-    gemm / dequant / moe / head_gemv  thin wrappers over its entry points
+    gemm / dequant / moe / moe_bf16 / head_gemv  thin wrappers over its entry points
 
 The C file is compiled with the system compiler (``$CC``, default ``cc``) as
 ``-O3 -march=native -fPIC -shared -fopenmp`` and linked against the OpenMP runtime torch
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "disabled", "isa", "gemm", "dequant", "moe", "head_gemv", "CALLS", "SOURCE"]
+__all__ = ["lib", "build", "disabled", "isa", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
@@ -123,6 +123,8 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.duet_dequant.argtypes = [_c_int, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int]
     so.duet_head_gemv.restype = None
     so.duet_head_gemv.argtypes = [_ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int]
+    so.duet_moe_bf16.restype = _c_int
+    so.duet_moe_bf16.argtypes = [_ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _ptr, _c_int, _ptr, _c_int]
     so.duet_moe.restype = _c_int
     so.duet_moe.argtypes = [_c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int,
                             _c_int, _ptr, _c_int, _c_int]
@@ -216,4 +218,17 @@ def head_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     y = torch.empty(h, n, dtype=torch.float32)
     CALLS["head_gemv"] += 1
     _LIB.duet_head_gemv(x.data_ptr(), w.data_ptr(), y.data_ptr(), h, k, n, torch.get_num_threads())
+    return y
+
+
+def moe_bf16(table: torch.Tensor, inter: torch.Tensor, idx: torch.Tensor, wts: torch.Tensor, shared: int,
+             x: torch.Tensor, hidden: int) -> torch.Tensor:
+    """One token through bf16 SwiGLU experts (+ the shared one): x float32 [hidden] -> float32
+    [hidden]. table int64 [E, 2] (w13, w2 addresses); inter int32 [E]; idx int64 [k]; wts float32 [k]."""
+    y = torch.empty(hidden, dtype=torch.float32)
+    CALLS["moe_bf16"] += 1
+    rc = _LIB.duet_moe_bf16(table.data_ptr(), inter.data_ptr(), idx.data_ptr(), wts.data_ptr(), idx.numel(),
+                            shared, x.data_ptr(), hidden, y.data_ptr(), torch.get_num_threads())
+    if rc:
+        raise MemoryError("duet_moe_bf16: out of memory") if rc == 1 else ValueError("duet_moe_bf16: over 64 experts")
     return y

@@ -92,3 +92,13 @@ def head_gemv(x, w):
     from kernels import cpu_native
 
     return cpu_native.head_gemv(x, w)
+
+
+def native_bf16_mlp(dtype, device) -> bool:
+    """Whether one-token MLP/MoE of a bf16 CPU model runs kernels/csrc's fused call. Its MLP
+    weights then stay dense (the call reads them) rather than packed for oneDNN."""
+    if _REFERENCE or torch.device(device).type != "cpu" or dtype != torch.bfloat16:
+        return False
+    from kernels import cpu_native
+
+    return cpu_native.lib() is not None

@@ -102,15 +102,62 @@ def _scales(qw):
     return qw.tensors["scale" if qw.mode == "int8" else "scale_zero"]
 
 
-def fuse_experts(w13s, w2s, shared=None) -> FusedExperts | None:
-    """A ``FusedExperts`` over these quantized weights (``shared``: a (w13, w2) pair), or
-    None unless every one is in the native CPU layout with one mode, group and hidden size."""
+class FusedBF16Experts:
+    """Dense bf16 SwiGLU experts as one native call for one token (same call shapes as
+    ``FusedExperts``): float32 activations inside, the bf16 weights read once each."""
+
+    def __init__(self, w13s, w2s, shared=None):
+        pairs = list(zip(w13s, w2s)) + ([tuple(shared)] if shared is not None else [])
+        self._keep = pairs                                                   # the table points into these
+        self.hidden = pairs[0][1].shape[0]
+        self.shared_row = len(w13s) if shared is not None else -1
+        self.table = torch.tensor([[a.data_ptr(), b.data_ptr()] for a, b in pairs], dtype=torch.int64)  # [E(+1), 2]
+        self.inter = torch.tensor([a.shape[0] // 2 for a, _ in pairs], dtype=torch.int32)
+        self._none = torch.zeros(0, dtype=torch.int64)
+
+    def __call__(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        from kernels import cpu_native
+
+        idx = indices.reshape(-1).to(torch.int64).contiguous()
+        w = weights.reshape(-1).to(torch.float32).contiguous()
+        y = cpu_native.moe_bf16(self.table, self.inter, idx, w, self.shared_row, x.reshape(-1).float().contiguous(),
+                                self.hidden)
+        return y.view(1, -1).to(x.dtype)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        from kernels import cpu_native
+
+        y = cpu_native.moe_bf16(self.table, self.inter, self._none, self._none.float(), 0,
+                                x.reshape(-1).float().contiguous(), self.hidden)
+        return y.view(1, -1).to(x.dtype)
+
+
+def _fuse_bf16(pairs, w13s, w2s, shared) -> FusedBF16Experts | None:
+    hidden = pairs[0][0].shape[1]
+    for w13, w2 in pairs:
+        for w in (w13, w2):
+            if not isinstance(w, torch.Tensor) or w.dtype != torch.bfloat16 or w.device.type != "cpu" \
+                    or w.dim() != 2 or not w.is_contiguous():
+                return None
+        if w13.shape[1] != hidden or w13.shape[0] % 2 or w2.shape != (hidden, w13.shape[0] // 2):
+            return None
+    from kernels import cpu_native
+
+    return FusedBF16Experts(w13s, w2s, shared) if cpu_native.lib() is not None else None
+
+
+def fuse_experts(w13s, w2s, shared=None) -> FusedExperts | FusedBF16Experts | None:
+    """A fused one-token call over these weights (``shared``: a (w13, w2) pair): quantized
+    ones all in the native CPU layout with one mode, group and hidden size, or dense bf16
+    CPU tensors; None otherwise."""
     from kernels.quant import NATIVE
 
     pairs = list(zip(w13s, w2s)) + ([tuple(shared)] if shared is not None else [])
     if not pairs:
         return None
     first = pairs[0][0]
+    if isinstance(first, torch.Tensor):
+        return _fuse_bf16(pairs, w13s, w2s, shared)
     if first is None or first.layout != NATIVE:
         return None
     hidden, hp = pairs[0][1] is not None and pairs[0][1].shape[0], first.padded_shape[1]

@@ -139,9 +139,11 @@ def _target(rest: str) -> tuple[str, int | None] | None:
 class _Filler:
     """Puts checkpoint tensors into a module built on the meta device, checking shapes."""
 
-    def __init__(self, module: nn.Module, shards: Shards, where: str, dtype=None, device=None, pack=False):
+    def __init__(self, module: nn.Module, shards: Shards, where: str, dtype=None, device=None, pack=False,
+                 dense_mlp=False):
         self.module, self.shards, self.where = module, shards, where
         self.dtype, self.device, self.pack = dtype, device, pack
+        self.dense_mlp = dense_mlp  # MLP/expert weights stay dense: the fused one-token call reads them
         self.params = dict(module.named_parameters())
         self.halves: dict[str, set[int]] = {}
 
@@ -184,7 +186,8 @@ class _Filler:
         setattr(owner, attr, nn.Parameter(new, requires_grad=False))
         self.params[ours] = new
         done = half is None or self.halves[ours] == {0, 1}
-        if self.pack and done and isinstance(owner, Linear) and not mod_path.endswith("wkv_b"):
+        if (self.pack and done and isinstance(owner, Linear) and not mod_path.endswith("wkv_b")
+                and not (self.dense_mlp and mod_path.startswith("ffn."))):
             owner.pack_()  # right away: the dense buffer is freed before the next tensor is read
             self.params[ours] = owner.packed  # (holding the dense one here would keep it alive)
 
@@ -199,9 +202,9 @@ class _Filler:
 
 
 def _fill_block(block: Block, layer: int, names: list[str], shards: Shards, dtype, device,
-                pack: bool = False) -> None:
+                pack: bool = False, dense_mlp: bool = False) -> None:
     prefix = f"model.layers.{layer}."
-    fill = _Filler(block, shards, f"model.layers.{layer}", dtype, device, pack)
+    fill = _Filler(block, shards, f"model.layers.{layer}", dtype, device, pack, dense_mlp)
     # read in file order: sequential I/O
     for name in sorted(names, key=lambda n: (shards.where[n], shards.file(shards.where[n]).offset(n))):
         rest = name[len(prefix):]
@@ -255,6 +258,7 @@ def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pa
         m = _LAYER.match(n)
         if m and int(m.group(1)) < args.num_hidden_layers and not n.endswith("_scale_inv"):
             plan.setdefault(int(m.group(1)), []).append(n)
+    dense_mlp = pack and not quant and dispatch.native_bf16_mlp(dtype, device)
     quantize_block_ = None
     if quant:
         from local_engine.quantize import quantize_block_
@@ -263,7 +267,7 @@ def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pa
             raise ModelError(f"{shards.folder}: no tensors for layer {i} (num_hidden_layers is {args.num_hidden_layers})")
         with torch.device("meta"):
             block = Block(args, i)
-        _fill_block(block, i, plan[i], shards, dtype, device, pack=pack and not quant)
+        _fill_block(block, i, plan[i], shards, dtype, device, pack=pack and not quant, dense_mlp=dense_mlp)
         if quantize_block_ is not None:
             quantize_block_(block, quant)  # quantize while loading: never the whole model in full precision
         block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)

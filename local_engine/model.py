@@ -140,18 +140,26 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == x.shape[-1]:  # one token: one native call where the weights allow
-            fused = native_decode(self, lambda: ([self.w13.qweight], [self.w2.qweight]))
+            fused = native_decode(self, lambda: ([decode_weight(self.w13)], [decode_weight(self.w2)]))
             if fused is not None:
                 return fused.dense(x.reshape(1, -1)).view(x.shape)
         g, u = self.w13(x).split(self.inter, dim=-1)
         return self.w2(F.silu(g).mul_(u))
 
 
+def decode_weight(lin: Linear):
+    """What a fused one-token call can read of a Linear: its quantized weight, else its dense
+    weight (None when packed for oneDNN)."""
+    if lin.qweight is not None:
+        return lin.qweight
+    return lin._parameters.get("weight") if lin.packed is None else None
+
+
 def native_decode(module: nn.Module, weights):
     """The fused one-token kernel of an MLP or MoE (kernels.moe.fuse_experts over the
     (w13s, w2s[, shared]) that ``weights()`` lists), built at its first one-token call and
-    kept on the module; None where the weights are not natively quantized. Quantizing a
-    module afterwards must drop it (``forget_native_decode``)."""
+    kept on the module; None where the weights are neither natively quantized nor dense bf16
+    on CPU. Quantizing a module afterwards must drop it (``forget_native_decode``)."""
     plan = module.__dict__.get("_native_decode")
     if plan is None:
         from kernels.moe import fuse_experts
@@ -212,8 +220,8 @@ class MoE(nn.Module):
         self.shared = MLP(args.hidden_size, n_shared * args.moe_intermediate_size) if n_shared else None
 
     def _expert_weights(self):
-        shared = (self.shared.w13.qweight, self.shared.w2.qweight) if self.shared is not None else None
-        return [e.w13.qweight for e in self.experts], [e.w2.qweight for e in self.experts], shared
+        shared = (decode_weight(self.shared.w13), decode_weight(self.shared.w2)) if self.shared is not None else None
+        return [decode_weight(e.w13) for e in self.experts], [decode_weight(e.w2) for e in self.experts], shared
 
     def _expert_table(self, x):
         """The Triton decode table of this layer's quantized experts (CUDA only), built once."""

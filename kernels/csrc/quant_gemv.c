@@ -695,3 +695,82 @@ void duet_head_gemv(const float *x, const uint16_t *w, float *y, int H, int K, i
         head_gemv_tile(x + (long)h * K, w + (long)h * K * N, y + (long)h * N, K, N, j0, nj);
     }
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * One token through bf16 SwiGLU experts (unquantized models): the k routed experts, weighted,
+ * plus the shared one, in one call. table int64 [E, 2]: addresses of w13 bf16 [2I_e, H] and
+ * w2 bf16 [H, I_e]; inter int32 [E]. x float32 [H]; y float32 [H]. Activations stay float32 (the
+ * bf16 weights widen exactly): a little more precise than the PyTorch bf16 path, which rounds the
+ * gate/up outputs and their product to bf16.
+ */
+static float dot_bf16(const uint16_t *w, const float *x, int k) {
+    int i = 0;
+    float s = 0.f;
+#if defined(DUET_AVX512)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+#define BF_W(off) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32( \
+                      _mm256_loadu_si256((const __m256i *)(w + i + (off)))), 16))
+    for (; i + 64 <= k; i += 64) {
+        _mm_prefetch((const char *)(w + i) + DUET_PF, _MM_HINT_T0);
+        a0 = _mm512_fmadd_ps(BF_W(0), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(BF_W(16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(BF_W(32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(BF_W(48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= k; i += 16) a0 = _mm512_fmadd_ps(BF_W(0), _mm512_loadu_ps(x + i), a0);
+#undef BF_W
+    s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#endif
+    for (; i < k; i++) s += bf2f(w[i]) * x[i];
+    return s;
+}
+
+int duet_moe_bf16(const int64_t *table, const int32_t *inter, const int64_t *idx, const float *wts, int k,
+                  int shared, const float *x, int H, float *y, int threads) {
+    const int n_e = k + (shared >= 0);
+    int ids[64];
+    float wt[64];
+    long off[65];
+    if (n_e > 64) return 2;
+    off[0] = 0;
+    for (int e = 0; e < n_e; e++) {
+        ids[e] = e < k ? (int)idx[e] : shared;
+        wt[e] = e < k ? wts[e] : 1.f;
+        off[e + 1] = off[e] + 2L * inter[ids[e]];   /* gate/up rows of expert e start at off[e] */
+    }
+    float *gu = malloc(sizeof(float) * (off[n_e] + 16));
+    if (!gu) return 1;
+    if (threads < 1) threads = 1;
+    last_team = threads;
+#pragma omp parallel num_threads(threads)
+    {
+        /* gate and up rows of every selected expert, all threads over all rows */
+#pragma omp for schedule(static)
+        for (long r = 0; r < off[n_e]; r++) {
+            int e = 0;
+            while (r >= off[e + 1]) e++;
+            const uint16_t *w13 = (const uint16_t *)table[2 * ids[e]];
+            gu[r] = dot_bf16(w13 + (r - off[e]) * H, x, H);
+        }
+        /* h = silu(gate) * up, in place over the gate half */
+#pragma omp for schedule(static)
+        for (int e = 0; e < n_e; e++) {
+            const int I = inter[ids[e]];
+            float *g = gu + off[e], *u = g + I;
+            for (int c = 0; c < I; c++) g[c] = g[c] / (1.f + expf(-g[c])) * u[c];
+        }
+        /* down projections, weighted and summed per output row */
+#pragma omp for schedule(static)
+        for (int n = 0; n < H; n++) {
+            float acc = 0.f;
+            for (int e = 0; e < n_e; e++) {
+                const int I = inter[ids[e]];
+                const uint16_t *w2 = (const uint16_t *)table[2 * ids[e] + 1];
+                acc += wt[e] * dot_bf16(w2 + (long)n * I, gu + off[e], I);
+            }
+            y[n] = acc;
+        }
+    }
+    free(gu);
+    return 0;
+}
