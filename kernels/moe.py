@@ -4,8 +4,8 @@
 same code runs plain, quantized or on any device. The fast path groups tokens by expert and
 calls each active expert once on its batch; no Python loop over tokens.
 
-For one token on CPU with natively quantized experts, ``fuse_experts`` builds a single
-native call per MoE layer (kernels/csrc: every active expert's w13 GEMV, silu(gate) * up,
+For one token on CPU with natively quantized experts (or dense bf16 ones), ``fuse_experts``
+builds a single native call per MoE layer (kernels/csrc: every active expert's w13 GEMV, silu(gate) * up,
 w2 GEMV, weighted sum, plus the shared expert), replacing ~30 torch ops; ``reference_moe``
 stays its reference."""
 
