@@ -1,7 +1,7 @@
 """The native CPU kernels (kernels/csrc/quant_gemv.c): built at first use, called via ctypes.
 
     lib() -> ctypes.CDLL | None     the loaded library, or None (then the aten paths run)
-    gemm / dequant / moe / moe_bf16 / head_gemv  thin wrappers over its entry points
+    gemm / dequant / moe / moe_bf16 / head_gemv / rms_norm  thin wrappers over its entry points
 
 The C file is compiled with the system compiler (``$CC``, default ``cc``) as
 ``-O3 -march=native -fPIC -shared -fopenmp`` and linked against the OpenMP runtime torch
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "disabled", "isa", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "CALLS", "SOURCE"]
+__all__ = ["lib", "build", "disabled", "isa", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "rms_norm", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
@@ -123,6 +123,8 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.duet_dequant.argtypes = [_c_int, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int]
     so.duet_head_gemv.restype = None
     so.duet_head_gemv.argtypes = [_ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int]
+    so.duet_rms_norm.restype = None
+    so.duet_rms_norm.argtypes = [_ptr, _ptr, _ptr, _c_int, _c_int, _c_long, _c_int, ctypes.c_float]
     so.duet_moe_bf16.restype = _c_int
     so.duet_moe_bf16.argtypes = [_ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _ptr, _c_int, _ptr, _c_int]
     so.duet_moe.restype = _c_int
@@ -231,4 +233,14 @@ def moe_bf16(table: torch.Tensor, inter: torch.Tensor, idx: torch.Tensor, wts: t
                             shared, x.data_ptr(), hidden, y.data_ptr(), torch.get_num_threads())
     if rc:
         raise MemoryError("duet_moe_bf16: out of memory") if rc == 1 else ValueError("duet_moe_bf16: over 64 experts")
+    return y
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of the last dim, float32 math, one rounding into x's dtype (bf16 or float32, CPU,
+    contiguous); weight bf16 or float32."""
+    y = torch.empty_like(x)
+    CALLS["rms_norm"] += 1
+    _LIB.duet_rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), _BF16[x.dtype], _BF16[weight.dtype],
+                       x.numel() // x.shape[-1], x.shape[-1], eps)
     return y

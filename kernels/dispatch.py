@@ -40,7 +40,26 @@ def choose(name: str, device_type: str):
 
 
 def rms_norm(x, weight, eps: float):
+    if x.device.type == "cpu" and _native_norm(x, weight):
+        from kernels import cpu_native
+
+        return cpu_native.rms_norm(x, weight, eps)
     return choose("rms_norm", x.device.type)(x, weight, eps)
+
+
+def _native_norm(x, weight) -> bool:
+    """A decode row's CPU RMSNorm runs kernels/csrc's loop: torch's composite op costs ~10-20 us
+    a row in calls; for a prefill's hundreds of rows torch's own kernel is faster."""
+    if _REFERENCE or x.dtype not in _NORM_TYPES or weight.dtype not in _NORM_TYPES or not x.is_contiguous() \
+            or not weight.is_contiguous() or x.numel() == 0 or x.numel() > NATIVE_NORM_ROWS * x.shape[-1]:
+        return False
+    from kernels import cpu_native
+
+    return cpu_native.lib() is not None
+
+
+_NORM_TYPES = (torch.bfloat16, torch.float32)
+NATIVE_NORM_ROWS = 8
 
 
 def mla_attention(q, cache, kv_lora: int, scale: float, start_pos: int):

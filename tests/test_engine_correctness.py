@@ -179,4 +179,5 @@ def test_fused_q_and_kv_a_projection_equals_the_two_projections_it_replaces(chec
             both = torch.cat([separate[0](x), separate[1](x)], dim=-1)
             torch.testing.assert_close(fused.wqkv_a(x), both, atol=0, rtol=0)
     x = _prompt(22, n=9)
-    torch.testing.assert_close(packed.forward(x), plain.forward(x), atol=1e-2, rtol=0)
+    # bf16 logits: one rounding step is 2^-7 relative (0.0156 for a logit of 2-4), so allow one
+    torch.testing.assert_close(packed.forward(x), plain.forward(x), atol=1e-2, rtol=2 ** -7)

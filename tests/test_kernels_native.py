@@ -254,6 +254,31 @@ def test_bf16_engine_decode_runs_the_fused_experts_and_matches_the_packed_path(t
     assert (got.argmax(-1) == truth.argmax(-1)).float().mean().item() >= 0.9
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 512), (3, 7), (2, 3, 129), (8, 1000)])
+def test_native_rms_norm_matches_torchs_and_runs_for_decode_rows(dtype, shape):
+    from kernels import dispatch
+    from kernels.norm_rope import reference_rms_norm, rms_norm
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x, w = torch.randn(*shape, generator=g).to(dtype), torch.randn(shape[-1], generator=g).to(dtype)
+    before = cpu_native.CALLS["rms_norm"]
+    got = dispatch.rms_norm(x, w, 1e-6)
+    assert cpu_native.CALLS["rms_norm"] == before + 1 and got.dtype == dtype and got.shape == x.shape
+    step = 2 ** -7 if dtype == torch.bfloat16 else 1e-6  # one bf16 rounding of values ~1
+    scale = 1 + got.float().abs()
+    assert ((got.float() - rms_norm(x, w, 1e-6).float()).abs() <= step * scale).all()
+    assert ((got.float() - reference_rms_norm(x, w, 1e-6).float()).abs() <= 2 * step * scale).all()
+
+
+def test_a_prefill_of_many_rows_keeps_torchs_rms_norm():
+    from kernels import dispatch
+
+    before = cpu_native.CALLS["rms_norm"]
+    dispatch.rms_norm(torch.randn(dispatch.NATIVE_NORM_ROWS + 1, 64), torch.ones(64), 1e-6)
+    assert cpu_native.CALLS["rms_norm"] == before
+
+
 def test_the_library_shares_torchs_openmp_runtime():
     maps = Path("/proc/self/maps").read_text()
     gomp = {line.split()[-1] for line in maps.splitlines() if "libgomp" in line and "/" in line}

@@ -774,3 +774,28 @@ int duet_moe_bf16(const int64_t *table, const int32_t *inter, const int64_t *idx
     free(gu);
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * RMSNorm over rows: y = x / sqrt(mean(x^2) + eps) * w, in float32, rounded once into y's type
+ * (as F.rms_norm does). x, y [rows, dim] (bf16 or float32, same type); w [dim] (bf16 or float32).
+ * Decode norms one row of a few thousand values: torch's composite op costs ~20 us there.
+ */
+void duet_rms_norm(const void *x, const void *w, void *y, int bf16, int w_bf16, long rows, int dim,
+                   float eps) {
+    for (long r = 0; r < rows; r++) {
+        const uint16_t *xh = (const uint16_t *)x + r * dim;
+        const float *xf = (const float *)x + r * dim;
+        double ss = 0.0;
+        for (int i = 0; i < dim; i++) {
+            const float v = bf16 ? bf2f(xh[i]) : xf[i];
+            ss += (double)v * v;
+        }
+        const float inv = 1.f / sqrtf((float)(ss / dim) + eps);
+        for (int i = 0; i < dim; i++) {
+            const float v = (bf16 ? bf2f(xh[i]) : xf[i]) * inv;
+            const float g = w_bf16 ? bf2f(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+            if (bf16) ((uint16_t *)y)[r * dim + i] = f2bf(v * g);
+            else ((float *)y)[r * dim + i] = v * g;
+        }
+    }
+}
