@@ -2,8 +2,10 @@
 
 Set DUET_KERNELS=reference to run every reference instead (debugging). On CUDA tensors, where
 triton imports, rms_norm / mla_attention / fp8_block_dequant run their Triton kernels
-(``kernels.triton_ops``; DUET_TRITON=0 keeps them off); everywhere else the PyTorch fast paths
-run, as before."""
+(``kernels.triton_ops``; DUET_TRITON=0 keeps them off). On CPU, where kernels/csrc builds
+(``kernels.cpu_native``), a decode row's rms_norm and MLA's one-token per-head products run
+natively (the fused MLP/MoE and quantized matmuls choose it in kernels/moe.py and quant.py);
+everywhere else the PyTorch fast paths run."""
 
 from __future__ import annotations
 
