@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,9 @@ def run_doctor(config: Config) -> int:
     for c in checks:
         if not c.ok and c.fix:
             print(f"{c.role}: {c.detail} -> fix: {c.fix}")
+    if any(config.role(name).backend == "local" for name in ("reasoner", "coder")):
+        print("\nengine paths on this CPU (local backend):")
+        print(engine_paths())
     if all(c.ok for c in checks):
         return 0
     return 2 if any(c.config_problem for c in checks if not c.ok) else 1
@@ -47,6 +52,23 @@ def check_role(rc: RoleConfig, source: str) -> Check:
     if rc.backend == "llama.cpp":
         return _check_gguf(rc, source)
     return _check_local(rc, source)
+
+
+def engine_paths() -> str:
+    """Which of the engine's CPU paths this machine gets and why (kernels.capability), asked of
+    a child process so that doctor itself never imports torch."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "kernels.capability"], capture_output=True, text=True,
+                             timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"  unknown: the capability probe did not run ({exc})"
+    try:
+        rows = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"  unknown: the capability probe failed ({last})"
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name.ljust(width)}  {state}" for name, state in rows)
 
 
 def format_table(checks: list[Check]) -> str:

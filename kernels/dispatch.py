@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from kernels import fp8, mla, moe, norm_rope, triton_ops
+from kernels import capability, fp8, mla, moe, norm_rope, triton_ops
 
 _REFERENCE = os.environ.get("DUET_KERNELS") == "reference"
 
@@ -77,8 +77,10 @@ def fp8_block_dequant(w, scale_inv, dtype: torch.dtype = torch.float32, out=None
 # once at load makes those matmuls 2-3x faster with bit-identical results.
 
 def can_pack(w) -> bool:
+    """Whether ``w`` gets oneDNN's packed layout: CPU bf16 matrices, where oneDNN has bf16
+    (kernels.capability: AVX-512 or AVX-NE-CONVERT; elsewhere the plain F.linear runs)."""
     return (not _REFERENCE and w.device.type == "cpu" and w.dtype == torch.bfloat16 and w.dim() == 2
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+            and capability.detect().bf16_packing)
 
 
 def pack_weight(w):

@@ -219,6 +219,7 @@ def run(args) -> int:
     rows = {"duet": measure(DuetRunner, folder, args)}
     if not args.skip_transformers:
         rows["transformers"] = measure(TransformersRunner, folder, args)
+    from kernels import capability
     from local_engine.config import ModelArgs
 
     a = ModelArgs.from_folder(folder)
@@ -227,7 +228,7 @@ def run(args) -> int:
               "loadavg_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "shape": {k: getattr(a, k) for k in ("hidden_size", "num_hidden_layers", "n_routed_experts",
                                                    "num_experts_per_tok", "kv_lora_rank", "vocab_size")},
-              "results": rows}
+              "capability": dict(capability.report()), "results": rows}
     if "transformers" in rows:
         report["speedup"] = {k: round(rows["duet"][k] / rows["transformers"][k], 2)
                              for k in rows["duet"] if k.startswith(("prefill", "decode"))}
@@ -246,6 +247,8 @@ def _print_table(report) -> None:
     keys = list(rows["duet"])
     names = list(rows)
     print(f"\nengine bench: {report['model']} ({report['dtype']}, {report['threads']} threads)")
+    for name, state in report["capability"].items():
+        print(f"  {name}: {state}")
     print(f"{'metric':28}" + "".join(f"{n:>14}" for n in names) + ("     speedup" if "speedup" in report else ""))
     for k in keys:
         line = f"{k:28}" + "".join(f"{rows[n].get(k, ''):>14}" for n in names)

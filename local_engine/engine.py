@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from kernels import capability
 from local_engine.config import ModelArgs
 from local_engine.errors import InputError, ModelError
 from local_engine.loader import _release_free_memory
@@ -53,6 +54,10 @@ class Engine:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ModelError(f"device {device!r}: no CUDA device is available here")
         args = ModelArgs.from_folder(folder)
+        try:
+            capability.detect()  # the CPU paths are planned from it (a bad DUET_CPU stops here)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
         if torch.device(device).type == "cpu":
             # attention probabilities underflow to denormals; on x86 those make bmm/softmax 10x slower
             torch.set_flush_denormal(True)

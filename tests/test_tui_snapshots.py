@@ -53,20 +53,45 @@ def seeded_app(tmp_path, **kw) -> DuetApp:
     return DuetApp(config(), store=store, load_models=False, resume=True, **kw)
 
 
+async def _settle(pilot, timeout: float) -> None:
+    frames, waited = [], 0.0
+    while waited < timeout:
+        for widget in pilot.app.screen.query("Input, TextArea"):
+            widget.cursor_blink = False  # a blinking cursor never settles: keep it shown
+        await pilot.wait_for_scheduled_animations()
+        await pilot.pause(0.05)
+        waited += 0.05
+        frames = [*frames[-2:], pilot.app.export_screenshot()]
+        if len(frames) == 3 and frames[0] == frames[1] == frames[2]:
+            return
+    raise AssertionError(f"the screen was still changing after {timeout} s")
+
+
+def settled(*keys: str, timeout: float = 10.0):
+    """A run_before that waits until the screen stops changing (three equal frames in a row),
+    presses ``keys`` and waits again, so a loaded machine cannot change what the snapshot sees."""
+    async def run(pilot) -> None:
+        await _settle(pilot, timeout)
+        if keys:
+            await pilot.press(*keys)
+            await _settle(pilot, timeout)
+    return run
+
+
 def test_snapshot_chat_with_a_resumed_session(snap_compare, tmp_path):
-    assert snap_compare(seeded_app(tmp_path), terminal_size=(120, 40))
+    assert snap_compare(seeded_app(tmp_path), terminal_size=(120, 40), run_before=settled())
 
 
 def test_snapshot_chat_on_a_narrow_terminal(snap_compare, tmp_path):
-    assert snap_compare(seeded_app(tmp_path), terminal_size=(80, 40))
+    assert snap_compare(seeded_app(tmp_path), terminal_size=(80, 40), run_before=settled())
 
 
 def test_snapshot_expanded_trace_with_the_pane_hidden(snap_compare, tmp_path):
-    assert snap_compare(seeded_app(tmp_path), press=["f2", "f2", "ctrl+t"], terminal_size=(100, 40))
+    assert snap_compare(seeded_app(tmp_path), terminal_size=(100, 40), run_before=settled("f2", "f2", "ctrl+t"))
 
 
 def test_snapshot_hand_off_plan_editor(snap_compare, tmp_path):
-    assert snap_compare(seeded_app(tmp_path), press=["ctrl+o"], terminal_size=(100, 30))
+    assert snap_compare(seeded_app(tmp_path), terminal_size=(100, 30), run_before=settled("ctrl+o"))
 
 
 def test_snapshot_first_run(snap_compare, tmp_path, monkeypatch):

@@ -1,0 +1,113 @@
+"""What this CPU and this torch build can do, detected once; the engine's CPU fast paths are
+chosen from it (kernels.dispatch), and ``duet doctor`` and the benches print it.
+
+    detect() -> Capability     cached for the process
+    report() -> list[(path, on/off, why)]   the rows doctor and the benches show
+
+``DUET_CPU`` forces a lower capability level than the CPU has, so any machine can run the
+paths a weaker CPU gets: ``avx2`` (what an AVX2-only x86 CPU gets: no oneDNN bf16 packing) or
+``scalar`` (no SIMD assumptions at all). It only ever lowers the level. To make torch's own
+kernels behave as on such a CPU too, start the process with ``ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2`` (read by torch at import, so they cannot be set from here).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+LEVELS = ("scalar", "avx2", "avx512")   # lowest first; ARM64 reports "neon" (no forcing above it)
+PACK_NEEDS = "needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT"
+
+
+@dataclass(frozen=True)
+class Capability:
+    machine: str          # platform.machine(): x86_64, aarch64, arm64, ...
+    torch_isa: str        # torch's kernel level: AVX512, AVX2, DEFAULT, ...
+    forced: str | None    # DUET_CPU when set
+    bf16_packing: bool    # oneDNN pre-packed bf16 linears (CPU bf16 models)
+    bf16_packing_why: str
+
+    @property
+    def level(self) -> str:
+        """The level the engine plans for: what the CPU has, lowered by DUET_CPU."""
+        if self.forced:
+            return self.forced
+        isa = self.torch_isa.upper()
+        if "AVX512" in isa:
+            return "avx512"
+        if "AVX2" in isa:
+            return "avx2"
+        return "neon" if _is_arm(self.machine) else "scalar"
+
+
+def forced_level() -> str | None:
+    """DUET_CPU's level, or None. A value we do not know is an error naming the variable."""
+    value = os.environ.get("DUET_CPU", "").strip().lower()
+    if value in ("", "auto", "native"):
+        return None
+    if value not in LEVELS:
+        raise ValueError(f"DUET_CPU={value!r}: expected one of {', '.join(LEVELS)} (or auto)")
+    return value
+
+
+@cache
+def detect() -> Capability:
+    forced = forced_level()
+    machine = platform.machine()
+    torch_isa = torch.backends.cpu.get_cpu_capability()
+    packing, why = _bf16_packing(forced)
+    return Capability(machine=machine, torch_isa=torch_isa, forced=forced, bf16_packing=packing,
+                      bf16_packing_why=why)
+
+
+def _is_arm(machine: str) -> bool:
+    return machine.lower() in ("aarch64", "arm64", "armv8l")
+
+
+def _bf16_packing(forced: str | None) -> tuple[bool, str]:
+    """oneDNN's bf16 weight packing, tried once on a tiny weight: it refuses CPUs without
+    AVX-512 or AVX-NE-CONVERT (and ONEDNN_MAX_CPU_ISA below them) with a RuntimeError."""
+    if forced in ("scalar", "avx2"):
+        return False, f"off (DUET_CPU={forced}; {PACK_NEEDS})"
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return False, "off (this torch build has no oneDNN)"
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if supported is not None and not supported():
+        return False, f"off ({PACK_NEEDS})"
+    try:
+        w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(16, 16, dtype=torch.bfloat16), 1)
+        y = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 16, dtype=torch.bfloat16), w, None, "none", [], "")
+    except RuntimeError as e:
+        return False, f"off (oneDNN refused: {str(e).splitlines()[0][:120]})"
+    if float(y[0, 0]) != 16.0:
+        return False, "off (oneDNN's packed matmul gave a wrong result)"
+    return True, "on"
+
+
+def report() -> list[tuple[str, str]]:
+    """(path, state and why) rows for doctor and the benches: which engine paths this CPU gets."""
+    cap = detect()
+    forced = f", forced by DUET_CPU={cap.forced}" if cap.forced else ""
+    rows = [("cpu", f"{cap.machine}, torch kernels {cap.torch_isa}, engine plans for {cap.level}{forced}"),
+            ("bf16 packing", cap.bf16_packing_why)]
+    from kernels import cpu_native
+
+    if os.environ.get("DUET_KERNELS") in ("reference", "aten"):
+        rows.append(("native kernels", f"off (DUET_KERNELS={os.environ['DUET_KERNELS']})"))
+    elif cpu_native.lib() is None:
+        rows.append(("native kernels", "off (they did not build here: see the warning above; PyTorch's run)"))
+    else:
+        isa = {512: "AVX-512", 256: "AVX2+FMA", 0: "plain C"}.get(cpu_native.isa(), str(cpu_native.isa()))
+        rows.append(("native kernels", f"on ({isa} build)"))
+    return rows
+
+
+if __name__ == "__main__":  # `python -m kernels.capability`: the rows as JSON (duet doctor runs this)
+    import json
+
+    print(json.dumps(report()))
