@@ -5,7 +5,8 @@ triton imports, rms_norm / mla_attention / fp8_block_dequant run their Triton ke
 (``kernels.triton_ops``; DUET_TRITON=0 keeps them off). On CPU, where kernels/csrc builds
 (``kernels.cpu_native``), a decode row's rms_norm and MLA's one-token per-head products run
 natively (the fused MLP/MoE and quantized matmuls choose it in kernels/moe.py and quant.py);
-everywhere else the PyTorch fast paths run."""
+everywhere else the PyTorch fast paths run. Which CPU paths exist here (oneDNN's bf16 packing
+needs AVX-512 or AVX-NE-CONVERT) is detected once in ``kernels.capability``."""
 
 from __future__ import annotations
 
