@@ -59,9 +59,12 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, k_cache: torch.Tensor, 
         s = torch.bmm(kf, qb.transpose(1, 2)).relu_()  # [B, S, n*Hi]: the long cache read in place
         score = torch.bmm(s.view(B, S, n, Hi).transpose(1, 2).reshape(B * n, S, Hi),
                           w[:, t0:t1].reshape(B * n, Hi, 1)).view(B, n, S)
-        if n > 1 or S > end:
-            score.masked_fill_(_causal_mask(n, S, start_pos + t0, q.device)[None], float("-inf"))
-        out[:, t0:t1] = score.topk(K, dim=-1, sorted=False).indices
+        score = score[..., :end]  # the padding rows never count
+        if n > 1:
+            score.masked_fill_(_causal_mask(n, end, start_pos + t0, q.device)[None], float("-inf"))
+        # exact ties (keys whose every head's relu is 0 score exactly 0) go whichever way topk
+        # breaks them: the same call as the reference's (and transformers') breaks them alike
+        out[:, t0:t1] = score.topk(K, dim=-1).indices
     return out
 
 
