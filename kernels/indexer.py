@@ -60,7 +60,7 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, k_cache: torch.Tensor, 
         score = torch.bmm(s.view(B, S, n, Hi).transpose(1, 2).reshape(B * n, S, Hi),
                           w[:, t0:t1].reshape(B * n, Hi, 1)).view(B, n, S)
         score = score[..., :end]  # the padding rows never count
-        if n > 1:
+        if n > 1 or t1 < T:  # (one query at the last position sees every row up to end)
             score.masked_fill_(_causal_mask(n, end, start_pos + t0, q.device)[None], float("-inf"))
         # exact ties (keys whose every head's relu is 0 score exactly 0) go whichever way topk
         # breaks them: the same call as the reference's (and transformers') breaks them alike
