@@ -5,7 +5,7 @@
                   (every query attends to every token: V3-style MLA)
     transformers  DeepseekV32ForCausalLM (eager) on the same weights
 
-    python bench/dsa_bench.py [--contexts 1024,2048,...] [--steps 8] [--hf-steps 3] [--hf-max 32768]
+    python bench/dsa_bench.py [--contexts 1024,2048,...] [--steps 8] [--hf-steps 3] [--hf-max 32768] [--threads 1]
 
 Model: a small V3.2-shaped random model (built once under bench/results/): hidden 512, 4 layers,
 16 heads, q_lora 192, kv_lora 256, rope 32, nope 64, v 64; indexer 16 heads x 64 dims,
@@ -149,12 +149,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=8, help="decode steps timed per context (duet)")
     p.add_argument("--hf-steps", type=int, default=3, help="decode steps timed per context (transformers)")
     p.add_argument("--hf-max", type=int, default=32768, help="largest context run with transformers")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for all three (default 1: on a shared, loaded machine two threads "
+                        "wait on each other at every op's barrier)")
     p.add_argument("--model", default="bench/results/dsa_model")
     p.add_argument("--out", default="bench/results/dsa_bench.json")
     args = p.parse_args(argv)
 
     import torch
 
+    torch.set_num_threads(args.threads)
     contexts = [int(c) for c in args.contexts.split(",")]
     folder = build_model(Path(args.model))
     max_seq = max(contexts) + args.steps + 8
