@@ -16,7 +16,7 @@ from pathlib import Path
 
 from app.config import Config, RoleConfig
 
-SUPPORTED_ARCHS = ("DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM")
+SUPPORTED_ARCHS = ("DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV32ForCausalLM")
 
 
 @dataclass
@@ -128,7 +128,7 @@ def _check_local(rc: RoleConfig, source: str) -> Check:
     archs = cfg.get("architectures") or []
     if not any(a in SUPPORTED_ARCHS for a in archs):
         return Check(rc.role, rc.backend, rc.label, False, detail=f"{cfg_file}: architecture {archs} is not supported",
-                     fix="the local backend runs DeepSeek-V3/R1/V2 checkpoints; use llama.cpp or openai for others")
+                     fix="the local backend runs DeepSeek-V3.2/V3/R1/V2 checkpoints; use llama.cpp or openai for others")
     if not any(Path(path).glob("*.safetensors")):
         return Check(rc.role, rc.backend, rc.label, False, detail=f"no *.safetensors in {path}",
                      fix="download the weights (safetensors) into that folder")

@@ -14,12 +14,15 @@ import os
 
 import torch
 
-from kernels import capability, fp8, mla, moe, norm_rope, triton_ops
+from kernels import capability, fp8, indexer, mla, moe, norm_rope, triton_ops
 
 _REFERENCE = os.environ.get("DUET_KERNELS") == "reference"
 
 apply_rope = norm_rope.reference_apply_rope if _REFERENCE else norm_rope.apply_rope
 moe_combine = moe.reference_moe if _REFERENCE else moe.moe
+# V3.2's sparse attention (kernels/indexer.py): PyTorch fast paths on every device
+indexer_topk = indexer.reference_indexer_topk if _REFERENCE else indexer.indexer_topk
+sparse_mla_attention = indexer.reference_sparse_mla_attention if _REFERENCE else indexer.sparse_mla_attention
 
 _FAST = {"rms_norm": norm_rope.rms_norm, "mla_attention": mla.mla_attention,
          "fp8_block_dequant": fp8.fp8_block_dequant}

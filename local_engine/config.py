@@ -9,7 +9,8 @@ from pathlib import Path
 
 from local_engine.errors import ModelError
 
-ARCHITECTURES = ("DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM")
+ARCHITECTURES = ("DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV32ForCausalLM")
+_MODEL_TYPES = {"deepseek_v3": ARCHITECTURES[0], "deepseek_v2": ARCHITECTURES[1], "deepseek_v32": ARCHITECTURES[2]}
 
 
 @dataclass
@@ -46,6 +47,11 @@ class ModelArgs:
     bos_token_id: int | None = None
     eos_token_id: list[int] = field(default_factory=list)
     fp8: bool = False  # DeepSeek block-FP8 weights (weight_scale_inv beside each weight)
+    mlp_layer_types: list[str] | None = None  # V3.2: "dense" | "sparse" per layer (else first_k_dense_replace)
+    # V3.2's sparse attention (DSA): a lightning indexer picks each query's index_topk cached tokens
+    index_topk: int = 0  # 0: no indexer (V2/V3)
+    index_n_heads: int = 0
+    index_head_dim: int = 0
 
     @property
     def qk_head_dim(self) -> int:
@@ -62,7 +68,13 @@ class ModelArgs:
                 scale *= m * m
         return scale
 
+    @property
+    def sparse_attention(self) -> bool:
+        return self.index_topk > 0
+
     def is_moe_layer(self, i: int) -> bool:
+        if self.mlp_layer_types is not None:
+            return self.mlp_layer_types[i] == "sparse"
         return (bool(self.n_routed_experts) and i >= self.first_k_dense_replace
                 and i % self.moe_layer_freq == 0)
 
@@ -82,12 +94,12 @@ class ModelArgs:
         archs = cfg.get("architectures") or []
         arch = next((a for a in archs if a in ARCHITECTURES), None)
         if arch is None:
-            mt = cfg.get("model_type")
-            arch = {"deepseek_v3": ARCHITECTURES[0], "deepseek_v2": ARCHITECTURES[1]}.get(mt)
+            arch = _MODEL_TYPES.get(cfg.get("model_type"))
         if arch is None:
             raise ModelError(f"{source}: unsupported architecture {archs or cfg.get('model_type')!r} "
                              f"(supported: {', '.join(ARCHITECTURES)})")
-        v3 = arch == ARCHITECTURES[0]
+        v32 = arch == ARCHITECTURES[2]
+        v3 = arch == ARCHITECTURES[0] or v32
 
         def need(key):
             if key not in cfg or cfg[key] is None:
@@ -152,18 +164,60 @@ class ModelArgs:
                 rms_norm_eps=float(cfg.get("rms_norm_eps") or 1e-6),
                 rope_theta=theta,
                 rope_scaling=scaling,
-                rope_interleave=bool(cfg.get("rope_interleave", True)),
+                rope_interleave=v32 or bool(cfg.get("rope_interleave", True)),  # V3.2: always pairs
                 max_position_embeddings=int(cfg.get("max_position_embeddings") or 4096),
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                 bos_token_id=cfg.get("bos_token_id"),
                 eos_token_id=eos,
                 fp8=fp8,
+                **(_v32_fields(cfg, source) if v32 else {}),
             )
         except (TypeError, ValueError) as e:
             raise ModelError(f"{source}: bad field value ({e})") from None
         if args.n_routed_experts and args.n_routed_experts % args.n_group:
             raise ModelError(f"{source}: n_routed_experts {args.n_routed_experts} not divisible by n_group {args.n_group}")
+        if args.mlp_layer_types is not None and len(args.mlp_layer_types) != args.num_hidden_layers:
+            raise ModelError(f"{source}: mlp_layer_types has {len(args.mlp_layer_types)} entries for "
+                             f"{args.num_hidden_layers} layers")
+        if args.sparse_attention:
+            if not args.q_lora_rank:
+                raise ModelError(f"{source}: q_lora_rank is required by the indexer (index_topk)")
+            if not 0 < args.qk_rope_head_dim <= args.index_head_dim or args.index_n_heads <= 0:
+                raise ModelError(f"{source}: index_head_dim {args.index_head_dim} / index_n_heads "
+                                 f"{args.index_n_heads} do not fit qk_rope_head_dim {args.qk_rope_head_dim}")
         return args
+
+
+def _v32_fields(cfg: dict, source: str) -> dict:
+    """DeepSeek-V3.2's own keys (transformers' defaults where absent); what the engine does not
+    implement is refused here, by name."""
+    n = cfg.get("num_hidden_layers")
+    layer_types = cfg.get("layer_types")
+    if layer_types is not None:
+        other = sorted({t for t in layer_types if t != "indexed_attention"})
+        if other:
+            raise ModelError(f"{source}: layer_types {other} are not supported (only \"indexed_attention\")")
+        if len(layer_types) != n:
+            raise ModelError(f"{source}: layer_types has {len(layer_types)} entries for {n} layers")
+    mlp = cfg.get("mlp_layer_types")
+    if mlp is not None:
+        other = sorted({t for t in mlp if t not in ("dense", "sparse")})
+        if other:
+            raise ModelError(f"{source}: mlp_layer_types {other} are not supported (\"dense\" | \"sparse\")")
+        mlp = list(mlp)
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key):
+            raise ModelError(f"{source}: {key} is not supported")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ModelError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
+    if cfg.get("scoring_func", "sigmoid") != "sigmoid" or cfg.get("topk_method", "noaux_tc") != "noaux_tc":
+        raise ModelError(f"{source}: deepseek_v32 with scoring_func/topk_method other than sigmoid/noaux_tc "
+                         f"is not supported")
+    topk = cfg.get("index_topk", 2048)
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk <= 0:
+        raise ModelError(f"{source}: index_topk {topk!r} is not a positive integer")
+    return dict(mlp_layer_types=mlp, index_topk=topk, index_n_heads=int(cfg.get("index_n_heads", 64)),
+                index_head_dim=int(cfg.get("index_head_dim", 128)))
 
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:

@@ -100,7 +100,8 @@ class Engine:
 
     def cache_bytes_per_token(self) -> int:
         a = self.args
-        return (a.kv_lora_rank + a.qk_rope_head_dim) * a.num_hidden_layers * self.dtype.itemsize
+        per_layer = a.kv_lora_rank + a.qk_rope_head_dim + (a.index_head_dim if a.sparse_attention else 0)
+        return per_layer * a.num_hidden_layers * self.dtype.itemsize  # V3.2: the indexer's keys too
 
     def weight_bytes(self) -> int:
         """Bytes of weights held (parameters plus any quantized tensors), cache excluded."""

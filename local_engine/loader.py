@@ -39,6 +39,12 @@ _ATTN = {
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate.weight": "ffn.gate.weight",
     "mlp.gate.e_score_correction_bias": "ffn.gate.bias",
+    # V3.2's indexer (DeepSeek's FP8 release: wq_b and wk in FP8, weights_proj and k_norm not)
+    "self_attn.indexer.wq_b.weight": "attn.indexer.wq_b.weight",
+    "self_attn.indexer.wk.weight": "attn.indexer.wk.weight",
+    "self_attn.indexer.k_norm.weight": "attn.indexer.k_norm.weight",
+    "self_attn.indexer.k_norm.bias": "attn.indexer.k_norm.bias",
+    "self_attn.indexer.weights_proj.weight": "attn.indexer.weights_proj",
 }
 _MLP = re.compile(r"^mlp\.(?:(shared_experts)\.|experts\.(\d+)\.)?(gate_proj|up_proj|down_proj)\.weight$")
 _TOP = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
@@ -93,7 +99,7 @@ class Shards:
             except ValueError as e:
                 raise ModelError(f"{f.path}: tensor {name}: {e}") from None
         if t.is_floating_point():
-            t = t.to(torch.float32 if _router(name) else dtype)  # the router stays float32
+            t = t.to(torch.float32 if _router(name) else dtype)  # the router (and indexer weights) stay float32
         return t.to(device)
 
     def close(self) -> None:
@@ -119,7 +125,8 @@ _trim = None
 
 
 def _router(name: str) -> bool:
-    return name.endswith("mlp.gate.weight") or name.endswith("e_score_correction_bias")
+    return (name.endswith("mlp.gate.weight") or name.endswith("e_score_correction_bias")
+            or name.endswith("indexer.weights_proj.weight"))
 
 
 def _target(rest: str) -> tuple[str, int | None] | None:

@@ -1,7 +1,9 @@
-"""DeepSeek-V3/V2 transformer: MLA, Gate, MLP (dense or expert), MoE, Block, Transformer.
+"""DeepSeek-V3/V2/V3.2 transformer: MLA (+ V3.2's Indexer), Gate, MLP (dense or expert), MoE, Block,
+Transformer.
 
 Names follow DeepSeek's inference code (wq_a, kv_norm, wkv_b, …). Each attention module owns
-its cache: only the latent c_kv and the rotated rope key, [batch, seq, kv_lora + rope]."""
+its cache: only the latent c_kv and the rotated rope key, [batch, seq, kv_lora + rope]; V3.2's
+indexer keeps its small key cache beside it, [batch, seq, index_head_dim]."""
 
 from __future__ import annotations
 
@@ -12,6 +14,53 @@ from torch import nn
 from kernels import dispatch, mla
 from local_engine.config import ModelArgs
 from local_engine.layers import Linear, RMSNorm
+
+
+class Indexer(nn.Module):
+    """V3.2's lightning indexer (DSA): a few small heads score every cached token for each query;
+    the query then attends to its top ``index_topk``. Its query comes from MLA's q_lora latent, its
+    key from the layer input (LayerNorm'd, rope on the first qk_rope_head_dim dims in rotate-half
+    order, unlike MLA's interleaved pairs), written to its cache at start_pos like the latent's.
+
+    DeepSeek's kernel scores in FP8 after a Hadamard rotation; the rotation keeps dot products and
+    transformers scores in full precision, as this does (the cache is in the model's dtype)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        a = args
+        self.n_heads, self.head_dim, self.rope, self.topk = (a.index_n_heads, a.index_head_dim,
+                                                             a.qk_rope_head_dim, a.index_topk)
+        self.wq_b = Linear(a.q_lora_rank, a.index_n_heads * a.index_head_dim)
+        self.wk = Linear(a.hidden_size, a.index_head_dim)
+        self.k_norm = nn.LayerNorm(a.index_head_dim, eps=1e-6)
+        # per-head weights of the scores, kept in float32 (as transformers keeps this projection)
+        self.weights_proj = nn.Parameter(torch.empty(a.index_n_heads, a.hidden_size, dtype=torch.float32),
+                                         requires_grad=False)
+        self.scale = a.index_head_dim ** -0.5
+        self.cache: torch.Tensor | None = None  # [max_batch, max_seq, index_head_dim]
+
+    def alloc_cache(self, max_batch: int, max_seq_len: int, dtype: torch.dtype, device) -> None:
+        self.cache = torch.zeros(max_batch, max_seq_len, self.head_dim, dtype=dtype, device=device)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B, T, heads, D]: rotate-half rope on the first ``rope`` dims."""
+        return torch.cat([dispatch.apply_rope(x[..., : self.rope], cos, sin, False), x[..., self.rope:]], dim=-1)
+
+    def forward(self, x: torch.Tensor, q_lat: torch.Tensor, start_pos: int, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor | None:
+        """x [B, T, hidden] (the attention input), q_lat [B, T, q_lora] (normed) -> each query's
+        chosen cache positions [B, T, index_topk], or None while the context holds no more than
+        index_topk tokens: then every position is chosen and attention is exactly dense."""
+        B, T, _ = x.shape
+        end = start_pos + T
+        k = F.layer_norm(self.wk(x), (self.head_dim,), self.k_norm.weight, self.k_norm.bias, self.k_norm.eps)
+        self.cache[:B, start_pos:end] = self._rope(k.unsqueeze(2), cos, sin).squeeze(2)
+        if end <= self.topk:
+            return None
+        q = self._rope(self.wq_b(q_lat).view(B, T, self.n_heads, self.head_dim), cos, sin)  # [B, T, Hi, D]
+        w = F.linear(x.float(), self.weights_proj) * self.n_heads ** -0.5  # [B, T, Hi]
+        rows = mla.padded_length(end, self.cache.shape[1])
+        return dispatch.indexer_topk(q, w, self.cache[:B, :rows], self.scale, start_pos, self.topk)
 
 
 class MLA(nn.Module):
@@ -34,6 +83,7 @@ class MLA(nn.Module):
         self.kv_norm = RMSNorm(a.kv_lora_rank, a.rms_norm_eps)
         self.wkv_b = Linear(a.kv_lora_rank, H * (a.qk_nope_head_dim + a.v_head_dim))
         self.wo = Linear(H * a.v_head_dim, a.hidden_size)
+        self.indexer = Indexer(a) if a.sparse_attention else None  # V3.2
         self.wqkv_a: Linear | None = None  # fuse_qkv_a_(): [wq_a or wq; wkv_a] as one matmul
         self.cache: torch.Tensor | None = None  # [max_batch, max_seq, kv_lora + rope]
         self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None  # W_uk, W_uvᵀ (contiguous)
@@ -41,6 +91,8 @@ class MLA(nn.Module):
 
     def alloc_cache(self, max_batch: int, max_seq_len: int, dtype: torch.dtype, device) -> None:
         self.cache = torch.zeros(max_batch, max_seq_len, self.kv_lora + self.rope, dtype=dtype, device=device)
+        if self.indexer is not None:
+            self.indexer.alloc_cache(max_batch, max_seq_len, dtype, device)
 
     def absorbed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """kv_b split per head for the absorbed form: W_uk [H, nope, kv_lora], W_uvᵀ [H, kv_lora, v].
@@ -84,11 +136,16 @@ class MLA(nn.Module):
     def forward(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape  # x [batch, seq, hidden]; cos/sin [seq, rope/2]
         H, end = self.n_heads, start_pos + T
+        q_lat = None  # the normed q_lora latent (V3.2's indexer reads it too)
         if self.wqkv_a is not None:
             q_in, kv = self.wqkv_a(x).split([self.q_in, self.kv_lora + self.rope], dim=-1)
-            q = self.wq_b(self.q_norm(q_in)) if hasattr(self, "q_norm") else q_in
+            if hasattr(self, "q_norm"):
+                q_lat = self.q_norm(q_in)
+            q = q_in if q_lat is None else self.wq_b(q_lat)
         else:
-            q = self.wq_b(self.q_norm(self.wq_a(x))) if hasattr(self, "wq_a") else self.wq(x)
+            if hasattr(self, "wq_a"):
+                q_lat = self.q_norm(self.wq_a(x))
+            q = self.wq(x) if q_lat is None else self.wq_b(q_lat)
             kv = self.wkv_a(x)
         q = q.view(B, T, H, self.nope + self.rope)
         q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
@@ -99,7 +156,8 @@ class MLA(nn.Module):
         q_pe, k_pe = pe[:, :, :H], pe[:, :, H]  # [B, T, H, rope], [B, T, rope]
         self.cache[:B, start_pos:end, : self.kv_lora] = c_kv
         self.cache[:B, start_pos:end, self.kv_lora:] = k_pe
-        if start_pos == 0 and T > 1:
+        chosen = self.indexer(x, q_lat, start_pos, cos, sin) if self.indexer is not None else None
+        if chosen is None and start_pos == 0 and T > 1:
             # fresh prefill: expand keys/values per head (fewer FLOPs than absorbed for long prompts)
             kv = self.wkv_b(c_kv).view(B, T, H, self.nope + self.v)
             k_nope, v = kv.split([self.nope, self.v], dim=-1)
@@ -120,7 +178,11 @@ class MLA(nn.Module):
                 q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1).to(w_uk.dtype), w_uk)
             q_abs = torch.cat([q_lat.transpose(0, 1).view(B, T, H, self.kv_lora).to(x.dtype), q_pe], dim=-1)
             rows = mla.padded_length(end, self.cache.shape[1])  # few distinct shapes: oneDNN reuses its kernels
-            lat = dispatch.mla_attention(q_abs, self.cache[:B, :rows], self.kv_lora, self.scale, start_pos)
+            if chosen is None:
+                lat = dispatch.mla_attention(q_abs, self.cache[:B, :rows], self.kv_lora, self.scale, start_pos)
+            else:  # V3.2 past index_topk tokens: only the rows the indexer chose
+                lat = dispatch.sparse_mla_attention(q_abs, self.cache[:B, :rows], chosen, self.kv_lora,
+                                                    self.scale, start_pos)
             if one:
                 out = dispatch.head_gemv(lat.reshape(H, self.kv_lora).float(), w_uv_t).unsqueeze(1)  # [H, 1, v]
             else:

@@ -30,7 +30,7 @@ TENSORS = "duet_quant.safetensors"
 FORMAT = "duet-quant"
 VERSION = 1
 _ATTN_SKIP = ("wkv_b",)
-_KEEP_FP32 = re.compile(r"(^|\.)gate\.(weight|bias)$")
+_KEEP_FP32 = re.compile(r"(^|\.)(gate\.(weight|bias)|indexer\.weights_proj)$")
 
 
 def _targets(block: nn.Module, attention: bool):
