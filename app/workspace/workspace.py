@@ -11,6 +11,7 @@ Typical use (the TUI does this after each coder turn)::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ class Workspace:
             pending[e.path] = _Pending(e.before, TextFile.decode(e.after, self.max_file_bytes), list(e.blocks))
         for block in blocks:
             try:
+                named = self._by_base_name(block.path)
+                if named != block.path:
+                    block = dataclasses.replace(block, path=named)
                 target = safety.resolve(self.root, block.path)
                 state = pending.get(target.rel)
                 if state is None:
@@ -204,6 +208,17 @@ class Workspace:
         return self.history.depth() > 0
 
     # ---- helpers --------------------------------------------------------------
+    def _by_base_name(self, path: str) -> str:
+        """A bare file name that is not at the root but names exactly one file in context is
+        that file; several such files are refused, naming them."""
+        if not path or "/" in path or "\\" in path or os.path.lexists(self.root / path):
+            return path
+        matches = [f for f in self.context.files if f.rsplit("/", 1)[-1] == path]
+        if len(matches) > 1:
+            raise NoMatch(f"{path} could be any of {len(matches)} files in context ({', '.join(matches)}); "
+                          "give the path from the project root")
+        return matches[0] if matches else path
+
     def _rematch(self, edit: Edit, current: bytes | None) -> bytes:
         stale = f"{edit.path} changed on disk since the edit was proposed"
         if edit.partial or not edit.blocks:
