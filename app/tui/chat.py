@@ -89,8 +89,8 @@ class ChatScreen(Screen):
         Binding("f9", "copy_code", "Copy code", id="chat.copy_code", show=False),
         Binding("ctrl+f", "files", "Files", id="chat.files", priority=True),
         Binding("f12", "undo_changes", "Undo edit", id="chat.undo_changes", show=False),
-        Binding("f7", "test", "Test", id="chat.test", show=False),
-        Binding("f6", "rewind", "Rewind", id="chat.rewind", show=False),
+        Binding("f10", "test", "Test", id="chat.test", show=False),  # (the prompt keeps F6/F7)
+        Binding("ctrl+b", "rewind", "Rewind", id="chat.rewind", priority=True, show=False),
         Binding("ctrl+n", "new_session", "New", id="chat.new_session", priority=True, show=False),
         Binding("ctrl+s", "sessions", "Sessions", id="chat.sessions", priority=True),
     ]
@@ -234,7 +234,7 @@ class ChatScreen(Screen):
         elif word == "/undo":
             self.action_undo_changes()
         elif word == "/rewind":
-            self.action_rewind()
+            self.action_rewind(int(rest) if rest.strip().isdigit() else 1)
         else:
             self.start_turn(text, role)
 
@@ -575,13 +575,14 @@ class ChatScreen(Screen):
             return
         self.notify(f"Undone: {', '.join(paths)}", markup=False)
 
-    def action_rewind(self) -> None:
-        """Take the conversation back to before the last request (files stay as they are; F12
-        undoes an applied change). Survives a restart: the store forgets those messages."""
+    def action_rewind(self, count: int = 1) -> None:
+        """Take the conversation back to before the last request (``/rewind N``: the last N);
+        files stay as they are (F12 undoes an applied change). Survives a restart: the store
+        forgets those messages."""
         from app.tui.dialogs import Confirm
 
-        users = list(self.conversation.query(UserItem))
-        target = next((u for u in reversed(users) if u.message_id is not None), None)
+        users = [u for u in self.conversation.query(UserItem) if u.message_id is not None]
+        target = users[-count] if 0 < count <= len(users) else None
         if self.busy or self.store is None or target is None:
             self.notify("Nothing to rewind.")
             return
