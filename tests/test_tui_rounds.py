@@ -128,3 +128,49 @@ async def test_after_a_plan_the_screen_the_store_and_the_prompt_share_one_routin
     with SessionStore.open(store_path) as store:
         stored = store.message(item.message_id)
         assert stored.intent == "analysis" and stored.prompt == sent
+
+
+STEPS = "## Plan\n\n1. Fix add in calc.py.\n2. Add a docstring to add.\n3. Run the tests."
+
+
+async def test_the_hand_off_checklist_sends_one_step_and_ticks_it_off_when_its_tests_pass(ws, tmp_path):
+    from app.tui.dialogs import PlanEditor
+
+    with ScriptedServer(reasoner_reply("TRACE", STEPS)) as server:
+        app = make_app(with_tests(server_config(server.base_url)), workspace=ws)
+        async with app.run_test(size=(120, 50)) as pilot:
+            await type_and_send(pilot, "/plan fix calc")
+            await wait_reply(pilot, app)
+            server.set_script(text_reply(edit("    return a - b", "    return a + b")))
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, PlanEditor))
+            await wait_text(pilot, app, "☐ 1. Fix add in calc.py.", "☐ 3. Run the tests.")
+            await pilot.press("tab", "enter")  # the checklist; its first open step, alone
+            await accept_diff(pilot, app)
+            await wait_for(pilot, lambda: not app.chat.busy, timeout=30)
+            prompt = server.requests[-1].json["messages"][-1]["content"]
+            assert "Implement step 1 of the plan only:\n\nFix add in calc.py." in prompt and "TRACE" not in prompt
+            assert app.chat.conversation.query(TestItem).last().status == "passed"
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, PlanEditor))
+            await wait_text(pilot, app, "☑ 1. Fix add in calc.py.", "☐ 2. Add a docstring to add.")
+            assert app.screen.query_one("#plan-steps").highlighted == 1  # the next open step
+
+
+async def test_steps_can_be_skipped_and_reordered_before_handing_off_all(server, tmp_path):
+    from app.tui.dialogs import PlanEditor
+
+    server.set_script(reasoner_reply("TRACE", STEPS))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 50)) as pilot:
+        await type_and_send(pilot, "/plan fix calc")
+        await wait_reply(pilot, app)
+        server.set_script(text_reply("ok"))
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanEditor))
+        await pilot.press("tab", "space", "down", "alt+down")
+        await wait_text(pilot, app, "⊘ 1. Fix add in calc.py.", "2. Run the tests.", "3. Add a docstring to add.")
+        await pilot.press("ctrl+s")
+        await wait_reply(pilot, app, 2)
+        prompt = server.requests[-1].json["messages"][-1]["content"]
+        assert "1. Run the tests.\n2. Add a docstring to add." in prompt and "Fix add in calc.py" not in prompt

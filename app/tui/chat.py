@@ -9,6 +9,7 @@ The one thing the worker waits for from the screen is the diff review (`Approval
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from textual import on, work
@@ -26,6 +27,7 @@ from app.config import Config
 from app.conversation import (ChangeApplied, ChangeDeclined, ChangeProposed, Conversation, FlowEnded, Notice,
                               PlanReady, Routed, TestFinished, TestStarted, TurnEnded)
 from app.conversation.conversation import HANDOFF_REQUEST
+from app.conversation.steps import Plan
 from app.errors import DuetError
 from app.tui.messages import ReplyItem, TestItem, TraceSummary, UserItem, code_blocks
 from app.tui.prompt_input import PromptInput
@@ -48,6 +50,19 @@ class TurnFinished(Message):
     def __init__(self, item: ReplyItem):
         super().__init__()
         self.item = item
+
+
+class StepRun:
+    """The plan being worked through step by step: which reply it came from, its steps (with
+    their done/skipped marks), and the step being implemented now (None: all at once)."""
+
+    def __init__(self, item, plan, index: int | None):
+        self.item, self.plan, self.index = item, plan, index
+
+    def tick(self) -> None:
+        steps = list(self.plan.steps)
+        steps[self.index] = dataclasses.replace(steps[self.index], done=True)
+        self.plan = self.plan.with_steps(steps)
 
 
 class Approval:
@@ -383,8 +398,13 @@ class ChatScreen(Screen):
             self._flow_ended(event)
 
     def _flow_ended(self, event: FlowEnded) -> None:
-        if self.steps is not None:
-            self.steps.finished(event.status)
+        run = self.steps
+        if run is None or run.index is None or event.status not in ("passed", "applied"):
+            return
+        run.tick()
+        left = sum(1 for s in run.plan.steps if not s.done and not s.skipped)
+        self.notify(f"Step {run.index + 1} done ✓" + (f" · {left} to go (Ctrl+O)" if left else " · the plan is done"))
+        run.index = None
 
     async def _finish_item(self, item: ReplyItem, end, turn) -> None:
         """A turn is over (ended, failed or cancelled): settle its widgets."""
@@ -538,20 +558,30 @@ class ChatScreen(Screen):
         self.notify(f"Copied the last code block ({len(blocks[-1].splitlines())} lines).")
 
     def action_hand_off(self) -> None:
-        from app.tui.dialogs import PlanEditor
+        """The plan (never its trace) as an editable checklist: hand off all, or one step; a step
+        whose tests pass (or that applies, with no test command) is ticked off."""
+        from app.tui.dialogs import HandOff, PlanEditor
 
         if self.last_plan is None or self.busy:
             return
         plan_item = self.last_plan
         request = self.query_one(PromptInput).text.strip() or HANDOFF_REQUEST
+        steps = self.steps.plan.steps if self.steps is not None and self.steps.item is plan_item else ()
 
-        def send(edited: str | None) -> None:
-            if edited is None or not edited.strip():
+        def send(choice: HandOff | None) -> None:
+            if choice is None or not choice.text.strip():
                 return
             self.query_one(PromptInput).text = ""
-            self.start_turn(request, "coder", plan=edited)
+            plan = Plan(choice.text, plan_item.message_id, choice.steps)
+            if choice.only is None:
+                self.steps = StepRun(plan_item, plan, None)
+                self.start_turn(request, "coder", plan=plan.text)
+                return
+            self.steps = StepRun(plan_item, plan, choice.only)
+            self.start_turn(f"Implement step {choice.only + 1} of the plan.", "coder", plan=plan.step_text(choice.only))
 
-        self.app.push_screen(PlanEditor(plan_item.answer, self.workspace.context.files if self.workspace else []), send)
+        files = self.workspace.context.files if self.workspace else []
+        self.app.push_screen(PlanEditor(plan_item.answer, files, steps), send)
 
     def action_undo_changes(self) -> None:
         """Put back the files of the last applied change (asks before overwriting later edits)."""
