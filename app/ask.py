@@ -1,4 +1,5 @@
-"""`duet ask`: one turn, headless. The answer goes to stdout, the thinking to stderr.
+"""`duet ask`: one turn, headless, over the conversation core. The answer goes to stdout,
+the thinking to stderr.
 
 `--json` prints one object instead. A fault is one line on stderr and exit 1, with the
 partial answer still printed; a server that refuses the connection before anything was
@@ -16,9 +17,9 @@ import sys
 import threading
 import time
 
-from app.backends.base import ModelUnusable
-from app.backends.events import AnswerDelta, ThinkingDelta
+from vocab.events import AnswerDelta, ModelUnusable, ThinkingDelta
 from app.config import Config
+from app.conversation import Conversation
 from app.turn import Turn, TurnResult
 
 _END = object()
@@ -31,13 +32,15 @@ def run_ask(args, config: Config) -> int:
         from app.errors import UsageError
 
         raise UsageError("duet ask: the prompt is empty")
-    turn = Turn(config, text, role=args.role, save=not args.no_save)
+    conversation = Conversation(config, save=not args.no_save)
+    routed = conversation.prepare(text, args.role)
+    turn = routed.turn
     cancel = threading.Event()
     events: queue.Queue = queue.Queue()
 
     def work():
         try:
-            for event in turn.events(cancel):
+            for event in conversation.run(routed, cancel):
                 events.put(event)
         except BaseException as exc:  # handed to the main thread, which reports it
             events.put(exc)

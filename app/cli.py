@@ -31,6 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON object instead")
     ask.add_argument("--no-save", action="store_true", help="do not save this turn as a session")
 
+    run = sub.add_parser("run", help="plan → code → apply → test, headless (progress on stderr)")
+    run.add_argument("request", metavar="REQUEST", nargs="+")
+    run.add_argument("--role", choices=("auto", "reasoner", "coder"), default="auto")
+    run.add_argument("--file", action="append", metavar="PATH", help="a file (or folder) in the coder's context")
+    run.add_argument("--apply", action="store_true", help="write the edits (undoable); without it, only propose")
+    run.add_argument("--test", metavar="CMD", help="run CMD after each apply (default: [workspace] test)")
+    run.add_argument("--rounds", type=int, default=3, metavar="N", help="most apply → test rounds (default 3)")
+    run.add_argument("--json", action="store_true", help="print one JSON object instead of the diff")
+    run.add_argument("--no-save", action="store_true", help="do not save this run as a session")
+
     route = sub.add_parser("route", help="show the router's decision for TEXT")
     route.add_argument("text", metavar="TEXT", nargs="+")
     route.add_argument("--json", action="store_true")
@@ -75,6 +85,10 @@ def _run(args) -> int:
         from app.ask import run_ask
 
         return run_ask(args, config)
+    if command == "run":
+        from app.run import run_request
+
+        return run_request(args, config)
     from app.tui.app import run_tui
 
     return run_tui(config, args)

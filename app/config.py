@@ -52,6 +52,8 @@ UI_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 WORKSPACE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "auto_commit": ((bool,), "git commit each applied change (off by default)"),
     "max_file_bytes": ((int,), "largest file the coder may edit"),
+    "test": ((str,), "command run in the workspace root after an apply (duet run, /test)"),
+    "test_timeout": ((int, float), "seconds the test command may run"),
 }
 TOP_SECTIONS = ("reasoner", "coder", "ui", "workspace")
 
@@ -105,6 +107,8 @@ class UiConfig:
 class WorkspaceConfig:
     auto_commit: bool = False
     max_file_bytes: int = 1_000_000
+    test: str = ""  # "" : no test command
+    test_timeout: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,11 @@ class Template:
 # ---------------------------------------------------------------------------- loading
 
 def template_dir():
-    """The templates folder: the installed package ``app.templates``, else the checkout's ``prompts/``."""
+    """The templates folder: the checkout's ``prompts/`` beside this ``app`` (a source tree, even
+    one whose editable install points elsewhere), else the installed package ``app.templates``."""
+    checkout = Path(__file__).resolve().parent.parent / "prompts"
+    if (checkout / "labels.toml").is_file():
+        return checkout
     try:
         from importlib.resources import files
 

@@ -1,9 +1,9 @@
-"""One turn, end to end: route → prompt → backend → events → session store.
+"""One model turn: prompt → backend → events → session store.
 
-Shared by `duet ask` and the TUI. Build a `Turn` (routing and the prompt happen at once,
-so the caller can show the decision), then iterate `turn.events(cancel)` — from a worker
-thread in the TUI. Every event is recorded as it streams unless ``save=False``; afterwards
-`turn.result` holds what came back.
+`app.conversation.Conversation` makes every Turn (it routes once per request and hands the
+decision in, so what the screen shows, what is recorded and what the prompt asks are one
+decision). Iterate `turn.events(cancel)` — from a worker thread in the TUI. Every event is
+recorded as it streams unless ``save=False``; afterwards `turn.result` holds what came back.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from app.backends.base import ChatMessage, ServerUnreachable, failed_from
-from app.backends.events import Event, Failed, Tally
+from app.backends.base import failed_from
+from vocab.events import Event, Failed, ServerUnreachable, Tally
+from vocab.messages import ChatMessage
 from app.config import Config, RoleConfig
 from app.errors import DuetError
 
@@ -27,6 +28,7 @@ class TurnResult(Tally):
         super().__init__()
         self.role, self.model = role, model
         self.message_id: int | None = None
+        self.user_message_id: int | None = None  # the request's own row
         self.session_id: int | None = None
 
     @property
@@ -36,11 +38,11 @@ class TurnResult(Tally):
 
 @dataclass
 class Turn:
-    """One request and its answer. ``role`` is "auto", "reasoner" or "coder"."""
+    """One request and its answer, under a routing decision already made (see ``decide``)."""
 
     config: Config
     request: str
-    role: str = "auto"
+    route: object  # app.router.Route: the one decision for this request
     history: Sequence[ChatMessage] = ()  # earlier turns: answers only (thinking is dropped anyway)
     plan: str | None = None  # the last reasoner answer, when the coder implements it (never its trace)
     files: Sequence = ()  # files in context, as app.prompts.build_prompt takes them
@@ -49,13 +51,11 @@ class Turn:
     store: object = None  # an open app.store.SessionStore; None: opened on first use
     handoff_from: int | None = None  # message id of the plan this turn implements
     lang: str | None = None
-    route: object = field(init=False)
     role_cfg: RoleConfig = field(init=False)
     prompt: str = field(init=False)  # the user message text the model gets
     result: TurnResult = field(init=False)
 
     def __post_init__(self):
-        self.route = decide(self.request, self.role, after_plan=self.plan is not None)
         self.role_cfg = self.config.role(self.route.role)
         self.prompt = build_prompt_text(self.route, self.plan, self.files, self.lang)
         self.result = TurnResult(role=self.route.role, model=self.role_cfg.label)
@@ -100,7 +100,8 @@ class Turn:
             self.store = SessionStore.open()
         if self.session_id is None:
             self.session_id = self.store.create_session(_title(self.route.text or self.request))
-        self.store.add_user_message(self.session_id, self.request, files=file_names(self.files))
+        self.result.user_message_id = self.store.add_user_message(self.session_id, self.request,
+                                                                  files=file_names(self.files))
         recorder = self.store.begin_reply(self.session_id, role=self.route.role, model=self.role_cfg.label,
                                           intent=self.route.intent, why=self.route.why, prompt=self.prompt,
                                           handoff_from=self.handoff_from)

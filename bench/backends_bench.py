@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.backends.base import ChatMessage  # noqa: E402
-from app.backends.events import AnswerDelta, Done, ThinkingDelta  # noqa: E402
+from vocab.messages import ChatMessage  # noqa: E402
+from vocab.events import AnswerDelta, Done, ThinkingDelta  # noqa: E402
 from app.config import RoleConfig, Sampling  # noqa: E402
-from local_engine.reasoning import ThinkSplitter  # noqa: E402
+from vocab.reasoning import ThinkSplitter  # noqa: E402
 
 ASK = [ChatMessage("user", "Write a haiku about the sea.")]
 

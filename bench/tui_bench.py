@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.backends.events import AnswerDelta, Done, ThinkingDelta, Usage  # noqa: E402
+from vocab.events import AnswerDelta, Done, ThinkingDelta, Usage  # noqa: E402
 
 WORDS = ("the cache keeps recent sessions in memory so reads stay fast while writes go to sqlite "
          "and eviction follows least recently used order with a bound of one hundred entries").split()

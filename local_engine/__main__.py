@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def generate(args) -> int:
     from local_engine import Engine
-    from local_engine.reasoning import ThinkSplitter, prompt_opens_thinking
+    from vocab.reasoning import ThinkSplitter, prompt_opens_thinking
     from local_engine.errors import ModelError
     from local_engine.tokenizer import IncrementalDecoder
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.backends.events import AnswerDelta, Done, Failed, ThinkingDelta, Usage
+from vocab.events import AnswerDelta, Done, Failed, ThinkingDelta, Usage
 
 
 @dataclass

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from app.backends.base import ChatMessage
-from app.backends.events import AnswerDelta, Done
+from vocab.messages import ChatMessage
+from vocab.events import AnswerDelta, Done
 from app.config import load_config
 from app.store import SessionStore
-from app.turn import Turn
+from app.turn import Turn, decide
 from tests.sse_server import RESET, ScriptedServer, error_reply, reasoner_reply, text_reply, with_fault
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +154,7 @@ def test_a_turn_sends_history_answers_and_records_while_streaming(server, config
     server.set_script(reasoner_reply(THINKING, ANSWER, delay=0.02))
     history = [ChatMessage("user", "Plan a cache."), ChatMessage("assistant", "Use an LRU.", thinking="TRACE")]
     with SessionStore.open() as store:
-        turn = Turn(config, "/think is LRU right here?", history=history, store=store)
+        turn = Turn(config, "/think is LRU right here?", decide("/think is LRU right here?"), history=history, store=store)
         assert (turn.route.role, turn.route.forced) == ("reasoner", True)
         seen_in_db = []
         for event in turn.events():
@@ -172,7 +172,7 @@ def test_a_turn_abandoned_mid_stream_is_saved_as_cancelled(server, config_file):
     config = load_config(config_file)
     server.set_script(reasoner_reply(THINKING, ANSWER * 20, delay=0.02))
     with SessionStore.open() as store:
-        turn = Turn(config, "/think what now", store=store)
+        turn = Turn(config, "/think what now", decide("/think what now"), store=store)
         events = turn.events()
         for event in events:
             if isinstance(event, AnswerDelta):
@@ -185,7 +185,7 @@ def test_a_turn_cancelled_from_another_thread_ends_with_done_cancelled(server, c
     config = load_config(config_file)
     server.set_script(reasoner_reply(THINKING, ANSWER * 20, delay=0.05))
     cancel = threading.Event()
-    turn = Turn(config, "/think hmm", save=False)
+    turn = Turn(config, "/think hmm", decide("/think hmm"), save=False)
     threading.Timer(0.3, cancel.set).start()
     events = list(turn.events(cancel))
     assert events[-1] == turn.result.done and isinstance(events[-1], Done)

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.backends.base import ChatMessage
-from app.backends.events import AnswerDelta, Done, Failed
+from vocab.messages import ChatMessage
+from vocab.events import AnswerDelta, Done, Failed
 from app.backends.openai import OpenAIBackend
 from app.backends.probe import probe
 from app.config import RoleConfig, Sampling

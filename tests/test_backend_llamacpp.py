@@ -8,8 +8,8 @@ import time
 import pytest
 
 from app.backends import close_all, make_backend
-from app.backends.base import ChatMessage
-from app.backends.events import AnswerDelta, Done, Failed, Usage
+from vocab.messages import ChatMessage
+from vocab.events import AnswerDelta, Done, Failed, Usage
 from app.config import RoleConfig, Sampling, demo_role
 from tests.backend_helpers import collect
 

@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("torch")
 
 from app.backends import close_all, make_backend  # noqa: E402
-from app.backends.base import ChatMessage  # noqa: E402
-from app.backends.events import AnswerDelta, Done, Failed, ThinkingDelta  # noqa: E402
+from vocab.messages import ChatMessage  # noqa: E402
+from vocab.events import AnswerDelta, Done, Failed, ThinkingDelta  # noqa: E402
 from app.config import RoleConfig, Sampling  # noqa: E402
-from local_engine.reasoning import split_text  # noqa: E402
+from vocab.reasoning import split_text  # noqa: E402
 from tests.backend_helpers import collect  # noqa: E402
 from tests.tiny_checkpoints import write_tiny_v3  # noqa: E402
 

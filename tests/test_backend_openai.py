@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from app.backends.base import ChatMessage, ServerUnreachable
-from app.backends.events import AnswerDelta, Done, Failed, Usage
+from vocab.events import AnswerDelta, Done, Failed, ServerUnreachable, Usage
+from vocab.messages import ChatMessage
 from app.backends.openai import OpenAIBackend
 from app.backends.probe import probe
 from app.config import RoleConfig, Sampling

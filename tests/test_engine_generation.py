@@ -10,7 +10,7 @@ import pytest
 
 from local_engine import Engine
 from local_engine.errors import InputError, ModelError
-from local_engine.reasoning import split_text
+from vocab.reasoning import split_text
 from local_engine.tokenizer import IncrementalDecoder, Tokenizer
 from tests.tiny_checkpoints import EOS, write_tiny_v2, write_tiny_v3
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.backends.events import AnswerDelta, Done, ThinkingDelta, Usage
+from vocab.events import AnswerDelta, Done, ThinkingDelta, Usage
 from app.cli import main
 from app.store import SessionStore
 

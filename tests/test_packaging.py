@@ -13,7 +13,7 @@ def test_every_package_folder_is_listed_in_pyproject():
     listed = set(project["tool"]["setuptools"]["packages"])
     on_disk = {
         ".".join(p.parent.relative_to(ROOT).parts)
-        for top in ("app", "local_engine", "kernels")
+        for top in ("app", "local_engine", "kernels", "vocab")
         for p in (ROOT / top).rglob("__init__.py")
         if "__pycache__" not in p.parts
     }

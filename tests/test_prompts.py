@@ -44,7 +44,7 @@ def test_the_checkout_and_an_installed_copy_load_the_same_templates(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for folder in ("app", "prompts", "local_engine", "kernels"):
+    for folder in ("app", "prompts", "local_engine", "kernels", "vocab"):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",

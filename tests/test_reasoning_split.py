@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from local_engine.reasoning import ANSWER, THINKING, ThinkSplitter, prompt_opens_thinking, split_text
+from vocab.reasoning import ANSWER, THINKING, ThinkSplitter, prompt_opens_thinking, split_text
 
 
 def run_chunks(chunks, opened=False, fields=()):

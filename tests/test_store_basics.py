@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from app.backends.events import AnswerDelta, Done, Failed, ThinkingDelta, Usage
+from vocab.events import AnswerDelta, Done, Failed, ThinkingDelta, Usage
 from app.paths import data_dir
 from app.store import SessionStore
 from app.store import recorder as recorder_module

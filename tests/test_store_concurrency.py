@@ -18,7 +18,7 @@ TURNS = 40
 # Both start on a database that does not exist yet, so they also race to create and migrate it.
 WRITER = textwrap.dedent("""
     import os, sys, time
-    from app.backends.events import AnswerDelta, ThinkingDelta, Usage
+    from vocab.events import AnswerDelta, ThinkingDelta, Usage
     from app.store import SessionStore
     db, name, go, turns = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     while not os.path.exists(go):

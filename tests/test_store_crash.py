@@ -18,7 +18,7 @@ TOKEN = 6  # every delta is "a00042" style: 6 characters
 # Streams 400 thinking deltas then answer deltas forever, 5 ms apart, reporting each count.
 WRITER = textwrap.dedent("""
     import sys, time
-    from app.backends.events import AnswerDelta, ThinkingDelta
+    from vocab.events import AnswerDelta, ThinkingDelta
     from app.store import SessionStore
     store = SessionStore.open(sys.argv[1])
     sid = store.create_session("crash test")

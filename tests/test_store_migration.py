@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from app.backends.events import AnswerDelta
+from vocab.events import AnswerDelta
 from app.paths import data_dir
 from app.store import SessionStore
 from app.store.schema import VERSION

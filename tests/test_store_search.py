@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.backends.events import AnswerDelta, ThinkingDelta
+from vocab.events import AnswerDelta, ThinkingDelta
 from app.store import SessionStore
 
 

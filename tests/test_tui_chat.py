@@ -343,7 +343,7 @@ class _LingeringBackend:
     label = "lingering"
 
     def stream(self, messages, sampling, *, cancel=None):
-        from app.backends.events import AnswerDelta, Done
+        from vocab.events import AnswerDelta, Done
 
         yield AnswerDelta("All done.")
         yield Done("stop", 0.01, 0.02)

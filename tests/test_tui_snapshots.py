@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from app.backends.events import AnswerDelta, Done, ThinkingDelta, Usage
+from vocab.events import AnswerDelta, Done, ThinkingDelta, Usage
 from app.config import Config, RoleConfig, Sampling
 from app.discovery import Found
 from app.store import SessionStore

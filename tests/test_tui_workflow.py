@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.backends.events import AnswerDelta, Done, ThinkingDelta, Usage
+from vocab.events import AnswerDelta, Done, ThinkingDelta, Usage
 from app.store import SessionStore
 from app.tui.dialogs import Ask, Confirm, FilePicker, fuzzy_score
 from app.tui.diff_preview import DiffPreview
@@ -134,7 +134,7 @@ async def test_the_last_session_is_resumed_on_start_with_its_trace_collapsed(ser
 
 async def test_an_interrupted_reply_from_a_killed_process_offers_continue(server, tmp_path):
     store_path = tmp_path / "s.db"
-    code = ("import os, sys\nfrom app.store import SessionStore\nfrom app.backends.events import AnswerDelta\n"
+    code = ("import os, sys\nfrom app.store import SessionStore\nfrom vocab.events import AnswerDelta\n"
             f"s = SessionStore.open({str(store_path)!r})\nsid = s.create_session('crashed')\n"
             "s.add_user_message(sid, 'write a long essay')\n"
             "r = s.begin_reply(sid, role='coder', model='m', prompt='write a long essay')\n"

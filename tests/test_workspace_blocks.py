@@ -182,3 +182,55 @@ def test_a_block_missing_its_search_marker_is_reported_as_stray():
 def test_a_heading_underline_in_prose_is_not_a_problem():
     blocks, problems = parse("Title\n=======\n\na.py\n<<<<<<< SEARCH\n=======\nx\n>>>>>>> REPLACE\n")
     assert not problems and blocks[0].path == "a.py"
+
+
+def test_a_block_after_a_line_of_dots_continues_the_previous_blocks_file(ws):
+    reply = (block("calc.py", "    return a + b\n", "    return b + a\n") + "...\n"
+             + "<<<<<<< SEARCH\n    return a - b\n=======\n    return -(b - a)\n>>>>>>> REPLACE\n")
+    text = after(ws, reply)
+    assert "return b + a" in text and "return -(b - a)" in text
+
+
+def test_a_sentence_between_two_blocks_does_not_break_the_second_one(ws):
+    reply = (block("calc.py", "    return a + b\n", "    return b + a\n") + "\nAnd the second function:\n\n"
+             + "<<<<<<< SEARCH\n    return a - b\n=======\n    return -(b - a)\n>>>>>>> REPLACE\n")
+    assert "return -(b - a)" in after(ws, reply)
+
+
+def test_a_line_of_dots_before_the_first_block_is_still_no_path(ws):
+    changes = ws.propose("...\n<<<<<<< SEARCH\n    return a + b\n=======\nx\n>>>>>>> REPLACE\n")
+    assert not changes.edits and "no file path" in changes.rejected[0].reason
+
+
+def test_a_bare_file_name_matching_one_file_in_context_resolves_to_it(tmp_path):
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    (tmp_path / "src" / "pkg" / "calc.py").write_text(SOURCE)
+    ws = Workspace(tmp_path)
+    ws.context.add("src/pkg/calc.py")
+    changes = ws.propose(block("calc.py", "    return a + b\n", "    return b + a\n"))
+    assert not changes.rejected and [e.path for e in changes.edits] == ["src/pkg/calc.py"]
+    ws.apply(changes)
+    assert "return b + a" in (tmp_path / "src" / "pkg" / "calc.py").read_text()
+
+
+def test_an_ambiguous_bare_file_name_is_rejected_naming_the_candidates(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "util.py").write_text("x = 1\n")
+    ws = Workspace(tmp_path)
+    ws.context.add("a/util.py")
+    ws.context.add("b/util.py")
+    changes = ws.propose(block("util.py", "x = 1\n", "x = 2\n"))
+    assert not changes.edits
+    reason = changes.rejected[0].reason
+    assert "a/util.py" in reason and "b/util.py" in reason
+
+
+def test_a_bare_file_name_that_exists_at_the_root_is_that_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "calc.py").write_text(SOURCE)
+    (tmp_path / "sub" / "calc.py").write_text(SOURCE)
+    ws = Workspace(tmp_path)
+    ws.context.add("sub/calc.py")
+    changes = ws.propose(block("calc.py", "    return a + b\n", "    return b + a\n"))
+    assert [e.path for e in changes.edits] == ["calc.py"]

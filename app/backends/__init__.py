@@ -10,10 +10,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from app.backends.base import Backend, ChatMessage, ServerUnreachable
+from app.backends.base import Backend
 from app.config import RoleConfig
 
-__all__ = ["Backend", "ChatMessage", "ServerUnreachable", "close_all", "make_backend"]
+__all__ = ["Backend", "close_all", "make_backend"]
 
 _lock = threading.Lock()
 _backends: dict[tuple, Backend] = {}

@@ -1,34 +1,16 @@
-"""What every backend shares: the message type, the protocol, and turning split text into events."""
+"""What every backend shares: the protocol, the clock, and small helpers. The words they
+speak (events, messages, the splitter) live in `vocab`."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Protocol
 
-from app.backends.events import AnswerDelta, Done, Event, Failed, ThinkingDelta
 from app.config import Sampling
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    """One message of a conversation. ``thinking`` is kept for the record, never sent to a model."""
-
-    role: str  # "system" | "user" | "assistant"
-    content: str
-    thinking: str = ""
-
-
-@dataclass(frozen=True)
-class ServerUnreachable(Failed):
-    """Nothing was sent: the server refused the connection or never answered it."""
-
-
-@dataclass(frozen=True)
-class ModelUnusable(Failed):
-    """The configured model could not be loaded: bad model input, not a passing fault."""
+from vocab.events import Done, Event, Failed, ModelUnusable
+from vocab.messages import ChatMessage
 
 
 def failed_from(exc: Exception) -> Failed:
@@ -51,16 +33,6 @@ class Backend(Protocol):
                cancel: threading.Event | None = None) -> Iterator[Event]: ...
 
     def close(self) -> None: ...
-
-
-def wire_messages(messages: Iterable[ChatMessage]) -> list[dict]:
-    """Messages as chat APIs and chat templates take them: role and content, no thinking."""
-    return [{"role": m.role, "content": m.content} for m in messages]
-
-
-def piece_events(pieces: Iterable[tuple[str, str]]) -> list[Event]:
-    """ThinkSplitter pieces as backend events."""
-    return [ThinkingDelta(text) if kind == "thinking" else AnswerDelta(text) for kind, text in pieces if text]
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -11,11 +11,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.backends.base import ChatMessage, Clock, cancelled, failed_from, piece_events, wire_messages
-from app.backends.events import Event, Failed, Usage
+from app.backends.base import Clock, cancelled, failed_from
+from vocab.events import Event, Failed, Usage, piece_events
+from vocab.messages import ChatMessage, wire_messages
 from app.config import RoleConfig, Sampling
 from app.errors import DuetError, ModelLoadError
-from local_engine.reasoning import ThinkSplitter, prompt_opens_thinking
+from vocab.reasoning import ThinkSplitter, prompt_opens_thinking
 
 DEFAULT_CONTEXT = 4096
 

@@ -15,11 +15,12 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from app.backends.base import ChatMessage, Clock, ServerUnreachable, cancelled, one_line, piece_events, wire_messages
-from app.backends.events import Event, Failed, Usage
+from app.backends.base import Clock, cancelled, one_line
+from vocab.events import Event, Failed, ServerUnreachable, Usage, piece_events
+from vocab.messages import ChatMessage, wire_messages
 from app.backends.probe import auth_headers
 from app.config import RoleConfig, Sampling
-from local_engine.reasoning import ThinkSplitter
+from vocab.reasoning import ThinkSplitter
 
 CONNECT_TIMEOUT = 5.0
 

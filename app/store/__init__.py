@@ -9,6 +9,6 @@
 """
 
 from app.store.recorder import ReplyRecorder
-from app.store.sessions import SearchHit, SessionInfo, SessionStore, StoredMessage
+from app.store.sessions import SearchHit, SessionInfo, SessionStore, StoredMessage, TestRun
 
-__all__ = ["ReplyRecorder", "SearchHit", "SessionInfo", "SessionStore", "StoredMessage"]
+__all__ = ["ReplyRecorder", "SearchHit", "SessionInfo", "SessionStore", "StoredMessage", "TestRun"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from app.backends.events import AnswerDelta, Tally, ThinkingDelta
+from vocab.events import AnswerDelta, Tally, ThinkingDelta
 
 if TYPE_CHECKING:
     from app.store.sessions import SessionStore

@@ -76,6 +76,20 @@ MIGRATIONS: list[list[str]] = [
         """INSERT INTO message_fts(rowid, body)
            SELECT id, thinking || char(10) || answer FROM messages WHERE status != 'streaming'""",
     ],
+    # v3: the test runs after an apply (one row per verification round).
+    [
+        """CREATE TABLE test_runs (
+            id INTEGER PRIMARY KEY,
+            session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            message_id INTEGER REFERENCES messages(id) ON DELETE CASCADE,
+            round INTEGER NOT NULL,
+            command TEXT NOT NULL,
+            exit_code INTEGER,
+            status TEXT NOT NULL,
+            output TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL)""",
+        "CREATE INDEX test_runs_by_session ON test_runs(session_id, id)",
+    ],
 ]
 
 VERSION = len(MIGRATIONS)

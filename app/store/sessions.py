@@ -64,6 +64,22 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class TestRun:
+    """One run of the user's test command after an apply."""
+
+    __test__ = False  # not a pytest class
+
+    id: int
+    message_id: int | None  # the coder reply whose edits were tested
+    round: int
+    command: str
+    exit_code: int | None
+    status: str  # passed | failed | timeout | cancelled | error
+    output: str
+    created: float
+
+
+@dataclass(frozen=True)
 class SearchHit:
     session_id: int
     session_title: str
@@ -293,6 +309,29 @@ class SessionStore:
         with self._write() as db:
             db.execute("INSERT INTO applied(message_id, summary, created) VALUES (?, ?, ?)",
                        (message_id, summary, time.time()))
+
+    def record_test(self, sid: int, *, message_id: int | None, round: int, command: str, exit_code: int | None,
+                    status: str, output: str) -> int:
+        """One verification round: the user's test command after an apply, and how it ended."""
+        with self._write() as db:
+            cur = db.execute(
+                """INSERT INTO test_runs(session_id, message_id, round, command, exit_code, status, output, created)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (sid, message_id, round, command, exit_code, status, output, time.time()))
+            return cur.lastrowid
+
+    def test_runs(self, sid: int) -> list[TestRun]:
+        rows = self._read("""SELECT id, message_id, round, command, exit_code, status, output, created
+                             FROM test_runs WHERE session_id = ? ORDER BY id""", (sid,))
+        return [TestRun(*row) for row in rows]
+
+    def rewind(self, sid: int, message_id: int) -> int:
+        """Drop message ``message_id`` and everything after it in session ``sid`` (the conversation
+        goes back to before it; files are not touched). Returns how many messages went."""
+        with self._write() as db:
+            cur = db.execute("DELETE FROM messages WHERE session_id = ? AND id >= ?", (sid, message_id))
+            db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), sid))
+            return cur.rowcount
 
     def messages(self, sid: int) -> list[StoredMessage]:
         """The session's messages in order; replies whose writer died read as "interrupted"."""

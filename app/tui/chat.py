@@ -1,13 +1,15 @@
 """The chat screen: conversation, thinking pane, status bar, prompt, footer.
 
-Data flows one way: a key becomes a command here; the command builds an `app.turn.Turn`
-(which routes and builds the prompt at once, so the decision shows immediately); a thread
-worker iterates the turn's events into an `EventBuffer`; a 30 Hz timer drains the buffer
-into the widgets. Widgets never call backends; the Turn records to the session store.
+A view over `app.conversation.Conversation`, which owns the history, routing, the plan,
+edits, tests and the session. Data flows one way: a key becomes a command here; the core
+prepares the request (routed once, so the decision shows at once); a thread worker iterates
+the core's events into an `EventBuffer`; a 30 Hz timer drains the buffer into the widgets.
+The one thing the worker waits for from the screen is the diff review (`Approval`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from textual import on, work
@@ -21,20 +23,23 @@ from textual.timer import Timer
 from textual.widgets import Footer
 from textual.worker import get_current_worker
 
-from app.backends.base import ChatMessage, ServerUnreachable
-from app.backends.events import Done, Failed, Usage
 from app.config import Config
+from app.conversation import (ChangeApplied, ChangeDeclined, ChangeProposed, Conversation, FlowEnded, Notice,
+                              PlanReady, Routed, TestFinished, TestStarted, TurnEnded)
+from app.conversation.conversation import HANDOFF_REQUEST
+from app.conversation.steps import Plan
 from app.errors import DuetError
-from app.tui.messages import ReplyItem, TraceSummary, UserItem, code_blocks
+from app.tui.messages import ReplyItem, TestItem, TraceSummary, UserItem, code_blocks
 from app.tui.prompt_input import PromptInput
 from app.tui.status import StatusBar
 from app.tui.streaming import DRAIN_HZ, Chunk, EventBuffer
 from app.tui.thinking import ThinkingPane
+from vocab.events import Done, Failed, ServerUnreachable, Usage
+from vocab.messages import ChatMessage
 
 PANE_MODES = ("side", "below", "hidden")
 PANE_WIDTHS = (40, 55, 70)  # percent of the screen, cycled by "widen"
 NARROW = 100  # columns: below this a side pane goes below the conversation
-HANDOFF_REQUEST = "Implement the plan."
 CONTINUE_REQUEST = "Continue your previous answer exactly where it stopped."
 CANCEL_GRACE_S = 0.3  # after Esc, stop waiting for the backend's own end this soon
 
@@ -45,6 +50,40 @@ class TurnFinished(Message):
     def __init__(self, item: ReplyItem):
         super().__init__()
         self.item = item
+
+
+class StepRun:
+    """The plan being worked through step by step: which reply it came from, its steps (with
+    their done/skipped marks), and the step being implemented now (None: all at once)."""
+
+    def __init__(self, item, plan, index: int | None):
+        self.item, self.plan, self.index = item, plan, index
+
+    def tick(self) -> None:
+        steps = list(self.plan.steps)
+        steps[self.index] = dataclasses.replace(steps[self.index], done=True)
+        self.plan = self.plan.with_steps(steps)
+
+
+class Approval:
+    """The worker thread asks, the screen answers: which proposed edits to write."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+        self._answered = threading.Event()
+        self._value = None
+
+    def wait(self, changes):
+        """(worker thread) Block until the diff review answers or the flow is cancelled."""
+        self._answered.clear()
+        while not self._answered.wait(0.05):
+            if self.cancel.is_set():
+                return None
+        return self._value
+
+    def answer(self, value) -> None:
+        self._value = value
+        self._answered.set()
 
 
 class ChatScreen(Screen):
@@ -65,6 +104,8 @@ class ChatScreen(Screen):
         Binding("f9", "copy_code", "Copy code", id="chat.copy_code", show=False),
         Binding("ctrl+f", "files", "Files", id="chat.files", priority=True),
         Binding("f12", "undo_changes", "Undo edit", id="chat.undo_changes", show=False),
+        Binding("f10", "test", "Test", id="chat.test", show=False),  # (the prompt keeps F6/F7)
+        Binding("ctrl+b", "rewind", "Rewind", id="chat.rewind", priority=True, show=False),
         Binding("ctrl+n", "new_session", "New", id="chat.new_session", priority=True, show=False),
         Binding("ctrl+s", "sessions", "Sessions", id="chat.sessions", priority=True),
     ]
@@ -78,20 +119,35 @@ class ChatScreen(Screen):
         self.config = config
         self.store = store
         self.workspace = workspace
-        self.backend_override = backend  # for benchmarks: a synthetic backend instead of make_backend
-        self.session_id = session_id
+        self.conv = Conversation(config, workspace=workspace, store=store, session_id=None,
+                                 save=store is not None, backend=backend)
+        self.resume_id = session_id
         self.load_models = load_models
-        self.history: list[ChatMessage] = []
-        self.current: ReplyItem | None = None
-        self.turn = None
+        self.current: ReplyItem | None = None  # the reply streaming now
+        self.busy = False  # a request's flow is running (a reply, a diff review, a test run)
         self.buffer: EventBuffer | None = None
         self.cancel_event: threading.Event | None = None
+        self.approval: Approval | None = None
         self.last_plan: ReplyItem | None = None
+        self.steps = None  # the hand-off checklist being worked through one step at a time
+        self._pending: list = []  # drained events not yet shown (a new item was still mounting)
+        self._tests: dict[int, TestItem] = {}
         self._drain_timer: Timer | None = None
         self._models_loaded = threading.Event()
         self._end = None
-        self._revision = None  # (changes so far, rounds done, the retry reply, the first coder reply)
         self.pane_mode = config.ui.thinking_pane
+
+    @property
+    def session_id(self) -> int | None:
+        return self.conv.session_id
+
+    @session_id.setter
+    def session_id(self, sid: int | None) -> None:
+        self.conv.session_id = sid
+
+    @property
+    def history(self) -> list[ChatMessage]:
+        return self.conv.history
 
     # ---- layout -----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -123,8 +179,8 @@ class ChatScreen(Screen):
             self._models_loaded.set()
             for role in ("reasoner", "coder"):
                 self.status_bar.role(role).set_state("ready")
-        if self.session_id is not None:
-            self.call_later(self.load_session, self.session_id)
+        if self.resume_id is not None:
+            self.call_later(self.load_session, self.resume_id)
 
     def on_unmount(self) -> None:
         if self.cancel_event is not None:  # closing mid-reply: stop the backend, the store keeps the text
@@ -182,132 +238,182 @@ class ChatScreen(Screen):
             self.submit(text, role)
 
     def submit(self, text: str, role: str) -> None:
-        if self.current is not None:
-            self.notify("A reply is still streaming: Esc cancels it.", severity="warning")
+        if self.busy:
+            self.notify("Duet is still working on the last request: Esc cancels it.", severity="warning")
             return
         self.query_one(PromptInput).text = ""
-        self.start_turn(text.strip(), role)
-
-    def start_turn(self, request: str, role: str = "auto", *, plan: str | None = None, plan_item: ReplyItem | None = None,
-                   history: list[ChatMessage] | None = None, show_user: bool = True,
-                   author: str = "you") -> ReplyItem | None:
-        """Route, mount the items, and start streaming. ``plan`` overrides the last plan (hand-off)."""
-        from app.turn import Turn, decide
-
-        has_plan = plan is not None or self.last_plan is not None
-        try:
-            decision = decide(request, role, after_plan=has_plan)
-        except DuetError as exc:
-            self.notify(str(exc), severity="error", markup=False)
-            return None
-        if decision.role == "coder" and plan is None and self.last_plan is not None:
-            plan_item = self.last_plan
-            plan = self.last_plan.answer
-        if decision.role != "coder":
-            plan, plan_item = None, None
-        if decision.intent == "review" and decision.role == "reasoner":
-            files = self.review_material()
+        text = text.strip()
+        word, _, rest = text.partition(" ")
+        if word == "/test":
+            self.run_test(rest.strip() or None)
+        elif word == "/undo":
+            self.action_undo_changes()
+        elif word == "/rewind":
+            self.action_rewind(int(rest) if rest.strip().isdigit() else 1)
         else:
-            files = self.context_files(self.config.role(decision.role))
+            self.start_turn(text, role)
+
+    def start_turn(self, request: str, role: str = "auto", *, plan=None, history: list[ChatMessage] | None = None,
+                   show_user: bool = True, author: str = "you") -> ReplyItem | None:
+        """Route (once, in the core), mount the items, and start the request's flow. ``plan``
+        overrides the current plan (an edited hand-off)."""
         try:
-            turn = Turn(self.config, request, role=role, history=list(self.history if history is None else history),
-                        plan=plan, files=files, session_id=self.session_id, store=self.store,
-                        handoff_from=plan_item.message_id if plan_item is not None else None,
-                        save=self.store is not None)
+            routed = self.conv.prepare(request, role, plan=plan, history=history, author=author)
         except DuetError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return None
+        item = self._show_turn(routed, show_user, forced=role != "auto")
+        self._start_flow(lambda cancel, approve: self.conv.run(routed, cancel, approve))
+        return item
+
+    def _show_turn(self, routed: Routed, show_user: bool = True, forced: bool = False) -> ReplyItem:
+        """Mount a turn's items (the request, the reply to stream into) and mark its role busy."""
+        turn, route = routed.turn, routed.route
         rc = turn.role_cfg
-        route = turn.route
-        if show_user:
-            self.conversation.mount(UserItem(request, [f for f, _ in files], author))
+        for note in routed.notes:
+            self.notify(note, severity="warning" if "do not fit" in note else "information", markup=False)
+        user = UserItem(turn.request, list(routed.file_names), routed.author) if show_user else None
+        if user is not None:
+            self.conversation.mount(user)
         item = ReplyItem(role=route.role, model=rc.label, intent=route.intent, why=route.why, context=rc.context,
-                         request=request, forced=role != "auto")
-        item.plan_id = plan_item.message_id if plan_item is not None else None
+                         request=turn.request, forced=forced or route.forced)
+        item.plan_id = turn.handoff_from
+        item.user_item = user
         self.conversation.mount(item)
         item.start_stream()
         if self.conversation.is_anchored:
             self.conversation.anchor()  # a new request: back to following, even if scrolled up
         else:
             self.conversation.scroll_end(animate=False)
-        self.current, self.turn = item, turn
-        self.buffer, self.cancel_event = EventBuffer(), threading.Event()
-        self._end = None  # the turn's Done or Failed, whichever drain brings it
+        self.current, self._end = item, None
         self.status_bar.role(route.role).set_state("busy")
         if route.role == "reasoner":
             self.pane.begin(f"thinking · {rc.label}")
-        self._drain_timer = self.set_interval(1 / DRAIN_HZ, self._drain)
-        self._stream_turn(turn, self.buffer, self.cancel_event)
         self.refresh_bindings()
         return item
 
+    def _start_flow(self, flow) -> None:
+        """Run ``flow(cancel, approve)`` (an iterator of events) in a worker; the timer shows them."""
+        self.busy = True
+        self.buffer, self.cancel_event = EventBuffer(), threading.Event()
+        self.approval = Approval(self.cancel_event)
+        self._pending = []
+        self._drain_timer = self.set_interval(1 / DRAIN_HZ, self._drain)
+        self._run_flow(flow, self.buffer, self.cancel_event, self.approval)
+        self.refresh_bindings()
+
     @work(thread=True, exclusive=True, group="turn")
-    def _stream_turn(self, turn, buffer: EventBuffer, cancel: threading.Event) -> None:
+    def _run_flow(self, flow, buffer: EventBuffer, cancel: threading.Event, approval: Approval) -> None:
         try:
             while not self._models_loaded.wait(0.05):  # a model still loading: wait, cancellably
                 if cancel.is_set():
                     buffer.put(Done("cancelled"))
                     return
             worker = get_current_worker()
-            events = turn.events(cancel, backend=self.backend_override)
+            events = flow(cancel, approval.wait)
             try:
                 for event in events:
                     buffer.put(event)
-                    if worker.is_cancelled:  # the app is closing, or a newer turn replaced this one
+                    if worker.is_cancelled:  # the app is closing, or a newer flow replaced this one
                         cancel.set()
             finally:
                 events.close()
-        except Exception as exc:  # never let a turn take the app down
+        except Exception as exc:  # never let a request take the app down
             buffer.put(Failed(f"{type(exc).__name__}: {exc}"))
         finally:
             buffer.close()
 
     async def _drain(self) -> None:
-        item, buffer = self.current, self.buffer
-        if item is None or buffer is None or not item.ready:
+        buffer = self.buffer
+        if buffer is None or (self.current is not None and not self.current.ready):
             return
         events, closed = buffer.drain()
-        if not events and not closed:
-            item.refresh_figures()
-            return
-        pane_text = []
-        for event in events:
-            if isinstance(event, Chunk):
+        events, self._pending = self._pending + events, []
+        pane_text: list[str] = []
+        for i, event in enumerate(events):
+            item = self.current
+            if isinstance(event, Chunk) and item is not None:
                 await item.add(event.kind, event.text, event.count)
                 if event.kind == "thinking":
                     pane_text.append(event.text)
-            elif isinstance(event, Usage):
+            elif isinstance(event, Usage) and item is not None:
                 item.usage = event
             elif isinstance(event, (Done, Failed)):
                 self._end = event
+            elif isinstance(event, Routed):  # the core's own round (a retry, a test fix)
+                await self._flush_pane(pane_text)
+                self._show_turn(event)
+                self._pending = events[i + 1:]  # shown once the new item is mounted
+                return
+            elif isinstance(event, TurnEnded):
+                await self._flush_pane(pane_text)
+                if item is not None:
+                    await self._finish_item(item, self._end, event.turn)
+                if not event.more:
+                    self._end_flow()
+                    return
+            else:
+                self._show_event(event)
+        await self._flush_pane(pane_text)
+        if self.current is not None:
+            self.current.refresh_figures()
+        follow(self.conversation)
+        if closed and buffer is self.buffer:
+            if self.current is not None:  # the stream ended without its TurnEnded (cancelled, crashed)
+                await self._finish_item(self.current, self._end, None)
+            self._end_flow()
+
+    async def _flush_pane(self, pane_text: list[str]) -> None:
         if pane_text:
             from app.tui.literal import visible
 
             await self.pane.write(visible("".join(pane_text)))
-        item.refresh_figures()
-        follow(self.conversation)
+            pane_text.clear()
         follow(self.pane)
-        if closed and item is self.current and buffer is self.buffer:
-            self.buffer = None  # no more drains
-            self.call_later(self._finish, item, self._end)  # outside this timer's task: _finish stops the timer
 
-    async def _finish(self, item: ReplyItem, end) -> None:
-        """The turn is over (ended, failed or cancelled): settle the widgets and the state."""
-        if item is not self.current:
+    def _show_event(self, event) -> None:
+        """The core's events after a turn: notices, the diff review, applies, test rounds."""
+        if isinstance(event, Notice):
+            self.notify(event.text, severity=event.level, markup=False)
+        elif isinstance(event, ChangeProposed):
+            from app.tui.diff_preview import DiffPreview
+
+            title = "Proposed changes" if event.round == 1 else f"Proposed changes · test fix round {event.round}"
+            self.app.push_screen(DiffPreview(event.changes, title=title), self.approval.answer)
+        elif isinstance(event, ChangeApplied):
+            self.notify(f"Applied: {event.changes.summary()} ({', '.join(event.applied.paths)})", markup=False)
+            for note in event.applied.notes:
+                self.notify(note, severity="warning", markup=False)
+        elif isinstance(event, ChangeDeclined):
+            self.notify("No changes applied.")
+        elif isinstance(event, TestStarted):
+            test = self._tests[event.round] = TestItem(event.round, event.command, self.conv.rounds)
+            self.conversation.mount(test)
+            self.conversation.scroll_end(animate=False)
+        elif isinstance(event, TestFinished):
+            test = self._tests.pop(event.round, None)
+            if test is not None:
+                test.finish(event.result)
+        elif isinstance(event, FlowEnded):
+            self._flow_ended(event)
+
+    def _flow_ended(self, event: FlowEnded) -> None:
+        run = self.steps
+        if run is None or run.index is None or event.status not in ("passed", "applied"):
             return
-        if self._drain_timer is not None:
-            self._drain_timer.stop()
-            self._drain_timer = None
-        turn = self.turn
-        self.buffer, self.cancel_event = None, None  # no more drains; `current` clears once settled
+        run.tick()
+        left = sum(1 for s in run.plan.steps if not s.done and not s.skipped)
+        self.notify(f"Step {run.index + 1} done ✓" + (f" · {left} to go (Ctrl+O)" if left else " · the plan is done"))
+        run.index = None
+
+    async def _finish_item(self, item: ReplyItem, end, turn) -> None:
+        """A turn is over (ended, failed or cancelled): settle its widgets."""
         if isinstance(end, Failed):
             status, error = "failed", end.message
-        elif isinstance(end, Done) and end.finish_reason == "cancelled":
-            status, error = "cancelled", None
-        elif end is None:
-            status, error = "cancelled", None
-        else:
+        elif isinstance(end, Done) and end.finish_reason != "cancelled":
             status, error = "done", None
+        else:
+            status, error = "cancelled", None
         total = end.total_s if isinstance(end, Done) and end.total_s else None
         if isinstance(end, Done) and end.first_token_s is not None:
             item.first_token = end.first_token_s
@@ -316,79 +422,53 @@ class ChatScreen(Screen):
         await item.finish(status, error=error, total_s=total)
         follow(self.conversation)
         follow(self.pane)
-        widget = self.status_bar.role(item.role)
-        if isinstance(end, ServerUnreachable):
-            widget.set_state("failed", "unreachable")
-        else:
-            widget.set_state("ready")
+        self.status_bar.role(item.role).set_state(
+            "failed" if isinstance(end, ServerUnreachable) else "ready", "unreachable" if isinstance(end, ServerUnreachable) else "")
         if turn is not None:
             item.message_id = turn.result.message_id
-            if turn.session_id is not None and self.session_id is None:
-                self.session_id = turn.session_id
-            if status == "done":
-                self.history += [ChatMessage("user", turn.prompt), ChatMessage("assistant", item.answer)]
+            if getattr(item, "user_item", None) is not None:
+                item.user_item.message_id = turn.result.user_message_id
         if status == "done" and item.role == "reasoner" and item.answer.strip():
             self.last_plan = item
-        self.current = None
+        if item is self.current:
+            self.current = None
         self.refresh_bindings()
         self.post_message(TurnFinished(item))
-        if status == "done" and item.role == "coder" and self.workspace is not None:
-            self.preview_changes(item)
 
-    # ---- after a coder turn -------------------------------------------------------------------
-    def preview_changes(self, item: ReplyItem) -> None:
-        """Propose the coder's edits; rejected blocks go back to the coder (up to 3 rounds,
-        each a visible turn); then the diff preview, and the accepted subset is applied."""
-        from app.tui.diff_preview import DiffPreview
-        from app.workspace.edit_blocks import parse
-        from app.prompts import detect_lang
-        from app.workspace.revise import MAX_ROUNDS, feedback_prompt
+    def _end_flow(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.stop()
+            self._drain_timer = None
+        self.buffer, self.cancel_event, self.approval = None, None, None
+        self._pending = []
+        self.busy = False
+        self.refresh_bindings()
 
-        revision = self._revision if self._revision is not None and self._revision[2] is item else None
-        self._revision = None
-        earlier, rounds = (revision[0], revision[1]) if revision else (None, 0)
-        source = revision[3] if revision else item
-        try:
-            blocks, problems = parse(item.answer)
-            if earlier is not None and not blocks and not problems:  # the coder gave up: keep what we had
-                changes = earlier
-            else:
-                changes = self.workspace.propose(item.answer, on_top_of=earlier)
-        except DuetError as exc:
-            self.notify(str(exc), severity="error", markup=False)
+    # ---- tests and rewind ------------------------------------------------------------------
+    def run_test(self, command: str | None = None) -> None:
+        """/test [CMD]: run the test command now (CMD also becomes this conversation's command)."""
+        if self.workspace is None:
+            self.notify("No workspace to test.")
             return
-        if changes.rejected and rounds < MAX_ROUNDS and (blocks or problems):
-            self.notify(f"{len(changes.rejected)} edit block(s) did not apply: asking the coder again "
-                        f"(round {rounds + 1} of {MAX_ROUNDS}).", markup=False)
-            retry = self.start_turn(feedback_prompt(changes, detect_lang(source.request)), "coder",
-                                    author=f"duet → coder · retry {rounds + 1} of {MAX_ROUNDS}")
-            if retry is not None:
-                self._revision = (changes, rounds + 1, retry, source)
+        if command:
+            self.conv.test_command = command
+        if not self.conv.test_command:
+            self.notify("No test command: /test CMD, or [workspace] test in the config.", severity="warning")
             return
-        if changes.rejected:
-            lines = "\n".join(f"{r.path}: {r.reason.splitlines()[0] if r.reason else ''}" for r in changes.rejected)
-            self.notify(f"{len(changes.rejected)} edit block(s) rejected:\n{lines}", severity="warning", markup=False)
-        if not changes.edits:
-            return
+        number = len(self.conversation.query(TestItem)) + 1
 
-        def done(accepted) -> None:
-            if not accepted.edits:
-                self.notify("No changes applied.")
-                return
-            try:
-                applied = self.workspace.apply(accepted)
-            except DuetError as exc:
-                self.notify(str(exc), severity="error", markup=False)
-                return
-            if self.store is not None and source.message_id is not None:
-                self.store.record_applied(source.message_id, accepted.summary())
-            self.notify(f"Applied: {accepted.summary()} ({', '.join(applied.paths)})", markup=False)
+        def flow(cancel, approve):
+            yield from self.conv.test(number, cancel)
+            yield FlowEnded("tested")
 
-        self.app.push_screen(DiffPreview(changes), done)
+        self._start_flow(flow)
 
+    def action_test(self) -> None:
+        if not self.busy:
+            self.run_test()
     # ---- keys ------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        streaming = self.current is not None
+        streaming = self.busy
         if action == "cancel":
             return streaming
         if action in ("regenerate", "copy_answer", "copy_code"):
@@ -401,11 +481,13 @@ class ChatScreen(Screen):
         return True
 
     def action_cancel(self) -> None:
-        if self.cancel_event is None or self.current is None:
+        """Esc: stop the reply (the partial answer is kept) or the test run (its process group is killed)."""
+        if self.cancel_event is None:
             return
         self.cancel_event.set()
         item = self.current
-        self.set_timer(CANCEL_GRACE_S, lambda: self._force_end(item))
+        if item is not None:
+            self.set_timer(CANCEL_GRACE_S, lambda: self._force_end(item))
 
     async def _force_end(self, item: ReplyItem) -> None:
         """The backend has not ended within the grace period: stop listening, keep the text so far."""
@@ -420,17 +502,17 @@ class ChatScreen(Screen):
 
     def action_regenerate(self) -> None:
         last = self.last_reply()
-        if last is None or self.current is not None:
+        if last is None or self.busy:
             return
-        if last.status == "done" and len(self.history) >= 2:
-            self.history = self.history[:-2]
+        if last.status == "done":
+            self.conv.forget_last()
         if self.last_plan is last:
-            self.last_plan = None
+            self.last_plan, self.conv.plan = None, None
         self.start_turn(last.request, last.role)
 
     def action_continue(self) -> None:
         last = self.last_reply()
-        if last is None or self.current is not None:
+        if last is None or self.busy:
             return
         history = self.history + [ChatMessage("user", last.request), ChatMessage("assistant", last.answer)]
         self.start_turn(CONTINUE_REQUEST, last.role, history=history)
@@ -476,20 +558,30 @@ class ChatScreen(Screen):
         self.notify(f"Copied the last code block ({len(blocks[-1].splitlines())} lines).")
 
     def action_hand_off(self) -> None:
-        from app.tui.dialogs import PlanEditor
+        """The plan (never its trace) as an editable checklist: hand off all, or one step; a step
+        whose tests pass (or that applies, with no test command) is ticked off."""
+        from app.tui.dialogs import HandOff, PlanEditor
 
-        if self.last_plan is None or self.current is not None:
+        if self.last_plan is None or self.busy:
             return
         plan_item = self.last_plan
         request = self.query_one(PromptInput).text.strip() or HANDOFF_REQUEST
+        steps = self.steps.plan.steps if self.steps is not None and self.steps.item is plan_item else ()
 
-        def send(edited: str | None) -> None:
-            if edited is None or not edited.strip():
+        def send(choice: HandOff | None) -> None:
+            if choice is None or not choice.text.strip():
                 return
             self.query_one(PromptInput).text = ""
-            self.start_turn(request, "coder", plan=edited, plan_item=plan_item)
+            plan = Plan(choice.text, plan_item.message_id, choice.steps)
+            if choice.only is None:
+                self.steps = StepRun(plan_item, plan, None)
+                self.start_turn(request, "coder", plan=plan.text)
+                return
+            self.steps = StepRun(plan_item, plan, choice.only)
+            self.start_turn(f"Implement step {choice.only + 1} of the plan.", "coder", plan=plan.step_text(choice.only))
 
-        self.app.push_screen(PlanEditor(plan_item.answer, self.workspace.context.files if self.workspace else []), send)
+        files = self.workspace.context.files if self.workspace else []
+        self.app.push_screen(PlanEditor(plan_item.answer, files, steps), send)
 
     def action_undo_changes(self) -> None:
         """Put back the files of the last applied change (asks before overwriting later edits)."""
@@ -513,24 +605,52 @@ class ChatScreen(Screen):
             return
         self.notify(f"Undone: {', '.join(paths)}", markup=False)
 
+    def action_rewind(self, count: int = 1) -> None:
+        """Take the conversation back to before the last request (``/rewind N``: the last N);
+        files stay as they are (F12 undoes an applied change). Survives a restart: the store
+        forgets those messages."""
+        from app.tui.dialogs import Confirm
+
+        users = [u for u in self.conversation.query(UserItem) if u.message_id is not None]
+        target = users[-count] if 0 < count <= len(users) else None
+        if self.busy or self.store is None or target is None:
+            self.notify("Nothing to rewind.")
+            return
+
+        def rewind(yes: bool | None) -> None:
+            if yes:
+                self.rewind_to(target.message_id)
+
+        self.app.push_screen(Confirm(f"Rewind the conversation to before “{target.text[:60]}”? "
+                                     "Files are not touched."), rewind)
+
+    def rewind_to(self, message_id: int) -> None:
+        try:
+            self.conv.rewind(message_id)
+        except DuetError as exc:
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        self.call_later(self.load_session, self.conv.session_id)
+        self.notify("Rewound the conversation.")
+
     def action_new_session(self) -> None:
-        if self.current is not None:
+        if self.busy:
             return
         self.call_later(self.clear_conversation)
-        self.session_id = None
+        self.conv.clear()
         self.notify("New session.")
 
     async def clear_conversation(self) -> None:
         await self.conversation.remove_children()
         self.conversation.anchor(False)
-        self.history, self.last_plan = [], None
+        self.conv.history, self.conv.plan, self.last_plan = [], None, None
         await self.pane.show("thinking", "")
         self.refresh_bindings()
 
     def action_sessions(self) -> None:
         from app.tui.sessions import SessionsScreen
 
-        if self.store is None or self.current is not None:
+        if self.store is None or self.busy:
             return
 
         def chosen(sid: int | None) -> None:
@@ -551,39 +671,6 @@ class ChatScreen(Screen):
         self.app.push_screen(FilePicker(self.workspace.context), lambda _: self._show_context())
 
     # ---- files and sessions --------------------------------------------------------------------
-    def context_files(self, rc=None) -> list[tuple[str, str]]:
-        """The files in context as (path, text); when they do not fit ``rc``'s window (less the
-        answer's room), their outline instead."""
-        if self.workspace is None:
-            return []
-        ctx = self.workspace.context
-        if rc is not None and rc.context and ctx.files:
-            reserve = min(rc.sampling.max_tokens, rc.context // 2) + 512  # the answer and the template
-            text, full = ctx.for_prompt(rc.context, reserve=reserve)
-            if not full:
-                self.notify("The files in context do not fit the model's window: sending their outline.",
-                            severity="warning")
-                return [("outline of the files in context (too large to send whole)", text)]
-        out = []
-        for rel in ctx.files:
-            text = ctx.read(rel)
-            if text is not None:
-                out.append((rel, text))
-        return out
-
-    def review_material(self) -> list[tuple[str, str]]:
-        """/review: the files in context, else the uncommitted changes (the note says which)."""
-        if self.workspace is None:
-            return []
-        review = self.workspace.review()
-        if review.note:
-            self.notify(review.note, markup=False)
-        if review.kind == "files":
-            return self.context_files()
-        if review.kind == "diff":
-            return [("uncommitted changes (git diff HEAD)", review.text)]
-        return []
-
     def _show_context(self) -> None:
         if self.workspace is None:
             return
@@ -592,19 +679,20 @@ class ChatScreen(Screen):
         self.status_bar.set_context(f"⎘ {text}")
 
     async def load_session(self, sid: int) -> None:
-        """Show a stored session and continue it."""
+        """Show a stored session and continue it (the core takes its history and plan)."""
         if self.store is None:
             return
-        messages = self.store.messages(sid)
+        messages = self.conv.resume(sid)
         await self.conversation.remove_children()
-        self.session_id = sid
-        self.history, self.last_plan = [], None
+        self.last_plan = None
         request = ""
         items = []
         for m in messages:
             if m.kind == "user":
                 request = m.answer
-                items.append(UserItem(m.answer, list(m.files)))
+                user = UserItem(m.answer, list(m.files))
+                user.message_id = m.id
+                items.append(user)
                 continue
             item = ReplyItem(role=m.role, model=m.model, intent=m.intent, why=m.why, request=request,
                              context=self.config.role(m.role).context if m.role in ("reasoner", "coder") else None)
@@ -612,19 +700,15 @@ class ChatScreen(Screen):
             item.plan_id = m.handoff_from
             items.append((item, m))
         await self.conversation.mount_all([x if not isinstance(x, tuple) else x[0] for x in items])
-        last_user = ""
         for x in items:
             if isinstance(x, UserItem):
-                last_user = x.text
                 continue
             item, m = x
             usage = Usage(**m.usage) if m.usage else None
             await item.load(thinking=m.thinking, answer=m.answer, status=m.status, error=m.error, usage=usage,
                             timings=m.timings, thinking_tokens=m.thinking_deltas)
-            if m.status == "done":
-                self.history += [ChatMessage("user", m.prompt or last_user), ChatMessage("assistant", m.answer)]
-                if m.role == "reasoner" and m.answer.strip():
-                    self.last_plan = item
+            if m.status == "done" and m.role == "reasoner" and m.answer.strip():
+                self.last_plan = item
         last_trace = next((x[0] for x in reversed(items) if isinstance(x, tuple) and x[0].thinking), None)
         if last_trace is not None:
             await self.pane.show(f"thought · {last_trace.model}", last_trace.thinking)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,19 +13,39 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
+from app.conversation.steps import Step, parse_steps
 
-class PlanEditor(ModalScreen[str | None]):
-    """The last plan (answer only, never its trace), editable before it goes to the coder."""
+
+@dataclass(frozen=True)
+class HandOff:
+    """What the hand-off dialog decided: the plan text to send (edited, skipped steps left out,
+    in the chosen order), its steps, and ``only``: the one step to implement (None: all)."""
+
+    text: str
+    steps: tuple[Step, ...]
+    only: int | None = None
+
+
+class PlanEditor(ModalScreen[HandOff | None]):
+    """The last plan (answer only, never its trace), editable before it goes to the coder, with
+    its numbered steps as a checklist: Tab moves between the text and the list; in the list,
+    Space skips a step, Alt+Up/Down moves it, Enter hands off that step alone; Ctrl+S hands off
+    every step not skipped or done; Esc cancels. ☑ marks steps already done (their tests passed)."""
 
     CSS_PATH = "dialogs.tcss"
     BINDINGS = [
         Binding("ctrl+s", "send", "Send to coder", id="plan.send", priority=True),
         Binding("escape", "close", "Cancel", id="plan.cancel"),
+        Binding("space", "skip", "Skip step", id="plan.skip", show=False),
+        Binding("alt+up", "move(-1)", "Move up", id="plan.move_up", show=False),
+        Binding("alt+down", "move(1)", "Move down", id="plan.move_down", show=False),
     ]
 
-    def __init__(self, plan: str, files: list[str]):
+    def __init__(self, plan: str, files: list[str], steps: tuple[Step, ...] = ()):
         super().__init__()
         self.plan, self.files = plan, files
+        self.steps: list[Step] = list(steps) or [Step(t) for t in parse_steps(plan)]
+        self.edited = False  # the steps were skipped or moved: the text is rebuilt from them
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -32,9 +54,77 @@ class PlanEditor(ModalScreen[str | None]):
                          markup=False)
             yield Static(Content(f"files: {files}"), classes="dim", markup=False)
             yield TextArea(self.plan, id="plan-text", soft_wrap=True)
+            yield Static(Content("steps · Tab here, Space skips, Alt+↑/↓ moves, Enter sends one step"),
+                         classes="dim", markup=False)
+            yield OptionList(id="plan-steps")
+
+    def on_mount(self) -> None:
+        self.refresh_steps()
+        first = next((i for i, s in enumerate(self.steps) if not s.done and not s.skipped), 0)
+        if self.steps:
+            self.query_one("#plan-steps", OptionList).highlighted = first
+
+    def refresh_steps(self) -> None:
+        options = self.query_one("#plan-steps", OptionList)
+        highlighted = options.highlighted
+        options.clear_options()
+        for i, step in enumerate(self.steps):
+            mark = "☑" if step.done else "⊘" if step.skipped else "☐"
+            title = step.title if len(step.title) <= 100 else step.title[:99] + "…"
+            options.add_option(Option(Content(f"{mark} {i + 1}. {title}"), id=str(i)))
+        if options.option_count:
+            options.highlighted = min(highlighted or 0, options.option_count - 1)
+
+    @on(TextArea.Changed, "#plan-text")
+    def _text_changed(self, event: TextArea.Changed) -> None:
+        if getattr(self, "_rewriting", False):
+            return
+        old = {s.title: s for s in self.steps}
+        self.steps = [Step(t, old[Step(t).title].done, old[Step(t).title].skipped) if Step(t).title in old else Step(t)
+                      for t in parse_steps(event.text_area.text)]
+        self.refresh_steps()
+
+    def _step_list_focused(self) -> bool:
+        return self.query_one("#plan-steps", OptionList).has_focus
+
+    def action_skip(self) -> None:
+        options = self.query_one("#plan-steps", OptionList)
+        if not self._step_list_focused() or options.highlighted is None:
+            return
+        i = options.highlighted
+        self.steps[i] = replace(self.steps[i], skipped=not self.steps[i].skipped)
+        self.edited = True
+        self.refresh_steps()
+
+    def action_move(self, step: int) -> None:
+        options = self.query_one("#plan-steps", OptionList)
+        if not self._step_list_focused() or options.highlighted is None:
+            return
+        i, j = options.highlighted, options.highlighted + step
+        if not 0 <= j < len(self.steps):
+            return
+        self.steps[i], self.steps[j] = self.steps[j], self.steps[i]
+        self.edited = True
+        self._rewriting = True
+        self.query_one("#plan-text", TextArea).text = "\n".join(f"{k + 1}. {s.text}" for k, s in enumerate(self.steps))
+        self.call_after_refresh(setattr, self, "_rewriting", False)
+        self.refresh_steps()
+        options.highlighted = j
+
+    @on(OptionList.OptionSelected, "#plan-steps")
+    def _one_step(self, event: OptionList.OptionSelected) -> None:
+        index = int(event.option.id)
+        if self.steps[index].skipped:
+            self.notify("That step is skipped: Space takes it back.")
+            return
+        self.dismiss(HandOff(self.query_one("#plan-text", TextArea).text, tuple(self.steps), index))
 
     def action_send(self) -> None:
-        self.dismiss(self.query_one("#plan-text", TextArea).text)
+        text = self.query_one("#plan-text", TextArea).text
+        if self.edited or any(s.done for s in self.steps):
+            live = [s for s in self.steps if not s.skipped and not s.done]
+            text = "\n".join(f"{k + 1}. {s.text}" for k, s in enumerate(live))
+        self.dismiss(HandOff(text, tuple(self.steps)))
 
     def action_close(self) -> None:
         self.dismiss(None)

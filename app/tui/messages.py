@@ -47,6 +47,7 @@ class UserItem(Static):
             body = Content.assemble(body, ("\n⎘ " + ", ".join(files), "dim"))
         super().__init__(body, classes="user-item", markup=False)
         self.text = text
+        self.message_id: int | None = None  # its row in the session store, once recorded
 
 
 class TraceSummary(Static, can_focus=False):
@@ -235,3 +236,37 @@ class ReplyItem(Vertical):
         if not self._trace_rendered:
             self._trace_rendered = True
             await self.query_one(".trace", Markdown).update(self.thinking)
+
+
+class TestItem(Static):
+    """One run of the user's test command: running…, then passed/failed with what matters."""
+
+    __test__ = False
+    SHOWN_LINES = 12
+
+    def __init__(self, round: int, command: str, rounds: int | None = None):
+        super().__init__(classes="test-item running", markup=False)
+        self.round, self.command, self.rounds = round, command, rounds
+        self.status = "running"
+        self.update(self._head("running…"))
+
+    def _head(self, state: str) -> Content:
+        of = f" of {self.rounds}" if self.rounds else ""
+        return Content.assemble(("tests", "bold"), f" · round {self.round}{of} · ", (self.command, "italic"),
+                                " · ", state)
+
+    def finish(self, result) -> None:
+        """Show ``result`` (an app.conversation.TestResult)."""
+        from app.conversation.verify import failure_summary
+
+        self.status = result.status
+        self.set_class(False, "running")
+        self.add_class(result.status)
+        took = f"{result.seconds:.1f} s"
+        if result.passed:
+            self.update(self._head(f"✓ passed in {took}"))
+            return
+        code = f"exit {result.exit_code}" if result.exit_code is not None else result.status
+        lines = visible(failure_summary(result.output)).split("\n")[-self.SHOWN_LINES:]
+        self.update(Content.assemble(self._head(f"✗ {result.status} ({code}) in {took}"),
+                                     ("\n" + "\n".join(lines), "dim")))

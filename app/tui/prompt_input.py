@@ -14,6 +14,9 @@ PREFIXES = {
     "/think": "reasoner",
     "/code": "coder (carries the last plan)",
     "/edit": "coder: change existing code",
+    "/test": "run the test command (/test CMD sets it)",
+    "/rewind": "forget the last request (/rewind N: the last N)",
+    "/undo": "undo the last applied change",
 }
 NEWLINE_KEYS = ("ctrl+j", "shift+enter")
 

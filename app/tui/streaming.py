@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from app.backends.events import AnswerDelta, ThinkingDelta
+from vocab.events import AnswerDelta, ThinkingDelta
 
 DRAIN_HZ = 30
 

@@ -12,8 +12,9 @@ The format (CONTRACT.md)::
 Tolerated, because models do it: code fences around blocks, the path in
 backticks/quotes/bold or followed by a colon, a path on the fence line
 (```` ```python path.py ````), several blocks after one path line, trailing
-spaces, a missing final newline, and indentation that differs only in leading
-whitespace (consistently across the block). Never guessed: a SEARCH that
+spaces, a missing final newline, indentation that differs only in leading
+whitespace (consistently across the block), and a block with no path line after an
+earlier block (often after a ``...`` line or a sentence): it edits that block's file. Never guessed: a SEARCH that
 matches zero or several places is refused with a reason the coder can act on.
 """
 
@@ -64,6 +65,8 @@ def parse(reply: str) -> tuple[list[Block], list[Problem]]:
         if SEARCH.match(line):
             start = i
             path = candidate if candidate is not None else last_path
+            if last_path is not None and path is not None and not looks_like_path(path):
+                path = last_path  # prose between two blocks: the block continues the previous file
             bad_path = path is not None and not looks_like_path(path)
             search, i, ok_div = _collect(lines, i + 1, DIVIDER)
             replace, i, ok_rep = _collect(lines, i + 1, REPLACE) if ok_div else ([], i, False)
@@ -93,7 +96,7 @@ def parse(reply: str) -> tuple[list[Block], list[Problem]]:
                 word = fence.group(3) or fence.group(2)
                 if word and ("." in word or "/" in word):
                     candidate = clean_path(word)
-            elif line.strip():
+            elif line.strip() and any(c.isalnum() for c in line):  # "..." or "---" names no file
                 candidate = clean_path(line)
         i += 1
     return blocks, problems

@@ -70,7 +70,8 @@ class History:
     def depth(self) -> int:
         return len(self.entries())
 
-    def record(self, writes: list[Write], created_dirs: list[str], message: str) -> Path:
+    def record(self, writes: list[Write], created_dirs: list[str], message: str, *,
+               group: str | None = None) -> Path:
         """Save an ``applying`` entry with every file's exact before/after bytes."""
         entries = self.entries()
         number = int(entries[-1].name) + 1 if entries else 1
@@ -85,6 +86,8 @@ class History:
             files.append({"path": w.rel, "created": w.before is None})
         info = {"root": str(self.root), "time": time.time(), "message": message,
                 "files": files, "created_dirs": created_dirs, "state": "applying"}
+        if group is not None:
+            info["group"] = group
         _write_json(folder / "entry.json", info)
         for old in entries[:max(0, len(entries) + 1 - KEEP_ENTRIES)]:
             shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,7 @@ Typical use (the TUI does this after each coder turn)::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ class Workspace:
             pending[e.path] = _Pending(e.before, TextFile.decode(e.after, self.max_file_bytes), list(e.blocks))
         for block in blocks:
             try:
+                named = self._by_base_name(block.path)
+                if named != block.path:
+                    block = dataclasses.replace(block, path=named)
                 target = safety.resolve(self.root, block.path)
                 state = pending.get(target.rel)
                 if state is None:
@@ -110,8 +114,10 @@ class Workspace:
         return ChangeSet(tuple(edits), tuple(rejected))
 
     # ---- apply / undo -------------------------------------------------------
-    def apply(self, changeset: ChangeSet) -> Applied:
+    def apply(self, changeset: ChangeSet, *, group: str | None = None) -> Applied:
         """Write every edit in ``changeset`` atomically: all files or none.
+
+        Applies sharing a ``group`` (the rounds of one request) are undone together.
 
         A file that changed on disk since it was proposed is re-matched from the
         coder's blocks; if that fails (or only some hunks were accepted), nothing
@@ -145,7 +151,7 @@ class Workspace:
             for w in writes:
                 if w.before is None:
                     made += make_parents(self.root, w.real)
-            folder = self.history.record(writes, made, changeset.summary())
+            folder = self.history.record(writes, made, changeset.summary(), group=group)
             write_all(writes)
         except OSError as exc:
             if folder is not None:
@@ -163,25 +169,33 @@ class Workspace:
         return Applied(tuple(w.rel for w in writes), tuple(notes), commit)
 
     def undo(self, *, force: bool = False) -> list[str]:
-        """Put back the files of the last apply exactly (created files removed).
+        """Put back the files of the last apply exactly (created files removed); an apply
+        made in a group goes back with every apply of its group (all rounds of one request).
 
-        Repeatable: each call undoes one earlier apply. Refuses (HistoryError)
-        when a file was changed since that apply, unless ``force``.
+        Repeatable: each call undoes one earlier apply (or group). Refuses (HistoryError)
+        when a file was changed since, unless ``force``.
         """
         from app.workspace.history import HistoryError
 
         last = self.history.last()
         if last is None:
             raise HistoryError("nothing to undo")
-        folder, info = last
-        try:
-            writes, dirs = self.history.undo_writes(folder, info, conflicts="overwrite" if force else "raise")
-        except safety.Unsafe as exc:
-            raise HistoryError(f"cannot undo: {exc}") from None
-        write_all(writes)
-        remove_empty_dirs(self.root, dirs)
-        self.history.drop(folder)
-        return [f["path"] for f in info["files"]]
+        group = last[1].get("group")
+        paths: list[str] = []
+        first = True
+        while last is not None and (first or (group is not None and last[1].get("group") == group)):
+            folder, info = last
+            try:
+                writes, dirs = self.history.undo_writes(folder, info, conflicts="overwrite" if force else "raise")
+            except safety.Unsafe as exc:
+                raise HistoryError(f"cannot undo: {exc}") from None
+            write_all(writes)
+            remove_empty_dirs(self.root, dirs)
+            self.history.drop(folder)
+            paths += [f["path"] for f in info["files"] if f["path"] not in paths]
+            first = False
+            last = self.history.last()
+        return paths
 
     def review(self):
         """Material for ``/review``: the files in context, else the uncommitted git diff."""
@@ -194,6 +208,17 @@ class Workspace:
         return self.history.depth() > 0
 
     # ---- helpers --------------------------------------------------------------
+    def _by_base_name(self, path: str) -> str:
+        """A bare file name that is not at the root but names exactly one file in context is
+        that file; several such files are refused, naming them."""
+        if not path or "/" in path or "\\" in path or os.path.lexists(self.root / path):
+            return path
+        matches = [f for f in self.context.files if f.rsplit("/", 1)[-1] == path]
+        if len(matches) > 1:
+            raise NoMatch(f"{path} could be any of {len(matches)} files in context ({', '.join(matches)}); "
+                          "give the path from the project root")
+        return matches[0] if matches else path
+
     def _rematch(self, edit: Edit, current: bytes | None) -> bytes:
         stale = f"{edit.path} changed on disk since the edit was proposed"
         if edit.partial or not edit.blocks:

@@ -1,4 +1,5 @@
-"""The one event stream every backend yields, whatever the model behind it."""
+"""The one event stream every backend yields, whatever the model behind it, and the
+failures it can end with (`Failed` and its kinds)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,22 @@ class Failed:
     message: str
 
 
+@dataclass(frozen=True)
+class ServerUnreachable(Failed):
+    """Nothing was sent: the server refused the connection or never answered it."""
+
+
+@dataclass(frozen=True)
+class ModelUnusable(Failed):
+    """The configured model could not be loaded: bad model input, not a passing fault."""
+
+
 Event = ThinkingDelta | AnswerDelta | Usage | Done | Failed
+
+
+def piece_events(pieces) -> list[Event]:
+    """``vocab.reasoning`` pieces, ``(kind, text)``, as events."""
+    return [ThinkingDelta(text) if kind == "thinking" else AnswerDelta(text) for kind, text in pieces if text]
 
 
 class Tally:

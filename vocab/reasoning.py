@@ -16,7 +16,7 @@ The rules, in order:
 - Blank space at the start and end of the thinking, and at the start of the answer, is dropped.
 - Reasoning fed through ``feed_reasoning`` is thinking; content after it is answer.
 
-Pure Python: no torch, nothing of ours. Pieces come back as ``("thinking" | "answer", text)``.
+Pure Python: no torch, nothing of ours (it sits in `vocab`, below `local_engine` and `app`). Pieces come back as ``("thinking" | "answer", text)``.
 """
 
 from __future__ import annotations

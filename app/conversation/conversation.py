@@ -1,0 +1,312 @@
+"""One conversation, without any UI: history, routing, the plan, edits, tests, the session.
+
+    conv = Conversation(config, workspace=ws, test_command="pytest -q")
+    routed = conv.prepare("/plan add a cache")       # routes once; shows nothing, sends nothing
+    for event in conv.run(routed, cancel, approve):  # backend events + app.conversation.events
+        ...
+
+``prepare`` makes the one routing decision for a request (with ``after_plan`` when a plan
+exists) and builds the turn under it, so what a view shows, what the prompt asks and what
+the store records agree. ``run`` streams that turn; after a coder's answer it checks the edit
+blocks (rejected ones go back to the coder: `app.workspace.revise`), asks ``approve`` which
+edits to write, applies them, runs the user's test command, and while tests fail sends the
+trimmed failure, the plan and the files as they now are back to the coder (it fixes forward;
+every round of one request is one undo step). ``approve(changes) -> ChangeSet | None`` is the
+view's diff review (the TUI's preview, or ``--apply``); None or nothing accepted stops there.
+
+The history holds answers only: a reasoner's trace is kept in the store, never resent.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+
+from app.config import Config
+from app.conversation.events import (ChangeApplied, ChangeDeclined, ChangeProposed, FlowEnded, Notice, PlanReady,
+                                     Routed, TestFinished, TestStarted, TurnEnded)
+from app.conversation.steps import Plan
+from app.conversation.verify import TestResult, failure_summary, run_tests
+from app.errors import DuetError
+from app.turn import Turn, decide, file_names
+from vocab.messages import ChatMessage
+
+DEFAULT_ROUNDS = 3
+HANDOFF_REQUEST = "Implement the plan."
+
+Approve = Callable[[object], object]  # ChangeSet -> accepted ChangeSet | None
+
+
+class Conversation:
+    def __init__(self, config: Config, *, workspace=None, store=None, session_id: int | None = None,
+                 save: bool = True, backend=None, test_command: str | None = None,
+                 test_timeout: float | None = None, rounds: int = DEFAULT_ROUNDS):
+        self.config = config
+        self.workspace = workspace
+        self.store = store
+        self.session_id = session_id
+        self.save = save
+        self.backend = backend  # a fixed backend for every turn (benchmarks); None: per role from the config
+        self.test_command = test_command if test_command is not None else (config.workspace.test or None)
+        self.test_timeout = test_timeout if test_timeout is not None else config.workspace.test_timeout
+        self.rounds = max(1, rounds)
+        self.history: list[ChatMessage] = []
+        self.plan: Plan | None = None
+
+    # ---- one request -----------------------------------------------------------------------
+    def route(self, request: str, role: str = "auto"):
+        """The routing decision for ``request`` now (after a plan, the router knows it)."""
+        return decide(request, role, after_plan=self.plan is not None)
+
+    def prepare(self, request: str, role: str = "auto", *, plan: Plan | str | None = None,
+                history: list[ChatMessage] | None = None, author: str = "you",
+                extra_files: tuple[str, ...] = ()) -> Routed:
+        """Route ``request`` once and build its turn. ``plan`` overrides the current plan (an
+        edited hand-off). Raises DuetError for a bad role."""
+        decision = self.route(request, role)
+        if isinstance(plan, str):
+            plan = Plan(plan, self.plan.message_id if self.plan else None)
+        if decision.role == "coder" and plan is None:
+            plan = self.plan
+        if decision.role != "coder":
+            plan = None
+        notes: list[str] = []
+        if decision.intent == "review" and decision.role == "reasoner":
+            files = self.review_material(notes)
+        else:
+            files = self.context_files(self.config.role(decision.role), notes, extra=extra_files)
+        turn = Turn(self.config, request, decision, history=list(self.history if history is None else history),
+                    plan=plan.text if plan is not None else None, files=files, session_id=self.session_id,
+                    store=self._store(), handoff_from=plan.message_id if plan is not None else None,
+                    save=self.save)
+        return Routed(turn, author, tuple(notes), tuple(file_names(files)))
+
+    def run(self, routed: Routed, cancel: threading.Event | None = None,
+            approve: Approve | None = None) -> Iterator:
+        """The request's events, ending with FlowEnded."""
+        cancel = cancel or threading.Event()
+        turn = routed.turn
+        yield from self._stream(turn, cancel)
+        result = turn.result
+        if result.status != "done":
+            yield FlowEnded("cancelled" if result.status == "cancelled" else "failed",
+                            reasons=(result.failed.message,) if result.failed else ())
+            return
+        if turn.route.role != "coder" or not self._has_edits(result.answer):
+            yield FlowEnded("answered")
+            return
+        yield from self._implement(turn, cancel, approve)
+
+    # ---- the steps of a request ------------------------------------------------------------
+    def _stream(self, turn: Turn, cancel: threading.Event, author: str | None = None) -> Iterator:
+        """One turn's events; then the history and plan are updated and TurnEnded says so."""
+        if author is not None:
+            yield Routed(turn, author, (), tuple(file_names(turn.files)))
+        events = turn.events(cancel, backend=self.backend)
+        try:
+            yield from events
+        finally:
+            events.close()
+        result = turn.result
+        if turn.session_id is not None:
+            self.session_id = turn.session_id
+        more = False
+        if result.status == "done":
+            self.history += [ChatMessage("user", turn.prompt), ChatMessage("assistant", result.answer)]
+            if turn.route.role == "reasoner" and result.answer.strip():
+                self.plan = Plan.from_answer(result.answer, result.message_id)
+                yield PlanReady(self.plan)
+            more = turn.route.role == "coder" and self._has_edits(result.answer)
+        yield TurnEnded(turn, more)
+
+    def _has_edits(self, answer: str) -> bool:
+        from app.workspace.edit_blocks import parse
+
+        if self.workspace is None:
+            return False
+        blocks, problems = parse(answer)
+        return bool(blocks or problems)
+
+    def _implement(self, first: Turn, cancel: threading.Event, approve: Approve | None) -> Iterator:
+        """Edit rounds, review, apply, test, fix: until the tests pass or the rounds run out."""
+        from app.prompts import detect_lang
+
+        lang = detect_lang(first.request)
+        group = f"request-{uuid.uuid4().hex[:12]}"  # every apply of this request: one undo
+        source, reply = first, first.result.answer
+        applied_any = False
+        for number in range(1, self.rounds + 1):
+            try:
+                changes = yield from self._revise(reply, cancel, lang)
+            except DuetError as exc:
+                yield Notice(str(exc), "error")
+                yield FlowEnded("failed", number, (str(exc),))
+                return
+            if cancel.is_set():
+                yield FlowEnded("cancelled", number)
+                return
+            reasons = tuple(f"{r.path}: {r.reason.splitlines()[0] if r.reason else ''}" for r in changes.rejected)
+            if changes.rejected:
+                yield Notice(f"{len(changes.rejected)} edit block(s) rejected:\n" + "\n".join(reasons), "warning")
+            if not changes.edits:
+                yield FlowEnded("failed" if changes.rejected or applied_any else "answered", number, reasons)
+                return
+            yield ChangeProposed(changes, number)
+            accepted = approve(changes) if approve is not None else None
+            if accepted is None or not accepted.edits:
+                yield ChangeDeclined(changes, number)
+                yield FlowEnded("failed" if applied_any else "proposed", number, reasons)
+                return
+            try:
+                applied = self.workspace.apply(accepted, group=group)
+            except DuetError as exc:
+                yield Notice(str(exc), "error")
+                yield FlowEnded("failed", number, (str(exc),))
+                return
+            applied_any = True
+            if self.store is not None and source.result.message_id is not None:
+                self.store.record_applied(source.result.message_id, accepted.summary())
+            yield ChangeApplied(accepted, applied, number)
+            if not self.test_command:
+                yield FlowEnded("applied" if not changes.rejected else "failed", number, reasons)
+                return
+            result = yield from self.test(number, cancel, message_id=source.result.message_id)
+            if result.passed:
+                yield FlowEnded("passed" if not changes.rejected else "failed", number, reasons)
+                return
+            if result.status == "cancelled" or cancel.is_set():
+                yield FlowEnded("cancelled", number)
+                return
+            if number == self.rounds:
+                yield FlowEnded("failed", number, (f"tests still fail after {number} round(s)",))
+                return
+            source = self._fix_turn(result, changes, number, lang)
+            yield from self._stream(source, cancel, author=f"duet → coder · test fix {number} of {self.rounds - 1}")
+            if source.result.status != "done":
+                yield FlowEnded("cancelled" if source.result.status == "cancelled" else "failed", number)
+                return
+            reply = source.result.answer
+
+    def _revise(self, reply: str, cancel: threading.Event, lang: str):
+        """`app.workspace.revise`'s loop, each retry a visible coder turn in this conversation."""
+        from app.workspace.revise import MAX_ROUNDS, revising
+
+        def ask_coder(prompt: str, number: int):
+            if cancel.is_set():
+                return None
+            yield Notice(f"Some edit blocks did not apply: asking the coder again (round {number} of {MAX_ROUNDS}).")
+            turn = self.prepare(prompt, "coder").turn
+            yield from self._stream(turn, cancel, author=f"duet → coder · retry {number} of {MAX_ROUNDS}")
+            return turn.result.answer if turn.result.status == "done" else None
+
+        changes = yield from revising(self.workspace, reply, ask_coder, lang=lang)
+        return changes
+
+    def _fix_turn(self, result: TestResult, changes, number: int, lang: str) -> Turn:
+        from app.prompts import render
+
+        text = render(f"coder-test-fix.{lang}", command=result.command,
+                      output=failure_summary(result.output).replace("```", "'''"))
+        paths = tuple(e.path for e in changes.edits)
+        return self.prepare(text, "coder", extra_files=paths).turn
+
+    def test(self, number: int, cancel: threading.Event | None = None, *, message_id: int | None = None,
+             command: str | None = None) -> Iterator:
+        """Run the test command once (TestStarted, TestFinished), recorded in the session."""
+        command = command or self.test_command
+        if not command:
+            raise DuetError("no test command: set [workspace] test in the config, or pass --test / /test CMD")
+        if self.workspace is None:
+            raise DuetError("no workspace to test")
+        yield TestStarted(number, command)
+        result = run_tests(command, self.workspace.root, timeout=self.test_timeout, cancel=cancel)
+        if self.save and self.session_id is not None and self.store is not None:
+            self.store.record_test(self.session_id, message_id=message_id, round=number, command=command,
+                                   exit_code=result.exit_code, status=result.status, output=result.output)
+        yield TestFinished(number, result)
+        return result
+
+    # ---- material ----------------------------------------------------------------------------
+    def context_files(self, rc=None, notes: list[str] | None = None, *, extra=()) -> list[tuple[str, str]]:
+        """The files in context as (path, text); when they do not fit ``rc``'s window (less the
+        answer's room), their outline instead. ``extra``: more files to send (edited ones)."""
+        if self.workspace is None:
+            return []
+        ctx = self.workspace.context
+        names = list(ctx.files) + [p for p in extra if p not in ctx.files]
+        if rc is not None and rc.context and ctx.files and not extra:
+            reserve = min(rc.sampling.max_tokens, rc.context // 2) + 512  # the answer and the template
+            text, full = ctx.for_prompt(rc.context, reserve=reserve)
+            if not full:
+                if notes is not None:
+                    notes.append("The files in context do not fit the model's window: sending their outline.")
+                return [("outline of the files in context (too large to send whole)", text)]
+        out = []
+        for rel in names:
+            text = ctx.read(rel)
+            if text is not None:
+                out.append((rel, text))
+        return out
+
+    def review_material(self, notes: list[str] | None = None) -> list[tuple[str, str]]:
+        """/review: the files in context, else the uncommitted changes (the note says which)."""
+        if self.workspace is None:
+            return []
+        review = self.workspace.review()
+        if review.note and notes is not None:
+            notes.append(review.note)
+        if review.kind == "files":
+            return self.context_files()
+        if review.kind == "diff":
+            return [("uncommitted changes (git diff HEAD)", review.text)]
+        return []
+
+    # ---- the conversation as a whole -------------------------------------------------------------
+    def forget_last(self) -> None:
+        """Drop the last exchange from the history (regenerate)."""
+        if len(self.history) >= 2:
+            self.history = self.history[:-2]
+
+    def clear(self) -> None:
+        self.history, self.plan, self.session_id = [], None, None
+
+    def resume(self, sid: int) -> list:
+        """Continue stored session ``sid``: its finished exchanges become the history and its
+        last plan the plan. Returns the stored messages (for a view to draw)."""
+        store = self._store(required=True)
+        messages = store.messages(sid)
+        self.session_id, self.history, self.plan = sid, [], None
+        last_user = ""
+        for m in messages:
+            if m.kind == "user":
+                last_user = m.answer
+                continue
+            if m.status == "done":
+                self.history += [ChatMessage("user", m.prompt or last_user), ChatMessage("assistant", m.answer)]
+                if m.role == "reasoner" and m.answer.strip():
+                    self.plan = Plan.from_answer(m.answer, m.id)
+        return messages
+
+    def rewind(self, message_id: int) -> list:
+        """Take the conversation back to before message ``message_id`` (a user message or a reply;
+        a reply takes its request with it). Files are not touched. Survives a restart."""
+        store = self._store(required=True)
+        if self.session_id is None:
+            raise DuetError("nothing to rewind: no saved session")
+        messages = store.messages(self.session_id)
+        ids = [m.id for m in messages]
+        if message_id not in ids:
+            raise DuetError(f"message {message_id} is not in this session")
+        at = ids.index(message_id)
+        if messages[at].kind != "user" and at > 0 and messages[at - 1].kind == "user":
+            at -= 1  # a reply goes with the request that asked for it
+        store.rewind(self.session_id, messages[at].id)
+        return self.resume(self.session_id)
+
+    def _store(self, required: bool = False):
+        if self.store is None and (self.save or required):
+            from app.store import SessionStore
+
+            self.store = SessionStore.open()
+        return self.store

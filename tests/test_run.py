@@ -1,0 +1,171 @@
+"""`duet run` end to end: two scripted loopback servers (reasoner, coder), a real git
+repository, the real CLI in a subprocess, the real test command — all under the offline
+guard (tests/offline_guard), which fails any connection to a non-loopback address."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.store import SessionStore
+from app.workspace import Workspace
+from tests.sse_server import ScriptedServer, reasoner_reply, text_reply
+
+ROOT = Path(__file__).resolve().parent.parent
+GUARD = Path(__file__).resolve().parent / "offline_guard"
+TRACE = "SECRET-TRACE: maybe multiply? no, add."
+PLAN = "1. In calc.py make add() return the sum.\n2. Keep the signature."
+TEST_CMD = f"{sys.executable} -m pytest -q -p no:cacheprovider test_calc.py"
+BROKEN = "def add(a, b):\n    return a - b\n"
+
+
+def edit(search: str, replace: str, path: str = "calc.py", prose: str = "Here is the change.") -> str:
+    return f"{prose}\n\n{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
+
+
+@pytest.fixture
+def servers():
+    with ScriptedServer(reasoner_reply(TRACE, PLAN), models=("r1",)) as reasoner, \
+            ScriptedServer(text_reply("no edits"), models=("coder",)) as coder:
+        yield reasoner, coder
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "calc.py").write_text(BROKEN)
+    (root / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n")
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], check=True)
+    return root
+
+
+@pytest.fixture
+def config_file(tmp_path, servers) -> Path:
+    reasoner, coder = servers
+    path = tmp_path / "config.toml"
+    path.write_text(f'[reasoner]\nbackend = "openai"\nurl = "{reasoner.base_url}"\nmodel = "r1"\ntimeout = 5\n\n'
+                    f'[coder]\nbackend = "openai"\nurl = "{coder.base_url}"\nmodel = "coder"\ntimeout = 5\n',
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def guard_log(tmp_path) -> Path:
+    log = tmp_path / "offline-guard.log"
+    yield log
+    assert not log.exists() or not log.read_text(), f"non-loopback connection attempts:\n{log.read_text()}"
+
+
+def duet(config_file: Path, repo: Path, guard_log: Path, *args: str, timeout: float = 120):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GUARD), str(ROOT)]), DUET_OFFLINE_GUARD="1",
+               DUET_OFFLINE_GUARD_LOG=str(guard_log))
+    return subprocess.run([sys.executable, "-m", "app", "--config", str(config_file), "--workspace", str(repo),
+                           "run", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=repo)
+
+
+def coder_prompts(coder) -> list[str]:
+    return [r.json["messages"][-1]["content"] for r in coder.requests if r.path.endswith("/chat/completions")]
+
+
+def test_the_offline_guard_refuses_a_non_loopback_connection_and_logs_it(tmp_path):
+    log = tmp_path / "log"
+    code = ("import socket\ntry:\n    socket.create_connection(('10.255.255.1', 80), timeout=1)\n"
+            "except OSError as e:\n    print(type(e).__name__, e)\n")
+    env = dict(os.environ, PYTHONPATH=str(GUARD), DUET_OFFLINE_GUARD="1", DUET_OFFLINE_GUARD_LOG=str(log))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=30)
+    assert "OfflineViolation" in p.stdout and "10.255.255.1" in log.read_text()
+
+
+def test_a_failing_first_round_reaches_the_coder_and_the_second_round_passes(servers, repo, config_file, guard_log):
+    reasoner, coder = servers
+    coder.enqueue(text_reply(edit("    return a - b", "    return a * b")),
+                  text_reply(edit("    return a * b", "    return a + b", prose="Fixed the operator.")))
+    p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test", TEST_CMD,
+             "--json", "fix add in calc.py")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "passed" and out["rounds"] == 2
+    assert out["route"]["role"] == "reasoner" and out["plan"] == PLAN and out["thinking"] == TRACE
+    assert [(t["round"], t["exit_code"] != 0) for t in out["tests"]] == [(1, True), (2, False)]
+    assert "test_add" in out["tests"][0]["output"]
+    assert [(e["path"], e["applied"]) for e in out["edits"]] == [("calc.py", True), ("calc.py", True)]
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+    prompts = coder_prompts(coder)
+    assert len(prompts) == 2
+    assert PLAN in prompts[0] and TRACE not in json.dumps([r.json for r in coder.requests])
+    # Round 2 got the failure (test name, assertion), the plan, and the file as it now is.
+    assert "test_add" in prompts[1] and "assert 6 == 5" in prompts[1] and "return a * b" in prompts[1]
+    assert PLAN in prompts[1]
+    # Both rounds are one undo; the session holds the test rounds.
+    assert Workspace(repo).undo() == ["calc.py"] and (repo / "calc.py").read_text() == BROKEN
+    with SessionStore.open() as store:
+        runs = store.test_runs(out["session_id"])
+        assert [(r.round, r.status) for r in runs] == [(1, "failed"), (2, "passed")]
+
+
+def test_a_coder_that_never_fixes_it_ends_failed_with_exit_1_after_n_rounds(servers, repo, config_file, guard_log):
+    reasoner, coder = servers
+    coder.enqueue(text_reply(edit("    return a - b", "    return a * b")),
+                  text_reply(edit("    return a * b", "    return a ** b")))
+    p = duet(config_file, repo, guard_log, "--role", "coder", "--file", "calc.py", "--apply", "--test", TEST_CMD,
+             "--rounds", "2", "--json", "fix add in calc.py")
+    assert p.returncode == 1, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "failed" and out["rounds"] == 2 and len(out["tests"]) == 2
+    assert all(t["exit_code"] != 0 for t in out["tests"])
+    assert not reasoner.requests or not any(r.path.endswith("/chat/completions") for r in reasoner.requests)
+    assert len(coder_prompts(coder)) == 2  # no third coder turn after the last round
+
+
+def test_a_shell_block_in_the_coder_answer_runs_nothing(servers, repo, config_file, guard_log):
+    reasoner, coder = servers
+    answer = ("First run this:\n\n```sh\ntouch PWNED && echo hacked > calc.py\n```\n\n"
+              + edit("    return a - b", "    return a + b"))
+    coder.set_script(text_reply(answer))
+    p = duet(config_file, repo, guard_log, "--role", "coder", "--file", "calc.py", "--apply", "--test", TEST_CMD,
+             "--json", "fix add")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["status"] == "passed"
+    assert not (repo / "PWNED").exists()
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+
+
+def test_without_apply_nothing_is_written_and_the_json_holds_the_diffs(servers, repo, config_file, guard_log):
+    reasoner, coder = servers
+    coder.set_script(text_reply(edit("    return a - b", "    return a + b")))
+    p = duet(config_file, repo, guard_log, "--file", "calc.py", "--test", TEST_CMD, "--json", "fix add in calc.py")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["route"]["role"] == "coder" and out["plan"] is None  # the router sent it straight to the coder
+    assert out["status"] == "proposed" and out["tests"] == []
+    assert [(e["path"], e["applied"]) for e in out["edits"]] == [("calc.py", False)]
+    assert "-    return a - b" in out["edits"][0]["diff"] and "+    return a + b" in out["edits"][0]["diff"]
+    assert (repo / "calc.py").read_text() == BROKEN
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True)
+    assert status.stdout == ""
+
+
+def test_plain_output_is_the_diff_on_stdout_and_progress_with_the_trace_on_stderr(servers, repo, config_file,
+                                                                                   guard_log):
+    reasoner, coder = servers
+    coder.set_script(text_reply(edit("    return a - b", "    return a + b")))
+    p = duet(config_file, repo, guard_log, "--file", "calc.py", "/plan fix add in calc.py")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("--- a/calc.py\n+++ b/calc.py\n") and "+    return a + b" in p.stdout
+    assert TRACE in p.stderr and "reasoner ·" in p.stderr and "coder ·" in p.stderr and "proposed" in p.stderr
+
+
+def test_bad_rounds_and_a_missing_file_are_exit_2_naming_the_culprit(servers, repo, config_file, guard_log):
+    p = duet(config_file, repo, guard_log, "--rounds", "0", "fix it")
+    assert p.returncode == 2 and "--rounds" in p.stderr
+    p = duet(config_file, repo, guard_log, "--file", "nope.py", "fix it")
+    assert p.returncode == 2 and "nope.py" in p.stderr and "Traceback" not in p.stderr

@@ -1,0 +1,176 @@
+"""The TUI over the conversation core: test rounds after an apply, /test and its cancel,
+rewind (and after a restart), one undo for every round, and one routing decision on screen."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.config import WorkspaceConfig
+from app.router import route
+from app.store import SessionStore
+from app.tui.dialogs import Confirm
+from app.tui.diff_preview import DiffPreview
+from app.tui.messages import ReplyItem, TestItem, UserItem
+from app.workspace import Workspace
+from tests.sse_server import ScriptedServer, reasoner_reply, text_reply
+from tests.tui_support import make_app, replies, server_config, type_and_send, wait_for, wait_reply, wait_text
+
+BROKEN = "def add(a, b):\n    return a - b\n"
+TEST_CMD = f"{sys.executable} -m pytest -q -p no:cacheprovider test_calc.py"
+
+
+def edit(search: str, replace: str) -> str:
+    return f"calc.py\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
+
+
+@pytest.fixture
+def server():
+    with ScriptedServer(reasoner_reply("TRACE", "1. Fix add.\n2. Test it.")) as s:
+        yield s
+
+
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "calc.py").write_text(BROKEN)
+    (root / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n")
+    ws = Workspace(root)
+    ws.context.add("calc.py")
+    return ws
+
+
+def with_tests(config, command: str = TEST_CMD):
+    return dataclasses.replace(config, workspace=WorkspaceConfig(test=command))
+
+
+async def accept_diff(pilot, app) -> None:
+    await wait_for(pilot, lambda: isinstance(app.screen, DiffPreview), timeout=15)
+    await pilot.press("a", "enter")
+    await wait_for(pilot, lambda: not isinstance(app.screen, DiffPreview))
+
+
+async def test_a_failing_test_round_goes_back_to_the_coder_and_each_round_shows(server, ws, tmp_path):
+    server.enqueue(text_reply(edit("    return a - b", "    return a * b")),
+                   text_reply(edit("    return a * b", "    return a + b")))
+    app = make_app(with_tests(server_config(server.base_url)), workspace=ws, store_path=tmp_path / "s.db")
+    async with app.run_test(size=(120, 50)) as pilot:
+        await type_and_send(pilot, "/code fix add in calc.py")
+        await accept_diff(pilot, app)
+        await wait_text(pilot, app, "round 1 of 3", "✗ failed", timeout=30)
+        await accept_diff(pilot, app)  # the fix round's own review
+        await wait_for(pilot, lambda: not app.chat.busy, timeout=30)
+        await wait_text(pilot, app, "round 2 of 3", "✓ passed")
+        tests = list(app.chat.conversation.query(TestItem))
+        assert [t.status for t in tests] == ["failed", "passed"]
+        authors = [str(u.render()).split("\n")[0] for u in app.chat.conversation.query(UserItem)]
+        assert authors == ["you", "duet → coder · test fix 1 of 2"]
+        assert "assert 6 == 5" in server.requests[-1].json["messages"][-1]["content"]
+        assert (ws.root / "calc.py").read_text().endswith("a + b\n")
+        await pilot.press("f12")  # one undo takes back both rounds
+        await pilot.pause()
+        assert (ws.root / "calc.py").read_text() == BROKEN
+    with SessionStore.open(tmp_path / "s.db") as store:
+        sid = store.last_session_id()
+        assert [(r.round, r.status) for r in store.test_runs(sid)] == [(1, "failed"), (2, "passed")]
+
+
+async def test_slash_test_runs_the_given_command_and_escape_stops_it(server, ws):
+    app = make_app(server_config(server.base_url), workspace=ws)
+    async with app.run_test(size=(120, 40)) as pilot:
+        marker = ws.root / "started"
+        await type_and_send(pilot, f"/test touch {marker} && sleep 30")
+        await wait_for(pilot, lambda: marker.exists() and app.chat.conversation.query(TestItem), timeout=10)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not app.chat.busy, timeout=10)
+        assert app.chat.conversation.query(TestItem).last().status == "cancelled"
+        assert app.chat.conv.test_command.endswith("sleep 30")  # /test CMD set it for later rounds
+
+
+async def test_rewind_forgets_the_last_request_and_stays_forgotten_after_a_restart(server, tmp_path):
+    store_path = tmp_path / "s.db"
+    app = make_app(server_config(server.base_url), store_path=store_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/plan first")
+        await wait_reply(pilot, app)
+        await type_and_send(pilot, "/plan second")
+        await wait_reply(pilot, app, 2)
+        await pilot.press("ctrl+b")
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: len(replies(app)) == 1 and len(app.chat.history) == 2)
+        assert [u.text for u in app.chat.conversation.query(UserItem)] == ["/plan first"]
+    app = make_app(server_config(server.base_url), store_path=store_path, resume=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: replies(app) and replies(app)[0].answer)
+        assert [u.text for u in app.chat.conversation.query(UserItem)] == ["/plan first"]
+        await type_and_send(pilot, "/code go")
+        await wait_reply(pilot, app, 2)
+        sent = [m["content"] for m in server.requests[-1].json["messages"]]
+        assert not any("second" in m for m in sent)
+
+
+async def test_after_a_plan_the_screen_the_store_and_the_prompt_share_one_routing_decision(server, tmp_path):
+    store_path = tmp_path / "s.db"
+    app = make_app(server_config(server.base_url), store_path=store_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/plan a cache")
+        await wait_reply(pilot, app)
+        await type_and_send(pilot, "plan?")
+        item: ReplyItem = await wait_reply(pilot, app, 2)
+        expected = route("plan?", after_plan=True)
+        assert (item.role, item.intent) == (expected.role, expected.intent) == ("reasoner", "analysis")
+        sent = server.requests[-1].json["messages"][-1]["content"]
+    with SessionStore.open(store_path) as store:
+        stored = store.message(item.message_id)
+        assert stored.intent == "analysis" and stored.prompt == sent
+
+
+STEPS = "## Plan\n\n1. Fix add in calc.py.\n2. Add a docstring to add.\n3. Run the tests."
+
+
+async def test_the_hand_off_checklist_sends_one_step_and_ticks_it_off_when_its_tests_pass(ws, tmp_path):
+    from app.tui.dialogs import PlanEditor
+
+    with ScriptedServer(reasoner_reply("TRACE", STEPS)) as server:
+        app = make_app(with_tests(server_config(server.base_url)), workspace=ws)
+        async with app.run_test(size=(120, 50)) as pilot:
+            await type_and_send(pilot, "/plan fix calc")
+            await wait_reply(pilot, app)
+            server.set_script(text_reply(edit("    return a - b", "    return a + b")))
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, PlanEditor))
+            await wait_text(pilot, app, "☐ 1. Fix add in calc.py.", "☐ 3. Run the tests.")
+            await pilot.press("tab", "enter")  # the checklist; its first open step, alone
+            await accept_diff(pilot, app)
+            await wait_for(pilot, lambda: not app.chat.busy, timeout=30)
+            prompt = server.requests[-1].json["messages"][-1]["content"]
+            assert "Implement step 1 of the plan only:\n\nFix add in calc.py." in prompt and "TRACE" not in prompt
+            assert app.chat.conversation.query(TestItem).last().status == "passed"
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, PlanEditor))
+            await wait_text(pilot, app, "☑ 1. Fix add in calc.py.", "☐ 2. Add a docstring to add.")
+            assert app.screen.query_one("#plan-steps").highlighted == 1  # the next open step
+
+
+async def test_steps_can_be_skipped_and_reordered_before_handing_off_all(server, tmp_path):
+    from app.tui.dialogs import PlanEditor
+
+    server.set_script(reasoner_reply("TRACE", STEPS))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 50)) as pilot:
+        await type_and_send(pilot, "/plan fix calc")
+        await wait_reply(pilot, app)
+        server.set_script(text_reply("ok"))
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanEditor))
+        await pilot.press("tab", "space", "down", "alt+down")
+        await wait_text(pilot, app, "⊘ 1. Fix add in calc.py.", "2. Run the tests.", "3. Add a docstring to add.")
+        await pilot.press("ctrl+s")
+        await wait_reply(pilot, app, 2)
+        prompt = server.requests[-1].json["messages"][-1]["content"]
+        assert "1. Run the tests.\n2. Add a docstring to add." in prompt and "Fix add in calc.py" not in prompt
