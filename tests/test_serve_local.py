@@ -47,7 +47,7 @@ def expected(engine, messages, max_tokens=N):
 def server(checkpoint, tmp_path_factory):
     serve = DuetServe(local_config(checkpoint), tmp_path_factory.mktemp("serve-local"))
     yield serve
-    serve.interrupt()
+    assert serve.interrupt() == 0 and "duet serve: stopped" in serve.stderr()
 
 
 @pytest.fixture

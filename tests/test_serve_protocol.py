@@ -12,9 +12,13 @@ from app.serve.stops import StopCutter
 
 
 def cut_whole(text: str, stops) -> tuple[str, bool]:
-    """What a stop cut must give: the text before the earliest stop sequence."""
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+    """What a stop cut must give, read one character at a time: the text before the first
+    stop sequence to complete."""
+    for end in range(len(text) + 1):
+        starts = [end - len(s) for s in stops if s and text[:end].endswith(s)]
+        if starts:
+            return text[: min(starts)], True
+    return text, False
 
 
 def feed_in_pieces(text: str, cuts: list[int], stops) -> tuple[str, bool]:
@@ -43,9 +47,11 @@ def test_held_text_that_turns_out_not_to_be_a_stop_is_passed_on():
     assert cutter.flush() == "ST"
 
 
-def test_the_earliest_of_several_stop_sequences_wins():
+def test_the_stop_sequence_that_completes_first_wins():
     cutter = StopCutter(["world", "lo w"])
     assert cutter.feed("hello world") == "hel" and cutter.hit
+    cutter = StopCutter(["x", "axa"])  # "x" is complete before "axa" could be
+    assert cutter.feed("axaa") == "a" and cutter.hit
 
 
 @settings(max_examples=300, deadline=None)
@@ -123,3 +129,33 @@ def test_the_thinking_goes_in_reasoning_content_not_content():
     message = out["choices"][0]["message"]
     assert message == {"role": "assistant", "content": "42", "reasoning_content": "add them"}
     assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
+
+
+def test_serve_without_its_key_variable_set_exits_2_naming_it(capsys, monkeypatch):
+    from app.cli import main
+
+    monkeypatch.delenv("DUET_NO_SUCH_KEY", raising=False)
+    assert main(["serve", "--port", "0", "--api-key-env", "DUET_NO_SUCH_KEY"]) == 2
+    err = capsys.readouterr().err
+    assert "$DUET_NO_SUCH_KEY" in err and "--api-key-env" in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_on_a_taken_port_exits_2_naming_it(capsys):
+    import socket
+
+    from app.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_rejects_a_port_out_of_range(capsys):
+    from app.cli import main
+
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "--port 70000" in capsys.readouterr().err

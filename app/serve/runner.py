@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 from app.backends.base import Backend, ChatMessage, one_line
@@ -45,8 +47,9 @@ class Job:
 class Runner:
     """The one backend, and the worker thread that serves the queued jobs one at a time."""
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, log: Callable[[str], None] | None = None):
         self.backend = backend
+        self.log = log or _stderr
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._live: set[Job] = set()  # queued or running
         self._lock = threading.Lock()
@@ -86,6 +89,7 @@ class Runner:
             try:
                 if job.cancel.is_set():  # the client left while it waited
                     job.put(Done("cancelled"))
+                    self.log("a request was cancelled before its turn: not started")
                 else:
                     self._run(job)
             finally:
@@ -95,6 +99,7 @@ class Runner:
     def _run(self, job: Job) -> None:
         cutter = StopCutter(job.stop)
         ended = False
+        produced = None
         stream = self.backend.stream(job.messages, job.sampling, cancel=job.cancel)
         try:
             for event in stream:
@@ -108,6 +113,8 @@ class Runner:
                     if not cutter.hit:
                         job.put(event)
                 elif isinstance(event, Done):
+                    if event.finish_reason == "cancelled" and not cutter.hit:
+                        self.log(f"a request was cancelled: its generation stopped after {produced or 0} tokens")
                     rest = cutter.flush()
                     if rest:
                         job.put(AnswerDelta(rest))
@@ -115,6 +122,7 @@ class Runner:
                     ended = True
                     return
                 elif isinstance(event, (Usage, Failed)):
+                    produced = event.completion_tokens if isinstance(event, Usage) else produced
                     job.put(event)
                     if isinstance(event, Failed):
                         ended = True
@@ -126,3 +134,7 @@ class Runner:
             stream.close()  # frees the model even if the backend had more to say
             if not ended:
                 job.put(Failed("the backend ended without finishing the answer"))
+
+
+def _stderr(line: str) -> None:
+    print(f"duet serve: {line}", file=sys.stderr, flush=True)

@@ -25,11 +25,11 @@ class StopCutter:
         if not self.stops:
             return text
         text = self._held + text
-        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if found:
+        found = [(i + len(s), i) for s, i in ((s, text.find(s)) for s in self.stops) if i >= 0]
+        if found:  # the stop sequence completed first, as if the text came one character at a time
             self.hit = True
             self._held = ""
-            return text[: min(found)]
+            return text[: min(found)[1]]
         keep = self._partial_tail(text)
         self._held = text[len(text) - keep:]
         return text[: len(text) - keep]
