@@ -107,3 +107,44 @@ def test_a_follow_up_turn_reports_the_prompt_tokens_served_from_the_kept_cache(c
     r = client.chat.completions.create(model="r1", messages=follow, max_tokens=4, temperature=0)
     cached = r.usage.prompt_tokens_details.cached_tokens
     assert first.usage.prompt_tokens // 2 < cached < r.usage.prompt_tokens
+
+
+def test_concurrent_clients_each_get_what_the_engine_gives_them_alone(server, engine):
+    import threading
+
+    prompts = [[{"role": "user", "content": f"Plan step {n}."}] for n in range(4)]
+    alone = [expected(engine, p, max_tokens=8)[0] for p in prompts]
+    together: dict[int, str] = {}
+
+    def ask(i):
+        c = openai.OpenAI(base_url=server.base, api_key="x", max_retries=0, timeout=300)
+        if i % 2:
+            chunks = c.chat.completions.create(model="r1", messages=prompts[i], max_tokens=8, temperature=0, stream=True)
+            together[i] = "".join(getattr(ch.choices[0].delta, "reasoning_content", None) or ""
+                                  for ch in chunks if ch.choices)
+        else:
+            r = c.chat.completions.create(model="r1", messages=prompts[i], max_tokens=8, temperature=0)
+            together[i] = r.choices[0].message.reasoning_content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert [together.get(i) for i in range(4)] == alone
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_the_engine_and_the_next_is_served(server, client, engine):
+    import httpx
+
+    body = {"model": "r1", "messages": ASK, "temperature": 0, "max_tokens": 220, "stream": True}
+    with httpx.stream("POST", f"{server.base}/chat/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        got = [line for line, _ in zip(response.iter_lines(), range(10)) if line.startswith("data: {")]
+        assert len(got) >= 4  # it was streaming; now we hang up
+    thinking, _, _, _ = expected(engine, ASK, max_tokens=3)
+    r = client.chat.completions.create(model="r1", messages=ASK, max_tokens=3, temperature=0)
+    assert r.choices[0].message.reasoning_content == thinking  # the next request, served in full
+    stopped = [line for line in server.stderr().splitlines() if "its generation stopped after" in line]
+    assert stopped, server.stderr()
+    assert int(stopped[-1].split("after ")[1].split()[0]) < 150  # of the 220 asked for
