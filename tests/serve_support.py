@@ -25,7 +25,11 @@ class DuetServe:
         self.log = folder / "serve.log"
         home = folder / "home"
         home.mkdir(exist_ok=True)
-        full_env = {**os.environ, "DUET_HOME": str(home), "PYTHONPATH": str(ROOT), **(env or {})}
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        # OpenMP threads that sleep instead of spinning: on a busy test machine spinning
+        # threads wait for each other for seconds per token. Speed only, not results.
+        full_env = {**os.environ, "DUET_HOME": str(home), "PYTHONPATH": path, "OMP_WAIT_POLICY": "PASSIVE",
+                    **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "--config", str(self.config), "serve",
                                       "--port", "0", *args], cwd=ROOT, env=full_env, text=True,
                                      stdout=subprocess.PIPE, stderr=open(self.log, "w"))
