@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--min-reasoning-tokens", type=int, default=0, metavar="N")
     ex.add_argument("--only-applied", action="store_true", help="only plans whose code was applied")
     ex.add_argument("--format", choices=("fields", "messages"), default="fields")
+
+    serve = sub.add_parser("serve", help="the configured model behind an OpenAI-compatible HTTP API")
+    serve.add_argument("--role", choices=("reasoner", "coder"), default="reasoner", help="which model to serve")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on every request")
     return p
 
 
@@ -81,6 +87,10 @@ def _run(args) -> int:
         from app.doctor import run_doctor
 
         return run_doctor(config)
+    if command == "serve":
+        from app.serve import run_serve
+
+        return run_serve(args, config)
     if command == "ask":
         from app.ask import run_ask
 

@@ -63,6 +63,7 @@ class Sampling:
     temperature: float = 0.6
     top_p: float = 0.95
     max_tokens: int = 8192
+    seed: int | None = None  # per request (duet serve); not a config key
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,10 @@ def _probe(port: int, name: str, timeout: float) -> list[Found]:
         return []
     if models is None:
         return []
+    from app.backends.probe import is_duet_serve
+
     ids = [m.get("id", "?") for m in models if isinstance(m, dict)] or ["default"]
+    name = "duet serve" if is_duet_serve(models) else name  # port 8000 is vLLM's default and ours
     return [Found("server", model_id, base, f"{name} on port {port}") for model_id in ids]
 
 

@@ -24,3 +24,22 @@ def test_every_package_folder_is_listed_in_pyproject():
 def test_console_script_points_at_the_cli():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["duet"] == "app.cli:main"
+
+
+def test_what_duet_serve_imports_at_run_time_is_a_main_dependency():
+    import ast
+    import re
+    import sys
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = {re.split(r"[<>=;\[ ]", d, maxsplit=1)[0].lower().replace("-", "_") for d in project["project"]["dependencies"]}
+    imported = set()
+    for file in (ROOT / "app" / "serve").glob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in ("app", "local_engine", "kernels", "vocab")}
+    assert {"starlette", "uvicorn", "sse_starlette"} <= third_party
+    assert third_party <= deps, f"add to [project] dependencies: {sorted(third_party - deps)}"

@@ -24,6 +24,7 @@ class AnswerDelta:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens served from the kept cache (not read again)
 
 
 @dataclass(frozen=True)

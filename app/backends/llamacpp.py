@@ -113,16 +113,17 @@ def _chat_formatter(llm):
 PREFILL_CHUNK = 128  # prompt tokens per llama.cpp call: cancel is checked between calls
 
 
-def _prefill(llm, tokens: list[int], cancel: threading.Event | None) -> None:
+def _prefill(llm, tokens: list[int], cancel: threading.Event | None) -> int:
     """Evaluate the prompt in chunks, so Esc during a long prompt stops within one chunk.
 
     Whatever the cache already holds of this prompt (the earlier turns) is kept, as
     llama-cpp-python itself does; `create_completion` then finds the whole prompt cached
-    and samples at once from the logits of the last chunk.
+    and samples at once from the logits of the last chunk. Returns how many prompt tokens
+    the cache already held.
     """
     held = getattr(llm, "_input_ids", None)
     if held is None or not hasattr(llm, "n_tokens"):
-        return  # another llama-cpp-python: let create_completion read the prompt in one go
+        return 0  # another llama-cpp-python: let create_completion read the prompt in one go
     keep = 0
     for a, b in zip(held, tokens):
         if a != b:
@@ -132,8 +133,9 @@ def _prefill(llm, tokens: list[int], cancel: threading.Event | None) -> None:
     llm.n_tokens = keep  # eval() drops the cache beyond this point
     for start in range(keep, len(tokens), PREFILL_CHUNK):
         if cancelled(cancel):
-            return
+            return keep
         llm.eval(tokens[start:start + PREFILL_CHUNK])
+    return keep
 
 
 class LlamaCppBackend:
@@ -174,7 +176,7 @@ class LlamaCppBackend:
             from llama_cpp import LogitsProcessorList
 
             try:
-                _prefill(llm, tokens, cancel)
+                cached = _prefill(llm, tokens, cancel)
             except Exception as exc:
                 yield Failed(f"llama.cpp could not read the prompt ({type(exc).__name__}: {exc})")
                 return
@@ -184,7 +186,7 @@ class LlamaCppBackend:
             max_tokens = min(sampling.max_tokens, n_ctx - len(tokens))
             finish = None
             chunks = llm.create_completion(tokens, stream=True, max_tokens=max_tokens, temperature=sampling.temperature,
-                                           top_p=sampling.top_p, stop=stop, logits_processor=LogitsProcessorList([count]))
+                                           top_p=sampling.top_p, seed=sampling.seed, stop=stop, logits_processor=LogitsProcessorList([count]))
             try:
                 for chunk in chunks:
                     if cancelled(cancel):
@@ -200,10 +202,12 @@ class LlamaCppBackend:
                 return
             finally:
                 chunks.close()  # frees the model for the next turn
+            usage = Usage(prompt_tokens=len(tokens), completion_tokens=generated[0], cached_tokens=cached)
             if cancelled(cancel):
                 yield from piece_events(splitter.finish(interrupted=True))
+                yield usage
                 yield clock.done("cancelled")
                 return
             yield from piece_events(splitter.finish())
-            yield Usage(prompt_tokens=len(tokens), completion_tokens=generated[0])
+            yield usage
             yield clock.done(finish or "stop")

@@ -94,7 +94,7 @@ class LocalBackend:
             produced = 0
             try:  # the engine checks ``cancel`` between tokens and stops at EOS
                 for token in engine.generate(ids, max_new_tokens=limit, temperature=sampling.temperature,
-                                             top_p=sampling.top_p, cancel=cancel):
+                                             top_p=sampling.top_p, seed=sampling.seed, cancel=cancel):
                     produced += 1
                     clock.token()
                     yield from piece_events(splitter.feed(text.add(int(token))))
@@ -107,6 +107,7 @@ class LocalBackend:
                 return
             if cancelled(cancel):
                 yield from piece_events(splitter.finish(interrupted=True))
+                yield Usage(prompt_tokens=len(ids), completion_tokens=produced)
                 yield clock.done("cancelled")
                 return
             yield from piece_events(splitter.finish())

@@ -48,6 +48,8 @@ class OpenAIBackend:
     def request_body(self, messages: list[ChatMessage], sampling: Sampling, *, usage: bool = True) -> dict:
         body = {"model": self.rc.model or "default", "messages": wire_messages(messages), "stream": True,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
         if usage:
             body["stream_options"] = {"include_usage": True}
         return body
@@ -231,8 +233,10 @@ class _CancelWatcher:
 
 def _usage(data: dict) -> Usage | None:
     p, c = data.get("prompt_tokens"), data.get("completion_tokens")
+    details = data.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     if isinstance(p, int) and isinstance(c, int):
-        return Usage(prompt_tokens=p, completion_tokens=c)
+        return Usage(prompt_tokens=p, completion_tokens=c, cached_tokens=cached if isinstance(cached, int) else 0)
     return None
 
 

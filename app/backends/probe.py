@@ -23,6 +23,7 @@ class ProbeResult:
     models: tuple[str, ...] = ()
     context: int | None = None
     reasoning: str = "unknown"  # "field" | "inline" | "none" | "unknown"
+    duet: bool = False  # the server is a `duet serve` (its models say owned_by "duet")
 
 
 def auth_headers(rc: RoleConfig) -> dict[str, str]:
@@ -45,13 +46,15 @@ def probe(rc: RoleConfig, *, timeout: float = 3.0, check_reasoning: bool | None 
         data = response.json().get("data", [])
         models = tuple(m["id"] for m in data if isinstance(m, dict) and "id" in m)
         context = next((m.get("max_model_len") for m in data if m.get("id") == rc.model), None)
+        duet = is_duet_serve(data)
     except (ValueError, AttributeError, TypeError):
         return ProbeResult(True, False, f"{base}/models did not answer like an OpenAI-compatible server "
                                         f"(HTTP {response.status_code})")
     if rc.model and models and rc.model not in models:
         return ProbeResult(True, False, f'model "{rc.model}" not served; the server lists: {", ".join(models)}',
                            models=models)
-    result = ProbeResult(True, True, f"serves {', '.join(models) or 'an unnamed model'}", models, context)
+    what = f"{duet_serve_label(data)}: serves" if duet else "serves"
+    result = ProbeResult(True, True, f"{what} {', '.join(models) or 'an unnamed model'}", models, context, duet=duet)
     if check_reasoning if check_reasoning is not None else rc.role == "reasoner":
         result.reasoning = _reasoning_placement(rc, base, timeout=max(timeout, 60.0))
         if result.reasoning == "inline":
@@ -61,6 +64,19 @@ def probe(rc: RoleConfig, *, timeout: float = 3.0, check_reasoning: bool | None 
         elif result.reasoning == "none":
             result.message += f"; no reasoning seen (not a reasoning model, or the server strips it: {PARSER_HINT})"
     return result
+
+
+def is_duet_serve(models: list) -> bool:
+    """Whether a /v1/models list comes from `duet serve` (it names itself the owner)."""
+    return any(isinstance(m, dict) and m.get("owned_by") == "duet" for m in models)
+
+
+def duet_serve_label(models: list) -> str:
+    """'duet serve (reasoner, local)': what a `duet serve` says it runs."""
+    card = next((m for m in models if isinstance(m, dict) and m.get("owned_by") == "duet"), {})
+    info = card.get("duet") if isinstance(card.get("duet"), dict) else {}
+    parts = [str(info[k]) for k in ("role", "backend") if info.get(k)]
+    return "duet serve" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _reasoning_placement(rc: RoleConfig, base: str, timeout: float) -> str:

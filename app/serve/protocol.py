@@ -1,0 +1,203 @@
+"""The OpenAI chat-completions wire format: reading a request, writing responses and errors.
+
+Pure Python (no web framework): `parse_chat_request` turns a request body into a
+`ChatRequest` or raises `ApiError` (an OpenAI-shaped error with its HTTP status); the
+builders write the `chat.completion` object, the `chat.completion.chunk` objects of a
+stream, and the `usage` block.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from app.backends.base import ChatMessage
+from vocab.events import Usage
+
+MAX_STOP_SEQUENCES = 16
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class ApiError(Exception):
+    """A request the server will not serve: HTTP ``status`` with OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str | None
+    messages: list[ChatMessage]
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {_kind(body)}")
+    return body
+
+
+def parse_chat_request(body: dict) -> ChatRequest:
+    """Validate a /v1/chat/completions body; unknown fields are ignored, as OpenAI-compatible servers do."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, f"'model' must be a string, got {_kind(model)}", param="model")
+    n = body.get("n", 1)
+    if n is not None and (_not_int(n) or n != 1):
+        raise ApiError(400, "only n=1 is supported", param="n")
+    if body.get("tools"):
+        raise ApiError(400, "tool calls are not supported by duet serve", param="tools")
+    stream = _optional(body, "stream", bool) or False
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, f"'stream_options' must be an object, got {_kind(options)}", param="stream_options")
+    include_usage = bool(options and _optional(options, "include_usage", bool, "stream_options.include_usage"))
+    max_tokens = body.get("max_completion_tokens")
+    key = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, key = body.get("max_tokens"), "max_tokens"
+    if max_tokens is not None and (_not_int(max_tokens) or max_tokens < 1):
+        raise ApiError(400, f"'{key}' must be a positive integer, got {json.dumps(max_tokens)}", param=key)
+    temperature = _number(body, "temperature", 0.0, 2.0)
+    top_p = _number(body, "top_p", 0.0, 1.0)
+    if top_p is not None and top_p <= 0:
+        raise ApiError(400, f"'top_p' must be greater than 0, got {top_p}", param="top_p")
+    seed = body.get("seed")
+    if seed is not None and _not_int(seed):
+        raise ApiError(400, f"'seed' must be an integer, got {_kind(seed)}", param="seed")
+    return ChatRequest(model=model, messages=_messages(body.get("messages")), stream=stream,
+                       include_usage=include_usage, max_tokens=max_tokens, temperature=temperature,
+                       top_p=top_p, seed=seed, stop=_stops(body.get("stop")))
+
+
+def _messages(value) -> list[ChatMessage]:
+    if value is None:
+        raise ApiError(400, "'messages' is required", param="messages")
+    if not isinstance(value, list) or not value:
+        raise ApiError(400, f"'messages' must be a non-empty array, got {_kind(value)}", param="messages")
+    out = []
+    for i, m in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"'{where}' must be an object, got {_kind(m)}", param=where)
+        role = m.get("role")
+        if role not in ROLES:
+            hint = "; tool messages are not supported" if role == "tool" else ""
+            raise ApiError(400, f"'{where}.role' must be one of system, developer, user, assistant, "
+                                f"got {json.dumps(role)}{hint}", param=f"{where}.role")
+        out.append(ChatMessage(ROLES[role], _content(m.get("content"), role, f"{where}.content")))
+    return out
+
+
+def _content(value, role: str, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None and role == "assistant":
+        return ""
+    if isinstance(value, list):  # content parts: only text ones
+        parts = []
+        for j, part in enumerate(value):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else _kind(part)
+                raise ApiError(400, f"'{where}[{j}]' must be a text part, got {json.dumps(kind)}", param=f"{where}[{j}]")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise ApiError(400, f"'{where}' must be a string or an array of text parts, got {_kind(value)}", param=where)
+
+
+def _stops(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise ApiError(400, f"'stop' must be a string or an array of strings, got {_kind(value)}", param="stop")
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise ApiError(400, f"'stop' may hold at most {MAX_STOP_SEQUENCES} sequences, got {len(items)}", param="stop")
+    return tuple(s for s in items if s)
+
+
+def _optional(body: dict, key: str, kind: type, name: str | None = None):
+    value = body.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise ApiError(400, f"'{name or key}' must be {kind.__name__}, got {_kind(value)}", param=name or key)
+    return value
+
+
+def _number(body: dict, key: str, low: float, high: float) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, f"'{key}' must be a number, got {_kind(value)}", param=key)
+    if not low <= value <= high:
+        raise ApiError(400, f"'{key}' must be between {low:g} and {high:g}, got {value}", param=key)
+    return float(value)
+
+
+def _not_int(value) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+# -- responses -----------------------------------------------------------------------------
+
+
+class Completion:
+    """The ids and stamps one response shares across its chunks."""
+
+    def __init__(self, model: str):
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+
+    def _head(self, obj: str) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": "duet"}
+
+    def message(self, *, content: str, reasoning: str, finish_reason: str, usage: Usage | None) -> dict:
+        message = {"role": "assistant", "content": content}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        return {**self._head("chat.completion"),
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+                "usage": usage_body(usage)}
+
+    def chunk(self, delta: dict, *, finish_reason: str | None = None, include_usage: bool = False) -> dict:
+        out = {**self._head("chat.completion.chunk"),
+               "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    def usage_chunk(self, usage: Usage | None) -> dict:
+        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage_body(usage)}
+
+
+def usage_body(usage: Usage | None) -> dict:
+    prompt = usage.prompt_tokens if usage else 0
+    completion = usage.completion_tokens if usage else 0
+    cached = getattr(usage, "cached_tokens", 0) if usage else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
