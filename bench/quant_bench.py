@@ -1,6 +1,12 @@
 """Duet int8/int4 vs llama.cpp Q8_0/Q4_0 on the same weights, DeepSeek-V2-Lite layer shapes.
 
-    python -m bench.quant_bench [--layers 4] [--threads 2] [--modes int8,int4]
+    python -m bench.quant_bench [--layers 4] [--threads 2] [--modes int8,int4] [--dtype auto]
+
+Emulating an AVX2-only CPU on an AVX-512 one (torch, oneDNN and the native build):
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 DUET_NATIVE_MARCH=haswell python -m bench.quant_bench
+The table is headed by the CPU's capability level (torch's, the native build's SIMD path and
+activation precision) and the activation dtype; ``--dtype auto`` runs bfloat16 where bf16
+matmuls are native (AVX-512) and float32 elsewhere.
 
 Random weights are generated straight into their quantized form (int8: codes + one scale
 per group of 32; int4: codes + one scale per group of 64, zero 0) and written twice: as a
@@ -27,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -216,6 +223,44 @@ def _median(xs):
     return xs[len(xs) // 2]
 
 
+DTYPE = "bfloat16"   # the activation dtype of the Duet runs (main sets it from --dtype)
+
+
+def capability() -> dict:
+    """What this CPU / build gives: torch's capability level, oneDNN's bf16 support, the native
+    library's SIMD path and activation precision, whether bf16 matmuls run natively."""
+    from kernels import cpu_native
+    from kernels.quant import bf16_matmul_native
+
+    try:
+        onednn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        onednn_bf16 = False
+    return {"torch": torch.backends.cpu.get_cpu_capability(), "onednn_bf16": onednn_bf16,
+            "native_isa": cpu_native.isa(), "act_bits": {"int8": cpu_native.act_bits(8), "int4": cpu_native.act_bits(4)},
+            "bf16_matmul_native": bf16_matmul_native(), "machine": platform.machine(),
+            "cpu": _cpu_name(), "env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                                   "DUET_NATIVE_MARCH", "DUET_ACT_BITS") if k in os.environ}}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def capability_line(c: dict) -> str:
+    acts = ", ".join(f"{m} x {b}-bit" for m, b in c["act_bits"].items())
+    return (f"CPU: {c['cpu']} ({c['machine']}); torch capability {c['torch']}, oneDNN bf16 "
+            f"{'yes' if c['onednn_bf16'] else 'no'}, bf16 matmuls {'native' if c['bf16_matmul_native'] else 'emulated'}; "
+            f"native kernels: {c['native_isa'] or 'not built'} (activations {acts})"
+            + (f"; env {c['env']}" if c["env"] else ""))
+
+
 def _load(folder: Path, native: bool, max_seq_len: int):
     """Engine.load; with native=False inside cpu_native.disabled(), so every quantized
     weight takes aten's packed int4 layout (the path before the native kernels)."""
@@ -223,9 +268,9 @@ def _load(folder: Path, native: bool, max_seq_len: int):
     from local_engine import Engine
 
     if native:
-        return Engine.load(folder, dtype="bfloat16", max_seq_len=max_seq_len)
+        return Engine.load(folder, dtype=DTYPE, max_seq_len=max_seq_len)
     with cpu_native.disabled():
-        return Engine.load(folder, dtype="bfloat16", max_seq_len=max_seq_len)
+        return Engine.load(folder, dtype=DTYPE, max_seq_len=max_seq_len)
 
 
 def run_duet(folder: Path, threads: int, native: bool = True) -> dict:
@@ -417,7 +462,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quant_bench.json"))
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-aten", action="store_true", help="skip the rows of the aten int4pack path")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                    help="Duet's activation dtype (auto: bfloat16 where bf16 matmuls are native, else float32)")
     a = ap.parse_args(argv)
+    global DTYPE
+    from kernels.quant import bf16_matmul_native
+
+    DTYPE = a.dtype if a.dtype != "auto" else ("bfloat16" if bf16_matmul_native() else "float32")
+    cap = capability()
+    print(capability_line(cap) + f"; Duet activations {DTYPE}", flush=True)
     cfg = dict(V2_LITE, num_hidden_layers=a.layers)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="duet-quant-bench-"))
     torch.set_num_threads(a.threads)
@@ -465,7 +518,8 @@ def main(argv=None) -> int:
         if a.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print()
-    print(f"DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads, bf16 activations")
+    print(capability_line(cap))
+    print(f"DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads, Duet activations {DTYPE}")
     print(f"{'engine':<20}{'decode@0':>10}{'decode@2k':>11}{'prefill':>10}{'limit':>8}{'% limit':>9}")
     for r in rows:
         if "error" in r:
@@ -483,7 +537,7 @@ def main(argv=None) -> int:
     load = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
     print(f"load average before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f} on {load['cpus']} CPUs "
           f"(other processes share these cores: timings are indicative)")
-    out.write_text(json.dumps({"config": cfg, "threads": a.threads, "bandwidth": bw, "rows": rows,
+    out.write_text(json.dumps({"config": cfg, "threads": a.threads, "capability": cap, "dtype": DTYPE, "bandwidth": bw, "rows": rows,
                                "call_overhead_us": overhead, "kernel_gbs": kgbs, "profiles": profiles, "load_average": load,
                                "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     print(f"\nwrote {out}")

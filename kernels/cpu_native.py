@@ -1,17 +1,29 @@
 """The native CPU kernels (kernels/csrc/quant_gemv.c): built at first use, called via ctypes.
 
     lib() -> ctypes.CDLL | None     the loaded library, or None (then the aten paths run)
+    isa() -> str | None             the SIMD path compiled in: "avx512", "avx2" or "scalar"
     gemm / dequant / moe / moe_bf16 / head_gemv / rms_norm  thin wrappers over its entry points
 
 The C file is compiled with the system compiler (``$CC``, default ``cc``) as
-``-O3 -march=native -fPIC -shared -fopenmp`` and linked against the OpenMP runtime torch
-itself loaded, so both share one thread pool (two runtimes on few cores spin against each
-other). The .so is cached under ``$DUET_KERNEL_CACHE`` (default: the user cache dir
-``duet/kernels``), named by a hash of source, flags, compiler version and that runtime;
-it is written to a temp file and renamed, so racing processes are harmless. Any failure
-(no compiler, compile error, not x86-64 Linux) logs one warning and returns None.
+``-O3 <target> -fPIC -shared -fopenmp``; the target is ``-march=native`` on x86-64 and
+``-mcpu=native`` on ARM64 (and other CPUs), or what ``DUET_NATIVE_MARCH`` names
+(``haswell``: AVX2; ``x86-64``: plain C; ``native``; a value starting with ``-`` is passed as
+the flag itself). The C picks its SIMD path from the target (AVX-512BW, AVX2+FMA, else plain
+C), so it builds on any CPU. Where the compiler has no OpenMP (Apple clang) it is built
+without and runs on one thread, with one warning. With OpenMP it is linked against the
+runtime torch itself loaded, so both share one thread pool (two runtimes on few cores spin
+against each other). The .so is cached under ``$DUET_KERNEL_CACHE`` (default: the user cache
+dir ``duet/kernels``), named by a hash of source, flags, compiler version, that runtime and
+this CPU's flags; it is written to a temp file and renamed, so racing processes are harmless.
+Any failure (no compiler, compile error, Windows) logs one warning and returns None.
 ``DUET_KERNELS=reference`` or ``=aten`` keeps it unloaded. ctypes releases the GIL for the
 duration of each call. ``CALLS`` counts calls per entry point (tests check the path ran).
+
+Activations are rounded per block to 16-bit or 8-bit integers inside the quantized matmuls
+(``act_bits``): 8 bits (llama.cpp's Q8_0 activations, _mm256_maddubs_epi16) where the build
+is not AVX-512, 16 bits on AVX-512 (there the 16-bit products already stream at memory
+bandwidth); ``DUET_ACT_BITS=8|16`` overrides. ``variant(march)`` swaps in another build for a
+block (tests run the AVX2 and plain-C builds on any x86-64 CPU).
 """
 
 from __future__ import annotations
@@ -31,15 +43,18 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "disabled", "isa", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "rms_norm", "CALLS", "SOURCE"]
+__all__ = ["lib", "build", "disabled", "variant", "isa", "act_bits", "flags", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "rms_norm", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp")
+BASE_FLAGS = ("-O3", "-fPIC", "-shared")
+_X86 = ("x86_64", "amd64", "i386", "i686")
 CALLS: Counter = Counter()
 
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
+_ABITS: dict[int, int] = {}      # weight bits -> activation bits, for the loaded library
+_WARNED_NO_OMP = False
 _c_int, _c_long, _ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
 
 
@@ -73,7 +88,20 @@ def _cpu_flags() -> bytes:
         return platform.processor().encode()
 
 
-def build(cache_dir: Path | None = None, cc: str | None = None) -> tuple[Path, bool]:
+def flags(march: str | None = None) -> list[str]:
+    """The compiler flags for a target: ``march`` or ``$DUET_NATIVE_MARCH`` or "native"."""
+    m = (march or os.environ.get("DUET_NATIVE_MARCH") or "native").strip()
+    if m.startswith("-"):
+        target = m.split()
+    elif platform.machine().lower() in _X86:
+        target = [f"-march={m}"]
+    else:   # ARM64 and the rest: gcc and clang take -mcpu=native there (-march=native is x86's)
+        target = [f"-mcpu={m}"]
+    return [*BASE_FLAGS, *target]
+
+
+def build(cache_dir: Path | None = None, cc: str | None = None, march: str | None = None,
+          openmp: bool = True) -> tuple[Path, bool]:
     """Compile the library unless the cache has it: (path of the .so, whether it compiled now).
     Raises RuntimeError with the compiler's message on failure."""
     cc = cc or os.environ.get("CC") or "cc"
@@ -86,10 +114,11 @@ def build(cache_dir: Path | None = None, cc: str | None = None) -> tuple[Path, b
         raise RuntimeError(f"{cc} --version failed: {e}") from None
     if ver.returncode != 0:
         raise RuntimeError(f"{cc} --version failed: {(ver.stderr or ver.stdout).strip()[:200]}")
-    gomp = _torch_gomp()
+    fl = flags(march) + (["-fopenmp"] if openmp else [])
+    gomp = _torch_gomp() if openmp else None
     link = [str(gomp), f"-Wl,-rpath,{gomp.parent}"] if gomp else []
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), ver.stdout.encode(), str(gomp).encode(),
+    for part in (SOURCE.read_bytes(), " ".join(fl).encode(), ver.stdout.encode(), str(gomp).encode(),
                  platform.machine().encode(), _cpu_flags()):
         key.update(part + b"\0")
     out_dir = cache_dir or _cache_dir()
@@ -100,7 +129,7 @@ def build(cache_dir: Path | None = None, cc: str | None = None) -> tuple[Path, b
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=out_dir)
     os.close(fd)
     try:
-        r = subprocess.run([*cc.split(), *FLAGS, str(SOURCE), "-o", tmp, *link, "-lm"],
+        r = subprocess.run([*cc.split(), *fl, str(SOURCE), "-o", tmp, *link, "-lm"],
                            capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise RuntimeError(f"{cc} failed: {(r.stderr or r.stdout).strip()[-400:]}")
@@ -111,14 +140,39 @@ def build(cache_dir: Path | None = None, cc: str | None = None) -> tuple[Path, b
     return target, True
 
 
+def _build_any(march: str | None = None) -> Path:
+    """Build with OpenMP, else (a compiler without it, e.g. Apple clang) without, warning once."""
+    global _WARNED_NO_OMP
+    try:
+        return build(march=march)[0]
+    except RuntimeError as with_omp:
+        if "not found" in str(with_omp) or "--version" in str(with_omp):
+            raise
+        try:
+            path = build(march=march, openmp=False)[0]
+        except RuntimeError:
+            raise with_omp from None
+        if not _WARNED_NO_OMP:
+            _WARNED_NO_OMP = True
+            log.warning("duet native kernels: built without OpenMP (the compiler has none): one thread each")
+        return path
+
+
+def load(march: str | None = None) -> ctypes.CDLL:
+    """Build (or find in the cache) and load the library for a target; raises RuntimeError/OSError."""
+    return _bind(ctypes.CDLL(str(_build_any(march))))
+
+
 def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
-    so.duet_isa.restype = _c_int
+    so.duet_isa.restype = ctypes.c_char_p
     so.duet_isa.argtypes = []
+    so.duet_openmp.restype = _c_int
+    so.duet_openmp.argtypes = []
     so.duet_last_team.restype = _c_int
     so.duet_last_team.argtypes = []
     so.duet_gemm.restype = _c_int
     so.duet_gemm.argtypes = [_c_int, _ptr, _c_int, _c_int, _c_int, _c_long, _ptr, _ptr, _c_int, _c_int, _c_int,
-                             _ptr, _c_int, _c_long, _c_int]
+                             _ptr, _c_int, _c_long, _c_int, _c_int]
     so.duet_dequant.restype = None
     so.duet_dequant.argtypes = [_c_int, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int]
     so.duet_head_gemv.restype = None
@@ -129,7 +183,7 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.duet_moe_bf16.argtypes = [_ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _ptr, _c_int, _ptr, _c_int]
     so.duet_moe.restype = _c_int
     so.duet_moe.argtypes = [_c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int,
-                            _c_int, _ptr, _c_int, _c_int]
+                            _c_int, _ptr, _c_int, _c_int, _c_int]
     return so
 
 
@@ -141,36 +195,77 @@ def lib() -> ctypes.CDLL | None:
     _TRIED = True
     if os.environ.get("DUET_KERNELS") in ("reference", "aten"):
         return None
-    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
-        log.warning("duet native kernels: only built on x86-64 Linux (this is %s %s); using aten",
-                    sys.platform, platform.machine())
+    if sys.platform.startswith("win"):
+        log.warning("duet native kernels: not built on Windows; using aten")
         return None
     try:
-        path, _ = build()
-        _LIB = _bind(ctypes.CDLL(str(path)))
+        _set(load())
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         log.warning("duet native kernels unavailable, using aten: %s", str(e).splitlines()[0] if str(e) else e)
-        _LIB = None
+        _set(None)
     return _LIB
+
+
+def _set(so: ctypes.CDLL | None) -> None:
+    global _LIB
+    _LIB = so
+    _ABITS.clear()
+    if so is not None:
+        forced = os.environ.get("DUET_ACT_BITS")
+        if forced in ("8", "16"):
+            _ABITS.update({8: int(forced), 4: int(forced)})
+        elif so.duet_isa() == b"avx512":
+            _ABITS.update({8: 16, 4: 16})
+        else:
+            _ABITS.update({8: 8, 4: 8})
 
 
 @contextmanager
 def disabled():
     """Within the block ``lib()`` answers None, so weights built there take the aten layout
     (benchmarks compare both paths in one process)."""
-    global _LIB, _TRIED
+    global _TRIED
     saved = (_LIB, _TRIED)
-    _LIB, _TRIED = None, True
+    _set(None)
+    _TRIED = True
     try:
         yield
     finally:
-        _LIB, _TRIED = saved
+        _set(saved[0])
+        _TRIED = saved[1]
 
 
-def isa() -> int:
-    """512 (AVX-512BW), 256 (AVX2+FMA) or 0 (plain C) as compiled; -1 when not loaded."""
+@contextmanager
+def variant(march: str, act_bits: int | None = None):
+    """Within the block the library built for ``march`` ("haswell", "x86-64", ...) runs every
+    native call (the weight layouts are the same for every build); ``act_bits`` forces the
+    activation precision. Raises RuntimeError where that target does not build."""
+    global _LIB, _TRIED
+    lib()
+    saved = (_LIB, _TRIED, dict(_ABITS))
+    so = load(march)
+    _set(so)
+    _TRIED = True
+    if act_bits is not None:
+        _ABITS.update({8: act_bits, 4: act_bits})
+    try:
+        yield so
+    finally:
+        _LIB, _TRIED = saved[0], saved[1]
+        _ABITS.clear()
+        _ABITS.update(saved[2])
+
+
+def isa() -> str | None:
+    """The SIMD path of the loaded library: "avx512", "avx2" or "scalar"; None when not loaded."""
     so = lib()
-    return so.duet_isa() if so is not None else -1
+    return so.duet_isa().decode() if so is not None else None
+
+
+def act_bits(bits: int) -> int:
+    """The activation precision (8 or 16) the quantized matmuls of ``bits``-bit weights use."""
+    lib()
+    return _ABITS.get(bits, 16)
 
 
 _BF16 = {torch.bfloat16: 1, torch.float32: 0}
@@ -182,7 +277,7 @@ def gemm(bits: int, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, kp: int, 
     y = torch.empty(m, n, dtype=x.dtype)
     CALLS["gemm"] += 1
     rc = _LIB.duet_gemm(bits, x.data_ptr(), _BF16[x.dtype], m, k, k, q.data_ptr(), s.data_ptr(), kp, gs, n,
-                        y.data_ptr(), _BF16[x.dtype], n, torch.get_num_threads())
+                        y.data_ptr(), _BF16[x.dtype], n, torch.get_num_threads(), _ABITS.get(bits, 16))
     if rc:
         raise MemoryError("duet_gemm: out of memory")
     return y
@@ -206,7 +301,7 @@ def moe(bits: int, table: torch.Tensor, inter: torch.Tensor, ip: torch.Tensor, i
     CALLS["moe"] += 1
     rc = _LIB.duet_moe(bits, table.data_ptr(), inter.data_ptr(), ip.data_ptr(), idx.data_ptr(), wts.data_ptr(),
                        idx.numel(), shared, gs, x.data_ptr(), _BF16[x.dtype], hidden, hp, y.data_ptr(),
-                       _BF16[x.dtype], torch.get_num_threads())
+                       _BF16[x.dtype], torch.get_num_threads(), _ABITS.get(bits, 16))
     if rc:
         raise MemoryError(f"duet_moe failed ({rc})")
     return y

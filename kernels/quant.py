@@ -29,6 +29,8 @@ __all__ = [
     "quantize_weight",
     "quantized_linear",
     "reference_quantized_linear",
+    "reference_round_activations",
+    "reference_native_linear",
     "dequantize",
     "from_codes",
     "to_codes",
@@ -365,6 +367,33 @@ def reference_quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
     return (x.float() @ dequantize(qw).t()).to(x.dtype)
 
 
+def reference_round_activations(x: Tensor, bits: int, block: int) -> Tensor:
+    """What the native kernels multiply instead of x [..., K]: each block of ``block`` inputs
+    rounded to ``bits``-bit integers (8: -127..127, 16: -32767..32767) times one float32 scale,
+    |x| max -> the largest code; float32 result."""
+    qmax = 127.0 if bits == 8 else 32767.0
+    xf = x.float()
+    k = xf.shape[-1]
+    xb = F.pad(xf, (0, -k % block)).reshape(*xf.shape[:-1], -1, block)
+    amax = xb.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, qmax / amax, torch.zeros_like(amax))
+    r = (xb * inv).clamp_(-qmax, qmax)
+    q = torch.trunc(r + torch.where(r >= 0, 0.5, -0.5))
+    return (q * (amax / qmax)).reshape(*xf.shape[:-1], -1)[..., :k]
+
+
+def act_block(mode: str, act_bits: int) -> int:
+    """The native kernels' activation block: 32 inputs at 8 bits; at 16 bits one weight block
+    (32 for int8, 64 for int4)."""
+    return 32 if act_bits == 8 or mode == "int8" else 64
+
+
+def reference_native_linear(x: Tensor, qw: QuantizedWeight, act_bits: int) -> Tensor:
+    """The native kernels' product, as the math: rounded activations times the dequantized
+    weight, in float32 (float32 result)."""
+    return reference_round_activations(x, act_bits, act_block(qw.mode, act_bits)) @ dequantize(qw).t()
+
+
 def _kernel(qw: QuantizedWeight):
     """The packed kernel for this weight's device and layout, as f(x_bf16 [M, K']) -> [M, N'];
     None where there is none (the vectorised fallback runs)."""
@@ -390,6 +419,23 @@ def _kernel(qw: QuantizedWeight):
     return int8_as_two_int4
 
 
+_BF16_NATIVE: list[bool] = []
+
+
+def bf16_matmul_native() -> bool:
+    """Whether bf16 matmuls run natively here (torch's CPU capability AVX-512 and oneDNN's bf16
+    support); elsewhere (AVX2, ARM64 without it) they are emulated, slower than float32.
+    Honours ATEN_CPU_CAPABILITY, so AVX2 can be emulated on an AVX-512 machine."""
+    if not _BF16_NATIVE:
+        try:
+            ok = (torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+                  and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+        except (AttributeError, RuntimeError):
+            ok = False
+        _BF16_NATIVE.append(ok)
+    return _BF16_NATIVE[0]
+
+
 def _native_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
     from kernels import cpu_native
 
@@ -409,8 +455,9 @@ def _native_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
     x2 = x2.contiguous()
     if m <= NATIVE_MAX_ROWS:
         y = cpu_native.gemm(bits, x2, q, s, kp, gs, n)
-    else:
-        y = F.linear(x2, cpu_native.dequant(bits, q, s, kp, gs, n, k, x2.dtype))
+    else:   # many rows: the weight dequantized once, one matmul in the CPU's fast float type
+        dt = x2.dtype if x2.dtype == torch.float32 or bf16_matmul_native() else torch.float32
+        y = F.linear(x2.to(dt), cpu_native.dequant(bits, q, s, kp, gs, n, k, dt))
     if y.dtype != x.dtype:
         y = y.to(x.dtype)
     return y.view(*x.shape[:-1], n)

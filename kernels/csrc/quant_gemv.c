@@ -1,30 +1,47 @@
 /* Duet's native CPU kernels: int8 / int4 weight-only matmul for a few rows (decode), the
  * dequantization used for many rows (prefill), and a fused batch-1 MoE step.
  *
- * Plain C + OpenMP, no torch headers; loaded through ctypes by kernels/cpu_native.py, which
- * compiles it with -O3 -march=native: AVX-512BW, AVX2 or plain C is picked at compile time.
+ * Plain C (+ OpenMP where the compiler has it), no torch headers; loaded through ctypes by
+ * kernels/cpu_native.py. The SIMD path is picked at compile time from the target's macros:
+ * AVX-512BW, AVX2+FMA, or plain C (every other CPU: ARM64, x86-64 without AVX2, ...), so the
+ * file builds with any C11 compiler; ``duet_isa()`` names the one compiled in.
  *
  * Weight layouts ("native"), one row n of a padded [N', K'] matrix:
  *   int8: j int8 [K'] (j = u - 128, w = (j + 0.5) s), scale bf16 [K'/gs]        gs % 32 == 0
  *   int4: 32 bytes per 64 inputs: byte i holds input i (low nibble) and input 32 + i (high);
  *         (scale, zero) bf16 pairs [K'/gs][2], w = (q - 8) s + z                gs % 64 == 0
- * Activations (bf16 or fp32) are turned into int16 per block of XB inputs (32 for int8, 64
- * for int4) with one float scale per block (|x| max -> 32767): a finer rounding than bf16's
- * 8 significant bits everywhere in the block, so the products are exact integers that
- * accumulate in int32 per block, then in float32 with the block's scale.
+ * Activations (bf16 or fp32) are rounded per block to integers with one float scale per block
+ * (|x| max -> the largest code), at one of two precisions chosen per call (``abits``):
+ *   16: int16 per block of XB inputs (32 for int8, 64 for int4): finer than bf16's 8 significant
+ *       bits; products via _mm*_madd_epi16.
+ *   8:  int8 per block of 32 inputs (llama.cpp's Q8_0 activations); products via
+ *       _mm256_maddubs_epi16 (u8 x s8 pairs), half the bytes and instructions of the int16 path.
+ * Either way the products are exact integers that accumulate in int32 per block, then in
+ * float32 with the block's scale; zero points and half steps use the sums of the rounded blocks.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#ifdef _OPENMP
 #include <omp.h>
+#else
+static int omp_get_num_threads(void) { return 1; }   /* built without OpenMP: one thread */
+#endif
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define DUET_AVX512 1
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#define DUET_AVX2 1   /* also in AVX-512 builds: the 8-bit-activation kernels are AVX2 code */
 #include <immintrin.h>
-#elif defined(__AVX2__) && defined(__FMA__)
-#define DUET_AVX2 1
-#include <immintrin.h>
+#endif
+#if defined(DUET_AVX2)
+#define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+#elif defined(__GNUC__)
+#define PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+#else
+#define PREFETCH(p) ((void)0)
 #endif
 
 #define MAXM 4
@@ -41,11 +58,20 @@ static int last_team = 0;   /* threads in the last parallel matmul (tests check 
 
 int duet_last_team(void) { return last_team; }
 
-int duet_isa(void) {
+/* the SIMD path compiled in: "avx512", "avx2" or "scalar" (plain C, vectorised by the compiler) */
+const char *duet_isa(void) {
 #if defined(DUET_AVX512)
-    return 512;
+    return "avx512";
 #elif defined(DUET_AVX2)
-    return 256;
+    return "avx2";
+#else
+    return "scalar";
+#endif
+}
+
+int duet_openmp(void) {
+#ifdef _OPENMP
+    return 1;
 #else
     return 0;
 #endif
@@ -84,7 +110,9 @@ INLINE float load_act(const void *x, int bf16, long i) {
 
 typedef struct {
     int M, Kp, XB, KB;      /* rows, padded length, block size, blocks per row */
+    int abits;              /* 16: codes in q; 8: codes in q8 (the same storage) */
     int16_t *q;             /* [M][Kp] */
+    int8_t *q8;             /* [M][Kp] */
     float *scale;           /* [M][KB]: x ~ q * scale */
     float *sum;             /* [M][KB]: the sum of the rounded block */
 } xq_t;
@@ -108,19 +136,49 @@ INLINE void quant_block(const float *v, int XB, int16_t *q, float *scale, float 
     *sum = (float)qs * *scale;   /* the sum of the rounded block: the zero-point terms see the same x */
 }
 
-static int xq_alloc(xq_t *xq, int M, int Kp, int XB) {
-    xq->M = M; xq->Kp = Kp; xq->XB = XB; xq->KB = Kp / XB;
+/* one block of XB floats -> int8 codes in -127..127 (Q8_0's rounding), scale, sum */
+INLINE void quant_block8(const float *v, int XB, int8_t *q, float *scale, float *sum) {
+    float amax = 0.f;
+    for (int i = 0; i < XB; i++) {
+        float a = fabsf(v[i]);
+        amax = a > amax ? a : amax;
+    }
+    float inv = amax > 0.f ? 127.f / amax : 0.f;
+    int32_t qs = 0;
+    for (int i = 0; i < XB; i++) {
+        float r = v[i] * inv;
+        r = r > 127.f ? 127.f : (r < -127.f ? -127.f : r);
+        q[i] = (int8_t)(r + (r >= 0.f ? 0.5f : -0.5f));
+        qs += q[i];
+    }
+    *scale = amax / 127.f;
+    *sum = (float)qs * *scale;
+}
+
+/* the activation block size: 32 at 8 bits; at 16 bits one block per weight block (32 / 64) */
+INLINE int act_block(int bits, int abits) { return abits == 8 || bits == 8 ? 32 : 64; }
+
+static int xq_alloc(xq_t *xq, int M, int Kp, int XB, int abits) {
+    xq->M = M; xq->Kp = Kp; xq->XB = XB; xq->KB = Kp / XB; xq->abits = abits;
     size_t nq = (size_t)M * Kp * sizeof(int16_t), nf = (size_t)M * xq->KB * sizeof(float);
     nq = (nq + 63) & ~(size_t)63;
     char *p = aligned_alloc(64, nq + 2 * ((nf + 63) & ~(size_t)63) + 64);
     if (!p) return -1;
     xq->q = (int16_t *)p;
+    xq->q8 = (int8_t *)p;
     xq->scale = (float *)(p + nq);
     xq->sum = (float *)(p + nq + ((nf + 63) & ~(size_t)63));
     return 0;
 }
 
-/* rows of x (logical length k, row stride ldx; bf16 or fp32) -> zero-padded int16 blocks */
+/* one block b of row m from XB floats */
+INLINE void xq_put(xq_t *xq, int m, int b, const float *v) {
+    long at = (long)m * xq->Kp + (long)b * xq->XB, sb = (long)m * xq->KB + b;
+    if (xq->abits == 8) quant_block8(v, xq->XB, xq->q8 + at, xq->scale + sb, xq->sum + sb);
+    else quant_block(v, xq->XB, xq->q + at, xq->scale + sb, xq->sum + sb);
+}
+
+/* rows of x (logical length k, row stride ldx; bf16 or fp32) -> zero-padded integer blocks */
 static void xq_fill(xq_t *xq, const void *x, int bf16, int k, long ldx) {
     float v[64];
     for (int m = 0; m < xq->M; m++) {
@@ -130,8 +188,7 @@ static void xq_fill(xq_t *xq, const void *x, int bf16, int k, long ldx) {
                 int c = base + i;
                 v[i] = c < k ? load_act(x, bf16, (long)m * ldx + c) : 0.f;
             }
-            quant_block(v, xq->XB, xq->q + (long)m * xq->Kp + base, xq->scale + (long)m * xq->KB + b,
-                        xq->sum + (long)m * xq->KB + b);
+            xq_put(xq, m, b, v);
         }
     }
 }
@@ -158,6 +215,17 @@ INLINE void prep_q8(const uint16_t *s, int gs, const xq_t *xq, int m0, int MM, f
                 cv = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(k, xm + b0), cv);
             }
             c = _mm512_reduce_add_ps(cv);
+        }
+#elif defined(DUET_AVX2)
+        if (per == 1) {   /* 8 blocks at a time, the rest below */
+            __m256 cv = _mm256_setzero_ps();
+            for (; b0 + 8 <= KB; b0 += 8) {
+                __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + b0))), 16));
+                _mm256_storeu_ps(t + m * KB + b0, _mm256_mul_ps(f, _mm256_loadu_ps(xs + b0)));
+                cv = _mm256_fmadd_ps(f, _mm256_loadu_ps(xm + b0), cv);
+            }
+            c = hsum256(cv);
         }
 #endif
         if (per == 1) {
@@ -209,19 +277,33 @@ INLINE void row_q8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, i
         out[m] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]),
                                                     _mm512_add_ps(acc[m][2], acc[m][3]))) + corr[m];
 #elif defined(DUET_AVX2)
-    __m256 acc[MAXM];
-    for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
-    for (int b = 0; b < KB; b++) {
-        __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * b)));
-        __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * b + 16)));
-        for (int m = 0; m < MM; m++) {
-            const int16_t *xp = x0 + (long)m * Kp + 32 * b;
-            __m256i p = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)xp)),
-                                         _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(xp + 16))));
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(t[m * KB + b]), acc[m]);
-        }
+    /* independent accumulators: one fma chain per row would bound the loop, not memory */
+    const int U = MM == 1 ? 4 : 2;
+    __m256 acc[MAXM][4];
+    for (int m = 0; m < MM; m++)
+        for (int u = 0; u < 4; u++) acc[m][u] = _mm256_setzero_ps();
+#define Q8_STEP(bb, u)                                                                              \
+    {                                                                                               \
+        __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * (bb))));       \
+        __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * (bb) + 16)));  \
+        for (int m = 0; m < MM; m++) {                                                              \
+            const int16_t *xp = x0 + (long)m * Kp + 32 * (bb);                                      \
+            __m256i p = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)xp)), \
+                                         _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(xp + 16)))); \
+            acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(t[m * KB + (bb)]), acc[m][u]); \
+        }                                                                                           \
     }
-    for (int m = 0; m < MM; m++) out[m] = hsum256(acc[m]) + corr[m];
+    int b = 0;
+    for (; b + 4 <= KB; b += 4) {
+        PREFETCH(w + 32 * b + DUET_PF);
+        PREFETCH(w + 32 * b + DUET_PF + 64);
+        for (int u = 0; u < 4; u++) Q8_STEP(b + u, u % U)
+    }
+    for (; b < KB; b++) Q8_STEP(b, 0)
+#undef Q8_STEP
+    for (int m = 0; m < MM; m++)
+        out[m] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3])))
+                 + corr[m];
 #else
     for (int m = 0; m < MM; m++) {
         float a = 0.f;
@@ -310,23 +392,36 @@ INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq,
                                                     _mm512_add_ps(acc[m][2], acc[m][3]))) + corr[m];
 #elif defined(DUET_AVX2)
     const __m256i low = _mm256_set1_epi16(15);
-    __m256 acc[MAXM];
-    for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
-    for (int b = 0; b < KB; b++) {
-        __m256i r0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * b)));
-        __m256i r1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * b + 16)));
-        __m256i l0 = _mm256_and_si256(r0, low), h0 = _mm256_srli_epi16(r0, 4);
-        __m256i l1 = _mm256_and_si256(r1, low), h1 = _mm256_srli_epi16(r1, 4);
-        for (int m = 0; m < MM; m++) {
-            const int16_t *xp = x0 + (long)m * Kp + 64 * b;
-            __m256i p = _mm256_madd_epi16(l0, _mm256_loadu_si256((const __m256i *)xp));
-            p = _mm256_add_epi32(p, _mm256_madd_epi16(l1, _mm256_loadu_si256((const __m256i *)(xp + 16))));
-            p = _mm256_add_epi32(p, _mm256_madd_epi16(h0, _mm256_loadu_si256((const __m256i *)(xp + 32))));
-            p = _mm256_add_epi32(p, _mm256_madd_epi16(h1, _mm256_loadu_si256((const __m256i *)(xp + 48))));
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(t[m * KB + b]), acc[m]);
-        }
+    const int U = MM == 1 ? 4 : 2;   /* independent accumulators, as in row_q8 */
+    __m256 acc[MAXM][4];
+    for (int m = 0; m < MM; m++)
+        for (int u = 0; u < 4; u++) acc[m][u] = _mm256_setzero_ps();
+#define Q4_STEP(bb, u)                                                                              \
+    {                                                                                               \
+        __m256i r0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * (bb))));       \
+        __m256i r1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w + 32 * (bb) + 16)));  \
+        __m256i l0 = _mm256_and_si256(r0, low), h0 = _mm256_srli_epi16(r0, 4);                      \
+        __m256i l1 = _mm256_and_si256(r1, low), h1 = _mm256_srli_epi16(r1, 4);                      \
+        for (int m = 0; m < MM; m++) {                                                              \
+            const int16_t *xp = x0 + (long)m * Kp + 64 * (bb);                                      \
+            __m256i p = _mm256_madd_epi16(l0, _mm256_loadu_si256((const __m256i *)xp));             \
+            p = _mm256_add_epi32(p, _mm256_madd_epi16(l1, _mm256_loadu_si256((const __m256i *)(xp + 16)))); \
+            p = _mm256_add_epi32(p, _mm256_madd_epi16(h0, _mm256_loadu_si256((const __m256i *)(xp + 32)))); \
+            p = _mm256_add_epi32(p, _mm256_madd_epi16(h1, _mm256_loadu_si256((const __m256i *)(xp + 48)))); \
+            acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(t[m * KB + (bb)]), acc[m][u]); \
+        }                                                                                           \
     }
-    for (int m = 0; m < MM; m++) out[m] = hsum256(acc[m]) + corr[m];
+    int b = 0;
+    for (; b + 4 <= KB; b += 4) {
+        PREFETCH(w + 32 * b + DUET_PF);
+        PREFETCH(w + 32 * b + DUET_PF + 64);
+        for (int u = 0; u < 4; u++) Q4_STEP(b + u, u % U)
+    }
+    for (; b < KB; b++) Q4_STEP(b, 0)
+#undef Q4_STEP
+    for (int m = 0; m < MM; m++)
+        out[m] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3])))
+                 + corr[m];
 #else
     for (int m = 0; m < MM; m++) {
         float a = 0.f;
@@ -344,6 +439,144 @@ INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq,
 #endif
 }
 
+/* ---------------------------------------------------------------------------------------
+ * the same with 8-bit activations (blocks of 32, xq->abits == 8): llama.cpp's Q8_0 x Q8_0 /
+ * Q4_0 x Q8_0 products. int8 weights: maddubs(|w|, sign(x, w)) (|w| <= 128 unsigned, x in
+ * -127..127: a pair sums to at most 32512, no saturation); int4: maddubs(q, x) with q in 0..15. */
+
+/* int4 weights, 32-input activation blocks: t[m][b] = scale of b's group x activation scale,
+   corr[m] = sum over blocks of (zero - 8 scale) x the block's sum */
+INLINE void prep_q4_a8(const uint16_t *sz, int gs, const xq_t *xq, int m0, int MM, float *t, float *corr) {
+    const int KB = xq->KB, per = gs / 32;   /* x blocks (32) per weight group */
+    for (int m = 0; m < MM; m++) {
+        const float *xs = xq->scale + (long)(m0 + m) * KB, *xm = xq->sum + (long)(m0 + m) * KB;
+        float c = 0.f;
+        int g = 0, b = 0;
+#if defined(DUET_AVX2)
+        if (per == 2) {   /* 4 groups (8 blocks) at a time: each (scale, zero) pair one 32-bit lane, twice */
+            const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+            const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+            __m256 cv = _mm256_setzero_ps();
+            for (; b + 8 <= KB; b += 8, g += 4) {
+                __m256i pair = _mm256_permutevar8x32_epi32(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(sz + 2 * g))), dup);
+                __m256 sc = _mm256_castsi256_ps(_mm256_slli_epi32(pair, 16));
+                __m256 z = _mm256_castsi256_ps(_mm256_and_si256(pair, hi));
+                _mm256_storeu_ps(t + m * KB + b, _mm256_mul_ps(sc, _mm256_loadu_ps(xs + b)));
+                cv = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8.f), sc, z), _mm256_loadu_ps(xm + b), cv);
+            }
+            c = hsum256(cv);
+        }
+#endif
+        for (; b < KB; g++) {
+            float sc = bf2f(sz[2 * g]), z8 = bf2f(sz[2 * g + 1]) - 8.f * sc;
+            for (int j = 0; j < per; j++, b++) {
+                t[m * KB + b] = sc * xs[b];
+                c += z8 * xm[b];
+            }
+        }
+        corr[m] = c;
+    }
+}
+
+INLINE void row_q8_a8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, int m0, int MM, float *t, float *out) {
+    const int KB = xq->KB, Kp = xq->Kp;
+    float corr[MAXM];
+    prep_q8(s, gs, xq, m0, MM, t, corr);   /* 32-input blocks at either precision */
+    const int8_t *x0 = xq->q8 + (long)m0 * Kp;
+#if defined(DUET_AVX2)
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int U = MM == 1 ? 4 : 2;
+    __m256 acc[MAXM][4];
+    for (int m = 0; m < MM; m++)
+        for (int u = 0; u < 4; u++) acc[m][u] = _mm256_setzero_ps();
+#define A8_STEP(bb, u)                                                                              \
+    {                                                                                               \
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 32 * (bb)));                          \
+        __m256i aw = _mm256_sign_epi8(wv, wv);                                                      \
+        for (int m = 0; m < MM; m++) {                                                              \
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x0 + (long)m * Kp + 32 * (bb)));       \
+            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones); \
+            acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(t[m * KB + (bb)]), acc[m][u]); \
+        }                                                                                           \
+    }
+    int b = 0;
+    for (; b + 4 <= KB; b += 4) {
+        PREFETCH(w + 32 * b + DUET_PF);
+        PREFETCH(w + 32 * b + DUET_PF + 64);
+        for (int u = 0; u < 4; u++) A8_STEP(b + u, u % U)
+    }
+    for (; b < KB; b++) A8_STEP(b, 0)
+#undef A8_STEP
+    for (int m = 0; m < MM; m++)
+        out[m] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3])))
+                 + corr[m];
+#else
+    for (int m = 0; m < MM; m++) {
+        float a = 0.f;
+        const int8_t *xp = x0 + (long)m * Kp;
+        for (int b = 0; b < KB; b++) {
+            int32_t d = 0;
+            for (int i = 0; i < 32; i++) d += (int32_t)w[32 * b + i] * xp[32 * b + i];
+            a += (float)d * t[m * KB + b];
+        }
+        out[m] = a + corr[m];
+    }
+#endif
+}
+
+INLINE void row_q4_a8(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq, int m0, int MM, float *t, float *out) {
+    const int KB = xq->KB, Kp = xq->Kp, WB = KB / 2;   /* 64-input weight blocks */
+    float corr[MAXM];
+    prep_q4_a8(sz, gs, xq, m0, MM, t, corr);
+    const int8_t *x0 = xq->q8 + (long)m0 * Kp;
+#if defined(DUET_AVX2)
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(15);
+    const int U = MM == 1 ? 2 : 1;   /* pairs of accumulators: low and high halves */
+    __m256 acc[MAXM][4];
+    for (int m = 0; m < MM; m++)
+        for (int u = 0; u < 4; u++) acc[m][u] = _mm256_setzero_ps();
+#define A4_STEP(bb, u)                                                                              \
+    {                                                                                               \
+        __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 32 * (bb)));                         \
+        __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low); \
+        for (int m = 0; m < MM; m++) {                                                              \
+            const int8_t *xp = x0 + (long)m * Kp + 64 * (bb);                                       \
+            __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xp)), ones); \
+            __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xp + 32))), ones); \
+            acc[m][2 * (u)] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pl), _mm256_set1_ps(t[m * KB + 2 * (bb)]), acc[m][2 * (u)]); \
+            acc[m][2 * (u) + 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ph), _mm256_set1_ps(t[m * KB + 2 * (bb) + 1]), \
+                                                  acc[m][2 * (u) + 1]);                             \
+        }                                                                                           \
+    }
+    int b = 0;
+    for (; b + 2 <= WB; b += 2) {
+        PREFETCH(w + 32 * b + DUET_PF);
+        for (int u = 0; u < 2; u++) A4_STEP(b + u, u % U)
+    }
+    for (; b < WB; b++) A4_STEP(b, 0)
+#undef A4_STEP
+    for (int m = 0; m < MM; m++)
+        out[m] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3])))
+                 + corr[m];
+#else
+    for (int m = 0; m < MM; m++) {
+        float a = 0.f;
+        const int8_t *xp = x0 + (long)m * Kp;
+        for (int b = 0; b < WB; b++) {
+            int32_t dl = 0, dh = 0;
+            for (int i = 0; i < 32; i++) {
+                uint8_t v = w[32 * b + i];
+                dl += (int32_t)(v & 15) * xp[64 * b + i];
+                dh += (int32_t)(v >> 4) * xp[64 * b + 32 + i];
+            }
+            a += (float)dl * t[m * KB + 2 * b] + (float)dh * t[m * KB + 2 * b + 1];
+        }
+        out[m] = a + corr[m];
+    }
+#endif
+}
+
 /* Two weight rows (any two: their codes and scales by address) against one activation row.
  * The one-row loop is bound by its loads (the activation block is as many bytes as the
  * weights, from L1); two rows share each activation load. AVX-512 only; elsewhere two calls. */
@@ -353,14 +586,24 @@ INLINE void row2(int bits, const void *w0, const uint16_t *s0, const void *w1, c
     float c0, c1;
     const float *t0 = t, *t1 = t + KB;
     const int16_t *x0 = xq->q;
-#if defined(DUET_AVX512) || defined(DUET_AVX2)
+#if 1
     /* the scales of the rows a few pairs on: each row starts with them (prep), a miss there
        stalls the row, and the hardware prefetcher does not follow this thin stream */
     for (int i = 0; i < 4; i++) {
-        _mm_prefetch((const char *)s0 + DUET_SPF + 64 * i, _MM_HINT_T0);
-        _mm_prefetch((const char *)s1 + DUET_SPF + 64 * i, _MM_HINT_T0);
+        PREFETCH((const char *)s0 + DUET_SPF + 64 * i);
+        PREFETCH((const char *)s1 + DUET_SPF + 64 * i);
     }
 #endif
+    if (xq->abits == 8) {   /* 8-bit activations: one row at a time */
+        if (bits == 8) {
+            row_q8_a8((const int8_t *)w0, s0, gs, xq, 0, 1, t, out);
+            row_q8_a8((const int8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
+        } else {
+            row_q4_a8((const uint8_t *)w0, s0, gs, xq, 0, 1, t, out);
+            row_q4_a8((const uint8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
+        }
+        return;
+    }
     if (bits == 8) {   /* measured: pairing does not pay for int8 (8% slower), one row at a time */
         row_q8((const int8_t *)w0, s0, gs, xq, 0, 1, t, out);
         row_q8((const int8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
@@ -420,6 +663,28 @@ INLINE void row_at(int bits, const void *w, const uint16_t *s, int Kp, int gs, l
 INLINE void row_dot(int bits, const void *w, const uint16_t *s, int Kp, int gs, long n,
                     const xq_t *xq, int m0, int mm, float *t, float *out) {
     const long G = Kp / gs;
+    if (xq->abits == 8) {
+        if (bits == 8) {
+            const int8_t *wr = (const int8_t *)w + n * Kp;
+            const uint16_t *sr = s + n * G;
+            switch (mm) {
+                case 1: row_q8_a8(wr, sr, gs, xq, m0, 1, t, out); break;
+                case 2: row_q8_a8(wr, sr, gs, xq, m0, 2, t, out); break;
+                case 3: row_q8_a8(wr, sr, gs, xq, m0, 3, t, out); break;
+                default: row_q8_a8(wr, sr, gs, xq, m0, 4, t, out); break;
+            }
+        } else {
+            const uint8_t *wr = (const uint8_t *)w + n * (Kp / 2);
+            const uint16_t *sr = s + n * G * 2;
+            switch (mm) {
+                case 1: row_q4_a8(wr, sr, gs, xq, m0, 1, t, out); break;
+                case 2: row_q4_a8(wr, sr, gs, xq, m0, 2, t, out); break;
+                case 3: row_q4_a8(wr, sr, gs, xq, m0, 3, t, out); break;
+                default: row_q4_a8(wr, sr, gs, xq, m0, 4, t, out); break;
+            }
+        }
+        return;
+    }
     if (bits == 8) {
         const int8_t *wr = (const int8_t *)w + n * Kp;
         const uint16_t *sr = s + n * G;
@@ -446,13 +711,15 @@ INLINE void store_out(void *y, int bf16, long i, float v) {
     else ((float *)y)[i] = v;
 }
 
-/* y[M, n] (row stride ldy) = x[M, k] W[:n, :k]^T.  Returns 0, or -1 when out of memory. */
+/* y[M, n] (row stride ldy) = x[M, k] W[:n, :k]^T, activations rounded to abits (8 or 16).
+ * Returns 0, or -1 when out of memory. */
 int duet_gemm(int bits, const void *x, int x_bf16, int M, int k, long ldx,
               const void *w, const uint16_t *s, int Kp, int gs, int n,
-              void *y, int y_bf16, long ldy, int nthreads) {
+              void *y, int y_bf16, long ldy, int nthreads, int abits) {
     if (M <= 0 || n <= 0) return 0;
     xq_t xq;
-    if (xq_alloc(&xq, M, Kp, bits == 8 ? 32 : 64)) return -1;
+    if (abits != 8) abits = 16;
+    if (xq_alloc(&xq, M, Kp, act_block(bits, abits), abits)) return -1;
     xq_fill(&xq, x, x_bf16, k, ldx);
     if ((long)n * Kp * bits / 8 * M < SMALL_WORK) nthreads = 1;   /* waking the team costs more */
     if (M == 1) {   /* decode: two weight rows per step */
@@ -538,7 +805,7 @@ void duet_dequant(int bits, const void *w, const uint16_t *s, int Kp, int gs, in
  * Hp: the padded K of W13; H: rows of y (<= padded N of W2). */
 int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32_t *ip_t,
              const int64_t *idx, const float *wts_k, int k, int shared, int gs,
-             const void *x, int x_bf16, int H, int Hp, void *y, int y_bf16, int nthreads) {
+             const void *x, int x_bf16, int H, int Hp, void *y, int y_bf16, int nthreads, int abits) {
     int n_e = k + (shared >= 0);
     if (k < 0 || n_e <= 0 || n_e > 64) return -2;
     int64_t ptrs[64 * 4];
@@ -551,7 +818,8 @@ int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32
         ip[e] = ip_t[row];
         wts[e] = e < k ? wts_k[e] : 1.f;
     }
-    const int XB = bits == 8 ? 32 : 64;
+    if (abits != 8) abits = 16;
+    const int XB = act_block(bits, abits);
     long off13[65], offh[65];
     off13[0] = offh[0] = 0;
     for (int e = 0; e < n_e; e++) {
@@ -560,16 +828,17 @@ int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32
     }
     const long R = off13[n_e], HT = offh[n_e], TB = HT / XB;
     xq_t xq, hq[64];
-    if (xq_alloc(&xq, 1, Hp, XB)) return -1;
+    if (xq_alloc(&xq, 1, Hp, XB, abits)) return -1;
     float *gu = aligned_alloc(64, ((R * sizeof(float)) + 63) & ~(size_t)63);
     float *yacc = aligned_alloc(64, (((H + 1) * sizeof(float)) + 63) & ~(size_t)63);
     xq_t hall;   /* all experts' hidden vectors, one after the other: [HT] */
-    if (!gu || !yacc || xq_alloc(&hall, 1, (int)HT, XB)) { free(xq.q); free(gu); free(yacc); return -1; }
+    if (!gu || !yacc || xq_alloc(&hall, 1, (int)HT, XB, abits)) { free(xq.q); free(gu); free(yacc); return -1; }
     for (int e = 0; e < n_e; e++) {   /* views of hall, one per expert */
         hq[e] = hall;
         hq[e].Kp = ip[e];
         hq[e].KB = ip[e] / XB;
         hq[e].q = hall.q + offh[e];
+        hq[e].q8 = hall.q8 + offh[e];
         hq[e].scale = hall.scale + offh[e] / XB;
         hq[e].sum = hall.sum + offh[e] / XB;
     }
@@ -608,7 +877,7 @@ int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32
                 long c = c0 - offh[e] + i;
                 v[i] = c < inter[e] ? g[c] / (1.f + expf(-g[c])) * u[c] : 0.f;
             }
-            quant_block(v, XB, hall.q + c0, hall.scale + b, hall.sum + b);
+            xq_put(&hall, 0, (int)b, v);
         }
         /* down projections, weighted, summed: expert by expert so that each thread streams one
            matrix at a time; every loop below splits 0..H-1 the same way (static schedule, same
