@@ -192,3 +192,14 @@ def test_cli_refuses_an_unimplemented_layer_type_with_exit_status_2(checkpoints,
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "layer_types" in lines[0] and "config.json" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_a_saved_int8_v32_model_reloads_to_the_same_logits(checkpoints, tmp_path):
+    from local_engine.quantize import save_quantized
+
+    engine = Engine.load(checkpoints["yarn_groups_mtp"][0], dtype="float32", quant="int8", max_seq_len=64, pack=False)
+    save_quantized(engine, tmp_path / "q8")
+    again = Engine.load(tmp_path / "q8", dtype="float32", max_seq_len=64)
+    assert again.model.layers[1].attn.indexer.weights_proj.dtype == torch.float32
+    x = _prompt(4, 40)  # past index_topk
+    assert torch.equal(engine.forward(x), again.forward(x))
