@@ -192,3 +192,26 @@ def test_cli_refuses_an_unimplemented_layer_type_with_exit_status_2(checkpoints,
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "layer_types" in lines[0] and "config.json" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_a_saved_int8_v32_model_reloads_to_the_same_logits(checkpoints, tmp_path):
+    from local_engine.quantize import save_quantized
+
+    engine = Engine.load(checkpoints["yarn_groups_mtp"][0], dtype="float32", quant="int8", max_seq_len=64, pack=False)
+    save_quantized(engine, tmp_path / "q8")
+    again = Engine.load(tmp_path / "q8", dtype="float32", max_seq_len=64)
+    assert again.model.layers[1].attn.indexer.weights_proj.dtype == torch.float32
+    x = _prompt(4, 40)  # past index_topk
+    assert torch.equal(engine.forward(x), again.forward(x))
+
+
+def test_a_batch_of_two_past_index_topk_equals_each_sequence_alone(checkpoints):
+    engine = Engine.load(checkpoints["yarn_groups_mtp"][0], dtype="float32", max_seq_len=64, max_batch=2)
+    x = torch.cat([_prompt(1, 30), _prompt(2, 30)])
+    both = engine.forward(x, 0)
+    step = engine.forward(torch.tensor([[5], [7]]), 30)
+    for i in range(2):
+        engine.reset()
+        torch.testing.assert_close(both[i:i + 1], engine.forward(x[i:i + 1], 0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(step[i:i + 1], engine.forward(torch.tensor([[[5], [7]][i]]), 30),
+                                   atol=1e-5, rtol=0)
