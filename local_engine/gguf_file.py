@@ -3,6 +3,7 @@
     GGUFFile(path)      .meta (key -> value; arrays as lists), .tensors (name -> TensorInfo),
                         .read_into(info, out) (os.pread straight into a tensor's memory)
 
+Importing this module does not import torch (``duet doctor`` and discovery read headers with it).
 Each tensor's bytes are read with ``os.pread`` into memory the caller already allocated in
 its final layout, so loading holds no second copy (and maps nothing: a mapped file's pages
 would count against the process on top of the copy).
@@ -14,8 +15,6 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from local_engine.errors import ModelError
 
@@ -33,6 +32,11 @@ GGML_TYPES = {
     28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54),
     35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
 }
+
+
+# what the local engine runs: dense types, and the ggml block types of kernels/kquant.py
+RUNS_LOCALLY = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+LOCAL_ARCH = "deepseek2"
 
 
 def type_name(t: int) -> str:
@@ -137,10 +141,12 @@ class GGUFFile:
     def architecture(self) -> str | None:
         return self.meta.get("general.architecture")
 
-    def read_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
+    def read_into(self, info: TensorInfo, out):
         """The tensor's raw bytes into ``out`` (a contiguous CPU tensor of exactly that many bytes)."""
         if not out.is_contiguous() or out.numel() * out.element_size() != info.nbytes:
             raise ValueError(f"{info.name}: buffer of {out.numel() * out.element_size()} bytes for {info.nbytes}")
+        import torch
+
         view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
         fd, done = self._f.fileno(), 0
         while done < info.nbytes:
@@ -158,3 +164,46 @@ class GGUFFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@dataclass
+class Summary:
+    architecture: str | None
+    context_length: int | None
+    types: dict[str, int]              # type name -> tensor count
+    unsupported: list[tuple[str, str]]  # (tensor, type) the local engine does not run
+    split: int                         # shards of a split file (1: a single file)
+
+    @property
+    def runs_locally(self) -> bool:
+        return self.architecture == LOCAL_ARCH and not self.unsupported and self.split <= 1
+
+    def why(self) -> str:
+        """Which backends can serve the file, and why, in one line."""
+        kinds = ", ".join(sorted(self.types))
+        if self.architecture != LOCAL_ARCH:
+            return f"architecture {self.architecture!r}: llama.cpp only (the local engine runs deepseek2)"
+        if self.split > 1:
+            return (f"deepseek2 split into {self.split} files: llama.cpp only (merge the shards into one "
+                    f"file with llama-gguf-split --merge for the local engine)")
+        if self.unsupported:
+            name, kind = self.unsupported[0]
+            return (f"deepseek2 with {kind} tensors ({name}): llama.cpp only (the local engine runs "
+                    f"{', '.join(RUNS_LOCALLY)})")
+        return (f"deepseek2 ({kinds}): local (Duet's engine: latent MLA cache, fused MoE, the file's "
+                f"blocks run as stored) or llama.cpp")
+
+
+def summarize(path) -> Summary:
+    """Architecture, tensor types and whether the local engine runs the file (header only)."""
+    f = GGUFFile(path)
+    f.close()
+    arch = f.architecture
+    types: dict[str, int] = {}
+    bad = []
+    for info in f.tensors.values():
+        types[info.type_name] = types.get(info.type_name, 0) + 1
+        if info.type_name not in RUNS_LOCALLY:
+            bad.append((info.name, info.type_name))
+    ctx = f.meta.get(f"{arch}.context_length")
+    return Summary(arch, int(ctx) if ctx else None, types, bad, int(f.meta.get("split.count", 1) or 1))

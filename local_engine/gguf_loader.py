@@ -27,12 +27,13 @@ from torch import nn
 from kernels import kquant
 from local_engine.config import ModelArgs
 from local_engine.errors import ModelError
-from local_engine.gguf_file import GGUFFile, TensorInfo, type_name
+from local_engine.gguf_file import RUNS_LOCALLY, GGUFFile, TensorInfo
 from local_engine.layers import Linear
 from local_engine.model import Block, Transformer
 
 DENSE = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}
-RUNS = ("F32", "F16", "BF16") + tuple(v[0] for v in kquant.TYPES.values())
+RUNS = RUNS_LOCALLY
+assert set(RUNS) == {"F32", "F16", "BF16"} | {v[0] for v in kquant.TYPES.values()}
 ARCH = "deepseek2"
 
 EXPERT_GATING = {1: "softmax", 2: "sigmoid"}   # llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE
@@ -56,6 +57,10 @@ def is_gguf(path) -> bool:
 def model_args(f: GGUFFile) -> ModelArgs:
     meta, src = f.meta, str(f.path)
     arch = f.architecture
+    if int(meta.get("split.count", 1) or 1) > 1:
+        raise ModelError(f"{src}: one shard of a {meta['split.count']}-file split GGUF; merge the shards "
+                         f"into one file (llama-gguf-split --merge) for the local engine, or use backend = "
+                         f"\"llama.cpp\"")
     if arch != ARCH:
         raise ModelError(f"{src}: architecture {arch!r} is not supported by the local engine "
                          f"(it runs {ARCH!r}; use backend = \"llama.cpp\" for this file)")
