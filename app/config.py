@@ -30,7 +30,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "url": ((str,), "openai: base url up to /v1"),
     "model": ((str,), "openai: model name sent to the server"),
     "api_key_env": ((str,), "openai: env var holding the API key"),
-    "path": ((str,), "local: HF folder; llama.cpp: .gguf file"),
+    "path": ((str,), "local: HF folder or deepseek2 .gguf file; llama.cpp: .gguf file"),
     "quant": ((str,), "local: int8 | int4"),
     "device": ((str,), "local/llama.cpp: cpu | cuda"),
     "dtype": ((str,), "local: bfloat16 | float32"),
@@ -223,13 +223,19 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
     else:
         raw = values.get("path")
         if not raw:
-            what = "a HF model folder" if backend == "local" else "a .gguf file"
+            what = "a HF model folder or a deepseek2 .gguf file" if backend == "local" else "a .gguf file"
             raise ConfigError(source, f"{role}.path", f"missing; the {backend} backend needs {what}")
         path = Path(raw).expanduser()
         if not path.is_absolute():
             path = base / path
-        if backend == "local" and not (path / "config.json").is_file():
-            problem = "no such folder" if not path.exists() else "no config.json in that folder"
+        if backend == "local" and path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise ConfigError(source, f"{role}.path", f"not a model folder or a .gguf file: {path}")
+            if "quant" in values:
+                raise ConfigError(source, f"{role}.quant", "a .gguf file runs its own quantized types; "
+                                  "remove quant (it applies to HF folders)")
+        elif backend == "local" and not (path / "config.json").is_file():
+            problem = "no such folder or file" if not path.exists() else "no config.json in that folder"
             raise ConfigError(source, f"{role}.path", f"{problem}: {path}")
         if backend == "llama.cpp" and not path.is_file():
             raise ConfigError(source, f"{role}.path", f"no such file: {path}")

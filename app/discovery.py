@@ -28,12 +28,13 @@ class Found:
     label: str
     location: str  # a file, a folder or a base url
     detail: str = ""
+    backends: tuple[str, ...] = ()  # which backends can serve it, the preferred first
 
     def config_snippet(self, role: str = "reasoner") -> str:
         """The [role] table that would use this model."""
         if self.kind == "server":
             return f'[{role}]\nbackend = "openai"\nurl = "{self.location}"\nmodel = "{self.label}"\n'
-        backend = "llama.cpp" if self.kind == "gguf" else "local"
+        backend = self.backends[0] if self.backends else ("llama.cpp" if self.kind == "gguf" else "local")
         return f'[{role}]\nbackend = "{backend}"\npath = "{self.location}"\n'
 
 
@@ -61,7 +62,9 @@ def find_model_files(folders: list[Path]) -> list[Found]:
                 if name.endswith(".gguf") and not _is_extra_shard(name):
                     file = path / name
                     size = _size_gb(file)
-                    found[str(file)] = Found("gguf", _label(folder, file), str(file), f"GGUF, {size:.1f} GB")
+                    why, backends = _gguf_backends(file)
+                    found[str(file)] = Found("gguf", _label(folder, file), str(file), f"GGUF, {size:.1f} GB; {why}",
+                                             backends)
             if "config.json" in files and any(f.endswith(".safetensors") for f in files):
                 found[str(path)] = Found("hf", _label(folder, path), str(path), "safetensors folder")
                 dirs.clear()
@@ -120,6 +123,19 @@ def _label(folder: Path, path: Path) -> str:
     if first.startswith("models--"):  # HF hub cache layout
         return first[len("models--"):].replace("--", "/") + ("" if path.is_dir() else f" ({path.name})")
     return str(rel)
+
+
+def _gguf_backends(file: Path) -> tuple[str, tuple[str, ...]]:
+    """(why, backends): a deepseek2 file of types Duet's engine runs can be served by "local"
+    (preferred: Duet's own MLA/MoE engine) or "llama.cpp"; anything else by llama.cpp."""
+    from local_engine.errors import ModelError
+    from local_engine.gguf_file import summarize
+
+    try:
+        info = summarize(file)
+    except (ModelError, OSError) as exc:
+        return f"unreadable header ({exc})", ("llama.cpp",)
+    return info.why(), (("local", "llama.cpp") if info.runs_locally else ("llama.cpp",))
 
 
 def _size_gb(file: Path) -> float:

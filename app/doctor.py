@@ -106,9 +106,40 @@ def _check_gguf(rc: RoleConfig, source: str) -> Check:
                      fix=f"point {rc.role}.path in {source} at a valid .gguf file")
     use = rc.context or trained
     note = "demo model (Gemma 3 270M base): for trying Duet, not for real work" if rc.demo else str(path)
+    if not rc.demo:
+        local = _gguf_summary(Path(path))
+        if local is not None and local.runs_locally:
+            note += '; a deepseek2 file: backend = "local" runs it too (Duet\'s MLA/MoE engine)'
+
     if rc.context and trained and rc.context > trained:
         note += f"; context {rc.context} exceeds the model's {trained}"
     return Check(rc.role, rc.backend, rc.label, True, context=str(use or "-"), detail=note)
+
+
+def _gguf_summary(path: Path):
+    from local_engine.errors import ModelError
+    from local_engine.gguf_file import summarize
+
+    try:
+        return summarize(path)
+    except (ModelError, OSError):
+        return None
+
+
+def _check_local_gguf(rc: RoleConfig, source: str) -> Check:
+    from local_engine.errors import ModelError
+    from local_engine.gguf_file import summarize
+
+    try:
+        info = summarize(rc.path)
+    except (ModelError, OSError) as exc:
+        return Check(rc.role, rc.backend, rc.label, False, detail=str(exc),
+                     fix=f"point {rc.role}.path in {source} at a valid .gguf file")
+    if not info.runs_locally:
+        return Check(rc.role, rc.backend, rc.label, False, detail=info.why(),
+                     fix=f'set {rc.role}.backend = "llama.cpp" in {source}')
+    use = rc.context or info.context_length
+    return Check(rc.role, rc.backend, rc.label, True, context=str(use or "-"), detail=f"{info.why()}; {rc.path}")
 
 
 def _check_local(rc: RoleConfig, source: str) -> Check:
@@ -116,10 +147,12 @@ def _check_local(rc: RoleConfig, source: str) -> Check:
     if importlib.util.find_spec("torch") is None:
         return Check(rc.role, rc.backend, rc.label, False, detail="torch is not installed",
                      fix="pip install torch", config_problem=False)
+    if path is not None and Path(path).is_file():
+        return _check_local_gguf(rc, source)
     cfg_file = Path(path) / "config.json" if path else None
     if cfg_file is None or not cfg_file.is_file():
         return Check(rc.role, rc.backend, rc.label, False, detail=f"no config.json in {path}",
-                     fix=f"set {rc.role}.path in {source} to a Hugging Face model folder")
+                     fix=f"set {rc.role}.path in {source} to a Hugging Face model folder or a deepseek2 .gguf file")
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:

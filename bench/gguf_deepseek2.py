@@ -10,7 +10,7 @@ to llama.cpp. Every deepseek2 hyper-parameter is set explicitly -- in particular
 from __future__ import annotations
 
 import numpy as np
-from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, TokenType
+from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, RopeScalingType, TokenType
 
 
 def q8_0_blocks(q: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -50,9 +50,45 @@ def _byte_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     return tokens[:vocab_size], types[:vocab_size], merges
 
 
-def write_deepseek2_gguf(path, cfg: dict, tensors: dict) -> None:
+def hf_tokenizer_fields(folder) -> dict:
+    """tokens, token types, merges, bos/eos ids and chat template of an HF tokenizer folder, as
+    llama.cpp's converter writes them (padded with [PADi] UNUSED tokens to the vocab size)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")) \
+        if (folder / "tokenizer_config.json").is_file() else {}
+    by_id = {i: t for t, i in tj["model"]["vocab"].items()}
+    kinds = {}
+    for a in tj.get("added_tokens", []):
+        by_id[a["id"]] = a["content"]
+        kinds[a["id"]] = TokenType.CONTROL if a.get("special") else TokenType.USER_DEFINED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]
+    ids = {t: i for i, t in by_id.items()}
+
+    def tid(key):
+        v = cfg.get(key)
+        v = v.get("content") if isinstance(v, dict) else v
+        return ids.get(v)
+
+    template = cfg.get("chat_template")
+    if (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    return {"tokens": [by_id[i] for i in range(len(by_id))], "kinds": kinds, "merges": merges,
+            "bos": tid("bos_token"), "eos": tid("eos_token"), "template": template,
+            "add_bos": bool(cfg.get("add_bos_token", False))}
+
+
+def write_deepseek2_gguf(path, cfg: dict, tensors: dict, *, tokenizer: dict | None = None, pre: str = "gpt-2",
+                         layout: str = "split") -> None:
     """cfg: HF config.json fields of a DeepseekV2/V3 model. tensors: gguf name ->
-    ("f32" | "f16" | "bf16", array) or ("q8_0" | "q4_0", codes, block_scales)."""
+    ("f32" | "f16" | "bf16", array), ("q8_0" | "q4_0", codes, block_scales) or
+    ("quant", GGMLQuantizationType, float array) (quantized with gguf.quants).
+    ``tokenizer``: ``hf_tokenizer_fields(folder)`` (default: a byte vocabulary); ``pre``: its
+    tokenizer.ggml.pre. ``layout``: "split" (attn_k_b/attn_v_b, head_count_kv = 1, as llama.cpp
+    converts today) or "legacy" (attn_kv_b, per-head key/value lengths)."""
     w = GGUFWriter(str(path), "deepseek2")
     L = cfg["num_hidden_layers"]
     w.add_name("duet-bench")
@@ -61,17 +97,29 @@ def write_deepseek2_gguf(path, cfg: dict, tensors: dict) -> None:
     w.add_block_count(L)
     w.add_feed_forward_length(cfg["intermediate_size"])
     w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(1)
+    H = cfg["num_attention_heads"]
+    w.add_head_count_kv(1 if layout == "split" else H)
     w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
     w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
     w.add_vocab_size(cfg["vocab_size"])
     if cfg.get("q_lora_rank"):
         w.add_q_lora_rank(cfg["q_lora_rank"])
     w.add_kv_lora_rank(cfg["kv_lora_rank"])
-    w.add_key_length(cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"])
-    w.add_value_length(cfg["kv_lora_rank"])
-    w.add_key_length_mla(cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"])
-    w.add_value_length_mla(cfg["v_head_dim"])
+    if layout == "split":
+        w.add_key_length(cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"])
+        w.add_value_length(cfg["kv_lora_rank"])
+        w.add_key_length_mla(cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"])
+        w.add_value_length_mla(cfg["v_head_dim"])
+    else:
+        w.add_key_length(cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"])
+        w.add_value_length(cfg["v_head_dim"])
+    rs = cfg.get("rope_scaling") or (cfg.get("rope_parameters") if (cfg.get("rope_parameters") or {}).get(
+        "rope_type") == "yarn" else None)
+    if rs and (rs.get("type") or rs.get("rope_type")) == "yarn":
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rs["factor"])
+        w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
+        w.add_rope_scaling_yarn_log_mul(0.1 * rs["mscale_all_dim"])
     w.add_rope_dimension_count(cfg["qk_rope_head_dim"])
     w.add_leading_dense_block_count(cfg["first_k_dense_replace"])
     w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
@@ -84,14 +132,26 @@ def write_deepseek2_gguf(path, cfg: dict, tensors: dict) -> None:
     w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID if sigmoid else ExpertGatingFuncType.SOFTMAX)
     w.add_expert_group_count(cfg.get("n_group") or 1)
     w.add_expert_group_used_count(cfg.get("topk_group") or 1)
-    tokens, types, merges = _byte_vocab(cfg["vocab_size"])
+    if tokenizer is None:
+        tokens, types, merges = _byte_vocab(cfg["vocab_size"])
+        bos, eos = cfg.get("bos_token_id") or 0, cfg.get("eos_token_id") or 1
+    else:
+        tokens = list(tokenizer["tokens"])
+        types = [tokenizer["kinds"].get(i, TokenType.NORMAL) for i in range(len(tokens))]
+        for i in range(len(tokens), cfg["vocab_size"]):
+            tokens.append(f"[PAD{i}]")
+            types.append(TokenType.UNUSED)
+        merges, bos, eos = tokenizer["merges"], tokenizer["bos"], tokenizer["eos"]
+        if tokenizer.get("template"):
+            w.add_chat_template(tokenizer["template"])
+        w.add_add_bos_token(tokenizer.get("add_bos", False))
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
-    w.add_bos_token_id(cfg.get("bos_token_id") or 0)
-    w.add_eos_token_id(cfg.get("eos_token_id") or 1)
+    w.add_bos_token_id(bos)
+    w.add_eos_token_id(eos)
     for name, spec in tensors.items():
         kind = spec[0]
         if kind == "f32":
@@ -104,6 +164,11 @@ def write_deepseek2_gguf(path, cfg: dict, tensors: dict) -> None:
             w.add_tensor(name, q8_0_blocks(spec[1], spec[2]), raw_dtype=GGMLQuantizationType.Q8_0)
         elif kind == "q4_0":
             w.add_tensor(name, q4_0_blocks(spec[1], spec[2]), raw_dtype=GGMLQuantizationType.Q4_0)
+        elif kind == "quant":
+            from gguf import quants
+
+            w.add_tensor(name, quants.quantize(np.ascontiguousarray(spec[2], dtype=np.float32), spec[1]),
+                         raw_dtype=spec[1])
         else:
             raise ValueError(f"{name}: unknown tensor kind {kind!r}")
     w.write_header_to_file()
@@ -112,9 +177,10 @@ def write_deepseek2_gguf(path, cfg: dict, tensors: dict) -> None:
     w.close()
 
 
-def gguf_tensors_from_hf(state: dict, cfg: dict) -> dict:
+def gguf_tensors_from_hf(state: dict, cfg: dict, layout: str = "split") -> dict:
     """HF DeepseekV2/V3 tensors (name -> float tensor/array) -> gguf name -> ("f32", array),
-    as llama.cpp's converter lays them out (kv_b split into attn_k_b / attn_v_b)."""
+    as llama.cpp's converter lays them out (kv_b split into attn_k_b / attn_v_b; with
+    layout="legacy" kept whole as attn_kv_b)."""
     def f32(name):
         t = state[name]
         return ("f32", np.ascontiguousarray(t.float().numpy() if hasattr(t, "float") else t, dtype=np.float32))
@@ -137,9 +203,14 @@ def gguf_tensors_from_hf(state: dict, cfg: dict) -> dict:
                 out[f"blk.{i}.{gg}.weight"] = f32(p + hf + ".weight")
         if p + "mlp.gate.e_score_correction_bias" in state:
             out[f"blk.{i}.exp_probs_b.bias"] = f32(p + "mlp.gate.e_score_correction_bias")
-        kv = np.asarray(state[p + "self_attn.kv_b_proj.weight"].float().numpy()).reshape(H, nope + v, R)
-        out[f"blk.{i}.attn_k_b.weight"] = ("f32", np.ascontiguousarray(kv[:, :nope].transpose(0, 2, 1)))
-        out[f"blk.{i}.attn_v_b.weight"] = ("f32", np.ascontiguousarray(kv[:, nope:]))
+        if layout == "legacy":
+            out[f"blk.{i}.attn_kv_b.weight"] = f32(p + "self_attn.kv_b_proj.weight")
+            kv = None
+        else:
+            kv = np.asarray(state[p + "self_attn.kv_b_proj.weight"].float().numpy()).reshape(H, nope + v, R)
+        if kv is not None:
+            out[f"blk.{i}.attn_k_b.weight"] = ("f32", np.ascontiguousarray(kv[:, :nope].transpose(0, 2, 1)))
+            out[f"blk.{i}.attn_v_b.weight"] = ("f32", np.ascontiguousarray(kv[:, nope:]))
         if p + "mlp.experts.0.gate_proj.weight" in state:
             for part, gg in (("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps"), ("down_proj", "ffn_down_exps")):
                 out[f"blk.{i}.{gg}.weight"] = ("f32", np.stack([

@@ -347,6 +347,10 @@ def to_codes(qw: QuantizedWeight) -> dict[str, Tensor]:
 
 def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> Tensor:
     """The weight the quantized one stands for: [out, in] in ``dtype``."""
+    if qw.layout == "gguf":   # kernels.kquant.GGUFWeight: ggml blocks read in place
+        from kernels import kquant
+
+        return kquant.dequantize(qw, dtype)
     n, k = qw.shape
     portable = to_codes(qw)
     if qw.mode == "int8":
@@ -469,6 +473,10 @@ def quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
     or aten's packed int4 kernel (bf16 activations)."""
     if qw.layout == NATIVE:
         return _native_linear(x, qw)
+    if qw.layout == "gguf":   # kernels.kquant.GGUFWeight: ggml blocks read in place
+        from kernels import kquant
+
+        return kquant.linear(x, qw)
     if x.is_cuda and qw.layout in ("codes", "nibbles") and _triton_cuda():
         from kernels import triton_ops
 

@@ -42,6 +42,11 @@ class Engine:
         one and the model is not quantized; CPU bf16 today). ``progress(fraction)`` is called as
         layers load (from the loading thread)."""
         folder = Path(path).expanduser()
+        if folder.is_file():  # a GGUF file: its own quantized types, tokenizer and template
+            from local_engine.gguf_loader import load_engine
+
+            return load_engine(cls, folder, device=device, dtype=_dtype(dtype), quant=quant,
+                               max_seq_len=max_seq_len, max_batch=max_batch, progress=progress)
         if not folder.is_dir():
             raise ModelError(f"{folder}: not a folder (expected an HF model folder with config.json)")
         if quant not in (None, "int8", "int4"):

@@ -1,5 +1,5 @@
-"""The checkpoint's own tokenizer (tokenizer.json) and chat template (tokenizer_config.json),
-rendered in a sandboxed Jinja environment; plus incremental, UTF-8-safe detokenization."""
+"""The checkpoint's own tokenizer (tokenizer.json, or a GGUF file's ``tokenizer.ggml.*``) and chat
+template (chat_template.jinja, tokenizer_config.json or the GGUF metadata), rendered in a sandboxed Jinja environment; plus incremental, UTF-8-safe detokenization."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Tokenizer:
         if not path.is_file():
             raise ModelError(f"{path}: missing (the model folder needs its tokenizer.json)")
         try:
-            self._tok = HFTokenizer.from_file(str(path))
+            tok = HFTokenizer.from_file(str(path))
         except Exception as e:
             raise ModelError(f"{path}: unreadable tokenizer ({e})") from None
         cfg_path = folder / "tokenizer_config.json"
@@ -36,20 +36,44 @@ class Tokenizer:
                 cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise ModelError(f"{cfg_path}: unreadable JSON ({e})") from None
-        self.bos_token = _token_text(cfg.get("bos_token"))
-        self.eos_token = _token_text(cfg.get("eos_token"))
-        self.bos_token_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
-        self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
         template = cfg.get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default") or next(iter(named.values()), None)
+        source = cfg_path
+        jinja = folder / "chat_template.jinja"  # transformers >= 4.43 saves the template here
+        if jinja.is_file():
+            try:
+                template = jinja.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ModelError(f"{jinja}: unreadable ({e})") from None
+            source = jinja
+        self._setup(tok, _token_text(cfg.get("bos_token")), _token_text(cfg.get("eos_token")), template, source)
+
+    @classmethod
+    def from_gguf(cls, meta: dict, source) -> "Tokenizer":
+        """The tokenizer a GGUF file describes (``tokenizer.ggml.*``, GPT-2-style byte-level BPE),
+        rebuilt to split text as llama.cpp does; chat template from ``tokenizer.chat_template``."""
+        from local_engine.gguf_tokenizer import build_bpe
+
+        tok, bos, eos = build_bpe(meta, source)
+        self = cls.__new__(cls)
+        self._setup(tok, bos, eos, meta.get("tokenizer.chat_template"), source)
+        self.add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+        return self
+
+    def _setup(self, tok, bos_token, eos_token, template, source) -> None:
+        self._tok = tok
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.bos_token_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
+        self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
         self.chat_template: str | None = template
         # R1-style templates strip earlier reasoning ("</think>" appears in them): such models
         # are started inside a think block, as DeepSeek recommends.
         self.reasoning = bool(template and "</think>" in template)
         self._compiled = None
-        self._source = cfg_path
+        self._source = source
+        self.add_bos = False
 
     @property
     def vocab_size(self) -> int:

@@ -1,0 +1,323 @@
+/* GGUF (ggml) block formats read in place: dequantization and a few-row matmul.
+ *
+ * Plain C + OpenMP, no torch headers; loaded through ctypes by kernels/kquant.py, compiled
+ * with -O3 -march=native -ffp-contract=off (no fused multiply-add in the dequantization, so
+ * every weight comes out bit for bit as ggml's own reference code and gguf-py compute it).
+ *
+ * Types (ggml ids): Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8 (blocks of 32 weights) and
+ * Q4_K 12, Q5_K 13, Q6_K 14 (super-blocks of 256). A matrix is its rows one after another,
+ * each row k / block weights blocks, exactly as the file stores it.
+ *
+ * The matmul dequantizes 256 weights of a row at a time into float32 (from L1) and takes
+ * their dot product with each activation row in float32: no rounding beyond the float32
+ * sums, so the result is the dequantized weights' exact product up to summation order.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#define INLINE static inline __attribute__((always_inline))
+#define MAXM 8
+#define QK 256
+
+INLINE float h2f(uint16_t h) {   /* IEEE half -> float, exact (subnormals included) */
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu, u;
+    if (exp == 0) {
+        if (man == 0) u = sign;
+        else {   /* subnormal: normalise */
+            int e = -1;
+            do { e++; man <<= 1; } while (!(man & 0x400u));
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (exp == 0x1f) u = sign | 0x7f800000u | (man << 13);
+    else u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+INLINE uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+INLINE uint16_t f2bf(float f) {   /* round to nearest even */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* bytes and weights per block */
+static int block_bytes(int type) {
+    switch (type) {
+        case 2: return 18; case 3: return 20; case 6: return 22; case 7: return 24; case 8: return 34;
+        case 12: return 144; case 13: return 176; case 14: return 210;
+        default: return 0;
+    }
+}
+static int block_size(int type) { return type >= 12 ? 256 : 32; }
+
+int kq_block_bytes(int type) { return block_bytes(type); }
+int kq_block_size(int type) { return block_bytes(type) ? block_size(type) : 0; }
+
+/* ---- one block -> floats ---------------------------------------------------------------- */
+
+INLINE void dq_q4_0(const uint8_t *b, float *y) {
+    const float d = h2f(rd16(b));
+    const uint8_t *qs = b + 2;
+    for (int j = 0; j < 16; j++) {
+        y[j] = d * (float)((int)(qs[j] & 15) - 8);
+        y[j + 16] = d * (float)((int)(qs[j] >> 4) - 8);
+    }
+}
+
+INLINE void dq_q4_1(const uint8_t *b, float *y) {
+    const float d = h2f(rd16(b)), m = h2f(rd16(b + 2));
+    const uint8_t *qs = b + 4;
+    for (int j = 0; j < 16; j++) {
+        y[j] = d * (float)(qs[j] & 15) + m;
+        y[j + 16] = d * (float)(qs[j] >> 4) + m;
+    }
+}
+
+INLINE void dq_q5_0(const uint8_t *b, float *y) {
+    const float d = h2f(rd16(b));
+    uint32_t qh;
+    memcpy(&qh, b + 2, 4);
+    const uint8_t *qs = b + 6;
+    for (int j = 0; j < 16; j++) {
+        int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+        y[j] = d * (float)(((qs[j] & 15) | h0) - 16);
+        y[j + 16] = d * (float)(((qs[j] >> 4) | h1) - 16);
+    }
+}
+
+INLINE void dq_q5_1(const uint8_t *b, float *y) {
+    const float d = h2f(rd16(b)), m = h2f(rd16(b + 2));
+    uint32_t qh;
+    memcpy(&qh, b + 4, 4);
+    const uint8_t *qs = b + 8;
+    for (int j = 0; j < 16; j++) {
+        int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+        y[j] = d * (float)((qs[j] & 15) | h0) + m;
+        y[j + 16] = d * (float)((qs[j] >> 4) | h1) + m;
+    }
+}
+
+INLINE void dq_q8_0(const uint8_t *b, float *y) {
+    const float d = h2f(rd16(b));
+    const int8_t *qs = (const int8_t *)(b + 2);
+    for (int j = 0; j < 32; j++) y[j] = (float)qs[j] * d;
+}
+
+INLINE void scale_min_k4(int j, const uint8_t *q, int *d, int *m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+INLINE void dq_q4_k(const uint8_t *b, float *y) {
+    const float d = h2f(rd16(b)), dmin = h2f(rd16(b + 2));
+    const uint8_t *sc = b + 4, *q = b + 16;
+    for (int j = 0, is = 0; j < QK; j += 64, is += 2, q += 32) {
+        int s, m;
+        scale_min_k4(is, sc, &s, &m);
+        const float d1 = d * (float)s, m1 = dmin * (float)m;
+        scale_min_k4(is + 1, sc, &s, &m);
+        const float d2 = d * (float)s, m2 = dmin * (float)m;
+        for (int l = 0; l < 32; l++) y[j + l] = d1 * (float)(q[l] & 15) - m1;
+        for (int l = 0; l < 32; l++) y[j + 32 + l] = d2 * (float)(q[l] >> 4) - m2;
+    }
+}
+
+INLINE void dq_q5_k(const uint8_t *b, float *y) {
+    const float d = h2f(rd16(b)), dmin = h2f(rd16(b + 2));
+    const uint8_t *sc = b + 4, *qh = b + 16, *ql = b + 48;
+    int u1 = 1, u2 = 2;
+    for (int j = 0, is = 0; j < QK; j += 64, is += 2, ql += 32, u1 <<= 2, u2 <<= 2) {
+        int s, m;
+        scale_min_k4(is, sc, &s, &m);
+        const float d1 = d * (float)s, m1 = dmin * (float)m;
+        scale_min_k4(is + 1, sc, &s, &m);
+        const float d2 = d * (float)s, m2 = dmin * (float)m;
+        for (int l = 0; l < 32; l++) y[j + l] = d1 * (float)((ql[l] & 15) + (qh[l] & u1 ? 16 : 0)) - m1;
+        for (int l = 0; l < 32; l++) y[j + 32 + l] = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+    }
+}
+
+INLINE void dq_q6_k(const uint8_t *b, float *y) {
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    const float d = h2f(rd16(b + 208));
+    for (int n = 0; n < QK; n += 128, ql += 64, qh += 32, sc += 8) {
+        float ds[8];
+        for (int i = 0; i < 8; i++) ds[i] = d * (float)sc[i];
+        for (int l = 0; l < 32; l++) {
+            int is = l / 16;
+            int q1 = (int)((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32;
+            int q2 = (int)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            int q3 = (int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            y[n + l] = ds[is] * (float)q1;
+            y[n + l + 32] = ds[is + 2] * (float)q2;
+            y[n + l + 64] = ds[is + 4] * (float)q3;
+            y[n + l + 96] = ds[is + 6] * (float)q4;
+        }
+    }
+}
+
+/* up to 256 weights (whole blocks) starting at block pointer b -> y; returns weights written */
+INLINE int dq_chunk(int type, const uint8_t *b, int left, float *y) {
+    switch (type) {
+        case 12: dq_q4_k(b, y); return QK;
+        case 13: dq_q5_k(b, y); return QK;
+        case 14: dq_q6_k(b, y); return QK;
+        default: break;
+    }
+    const int bb = block_bytes(type);
+    int n = left < QK ? left : QK;
+    for (int i = 0; i < n; i += 32, b += bb) {
+        switch (type) {
+            case 2: dq_q4_0(b, y + i); break;
+            case 3: dq_q4_1(b, y + i); break;
+            case 6: dq_q5_0(b, y + i); break;
+            case 7: dq_q5_1(b, y + i); break;
+            default: dq_q8_0(b, y + i); break;
+        }
+    }
+    return n;
+}
+
+static void dq_row(int type, const uint8_t *row, int k, float *y) {
+    const int bb = block_bytes(type), bs = block_size(type);
+    for (int i = 0; i < k;) {
+        int n = dq_chunk(type, row + (long)(i / bs) * bb, k - i, y + i);
+        i += n;
+    }
+}
+
+/* rows [n] of a matrix (row stride in bytes) -> out [n][k] float32 or bf16. Returns -1 for
+ * an unknown type or a k that is not whole blocks. */
+int kq_dequant(int type, const uint8_t *w, long stride, long n, int k, void *out, int out_bf16, int nthreads) {
+    if (!block_bytes(type) || k % block_size(type)) return -1;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *buf = out_bf16 ? malloc(sizeof(float) * (size_t)k) : NULL;
+#pragma omp for schedule(static)
+        for (long r = 0; r < n; r++) {
+            if (out_bf16) {
+                dq_row(type, w + r * stride, k, buf);
+                uint16_t *o = (uint16_t *)out + r * (long)k;
+                for (int i = 0; i < k; i++) o[i] = f2bf(buf[i]);
+            } else {
+                dq_row(type, w + r * stride, k, (float *)out + r * (long)k);
+            }
+        }
+        free(buf);
+    }
+    return 0;
+}
+
+/* the rows idx[0..n) of a matrix -> out [n][k] float32 (an embedding lookup) */
+int kq_get_rows(int type, const uint8_t *w, long stride, const int64_t *idx, long n, int k, float *out) {
+    if (!block_bytes(type) || k % block_size(type)) return -1;
+    for (long r = 0; r < n; r++) dq_row(type, w + idx[r] * stride, k, out + r * (long)k);
+    return 0;
+}
+
+/* ---- matmul: y[m][j] = sum_i x[m][i] w[j][i] for m < M <= MAXM -------------------------- */
+
+INLINE float dot16(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    for (int i = 0; i < n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
+    float s = 0.f;
+    for (int l = 0; l < 16; l++) s += acc[l];
+    return s;
+}
+
+static void row_dot(int type, const uint8_t *row, int k, const float *x, int M, float *out, float *buf) {
+    const int bb = block_bytes(type), bs = block_size(type);
+    float acc[MAXM] = {0};
+    for (int i = 0; i < k;) {
+        int n = dq_chunk(type, row + (long)(i / bs) * bb, k - i, buf);
+        for (int m = 0; m < M; m++) acc[m] += dot16(buf, x + (long)m * k + i, n);
+        i += n;
+    }
+    for (int m = 0; m < M; m++) out[m] = acc[m];
+}
+
+/* x float32 [M][k] (M <= 8), w n rows of stride bytes -> y float32 [M][ldy]. */
+int kq_gemm(int type, const float *x, int M, int k, const uint8_t *w, long stride, long n, float *y, long ldy,
+            int nthreads) {
+    if (!block_bytes(type) || k % block_size(type) || M > MAXM || M < 1) return -1;
+    if (n * stride < (32L << 10)) nthreads = 1;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float buf[QK] __attribute__((aligned(64)));
+        float out[MAXM];
+#pragma omp for schedule(static)
+        for (long j = 0; j < n; j++) {
+            row_dot(type, w + j * stride, k, x, M, out, buf);
+            for (int m = 0; m < M; m++) y[m * ldy + j] = out[m];
+        }
+    }
+    return 0;
+}
+
+/* One token through SwiGLU experts stored as GGUF blocks: for each chosen expert e (and the
+ * shared one when shared >= 0, weight 1), h = silu(gate_e x) * (up_e x), y += w_e * down_e h.
+ * table int64 [E][3]: addresses of gate, up, down rows (row strides gs_, us_, ds_ bytes);
+ * types[3]: their ggml types; x float32 [hidden]; y float32 [hidden]. */
+int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_, int inter, int hidden,
+           const int64_t *idx, const float *wts, int k, int shared, const float *x, float *y, int nthreads) {
+    float *h = malloc(sizeof(float) * (size_t)inter * (k + 1));
+    float *g = malloc(sizeof(float) * (size_t)inter * (k + 1));
+    float *yy = calloc((size_t)hidden * (k + 1), sizeof(float));
+    if (!h || !g || !yy) { free(h); free(g); free(yy); return 1; }
+    int ne = k + (shared >= 0 ? 1 : 0);
+    /* gate and up of all experts: one parallel loop over (expert, row) */
+#pragma omp parallel num_threads(nthreads)
+    {
+        float buf[QK] __attribute__((aligned(64)));
+        float o;
+#pragma omp for schedule(static)
+        for (long t = 0; t < (long)ne * inter * 2; t++) {
+            int e = (int)(t / (2L * inter)), r = (int)(t % (2L * inter));
+            long ex = e < k ? idx[e] : shared;
+            const int64_t *row = table + 3 * ex;
+            if (r < inter) {
+                row_dot(types[0], (const uint8_t *)row[0] + r * gst, hidden, x, 1, &o, buf);
+                g[(long)e * inter + r] = o;
+            } else {
+                row_dot(types[1], (const uint8_t *)row[1] + (r - inter) * ust, hidden, x, 1, &o, buf);
+                h[(long)e * inter + r - inter] = o;
+            }
+        }
+#pragma omp for schedule(static)
+        for (long t = 0; t < (long)ne * inter; t++) {
+            float a = g[t];
+            h[t] = a / (1.f + __builtin_expf(-a)) * h[t];
+        }
+#pragma omp for schedule(static)
+        for (long t = 0; t < (long)ne * hidden; t++) {
+            int e = (int)(t / hidden), r = (int)(t % hidden);
+            long ex = e < k ? idx[e] : shared;
+            const int64_t *row = table + 3 * ex;
+            row_dot(types[2], (const uint8_t *)row[2] + r * dst_, inter, h + (long)e * inter, 1, &o, buf);
+            yy[t] = o;
+        }
+#pragma omp for schedule(static)
+        for (int r = 0; r < hidden; r++) {
+            float s = 0.f;
+            for (int e = 0; e < ne; e++) s += (e < k ? wts[e] : 1.f) * yy[(long)e * hidden + r];
+            y[r] = s;
+        }
+    }
+    free(h); free(g); free(yy);
+    return 0;
+}

@@ -1,0 +1,209 @@
+"""Read a GGUF file's header: metadata and tensor directory (no dependency on the gguf package).
+
+    GGUFFile(path)      .meta (key -> value; arrays as lists), .tensors (name -> TensorInfo),
+                        .read_into(info, out) (os.pread straight into a tensor's memory)
+
+Importing this module does not import torch (``duet doctor`` and discovery read headers with it).
+Each tensor's bytes are read with ``os.pread`` into memory the caller already allocated in
+its final layout, so loading holds no second copy (and maps nothing: a mapped file's pages
+would count against the process on top of the copy).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from local_engine.errors import ModelError
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_NP = {0: "u1", 1: "i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "u1", 10: "<u8", 11: "<i8", 12: "<f8"}
+
+# ggml type id -> (name, weights per block, bytes per block), every type a GGUF file can hold
+GGML_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8),
+    28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
+}
+
+
+# what the local engine runs: dense types, and the ggml block types of kernels/kquant.py
+RUNS_LOCALLY = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+LOCAL_ARCH = "deepseek2"
+
+
+def type_name(t: int) -> str:
+    return GGML_TYPES.get(t, (f"type {t}",))[0]
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # torch order: outermost first (ggml's ne reversed); last = row length
+    type: int
+    offset: int             # absolute file offset of the data
+    nbytes: int
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.type)
+
+
+class GGUFFile:
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self._f = open(self.path, "rb")
+        except OSError as e:
+            raise ModelError(f"{self.path}: cannot open ({e.strerror or e})") from None
+        try:
+            self._parse()
+        except (struct.error, UnicodeDecodeError, ValueError, MemoryError) as e:
+            self._f.close()
+            raise ModelError(f"{self.path}: corrupt GGUF header ({e})") from None
+        except ModelError:
+            self._f.close()
+            raise
+
+    def _read(self, n: int) -> bytes:
+        b = self._f.read(n)
+        if len(b) != n:
+            raise ModelError(f"{self.path}: truncated GGUF header")
+        return b
+
+    def _u(self, fmt: str):
+        return struct.unpack(fmt, self._read(struct.calcsize(fmt)))[0]
+
+    def _str(self) -> str:
+        n = self._u("<Q")
+        if n > 1 << 26:
+            raise ValueError("string too long")
+        return self._read(n).decode("utf-8")
+
+    def _value(self, vtype: int):
+        if vtype in _SCALARS:
+            return self._u(_SCALARS[vtype])
+        if vtype == 8:
+            return self._str()
+        if vtype == 9:
+            item, n = self._u("<I"), self._u("<Q")
+            if item in _SCALARS:
+                import numpy as np
+
+                size = struct.calcsize(_SCALARS[item])
+                arr = np.frombuffer(self._read(n * size), dtype=_NP[item])
+                return [bool(v) for v in arr] if item == 7 else arr.tolist()
+            return [self._value(item) for _ in range(n)]
+        raise ValueError(f"unknown value type {vtype}")
+
+    def _parse(self) -> None:
+        if self._f.read(4) != b"GGUF":
+            raise ModelError(f"{self.path}: not a GGUF file (bad magic)")
+        self.version = self._u("<I")
+        if self.version not in (2, 3):
+            raise ModelError(f"{self.path}: GGUF version {self.version} is not supported (2, 3)")
+        n_tensors, n_kv = self._u("<Q"), self._u("<Q")
+        self.meta: dict = {}
+        for _ in range(n_kv):
+            key = self._str()
+            self.meta[key] = self._value(self._u("<I"))
+        raw = []
+        for _ in range(n_tensors):
+            name = self._str()
+            dims = [self._u("<Q") for _ in range(self._u("<I"))]
+            raw.append((name, dims, self._u("<I"), self._u("<Q")))
+        align = int(self.meta.get("general.alignment", 32))
+        start = -(-self._f.tell() // align) * align
+        size = os.fstat(self._f.fileno()).st_size
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, dims, t, off in raw:
+            if t not in GGML_TYPES:
+                raise ModelError(f"{self.path}: tensor {name}: unknown ggml type {t}")
+            _, bs, bb = GGML_TYPES[t]
+            count = 1
+            for d in dims:
+                count *= d
+            if dims and dims[0] % bs:
+                raise ModelError(f"{self.path}: tensor {name}: row of {dims[0]} is not whole {type_name(t)} blocks")
+            info = TensorInfo(name, tuple(reversed(dims)), t, start + off, count // bs * bb)
+            if info.offset + info.nbytes > size:
+                raise ModelError(f"{self.path}: tensor {name} runs past the end of the file (truncated?)")
+            self.tensors[name] = info
+
+    @property
+    def architecture(self) -> str | None:
+        return self.meta.get("general.architecture")
+
+    def read_into(self, info: TensorInfo, out):
+        """The tensor's raw bytes into ``out`` (a contiguous CPU tensor of exactly that many bytes)."""
+        if not out.is_contiguous() or out.numel() * out.element_size() != info.nbytes:
+            raise ValueError(f"{info.name}: buffer of {out.numel() * out.element_size()} bytes for {info.nbytes}")
+        import torch
+
+        view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
+        fd, done = self._f.fileno(), 0
+        while done < info.nbytes:
+            n = os.preadv(fd, [view[done:]], info.offset + done)
+            if n <= 0:
+                raise ModelError(f"{self.path}: tensor {info.name}: short read (file truncated?)")
+            done += n
+        return out
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class Summary:
+    architecture: str | None
+    context_length: int | None
+    types: dict[str, int]              # type name -> tensor count
+    unsupported: list[tuple[str, str]]  # (tensor, type) the local engine does not run
+    split: int                         # shards of a split file (1: a single file)
+
+    @property
+    def runs_locally(self) -> bool:
+        return self.architecture == LOCAL_ARCH and not self.unsupported and self.split <= 1
+
+    def why(self) -> str:
+        """Which backends can serve the file, and why, in one line."""
+        kinds = ", ".join(sorted(self.types))
+        if self.architecture != LOCAL_ARCH:
+            return f"architecture {self.architecture!r}: llama.cpp only (the local engine runs deepseek2)"
+        if self.split > 1:
+            return (f"deepseek2 split into {self.split} files: llama.cpp only (merge the shards into one "
+                    f"file with llama-gguf-split --merge for the local engine)")
+        if self.unsupported:
+            name, kind = self.unsupported[0]
+            return (f"deepseek2 with {kind} tensors ({name}): llama.cpp only (the local engine runs "
+                    f"{', '.join(RUNS_LOCALLY)})")
+        return (f"deepseek2 ({kinds}): local (Duet's engine: latent MLA cache, fused MoE, the file's "
+                f"blocks run as stored) or llama.cpp")
+
+
+def summarize(path) -> Summary:
+    """Architecture, tensor types and whether the local engine runs the file (header only)."""
+    f = GGUFFile(path)
+    f.close()
+    arch = f.architecture
+    types: dict[str, int] = {}
+    bad = []
+    for info in f.tensors.values():
+        types[info.type_name] = types.get(info.type_name, 0) + 1
+        if info.type_name not in RUNS_LOCALLY:
+            bad.append((info.name, info.type_name))
+    ctx = f.meta.get(f"{arch}.context_length")
+    return Summary(arch, int(ctx) if ctx else None, types, bad, int(f.meta.get("split.count", 1) or 1))
