@@ -11,6 +11,7 @@ from app.config import Config, RoleConfig, Sampling
 from app.discovery import Found
 from app.store import SessionStore
 from app.tui.app import DuetApp
+from textual.widgets import TextArea
 
 PLAN = """## Plan
 
@@ -53,20 +54,37 @@ def seeded_app(tmp_path, **kw) -> DuetApp:
     return DuetApp(config(), store=store, load_models=False, resume=True, **kw)
 
 
+def steady(*keys: str):
+    """Press ``keys``, then stop every text cursor blinking, so a snapshot never depends on
+    where in its blink the cursor was caught."""
+    async def run_before(pilot) -> None:
+        await pilot.pause()
+        for area in pilot.app.screen.query(TextArea):
+            area.cursor_blink = False
+        for key in keys:
+            await pilot.press(key)
+        await pilot.pause()
+        for area in pilot.app.screen.query(TextArea):
+            area.cursor_blink = False
+        await pilot.pause()
+
+    return run_before
+
+
 def test_snapshot_chat_with_a_resumed_session(snap_compare, tmp_path):
-    assert snap_compare(seeded_app(tmp_path), terminal_size=(120, 40))
+    assert snap_compare(seeded_app(tmp_path), terminal_size=(120, 40), run_before=steady())
 
 
 def test_snapshot_chat_on_a_narrow_terminal(snap_compare, tmp_path):
-    assert snap_compare(seeded_app(tmp_path), terminal_size=(80, 40))
+    assert snap_compare(seeded_app(tmp_path), terminal_size=(80, 40), run_before=steady())
 
 
 def test_snapshot_expanded_trace_with_the_pane_hidden(snap_compare, tmp_path):
-    assert snap_compare(seeded_app(tmp_path), press=["f2", "f2", "ctrl+t"], terminal_size=(100, 40))
+    assert snap_compare(seeded_app(tmp_path), run_before=steady("f2", "f2", "ctrl+t"), terminal_size=(100, 40))
 
 
 def test_snapshot_hand_off_plan_editor(snap_compare, tmp_path):
-    assert snap_compare(seeded_app(tmp_path), press=["ctrl+o"], terminal_size=(100, 30))
+    assert snap_compare(seeded_app(tmp_path), run_before=steady("ctrl+o"), terminal_size=(100, 30))
 
 
 def test_snapshot_first_run(snap_compare, tmp_path, monkeypatch):
