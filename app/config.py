@@ -189,6 +189,8 @@ def parse_config(data: dict, *, source: str = BUILTIN, base: Path | None = None)
     if ui.thinking_pane not in ("side", "below", "hidden"):
         raise ConfigError(source, "ui.thinking_pane", f'must be "side", "below" or "hidden", got "{ui.thinking_pane}"')
     ws = WorkspaceConfig(**_parse_flat(data.get("workspace", {}), WORKSPACE_KEYS, source, "workspace"))
+    if ws.test_timeout <= 0:
+        raise ConfigError(source, "workspace.test_timeout", f"must be a positive number of seconds, got {ws.test_timeout:g}")
     return Config(reasoner=reasoner, coder=coder, ui=ui, workspace=ws, source=source)
 
 

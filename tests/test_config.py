@@ -94,6 +94,9 @@ def test_relative_model_path_is_relative_to_the_config_file(tmp_path, gguf_file)
     ('reasoner = 3\n', "reasoner", "must be a table"),
     ('[ui.keymap]\n"chat.hand_off" = 6\n', "ui.keymap.chat.hand_off", "must be a string"),
     ('[ui]\nthinking_pane = "left"\n', "ui.thinking_pane", "side"),
+    ('[workspace]\ntest = ["pytest"]\n', "workspace.test", "must be"),
+    ('[workspace]\ntest_timeout = 0\n', "workspace.test_timeout", "positive"),
+    ('[workspace]\ntest_timout = 5\n', "workspace.test_timout", 'did you mean "test_timeout"'),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, key, words):
     path = write(tmp_path, text)
@@ -152,3 +155,8 @@ def test_platform_config_file_is_found(tmp_path):
 def test_ui_keymap_is_read_as_binding_ids_to_keys(tmp_path):
     config = load_config(write(tmp_path, '[ui.keymap]\n"chat.hand_off" = "f6"\n'))
     assert dict(config.ui.keymap) == {"chat.hand_off": "f6"}
+
+
+def test_the_workspace_test_command_and_its_timeout_are_read(tmp_path):
+    config = load_config(write(tmp_path, '[workspace]\ntest = "python -m pytest -q"\ntest_timeout = 90\n'))
+    assert (config.workspace.test, config.workspace.test_timeout) == ("python -m pytest -q", 90.0)

@@ -11,6 +11,7 @@ from app.config import Config, RoleConfig, Sampling
 from app.discovery import Found
 from app.store import SessionStore
 from app.tui.app import DuetApp
+from textual.widgets import TextArea
 
 PLAN = """## Plan
 

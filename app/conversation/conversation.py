@@ -19,6 +19,7 @@ The history holds answers only: a reasoner's trace is kept in the store, never r
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -61,10 +62,13 @@ class Conversation:
 
     def prepare(self, request: str, role: str = "auto", *, plan: Plan | str | None = None,
                 history: list[ChatMessage] | None = None, author: str = "you",
-                extra_files: tuple[str, ...] = ()) -> Routed:
+                extra_files: tuple[str, ...] = (), intent: str | None = None) -> Routed:
         """Route ``request`` once and build its turn. ``plan`` overrides the current plan (an
-        edited hand-off). Raises DuetError for a bad role."""
+        edited hand-off); ``intent`` is the core's own rounds' (a fix is an edit, whatever words
+        the test output holds). Raises DuetError for a bad role."""
         decision = self.route(request, role)
+        if intent is not None and intent != decision.intent:
+            decision = dataclasses.replace(decision, intent=intent, why=f"{author}: {intent}")
         if isinstance(plan, str):
             plan = Plan(plan, self.plan.message_id if self.plan else None)
         if decision.role == "coder" and plan is None:
@@ -181,8 +185,9 @@ class Conversation:
             if number == self.rounds:
                 yield FlowEnded("failed", number, (f"tests still fail after {number} round(s)",))
                 return
-            source = self._fix_turn(result, changes, number, lang)
-            yield from self._stream(source, cancel, author=f"duet → coder · test fix {number} of {self.rounds - 1}")
+            author = f"duet → coder · test fix {number} of {self.rounds - 1}"
+            source = self._fix_turn(result, changes, lang, author)
+            yield from self._stream(source, cancel, author=author)
             if source.result.status != "done":
                 yield FlowEnded("cancelled" if source.result.status == "cancelled" else "failed", number)
                 return
@@ -196,20 +201,21 @@ class Conversation:
             if cancel.is_set():
                 return None
             yield Notice(f"Some edit blocks did not apply: asking the coder again (round {number} of {MAX_ROUNDS}).")
-            turn = self.prepare(prompt, "coder").turn
-            yield from self._stream(turn, cancel, author=f"duet → coder · retry {number} of {MAX_ROUNDS}")
+            author = f"duet → coder · retry {number} of {MAX_ROUNDS}"
+            turn = self.prepare(prompt, "coder", intent="edit", author=author).turn
+            yield from self._stream(turn, cancel, author=author)
             return turn.result.answer if turn.result.status == "done" else None
 
         changes = yield from revising(self.workspace, reply, ask_coder, lang=lang)
         return changes
 
-    def _fix_turn(self, result: TestResult, changes, number: int, lang: str) -> Turn:
+    def _fix_turn(self, result: TestResult, changes, lang: str, author: str) -> Turn:
         from app.prompts import render
 
         text = render(f"coder-test-fix.{lang}", command=result.command,
                       output=failure_summary(result.output).replace("```", "'''"))
         paths = tuple(e.path for e in changes.edits)
-        return self.prepare(text, "coder", extra_files=paths).turn
+        return self.prepare(text, "coder", extra_files=paths, intent="edit", author=author).turn
 
     def test(self, number: int, cancel: threading.Event | None = None, *, message_id: int | None = None,
              command: str | None = None) -> Iterator:
