@@ -102,7 +102,7 @@ def report() -> list[tuple[str, str]]:
     elif cpu_native.lib() is None:
         rows.append(("native kernels", "off (they did not build here: see the warning above; PyTorch's run)"))
     else:
-        isa = {512: "AVX-512", 256: "AVX2+FMA", 0: "plain C"}.get(cpu_native.isa(), str(cpu_native.isa()))
+        isa = {"avx512": "AVX-512", "avx2": "AVX2+FMA", "scalar": "plain C"}.get(cpu_native.isa(), cpu_native.isa())
         rows.append(("native kernels", f"on ({isa} build)"))
     return rows
 

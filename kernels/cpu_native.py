@@ -89,8 +89,9 @@ def _cpu_flags() -> bytes:
 
 
 def flags(march: str | None = None) -> list[str]:
-    """The compiler flags for a target: ``march`` or ``$DUET_NATIVE_MARCH`` or "native"."""
-    m = (march or os.environ.get("DUET_NATIVE_MARCH") or "native").strip()
+    """The compiler flags for a target: ``march`` or ``$DUET_NATIVE_MARCH`` or what the CPU level
+    ``DUET_CPU`` forces on x86-64 (avx2: haswell, scalar: x86-64) or "native"."""
+    m = (march or os.environ.get("DUET_NATIVE_MARCH") or _forced_march() or "native").strip()
     if m.startswith("-"):
         target = m.split()
     elif platform.machine().lower() in _X86:
@@ -98,6 +99,17 @@ def flags(march: str | None = None) -> list[str]:
     else:   # ARM64 and the rest: gcc and clang take -mcpu=native there (-march=native is x86's)
         target = [f"-mcpu={m}"]
     return [*BASE_FLAGS, *target]
+
+
+def _forced_march() -> str | None:
+    from kernels.capability import forced_level
+
+    if platform.machine().lower() not in _X86:
+        return None
+    try:
+        return {"avx2": "haswell", "scalar": "x86-64"}.get(forced_level())
+    except ValueError:
+        return None  # a bad DUET_CPU is reported where the engine loads
 
 
 def build(cache_dir: Path | None = None, cc: str | None = None, march: str | None = None,

@@ -5,6 +5,7 @@ bf16 as it does on an AVX2-only CPU (the crash of issue 15)."""
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,19 @@ def test_a_bf16_model_loads_and_generates_where_onednn_refuses_bf16(bf16_model):
     assert "AVX-512" in got["why"] or "refused" in got["why"]
     plain = Engine.load(bf16_model, dtype="bfloat16", max_seq_len=64, pack=False)
     assert got["tokens"] == _greedy(plain, 8)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 build targets")
+@pytest.mark.parametrize("level,isa", [("avx2", "avx2"), ("scalar", "scalar")])
+def test_a_forced_level_builds_the_native_kernels_for_that_level(level, isa, tmp_path):
+    env = dict(os.environ, DUET_CPU=level, DUET_KERNEL_CACHE=str(tmp_path), PYTHONPATH=str(ROOT))
+    env.pop("DUET_NATIVE_MARCH", None)
+    code = "from kernels import capability, cpu_native; print(cpu_native.isa()); print(dict(capability.report())['native kernels'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    built, row = out.stdout.strip().splitlines()[-2:]
+    assert built == isa
+    assert row.startswith("on (") and ("AVX2" in row if isa == "avx2" else "plain C" in row)
 
 
 def test_doctor_shows_which_engine_paths_this_cpu_gets(bf16_model, tmp_path):
