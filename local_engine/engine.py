@@ -36,6 +36,7 @@ class Engine:
         self.max_seq_len, self.max_batch, self.path = max_seq_len, max_batch, path
         self._held: list[int] = []  # the tokens whose latent-cache rows (batch row 0) are valid, from position 0
         self._mtp_rows = 0  # MTP cache rows 0.._mtp_rows-1 are valid (row p pairs h_p with token p+1)
+        self._hidden = _HiddenRows()  # main hidden states the MTP rows have not taken in yet (MTP models)
         self.draft_length = DraftLength()  # adapts the MTP draft length; k_max=0 turns drafting off
         self.last_stats: dict[str, int] = {}
 
@@ -108,13 +109,17 @@ class Engine:
             raise
         if contiguous:
             self._held = self._held[:start_pos] + [int(t) for t in new]
+            if self.has_mtp:
+                self._hidden.add(start_pos, self.model.last_hidden[0])
         return logits
 
     def _forget_from(self, pos: int, keep_rows: int | None = None) -> None:
         """Tokens at pos and after may change: MTP rows that pair with them are invalid; the
         main rows from ``keep_rows`` (default pos) on are forgotten."""
         self._mtp_rows = min(self._mtp_rows, max(pos - 1, 0))
-        del self._held[pos if keep_rows is None else min(pos, keep_rows):]
+        keep = pos if keep_rows is None else min(pos, keep_rows)
+        del self._held[keep:]
+        self._hidden.trim(keep)
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -122,6 +127,7 @@ class Engine:
         for layer in list(self.model.layers) + [m.block for m in self.model.mtp]:
             layer.attn.cache.zero_()
         self._held, self._mtp_rows = [], 0
+        self._hidden = _HiddenRows()
 
     @property
     def has_mtp(self) -> bool:
@@ -215,13 +221,14 @@ class Engine:
         also drafts the first token), drafts k-1 more on its own hidden state, the main model
         verifies [next, drafts] in one forward, and the cache forgets the rejected rows."""
         n, greedy = len(ids), temperature <= 0
-        # MTP row p needs h_p: prefill from where the MTP rows still hold (their hidden states are gone)
-        valid = min(self._mtp_rows, max(_common_prefix(self._held, ids) - 1, 0))
-        start = min(valid, n - 1)
-        logits = self._prefill(ids, start)
+        shared = _common_prefix(self._held, ids)
+        valid = min(self._mtp_rows, max(shared - 1, 0))  # MTP rows whose tokens are unchanged
+        # MTP row p needs h_p: the kept hidden states reach up to `known`; prefill from there on
+        h = self._hidden
+        known = min(h.end, shared) if h.rows and h.start <= valid else valid
+        logits = self._prefill(ids, min(max(valid, known), n - 1))
         stats = self.last_stats
-        mtp_from, pending = start, self.model.last_hidden[0]  # MTP rows from mtp_from need these hidden rows
-        self._mtp_rows = mtp_from
+        self._mtp_rows = valid
         nxt = sample(logits[-1], temperature, top_p, gen)
         pos = n  # cache rows 0..pos-1 hold committed tokens; nxt goes to pos
         policy = self.draft_length
@@ -234,10 +241,13 @@ class Engine:
                 return
             k = min(policy.next(), max_new_tokens - stats["generated"], self.max_seq_len - pos - 1)
             drafts, qs = [], []
+            mtp_rows = self._mtp_rows
             if k > 0:
-                # catch up: rows mtp_from..pos-1 pair the main hidden states with the tokens after them
-                x = self._mtp_hidden(self._held[mtp_from + 1:pos] + [nxt], pending, mtp_from)[-1:]
-                mtp_from, self._mtp_rows = pos, pos
+                # catch up: rows mtp_rows..pos-1 pair the main hidden states with the tokens after them
+                x = self._mtp_hidden(self._held[mtp_rows + 1:pos] + [nxt], self._hidden.since(mtp_rows), mtp_rows)
+                x = x[-1:]
+                mtp_rows = pos
+                self._hidden.trim_front(pos)
                 for j in range(k):
                     d_logits, q = self._draft_probs(x[-1:], temperature, top_p)
                     d = int(d_logits.argmax()) if greedy else draw(q, gen)
@@ -246,7 +256,6 @@ class Engine:
                     if j + 1 < k:  # the next draft reads this module's own hidden state at pos + j
                         x = self._mtp_hidden([d], x[-1:], pos + j)
             logits = self.forward(torch.tensor([[nxt] + drafts]), pos)[0]  # [1 + k, vocab]
-            hidden = self.model.last_hidden[0]
             accepted, after = 0, None
             for j, d in enumerate(drafts):
                 if greedy:
@@ -264,11 +273,7 @@ class Engine:
             stats["accepted"] += accepted
             # keep rows pos..pos+accepted (nxt and the accepted drafts); the rejected rows are forgotten
             self._forget_from(pos + 1 + accepted)
-            self._mtp_rows = min(mtp_from, pos)
-            if k > 0:
-                pending = hidden[:accepted + 1]
-            else:
-                pending = torch.cat([pending, hidden[:1]])
+            self._mtp_rows = mtp_rows  # (the MTP rows' tokens all stand)
             for d in drafts[:accepted]:
                 if cancel is not None and cancel.is_set() or d in stops:
                     return
@@ -282,6 +287,45 @@ class Engine:
         if self.tokenizer is None:
             raise ModelError(f"{self.path}: no tokenizer.json")
         return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+
+class _HiddenRows:
+    """Main-model hidden states [dim] of consecutive positions start..end-1, kept in chunks."""
+
+    def __init__(self):
+        self.start, self.rows, self.chunks = 0, 0, []
+
+    @property
+    def end(self) -> int:
+        return self.start + self.rows
+
+    def add(self, pos: int, rows: torch.Tensor) -> None:
+        if not self.rows or pos != self.end:
+            self.start, self.rows, self.chunks = pos, 0, []
+        self.chunks.append(rows)
+        self.rows += rows.shape[0]
+
+    def since(self, pos: int) -> torch.Tensor:
+        """Rows for positions pos..end-1 (pos >= start)."""
+        if len(self.chunks) > 1:
+            self.chunks = [torch.cat(self.chunks)]
+        return self.chunks[0][pos - self.start:]
+
+    def trim(self, end: int) -> None:
+        """Forget positions end and after."""
+        if end <= self.start:
+            self.start, self.rows, self.chunks = end, 0, []
+        elif end < self.end:
+            self.chunks = [self.since(self.start)[:end - self.start]]
+            self.rows = end - self.start
+
+    def trim_front(self, pos: int) -> None:
+        """Forget positions before pos."""
+        if pos >= self.end:
+            self.start, self.rows, self.chunks = pos, 0, []
+        elif pos > self.start:
+            self.chunks = [self.since(pos)]
+            self.start, self.rows = pos, self.end - pos
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
