@@ -21,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.6)
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--seed", type=int)
+    g.add_argument("--speculative", choices=["mtp"],
+                   help="draft with the checkpoint's MTP module and verify (same greedy output, same distribution)")
     g.add_argument("--raw", action="store_true", help="feed PROMPT as is, without the chat template")
     g.add_argument("prompt")
     b = sub.add_parser("bench", help="Duet vs transformers on the same weights (see bench/)")
@@ -58,7 +60,7 @@ def generate(args) -> int:
             stream.flush()
 
     for token in engine.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                 top_p=args.top_p, seed=args.seed):
+                                 top_p=args.top_p, seed=args.seed, speculative=args.speculative):
         piece = text.add(token)
         if splitter is None:
             sys.stdout.write(piece)

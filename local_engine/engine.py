@@ -13,6 +13,7 @@ from local_engine.config import ModelArgs
 from local_engine.errors import InputError, ModelError
 from local_engine.loader import _release_free_memory
 from local_engine.model import Transformer
+from local_engine.speculative import DraftLength, accept_or_resample, draw, sampling_probs
 from local_engine.tokenizer import Tokenizer
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
@@ -34,13 +35,20 @@ class Engine:
         self.model, self.args, self.tokenizer = model, args, tokenizer
         self.device, self.dtype = torch.device(device), dtype
         self.max_seq_len, self.max_batch, self.path = max_seq_len, max_batch, path
+        self._held: list[int] = []  # the tokens whose latent-cache rows (batch row 0) are valid, from position 0
+        self._mtp_rows = 0  # MTP cache rows 0.._mtp_rows-1 are valid (row p pairs h_p with token p+1)
+        self._hidden = _HiddenRows()  # main hidden states the MTP rows have not taken in yet (MTP models)
+        self.draft_length = DraftLength()  # adapts the MTP draft length; k_max=0 turns drafting off
+        self.last_stats: dict[str, int] = {}
 
     @classmethod
     def load(cls, path, *, device="cpu", dtype="bfloat16", quant=None, max_seq_len=4096, max_batch=1,
-             pack: bool | None = None, progress: Callable[[float], None] | None = None) -> "Engine":
+             pack: bool | None = None, progress: Callable[[float], None] | None = None,
+             mtp: bool = True) -> "Engine":
         """``pack``: pre-pack dense weights for the device's fast matmul (default: on when it has
         one and the model is not quantized; CPU bf16 today). ``progress(fraction)`` is called as
-        layers load (from the loading thread)."""
+        layers load (from the loading thread). ``mtp``: also load the checkpoint's MTP module
+        (DeepSeek-V3/R1's ``model.layers.{num_hidden_layers}``), which ``speculative="mtp"`` drafts with."""
         folder = Path(path).expanduser()
         if folder.is_file():  # a GGUF file: its own quantized types, tokenizer and template
             from local_engine.gguf_loader import load_engine
@@ -78,8 +86,10 @@ class Engine:
 
                 model = load_model(folder, args, dtype=torch_dtype, device=device, max_batch=max_batch,
                                    max_seq_len=max_seq_len, quant=quant, pack=quant is None if pack is None else pack,
-                                   progress=progress)
-            for layer in model.layers:
+                                   progress=progress, mtp=mtp)
+            if not mtp:
+                model.mtp = type(model.mtp)()
+            for layer in list(model.layers) + [m.block for m in model.mtp]:
                 layer.attn.fuse_qkv_a_()  # packed weights only; a no-op otherwise
                 _release_free_memory()
         return cls(model, args, tokenizer, device=device, dtype=torch_dtype, max_seq_len=max_seq_len,
@@ -89,19 +99,49 @@ class Engine:
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        """tokens [B, T] -> logits [B, T, vocab] (float32); fills the cache from start_pos."""
+        """tokens [B, T] -> logits [B, T, vocab] (float32); fills the cache from start_pos.
+
+        What the cache holds is remembered for ``generate``'s prefix reuse: the rows before
+        start_pos stay, the rows written here hold ``tokens[0]``."""
         B, T = tokens.shape
         if B > self.max_batch:
             raise InputError(f"batch {B} exceeds max_batch {self.max_batch}")
         if start_pos + T > self.max_seq_len:
             raise InputError(f"{start_pos + T} tokens exceed max_seq_len {self.max_seq_len}")
-        return self.model(tokens.to(self.device), start_pos)
+        new = tokens[0].tolist()
+        contiguous = start_pos <= len(self._held)
+        if contiguous:  # rows from the first token that differs on no longer hold what they did
+            self._forget_from(start_pos + _common_prefix(self._held[start_pos:], new), keep_rows=start_pos)
+        try:
+            logits = self.model(tokens.to(self.device), start_pos)
+        except BaseException:
+            self._forget_from(min(start_pos, len(self._held)))  # a half-written row holds nothing known
+            raise
+        if contiguous:
+            self._held = self._held[:start_pos] + [int(t) for t in new]
+            if self.has_mtp:
+                self._hidden.add(start_pos, self.model.last_hidden[0])
+        return logits
+
+    def _forget_from(self, pos: int, keep_rows: int | None = None) -> None:
+        """Tokens at pos and after may change: MTP rows that pair with them are invalid; the
+        main rows from ``keep_rows`` (default pos) on are forgotten."""
+        self._mtp_rows = min(self._mtp_rows, max(pos - 1, 0))
+        keep = pos if keep_rows is None else min(pos, keep_rows)
+        del self._held[keep:]
+        self._hidden.trim(keep)
 
     @torch.no_grad()
     def reset(self) -> None:
         """Forget the context. (Positions are explicit, so this only clears the cache.)"""
-        for layer in self.model.layers:
+        for layer in list(self.model.layers) + [m.block for m in self.model.mtp]:
             layer.attn.cache.zero_()
+        self._held, self._mtp_rows = [], 0
+        self._hidden = _HiddenRows()
+
+    @property
+    def has_mtp(self) -> bool:
+        return len(self.model.mtp) > 0
 
     def cache_bytes_per_token(self) -> int:
         a = self.args
@@ -120,15 +160,27 @@ class Engine:
         return total
 
     def generate(self, prompt_ids, *, max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.95,
-                 stop_ids=None, seed: int | None = None,
+                 stop_ids=None, seed: int | None = None, speculative: str | None = None,
                  cancel: threading.Event | None = None) -> Iterator[int]:
         """Yield new token ids (greedy when temperature is 0). Stops after EOS or a stop id,
-        which is not yielded; after max_new_tokens; at max_seq_len; or when ``cancel`` is set."""
+        which is not yielded; after max_new_tokens; at max_seq_len; or when ``cancel`` is set.
+
+        Only the tokens past the longest prefix shared with what the cache holds (the previous
+        call's prompt and the tokens it fed back) are prefilled. ``speculative="mtp"`` drafts
+        with the checkpoint's MTP module and verifies the drafts in one forward: greedy output is
+        the plain greedy output, sampled output has the plain sampling distribution.
+        ``last_stats`` tells prompt_tokens, cached_tokens, generated, drafted, accepted."""
         ids = [int(i) for i in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
         if not ids:
             raise InputError("empty prompt")
         if len(ids) >= self.max_seq_len:
             raise InputError(f"prompt of {len(ids)} tokens does not fit max_seq_len {self.max_seq_len}")
+        if speculative not in (None, "mtp"):
+            raise InputError(f"speculative={speculative!r} is not supported (None or 'mtp')")
+        if speculative == "mtp" and not self.has_mtp:
+            raise ModelError(f"{self.path}: speculative='mtp' needs the checkpoint's MTP module "
+                             f"(model.layers.{self.args.num_hidden_layers}.*: enorm, hnorm, eh_proj, shared_head, "
+                             f"a block) and this checkpoint has none")
         stops = set(stop_ids or ()) | set(self.args.eos_token_id)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             stops.add(self.tokenizer.eos_token_id)
@@ -137,25 +189,162 @@ class Engine:
             gen.manual_seed(seed)
         else:
             gen.seed()
-        logits = self.forward(torch.tensor([ids]), 0)[0, -1]
-        pos = len(ids)
-        for _ in range(max_new_tokens):
+        run = self._speculative if speculative == "mtp" else self._plain
+        return run(ids, max_new_tokens, temperature, top_p, stops, gen, cancel)
+
+    def _prefill(self, ids: list[int], start: int) -> torch.Tensor:
+        self.last_stats = {"prompt_tokens": len(ids), "cached_tokens": start, "generated": 0,
+                           "drafted": 0, "accepted": 0}
+        return self.forward(torch.tensor([ids[start:]]), start)[0]
+
+    def _plain(self, ids, max_new_tokens, temperature, top_p, stops, gen, cancel) -> Iterator[int]:
+        logits = self._prefill(ids, min(_common_prefix(self._held, ids), len(ids) - 1))[-1]
+        pos, stats = len(ids), self.last_stats
+        while stats["generated"] < max_new_tokens:
             if cancel is not None and cancel.is_set():
                 return
             tok = sample(logits, temperature, top_p, gen)
             if tok in stops:
                 return
+            stats["generated"] += 1
             yield tok
-            if pos >= self.max_seq_len:
+            if stats["generated"] >= max_new_tokens or pos >= self.max_seq_len:
                 return
             logits = self.forward(torch.tensor([[tok]]), pos)[0, -1]
             pos += 1
+
+    @torch.inference_mode()
+    def _mtp_hidden(self, next_tokens: list[int], hidden: torch.Tensor, start: int) -> torch.Tensor:
+        """Run the MTP module at positions start.. over (h_p, token p+1) pairs: hidden [T, dim]."""
+        m, T = self.model, len(next_tokens)
+        emb = m.embed(torch.tensor([next_tokens], device=self.device))
+        return m.mtp[0](emb, hidden[None], start, m.cos[start:start + T], m.sin[start:start + T])[0]
+
+    @torch.inference_mode()
+    def _draft_probs(self, x: torch.Tensor, temperature: float, top_p: float):
+        """x [1, dim] (the MTP hidden state) -> the draft's logits [vocab], and its sampling
+        probabilities (None when greedy)."""
+        logits = self.model.mtp[0].logits(x, self.model.head)[0]
+        return logits, (None if temperature <= 0 else sampling_probs(logits, temperature, top_p))
+
+    def _speculative(self, ids, max_new_tokens, temperature, top_p, stops, gen, cancel) -> Iterator[int]:
+        """Each round: the MTP module catches up on the main model's new hidden states (which
+        also drafts the first token), drafts k-1 more on its own hidden state, the main model
+        verifies [next, drafts] in one forward, and the cache forgets the rejected rows."""
+        n, greedy = len(ids), temperature <= 0
+        shared = _common_prefix(self._held, ids)
+        valid = min(self._mtp_rows, max(shared - 1, 0))  # MTP rows whose tokens are unchanged
+        # MTP row p needs h_p: the kept hidden states reach up to `known`; prefill from there on
+        h = self._hidden
+        known = min(h.end, shared) if h.rows and h.start <= valid else valid
+        logits = self._prefill(ids, min(max(valid, known), n - 1))
+        stats = self.last_stats
+        self._mtp_rows = valid
+        nxt = sample(logits[-1], temperature, top_p, gen)
+        pos = n  # cache rows 0..pos-1 hold committed tokens; nxt goes to pos
+        policy = self.draft_length
+        while True:
+            if cancel is not None and cancel.is_set() or nxt in stops or stats["generated"] >= max_new_tokens:
+                return
+            stats["generated"] += 1
+            yield nxt
+            if stats["generated"] >= max_new_tokens or pos >= self.max_seq_len:
+                return
+            k = min(policy.next(), max_new_tokens - stats["generated"], self.max_seq_len - pos - 1)
+            drafts, qs = [], []
+            mtp_rows = self._mtp_rows
+            if k > 0:
+                # catch up: rows mtp_rows..pos-1 pair the main hidden states with the tokens after them
+                x = self._mtp_hidden(self._held[mtp_rows + 1:pos] + [nxt], self._hidden.since(mtp_rows), mtp_rows)
+                x = x[-1:]
+                mtp_rows = pos
+                self._hidden.trim_front(pos)
+                for j in range(k):
+                    d_logits, q = self._draft_probs(x[-1:], temperature, top_p)
+                    d = int(d_logits.argmax()) if greedy else draw(q, gen)
+                    drafts.append(d)
+                    qs.append(q)
+                    if j + 1 < k:  # the next draft reads this module's own hidden state at pos + j
+                        x = self._mtp_hidden([d], x[-1:], pos + j)
+            logits = self.forward(torch.tensor([[nxt] + drafts]), pos)[0]  # [1 + k, vocab]
+            accepted, after = 0, None
+            for j, d in enumerate(drafts):
+                if greedy:
+                    best = int(logits[j].argmax())
+                    after = None if best == d else best
+                else:
+                    after = accept_or_resample(sampling_probs(logits[j], temperature, top_p), qs[j], d, gen)
+                if after is not None:
+                    break
+                accepted += 1
+            if after is None:
+                after = sample(logits[len(drafts)], temperature, top_p, gen)
+            policy.update(len(drafts), accepted)
+            stats["drafted"] += len(drafts)
+            stats["accepted"] += accepted
+            # keep rows pos..pos+accepted (nxt and the accepted drafts); the rejected rows are forgotten
+            self._forget_from(pos + 1 + accepted)
+            self._mtp_rows = mtp_rows  # (the MTP rows' tokens all stand)
+            for d in drafts[:accepted]:
+                if cancel is not None and cancel.is_set() or d in stops:
+                    return
+                stats["generated"] += 1
+                yield d
+            pos += 1 + accepted
+            nxt = after
 
     def chat_prompt(self, messages) -> list[int]:
         """Token ids of the rendered chat template (R1 models start inside "<think>\\n")."""
         if self.tokenizer is None:
             raise ModelError(f"{self.path}: no tokenizer.json")
         return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+
+class _HiddenRows:
+    """Main-model hidden states [dim] of consecutive positions start..end-1, kept in chunks."""
+
+    def __init__(self):
+        self.start, self.rows, self.chunks = 0, 0, []
+
+    @property
+    def end(self) -> int:
+        return self.start + self.rows
+
+    def add(self, pos: int, rows: torch.Tensor) -> None:
+        if not self.rows or pos != self.end:
+            self.start, self.rows, self.chunks = pos, 0, []
+        self.chunks.append(rows)
+        self.rows += rows.shape[0]
+
+    def since(self, pos: int) -> torch.Tensor:
+        """Rows for positions pos..end-1 (pos >= start)."""
+        if len(self.chunks) > 1:
+            self.chunks = [torch.cat(self.chunks)]
+        return self.chunks[0][pos - self.start:]
+
+    def trim(self, end: int) -> None:
+        """Forget positions end and after."""
+        if end <= self.start:
+            self.start, self.rows, self.chunks = end, 0, []
+        elif end < self.end:
+            self.chunks = [self.since(self.start)[:end - self.start]]
+            self.rows = end - self.start
+
+    def trim_front(self, pos: int) -> None:
+        """Forget positions before pos."""
+        if pos >= self.end:
+            self.start, self.rows, self.chunks = pos, 0, []
+        elif pos > self.start:
+            self.chunks = [self.since(pos)]
+            self.start, self.rows = pos, self.end - pos
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:

@@ -3,8 +3,8 @@
 Each block is built on the meta device and its parameters are filled one checkpoint tensor at
 a time (FP8 dequantized, cast to the target dtype, gate/up written straight into the fused
 w13), then it is optionally quantized and the next block follows. So the process holds the
-weights built so far plus one tensor in flight. Tensors past ``num_hidden_layers`` (DeepSeek's
-MTP layer) are skipped."""
+weights built so far plus one tensor in flight. The layers past ``num_hidden_layers`` (DeepSeek's
+MTP modules) load into ``model.mtp`` the same way unless ``mtp=False``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from kernels import dispatch
 from local_engine.config import ModelArgs
 from local_engine.errors import ModelError
 from local_engine.layers import Linear
-from local_engine.model import Block, Transformer
+from local_engine.model import MTP, Block, Transformer
 from local_engine.safetensors_io import ShardFile
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -47,6 +47,10 @@ _ATTN = {
     "self_attn.indexer.weights_proj.weight": "attn.indexer.weights_proj",
 }
 _MLP = re.compile(r"^mlp\.(?:(shared_experts)\.|experts\.(\d+)\.)?(gate_proj|up_proj|down_proj)\.weight$")
+# an MTP layer's own tensors (the rest of model.layers.{L}.* is its Block, named as any layer)
+_MTP_OWN = {"enorm.weight": "enorm.weight", "hnorm.weight": "hnorm.weight", "eh_proj.weight": "eh_proj.weight",
+            "shared_head.norm.weight": "norm.weight", "shared_head.head.weight": "head.weight"}
+_MTP_SHARED = ("embed_tokens.weight",)  # DeepSeek stores a copy of the main embedding there: not read
 _TOP = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
         "lm_head.weight": "head.weight"}
 
@@ -233,14 +237,63 @@ def _fill_block(block: Block, layer: int, names: list[str], shards: Shards, dtyp
 
 def load_model(folder, args: ModelArgs, *, dtype: torch.dtype, device, max_batch: int, max_seq_len: int,
                quant: str | None = None, pack: bool = False,
-               progress: Callable[[float], None] | None = None) -> Transformer:
-    """``progress(fraction)`` is called after each layer."""
+               progress: Callable[[float], None] | None = None, mtp: bool = True) -> Transformer:
+    """``progress(fraction)`` is called after each layer. ``mtp``: load the checkpoint's MTP
+    modules (if it has any) into ``model.mtp``."""
     folder = Path(folder)
     shards = Shards(folder)
     try:
-        return _load(shards, args, dtype, device, max_batch, max_seq_len, quant, pack, progress)
+        model = _load(shards, args, dtype, device, max_batch, max_seq_len, quant, pack, progress)
+        if mtp:
+            dense_mlp = pack and not quant and dispatch.native_bf16_mlp(dtype, device)
+            for layer in mtp_layers(shards, args)[:1]:  # drafting chains the first (V3/R1 ship one)
+                model.mtp.append(_load_mtp(model, layer, shards, args, dtype, device, max_batch, max_seq_len,
+                                           quant, pack and not quant, dense_mlp))
+        return model
     finally:
         shards.close()
+
+
+def mtp_layers(shards: Shards, args: ModelArgs) -> list[int]:
+    """The checkpoint's MTP layers: model.layers.{num_hidden_layers}, {+1}, … as far as present."""
+    present = {int(m.group(1)) for m in map(_LAYER.match, shards.where) if m}
+    layers, i = [], args.num_hidden_layers
+    while i in present:
+        layers.append(i)
+        i += 1
+    return layers
+
+
+def _load_mtp(model: Transformer, layer: int, shards: Shards, args, dtype, device, max_batch, max_seq_len,
+              quant, pack, dense_mlp) -> MTP:
+    prefix = f"model.layers.{layer}."
+    names = [n for n in shards.where if n.startswith(prefix) and not n.endswith("_scale_inv")]
+    rests = {n[len(prefix):] for n in names}
+    head = None
+    if "shared_head.head.weight" in rests:
+        head = shards.read(prefix + "shared_head.head.weight", dtype, device)
+        if head.shape == model.head.weight.shape and torch.equal(head, model.head.weight):
+            head = None  # DeepSeek's copy of the main head: share the main one
+    with torch.device("meta"):
+        mod = MTP(args, layer, own_head=head is not None)
+    own = _Filler(mod, shards, f"model.layers.{layer} (MTP)", dtype, device, pack)
+    for rest, ours in _MTP_OWN.items():
+        if rest == "shared_head.head.weight":
+            if head is not None:
+                own.put(ours, None, head, prefix + rest)
+        elif rest in rests:
+            own.put(ours, None, shards.read(prefix + rest, dtype, device), prefix + rest)
+    del head
+    block = [n for n in names if n[len(prefix):] not in _MTP_OWN and n[len(prefix):] not in _MTP_SHARED]
+    _fill_block(mod.block, layer, block, shards, dtype, device, pack=pack, dense_mlp=dense_mlp)
+    own.finish()
+    if quant:
+        from local_engine.quantize import quantize_block_
+
+        quantize_block_(mod.block, quant)
+    mod.block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)
+    _release_free_memory()
+    return mod.eval()
 
 
 def pack_linears_(module: nn.Module) -> None:

@@ -341,6 +341,8 @@ class Transformer(nn.Module):
         self.head = Linear(args.hidden_size, args.vocab_size)
         self.cos: torch.Tensor | None = None  # [max_seq, rope/2]
         self.sin: torch.Tensor | None = None
+        self.mtp = nn.ModuleList()  # the checkpoint's MTP modules, when loaded (see MTP)
+        self.last_hidden: torch.Tensor | None = None  # [B, T, hidden] after the final norm: what MTP reads
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         T = tokens.shape[1]
@@ -348,4 +350,37 @@ class Transformer(nn.Module):
         h = self.embed(tokens)
         for layer in self.layers:
             h = layer(h, start_pos, cos, sin)
-        return self.head(self.norm(h)).float()  # [B, T, vocab]
+        self.last_hidden = h = self.norm(h)
+        return self.head(h).float()  # [B, T, vocab]
+
+
+class MTP(nn.Module):
+    """DeepSeek-V3's multi-token prediction module (checkpoint: ``model.layers.{num_hidden_layers}``).
+
+    At position p it reads the main model's final hidden state h_p and the embedding of the
+    token at p+1, and predicts the token at p+2:
+        x = eh_proj([enorm(emb(t_{p+1})); hnorm(h_p)]);  x = block(x);  logits = head(norm(x))
+    Its block is an ordinary Block with its own latent cache, at the same rope positions as
+    the main model. The embedding (and, when the checkpoint's copy equals it, the head) is
+    the main model's: ``head`` is None then."""
+
+    def __init__(self, args: ModelArgs, layer_id: int, own_head: bool = True):
+        super().__init__()
+        self.layer_id = layer_id
+        self.enorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.hnorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.eh_proj = Linear(2 * args.hidden_size, args.hidden_size)
+        self.block = Block(args, layer_id)
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)  # shared_head.norm
+        self.head = Linear(args.hidden_size, args.vocab_size) if own_head else None  # shared_head.head
+
+    def forward(self, emb: torch.Tensor, hidden: torch.Tensor, start_pos: int, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+        """emb [B, T, hidden] (tokens at p+1), hidden [B, T, hidden] (h_p) -> this module's hidden
+        state [B, T, hidden]: what ``logits`` reads, and what a further draft step reads as h."""
+        x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(hidden)], dim=-1))
+        return self.block(x, start_pos, cos, sin)
+
+    def logits(self, x: torch.Tensor, main_head: nn.Module) -> torch.Tensor:
+        """x [..., hidden] -> float32 logits for the token at p+2 (``main_head`` when shared)."""
+        return (main_head if self.head is None else self.head)(self.norm(x)).float()

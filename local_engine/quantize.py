@@ -106,7 +106,8 @@ def save_quantized(engine, out_dir, *, source=None) -> Path:
                 and f.name != MARKER and f.stat().st_size < 64 << 20:
             shutil.copy2(f, out / f.name)
     meta = {"format": FORMAT, "version": VERSION, "mode": "+".join(sorted(modes)),
-            "linears": linears, "num_hidden_layers": len(model.layers)}
+            "linears": linears, "num_hidden_layers": len(model.layers),
+            "mtp_layers": [m.layer_id for m in getattr(model, "mtp", ())]}
     (out / MARKER).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return out
 
@@ -129,7 +130,7 @@ def load_quantized(path, model_args, *, dtype=torch.bfloat16, device="cpu", max_
     without quantizing anything: caches allocated, rope tables set, ready to run."""
     from safetensors import safe_open
 
-    from local_engine.model import Block, Transformer
+    from local_engine.model import MTP, Block, Transformer
 
     path = Path(path)
     meta = read_marker(path)
@@ -190,6 +191,12 @@ def load_quantized(path, model_args, *, dtype=torch.bfloat16, device="cpu", max_
             fill(block, f"layers.{i}.")
             block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)
             model.layers.append(block)
+        for j, layer in enumerate(meta.get("mtp_layers") or []):  # saved MTP modules, as loaded
+            with torch.device("meta"):
+                mtp = MTP(model_args, int(layer), own_head=f"mtp.{j}.head.weight" in keys)
+            fill(mtp, f"mtp.{j}.")
+            mtp.block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)
+            model.mtp.append(mtp.eval())
     for name, p in model.named_parameters():
         if p.is_meta:
             raise ModelError(f"{file}: tensor {name!r} missing")

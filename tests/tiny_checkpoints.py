@@ -1,7 +1,7 @@
 """Tiny random DeepSeek-V3/V2 checkpoints written with transformers, for tests and benches.
 
 Stable API (other helpers import it):
-    write_tiny_v3(dir, *, shards=1, dtype="float32", seed=0, style="transformers", mtp=False,
+    write_tiny_v3(dir, *, shards=1, dtype="float32", seed=0, style="transformers", mtp=False,  # mtp: True | "copy"
                   tokenizer=True, r1=True, **config_overrides) -> Path
     write_tiny_v2(dir, *, ...same...) -> Path
     write_fp8_copy(src, dst, *, dequantized_dst=None) -> Path
@@ -145,7 +145,7 @@ def _write(folder, config, *, shards, dtype, seed, style, mtp, tokenizer, r1):
     shard = f"{max(1, math.ceil(total / shards / 1024) + 1)}KB" if shards > 1 else "10GB"
     model.save_pretrained(folder, max_shard_size=shard)
     if mtp:
-        _add_mtp_layer(folder, config, seed)
+        _add_mtp_layer(folder, config, seed, mtp)
     if style == "deepseek":
         _deepseek_style_config(folder)
     return folder
@@ -175,20 +175,62 @@ def _index(folder: Path) -> dict:
         return {"metadata": {}, "weight_map": {k: "model.safetensors" for k in f.keys()}}
 
 
-def _add_mtp_layer(folder: Path, config, seed: int) -> None:
-    """DeepSeek ships a multi-token-prediction block at layers.{num_hidden_layers}: ignore it."""
+def _read_all(folder: Path) -> dict:
+    from safetensors import safe_open
+
+    out = {}
+    for fname in sorted(set(_index(folder)["weight_map"].values())):
+        with safe_open(str(folder / fname), "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+def _add_mtp_layer(folder: Path, config, seed: int, mode) -> None:
+    """DeepSeek's multi-token-prediction module at model.layers.{num_hidden_layers} (transformers
+    ignores it): enorm, hnorm, eh_proj, shared_head.{norm,head}, a copy of embed_tokens, and a
+    full block named as any layer.
+
+    ``mode=True``: random weights (its own random head), so drafts are ~never right.
+    ``mode="copy"``: a module that drafts like the main model would one step later: the block
+    is a copy of the last layer, eh_proj passes the embedding through (scaled back to the
+    embedding's size) and ignores h, the head and norm are the main model's. On a one-layer
+    model that is the main model minus its first position: drafts are often but not always right."""
+    import tempfile
+
     from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
 
     h, L = config.hidden_size, config.num_hidden_layers
-    g = torch.Generator().manual_seed(seed + 7)
+    main = _read_all(folder)
     p = f"model.layers.{L}."
-    extra = {
-        p + "enorm.weight": torch.ones(h), p + "hnorm.weight": torch.ones(h),
-        p + "eh_proj.weight": torch.randn(h, 2 * h, generator=g),
-        p + "shared_head.norm.weight": torch.ones(h),
-        p + "shared_head.head.weight": torch.randn(config.vocab_size, h, generator=g),
-        p + "self_attn.kv_b_proj.weight": torch.randn(7, 3, generator=g),  # odd shape: never read
-    }
+    g = torch.Generator().manual_seed(seed + 7)
+    embed = main["model.embed_tokens.weight"]
+    if mode == "copy":
+        src = f"model.layers.{L - 1}."
+        block = {p + k[len(src):]: v.clone() for k, v in main.items() if k.startswith(src)}
+        scale = embed.float().pow(2).mean(-1).sqrt().mean()
+        eh = torch.cat([torch.eye(h) * scale, torch.zeros(h, h)], dim=1)
+        extra = {p + "enorm.weight": torch.ones(h), p + "hnorm.weight": torch.ones(h),
+                 p + "shared_head.norm.weight": main["model.norm.weight"].clone(),
+                 p + "shared_head.head.weight": main["lm_head.weight"].clone()}
+    else:
+        deeper = type(config).from_dict({**config.to_dict(), "num_hidden_layers": L + 1})
+        torch.manual_seed(seed + 7)
+        model = AutoModelForCausalLM.from_config(deeper, dtype=torch.float32)
+        _perturb_(model, seed + 7)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            block = {k: v for k, v in _read_all(Path(tmp)).items() if k.startswith(p)}
+        eh = 0.08 * torch.randn(h, 2 * h, generator=g)
+        extra = {p + "enorm.weight": 1 + 0.3 * torch.randn(h, generator=g),
+                 p + "hnorm.weight": 1 + 0.3 * torch.randn(h, generator=g),
+                 p + "shared_head.norm.weight": 1 + 0.3 * torch.randn(h, generator=g),
+                 p + "shared_head.head.weight": 0.08 * torch.randn(config.vocab_size, h, generator=g)}
+    extra.update(block)
+    extra[p + "eh_proj.weight"] = eh
+    extra[p + "embed_tokens.weight"] = embed.clone()
+    dtype = embed.dtype
+    extra = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in extra.items()}
     save_file(extra, str(folder / "model-mtp.safetensors"), metadata={"format": "pt"})
     index = _index(folder)
     index["weight_map"].update({k: "model-mtp.safetensors" for k in extra})

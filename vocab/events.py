@@ -22,9 +22,14 @@ class AnswerDelta:
 
 @dataclass(frozen=True)
 class Usage:
+    """Token counts of a turn. ``cached_tokens``: prompt tokens served from a kept cache (not
+    prefilled again); ``drafted``/``accepted``: speculative drafts tried and kept."""
+
     prompt_tokens: int
     completion_tokens: int
-    cached_tokens: int = 0  # prompt tokens served from the kept cache (not read again)
+    cached_tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,12 @@
 The TUI calls `stream` from a worker thread; cancelling is checked between tokens. The
 prompt comes from the checkpoint's own chat template, so an R1 template that ends with
 `<think>` tells the splitter the output starts inside the thinking.
+
+The Engine stays loaded across turns and keeps its latent cache: a follow-up turn prefills
+only what is new since the tokens the cache holds (the prompt is rendered exactly as
+without reuse; an R1 history without earlier traces simply shares less). A checkpoint with
+an MTP module decodes speculatively (same greedy output, same sampling distribution). The
+Usage event tells cached, drafted and accepted tokens.
 """
 
 from __future__ import annotations
@@ -93,8 +99,10 @@ class LocalBackend:
             limit = min(sampling.max_tokens, room)
             produced = 0
             try:  # the engine checks ``cancel`` between tokens and stops at EOS
+                speculative = "mtp" if engine.has_mtp else None
                 for token in engine.generate(ids, max_new_tokens=limit, temperature=sampling.temperature,
-                                             top_p=sampling.top_p, seed=sampling.seed, cancel=cancel):
+                                             top_p=sampling.top_p, seed=sampling.seed, cancel=cancel,
+                                             speculative=speculative):
                     produced += 1
                     clock.token()
                     yield from piece_events(splitter.feed(text.add(int(token))))
@@ -111,5 +119,8 @@ class LocalBackend:
                 yield clock.done("cancelled")
                 return
             yield from piece_events(splitter.finish())
-            yield Usage(prompt_tokens=len(ids), completion_tokens=produced)
+            stats = engine.last_stats
+            yield Usage(prompt_tokens=len(ids), completion_tokens=produced,
+                        cached_tokens=int(stats.get("cached_tokens", 0)), drafted=int(stats.get("drafted", 0)),
+                        accepted=int(stats.get("accepted", 0)))
             yield clock.done("length" if produced >= limit else "stop")
