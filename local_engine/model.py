@@ -54,10 +54,13 @@ class Indexer(nn.Module):
         B, T, _ = x.shape
         end = start_pos + T
         k = F.layer_norm(self.wk(x), (self.head_dim,), self.k_norm.weight, self.k_norm.bias, self.k_norm.eps)
-        self.cache[:B, start_pos:end] = self._rope(k.unsqueeze(2), cos, sin).squeeze(2)
         if end <= self.topk:
+            self.cache[:B, start_pos:end] = self._rope(k.unsqueeze(2), cos, sin).squeeze(2)
             return None
-        q = self._rope(self.wq_b(q_lat).view(B, T, self.n_heads, self.head_dim), cos, sin)  # [B, T, Hi, D]
+        q = self.wq_b(q_lat).view(B, T, self.n_heads, self.head_dim)
+        qk = self._rope(torch.cat([q, k.unsqueeze(2)], dim=2), cos, sin)  # one rotation: [B, T, Hi + 1, D]
+        q = qk[:, :, : self.n_heads]  # [B, T, Hi, D]
+        self.cache[:B, start_pos:end] = qk[:, :, self.n_heads]
         w = F.linear(x.float(), self.weights_proj) * self.n_heads ** -0.5  # [B, T, Hi]
         rows = mla.padded_length(end, self.cache.shape[1])
         return dispatch.indexer_topk(q, w, self.cache[:B, :rows], self.scale, start_pos, self.topk)
