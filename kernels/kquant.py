@@ -162,13 +162,14 @@ def lib() -> ctypes.CDLL | None:
         so.kq_dequant.argtypes = [_c_int, _ptr, _c_long, _c_long, _c_int, _ptr, _c_int, _c_int]
         so.kq_get_rows.argtypes = [_c_int, _ptr, _c_long, _ptr, _c_long, _c_int, _ptr]
         so.kq_gemm.argtypes = [_c_int, _ptr, _c_int, _c_int, _ptr, _c_long, _c_long, _ptr, _c_long, _c_int]
-        so.kq_moe.argtypes = [_ptr, _ptr, _c_long, _c_long, _c_long, _c_int, _c_int, _ptr, _ptr, _c_int, _c_int,
-                              _ptr, _ptr, _c_int]
+        so.kq_moe.argtypes = [_ptr, _ptr, _c_long, _c_long, _c_long, _c_int, _c_int, _ptr, _ptr, _c_int,
+                              _c_int, _ptr, _ptr, _c_int]
         for f in (so.kq_dequant, so.kq_get_rows, so.kq_gemm, so.kq_moe):
             f.restype = _c_int
         _LIB = so
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-        log.warning("duet GGUF kernels unavailable, using the torch dequantizer: %s", str(e).splitlines()[0] if str(e) else e)
+        log.warning("duet GGUF kernels unavailable, using the torch dequantizer: %s",
+                    str(e).splitlines()[0] if str(e) else e)
         _LIB = None
     return _LIB
 

@@ -340,9 +340,10 @@ def _fill_block(r: _Reader, block: Block, i: int, args: ModelArgs) -> None:
                        kquant.GGUFWeight(q.type, (q.shape[0] // 2, q.shape[1]), q.data[q.shape[0] // 2:]))
                       for q in gates]
             downs = [e.w2.qweight for e in ffn.experts]
-            if r.device.type == "cpu" and kquant.GGUFExperts.fits([h[0] for h in halves], [h[1] for h in halves], downs):
-                ffn.__dict__["_native_decode"] = _GGUFMoEDecode(
-                    kquant.GGUFExperts([h[0] for h in halves], [h[1] for h in halves], downs), ffn.shared)
+            gs, us = [h[0] for h in halves], [h[1] for h in halves]
+            if r.device.type == "cpu" and kquant.GGUFExperts.fits(gs, us, downs):
+                # model.native_decode() finds it here: one native call per MoE layer and token
+                ffn.__dict__["_native_decode"] = _GGUFMoEDecode(kquant.GGUFExperts(gs, us, downs), ffn.shared)
     else:
         gi, ui = r.info(p + "ffn_gate.weight"), r.info(p + "ffn_up.weight")
         r.check(gi, (ffn.inter, args.hidden_size))

@@ -1,5 +1,6 @@
 """The checkpoint's own tokenizer (tokenizer.json, or a GGUF file's ``tokenizer.ggml.*``) and chat
-template (chat_template.jinja, tokenizer_config.json or the GGUF metadata), rendered in a sandboxed Jinja environment; plus incremental, UTF-8-safe detokenization."""
+template (chat_template.jinja, tokenizer_config.json or the GGUF metadata), rendered in a
+sandboxed Jinja environment; plus incremental, UTF-8-safe detokenization."""
 
 from __future__ import annotations
 

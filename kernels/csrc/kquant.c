@@ -65,19 +65,15 @@ int kq_block_size(int type) { return block_bytes(type) ? block_size(type) : 0; }
 INLINE void dq_q4_0(const uint8_t *b, float *y) {
     const float d = h2f(rd16(b));
     const uint8_t *qs = b + 2;
-    for (int j = 0; j < 16; j++) {
-        y[j] = d * (float)((int)(qs[j] & 15) - 8);
-        y[j + 16] = d * (float)((int)(qs[j] >> 4) - 8);
-    }
+    for (int j = 0; j < 16; j++) y[j] = d * (float)((int)(qs[j] & 15) - 8);   /* two loops: each vectorizes */
+    for (int j = 0; j < 16; j++) y[j + 16] = d * (float)((int)(qs[j] >> 4) - 8);
 }
 
 INLINE void dq_q4_1(const uint8_t *b, float *y) {
     const float d = h2f(rd16(b)), m = h2f(rd16(b + 2));
     const uint8_t *qs = b + 4;
-    for (int j = 0; j < 16; j++) {
-        y[j] = d * (float)(qs[j] & 15) + m;
-        y[j + 16] = d * (float)(qs[j] >> 4) + m;
-    }
+    for (int j = 0; j < 16; j++) y[j] = d * (float)(qs[j] & 15) + m;
+    for (int j = 0; j < 16; j++) y[j + 16] = d * (float)(qs[j] >> 4) + m;
 }
 
 INLINE void dq_q5_0(const uint8_t *b, float *y) {
@@ -85,11 +81,8 @@ INLINE void dq_q5_0(const uint8_t *b, float *y) {
     uint32_t qh;
     memcpy(&qh, b + 2, 4);
     const uint8_t *qs = b + 6;
-    for (int j = 0; j < 16; j++) {
-        int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
-        y[j] = d * (float)(((qs[j] & 15) | h0) - 16);
-        y[j + 16] = d * (float)(((qs[j] >> 4) | h1) - 16);
-    }
+    for (int j = 0; j < 16; j++) y[j] = d * (float)((int)((qs[j] & 15) | (((qh >> j) << 4) & 0x10)) - 16);
+    for (int j = 0; j < 16; j++) y[j + 16] = d * (float)((int)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16);
 }
 
 INLINE void dq_q5_1(const uint8_t *b, float *y) {
@@ -97,11 +90,8 @@ INLINE void dq_q5_1(const uint8_t *b, float *y) {
     uint32_t qh;
     memcpy(&qh, b + 4, 4);
     const uint8_t *qs = b + 8;
-    for (int j = 0; j < 16; j++) {
-        int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
-        y[j] = d * (float)((qs[j] & 15) | h0) + m;
-        y[j + 16] = d * (float)((qs[j] >> 4) | h1) + m;
-    }
+    for (int j = 0; j < 16; j++) y[j] = d * (float)((qs[j] & 15) | (((qh >> j) << 4) & 0x10)) + m;
+    for (int j = 0; j < 16; j++) y[j + 16] = d * (float)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) + m;
 }
 
 INLINE void dq_q8_0(const uint8_t *b, float *y) {
@@ -156,21 +146,20 @@ INLINE void dq_q6_k(const uint8_t *b, float *y) {
     for (int n = 0; n < QK; n += 128, ql += 64, qh += 32, sc += 8) {
         float ds[8];
         for (int i = 0; i < 8; i++) ds[i] = d * (float)sc[i];
-        for (int l = 0; l < 32; l++) {
-            int is = l / 16;
-            int q1 = (int)((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32;
-            int q2 = (int)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32;
-            int q3 = (int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-            int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-            y[n + l] = ds[is] * (float)q1;
-            y[n + l + 32] = ds[is + 2] * (float)q2;
-            y[n + l + 64] = ds[is + 4] * (float)q3;
-            y[n + l + 96] = ds[is + 6] * (float)q4;
+        for (int h = 0; h < 2; h++) {   /* 16 weights share a scale: loops of 16 vectorize */
+            const int o = 16 * h;
+            for (int l = o; l < o + 16; l++)
+                y[n + l] = ds[h] * (float)((int)((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32);
+            for (int l = o; l < o + 16; l++)
+                y[n + l + 32] = ds[h + 2] * (float)((int)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            for (int l = o; l < o + 16; l++)
+                y[n + l + 64] = ds[h + 4] * (float)((int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            for (int l = o; l < o + 16; l++)
+                y[n + l + 96] = ds[h + 6] * (float)((int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
         }
     }
 }
 
-/* up to 256 weights (whole blocks) starting at block pointer b -> y; returns weights written */
 INLINE int dq_chunk(int type, const uint8_t *b, int left, float *y) {
     switch (type) {
         case 12: dq_q4_k(b, y); return QK;

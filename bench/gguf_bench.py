@@ -1,0 +1,129 @@
+"""Duet vs llama.cpp on the very same deepseek2 GGUF files: Q8_0, Q4_0 and Q4_K_M.
+
+    python -m bench.gguf_bench [--layers 2] [--threads 2] [--types Q8_0,Q4_0,Q4_K_M]
+
+DeepSeek-V2-Lite layer shapes (bench/quant_bench.py's V2_LITE: hidden 2048, 64 routed experts
+of 1408, 2 shared, 6 active, kv_lora 512, q_lora 1536, vocab 16384), ``--layers`` layers (the
+first dense). Random weights are written straight into Q8_0 and Q4_0 blocks (quant_bench's
+generator and bench/gguf_deepseek2.py's writer); the Q4_K_M file is llama.cpp's own quantizer
+run on the Q8_0 file (requantized: Q4_K / Q6_K, with Q5_0 for attn_k_b's rows of 128, as real
+DeepSeek Q4_K_M files hold). Each file is then loaded by ``Engine.load(file.gguf)`` (its blocks
+run as stored, kernels/kquant.py) and by llama.cpp (llama-cpp-python, in a subprocess, f16
+cache, flash attention off, its default CPU weight repacking), same thread count.
+
+Reports decode tok/s at batch 1 at context 0 and 2048 and prefill tok/s (2048 tokens, chunks of
+512) -- quant_bench's timing code for both engines -- and writes bench/results/gguf_bench.json.
+The machine is shared: the load average before/after is printed with the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import quant_bench as qb  # noqa: E402
+
+LLAMA_Q4_K_M = 15
+
+
+def write_files(cfg: dict, work: Path, types: list[str]) -> dict[str, Path]:
+    from bench.gguf_deepseek2 import write_deepseek2_gguf
+
+    paths = {}
+    for kind, mode in (("Q8_0", "int8"), ("Q4_0", "int4")):
+        if kind in types or (kind == "Q8_0" and "Q4_K_M" in types):
+            W = qb.build(cfg, mode)
+            paths[kind] = work / f"v2lite-{kind}.gguf"
+            write_deepseek2_gguf(paths[kind], cfg, W.gguf)
+            del W
+    if "Q4_K_M" in types:
+        import llama_cpp
+
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = LLAMA_Q4_K_M
+        params.allow_requantize = True
+        params.nthread = os.cpu_count() or 2
+        paths["Q4_K_M"] = work / "v2lite-Q4_K_M.gguf"
+        rc = llama_cpp.llama_model_quantize(str(paths["Q8_0"]).encode(), str(paths["Q4_K_M"]).encode(),
+                                            ctypes.byref(params))
+        if rc != 0:
+            raise RuntimeError(f"llama_model_quantize Q4_K_M failed ({rc})")
+    return paths
+
+
+def types_in(path: Path) -> dict[str, int]:
+    from local_engine.gguf_file import summarize
+
+    return summarize(path).types
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--types", default="Q8_0,Q4_0,Q4_K_M")
+    ap.add_argument("--workdir", default=None, help="where the GGUF files go (default: a temp dir, removed)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gguf_bench.json"))
+    a = ap.parse_args(argv)
+    types = a.types.split(",")
+    cfg = dict(qb.V2_LITE, num_hidden_layers=a.layers)
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="duet-gguf-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(a.threads)
+    load_before = os.getloadavg()
+    rows = []
+    try:
+        t = time.perf_counter()
+        paths = write_files(cfg, work, types)
+        print(f"files written in {time.perf_counter() - t:.0f}s: " + ", ".join(
+            f"{k} {p.stat().st_size / 1e6:.0f} MB" for k, p in paths.items()), flush=True)
+        for kind in types:
+            path = paths[kind]
+            blocks = types_in(path)
+            print(f"[{kind}] tensor types {blocks}", flush=True)
+            duet = qb.run_duet(path, a.threads)
+            print(f"[{kind}] duet {duet}", flush=True)
+            llama = qb.run_llama(path, a.threads)
+            print(f"[{kind}] llama.cpp {llama}", flush=True)
+            size = path.stat().st_size
+            rows.append({"file": kind, "engine": "duet", "bytes": size, "types": blocks, **duet})
+            rows.append({"file": kind, "engine": "llama.cpp", "bytes": size, "types": blocks, **llama})
+    finally:
+        if a.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    load = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
+    print()
+    print(f"Same GGUF file for both engines: DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads")
+    print(f"{'file':<8}{'engine':<11}{'decode@0':>10}{'decode@2k':>11}{'prefill':>10}{'load s':>8}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['file']:<8}{r['engine']:<11}  error: {r['error']}")
+            continue
+        print(f"{r['file']:<8}{r['engine']:<11}{r['decode_ctx0']:>10.1f}{r['decode_ctx2048']:>11.1f}"
+              f"{r['prefill']:>10.1f}{r['load_s']:>8.1f}")
+    print(f"load average before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f} on {load['cpus']} CPUs "
+          f"(other processes share these cores: timings are indicative)")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": cfg, "threads": a.threads, "rows": rows, "load_average": load,
+                               "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
