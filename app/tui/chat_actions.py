@@ -6,6 +6,7 @@ from __future__ import annotations
 from app.conversation import FlowEnded
 from app.conversation.conversation import HANDOFF_REQUEST
 from app.conversation.steps import Plan
+from app.conversation.verify import TestResult
 from app.errors import DuetError
 from app.tui.flow import StepRun
 from app.tui.messages import ReplyItem, TestItem, UserItem, code_blocks
@@ -267,7 +268,20 @@ class ChatActions:
             item.message_id = m.id
             item.plan_id = m.handoff_from
             items.append((item, m))
-        await self.conversation.mount_all([x if not isinstance(x, tuple) else x[0] for x in items])
+        widgets = [x if not isinstance(x, tuple) else x[0] for x in items]
+        for run in self.store.test_runs(sid):  # each test round after the reply whose edits it tested
+            test = TestItem(run.round, run.command)
+            test.finish(TestResult(run.command, run.status, run.exit_code, run.output, None))
+            at = next((i for i, w in enumerate(widgets) if getattr(w, "message_id", None) == run.message_id
+                       and isinstance(w, ReplyItem)), None)
+            if at is None:
+                widgets.append(test)
+                continue
+            at += 1
+            while at < len(widgets) and isinstance(widgets[at], TestItem):
+                at += 1
+            widgets.insert(at, test)
+        await self.conversation.mount_all(widgets)
         for x in items:
             if isinstance(x, UserItem):
                 continue
