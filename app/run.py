@@ -47,7 +47,8 @@ def run_request(args, config: Config) -> int:
     cancel = threading.Event()
     approve = (lambda changes: changes) if args.apply else None
     with _ctrl_c_sets(cancel):
-        routed = conv.prepare(request, args.role)
+        # A reasoner asked for by --role is asked for a plan, whatever the router would have said.
+        routed = conv.prepare(request, args.role, intent="design" if args.role == "reasoner" else None)
         report.route = routed.route
         report.show(routed)
         status = report.follow(conv.run(routed, cancel, approve))
@@ -96,7 +97,7 @@ class Report:
         self.failed: Failed | None = None
         self.failed_role = ""
         self._role = ""
-        self._open = False  # a thinking or answer run is being written to stderr
+        self._open = ""  # "thinking" | "answer": the run of text being written to stderr
 
     def follow(self, events) -> str:
         """Show ``events`` as they come; the flow's end status."""
@@ -113,9 +114,9 @@ class Report:
         if isinstance(event, ThinkingDelta):
             if self._role == "reasoner":
                 self.thinking_parts.append(event.text)
-            self._write(event.text)
+            self._write("thinking", event.text)
         elif isinstance(event, AnswerDelta):
-            self._write(event.text)
+            self._write("answer", event.text)
         elif isinstance(event, Failed):
             self.failed, self.failed_role = event, self._role
             self.say(f"{self._role} failed: {event.message}")
@@ -159,16 +160,18 @@ class Report:
         self._end_run()
         print(f"duet: {line}", file=sys.stderr, flush=True)
 
-    def _write(self, text: str) -> None:
+    def _write(self, kind: str, text: str) -> None:
         if self.stream and text:
+            if self._open and self._open != kind:
+                self._end_run()  # the thinking ends, the answer begins: a line between them
             sys.stderr.write(text)
             sys.stderr.flush()
-            self._open = True
+            self._open = kind
 
     def _end_run(self) -> None:
         if self._open:
             sys.stderr.write("\n")
-            self._open = False
+            self._open = ""
 
     def as_json(self) -> dict:
         return {

@@ -44,10 +44,10 @@ async def capture(tmp: Path) -> str:
         config = server_config(coder.base_url)
         role = dataclasses.replace(config.coder, model="qwen2.5-coder")
         config = dataclasses.replace(config, coder=role, reasoner=dataclasses.replace(role, role="reasoner"),
-                                     workspace=WorkspaceConfig(test=f"{sys.executable} -m pytest -q test_calc.py"))
+                                     workspace=WorkspaceConfig(test="python -m pytest -q test_calc.py"))
         assert isinstance(role, RoleConfig)
         app = DuetApp(config, store=SessionStore.open(tmp / "s.db"), workspace=ws, load_models=False, resume=False)
-        async with app.run_test(size=(100, 72)) as pilot:
+        async with app.run_test(size=(100, 80)) as pilot:
             await pilot.press("f2", "f2")  # the thinking pane hidden: the coder does not think
             for key in "/code fix add in calc.py":
                 await pilot.press(key)
@@ -69,6 +69,7 @@ async def capture(tmp: Path) -> str:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DUET_HOME"] = str(Path(tmp) / "home")
+        os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]  # this python
         text = asyncio.run(capture(Path(tmp)))
     out = ROOT / "docs" / "test-round.txt"
     out.write_text(text, encoding="utf-8")

@@ -169,3 +169,39 @@ def test_bad_rounds_and_a_missing_file_are_exit_2_naming_the_culprit(servers, re
     assert p.returncode == 2 and "--rounds" in p.stderr
     p = duet(config_file, repo, guard_log, "--file", "nope.py", "fix it")
     assert p.returncode == 2 and "nope.py" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_ctrl_c_during_the_test_run_kills_its_process_group_and_exits_130(servers, repo, config_file, guard_log):
+    import signal
+    import time
+
+    reasoner, coder = servers
+    coder.set_script(text_reply(edit("    return a - b", "    return a + b")))
+    pidfile = repo / "child.pid"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GUARD), str(ROOT)]), DUET_OFFLINE_GUARD="1",
+               DUET_OFFLINE_GUARD_LOG=str(guard_log))
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--config", str(config_file), "--workspace", str(repo),
+                             "run", "--role", "coder", "--file", "calc.py", "--apply", "--json",
+                             "--test", f"sleep 60 & echo $! > {pidfile}; wait", "fix add"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert json.loads(out)["tests"][0]["status"] == "cancelled"
+    child = int(pidfile.read_text())
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the test command's child outlived the cancel")

@@ -77,6 +77,13 @@ async def test_a_failing_test_round_goes_back_to_the_coder_and_each_round_shows(
     with SessionStore.open(tmp_path / "s.db") as store:
         sid = store.last_session_id()
         assert [(r.round, r.status) for r in store.test_runs(sid)] == [(1, "failed"), (2, "passed")]
+    # Reopened, the session shows each test round after the reply whose edits it tested.
+    app = make_app(server_config(server.base_url), workspace=ws, store_path=tmp_path / "s.db", resume=True)
+    async with app.run_test(size=(120, 50)) as pilot:
+        await wait_for(pilot, lambda: len(app.chat.conversation.query(TestItem)) == 2)
+        kinds = [type(w).__name__ for w in app.chat.conversation.children]
+        assert kinds == ["UserItem", "ReplyItem", "TestItem", "UserItem", "ReplyItem", "TestItem"]
+        assert [t.status for t in app.chat.conversation.query(TestItem)] == ["failed", "passed"]
 
 
 async def test_slash_test_runs_the_given_command_and_escape_stops_it(server, ws):

@@ -68,7 +68,7 @@ class Conversation:
         the test output holds). Raises DuetError for a bad role."""
         decision = self.route(request, role)
         if intent is not None and intent != decision.intent:
-            decision = dataclasses.replace(decision, intent=intent, why=f"{author}: {intent}")
+            decision = dataclasses.replace(decision, intent=intent, why=f"asked for {intent}; {decision.why}")
         if isinstance(plan, str):
             plan = Plan(plan, self.plan.message_id if self.plan else None)
         if decision.role == "coder" and plan is None:

@@ -34,7 +34,7 @@ class TestResult:
     status: str
     exit_code: int | None
     output: str
-    seconds: float
+    seconds: float | None  # None: not known (a run read back from the session store)
 
     @property
     def passed(self) -> bool:

@@ -262,11 +262,11 @@ class TestItem(Static):
         self.status = result.status
         self.set_class(False, "running")
         self.add_class(result.status)
-        took = f"{result.seconds:.1f} s"
+        took = f" in {result.seconds:.1f} s" if result.seconds is not None else ""
         if result.passed:
-            self.update(self._head(f"✓ passed in {took}"))
+            self.update(self._head(f"✓ passed{took}"))
             return
         code = f"exit {result.exit_code}" if result.exit_code is not None else result.status
         lines = visible(failure_summary(result.output)).split("\n")[-self.SHOWN_LINES:]
-        self.update(Content.assemble(self._head(f"✗ {result.status} ({code}) in {took}"),
+        self.update(Content.assemble(self._head(f"✗ {result.status} ({code}){took}"),
                                      ("\n" + "\n".join(lines), "dim")))

@@ -74,3 +74,15 @@ def _close(out: list, parts: list[str]) -> None:
     if parts:
         out[-1].text = "".join(parts)
         parts.clear()
+
+
+def follow(scroll) -> None:
+    """Keep ``scroll`` at the bottom as content arrives, until the user scrolls up (Textual's
+    anchor, released by user scrolling). Anchored only once content overflows, so short
+    content stays at the top."""
+    if scroll.is_anchored:
+        return
+    if scroll.max_scroll_y > 0:
+        scroll.anchor()
+    else:  # new content may not be laid out yet: look again after the next refresh
+        scroll.call_after_refresh(lambda: scroll.max_scroll_y > 0 and not scroll.is_anchored and scroll.anchor())
