@@ -7,7 +7,10 @@ count. For 1 and for 4 concurrent clients, each client sends ``--requests`` stre
 requests (each its own prompt, greedy, ``max_tokens`` tokens); we time every request from
 sending it to its first text chunk (time to first token) and count the tokens the server
 reports. Throughput is all completion tokens over the wall time of the whole round. Prints a
-table and writes bench/results/serve_bench.json.
+table and writes bench/results/serve_bench.json. Both servers queue concurrent requests
+(llama_cpp.server runs with --interrupt_requests False: by default a new request cuts the
+running one short). On a shared machine set OMP_WAIT_POLICY=PASSIVE for both (the
+environment is passed on): spinning OpenMP threads cost seconds per token under contention.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def start_duet(gguf: Path, threads: int, context: int, folder: Path) -> Server:
     config = folder / "duet.toml"
     config.write_text(f'[reasoner]\nbackend = "llama.cpp"\npath = "{gguf}"\ncontext = {context}\nthreads = {threads}\n')
     port = free_port()
-    env = {"PYTHONPATH": str(ROOT), "DUET_HOME": str(folder / "home")}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": path, "DUET_HOME": str(folder / "home")}
     return Server("duet serve", [sys.executable, "-m", "app", "--config", str(config), "serve", "--port", str(port)],
                   f"http://127.0.0.1:{port}/v1", folder / "duet.log", env)
 
@@ -83,7 +87,9 @@ def start_llama(gguf: Path, threads: int, context: int, folder: Path) -> Server:
                   [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                    "--port", str(port), "--n_ctx", str(context), "--n_threads", str(threads),
                    "--n_threads_batch", str(os.cpu_count() or threads),
-                   "--model_alias", MODEL, "--chat_format", "gemma"],
+                   "--model_alias", MODEL, "--chat_format", "gemma",
+                   # its default lets a new request interrupt the running one; queue them, as duet serve does
+                   "--interrupt_requests", "False"],
                   f"http://127.0.0.1:{port}/v1", folder / "llama.log")
 
 
@@ -92,10 +98,12 @@ def one_request(base: str, model: str, prompt: str, max_tokens: int) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
-    first, pieces, usage = None, 0, None
+    first, pieces, usage, done = None, 0, None, False
     with httpx.stream("POST", f"{base}/chat/completions", json=body, timeout=600) as response:
         response.raise_for_status()
         for line in response.iter_lines():
+            if line == "data: [DONE]":
+                done = True
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
@@ -108,7 +116,8 @@ def one_request(base: str, model: str, prompt: str, max_tokens: int) -> dict:
                     if first is None:
                         first = time.perf_counter() - start
     tokens = usage["completion_tokens"] if usage else pieces
-    return {"ttft_s": first, "total_s": time.perf_counter() - start, "tokens": tokens}
+    ok = done and first is not None
+    return {"ttft_s": first, "total_s": time.perf_counter() - start, "tokens": tokens if ok else 0, "ok": ok}
 
 
 def round_of(base: str, model: str, clients: int, requests: int, max_tokens: int, salt: int) -> dict:
@@ -131,7 +140,8 @@ def round_of(base: str, model: str, clients: int, requests: int, max_tokens: int
     wall = time.perf_counter() - start
     ttfts = [r["ttft_s"] for r in results if r["ttft_s"] is not None]
     tokens = sum(r["tokens"] for r in results)
-    return {"clients": clients, "requests": len(results), "tokens": tokens, "wall_s": round(wall, 3),
+    return {"clients": clients, "requests": len(results), "failed": sum(not r["ok"] for r in results),
+            "tokens": tokens, "wall_s": round(wall, 3),
             "throughput_tok_s": round(tokens / wall, 1),
             "ttft_median_s": round(statistics.median(ttfts), 3) if ttfts else None,
             "ttft_max_s": round(max(ttfts), 3) if ttfts else None,
@@ -173,9 +183,9 @@ def main() -> int:
                 server.stop()
 
     print()
-    head = ["server", "clients", "requests", "tokens", "throughput tok/s", "TTFT median s", "TTFT max s",
+    head = ["server", "clients", "requests", "failed", "tokens", "throughput tok/s", "TTFT median s", "TTFT max s",
             "per-request tok/s"]
-    table = [[r["server"], r["clients"], r["requests"], r["tokens"], r["throughput_tok_s"], r["ttft_median_s"],
+    table = [[r["server"], r["clients"], r["requests"], r["failed"], r["tokens"], r["throughput_tok_s"], r["ttft_median_s"],
               r["ttft_max_s"], r["per_request_tok_s"]] for r in sorted(rows, key=lambda r: (r["clients"], r["server"]))]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
@@ -183,6 +193,7 @@ def main() -> int:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
     report = {"gguf": str(gguf), "threads": args.threads, "context": args.context, "max_tokens": args.max_tokens,
               "requests_per_client": args.requests, "machine": platform.machine(), "cpus": os.cpu_count(),
+              "load_average_1m": round(os.getloadavg()[0], 1), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
