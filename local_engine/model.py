@@ -194,6 +194,9 @@ class MLA(nn.Module):
         return self.wo(out.flatten(2))
 
 
+FEW_ROWS = 5  # up to this many tokens run the one-token native kernels row by row (MTP verification)
+
+
 class MLP(nn.Module):
     """SwiGLU with gate and up fused: w13 [2I, H] (gate rows, then up rows), w2 [H, I]."""
 
@@ -204,10 +207,12 @@ class MLP(nn.Module):
         self.w2 = Linear(inter, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == x.shape[-1]:  # one token: one native call where the weights allow
+        rows = x.numel() // x.shape[-1]
+        if rows <= FEW_ROWS:  # one token (or a speculative verify's few): native calls where the weights allow
             fused = native_decode(self, lambda: ([decode_weight(self.w13)], [decode_weight(self.w2)]))
             if fused is not None:
-                return fused.dense(x.reshape(1, -1)).view(x.shape)
+                flat = x.reshape(rows, -1)
+                return torch.cat([fused.dense(flat[i:i + 1]) for i in range(rows)]).view(x.shape)
         g, u = self.w13(x).split(self.inter, dim=-1)
         return self.w2(F.silu(g).mul_(u))
 
@@ -314,6 +319,12 @@ class MoE(nn.Module):
             fused = native_decode(self, self._expert_weights)
             if fused is not None:
                 return fused(flat, weights, indices).view(shape)
+        elif flat.shape[0] <= FEW_ROWS and not dispatch.uses_triton(flat.device.type):
+            # a speculative verify's few tokens: the one-token native call per token beats the general path
+            fused = native_decode(self, self._expert_weights)
+            if fused is not None:
+                return torch.cat([fused(flat[i:i + 1], weights[i:i + 1], indices[i:i + 1])
+                                  for i in range(flat.shape[0])]).view(shape)
         y = dispatch.moe_combine(flat, weights, indices, self.experts)
         if self.shared is not None:
             y = y + self.shared(flat)

@@ -45,11 +45,13 @@ def _engine(folders, name, tmp_path_factory):
         q = save_quantized(Engine.load(folders["moe"], dtype="float32", quant="int4"),
                            tmp_path_factory.mktemp("saved") / "int4")
         return Engine.load(q, dtype="float32", max_seq_len=160)
+    if name == "moe_bf16":  # packed bf16 weights: the native one-token kernels decode and verify
+        return Engine.load(folders["moe"], dtype="bfloat16", max_seq_len=160)
     quant = "int8" if name == "int8" else None
     return Engine.load(folders["moe" if name == "int8" else name], dtype="float32", quant=quant, max_seq_len=160)
 
 
-@pytest.mark.parametrize("name", ["dense", "moe", "random", "fp8", "int8", "int4_saved"])
+@pytest.mark.parametrize("name", ["dense", "moe", "moe_bf16", "random", "fp8", "int8", "int4_saved"])
 def test_greedy_output_with_mtp_is_the_plain_greedy_output(folders, tmp_path_factory, name):
     engine = _engine(folders, name, tmp_path_factory)
     assert engine.has_mtp
