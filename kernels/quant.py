@@ -387,9 +387,9 @@ def reference_round_activations(x: Tensor, bits: int, block: int) -> Tensor:
 
 
 def act_block(mode: str, act_bits: int) -> int:
-    """The native kernels' activation block: 32 inputs at 8 bits; at 16 bits one weight block
-    (32 for int8, 64 for int4)."""
-    return 32 if act_bits == 8 or mode == "int8" else 64
+    """The native kernels' activation block, at either precision: one weight block (32 inputs
+    for int8, 64 for int4)."""
+    return 32 if mode == "int8" else 64
 
 
 def reference_native_linear(x: Tensor, qw: QuantizedWeight, act_bits: int) -> Tensor:

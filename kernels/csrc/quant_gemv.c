@@ -10,11 +10,11 @@
  *   int8: j int8 [K'] (j = u - 128, w = (j + 0.5) s), scale bf16 [K'/gs]        gs % 32 == 0
  *   int4: 32 bytes per 64 inputs: byte i holds input i (low nibble) and input 32 + i (high);
  *         (scale, zero) bf16 pairs [K'/gs][2], w = (q - 8) s + z                gs % 64 == 0
- * Activations (bf16 or fp32) are rounded per block to integers with one float scale per block
- * (|x| max -> the largest code), at one of two precisions chosen per call (``abits``):
- *   16: int16 per block of XB inputs (32 for int8, 64 for int4): finer than bf16's 8 significant
- *       bits; products via _mm*_madd_epi16.
- *   8:  int8 per block of 32 inputs (llama.cpp's Q8_0 activations); products via
+ * Activations (bf16 or fp32) are rounded per block of XB inputs (32 for int8 weights, 64 for
+ * int4) to integers with one float scale per block (|x| max -> the largest code), at one of
+ * two precisions chosen per call (``abits``):
+ *   16: int16: finer than bf16's 8 significant bits; products via _mm*_madd_epi16.
+ *   8:  int8 (llama.cpp's Q8_0 activations for int8 weights); products via
  *       _mm256_maddubs_epi16 (u8 x s8 pairs), half the bytes and instructions of the int16 path.
  * Either way the products are exact integers that accumulate in int32 per block, then in
  * float32 with the block's scale; zero points and half steps use the sums of the rounded blocks.
@@ -155,8 +155,8 @@ INLINE void quant_block8(const float *v, int XB, int8_t *q, float *scale, float 
     *sum = (float)qs * *scale;
 }
 
-/* the activation block size: 32 at 8 bits; at 16 bits one block per weight block (32 / 64) */
-INLINE int act_block(int bits, int abits) { return abits == 8 || bits == 8 ? 32 : 64; }
+/* the activation block size: one per weight block (32 inputs for int8, 64 for int4) */
+INLINE int act_block(int bits, int abits) { (void)abits; return bits == 8 ? 32 : 64; }
 
 static int xq_alloc(xq_t *xq, int M, int Kp, int XB, int abits) {
     xq->M = M; xq->Kp = Kp; xq->XB = XB; xq->KB = Kp / XB; xq->abits = abits;
@@ -340,6 +340,19 @@ INLINE void prep_q4(const uint16_t *sz, int gs, const xq_t *xq, int m0, int MM, 
             }
             c = _mm512_reduce_add_ps(cv);
         }
+#elif defined(DUET_AVX2)
+        if (per == 1) {   /* 8 groups at a time: (scale, zero) pairs as one 32-bit lane each */
+            __m256 cv = _mm256_setzero_ps();
+            const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+            for (; b + 8 <= KB; b += 8, g += 8) {
+                __m256i pair = _mm256_loadu_si256((const __m256i *)(sz + 2 * b));
+                __m256 sc = _mm256_castsi256_ps(_mm256_slli_epi32(pair, 16));
+                __m256 z = _mm256_castsi256_ps(_mm256_and_si256(pair, hi));
+                _mm256_storeu_ps(t + m * KB + b, _mm256_mul_ps(sc, _mm256_loadu_ps(xs + b)));
+                cv = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8.f), sc, z), _mm256_loadu_ps(xm + b), cv);
+            }
+            c = hsum256(cv);
+        }
 #endif
         for (; b < KB; g++) {
             float sc = bf2f(sz[2 * g]), z8 = bf2f(sz[2 * g + 1]) - 8.f * sc;   /* w = q s + (z - 8 s) */
@@ -440,44 +453,9 @@ INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq,
 }
 
 /* ---------------------------------------------------------------------------------------
- * the same with 8-bit activations (blocks of 32, xq->abits == 8): llama.cpp's Q8_0 x Q8_0 /
- * Q4_0 x Q8_0 products. int8 weights: maddubs(|w|, sign(x, w)) (|w| <= 128 unsigned, x in
+ * the same with 8-bit activations (xq->abits == 8): llama.cpp's Q8_0 x Q8_0 / Q4_0 x Q8_0
+ * products (with one activation scale per 64 inputs for int4, not per 32). int8 weights: maddubs(|w|, sign(x, w)) (|w| <= 128 unsigned, x in
  * -127..127: a pair sums to at most 32512, no saturation); int4: maddubs(q, x) with q in 0..15. */
-
-/* int4 weights, 32-input activation blocks: t[m][b] = scale of b's group x activation scale,
-   corr[m] = sum over blocks of (zero - 8 scale) x the block's sum */
-INLINE void prep_q4_a8(const uint16_t *sz, int gs, const xq_t *xq, int m0, int MM, float *t, float *corr) {
-    const int KB = xq->KB, per = gs / 32;   /* x blocks (32) per weight group */
-    for (int m = 0; m < MM; m++) {
-        const float *xs = xq->scale + (long)(m0 + m) * KB, *xm = xq->sum + (long)(m0 + m) * KB;
-        float c = 0.f;
-        int g = 0, b = 0;
-#if defined(DUET_AVX2)
-        if (per == 2) {   /* 4 groups (8 blocks) at a time: each (scale, zero) pair one 32-bit lane, twice */
-            const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-            const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
-            __m256 cv = _mm256_setzero_ps();
-            for (; b + 8 <= KB; b += 8, g += 4) {
-                __m256i pair = _mm256_permutevar8x32_epi32(
-                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(sz + 2 * g))), dup);
-                __m256 sc = _mm256_castsi256_ps(_mm256_slli_epi32(pair, 16));
-                __m256 z = _mm256_castsi256_ps(_mm256_and_si256(pair, hi));
-                _mm256_storeu_ps(t + m * KB + b, _mm256_mul_ps(sc, _mm256_loadu_ps(xs + b)));
-                cv = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8.f), sc, z), _mm256_loadu_ps(xm + b), cv);
-            }
-            c = hsum256(cv);
-        }
-#endif
-        for (; b < KB; g++) {
-            float sc = bf2f(sz[2 * g]), z8 = bf2f(sz[2 * g + 1]) - 8.f * sc;
-            for (int j = 0; j < per; j++, b++) {
-                t[m * KB + b] = sc * xs[b];
-                c += z8 * xm[b];
-            }
-        }
-        corr[m] = c;
-    }
-}
 
 INLINE void row_q8_a8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, int m0, int MM, float *t, float *out) {
     const int KB = xq->KB, Kp = xq->Kp;
@@ -526,35 +504,36 @@ INLINE void row_q8_a8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq
 }
 
 INLINE void row_q4_a8(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq, int m0, int MM, float *t, float *out) {
-    const int KB = xq->KB, Kp = xq->Kp, WB = KB / 2;   /* 64-input weight blocks */
+    const int KB = xq->KB, Kp = xq->Kp;   /* 64-input blocks: 32 weight bytes, 64 activation bytes */
     float corr[MAXM];
-    prep_q4_a8(sz, gs, xq, m0, MM, t, corr);
+    prep_q4(sz, gs, xq, m0, MM, t, corr);
     const int8_t *x0 = xq->q8 + (long)m0 * Kp;
 #if defined(DUET_AVX2)
     const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(15);
-    const int U = MM == 1 ? 2 : 1;   /* pairs of accumulators: low and high halves */
+    const int U = MM == 1 ? 4 : 2;
     __m256 acc[MAXM][4];
     for (int m = 0; m < MM; m++)
         for (int u = 0; u < 4; u++) acc[m][u] = _mm256_setzero_ps();
+    /* both halves' u8 x s8 pairs sum in int16 (15 x 127 x 4 < 32767), one madd, one fma */
 #define A4_STEP(bb, u)                                                                              \
     {                                                                                               \
         __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 32 * (bb)));                         \
         __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low); \
         for (int m = 0; m < MM; m++) {                                                              \
             const int8_t *xp = x0 + (long)m * Kp + 64 * (bb);                                       \
-            __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xp)), ones); \
-            __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xp + 32))), ones); \
-            acc[m][2 * (u)] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pl), _mm256_set1_ps(t[m * KB + 2 * (bb)]), acc[m][2 * (u)]); \
-            acc[m][2 * (u) + 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ph), _mm256_set1_ps(t[m * KB + 2 * (bb) + 1]), \
-                                                  acc[m][2 * (u) + 1]);                             \
+            __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xp)), \
+                                           _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xp + 32)))); \
+            __m256i p = _mm256_madd_epi16(p16, ones);                                               \
+            acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(t[m * KB + (bb)]), acc[m][u]); \
         }                                                                                           \
     }
     int b = 0;
-    for (; b + 2 <= WB; b += 2) {
+    for (; b + 4 <= KB; b += 4) {
         PREFETCH(w + 32 * b + DUET_PF);
-        for (int u = 0; u < 2; u++) A4_STEP(b + u, u % U)
+        PREFETCH(w + 32 * b + DUET_PF + 64);
+        for (int u = 0; u < 4; u++) A4_STEP(b + u, u % U)
     }
-    for (; b < WB; b++) A4_STEP(b, 0)
+    for (; b < KB; b++) A4_STEP(b, 0)
 #undef A4_STEP
     for (int m = 0; m < MM; m++)
         out[m] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3])))
@@ -563,14 +542,13 @@ INLINE void row_q4_a8(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *
     for (int m = 0; m < MM; m++) {
         float a = 0.f;
         const int8_t *xp = x0 + (long)m * Kp;
-        for (int b = 0; b < WB; b++) {
-            int32_t dl = 0, dh = 0;
+        for (int b = 0; b < KB; b++) {
+            int32_t d = 0;
             for (int i = 0; i < 32; i++) {
                 uint8_t v = w[32 * b + i];
-                dl += (int32_t)(v & 15) * xp[64 * b + i];
-                dh += (int32_t)(v >> 4) * xp[64 * b + 32 + i];
+                d += (int32_t)(v & 15) * xp[64 * b + i] + (int32_t)(v >> 4) * xp[64 * b + 32 + i];
             }
-            a += (float)dl * t[m * KB + 2 * b] + (float)dh * t[m * KB + 2 * b + 1];
+            a += (float)d * t[m * KB + b];
         }
         out[m] = a + corr[m];
     }
