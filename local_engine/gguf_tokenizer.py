@@ -4,7 +4,8 @@ the ``tokenizers`` library so that text splits exactly as llama.cpp splits it.
 llama.cpp picks its pre-tokenizer regexes by ``tokenizer.ggml.pre``; the same regexes run here
 in sequence (each match isolated, the text between matches kept), then the byte-level mapping
 and the file's merges. Tokens of type CONTROL become special tokens (matched whole in text, as
-llama.cpp does when parsing specials), USER_DEFINED ones added tokens.
+llama.cpp does when parsing specials), USER_DEFINED ones added tokens; UNUSED ones (padding)
+are left out, so they decode to nothing, as in llama.cpp.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ PRE = {
     "llama3": ([_LLAMA3], True), "llama-v3": ([_LLAMA3], True), "llama-bpe": ([_LLAMA3], True),
     "qwen2": ([_QWEN2], False),
 }
-CONTROL, USER_DEFINED = 3, 4
+CONTROL, USER_DEFINED, UNUSED = 3, 4, 5
 
 
 def build_bpe(meta: dict, source):
@@ -64,8 +65,9 @@ def build_bpe(meta: dict, source):
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     regexes, ignore_merges = PRE[pre]
     vocab: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        vocab.setdefault(t, i)
+    for i, (t, k) in enumerate(zip(tokens, types)):
+        if k != UNUSED:   # padding ([PADn]): never produced, and llama.cpp prints nothing for it
+            vocab.setdefault(t, i)
     pairs = []
     for m in merges:
         a, sep, b = m.partition(" ")

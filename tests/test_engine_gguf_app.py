@@ -98,3 +98,29 @@ def test_reading_a_gguf_header_for_doctor_does_not_import_torch(files):
             "print(s.runs_locally, 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code, str(ok)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.stdout.split() == ["True", "False"], r.stderr
+
+
+def test_the_local_backend_streams_from_a_deepseek2_gguf_as_from_the_folder_it_came_from(tmp_path):
+    pytest.importorskip("torch")
+    from app.backends import close_all, make_backend
+    from app.backends.base import ChatMessage
+    from app.backends.events import Done
+    from app.config import RoleConfig, Sampling
+    from tests import gguf_helpers as H
+    from tests.backend_helpers import collect
+    from tests.tiny_checkpoints import write_tiny_v3
+
+    hf = write_tiny_v3(tmp_path / "hf", rope_scaling=None)
+    path = H.write_gguf(hf, tmp_path / "m.gguf")
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=16)
+    ask = [ChatMessage("user", "Plan a cache.")]
+    results = []
+    for p in (path, hf):
+        close_all()
+        rc = RoleConfig(role="reasoner", backend="local", path=p, dtype="float32", context=128)
+        results.append(collect(make_backend(rc).stream(ask, greedy)))
+    close_all()
+    gg, folder = results
+    assert isinstance(gg.end, Done) and gg.thinking  # the R1 template from the metadata opened <think>
+    assert (gg.thinking, gg.answer) == (folder.thinking, folder.answer)
+    assert gg.usage.prompt_tokens == folder.usage.prompt_tokens
