@@ -104,7 +104,7 @@ def test_the_local_backend_streams_from_a_deepseek2_gguf_as_from_the_folder_it_c
     pytest.importorskip("torch")
     from app.backends import close_all, make_backend
     from app.backends.base import ChatMessage
-    from app.backends.events import Done
+    from vocab.events import Done
     from app.config import RoleConfig, Sampling
     from tests import gguf_helpers as H
     from tests.backend_helpers import collect
