@@ -38,6 +38,25 @@ if str(ROOT) not in sys.path:
 from bench import quant_bench as qb  # noqa: E402
 
 LLAMA_Q4_K_M = 15
+# llama.cpp with its extra weight buffers (AMX / repacked kernels) turned off: llama-cpp-python
+# 0.3.36's AMX path crashes on some deepseek2 matrices on AMX CPUs; then this run is reported
+NO_REPACK = ("import llama_cpp.llama_cpp as _low\n_d = _low.llama_model_default_params\n"
+             "def _p():\n    p = _d()\n    p.use_extra_bufts = False\n    return p\n"
+             "_low.llama_model_default_params = _p\n")
+
+
+def run_llama(path: Path, threads: int) -> dict:
+    """quant_bench's llama.cpp timing; where the default (repacking) build crashes, again without
+    repacking, marked "repack": False."""
+    r = qb.run_llama(path, threads)
+    if "error" not in r:
+        return {**r, "repack": True}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    p = subprocess.run([sys.executable, "-c", NO_REPACK + qb.LLAMA_SCRIPT, str(path), str(threads), str(qb.PREFILL),
+                        str(qb.DECODE), str(qb.WINDOWS)], capture_output=True, text=True, env=env, timeout=1800)
+    if p.returncode != 0:
+        return {"error": f"crashed with and without repacking (exit {p.returncode})"}
+    return {**json.loads(p.stdout.strip().splitlines()[-1]), "repack": False}
 
 
 def write_files(cfg: dict, work: Path, types: list[str]) -> dict[str, Path]:
@@ -97,7 +116,7 @@ def main(argv=None) -> int:
             print(f"[{kind}] tensor types {blocks}", flush=True)
             duet = qb.run_duet(path, a.threads)
             print(f"[{kind}] duet {duet}", flush=True)
-            llama = qb.run_llama(path, a.threads)
+            llama = run_llama(path, a.threads)
             print(f"[{kind}] llama.cpp {llama}", flush=True)
             size = path.stat().st_size
             rows.append({"file": kind, "engine": "duet", "bytes": size, "types": blocks, **duet})
@@ -113,8 +132,9 @@ def main(argv=None) -> int:
         if "error" in r:
             print(f"{r['file']:<8}{r['engine']:<11}  error: {r['error']}")
             continue
+        note = "  (no repacking: the AMX build crashed)" if r.get("repack") is False else ""
         print(f"{r['file']:<8}{r['engine']:<11}{r['decode_ctx0']:>10.1f}{r['decode_ctx2048']:>11.1f}"
-              f"{r['prefill']:>10.1f}{r['load_s']:>8.1f}")
+              f"{r['prefill']:>10.1f}{r['load_s']:>8.1f}{note}")
     print(f"load average before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f} on {load['cpus']} CPUs "
           f"(other processes share these cores: timings are indicative)")
     out = Path(a.out)
