@@ -143,12 +143,61 @@ POOLS = {
 }
 
 
+# Training also draws many names from random words, so the models learn to copy names from the
+# prompt rather than to pick from a closed list. No word of the held-out pools is among them.
+_WORDS = """apple bank cart desk echo farm gate hill iron jam kite lamp moon nest oak pear quill rock
+sail tide umbra vase wolf yarn zinc amber bolt cedar dune ember fern grove harbor ivory jade kelp
+lemon maple noble olive pixel quartz raven stone tulip velvet willow cobalt delta fable glint honey
+inlet jolly karma lotus mango north orbit plume quest river solar tango unity vivid wheat xenon yield
+brisk coral drift flint frost globe haze latch mossy nimble opal prism ridge spark thorn vapor blaze
+cargo ditto ferry gizmo husk jumbo koala lilac merit nutmeg oxide panda radar sable torch urban vigor
+badge crumb dingo fiber grain hobby index joint knack lever medal nylon outer patch quota rally shelf
+token upper valve width xray zebra alpha_one bucket candle dollar engine garden
+""".split()
+_AVOID_NAMES = {"sum", "len", "range", "list", "max", "min", "print", "str", "int", "id", "map", "filter",
+                "input", "type", "iter", "next", "open", "format", "hash", "round", "pow", "abs", "all", "any"}
+
+
+def _heldout_words() -> set[str]:
+    words = set()
+    for values in POOLS["heldout"].values():
+        for v in values:
+            for part in (v if isinstance(v, tuple) else (v,)):
+                words.update(part.replace(".py", "").split("_"))
+    return words
+
+
+_TRAIN_WORDS: list[str] = []
+
+
+def random_name(rng, *, parts: int | None = None) -> str:
+    global _TRAIN_WORDS
+    if not _TRAIN_WORDS:
+        banned = _heldout_words() | _AVOID_NAMES
+        _TRAIN_WORDS = [w for w in _WORDS if "_" not in w and w not in banned]
+    parts = parts or rng.choice([1, 1, 2])
+    name = "_".join(rng.choice(_TRAIN_WORDS) for _ in range(parts))
+    if rng.random() < 0.15:
+        name += str(rng.randint(1, 9))
+    return name
+
+
+RANDOM_NAME_P = 0.5  # training style: how often a name is random words instead of from the pool
+
+
 def pick(rng, style, key, avoid=()):
+    if style == "train" and rng.random() < RANDOM_NAME_P:
+        name = random_name(rng) + (".py" if key == "files" else "")
+        if name not in avoid:
+            return name
     choices = [c for c in POOLS[style][key] if c not in avoid]
     return rng.choice(choices)
 
 
 def styled(rng, style, train: list[str], heldout: list[str]) -> str:
+    """A docstring phrasing or a name from the style's list; training names are random words half the time."""
+    if style == "train" and train[0].isidentifier() and rng.random() < RANDOM_NAME_P:
+        return random_name(rng)
     return rng.choice(train if style == "train" else heldout)
 
 
@@ -481,7 +530,7 @@ HELPERS = [
                   (["square_of", "sq"], ["second_power"], "Return {x} raised to the power 2.", "Returns {x} squared.", ("{x}", "2")),
                   (["power_of_two", "two_to"], ["pow2"], "Return 2 raised to the power {x}.", "Returns 2 to the power {x}.", ("2", "{x}"))],
          arg=lambda r: (r.randint(3, 6),)),
-    dict(names=(["subtract", "minus"], ["take", "less_by"]), params=(("a", "b"), ("big", "small")),
+    dict(names=(["subtract", "minus"], ["take_off", "less_by"]), params=(("a", "b"), ("big", "small")),
          doc=("Return {0} minus {1}.", "Returns {0} take away {1}."), expr="{0} - {1}",
          callers=[(["decrement", "one_less"], ["predecessor"], "Return {x} minus 1.", "Returns one less than {x}.", ("{x}", "1")),
                   (["distance_to_ten", "gap_to_ten"], ["shortfall"], "Return 10 minus {x}.", "Returns how far {x} is below 10.", ("10", "{x}")),
@@ -503,12 +552,14 @@ HELPERS = [
 def fam_helper_call(rng, style):
     h = rng.choice(HELPERS)
     si = 0 if style == "train" else 1
-    hname = rng.choice(h["names"][si])
+    hname = rng.choice(h["names"][si]) if si or rng.random() >= RANDOM_NAME_P else random_name(rng)
     p0, p1 = h["params"][si]
     helper = Func(hname, [p0, p1], h["doc"][si].format(p0, p1), ["    return " + h["expr"].format(p0, p1)], 0,
                   None, [])
     cnames_tr, cnames_ho, cdoc_tr, cdoc_ho, cargs = rng.choice(h["callers"])
     cname = rng.choice(cnames_tr if style == "train" else cnames_ho)
+    if style == "train" and rng.random() < RANDOM_NAME_P:
+        cname = random_name(rng)
     x = pick(rng, style, "elem", avoid=(p0, p1))
     if h["names"][0][0] == "repeat":
         x = pick(rng, style, "text", avoid=(p0, p1)) if cargs[0] == "{x}" else pick(rng, style, "num", avoid=(p0, p1))
@@ -557,16 +608,16 @@ def _copy(args):
 
 
 def make_module(rng: random.Random, style: str = "train", *, n_funcs: int | None = None,
-                kind: str | None = None, tries: int = 200) -> Module:
+                kind: str | None = None, path: str | None = None, tries: int = 200) -> Module:
     """One module with one planted bug (of ``kind`` if given) that its tests catch."""
     for _ in range(tries):
-        m = _try_module(rng, style, n_funcs, kind)
+        m = _try_module(rng, style, n_funcs, kind, path)
         if m is not None:
             return m
     raise RuntimeError("could not build a module (kind too rare for the families?)")
 
 
-def _try_module(rng, style, n_funcs, kind):
+def _try_module(rng, style, n_funcs, kind, path=None):
     want = n_funcs or rng.choice([1, 2, 2, 3, 3, 4])
     funcs: list[Func] = []
     names: set[str] = set()
@@ -628,7 +679,7 @@ def _try_module(rng, style, n_funcs, kind):
         return None
     if not any(g != b for (g, b) in zip(good, bad)):
         return None
-    path = pick(rng, style, "files")
+    path = path or pick(rng, style, "files")
     modname = path[:-3]
     test_lines = [f"from {modname} import {', '.join(f.name for f in funcs)}", ""]
     for (name, args), (_, value) in zip(calls, good):

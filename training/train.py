@@ -179,8 +179,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--size", type=str, default="", help="JSON overrides of the model config")
+    ap.add_argument("--hp", type=str, default="", help="JSON overrides of the hyper-parameters (batch, lr, ...)")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.what == "all":
+        (a.out / "run.json").write_text(json.dumps({"seed": a.seed, "minutes": a.minutes, "started": time.time()}) + "\n")
     if a.what in ("all", "tokenizer"):
         from training.tokenizer import train_tokenizer
 
@@ -193,6 +196,8 @@ def main(argv=None):
                  for role in ("reasoner", "coder")]
         return max(p.wait() for p in procs)
     size = json.loads(a.size) if a.size else None
+    if a.hp:
+        DEFAULTS[a.what].update(json.loads(a.hp))
     train_one(a.what, a.out, a.minutes, a.seed, a.threads, max_steps=a.max_steps, size=size)
     return 0
 
