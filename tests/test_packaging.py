@@ -24,3 +24,15 @@ def test_every_package_folder_is_listed_in_pyproject():
 def test_console_script_points_at_the_cli():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["duet"] == "app.cli:main"
+
+
+def test_the_demo_models_and_sample_project_are_package_data():
+    from fnmatch import fnmatch
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = project["tool"]["setuptools"]["package-data"]["app"]
+    demo = ROOT / "app" / "data" / "demo"
+    files = [p.relative_to(ROOT / "app").as_posix() for p in demo.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert files, "app/data/demo is empty"
+    missing = [f for f in files if not any(fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    assert not missing, f"add to pyproject package-data: {missing}"
