@@ -19,8 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="duet", description="Plan with a reasoning model, code with a fast one: offline, in the terminal.")
     p.add_argument("--version", action="version", version=f"duet {__version__}")
     p.add_argument("--config", metavar="PATH", help="config file (default: $DUET_CONFIG, then the platform config dir)")
-    p.add_argument("--demo", action="store_true", help="use the built-in demo model (Gemma 3 270M) for both roles")
-    p.add_argument("--workspace", metavar="DIR", default=".", help="project folder the coder may edit (default: .)")
+    p.add_argument("--demo", action="store_true",
+                   help="the built-in demo models (trained in this repo for one task: fix the planted bug in a "
+                        "small module) on a fresh copy of their sample project")
+    p.add_argument("--workspace", metavar="DIR", default=None,
+                   help="project folder the coder may edit (default: .; with --demo: a fresh sample project)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     sub.add_parser("tui", help="the TUI (the default command)")
@@ -68,6 +71,10 @@ def load_user_config(args):
     from app.paths import find_config
 
     if args.demo:
+        if getattr(args, "workspace", None) is None:  # a fresh copy of the sample project
+            from app.demo import fresh_sample_project
+
+            args.workspace = str(fresh_sample_project())
         return demo_config()
     return load_config(find_config(args.config))
 
@@ -83,6 +90,8 @@ def _run(args) -> int:
 
         return run_export(args)
     config = load_user_config(args)
+    if getattr(args, "workspace", None) is None:
+        args.workspace = "."
     if command == "doctor":
         from app.doctor import run_doctor
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -89,7 +89,7 @@ class RoleConfig:
     def label(self) -> str:
         """A short name for the model, for status bars and transcripts."""
         if self.demo:
-            return "gemma-3-270m (demo)"
+            return f"{self.model or 'gemma-3-270m'} (demo)"
         if self.model:
             return self.model
         if self.path is not None:
@@ -134,14 +134,37 @@ DEFAULT_SAMPLING = {
 }
 
 
+DEMO_SAMPLING = {  # greedy: the demo models are small and trained on one format
+    "reasoner": Sampling(temperature=0.0, top_p=1.0, max_tokens=768),
+    "coder": Sampling(temperature=0.0, top_p=1.0, max_tokens=256),
+}
+
+
 def demo_role(role: str) -> RoleConfig:
-    """The built-in demo: Gemma 3 270M through llama.cpp, for both roles."""
+    """The built-in demo (app/demo.py): the reasoner trained in this repository on our own engine
+    (local, int8), the coder on llama.cpp from its GGUF."""
+    from app import demo
+
+    if role == "reasoner":
+        return RoleConfig(role=role, backend="local", path=demo.reasoner_path(), quant="int8", context=2048,
+                          model="duet-demo-reasoner", demo=True, sampling=DEMO_SAMPLING[role])
+    return RoleConfig(role=role, backend="llama.cpp", path=demo.coder_path(), context=2048,
+                      model="duet-demo-coder", demo=True, sampling=DEMO_SAMPLING[role])
+
+
+def gemma_demo_role(role: str) -> RoleConfig:
+    """The optional Gemma 3 270M demo (``pip install 'duet[demo]'``) through llama.cpp."""
     return RoleConfig(role=role, backend="llama.cpp", context=2048, demo=True,
                       sampling=replace(DEFAULT_SAMPLING[role], max_tokens=256))
 
 
 def demo_config() -> Config:
-    return Config(reasoner=demo_role("reasoner"), coder=demo_role("coder"))
+    from app import demo
+
+    ws = WorkspaceConfig()
+    if "test" in {f.name for f in fields(WorkspaceConfig)}:  # the sample project's own test runner
+        ws = replace(ws, test=demo.test_command())
+    return Config(reasoner=demo_role("reasoner"), coder=demo_role("coder"), workspace=ws)
 
 
 def load_config(path: str | Path | None) -> Config:

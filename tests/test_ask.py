@@ -144,7 +144,7 @@ def test_ask_runs_the_demo_model_in_process(tmp_path):
     p = duet("--demo", "ask", "--json", "--role", "coder", "Say hello.", timeout=180)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert out["model"] == "gemma-3-270m (demo)" and out["answer"] and out["usage"]["completion_tokens"] > 0
+    assert out["model"] == "duet-demo-coder (demo)" and out["answer"] and out["usage"]["completion_tokens"] > 0
 
 
 # -- Turn, as the TUI drives it -------------------------------------------------------------

@@ -30,7 +30,9 @@ def gguf_file(tmp_path) -> Path:
 def test_no_config_gives_the_demo_model_for_both_roles():
     config = load_config(None)
     assert config.is_demo
-    assert config.reasoner.sampling.temperature == 0.6 and config.reasoner.sampling.top_p == 0.95
+    # the demo models were trained on one format: they decode greedily
+    assert config.reasoner.sampling.temperature == 0.0 and config.coder.sampling.temperature == 0.0
+    assert config.reasoner.backend == "local" and config.coder.backend == "llama.cpp"
     assert config.reasoner.system_prompt is None
 
 

@@ -43,3 +43,15 @@ def test_what_duet_serve_imports_at_run_time_is_a_main_dependency():
     third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in ("app", "local_engine", "kernels", "vocab")}
     assert {"starlette", "uvicorn", "sse_starlette"} <= third_party
     assert third_party <= deps, f"add to [project] dependencies: {sorted(third_party - deps)}"
+
+
+def test_the_demo_models_and_sample_project_are_package_data():
+    from fnmatch import fnmatch
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = project["tool"]["setuptools"]["package-data"]["app"]
+    demo = ROOT / "app" / "data" / "demo"
+    files = [p.relative_to(ROOT / "app").as_posix() for p in demo.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert files, "app/data/demo is empty"
+    missing = [f for f in files if not any(fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    assert not missing, f"add to pyproject package-data: {missing}"

@@ -216,9 +216,13 @@ async def test_first_run_lists_what_discovery_found_and_enter_starts_the_demo(tm
         screen = screen_text(app)
         assert "demo model" in screen and str(gguf) in screen and 'backend = "llama.cpp"' in screen
         await pilot.press("enter")
+        from app.tui.first_run import DemoWelcome
+
+        await wait_for(pilot, lambda: isinstance(app.screen, DemoWelcome))  # what to try, on the sample project
+        await pilot.press("enter")
         await wait_for(pilot, lambda: app.chat is not None and app.screen is app.chat)
         await pilot.pause()
-        await wait_text(pilot, app, "gemma-3-270m (demo)")
+        await wait_text(pilot, app, "duet-demo-reasoner (demo)")
 
 
 async def test_rejected_blocks_go_back_to_the_coder_and_the_fixed_round_reaches_the_preview(server, ws):

@@ -47,7 +47,7 @@ def _build(rc: RoleConfig) -> Backend:
     if rc.backend == "llama.cpp":
         from app.backends.llamacpp import LlamaCppBackend, LlamaModel
 
-        path = (demo_path() if rc.demo else Path(rc.path)).resolve()
+        path = (Path(rc.path) if rc.path else demo_path()).resolve()  # no path: the Gemma demo
         key = ("llama.cpp", path, rc.context, rc.threads, rc.gpu_layers, rc.device)
         model = _models.get(key) or _models.setdefault(
             key, LlamaModel(path, context=rc.context, threads=rc.threads, gpu_layers=rc.gpu_layers, device=rc.device))

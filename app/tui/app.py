@@ -66,8 +66,11 @@ class DuetApp(App):
     def _first_run_done(self, use_demo: bool | None) -> None:
         if use_demo:
             from app.config import demo_config
+            from app.demo import fresh_sample_project
+            from app.workspace import Workspace
 
             self.config = demo_config()
+            self.workspace = Workspace.from_config(str(fresh_sample_project()), self.config)  # not the user's folder
             self.open_chat()
         else:
             self.exit(0)
@@ -76,6 +79,11 @@ class DuetApp(App):
         sid = self.store.last_session_id() if self.resume else None
         self.push_screen(ChatScreen(self.config, store=self.store, workspace=self.workspace,
                                     backend=self.backend_override, session_id=sid, load_models=self.load_models))
+        if self.config.is_demo and self.config.reasoner.path is not None:  # the trained demo: how to try it
+            from app.tui.first_run import DemoWelcome
+
+            root = getattr(self.workspace, "root", None)
+            self.push_screen(DemoWelcome(str(root) if root is not None else None))
 
     @property
     def chat(self) -> ChatScreen | None:

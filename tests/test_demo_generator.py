@@ -1,0 +1,121 @@
+"""The demo models' training data: seeded modules with one planted bug their tests catch,
+Duet's own prompts around them, and teacher answers that really fix the bug."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import pytest
+
+from app.prompts import build_prompt, strip_thinking
+from app.workspace import Workspace
+from training.render import (BOS, EOS, END_THINK, answer, chat, coder_answer, coder_example, reasoner_example,
+                             reasoner_prompt, thinking)
+from training.tasks import KINDS, POOLS, make_module
+
+
+def _modules(style, n, seed):
+    rng = random.Random(seed)
+    return [make_module(rng, style, kind=KINDS[i % len(KINDS)]) for i in range(n)]
+
+
+def _run_tests(folder, m) -> int:
+    return subprocess.run([sys.executable, m.test_path], cwd=folder, capture_output=True, timeout=60).returncode
+
+
+def test_a_seed_gives_the_same_module_every_time():
+    a = make_module(random.Random(42), "train")
+    b = make_module(random.Random(42), "train")
+    assert (a.path, a.source, a.test_source) == (b.path, b.source, b.test_source)
+    assert make_module(random.Random(43), "train").source != a.source
+
+
+@pytest.mark.parametrize("style", ["train", "heldout"])
+def test_the_planted_bug_fails_its_tests_and_the_fix_passes(tmp_path, style):
+    for i, m in enumerate(_modules(style, 12, seed=5)):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        (folder / m.test_path).write_text(m.test_source)
+        (folder / m.path).write_text(m.source)
+        assert _run_tests(folder, m) != 0, m.source
+        (folder / m.path).write_text(m.fixed)
+        assert _run_tests(folder, m) == 0, m.fixed
+
+
+def test_modules_keep_to_the_domain_one_bug_on_a_unique_line():
+    for m in _modules("train", 60, seed=9) + _modules("heldout", 30, seed=9):
+        assert 1 <= len(m.funcs) <= 4
+        for f in m.funcs:
+            assert 2 <= len(f.lines()) <= 12 and f.doc.count("\n") == 0
+        bad = [a for a, b in zip(m.source.splitlines(), m.fixed.splitlines()) if a != b]
+        assert bad == [m.bad_line]
+        assert m.source.count(m.bad_line + "\n") == 1
+        assert m.source.splitlines()[m.bug_line_no - 1] == m.bad_line
+
+
+def test_every_bug_kind_occurs_in_both_styles():
+    for style in ("train", "heldout"):
+        assert {m.mutation.kind for m in _modules(style, 24, seed=3)} == set(KINDS)
+
+
+def test_heldout_modules_share_no_file_or_function_names_with_training():
+    assert not set(POOLS["train"]["files"]) & set(POOLS["heldout"]["files"])
+    train = {f.name for m in _modules("train", 300, seed=1) for f in m.funcs}
+    held = {f.name for m in _modules("heldout", 150, seed=2) for f in m.funcs}
+    assert not train & held, sorted(train & held)
+    train_docs = {f.doc for m in _modules("train", 300, seed=1) for f in m.funcs}
+    held_docs = {f.doc for m in _modules("heldout", 150, seed=2) for f in m.funcs}
+    assert not train_docs & held_docs
+
+
+def test_the_reasoner_sees_the_prompt_duet_sends():
+    m = make_module(random.Random(1), "train")
+    request = f"review {m.path}"
+    # "review" routes to the reasoner: its prompt is build_prompt's, with the file numbered
+    assert reasoner_prompt(m, request) == build_prompt("reasoner", "review", request, files=[(m.path, m.source)])
+    e = reasoner_example(random.Random(1), m, request=request)
+    assert e.prompt.startswith(BOS) and e.prompt.endswith("<think>\n")
+    assert e.target.endswith(EOS) and END_THINK in e.target
+
+
+def test_the_training_chat_format_is_the_checkpoint_template():
+    import jinja2
+
+    from training.tokenizer import CODER_TEMPLATE, REASONER_TEMPLATE
+
+    msgs = [{"role": "user", "content": "review calc.py"}]
+    env = jinja2.Environment()
+    for template, reasoning in ((REASONER_TEMPLATE, True), (CODER_TEMPLATE, False)):
+        rendered = env.from_string(template).render(messages=msgs, add_generation_prompt=True, bos_token=BOS)
+        assert rendered == chat("review calc.py", reasoning=reasoning)
+
+
+def test_the_teacher_thinks_through_every_function_then_plans_the_exact_change():
+    m = make_module(random.Random(8), "train", n_funcs=3)
+    trace = thinking(m)
+    for f in m.funcs:
+        assert f"`{f.name}`" in trace and f.doc in trace
+    assert trace.count("This is the bug.") == 1
+    for lang in ("en", "zh"):
+        plan = answer(m, lang)
+        assert m.path in plan and f"`{m.func.name}`" in plan and str(m.bug_line_no) in plan
+        assert f"`{m.good_line.strip()}`" in plan and f"`{m.bad_line.strip()}`" in plan
+        assert strip_thinking(plan) == plan
+
+
+def test_the_teachers_edit_applies_with_duets_workspace_and_the_tests_pass(tmp_path):
+    for i, m in enumerate(_modules("heldout", 12, seed=11)):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        (folder / m.path).write_text(m.source)
+        (folder / m.test_path).write_text(m.test_source)
+        e = coder_example(random.Random(i), m)
+        assert e.target == coder_answer(m, e.lang) + EOS
+        ws = Workspace(folder)
+        changes = ws.propose(coder_answer(m, e.lang))
+        assert not changes.rejected and len(changes.edits) == 1
+        ws.apply(changes)
+        assert (folder / m.path).read_text() == m.fixed
+        assert _run_tests(folder, m) == 0

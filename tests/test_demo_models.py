@@ -1,0 +1,101 @@
+"""The committed demo models: a genuine DeepSeek-V3 checkpoint (with its MTP module) that
+transformers loads and our engine matches, a GGUF that llama.cpp loads, and a manifest that
+tells the truth about the files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from app import demo
+from training.render import chat
+
+MAX_BYTES = 30 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def prompt_ids():
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(demo.reasoner_path() / "tokenizer.json"))
+    src = (demo.sample_source() / "calc.py").read_text()
+    text = chat(f"review calc.py\n\ncalc.py\n```python\n{src}```") + "calc.py has 2 functions."
+    return tok.encode(text).ids
+
+
+def test_the_manifest_matches_the_files_and_they_fit_the_size_budget():
+    m = demo.manifest()
+    total = 0
+    for rel, info in m["files"].items():
+        path = demo.demo_dir() / rel
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == info["sha256"], rel
+        assert path.stat().st_size == info["bytes"]
+        total += info["bytes"]
+    assert {"reasoner/model.safetensors", "reasoner/config.json", "reasoner/tokenizer.json", "coder.gguf"} <= set(m["files"])
+    assert total == m["total_bytes"] <= MAX_BYTES
+    assert m["data_seed"] is not None
+    assert m["training"]["reasoner"]["steps"] > 0 and m["training"]["coder"]["steps"] > 0
+
+
+def test_the_reasoner_is_an_ordinary_deepseek_v3_checkpoint_with_every_v3_feature():
+    cfg = json.loads((demo.reasoner_path() / "config.json").read_text())
+    assert cfg["model_type"] == "deepseek_v3" and cfg["architectures"] == ["DeepseekV3ForCausalLM"]
+    assert cfg["q_lora_rank"] and cfg["kv_lora_rank"] and cfg["qk_rope_head_dim"]  # MLA, q-LoRA, decoupled RoPE
+    assert cfg["n_routed_experts"] > cfg["num_experts_per_tok"] >= 2 and cfg["n_shared_experts"] == 1
+    assert cfg["n_group"] > 1 and 1 <= cfg["topk_group"] < cfg["n_group"]  # grouped routing
+    assert cfg["first_k_dense_replace"] == 1 and cfg["num_nextn_predict_layers"] == 1
+    tcfg = json.loads((demo.reasoner_path() / "tokenizer_config.json").read_text())
+    assert "</think>" in tcfg["chat_template"]  # R1's convention
+
+
+def test_the_mtp_module_is_stored_where_deepseek_v3_stores_it():
+    from safetensors import safe_open
+
+    cfg = json.loads((demo.reasoner_path() / "config.json").read_text())
+    L = cfg["num_hidden_layers"]
+    with safe_open(str(demo.reasoner_path() / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+        prefix = f"model.layers.{L}."
+        for own in ("enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight",
+                    "shared_head.head.weight", "embed_tokens.weight", "self_attn.kv_a_proj_with_mqa.weight",
+                    "mlp.gate.weight", "mlp.gate.e_score_correction_bias", "mlp.shared_experts.down_proj.weight",
+                    "mlp.experts.0.gate_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight"):
+            assert prefix + own in names, own
+        assert f.get_tensor(prefix + "eh_proj.weight").shape == (cfg["hidden_size"], 2 * cfg["hidden_size"])
+        assert not any(n.startswith(f"model.layers.{L + 1}.") for n in names)
+        # the routing bias was trained (V3's auxiliary-loss-free balancing), not left at zero
+        assert f.get_tensor("model.layers.1.mlp.gate.e_score_correction_bias").abs().sum() > 0
+
+
+def test_transformers_and_our_engine_give_the_same_logits_in_fp32(prompt_ids):
+    from transformers import AutoModelForCausalLM
+
+    from local_engine import Engine
+
+    ids = torch.tensor([prompt_ids])
+    ref = AutoModelForCausalLM.from_pretrained(str(demo.reasoner_path()), dtype=torch.float32)
+    assert type(ref).__name__ == "DeepseekV3ForCausalLM"
+    with torch.no_grad():
+        want = ref(ids).logits[0].float()
+    engine = Engine.load(str(demo.reasoner_path()), dtype="float32", max_seq_len=1024)
+    with torch.no_grad():
+        got = engine.forward(ids)[0].float()
+    assert (got - want).abs().max().item() <= 1e-4
+
+
+def test_the_coder_gguf_loads_in_llama_cpp_and_tokenizes_like_the_shared_tokenizer(prompt_ids):
+    from llama_cpp import Llama
+    from tokenizers import Tokenizer
+
+    llm = Llama(str(demo.coder_path()), n_ctx=1024, n_threads=2, verbose=False)
+    assert llm.metadata["general.architecture"] == "llama"
+    assert llm.metadata["tokenizer.ggml.model"] == "gpt2"
+    assert "<｜Assistant｜>" in llm.metadata["tokenizer.chat_template"]
+    tok = Tokenizer.from_file(str(demo.reasoner_path() / "tokenizer.json"))
+    text = tok.decode(prompt_ids, skip_special_tokens=False)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt_ids
+    assert llm.token_eos() == tok.token_to_id("<｜end▁of▁sentence｜>")
+    llm.close()

@@ -1,0 +1,252 @@
+"""Eval of the demo models on held-out modules (the generator's "heldout" style: other names,
+files and docstring phrasings than training), through Duet's real prompts.
+
+    python -m training.eval [--reasoner DIR] [--coder FILE.gguf] [--n 60] [--seed 7]
+
+Reports, and writes as JSON to bench/results/demo_eval.json:
+- reasoner: the answer names the right function and bug kind (and the exact change), with its
+  thinking, and the same model with its thinking suppressed (an empty ``<think></think>``);
+- coder: given the teacher's (correct) plan, its SEARCH/REPLACE blocks apply and the tests pass;
+  and with no plan at all (the request straight to the coder);
+- end to end: the reasoner's plan → the coder's hand-off brief (app.prompts.handoff_brief) →
+  app.workspace applies the blocks → the module's tests run;
+- tokens/s of both models (greedy decode, as the demo runs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from training.render import (END_THINK, REQUESTS_EN, REQUESTS_ZH, answer, chat, coder_prompt, lang_of,
+                             reasoner_prompt)
+from training.tasks import KIND_EN, KIND_ZH, KINDS, Module, make_module
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUESTS = REQUESTS_EN + REQUESTS_ZH
+
+
+STYLE = "heldout"  # "train": fresh modules in the training style (names from its pools), for comparison
+
+
+def heldout_cases(n: int, seed: int) -> list[tuple[Module, str]]:
+    if STYLE == "sample":  # the demo's sample project, each module with each request form
+        import tempfile
+
+        from training.sample_project import build
+
+        mods = build(Path(tempfile.mkdtemp()))
+        return [(m, REQUESTS[j % len(REQUESTS)].format(path=m.path, func=m.func.name))
+                for j in range(len(REQUESTS)) for m in mods][:n]
+    rng = random.Random(seed)
+    cases = []
+    for i in range(n):
+        m = make_module(rng, STYLE, kind=KINDS[i % len(KINDS)])
+        cases.append((m, REQUESTS[i % len(REQUESTS)].format(path=m.path, func=m.func.name)))
+    return cases
+
+
+# ---------------------------------------------------------------------------- models
+
+class Reasoner:
+    def __init__(self, folder, quant="int8"):
+        from local_engine import Engine
+
+        self.engine = Engine.load(str(folder), quant=quant, max_seq_len=2048)
+        self.tok = self.engine.tokenizer
+        self.decoded, self.decode_s = 0, 0.0  # decode only (after the first token)
+
+    def run(self, user_text: str, *, think: bool = True, max_new: int = 700):
+        prompt = self.tok.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True)
+        if not think:
+            prompt += "\n" + END_THINK + "\n\n"
+        ids = self.tok.encode(prompt)
+        out, first = [], None
+        for token in self.engine.generate(ids, max_new_tokens=max_new, temperature=0.0,
+                                          stop_ids=[self.tok.eos_token_id]):
+            out.append(int(token))
+            if first is None:
+                first = time.perf_counter()  # the prompt is read: decode starts
+        dt = time.perf_counter() - first if first is not None else 0.0
+        self.decoded += max(len(out) - 1, 0)
+        self.decode_s += dt
+        out = [i for i in out if i != self.tok.eos_token_id]
+        text = self.tok.decode(out)
+        if think:
+            trace, _, ans = text.partition(END_THINK)
+        else:
+            trace, ans = "", text
+        return trace.strip(), ans.strip(), len(out), dt
+
+
+class Coder:
+    def __init__(self, gguf_path):
+        from llama_cpp import Llama
+
+        self.llm = Llama(str(gguf_path), n_ctx=2048, n_threads=1, verbose=False)
+        self.template = self.llm.metadata["tokenizer.chat_template"]
+
+    def run(self, user_text: str, max_new: int = 300):
+        import jinja2
+
+        prompt = jinja2.Environment().from_string(self.template).render(
+            messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,
+            bos_token="<｜begin▁of▁sentence｜>", eos_token="<｜end▁of▁sentence｜>")
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        self.llm.reset()
+        self.llm.eval(tokens[:-1])  # read the prompt first, so the timing below is decode
+        t = time.perf_counter()
+        out = self.llm.create_completion(tokens, max_tokens=max_new, temperature=0.0)
+        dt = time.perf_counter() - t
+        return out["choices"][0]["text"], out["usage"]["completion_tokens"], dt
+
+
+# ---------------------------------------------------------------------------- scoring
+
+def score_plan(ans: str, m: Module) -> dict:
+    first = ans.strip().split("\n", 1)[0]
+    name = m.func.name
+    func_ok = f"function `{name}`" in first or f"函数 `{name}`" in first
+    kind_ok = KIND_EN[m.mutation.kind] in first or KIND_ZH[m.mutation.kind] in first
+    change_ok = f"`{m.good_line.strip()}`" in ans
+    return {"function": func_ok, "kind": kind_ok, "found": func_ok and kind_ok, "change": change_ok}
+
+
+def apply_and_test(m: Module, coder_text: str) -> tuple[bool, str]:
+    """Blocks applied by app.workspace to a temp copy of the module, then its tests run."""
+    from app.workspace import Workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / m.path).write_text(m.source, encoding="utf-8")
+        (root / m.test_path).write_text(m.test_source, encoding="utf-8")
+        ws = Workspace(root)
+        try:
+            cs = ws.propose(coder_text)
+        except Exception as e:  # noqa: BLE001 - model output is untrusted
+            return False, f"propose failed: {e}"
+        if cs.rejected or not cs.edits:
+            return False, "rejected: " + "; ".join(f"{r.path}: {r.reason}" for r in cs.rejected) if cs.rejected else "no edits"
+        ws.apply(cs)
+        r = subprocess.run([sys.executable, m.test_path], cwd=root, capture_output=True, text=True, timeout=30)
+        return r.returncode == 0, (r.stdout + r.stderr)[-300:]
+
+
+def eval_coder(coder_gguf, n: int, seed: int, log=print) -> dict:
+    """The coder alone: given the teacher's (correct) plan through the hand-off brief, and given
+    no plan (the request straight to it, as the router sends "fix ...")."""
+    cd = Coder(coder_gguf)
+    rows, tok, secs = [], 0, 0.0
+    for i, (m, request) in enumerate(heldout_cases(n, seed)):
+        lang = lang_of(request)
+        text, ck, cdt = cd.run(coder_prompt(m, request, answer(m, lang), "handoff"))
+        tok, secs = tok + ck, secs + cdt
+        given_plan, why = apply_and_test(m, text)
+        direct_req = ("修复 {path} 里的错误" if lang == "zh" else "fix the bug in {path}").format(path=m.path)
+        direct, _ = apply_and_test(m, cd.run(coder_prompt(m, direct_req, None, "direct"))[0])
+        rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
+                     "coder_given_plan": given_plan, "coder_direct": direct, "why": "" if given_plan else why})
+        log(f"{i:3d} {m.mutation.kind:13s} coder={int(given_plan)} direct={int(direct)}  {request}")
+    return {"coder_n": len(rows), "coder_given_plan": _rate(rows, "coder_given_plan"),
+            "coder_direct": _rate(rows, "coder_direct"), "coder_tok_s": round(tok / max(secs, 1e-9), 1),
+            "coder_by_kind": {k: rate_k(rows, k, lambda r: r["coder_given_plan"]) for k in KINDS},
+            "coder_rows": rows}
+
+
+def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_new: int = 700) -> dict:
+    """The reasoner with its thinking and with it suppressed; end to end: its answer is the plan
+    the coder gets (hand-off brief), the blocks are applied and the tests run."""
+    rs = Reasoner(reasoner_dir)
+    cd = Coder(coder_gguf)
+    rows = []
+    for i, (m, request) in enumerate(heldout_cases(n, seed)):
+        user = reasoner_prompt(m, request)
+        trace, ans, k, _ = rs.run(user, think=True, max_new=max_new)
+        think = score_plan(ans, m)
+        _, ans0, _, _ = rs.run(user, think=False, max_new=max_new)
+        nothink = score_plan(ans0, m)
+        e2e = False
+        if ans.strip():
+            e2e, _ = apply_and_test(m, cd.run(coder_prompt(m, request, ans, "handoff"))[0])
+        rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
+                     "think": think, "nothink": nothink, "end_to_end": e2e, "think_tokens": k,
+                     "answer": ans[:400], "nothink_answer": ans0[:400]})
+        log(f"{i:3d} {m.mutation.kind:13s} think={int(think['found'])} nothink={int(nothink['found'])} "
+            f"e2e={int(e2e)}  {request}")
+    by_kind = {k: {"think": rate_k(rows, k, lambda r: r["think"]["found"]),
+                   "nothink": rate_k(rows, k, lambda r: r["nothink"]["found"]),
+                   "end_to_end": rate_k(rows, k, lambda r: r["end_to_end"])} for k in KINDS}
+    f = lambda key, sub: round(sum(1 for r in rows if r[key][sub]) / len(rows), 3)  # noqa: E731
+    return {"reasoner_n": len(rows),
+            "reasoner_found": f("think", "found"), "reasoner_exact_change": f("think", "change"),
+            "reasoner_nothink_found": f("nothink", "found"), "reasoner_nothink_exact_change": f("nothink", "change"),
+            "end_to_end": _rate(rows, "end_to_end"),
+            "reasoner_tok_s": round(rs.decoded / max(rs.decode_s, 1e-9), 1),
+            "reasoner_by_kind": by_kind, "reasoner_rows": rows}
+
+
+def _rate(rows, key):
+    return round(sum(1 for r in rows if r[key]) / len(rows), 3) if rows else None
+
+
+def rate_k(rows, kind, get):
+    sel = [r for r in rows if r["kind"] == kind]
+    return round(sum(1 for r in sel if get(r)) / len(sel), 3) if sel else None
+
+
+LABELS = [("reasoner_found", "reasoner: right function + kind (thinking)"),
+          ("reasoner_exact_change", "reasoner: exact change in the plan"),
+          ("reasoner_nothink_found", "reasoner, thinking suppressed: function + kind"),
+          ("reasoner_nothink_exact_change", "reasoner, thinking suppressed: exact change"),
+          ("coder_given_plan", "coder given a correct plan: tests pass"),
+          ("coder_direct", "coder alone (no plan): tests pass"),
+          ("end_to_end", "end to end (reasoner → coder → apply → test)"),
+          ("reasoner_tok_s", "reasoner decode tokens/s (local_engine int8)"),
+          ("coder_tok_s", "coder decode tokens/s (llama.cpp F16, 1 thread)")]
+
+
+def main(argv=None):
+    from app import demo
+
+    ap = argparse.ArgumentParser(prog="python -m training.eval")
+    ap.add_argument("--reasoner", type=Path, default=demo.reasoner_path())
+    ap.add_argument("--coder", type=Path, default=demo.coder_path())
+    ap.add_argument("--n", type=int, default=30, help="held-out modules for the reasoner and end to end")
+    ap.add_argument("--n-coder", type=int, default=60, help="held-out modules for the coder alone")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--max-new", type=int, default=600, help="the reasoner's token limit per answer")
+    ap.add_argument("--part", choices=["all", "coder", "reasoner"], default="all",
+                    help="run one part; its figures are merged into --out")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "demo_eval.json")
+    ap.add_argument("--style", choices=["heldout", "train", "sample"], default="heldout",
+                    help="heldout: the second generator's names and phrasings; train: new modules in the training style")
+    a = ap.parse_args(argv)
+    global STYLE
+    STYLE = a.style
+    res = json.loads(a.out.read_text()) if a.part != "all" and a.out.is_file() else {}
+    res.update({"seed": a.seed, "style": a.style})
+    if a.part in ("all", "coder"):
+        res.update(eval_coder(a.coder, a.n_coder, a.seed))
+    if a.part in ("all", "reasoner"):
+        res.update(eval_reasoner(a.reasoner, a.coder, a.n, a.seed, max_new=a.max_new))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print()
+    print(f"held-out modules (seed {a.seed}): reasoner {res.get('reasoner_n')}, coder {res.get('coder_n')}")
+    print(f"{'metric':48s} value")
+    for key, label in LABELS:
+        v = res.get(key)
+        if v is not None:
+            print(f"{label:48s} {v}" if key.endswith("tok_s") else f"{label:48s} {v:.1%}")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

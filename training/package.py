@@ -1,0 +1,111 @@
+"""Copy a training run's models into the package (``app/data/demo``) with a manifest.
+
+    python -m training.package --run build/demo [--eval bench/results/demo_eval.json]
+
+The reasoner's weights are stored in bfloat16 (the expert-routing bias stays float32), the coder
+is its GGUF (F16). ``manifest.json`` lists each file's sha256 and size, the training config
+(model shapes, hyper-parameters, steps, seconds), the data seed, and the eval figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEST = ROOT / "app" / "data" / "demo"
+KEEP_FP32 = ("e_score_correction_bias",)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def package(run: Path, eval_json: Path | None, dest: Path = DEST) -> dict:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    rdest = dest / "reasoner"
+    if rdest.exists():
+        shutil.rmtree(rdest)
+    rdest.mkdir()
+    src = run / "reasoner" / "hf"
+    tensors = load_file(str(src / "model.safetensors"))
+    tensors = {k: (v if any(s in k for s in KEEP_FP32) or not v.is_floating_point() else v.to(torch.bfloat16)).contiguous()
+               for k, v in tensors.items()}
+    save_file(tensors, str(rdest / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["dtype"] = "bfloat16"
+    (rdest / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, rdest / name)
+    shutil.copy2(run / "coder" / "coder.gguf", dest / "coder.gguf")
+
+    files = {}
+    for p in sorted(dest.rglob("*")):
+        if p.is_file() and p.name != "manifest.json" and "sample" not in p.relative_to(dest).parts:
+            files[str(p.relative_to(dest))] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+    training = {}
+    for role in ("reasoner", "coder"):
+        log = _read_log(run / role / "train_log.jsonl")
+        start = next((r for r in log if r.get("event") == "start"), {})
+        steps = [r for r in log if "step" in r and "loss" in r]
+        ckpt = json.loads((run / role / "checkpoint.json").read_text()) if (run / role / "checkpoint.json").is_file() else {}
+        training[role] = {"params": start.get("params"), "hyper": start.get("hp"), "threads": start.get("threads"),
+                          "budget_minutes": start.get("minutes"), "steps": ckpt.get("step"),
+                          "seconds": ckpt.get("seconds"), "final_loss_ema": ckpt.get("ema_loss"),
+                          "examples_seen": (ckpt.get("step") or 0) * ((start.get("hp") or {}).get("batch") or 0),
+                          "last_logged": steps[-1] if steps else None}
+    training["reasoner"]["config"] = cfg
+    ccfg = json.loads((run / "coder" / "hf" / "config.json").read_text())
+    training["coder"]["config"] = ccfg
+    seed = json.loads((run / "run.json").read_text()).get("seed") if (run / "run.json").is_file() else None
+    manifest = {
+        "what": "Duet's demo models, trained in this repository (python -m training.train all): "
+                "they find and fix one planted bug in small Python modules, nothing more.",
+        "reproduce": ("python -m training.train tokenizer --out build/demo --seed 1; "
+                      "python -m training.train reasoner --out build/demo --minutes 26 --seed 1 --threads 1 "
+                      "--hp '{\"batch\": 4, \"lr\": 0.002}' & "
+                      "python -m training.train coder --out build/demo --minutes 24 --seed 1 --threads 1; wait; "
+                      "python -m training.package --run build/demo; python -m training.eval"),
+        "status": "undertrained: the models learned the output formats but not yet to copy names from the "
+                  "prompt (see eval); a longer run of the same script is needed",
+        "data_seed": seed,
+        "tokenizer": {"kind": "byte-level BPE (tokenizers)", "vocab_size": cfg["vocab_size"]},
+        "files": files,
+        "total_bytes": sum(f["bytes"] for f in files.values()),
+        "training": training,
+        "eval": None,
+    }
+    if eval_json and eval_json.is_file():
+        ev = json.loads(eval_json.read_text())
+        manifest["eval"] = {k: v for k, v in ev.items() if k != "rows"}
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return manifest
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m training.package")
+    ap.add_argument("--run", type=Path, default=ROOT / "build" / "demo")
+    ap.add_argument("--eval", type=Path, default=None)
+    a = ap.parse_args(argv)
+    m = package(a.run, a.eval)
+    print(f"packaged {len(m['files'])} files, {m['total_bytes'] / 1e6:.1f} MB into {DEST}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

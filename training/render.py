@@ -1,0 +1,178 @@
+"""Training and eval examples: Duet's real prompts (app.prompts / app.turn) around a task module,
+and the "teacher" answers a program writes for them.
+
+The reasoner's target is a thinking trace that reads every docstring and the line that
+carries it, finds the one that disagrees, then a diagnosis and a numbered plan naming the
+file, the function, the line and the exact change. The coder's target is one
+SEARCH/REPLACE block (CONTRACT.md's format) and a one-line summary.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from training.tasks import KIND_EN, KIND_ZH, KINDS, Module, make_module
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+USER = "<｜User｜>"
+ASSISTANT = "<｜Assistant｜>"
+THINK, END_THINK = "<think>", "</think>"
+SPECIAL_TOKENS = [BOS, EOS, USER, ASSISTANT, THINK, END_THINK]
+
+REQUESTS_EN = ["review {path}", "fix the bug in {path}", "why does {func} fail its test?"]
+REQUESTS_ZH = ["审查 {path}", "修复 {path} 里的错误"]
+
+
+def request_for(rng: random.Random, m: Module, *, lang: str | None = None) -> str:
+    pool = REQUESTS_EN if lang == "en" else REQUESTS_ZH if lang == "zh" else (REQUESTS_EN * 2 + REQUESTS_ZH)
+    return rng.choice(pool).format(path=m.path, func=m.func.name)
+
+
+# ---------------------------------------------------------------------------- teacher text
+
+def reason_en(kind: str, wrong: str, right: str) -> str:
+    return {
+        "operator": f"uses `{wrong}` where the docstring needs `{right}`",
+        "off_by_one": f"is off by one: `{wrong}` should be `{right}`",
+        "comparison": f"compares with `{wrong}` where the docstring needs `{right}`",
+        "wrong_name": f"uses `{wrong}` where it should use `{right}`",
+        "accumulator": f"starts the accumulator at `{wrong}`; it must start at `{right}`",
+        "swapped_args": f"passes the arguments in the wrong order: `{wrong}` should be `{right}`",
+    }[kind]
+
+
+def reason_zh(kind: str, wrong: str, right: str) -> str:
+    return {
+        "operator": f"用了 `{wrong}`，应该是 `{right}`",
+        "off_by_one": f"边界差一：`{wrong}` 应为 `{right}`",
+        "comparison": f"用 `{wrong}` 比较，应该是 `{right}`",
+        "wrong_name": f"用了 `{wrong}`，应该是 `{right}`",
+        "accumulator": f"累加器从 `{wrong}` 开始，应从 `{right}` 开始",
+        "swapped_args": f"参数顺序反了：`{wrong}` 应为 `{right}`",
+    }[kind]
+
+
+def thinking(m: Module) -> str:
+    mut = m.mutation
+    n = len(m.funcs)
+    lines = [f"{m.path} has {n} function{'s' if n > 1 else ''}. I check each docstring against its code."]
+    for i, f in enumerate(m.funcs):
+        if i == m.bug_func:
+            k = m.bug_line_no
+            lines.append(f"`{f.name}`: \"{f.doc}\" Line {k} `{mut.new.strip()}` {reason_en(mut.kind, mut.wrong, mut.right)}. "
+                         f"This is the bug.")
+        else:
+            k = m.line_no(i, f.key)
+            lines.append(f"`{f.name}`: \"{f.doc}\" Line {k} `{f.body[f.key].strip()}` matches.")
+    lines.append(f"So the bug is in `{m.func.name}`, line {m.bug_line_no}: {KIND_EN[mut.kind]}. "
+                 f"Change `{m.bad_line.strip()}` to `{m.good_line.strip()}`.")
+    return "\n".join(lines)
+
+
+def answer(m: Module, lang: str) -> str:
+    mut, f, k = m.mutation, m.func, m.bug_line_no
+    bad, good = m.bad_line.strip(), m.good_line.strip()
+    if lang == "zh":
+        return (f"**错误：** `{m.path}` 的函数 `{f.name}`，第 {k} 行：{KIND_ZH[mut.kind]}。"
+                f"文档字符串说 \"{f.doc}\"，但 `{bad}` {reason_zh(mut.kind, mut.wrong, mut.right)}。\n\n"
+                f"**计划：**\n"
+                f"1. 在 `{m.path}` 的函数 `{f.name}` 中，把第 {k} 行 `{bad}` 改为 `{good}`。\n"
+                f"2. 运行测试，确认 `{m.test_path}` 通过。")
+    return (f"**Bug:** `{m.path}`, function `{f.name}`, line {k}: {KIND_EN[mut.kind]}. "
+            f"The docstring says \"{f.doc}\", but `{bad}` {reason_en(mut.kind, mut.wrong, mut.right)}.\n\n"
+            f"**Plan:**\n"
+            f"1. In `{m.path}`, function `{f.name}`, change line {k} from `{bad}` to `{good}`.\n"
+            f"2. Run the tests and check that `{m.test_path}` passes.")
+
+
+def coder_answer(m: Module, lang: str) -> str:
+    block = f"{m.path}\n<<<<<<< SEARCH\n{m.bad_line}\n=======\n{m.good_line}\n>>>>>>> REPLACE\n"
+    bad, good = m.bad_line.strip(), m.good_line.strip()
+    summary = (f"修复了 `{m.func.name}`：`{bad}` 改为 `{good}`。" if lang == "zh"
+               else f"Fixed `{m.func.name}`: `{bad}` is now `{good}`.")
+    return block + "\n" + summary
+
+
+# ---------------------------------------------------------------------------- Duet's prompts
+
+def lang_of(request: str) -> str:
+    from app.prompts import detect_lang
+
+    return detect_lang(request)
+
+
+def reasoner_prompt(m: Module, request: str) -> str:
+    """The user message Duet sends the reasoner (a forced reasoner turn with the file in context)."""
+    from app.turn import build_prompt_text, decide
+
+    return build_prompt_text(decide(request, "reasoner"), None, [(m.path, m.source)], None)
+
+
+def coder_prompt(m: Module, request: str, plan: str | None, mode: str) -> str:
+    """The coder's user message: ``handoff`` (app.prompts.handoff_brief), ``turn`` (a coder turn
+    after a plan, as app.turn builds it) or ``direct`` (the router sent the request straight to
+    the coder: no plan)."""
+    from app.prompts import handoff_brief
+    from app.turn import build_prompt_text, decide
+
+    files = [(m.path, m.source)]
+    if mode == "handoff":
+        return handoff_brief(plan, files)
+    if mode == "turn":
+        return build_prompt_text(decide(request, "coder", after_plan=True), plan, files, None)
+    return build_prompt_text(decide(request, "coder"), None, files, None)
+
+
+def chat(prompt: str, *, generation: bool = True, reasoning: bool = True) -> str:
+    """The chat template's rendering of one user turn (what both models' templates produce)."""
+    return BOS + USER + prompt + ASSISTANT + (THINK + "\n" if reasoning and generation else "")
+
+
+# ---------------------------------------------------------------------------- examples
+
+@dataclass
+class Example:
+    prompt: str  # full chat text up to where the model starts
+    target: str  # what the model should write, ending with EOS
+    module: Module
+    request: str
+    lang: str
+
+
+def reasoner_example(rng: random.Random, m: Module, *, think: bool = True, request: str | None = None) -> Example:
+    request = request or request_for(rng, m)
+    lang = lang_of(request)
+    trace = thinking(m) if think else ""
+    target = (trace + "\n" if trace else "\n") + END_THINK + "\n\n" + answer(m, lang) + EOS
+    return Example(chat(reasoner_prompt(m, request)), target, m, request, lang)
+
+
+def coder_example(rng: random.Random, m: Module, *, mode: str | None = None, request: str | None = None) -> Example:
+    mode = mode or rng.choices(["handoff", "turn", "direct"], [4, 3, 3])[0]
+    if mode == "direct":
+        request = request or rng.choice(["fix the bug in {path}", "修复 {path} 里的错误"]).format(path=m.path)
+    else:
+        request = request or request_for(rng, m)
+    lang = lang_of(request)
+    plan = answer(m, lang) if mode != "direct" else None
+    prompt = coder_prompt(m, request, plan, mode)
+    return Example(chat(prompt, reasoning=False), coder_answer(m, lang) + EOS, m, request, lang)
+
+
+def sample_module(rng: random.Random, style: str) -> Module:
+    return make_module(rng, style, kind=rng.choice(KINDS))
+
+
+if __name__ == "__main__":
+    r = random.Random(3)
+    m = sample_module(r, "train")
+    e = reasoner_example(r, m)
+    print(e.prompt + e.target)
+    print("=" * 60)
+    c = coder_example(r, m, mode="handoff")
+    print(c.prompt + c.target)
+    c = coder_example(r, m, mode="direct")
+    print("=" * 60)
+    print(c.prompt + c.target)

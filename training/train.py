@@ -1,0 +1,206 @@
+"""Train the demo models on CPU.
+
+    python -m training.train all --out build/demo --minutes 40     # tokenizer, then both models side by side
+    python -m training.train reasoner --out build/demo --minutes 5  # one model (the tokenizer must exist)
+
+Examples are generated on the fly from the seeded generator (``training.render``), so no data
+is stored or downloaded. The learning rate follows a cosine over the time budget, so a run of
+any length ends annealed; a checkpoint is written every few minutes and at the end (a partial
+run is usable). The coder is written to GGUF at each checkpoint too (``training.gguf_export``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULTS = {
+    "reasoner": dict(batch=8, lr=3e-3, warmup=40, think_off=0.1, mtp_weight=0.3, bias_speed=1e-3),
+    "coder": dict(batch=8, lr=3e-3, warmup=40),
+}
+
+
+def log(path: Path, **row):
+    row["t"] = round(time.time(), 1)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def build_batch(tok, examples, device="cpu"):
+    seqs, labels = [], []
+    for e in examples:
+        p = tok.encode(e.prompt).ids
+        t = tok.encode(e.target).ids
+        seqs.append(p + t)
+        labels.append([-100] * len(p) + t)
+    T = max(map(len, seqs))
+    pad = 1
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    lab = torch.full((len(seqs), T), -100, dtype=torch.long)
+    for i, (s, l) in enumerate(zip(seqs, labels)):
+        ids[i, : len(s)] = torch.tensor(s)
+        lab[i, : len(l)] = torch.tensor(l)
+    return ids, lab
+
+
+def example_stream(role: str, seed: int, think_off: float = 0.0):
+    from training.render import coder_example, reasoner_example, sample_module
+
+    rng = random.Random(seed)
+    while True:
+        m = sample_module(rng, "train")
+        if role == "reasoner":
+            yield reasoner_example(rng, m, think=rng.random() >= think_off)
+        else:
+            yield coder_example(rng, m)
+
+
+def batches(role, tok, seed, batch, think_off=0.0):
+    """Length-sorted batches from pools of 8 batches: less padding."""
+    stream = example_stream(role, seed, think_off)
+    while True:
+        pool = [next(stream) for _ in range(batch * 8)]
+        pool.sort(key=lambda e: len(e.prompt) + len(e.target))
+        chunks = [pool[i:i + batch] for i in range(0, len(pool), batch)]
+        random.Random(seed + len(pool)).shuffle(chunks)
+        for c in chunks:
+            yield build_batch(tok, c)
+
+
+def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, save_every: float = 5.0,
+              max_steps: int | None = None, size: dict | None = None):
+    from tokenizers import Tokenizer
+
+    from training import models
+    from training.tokenizer import save_tokenizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    hp = DEFAULTS[role]
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    V = tok.get_vocab_size()
+    if role == "reasoner":
+        config = models.reasoner_config(V, **(size or {}))
+        model = models.Reasoner(config)
+    else:
+        config = models.coder_config(V, **(size or {}))
+        model = models.Coder(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    folder = out / role
+    folder.mkdir(parents=True, exist_ok=True)
+    logf = folder / "train_log.jsonl"
+    logf.unlink(missing_ok=True)
+    log(logf, event="start", role=role, params=n_params, minutes=minutes, seed=seed, threads=threads, hp=hp)
+    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], betas=(0.9, 0.95), weight_decay=0.01)
+    gates = model.gates()
+    counts = {}
+
+    def hook(mod, inp, outp):
+        idx = outp[2]
+        counts[id(mod)] = counts.get(id(mod), 0) + torch.bincount(idx.flatten(), minlength=mod.num_experts).float()
+
+    handles = [g.register_forward_hook(hook) for g in gates]
+    budget = minutes * 60
+    start = time.time()
+    last_save = start
+    step = 0
+    stream = batches(role, tok, seed, hp["batch"], hp.get("think_off", 0.0))
+    model.train()
+    ema = None
+    while True:
+        elapsed = time.time() - start
+        if elapsed >= budget or (max_steps and step >= max_steps):
+            break
+        frac = elapsed / budget
+        lr = hp["lr"] * min(1.0, (step + 1) / hp["warmup"]) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        ids, lab = next(stream)
+        counts.clear()
+        if role == "reasoner":
+            loss, main, mtp = model(ids, lab, hp["mtp_weight"])
+        else:
+            loss, main, mtp = model(ids, lab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        # V3's auxiliary-loss-free balancing: nudge each expert's bias against its load
+        with torch.no_grad():
+            for g in gates:
+                c = counts.get(id(g))
+                if c is not None:
+                    g.e_score_correction_bias += hp["bias_speed"] * torch.sign(c.mean() - c)
+        step += 1
+        ema = main.item() if ema is None else 0.95 * ema + 0.05 * main.item()
+        if step % 10 == 0:
+            log(logf, step=step, loss=round(main.item(), 4), ema=round(ema, 4), mtp=round(float(mtp), 4),
+                lr=round(lr, 6), tokens=int(ids.numel()), elapsed=round(elapsed, 1))
+        if time.time() - last_save > save_every * 60:
+            save(model, folder, tok, role, config, step, ema, time.time() - start)
+            last_save = time.time()
+    for h in handles:
+        h.remove()
+    save(model, folder, tok, role, config, step, ema, time.time() - start)
+    log(logf, event="done", steps=step, ema=ema, seconds=round(time.time() - start, 1))
+
+
+def save(model, folder: Path, tok, role, config, step, ema, seconds):
+    from training.tokenizer import save_tokenizer
+
+    model.eval()
+    hf = folder / "hf"
+    model.save(hf)
+    save_tokenizer(tok, hf, reasoning=role == "reasoner")
+    info = {"step": step, "ema_loss": ema, "seconds": round(seconds, 1)}
+    (folder / "checkpoint.json").write_text(json.dumps(info) + "\n")
+    if role == "coder":
+        from training.gguf_export import write_gguf
+
+        write_gguf(hf, folder / "coder.gguf")
+    model.train()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m training.train")
+    ap.add_argument("what", choices=["all", "tokenizer", "reasoner", "coder"])
+    ap.add_argument("--out", type=Path, default=Path("build/demo"))
+    ap.add_argument("--minutes", type=float, default=40.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--size", type=str, default="", help="JSON overrides of the model config")
+    ap.add_argument("--hp", type=str, default="", help="JSON overrides of the hyper-parameters (batch, lr, ...)")
+    a = ap.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.what == "all":
+        (a.out / "run.json").write_text(json.dumps({"seed": a.seed, "minutes": a.minutes, "started": time.time()}) + "\n")
+    if a.what in ("all", "tokenizer"):
+        from training.tokenizer import train_tokenizer
+
+        train_tokenizer(seed=a.seed).save(str(a.out / "tokenizer.json"))
+        if a.what == "tokenizer":
+            return 0
+    if a.what == "all":  # both models side by side, one thread each
+        procs = [subprocess.Popen([sys.executable, "-m", "training.train", role, "--out", str(a.out),
+                                   "--minutes", str(a.minutes), "--seed", str(a.seed), "--threads", "1"])
+                 for role in ("reasoner", "coder")]
+        return max(p.wait() for p in procs)
+    size = json.loads(a.size) if a.size else None
+    if a.hp:
+        DEFAULTS[a.what].update(json.loads(a.hp))
+    train_one(a.what, a.out, a.minutes, a.seed, a.threads, max_steps=a.max_steps, size=size)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
