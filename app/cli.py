@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from app import __version__
-from app.errors import DuetError, UsageError
+from app.errors import DuetError
 
 
 class _Parser(argparse.ArgumentParser):

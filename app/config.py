@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -161,9 +161,7 @@ def gemma_demo_role(role: str) -> RoleConfig:
 def demo_config() -> Config:
     from app import demo
 
-    ws = WorkspaceConfig()
-    if "test" in {f.name for f in fields(WorkspaceConfig)}:  # the sample project's own test runner
-        ws = replace(ws, test=demo.test_command())
+    ws = WorkspaceConfig(test=demo.test_command())  # the sample project's own test runner
     return Config(reasoner=demo_role("reasoner"), coder=demo_role("coder"), workspace=ws)
 
 

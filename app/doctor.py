@@ -86,11 +86,11 @@ def _check_gguf(rc: RoleConfig, source: str) -> Check:
         return Check(rc.role, rc.backend, rc.label, False, detail="llama-cpp-python is not installed",
                      fix="pip install llama-cpp-python", config_problem=False)
     if rc.demo and rc.path is None:  # the optional Gemma demo
-        from app.demo import INSTALL_HINT, demo_available
+        from app.demo import GEMMA_INSTALL_HINT, demo_available
 
         if not demo_available():
             return Check(rc.role, rc.backend, rc.label, False, detail="demo model not installed",
-                         fix=INSTALL_HINT, config_problem=False)
+                         fix=GEMMA_INSTALL_HINT, config_problem=False)
         from app.demo import demo_gguf_path
 
         path = demo_gguf_path()

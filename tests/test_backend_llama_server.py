@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from vocab.messages import ChatMessage
-from vocab.events import AnswerDelta, Done, Failed
+from vocab.events import AnswerDelta, Done
 from app.backends.openai import OpenAIBackend
 from app.backends.probe import probe
 from app.config import RoleConfig, Sampling

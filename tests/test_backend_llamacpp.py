@@ -10,7 +10,7 @@ import pytest
 from app.backends import close_all, make_backend
 from vocab.messages import ChatMessage
 from vocab.events import AnswerDelta, Done, Failed, Usage
-from app.config import RoleConfig, Sampling, demo_role
+from app.config import RoleConfig, Sampling, gemma_demo_role
 from tests.backend_helpers import collect
 
 pytest.importorskip("llama_cpp")
@@ -77,10 +77,10 @@ def test_a_prompt_longer_than_the_context_fails_naming_the_key(gguf_role):
     assert isinstance(r.end, Failed) and "reasoner.context" in r.end.message and "64" in r.end.message
 
 
-def test_the_demo_role_uses_the_packaged_gemma(duet_home):
+def test_the_gemma_demo_role_uses_the_packaged_gemma(duet_home):
     close_all()
     try:
-        r = collect(make_backend(demo_role("coder")).stream(ASK, GREEDY))
+        r = collect(make_backend(gemma_demo_role("coder")).stream(ASK, GREEDY))
         assert isinstance(r.end, Done) and r.answer
         assert (duet_home / "models" / "gemma-3-270m-q4_k_m.gguf").is_file()
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import Config, RoleConfig, Sampling
-from tests.tui_support import make_app, screen_text, type_and_send, wait_for, wait_reply, wait_text
+from tests.tui_support import make_app, type_and_send, wait_for, wait_reply, wait_text
 
 pytest.importorskip("llama_cpp")
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import re
 
-import pytest
 
 from vocab.events import AnswerDelta, Done, ThinkingDelta, Usage
 from app.config import Config, RoleConfig, Sampling
 from app.discovery import Found
 from app.store import SessionStore
 from app.tui.app import DuetApp
-from textual.widgets import TextArea
 
 PLAN = """## Plan
 

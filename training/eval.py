@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from training.render import (END_THINK, REQUESTS_EN, REQUESTS_ZH, answer, chat, coder_prompt, lang_of,
+from training.render import (END_THINK, REQUESTS_EN, REQUESTS_ZH, answer, coder_prompt, lang_of,
                              reasoner_prompt)
 from training.tasks import KIND_EN, KIND_ZH, KINDS, Module, make_module
 

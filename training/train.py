@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -81,7 +80,6 @@ def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, sav
     from tokenizers import Tokenizer
 
     from training import models
-    from training.tokenizer import save_tokenizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
