@@ -20,9 +20,10 @@ Any failure (no compiler, compile error, Windows) logs one warning and returns N
 duration of each call. ``CALLS`` counts calls per entry point (tests check the path ran).
 
 Activations are rounded per block to 16-bit or 8-bit integers inside the quantized matmuls
-(``act_bits``): 8 bits (llama.cpp's Q8_0 activations, _mm256_maddubs_epi16) where the build
-is not AVX-512, 16 bits on AVX-512 (there the 16-bit products already stream at memory
-bandwidth); ``DUET_ACT_BITS=8|16`` overrides. ``variant(march)`` swaps in another build for a
+(``act_bits``): for int4 weights 8 bits (as llama.cpp's Q8_0 activations;
+_mm256_maddubs_epi16) where the build is not AVX-512; 16 bits for int8 weights (8-bit
+activations would add an error as large as Q8_0's own weight rounding) and on AVX-512 (there
+the 16-bit products already stream at memory bandwidth); ``DUET_ACT_BITS=8|16`` overrides. ``variant(march)`` swaps in another build for a
 block (tests run the AVX2 and plain-C builds on any x86-64 CPU).
 """
 
@@ -228,8 +229,8 @@ def _set(so: ctypes.CDLL | None) -> None:
             _ABITS.update({8: int(forced), 4: int(forced)})
         elif so.duet_isa() == b"avx512":
             _ABITS.update({8: 16, 4: 16})
-        else:
-            _ABITS.update({8: 8, 4: 8})
+        else:   # int8 weights keep 16-bit activations: 8-bit ones would double their rounding error
+            _ABITS.update({8: 16, 4: 8})
 
 
 @contextmanager
