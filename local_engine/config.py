@@ -73,7 +73,8 @@ class ModelArgs:
         return self.index_topk > 0
 
     def is_moe_layer(self, i: int) -> bool:
-        if self.mlp_layer_types is not None:
+        """Layer ``i`` (``num_hidden_layers``: the MTP module's block) has routed experts."""
+        if self.mlp_layer_types is not None and i < len(self.mlp_layer_types):
             return self.mlp_layer_types[i] == "sparse"
         return (bool(self.n_routed_experts) and i >= self.first_k_dense_replace
                 and i % self.moe_layer_freq == 0)

@@ -79,19 +79,20 @@ def test_the_demo_models_run_on_duets_backends_through_a_real_turn(tmp_path):
     """The reasoner streams its R1-style output (thinking split off) from our engine (int8); the coder
     answers from llama.cpp. (Whether the answers are right is the eval's business: training/eval.py.)"""
     from app.backends import close_all
-    from app.turn import Turn
+    from app.turn import Turn, decide
 
     root = demo.fresh_sample_project(tmp_path / "p")
     config = demo_config()
     files = [("calc.py", (root / "calc.py").read_text())]
     try:
-        plan = Turn(config, "review calc.py", role="reasoner", files=files, save=False)
+        plan = Turn(config, "review calc.py", decide("review calc.py", "reasoner"), files=files, save=False)
         for _ in plan.events():
             pass
         assert plan.result.status == "done", plan.result.failed
         assert plan.result.answer.strip() and "</think>" not in plan.result.answer
         assert plan.result.answer.lstrip().startswith("**Bug:**")  # the trained answer format
-        code = Turn(config, "fix the bug in calc.py", role="coder", plan=plan.result.answer, files=files, save=False)
+        code = Turn(config, "fix the bug in calc.py", decide("fix the bug in calc.py", "coder"), plan=plan.result.answer,
+                    files=files, save=False)
         for _ in code.events():
             pass
         assert code.result.status == "done" and "<<<<<<< SEARCH" in code.result.answer

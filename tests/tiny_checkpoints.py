@@ -214,7 +214,11 @@ def _add_mtp_layer(folder: Path, config, seed: int, mode) -> None:
                  p + "shared_head.norm.weight": main["model.norm.weight"].clone(),
                  p + "shared_head.head.weight": main["lm_head.weight"].clone()}
     else:
-        deeper = type(config).from_dict({**config.to_dict(), "num_hidden_layers": L + 1})
+        cfg = {**config.to_dict(), "num_hidden_layers": L + 1}
+        for key in ("layer_types", "mlp_layer_types"):  # V3.2's per-layer lists grow with it
+            if cfg.get(key):
+                cfg[key] = [*cfg[key], cfg[key][-1]]
+        deeper = type(config).from_dict(cfg)
         torch.manual_seed(seed + 7)
         model = AutoModelForCausalLM.from_config(deeper, dtype=torch.float32)
         _perturb_(model, seed + 7)

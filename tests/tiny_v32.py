@@ -63,7 +63,7 @@ def write_tiny_v32(folder, *, dtype="float32", seed: int = 0, style: str = "tran
     shard = f"{max(1, math.ceil(total / shards / 1024) + 1)}KB" if shards > 1 else "10GB"
     model.save_pretrained(folder, max_shard_size=shard)
     if mtp:
-        _add_mtp_layer(folder, config, seed)
+        _add_mtp_layer(folder, config, seed, mtp)
     if style == "deepseek":
         _deepseek_style(folder)
     return folder
