@@ -157,6 +157,10 @@ class ReplyItem(Vertical):
             parts.append(f"context {used:,} tokens")
         elif self.context_window:
             parts.append(f"window {self.context_window:,}")
+        if self.usage is not None and self.usage.cached_tokens:
+            parts.append(f"{self.usage.cached_tokens:,} prompt tokens cached")
+        if self.usage is not None and self.usage.drafted:
+            parts.append(f"MTP kept {self.usage.accepted} of {self.usage.drafted} drafts")
         return " · ".join(parts)
 
     def _think_seconds(self) -> float | None:
