@@ -248,7 +248,9 @@ def test_engine_decode_runs_the_fused_moe_and_matches_its_own_prefill(tmp_path, 
     assert cpu_native.CALLS["moe"] - before.get("moe", 0) == 12 * len(eng.model.layers)   # MoE and dense MLP
     assert moe_layers >= 1
     cos = F.cosine_similarity(steps, prefill, dim=-1).min().item()
-    assert cos > 0.9999, cos
+    # one-row decode rounds activations per block (16-bit: ~1e-5 of error; 8-bit, as llama.cpp's
+    # Q8_0 activations on AVX2/plain-C int4 builds: ~1e-3), prefill runs them in float
+    assert cos > (0.9999 if cpu_native.act_bits(8 if mode == "int8" else 4) == 16 else 0.999), cos
 
 
 @pytest.mark.parametrize("H,K,N", [(1, 1, 1), (3, 7, 200), (5, 33, 129), (16, 128, 512), (2, 512, 128)])
