@@ -103,21 +103,9 @@ class GGUFWeight:
 # the library
 
 
-def _cache_dir() -> Path:
-    env = os.environ.get("DUET_KERNEL_CACHE")
-    if env:
-        return Path(env)
-    try:
-        from platformdirs import user_cache_dir
-
-        return Path(user_cache_dir("duet")) / "kernels"
-    except ImportError:
-        return Path.home() / ".cache" / "duet" / "kernels"
-
-
 def build(cache_dir: Path | None = None, cc: str | None = None) -> Path:
     """Compile the library unless cached; its path. RuntimeError with the compiler's message."""
-    from kernels.cpu_native import _cpu_flags, _torch_gomp
+    from kernels.cpu_native import _cache_dir, _cpu_flags, _torch_gomp
 
     cc = cc or os.environ.get("CC") or "cc"
     if not cc.split() or shutil.which(cc.split()[0]) is None:
