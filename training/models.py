@@ -13,6 +13,28 @@ import torch
 from torch import nn
 
 
+def causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kw):
+    """Training attention: right-padded batches need only the causal mask, so torch's fused
+    CPU kernel runs (forward and backward) instead of the masked matmul-softmax path. It needs
+    one head size, so V (32) is zero-padded to Q/K's (48) and cut back after."""
+    import torch.nn.functional as F
+
+    dq, dv = query.shape[-1], value.shape[-1]
+    if dv < dq:
+        value = F.pad(value, (0, dq - dv))
+    out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling)
+    return out[..., :dv].transpose(1, 2).contiguous(), None
+
+
+def use_training_attention(config):
+    """Switch a config to `causal_attention` (not saved: transformers keeps it out of config.json)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("duet_train_causal", causal_attention)
+    config._attn_implementation = "duet_train_causal"
+    return config
+
+
 def reasoner_config(vocab_size: int, **over):
     from transformers import DeepseekV3Config
 

@@ -87,10 +87,10 @@ def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, sav
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     V = tok.get_vocab_size()
     if role == "reasoner":
-        config = models.reasoner_config(V, **(size or {}))
+        config = models.use_training_attention(models.reasoner_config(V, **(size or {})))
         model = models.Reasoner(config)
     else:
-        config = models.coder_config(V, **(size or {}))
+        config = models.use_training_attention(models.coder_config(V, **(size or {})))
         model = models.Coder(config)
     n_params = sum(p.numel() for p in model.parameters())
     folder = out / role
