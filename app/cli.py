@@ -92,6 +92,10 @@ def _run(args) -> int:
     config = load_user_config(args)
     if getattr(args, "workspace", None) is None:
         args.workspace = "."
+    from app.config import BUILTIN
+
+    if command != "tui" and not args.demo and config.source == BUILTIN:
+        _say_what_discovery_found(to=sys.stdout if command == "doctor" else sys.stderr)
     if command == "doctor":
         from app.doctor import run_doctor
 
@@ -111,6 +115,15 @@ def _run(args) -> int:
     from app.tui.app import run_tui
 
     return run_tui(config, args)
+
+
+def _say_what_discovery_found(to) -> None:
+    """No config file: the command runs on the demo models; say so, and what the user has instead."""
+    from app.config_writer import discovery_note
+    from app.discovery import discover
+    from app.paths import default_config_path
+
+    print(f"duet: {discovery_note(discover(), default_config_path())}", file=to, flush=True)
 
 
 def _print_route(r, as_json: bool) -> int:

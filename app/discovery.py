@@ -6,6 +6,7 @@ loopback ports of OpenAI-compatible servers. Never reaches beyond 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,9 +34,14 @@ class Found:
     def config_snippet(self, role: str = "reasoner") -> str:
         """The [role] table that would use this model."""
         if self.kind == "server":
-            return f'[{role}]\nbackend = "openai"\nurl = "{self.location}"\nmodel = "{self.label}"\n'
+            return f'[{role}]\nbackend = "openai"\nurl = {toml_str(self.location)}\nmodel = {toml_str(self.label)}\n'
         backend = self.backends[0] if self.backends else ("llama.cpp" if self.kind == "gguf" else "local")
-        return f'[{role}]\nbackend = "{backend}"\npath = "{self.location}"\n'
+        return f'[{role}]\nbackend = "{backend}"\npath = {toml_str(self.location)}\n'
+
+
+def toml_str(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's for these characters)."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def model_folders(home: Path | None = None) -> list[Path]:

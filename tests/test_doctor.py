@@ -123,3 +123,32 @@ def test_doctor_on_the_demo_model_passes():
                             text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo" in result.stdout
+
+
+def no_config_env(tmp_path) -> dict:
+    """A home with one planted GGUF in ~/models and no config file anywhere."""
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "my-coder.Q4_K_M.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+    env = {k: v for k, v in os.environ.items() if k not in ("DUET_CONFIG", "HF_HOME", "HF_HUB_CACHE")}
+    return dict(env, PYTHONPATH=str(ROOT), HOME=str(home), XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+                DUET_HOME=str(tmp_path / "duet-home"))
+
+
+def test_doctor_without_a_config_says_what_discovery_found_and_that_it_checks_the_demo(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "app", "doctor"], capture_output=True, text=True,
+                            env=no_config_env(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "no config file" in out and str(tmp_path / "xdg" / "duet" / "config.toml") in out
+    assert "using the built-in demo models" in out
+    assert str(tmp_path / "home" / "models" / "my-coder.Q4_K_M.gguf") in out  # what the user has instead
+    assert out.index("Discovery found") < out.index("role")  # said before the checks
+
+
+def test_ask_without_a_config_says_on_stderr_what_discovery_found(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "app", "ask", "--role", "coder", "--no-save", "hi"],
+                            capture_output=True, text=True, env=no_config_env(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no config file" in result.stderr and "my-coder.Q4_K_M.gguf" in result.stderr
+    assert "no config file" not in result.stdout  # stdout stays the answer alone

@@ -101,7 +101,9 @@ def test_snapshot_first_run(snap_compare, tmp_path, monkeypatch):
                   discover=lambda: found)
 
     async def found_shown(pilot) -> None:
-        while not app.screen.query(".found-item"):
+        from textual.widgets import OptionList
+
+        while not app.screen.query(OptionList) or app.screen.query_one(OptionList).option_count < 3:
             await pilot.pause(0.02)
         await pilot.pause()
 

@@ -209,13 +209,13 @@ async def test_first_run_lists_what_discovery_found_and_enter_starts_the_demo(tm
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
     from app.config import demo_config
 
-    app = make_app(demo_config(), first_run=True)
+    app = make_app(demo_config(), first_run=True, config_path=tmp_path / "cfg" / "config.toml")
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, FirstRunScreen))
         await wait_for(pilot, lambda: "tiny-coder" in screen_text(app), timeout=15)
         screen = screen_text(app)
-        assert "demo model" in screen and str(gguf) in screen and 'backend = "llama.cpp"' in screen
-        await pilot.press("enter")
+        assert "Start now on the demo models" in screen and str(gguf) in screen and "Step 1 of 2" in screen
+        await pilot.press("enter")  # the first option: the demo, at once
         from app.tui.first_run import DemoWelcome
 
         await wait_for(pilot, lambda: isinstance(app.screen, DemoWelcome))  # what to try, on the sample project
@@ -223,6 +223,54 @@ async def test_first_run_lists_what_discovery_found_and_enter_starts_the_demo(tm
         await wait_for(pilot, lambda: app.chat is not None and app.screen is app.chat)
         await pilot.pause()
         await wait_text(pilot, app, "duet-demo-reasoner (demo)")
+    assert not (tmp_path / "cfg" / "config.toml").exists()  # the demo needs no config file
+
+
+async def test_first_run_writes_the_picked_models_to_a_config_file_and_starts_on_it(tmp_path, server, ws):
+    from app.config import demo_config, load_config
+    from urllib.parse import urlparse
+
+    from app.discovery import Found, probe_servers
+
+    server.enqueue(text_reply("Hello from the picked server."))
+    port = urlparse(server.base_url).port
+    found = [Found("gguf", "some-model.gguf", str(tmp_path / "some-model.gguf"), "GGUF, 0.0 GB")]
+    found += probe_servers({port: "Ollama"})  # the real probe of the real loopback server
+    path = tmp_path / "cfg" / "config.toml"
+    app = make_app(demo_config(), first_run=True, workspace=ws, config_path=path, discover=lambda: found)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_text(pilot, app, "Step 1 of 2", "scripted-model")
+        await pilot.press("down", "down", "enter")  # past the demo and the GGUF: the server, as reasoner
+        await wait_text(pilot, app, "Step 2 of 2")
+        await pilot.press("up", "enter")  # the last option wrapped to: the demo coder
+        await wait_text(pilot, app, "Wrote", str(path))
+        text = path.read_text(encoding="utf-8")
+        assert f'url = "{server.base_url}"' in text and 'model = "scripted-model"' in text
+        assert "[coder]" in text and "coder.gguf" in text  # the demo's coder, by its packaged path
+        assert "[reasoner]" in screen_text(app)  # the file is shown before Duet starts on it
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.chat is not None and app.screen is app.chat)
+        await type_and_send(pilot, "/think hello")
+        await wait_text(pilot, app, "Hello from the picked server.")
+    config = load_config(path)  # what was written is a valid config, and the app runs on it
+    assert config.reasoner.backend == "openai" and config.reasoner.url == server.base_url
+    assert config.coder.backend == "llama.cpp" and config.coder.sampling.temperature == 0.0
+    assert app.config.reasoner.url == server.base_url
+    assert "hello" in sent_messages(server)[-1]["content"]
+
+
+async def test_first_run_never_overwrites_a_config_file_that_appeared_meanwhile(tmp_path, ws):
+    from app.config import demo_config
+
+    path = tmp_path / "config.toml"
+    path.write_text("# mine\n")
+    app = make_app(demo_config(), first_run=True, workspace=ws, config_path=path, discover=lambda: [])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_text(pilot, app, "found no models")
+        await pilot.press("down", "enter", "enter")  # the demo reasoner, then the demo coder
+        await wait_text(pilot, app, "Could not write the config", "not overwriting")
+        assert isinstance(app.screen, FirstRunScreen)
+    assert path.read_text() == "# mine\n"
 
 
 async def test_rejected_blocks_go_back_to_the_coder_and_the_fixed_round_reaches_the_preview(server, ws):

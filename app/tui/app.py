@@ -25,7 +25,8 @@ class DuetApp(App):
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True, show=False)]
 
     def __init__(self, config: Config, *, workspace=None, first_run: bool = False,
-                 store=None, backend=None, load_models: bool = True, resume: bool | None = None, discover=None):
+                 store=None, backend=None, load_models: bool = True, resume: bool | None = None, discover=None,
+                 config_path=None):
         super().__init__()
         self.config = config
         self.first_run = first_run
@@ -35,6 +36,7 @@ class DuetApp(App):
         self.resume = config.ui.resume_last if resume is None else resume
         self.workspace = workspace  # an app.workspace.Workspace, or None
         self.discover = discover  # first run: a callable listing what was found (default app.discovery)
+        self.config_path = config_path  # first run: where the picked config goes (default: the platform file)
 
     def on_mount(self) -> None:
         keymap = getattr(self.config.ui, "keymap", None)  # binding id -> keys, e.g. {"chat.hand_off": "f6"}
@@ -51,7 +53,7 @@ class DuetApp(App):
         if self.first_run:
             from app.tui.first_run import FirstRunScreen
 
-            self.push_screen(FirstRunScreen(self.discover), self._first_run_done)
+            self.push_screen(FirstRunScreen(self.discover, self.config_path), self._first_run_done)
         else:
             self.open_chat()
 
@@ -63,8 +65,16 @@ class DuetApp(App):
     def on_unmount(self) -> None:
         gc.unfreeze()
 
-    def _first_run_done(self, use_demo: bool | None) -> None:
-        if use_demo:
+    def _first_run_done(self, outcome) -> None:
+        """FirstRunScreen's answer: "demo", the Config it wrote, or None (quit)."""
+        if isinstance(outcome, Config):
+            from app.workspace import Workspace
+
+            self.config = outcome
+            if self.workspace is not None:  # the same folder, under the new file's [workspace] settings
+                self.workspace = Workspace.from_config(str(self.workspace.root), outcome)
+            self.open_chat()
+        elif outcome == "demo":
             from app.config import demo_config
             from app.demo import fresh_sample_project
             from app.workspace import Workspace
