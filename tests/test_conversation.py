@@ -184,3 +184,17 @@ def test_the_failure_summary_keeps_failing_names_assertions_and_the_tail():
     assert len(summary) <= 3000
     assert "FAILED tests/test_calc.py::test_add" in summary and "E       assert 6 == 5" in summary
     assert summary.rstrip().endswith("1 failed, 400 passed in 0.5s") and "test_17 PASSED" not in summary
+
+
+def test_a_file_named_in_the_request_joins_the_context_and_the_prompt(tmp_path, server):
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    ws = Workspace(root)
+    conv = Conversation(server_config(server.base_url), workspace=ws, save=False)
+    routed = conv.prepare("/plan fix the bug in calc.py")
+    assert ws.context.files == ["calc.py"]
+    assert routed.notes == ("calc.py joined the context (named in the request).",)
+    assert ("calc.py", "def add(a, b):\n    return a - b\n") in routed.turn.files
+    again = conv.prepare("/plan and calc.py once more")
+    assert again.notes == ()  # already there: no second note

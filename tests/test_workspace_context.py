@@ -162,3 +162,21 @@ def test_review_with_nothing_in_context_uses_the_uncommitted_git_diff_and_says_s
     assert review.kind == "diff" and review.files == ("a.py",)
     assert "uncommitted changes (git diff HEAD)" in review.note and "1 untracked" in review.note
     assert "-x = 1\n+x = 2" in review.text and "new.py" in review.text
+
+
+def test_files_named_in_a_request_are_found_by_path_or_by_a_unique_bare_name(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "calc.py").write_text("x = 1\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "util.py").write_text("")
+    (tmp_path / "b" / "util.py").write_text("")
+    (tmp_path / "notes.md").write_text("")
+    (tmp_path / ".env").write_text("SECRET=1\n")
+    ctx = FileContext(tmp_path)
+    assert ctx.named_in("fix the bug in calc.py.") == ["src/calc.py"]  # unique bare name; the full stop is prose
+    assert ctx.named_in("审查 `src/calc.py` 和 ./notes.md") == ["src/calc.py", "notes.md"]
+    assert ctx.named_in("compare util.py with missing.py, e.g. on python 3.11") == []  # two util.py; none exist
+    assert ctx.named_in("read ../outside.py and /etc/passwd.txt and .env") == []
+    ctx.add("notes.md")
+    assert ctx.named_in("see notes.md") == []  # already in context

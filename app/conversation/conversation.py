@@ -76,6 +76,10 @@ class Conversation:
         if decision.role != "coder":
             plan = None
         notes: list[str] = []
+        if author == "you" and self.workspace is not None:  # "fix the bug in calc.py": calc.py joins the context
+            for rel in self.workspace.context.named_in(request):
+                if self.workspace.context.add(rel).added:
+                    notes.append(f"{rel} joined the context (named in the request).")
         if decision.intent == "review" and decision.role == "reasoner":
             files = self.review_material(notes)
         else:

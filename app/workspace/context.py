@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,9 @@ from typing import Callable
 import pathspec
 
 from app.workspace import safety
+
+
+_PATHLIKE = re.compile(r"[\w./-]*\w\.[A-Za-z][A-Za-z0-9]*")  # "calc.py", "src/app/x.toml" (a dot and an extension)
 
 
 def estimate_tokens(text: str) -> int:
@@ -124,6 +128,30 @@ class FileContext:
                 self._files.append(name)
                 added.append(name)
         return Added(tuple(added), tuple(skipped))
+
+    def named_in(self, text: str) -> list[str]:
+        """Files of the workspace that ``text`` names by relative path ("fix the bug in
+        src/calc.py", "审查 `calc.py`"), not yet in context; a bare file name counts when exactly
+        one file in the tree has it."""
+        out: list[str] = []
+        tree: list[str] | None = None
+        for word in _PATHLIKE.findall(text):
+            word = word[2:] if word.startswith("./") else word
+            try:
+                rel = safety.clean_relative(word)
+            except safety.Unsafe:
+                continue
+            if not (self.root / rel).is_file():
+                if "/" in rel:
+                    continue
+                tree = self.walk() if tree is None else tree
+                same = [f for f in tree if f.rsplit("/", 1)[-1] == rel]
+                if len(same) != 1:
+                    continue
+                rel = same[0]
+            if rel not in self._files and rel not in out and not self._check(rel):
+                out.append(rel)
+        return out
 
     def drop(self, path: str) -> list[str]:
         """Remove a file, or every file under a folder; returns what was removed."""
