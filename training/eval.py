@@ -9,7 +9,8 @@ Reports, and writes as JSON to bench/results/demo_eval.json:
 - coder: given the teacher's (correct) plan, its SEARCH/REPLACE blocks apply and the tests pass;
   and with no plan at all (the request straight to the coder);
 - end to end: the reasoner's plan → the coder's hand-off brief (app.prompts.handoff_brief) →
-  app.workspace applies the blocks → the module's tests run;
+  app.workspace applies the blocks → the module's tests run; and the same through
+  ``duet run --role reasoner --file MODULE --apply --test ...`` as a user runs it;
 - tokens/s of both models (greedy decode, as the demo runs them).
 """
 
@@ -191,6 +192,48 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
             "reasoner_by_kind": by_kind, "reasoner_rows": rows}
 
 
+def eval_duet_run(reasoner_dir, coder_gguf, n: int, seed: int, log=print) -> dict:
+    """End to end as a user runs it: ``duet run --role reasoner --file MODULE --apply --test
+    "python test_MODULE.py" REQUEST`` on a fresh workspace per held-out module (in process, so
+    the models load once), with a config naming these two models as the demo runs them."""
+    import contextlib
+    import io
+    import shlex
+
+    from app.backends import close_all
+    from app.cli import main as duet
+    from app.config_writer import toml_str
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "config.toml"
+        cfg.write_text(f'[reasoner]\nbackend = "local"\npath = {toml_str(str(Path(reasoner_dir).resolve()))}\n'
+                       'quant = "int8"\ncontext = 2048\n[reasoner.sampling]\ntemperature = 0.0\nmax_tokens = 768\n'
+                       f'[coder]\nbackend = "llama.cpp"\npath = {toml_str(str(Path(coder_gguf).resolve()))}\n'
+                       'context = 2048\n[coder.sampling]\ntemperature = 0.0\nmax_tokens = 256\n', encoding="utf-8")
+        for i, (m, request) in enumerate(heldout_cases(n, seed)):
+            ws = Path(tmp) / f"ws{i}"
+            ws.mkdir()
+            (ws / m.path).write_text(m.source, encoding="utf-8")
+            (ws / m.test_path).write_text(m.test_source, encoding="utf-8")
+            test = f"{shlex.quote(sys.executable)} {m.test_path}"
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = duet(["--config", str(cfg), "run", "--workspace", str(ws), "--role", "reasoner", "--file",
+                             m.path, "--apply", "--test", test, "--no-save", "--json", request])
+            try:
+                status = json.loads(out.getvalue().strip().splitlines()[-1]).get("status")
+            except (ValueError, IndexError):
+                status = f"no JSON (exit {code})"
+            passed = code == 0 and status == "passed"
+            rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind,
+                         "request": request, "duet_run": passed, "status": status})
+            log(f"{i:3d} {m.mutation.kind:13s} duet run={int(passed)} ({status})  {request}")
+    close_all()
+    return {"duet_run_n": len(rows), "duet_run_passed": _rate(rows, "duet_run"),
+            "duet_run_by_kind": {k: rate_k(rows, k, lambda r: r["duet_run"]) for k in KINDS}, "duet_run_rows": rows}
+
+
 def _rate(rows, key):
     return round(sum(1 for r in rows if r[key]) / len(rows), 3) if rows else None
 
@@ -207,6 +250,7 @@ LABELS = [("reasoner_found", "reasoner: right function + kind (thinking)"),
           ("coder_given_plan", "coder given a correct plan: tests pass"),
           ("coder_direct", "coder alone (no plan): tests pass"),
           ("end_to_end", "end to end (reasoner → coder → apply → test)"),
+          ("duet_run_passed", "end to end through `duet run --apply --test`"),
           ("reasoner_tok_s", "reasoner decode tokens/s (local_engine int8)"),
           ("coder_tok_s", "coder decode tokens/s (llama.cpp F16, 1 thread)")]
 
@@ -221,7 +265,8 @@ def main(argv=None):
     ap.add_argument("--n-coder", type=int, default=60, help="held-out modules for the coder alone")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--max-new", type=int, default=600, help="the reasoner's token limit per answer")
-    ap.add_argument("--part", choices=["all", "coder", "reasoner"], default="all",
+    ap.add_argument("--n-run", type=int, default=20, help="held-out modules through `duet run`")
+    ap.add_argument("--part", choices=["all", "coder", "reasoner", "run"], default="all",
                     help="run one part; its figures are merged into --out")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "demo_eval.json")
     ap.add_argument("--style", choices=["heldout", "train", "sample"], default="heldout",
@@ -235,6 +280,8 @@ def main(argv=None):
         res.update(eval_coder(a.coder, a.n_coder, a.seed))
     if a.part in ("all", "reasoner"):
         res.update(eval_reasoner(a.reasoner, a.coder, a.n, a.seed, max_new=a.max_new))
+    if a.part in ("all", "run"):
+        res.update(eval_duet_run(a.reasoner, a.coder, a.n_run, a.seed))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print()
