@@ -219,7 +219,7 @@ def eval_duet_run(reasoner_dir, coder_gguf, n: int, seed: int, log=print) -> dic
             test = f"{shlex.quote(sys.executable)} {m.test_path}"
             out, err = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = duet(["--config", str(cfg), "run", "--workspace", str(ws), "--role", "reasoner", "--file",
+                code = duet(["--config", str(cfg), "--workspace", str(ws), "run", "--role", "reasoner", "--file",
                              m.path, "--apply", "--test", test, "--no-save", "--json", request])
             try:
                 status = json.loads(out.getvalue().strip().splitlines()[-1]).get("status")

@@ -40,7 +40,7 @@ def reasoner_config(vocab_size: int, **over):
 
     cfg = dict(
         vocab_size=vocab_size, hidden_size=192, intermediate_size=512, moe_intermediate_size=96,
-        num_hidden_layers=4, first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4,
+        num_hidden_layers=6, first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4,
         q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
         n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, n_group=2, topk_group=1,
         routed_scaling_factor=1.0, norm_topk_prob=True, rope_interleave=True, max_position_embeddings=2048,
@@ -56,7 +56,7 @@ def reasoner_config(vocab_size: int, **over):
 def coder_config(vocab_size: int, **over):
     from transformers import LlamaConfig
 
-    cfg = dict(vocab_size=vocab_size, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+    cfg = dict(vocab_size=vocab_size, hidden_size=192, intermediate_size=512, num_hidden_layers=6,
                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, rope_theta=10000.0,
                rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=1,
                initializer_range=0.02)
