@@ -1,19 +1,18 @@
-"""Capture the running TUI for the README, on the real demo model (Gemma 3 270M via llama.cpp).
+"""Capture the running TUI for the README: a real run of `duet --demo` on the trained demo models.
 
-    python docs/capture_tui.py            # writes docs/screenshot.svg and docs/screen.txt
+    python docs/capture_tui.py [REQUEST]   # writes docs/demo-1-plan.svg, -2-diff.svg, -3-test.svg
 
-- docs/screenshot.svg: `app.save_screenshot()` from a Pilot run of the real app.
-- docs/screen.txt: `tmux capture-pane` of `python -m app --demo` in a 120x40 tmux window
-  (skipped when tmux is missing).
-Both use a fresh data dir, so no earlier session is resumed.
+A Pilot drives the real app (the reasoner on our engine, int8; the coder on llama.cpp) on a
+fresh copy of the sample project, as a user would: the request, the reasoner's thinking and
+plan (1), Ctrl+O and Ctrl+S to hand the plan to the coder, the diff review (2), `a` and Enter to
+apply, and the sample project's tests run after the apply (3). Nothing is staged: whatever the
+models write is what the pictures show. A fresh data dir, so no earlier session is resumed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,74 +20,63 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-REQUEST = "what is a binary search? answer in two sentences"
+REQUEST = "/plan fix the bug in calc.py"
 
 
-async def svg(out: Path) -> None:
+async def until(pilot, condition, what: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"capture: timed out waiting for {what}")
+        await pilot.pause(0.2)
+
+
+async def capture(request: str, out: Path) -> None:
     from app.backends import close_all
     from app.config import demo_config
+    from app.demo import fresh_sample_project
     from app.store import SessionStore
     from app.tui.app import DuetApp
+    from app.tui.dialogs import PlanEditor
+    from app.tui.diff_preview import DiffPreview
+    from app.tui.messages import TestItem
+    from app.workspace import Workspace
 
-    app = DuetApp(demo_config(), store=SessionStore.open(":memory:"), resume=False)
+    config = demo_config()
+    project = fresh_sample_project(Path(tempfile.mkdtemp(prefix="duet-sample-")) / "sample")
+    app = DuetApp(config, workspace=Workspace.from_config(str(project), config), store=SessionStore.open(":memory:"),
+                  resume=False)
     try:
-        async with app.run_test(size=(120, 40)) as pilot:
+        async with app.run_test(size=(130, 42)) as pilot:
+            await pilot.press("enter")  # the demo's welcome
+            await until(pilot, lambda: app.chat is not None and app.screen is app.chat, "the chat")
             status = app.chat.status_bar
-            while status.role("coder").state != "ready":
-                if status.role("coder").state == "failed":
-                    raise SystemExit(f"the demo model failed to load: {status.role('coder').reason}")
-                await pilot.pause(0.2)
-            await pilot.press(*REQUEST, "enter")
-            await pilot.pause(0.2)
-            while app.chat.current is not None:
-                await pilot.pause(0.1)
-            await pilot.pause(0.3)
-            app.save_screenshot(str(out.name), path=str(out.parent))
+            await until(pilot, lambda: all(status.role(r).state == "ready" for r in ("reasoner", "coder")),
+                        "both models to load")
+            await pilot.press(*request, "enter")
+            await pilot.pause(0.5)
+            await until(pilot, lambda: app.chat.current is None, "the reasoner's plan")
+            await pilot.pause(0.5)
+            app.save_screenshot("demo-1-plan.svg", path=str(out))
+            await pilot.press("ctrl+o")
+            await until(pilot, lambda: isinstance(app.screen, PlanEditor), "the hand-off editor")
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: isinstance(app.screen, DiffPreview), "the coder's diff", timeout=120)
+            await pilot.pause(0.5)
+            app.save_screenshot("demo-2-diff.svg", path=str(out))
+            await pilot.press("a", "enter")
+            await until(pilot, lambda: any(t.status != "running" for t in app.chat.query(TestItem)), "the test run", timeout=120)
+            await pilot.pause(0.5)
+            app.save_screenshot("demo-3-test.svg", path=str(out))
     finally:
         close_all()
 
 
-def tmux(out: Path, home: str) -> bool:
-    if shutil.which("tmux") is None:
-        return False
-    name = f"duet-capture-{os.getpid()}"
-    env = f"DUET_HOME={home} PYTHONPATH={ROOT}"
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40"], check=True)
-    try:
-        subprocess.run(["tmux", "send-keys", "-t", name, f"cd {ROOT} && {env} {sys.executable} -m app --demo", "Enter"],
-                       check=True)
-        screen = ""
-        for _ in range(300):  # until both models are ready
-            time.sleep(0.2)
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
-            if screen.count("· ready") == 2:
-                break
-        subprocess.run(["tmux", "send-keys", "-t", name, "-l", REQUEST], check=True)
-        subprocess.run(["tmux", "send-keys", "-t", name, "Enter"], check=True)
-        for _ in range(600):  # until the reply's figures show and the coder is ready again
-            time.sleep(0.2)
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
-            if "first token" in screen and screen.count("· ready") == 2:
-                break
-        time.sleep(0.5)
-        screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
-        out.write_text(screen.rstrip() + "\n", encoding="utf-8")
-        subprocess.run(["tmux", "send-keys", "-t", name, "C-q"])
-        time.sleep(0.5)
-        return True
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
-
-
 def main() -> int:
-    home = tempfile.mkdtemp(prefix="duet-capture-")
-    os.environ["DUET_HOME"] = home
-    asyncio.run(svg(ROOT / "docs" / "screenshot.svg"))
-    print("wrote docs/screenshot.svg")
-    if tmux(ROOT / "docs" / "screen.txt", tempfile.mkdtemp(prefix="duet-capture-")):
-        print("wrote docs/screen.txt")
-    else:
-        print("tmux not found: docs/screen.txt not written")
+    os.environ["DUET_HOME"] = tempfile.mkdtemp(prefix="duet-capture-")
+    request = " ".join(sys.argv[1:]) or REQUEST
+    asyncio.run(capture(request, ROOT / "docs"))
+    print("wrote docs/demo-1-plan.svg, docs/demo-2-diff.svg, docs/demo-3-test.svg")
     return 0
 
 
