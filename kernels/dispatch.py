@@ -95,12 +95,6 @@ def packed_linear(x, packed):
     return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 
-def reference_packed_linear(x, packed):
-    import torch.nn.functional as F
-
-    return F.linear(x, packed.to_dense())
-
-
 # -- MLA's absorbed decode: one token's per-head GEMVs against bf16 W_uk / W_uvᵀ ----------------
 # torch's bf16 bmm of [H, 1, K] x [H, K, N] streams at a third of memory bandwidth (float32 copies
 # run 1.5x faster but read twice the bytes); kernels/csrc's per-head GEMV reads bf16 at bandwidth.

@@ -296,13 +296,6 @@ def _load_mtp(model: Transformer, layer: int, shards: Shards, args, dtype, devic
     return mod.eval()
 
 
-def pack_linears_(module: nn.Module) -> None:
-    """Pre-pack every plain Linear except kv_b, which absorbed attention reads as a matrix."""
-    for name, m in module.named_modules():
-        if isinstance(m, Linear) and not name.endswith("wkv_b"):
-            m.pack_()
-
-
 def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pack, progress) -> Transformer:
     with torch.device("meta"):
         model = Transformer(args)
