@@ -34,6 +34,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "quant": ((str,), "local: int8 | int4"),
     "device": ((str,), "local/llama.cpp: cpu | cuda"),
     "dtype": ((str,), "local: bfloat16 | float32"),
+    "speculative": ((str,), 'local: "mtp" (draft with the checkpoint\'s MTP module where it has one) | "off"'),
     "context": ((int,), "context window to use (tokens)"),
     "threads": ((int,), "llama.cpp/local: CPU threads"),
     "gpu_layers": ((int,), "llama.cpp: layers offloaded to the GPU"),
@@ -77,6 +78,7 @@ class RoleConfig:
     quant: str | None = None
     device: str = "cpu"
     dtype: str = "bfloat16"
+    speculative: str = "mtp"
     context: int | None = None
     threads: int | None = None
     gpu_layers: int = 0
@@ -230,6 +232,8 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
     if backend not in BACKENDS:
         hint = _did_you_mean(backend, BACKENDS)
         raise ConfigError(source, f"{role}.backend", f'unknown backend "{backend}"{hint}; choose one of {", ".join(BACKENDS)}')
+    if "speculative" in values and values["speculative"] not in ("mtp", "off"):
+        raise ConfigError(source, f"{role}.speculative", f'must be "mtp" or "off", got "{values["speculative"]}"')
     if "quant" in values and values["quant"] not in QUANTS:
         raise ConfigError(source, f"{role}.quant", f'must be "int8" or "int4", got "{values["quant"]}"')
     for key in ("context", "threads"):

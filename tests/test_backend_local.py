@@ -137,3 +137,21 @@ async def test_the_status_bar_shows_a_local_model_loading_as_a_fraction(checkpoi
         bar = status.role("reasoner").query_one(ProgressBar)
         assert bar.total == 1.0 and bar.progress == 1.0  # a determinate bar filled layer by layer
     close_all()
+
+
+def test_speculative_off_decodes_plainly_and_mtp_drafts_with_the_same_answer(tmp_path):
+    from vocab.events import Usage
+
+    folder = write_tiny_v3(tmp_path / "mtp", mtp="copy", num_hidden_layers=1, first_k_dense_replace=0, seed=12)
+    answers, drafted = {}, {}
+    for mode in ("off", "mtp"):
+        close_all()
+        rc = RoleConfig(role="coder", backend="local", path=folder, dtype="float32", context=256, sampling=GREEDY,
+                        speculative=mode)
+        result = collect(make_backend(rc).stream(ASK, GREEDY))
+        assert isinstance(result.end, Done)
+        answers[mode] = "".join(e.text for e in result.events if isinstance(e, (AnswerDelta, ThinkingDelta)))
+        drafted[mode] = sum(e.drafted for e in result.events if isinstance(e, Usage))
+    close_all()
+    assert answers["off"] == answers["mtp"] and answers["off"]
+    assert drafted["off"] == 0 < drafted["mtp"]

@@ -93,6 +93,8 @@ def test_relative_model_path_is_relative_to_the_config_file(tmp_path, gguf_file)
     ('[coder]\nbackend = "llama.cpp"\npath = "/nonexistent/model.gguf"\n', "coder.path", "no such file"),
     ('[coder]\nbackend = "local"\npath = "/nonexistent/folder"\n', "coder.path", "no such folder"),
     ('[coder]\nbackend = "local"\npath = "/nonexistent/folder"\nquant = "int3"\n', "coder.quant", "int8"),
+    ('[reasoner]\nbackend = "local"\npath = "/nonexistent/folder"\nspeculative = "eagle"\n', "reasoner.speculative",
+     '"mtp" or "off"'),
     ('reasoner = 3\n', "reasoner", "must be a table"),
     ('[ui.keymap]\n"chat.hand_off" = 6\n', "ui.keymap.chat.hand_off", "must be a string"),
     ('[ui]\nthinking_pane = "left"\n', "ui.thinking_pane", "side"),

@@ -92,7 +92,7 @@ def package(run: Path, eval_json: Path | None, dest: Path = DEST) -> dict:
     }
     if eval_json and eval_json.is_file():
         ev = json.loads(eval_json.read_text())
-        manifest["eval"] = {k: v for k, v in ev.items() if k != "rows"}
+        manifest["eval"] = {k: v for k, v in ev.items() if not k.endswith("rows")}
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
 

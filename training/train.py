@@ -76,7 +76,7 @@ def batches(role, tok, seed, batch, think_off=0.0):
 
 
 def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, save_every: float = 5.0,
-              max_steps: int | None = None, size: dict | None = None):
+              max_steps: int | None = None, size: dict | None = None, init: Path | None = None):
     from tokenizers import Tokenizer
 
     from training import models
@@ -92,12 +92,21 @@ def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, sav
     else:
         config = models.use_training_attention(models.coder_config(V, **(size or {})))
         model = models.Coder(config)
+    if init is not None:  # continue from a saved model (the coder: a second, shorter schedule)
+        if role != "coder":
+            raise SystemExit("--init: only the coder can continue from a saved model")
+        from transformers import LlamaForCausalLM
+
+        model.lm.load_state_dict(LlamaForCausalLM.from_pretrained(init).state_dict())
+        seed += 1000  # other examples than the first schedule's
     n_params = sum(p.numel() for p in model.parameters())
     folder = out / role
     folder.mkdir(parents=True, exist_ok=True)
     logf = folder / "train_log.jsonl"
-    logf.unlink(missing_ok=True)
-    log(logf, event="start", role=role, params=n_params, minutes=minutes, seed=seed, threads=threads, hp=hp)
+    if init is None:
+        logf.unlink(missing_ok=True)
+    log(logf, event="start", role=role, params=n_params, minutes=minutes, seed=seed, threads=threads, hp=hp,
+        init=str(init) if init else None)
     opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], betas=(0.9, 0.95), weight_decay=0.01)
     gates = model.gates()
     counts = {}
@@ -178,6 +187,7 @@ def main(argv=None):
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--size", type=str, default="", help="JSON overrides of the model config")
     ap.add_argument("--hp", type=str, default="", help="JSON overrides of the hyper-parameters (batch, lr, ...)")
+    ap.add_argument("--init", type=Path, default=None, help="coder: start from this saved HF folder (a second schedule)")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.what == "all":
@@ -196,7 +206,7 @@ def main(argv=None):
     size = json.loads(a.size) if a.size else None
     if a.hp:
         DEFAULTS[a.what].update(json.loads(a.hp))
-    train_one(a.what, a.out, a.minutes, a.seed, a.threads, max_steps=a.max_steps, size=size)
+    train_one(a.what, a.out, a.minutes, a.seed, a.threads, max_steps=a.max_steps, size=size, init=a.init)
     return 0
 
 

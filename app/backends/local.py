@@ -99,7 +99,7 @@ class LocalBackend:
             limit = min(sampling.max_tokens, room)
             produced = 0
             try:  # the engine checks ``cancel`` between tokens and stops at EOS
-                speculative = "mtp" if engine.has_mtp else None
+                speculative = "mtp" if engine.has_mtp and self.rc.speculative == "mtp" else None
                 for token in engine.generate(ids, max_new_tokens=limit, temperature=sampling.temperature,
                                              top_p=sampling.top_p, seed=sampling.seed, cancel=cancel,
                                              speculative=speculative):
