@@ -66,6 +66,15 @@ def coder_config(vocab_size: int, **over):
     return config
 
 
+def prompt_loss(head, h, prompt_labels):
+    """Next-token loss on the prompt's own tokens: code and plans repeat names and lines, so
+    predicting them teaches the copying (induction) the answers need, from every example."""
+    import torch.nn.functional as F
+
+    want = prompt_labels[:, 1:] != -100
+    return F.cross_entropy(head(h[:, :-1][want]).float(), prompt_labels[:, 1:][want])
+
+
 class MTP(nn.Module):
     """V3's MTP module (depth 1): at position i it reads the main model's final hidden state
     h_i (after ``model.norm``) and the embedding of token i+1, and predicts token i+2:
@@ -104,7 +113,7 @@ class Reasoner(nn.Module):
         with torch.no_grad():
             self.mtp.shared_head.head.weight.copy_(self.lm.lm_head.weight)
 
-    def forward(self, ids, labels, mtp_weight: float = 0.3):
+    def forward(self, ids, labels, mtp_weight: float = 0.3, prompt_labels=None, prompt_weight: float = 0.0):
         import torch.nn.functional as F
 
         inner = self.lm.model
@@ -115,6 +124,7 @@ class Reasoner(nn.Module):
         # the head only where there is a target (the prompt's positions have none): half the cost
         want = labels[:, 1:] != -100
         main = F.cross_entropy(self.lm.lm_head(h[:, :-1][want]).float(), labels[:, 1:][want])
+        loss = main + prompt_weight * prompt_loss(self.lm.lm_head, h, prompt_labels) if prompt_weight else main
         # MTP: position i (0..T-3) sees h_i and emb(t_{i+1}), predicts t_{i+2}
         pe = inner.rotary_emb(h, pos[:, :-1])
         x = self.mtp.eh_proj(torch.cat([self.mtp.enorm(emb[:, 1:]), self.mtp.hnorm(h[:, :-1])], dim=-1))
@@ -122,7 +132,7 @@ class Reasoner(nn.Module):
         want2 = labels[:, 2:] != -100
         mtp_logits = self.mtp.shared_head.head(self.mtp.shared_head.norm(x[:, :-1][want2]))
         mtp = F.cross_entropy(mtp_logits.float(), labels[:, 2:][want2])
-        return main + mtp_weight * mtp, main.detach(), mtp.detach()
+        return loss + mtp_weight * mtp, main.detach(), mtp.detach()
 
     def gates(self):
         mods = [layer.mlp.gate for layer in self.lm.model.layers if hasattr(layer.mlp, "gate")]
@@ -173,13 +183,14 @@ class Coder(nn.Module):
 
         self.lm = LlamaForCausalLM(config)
 
-    def forward(self, ids, labels):
+    def forward(self, ids, labels, prompt_labels=None, prompt_weight: float = 0.0):
         import torch.nn.functional as F
 
         h = self.lm.model(input_ids=ids).last_hidden_state
         want = labels[:, 1:] != -100
-        loss = F.cross_entropy(self.lm.lm_head(h[:, :-1][want]).float(), labels[:, 1:][want])
-        return loss, loss.detach(), loss.detach() * 0
+        main = F.cross_entropy(self.lm.lm_head(h[:, :-1][want]).float(), labels[:, 1:][want])
+        loss = main + prompt_weight * prompt_loss(self.lm.lm_head, h, prompt_labels) if prompt_weight else main
+        return loss, main.detach(), main.detach() * 0
 
     def gates(self):
         return []

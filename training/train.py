@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 DEFAULTS = {
-    "reasoner": dict(batch=8, lr=3e-3, warmup=40, think_off=0.1, mtp_weight=0.3, bias_speed=1e-3),
-    "coder": dict(batch=8, lr=3e-3, warmup=40),
+    "reasoner": dict(batch=8, lr=3e-3, warmup=40, think_off=0.1, mtp_weight=0.3, bias_speed=1e-3, prompt_weight=0.5),
+    "coder": dict(batch=8, lr=3e-3, warmup=40, prompt_weight=0.5),
 }
 
 
@@ -35,20 +35,25 @@ def log(path: Path, **row):
 
 
 def build_batch(tok, examples, device="cpu"):
-    seqs, labels = [], []
+    """(ids, labels, prompt_labels): the answer's tokens as labels, the prompt's as prompt_labels
+    (-100 elsewhere and on padding)."""
+    seqs, labels, prompt_labels = [], [], []
     for e in examples:
         p = tok.encode(e.prompt).ids
         t = tok.encode(e.target).ids
         seqs.append(p + t)
         labels.append([-100] * len(p) + t)
+        prompt_labels.append(p)
     T = max(map(len, seqs))
     pad = 1
     ids = torch.full((len(seqs), T), pad, dtype=torch.long)
     lab = torch.full((len(seqs), T), -100, dtype=torch.long)
-    for i, (s, l) in enumerate(zip(seqs, labels)):
+    plab = torch.full((len(seqs), T), -100, dtype=torch.long)
+    for i, (s, l, pl) in enumerate(zip(seqs, labels, prompt_labels)):
         ids[i, : len(s)] = torch.tensor(s)
         lab[i, : len(l)] = torch.tensor(l)
-    return ids, lab
+        plab[i, : len(pl)] = torch.tensor(pl)
+    return ids, lab, plab
 
 
 def example_stream(role: str, seed: int, think_off: float = 0.0):
@@ -131,12 +136,12 @@ def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, sav
         lr = hp["lr"] * min(1.0, (step + 1) / hp["warmup"]) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, lab = next(stream)
+        ids, lab, plab = next(stream)
         counts.clear()
         if role == "reasoner":
-            loss, main, mtp = model(ids, lab, hp["mtp_weight"])
+            loss, main, mtp = model(ids, lab, hp["mtp_weight"], plab, hp["prompt_weight"])
         else:
-            loss, main, mtp = model(ids, lab)
+            loss, main, mtp = model(ids, lab, plab, hp["prompt_weight"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Train Duet's demo models from scratch on CPU (2 cores, ~50 minutes wall, both models side by
+# side on one thread each), package them into app/data/demo and run the eval:
+#     bash scripts/train_demo.sh [OUT_DIR]        # default build/demo
+# The generator is seeded (--seed 1) and nothing is downloaded; see training/ and the README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+OUT="${1:-build/demo}"
+MINUTES="${DUET_TRAIN_MINUTES:-50}"
+export OMP_WAIT_POLICY=PASSIVE
+"$PY" -m training.train tokenizer --out "$OUT" --seed 1
+"$PY" -m training.train reasoner --out "$OUT" --minutes "$MINUTES" --seed 1 --threads 1 \
+    --hp '{"batch": 4, "lr": 0.002}' > "$OUT/train_reasoner.log" 2>&1 &
+"$PY" -m training.train coder --out "$OUT" --minutes "$MINUTES" --seed 1 --threads 1 > "$OUT/train_coder.log" 2>&1
+wait
+"$PY" -m training.package --run "$OUT"
+"$PY" -m training.eval --out bench/results/demo_eval.json
+"$PY" -m training.package --run "$OUT" --eval bench/results/demo_eval.json
