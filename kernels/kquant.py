@@ -13,7 +13,7 @@ is bit for bit what the file holds (its dequantized values equal ggml's / gguf-p
 Activations (``act_bits()``), rounded once per call and row to llama.cpp's 8-bit blocks --
 Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the K-quants -- then integer block dot
 products (kernels/csrc/kquant_dot.h: AVX2 maddubs / madd, or plain C computing the same
-integers):
+integers; VNNI's dpbusd where the target has it):
     8   exactly llama.cpp's activation codes (its speed and its rounding error);
     16  (the default) each code plus a second 8-bit code for the remainder x 128: 15 bits,
         one more maddubs per 32 weights; at least as close to the exact model as llama.cpp
@@ -206,7 +206,8 @@ def variant(march: str):
 
 
 def isa() -> str | None:
-    """The SIMD path of the integer dot products: "avx2" or "scalar"; None when not loaded."""
+    """The SIMD path of the integer dot products: "avx512-vnni" or "avx-vnni" (AVX2 code with
+    VNNI's dot instruction), "avx2" or "scalar"; None when not loaded."""
     so = lib()
     return so.kq_isa().decode() if so is not None else None
 

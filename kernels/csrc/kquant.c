@@ -221,9 +221,14 @@ int kq_get_rows(int type, const uint8_t *w, long stride, const int64_t *idx, lon
 
 #include "kquant_dot.h"
 
-/* the SIMD path of the integer dot products: "avx2" or "scalar" (plain C) */
+/* the SIMD path of the integer dot products: "avx512-vnni" / "avx-vnni" (AVX2 code with VNNI's
+ * dot instruction for the blocks of 32), "avx2" or "scalar" (plain C) */
 const char *kq_isa(void) {
-#if defined(KQ_AVX2)
+#if defined(KQ_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return "avx512-vnni";
+#elif defined(KQ_AVX2) && defined(__AVXVNNI__)
+    return "avx-vnni";
+#elif defined(KQ_AVX2)
     return "avx2";
 #else
     return "scalar";

@@ -140,6 +140,18 @@ INLINE __m256i bits32(const uint8_t *p) {   /* 32 bits -> 32 bytes of 0x10 (bit 
 INLINE __m256i dot_u8s8(__m256i u, __m256i s, __m256i w16) {   /* int32 [8]: pairs of 4 products x w16 */
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), w16);
 }
+
+/* int32 [8]: sums of 4 products (u <= 128, |s| <= 127: maddubs never saturates, so VNNI's
+ * one instruction gives the same integers) */
+INLINE __m256i dot4_u8s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
 #endif
 
 /* ---- blocks of 32: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8 ----------------------------- */
@@ -172,7 +184,6 @@ INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *r
     const int bb = block_bytes(type), k = a->k;
     float corr[MAXM] = {0};
 #if defined(KQ_AVX2)
-    const __m256i ones = _mm256_set1_epi16(1), s128 = _mm256_set1_epi16(128);
     __m256 acc[MAXM];
     for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
@@ -195,9 +206,9 @@ INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *r
             if (HI) {   /* 128 q + r: two products, one int32 sum (|.| < 2^24) */
                 __m256i rv = _mm256_loadu_si256((const __m256i *)(a->r + mr * k + 32 * b));
                 if (sgn) rv = _mm256_sign_epi8(rv, q);
-                p = _mm256_add_epi32(dot_u8s8(u, xv, s128), dot_u8s8(u, rv, ones));
+                p = _mm256_add_epi32(_mm256_slli_epi32(dot4_u8s8(u, xv), 7), dot4_u8s8(u, rv));
             } else {
-                p = dot_u8s8(u, xv, ones);
+                p = dot4_u8s8(u, xv);
             }
             const float dx = a->d[mr * (k / 32) + b];
             acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx), acc[m]);
