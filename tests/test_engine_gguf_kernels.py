@@ -174,3 +174,33 @@ def test_the_fused_gguf_moe_step_equals_its_experts_one_by_one(build, kinds, act
         ref += wt * kquant.reference_linear(h, downs[e], act).double()
     # integer activations: h's float32 rounding may move one of its codes by one step
     assert _rel(y, ref) < {8: 1e-3, 16: 1e-4, 32: 1e-5}[act]
+
+
+@pytest.mark.parametrize("level,isa", [("avx2", "avx2"), ("scalar", "scalar")])
+def test_duet_cpu_builds_the_gguf_kernels_for_that_level(level, isa):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not _X86 or kquant.lib() is None:
+        pytest.skip("x86-64 with a working compiler")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, DUET_CPU=level, PYTHONPATH=str(root))
+    r = subprocess.run([sys.executable, "-c", "from kernels import kquant; print(kquant.isa())"], env=env,
+                       capture_output=True, text=True, cwd=root, timeout=600)
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert r.stdout.split()[-1] == isa
+
+
+def test_the_activation_setting_is_read_in_one_place_and_a_bad_value_is_named(monkeypatch):
+    monkeypatch.delenv(kquant.ACT_ENV, raising=False)
+    assert kquant.act_bits() == 16
+    monkeypatch.setenv(kquant.ACT_ENV, "8")
+    assert kquant.act_bits() == 8
+    with kquant.activations(32):
+        assert kquant.act_bits() == 32
+    assert kquant.act_bits() == 8
+    monkeypatch.setenv(kquant.ACT_ENV, "4")
+    with pytest.raises(ValueError, match="DUET_GGUF_ACT_BITS='4'"):
+        kquant.act_bits()
