@@ -356,7 +356,8 @@ def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
     rc = so.kq_gemm(w.type, xf.data_ptr(), m, k, w.data.data_ptr(), w.stride, n, y.data_ptr(), n,
                     torch.get_num_threads(), act_bits())
     if rc:
-        raise MemoryError("kq_gemm: out of memory")
+        raise MemoryError("kq_gemm: out of memory") if rc == 1 else ValueError(
+            f"kq_gemm: a {w.mode} {w.shape} weight cannot take {m} rows of {k}")
     return y.to(x.dtype).view(*x.shape[:-1], n)
 
 

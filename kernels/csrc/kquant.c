@@ -8,9 +8,12 @@
  * Q4_K 12, Q5_K 13, Q6_K 14 (super-blocks of 256). A matrix is its rows one after another,
  * each row k / block weights blocks, exactly as the file stores it.
  *
- * The matmul dequantizes 256 weights of a row at a time into float32 (from L1) and takes
- * their dot product with each activation row in float32: no rounding beyond the float32
- * sums, so the result is the dequantized weights' exact product up to summation order.
+ * The matmul (kq_gemm, kq_moe) runs at one of two precisions, chosen per call (act):
+ *   8 / 16: the activations rounded once to 8-bit blocks (llama.cpp's Q8_0 / Q8_K; 16 adds a
+ *     second 8-bit code for the remainder) and integer block dot products: kquant_dot.h;
+ *   otherwise: 256 weights of a row at a time dequantized into float32 (from L1), their dot
+ *     product with each activation row in float32 -- the dequantized weights' exact product
+ *     up to summation order (the reference).
  */
 #include <stdint.h>
 #include <stdlib.h>
