@@ -1,6 +1,6 @@
 """Duet vs llama.cpp on the very same deepseek2 GGUF files: Q8_0, Q4_0 and Q4_K_M.
 
-    python -m bench.gguf_bench [--layers 2] [--threads 2] [--types Q8_0,Q4_0,Q4_K_M]
+    python -m bench.gguf_bench [--layers 2] [--threads 2] [--types Q8_0,Q4_0,Q4_K_M] [--decode 48]
 
 DeepSeek-V2-Lite layer shapes (bench/quant_bench.py's V2_LITE: hidden 2048, 64 routed experts
 of 1408, 2 shared, 6 active, kv_lora 512, q_lora 1536, vocab 16384), ``--layers`` layers (the
@@ -13,6 +13,9 @@ cache, flash attention off, its default CPU weight repacking), same thread count
 
 Reports decode tok/s at batch 1 at context 0 and 2048 and prefill tok/s (2048 tokens, chunks of
 512) -- quant_bench's timing code for both engines -- and writes bench/results/gguf_bench.json.
+``--decode N`` times N decode steps per context (default 48; fewer: a shorter run, same columns).
+Duet runs its default GGUF activation precision (kernels.kquant.act_bits(); set
+DUET_GGUF_ACT_BITS=8 for llama.cpp's own 8-bit activation codes), printed with the table.
 The machine is shared: the load average before/after is printed with the numbers.
 """
 
@@ -97,7 +100,11 @@ def main(argv=None) -> int:
     ap.add_argument("--types", default="Q8_0,Q4_0,Q4_K_M")
     ap.add_argument("--workdir", default=None, help="where the GGUF files go (default: a temp dir, removed)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gguf_bench.json"))
+    ap.add_argument("--decode", type=int, default=qb.DECODE, help="decode steps timed per context")
     a = ap.parse_args(argv)
+    if a.decode < 6:
+        ap.error("--decode: at least 6 steps")
+    qb.DECODE, qb.WINDOWS = a.decode, min(qb.WINDOWS, a.decode // 4) or 1
     types = a.types.split(",")
     cfg = dict(qb.V2_LITE, num_hidden_layers=a.layers)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="duet-gguf-bench-"))
@@ -126,7 +133,10 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     load = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
     print()
-    print(f"Same GGUF file for both engines: DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads")
+    from kernels import kquant
+
+    acts = f"duet GGUF activations {kquant.act_bits()}-bit, integer dot products {kquant.isa() or 'not built'}"
+    print(f"Same GGUF file for both engines: DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads; {acts}")
     print(f"{'file':<8}{'engine':<11}{'decode@0':>10}{'decode@2k':>11}{'prefill':>10}{'load s':>8}")
     for r in rows:
         if "error" in r:
@@ -140,6 +150,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": cfg, "threads": a.threads, "rows": rows, "load_average": load,
+                               "duet_activations": acts, "decode_steps": qb.DECODE,
                                "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     print(f"wrote {out}")
     return 0

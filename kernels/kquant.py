@@ -1,19 +1,34 @@
 """GGUF block-quantized weights kept in their file format, and the kernels that run them.
 
     GGUFWeight(type, shape, data)    a [out, in] matrix as ggml blocks (uint8 [out, row_bytes])
-    linear(x, w) / dequantize(w, dtype) / get_rows(w, ids, dtype) / fuse_moe(...)
+    linear(x, w) / dequantize(w, dtype) / get_rows(w, ids, dtype) / GGUFExperts
+    reference_linear(x, w, act)      the plain-torch math of linear() at either precision
+    act_bits() / activations(bits)   the activation precision the matmuls use (one place)
     TYPES                            ggml type id -> (name, weights per block, bytes per block)
 
 Types run: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (blocks of 32) and Q4_K, Q5_K, Q6_K (super-blocks of
 256), read in place by kernels/csrc/kquant.c: the weights are never converted, so what runs
-is bit for bit what the file holds (its dequantized values equal ggml's / gguf-py's). Up to 8
-activation rows go through the native matmul (float32 dot products over dequantized 256-weight
-chunks); more rows dequantize the matrix once, then one torch matmul.
+is bit for bit what the file holds (its dequantized values equal ggml's / gguf-py's).
 
-The C file is built like kernels/cpu_native.py builds its own (system ``cc``, -O3
--march=native, torch's OpenMP runtime, cached by a hash of source and flags), plus
-``-ffp-contract=off`` so no fused multiply-add changes a dequantized weight. Where no compiler
-works, a vectorised torch dequantizer (same formulas, float32) stands in.
+Activations (``act_bits()``), rounded once per call and row to llama.cpp's 8-bit blocks --
+Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the K-quants -- then integer block dot
+products (kernels/csrc/kquant_dot.h: AVX2 maddubs / madd, or plain C computing the same
+integers; VNNI's dpbusd where the target has it):
+    8   exactly llama.cpp's activation codes (its speed and its rounding error);
+    16  (the default) each code plus a second 8-bit code for the remainder x 128: 15 bits,
+        one more maddubs per 32 weights; at least as close to the exact model as llama.cpp
+        is (tests/test_engine_gguf.py), where 8 bits is only as close, a coin flip per file;
+    32  float32 activations and dot products over the dequantized weights (the exact reference).
+``DUET_GGUF_ACT_BITS=8|16|32`` sets it; ``activations(bits)`` overrides it within a block.
+Up to 8 activation rows go through the native matmul; more rows dequantize the matrix in
+tiles of rows and run torch matmuls over all of them (float32 activations: prefill).
+
+The C file is built with kernels/cpu_native.py's target flags (``-march=native``,
+``DUET_NATIVE_MARCH``, ``DUET_CPU=avx2|scalar``), -O3, torch's OpenMP runtime, cached by a
+hash of sources and flags, plus ``-ffp-contract=off`` so no fused multiply-add changes a
+dequantized weight. ``variant(march)`` swaps in another build for a block (tests run the
+AVX2 and plain-C builds on any x86-64 CPU). Where no compiler works, a vectorised torch
+dequantizer (same formulas, float32) stands in.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +52,12 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "kquant.c"
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp")
+HEADERS = (SOURCE.parent / "kquant_dot.h",)
+EXTRA_FLAGS = ("-ffp-contract=off", "-fopenmp")
 LAYOUT = "gguf"
 MAX_ROWS = 8
+TILE_BYTES = 8 << 20     # prefill: weight rows dequantized per matmul (float32 bytes)
+ACT_ENV = "DUET_GGUF_ACT_BITS"
 
 # ggml type id -> (name, weights per block, bytes per block)
 TYPES = {2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24),
@@ -47,6 +66,7 @@ NAMES = {v[0]: k for k, v in TYPES.items()}
 
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
+_ACT: int | None = None    # activations(bits) override
 _c_int, _c_long, _ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
 
 
@@ -103,9 +123,10 @@ class GGUFWeight:
 # the library
 
 
-def build(cache_dir: Path | None = None, cc: str | None = None) -> Path:
-    """Compile the library unless cached; its path. RuntimeError with the compiler's message."""
-    from kernels.cpu_native import _cache_dir, _cpu_flags, _torch_gomp
+def build(cache_dir: Path | None = None, cc: str | None = None, march: str | None = None) -> Path:
+    """Compile the library unless cached; its path. RuntimeError with the compiler's message.
+    ``march`` as kernels.cpu_native.flags takes it (None: $DUET_NATIVE_MARCH, DUET_CPU, native)."""
+    from kernels.cpu_native import _cache_dir, _cpu_flags, _torch_gomp, flags
 
     cc = cc or os.environ.get("CC") or "cc"
     if not cc.split() or shutil.which(cc.split()[0]) is None:
@@ -113,9 +134,10 @@ def build(cache_dir: Path | None = None, cc: str | None = None) -> Path:
     ver = subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=30)
     gomp = _torch_gomp()
     link = [str(gomp), f"-Wl,-rpath,{gomp.parent}"] if gomp else []
+    fl = [*flags(march), *EXTRA_FLAGS]
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), ver.stdout.encode(), str(gomp).encode(),
-                 platform.machine().encode(), _cpu_flags()):
+    for part in (SOURCE.read_bytes(), *(h.read_bytes() for h in HEADERS), " ".join(fl).encode(),
+                 ver.stdout.encode(), str(gomp).encode(), platform.machine().encode(), _cpu_flags()):
         key.update(part + b"\0")
     out_dir = cache_dir or _cache_dir()
     target = out_dir / f"duet_kquant_{key.hexdigest()[:16]}.so"
@@ -125,7 +147,7 @@ def build(cache_dir: Path | None = None, cc: str | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=out_dir)
     os.close(fd)
     try:
-        r = subprocess.run([*cc.split(), *FLAGS, str(SOURCE), "-o", tmp, *link, "-lm"],
+        r = subprocess.run([*cc.split(), *fl, str(SOURCE), "-o", tmp, *link, "-lm"],
                            capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise RuntimeError(f"{cc} failed: {(r.stderr or r.stdout).strip()[-400:]}")
@@ -134,6 +156,21 @@ def build(cache_dir: Path | None = None, cc: str | None = None) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def load(march: str | None = None) -> ctypes.CDLL:
+    """Build (or find cached) and load the library for a target; RuntimeError/OSError."""
+    so = ctypes.CDLL(str(build(march=march)))
+    so.kq_isa.restype = ctypes.c_char_p
+    so.kq_isa.argtypes = []
+    so.kq_dequant.argtypes = [_c_int, _ptr, _c_long, _c_long, _c_int, _ptr, _c_int, _c_int]
+    so.kq_get_rows.argtypes = [_c_int, _ptr, _c_long, _ptr, _c_long, _c_int, _ptr]
+    so.kq_gemm.argtypes = [_c_int, _ptr, _c_int, _c_int, _ptr, _c_long, _c_long, _ptr, _c_long, _c_int, _c_int]
+    so.kq_moe.argtypes = [_ptr, _ptr, _c_long, _c_long, _c_long, _c_int, _c_int, _ptr, _ptr, _c_int,
+                          _c_int, _ptr, _ptr, _c_int, _c_int]
+    for f in (so.kq_dequant, so.kq_get_rows, so.kq_gemm, so.kq_moe):
+        f.restype = _c_int
+    return so
 
 
 def lib() -> ctypes.CDLL | None:
@@ -146,20 +183,58 @@ def lib() -> ctypes.CDLL | None:
     if os.environ.get("DUET_KERNELS") in ("reference", "aten") or not sys.platform.startswith(("linux", "darwin")):
         return None
     try:
-        so = ctypes.CDLL(str(build()))
-        so.kq_dequant.argtypes = [_c_int, _ptr, _c_long, _c_long, _c_int, _ptr, _c_int, _c_int]
-        so.kq_get_rows.argtypes = [_c_int, _ptr, _c_long, _ptr, _c_long, _c_int, _ptr]
-        so.kq_gemm.argtypes = [_c_int, _ptr, _c_int, _c_int, _ptr, _c_long, _c_long, _ptr, _c_long, _c_int]
-        so.kq_moe.argtypes = [_ptr, _ptr, _c_long, _c_long, _c_long, _c_int, _c_int, _ptr, _ptr, _c_int,
-                              _c_int, _ptr, _ptr, _c_int]
-        for f in (so.kq_dequant, so.kq_get_rows, so.kq_gemm, so.kq_moe):
-            f.restype = _c_int
-        _LIB = so
+        _LIB = load()
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         log.warning("duet GGUF kernels unavailable, using the torch dequantizer: %s",
                     str(e).splitlines()[0] if str(e) else e)
         _LIB = None
     return _LIB
+
+
+@contextmanager
+def variant(march: str):
+    """Within the block the library built for ``march`` ("haswell", "x86-64", ...) runs every
+    call. Raises RuntimeError where that target does not build."""
+    global _LIB, _TRIED
+    lib()
+    saved = (_LIB, _TRIED)
+    _LIB, _TRIED = load(march), True
+    try:
+        yield _LIB
+    finally:
+        _LIB, _TRIED = saved
+
+
+def isa() -> str | None:
+    """The SIMD path of the integer dot products: "avx512-vnni" or "avx-vnni" (AVX2 code with
+    VNNI's dot instruction), "avx2" or "scalar"; None when not loaded."""
+    so = lib()
+    return so.kq_isa().decode() if so is not None else None
+
+
+def act_bits() -> int:
+    """The activation precision of the GGUF matmuls: 8 (llama.cpp's 8-bit blocks), 16 (two
+    8-bit terms) or 32 (float32, the exact product of the dequantized weights). The one place
+    this is chosen: ``activations(bits)``, else $DUET_GGUF_ACT_BITS, else 16."""
+    if _ACT is not None:
+        return _ACT
+    value = os.environ.get(ACT_ENV, "").strip() or "16"
+    if value in ("8", "16", "32"):
+        return int(value)
+    raise ValueError(f"{ACT_ENV}={value!r}: expected 8, 16 or 32")
+
+
+@contextmanager
+def activations(bits: int):
+    """Within the block the GGUF matmuls use ``bits``-bit activations (8, 16 or 32)."""
+    global _ACT
+    if bits not in (8, 16, 32):
+        raise ValueError(f"activation bits {bits!r}: expected 8, 16 or 32")
+    saved, _ACT = _ACT, bits
+    try:
+        yield
+    finally:
+        _ACT = saved
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,18 +341,85 @@ def get_rows(w: GGUFWeight, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 
 
 def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
-    """x [..., in] -> [..., out] in x's dtype: the native matmul for up to 8 rows, else one
-    dequantization and a torch matmul."""
+    """x [..., in] -> [..., out] in x's dtype: the native matmul for up to 8 rows (activations
+    at ``act_bits()``), else tiles of dequantized rows and torch matmuls over all rows."""
     n, k = w.shape
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
     so = lib()
-    if so is None or m > MAX_ROWS or x.device.type != "cpu":
+    if so is None or x.device.type != "cpu":
         return F.linear(x, dequantize(w, x.dtype if x.dtype != torch.float16 else torch.float32).to(x.dtype))
+    if m > MAX_ROWS:
+        return _tiled_linear(x2, w).to(x.dtype).view(*x.shape[:-1], n)
     xf = x2.to(torch.float32).contiguous()
     y = torch.empty(m, n, dtype=torch.float32)
-    so.kq_gemm(w.type, xf.data_ptr(), m, k, w.data.data_ptr(), w.stride, n, y.data_ptr(), n, torch.get_num_threads())
+    rc = so.kq_gemm(w.type, xf.data_ptr(), m, k, w.data.data_ptr(), w.stride, n, y.data_ptr(), n,
+                    torch.get_num_threads(), act_bits())
+    if rc:
+        raise MemoryError("kq_gemm: out of memory") if rc == 1 else ValueError(
+            f"kq_gemm: a {w.mode} {w.shape} weight cannot take {m} rows of {k}")
     return y.to(x.dtype).view(*x.shape[:-1], n)
+
+
+def _tiled_linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
+    """Many rows (prefill): float32 [M, out]. The weight is dequantized a tile of rows at a
+    time (float32, TILE_BYTES) into one reused buffer, each tile multiplied with all M rows."""
+    n, k = w.shape
+    xf = x.to(torch.float32).contiguous()
+    y = torch.empty(x.shape[0], n, dtype=torch.float32)
+    rows = max(16, min(n, TILE_BYTES // (4 * k)))
+    buf = torch.empty(rows, k, dtype=torch.float32)
+    for j in range(0, n, rows):
+        r = min(rows, n - j)
+        tile = buf[:r]
+        _LIB.kq_dequant(w.type, w.data.data_ptr() + j * w.stride, w.stride, r, k, tile.data_ptr(), 0,
+                        torch.get_num_threads())
+        y[:, j:j + r] = xf @ tile.t()
+    return y
+
+
+def quantize_activations(x: torch.Tensor, block: int, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """llama.cpp's activation rounding, in torch: x float32 [M, k] -> (codes [M, k], scales
+    float32 [M, k / block]), x ~ codes x scale. block 32: Q8_0 (d = absmax / 127, codes round
+    half away from zero); 256: Q8_K (d = -max / 127 with max the signed element of largest
+    magnitude, codes round half to even, at most 127). bits 8: int8 codes; 16: int16 codes
+    128 q + r, r the remainder x 128 rounded half away from zero, and scales d / 128."""
+    m, k = x.shape
+    v = x.to(torch.float32).reshape(m, k // block, block)
+    if block == 32:
+        d = v.abs().amax(-1, keepdim=True) / 127.0
+        inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+        t = v * inv
+        q = _round_away(t)
+    else:
+        mx = torch.gather(v, -1, v.abs().argmax(-1, keepdim=True))
+        iscale = torch.where(mx != 0, -127.0 / mx, torch.zeros_like(mx))
+        t = v * iscale
+        q = torch.round(t).clamp(max=127)
+        d = torch.where(mx != 0, 1.0 / iscale, torch.zeros_like(mx))
+    if bits == 16:
+        r = _round_away((t - q) * 128.0).clamp(-127, 127)
+        return (q * 128 + r).to(torch.int16).reshape(m, k), (d / 128.0).reshape(m, k // block)
+    return q.to(torch.int8).reshape(m, k), d.reshape(m, k // block)
+
+
+def _round_away(t: torch.Tensor) -> torch.Tensor:
+    return torch.sign(t) * torch.floor(t.abs() + 0.5)
+
+
+def reference_linear(x: torch.Tensor, w: GGUFWeight, act: int | None = None) -> torch.Tensor:
+    """The math linear() computes, in float64 torch (no native code): float32 [..., out].
+    act 32: x times the dequantized weights; 8 / 16: x rounded as quantize_activations (the
+    block size of the weight's family: 32, or 256 for the K-quants), then the same product."""
+    act = act_bits() if act is None else act
+    n, k = w.shape
+    x2 = x.reshape(-1, k).to(torch.float32)
+    if act in (8, 16):
+        block = 256 if w.group_size == 256 else 32
+        q, d = quantize_activations(x2, block, act)
+        x2 = (q.double().view(-1, k // block, block) * d.double().unsqueeze(-1)).view(-1, k)
+    y = x2.double() @ reference_dequantize(w).double().t()
+    return y.float().view(*x.shape[:-1], n)
 
 
 class GGUFExperts:
@@ -314,7 +456,7 @@ class GGUFExperts:
         y = torch.empty(self.hidden, dtype=torch.float32)
         rc = _LIB.kq_moe(self.table.data_ptr(), self.types.data_ptr(), *self.strides, self.inter, self.hidden,
                          idx.data_ptr(), wts.data_ptr(), idx.numel(), -1, xf.data_ptr(), y.data_ptr(),
-                         torch.get_num_threads())
+                         torch.get_num_threads(), act_bits())
         if rc:
             raise MemoryError("kq_moe: out of memory")
         return y.view(1, -1).to(x.dtype)

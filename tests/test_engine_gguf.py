@@ -118,8 +118,16 @@ CASES = {"Q8_0": {"Q8_0"}, "Q4_0": {"Q4_0"}, "Q4_K_M": {"Q4_K", "Q5_K", "Q6_K", 
          "Q5_1": {"Q5_1"}}
 
 
+def _decode_logits(eng, ids) -> np.ndarray:
+    """Logits [T, V] fed one token at a time: the decode path (one activation row per matmul)."""
+    eng.reset()
+    return np.stack([eng.forward(torch.tensor([[t]]), start_pos=i)[0, 0].numpy() for i, t in enumerate(ids)])
+
+
 @pytest.mark.parametrize("ftype", list(CASES))
 def test_each_type_is_at_least_as_close_to_the_exact_dequantized_model_as_llama_cpp_is(ftype, kshape, tmp_path):
+    from kernels import kquant
+
     hf, f32 = kshape
     if ftype in ("Q8_0", "Q4_0"):
         from gguf import GGMLQuantizationType
@@ -131,19 +139,28 @@ def test_each_type_is_at_least_as_close_to_the_exact_dequantized_model_as_llama_
     ref = H.write_dequantized(q, tmp_path / "ref.gguf", hf)   # the exact weights, as F32
     ids = _ids(32, seed=1)
     exact = H.llama_logits(ref, ids)
-    theirs = H.llama_logits(q, ids)
+    theirs = H.llama_logits(q, ids)                          # llama.cpp: 8-bit activation blocks
     eng = Engine.load(q, dtype="float32", max_seq_len=96)
-    ours = eng.forward(torch.tensor([ids]))[0].numpy()
-    (cos_l, top_l), (cos_o, top_o) = H.agreement(exact, theirs), H.agreement(exact, ours)
-    print(f"{ftype}: llama.cpp cos {cos_l:.6f} top1 {top_l:.3f}; duet cos {cos_o:.7f} top1 {top_o:.3f}")
-    assert cos_o >= cos_l and top_o >= top_l
-    assert cos_o > 0.99999   # no requantization: ours is the dequantized model itself
+    assert kquant.act_bits() == 16                           # the default: integer activations, two 8-bit terms
+    decoded = _decode_logits(eng, ids)
+    with kquant.activations(8):                              # llama.cpp's own activation codes: shown, not
+        decoded8 = _decode_logits(eng, ids)                  # asserted (as close as llama.cpp: a coin flip)
+    with kquant.activations(32):                             # the float reference path
+        reference = _decode_logits(eng, ids)
+        prefill = eng.forward(torch.tensor([ids]))[0].numpy()
+    (cos_l, top_l), (cos_d, top_d) = H.agreement(exact, theirs), H.agreement(exact, decoded)
+    (cos_p, _), (cos_r, _), (cos_8, top_8) = (H.agreement(exact, v) for v in (prefill, reference, decoded8))
+    print(f"{ftype}: llama.cpp cos {cos_l:.6f} top1 {top_l:.3f}; duet decode cos {cos_d:.6f} top1 {top_d:.3f} "
+          f"(8-bit activations {cos_8:.6f} / {top_8:.3f}); float activations: decode {cos_r:.7f}, "
+          f"prefill {cos_p:.7f}")
+    assert cos_d >= cos_l and top_d >= top_l                 # the issue's rule, against llama.cpp's own figure
+    assert cos_p > 0.99999 and cos_r > 0.99999               # float activations: the dequantized model itself
     n = 16
     g_llama = H.llama_greedy(q, ids, n)
     g_ref = H.llama_greedy(ref, ids, n)
     g_ours = list(eng.generate(ids, max_new_tokens=n, temperature=0))
     assert H.common_prefix(g_ours, g_llama) >= H.common_prefix(g_ref, g_llama)
-    assert H.common_prefix(g_ours, g_ref) == n
+    assert H.common_prefix(g_ours, g_ref) >= H.common_prefix(g_llama, g_ref)
 
 
 @pytest.mark.parametrize("ftype,refused", [("Q2_K", "Q2_K"), ("IQ4_NL", "IQ4_NL")])

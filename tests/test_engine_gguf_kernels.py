@@ -1,11 +1,16 @@
-"""kernels/kquant: ggml blocks read in place give exactly gguf-py's dequantized weights, and the
-native matmul / row lookup / fused MoE agree with the float32 reference on them."""
+"""kernels/kquant: ggml blocks read in place give exactly gguf-py's dequantized weights; the
+native matmul and fused MoE agree with their torch reference at every activation precision
+(8-bit blocks as llama.cpp rounds them, two 8-bit terms, float32), under every build this CPU can run
+(its own, AVX2, plain C); the prefill path (many rows) is the float32 product."""
 
 from __future__ import annotations
+
+import platform
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kernels import kquant
 
@@ -40,18 +45,102 @@ def test_native_and_torch_dequantization_equal_gguf_py_bit_for_bit(type_id):
     assert torch.equal(kquant.dequantize(w, torch.bfloat16), torch.from_numpy(exact).to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+BUILDS = {"native": (None, None), "avx2": ("haswell", "avx2"), "plain-c": ("x86-64", "scalar")}
+
+
+@pytest.fixture(params=list(BUILDS))
+def build(request):
+    """Run the test under each build: this CPU's own, and (on x86-64) the AVX2 and plain-C ones."""
+    march, isa = BUILDS[request.param]
+    if kquant.lib() is None:
+        pytest.skip("no native GGUF kernels here (no working C compiler?)")
+    if march is None:
+        yield kquant.isa()
+        return
+    if not _X86:
+        pytest.skip("x86-64 targets")
+    with kquant.variant(march):
+        assert kquant.isa() == isa
+        yield isa
+
+
+def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+
+
+# k: one block, blocks not filling a 256-chunk (288 = 9 x 32), several super-blocks
+SHAPES = [(t, k) for t in TYPES for k in ((32, 288, 768) if kquant.TYPES[t][1] == 32 else (256, 768))]
+
+
+ROUNDING = {8: (1e-6, 3e-2), 16: (1e-9, 5e-4)}   # integer activations vs float32: (above, below)
+
+
+@pytest.mark.parametrize("act", [8, 16])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("type_id,k", SHAPES, ids=[f"{kquant.TYPES[t][0]}-{k}" for t, k in SHAPES])
+def test_the_integer_activation_matmul_equals_its_reference_under_every_build(build, type_id, k, rows, act):
+    raw = random_blocks(type_id, 40, k, seed=rows + k)
+    w = kquant.GGUFWeight(type_id, (40, k), torch.from_numpy(raw))
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
+    with kquant.activations(act):
+        y = kquant.linear(x, w)
+    ref, exact = kquant.reference_linear(x, w, act), kquant.reference_linear(x, w, 32)
+    assert y.shape == (rows, 40) and y.dtype == torch.float32
+    assert _rel(y, ref) < 1e-5                  # the same integers; float32 sums in another order
+    lo, hi = ROUNDING[act]
+    assert lo < _rel(ref, exact) < hi           # the activations really were rounded, to that precision
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 17])
 @pytest.mark.parametrize("type_id", TYPES, ids=[kquant.TYPES[t][0] for t in TYPES])
-def test_the_gguf_matmul_is_the_float32_product_of_the_exact_weights(type_id, rows):
+def test_the_float_path_is_the_float32_product_of_the_exact_weights(build, type_id, rows):
     raw = random_blocks(type_id, 40, 768, seed=rows)
     w = kquant.GGUFWeight(type_id, (40, 768), torch.from_numpy(raw))
     x = torch.randn(rows, 768, generator=torch.Generator().manual_seed(rows))
     ref = x.double() @ torch.from_numpy(quants.dequantize(raw, type_id)).double().t()
-    y = kquant.linear(x, w)
+    with kquant.activations(32):
+        y = kquant.linear(x, w)
+        yb = kquant.linear(x.to(torch.bfloat16), w)
     assert y.shape == (rows, 40) and y.dtype == torch.float32
-    assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
-    yb = kquant.linear(x.to(torch.bfloat16), w)
+    assert _rel(y, ref) < 1e-5
     assert yb.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("rows", [9, 17, 40])
+def test_prefill_rows_run_tile_by_tile_as_the_float32_product(monkeypatch, rows):
+    if kquant.lib() is None:
+        pytest.skip("no native GGUF kernels here")
+    monkeypatch.setattr(kquant, "TILE_BYTES", 16 * 4 * 512)   # 16 rows a tile: 5 tiles, the last short
+    raw = random_blocks(13, 70, 512, seed=rows)
+    w = kquant.GGUFWeight(13, (70, 512), torch.from_numpy(raw))
+    x = torch.randn(rows, 512)
+    ref = x.double() @ torch.from_numpy(quants.dequantize(raw, 13)).double().t()
+    assert _rel(kquant.linear(x, w), ref) < 1e-5
+
+
+def test_activation_rounding_is_llama_cpps_q8_0_and_q8_k():
+    x = torch.randn(3, 512) * torch.tensor([1.0, 1e-3, 50.0]).view(3, 1)
+    x[1, :32] = 0.0                                          # an all-zero block
+    x[2, 7] = -500.0                                         # the largest magnitude is negative
+    q, d = kquant.quantize_activations(x, 32)
+    packed = quants.quantize(x.numpy(), quants.GGMLQuantizationType.Q8_0).reshape(3, 16, 34)
+    assert np.array_equal(q.numpy().reshape(3, 16, 32), packed[..., 2:].view(np.int8))
+    assert np.array_equal(d.numpy().astype(np.float16), packed[..., :2].copy().view(np.float16)[..., 0])
+    qk, dk = kquant.quantize_activations(x, 256)
+    assert qk.max() <= 127 and qk.min() >= -127 and (qk[2, 7] * dk[2, 0]).item() == pytest.approx(-500.0)
+    xb = x.view(3, 2, 256)
+    rebuilt = qk.view(3, 2, 256).float() * dk.unsqueeze(-1)
+    assert ((rebuilt - xb).abs() <= dk.abs().unsqueeze(-1) * 0.5 + 1e-6).all()   # round to nearest
+    top = torch.gather(xb, -1, xb.abs().argmax(-1, keepdim=True))[..., 0]
+    assert torch.equal(torch.sign(dk), -torch.sign(top))    # d = -max / 127: that element's code is -127
+    assert qk[2, 7].item() == -127
+    for block in (32, 256):                                  # 16 bits: the first code, then the remainder
+        q8, d8 = kquant.quantize_activations(x, block, 8)
+        q16, d16 = kquant.quantize_activations(x, block, 16)
+        assert torch.equal(d16, d8 / 128) and ((q16.int() - 128 * q8.int()).abs() <= 64).all()
+        err = (q16.view(3, -1, block).float() * d16.unsqueeze(-1) - x.view(3, -1, block)).abs()
+        assert (err <= d16.abs().unsqueeze(-1) * 0.5 + 1e-6).all()
 
 
 def test_row_lookup_dequantizes_just_the_rows_asked_for():
@@ -62,21 +151,56 @@ def test_row_lookup_dequantizes_just_the_rows_asked_for():
     assert torch.equal(rows, torch.from_numpy(quants.dequantize(raw, 12))[ids])
 
 
-def test_the_fused_gguf_moe_step_equals_its_experts_one_by_one():
-    import torch.nn.functional as F
+MOE_TYPES = {"K-quants": (12, 13, 14, 256), "mixed": (12, 8, 6, 288), "legacy": (2, 3, 7, 96)}
 
-    E, I, H = 6, 256, 512
-    gates = [kquant.GGUFWeight(12, (I, H), torch.from_numpy(random_blocks(12, I, H, seed=e))) for e in range(E)]
-    ups = [kquant.GGUFWeight(13, (I, H), torch.from_numpy(random_blocks(13, I, H, seed=10 + e))) for e in range(E)]
-    downs = [kquant.GGUFWeight(14, (H, I), torch.from_numpy(random_blocks(14, H, I, seed=20 + e))) for e in range(E)]
-    if not kquant.GGUFExperts.fits(gates, ups, downs):
-        pytest.skip("no native GGUF kernels here")
+
+@pytest.mark.parametrize("act", [8, 16, 32])
+@pytest.mark.parametrize("kinds", list(MOE_TYPES))
+def test_the_fused_gguf_moe_step_equals_its_experts_one_by_one(build, kinds, act):
+    tg, tu, td, I = MOE_TYPES[kinds]
+    E, H = 6, 512
+    gates = [kquant.GGUFWeight(tg, (I, H), torch.from_numpy(random_blocks(tg, I, H, seed=e))) for e in range(E)]
+    ups = [kquant.GGUFWeight(tu, (I, H), torch.from_numpy(random_blocks(tu, I, H, seed=10 + e))) for e in range(E)]
+    downs = [kquant.GGUFWeight(td, (H, I), torch.from_numpy(random_blocks(td, H, I, seed=20 + e))) for e in range(E)]
+    assert kquant.GGUFExperts.fits(gates, ups, downs)
     fused = kquant.GGUFExperts(gates, ups, downs)
     x = torch.randn(1, H)
     idx, wts = torch.tensor([[4, 1, 2]]), torch.tensor([[0.5, 0.3, 0.2]])
-    y = fused(x, wts, idx)
+    with kquant.activations(act):
+        y = fused(x, wts, idx)
     ref = torch.zeros(1, H, dtype=torch.float64)
     for e, wt in zip(idx[0].tolist(), wts[0].tolist()):
-        g, u, d = (kquant.dequantize(t).double() for t in (gates[e], ups[e], downs[e]))
-        ref += wt * (F.silu(x.double() @ g.t()) * (x.double() @ u.t())) @ d.t()
-    assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
+        h = F.silu(kquant.reference_linear(x, gates[e], act)) * kquant.reference_linear(x, ups[e], act)
+        ref += wt * kquant.reference_linear(h, downs[e], act).double()
+    # integer activations: h's float32 rounding may move one of its codes by one step
+    assert _rel(y, ref) < {8: 1e-3, 16: 1e-4, 32: 1e-5}[act]
+
+
+@pytest.mark.parametrize("level,isa", [("avx2", "avx2"), ("scalar", "scalar")])
+def test_duet_cpu_builds_the_gguf_kernels_for_that_level(level, isa):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not _X86 or kquant.lib() is None:
+        pytest.skip("x86-64 with a working compiler")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, DUET_CPU=level, PYTHONPATH=str(root))
+    r = subprocess.run([sys.executable, "-c", "from kernels import kquant; print(kquant.isa())"], env=env,
+                       capture_output=True, text=True, cwd=root, timeout=600)
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert r.stdout.split()[-1] == isa
+
+
+def test_the_activation_setting_is_read_in_one_place_and_a_bad_value_is_named(monkeypatch):
+    monkeypatch.delenv(kquant.ACT_ENV, raising=False)
+    assert kquant.act_bits() == 16
+    monkeypatch.setenv(kquant.ACT_ENV, "8")
+    assert kquant.act_bits() == 8
+    with kquant.activations(32):
+        assert kquant.act_bits() == 32
+    assert kquant.act_bits() == 8
+    monkeypatch.setenv(kquant.ACT_ENV, "4")
+    with pytest.raises(ValueError, match="DUET_GGUF_ACT_BITS='4'"):
+        kquant.act_bits()

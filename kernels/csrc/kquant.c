@@ -8,13 +8,17 @@
  * Q4_K 12, Q5_K 13, Q6_K 14 (super-blocks of 256). A matrix is its rows one after another,
  * each row k / block weights blocks, exactly as the file stores it.
  *
- * The matmul dequantizes 256 weights of a row at a time into float32 (from L1) and takes
- * their dot product with each activation row in float32: no rounding beyond the float32
- * sums, so the result is the dequantized weights' exact product up to summation order.
+ * The matmul (kq_gemm, kq_moe) runs at one of two precisions, chosen per call (act):
+ *   8 / 16: the activations rounded once to 8-bit blocks (llama.cpp's Q8_0 / Q8_K; 16 adds a
+ *     second 8-bit code for the remainder) and integer block dot products: kquant_dot.h;
+ *   otherwise: 256 weights of a row at a time dequantized into float32 (from L1), their dot
+ *     product with each activation row in float32 -- the dequantized weights' exact product
+ *     up to summation order (the reference).
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <omp.h>
 
 #define INLINE static inline __attribute__((always_inline))
@@ -218,6 +222,22 @@ int kq_get_rows(int type, const uint8_t *w, long stride, const int64_t *idx, lon
     return 0;
 }
 
+#include "kquant_dot.h"
+
+/* the SIMD path of the integer dot products: "avx512-vnni" / "avx-vnni" (AVX2 code with VNNI's
+ * dot instruction for the blocks of 32), "avx2" or "scalar" (plain C) */
+const char *kq_isa(void) {
+#if defined(KQ_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return "avx512-vnni";
+#elif defined(KQ_AVX2) && defined(__AVXVNNI__)
+    return "avx-vnni";
+#elif defined(KQ_AVX2)
+    return "avx2";
+#else
+    return "scalar";
+#endif
+}
+
 /* ---- matmul: y[m][j] = sum_i x[m][i] w[j][i] for m < M <= MAXM -------------------------- */
 
 INLINE float dot16(const float *a, const float *b, int n) {
@@ -240,11 +260,26 @@ static void row_dot(int type, const uint8_t *row, int k, const float *x, int M, 
     for (int m = 0; m < M; m++) out[m] = acc[m];
 }
 
-/* x float32 [M][k] (M <= 8), w n rows of stride bytes -> y float32 [M][ldy]. */
+/* x float32 [M][k] (M <= 8), w n rows of stride bytes -> y float32 [M][ldy]. act 8 or 16: the
+ * activations rounded to 8-bit blocks (16: two 8-bit terms) and integer dot products
+ * (kquant_dot.h); otherwise float32 dot products of the dequantized weights (the exact
+ * reference). -1: bad arguments, 1: no memory. */
 int kq_gemm(int type, const float *x, int M, int k, const uint8_t *w, long stride, long n, float *y, long ldy,
-            int nthreads) {
+            int nthreads, int act) {
     if (!block_bytes(type) || k % block_size(type) || M > MAXM || M < 1) return -1;
     if (n * stride < (32L << 10)) nthreads = 1;
+    if (act == 8 || act == 16) {
+        act_t a;
+        if (act_quant(&a, x, M, k, k, act_bs(type), act)) { act_free(&a); return 1; }
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+        for (long j = 0; j < n; j++) {
+            float out[MAXM];
+            qdot_row(type, w + j * stride, &a, 0, M, out);
+            for (int m = 0; m < M; m++) y[m * ldy + j] = out[m];
+        }
+        act_free(&a);
+        return 0;
+    }
 #pragma omp parallel num_threads(nthreads)
     {
         float buf[QK] __attribute__((aligned(64)));
@@ -260,15 +295,28 @@ int kq_gemm(int type, const float *x, int M, int k, const uint8_t *w, long strid
 
 /* One token through SwiGLU experts stored as GGUF blocks: for each chosen expert e (and the
  * shared one when shared >= 0, weight 1), h = silu(gate_e x) * (up_e x), y += w_e * down_e h.
- * table int64 [E][3]: addresses of gate, up, down rows (row strides gs_, us_, ds_ bytes);
- * types[3]: their ggml types; x float32 [hidden]; y float32 [hidden]. */
+ * table int64 [E][3]: addresses of gate, up, down rows (row strides gst, ust, dst_ bytes);
+ * types[3]: their ggml types; x float32 [hidden]; y float32 [hidden]; act as kq_gemm's (8 or
+ * 16: x and each expert's h rounded to integer blocks once, for the block size of the matrix
+ * that reads them). Returns 0, or 1 when out of memory. */
 int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_, int inter, int hidden,
-           const int64_t *idx, const float *wts, int k, int shared, const float *x, float *y, int nthreads) {
+           const int64_t *idx, const float *wts, int k, int shared, const float *x, float *y, int nthreads,
+           int act) {
     float *h = malloc(sizeof(float) * (size_t)inter * (k + 1));
     float *g = malloc(sizeof(float) * (size_t)inter * (k + 1));
     float *yy = calloc((size_t)hidden * (k + 1), sizeof(float));
-    if (!h || !g || !yy) { free(h); free(g); free(yy); return 1; }
-    int ne = k + (shared >= 0 ? 1 : 0);
+    act_t ag = {0}, au = {0}, ah = {0};
+    int ne = k + (shared >= 0 ? 1 : 0), fail = !h || !g || !yy;
+    const int q8 = act == 8 || act == 16, same = act_bs(types[0]) == act_bs(types[1]);
+    if (!fail && q8) {
+        fail = act_quant(&ag, x, 1, hidden, hidden, act_bs(types[0]), act);
+        if (!fail && !same) fail = act_quant(&au, x, 1, hidden, hidden, act_bs(types[1]), act);
+    }
+    if (fail) {
+        free(h); free(g); free(yy); act_free(&ag); act_free(&au);
+        return 1;
+    }
+    const act_t *xu = same ? &ag : &au;
     /* gate and up of all experts: one parallel loop over (expert, row) */
 #pragma omp parallel num_threads(nthreads)
     {
@@ -280,10 +328,14 @@ int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_
             long ex = e < k ? idx[e] : shared;
             const int64_t *row = table + 3 * ex;
             if (r < inter) {
-                row_dot(types[0], (const uint8_t *)row[0] + r * gst, hidden, x, 1, &o, buf);
+                const uint8_t *wr = (const uint8_t *)row[0] + r * gst;
+                if (q8) qdot_row(types[0], wr, &ag, 0, 1, &o);
+                else row_dot(types[0], wr, hidden, x, 1, &o, buf);
                 g[(long)e * inter + r] = o;
             } else {
-                row_dot(types[1], (const uint8_t *)row[1] + (r - inter) * ust, hidden, x, 1, &o, buf);
+                const uint8_t *wr = (const uint8_t *)row[1] + (r - inter) * ust;
+                if (q8) qdot_row(types[1], wr, xu, 0, 1, &o);
+                else row_dot(types[1], wr, hidden, x, 1, &o, buf);
                 h[(long)e * inter + r - inter] = o;
             }
         }
@@ -292,12 +344,17 @@ int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_
             float a = g[t];
             h[t] = a / (1.f + __builtin_expf(-a)) * h[t];
         }
+#pragma omp single
+        if (q8) fail = act_quant(&ah, h, ne, inter, inter, act_bs(types[2]), act);
 #pragma omp for schedule(static)
         for (long t = 0; t < (long)ne * hidden; t++) {
+            if (fail) continue;
             int e = (int)(t / hidden), r = (int)(t % hidden);
             long ex = e < k ? idx[e] : shared;
             const int64_t *row = table + 3 * ex;
-            row_dot(types[2], (const uint8_t *)row[2] + r * dst_, inter, h + (long)e * inter, 1, &o, buf);
+            const uint8_t *wr = (const uint8_t *)row[2] + r * dst_;
+            if (q8) qdot_row(types[2], wr, &ah, e, 1, &o);
+            else row_dot(types[2], wr, inter, h + (long)e * inter, 1, &o, buf);
             yy[t] = o;
         }
 #pragma omp for schedule(static)
@@ -307,6 +364,6 @@ int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_
             y[r] = s;
         }
     }
-    free(h); free(g); free(yy);
-    return 0;
+    free(h); free(g); free(yy); act_free(&ag); act_free(&au); act_free(&ah);
+    return fail ? 1 : 0;
 }

@@ -1,0 +1,438 @@
+/* Integer dot products of GGUF weight blocks with 8-bit activation blocks (llama.cpp's scheme).
+ * Included by kquant.c (after h2f / rd16 / block_bytes / scale_min_k4).
+ *
+ * Activations are rounded once per call, per row:
+ *   Q8_0 (for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights): blocks of 32, d = absmax / 127,
+ *        q = roundf(x / d)  (ggml's quantize_row_q8_0_ref);
+ *   Q8_K (for Q4_K, Q5_K, Q6_K): blocks of 256, d = -max / 127 with max the element of
+ *        largest magnitude (sign kept), q = min(127, nearest_int(x / d))  (quantize_row_q8_K_ref).
+ * The scale stays float32 (ggml rounds Q8_0's to fp16: ours is never coarser). Sums of each
+ * 16 codes are kept for the zero-point / offset terms.
+ * With 16 bits (two 8-bit terms), each code q is followed by a second, r = the rounding of
+ * the remainder (x / d - q) x 128 (|r| <= 64): x ~ (128 q + r) d / 128, 15 bits of precision
+ * for one more maddubs per 32 weights; the integers are the same on every path.
+ *
+ * Each weight block is unpacked to unsigned codes (Q8_0: signed) and multiplied with the
+ * activation codes in int32: per block (32) or per 16/32-weight sub-block (K-quants, their
+ * 6/8-bit scales applied in int32 over the super-block). The AVX2 path (maddubs + madd) and
+ * the plain-C path compute the same integers; only the float32 sums of the block results
+ * differ in order.
+ */
+
+typedef struct {
+    int M, k, bs;   /* rows, row length, weights per scale (32: Q8_0, 256: Q8_K) */
+    int8_t *q;      /* [M][k] codes */
+    int8_t *r;      /* [M][k] second codes (16 bits), or NULL (8 bits) */
+    float *d;       /* [M][k / bs] scales: x ~ q d (8 bits), (128 q + r) d (16 bits) */
+    int32_t *s16;   /* [M][k / 16] sums of 16 codes (128 q + r with 16 bits) */
+} act_t;
+
+INLINE int act_bs(int type) { return type >= 12 ? 256 : 32; }
+
+INLINE int nearest_int(float f) {   /* round half to even, as ggml's */
+    float v = f + 12582912.f;
+    int i;
+    memcpy(&i, &v, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+INLINE int8_t rest(float t, int q) {   /* the second code: (t - q) x 128, rounded */
+    int v = (int)roundf((t - (float)q) * 128.f);
+    return (int8_t)(v > 127 ? 127 : (v < -127 ? -127 : v));
+}
+
+static void quant_q8_0(const float *x, int8_t *q, int8_t *r, float *d) {
+    float amax = 0.f;
+    for (int i = 0; i < 32; i++) {
+        float a = fabsf(x[i]);
+        amax = a > amax ? a : amax;
+    }
+    const float dd = amax / 127.f, id = dd != 0.f ? 1.f / dd : 0.f;
+    for (int i = 0; i < 32; i++) {
+        const float t = x[i] * id;
+        q[i] = (int8_t)roundf(t);
+        if (r) r[i] = rest(t, q[i]);
+    }
+    *d = r ? dd / 128.f : dd;
+}
+
+static void quant_q8_k(const float *x, int8_t *q, int8_t *r, float *d) {
+    float amax = 0.f, max = 0.f;
+    for (int i = 0; i < 256; i++) {
+        float a = fabsf(x[i]);
+        if (a > amax) { amax = a; max = x[i]; }
+    }
+    if (amax == 0.f) {
+        memset(q, 0, 256);
+        if (r) memset(r, 0, 256);
+        *d = 0.f;
+        return;
+    }
+    const float iscale = -127.f / max;
+    for (int i = 0; i < 256; i++) {
+        const float t = iscale * x[i];
+        int v = nearest_int(t);
+        q[i] = (int8_t)(v > 127 ? 127 : v);
+        if (r) r[i] = rest(t, q[i]);
+    }
+    *d = r ? 1.f / iscale / 128.f : 1.f / iscale;
+}
+
+/* rows x [M][k] (row stride ldx) -> a, blocks of bs, 8 or 16 bits. -1 when out of memory. */
+static int act_quant(act_t *a, const float *x, int M, int k, long ldx, int bs, int bits) {
+    a->M = M; a->k = k; a->bs = bs;
+    a->q = malloc((size_t)M * k + 64);
+    a->r = bits == 16 ? malloc((size_t)M * k + 64) : NULL;
+    a->d = malloc(sizeof(float) * ((size_t)M * (k / bs) + 1));
+    a->s16 = malloc(sizeof(int32_t) * ((size_t)M * (k / 16) + 1));
+    if (!a->q || !a->d || !a->s16 || (bits == 16 && !a->r)) return -1;
+    for (int m = 0; m < M; m++) {
+        int8_t *q = a->q + (long)m * k, *r = a->r ? a->r + (long)m * k : NULL;
+        for (int b = 0; b < k / bs; b++) {
+            if (bs == 32) quant_q8_0(x + m * ldx + 32 * b, q + 32 * b, r ? r + 32 * b : NULL, a->d + (long)m * (k / 32) + b);
+            else quant_q8_k(x + m * ldx + 256 * b, q + 256 * b, r ? r + 256 * b : NULL, a->d + (long)m * (k / 256) + b);
+        }
+        for (int g = 0; g < k / 16; g++) {
+            int32_t s = 0;
+            for (int i = 0; i < 16; i++) s += r ? 128 * q[16 * g + i] + r[16 * g + i] : q[16 * g + i];
+            a->s16[(long)m * (k / 16) + g] = s;
+        }
+    }
+    return 0;
+}
+
+static void act_free(act_t *a) {
+    free(a->q); free(a->r); free(a->d); free(a->s16);
+    a->q = NULL; a->r = NULL; a->d = NULL; a->s16 = NULL;
+}
+
+#if defined(__AVX2__)
+#define KQ_AVX2 1
+#include <immintrin.h>
+
+INLINE float hsum256(__m256 v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+#if defined(__F16C__)
+#define H2F(h) _cvtsh_ss(h)   /* the same exact conversion, one instruction */
+#else
+#define H2F(h) h2f(h)
+#endif
+
+INLINE __m256i nib32(const uint8_t *p) {   /* 16 bytes -> low nibbles (bytes 0..15), high (16..31) */
+    __m128i t = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
+}
+
+INLINE __m256i bits32(const uint8_t *p) {   /* 32 bits -> 32 bytes of 0x10 (bit set) or 0 */
+    uint32_t x;
+    memcpy(&x, p, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
+    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+INLINE __m256i dot_u8s8(__m256i u, __m256i s, __m256i w16) {   /* int32 [8]: pairs of 4 products x w16 */
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), w16);
+}
+
+/* int32 [8]: sums of 4 products (u <= 128, |s| <= 127: maddubs never saturates, so VNNI's
+ * one instruction gives the same integers) */
+INLINE __m256i dot4_u8s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
+/* ---- blocks of 32: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8 ----------------------------- */
+
+/* weight w = dw q + mw; returns the codes in q (signed for Q8_0, Q4_0 and Q5_0: their offset
+ * 8 / 16 taken off, as ggml does; else 0..31) */
+INLINE void unpack32(const int type, const uint8_t *p, int16_t *q, float *dw, float *mw) {
+    *dw = h2f(rd16(p));
+    *mw = 0.f;
+    int off = 0;
+    uint32_t qh = 0;
+    const uint8_t *qs;
+    switch (type) {
+        case 8:
+            for (int i = 0; i < 32; i++) q[i] = ((const int8_t *)(p + 2))[i];
+            return;
+        case 2: qs = p + 2; off = 8; break;
+        case 3: qs = p + 4; *mw = h2f(rd16(p + 2)); break;
+        case 6: qs = p + 6; off = 16; memcpy(&qh, p + 2, 4); break;
+        default: qs = p + 8; *mw = h2f(rd16(p + 2)); memcpy(&qh, p + 4, 4); break;
+    }
+    for (int i = 0; i < 16; i++) {
+        q[i] = (int16_t)(((qs[i] & 15) | (((qh >> i) & 1) << 4)) - off);
+        q[i + 16] = (int16_t)(((qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - off);
+    }
+}
+
+/* one weight row of nb blocks against activation rows m0 .. m0+MM-1 */
+INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *row, int nb, const act_t *a, int m0, float *out) {
+    const int bb = block_bytes(type), k = a->k;
+    float corr[MAXM] = {0};
+#if defined(KQ_AVX2)
+    __m256 acc[MAXM];
+    for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = row + (long)b * bb;
+        float dw = H2F(rd16(p)), mw = 0.f;
+        __m256i q;
+        switch (type) {
+            case 8: q = _mm256_loadu_si256((const __m256i *)(p + 2)); break;
+            case 2: q = _mm256_sub_epi8(nib32(p + 2), _mm256_set1_epi8(8)); break;
+            case 3: q = nib32(p + 4); mw = H2F(rd16(p + 2)); break;
+            case 6: q = _mm256_sub_epi8(_mm256_or_si256(nib32(p + 6), bits32(p + 2)), _mm256_set1_epi8(16)); break;
+            default: q = _mm256_or_si256(nib32(p + 8), bits32(p + 4)); mw = H2F(rd16(p + 2)); break;
+        }
+        const int sgn = type == 8 || type == 2 || type == 6;   /* signed codes: |w| x sign(x, w) */
+        const __m256i u = sgn ? _mm256_sign_epi8(q, q) : q;
+        for (int m = 0; m < MM; m++) {
+            const long mr = m0 + m;
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + mr * k + 32 * b)), p;
+            if (sgn) xv = _mm256_sign_epi8(xv, q);
+            if (HI) {   /* 128 q + r: two products, one int32 sum (|.| < 2^24) */
+                __m256i rv = _mm256_loadu_si256((const __m256i *)(a->r + mr * k + 32 * b));
+                if (sgn) rv = _mm256_sign_epi8(rv, q);
+                p = _mm256_add_epi32(_mm256_slli_epi32(dot4_u8s8(u, xv), 7), dot4_u8s8(u, rv));
+            } else {
+                p = dot4_u8s8(u, xv);
+            }
+            const float dx = a->d[mr * (k / 32) + b];
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx), acc[m]);
+            if (type == 3 || type == 7) {
+                const int32_t *s = a->s16 + mr * (k / 16) + 2 * b;
+                corr[m] += mw * dx * (float)(s[0] + s[1]);
+            }
+        }
+    }
+    for (int m = 0; m < MM; m++) out[m] = hsum256(acc[m]) + corr[m];
+#else
+    float acc[MAXM] = {0};
+    int16_t q[32];
+    for (int b = 0; b < nb; b++) {
+        float dw, mw;
+        unpack32(type, row + (long)b * bb, q, &dw, &mw);
+        for (int m = 0; m < MM; m++) {
+            const long mr = m0 + m;
+            const int8_t *x = a->q + mr * k + 32 * b, *xr = HI ? a->r + mr * k + 32 * b : NULL;
+            int32_t isum = 0;
+            for (int i = 0; i < 32; i++) isum += (int32_t)q[i] * (HI ? 128 * x[i] + xr[i] : x[i]);
+            const float dx = a->d[mr * (k / 32) + b];
+            acc[m] += dw * dx * (float)isum;
+            if (type == 3 || type == 7) {
+                const int32_t *s = a->s16 + mr * (k / 16) + 2 * b;
+                corr[m] += mw * dx * (float)(s[0] + s[1]);
+            }
+        }
+    }
+    for (int m = 0; m < MM; m++) out[m] = acc[m] + corr[m];
+#endif
+}
+
+/* ---- super-blocks of 256: Q4_K 12, Q5_K 13, Q6_K 14 ------------------------------------ */
+
+/* w = d sc[g] (q - off) - dmin mn[g / 2] for weight i in 16-group g = i / 16 */
+typedef struct {
+    float d, dmin;
+    int off;
+    int16_t sc[16], mn[8];
+} kscale_t;
+
+INLINE void kscales(const int type, const uint8_t *p, kscale_t *s) {
+    if (type == 14) {
+        const int8_t *sc = (const int8_t *)(p + 192);
+        s->d = h2f(rd16(p + 208));
+        s->dmin = 0.f;
+        s->off = 32;
+        for (int g = 0; g < 16; g++) s->sc[g] = sc[g];
+        for (int j = 0; j < 8; j++) s->mn[j] = 0;
+        return;
+    }
+    s->d = h2f(rd16(p));
+    s->dmin = h2f(rd16(p + 2));
+    s->off = 0;
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        scale_min_k4(j, p + 4, &sc, &mn);
+        s->sc[2 * j] = s->sc[2 * j + 1] = (int16_t)sc;
+        s->mn[j] = (int16_t)mn;
+    }
+}
+
+/* the codes (0..63) of the 256 weights, in order */
+INLINE void unpack256(const int type, const uint8_t *p, uint8_t *q) {
+    if (type == 12) {
+        const uint8_t *qs = p + 16;
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) {
+                q[64 * j + l] = qs[32 * j + l] & 15;
+                q[64 * j + 32 + l] = qs[32 * j + l] >> 4;
+            }
+    } else if (type == 13) {
+        const uint8_t *qh = p + 16, *ql = p + 48;
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) {
+                q[64 * j + l] = (uint8_t)((ql[32 * j + l] & 15) | (((qh[l] >> (2 * j)) & 1) << 4));
+                q[64 * j + 32 + l] = (uint8_t)((ql[32 * j + l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4));
+            }
+    } else {
+        for (int n = 0; n < 2; n++) {
+            const uint8_t *ql = p + 64 * n, *qh = p + 128 + 32 * n;
+            uint8_t *o = q + 128 * n;
+            for (int l = 0; l < 32; l++) {
+                o[l] = (uint8_t)((ql[l] & 15) | ((qh[l] & 3) << 4));
+                o[l + 32] = (uint8_t)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4));
+                o[l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+                o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+            }
+        }
+    }
+}
+
+#if defined(KQ_AVX2)
+/* the codes of 32 weights of a super-block, group j (weights 32 j .. 32 j + 31) */
+INLINE void unpack256_avx2(const int type, const uint8_t *p, __m256i *g) {
+    const __m256i low = _mm256_set1_epi8(15);
+    if (type == 12 || type == 13) {
+        const uint8_t *ql = p + (type == 12 ? 16 : 48);
+        const __m256i one = _mm256_set1_epi8(1);
+        __m256i hb = type == 13 ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(ql + 32 * j));
+            __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            if (type == 13) {
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hb, one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), one), 4));
+                hb = _mm256_srli_epi16(hb, 2);
+            }
+            g[2 * j] = lo;
+            g[2 * j + 1] = hi;
+        }
+        return;
+    }
+    const __m256i three = _mm256_set1_epi8(3);
+    for (int n = 0; n < 2; n++) {
+        const uint8_t *ql = p + 64 * n;
+        __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+        __m256i h = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * n));
+        g[4 * n] = _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_slli_epi16(_mm256_and_si256(h, three), 4));
+        g[4 * n + 1] = _mm256_or_si256(_mm256_and_si256(l1, low),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), three), 4));
+        g[4 * n + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), three), 4));
+        g[4 * n + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), three), 4));
+    }
+}
+#endif
+
+/* the offset and min terms of a super-block, from the activation's sums of 16 */
+INLINE float kcorr(const kscale_t *s, const int32_t *s16) {
+    int32_t offs = 0, mins = 0;
+    if (s->off)
+        for (int g = 0; g < 16; g++) offs += (int32_t)s->sc[g] * s16[g];
+    else
+        for (int j = 0; j < 8; j++) mins += (int32_t)s->mn[j] * (s16[2 * j] + s16[2 * j + 1]);
+    return -s->d * (float)(s->off * offs) - s->dmin * (float)mins;
+}
+
+INLINE void dotk_t(const int type, const int HI, const int MM, const uint8_t *row, int nb, const act_t *a, int m0, float *out) {
+    const int bb = block_bytes(type), k = a->k;
+    float corr[MAXM] = {0};
+    kscale_t s;
+#if defined(KQ_AVX2)
+    __m256 acc[MAXM];
+    for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
+    __m256i g[8];
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = row + (long)b * bb;
+        kscales(type, p, &s);
+        unpack256_avx2(type, p, g);
+        __m256i sv[8];
+        for (int j = 0; j < 8; j++)
+            sv[j] = _mm256_set_m128i(_mm_set1_epi16(s.sc[2 * j + 1]), _mm_set1_epi16(s.sc[2 * j]));
+        for (int m = 0; m < MM; m++) {
+            const long mr = m0 + m;
+            const int8_t *x = a->q + mr * k + 256 * b;
+            __m256i ia = _mm256_setzero_si256(), ir = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++)
+                ia = _mm256_add_epi32(ia, dot_u8s8(g[j], _mm256_loadu_si256((const __m256i *)(x + 32 * j)), sv[j]));
+            const float dx = a->d[mr * (k / 256) + b];
+            if (HI) {   /* the second codes: their own int32 sum (the first's x 128 could overflow) */
+                const int8_t *xr = a->r + mr * k + 256 * b;
+                for (int j = 0; j < 8; j++)
+                    ir = _mm256_add_epi32(ir, dot_u8s8(g[j], _mm256_loadu_si256((const __m256i *)(xr + 32 * j)), sv[j]));
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ir), _mm256_set1_ps(s.d * dx), acc[m]);
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_set1_ps(s.d * dx * 128.f), acc[m]);
+            } else {
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_set1_ps(s.d * dx), acc[m]);
+            }
+            corr[m] += dx * kcorr(&s, a->s16 + mr * (k / 16) + 16 * b);
+        }
+    }
+    for (int m = 0; m < MM; m++) out[m] = hsum256(acc[m]) + corr[m];
+#else
+    float acc[MAXM] = {0};
+    uint8_t q[256];
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = row + (long)b * bb;
+        kscales(type, p, &s);
+        unpack256(type, p, q);
+        for (int m = 0; m < MM; m++) {
+            const long mr = m0 + m;
+            const int8_t *x = a->q + mr * k + 256 * b, *xr = HI ? a->r + mr * k + 256 * b : NULL;
+            int32_t ia = 0, ir = 0;
+            for (int g = 0; g < 16; g++) {
+                int32_t t = 0, tr = 0;
+                for (int i = 0; i < 16; i++) t += (int32_t)q[16 * g + i] * x[16 * g + i];
+                if (HI)
+                    for (int i = 0; i < 16; i++) tr += (int32_t)q[16 * g + i] * xr[16 * g + i];
+                ia += (int32_t)s.sc[g] * t;
+                ir += (int32_t)s.sc[g] * tr;
+            }
+            const float dx = a->d[mr * (k / 256) + b];
+            acc[m] += s.d * dx * (HI ? (float)ia * 128.f + (float)ir : (float)ia);
+            corr[m] += dx * kcorr(&s, a->s16 + mr * (k / 16) + 16 * b);
+        }
+    }
+    for (int m = 0; m < MM; m++) out[m] = acc[m] + corr[m];
+#endif
+}
+
+/* one weight row (k = a->k inputs) against activation rows m0 .. m0+MM-1 */
+static void qdot_row(int type, const uint8_t *row, const act_t *a, int m0, int MM, float *out) {
+#define KQ_CASE(T)                                                                                  \
+    case T:                                                                                         \
+        if (hi) {                                                                                   \
+            if (MM == 1) KQ_DOT(T, 1, 1, row, nb, a, m0, out);                                      \
+            else KQ_DOT(T, 1, MM, row, nb, a, m0, out);                                             \
+        } else {                                                                                    \
+            if (MM == 1) KQ_DOT(T, 0, 1, row, nb, a, m0, out);                                      \
+            else KQ_DOT(T, 0, MM, row, nb, a, m0, out);                                             \
+        }                                                                                           \
+        break;
+    const int nb = a->k / block_size(type), hi = a->r != NULL;
+    switch (type) {
+#define KQ_DOT dot32_t
+        KQ_CASE(2) KQ_CASE(3) KQ_CASE(6) KQ_CASE(7) KQ_CASE(8)
+#undef KQ_DOT
+#define KQ_DOT dotk_t
+        KQ_CASE(12) KQ_CASE(13) KQ_CASE(14)
+#undef KQ_DOT
+        default: break;
+    }
+#undef KQ_CASE
+}
