@@ -72,7 +72,9 @@ def package(run: Path, eval_json: Path | None, dest: Path = DEST) -> dict:
     training["reasoner"]["config"] = cfg
     ccfg = json.loads((run / "coder" / "hf" / "config.json").read_text())
     training["coder"]["config"] = ccfg
-    seed = json.loads((run / "run.json").read_text()).get("seed") if (run / "run.json").is_file() else None
+    starts = [next((r for r in _read_log(run / role / "train_log.jsonl") if r.get("event") == "start"), {})
+              for role in ("reasoner", "coder")]
+    seed = starts[0].get("seed", starts[1].get("seed"))  # the data generator's seed (each log's start)
     manifest = {
         "what": "Duet's demo models, trained in this repository (python -m training.train all): "
                 "they find and fix one planted bug in small Python modules, nothing more.",
