@@ -16,4 +16,6 @@ export OMP_WAIT_POLICY=PASSIVE
 wait
 "$PY" -m training.package --run "$OUT"
 "$PY" -m training.eval --out bench/results/demo_eval.json
-"$PY" -m training.package --run "$OUT" --eval bench/results/demo_eval.json
+"$PY" -m training.eval --style train --n 12 --n-coder 20 --n-run 0 --out bench/results/demo_eval_train_style.json
+"$PY" -m training.package --run "$OUT" --eval bench/results/demo_eval.json \
+    --eval-train bench/results/demo_eval_train_style.json

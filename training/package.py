@@ -32,7 +32,7 @@ def _read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def package(run: Path, eval_json: Path | None, dest: Path = DEST) -> dict:
+def package(run: Path, eval_json: Path | None, dest: Path = DEST, eval_train_json: Path | None = None) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -92,6 +92,9 @@ def package(run: Path, eval_json: Path | None, dest: Path = DEST) -> dict:
     if eval_json and eval_json.is_file():
         ev = json.loads(eval_json.read_text())
         manifest["eval"] = {k: v for k, v in ev.items() if not k.endswith("rows")}
+    if eval_train_json and eval_train_json.is_file():  # unseen modules in the training templates
+        ev = json.loads(eval_train_json.read_text())
+        manifest["eval_train_style"] = {k: v for k, v in ev.items() if not k.endswith("rows")}
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
 
@@ -100,8 +103,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m training.package")
     ap.add_argument("--run", type=Path, default=ROOT / "build" / "demo")
     ap.add_argument("--eval", type=Path, default=None)
+    ap.add_argument("--eval-train", type=Path, default=None, help="the eval's --style train figures")
     a = ap.parse_args(argv)
-    m = package(a.run, a.eval)
+    m = package(a.run, a.eval, eval_train_json=a.eval_train)
     print(f"packaged {len(m['files'])} files, {m['total_bytes'] / 1e6:.1f} MB into {DEST}")
     return 0
 
