@@ -94,7 +94,7 @@ def _run(args) -> int:
         args.workspace = "."
     from app.config import BUILTIN
 
-    if command != "tui" and not args.demo and config.source == BUILTIN:
+    if command in ("doctor", "ask", "run") and not args.demo and config.source == BUILTIN:
         _say_what_discovery_found(to=sys.stdout if command == "doctor" else sys.stderr)
     if command == "doctor":
         from app.doctor import run_doctor
