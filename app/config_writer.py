@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.config import Config, parse_config
+from app.config import DEMO_SAMPLING, Config, parse_config
 from app.discovery import Found, toml_str
 from app.errors import DuetError
 
@@ -44,12 +44,17 @@ class Choice:
             return self.found.config_snippet(role)
         from app import demo
 
-        greedy = "[{role}.sampling]\ntemperature = 0.0\nmax_tokens = {n}\n"  # small models, one format
-        if role == "reasoner":
-            return (f'[reasoner]\nbackend = "local"\npath = {toml_str(str(demo.reasoner_path()))}\n'
-                    'quant = "int8"\ncontext = 2048\n' + greedy.format(role=role, n=768))
-        return (f'[coder]\nbackend = "llama.cpp"\npath = {toml_str(str(demo.coder_path()))}\ncontext = 2048\n'
-                + greedy.format(role=role, n=256))
+        return demo_table(role, demo.reasoner_path() if role == "reasoner" else demo.coder_path())
+
+
+def demo_table(role: str, path: Path) -> str:
+    """The [role] table that runs a demo-style model as `duet --demo` does: the reasoner on our
+    engine (int8), the coder on llama.cpp, both greedy (small models, one format)."""
+    sampling = DEMO_SAMPLING[role]
+    greedy = f"[{role}.sampling]\ntemperature = {sampling.temperature}\nmax_tokens = {sampling.max_tokens}\n"
+    if role == "reasoner":
+        return f'[reasoner]\nbackend = "local"\npath = {toml_str(str(path))}\nquant = "int8"\ncontext = 2048\n' + greedy
+    return f'[coder]\nbackend = "llama.cpp"\npath = {toml_str(str(path))}\ncontext = 2048\n' + greedy
 
 
 def choices(found: list[Found]) -> list[Choice]:

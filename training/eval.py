@@ -202,15 +202,13 @@ def eval_duet_run(reasoner_dir, coder_gguf, n: int, seed: int, log=print) -> dic
 
     from app.backends import close_all
     from app.cli import main as duet
-    from app.config_writer import toml_str
+    from app.config_writer import demo_table
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.toml"
-        cfg.write_text(f'[reasoner]\nbackend = "local"\npath = {toml_str(str(Path(reasoner_dir).resolve()))}\n'
-                       'quant = "int8"\ncontext = 2048\n[reasoner.sampling]\ntemperature = 0.0\nmax_tokens = 768\n'
-                       f'[coder]\nbackend = "llama.cpp"\npath = {toml_str(str(Path(coder_gguf).resolve()))}\n'
-                       'context = 2048\n[coder.sampling]\ntemperature = 0.0\nmax_tokens = 256\n', encoding="utf-8")
+        cfg.write_text(demo_table("reasoner", Path(reasoner_dir).resolve()) + "\n"
+                       + demo_table("coder", Path(coder_gguf).resolve()), encoding="utf-8")
         for i, (m, request) in enumerate(heldout_cases(n, seed)):
             ws = Path(tmp) / f"ws{i}"
             ws.mkdir()
