@@ -92,12 +92,20 @@ def test_the_training_chat_format_is_the_checkpoint_template():
         assert rendered == chat("review calc.py", reasoning=reasoning)
 
 
-def test_the_teacher_thinks_through_every_function_then_plans_the_exact_change():
-    m = make_module(random.Random(8), "train", n_funcs=3)
-    trace = thinking(m)
-    for f in m.funcs:
-        assert f"`{f.name}`" in trace and f.doc in trace
-    assert trace.count("This is the bug.") == 1
+def test_the_teacher_reads_line_by_line_up_to_the_bug_then_plans_the_exact_change():
+    for seed in range(8):
+        m = make_module(random.Random(seed), "train", n_funcs=3)
+        trace = thinking(m)
+        for i, f in enumerate(m.funcs[: m.bug_func + 1]):  # every function up to the buggy one ...
+            assert f"`{f.name}`: \"{f.doc}\"" in trace
+            for j, code in enumerate(f.body):
+                if (i, j) == (m.bug_func, m.mutation.line):
+                    break
+                assert f"{m.line_no(i, j)} `{code.strip()}` ok" in trace  # ... each line read and passed
+        for f in m.funcs[m.bug_func + 1:]:  # the one bug is found: the reading stops there
+            assert f"`{f.name}`:" not in trace
+        assert trace.count("This is the bug.") == 1
+        assert f"{m.bug_line_no} `{m.bad_line.strip()}`" in trace
     for lang in ("en", "zh"):
         plan = answer(m, lang)
         assert m.path in plan and f"`{m.func.name}`" in plan and str(m.bug_line_no) in plan

@@ -55,17 +55,21 @@ def reason_zh(kind: str, wrong: str, right: str) -> str:
 
 
 def thinking(m: Module) -> str:
+    """Read each function: its docstring, then its lines one by one, each "ok" until the one that
+    disagrees with the docstring (the module has exactly one bug, so the reading stops there)."""
     mut = m.mutation
     n = len(m.funcs)
-    lines = [f"{m.path} has {n} function{'s' if n > 1 else ''}. I check each docstring against its code."]
+    lines = [f"{m.path} has {n} function{'s' if n > 1 else ''}. I check each docstring against its code, line by line."]
     for i, f in enumerate(m.funcs):
+        lines.append(f"`{f.name}`: \"{f.doc}\"")
+        for j, code in enumerate(f.body):
+            k = m.line_no(i, j)
+            if i == m.bug_func and j == mut.line:
+                lines.append(f"{k} `{mut.new.strip()}` {reason_en(mut.kind, mut.wrong, mut.right)}. This is the bug.")
+                break
+            lines.append(f"{k} `{code.strip()}` ok")
         if i == m.bug_func:
-            k = m.bug_line_no
-            lines.append(f"`{f.name}`: \"{f.doc}\" Line {k} `{mut.new.strip()}` {reason_en(mut.kind, mut.wrong, mut.right)}. "
-                         f"This is the bug.")
-        else:
-            k = m.line_no(i, f.key)
-            lines.append(f"`{f.name}`: \"{f.doc}\" Line {k} `{f.body[f.key].strip()}` matches.")
+            break
     lines.append(f"So the bug is in `{m.func.name}`, line {m.bug_line_no}: {KIND_EN[mut.kind]}. "
                  f"Change `{m.bad_line.strip()}` to `{m.good_line.strip()}`.")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ Everything is seeded: ``make_module(random.Random(seed), style)`` is reproducibl
 
 from __future__ import annotations
 
+import keyword
 import random
 from dataclasses import dataclass, field
 
@@ -167,22 +168,47 @@ def _heldout_words() -> set[str]:
     return words
 
 
+_BANNED = _heldout_words() | _AVOID_NAMES
+
+# Training docstrings open with other verbs half the time, so a model keys on what a docstring
+# says the function returns, not on its first word. (The held-out phrasings are not among these.)
+_TRAIN_VERBS = ["Compute", "Computes", "Give", "Produce", "Produces", "Calculate", "Calculates", "Yield", "Get",
+                "Work out", "Hand back", "Return"]
+
+
+def train_doc(rng, style, text: str) -> str:
+    if style == "train" and text.startswith("Return ") and rng.random() < 0.5:
+        return rng.choice(_TRAIN_VERBS) + text[len("Return"):]
+    return text
+
+
 _TRAIN_WORDS: list[str] = []
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwz", "aeiou"
+
+
+def _invented_word(rng) -> str:
+    """A pronounceable non-word ("kolvamu"): its BPE pieces are arbitrary, so copying it from the
+    prompt takes the general skill (copy any token sequence), not a memorised name."""
+    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) + (rng.choice("nrlst") if rng.random() < 0.3 else "")
+                   for _ in range(rng.choice([1, 2, 2, 3])))
 
 
 def random_name(rng, *, parts: int | None = None) -> str:
+    """A training name: invented words and everyday words, joined by underscores."""
     global _TRAIN_WORDS
     if not _TRAIN_WORDS:
-        banned = _heldout_words() | _AVOID_NAMES
-        _TRAIN_WORDS = [w for w in _WORDS if "_" not in w and w not in banned]
-    parts = parts or rng.choice([1, 1, 2])
-    name = "_".join(rng.choice(_TRAIN_WORDS) for _ in range(parts))
-    if rng.random() < 0.15:
-        name += str(rng.randint(1, 9))
-    return name
+        _TRAIN_WORDS = [w for w in _WORDS if "_" not in w and w not in _BANNED]
+    for _ in range(20):
+        parts_n = parts or rng.choice([1, 1, 2])
+        name = "_".join(_invented_word(rng) if rng.random() < 0.6 else rng.choice(_TRAIN_WORDS) for _ in range(parts_n))
+        if rng.random() < 0.15:
+            name += str(rng.randint(1, 9))
+        if name not in _BANNED and not keyword.iskeyword(name) and not any(w in _BANNED for w in name.split("_")):
+            return name
+    return rng.choice(_TRAIN_WORDS)
 
 
-RANDOM_NAME_P = 0.5  # training style: how often a name is random words instead of from the pool
+RANDOM_NAME_P = 0.6  # training style: how often a name is random words instead of from the pool
 
 
 def pick(rng, style, key, avoid=()):
@@ -195,10 +221,11 @@ def pick(rng, style, key, avoid=()):
 
 
 def styled(rng, style, train: list[str], heldout: list[str]) -> str:
-    """A docstring phrasing or a name from the style's list; training names are random words half the time."""
+    """A docstring phrasing or a name from the style's list; training names are random half the
+    time and training docstrings vary their opening verb."""
     if style == "train" and train[0].isidentifier() and rng.random() < RANDOM_NAME_P:
         return random_name(rng)
-    return rng.choice(train if style == "train" else heldout)
+    return train_doc(rng, style, rng.choice(train if style == "train" else heldout))
 
 
 def ints(rng, lo=-9, hi=20, n=None):
@@ -554,7 +581,7 @@ def fam_helper_call(rng, style):
     si = 0 if style == "train" else 1
     hname = rng.choice(h["names"][si]) if si or rng.random() >= RANDOM_NAME_P else random_name(rng)
     p0, p1 = h["params"][si]
-    helper = Func(hname, [p0, p1], h["doc"][si].format(p0, p1), ["    return " + h["expr"].format(p0, p1)], 0,
+    helper = Func(hname, [p0, p1], train_doc(rng, style, h["doc"][si].format(p0, p1)), ["    return " + h["expr"].format(p0, p1)], 0,
                   None, [])
     cnames_tr, cnames_ho, cdoc_tr, cdoc_ho, cargs = rng.choice(h["callers"])
     cname = rng.choice(cnames_tr if style == "train" else cnames_ho)
@@ -564,7 +591,7 @@ def fam_helper_call(rng, style):
     if h["names"][0][0] == "repeat":
         x = pick(rng, style, "text", avoid=(p0, p1)) if cargs[0] == "{x}" else pick(rng, style, "num", avoid=(p0, p1))
     a0, a1 = (s.format(x=x) for s in cargs)
-    doc = (cdoc_tr if style == "train" else cdoc_ho).format(x=x)
+    doc = train_doc(rng, style, (cdoc_tr if style == "train" else cdoc_ho).format(x=x))
     body = [f"    return {hname}({a0}, {a1})"]
     caller = Func(cname, [x], doc, body, 0, None, [Mutation(0, f"    return {hname}({a1}, {a0})", "swapped_args",
                                                                f"{hname}({a1}, {a0})", f"{hname}({a0}, {a1})")], calls=hname)
