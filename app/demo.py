@@ -23,7 +23,7 @@ from app.paths import data_dir
 SUGGESTED_REQUESTS = (
     "/plan fix the bug in calc.py",
     "review listops.py",
-    "why does gap_to_ten fail its test?",
+    "why does halve fail its test?",
     "审查 checks.py",
     "/plan 修复 words.py 里的错误",
 )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train Duet's demo models from scratch on CPU (2 cores, ~80 minutes wall, both models side by
+# Train Duet's demo models from scratch on CPU (2 cores, ~55 minutes wall, both models side by
 # side on one thread each), package them into app/data/demo and run the eval:
 #     bash scripts/train_demo.sh [OUT_DIR]        # default build/demo
 # The generator is seeded (--seed 1) and nothing is downloaded; see training/ and the README.
@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 OUT="${1:-build/demo}"
-MINUTES="${DUET_TRAIN_MINUTES:-80}"
+MINUTES="${DUET_TRAIN_MINUTES:-55}"
 export OMP_WAIT_POLICY=PASSIVE
 "$PY" -m training.train tokenizer --out "$OUT" --seed 1
 "$PY" -m training.train reasoner --out "$OUT" --minutes "$MINUTES" --seed 1 --threads 1 \

@@ -37,7 +37,7 @@ def corpus(seed: int, n: int):
         yield e.prompt + e.target
 
 
-def train_tokenizer(seed: int = 1, vocab_size: int = 3072, n_texts: int = 3000):
+def train_tokenizer(seed: int = 1, vocab_size: int = 1024, n_texts: int = 3000):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())

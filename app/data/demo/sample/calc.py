@@ -1,11 +1,14 @@
-def index_of(xs, target):
-    """Return the index of the first target in xs, or -1 if absent."""
-    for idx in range(len(xs)):
-        if xs[idx] == target:
-            return idx
-    return -1
+def dot(xs, ys):
+    """Return the dot product of xs and ys."""
+    total = 0
+    for j in range(len(xs)):
+        total += xs[j] + ys[j]
+    return total
 
 
-def mean_of_two(m, n):
-    """Return the midpoint of m and n, rounded down."""
-    return (m + n) * 2
+def factorial(k):
+    """Work out the factorial of k: the product of 1 to k."""
+    acc = 1
+    for i in range(2, k + 1):
+        acc *= i
+    return acc

@@ -1,15 +1,15 @@
-def index_of(nums, wanted):
-    """Return the position of wanted in nums, or -1 when it is missing."""
-    for i in range(len(nums)):
-        if nums[i] == wanted:
-            return i
-    return -1
-
-
-def count_below(scores, cutoff):
-    """Return the count of items in scores less than cutoff."""
-    hits = 0
+def odds(scores):
+    """Return the odd values of scores, in order."""
+    acc = []
     for number in scores:
-        if number <= cutoff:
-            hits += 1
-    return hits
+        if number % 2 == 0:
+            acc.append(number)
+    return acc
+
+
+def dot(left, right):
+    """Calculates the dot product of left and right."""
+    total = 0
+    for i in range(len(left)):
+        total += left[i] * right[i]
+    return total

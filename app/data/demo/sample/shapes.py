@@ -1,16 +1,13 @@
-def subtract(a, b):
-    """Return a minus b."""
-    return a - b
+def floor_div(first, second):
+    """Return first divided by second, rounded down."""
+    return first // second
 
 
-def gap_to_ten(value):
-    """Return 10 minus value."""
-    return subtract(value, 10)
+def divide(num, den):
+    """Give num divided by den, rounded down."""
+    return num // den
 
 
-def sum_up_to(count_to):
-    """Return 1 + 2 + ... + count_to."""
-    out = 0
-    for j in range(1, count_to + 1):
-        out += j
-    return out
+def halve(v):
+    """Return v divided by 2, rounded down."""
+    return divide(2, v)

@@ -1,15 +1,12 @@
-def find_index(nums, target):
-    """Return the index of the first target in nums, or -1 if absent."""
-    for idx in range(len(nums)):
-        if nums[idx] == target:
-            return idx
-    return -1
+def only_odd(values):
+    """Give a list of the odd numbers in values."""
+    acc = [0]
+    for number in values:
+        if number % 2 != 0:
+            acc.append(number)
+    return acc
 
 
-def num_above(items, cutoff):
-    """Return the count of items in items greater than cutoff."""
-    n_found = 1
-    for v in items:
-        if v > cutoff:
-            n_found += 1
-    return n_found
+def floor_div(m, n):
+    """Hand back the integer quotient of m divided by n."""
+    return m // n

@@ -1,8 +1,8 @@
-from calc import index_of, mean_of_two
+from calc import dot, factorial
 
-assert index_of([37, 11, 18, 29, 31], 37) == 0
-assert index_of([21, 37, 19, 23], 23) == 3
-assert index_of([23, 19, 17, 3, 21, 37], 99) == -1
-assert mean_of_two(18, 59) == 38
-assert mean_of_two(19, 74) == 46
-assert mean_of_two(9, 82) == 45
+assert dot([2, 4, 3, 8, 6], [7, 8, 4, 7, 7]) == 156
+assert dot([3, 5, 8, 8], [1, 2, 6, 5]) == 101
+assert dot([4, 6, 5, 5], [1, 6, 5, 8]) == 105
+assert factorial(5) == 120
+assert factorial(7) == 5040
+assert factorial(4) == 24

@@ -1,8 +1,8 @@
-from checks import index_of, count_below
+from checks import odds, dot
 
-assert index_of([21, 2, 15, 6], 6) == 3
-assert index_of([10, 23, 22, 36, 9, 34], 34) == 5
-assert index_of([22, 6, 20, 8], 99) == -1
-assert count_below([4, 4, 1, 11, 1, 9, 4], 4) == 2
-assert count_below([1, 7, 5, 3, 4, 6], 6) == 4
-assert count_below([0, 6, 8, 11, 3, 0], 8) == 4
+assert odds([23, 8, 6, 23]) == [23, 23]
+assert odds([28, 14, 7, 18, 7, 16]) == [7, 7]
+assert odds([10, 25, 14, 22, 13, 5, 2]) == [25, 13, 5]
+assert dot([5, 7, 5, 3], [9, 9, 6, 6]) == 156
+assert dot([2, 9, 4, 7], [7, 8, 8, 2]) == 132
+assert dot([9, 7, 1, 6], [1, 5, 4, 1]) == 54

@@ -1,11 +1,11 @@
-from shapes import subtract, gap_to_ten, sum_up_to
+from shapes import floor_div, divide, halve
 
-assert subtract(7, 3) == 4
-assert subtract(5, 3) == 2
-assert subtract(3, 2) == 1
-assert gap_to_ten(5) == 5
-assert gap_to_ten(9) == 1
-assert gap_to_ten(2) == 8
-assert sum_up_to(3) == 6
-assert sum_up_to(9) == 45
-assert sum_up_to(12) == 78
+assert floor_div(39, 5) == 7
+assert floor_div(19, 8) == 2
+assert floor_div(20, 4) == 5
+assert divide(3, 2) == 1
+assert divide(9, 3) == 3
+assert divide(6, 2) == 3
+assert halve(62) == 31
+assert halve(24) == 12
+assert halve(50) == 25

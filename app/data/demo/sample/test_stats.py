@@ -1,8 +1,8 @@
-from stats import find_index, num_above
+from stats import only_odd, floor_div
 
-assert find_index([28, 35, 36, 37, 21], 35) == 1
-assert find_index([29, 30, 22, 13], 13) == 3
-assert find_index([14, 33, 10, 29], 29) == 3
-assert num_above([4, 6, 2, 9, 11, 4], 9) == 1
-assert num_above([1, 11, 12, 0, 12], 9) == 3
-assert num_above([3, 11, 6, 6], 3) == 3
+assert only_odd([9, 14, 18, 18, 19, 25, 18]) == [9, 19, 25]
+assert only_odd([20, 11, 4, 23, 15, 22]) == [11, 23, 15]
+assert only_odd([11, 7, 30, 5, 27, 1, 7]) == [11, 7, 5, 27, 1, 7]
+assert floor_div(37, 4) == 9
+assert floor_div(33, 4) == 8
+assert floor_div(21, 6) == 3

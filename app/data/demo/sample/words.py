@@ -1,15 +1,11 @@
-def num_at_most(scores, threshold):
-    """Return the count of items in scores at most threshold."""
-    hits = 0
-    for number in scores:
-        if number <= threshold:
-            hits += 1
-    return number
+def triangle(size):
+    """Return the sum of the integers from 1 to size inclusive."""
+    total = 0
+    for i in range(1, size + 1):
+        total += i
+    return i
 
 
-def incremented(numbers):
-    """Return a list of each number in numbers plus 1."""
-    result = []
-    for value in numbers:
-        result.append(value + 1)
-    return result
+def difference(first, second):
+    """Subtract second from first and return the difference."""
+    return first - second
