@@ -137,7 +137,7 @@ DEFAULT_SAMPLING = {
 
 
 DEMO_SAMPLING = {  # greedy: the demo models are small and trained on one format
-    "reasoner": Sampling(temperature=0.0, top_p=1.0, max_tokens=768),
+    "reasoner": Sampling(temperature=0.0, top_p=1.0, max_tokens=1024),
     "coder": Sampling(temperature=0.0, top_p=1.0, max_tokens=256),
 }
 

@@ -21,7 +21,7 @@ from app.errors import DuetError
 from app.paths import data_dir
 
 SUGGESTED_REQUESTS = (
-    "/plan fix the bug in calc.py",
+    "/plan fix the bug in stats.py",
     "review listops.py",
     "why does halve fail its test?",
     "审查 checks.py",

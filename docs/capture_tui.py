@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-REQUEST = "/plan fix the bug in calc.py"
+REQUEST = "/plan fix the bug in stats.py"
 
 
 async def until(pilot, condition, what: str, timeout: float = 300.0) -> None:

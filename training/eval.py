@@ -262,7 +262,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=30, help="held-out modules for the reasoner and end to end")
     ap.add_argument("--n-coder", type=int, default=60, help="held-out modules for the coder alone")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--max-new", type=int, default=600, help="the reasoner's token limit per answer")
+    ap.add_argument("--max-new", type=int, default=900, help="the reasoner's token limit per answer")
     ap.add_argument("--n-run", type=int, default=20, help="held-out modules through `duet run`")
     ap.add_argument("--part", choices=["all", "coder", "reasoner", "run"], default="all",
                     help="run one part; its figures are merged into --out")

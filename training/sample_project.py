@@ -41,7 +41,7 @@ sys.exit(1 if failed else 0)
 README = """# Duet demo project
 
 Each module here has one planted bug; its test file says what the functions should return.
-Try, in `duet --demo`:  /plan fix the bug in calc.py  → hand off → review the diff → apply → /test
+Try, in `duet --demo`:  /plan fix the bug in stats.py  → hand off → review the diff → apply → /test
 Tests: python run_tests.py
 """
 
