@@ -78,7 +78,7 @@ def package(run: Path, eval_json: Path | None, dest: Path = DEST, eval_train_jso
     manifest = {
         "what": "Duet's demo models, trained in this repository (python -m training.train all): "
                 "they find and fix one planted bug in small Python modules, nothing more.",
-        "reproduce": "bash scripts/train_demo.sh  (tokenizer, both models side by side for 50 minutes on one "
+        "reproduce": "bash scripts/train_demo.sh  (tokenizer, both models side by side for 55 minutes on one "
                      "thread each, this packaging, python -m training.eval)",
         "status": "trained for one narrow task (find and fix the one planted bug in a small Python module); "
                   "see eval for how often it succeeds on modules it never saw",
