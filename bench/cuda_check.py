@@ -170,8 +170,8 @@ def main() -> int:
     def _():
         x = torch.randn(3, 7, 2048, device=dev, dtype=torch.bfloat16)
         w = torch.randn(2048, device=dev, dtype=torch.bfloat16)
-        us = cuda_time_us(lambda: norm_rope.rms_norm(x, w, 1e-6))
-        return rel(norm_rope.rms_norm(x, w, 1e-6), norm_rope.reference_rms_norm(x, w, 1e-6)), {"us": round(us, 1)}
+        us = cuda_time_us(lambda: norm_rope.torch_rms_norm(x, w, 1e-6))
+        return rel(norm_rope.torch_rms_norm(x, w, 1e-6), norm_rope.reference_rms_norm(x, w, 1e-6)), {"us": round(us, 1)}
 
     for inter in (True, False):
         @check(f"apply_rope interleaved={inter} [2,5,16,64]", 1e-2)
@@ -179,8 +179,8 @@ def main() -> int:
             x = torch.randn(2, 5, 16, 64, device=dev, dtype=torch.bfloat16)
             ang = torch.rand(5, 32, device=dev) * 6
             cos, sin = ang.cos(), ang.sin()
-            us = cuda_time_us(lambda: norm_rope.apply_rope(x, cos, sin, inter))
-            return rel(norm_rope.apply_rope(x, cos, sin, inter),
+            us = cuda_time_us(lambda: norm_rope.torch_apply_rope(x, cos, sin, inter))
+            return rel(norm_rope.torch_apply_rope(x, cos, sin, inter),
                        norm_rope.reference_apply_rope(x, cos, sin, inter)), {"us": round(us, 1)}
 
     for T, S in [(1, 1), (1, 2049), (3, 37), (17, 17)]:
@@ -189,8 +189,8 @@ def main() -> int:
             q = torch.randn(1, T, 16, 576, device=dev, dtype=torch.bfloat16)
             cache = torch.randn(1, S, 576, device=dev, dtype=torch.bfloat16)
             start = S - T
-            us = cuda_time_us(lambda: mla.mla_attention(q, cache, 512, 0.07, start))
-            return rel(mla.mla_attention(q, cache, 512, 0.07, start),
+            us = cuda_time_us(lambda: mla.torch_mla_attention(q, cache, 512, 0.07, start))
+            return rel(mla.torch_mla_attention(q, cache, 512, 0.07, start),
                        mla.reference_mla_attention(q, cache, 512, 0.07, start)), {"us": round(us, 1)}
 
     for mode in (None, "int4"):
@@ -219,19 +219,19 @@ def main() -> int:
                 w = torch.rand(n, 6, device=dev)
                 idx = torch.stack([torch.randperm(E, device=dev)[:6] for _ in range(n)]) if n else \
                     torch.zeros(0, 6, dtype=torch.long, device=dev)
-                y = moe.moe(x, w, idx, experts)
+                y = moe.grouped_moe(x, w, idx, experts)
                 if n:
                     errs.append(rel(y, moe.reference_moe(x, w, idx, experts)))
             x = torch.randn(1, H, device=dev, dtype=torch.bfloat16)
             w, idx = torch.rand(1, 6, device=dev), torch.randperm(E, device=dev)[:6][None]
-            return max(errs), {"us_n1": round(cuda_time_us(lambda: moe.moe(x, w, idx, experts)), 1)}
+            return max(errs), {"us_n1": round(cuda_time_us(lambda: moe.grouped_moe(x, w, idx, experts)), 1)}
 
     @check("fp8_block_dequant [300x520]", 1e-3)
     def _():
         w = (torch.randn(300, 520, device=dev) * 0.5).to(torch.float8_e4m3fn)
         s = torch.rand(3, 5, device=dev) + 0.5
-        us = cuda_time_us(lambda: fp8.fp8_block_dequant(w, s, torch.bfloat16))
-        return rel(fp8.fp8_block_dequant(w, s, torch.float32),
+        us = cuda_time_us(lambda: fp8.torch_fp8_block_dequant(w, s, torch.bfloat16))
+        return rel(fp8.torch_fp8_block_dequant(w, s, torch.float32),
                    fp8.reference_fp8_block_dequant(w, s, torch.float32)), {"us": round(us, 1)}
 
     for mode in ("int8", "int4"):
@@ -387,7 +387,7 @@ def triton_checks() -> list[dict]:
             compare(f"moe_decode {mode} {label} E={E} top-{K} H={H} I={I}", 2e-2,
                     lambda x=x, w=w, i=idx, ex=ref_experts: moe.reference_moe(x.float(), w, i, ex),
                     lambda x=x, w=w, i=idx, t=experts: triton_ops.moe_decode(x, w, i, t),
-                    {f"moe[{pairs[0][0][1].layout}]": lambda x=x, w=w, i=idx, ex=dev_experts: moe.moe(x, w, i, ex)},
+                    {f"moe[{pairs[0][0][1].layout}]": lambda x=x, w=w, i=idx, ex=dev_experts: moe.grouped_moe(x, w, i, ex)},
                     nbytes)
             del pairs, experts, ref_experts, dev_experts
 
@@ -405,7 +405,7 @@ def triton_checks() -> list[dict]:
         compare(f"mla_attention {label} B={B} T={T} H={H} S={S}", 1e-2,
                 lambda q=q, c=cache, s=start, S=S: mla.reference_mla_attention(q, c[:, :S], R, 0.07, s),
                 lambda q=q, c=cache, s=start: triton_ops.mla_attention(q, c, R, 0.07, s),
-                {"torch": lambda q=q, c=cache, s=start: mla.mla_attention(q, c, R, 0.07, s)},
+                {"torch": lambda q=q, c=cache, s=start: mla.torch_mla_attention(q, c, R, 0.07, s)},
                 cache[:, :S].numel() * 2)
 
     # -- RMSNorm, add + RMSNorm, RoPE -----------------------------------------------------
@@ -414,11 +414,11 @@ def triton_checks() -> list[dict]:
         x, r, w = randn(*shape), randn(*shape), randn(shape[-1])
         compare(f"rms_norm {list(shape)}", 1e-2, lambda x=x, w=w: norm_rope.reference_rms_norm(x, w, 1e-6),
                 lambda x=x, w=w: triton_ops.rms_norm(x, w, 1e-6),
-                {"torch": lambda x=x, w=w: norm_rope.rms_norm(x, w, 1e-6)})
+                {"torch": lambda x=x, w=w: norm_rope.torch_rms_norm(x, w, 1e-6)})
         compare(f"add_rms_norm {list(shape)}", 1e-2,
                 lambda x=x, r=r, w=w: torch.cat([x + r, norm_rope.reference_rms_norm(x + r, w, 1e-6)]),
                 lambda x=x, r=r, w=w: torch.cat(triton_ops.add_rms_norm(x, r, w, 1e-6)),
-                {"torch": lambda x=x, r=r, w=w: norm_rope.rms_norm(x + r, w, 1e-6)})
+                {"torch": lambda x=x, r=r, w=w: norm_rope.torch_rms_norm(x + r, w, 1e-6)})
     rope_shapes = [(1, 1, 17, 64), (1, 1, 129, 64), (1, 64, 129, 64)] if gpu else [(1, 3, 5, 16)]
     for shape in rope_shapes:
         for inter in (True, False):
@@ -428,7 +428,7 @@ def triton_checks() -> list[dict]:
             compare(f"apply_rope {list(shape)} interleaved={inter}", 1e-2,
                     lambda x=x, c=cos, s=sin, i=inter: norm_rope.reference_apply_rope(x, c, s, i),
                     lambda x=x, c=cos, s=sin, i=inter: triton_ops.apply_rope(x, c, s, i),
-                    {"torch": lambda x=x, c=cos, s=sin, i=inter: norm_rope.apply_rope(x, c, s, i)})
+                    {"torch": lambda x=x, c=cos, s=sin, i=inter: norm_rope.torch_apply_rope(x, c, s, i)})
 
     # -- FP8 block dequant ---------------------------------------------------------------
     fp8_shapes = [(2048, 7168), (7168, 2048), (1408, 2048), (300, 520)] if gpu else [(300, 200)]
@@ -441,7 +441,7 @@ def triton_checks() -> list[dict]:
                     0.0 if gpu or dtype == torch.float32 else 1e-2,
                     lambda w=wq, s=sc, d=dtype: fp8.reference_fp8_block_dequant(w, s, d),
                     lambda w=wq, s=sc, d=dtype: triton_ops.fp8_block_dequant(w, s, d),
-                    {"torch": lambda w=wq, s=sc, d=dtype: fp8.fp8_block_dequant(w, s, d)},
+                    {"torch": lambda w=wq, s=sc, d=dtype: fp8.torch_fp8_block_dequant(w, s, d)},
                     wq.numel() * (1 + torch.finfo(dtype).bits // 8))
 
     print("\nTriton vs PyTorch (speedup: best torch path / triton; L2 flushed before each call)" if gpu else

@@ -228,17 +228,18 @@ DTYPE = "bfloat16"   # the activation dtype of the Duet runs (main sets it from 
 
 def capability() -> dict:
     """What this CPU / build gives: torch's capability level, oneDNN's bf16 support, the native
-    library's SIMD path and activation precision, whether bf16 matmuls run natively."""
-    from kernels import cpu_native
-    from kernels.quant import bf16_matmul_native
+    library's SIMD path and activation precision, whether bf16 matmuls run natively, and the
+    kernel each op runs (kernels.dispatch's plan)."""
+    from kernels import dispatch
 
+    plan = dispatch.plan()
     try:
         onednn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         onednn_bf16 = False
-    return {"torch": torch.backends.cpu.get_cpu_capability(), "onednn_bf16": onednn_bf16,
-            "native_isa": cpu_native.isa(), "act_bits": {"int8": cpu_native.act_bits(8), "int4": cpu_native.act_bits(4)},
-            "bf16_matmul_native": bf16_matmul_native(), "machine": platform.machine(),
+    return {"torch": torch.backends.cpu.get_cpu_capability(), "onednn_bf16": onednn_bf16, "level": plan.capability.level,
+            "native_isa": plan.native_isa, "act_bits": {"int8": plan.linear.act_bits(8), "int4": plan.linear.act_bits(4)},
+            "bf16_matmul_native": plan.capability.bf16_native, "plan": dict(plan.describe()), "machine": platform.machine(),
             "cpu": _cpu_name(), "env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
                                                                    "DUET_NATIVE_MARCH", "DUET_ACT_BITS") if k in os.environ}}
 
@@ -255,21 +256,21 @@ def _cpu_name() -> str:
 
 def capability_line(c: dict) -> str:
     acts = ", ".join(f"{m} x {b}-bit" for m, b in c["act_bits"].items())
-    return (f"CPU: {c['cpu']} ({c['machine']}); torch capability {c['torch']}, oneDNN bf16 "
+    return (f"CPU: {c['cpu']} ({c['machine']}), level {c['level']}; torch capability {c['torch']}, oneDNN bf16 "
             f"{'yes' if c['onednn_bf16'] else 'no'}, bf16 matmuls {'native' if c['bf16_matmul_native'] else 'emulated'}; "
             f"native kernels: {c['native_isa'] or 'not built'} (activations {acts})"
             + (f"; env {c['env']}" if c["env"] else ""))
 
 
 def _load(folder: Path, native: bool, max_seq_len: int):
-    """Engine.load; with native=False inside cpu_native.disabled(), so every quantized
+    """Engine.load; with native=False the plan has the native kernels off, so every quantized
     weight takes aten's packed int4 layout (the path before the native kernels)."""
-    from kernels import cpu_native
+    from kernels import dispatch
     from local_engine import Engine
 
     if native:
         return Engine.load(folder, dtype=DTYPE, max_seq_len=max_seq_len)
-    with cpu_native.disabled():
+    with dispatch.overridden(native=False):
         return Engine.load(folder, dtype=DTYPE, max_seq_len=max_seq_len)
 
 
@@ -352,7 +353,7 @@ def call_overhead_us(threads: int) -> dict:
     """Cost of one quantized_linear call at a tiny size (64x256, M=1) where the kernel itself
     is ~1-2 us: the whole call vs the bare kernel, native and aten (decode makes ~20 such
     calls per layer without the fused MoE)."""
-    from kernels import cpu_native
+    from kernels import cpu_native, dispatch
     from kernels.quant import _kernel, from_codes, quantize_weight, quantized_linear, to_codes
 
     torch.set_num_threads(threads)
@@ -369,7 +370,8 @@ def call_overhead_us(threads: int) -> dict:
             s = qw.tensors["scale" if mode == "int8" else "scale_zero"]
             kp = qw.padded_shape[1]
             fns["native_call"] = lambda: quantized_linear(x, qw)
-            fns["native_kernel"] = lambda: cpu_native.gemm(bits, x2, q, s, kp, qw.group_size, 64)
+            abits = dispatch.plan().linear.act_bits(bits)
+            fns["native_kernel"] = lambda: cpu_native.gemm(bits, x2, q, s, kp, qw.group_size, 64, abits)
         times = {}
         for name, fn in fns.items():
             for _ in range(100):
@@ -466,11 +468,13 @@ def main(argv=None) -> int:
                     help="Duet's activation dtype (auto: bfloat16 where bf16 matmuls are native, else float32)")
     a = ap.parse_args(argv)
     global DTYPE
-    from kernels.quant import bf16_matmul_native
+    from kernels import dispatch
 
-    DTYPE = a.dtype if a.dtype != "auto" else ("bfloat16" if bf16_matmul_native() else "float32")
+    DTYPE = a.dtype if a.dtype != "auto" else str(dispatch.plan().act_dtype).removeprefix("torch.")
     cap = capability()
     print(capability_line(cap) + f"; Duet activations {DTYPE}", flush=True)
+    for op, impl in cap["plan"].items():
+        print(f"  {op}: {impl}", flush=True)
     cfg = dict(V2_LITE, num_hidden_layers=a.layers)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="duet-quant-bench-"))
     torch.set_num_threads(a.threads)

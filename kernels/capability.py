@@ -1,5 +1,5 @@
 """What this CPU and this torch build can do, detected once; the engine's CPU fast paths are
-chosen from it (kernels.dispatch), and ``duet doctor`` and the benches print it.
+planned from it once (kernels.dispatch.plan), and ``duet doctor`` and the benches print it.
 
     detect() -> Capability     cached for the process
     report() -> list[(path, on/off, why)]   the rows doctor and the benches show
@@ -31,6 +31,8 @@ class Capability:
     forced: str | None    # DUET_CPU when set
     bf16_packing: bool    # oneDNN pre-packed bf16 linears (CPU bf16 models)
     bf16_packing_why: str
+    bf16_native: bool     # bf16 matmuls run natively (AVX-512/AMX and oneDNN bf16); elsewhere they
+    #                       are emulated, slower than float32: activations then run in float32
 
     @property
     def level(self) -> str:
@@ -62,7 +64,7 @@ def detect() -> Capability:
     torch_isa = torch.backends.cpu.get_cpu_capability()
     packing, why = _bf16_packing(forced)
     return Capability(machine=machine, torch_isa=torch_isa, forced=forced, bf16_packing=packing,
-                      bf16_packing_why=why)
+                      bf16_packing_why=why, bf16_native=_bf16_native(forced, torch_isa))
 
 
 def _is_arm(machine: str) -> bool:
@@ -89,20 +91,32 @@ def _bf16_packing(forced: str | None) -> tuple[bool, str]:
     return True, "on"
 
 
+def _bf16_native(forced: str | None, torch_isa: str) -> bool:
+    """torch's CPU capability AVX-512 (or AMX) and oneDNN's bf16 support: honours
+    ATEN_CPU_CAPABILITY (AVX2 emulated on an AVX-512 machine) and DUET_CPU."""
+    if forced in ("scalar", "avx2") or torch_isa.upper() not in ("AVX512", "AMX"):
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def report() -> list[tuple[str, str]]:
     """(path, state and why) rows for doctor and the benches: which engine paths this CPU gets."""
     cap = detect()
     forced = f", forced by DUET_CPU={cap.forced}" if cap.forced else ""
     rows = [("cpu", f"{cap.machine}, torch kernels {cap.torch_isa}, engine plans for {cap.level}{forced}"),
             ("bf16 packing", cap.bf16_packing_why)]
-    from kernels import cpu_native
+    from kernels import dispatch
 
+    native_isa = dispatch.plan().native_isa
     if os.environ.get("DUET_KERNELS") in ("reference", "aten"):
         rows.append(("native kernels", f"off (DUET_KERNELS={os.environ['DUET_KERNELS']})"))
-    elif cpu_native.lib() is None:
+    elif native_isa is None:
         rows.append(("native kernels", "off (they did not build here: see the warning above; PyTorch's run)"))
     else:
-        isa = {"avx512": "AVX-512", "avx2": "AVX2+FMA", "scalar": "plain C"}.get(cpu_native.isa(), cpu_native.isa())
+        isa = {"avx512": "AVX-512", "avx2": "AVX2+FMA", "scalar": "plain C"}.get(native_isa, native_isa)
         rows.append(("native kernels", f"on ({isa} build)"))
     return rows
 

@@ -20,11 +20,11 @@ Any failure (no compiler, compile error, Windows) logs one warning and returns N
 duration of each call. ``CALLS`` counts calls per entry point (tests check the path ran).
 
 Activations are rounded per block to 16-bit or 8-bit integers inside the quantized matmuls
-(``act_bits``): for int4 weights 8 bits (as llama.cpp's Q8_0 activations;
-_mm256_maddubs_epi16) where the build is not AVX-512; 16 bits for int8 weights (8-bit
-activations would add an error as large as Q8_0's own weight rounding) and on AVX-512 (there
-the 16-bit products already stream at memory bandwidth); ``DUET_ACT_BITS=8|16`` overrides. ``variant(march)`` swaps in another build for a
-block (tests run the AVX2 and plain-C builds on any x86-64 CPU).
+(the ``act_bits`` argument; kernels.dispatch's plan chooses it: 8 bits for int4 weights as
+llama.cpp's Q8_0 activations, _mm256_maddubs_epi16, where the build is not AVX-512; 16 bits for
+int8 weights and on AVX-512). Whether these kernels run at all is the plan's choice too
+(``dispatch.native()``). ``variant(march)`` swaps in another build for a block (tests run
+the AVX2 and plain-C builds on any x86-64 CPU).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "disabled", "variant", "isa", "act_bits", "flags", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "rms_norm", "CALLS", "SOURCE"]
+__all__ = ["lib", "build", "variant", "isa", "flags", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "rms_norm", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
@@ -54,7 +54,6 @@ CALLS: Counter = Counter()
 
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
-_ABITS: dict[int, int] = {}      # weight bits -> activation bits, for the loaded library
 _WARNED_NO_OMP = False
 _c_int, _c_long, _ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
 
@@ -202,7 +201,7 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
 
 def lib() -> ctypes.CDLL | None:
     """The native library, built and loaded once per process; None where it cannot be."""
-    global _LIB, _TRIED
+    global _TRIED
     if _TRIED:
         return _LIB
     _TRIED = True
@@ -222,51 +221,28 @@ def lib() -> ctypes.CDLL | None:
 def _set(so: ctypes.CDLL | None) -> None:
     global _LIB
     _LIB = so
-    _ABITS.clear()
-    if so is not None:
-        forced = os.environ.get("DUET_ACT_BITS")
-        if forced in ("8", "16"):
-            _ABITS.update({8: int(forced), 4: int(forced)})
-        elif so.duet_isa() == b"avx512":
-            _ABITS.update({8: 16, 4: 16})
-        else:   # int8 weights keep 16-bit activations: 8-bit ones would double their rounding error
-            _ABITS.update({8: 16, 4: 8})
-
-
-@contextmanager
-def disabled():
-    """Within the block ``lib()`` answers None, so weights built there take the aten layout
-    (benchmarks compare both paths in one process)."""
-    global _TRIED
-    saved = (_LIB, _TRIED)
-    _set(None)
-    _TRIED = True
-    try:
-        yield
-    finally:
-        _set(saved[0])
-        _TRIED = saved[1]
 
 
 @contextmanager
 def variant(march: str, act_bits: int | None = None):
     """Within the block the library built for ``march`` ("haswell", "x86-64", ...) runs every
-    native call (the weight layouts are the same for every build); ``act_bits`` forces the
-    activation precision. Raises RuntimeError where that target does not build."""
+    native call (the weight layouts are the same for every build) and the plan follows it;
+    ``act_bits`` forces the activation precision. Raises RuntimeError where that target does
+    not build."""
     global _LIB, _TRIED
+    from kernels import dispatch
+
     lib()
-    saved = (_LIB, _TRIED, dict(_ABITS))
+    saved = (_LIB, _TRIED)
     so = load(march)
     _set(so)
     _TRIED = True
-    if act_bits is not None:
-        _ABITS.update({8: act_bits, 4: act_bits})
     try:
-        yield so
+        with dispatch.overridden(act_bits=act_bits):
+            yield so
     finally:
-        _LIB, _TRIED = saved[0], saved[1]
-        _ABITS.clear()
-        _ABITS.update(saved[2])
+        _LIB, _TRIED = saved
+        dispatch.replan()
 
 
 def isa() -> str | None:
@@ -275,22 +251,18 @@ def isa() -> str | None:
     return so.duet_isa().decode() if so is not None else None
 
 
-def act_bits(bits: int) -> int:
-    """The activation precision (8 or 16) the quantized matmuls of ``bits``-bit weights use."""
-    lib()
-    return _ABITS.get(bits, 16)
-
-
 _BF16 = {torch.bfloat16: 1, torch.float32: 0}
 
 
-def gemm(bits: int, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, kp: int, gs: int, n: int) -> torch.Tensor:
-    """x [M, k] (bf16 or fp32, contiguous) -> y [M, n] in x's dtype; q/s a native weight."""
+def gemm(bits: int, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, kp: int, gs: int, n: int,
+         act_bits: int) -> torch.Tensor:
+    """x [M, k] (bf16 or fp32, contiguous) -> y [M, n] in x's dtype; q/s a native weight;
+    activations rounded to ``act_bits`` (8 or 16) per block."""
     m, k = x.shape
     y = torch.empty(m, n, dtype=x.dtype)
     CALLS["gemm"] += 1
     rc = _LIB.duet_gemm(bits, x.data_ptr(), _BF16[x.dtype], m, k, k, q.data_ptr(), s.data_ptr(), kp, gs, n,
-                        y.data_ptr(), _BF16[x.dtype], n, torch.get_num_threads(), _ABITS.get(bits, 16))
+                        y.data_ptr(), _BF16[x.dtype], n, torch.get_num_threads(), act_bits)
     if rc:
         raise MemoryError("duet_gemm: out of memory")
     return y
@@ -307,14 +279,14 @@ def dequant(bits: int, q: torch.Tensor, s: torch.Tensor, kp: int, gs: int, n: in
 
 
 def moe(bits: int, table: torch.Tensor, inter: torch.Tensor, ip: torch.Tensor, idx: torch.Tensor,
-        wts: torch.Tensor, shared: int, gs: int, x: torch.Tensor, hidden: int, hp: int) -> torch.Tensor:
+        wts: torch.Tensor, shared: int, gs: int, x: torch.Tensor, hidden: int, hp: int, act_bits: int) -> torch.Tensor:
     """One token through its experts (+ the shared one): x [1, hidden] -> [1, hidden].
     table int64 [E, 4] addresses; inter/ip int32 [E]; idx int64 [k]; wts float32 [k]."""
     y = torch.empty(1, hidden, dtype=x.dtype)
     CALLS["moe"] += 1
     rc = _LIB.duet_moe(bits, table.data_ptr(), inter.data_ptr(), ip.data_ptr(), idx.data_ptr(), wts.data_ptr(),
                        idx.numel(), shared, gs, x.data_ptr(), _BF16[x.dtype], hidden, hp, y.data_ptr(),
-                       _BF16[x.dtype], torch.get_num_threads(), _ABITS.get(bits, 16))
+                       _BF16[x.dtype], torch.get_num_threads(), act_bits)
     if rc:
         raise MemoryError(f"duet_moe failed ({rc})")
     return y

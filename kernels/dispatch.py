@@ -1,125 +1,240 @@
-"""Which kernel runs where: the one place that chooses between fast paths and references.
+"""Which kernel runs where: the CPU's capabilities and the switches, read once, as a plan.
 
-Set DUET_KERNELS=reference to run every reference instead (debugging). On CUDA tensors, where
-triton imports, rms_norm / mla_attention / fp8_block_dequant run their Triton kernels
-(``kernels.triton_ops``; DUET_TRITON=0 keeps them off). On CPU, where kernels/csrc builds
-(``kernels.cpu_native``), a decode row's rms_norm and MLA's one-token per-head products run
-natively (the fused MLP/MoE and quantized matmuls choose it in kernels/moe.py and quant.py);
-everywhere else the PyTorch fast paths run. Which CPU paths exist here (oneDNN's bf16 packing
-needs AVX-512 or AVX-NE-CONVERT) is detected once in ``kernels.capability``."""
+    plan() -> Plan          built at first use, then kept (rebuilt only when the CPU detection
+                            is redone, a library is swapped, or ``overridden`` changes a switch)
+    native() -> bool        whether kernels/csrc's CPU kernels run (the one such test)
+    describe() -> rows      (op, chosen implementation) for the benches and doctor
+
+Each op's module (kernels/quant.py for linear, moe.py, mla.py, norm_rope.py, fp8.py,
+indexer.py, kquant.py for the GGUF types) holds its reference, its implementations and the
+few lines that pick one from this plan; nothing else chooses.
+
+Switches, read when the plan is built:
+    DUET_KERNELS=reference   every op runs its plain PyTorch reference; no native library
+    DUET_KERNELS=aten        no native library (PyTorch's own kernels)
+    DUET_TRITON=0            CUDA tensors run the PyTorch paths instead of Triton
+    DUET_CPU=avx2|scalar     plan for a weaker CPU than this one (kernels.capability)
+    DUET_ACT_BITS=8|16       activation precision of the native int8/int4 matmuls
+    DUET_GGUF_ACT_BITS=8|16|32   activation precision of the GGUF matmuls (default 16)
+"""
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
-from kernels import capability, fp8, indexer, mla, moe, norm_rope, triton_ops
+from kernels import capability
 
-_REFERENCE = os.environ.get("DUET_KERNELS") == "reference"
-
-apply_rope = norm_rope.reference_apply_rope if _REFERENCE else norm_rope.apply_rope
-moe_combine = moe.reference_moe if _REFERENCE else moe.moe
-# V3.2's sparse attention (kernels/indexer.py): PyTorch fast paths on every device
-indexer_topk = indexer.reference_indexer_topk if _REFERENCE else indexer.indexer_topk
-sparse_mla_attention = indexer.reference_sparse_mla_attention if _REFERENCE else indexer.sparse_mla_attention
-
-_FAST = {"rms_norm": norm_rope.rms_norm, "mla_attention": mla.mla_attention,
-         "fp8_block_dequant": fp8.fp8_block_dequant}
-_REFERENCES = {"rms_norm": norm_rope.reference_rms_norm, "mla_attention": mla.reference_mla_attention,
-               "fp8_block_dequant": fp8.reference_fp8_block_dequant}
-TRITON = tuple(_FAST)   # the kernels that have a Triton version
+GGUF_ACT_ENV = "DUET_GGUF_ACT_BITS"
+NATIVE_ACT_ENV = "DUET_ACT_BITS"
 
 
-def uses_triton(device_type: str) -> bool:
-    """Whether tensors on this kind of device run the Triton kernels (DUET_TRITON=0: never)."""
-    return not _REFERENCE and device_type == "cuda" and triton_ops.enabled()
+@dataclass(frozen=True)
+class LinearPlan:
+    """y = x Wᵀ. ``quantized``: "native" (kernels/csrc's GEMV for up to ``native_rows`` rows,
+    more rows dequantize once and run one matmul in ``prefill_dtype``) or "aten-int4pack"
+    (PyTorch's packed int4 kernel, bf16 activations). ``dense``: "onednn-packed" (bf16 weights
+    pre-packed at load) or "torch" (F.linear). The native matmuls round activations per block to
+    ``int8_act_bits`` / ``int4_act_bits`` (8 or 16) bits."""
+
+    quantized: str
+    dense: str
+    int8_act_bits: int
+    int4_act_bits: int
+    prefill_dtype: torch.dtype
+    native_rows: int = 4
+
+    def act_bits(self, weight_bits: int) -> int:
+        return self.int8_act_bits if weight_bits == 8 else self.int4_act_bits
 
 
-def choose(name: str, device_type: str):
-    """The function that kernel ``name`` (one of TRITON) runs for tensors on ``device_type``."""
-    if _REFERENCE:
-        return _REFERENCES[name]
-    if uses_triton(device_type):
-        return getattr(triton_ops, name)
-    return _FAST[name]
+@dataclass(frozen=True)
+class MoEPlan:
+    """SwiGLU experts. ``decode``: "native-fused" (one kernels/csrc call per layer for up to
+    ``fused_rows`` tokens: every active expert, the weighted sum and the shared expert) or
+    "grouped"; ``combine`` (more tokens): "grouped" (tokens sorted by expert, one call per
+    active expert) or "reference" (token by token)."""
+
+    decode: str
+    combine: str
+    fused_rows: int = 5
 
 
-def rms_norm(x, weight, eps: float):
-    if x.device.type == "cpu" and _native_norm(x, weight):
-        from kernels import cpu_native
+@dataclass(frozen=True)
+class AttentionPlan:
+    """Absorbed MLA. ``attention``: "torch" or "reference" over the latent cache; ``head_gemv``
+    (one token's per-head q·W_uk and latent·W_uvᵀ): "native-bf16" (kernels/csrc reads the bf16
+    matrices at bandwidth) or "bmm" (over float32 copies: CPU batched matmuls of these shapes run
+    faster in float32 than in bf16)."""
 
-        return cpu_native.rms_norm(x, weight, eps)
-    return choose("rms_norm", x.device.type)(x, weight, eps)
-
-
-def _native_norm(x, weight) -> bool:
-    """A decode row's CPU RMSNorm runs kernels/csrc's loop: torch's composite op costs ~10-20 us
-    a row in calls; for a prefill's hundreds of rows torch's own kernel is faster."""
-    if _REFERENCE or x.dtype not in _NORM_TYPES or weight.dtype not in _NORM_TYPES or not x.is_contiguous() \
-            or not weight.is_contiguous() or x.numel() == 0 or x.numel() > NATIVE_NORM_ROWS * x.shape[-1]:
-        return False
-    from kernels import cpu_native
-
-    return cpu_native.lib() is not None
+    attention: str
+    head_gemv: str
 
 
-_NORM_TYPES = (torch.bfloat16, torch.float32)
-NATIVE_NORM_ROWS = 8
+@dataclass(frozen=True)
+class NormPlan:
+    """RMSNorm and RoPE. ``norm``: "torch" or "reference"; up to ``native_rows`` rows (a decode
+    step) run kernels/csrc's loop where it is built (0: never). ``rope``: "torch" or "reference"."""
+
+    norm: str
+    rope: str
+    native_rows: int
 
 
-def mla_attention(q, cache, kv_lora: int, scale: float, start_pos: int):
-    return choose("mla_attention", q.device.type)(q, cache, kv_lora, scale, start_pos)
+@dataclass(frozen=True)
+class GGUFPlan:
+    """GGUF k-quant weights read in place. ``impl``: "native" (kernels/csrc/kquant.c: integer
+    block dot products for up to ``native_rows`` rows, tiles of dequantized rows beyond) or
+    "torch" (dequantize, then F.linear); activations rounded to ``act_bits`` (8, 16; 32 = float)."""
+
+    impl: str
+    isa: str | None
+    act_bits: int
+    native_rows: int = 8
 
 
-def fp8_block_dequant(w, scale_inv, dtype: torch.dtype = torch.float32, out=None):
-    return choose("fp8_block_dequant", w.device.type)(w, scale_inv, dtype, out)
+@dataclass(frozen=True)
+class Plan:
+    capability: capability.Capability
+    reference: bool                # DUET_KERNELS=reference
+    native_isa: str | None         # kernels/csrc's build ("avx512", "avx2", "scalar"); None: not used
+    triton: bool                   # CUDA tensors run kernels/triton_ops
+    act_dtype: torch.dtype         # the float type CPU matmuls over activations run in
+    linear: LinearPlan
+    moe: MoEPlan
+    attention: AttentionPlan
+    norm: NormPlan
+    gguf: GGUFPlan
+
+    @property
+    def native(self) -> bool:
+        return self.native_isa is not None
+
+    def fused_bf16_mlp(self, dtype, device) -> bool:
+        """Whether one-token MLP/MoE of a dense model runs kernels/csrc's fused call: bf16 on CPU.
+        Its MLP weights then stay dense (the call reads them) rather than packed for oneDNN."""
+        return self.native and torch.device(device).type == "cpu" and dtype == torch.bfloat16
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(op, implementation) rows: what each op runs on this CPU (and on CUDA tensors)."""
+        cap, lin, gg = self.capability, self.linear, self.gguf
+        forced = f" (DUET_CPU={cap.forced})" if cap.forced else ""
+        isa = {"avx512": "AVX-512", "avx2": "AVX2+FMA", "scalar": "plain C"}.get(self.native_isa, self.native_isa)
+        act = "bfloat16" if self.act_dtype == torch.bfloat16 else "float32 (no native bf16 matmul)"
+        if lin.quantized == "native":
+            quant = (f"native {isa} GEMV, <= {lin.native_rows} rows (activations int8 weights {lin.int8_act_bits}-bit, "
+                     f"int4 {lin.int4_act_bits}-bit); more rows: dequantize + {_name(lin.prefill_dtype)} matmul")
+        else:
+            quant = "aten packed int4 kernel (bf16 activations)"
+        rows = [("cpu level", f"{cap.level}{forced}; torch kernels {cap.torch_isa}"),
+                ("activations", act),
+                ("linear (quantized)", quant),
+                ("linear (dense)", "oneDNN pre-packed bf16" if lin.dense == "onednn-packed" else "F.linear"),
+                ("moe", f"decode: {'one native call per layer' if self.moe.decode == 'native-fused' else 'grouped experts'}"
+                        f"; prefill: {self.moe.combine}"),
+                ("mla attention", f"{self.attention.attention}; one-token head products: "
+                                  f"{'native bf16 GEMV' if self.attention.head_gemv == 'native-bf16' else 'float32 bmm'}"),
+                ("rms norm", self.norm.norm + (f" (native for <= {self.norm.native_rows} rows)"
+                                               if self.norm.native_rows else "")),
+                ("rope", self.norm.rope),
+                ("gguf", f"native {gg.isa} block dots, {gg.act_bits}-bit activations" if gg.impl == "native"
+                         else f"torch dequantize + matmul ({gg.act_bits}-bit activations)"),
+                ("cuda", "Triton kernels" if self.triton else "PyTorch")]
+        return rows
 
 
-# -- dense linear with a pre-packed weight (oneDNN's blocked layout, CPU bf16) -----------------
-# For batch-1 decode the plain bf16 F.linear re-lays the weight out on every call; packing it
-# once at load makes those matmuls 2-3x faster with bit-identical results.
-
-def can_pack(w) -> bool:
-    """Whether ``w`` gets oneDNN's packed layout: CPU bf16 matrices, where oneDNN has bf16
-    (kernels.capability: AVX-512 or AVX-NE-CONVERT; elsewhere the plain F.linear runs)."""
-    return (not _REFERENCE and w.device.type == "cpu" and w.dtype == torch.bfloat16 and w.dim() == 2
-            and capability.detect().bf16_packing)
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
-def pack_weight(w):
-    return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
+_PLAN: Plan | None = None
+_OVERRIDES: dict = {}
 
 
-def packed_linear(x, packed):
-    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+def plan() -> Plan:
+    """The plan, built once (and again only after ``replan`` or a new capability detection)."""
+    p = _PLAN
+    if p is None or p.capability is not capability.detect():
+        p = replan()
+    return p
 
 
-# -- MLA's absorbed decode: one token's per-head GEMVs against bf16 W_uk / W_uvᵀ ----------------
-# torch's bf16 bmm of [H, 1, K] x [H, K, N] streams at a third of memory bandwidth (float32 copies
-# run 1.5x faster but read twice the bytes); kernels/csrc's per-head GEMV reads bf16 at bandwidth.
-
-def native_head_gemv(cache) -> bool:
-    """Whether a bf16 CPU model's absorbed decode runs the native per-head GEMV."""
-    if _REFERENCE or cache.device.type != "cpu" or cache.dtype != torch.bfloat16:
-        return False
-    from kernels import cpu_native
-
-    return cpu_native.lib() is not None
+def native() -> bool:
+    """Whether kernels/csrc's CPU kernels run: built, loaded and not switched off."""
+    return plan().native
 
 
-def head_gemv(x, w):
-    """x float32 [H, K], w bf16 [H, K, N] -> float32 [H, N] (needs native_head_gemv)."""
-    from kernels import cpu_native
-
-    return cpu_native.head_gemv(x, w)
+def describe() -> list[tuple[str, str]]:
+    return plan().describe()
 
 
-def native_bf16_mlp(dtype, device) -> bool:
-    """Whether one-token MLP/MoE of a bf16 CPU model runs kernels/csrc's fused call. Its MLP
-    weights then stay dense (the call reads them) rather than packed for oneDNN."""
-    if _REFERENCE or torch.device(device).type != "cpu" or dtype != torch.bfloat16:
-        return False
-    from kernels import cpu_native
+def replan() -> Plan:
+    """Read the capabilities and the switches again (after a test swaps a library or a switch)."""
+    global _PLAN
+    _PLAN = _build(capability.detect(), _OVERRIDES)
+    return _PLAN
 
-    return cpu_native.lib() is not None
+
+@contextmanager
+def overridden(**switches):
+    """Within the block the plan is built with these switches changed (tests and benches):
+    ``native=False`` (kernels/csrc off: weights made inside take the aten layout),
+    ``act_bits=8|16`` (the native matmuls' activations), ``gguf_act_bits=8|16|32``."""
+    unknown = set(switches) - {"native", "act_bits", "gguf_act_bits"}
+    if unknown:
+        raise TypeError(f"unknown switch {sorted(unknown)}")
+    for name, allowed in (("act_bits", (8, 16)), ("gguf_act_bits", (8, 16, 32))):
+        if switches.get(name) is not None and switches[name] not in allowed:
+            raise ValueError(f"{name}={switches[name]!r}: expected one of {allowed}")
+    saved = dict(_OVERRIDES)
+    _OVERRIDES.update({k: v for k, v in switches.items() if v is not None})
+    replan()
+    try:
+        yield plan()
+    finally:
+        _OVERRIDES.clear()
+        _OVERRIDES.update(saved)
+        replan()
+
+
+def _env_bits(name: str, allowed: tuple[str, ...], default: str) -> int:
+    value = os.environ.get(name, "").strip() or default
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: expected {', '.join(allowed[:-1])} or {allowed[-1]}")
+    return int(value)
+
+
+def _build(cap: capability.Capability, over: dict) -> Plan:
+    from kernels import cpu_native, kquant, triton_ops
+
+    kernels_env = os.environ.get("DUET_KERNELS", "")
+    reference = kernels_env == "reference"
+    so = cpu_native.lib() if over.get("native", True) else None
+    isa = so.duet_isa().decode() if so is not None else None
+    forced = os.environ.get(NATIVE_ACT_ENV)
+    if "act_bits" in over:
+        int8_bits = int4_bits = over["act_bits"]
+    elif forced in ("8", "16"):
+        int8_bits = int4_bits = int(forced)
+    else:   # int8 weights keep 16-bit activations: 8-bit ones would double their rounding error;
+        # on AVX-512 the 16-bit products already stream at memory bandwidth
+        int8_bits, int4_bits = 16, (16 if isa == "avx512" else 8)
+    act_dtype = torch.bfloat16 if cap.bf16_native else torch.float32
+    linear = LinearPlan(quantized="native" if isa else "aten-int4pack",
+                        dense="onednn-packed" if cap.bf16_packing and not reference else "torch",
+                        int8_act_bits=int8_bits, int4_act_bits=int4_bits, prefill_dtype=act_dtype)
+    moe = MoEPlan(decode="native-fused" if isa else "grouped", combine="reference" if reference else "grouped")
+    attention = AttentionPlan(attention="reference" if reference else "torch",
+                              head_gemv="native-bf16" if isa and not reference else "bmm")
+    norm = NormPlan(norm="reference" if reference else "torch", rope="reference" if reference else "torch",
+                    native_rows=8 if isa and not reference else 0)
+    gguf_bits = over.get("gguf_act_bits") or _env_bits(GGUF_ACT_ENV, ("8", "16", "32"), "16")
+    gso = kquant.lib()
+    gguf = GGUFPlan(impl="native" if gso is not None else "torch",
+                    isa=gso.kq_isa().decode() if gso is not None else None, act_bits=gguf_bits)
+    triton = not reference and os.environ.get("DUET_TRITON") != "0" and triton_ops.installed()
+    return Plan(capability=cap, reference=reference, native_isa=isa, triton=triton, act_dtype=act_dtype,
+                linear=linear, moe=moe, attention=attention, norm=norm, gguf=gguf)

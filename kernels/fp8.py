@@ -1,9 +1,15 @@
 """DeepSeek's block FP8: weight float8_e4m3fn [out, in] × weight_scale_inv float32
-[ceil(out/128), ceil(in/128)], one scale per 128×128 block. Dequantized = block × scale_inv."""
+[ceil(out/128), ceil(in/128)], one scale per 128×128 block. Dequantized = block × scale_inv.
+
+    reference_fp8_block_dequant   the math; torch_fp8_block_dequant  row strips, bounded memory;
+    triton_ops.fp8_block_dequant  CUDA;   fp8_block_dequant  the op (kernels.dispatch's plan)
+"""
 
 from __future__ import annotations
 
 import torch
+
+from kernels import dispatch
 
 BLOCK = 128
 
@@ -15,8 +21,8 @@ def reference_fp8_block_dequant(w: torch.Tensor, scale_inv: torch.Tensor,
     return result if out is None else out.copy_(result)
 
 
-def fp8_block_dequant(w: torch.Tensor, scale_inv: torch.Tensor,
-                      dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+def torch_fp8_block_dequant(w: torch.Tensor, scale_inv: torch.Tensor,
+                            dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
     """Row block by row block into ``out`` (allocated if not given): peak extra memory is one
     128-row float32 strip."""
     out_f, in_f = w.shape
@@ -30,3 +36,15 @@ def fp8_block_dequant(w: torch.Tensor, scale_inv: torch.Tensor,
         strip.mul_(cols[i // BLOCK])
         out[i:i + BLOCK].copy_(strip)
     return out
+
+
+def fp8_block_dequant(w: torch.Tensor, scale_inv: torch.Tensor,
+                      dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+    p = dispatch.plan()
+    if w.device.type == "cuda" and p.triton:
+        from kernels import triton_ops
+
+        return triton_ops.fp8_block_dequant(w, scale_inv, dtype, out)
+    if p.reference:
+        return reference_fp8_block_dequant(w, scale_inv, dtype, out)
+    return torch_fp8_block_dequant(w, scale_inv, dtype, out)

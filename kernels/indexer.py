@@ -12,11 +12,18 @@ are never chosen for attention: where a query has fewer valid positions than tha
 extra picks land on masked positions, and attention masks them again.
 
 Rows of ``k_cache`` / ``cache`` past start_pos + T may be present (padding, stale rows from a
-longer earlier context): they are masked, never read into a result."""
+longer earlier context): they are masked, never read into a result.
+
+    reference_indexer_topk / reference_sparse_mla_attention   the math, in plain PyTorch
+    torch_indexer_topk / torch_sparse_mla_attention           the PyTorch fast paths
+    indexer_topk / sparse_mla_attention                       the ops (kernels.dispatch's plan)
+"""
 
 from __future__ import annotations
 
 import torch
+
+from kernels import dispatch
 
 # query rows per block in the T > 1 paths: bounds the [rows, heads, S] score tensors
 _BLOCK_ELEMENTS = 1 << 24
@@ -41,8 +48,8 @@ def reference_indexer_topk(q: torch.Tensor, weights: torch.Tensor, k_cache: torc
     return score.topk(min(topk, end), dim=-1).indices
 
 
-def indexer_topk(q: torch.Tensor, weights: torch.Tensor, k_cache: torch.Tensor, scale: float,
-                 start_pos: int, topk: int) -> torch.Tensor:
+def torch_indexer_topk(q: torch.Tensor, weights: torch.Tensor, k_cache: torch.Tensor, scale: float,
+                       start_pos: int, topk: int) -> torch.Tensor:
     """As the reference, as matmuls over the whole (possibly padded) key cache, a block of
     queries at a time; the scale is folded into the (positive-scaled) weights. In float32, except
     one query (decode) over a bf16/fp16 cache: its q·k products then run in the cache's dtype
@@ -87,8 +94,8 @@ def reference_sparse_mla_attention(q: torch.Tensor, cache: torch.Tensor, chosen:
     return torch.einsum("bths,bsc->bthc", p, cache[..., :kv_lora].float()).to(q.dtype)
 
 
-def sparse_mla_attention(q: torch.Tensor, cache: torch.Tensor, chosen: torch.Tensor, kv_lora: int,
-                         scale: float, start_pos: int) -> torch.Tensor:
+def torch_sparse_mla_attention(q: torch.Tensor, cache: torch.Tensor, chosen: torch.Tensor, kv_lora: int,
+                               scale: float, start_pos: int) -> torch.Tensor:
     """As the reference. One query (decode): its chosen rows are gathered and attended densely,
     a cost set by topk, not by the context length. Several queries (prefill): dense scores over
     the cache with everything not chosen masked, a block of queries at a time."""
@@ -118,3 +125,16 @@ def sparse_mla_attention(q: torch.Tensor, cache: torch.Tensor, chosen: torch.Ten
         p = scores.softmax(dim=-1).to(cache.dtype)
         out[:, t0:t1] = torch.bmm(p, cache[..., :kv_lora]).view(B, n, H, kv_lora)
     return out
+
+
+def indexer_topk(q: torch.Tensor, weights: torch.Tensor, k_cache: torch.Tensor, scale: float,
+                 start_pos: int, topk: int) -> torch.Tensor:
+    fn = reference_indexer_topk if dispatch.plan().attention.attention == "reference" else torch_indexer_topk
+    return fn(q, weights, k_cache, scale, start_pos, topk)
+
+
+def sparse_mla_attention(q: torch.Tensor, cache: torch.Tensor, chosen: torch.Tensor, kv_lora: int,
+                         scale: float, start_pos: int) -> torch.Tensor:
+    reference = dispatch.plan().attention.attention == "reference"
+    fn = reference_sparse_mla_attention if reference else torch_sparse_mla_attention
+    return fn(q, cache, chosen, kv_lora, scale, start_pos)

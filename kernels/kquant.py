@@ -10,7 +10,7 @@ Types run: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (blocks of 32) and Q4_K, Q5_K, Q6_K (sup
 256), read in place by kernels/csrc/kquant.c: the weights are never converted, so what runs
 is bit for bit what the file holds (its dequantized values equal ggml's / gguf-py's).
 
-Activations (``act_bits()``), rounded once per call and row to llama.cpp's 8-bit blocks --
+Activations (``act_bits()``: kernels.dispatch's plan), rounded once per call and row to llama.cpp's 8-bit blocks --
 Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the K-quants -- then integer block dot
 products (kernels/csrc/kquant_dot.h: AVX2 maddubs / madd, or plain C computing the same
 integers; VNNI's dpbusd where the target has it):
@@ -19,7 +19,7 @@ integers; VNNI's dpbusd where the target has it):
         one more maddubs per 32 weights; at least as close to the exact model as llama.cpp
         is (tests/test_engine_gguf.py), where 8 bits is only as close, a coin flip per file;
     32  float32 activations and dot products over the dequantized weights (the exact reference).
-``DUET_GGUF_ACT_BITS=8|16|32`` sets it; ``activations(bits)`` overrides it within a block.
+``DUET_GGUF_ACT_BITS=8|16|32`` sets it; ``dispatch.overridden(gguf_act_bits=)`` within a block.
 Up to 8 activation rows go through the native matmul; more rows dequantize the matrix in
 tiles of rows and run torch matmuls over all of them (float32 activations: prefill).
 
@@ -49,15 +49,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from kernels import dispatch
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "kquant.c"
 HEADERS = (SOURCE.parent / "kquant_dot.h",)
 EXTRA_FLAGS = ("-ffp-contract=off", "-fopenmp")
 LAYOUT = "gguf"
-MAX_ROWS = 8
 TILE_BYTES = 8 << 20     # prefill: weight rows dequantized per matmul (float32 bytes)
-ACT_ENV = "DUET_GGUF_ACT_BITS"
 
 # ggml type id -> (name, weights per block, bytes per block)
 TYPES = {2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24),
@@ -66,7 +66,6 @@ NAMES = {v[0]: k for k, v in TYPES.items()}
 
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
-_ACT: int | None = None    # activations(bits) override
 _c_int, _c_long, _ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
 
 
@@ -196,13 +195,17 @@ def variant(march: str):
     """Within the block the library built for ``march`` ("haswell", "x86-64", ...) runs every
     call. Raises RuntimeError where that target does not build."""
     global _LIB, _TRIED
+    from kernels import dispatch
+
     lib()
     saved = (_LIB, _TRIED)
     _LIB, _TRIED = load(march), True
+    dispatch.replan()
     try:
         yield _LIB
     finally:
         _LIB, _TRIED = saved
+        dispatch.replan()
 
 
 def isa() -> str | None:
@@ -212,29 +215,15 @@ def isa() -> str | None:
     return so.kq_isa().decode() if so is not None else None
 
 
+def _native() -> bool:
+    return dispatch.plan().gguf.impl == "native"
+
+
 def act_bits() -> int:
     """The activation precision of the GGUF matmuls: 8 (llama.cpp's 8-bit blocks), 16 (two
-    8-bit terms) or 32 (float32, the exact product of the dequantized weights). The one place
-    this is chosen: ``activations(bits)``, else $DUET_GGUF_ACT_BITS, else 16."""
-    if _ACT is not None:
-        return _ACT
-    value = os.environ.get(ACT_ENV, "").strip() or "16"
-    if value in ("8", "16", "32"):
-        return int(value)
-    raise ValueError(f"{ACT_ENV}={value!r}: expected 8, 16 or 32")
-
-
-@contextmanager
-def activations(bits: int):
-    """Within the block the GGUF matmuls use ``bits``-bit activations (8, 16 or 32)."""
-    global _ACT
-    if bits not in (8, 16, 32):
-        raise ValueError(f"activation bits {bits!r}: expected 8, 16 or 32")
-    saved, _ACT = _ACT, bits
-    try:
-        yield
-    finally:
-        _ACT = saved
+    8-bit terms) or 32 (float32, the exact product of the dequantized weights); the plan's
+    (kernels.dispatch: $DUET_GGUF_ACT_BITS, else 16; ``dispatch.overridden(gguf_act_bits=)``)."""
+    return dispatch.plan().gguf.act_bits
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,10 +307,10 @@ def reference_dequantize(w: GGUFWeight) -> torch.Tensor:
 
 def dequantize(w: GGUFWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The weight the blocks stand for: [out, in] in ``dtype`` (exact in float32)."""
-    so = lib()
     n, k = w.shape
-    if so is None:
+    if not _native():
         return reference_dequantize(w).to(dtype)
+    so = _LIB
     bf16 = dtype == torch.bfloat16
     out = torch.empty(n, k, dtype=torch.bfloat16 if bf16 else torch.float32)
     so.kq_dequant(w.type, w.data.data_ptr(), w.stride, n, k, out.data_ptr(), int(bf16), torch.get_num_threads())
@@ -331,8 +320,8 @@ def dequantize(w: GGUFWeight, dtype: torch.dtype = torch.float32) -> torch.Tenso
 def get_rows(w: GGUFWeight, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Rows ``ids`` (any shape) of the matrix: [*ids.shape, in] in dtype (an embedding lookup)."""
     flat = ids.reshape(-1).to(torch.int64).contiguous()
-    so = lib()
-    if so is None:
+    so = _LIB
+    if not _native():
         rows = GGUFWeight(w.type, (flat.numel(), w.shape[1]), w.data.index_select(0, flat))
         return reference_dequantize(rows).to(dtype).view(*ids.shape, w.shape[1])
     out = torch.empty(flat.numel(), w.shape[1], dtype=torch.float32)
@@ -346,15 +335,15 @@ def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
     n, k = w.shape
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
-    so = lib()
-    if so is None or x.device.type != "cpu":
+    plan = dispatch.plan().gguf
+    if plan.impl != "native" or x.device.type != "cpu":
         return F.linear(x, dequantize(w, x.dtype if x.dtype != torch.float16 else torch.float32).to(x.dtype))
-    if m > MAX_ROWS:
+    if m > plan.native_rows:
         return _tiled_linear(x2, w).to(x.dtype).view(*x.shape[:-1], n)
     xf = x2.to(torch.float32).contiguous()
     y = torch.empty(m, n, dtype=torch.float32)
-    rc = so.kq_gemm(w.type, xf.data_ptr(), m, k, w.data.data_ptr(), w.stride, n, y.data_ptr(), n,
-                    torch.get_num_threads(), act_bits())
+    rc = _LIB.kq_gemm(w.type, xf.data_ptr(), m, k, w.data.data_ptr(), w.stride, n, y.data_ptr(), n,
+                      torch.get_num_threads(), plan.act_bits)
     if rc:
         raise MemoryError("kq_gemm: out of memory") if rc == 1 else ValueError(
             f"kq_gemm: a {w.mode} {w.shape} weight cannot take {m} rows of {k}")
@@ -437,7 +426,7 @@ class GGUFExperts:
 
     @staticmethod
     def fits(gates, ups, downs) -> bool:
-        if lib() is None or not gates:
+        if not _native() or not gates:
             return False
         g0, u0, d0 = gates[0], ups[0], downs[0]
         for g, u, d in zip(gates, ups, downs):

@@ -3,11 +3,21 @@
 The cache holds, per token, the normalised latent c_kv [kv_lora] and the rotated rope key
 k_pe [rope], concatenated: cache [B, S, kv_lora + rope]. With the kv_b up-projection folded
 into the query (q_nope · W_uk) the scores are  q_lat · c_kv + q_pe · k_pe  and the output
-stays in latent space (p · c_kv), to be expanded by W_uv afterwards."""
+stays in latent space (p · c_kv), to be expanded by W_uv afterwards.
+
+    reference_mla_attention      the math, in plain PyTorch
+    torch_mla_attention          the PyTorch fast path (the cache read in place, padded lengths)
+    triton_ops.mla_attention     CUDA (split-K over the cache)
+    mla_attention                the op: picks one from kernels.dispatch's plan
+    absorb / per_head            W_uk and W_uvᵀ per head, and one token's products with them:
+                                 kernels/csrc's bf16 GEMV (cpu_native.head_gemv) or a batched matmul
+"""
 
 from __future__ import annotations
 
 import torch
+
+from kernels import dispatch
 
 
 def reference_mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: float,
@@ -33,8 +43,8 @@ def padded_length(end: int, capacity: int, step: int = 64) -> int:
     return min(-(-end // step) * step, capacity)
 
 
-def mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: float,
-                  start_pos: int) -> torch.Tensor:
+def torch_mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: float,
+                        start_pos: int) -> torch.Tensor:
     """As the reference; ``cache`` may hold more rows than start_pos + T (see padded_length):
     those sit after every query's position and are masked."""
     B, T, H, D = q.shape
@@ -53,3 +63,47 @@ def mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: flo
     p = scores.softmax(dim=-1).to(cache.dtype)  # [B, T*H, S]
     out = torch.bmm(p, cache[..., :kv_lora])  # [B, T*H, kv_lora]
     return out.view(B, T, H, kv_lora)
+
+
+def mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: float,
+                  start_pos: int) -> torch.Tensor:
+    p = dispatch.plan()
+    if q.device.type == "cuda" and p.triton:
+        from kernels import triton_ops
+
+        return triton_ops.mla_attention(q, cache, kv_lora, scale, start_pos)
+    if p.attention.attention == "reference":
+        return reference_mla_attention(q, cache, kv_lora, scale, start_pos)
+    return torch_mla_attention(q, cache, kv_lora, scale, start_pos)
+
+
+# -- the absorbed form's per-head products ----------------------------------------------------
+# torch's bf16 bmm of [H, 1, K] x [H, K, N] streams at a third of memory bandwidth (float32
+# copies run 1.5x faster but read twice the bytes); kernels/csrc's per-head GEMV reads bf16 at
+# bandwidth. So a bf16 CPU model keeps W_uk / W_uvᵀ in bf16 where that GEMV runs, else float32.
+
+def absorb(wkv_b: torch.Tensor, n_heads: int, nope: int, v: int, kv_lora: int,
+           cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """kv_b [H * (nope + v), kv_lora] split per head: W_uk [H, nope, kv_lora], W_uvᵀ [H, kv_lora, v],
+    contiguous (strided batched matmuls are 2x slower), in the dtype ``per_head`` runs fastest."""
+    native = (dispatch.plan().attention.head_gemv == "native-bf16" and cache.device.type == "cpu"
+              and cache.dtype == torch.bfloat16)
+    w = wkv_b.to(torch.bfloat16 if native else torch.float32).view(n_heads, nope + v, kv_lora)
+    return w[:, :nope].contiguous(), w[:, nope:].transpose(1, 2).contiguous()
+
+
+def reference_per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [R, H, K], w [H, K, N] -> [R, H, N] float32: y[r, h] = x[r, h] · w[h]."""
+    return torch.einsum("rhk,hkn->rhn", x.float(), w.float())
+
+
+def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """As the reference, in w's dtype (float32 from the native GEMV): one row of bf16 CPU
+    weights runs kernels/csrc's per-head GEMV, anything else one batched matmul."""
+    R, H, K = x.shape
+    if R == 1 and w.dtype == torch.bfloat16 and w.device.type == "cpu" \
+            and dispatch.plan().attention.head_gemv == "native-bf16":
+        from kernels import cpu_native
+
+        return cpu_native.head_gemv(x.reshape(H, K).float(), w).unsqueeze(0)
+    return torch.bmm(x.transpose(0, 1).to(w.dtype), w).transpose(0, 1)

@@ -1,19 +1,27 @@
-"""Mixture-of-experts combine: route each token to its top-k experts, weight and sum.
+"""Mixture-of-experts: route each token to its top-k SwiGLU experts, weight and sum; and the
+SwiGLU MLP itself (a dense MLP is a one-expert table).
+
+    reference_moe                the math, token by token
+    grouped_moe                  the PyTorch fast path: tokens grouped by expert, one call each
+    FusedExperts                 kernels/csrc, natively quantized experts: one call per layer and token
+    FusedBF16Experts             kernels/csrc, dense bf16 experts: the same
+    GGUFFused                    kernels/kquant.c, GGUF experts read in place: the same
+    TritonFused                  CUDA: the routed experts in two Triton launches
+    fuse_experts / fuse_mlp      which fused decode kernel a layer's weights get (from the plan)
+    moe / swiglu                 the ops: the fused kernel for a decode step's few tokens, else
+                                 the grouped (or, under DUET_KERNELS=reference, the reference) path
 
 ``experts`` is a sequence of callables ([n, hidden] -> [n, hidden]), one per expert, so the
-same code runs plain, quantized or on any device. The fast path groups tokens by expert and
-calls each active expert once on its batch; no Python loop over tokens.
-
-For one token on CPU with natively quantized experts (or dense bf16 ones), ``fuse_experts``
-builds a single native call per MoE layer (kernels/csrc: every active expert's w13 GEMV, silu(gate) * up,
-w2 GEMV, weighted sum, plus the shared expert), replacing ~30 torch ops; ``reference_moe``
-stays its reference."""
+same code runs plain, quantized or on any device."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
+
+from kernels import dispatch
 
 Expert = Callable[[torch.Tensor], torch.Tensor]
 
@@ -29,8 +37,8 @@ def reference_moe(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
     return out
 
 
-def moe(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
-        experts: Sequence[Expert]) -> torch.Tensor:
+def grouped_moe(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                experts: Sequence[Expert]) -> torch.Tensor:
     n_tok, k = indices.shape
     flat = indices.reshape(-1)
     if n_tok == 1:  # decode: k experts, one row each; no sorting, weights as plain numbers
@@ -62,6 +70,8 @@ class FusedExperts:
     routed experts (weighted) and the shared one; ``dense(x)`` runs row 0 alone (a dense
     MLP built as a one-expert table)."""
 
+    max_rows = None   # tokens per call: one (a decode step's few run one by one)
+
     def __init__(self, w13s, w2s, shared=None):
         self._keep = (list(w13s), list(w2s), shared)          # the tables point into these
         pairs = list(zip(w13s, w2s)) + ([shared] if shared is not None else [])
@@ -84,13 +94,17 @@ class FusedExperts:
         idx = indices.reshape(-1).contiguous()
         w = weights.reshape(-1).to(torch.float32).contiguous()
         return cpu_native.moe(self.bits, self.table, self.inter, self.ip, idx, w, self.shared_row, self.group,
-                              _act(x), self.hidden, self.hp).to(x.dtype)
+                              _act(x), self.hidden, self.hp, _act_bits(self.bits)).to(x.dtype)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         from kernels import cpu_native
 
         return cpu_native.moe(self.bits, self.table, self.inter, self.ip, self._none[:0], self._none.float()[:0],
-                              0, self.group, _act(x), self.hidden, self.hp).to(x.dtype)
+                              0, self.group, _act(x), self.hidden, self.hp, _act_bits(self.bits)).to(x.dtype)
+
+
+def _act_bits(bits: int) -> int:
+    return dispatch.plan().linear.act_bits(bits)
 
 
 def _act(x: torch.Tensor) -> torch.Tensor:
@@ -105,6 +119,8 @@ def _scales(qw):
 class FusedBF16Experts:
     """Dense bf16 SwiGLU experts as one native call for one token (same call shapes as
     ``FusedExperts``): float32 activations inside, the bf16 weights read once each."""
+
+    max_rows = None
 
     def __init__(self, w13s, w2s, shared=None):
         pairs = list(zip(w13s, w2s)) + ([tuple(shared)] if shared is not None else [])
@@ -132,6 +148,36 @@ class FusedBF16Experts:
         return y.view(1, -1).to(x.dtype)
 
 
+class GGUFFused:
+    """One token through a MoE layer whose routed experts are GGUF blocks: the routed experts in
+    one native call (kernels.kquant.GGUFExperts), plus the shared expert (``shared``, any callable)."""
+
+    max_rows = None
+
+    def __init__(self, experts, shared: Expert | None):
+        self.experts, self.shared = experts, shared
+
+    def __call__(self, x, weights, indices):
+        y = self.experts(x, weights, indices)
+        return y if self.shared is None else y + self.shared(x)
+
+
+class TritonFused:
+    """CUDA, one token: the routed (portable-layout quantized) experts in two Triton launches,
+    plus the shared expert."""
+
+    max_rows = 1
+
+    def __init__(self, table, shared: Expert | None):
+        self.table, self.shared = table, shared
+
+    def __call__(self, x, weights, indices):
+        from kernels import triton_ops
+
+        y = triton_ops.moe_decode(x, weights, indices, self.table)
+        return y if self.shared is None else y + self.shared(x)
+
+
 def _fuse_bf16(pairs, w13s, w2s, shared) -> FusedBF16Experts | None:
     hidden = pairs[0][0].shape[1]
     for w13, w2 in pairs:
@@ -141,31 +187,102 @@ def _fuse_bf16(pairs, w13s, w2s, shared) -> FusedBF16Experts | None:
                 return None
         if w13.shape[1] != hidden or w13.shape[0] % 2 or w2.shape != (hidden, w13.shape[0] // 2):
             return None
-    from kernels import cpu_native
-
-    return FusedBF16Experts(w13s, w2s, shared) if cpu_native.lib() is not None else None
+    return FusedBF16Experts(w13s, w2s, shared)
 
 
-def fuse_experts(w13s, w2s, shared=None) -> FusedExperts | FusedBF16Experts | None:
-    """A fused one-token call over these weights (``shared``: a (w13, w2) pair): quantized
-    ones all in the native CPU layout with one mode, group and hidden size, or dense bf16
-    CPU tensors; None otherwise."""
-    from kernels.quant import NATIVE
+def _fuse_gguf(w13s, w2s, shared_fn) -> GGUFFused | None:
+    from kernels import kquant
 
-    pairs = list(zip(w13s, w2s)) + ([tuple(shared)] if shared is not None else [])
-    if not pairs:
+    if not all(isinstance(w, kquant.GGUFWeight) for w in list(w13s) + list(w2s)):
         return None
-    first = pairs[0][0]
+    half = [(kquant.GGUFWeight(q.type, (q.shape[0] // 2, q.shape[1]), q.data[: q.shape[0] // 2]),
+             kquant.GGUFWeight(q.type, (q.shape[0] // 2, q.shape[1]), q.data[q.shape[0] // 2:])) for q in w13s]
+    gates, ups = [h[0] for h in half], [h[1] for h in half]
+    if not kquant.GGUFExperts.fits(gates, ups, list(w2s)):
+        return None
+    return GGUFFused(kquant.GGUFExperts(gates, ups, list(w2s)), shared_fn)
+
+
+def _fuse_triton(w13s, w2s, shared_fn) -> TritonFused | None:
+    from kernels import triton_ops
+
+    if not all(getattr(w, "layout", None) in ("nibbles", "codes") and w.device.type == "cuda"
+               for w in list(w13s) + list(w2s)):
+        return None
+    return TritonFused(triton_ops.ExpertTable(w13s, w2s), shared_fn)
+
+
+def fuse_experts(w13s, w2s, shared=None, shared_fn: Expert | None = None):
+    """The fused decode kernel over these weights, or None: routed experts ``w13s`` / ``w2s``
+    (quantized weights, or dense tensors) and the shared expert's (w13, w2) pair ``shared``
+    (or, for the GGUF and Triton kernels, which take only routed experts, its callable
+    ``shared_fn``). Natively quantized weights need one mode, group and hidden size; dense ones
+    bf16 CPU tensors; GGUF ones one type per matrix; Triton ones the portable layout on CUDA."""
+    w13s, w2s = list(w13s), list(w2s)
+    if not w13s or any(w is None for w in w13s + w2s):
+        return None
+    p = dispatch.plan()
+    first = w13s[0]
+    if getattr(first, "layout", None) == "gguf":
+        return _fuse_gguf(w13s, w2s, shared_fn)
+    if getattr(first, "device", torch.device("cpu")).type == "cuda":
+        return _fuse_triton(w13s, w2s, shared_fn) if p.triton else None
+    if p.moe.decode != "native-fused":
+        return None
+    pairs = list(zip(w13s, w2s)) + ([tuple(shared)] if shared is not None else [])
     if isinstance(first, torch.Tensor):
         return _fuse_bf16(pairs, w13s, w2s, shared)
-    if first is None or first.layout != NATIVE:
+    from kernels.quant import NATIVE
+
+    if first.layout != NATIVE:
         return None
-    hidden, hp = pairs[0][1] is not None and pairs[0][1].shape[0], first.padded_shape[1]
+    hidden, hp = pairs[0][1].shape[0], first.padded_shape[1]
     for w13, w2 in pairs:
         for qw in (w13, w2):
-            if qw is None or qw.layout != NATIVE or qw.mode != first.mode or qw.group_size != first.group_size:
+            if qw is None or getattr(qw, "layout", None) != NATIVE or qw.mode != first.mode \
+                    or qw.group_size != first.group_size:
                 return None
         if (w13.shape[1] != hidden or w13.padded_shape[1] != hp or w2.shape[0] != hidden
                 or w13.shape[0] % 2 or w2.shape[1] != w13.shape[0] // 2):
             return None
     return FusedExperts(w13s, w2s, shared)
+
+
+def fuse_mlp(w13, w2) -> FusedExperts | FusedBF16Experts | None:
+    """A dense SwiGLU MLP's fused one-token kernel (a one-expert table; ``swiglu`` calls its
+    ``dense``): natively quantized or dense bf16 CPU weights only."""
+    if w13 is None or w2 is None or getattr(w13, "layout", None) == "gguf" \
+            or getattr(w13, "device", torch.device("cpu")).type != "cpu":
+        return None
+    return fuse_experts([w13], [w2])
+
+
+def _rows_fused(fused, n: int) -> bool:
+    limit = fused.max_rows or dispatch.plan().moe.fused_rows
+    return n <= limit
+
+
+def moe(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, experts: Sequence[Expert],
+        shared: Expert | None = None, fused=None) -> torch.Tensor:
+    """x [N, H], weights [N, K] float32, indices [N, K] -> [N, H]: Σ weights · experts (+ the
+    shared expert). A decode step's few tokens run ``fused`` (``fuse_experts``) one token each;
+    more tokens, or no fused kernel, the grouped path."""
+    n = x.shape[0]
+    if fused is not None and _rows_fused(fused, n):
+        if n == 1:
+            return fused(x, weights, indices)
+        return torch.cat([fused(x[i:i + 1], weights[i:i + 1], indices[i:i + 1]) for i in range(n)])
+    combine = reference_moe if dispatch.plan().moe.combine == "reference" else grouped_moe
+    y = combine(x, weights, indices, experts)
+    return y if shared is None else y + shared(x)
+
+
+def swiglu(x: torch.Tensor, w13: Expert, w2: Expert, inter: int, fused=None) -> torch.Tensor:
+    """The reference's result; a decode step's few rows run ``fused.dense`` (a one-expert
+    ``fuse_experts`` table) one row each where there is one."""
+    rows = x.numel() // x.shape[-1]
+    if fused is not None and rows <= dispatch.plan().moe.fused_rows:
+        flat = x.reshape(rows, -1)
+        return torch.cat([fused.dense(flat[i:i + 1]) for i in range(rows)]).view(x.shape)
+    g, u = w13(x).split(inter, dim=-1)
+    return w2(F.silu(g).mul_(u))

@@ -1,4 +1,15 @@
-"""Weight-only int8 / int4 quantization: a packed weight, its fast matmul, and the reference.
+"""Linear layers, y = x Wᵀ: weight-only int8 / int4 quantization (a packed weight, its fast
+matmuls and the reference) and dense bf16 weights pre-packed for oneDNN.
+
+    reference_quantized_linear   dequantize, then a float32 matmul (the math)
+    reference_native_linear      what kernels/csrc computes: rounded activations x the weight
+    cpu_native.gemm              kernels/csrc's GEMV (the "cpu_native" layout, up to 4 rows)
+    aten int4pack                PyTorch's packed int4 kernel ("cpu_int4pack" / "cuda_int4pack")
+    triton_ops.quantized_linear  CUDA, the portable layout
+    kquant.linear                GGUF blocks read in place (kernels/kquant.py)
+    quantized_linear             the op: the weight's layout was chosen from kernels.dispatch's
+                                 plan when it was built (``from_codes``); this runs its kernel
+    pack_dense / dense_linear    oneDNN's packed bf16 layout where the plan has it
 
 int8: one bf16 scale per group of 32 inputs (as llama.cpp's Q8_0), 256 symmetric levels
       w = (u - 127.5) * scale, u in 0..255; 1.0625 bytes/param. The fast path splits u into
@@ -13,16 +24,18 @@ round at least as accurately as Q8_0 / Q4_0 (group 32) do.
 Shapes the packed kernel cannot take are padded with zero rows/columns at quantization time
 (N % 16 == 0, K % group == 0), so every CPU weight runs it. Devices without a packed kernel
 use the vectorised fallback (dequantize, then one F.linear). The packed kernel takes bf16
-activations and returns bf16. Dispatch lives in ``_kernel`` only.
+activations and returns bf16.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from kernels import dispatch
 
 __all__ = [
     "QuantizedWeight",
@@ -32,6 +45,9 @@ __all__ = [
     "reference_round_activations",
     "reference_native_linear",
     "dequantize",
+    "can_pack",
+    "pack_dense",
+    "dense_linear",
     "from_codes",
     "to_codes",
 ]
@@ -68,6 +84,8 @@ class QuantizedWeight:
     group_size: int
     tensors: dict[str, Tensor]
     layout: str = "plain"
+    # its kernel's arguments, bound at the first matmul (the per-call Python cost is what decode pays)
+    bound: "NativeMatmul | PackedMatmul | None" = field(default=None, repr=False, compare=False)
 
     @property
     def padded_shape(self) -> tuple[int, int]:
@@ -248,9 +266,7 @@ def _aligned(t: Tensor) -> Tensor:
 
 def _triton_cuda() -> bool:
     """CUDA weights keep the portable layout and run kernels/triton_ops where triton imports."""
-    from kernels import triton_ops   # importing it does not import triton
-
-    return triton_ops.enabled()
+    return dispatch.plan().triton
 
 
 def _packed_layout(device: torch.device, n: int, k: int, group: int) -> str | None:
@@ -262,17 +278,13 @@ def _packed_layout(device: torch.device, n: int, k: int, group: int) -> str | No
 
 
 NATIVE = "cpu_native"
-NATIVE_MAX_ROWS = 4    # the native kernel's batch; more rows (prefill) dequantize, then one matmul
 
 
 def native_ok(mode: str, group_size: int, device) -> bool:
-    """Whether the native CPU kernel (kernels/csrc) takes this weight: CPU, a group of whole
-    32-input (int8) / 64-input (int4) blocks, and the library built and loaded."""
-    if torch.device(device).type != "cpu" or group_size % (32 if mode == "int8" else 64):
-        return False
-    from kernels import cpu_native
-
-    return cpu_native.lib() is not None
+    """Whether the native CPU kernel (kernels/csrc) takes this weight: the plan runs it, CPU,
+    and a group of whole 32-input (int8) / 64-input (int4) blocks."""
+    return (torch.device(device).type == "cpu" and not group_size % (32 if mode == "int8" else 64)
+            and dispatch.plan().linear.quantized == "native")
 
 
 def _to_native(mode: str, codes: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -423,80 +435,108 @@ def _kernel(qw: QuantizedWeight):
     return int8_as_two_int4
 
 
-_BF16_NATIVE: list[bool] = []
+@dataclass(frozen=True)
+class NativeMatmul:
+    """A "cpu_native" weight's arguments to kernels/csrc, bound once."""
+
+    bits: int
+    q: Tensor
+    scale: Tensor
+    kp: int
+    group: int
+    n: int
+    k: int
 
 
-def bf16_matmul_native() -> bool:
-    """Whether bf16 matmuls run natively here (torch's CPU capability AVX-512 and oneDNN's bf16
-    support); elsewhere (AVX2, ARM64 without it) they are emulated, slower than float32.
-    Honours ATEN_CPU_CAPABILITY, so AVX2 can be emulated on an AVX-512 machine."""
-    if not _BF16_NATIVE:
-        try:
-            ok = (torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
-                  and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
-        except (AttributeError, RuntimeError):
-            ok = False
-        _BF16_NATIVE.append(ok)
-    return _BF16_NATIVE[0]
+@dataclass(frozen=True)
+class PackedMatmul:
+    """A packed weight's kernel (None: the vectorised fallback) and its padding, bound once."""
+
+    kernel: object
+    n: int
+    k: int
+    pad_k: int
+    slice_n: bool
 
 
-def _native_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
+def _bind(qw: QuantizedWeight) -> NativeMatmul | PackedMatmul:
+    np_, kp = qw.padded_shape
+    n, k = qw.shape
+    if qw.layout == NATIVE:
+        qw.bound = NativeMatmul(8 if qw.mode == "int8" else 4, qw.tensors["q"],
+                                qw.tensors["scale" if qw.mode == "int8" else "scale_zero"], kp, qw.group_size, n, k)
+    else:
+        qw.bound = PackedMatmul(_kernel(qw), n, k, kp - k, np_ != n)
+    return qw.bound
+
+
+def _native_linear(x: Tensor, b: NativeMatmul) -> Tensor:
     from kernels import cpu_native
 
-    plan = qw.__dict__.get("_native")
-    if plan is None:
-        np_, kp = qw.padded_shape
-        plan = qw.__dict__["_native"] = (8 if qw.mode == "int8" else 4, qw.tensors["q"],
-                                         qw.tensors["scale" if qw.mode == "int8" else "scale_zero"],
-                                         kp, qw.group_size, *qw.shape)
-    bits, q, s, kp, gs, n, k = plan
-    x2 = x.reshape(-1, k)
+    x2 = x.reshape(-1, b.k)
     if x2.dtype not in (torch.bfloat16, torch.float32):
         x2 = x2.float()
     m = x2.shape[0]
     if m == 0:
-        return x.new_zeros(*x.shape[:-1], n)
+        return x.new_zeros(*x.shape[:-1], b.n)
     x2 = x2.contiguous()
-    if m <= NATIVE_MAX_ROWS:
-        y = cpu_native.gemm(bits, x2, q, s, kp, gs, n)
+    lin = dispatch.plan().linear
+    if m <= lin.native_rows:
+        y = cpu_native.gemm(b.bits, x2, b.q, b.scale, b.kp, b.group, b.n, lin.act_bits(b.bits))
     else:   # many rows: the weight dequantized once, one matmul in the CPU's fast float type
-        dt = x2.dtype if x2.dtype == torch.float32 or bf16_matmul_native() else torch.float32
-        y = F.linear(x2.to(dt), cpu_native.dequant(bits, q, s, kp, gs, n, k, dt))
+        dt = x2.dtype if x2.dtype == torch.float32 else lin.prefill_dtype
+        y = F.linear(x2.to(dt), cpu_native.dequant(b.bits, b.q, b.scale, b.kp, b.group, b.n, b.k, dt))
     if y.dtype != x.dtype:
         y = y.to(x.dtype)
-    return y.view(*x.shape[:-1], n)
+    return y.view(*x.shape[:-1], b.n)
 
 
 def quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
     """x [..., in] -> [..., out] with the kernel of the weight's layout: native (float
-    activations, at most 4 rows per kernel call; more rows dequantize and run one matmul)
-    or aten's packed int4 kernel (bf16 activations)."""
-    if qw.layout == NATIVE:
-        return _native_linear(x, qw)
+    activations, at most 4 rows per kernel call; more rows dequantize and run one matmul),
+    GGUF blocks, Triton on CUDA, or aten's packed int4 kernel (bf16 activations)."""
     if qw.layout == "gguf":   # kernels.kquant.GGUFWeight: ggml blocks read in place
         from kernels import kquant
 
         return kquant.linear(x, qw)
+    b = qw.bound or _bind(qw)
+    if qw.layout == NATIVE:
+        return _native_linear(x, b)
     if x.is_cuda and qw.layout in ("codes", "nibbles") and _triton_cuda():
         from kernels import triton_ops
 
         return triton_ops.quantized_linear(x, qw)
-    plan = qw.__dict__.get("_plan")
-    if plan is None:   # decided once per weight: the per-call Python cost is what decode pays
-        n, k = qw.shape
-        np_, kp = qw.padded_shape
-        plan = qw.__dict__["_plan"] = (_kernel(qw), n, k, kp - k, np_ != n)
-    kernel, n, k, pad_k, slice_n = plan
-    if kernel is None:   # vectorised fallback: one dequantize, one matmul
+    if b.kernel is None:   # vectorised fallback: one dequantize, one matmul
         return F.linear(x, dequantize(qw, x.dtype))
-    x2 = x.reshape(-1, k)
-    if pad_k:
-        x2 = F.pad(x2, (0, pad_k))
+    x2 = x.reshape(-1, b.k)
+    if b.pad_k:
+        x2 = F.pad(x2, (0, b.pad_k))
     if x2.dtype != torch.bfloat16:
         x2 = x2.to(torch.bfloat16)
-    y = kernel(x2.contiguous())
-    if slice_n:
-        y = y[:, :n]
+    y = b.kernel(x2.contiguous())
+    if b.slice_n:
+        y = y[:, :b.n]
     if y.dtype != x.dtype:
         y = y.to(x.dtype)
-    return y.view(*x.shape[:-1], n) if not slice_n else y.reshape(*x.shape[:-1], n)
+    return y.view(*x.shape[:-1], b.n) if not b.slice_n else y.reshape(*x.shape[:-1], b.n)
+
+
+# ---------------------------------------------------------------------------------------
+# dense bf16 weights pre-packed in oneDNN's blocked layout (CPU)
+# For batch-1 decode the plain bf16 F.linear re-lays the weight out on every call; packing it
+# once at load makes those matmuls 2-3x faster with bit-identical results.
+
+
+def can_pack(w: Tensor) -> bool:
+    """Whether ``w`` gets oneDNN's packed layout: CPU bf16 matrices, where the plan has oneDNN
+    bf16 (kernels.capability: AVX-512 or AVX-NE-CONVERT; elsewhere the plain F.linear runs)."""
+    return (w.device.type == "cpu" and w.dtype == torch.bfloat16 and w.dim() == 2
+            and dispatch.plan().linear.dense == "onednn-packed")
+
+
+def pack_dense(w: Tensor) -> Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
+
+
+def dense_linear(x: Tensor, packed: Tensor) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")

@@ -10,7 +10,8 @@
 
 Importing this module does not import triton (CPU-only installs never need it); the kernels
 (``kernels.triton_kernels``) load on first use. ``available()`` tells whether triton imports,
-``enabled()`` whether CUDA tensors should use it (DUET_TRITON=0 turns it off).
+``installed()`` whether it is there without importing it; whether CUDA tensors use these is
+kernels.dispatch's plan (DUET_TRITON=0 turns them off), each op's module picks them from it.
 Launchers take tensors on the device the kernels run on: CUDA, or CPU under TRITON_INTERPRET=1.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Sequence
 
 import torch
@@ -39,10 +39,13 @@ def available() -> bool:
     return _AVAILABLE
 
 
-def enabled() -> bool:
-    """Whether CUDA tensors should run these kernels: triton imports and DUET_TRITON is not "0"
-    (the switch back to the PyTorch paths, should a GPU/driver/triton mix misbehave)."""
-    return os.environ.get("DUET_TRITON") != "0" and available()
+def installed() -> bool:
+    """Whether triton is there to import, without importing it (until ``available`` has)."""
+    if _AVAILABLE is not None:
+        return _AVAILABLE
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def _k():

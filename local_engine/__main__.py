@@ -1,4 +1,5 @@
-"""python -m local_engine generate|bench — run the engine alone.
+"""python -m local_engine generate|bench — run the engine alone (bench: bench/engine_bench.py,
+in a source checkout).
 
 Exit status 0 on success, 2 for a bad model folder or arguments (one line on stderr), 1 otherwise."""
 
@@ -25,10 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="draft with the checkpoint's MTP module and verify (same greedy output, same distribution)")
     g.add_argument("--raw", action="store_true", help="feed PROMPT as is, without the chat template")
     g.add_argument("prompt")
-    b = sub.add_parser("bench", help="Duet vs transformers on the same weights (see bench/)")
-    from local_engine.bench import add_arguments
-
-    add_arguments(b)
+    sub.add_parser("bench", help="Duet vs transformers on the same weights (bench/engine_bench.py; "
+                                 "its options follow)", add_help=False)
     return p
 
 
@@ -76,16 +75,28 @@ def generate(args) -> int:
     return 0
 
 
+def bench(argv: list[str]) -> int:
+    """The engine bench lives outside the runtime package, in the checkout's bench/ folder."""
+    import runpy
+    from pathlib import Path
+
+    from local_engine.errors import InputError
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "engine_bench.py"
+    if not script.is_file():
+        raise InputError(f"{script}: not found; the engine bench runs from a source checkout of duet")
+    return runpy.run_path(str(script), run_name="engine_bench")["main"](argv)
+
+
 def main(argv=None) -> int:
     from local_engine.errors import InputError, ModelError
 
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if args.command == "generate":
-            return generate(args)
-        from local_engine.bench import run
-
-        return run(args)
+        if argv[:1] == ["bench"]:
+            return bench(argv[1:])
+        args = _parser().parse_args(argv)
+        return bench([]) if args.command == "bench" else generate(args)
     except (ModelError, InputError) as e:
         print(f"local_engine: error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from kernels import capability
+from kernels import dispatch
 from local_engine.config import ModelArgs
 from local_engine.errors import InputError, ModelError
 from local_engine.loader import _release_free_memory
@@ -50,6 +50,10 @@ class Engine:
         layers load (from the loading thread). ``mtp``: also load the checkpoint's MTP module
         (DeepSeek-V3/R1's ``model.layers.{num_hidden_layers}``), which ``speculative="mtp"`` drafts with."""
         folder = Path(path).expanduser()
+        try:
+            dispatch.plan()  # the kernels are planned from the CPU and the switches (a bad DUET_* stops here)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
         if folder.is_file():  # a GGUF file: its own quantized types, tokenizer and template
             from local_engine.gguf_loader import load_engine
 
@@ -67,10 +71,6 @@ class Engine:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ModelError(f"device {device!r}: no CUDA device is available here")
         args = ModelArgs.from_folder(folder)
-        try:
-            capability.detect()  # the CPU paths are planned from it (a bad DUET_CPU stops here)
-        except ValueError as exc:
-            raise ModelError(str(exc)) from None
         if torch.device(device).type == "cpu":
             # attention probabilities underflow to denormals; on x86 those make bmm/softmax 10x slower
             torch.set_flush_denormal(True)

@@ -270,18 +270,6 @@ def _expert_weight(r: _Reader, info: TensorInfo, e: int, rows: int, cols: int):
     return kquant.GGUFWeight(info.type, (rows, cols), r.raw(part))
 
 
-class _GGUFMoEDecode:
-    """One token through a MoE layer whose routed experts are GGUF blocks: the routed experts
-    in one native call (kernels.kquant.GGUFExperts), plus the shared expert."""
-
-    def __init__(self, experts: kquant.GGUFExperts, shared):
-        self.experts, self.shared = experts, shared
-
-    def __call__(self, x, weights, indices):
-        y = self.experts(x, weights, indices)
-        return y if self.shared is None else y + self.shared(x)
-
-
 def _fill_block(r: _Reader, block: Block, i: int, args: ModelArgs) -> None:
     p = f"blk.{i}."
     a = block.attn
@@ -334,16 +322,6 @@ def _fill_block(r: _Reader, block: Block, i: int, args: ModelArgs) -> None:
             r.check(ui, (sh.inter, Hd))
             _fill_w13(r, sh.w13, gi, ui)
             _fill_linear(r, sh.w2, p + "ffn_down_shexp.weight")
-        gates = [e.w13.qweight for e in ffn.experts]
-        if all(q is not None for q in gates):
-            halves = [(kquant.GGUFWeight(q.type, (q.shape[0] // 2, q.shape[1]), q.data[: q.shape[0] // 2]),
-                       kquant.GGUFWeight(q.type, (q.shape[0] // 2, q.shape[1]), q.data[q.shape[0] // 2:]))
-                      for q in gates]
-            downs = [e.w2.qweight for e in ffn.experts]
-            gs, us = [h[0] for h in halves], [h[1] for h in halves]
-            if r.device.type == "cpu" and kquant.GGUFExperts.fits(gs, us, downs):
-                # model.native_decode() finds it here: one native call per MoE layer and token
-                ffn.__dict__["_native_decode"] = _GGUFMoEDecode(kquant.GGUFExperts(gs, us, downs), ffn.shared)
     else:
         gi, ui = r.info(p + "ffn_gate.weight"), r.info(p + "ffn_up.weight")
         r.check(gi, (ffn.inter, args.hidden_size))

@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import dispatch
+from kernels import norm_rope, quant
 
 
 class Linear(nn.Module):
     """y = x Wᵀ with weight [out, in]; ``qweight`` replaces ``weight`` once quantized.
 
-    ``pack_()`` swaps the weight for a pre-packed copy (kernels.dispatch decides if the device
-    and dtype have one); ``weight`` then reads back as a dense tensor on demand."""
+    ``pack_()`` swaps the weight for a pre-packed copy (kernels.quant.can_pack: where the plan
+    has one for this device and dtype); ``weight`` then reads back as a dense tensor on demand."""
 
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype | None = None):
         super().__init__()
@@ -29,19 +29,17 @@ class Linear(nn.Module):
 
     def pack_(self) -> bool:
         w = self._parameters.get("weight")
-        if self.qweight is not None or w is None or not dispatch.can_pack(w):
+        if self.qweight is not None or w is None or not quant.can_pack(w):
             return False
-        self.packed = dispatch.pack_weight(w.data)
+        self.packed = quant.pack_dense(w.data)
         del self._parameters["weight"]
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qweight is not None:
-            from kernels.quant import quantized_linear
-
-            return quantized_linear(x, self.qweight)
+            return quant.quantized_linear(x, self.qweight)
         if self.packed is not None:
-            return dispatch.packed_linear(x, self.packed)
+            return quant.dense_linear(x, self.packed)
         return F.linear(x, self.weight)
 
     def extra_repr(self) -> str:
@@ -56,4 +54,4 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dispatch.rms_norm(x, self.weight, self.eps)
+        return norm_rope.rms_norm(x, self.weight, self.eps)

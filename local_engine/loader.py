@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kernels import dispatch
+from kernels import dispatch, fp8
 from local_engine.config import ModelArgs
 from local_engine.errors import ModelError
 from local_engine.layers import Linear
@@ -98,8 +98,8 @@ class Shards:
                 raise ModelError(f"{f.path}: FP8 tensor {name} has no {sk}")
             fits = out is not None and out.dtype == dtype and out.shape == t.shape and out.device == t.device
             try:
-                t = dispatch.fp8_block_dequant(t, self.read(sk, torch.float32, "cpu"), dtype,
-                                               out=out if fits else None)
+                t = fp8.fp8_block_dequant(t, self.read(sk, torch.float32, "cpu"), dtype,
+                                           out=out if fits else None)
             except ValueError as e:
                 raise ModelError(f"{f.path}: tensor {name}: {e}") from None
         if t.is_floating_point():
@@ -245,7 +245,7 @@ def load_model(folder, args: ModelArgs, *, dtype: torch.dtype, device, max_batch
     try:
         model = _load(shards, args, dtype, device, max_batch, max_seq_len, quant, pack, progress)
         if mtp:
-            dense_mlp = pack and not quant and dispatch.native_bf16_mlp(dtype, device)
+            dense_mlp = pack and not quant and dispatch.plan().fused_bf16_mlp(dtype, device)
             for layer in mtp_layers(shards, args)[:1]:  # drafting chains the first (V3/R1 ship one)
                 model.mtp.append(_load_mtp(model, layer, shards, args, dtype, device, max_batch, max_seq_len,
                                            quant, pack and not quant, dense_mlp))
@@ -311,7 +311,7 @@ def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pa
         m = _LAYER.match(n)
         if m and int(m.group(1)) < args.num_hidden_layers and not n.endswith("_scale_inv"):
             plan.setdefault(int(m.group(1)), []).append(n)
-    dense_mlp = pack and not quant and dispatch.native_bf16_mlp(dtype, device)
+    dense_mlp = pack and not quant and dispatch.plan().fused_bf16_mlp(dtype, device)
     quantize_block_ = None
     if quant:
         from local_engine.quantize import quantize_block_

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import dispatch, mla
+from kernels import indexer, mla, moe, norm_rope
 from local_engine.config import ModelArgs
 from local_engine.layers import Linear, RMSNorm
 
@@ -44,7 +44,7 @@ class Indexer(nn.Module):
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [B, T, heads, D]: rotate-half rope on the first ``rope`` dims."""
-        return torch.cat([dispatch.apply_rope(x[..., : self.rope], cos, sin, False), x[..., self.rope:]], dim=-1)
+        return torch.cat([norm_rope.apply_rope(x[..., : self.rope], cos, sin, False), x[..., self.rope:]], dim=-1)
 
     def forward(self, x: torch.Tensor, q_lat: torch.Tensor, start_pos: int, cos: torch.Tensor,
                 sin: torch.Tensor) -> torch.Tensor | None:
@@ -63,7 +63,7 @@ class Indexer(nn.Module):
         self.cache[:B, start_pos:end] = qk[:, :, self.n_heads]
         w = F.linear(x.float(), self.weights_proj) * self.n_heads ** -0.5  # [B, T, Hi]
         rows = mla.padded_length(end, self.cache.shape[1])
-        return dispatch.indexer_topk(q, w, self.cache[:B, :rows], self.scale, start_pos, self.topk)
+        return indexer.indexer_topk(q, w, self.cache[:B, :rows], self.scale, start_pos, self.topk)
 
 
 class MLA(nn.Module):
@@ -89,8 +89,7 @@ class MLA(nn.Module):
         self.indexer = Indexer(a) if a.sparse_attention else None  # V3.2
         self.wqkv_a: Linear | None = None  # fuse_qkv_a_(): [wq_a or wq; wkv_a] as one matmul
         self.cache: torch.Tensor | None = None  # [max_batch, max_seq, kv_lora + rope]
-        self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None  # W_uk, W_uvᵀ (contiguous)
-        self._native = False  # absorbed() decides: bf16 W_uk/W_uvᵀ and the native one-token GEMV
+        self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None  # W_uk, W_uvᵀ (kernels.mla.absorb)
 
     def alloc_cache(self, max_batch: int, max_seq_len: int, dtype: torch.dtype, device) -> None:
         self.cache = torch.zeros(max_batch, max_seq_len, self.kv_lora + self.rope, dtype=dtype, device=device)
@@ -98,22 +97,15 @@ class MLA(nn.Module):
             self.indexer.alloc_cache(max_batch, max_seq_len, dtype, device)
 
     def absorbed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """kv_b split per head for the absorbed form: W_uk [H, nope, kv_lora], W_uvᵀ [H, kv_lora, v].
-
-        Made once, contiguous (strided batched matmuls are 2x slower). In bf16 where the native
-        per-head GEMV runs the one-token decode (``dispatch.native_head_gemv``: bf16 on CPU);
-        else in float32: the same values, but CPU batched matmuls of these per-head shapes run
-        faster in float32 than in bf16. Costs one more copy of kv_b (<1% of a model)."""
+        """kv_b split per head for the absorbed form: W_uk [H, nope, kv_lora], W_uvᵀ [H, kv_lora, v],
+        made once (kernels.mla.absorb picks their dtype). Costs one more copy of kv_b (<1% of a model)."""
         if self._absorbed is None:
             w = self.wkv_b.weight
             if self.wkv_b.qweight is not None:  # quantized anyway: absorb its dequantized values
                 from kernels.quant import dequantize
 
                 w = dequantize(self.wkv_b.qweight, self.cache.dtype)
-            self._native = dispatch.native_head_gemv(self.cache)
-            w = w.to(torch.bfloat16 if self._native else torch.float32)
-            w = w.view(self.n_heads, self.nope + self.v, self.kv_lora)
-            self._absorbed = (w[:, : self.nope].contiguous(), w[:, self.nope:].transpose(1, 2).contiguous())
+            self._absorbed = mla.absorb(w, self.n_heads, self.nope, self.v, self.kv_lora, self.cache)
         return self._absorbed
 
     def fuse_qkv_a_(self) -> bool:
@@ -155,7 +147,7 @@ class MLA(nn.Module):
         c_kv, k_pe = kv.split([self.kv_lora, self.rope], dim=-1)
         c_kv = self.kv_norm(c_kv)  # [B, T, kv_lora]
         # one rotation for the query heads and the shared key: [B, T, H + 1, rope]
-        pe = dispatch.apply_rope(torch.cat([q_pe, k_pe.unsqueeze(2)], dim=2), cos, sin, self.interleaved)
+        pe = norm_rope.apply_rope(torch.cat([q_pe, k_pe.unsqueeze(2)], dim=2), cos, sin, self.interleaved)
         q_pe, k_pe = pe[:, :, :H], pe[:, :, H]  # [B, T, H, rope], [B, T, rope]
         self.cache[:B, start_pos:end, : self.kv_lora] = c_kv
         self.cache[:B, start_pos:end, self.kv_lora:] = k_pe
@@ -174,27 +166,20 @@ class MLA(nn.Module):
         else:
             # absorbed: q_nope · W_uk into latent space, attend over the latent cache, W_uv out
             w_uk, w_uv_t = self.absorbed()
-            one = self._native and B * T == 1  # one token: the native per-head GEMV
-            if one:
-                q_lat = dispatch.head_gemv(q_nope.reshape(H, self.nope).float(), w_uk).unsqueeze(1)  # [H, 1, kv_lora]
-            else:
-                q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1).to(w_uk.dtype), w_uk)
-            q_abs = torch.cat([q_lat.transpose(0, 1).view(B, T, H, self.kv_lora).to(x.dtype), q_pe], dim=-1)
+            q_lat = mla.per_head(q_nope.reshape(B * T, H, self.nope), w_uk)  # [B*T, H, kv_lora]
+            q_abs = torch.cat([q_lat.view(B, T, H, self.kv_lora).to(x.dtype), q_pe], dim=-1)
             rows = mla.padded_length(end, self.cache.shape[1])  # few distinct shapes: oneDNN reuses its kernels
             if chosen is None:
-                lat = dispatch.mla_attention(q_abs, self.cache[:B, :rows], self.kv_lora, self.scale, start_pos)
+                lat = mla.mla_attention(q_abs, self.cache[:B, :rows], self.kv_lora, self.scale, start_pos)
             else:  # V3.2 past index_topk tokens: only the rows the indexer chose
-                lat = dispatch.sparse_mla_attention(q_abs, self.cache[:B, :rows], chosen, self.kv_lora,
-                                                    self.scale, start_pos)
-            if one:
-                out = dispatch.head_gemv(lat.reshape(H, self.kv_lora).float(), w_uv_t).unsqueeze(1)  # [H, 1, v]
-            else:
-                out = torch.bmm(lat.reshape(B * T, H, self.kv_lora).transpose(0, 1).to(w_uv_t.dtype), w_uv_t)
-            out = out.transpose(0, 1).reshape(B, T, H, self.v).to(x.dtype)
+                lat = indexer.sparse_mla_attention(q_abs, self.cache[:B, :rows], chosen, self.kv_lora,
+                                                   self.scale, start_pos)
+            out = mla.per_head(lat.reshape(B * T, H, self.kv_lora), w_uv_t)  # [B*T, H, v]
+            out = out.reshape(B, T, H, self.v).to(x.dtype)
         return self.wo(out.flatten(2))
 
 
-FEW_ROWS = 5  # up to this many tokens run the one-token native kernels row by row (MTP verification)
+_UNBUILT = object()
 
 
 class MLP(nn.Module):
@@ -205,16 +190,12 @@ class MLP(nn.Module):
         self.inter = inter
         self.w13 = Linear(dim, 2 * inter)
         self.w2 = Linear(inter, dim)
+        self.fused = _UNBUILT  # kernels.moe.fuse_mlp's one-token kernel, made at the first call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows <= FEW_ROWS:  # one token (or a speculative verify's few): native calls where the weights allow
-            fused = native_decode(self, lambda: ([decode_weight(self.w13)], [decode_weight(self.w2)]))
-            if fused is not None:
-                flat = x.reshape(rows, -1)
-                return torch.cat([fused.dense(flat[i:i + 1]) for i in range(rows)]).view(x.shape)
-        g, u = self.w13(x).split(self.inter, dim=-1)
-        return self.w2(F.silu(g).mul_(u))
+        if self.fused is _UNBUILT:
+            self.fused = moe.fuse_mlp(decode_weight(self.w13), decode_weight(self.w2))
+        return moe.swiglu(x, self.w13, self.w2, self.inter, self.fused)
 
 
 def decode_weight(lin: Linear):
@@ -225,23 +206,11 @@ def decode_weight(lin: Linear):
     return lin._parameters.get("weight") if lin.packed is None else None
 
 
-def native_decode(module: nn.Module, weights):
-    """The fused one-token kernel of an MLP or MoE (kernels.moe.fuse_experts over the
-    (w13s, w2s[, shared]) that ``weights()`` lists), built at its first one-token call and
-    kept on the module; None where the weights are neither natively quantized nor dense bf16
-    on CPU. Quantizing a module afterwards must drop it (``forget_native_decode``)."""
-    plan = module.__dict__.get("_native_decode")
-    if plan is None:
-        from kernels.moe import fuse_experts
-
-        plan = fuse_experts(*weights()) or False
-        module.__dict__["_native_decode"] = plan
-    return plan or None
-
-
-def forget_native_decode(module: nn.Module) -> None:
+def forget_fused(module: nn.Module) -> None:
+    """Drop the fused kernels built over a module's weights (after they change: quantization)."""
     for m in module.modules():
-        m.__dict__.pop("_native_decode", None)
+        if isinstance(m, (MLP, MoE)):
+            m.fused = _UNBUILT
 
 
 class Gate(nn.Module):
@@ -288,47 +257,20 @@ class MoE(nn.Module):
                                      for _ in range(args.n_routed_experts))
         n_shared = args.n_shared_experts or 0
         self.shared = MLP(args.hidden_size, n_shared * args.moe_intermediate_size) if n_shared else None
+        self.fused = _UNBUILT  # kernels.moe.fuse_experts' decode kernel, made at the first call
 
-    def _expert_weights(self):
+    def _fuse(self):
         shared = (decode_weight(self.shared.w13), decode_weight(self.shared.w2)) if self.shared is not None else None
-        return [decode_weight(e.w13) for e in self.experts], [decode_weight(e.w2) for e in self.experts], shared
-
-    def _expert_table(self, x):
-        """The Triton decode table of this layer's quantized experts (CUDA only), built once."""
-        if not dispatch.uses_triton(x.device.type):
-            return None
-        if "_table" not in self.__dict__:
-            from kernels import triton_ops
-
-            qs = [(e.w13.qweight, e.w2.qweight) for e in self.experts]
-            ok = all(a is not None and b is not None and a.layout in ("nibbles", "codes") for a, b in qs)
-            self.__dict__["_table"] = triton_ops.ExpertTable(*zip(*qs)) if ok else None
-        return self.__dict__["_table"]
+        return moe.fuse_experts([decode_weight(e.w13) for e in self.experts], [decode_weight(e.w2) for e in self.experts],
+                                shared, self.shared)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [N, H]
         weights, indices = self.gate(flat)
-        if flat.shape[0] == 1:  # decode: routed + shared experts in one native call where possible
-            table = self._expert_table(flat)
-            if table is not None:  # CUDA: the routed experts in two Triton launches
-                from kernels import triton_ops
-
-                y = triton_ops.moe_decode(flat, weights, indices, table)
-                return (y if self.shared is None else y + self.shared(flat)).view(shape)
-            fused = native_decode(self, self._expert_weights)
-            if fused is not None:
-                return fused(flat, weights, indices).view(shape)
-        elif flat.shape[0] <= FEW_ROWS and not dispatch.uses_triton(flat.device.type):
-            # a speculative verify's few tokens: the one-token native call per token beats the general path
-            fused = native_decode(self, self._expert_weights)
-            if fused is not None:
-                return torch.cat([fused(flat[i:i + 1], weights[i:i + 1], indices[i:i + 1])
-                                  for i in range(flat.shape[0])]).view(shape)
-        y = dispatch.moe_combine(flat, weights, indices, self.experts)
-        if self.shared is not None:
-            y = y + self.shared(flat)
-        return y.view(shape)
+        if self.fused is _UNBUILT:
+            self.fused = self._fuse()
+        return moe.moe(flat, weights, indices, self.experts, self.shared, self.fused).view(shape)
 
 
 class Block(nn.Module):

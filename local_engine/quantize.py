@@ -52,12 +52,12 @@ def quantize_block_(block: nn.Module, mode: str, *, attention: bool = False,
     """Quantize one block's Linears in place (call right after the block's weights load)."""
     if mode not in MODES:
         raise ModelError(f"quant must be one of {', '.join(MODES)}, got {mode!r}")
-    from local_engine.model import forget_native_decode
+    from local_engine.model import forget_fused
 
     for _, m in _targets(block, attention):
         if m.qweight is None:
             _set_quantized(m, quantize_weight(m.weight, mode, group_size=group_size))
-    forget_native_decode(block)
+    forget_fused(block)
 
 
 def quantized_bytes(model: nn.Module) -> tuple[int, int]:

@@ -132,13 +132,13 @@ def test_fp8_weights_are_dequantized_into_the_model(checkpoints):
 
 
 def test_packed_bf16_weights_compute_what_plain_weights_compute(checkpoints):
-    from kernels import capability, dispatch
+    from kernels import capability, quant
 
     folder = checkpoints["v3_sharded_mtp_yarn"][0]
     plain = Engine.load(folder, dtype="bfloat16", max_seq_len=64, pack=False)
     packed = Engine.load(folder, dtype="bfloat16", max_seq_len=64, pack=True)
     lin = packed.model.layers[1].attn.wo  # (MLP weights stay dense where the native fused MLP reads them)
-    if not dispatch.can_pack(plain.model.layers[1].attn.wo.weight):
+    if not quant.can_pack(plain.model.layers[1].attn.wo.weight):
         pytest.skip(f"bf16 packing {capability.detect().bf16_packing_why}")
     assert lin.packed is not None and "weight" not in lin._parameters
     assert packed.model.layers[0].attn.wkv_b.packed is None  # read as a matrix by absorbed decode
@@ -152,14 +152,14 @@ def test_packed_bf16_weights_compute_what_plain_weights_compute(checkpoints):
 
 @pytest.mark.parametrize("name", ["v3_sharded_mtp_yarn", "v2_no_qlora_softmax"])
 def test_fused_q_and_kv_a_projection_equals_the_two_projections_it_replaces(checkpoints, name):
-    from kernels import capability, dispatch
+    from kernels import capability, quant
     from local_engine.layers import Linear
 
     folder = checkpoints[name][0]
     plain = Engine.load(folder, dtype="bfloat16", max_seq_len=64, pack=False)
     attn = plain.model.layers[0].attn
     q_lin = attn.wq_a if hasattr(attn, "wq_a") else attn.wq
-    if not dispatch.can_pack(q_lin.weight):
+    if not quant.can_pack(q_lin.weight):
         pytest.skip(f"bf16 packing {capability.detect().bf16_packing_why}")
     packed = Engine.load(folder, dtype="bfloat16", max_seq_len=64, pack=True)
     fused = packed.model.layers[0].attn

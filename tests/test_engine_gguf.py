@@ -126,7 +126,7 @@ def _decode_logits(eng, ids) -> np.ndarray:
 
 @pytest.mark.parametrize("ftype", list(CASES))
 def test_each_type_is_at_least_as_close_to_the_exact_dequantized_model_as_llama_cpp_is(ftype, kshape, tmp_path):
-    from kernels import kquant
+    from kernels import dispatch, kquant
 
     hf, f32 = kshape
     if ftype in ("Q8_0", "Q4_0"):
@@ -143,9 +143,9 @@ def test_each_type_is_at_least_as_close_to_the_exact_dequantized_model_as_llama_
     eng = Engine.load(q, dtype="float32", max_seq_len=96)
     assert kquant.act_bits() == 16                           # the default: integer activations, two 8-bit terms
     decoded = _decode_logits(eng, ids)
-    with kquant.activations(8):                              # llama.cpp's own activation codes: shown, not
+    with dispatch.overridden(gguf_act_bits=8):                              # llama.cpp's own activation codes: shown, not
         decoded8 = _decode_logits(eng, ids)                  # asserted (as close as llama.cpp: a coin flip)
-    with kquant.activations(32):                             # the float reference path
+    with dispatch.overridden(gguf_act_bits=32):                             # the float reference path
         reference = _decode_logits(eng, ids)
         prefill = eng.forward(torch.tensor([ids]))[0].numpy()
     (cos_l, top_l), (cos_d, top_d) = H.agreement(exact, theirs), H.agreement(exact, decoded)

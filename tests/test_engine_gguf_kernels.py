@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import kquant
+from kernels import dispatch, kquant
 
 quants = pytest.importorskip("gguf.quants")
 
@@ -83,7 +83,7 @@ def test_the_integer_activation_matmul_equals_its_reference_under_every_build(bu
     raw = random_blocks(type_id, 40, k, seed=rows + k)
     w = kquant.GGUFWeight(type_id, (40, k), torch.from_numpy(raw))
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
-    with kquant.activations(act):
+    with dispatch.overridden(gguf_act_bits=act):
         y = kquant.linear(x, w)
     ref, exact = kquant.reference_linear(x, w, act), kquant.reference_linear(x, w, 32)
     assert y.shape == (rows, 40) and y.dtype == torch.float32
@@ -99,7 +99,7 @@ def test_the_float_path_is_the_float32_product_of_the_exact_weights(build, type_
     w = kquant.GGUFWeight(type_id, (40, 768), torch.from_numpy(raw))
     x = torch.randn(rows, 768, generator=torch.Generator().manual_seed(rows))
     ref = x.double() @ torch.from_numpy(quants.dequantize(raw, type_id)).double().t()
-    with kquant.activations(32):
+    with dispatch.overridden(gguf_act_bits=32):
         y = kquant.linear(x, w)
         yb = kquant.linear(x.to(torch.bfloat16), w)
     assert y.shape == (rows, 40) and y.dtype == torch.float32
@@ -166,7 +166,7 @@ def test_the_fused_gguf_moe_step_equals_its_experts_one_by_one(build, kinds, act
     fused = kquant.GGUFExperts(gates, ups, downs)
     x = torch.randn(1, H)
     idx, wts = torch.tensor([[4, 1, 2]]), torch.tensor([[0.5, 0.3, 0.2]])
-    with kquant.activations(act):
+    with dispatch.overridden(gguf_act_bits=act):
         y = fused(x, wts, idx)
     ref = torch.zeros(1, H, dtype=torch.float64)
     for e, wt in zip(idx[0].tolist(), wts[0].tolist()):
@@ -193,14 +193,19 @@ def test_duet_cpu_builds_the_gguf_kernels_for_that_level(level, isa):
     assert r.stdout.split()[-1] == isa
 
 
-def test_the_activation_setting_is_read_in_one_place_and_a_bad_value_is_named(monkeypatch):
-    monkeypatch.delenv(kquant.ACT_ENV, raising=False)
-    assert kquant.act_bits() == 16
-    monkeypatch.setenv(kquant.ACT_ENV, "8")
-    assert kquant.act_bits() == 8
-    with kquant.activations(32):
-        assert kquant.act_bits() == 32
-    assert kquant.act_bits() == 8
-    monkeypatch.setenv(kquant.ACT_ENV, "4")
-    with pytest.raises(ValueError, match="DUET_GGUF_ACT_BITS='4'"):
-        kquant.act_bits()
+def test_the_activation_setting_is_read_once_into_the_plan_and_a_bad_value_is_named(monkeypatch):
+    monkeypatch.delenv(dispatch.GGUF_ACT_ENV, raising=False)
+    try:
+        assert dispatch.replan().gguf.act_bits == 16 == kquant.act_bits()
+        monkeypatch.setenv(dispatch.GGUF_ACT_ENV, "8")
+        assert kquant.act_bits() == 16                      # read once: the plan already holds it
+        assert dispatch.replan().gguf.act_bits == 8 == kquant.act_bits()
+        with dispatch.overridden(gguf_act_bits=32):
+            assert kquant.act_bits() == 32
+        assert kquant.act_bits() == 8
+        monkeypatch.setenv(dispatch.GGUF_ACT_ENV, "4")
+        with pytest.raises(ValueError, match="DUET_GGUF_ACT_BITS='4'"):
+            dispatch.replan()
+    finally:
+        monkeypatch.delenv(dispatch.GGUF_ACT_ENV, raising=False)
+        dispatch.replan()

@@ -24,10 +24,11 @@ def status(key):
             return int(line.split()[1]) * 1024
 
 torch.ones(1) + 1
-from kernels import dispatch  # first use of the packed-matmul library loads its code: not the model
+from kernels import dispatch, quant  # first use of the packed-matmul library loads its code: not the model
+dispatch.plan()  # the plan loads the native libraries: not the model either
 w = torch.zeros(64, 64, dtype=torch.bfloat16)
-if dispatch.can_pack(w):
-    dispatch.packed_linear(torch.zeros(1, 64, dtype=torch.bfloat16), dispatch.pack_weight(w))
+if quant.can_pack(w):
+    quant.dense_linear(torch.zeros(1, 64, dtype=torch.bfloat16), quant.pack_dense(w))
 with torch.device("meta"):  # the meta device's first use imports a lot of torch: not the model
     args = local_engine.config.ModelArgs.from_folder(sys.argv[1])
     local_engine.model.Transformer(args), local_engine.model.Block(args, 1)

@@ -54,3 +54,29 @@ def test_absorbed_attention_equals_expanded_per_head_attention():
     lat = mla_attention(q, torch.cat([c_kv, k_pe], -1)[None], R, 0.2, S - 1)[0, 0]
     got = torch.einsum("hr,hdr->hd", lat, w_kv_b[:, nope:])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_absorbed_per_head_products_match_the_reference(rows, dtype):
+    """kv_b split per head (in the dtype the plan's head GEMV wants) and one row's or a few rows'
+    products with it: the native bf16 GEMV for one row of a bf16 CPU model, else a batched matmul."""
+    from kernels import cpu_native, dispatch
+    from kernels.mla import absorb, per_head, reference_per_head
+
+    g = torch.Generator().manual_seed(rows)
+    H, nope, v, kv_lora = 3, 24, 20, 40
+    wkv_b = torch.randn(H * (nope + v), kv_lora, generator=g).to(dtype)
+    cache = torch.zeros(1, 4, kv_lora + 8, dtype=dtype)
+    w_uk, w_uv_t = absorb(wkv_b, H, nope, v, kv_lora, cache)
+    assert w_uk.shape == (H, nope, kv_lora) and w_uv_t.shape == (H, kv_lora, v)
+    native = dtype == torch.bfloat16 and dispatch.plan().attention.head_gemv == "native-bf16"
+    assert w_uk.dtype == (torch.bfloat16 if native else torch.float32)
+    torch.testing.assert_close(w_uv_t.float(), wkv_b.float().view(H, nope + v, kv_lora)[:, nope:].transpose(1, 2))
+    x = torch.randn(rows, H, nope, generator=g).to(dtype)
+    before = cpu_native.CALLS["head_gemv"]
+    got = per_head(x, w_uk)
+    assert cpu_native.CALLS["head_gemv"] - before == (1 if native and rows == 1 else 0)
+    want = reference_per_head(x, w_uk)
+    tol = 2e-2 if w_uk.dtype == torch.bfloat16 and rows > 1 else 1e-4   # bf16 bmm rounds its result
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)

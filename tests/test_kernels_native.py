@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import capability, cpu_native
+from kernels import capability, cpu_native, dispatch
 from kernels.moe import fuse_experts, reference_moe
 from kernels.quant import (
     NATIVE,
@@ -27,7 +27,7 @@ from kernels.quant import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(cpu_native.lib() is None,
+pytestmark = pytest.mark.skipif(not dispatch.native(),
                                 reason="the native kernels did not build here (no working C compiler?)")
 
 AWKWARD = [(1, 1), (5, 7), (13, 33), (17, 100), (48, 130), (100, 72), (33, 512), (40, 1000)]
@@ -84,7 +84,7 @@ def test_each_target_compiles_its_own_simd_path(name):
         assert so.duet_isa().decode() == isa
         assert cpu_native.isa() == isa
         # the default activation precision off AVX-512: 8 bits (maddubs) for int4, 16 for int8
-        assert (cpu_native.act_bits(4), cpu_native.act_bits(8)) == (8, 16)
+        assert (dispatch.plan().linear.act_bits(4), dispatch.plan().linear.act_bits(8)) == (8, 16)
     assert cpu_native.isa() in ("avx512", "avx2", "scalar")
 
 
@@ -104,7 +104,7 @@ def test_native_matmul_matches_reference_for_one_to_four_rows_and_more(build, mo
     g = torch.Generator().manual_seed(n * 1000 + k)
     qw = quantize_weight(torch.randn(n, k, generator=g), mode)
     assert qw.layout == NATIVE
-    abits = cpu_native.act_bits(8 if mode == "int8" else 4)
+    abits = dispatch.plan().linear.act_bits(8 if mode == "int8" else 4)
     for dtype in (torch.float32, torch.bfloat16):
         for m in (1, 2, 3, 4, 5, 19):
             x = torch.randn(m, k, generator=g).to(dtype)
@@ -123,7 +123,7 @@ def test_native_matmul_matches_reference_for_one_to_four_rows_and_more(build, mo
 def test_eight_bit_activations_round_as_llama_cpps_q8_0_blocks(build):
     """The 8-bit path's error is the activation rounding (what llama.cpp does): an input that is
     exactly representable (integers in one block scaled by a power of two) loses nothing."""
-    if cpu_native.act_bits(8) != 8:
+    if dispatch.plan().linear.act_bits(8) != 8:
         pytest.skip("this build runs 16-bit activations")
     qw = quantize_weight(torch.randn(24, 64), "int8")
     x = (torch.randint(-127, 128, (1, 64)).float() / 64)
@@ -135,7 +135,7 @@ def test_larger_groups_run_natively_and_match(build, mode, group):
     g = torch.Generator().manual_seed(group)
     qw = quantize_weight(torch.randn(37, 300, generator=g), mode, group_size=group)
     assert qw.layout == NATIVE
-    abits = cpu_native.act_bits(8 if mode == "int8" else 4)
+    abits = dispatch.plan().linear.act_bits(8 if mode == "int8" else 4)
     for m in (1, 4, 9):
         x = torch.randn(m, 300, generator=g)
         want = reference_native_linear(x, qw, abits) if m <= 4 else reference_quantized_linear(x, qw)
@@ -160,7 +160,7 @@ def test_empty_batches_zero_inputs_and_zero_weights(build, mode):
     if ref.abs().max() == 0:   # q s and the zero-point term cancel on the same rounded x: float rounding only
         assert quantized_linear(x, qz).abs().max() < 1e-4
     else:
-        abits = cpu_native.act_bits(8 if mode == "int8" else 4)
+        abits = dispatch.plan().linear.act_bits(8 if mode == "int8" else 4)
         assert _rel(quantized_linear(x, qz), reference_native_linear(x, qz, abits)) < TOL[torch.float32]
 
 
@@ -200,7 +200,7 @@ def test_fused_moe_matches_reference_moe(build, mode, H, I, E, K, shared):
           quantize_weight(torch.randn(H, 2 * I, generator=g) / I ** 0.5, mode)) if shared else None
     fused = fuse_experts(w13, w2, sh)
     assert fused is not None
-    abits = cpu_native.act_bits(8 if mode == "int8" else 4)
+    abits = dispatch.plan().linear.act_bits(8 if mode == "int8" else 4)
     experts = [_swiglu_reference(a, b, abits) for a, b in zip(w13, w2)]
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.randn(1, H, generator=g).to(dtype)
@@ -250,7 +250,7 @@ def test_engine_decode_runs_the_fused_moe_and_matches_its_own_prefill(tmp_path, 
     cos = F.cosine_similarity(steps, prefill, dim=-1).min().item()
     # one-row decode rounds activations per block (16-bit: ~1e-5 of error; 8-bit, as llama.cpp's
     # Q8_0 activations on AVX2/plain-C int4 builds: ~1e-3), prefill runs them in float
-    assert cos > (0.9999 if cpu_native.act_bits(8 if mode == "int8" else 4) == 16 else 0.999), cos
+    assert cos > (0.9999 if dispatch.plan().linear.act_bits(8 if mode == "int8" else 4) == 16 else 0.999), cos
 
 
 @pytest.mark.parametrize("H,K,N", [(1, 1, 1), (3, 7, 200), (5, 33, 129), (16, 128, 512), (2, 512, 128)])
@@ -278,7 +278,7 @@ def test_bf16_decode_runs_absorbed_attention_natively_and_matches_the_float32_bm
     got = decode(native)
     assert cpu_native.CALLS["head_gemv"] - before == 2 * 2 * ids.shape[1]  # 2 per layer and token
     assert native.model.layers[0].attn.absorbed()[0].dtype == torch.bfloat16  # half the bytes of float32
-    with cpu_native.disabled():
+    with dispatch.overridden(native=False):
         plain = Engine.load(path, dtype="bfloat16")
         want = decode(plain)
     assert plain.model.layers[0].attn.absorbed()[0].dtype == torch.float32
@@ -328,7 +328,7 @@ def test_bf16_engine_decode_runs_the_fused_experts_and_matches_the_packed_path(t
     before = cpu_native.CALLS["moe_bf16"]
     got = decode(native)
     assert cpu_native.CALLS["moe_bf16"] - before == 3 * ids.shape[1]  # every layer's MLP or MoE, every token
-    with cpu_native.disabled():
+    with dispatch.overridden(native=False):
         packed = Engine.load(path, dtype="bfloat16")  # oneDNN-packed where the CPU has bf16 for it
         w13 = packed.model.layers[-1].ffn.experts[0].w13
         assert (w13.packed is not None) == capability.detect().bf16_packing
@@ -345,25 +345,24 @@ def test_bf16_engine_decode_runs_the_fused_experts_and_matches_the_packed_path(t
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(1, 1), (1, 512), (3, 7), (2, 3, 129), (8, 1000)])
 def test_native_rms_norm_matches_torchs_and_runs_for_decode_rows(dtype, shape):
-    from kernels import dispatch
-    from kernels.norm_rope import reference_rms_norm, rms_norm
+    from kernels.norm_rope import reference_rms_norm, rms_norm, torch_rms_norm
 
     g = torch.Generator().manual_seed(sum(shape))
     x, w = torch.randn(*shape, generator=g).to(dtype), torch.randn(shape[-1], generator=g).to(dtype)
     before = cpu_native.CALLS["rms_norm"]
-    got = dispatch.rms_norm(x, w, 1e-6)
+    got = rms_norm(x, w, 1e-6)
     assert cpu_native.CALLS["rms_norm"] == before + 1 and got.dtype == dtype and got.shape == x.shape
     step = 2 ** -7 if dtype == torch.bfloat16 else 1e-6  # one bf16 rounding of values ~1
     scale = 1 + got.float().abs()
-    assert ((got.float() - rms_norm(x, w, 1e-6).float()).abs() <= step * scale).all()
+    assert ((got.float() - torch_rms_norm(x, w, 1e-6).float()).abs() <= step * scale).all()
     assert ((got.float() - reference_rms_norm(x, w, 1e-6).float()).abs() <= 2 * step * scale).all()
 
 
 def test_a_prefill_of_many_rows_keeps_torchs_rms_norm():
-    from kernels import dispatch
+    from kernels.norm_rope import rms_norm
 
     before = cpu_native.CALLS["rms_norm"]
-    dispatch.rms_norm(torch.randn(dispatch.NATIVE_NORM_ROWS + 1, 64), torch.ones(64), 1e-6)
+    rms_norm(torch.randn(dispatch.plan().norm.native_rows + 1, 64), torch.ones(64), 1e-6)
     assert cpu_native.CALLS["rms_norm"] == before
 
 

@@ -214,40 +214,36 @@ def test_fp8_dequant_writes_into_a_given_buffer_and_checks_scale_shapes():
 # ---------------------------------------------------------------------------------------
 # dispatch
 
-def test_dispatch_routes_cuda_tensors_to_triton_and_cpu_ones_to_the_pytorch_paths():
-    fast = {"rms_norm": norm_rope.rms_norm, "mla_attention": mla.mla_attention,
-            "fp8_block_dequant": fp8.fp8_block_dequant}
-    assert set(dispatch.TRITON) == set(fast)
-    for name, cpu_fn in fast.items():
-        assert dispatch.choose(name, "cuda") is getattr(triton_ops, name)
-        assert dispatch.choose(name, "cpu") is cpu_fn
-    assert dispatch.uses_triton("cuda") and not dispatch.uses_triton("cpu")
+def test_the_plan_runs_triton_on_cuda_tensors_only_where_it_is_installed_and_switched_on(monkeypatch):
+    try:
+        assert dispatch.replan().triton                          # this test module runs where triton imports
+        monkeypatch.setattr(triton_ops, "_AVAILABLE", False)     # as where triton does not import
+        assert not dispatch.replan().triton
+        monkeypatch.setattr(triton_ops, "_AVAILABLE", True)
+        monkeypatch.setenv("DUET_TRITON", "0")                   # the switch back to PyTorch on CUDA
+        assert not dispatch.replan().triton
+        monkeypatch.delenv("DUET_TRITON")
+        monkeypatch.setenv("DUET_KERNELS", "reference")          # every op's reference
+        p = dispatch.replan()
+        assert not p.triton and p.reference and p.attention.attention == p.norm.norm == "reference"
+    finally:
+        monkeypatch.undo()
+        dispatch.replan()
 
 
-def test_dispatch_cpu_results_are_the_pytorch_fast_paths_bit_for_bit():
+def test_cpu_tensors_run_the_pytorch_paths_bit_for_bit():
     g = torch.Generator().manual_seed(9)
-    x, w = torch.randn(3, 33, generator=g).bfloat16(), torch.randn(33, generator=g).bfloat16()
-    assert torch.equal(dispatch.rms_norm(x, w, 1e-6), norm_rope.rms_norm(x, w, 1e-6))
+    x, w = torch.randn(9, 33, generator=g).bfloat16(), torch.randn(33, generator=g).bfloat16()  # > native rows
+    assert torch.equal(norm_rope.rms_norm(x, w, 1e-6), norm_rope.torch_rms_norm(x, w, 1e-6))
     q, cache = torch.randn(1, 2, 3, 12, generator=g), torch.randn(1, 70, 12, generator=g)
-    assert torch.equal(dispatch.mla_attention(q, cache, 8, 0.3, 5), mla.mla_attention(q, cache, 8, 0.3, 5))
+    assert torch.equal(mla.mla_attention(q, cache, 8, 0.3, 5), mla.torch_mla_attention(q, cache, 8, 0.3, 5))
     fq, fs = fp8_quantize(torch.randn(130, 20, generator=g))
-    assert torch.equal(dispatch.fp8_block_dequant(fq, fs, torch.bfloat16), fp8.fp8_block_dequant(fq, fs, torch.bfloat16))
-
-
-def test_dispatch_falls_back_without_triton_when_switched_off_or_with_reference_kernels(monkeypatch):
-    monkeypatch.setattr(triton_ops, "_AVAILABLE", False)   # as where triton does not import
-    assert dispatch.choose("rms_norm", "cuda") is norm_rope.rms_norm and not dispatch.uses_triton("cuda")
-    monkeypatch.setattr(triton_ops, "_AVAILABLE", True)
-    monkeypatch.setenv("DUET_TRITON", "0")                 # the switch back to PyTorch on CUDA
-    assert dispatch.choose("mla_attention", "cuda") is mla.mla_attention
-    monkeypatch.delenv("DUET_TRITON")
-    monkeypatch.setattr(dispatch, "_REFERENCE", True)      # DUET_KERNELS=reference
-    assert dispatch.choose("mla_attention", "cuda") is mla.reference_mla_attention
+    assert torch.equal(fp8.fp8_block_dequant(fq, fs, torch.bfloat16), fp8.torch_fp8_block_dequant(fq, fs, torch.bfloat16))
 
 
 def test_importing_the_kernels_does_not_import_triton():
-    code = ("import sys, torch; from kernels import dispatch, triton_ops, quant, mla; "
-            "x = torch.randn(2, 8); dispatch.rms_norm(x, torch.ones(8), 1e-6); "
+    code = ("import sys, torch; from kernels import dispatch, norm_rope, triton_ops, quant, mla; "
+            "x = torch.randn(2, 8); norm_rope.rms_norm(x, torch.ones(8), 1e-6); dispatch.describe(); "
             "assert 'triton' not in sys.modules, 'triton imported'")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)

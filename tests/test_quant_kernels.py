@@ -86,9 +86,9 @@ def test_bytes_per_parameter_including_scales(mode, limit):
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 @pytest.mark.parametrize("native", [False, True])
 def test_portable_codes_round_trip_through_the_cpu_packed_layouts(mode, native):
-    from kernels import cpu_native
+    from kernels import dispatch
 
-    if native and cpu_native.lib() is None:
+    if native and not dispatch.native():
         pytest.skip("the native kernels did not build here (no C compiler?)")
     w = torch.randn(48, 192)
     qw = from_codes(mode, (48, 192), 32 if mode == "int8" else 64, to_codes(quantize_weight(w, mode)),
