@@ -28,7 +28,7 @@ from kernels import kquant
 from local_engine.config import ModelArgs
 from local_engine.errors import ModelError
 from local_engine.gguf_file import RUNS_LOCALLY, GGUFFile, TensorInfo
-from local_engine.layers import Linear
+from local_engine.layers import QuantizedLinear, replace
 from local_engine.model import Block, Transformer
 
 DENSE = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}
@@ -209,20 +209,23 @@ def _param(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=False)
 
 
-def _set_linear(lin: Linear, w) -> None:
+def _set_linear(root: nn.Module, path: str, w) -> None:
+    """The Linear at ``path`` below ``root`` gets dense weight ``w``, or becomes a
+    QuantizedLinear holding GGUF blocks."""
+    lin = root.get_submodule(path)
     if isinstance(w, kquant.GGUFWeight):
         if w.shape != (lin.out_features, lin.in_features):
             raise ValueError(f"{w.shape} != {(lin.out_features, lin.in_features)}")
-        lin.qweight = w
-        lin.weight = _param(torch.empty(0))
+        replace(root, path, QuantizedLinear(w))
     else:
         lin.weight = _param(w)
 
 
-def _fill_linear(r: _Reader, lin: Linear, name: str) -> None:
+def _fill_linear(r: _Reader, root: nn.Module, path: str, name: str) -> None:
+    lin = root.get_submodule(path)
     info = r.info(name)
     r.check(info, (lin.out_features, lin.in_features))
-    _set_linear(lin, r.weight(info))
+    _set_linear(root, path, r.weight(info))
 
 
 def _fill_norm(r: _Reader, norm, name: str) -> None:
@@ -231,8 +234,10 @@ def _fill_norm(r: _Reader, norm, name: str) -> None:
     norm.weight = _param(r.dense(info).to(r.device))
 
 
-def _fill_w13(r: _Reader, lin: Linear, gate: TensorInfo, up: TensorInfo, expert: int | None = None) -> None:
+def _fill_w13(r: _Reader, root: nn.Module, path: str, gate: TensorInfo, up: TensorInfo,
+              expert: int | None = None) -> None:
     """gate rows then up rows; for stacked experts, expert ``expert`` of [E, I, H] tensors."""
+    lin = root.get_submodule(path)
     inter = lin.out_features // 2
     if gate.type == up.type and gate.type in kquant.TYPES:
         rb = kquant.row_bytes(gate.type, lin.in_features)
@@ -241,7 +246,7 @@ def _fill_w13(r: _Reader, lin: Linear, gate: TensorInfo, up: TensorInfo, expert:
             off = 0 if expert is None else expert * inter * rb
             part = TensorInfo(info.name, (inter, lin.in_features), info.type, info.offset + off, inter * rb)
             r.f.read_into(part, buf[half * inter:(half + 1) * inter])
-        _set_linear(lin, kquant.GGUFWeight(gate.type, (2 * inter, lin.in_features), buf))
+        _set_linear(root, path, kquant.GGUFWeight(gate.type, (2 * inter, lin.in_features), buf))
         return
     halves = []
     for info in (gate, up):
@@ -249,7 +254,7 @@ def _fill_w13(r: _Reader, lin: Linear, gate: TensorInfo, up: TensorInfo, expert:
         if t is None:
             t = _expert_dense(r, info, expert, inter, lin.in_features)
         halves.append(t)
-    _set_linear(lin, torch.cat(halves).to(r.device))
+    _set_linear(root, path, torch.cat(halves).to(r.device))
 
 
 def _expert_dense(r: _Reader, info: TensorInfo, e: int, rows: int, cols: int) -> torch.Tensor:
@@ -276,14 +281,14 @@ def _fill_block(r: _Reader, block: Block, i: int, args: ModelArgs) -> None:
     _fill_norm(r, block.attn_norm, p + "attn_norm.weight")
     _fill_norm(r, block.ffn_norm, p + "ffn_norm.weight")
     if args.q_lora_rank:
-        _fill_linear(r, a.wq_a, p + "attn_q_a.weight")
+        _fill_linear(r, block, "attn.wq_a", p + "attn_q_a.weight")
         _fill_norm(r, a.q_norm, p + "attn_q_a_norm.weight")
-        _fill_linear(r, a.wq_b, p + "attn_q_b.weight")
+        _fill_linear(r, block, "attn.wq_b", p + "attn_q_b.weight")
     else:
-        _fill_linear(r, a.wq, p + "attn_q.weight")
-    _fill_linear(r, a.wkv_a, p + "attn_kv_a_mqa.weight")
+        _fill_linear(r, block, "attn.wq", p + "attn_q.weight")
+    _fill_linear(r, block, "attn.wkv_a", p + "attn_kv_a_mqa.weight")
     _fill_norm(r, a.kv_norm, p + "attn_kv_a_norm.weight")
-    _fill_linear(r, a.wo, p + "attn_output.weight")
+    _fill_linear(r, block, "attn.wo", p + "attn_output.weight")
     H, nope, v, R = args.num_attention_heads, args.qk_nope_head_dim, args.v_head_dim, args.kv_lora_rank
     kv_b = r.info(p + "attn_kv_b.weight", required=False)
     if kv_b is not None:   # legacy: [H * (nope + v), R]
@@ -312,22 +317,22 @@ def _fill_block(r: _Reader, block: Block, i: int, args: ModelArgs) -> None:
         g, u, d = (r.info(p + n) for n in ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"))
         for t, shape in ((g, (E, I, Hd)), (u, (E, I, Hd)), (d, (E, Hd, I))):
             r.check(t, shape)
-        for e, expert in enumerate(ffn.experts):
-            _fill_w13(r, expert.w13, g, u, e)
-            _set_linear(expert.w2, _expert_weight(r, d, e, Hd, I))
+        for e in range(len(ffn.experts)):
+            _fill_w13(r, block, f"ffn.experts.{e}.w13", g, u, e)
+            _set_linear(block, f"ffn.experts.{e}.w2", _expert_weight(r, d, e, Hd, I))
         if ffn.shared is not None:
             sh = ffn.shared
             gi, ui = r.info(p + "ffn_gate_shexp.weight"), r.info(p + "ffn_up_shexp.weight")
             r.check(gi, (sh.inter, Hd))
             r.check(ui, (sh.inter, Hd))
-            _fill_w13(r, sh.w13, gi, ui)
-            _fill_linear(r, sh.w2, p + "ffn_down_shexp.weight")
+            _fill_w13(r, block, "ffn.shared.w13", gi, ui)
+            _fill_linear(r, block, "ffn.shared.w2", p + "ffn_down_shexp.weight")
     else:
         gi, ui = r.info(p + "ffn_gate.weight"), r.info(p + "ffn_up.weight")
         r.check(gi, (ffn.inter, args.hidden_size))
         r.check(ui, (ffn.inter, args.hidden_size))
-        _fill_w13(r, ffn.w13, gi, ui)
-        _fill_linear(r, ffn.w2, p + "ffn_down.weight")
+        _fill_w13(r, block, "ffn.w13", gi, ui)
+        _fill_linear(r, block, "ffn.w2", p + "ffn_down.weight")
     for name, prm in block.named_parameters():
         if prm.is_meta:
             raise ModelError(f"{r.f.path}: layer {i}: nothing in the file for {name}")
@@ -368,7 +373,7 @@ def load_gguf_model(path, *, dtype: torch.dtype, device, max_batch: int, max_seq
         if out is None:   # tied: the head reads the embedding table
             out = emb
         r.check(out, (args.vocab_size, args.hidden_size))
-        _set_linear(model.head, r.weight(out) if out is not emb or emb.type not in DENSE else model.embed.weight)
+        _set_linear(model, "head", r.weight(out) if out is not emb or emb.type not in DENSE else model.embed.weight)
         for i in range(args.num_hidden_layers):
             with torch.device("meta"):
                 block = Block(args, i)

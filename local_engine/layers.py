@@ -1,4 +1,14 @@
-"""The two building blocks every module uses: Linear (quantizable) and RMSNorm."""
+"""The building blocks every module uses: RMSNorm and the linear layers.
+
+A linear layer y = x Wᵀ comes in three module types, swapped in by the loaders (as gpt-fast
+does), so the model's code never asks which one it holds:
+
+    Linear            a dense weight [out, in] (what a module is built with)
+    PackedLinear      the same weight pre-packed for oneDNN (kernels.quant.pack_dense: CPU bf16)
+    QuantizedLinear   a quantized weight: kernels.quant.QuantizedWeight (int8/int4) or
+                      kernels.kquant.GGUFWeight (GGUF blocks read in place)
+
+``replace(root, name, module)`` puts one in place of another; ``pack(lin)`` packs a dense one."""
 
 from __future__ import annotations
 
@@ -10,41 +20,72 @@ from kernels import norm_rope, quant
 
 
 class Linear(nn.Module):
-    """y = x Wᵀ with weight [out, in]; ``qweight`` replaces ``weight`` once quantized.
-
-    ``pack_()`` swaps the weight for a pre-packed copy (kernels.quant.can_pack: where the plan
-    has one for this device and dtype); ``weight`` then reads back as a dense tensor on demand."""
+    """y = x Wᵀ with a dense weight [out, in]."""
 
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype), requires_grad=False)
-        self.qweight = None
-        self.packed = None
-
-    def __getattr__(self, name):
-        if name == "weight" and self.__dict__.get("packed") is not None:
-            return self.packed.to_dense()  # rare readers only (saving, tests): the hot path uses packed
-        return super().__getattr__(name)
-
-    def pack_(self) -> bool:
-        w = self._parameters.get("weight")
-        if self.qweight is not None or w is None or not quant.can_pack(w):
-            return False
-        self.packed = quant.pack_dense(w.data)
-        del self._parameters["weight"]
-        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.qweight is not None:
-            return quant.quantized_linear(x, self.qweight)
-        if self.packed is not None:
-            return quant.dense_linear(x, self.packed)
         return F.linear(x, self.weight)
 
     def extra_repr(self) -> str:
-        kind = "quantized" if self.qweight is not None else "packed" if self.packed is not None else str(self.weight.dtype)
-        return f"in={self.in_features}, out={self.out_features}, {kind}"
+        return f"in={self.in_features}, out={self.out_features}, {self.weight.dtype}"
+
+
+class PackedLinear(nn.Module):
+    """A dense bf16 weight in oneDNN's blocked layout (``packed``): for batch-1 decode the plain
+    F.linear re-lays the weight out on every call; packed once it runs 2-3x faster, bit for bit
+    the same. ``weight`` reads back the dense matrix (rare readers only: saving, tests)."""
+
+    def __init__(self, packed: torch.Tensor, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.packed = packed
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.packed.to_dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quant.dense_linear(x, self.packed)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, oneDNN packed"
+
+
+class QuantizedLinear(nn.Module):
+    """A quantized weight ``qweight`` (int8/int4 or GGUF blocks), run by kernels.quant."""
+
+    def __init__(self, qweight):
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        self.qweight = qweight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quant.quantized_linear(x, self.qweight)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {self.qweight.mode}"
+
+
+LINEARS = (Linear, PackedLinear, QuantizedLinear)
+
+
+def replace(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put ``module`` at ``name`` (a dotted path below ``root``) in place of what is there."""
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)
+    return module
+
+
+def pack(lin: Linear) -> PackedLinear | None:
+    """``lin``'s weight packed for oneDNN, where the plan has it for this device and dtype."""
+    w = lin.weight
+    if not quant.can_pack(w):
+        return None
+    return PackedLinear(quant.pack_dense(w.data), lin.in_features, lin.out_features)
 
 
 class RMSNorm(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 from kernels import dispatch, fp8
 from local_engine.config import ModelArgs
 from local_engine.errors import ModelError
-from local_engine.layers import Linear
+from local_engine.layers import Linear, pack, replace
 from local_engine.model import MTP, Block, Transformer
 from local_engine.safetensors_io import ShardFile
 
@@ -199,13 +199,13 @@ class _Filler:
         done = half is None or self.halves[ours] == {0, 1}
         if (self.pack and done and isinstance(owner, Linear) and not mod_path.endswith("wkv_b")
                 and not (self.dense_mlp and mod_path.startswith("ffn."))):
-            owner.pack_()  # right away: the dense buffer is freed before the next tensor is read
-            self.params[ours] = owner.packed  # (holding the dense one here would keep it alive)
+            packed = pack(owner)  # right away: the dense buffer is freed before the next tensor is read
+            if packed is not None:
+                replace(self.module, mod_path, packed)
+                self.params[ours] = packed.packed  # (holding the dense one here would keep it alive)
 
     def finish(self) -> None:
         missing = [n for n, p in self.module.named_parameters() if p.is_meta]
-        missing += [n for n, m in self.module.named_modules() if isinstance(m, Linear) and m.packed is None
-                    and m._parameters.get("weight") is None]
         missing += [n for n, h in self.halves.items() if h != {0, 1}]
         if missing:
             raise ModelError(f"{self.shards.folder}: {self.where}: no tensor in the checkpoint for "

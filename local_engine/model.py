@@ -13,7 +13,7 @@ from torch import nn
 
 from kernels import indexer, mla, moe, norm_rope
 from local_engine.config import ModelArgs
-from local_engine.layers import Linear, RMSNorm
+from local_engine.layers import Linear, PackedLinear, QuantizedLinear, RMSNorm, pack
 
 
 class Indexer(nn.Module):
@@ -87,7 +87,7 @@ class MLA(nn.Module):
         self.wkv_b = Linear(a.kv_lora_rank, H * (a.qk_nope_head_dim + a.v_head_dim))
         self.wo = Linear(H * a.v_head_dim, a.hidden_size)
         self.indexer = Indexer(a) if a.sparse_attention else None  # V3.2
-        self.wqkv_a: Linear | None = None  # fuse_qkv_a_(): [wq_a or wq; wkv_a] as one matmul
+        self.wqkv_a: PackedLinear | None = None  # fuse_qkv_a_(): [wq_a or wq; wkv_a] as one matmul
         self.cache: torch.Tensor | None = None  # [max_batch, max_seq, kv_lora + rope]
         self._absorbed: tuple[torch.Tensor, torch.Tensor] | None = None  # W_uk, W_uvᵀ (kernels.mla.absorb)
 
@@ -100,11 +100,12 @@ class MLA(nn.Module):
         """kv_b split per head for the absorbed form: W_uk [H, nope, kv_lora], W_uvᵀ [H, kv_lora, v],
         made once (kernels.mla.absorb picks their dtype). Costs one more copy of kv_b (<1% of a model)."""
         if self._absorbed is None:
-            w = self.wkv_b.weight
-            if self.wkv_b.qweight is not None:  # quantized anyway: absorb its dequantized values
+            if isinstance(self.wkv_b, QuantizedLinear):  # quantized anyway: absorb its dequantized values
                 from kernels.quant import dequantize
 
                 w = dequantize(self.wkv_b.qweight, self.cache.dtype)
+            else:
+                w = self.wkv_b.weight
             self._absorbed = mla.absorb(w, self.n_heads, self.nope, self.v, self.kv_lora, self.cache)
         return self._absorbed
 
@@ -113,12 +114,14 @@ class MLA(nn.Module):
         rows: one call instead of two per layer and step. Only for packed weights (quantized ones
         keep their own layout); each output row is the same dot product as before."""
         q_lin = self.wq_a if hasattr(self, "wq_a") else self.wq
-        if self.wqkv_a is not None or q_lin.packed is None or self.wkv_a.packed is None:
+        if self.wqkv_a is not None or not isinstance(q_lin, PackedLinear) or not isinstance(self.wkv_a, PackedLinear):
             return False
         w = torch.cat([q_lin.weight, self.wkv_a.weight])  # dense copies of the packed weights
-        fused = Linear(w.shape[1], w.shape[0])
-        fused.weight = nn.Parameter(w, requires_grad=False)
-        fused.pack_()
+        dense = Linear(w.shape[1], w.shape[0])
+        dense.weight = nn.Parameter(w, requires_grad=False)
+        fused = pack(dense)
+        if fused is None:
+            return False
         self.q_in = q_lin.out_features
         self.wqkv_a = fused
         del self.wkv_a
@@ -198,12 +201,12 @@ class MLP(nn.Module):
         return moe.swiglu(x, self.w13, self.w2, self.inter, self.fused)
 
 
-def decode_weight(lin: Linear):
-    """What a fused one-token call can read of a Linear: its quantized weight, else its dense
-    weight (None when packed for oneDNN)."""
-    if lin.qweight is not None:
+def decode_weight(lin: nn.Module):
+    """What a fused one-token call can read of a linear layer: its quantized weight, its dense
+    weight, or None (packed for oneDNN)."""
+    if isinstance(lin, QuantizedLinear):
         return lin.qweight
-    return lin._parameters.get("weight") if lin.packed is None else None
+    return lin.weight if isinstance(lin, Linear) else None
 
 
 def forget_fused(module: nn.Module) -> None:

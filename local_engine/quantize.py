@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kernels.quant import MODES, QuantizedWeight, from_codes, quantize_weight, to_codes
+from kernels.quant import MODES, from_codes, quantize_weight, to_codes
 from local_engine.errors import ModelError
-from local_engine.layers import Linear
+from local_engine.layers import Linear, QuantizedLinear, replace
 
 MARKER = "duet_quant.json"
 TENSORS = "duet_quant.safetensors"
@@ -42,11 +42,6 @@ def _targets(block: nn.Module, attention: bool):
             yield name, m
 
 
-def _set_quantized(m: Linear, qw: QuantizedWeight) -> None:
-    m.qweight = qw
-    m.weight = nn.Parameter(torch.empty(0, dtype=m.weight.dtype, device=m.weight.device), requires_grad=False)
-
-
 def quantize_block_(block: nn.Module, mode: str, *, attention: bool = False,
                     group_size: int | None = None) -> None:
     """Quantize one block's Linears in place (call right after the block's weights load)."""
@@ -54,9 +49,8 @@ def quantize_block_(block: nn.Module, mode: str, *, attention: bool = False,
         raise ModelError(f"quant must be one of {', '.join(MODES)}, got {mode!r}")
     from local_engine.model import forget_fused
 
-    for _, m in _targets(block, attention):
-        if m.qweight is None:
-            _set_quantized(m, quantize_weight(m.weight, mode, group_size=group_size))
+    for name, m in list(_targets(block, attention)):
+        replace(block, name, QuantizedLinear(quantize_weight(m.weight, mode, group_size=group_size)))
     forget_fused(block)
 
 
@@ -64,7 +58,7 @@ def quantized_bytes(model: nn.Module) -> tuple[int, int]:
     """(bytes, params) over the quantized Linears of a model, scales included."""
     nbytes = params = 0
     for m in model.modules():
-        if isinstance(m, Linear) and m.qweight is not None:
+        if isinstance(m, QuantizedLinear):
             nbytes += m.qweight.nbytes
             params += m.qweight.numel
     return nbytes, params
@@ -88,7 +82,7 @@ def save_quantized(engine, out_dir, *, source=None) -> Path:
     linears, tensors = {}, {}
     modes = set()
     for name, m in model.named_modules():
-        if isinstance(m, Linear) and m.qweight is not None:
+        if isinstance(m, QuantizedLinear):
             qw = m.qweight
             modes.add(qw.mode)
             linears[name] = {"mode": qw.mode, "shape": list(qw.shape), "group_size": qw.group_size}
@@ -169,7 +163,7 @@ def load_quantized(path, model_args, *, dtype=torch.bfloat16, device="cpu", max_
                     t = t.to(dtype)
                 state[local] = t.to(device)
             module.load_state_dict(state, strict=False, assign=True)
-            for name, m in module.named_modules():
+            for name, m in list(module.named_modules()):
                 full = prefix + name
                 if full in linears:
                     info = linears[full]
@@ -179,8 +173,7 @@ def load_quantized(path, model_args, *, dtype=torch.bfloat16, device="cpu", max_
                     if (m.out_features, m.in_features) != qw.shape:
                         raise ModelError(f"{file}: {full} is {qw.shape}, the config says "
                                          f"{(m.out_features, m.in_features)}")
-                    m.qweight = qw
-                    m.weight = nn.Parameter(torch.empty(0, dtype=dtype, device=device), requires_grad=False)
+                    replace(module, name, QuantizedLinear(qw))
 
         with torch.device("meta"):
             model = Transformer(model_args)

@@ -133,6 +133,7 @@ def test_fp8_weights_are_dequantized_into_the_model(checkpoints):
 
 def test_packed_bf16_weights_compute_what_plain_weights_compute(checkpoints):
     from kernels import capability, quant
+    from local_engine.layers import Linear, PackedLinear
 
     folder = checkpoints["v3_sharded_mtp_yarn"][0]
     plain = Engine.load(folder, dtype="bfloat16", max_seq_len=64, pack=False)
@@ -140,8 +141,8 @@ def test_packed_bf16_weights_compute_what_plain_weights_compute(checkpoints):
     lin = packed.model.layers[1].attn.wo  # (MLP weights stay dense where the native fused MLP reads them)
     if not quant.can_pack(plain.model.layers[1].attn.wo.weight):
         pytest.skip(f"bf16 packing {capability.detect().bf16_packing_why}")
-    assert lin.packed is not None and "weight" not in lin._parameters
-    assert packed.model.layers[0].attn.wkv_b.packed is None  # read as a matrix by absorbed decode
+    assert isinstance(lin, PackedLinear) and "weight" not in lin._parameters
+    assert isinstance(packed.model.layers[0].attn.wkv_b, Linear)  # read as a matrix by absorbed decode
     torch.testing.assert_close(lin.weight, plain.model.layers[1].attn.wo.weight, atol=0, rtol=0)
     assert packed.weight_bytes() == plain.weight_bytes()
     x = _prompt(21, n=12)
@@ -153,7 +154,7 @@ def test_packed_bf16_weights_compute_what_plain_weights_compute(checkpoints):
 @pytest.mark.parametrize("name", ["v3_sharded_mtp_yarn", "v2_no_qlora_softmax"])
 def test_fused_q_and_kv_a_projection_equals_the_two_projections_it_replaces(checkpoints, name):
     from kernels import capability, quant
-    from local_engine.layers import Linear
+    from local_engine.layers import Linear, pack
 
     folder = checkpoints[name][0]
     plain = Engine.load(folder, dtype="bfloat16", max_seq_len=64, pack=False)
@@ -171,8 +172,7 @@ def test_fused_q_and_kv_a_projection_equals_the_two_projections_it_replaces(chec
     for lin in (q_lin, attn.wkv_a):
         twin = Linear(lin.in_features, lin.out_features)
         twin.weight = torch.nn.Parameter(lin.weight.clone(), requires_grad=False)
-        twin.pack_()
-        separate.append(twin)
+        separate.append(pack(twin))
     for T in (1, 7):
         x = torch.randn(1, T, q_lin.in_features, generator=torch.Generator().manual_seed(T)).to(torch.bfloat16)
         with torch.inference_mode():

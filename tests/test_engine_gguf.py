@@ -181,9 +181,9 @@ def test_types_we_do_not_run_are_refused_at_load_naming_tensor_and_type(ftype, r
 
 _PEAK = r"""
 import sys, torch
-from kernels import kquant
+from kernels import dispatch
 from local_engine import Engine
-kquant.lib()
+dispatch.plan()   # loads both native libraries (and their OpenMP runtime): code, not the model
 torch.zeros(1).to(torch.bfloat16)
 with torch.device("meta"):   # the first meta-device init imports torch's decompositions (~160 MB,
     torch.nn.Embedding(2, 2)  # once per process, whatever the model): part of the baseline

@@ -314,6 +314,7 @@ def test_fused_bf16_experts_match_reference_moe(H, I, E, K, shared):
 
 def test_bf16_engine_decode_runs_the_fused_experts_and_matches_the_packed_path(tmp_path):
     from local_engine import Engine
+    from local_engine.layers import Linear, PackedLinear
     from tests.tiny_checkpoints import write_tiny_v3
 
     path = write_tiny_v3(tmp_path / "v3", dtype="bfloat16", num_hidden_layers=3)
@@ -324,14 +325,14 @@ def test_bf16_engine_decode_runs_the_fused_experts_and_matches_the_packed_path(t
 
     native = Engine.load(path, dtype="bfloat16")
     ffn = native.model.layers[-1].ffn
-    assert ffn.experts[0].w13.packed is None and ffn.experts[0].w13.weight.dtype == torch.bfloat16  # dense
+    assert isinstance(ffn.experts[0].w13, Linear) and ffn.experts[0].w13.weight.dtype == torch.bfloat16  # dense
     before = cpu_native.CALLS["moe_bf16"]
     got = decode(native)
     assert cpu_native.CALLS["moe_bf16"] - before == 3 * ids.shape[1]  # every layer's MLP or MoE, every token
     with dispatch.overridden(native=False):
         packed = Engine.load(path, dtype="bfloat16")  # oneDNN-packed where the CPU has bf16 for it
         w13 = packed.model.layers[-1].ffn.experts[0].w13
-        assert (w13.packed is not None) == capability.detect().bf16_packing
+        assert isinstance(w13, PackedLinear) == capability.detect().bf16_packing
         before = decode(packed)
     truth = decode(Engine.load(path, dtype="float32"))  # the same bf16 weights, float32 math
     # bf16 noise may flip a routing choice of a random tiny model on either path: compare each

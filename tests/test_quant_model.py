@@ -9,7 +9,7 @@ import torch
 import kernels.quant
 from local_engine import Engine
 from local_engine.errors import ModelError
-from local_engine.layers import Linear
+from local_engine.layers import Linear, QuantizedLinear
 from local_engine.quantize import MARKER, TENSORS, quantized_bytes, save_quantized
 from tests.tiny_checkpoints import write_tiny_v2, write_tiny_v3
 
@@ -26,15 +26,15 @@ def test_load_with_quant_quantizes_mlps_and_experts_but_not_gate_attention_or_he
     eng = Engine.load(tiny_v3, dtype="float32", quant=mode)
     quantized, kept = [], []
     for name, m in eng.model.named_modules():
-        if isinstance(m, Linear):
-            (quantized if m.qweight is not None else kept).append(name)
+        if isinstance(m, (Linear, QuantizedLinear)):
+            (quantized if isinstance(m, QuantizedLinear) else kept).append(name)
     assert quantized and all(".ffn." in n for n in quantized)
     assert any(".experts." in n for n in quantized) and any(".shared." in n for n in quantized)
     assert "layers.0.ffn.w13" in quantized                       # the dense first layer
     assert all(".attn." in n or n == "head" for n in kept)
     for name in quantized:
         m = eng.model.get_submodule(name)
-        assert m.weight.numel() == 0 and m.qweight.mode == mode    # full-precision copy freed
+        assert not list(m.parameters()) and m.qweight.mode == mode  # full-precision copy freed
     gate = eng.model.layers[1].ffn.gate
     assert gate.weight.dtype == torch.float32 and gate.bias.dtype == torch.float32
 
