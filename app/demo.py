@@ -82,11 +82,13 @@ def fresh_sample_project(target: Path | None = None) -> Path:
 
 
 def test_command() -> str:
-    """The sample project's test command: its own runner, with this Python (no pytest needed)."""
+    """The sample project's test command: its own runner, with this Python (no pytest needed),
+    on the tests of the modules an apply changed (the other modules keep their bugs), or on
+    all of them from /test."""
     import shlex
     import sys
 
-    return f"{shlex.quote(sys.executable)} run_tests.py"
+    return f"{shlex.quote(sys.executable)} run_tests.py {{changed}}"
 
 
 # ---------------------------------------------------------------------------- Gemma (optional)

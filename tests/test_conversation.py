@@ -13,7 +13,7 @@ import pytest
 from app.conversation import (ChangeApplied, ChangeProposed, Conversation, FlowEnded, PlanReady, Routed,
                               TestFinished, TurnEnded, failure_summary, parse_steps, run_tests)
 from app.conversation.steps import Plan
-from app.conversation.verify import HEAD_BYTES, TAIL_BYTES
+from app.conversation.verify import HEAD_BYTES, TAIL_BYTES, with_changed
 from app.prompts import build_prompt
 from app.router import route
 from app.store import SessionStore
@@ -81,6 +81,34 @@ def test_a_coder_answer_with_edits_is_proposed_applied_and_one_undo_takes_back_e
     assert (root / "calc.py").read_text().endswith("a + b\n")
     assert ws.undo() == ["calc.py"] and (root / "calc.py").read_text().endswith("a - b\n")
     assert not ws.can_undo
+
+
+def test_changed_in_the_test_command_becomes_the_applied_files_so_other_failing_modules_do_not_count(tmp_path, server):
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (root / "other file.py").write_text("raise SystemExit('still broken')\n")
+    ws = Workspace(root)
+    ws.context.add("calc.py")
+    server.set_script(text_reply("calc.py\n<<<<<<< SEARCH\n    return a - b\n=======\n    return a + b\n>>>>>>> REPLACE\n"))
+    runner = tmp_path / "runner.py"  # runs each file named, or every .py file when none is
+    runner.write_text("import glob, runpy, sys\nfor f in sys.argv[1:] or sorted(glob.glob('*.py')):\n"
+                      "    print('ran', f); runpy.run_path(f)\n")
+    conv = Conversation(server_config(server.base_url), workspace=ws, save=False,
+                        test_command=f"{sys.executable} {runner} {{changed}}")
+    events = drain(conv, conv.prepare("/code fix add"), approve=lambda changes: changes)
+    tested = [e.result for e in events if isinstance(e, TestFinished)]
+    assert len(tested) == 1 and tested[0].passed and tested[0].command.endswith(" calc.py")
+    assert tested[0].output.strip() == "ran calc.py" and events[-1] == FlowEnded("passed", 1)
+    whole = list(conv.test(2))  # /test after it: no apply before, so the whole suite
+    assert not whole[-1].result.passed and "ran other file.py" in whole[-1].result.output
+
+
+def test_changed_paths_are_shell_quoted_and_absent_when_nothing_changed():
+    assert with_changed("pytest {changed}", ["a b.py", "c.py"]) == "pytest 'a b.py' c.py"
+    assert with_changed("pytest {changed}") == "pytest"
+    assert with_changed("make test", ["a.py"]) == "make test"
+    assert with_changed("run {changed}", ["x;rm -rf ~.py"]) == "run 'x;rm -rf ~.py'"
 
 
 def test_declining_the_review_writes_nothing_and_ends_proposed(tmp_path, server):

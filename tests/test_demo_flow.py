@@ -49,6 +49,16 @@ def test_every_sample_module_has_one_bug_its_test_catches(tmp_path):
         assert f"FAIL test_{name}" in out
 
 
+def test_after_an_apply_the_demo_tests_only_the_changed_modules(tmp_path):
+    from app.conversation.verify import run_tests, with_changed
+
+    root = demo.fresh_sample_project(tmp_path / "p")
+    result = run_tests(with_changed(demo.test_command(), ["stats.py"]), root)
+    assert result.output.count("FAIL ") == 1 and "FAIL test_stats.py" in result.output
+    whole = run_tests(with_changed(demo.test_command()), root)  # /test: every module
+    assert whole.output.count("FAIL ") == len(list(root.glob("test_*.py"))) >= 4
+
+
 def test_the_suggested_requests_name_files_and_functions_of_the_sample_project():
     names = {p.name for p in demo.sample_source().glob("*.py")}
     text = "".join(p.read_text() for p in demo.sample_source().glob("*.py"))

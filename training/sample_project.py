@@ -1,5 +1,5 @@
 """The demo's sample project: a few small modules, each with one planted bug and a test file,
-and ``run_tests.py`` (runs every ``test_*.py``; no pytest needed). Built from the generator
+and ``run_tests.py`` (runs every ``test_*.py``, or those of the modules named; no pytest needed). Built from the generator
 with a fixed seed and written to ``app/data/demo/sample`` (package data):
 
     python -m training.sample_project app/data/demo/sample
@@ -19,14 +19,21 @@ PLAN = [("calc.py", "operator", 2), ("stats.py", "accumulator", 2), ("listops.py
 SEED = 20260
 
 
-RUN_TESTS = '''"""Run every test_*.py here (plain asserts); exit 1 if any fails."""
+RUN_TESTS = '''"""Run the tests (plain asserts); exit 1 if any fails.
+
+    python run_tests.py              every test_*.py here
+    python run_tests.py stats.py     just test_stats.py (Duet's demo passes the files it changed)
+"""
 import glob
+import os
 import runpy
 import sys
 import traceback
 
+wanted = [a if os.path.basename(a).startswith("test_") else os.path.join(os.path.dirname(a), "test_" + os.path.basename(a))
+          for a in sys.argv[1:]]
 failed = 0
-for path in sorted(glob.glob("test_*.py")):
+for path in sorted(set(wanted) if wanted else glob.glob("test_*.py")):
     try:
         runpy.run_path(path, run_name="__main__")
         print(f"PASS {path}")

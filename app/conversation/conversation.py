@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from app.config import Config
 from app.conversation.events import (ChangeApplied, ChangeDeclined, ChangeProposed, FlowEnded, Notice, PlanReady,
                                      Routed, TestFinished, TestStarted, TurnEnded)
 from app.conversation.steps import Plan
-from app.conversation.verify import TestResult, failure_summary, run_tests
+from app.conversation.verify import TestResult, failure_summary, run_tests, with_changed
 from app.errors import DuetError
 from app.turn import Turn, decide, file_names
 from vocab.messages import ChatMessage
@@ -179,7 +179,8 @@ class Conversation:
             if not self.test_command:
                 yield FlowEnded("applied" if not changes.rejected else "failed", number, reasons)
                 return
-            result = yield from self.test(number, cancel, message_id=source.result.message_id)
+            result = yield from self.test(number, cancel, message_id=source.result.message_id,
+                                          changed=sorted({e.path for e in accepted.edits}))
             if result.passed:
                 yield FlowEnded("passed" if not changes.rejected else "failed", number, reasons)
                 return
@@ -222,11 +223,13 @@ class Conversation:
         return self.prepare(text, "coder", extra_files=paths, intent="edit", author=author).turn
 
     def test(self, number: int, cancel: threading.Event | None = None, *, message_id: int | None = None,
-             command: str | None = None) -> Iterator:
-        """Run the test command once (TestStarted, TestFinished), recorded in the session."""
+             command: str | None = None, changed: Sequence[str] = ()) -> Iterator:
+        """Run the test command once (TestStarted, TestFinished), recorded in the session;
+        ``changed``: the paths the apply before it changed (for ``{changed}`` in the command)."""
         command = command or self.test_command
         if not command:
             raise DuetError("no test command: set [workspace] test in the config, or pass --test / /test CMD")
+        command = with_changed(command, changed)
         if self.workspace is None:
             raise DuetError("no workspace to test")
         yield TestStarted(number, command)

@@ -1,7 +1,8 @@
 """Running the user's test command after an apply, and trimming a failure for the coder.
 
 Only the command the user configured (``[workspace] test``, ``--test``, ``/test``) ever runs,
-in the workspace root, in its own process group: a timeout or a cancel kills the whole group
+in the workspace root (``{changed}`` in it becomes the files the apply changed, shell-quoted,
+so a project whose other modules still fail can test just what was fixed), in its own process group: a timeout or a cancel kills the whole group
 (the test runner and anything it started). Output is captured up to a cap (its head and its
 tail, where tracebacks and summaries are).
 """
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,17 @@ class TestResult:
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+
+CHANGED = "{changed}"
+
+
+def with_changed(command: str, changed: Sequence[str] = ()) -> str:
+    """``command`` with ``{changed}`` replaced by the changed paths, each shell-quoted (by
+    nothing when no apply came before: the whole suite)."""
+    if CHANGED not in command:
+        return command
+    return command.replace(CHANGED, " ".join(shlex.quote(p) for p in changed)).strip()
 
 
 def run_tests(command: str, root: str | Path, *, timeout: float = 300.0,
