@@ -1,4 +1,5 @@
-"""python -m local_engine generate|bench — run the engine alone (bench: bench/engine_bench.py,
+"""python -m local_engine generate|quantize|bench — run the engine alone, write a quantized
+copy of a checkpoint once (later loads skip the rounding), or benchmark it (bench/engine_bench.py,
 in a source checkout).
 
 Exit status 0 on success, 2 for a bad model folder or arguments (one line on stderr), 1 otherwise."""
@@ -26,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="draft with the checkpoint's MTP module and verify (same greedy output, same distribution)")
     g.add_argument("--raw", action="store_true", help="feed PROMPT as is, without the chat template")
     g.add_argument("prompt")
+    q = sub.add_parser("quantize", help="write a quantized copy of a checkpoint (loads without rounding again)")
+    q.add_argument("--model", required=True, help="HF model folder")
+    q.add_argument("--quant", choices=["int8", "int4"], required=True)
+    q.add_argument("--out", required=True, help="the folder to write (config and tokenizer copied along)")
     sub.add_parser("bench", help="Duet vs transformers on the same weights (bench/engine_bench.py; "
                                  "its options follow)", add_help=False)
     return p
@@ -75,6 +80,18 @@ def generate(args) -> int:
     return 0
 
 
+def quantize(args) -> int:
+    from local_engine import Engine
+    from local_engine.quantize import quantized_bytes, save_quantized
+
+    engine = Engine.load(args.model, dtype="bfloat16", quant=args.quant)
+    out = save_quantized(engine, args.out)
+    nbytes, params = quantized_bytes(engine.model)
+    print(f"{out}: {args.quant}, {params:,} quantized weights in {nbytes:,} bytes "
+          f"({nbytes / max(params, 1):.4f} bytes/weight); load it with Engine.load or as a model path")
+    return 0
+
+
 def bench(argv: list[str]) -> int:
     """The engine bench lives outside the runtime package, in the checkout's bench/ folder."""
     import runpy
@@ -96,6 +113,8 @@ def main(argv=None) -> int:
         if argv[:1] == ["bench"]:
             return bench(argv[1:])
         args = _parser().parse_args(argv)
+        if args.command == "quantize":
+            return quantize(args)
         return bench([]) if args.command == "bench" else generate(args)
     except (ModelError, InputError) as e:
         print(f"local_engine: error: {e}", file=sys.stderr)

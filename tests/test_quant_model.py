@@ -96,3 +96,16 @@ def test_broken_quantized_folders_name_the_file(tiny_v3, tmp_path):
     (out / TENSORS).unlink()
     with pytest.raises(ModelError, match="missing"):
         Engine.load(out)
+
+
+def test_the_quantize_command_writes_a_folder_that_loads_to_the_same_greedy_tokens(tiny_v3, tmp_path, capsys):
+    from local_engine.__main__ import main
+
+    assert main(["quantize", "--model", str(tiny_v3), "--quant", "int4", "--out", str(tmp_path / "q4")]) == 0
+    said = capsys.readouterr().out
+    assert "int4" in said and "0.5625 bytes/weight" in said
+    ids = torch.randint(0, 400, (12,), generator=torch.Generator().manual_seed(5)).tolist()
+    direct = list(Engine.load(tiny_v3, dtype="bfloat16", quant="int4").generate(ids, max_new_tokens=6, temperature=0))
+    saved = Engine.load(tmp_path / "q4", dtype="bfloat16")
+    assert list(saved.generate(ids, max_new_tokens=6, temperature=0)) == direct
+    assert main(["quantize", "--model", str(tmp_path / "missing"), "--quant", "int8", "--out", str(tmp_path / "x")]) == 2
