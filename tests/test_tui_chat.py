@@ -180,6 +180,20 @@ async def test_markup_and_ansi_escapes_in_model_output_are_shown_literally(serve
         assert "[italic]thinking[/italic] ␛[2J" in screen  # the pane too
 
 
+async def test_edit_blocks_and_numbered_code_in_a_trace_show_line_by_line_as_written(server):
+    trace = "calc.py has 1 function.\n 1 | def add(a, b):\n 2 |     return a - b\nLine 2 uses `-`."
+    answer = "calc.py\n<<<<<<< SEARCH\n    return a - b\n=======\n    return a + b\n>>>>>>> REPLACE\n\nFixed `add`."
+    server.set_script(reasoner_reply(trace, answer))
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await type_and_send(pilot, "/think fix add")
+        await wait_reply(pilot, app)
+        lines = [line.strip(" ▌▏│") for line in screen_text(app).splitlines()]
+        for want in ("<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE", "return a + b", "Fixed add."):
+            assert any(line.endswith(want) or line.startswith(want) for line in lines), (want, lines)
+        assert any("2 |     return a - b" in line for line in lines)  # the pane: indentation kept
+
+
 async def test_cjk_input_and_output_render_with_double_width_cells(server):
     server.set_script(text_reply("你好，世界！这是中文回答。"))
     app = make_app(server_config(server.base_url))

@@ -20,7 +20,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Markdown, Static
 
-from app.tui.literal import visible
+from app.tui.literal import answer_markdown, trace_markdown, visible
 
 FENCE = re.compile(r"^(`{3,}|~{3,})[^\n]*\n(.*?)^\1[ \t]*$", re.S | re.M)
 
@@ -192,7 +192,7 @@ class ReplyItem(Vertical):
 
             stream, self._stream = self._stream, None
             await stop_stream(stream)
-        await self.query_one(".answer", Markdown).update(self.answer)
+        await self.query_one(".answer", Markdown).update(answer_markdown(self.answer))
         self._show_notice()
         self.refresh_figures()
         if self.expanded:
@@ -225,7 +225,7 @@ class ReplyItem(Vertical):
         if timings:
             self.first_token = timings.get("first_token_s")
             self.total_s = timings.get("total_s")
-        await self.query_one(".answer", Markdown).update(self.answer)
+        await self.query_one(".answer", Markdown).update(answer_markdown(self.answer))
         self._show_notice()
         self.refresh_figures()
 
@@ -239,7 +239,7 @@ class ReplyItem(Vertical):
     async def _render_trace(self) -> None:
         if not self._trace_rendered:
             self._trace_rendered = True
-            await self.query_one(".trace", Markdown).update(self.thinking)
+            await self.query_one(".trace", Markdown).update(trace_markdown(self.thinking))
 
 
 class TestItem(Static):

@@ -8,6 +8,8 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Markdown, Static
 
+from app.tui.literal import trace_markdown
+
 
 class ThinkingPane(VerticalScroll):
     """Streams one trace at a time through a MarkdownStream; the chat screen follows it
@@ -57,7 +59,7 @@ class ThinkingPane(VerticalScroll):
             return
         if self._stream is not None:
             await self._stop()
-            await self.markdown.update(self.text)
+            await self.markdown.update(trace_markdown(self.text))
 
     async def _stop(self) -> None:
         if self._stream is not None:
@@ -71,7 +73,7 @@ class ThinkingPane(VerticalScroll):
         self.text = text
         self.query_one(".pane-title", Static).update(title)
         self.anchor(False)
-        await self.markdown.update(text)
+        await self.markdown.update(trace_markdown(text))
         self.scroll_home(animate=False)
 
 
