@@ -39,6 +39,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "threads": ((int,), "llama.cpp/local: CPU threads"),
     "gpu_layers": ((int,), "llama.cpp: layers offloaded to the GPU"),
     "system_prompt": ((str,), "system prompt (R1 guidance: none)"),
+    "history": ((bool,), "send the earlier turns' answers (false: each request alone, as small models trained on single turns need)"),
     "timeout": ((int, float), "openai: seconds to wait for the first byte"),
 }
 SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -83,6 +84,7 @@ class RoleConfig:
     threads: int | None = None
     gpu_layers: int = 0
     system_prompt: str | None = None
+    history: bool = True  # False: each request alone (its plan and files are in it anyway)
     timeout: float = 60.0
     sampling: Sampling = field(default_factory=Sampling)
     demo: bool = False  # the built-in Gemma 270M demo model
@@ -138,20 +140,21 @@ DEFAULT_SAMPLING = {
 
 DEMO_SAMPLING = {  # greedy: the demo models are small and trained on one format
     "reasoner": Sampling(temperature=0.0, top_p=1.0, max_tokens=1024),
-    "coder": Sampling(temperature=0.0, top_p=1.0, max_tokens=256),
+    "coder": Sampling(temperature=0.0, top_p=1.0, max_tokens=512),
 }
 
 
 def demo_role(role: str) -> RoleConfig:
     """The built-in demo (app/demo.py): the reasoner trained in this repository on our own engine
-    (local, int8), the coder on llama.cpp from its GGUF."""
+    (local, int8), the coder on llama.cpp from its GGUF; both were trained on single turns, so
+    each request goes alone (``history`` off: the plan and the files are in it)."""
     from app import demo
 
     if role == "reasoner":
         return RoleConfig(role=role, backend="local", path=demo.reasoner_path(), quant="int8", context=2048,
-                          model="duet-demo-reasoner", demo=True, sampling=DEMO_SAMPLING[role])
+                          model="duet-demo-reasoner", demo=True, history=False, sampling=DEMO_SAMPLING[role])
     return RoleConfig(role=role, backend="llama.cpp", path=demo.coder_path(), context=2048,
-                      model="duet-demo-coder", demo=True, sampling=DEMO_SAMPLING[role])
+                      model="duet-demo-coder", demo=True, history=False, sampling=DEMO_SAMPLING[role])
 
 
 def gemma_demo_role(role: str) -> RoleConfig:

@@ -61,9 +61,11 @@ class Turn:
         self.result = TurnResult(role=self.route.role, model=self.role_cfg.label)
 
     def messages(self) -> list[ChatMessage]:
-        """What the backend gets: optional system prompt, the history, this request."""
+        """What the backend gets: optional system prompt, the history (unless the role's config
+        turns it off), this request."""
         out = [ChatMessage("system", self.role_cfg.system_prompt)] if self.role_cfg.system_prompt else []
-        out += [ChatMessage(m.role, m.content) for m in self.history if m.role != "system"]
+        if self.role_cfg.history:
+            out += [ChatMessage(m.role, m.content) for m in self.history if m.role != "system"]
         return out + [ChatMessage("user", self.prompt)]
 
     def events(self, cancel: threading.Event | None = None, *, backend=None) -> Iterator[Event]:

@@ -34,6 +34,8 @@ def test_no_config_gives_the_demo_model_for_both_roles():
     assert config.reasoner.sampling.temperature == 0.0 and config.coder.sampling.temperature == 0.0
     assert config.reasoner.backend == "local" and config.coder.backend == "llama.cpp"
     assert config.reasoner.system_prompt is None
+    # ... and on single turns: each request goes alone
+    assert not config.reasoner.history and not config.coder.history
 
 
 def test_full_openai_config_is_read_with_its_sampling(tmp_path):
@@ -164,3 +166,11 @@ def test_ui_keymap_is_read_as_binding_ids_to_keys(tmp_path):
 def test_the_workspace_test_command_and_its_timeout_are_read(tmp_path):
     config = load_config(write(tmp_path, '[workspace]\ntest = "python -m pytest -q"\ntest_timeout = 90\n'))
     assert (config.workspace.test, config.workspace.test_timeout) == ("python -m pytest -q", 90.0)
+
+
+def test_history_is_on_unless_a_role_turns_it_off_and_must_be_a_boolean(tmp_path):
+    base = '[reasoner]\nbackend = "openai"\nurl = "http://127.0.0.1:8000/v1"\n'
+    config = load_config(write(tmp_path, base + '[coder]\nbackend = "openai"\nurl = "http://127.0.0.1:8001/v1"\nhistory = false\n'))
+    assert config.reasoner.history and not config.coder.history
+    with pytest.raises(ConfigError, match="coder.history"):
+        load_config(write(tmp_path, base + '[coder]\nbackend = "openai"\nurl = "http://127.0.0.1:8001/v1"\nhistory = "no"\n'))

@@ -3,6 +3,7 @@ history, the plan's steps, grouped undo, rewind, and the test runner."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -61,6 +62,19 @@ def test_the_history_resends_answers_only_and_the_coder_gets_the_plan_not_the_tr
     wire = "\n".join(m["content"] for m in server.requests[-1].json["messages"])
     assert PLAN in wire and TRACE not in wire
     assert [m.role for m in conv.history] == ["user", "assistant", "user", "assistant"]
+
+
+def test_a_role_with_history_off_gets_each_request_alone_with_the_plan_in_it(server):
+    config = server_config(server.base_url)
+    config = dataclasses.replace(config, coder=dataclasses.replace(config.coder, history=False))
+    conv = Conversation(config, save=False)
+    drain(conv, conv.prepare("/plan add a cache"))
+    server.set_script(text_reply("done"))
+    drain(conv, conv.prepare("implement it", "coder"))
+    wire = server.requests[-1].json["messages"]
+    assert [m["role"] for m in wire] == ["user"] and PLAN in wire[0]["content"]
+    drain(conv, conv.prepare("/plan and now?"))  # the reasoner keeps its history
+    assert len(server.requests[-1].json["messages"]) == 5
 
 
 def test_a_coder_answer_with_edits_is_proposed_applied_and_one_undo_takes_back_every_round(tmp_path, server):
