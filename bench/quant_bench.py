@@ -1,6 +1,7 @@
 """Duet int8/int4 vs llama.cpp Q8_0/Q4_0 on the same weights, DeepSeek-V2-Lite layer shapes.
 
     python -m bench.quant_bench [--layers 4] [--threads 2] [--modes int8,int4] [--dtype auto]
+    python -m bench.quant_bench --shape v3-small     # a whole small V3-shaped model (below)
 
 Emulating an AVX2-only CPU on an AVX-512 one (torch, oneDNN and the native build):
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 DUET_NATIVE_MARCH=haswell python -m bench.quant_bench
@@ -22,6 +23,10 @@ twice: with the native CPU kernels (kernels/csrc: int16-activation GEMV, one fus
 MoE layer, dequantize + matmul for prefill) and with aten's packed int4 kernel ("(aten)"
 rows, the path before them). Also printed: the per-call cost at a tiny size, the GB/s of one
 M=1 matmul streaming its weights from memory, and a profile of one decode step.
+``--shape v3-small`` runs instead the whole ~200M-parameter DeepSeek-V3-shaped model of the
+engine bench (bench/engine_bench.py's MID: 8 layers, hidden 512, 64 experts of 256, sigmoid
+routing with a selection bias and 2 groups, q-LoRA, 8192 tokens), every layer, quantized the
+same way for both engines: the "whole small model" comparison.
 Two departures from V2-Lite: the vocabulary is 16384 (not 102400) so the head does not
 dominate a 4-layer model, and q goes through a 1536-rank q_lora (as in V2/V3): llama.cpp
 treats a deepseek2 model as "lite" (plain q projection) only when it has 26 or 27 layers.
@@ -48,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.engine_bench import MID  # noqa: E402  (after the sys.path line above)
+
 V2_LITE = dict(
     architectures=["DeepseekV2ForCausalLM"], model_type="deepseek_v2",
     vocab_size=16384, hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
@@ -59,6 +66,10 @@ V2_LITE = dict(
     max_position_embeddings=4096, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False,
     torch_dtype="bfloat16",
 )
+# bench/engine_bench.py's mid-size V3 model, as a whole (its layer count is kept: --layers is ignored)
+V3_SMALL = dict(V2_LITE, **MID, architectures=["DeepseekV3ForCausalLM"], model_type="deepseek_v3",
+                topk_method="noaux_tc", scoring_func="sigmoid")
+SHAPES = {"v2-lite": V2_LITE, "v3-small": V3_SMALL}
 PREFILL, DECODE, WINDOWS = 2048, 48, 6   # decode: best of 6 window medians (bursts of other load)
 GROUP = 64
 
@@ -162,6 +173,8 @@ def build(cfg: dict, mode: str) -> Weights:
             continue
         W.plain(p + "ffn.gate.weight", b + "ffn_gate_inp.weight",
                 torch.randn(E, H, generator=g) / math.sqrt(H), "f32")
+        if c.get("scoring_func") == "sigmoid":  # V3: the selection bias (routing only)
+            W.plain(p + "ffn.gate.bias", b + "exp_probs_b.bias", torch.randn(E, generator=g) * 0.01, "f32")
         W.linear(p + "ffn.experts.{e}.w13", [b + "ffn_gate_exps.weight", b + "ffn_up_exps.weight"],
                  [Im, Im], H, experts=E)
         W.linear(p + "ffn.experts.{e}.w2", [b + "ffn_down_exps.weight"], [H], Im, experts=E)
@@ -457,7 +470,9 @@ def profile_duet(folder: Path, threads: int, native: bool = True) -> list[tuple[
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=4, help="v2-lite: how many of its layers")
+    ap.add_argument("--shape", default="v2-lite", choices=sorted(SHAPES),
+                    help="v2-lite: DeepSeek-V2-Lite layer shapes; v3-small: the engine bench's whole V3-shaped model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--modes", default="int8,int4")
     ap.add_argument("--workdir", default=None, help="where the model files go (default: a temp dir, removed)")
@@ -475,7 +490,7 @@ def main(argv=None) -> int:
     print(capability_line(cap) + f"; Duet activations {DTYPE}", flush=True)
     for op, impl in cap["plan"].items():
         print(f"  {op}: {impl}", flush=True)
-    cfg = dict(V2_LITE, num_hidden_layers=a.layers)
+    cfg = dict(V2_LITE, num_hidden_layers=a.layers) if a.shape == "v2-lite" else dict(V3_SMALL)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="duet-quant-bench-"))
     torch.set_num_threads(a.threads)
     bw = bandwidth_gbs()
@@ -523,7 +538,9 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print(capability_line(cap))
-    print(f"DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads, Duet activations {DTYPE}")
+    what = f"DeepSeek-V2-Lite shapes, {a.layers} layers" if a.shape == "v2-lite" else \
+        f"the whole small V3-shaped model ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']})"
+    print(f"{what}, {a.threads} threads, Duet activations {DTYPE}")
     print(f"{'engine':<20}{'decode@0':>10}{'decode@2k':>11}{'prefill':>10}{'limit':>8}{'% limit':>9}")
     for r in rows:
         if "error" in r:
@@ -541,7 +558,7 @@ def main(argv=None) -> int:
     load = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
     print(f"load average before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f} on {load['cpus']} CPUs "
           f"(other processes share these cores: timings are indicative)")
-    out.write_text(json.dumps({"config": cfg, "threads": a.threads, "capability": cap, "dtype": DTYPE, "bandwidth": bw, "rows": rows,
+    out.write_text(json.dumps({"shape": a.shape, "config": cfg, "threads": a.threads, "capability": cap, "dtype": DTYPE, "bandwidth": bw, "rows": rows,
                                "call_overhead_us": overhead, "kernel_gbs": kgbs, "profiles": profiles, "load_average": load,
                                "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     print(f"\nwrote {out}")
