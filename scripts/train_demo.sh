@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train Duet's demo models from scratch on CPU (2 cores, ~55 minutes wall, both models side by
+# Train Duet's demo models from scratch on CPU (2 cores, ~85 minutes wall, both models side by
 # side on one thread each), package them into app/data/demo and run the eval:
 #     bash scripts/train_demo.sh [OUT_DIR]        # default build/demo
 # The generator is seeded (--seed 1) and nothing is downloaded; see training/ and the README.
@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 OUT="${1:-build/demo}"
-MINUTES="${DUET_TRAIN_MINUTES:-55}"
+MINUTES="${DUET_TRAIN_MINUTES:-85}"
 export OMP_WAIT_POLICY=PASSIVE
 "$PY" -m training.train tokenizer --out "$OUT" --seed 1
 "$PY" -m training.train reasoner --out "$OUT" --minutes "$MINUTES" --seed 1 --threads 1 \
@@ -16,6 +16,7 @@ export OMP_WAIT_POLICY=PASSIVE
 wait
 "$PY" -m training.package --run "$OUT"
 "$PY" -m training.eval --out bench/results/demo_eval.json
-"$PY" -m training.eval --style train --n 12 --n-coder 20 --n-run 0 --out bench/results/demo_eval_train_style.json
+"$PY" -m training.eval --style train --n 12 --n-coder 20 --n-run 12 --out bench/results/demo_eval_train_style.json
+"$PY" -m training.eval --style sample --n 30 --n-coder 12 --n-run 6 --out bench/results/demo_eval_sample.json
 "$PY" -m training.package --run "$OUT" --eval bench/results/demo_eval.json \
-    --eval-train bench/results/demo_eval_train_style.json
+    --eval-train bench/results/demo_eval_train_style.json --eval-sample bench/results/demo_eval_sample.json

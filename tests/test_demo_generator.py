@@ -96,16 +96,20 @@ def test_the_teacher_reads_line_by_line_up_to_the_bug_then_plans_the_exact_chang
     for seed in range(8):
         m = make_module(random.Random(seed), "train", n_funcs=3)
         trace = thinking(m)
-        for i, f in enumerate(m.funcs[: m.bug_func + 1]):  # every function up to the buggy one ...
-            assert f"`{f.name}`: \"{f.doc}\"" in trace
-            for j, code in enumerate(f.body):
-                if (i, j) == (m.bug_func, m.mutation.line):
-                    break
-                assert f"{m.line_no(i, j)} `{code.strip()}` ok" in trace  # ... each line read and passed
+        prompt = reasoner_prompt(m, f"review {m.path}")
+        listed = [line for line in trace.split("\n") if " | " in line]
+        # every line up to the buggy one is read back exactly as the prompt numbers it ...
+        assert len(listed) == m.bug_line_no
+        for line in listed:
+            assert "\n" + line + "\n" in prompt
+        for i, f in enumerate(m.funcs[: m.bug_func + 1]):  # ... each docstring before its code
+            assert f'"""{f.doc}"""' in trace
         for f in m.funcs[m.bug_func + 1:]:  # the one bug is found: the reading stops there
-            assert f"`{f.name}`:" not in trace
+            assert f"def {f.name}(" not in trace
+        assert listed[-1].endswith(m.bad_line)
         assert trace.count("This is the bug.") == 1
-        assert f"{m.bug_line_no} `{m.bad_line.strip()}`" in trace
+        assert f"Line {m.bug_line_no} " in trace
+        assert f"Change `{m.bad_line.strip()}` to `{m.good_line.strip()}`." in trace
     for lang in ("en", "zh"):
         plan = answer(m, lang)
         assert m.path in plan and f"`{m.func.name}`" in plan and str(m.bug_line_no) in plan
@@ -127,3 +131,12 @@ def test_the_teachers_edit_applies_with_duets_workspace_and_the_tests_pass(tmp_p
         ws.apply(changes)
         assert (folder / m.path).read_text() == m.fixed
         assert _run_tests(folder, m) == 0
+
+
+def test_the_teachers_block_starts_at_the_def_line_and_changes_only_the_buggy_line():
+    for m in _modules("train", 12, seed=5):
+        block = coder_answer(m, "en").split("\n>>>>>>> REPLACE")[0]
+        search, replace = block.split("\n<<<<<<< SEARCH\n", 1)[1].split("\n=======\n")
+        s, r = search.split("\n"), replace.split("\n")
+        assert s[0].startswith(f"def {m.func.name}(") and s[-1] == m.bad_line and r[-1] == m.good_line
+        assert s[:-1] == r[:-1] and search in m.source

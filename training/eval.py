@@ -93,7 +93,7 @@ class Coder:
         self.llm = Llama(str(gguf_path), n_ctx=2048, n_threads=1, verbose=False)
         self.template = self.llm.metadata["tokenizer.chat_template"]
 
-    def run(self, user_text: str, max_new: int = 300):
+    def run(self, user_text: str, max_new: int = 600):
         import jinja2
 
         prompt = jinja2.Environment().from_string(self.template).render(

@@ -32,7 +32,8 @@ def _read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def package(run: Path, eval_json: Path | None, dest: Path = DEST, eval_train_json: Path | None = None) -> dict:
+def package(run: Path, eval_json: Path | None, dest: Path = DEST, eval_train_json: Path | None = None,
+            eval_sample_json: Path | None = None) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -78,7 +79,7 @@ def package(run: Path, eval_json: Path | None, dest: Path = DEST, eval_train_jso
     manifest = {
         "what": "Duet's demo models, trained in this repository (python -m training.train all): "
                 "they find and fix one planted bug in small Python modules, nothing more.",
-        "reproduce": "bash scripts/train_demo.sh  (tokenizer, both models side by side for 55 minutes on one "
+        "reproduce": "bash scripts/train_demo.sh  (tokenizer, both models side by side for 85 minutes on one "
                      "thread each, this packaging, python -m training.eval)",
         "status": "trained for one narrow task (find and fix the one planted bug in a small Python module); "
                   "see eval for how often it succeeds on modules it never saw",
@@ -95,6 +96,9 @@ def package(run: Path, eval_json: Path | None, dest: Path = DEST, eval_train_jso
     if eval_train_json and eval_train_json.is_file():  # unseen modules in the training templates
         ev = json.loads(eval_train_json.read_text())
         manifest["eval_train_style"] = {k: v for k, v in ev.items() if not k.endswith("rows")}
+    if eval_sample_json and eval_sample_json.is_file():  # the demo's sample project
+        ev = json.loads(eval_sample_json.read_text())
+        manifest["eval_sample_project"] = {k: v for k, v in ev.items() if not k.endswith("rows")}
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
 
@@ -104,8 +108,9 @@ def main(argv=None):
     ap.add_argument("--run", type=Path, default=ROOT / "build" / "demo")
     ap.add_argument("--eval", type=Path, default=None)
     ap.add_argument("--eval-train", type=Path, default=None, help="the eval's --style train figures")
+    ap.add_argument("--eval-sample", type=Path, default=None, help="the eval's --style sample figures")
     a = ap.parse_args(argv)
-    m = package(a.run, a.eval, eval_train_json=a.eval_train)
+    m = package(a.run, a.eval, eval_train_json=a.eval_train, eval_sample_json=a.eval_sample)
     print(f"packaged {len(m['files'])} files, {m['total_bytes'] / 1e6:.1f} MB into {DEST}")
     return 0
 

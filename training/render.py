@@ -1,10 +1,11 @@
 """Training and eval examples: Duet's real prompts (app.prompts / app.turn) around a task module,
 and the "teacher" answers a program writes for them.
 
-The reasoner's target is a thinking trace that reads every docstring and the line that
-carries it, finds the one that disagrees, then a diagnosis and a numbered plan naming the
-file, the function, the line and the exact change. The coder's target is one
-SEARCH/REPLACE block (CONTRACT.md's format) and a one-line summary.
+The reasoner's target is a thinking trace that reads the module back line by line as the
+prompt numbers it (each docstring before its code) up to the line that disagrees with its
+docstring and says why, then a diagnosis and a numbered plan naming the file, the function,
+the line and the exact change. The coder's target is one SEARCH/REPLACE block (CONTRACT.md's
+format) from the function's ``def`` line to the fixed line, and a one-line summary.
 """
 
 from __future__ import annotations
@@ -54,25 +55,32 @@ def reason_zh(kind: str, wrong: str, right: str) -> str:
     }[kind]
 
 
+def listing(m: Module, upto: int) -> list[str]:
+    """The module's first ``upto`` lines exactly as Duet numbers them in the prompt
+    (app.prompts.files_block): `` 7 |     return total``."""
+    lines = m.source.rstrip("\n").split("\n")
+    width = len(str(len(lines)))
+    return [f"{n:>{width}} | {line}" for n, line in enumerate(lines[:upto], 1)]
+
+
 def thinking(m: Module) -> str:
-    """Read each function: its docstring, then its lines one by one, each "ok" until the one that
-    disagrees with the docstring (the module has exactly one bug, so the reading stops there)."""
+    """Read the module line by line, each function's docstring before its code, up to the line
+    that disagrees with its docstring (the module has exactly one bug, so the reading stops
+    there); then say why, and what it should be.
+
+    The lines are read back exactly as the prompt numbers them, so reading is copying: after
+    `` 7 |`` comes what follows `` 7 |`` in the prompt (what a small model's induction heads
+    do well), and the one decision, at the end of each line, is whether the next thing
+    written is the next line or the finding."""
     mut = m.mutation
     n = len(m.funcs)
-    lines = [f"{m.path} has {n} function{'s' if n > 1 else ''}. I check each docstring against its code, line by line."]
-    for i, f in enumerate(m.funcs):
-        lines.append(f"`{f.name}`: \"{f.doc}\"")
-        for j, code in enumerate(f.body):
-            k = m.line_no(i, j)
-            if i == m.bug_func and j == mut.line:
-                lines.append(f"{k} `{mut.new.strip()}` {reason_en(mut.kind, mut.wrong, mut.right)}. This is the bug.")
-                break
-            lines.append(f"{k} `{code.strip()}` ok")
-        if i == m.bug_func:
-            break
-    lines.append(f"So the bug is in `{m.func.name}`, line {m.bug_line_no}: {KIND_EN[mut.kind]}. "
-                 f"Change `{m.bad_line.strip()}` to `{m.good_line.strip()}`.")
-    return "\n".join(lines)
+    k = m.bug_line_no
+    return "\n".join(
+        [f"{m.path} has {n} function{'s' if n > 1 else ''}. I read the code line by line against each docstring."]
+        + listing(m, k)
+        + [f"Line {k} {reason_en(mut.kind, mut.wrong, mut.right)}. This is the bug.",
+           f"So the bug is in `{m.func.name}`, line {k}: {KIND_EN[mut.kind]}. "
+           f"Change `{m.bad_line.strip()}` to `{m.good_line.strip()}`."])
 
 
 def answer(m: Module, lang: str) -> str:
@@ -92,7 +100,14 @@ def answer(m: Module, lang: str) -> str:
 
 
 def coder_answer(m: Module, lang: str) -> str:
-    block = f"{m.path}\n<<<<<<< SEARCH\n{m.bad_line}\n=======\n{m.good_line}\n>>>>>>> REPLACE\n"
+    """One block from the function's ``def`` line down to the buggy line: the plan names the
+    function, so the SEARCH starts at a line it can find and copies on from there (no line is
+    guessed), and the REPLACE copies the SEARCH back with the one line changed."""
+    first = m.span(m.bug_func)[0]
+    lines = m.source.split("\n")
+    search = lines[first - 1:m.bug_line_no]
+    replace = search[:-1] + [m.good_line]
+    block = f"{m.path}\n<<<<<<< SEARCH\n" + "\n".join(search) + "\n=======\n" + "\n".join(replace) + "\n>>>>>>> REPLACE\n"
     bad, good = m.bad_line.strip(), m.good_line.strip()
     summary = (f"修复了 `{m.func.name}`：`{bad}` 改为 `{good}`。" if lang == "zh"
                else f"Fixed `{m.func.name}`: `{bad}` is now `{good}`.")
@@ -154,7 +169,7 @@ def reasoner_example(rng: random.Random, m: Module, *, think: bool = True, reque
 
 
 def coder_example(rng: random.Random, m: Module, *, mode: str | None = None, request: str | None = None) -> Example:
-    mode = mode or rng.choices(["handoff", "turn", "direct"], [4, 3, 3])[0]
+    mode = mode or rng.choices(["handoff", "turn", "direct"], [5, 4, 1])[0]
     if mode == "direct":
         request = request or rng.choice(["fix the bug in {path}", "修复 {path} 里的错误"]).format(path=m.path)
     else:
