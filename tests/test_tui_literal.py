@@ -19,6 +19,8 @@ def test_blocks_already_in_a_fence_and_unfinished_blocks_are_left_alone():
     assert answer_markdown(half) == half
     plain = "No edits here.\n\n1. a\n2. b"
     assert answer_markdown(plain) == plain
+    after_code = "```\nx\n```\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE"  # no path line: the fence stays
+    assert answer_markdown(after_code) == "```\nx\n```\n```\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n```"
 
 
 def test_the_fence_is_longer_than_any_backtick_run_in_the_block():

@@ -62,7 +62,8 @@ def answer_markdown(text: str) -> str:
         if fence is None and line.rstrip() == "<<<<<<< SEARCH":
             end = next((j for j in range(i + 1, len(lines)) if lines[j].rstrip() == ">>>>>>> REPLACE"), None)
             if end is not None:  # (the block may hold fences of its own: they are its text)
-                start = i - 1 if out and out[-1].strip() else i  # the path line goes in too
+                # the path line goes in too (not a blank line, nor a fence that closed a block)
+                start = i - 1 if out and out[-1].strip() and not _FENCE.match(out[-1]) else i
                 if start < i:
                     out.pop()
                 out += _fenced(lines[start:end + 1])
