@@ -2,7 +2,8 @@
 
     lib() -> ctypes.CDLL | None     the loaded library, or None (then the aten paths run)
     isa() -> str | None             the SIMD path compiled in: "avx512", "avx2" or "scalar"
-    gemm / dequant / moe / moe_bf16 / head_gemv / rms_norm  thin wrappers over its entry points
+    gemm / dequant / moe / moe_bf16 / head_gemv / rms_norm / mla_step / gate
+                                    thin wrappers over its entry points
 
 The C file is compiled with the system compiler (``$CC``, default ``cc``) as
 ``-O3 <target> -fPIC -shared -fopenmp``; the target is ``-march=native`` on x86-64 and
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "variant", "isa", "flags", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "rms_norm", "CALLS", "SOURCE"]
+__all__ = ["lib", "build", "variant", "isa", "flags", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "rms_norm", "mla_step", "gate", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
@@ -193,6 +194,12 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.duet_rms_norm.argtypes = [_ptr, _ptr, _ptr, _c_int, _c_int, _c_long, _c_int, ctypes.c_float]
     so.duet_moe_bf16.restype = _c_int
     so.duet_moe_bf16.argtypes = [_ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _ptr, _c_int, _ptr, _c_int]
+    so.duet_mla_step.restype = _c_int
+    so.duet_mla_step.argtypes = [_ptr, _ptr, _ptr, _ptr, ctypes.c_float, _ptr, _c_int, _ptr, _ptr, _ptr, _ptr, _ptr,
+                                 _ptr, _ptr, _ptr, _c_int, _c_int]
+    so.duet_gate.restype = _c_int
+    so.duet_gate.argtypes = [_ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int, _c_int, _c_int, _c_int, _c_int,
+                             ctypes.c_float, _ptr, _ptr]
     so.duet_moe.restype = _c_int
     so.duet_moe.argtypes = [_c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int,
                             _c_int, _ptr, _c_int, _c_int, _c_int]
@@ -324,3 +331,30 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     _LIB.duet_rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), _BF16[x.dtype], _BF16[weight.dtype],
                        x.numel() // x.shape[-1], x.shape[-1], eps)
     return y
+
+
+def mla_step(step, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor, h: torch.Tensor,
+             normed: torch.Tensor) -> None:
+    """One token at ``pos`` through an MLA block (kernels.decode_step.MLAStep ``step``): fills
+    ``h`` and ``normed`` (x's shape and dtype) and the latent cache row ``pos``."""
+    CALLS["mla_step"] += 1
+    rc = _LIB.duet_mla_step(step.lin.data_ptr(), step.norms.data_ptr(), step.norm_bf16.data_ptr(),
+                            step.eps.data_ptr(), step.shape.scale, step.dims.data_ptr(), pos, cos.data_ptr(),
+                            sin.data_ptr(), step.cache.data_ptr(), step.uk, step.uv_t, x.data_ptr(), h.data_ptr(),
+                            normed.data_ptr(), _BF16[x.dtype], torch.get_num_threads())
+    if rc:
+        raise MemoryError("duet_mla_step: out of memory")
+
+
+def gate(p, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token's MoE routing (kernels.decode_step.GatePlan ``p``): x float32 [hidden] ->
+    (weights float32 [1, k], indices int64 [1, k])."""
+    idx = torch.empty(1, p.topk, dtype=torch.int64)
+    wts = torch.empty(1, p.topk, dtype=torch.float32)
+    CALLS["gate"] += 1
+    rc = _LIB.duet_gate(x.data_ptr(), p.weight.data_ptr(), p.bias.data_ptr() if p.bias is not None else None,
+                        p.weight.shape[0], p.weight.shape[1], int(p.sigmoid), p.n_group, p.topk_group, p.method,
+                        p.topk, int(p.norm), p.route_scale, idx.data_ptr(), wts.data_ptr())
+    if rc:
+        raise ValueError(f"duet_gate: {p.weight.shape[0]} experts, top {p.topk}: out of the kernel's range")
+    return wts, idx

@@ -6,8 +6,9 @@
     describe() -> rows      (op, chosen implementation) for the benches and doctor
 
 Each op's module (kernels/quant.py for linear, moe.py, mla.py, norm_rope.py, fp8.py,
-indexer.py, kquant.py for the GGUF types) holds its reference, its implementations and the
-few lines that pick one from this plan; nothing else chooses.
+indexer.py, kquant.py for the GGUF types, decode_step.py for a one-token step fused across
+them) holds its reference, its implementations and the few lines that pick one from this plan;
+nothing else chooses.
 
 Switches, read when the plan is built:
     DUET_KERNELS=reference   every op runs its plain PyTorch reference; no native library
@@ -72,6 +73,8 @@ class AttentionPlan:
 
     attention: str
     head_gemv: str
+    step: str = "ops"   # a one-token decode step: "native" (kernels.decode_step: attention block and
+    #                     router one call each) or "ops" (the modules' PyTorch calls)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ class Plan:
                         f"; prefill: {self.moe.combine}"),
                 ("mla attention", f"{self.attention.attention}; one-token head products: "
                                   f"{'native bf16 GEMV' if self.attention.head_gemv == 'native-bf16' else 'float32 bmm'}"),
+                ("decode step", "one native call per layer for attention, residual and norms, one for the router"
+                                if self.attention.step == "native" else "PyTorch ops"),
                 ("rms norm", self.norm.norm + (f" (native for <= {self.norm.native_rows} rows)"
                                                if self.norm.native_rows else "")),
                 ("rope", self.norm.rope),
@@ -228,7 +233,8 @@ def _build(cap: capability.Capability, over: dict) -> Plan:
                         int8_act_bits=int8_bits, int4_act_bits=int4_bits, prefill_dtype=act_dtype)
     moe = MoEPlan(decode="native-fused" if isa else "grouped", combine="reference" if reference else "grouped")
     attention = AttentionPlan(attention="reference" if reference else "torch",
-                              head_gemv="native-bf16" if isa and not reference else "bmm")
+                              head_gemv="native-bf16" if isa and not reference else "bmm",
+                              step="native" if isa and not reference else "ops")
     norm = NormPlan(norm="reference" if reference else "torch", rope="reference" if reference else "torch",
                     native_rows=8 if isa and not reference else 0)
     gguf_bits = over.get("gguf_act_bits") or _env_bits(GGUF_ACT_ENV, ("8", "16", "32"), "16")

@@ -86,21 +86,23 @@ class FusedExperts:
         self.table = torch.tensor(ptrs, dtype=torch.int64)                                  # [E(+1), 4]
         self.inter = torch.tensor([w13.shape[0] // 2 for w13, _ in pairs], dtype=torch.int32)
         self.ip = torch.tensor([w2.padded_shape[1] for _, w2 in pairs], dtype=torch.int32)
-        self._none = torch.zeros(1, dtype=torch.int64)
+        self._idx0, self._w0 = torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float32)
 
     def __call__(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         from kernels import cpu_native
 
-        idx = indices.reshape(-1).contiguous()
-        w = weights.reshape(-1).to(torch.float32).contiguous()
-        return cpu_native.moe(self.bits, self.table, self.inter, self.ip, idx, w, self.shared_row, self.group,
-                              _act(x), self.hidden, self.hp, _act_bits(self.bits)).to(x.dtype)
+        idx = _flat(indices, torch.int64)
+        w = _flat(weights, torch.float32)
+        y = cpu_native.moe(self.bits, self.table, self.inter, self.ip, idx, w, self.shared_row, self.group,
+                           _act(x), self.hidden, self.hp, _act_bits(self.bits))
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         from kernels import cpu_native
 
-        return cpu_native.moe(self.bits, self.table, self.inter, self.ip, self._none[:0], self._none.float()[:0],
-                              0, self.group, _act(x), self.hidden, self.hp, _act_bits(self.bits)).to(x.dtype)
+        y = cpu_native.moe(self.bits, self.table, self.inter, self.ip, self._idx0, self._w0, 0, self.group, _act(x),
+                           self.hidden, self.hp, _act_bits(self.bits))
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def _act_bits(bits: int) -> int:
@@ -109,7 +111,14 @@ def _act_bits(bits: int) -> int:
 
 def _act(x: torch.Tensor) -> torch.Tensor:
     x = x if x.dtype in (torch.bfloat16, torch.float32) else x.float()
-    return x.contiguous()
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def _flat(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t as a contiguous vector of ``dtype``; no call at all when it is one (decode makes few)."""
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _scales(qw):
@@ -281,6 +290,8 @@ def swiglu(x: torch.Tensor, w13: Expert, w2: Expert, inter: int, fused=None) -> 
     """The reference's result; a decode step's few rows run ``fused.dense`` (a one-expert
     ``fuse_experts`` table) one row each where there is one."""
     rows = x.numel() // x.shape[-1]
+    if fused is not None and rows == 1:
+        return fused.dense(x.reshape(1, -1)).view(x.shape)
     if fused is not None and rows <= dispatch.plan().moe.fused_rows:
         flat = x.reshape(rows, -1)
         return torch.cat([fused.dense(flat[i:i + 1]) for i in range(rows)]).view(x.shape)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import indexer, mla, moe, norm_rope
+from kernels import decode_step, indexer, mla, moe, norm_rope
 from local_engine.config import ModelArgs
 from local_engine.layers import Linear, PackedLinear, QuantizedLinear, RMSNorm, pack
 
@@ -131,6 +131,24 @@ class MLA(nn.Module):
             del self.wq
         return True
 
+    def fuse_step(self, attn_norm: RMSNorm, ffn_norm: RMSNorm) -> decode_step.MLAStep | None:
+        """This block's one-token decode step as one native call (kernels.decode_step), or None:
+        V3.2's indexer, oneDNN-packed or GGUF weights and CUDA keep the PyTorch path."""
+        if self.indexer is not None or self.wqkv_a is not None or self.cache is None:
+            return None
+        names = ["wq_a", "wq_b", "wkv_a", "wo"] if hasattr(self, "wq_a") else ["wq", None, "wkv_a", "wo"]
+        lins = [getattr(self, n) if n else None for n in names]
+        if not all(lin is None or isinstance(lin, (Linear, QuantizedLinear)) for lin in lins):
+            return None
+        q_norm = self.q_norm if hasattr(self, "q_norm") else None
+        shape = decode_step.MLAShape(attn_norm.weight.shape[0], self.n_heads, self.nope, self.rope, self.v,
+                                     self.wq_a.out_features if hasattr(self, "wq_a") else 0, self.kv_lora,
+                                     self.interleaved, self.scale)
+        norms = [attn_norm, q_norm, self.kv_norm, ffn_norm]
+        return decode_step.fuse_mla(shape, [decode_weight(lin) if lin is not None else None for lin in lins],
+                                    [n.weight if n is not None else None for n in norms],
+                                    [n.eps if n is not None else 0.0 for n in norms], self.cache, self.absorbed())
+
     def forward(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape  # x [batch, seq, hidden]; cos/sin [seq, rope/2]
         H, end = self.n_heads, start_pos + T
@@ -214,6 +232,10 @@ def forget_fused(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, (MLP, MoE)):
             m.fused = _UNBUILT
+        elif isinstance(m, Block):
+            m.step = _UNBUILT
+        elif isinstance(m, Gate):
+            m.native = _UNBUILT
 
 
 class Gate(nn.Module):
@@ -229,9 +251,16 @@ class Gate(nn.Module):
                                    requires_grad=False)
         self.bias = (nn.Parameter(torch.empty(a.n_routed_experts, dtype=torch.float32), requires_grad=False)
                      if a.topk_method == "noaux_tc" else None)
+        self.native = _UNBUILT  # kernels.decode_step's one-token router, made at the first call
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [N, H] -> weights [N, K] float32, indices [N, K]."""
+        if x.shape[0] == 1:
+            if self.native is _UNBUILT:
+                self.native = decode_step.gate_plan(self.weight, self.bias, self.scoring, self.method, self.n_group,
+                                                    self.topk_group, self.topk, self.norm, self.route_scale)
+            if self.native is not None:
+                return decode_step.gate(self.native, x)
         logits = F.linear(x.float(), self.weight)
         scores = logits.sigmoid() if self.scoring == "sigmoid" else logits.softmax(dim=-1)
         choice = scores if self.bias is None else scores + self.bias
@@ -285,9 +314,20 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.ffn = MoE(args) if args.is_moe_layer(layer_id) else MLP(args.hidden_size, args.intermediate_size)
 
+        self.step = _UNBUILT  # kernels.decode_step's one-token call, made at the first decode step
+
     def forward(self, x, start_pos, cos, sin):
-        x = x + self.attn(self.attn_norm(x), start_pos, cos, sin)
-        return x + self.ffn(self.ffn_norm(x))
+        if x.shape[0] * x.shape[1] == 1 and self._step() is not None:
+            x, normed = self.step(x, start_pos, cos, sin)  # attention, residual and both norms: one call
+        else:
+            x = x + self.attn(self.attn_norm(x), start_pos, cos, sin)
+            normed = self.ffn_norm(x)
+        return x + self.ffn(normed)
+
+    def _step(self) -> decode_step.MLAStep | None:
+        if self.step is _UNBUILT or (self.step is not None and self.step.cache is not self.attn.cache):
+            self.step = self.attn.fuse_step(self.attn_norm, self.ffn_norm)  # (again after a new cache)
+        return self.step
 
 
 class Transformer(nn.Module):

@@ -145,6 +145,12 @@ def test_packed_bf16_weights_compute_what_plain_weights_compute(checkpoints):
     assert isinstance(packed.model.layers[0].attn.wkv_b, Linear)  # read as a matrix by absorbed decode
     torch.testing.assert_close(lin.weight, plain.model.layers[1].attn.wo.weight, atol=0, rtol=0)
     assert packed.weight_bytes() == plain.weight_bytes()
+    # the same ops either way: plain's decode steps stay off the native step (float32 inside, so
+    # in bf16 it rounds differently; tests/test_kernels_decode_step.py covers it), which packed
+    # weights do not take
+    for m in plain.model.modules():
+        if hasattr(m, "step"):
+            m.step = None
     x = _prompt(21, n=12)
     torch.testing.assert_close(packed.forward(x), plain.forward(x), atol=1e-2, rtol=0)
     assert (list(packed.generate(x[0].tolist(), max_new_tokens=24, temperature=0))

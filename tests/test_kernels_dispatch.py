@@ -19,8 +19,8 @@ from local_engine import Engine
 from tests.tiny_checkpoints import write_tiny_v3
 
 ROOT = Path(__file__).resolve().parents[1]
-OPS = ("cpu level", "activations", "linear (quantized)", "linear (dense)", "moe", "mla attention", "rms norm",
-       "rope", "gguf", "cuda")
+OPS = ("cpu level", "activations", "linear (quantized)", "linear (dense)", "moe", "mla attention", "decode step",
+       "rms norm", "rope", "gguf", "cuda")
 
 
 def test_the_plan_is_built_once_and_kept_through_loading_and_running_a_model(tmp_path):
@@ -58,6 +58,7 @@ def test_describe_names_each_ops_implementation_from_the_plan():
     assert ("oneDNN" in rows["linear (dense)"]) == (p.linear.dense == "onednn-packed")
     assert ("native call" in rows["moe"]) == (p.moe.decode == "native-fused")
     assert ("native bf16 GEMV" in rows["mla attention"]) == (p.attention.head_gemv == "native-bf16")
+    assert ("one native call" in rows["decode step"]) == (p.attention.step == "native")
     assert rows["activations"].startswith("bfloat16" if p.act_dtype == torch.bfloat16 else "float32")
     assert (rows["gguf"].startswith("native")) == (p.gguf.impl == "native")
 

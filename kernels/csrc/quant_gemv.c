@@ -27,6 +27,7 @@
 #include <omp.h>
 #else
 static int omp_get_num_threads(void) { return 1; }   /* built without OpenMP: one thread */
+static int omp_get_thread_num(void) { return 0; }
 #endif
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -1045,4 +1046,264 @@ void duet_rms_norm(const void *x, const void *w, void *y, int bf16, int w_bf16, 
             else ((float *)y)[r * dim + i] = v * g;
         }
     }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One decode step of an MLA attention block, one token of batch 1, in one call (the PyTorch
+ * path makes ~60 small calls for it, and on a small model their dispatch is the step's time):
+ *     h      = x + wo(absorbed_attention(rms_norm(x)))        (writes the latent cache row)
+ *     normed = rms_norm(h) with the block's ffn_norm weight
+ * float32 inside; x, h, normed bf16 or float32 (``act_bf16``). Each linear is a descriptor
+ * (lin_desc): a native int8/int4 matrix (duet_gemm) or a dense float32/bf16 one.
+ */
+typedef struct {
+    int64_t kind;      /* 8, 4: native int8/int4; 32: dense float32 [n, k]; 16: dense bf16; 0: absent */
+    int64_t w, s;      /* addresses: codes (or the dense matrix) and scales */
+    int64_t kp, gs, n, k;
+} lin_desc;
+
+/* dims (int32): hidden, heads, nope, rope, v, q_lora (0: wq straight from x), kv_lora,
+ * interleaved rope, cache row stride, cache bf16, W_uk/W_uvT bf16, abits int8, abits int4;
+ * pos: the token's position (its cache row) */
+enum { D_HIDDEN, D_HEADS, D_NOPE, D_ROPE, D_V, D_QLORA, D_KVLORA, D_INTERLEAVED, D_STRIDE,
+       D_CACHE_BF16, D_ABS_BF16, D_ABITS8, D_ABITS4, D_COUNT };
+/* norms: addresses of attn_norm, q_norm (0 without q_lora), kv_norm, ffn_norm weights; their
+ * bf16 flags in norm_bf16[4]; eps[4] likewise; scale = the softmax scale */
+
+INLINE float wval(const void *w, int bf16, long i) {
+    return bf16 ? bf2f(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+static void rms_f32(const float *x, const void *w, int w_bf16, float *y, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    const float inv = 1.f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) y[i] = (x[i] * inv) * wval(w, w_bf16, i);
+}
+
+/* dot of a float32 vector with a float32 or bf16 one: 8 independent lanes (vectorised) */
+INLINE float dot_any(const void *w, int bf16, const float *x, int k) {
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int i = 0;
+    if (bf16) {
+        const uint16_t *h = (const uint16_t *)w;
+        for (; i + 8 <= k; i += 8)
+            for (int j = 0; j < 8; j++) acc[j] += bf2f(h[i + j]) * x[i + j];
+        for (; i < k; i++) acc[0] += bf2f(h[i]) * x[i];
+    } else {
+        const float *f = (const float *)w;
+        for (; i + 8 <= k; i += 8)
+            for (int j = 0; j < 8; j++) acc[j] += f[i + j] * x[i + j];
+        for (; i < k; i++) acc[0] += f[i] * x[i];
+    }
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* y[:n] += a * w[:n] (w float32 or bf16) */
+INLINE void axpy_any(float *y, float a, const void *w, int bf16, int n) {
+    if (bf16) {
+        const uint16_t *h = (const uint16_t *)w;
+        for (int i = 0; i < n; i++) y[i] += a * bf2f(h[i]);
+    } else {
+        const float *f = (const float *)w;
+        for (int i = 0; i < n; i++) y[i] += a * f[i];
+    }
+}
+
+static int lin_run(const lin_desc *L, const float *x, float *y, int threads, int abits8, int abits4) {
+    if (L->kind == 8 || L->kind == 4)
+        return duet_gemm((int)L->kind, x, 0, 1, (int)L->k, L->k, (const void *)L->w, (const uint16_t *)L->s,
+                         (int)L->kp, (int)L->gs, (int)L->n, y, 0, L->n, threads, L->kind == 8 ? abits8 : abits4);
+    const int n = (int)L->n, k = (int)L->k, bf16 = L->kind == 16;
+    const char *w = (const char *)L->w;
+    const long row = (long)k * (bf16 ? 2 : 4);
+    if ((long)n * row < SMALL_WORK) threads = 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int r = 0; r < n; r++) y[r] = dot_any(w + r * row, bf16, x, k);
+    return 0;
+}
+
+/* rotate pairs of x [rope] by this position's angles (cos/sin [rope/2]) */
+static void rope_f32(float *x, const float *cs, const float *sn, int rope, int interleaved) {
+    const int half = rope / 2;
+    for (int i = 0; i < half; i++) {
+        float *pa = interleaved ? x + 2 * i : x + i, *pb = interleaved ? x + 2 * i + 1 : x + i + half;
+        const float a = *pa, b = *pb;
+        *pa = a * cs[i] - b * sn[i];
+        *pb = b * cs[i] + a * sn[i];
+    }
+}
+
+int duet_mla_step(const lin_desc *lin /* wq_a or wq, wq_b (kind 0 without q_lora), wkv_a, wo */,
+                  const int64_t *norms, const int32_t *norm_bf16, const float *eps, float scale,
+                  const int32_t *dims, int pos, const float *cs, const float *sn, void *cache,
+                  const void *w_uk, const void *w_uv_t, const void *x, void *h_out, void *normed,
+                  int act_bf16, int threads) {
+    const int Hd = dims[D_HIDDEN], H = dims[D_HEADS], nope = dims[D_NOPE], rope = dims[D_ROPE], V = dims[D_V];
+    const int QL = dims[D_QLORA], KV = dims[D_KVLORA], stride = dims[D_STRIDE];
+    const int cbf = dims[D_CACHE_BF16], abf = dims[D_ABS_BF16], a8 = dims[D_ABITS8], a4 = dims[D_ABITS4];
+    const int qk = nope + rope, S = pos + 1, D = KV + rope;
+    if (threads < 1) threads = 1;
+    /* scratch: xf, xn [Hd]; ql [QL]; q [H qk]; kv [D]; qlat [H KV]; sc [H S]; lat [H KV];
+       out [H V]; y [Hd]; per-thread latent sums [threads][H KV] */
+    const long need = 3L * Hd + QL + (long)H * qk + D + 2L * H * KV + (long)H * S + (long)H * V
+                      + (long)threads * H * KV + 64;
+    float *buf = malloc(sizeof(float) * need);
+    if (!buf) return 1;
+    float *xf = buf, *xn = xf + Hd, *y = xn + Hd, *ql = y + Hd, *q = ql + QL, *kv = q + (long)H * qk;
+    float *qlat = kv + D, *sc = qlat + (long)H * KV, *lat = sc + (long)H * S, *out = lat + (long)H * KV;
+    float *part = out + (long)H * V;
+    int rc = 0;
+    for (int i = 0; i < Hd; i++) xf[i] = load_act(x, act_bf16, i);
+    rms_f32(xf, (const void *)norms[0], norm_bf16[0], xn, Hd, eps[0]);
+    /* queries and the new latent */
+    if (QL) {
+        rc |= lin_run(&lin[0], xn, ql, threads, a8, a4);
+        rms_f32(ql, (const void *)norms[1], norm_bf16[1], ql, QL, eps[1]);
+        rc |= lin_run(&lin[1], ql, q, threads, a8, a4);
+    } else {
+        rc |= lin_run(&lin[0], xn, q, threads, a8, a4);
+    }
+    rc |= lin_run(&lin[2], xn, kv, threads, a8, a4);
+    if (rc) { free(buf); return 1; }
+    rms_f32(kv, (const void *)norms[2], norm_bf16[2], kv, KV, eps[2]);
+    for (int h = 0; h < H; h++) rope_f32(q + (long)h * qk + nope, cs, sn, rope, dims[D_INTERLEAVED]);
+    rope_f32(kv + KV, cs, sn, rope, dims[D_INTERLEAVED]);
+    /* the cache row of this position: [latent, rope key] */
+    if (cbf) {
+        uint16_t *row = (uint16_t *)cache + (long)pos * stride;
+        for (int i = 0; i < D; i++) row[i] = f2bf(kv[i]);
+    } else {
+        memcpy((float *)cache + (long)pos * stride, kv, sizeof(float) * D);
+    }
+    const long attn_work = (long)H * S * D * (cbf ? 2 : 4);
+    const int at = attn_work < SMALL_WORK ? 1 : threads;
+    const int ht = (long)H * nope * KV * (abf ? 2 : 4) < SMALL_WORK ? 1 : threads;
+    /* absorbed query: qlat[h] = q_nope[h] · W_uk[h]   (W_uk [H, nope, KV]) */
+#pragma omp parallel for schedule(static) num_threads(ht)
+    for (int h = 0; h < H; h++) {
+        float *o = qlat + (long)h * KV;
+        const char *wh = (const char *)w_uk + (long)h * nope * KV * (abf ? 2 : 4);
+        for (int c = 0; c < KV; c++) o[c] = 0.f;
+        for (int j = 0; j < nope; j++)
+            axpy_any(o, q[(long)h * qk + j], wh + (long)j * KV * (abf ? 2 : 4), abf, KV);
+    }
+    /* scores over the cache rows 0..pos, every head per row read */
+#pragma omp parallel for schedule(static) num_threads(at)
+    for (int s = 0; s < S; s++) {
+        const char *row = (const char *)cache + (long)s * stride * (cbf ? 2 : 4);
+        for (int h = 0; h < H; h++)
+            sc[(long)h * S + s] = (dot_any(row, cbf, qlat + (long)h * KV, KV)
+                                   + dot_any(row + (long)KV * (cbf ? 2 : 4), cbf, q + (long)h * qk + nope, rope)) * scale;
+    }
+    for (int h = 0; h < H; h++) {   /* softmax per head */
+        float *r = sc + (long)h * S, m = r[0], z = 0.f;
+        for (int s = 1; s < S; s++) m = r[s] > m ? r[s] : m;
+        for (int s = 0; s < S; s++) z += (r[s] = expf(r[s] - m));
+        const float inv = 1.f / z;
+        for (int s = 0; s < S; s++) r[s] *= inv;
+    }
+    /* latent output: lat[h] = sum_s p[h, s] c_kv[s], each thread over a range of rows */
+#pragma omp parallel num_threads(at)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *acc = part + (long)t * H * KV;
+        memset(acc, 0, sizeof(float) * H * KV);
+        const int s0 = (int)((long)S * t / nt), s1 = (int)((long)S * (t + 1) / nt);
+        for (int s = s0; s < s1; s++) {
+            const char *row = (const char *)cache + (long)s * stride * (cbf ? 2 : 4);
+            for (int h = 0; h < H; h++) axpy_any(acc + (long)h * KV, sc[(long)h * S + s], row, cbf, KV);
+        }
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (long i = 0; i < (long)H * KV; i++) {
+            float v = 0.f;
+            for (int u = 0; u < nt; u++) v += part[(long)u * H * KV + i];
+            lat[i] = v;
+        }
+    }
+    /* out[h] = lat[h] · W_uvT[h]   (W_uvT [H, KV, V]) */
+#pragma omp parallel for schedule(static) num_threads(ht)
+    for (int h = 0; h < H; h++) {
+        float *o = out + (long)h * V;
+        const char *wh = (const char *)w_uv_t + (long)h * KV * V * (abf ? 2 : 4);
+        for (int c = 0; c < V; c++) o[c] = 0.f;
+        for (int j = 0; j < KV; j++) axpy_any(o, lat[(long)h * KV + j], wh + (long)j * V * (abf ? 2 : 4), abf, V);
+    }
+    if (lin_run(&lin[3], out, y, threads, a8, a4)) { free(buf); return 1; }
+    for (int i = 0; i < Hd; i++) xf[i] += y[i];          /* the residual */
+    rms_f32(xf, (const void *)norms[3], norm_bf16[3], xn, Hd, eps[3]);
+    for (int i = 0; i < Hd; i++) {
+        if (act_bf16) {
+            ((uint16_t *)h_out)[i] = f2bf(xf[i]);
+            ((uint16_t *)normed)[i] = f2bf(xn[i]);
+        } else {
+            ((float *)h_out)[i] = xf[i];
+            ((float *)normed)[i] = xn[i];
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The MoE router for one token: logits = W x (W float32 [E, hidden]); scores sigmoid (V3) or
+ * softmax (V2); selection on scores + bias (V3's noaux_tc); groups: n_group > 1 keeps the
+ * topk_group best groups (group score: the sum of its two best (method 2, noaux_tc) or its best
+ * (method 1)); method 0: greedy. The top-k chosen by descending selection score; their weights
+ * are the scores, normalised to sum 1 when ``norm`` (and k > 1), times route_scale.
+ */
+int duet_gate(const float *x, const float *w, const float *bias, int E, int hidden, int sigmoid,
+              int n_group, int topk_group, int method, int topk, int norm, float route_scale,
+              int64_t *idx, float *wts) {
+    float sc[1024], ch[1024];
+    if (E > 1024 || topk > E || topk < 1) return 2;
+    for (int e = 0; e < E; e++) sc[e] = dot_any(w + (long)e * hidden, 0, x, hidden);
+    if (sigmoid) {
+        for (int e = 0; e < E; e++) sc[e] = 1.f / (1.f + expf(-sc[e]));
+    } else {
+        float m = sc[0], z = 0.f;
+        for (int e = 1; e < E; e++) m = sc[e] > m ? sc[e] : m;
+        for (int e = 0; e < E; e++) z += (sc[e] = expf(sc[e] - m));
+        for (int e = 0; e < E; e++) sc[e] /= z;
+    }
+    for (int e = 0; e < E; e++) ch[e] = bias ? sc[e] + bias[e] : sc[e];
+    if (n_group > 1 && method != 0) {
+        const int per = E / n_group;
+        float gs[1024];
+        int keep[1024];
+        for (int g = 0; g < n_group; g++) {
+            float b1 = -INFINITY, b2 = -INFINITY;
+            for (int j = 0; j < per; j++) {
+                const float v = ch[g * per + j];
+                if (v > b1) { b2 = b1; b1 = v; } else if (v > b2) b2 = v;
+            }
+            gs[g] = method == 2 ? b1 + b2 : b1;
+            keep[g] = 0;
+        }
+        for (int t = 0; t < topk_group; t++) {
+            int best = -1;
+            for (int g = 0; g < n_group; g++)
+                if (!keep[g] && (best < 0 || gs[g] > gs[best])) best = g;
+            keep[best] = 1;
+        }
+        for (int g = 0; g < n_group; g++)
+            if (!keep[g]) for (int j = 0; j < per; j++) ch[g * per + j] = -INFINITY;
+    }
+    float total = 0.f;
+    int taken[1024];
+    memset(taken, 0, sizeof(int) * E);
+    for (int t = 0; t < topk; t++) {
+        int best = -1;
+        for (int e = 0; e < E; e++)
+            if (!taken[e] && (best < 0 || ch[e] > ch[best])) best = e;
+        taken[best] = 1;
+        idx[t] = best;
+        wts[t] = sc[best];
+        total += sc[best];
+    }
+    if (norm && topk > 1)
+        for (int t = 0; t < topk; t++) wts[t] /= (total + 1e-20f);
+    for (int t = 0; t < topk; t++) wts[t] *= route_scale;
+    return 0;
 }

@@ -1,0 +1,164 @@
+"""One token's decode step through a layer's attention block, and its MoE router, as native calls.
+
+On a small model a decode step is dominated by dispatch: the PyTorch path of one MLA block
+makes ~60 small calls (norms, three or four projections, RoPE, cache writes, the absorbed
+products, softmax, residual), each costing microseconds of framework time around a few of
+work. Here the whole block is one call into kernels/csrc:
+
+    MLAStep(x) -> (h, normed)    h = x + wo(attention(attn_norm(x))), normed = ffn_norm(h);
+                                 the latent cache row of this position is written
+    gate(x)    -> (weights, indices)   V3's / V2's router for one token
+
+Both are exact in float32 against the modules they replace (the reference is the model's own
+PyTorch path; tests compare them): float32 inside, so for a bf16 model they round once where
+the PyTorch path rounds after every op. ``fuse_mla`` / ``gate_plan`` return None where the
+plan has no native kernels or a weight is of a kind these calls do not read (oneDNN-packed,
+GGUF, CUDA); the model then keeps its PyTorch path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels import dispatch
+
+_KIND = {torch.float32: 32, torch.bfloat16: 16}
+
+
+def _desc(w) -> list[int] | None:
+    """A linear's descriptor for kernels/csrc (kind, weight, scales, kp, group, n, k), or None."""
+    from kernels.quant import NATIVE, QuantizedWeight
+
+    if isinstance(w, QuantizedWeight):
+        if w.layout != NATIVE:
+            return None
+        sc = w.tensors["scale" if w.mode == "int8" else "scale_zero"]
+        n, k = w.shape
+        return [8 if w.mode == "int8" else 4, w.tensors["q"].data_ptr(), sc.data_ptr(), w.padded_shape[1],
+                w.group_size, n, k]
+    if isinstance(w, torch.Tensor) and w.dim() == 2 and w.dtype in _KIND and w.device.type == "cpu" \
+            and w.is_contiguous():
+        return [_KIND[w.dtype], w.data_ptr(), 0, w.shape[1], 0, w.shape[0], w.shape[1]]
+    return None
+
+
+@dataclass
+class MLAShape:
+    hidden: int
+    heads: int
+    nope: int
+    rope: int
+    v: int
+    q_lora: int
+    kv_lora: int
+    interleaved: bool
+    scale: float
+
+
+class MLAStep:
+    """The native decode step of one MLA block (see the module docstring). Built by ``fuse_mla``;
+    keeps references to every tensor its descriptors point into."""
+
+    def __init__(self, shape: MLAShape, descs: list[list[int]], norms: list[torch.Tensor], eps: list[float],
+                 cache: torch.Tensor, w_uk: torch.Tensor, w_uv_t: torch.Tensor, keep: list):
+        self.shape, self.cache, self._keep = shape, cache, (keep, norms, w_uk, w_uv_t)
+        self.lin = torch.tensor(descs, dtype=torch.int64)
+        self.norms = torch.tensor([n.data_ptr() if n is not None else 0 for n in norms], dtype=torch.int64)
+        self.norm_bf16 = torch.tensor([int(n is not None and n.dtype == torch.bfloat16) for n in norms],
+                                      dtype=torch.int32)
+        self.eps = torch.tensor(eps, dtype=torch.float32)
+        lin = dispatch.plan().linear
+        s = shape
+        self.dims = torch.tensor([s.hidden, s.heads, s.nope, s.rope, s.v, s.q_lora, s.kv_lora, int(s.interleaved),
+                                  cache.shape[-1], int(cache.dtype == torch.bfloat16),
+                                  int(w_uk.dtype == torch.bfloat16), lin.act_bits(8), lin.act_bits(4)],
+                                 dtype=torch.int32)
+        self.uk, self.uv_t = w_uk.data_ptr(), w_uv_t.data_ptr()
+
+    def __call__(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [1, 1, hidden] (bf16 or float32) at position start_pos; cos/sin [1, rope/2] float32."""
+        from kernels import cpu_native
+
+        if start_pos >= self.cache.shape[1]:
+            raise IndexError(f"position {start_pos} is past the cache ({self.cache.shape[1]} rows)")
+        # (each call below that is skipped is a framework call saved: a step makes few)
+        x, cos, sin = _plain(x), _plain(cos, torch.float32), _plain(sin, torch.float32)
+        h, normed = torch.empty_like(x), torch.empty_like(x)
+        cpu_native.mla_step(self, x, start_pos, cos, sin, h, normed)
+        return h, normed
+
+
+def _plain(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """t contiguous (and in ``dtype``), converted only when it is not already."""
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def fuse_mla(shape: MLAShape, weights: list, norms: list[torch.Tensor | None], eps: list[float],
+             cache: torch.Tensor, absorbed: tuple[torch.Tensor, torch.Tensor]) -> MLAStep | None:
+    """The native step over an MLA block's weights, or None where it cannot run.
+
+    ``weights``: [wq_a or wq, wq_b or None, wkv_a, wo], each a native quantized weight or a dense
+    CPU tensor (float32 / bf16); ``norms``: the attn_norm, q_norm (None without q_lora), kv_norm
+    and ffn_norm weights, ``eps`` theirs; ``cache``: the layer's latent cache [B, S, kv_lora + rope]
+    (batch row 0 is the one written); ``absorbed``: (W_uk [H, nope, kv_lora], W_uvᵀ [H, kv_lora, v])."""
+    if dispatch.plan().attention.step != "native" or cache is None or cache.device.type != "cpu":
+        return None
+    if cache.dtype not in _KIND or not cache.is_contiguous():
+        return None
+    w_uk, w_uv_t = absorbed
+    if any(t.dtype not in _KIND or t.dtype != w_uk.dtype or not t.is_contiguous() for t in absorbed):
+        return None
+    descs = []
+    for w in weights:
+        if w is None:
+            descs.append([0] * 7)
+            continue
+        d = _desc(w)
+        if d is None:
+            return None
+        descs.append(d)
+    for n in norms:
+        if n is not None and (n.dtype not in _KIND or not n.is_contiguous() or n.device.type != "cpu"):
+            return None
+    return MLAStep(shape, descs, list(norms), list(eps), cache, w_uk, w_uv_t, list(weights))
+
+
+@dataclass(frozen=True)
+class GatePlan:
+    """A router's constants for the native call."""
+
+    weight: torch.Tensor      # float32 [E, hidden]
+    bias: torch.Tensor | None  # float32 [E] (V3's selection bias)
+    sigmoid: bool
+    n_group: int
+    topk_group: int
+    method: int               # 0 greedy, 1 group max (V2), 2 sum of the group's best two (V3)
+    topk: int
+    norm: bool
+    route_scale: float
+
+
+_METHODS = {"greedy": 0, "group_limited_greedy": 1, "noaux_tc": 2}
+
+
+def gate_plan(weight: torch.Tensor, bias: torch.Tensor | None, scoring: str, method: str, n_group: int,
+              topk_group: int, topk: int, norm: bool, route_scale: float) -> GatePlan | None:
+    """The native router's plan, or None (no native kernels, CUDA, an unknown method, > 1024 experts)."""
+    if dispatch.plan().attention.step != "native" or weight.device.type != "cpu" \
+            or weight.dtype != torch.float32 or method not in _METHODS or scoring not in ("sigmoid", "softmax") \
+            or weight.shape[0] > 1024 or not weight.is_contiguous():
+        return None
+    return GatePlan(weight, bias, scoring == "sigmoid", n_group, topk_group, _METHODS[method], topk,
+                    norm, route_scale)
+
+
+def gate(p: GatePlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token's routing: x [1, hidden] -> weights float32 [1, k], indices int64 [1, k]."""
+    from kernels import cpu_native
+
+    return cpu_native.gate(p, _plain(x, torch.float32))

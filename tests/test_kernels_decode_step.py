@@ -1,0 +1,152 @@
+"""kernels.decode_step: a decode step's attention block and MoE router as one native call each,
+checked against the model's own PyTorch path (the reference) on tiny V3 and V2 checkpoints:
+float32 and bf16, dense and int8/int4 weights, every native build (native, AVX2, plain C), and
+by the work it saves (framework calls per decode step, a count that does not depend on speed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import cpu_native, dispatch
+from local_engine import Engine
+from local_engine.model import Block, Gate
+from tests.tiny_checkpoints import write_tiny_v2, write_tiny_v3
+
+pytestmark = pytest.mark.skipif(cpu_native.lib() is None, reason="native kernels not built here")
+
+SIZES = dict(hidden_size=128, intermediate_size=192, moe_intermediate_size=64, num_hidden_layers=3)
+
+
+@pytest.fixture(scope="module")
+def v3(tmp_path_factory):
+    return write_tiny_v3(tmp_path_factory.mktemp("v3"), **SIZES)
+
+
+@pytest.fixture(scope="module")
+def v2(tmp_path_factory):
+    return write_tiny_v2(tmp_path_factory.mktemp("v2"), **SIZES)
+
+
+def _pytorch_path(eng: Engine) -> None:
+    """Switch the native decode calls off: every block and router takes the PyTorch path."""
+    for m in eng.model.modules():
+        if isinstance(m, Block):
+            m.step = None
+        elif isinstance(m, Gate):
+            m.native = None
+
+
+def _decode(eng: Engine, prompt: torch.Tensor, steps: list[int]) -> torch.Tensor:
+    """Prefill (the PyTorch path either way), then one token per step: the logits of each step."""
+    eng.reset()
+    eng.forward(prompt, 0)
+    pos = prompt.shape[1]
+    out = []
+    for tok in steps:
+        out.append(eng.forward(torch.tensor([[tok]]), pos)[0, -1])
+        pos += 1
+    return torch.stack(out)
+
+
+def _pair(folder, dtype, quant, prompt_len=20, steps=12):
+    """The decode logits with the native calls, then (same engine, calls switched off) without."""
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(2, 400, (1, prompt_len), generator=g)
+    toks = torch.randint(2, 400, (steps,), generator=g).tolist()
+    eng = Engine.load(folder, dtype=dtype, quant=quant, pack=False)
+    before = dict(cpu_native.CALLS)
+    got = _decode(eng, prompt, toks)
+    calls = {k: cpu_native.CALLS[k] - before.get(k, 0) for k in ("mla_step", "gate")}
+    _pytorch_path(eng)
+    ref = _decode(eng, prompt, toks)
+    assert cpu_native.CALLS["mla_step"] - before.get("mla_step", 0) == calls["mla_step"]
+    return got.float(), ref.float(), calls
+
+
+@pytest.mark.parametrize("quant", [None, "int8", "int4"])
+@pytest.mark.parametrize("which", ["v3", "v2"])
+def test_native_decode_step_matches_the_pytorch_path_in_float32(request, which, quant):
+    got, ref, calls = _pair(request.getfixturevalue(which), "float32", quant)
+    layers, moe_layers = SIZES["num_hidden_layers"], SIZES["num_hidden_layers"] - 1
+    assert calls == {"mla_step": 12 * layers, "gate": 12 * moe_layers}   # the native calls ran, once each
+    # float32 either way; quantized matmuls round their activations to integer blocks, where a
+    # last-bit difference of the input can move one code
+    tol = 2e-4 if quant is None else 2e-3
+    assert torch.allclose(got, ref, atol=tol, rtol=1e-4), (got - ref).abs().max()
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize("which", ["v3", "v2"])
+def test_native_decode_step_in_bf16_stays_within_bf16_rounding(request, which):
+    got, ref, calls = _pair(request.getfixturevalue(which), "bfloat16", None)
+    assert calls["mla_step"] == 12 * SIZES["num_hidden_layers"]
+    exact, _, _ = _pair(request.getfixturevalue(which), "float32", None)
+    # float32 inside: the native step is at least as close to the float32 model as the bf16 path
+    assert (got - exact).abs().mean() <= 1.2 * (ref - exact).abs().mean() + 1e-3
+    # a random tiny MoE may route one step differently under either rounding; the rest agree
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
+    assert cos.median() > 0.999
+
+
+@pytest.mark.parametrize("march", ["haswell", "x86-64"])
+def test_every_native_build_gives_the_same_step(v3, march):
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-64 builds")
+    ref, _, _ = _pair(v3, "float32", "int8")
+    with cpu_native.variant(march, act_bits=16):
+        got, _, calls = _pair(v3, "float32", "int8")
+    assert calls["mla_step"] > 0
+    assert torch.allclose(got, ref, atol=2e-3, rtol=1e-4)
+
+
+def test_a_long_context_spreads_attention_over_threads_and_still_matches(v3):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got, ref, _ = _pair(v3, "float32", None, prompt_len=200, steps=4)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(got, ref, atol=2e-4, rtol=1e-4)
+
+
+def test_a_decode_step_makes_a_fraction_of_the_framework_calls(v3):
+    """Ops the profiler sees per decode step: the native step replaces ~60 per layer by a few."""
+    eng = Engine.load(v3, dtype="float32", quant="int8", pack=False)
+
+    def ops(e):
+        e.reset()
+        e.forward(torch.tensor([[3, 4, 5]]), 0)
+        e.forward(torch.tensor([[6]]), 3)       # the first step builds what the next ones reuse
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            e.forward(torch.tensor([[7]]), 4)
+        return sum(ev.count for ev in prof.key_averages())
+
+    fused = ops(eng)
+    _pytorch_path(eng)
+    plain = ops(eng)
+    assert fused * 5 < plain, (fused, plain)
+
+
+def test_the_step_follows_a_new_cache(v3):
+    eng = Engine.load(v3, dtype="float32", pack=False, max_seq_len=64)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    eng.forward(ids[:, :3], 0)
+    a = eng.forward(ids[:, 3:], 3)
+    step = eng.model.layers[0].step
+    for layer in eng.model.layers:          # what a resize does: every layer a fresh cache
+        layer.attn.alloc_cache(1, 32, torch.float32, "cpu")
+    eng.forward(ids[:, :3], 0)
+    b = eng.forward(ids[:, 3:], 3)
+    assert eng.model.layers[0].step is not step and eng.model.layers[0].step.cache.shape[1] == 32
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_without_native_kernels_nothing_is_fused(v3):
+    with dispatch.overridden(native=False):
+        eng = Engine.load(v3, dtype="float32", pack=False)
+        eng.forward(torch.tensor([[3]]), 0)
+        assert all(layer.step is None for layer in eng.model.layers)
+        assert eng.model.layers[1].ffn.gate.native is None
