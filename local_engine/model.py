@@ -313,7 +313,6 @@ class Block(nn.Module):
         self.attn = MLA(args)
         self.ffn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.ffn = MoE(args) if args.is_moe_layer(layer_id) else MLP(args.hidden_size, args.intermediate_size)
-
         self.step = _UNBUILT  # kernels.decode_step's one-token call, made at the first decode step
 
     def forward(self, x, start_pos, cos, sin):
