@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import keyword
 import random
-import re
 from dataclasses import dataclass, field
 
 KINDS = ("operator", "off_by_one", "comparison", "wrong_name", "accumulator", "swapped_args")
@@ -171,56 +170,15 @@ def _heldout_words() -> set[str]:
 
 _BANNED = _heldout_words() | _AVOID_NAMES
 
-# Training docstrings vary in everything but their meaning: the opening verb, common synonyms,
-# and clauses of random words before or after. What a model must read back from a docstring it
-# then cannot guess from a template, so it learns to copy (and the held-out sentence frames, which
-# training never uses, are read back the same way). The English words themselves (verbs,
-# comparison words) are shared with the held-out set; its sentence frames and names are not.
-_TRAIN_VERBS = ["Return", "Returns", "Compute", "Computes", "Give", "Give back", "Gives back", "Produce", "Produces",
-                "Calculate", "Calculates", "Yield", "Yields", "Get", "Work out", "Hand back", "Find", "Finds",
-                "Report", "Reports", "Output", "Outputs", "Determine", "Determines"]
-_SYNONYMS = {
-    "numbers": ["values", "elements", "entries", "items", "integers", "ints", "nums"],
-    "number": ["value", "element", "entry", "item", "integer"],
-    "items": ["elements", "entries", "values", "members"],
-    "elements": ["items", "entries", "values"],
-    "values": ["numbers", "items", "entries"],
-    "the sum": ["the total", "the sum total"],
-    "the total": ["the sum"],
-    "all": ["every one of the", "each of the"],
-    "a list": ["a new list", "a fresh list", "a list"],
-    "rounded down": ["rounded toward negative infinity", "floored", "using floor division"],
-    "how many": ["the number of", "the count of"],
-}
-_CLAUSE_BEFORE = ["Helper: ", "Utility: ", "Small helper. ", "{W} helper: ", "For the {w} report, ", "Used by {n}: ",
-                  "Part of {n}. ", "Note: ", "{W}: ", "Pure function; "]
-_CLAUSE_AFTER = [" (used by {n}).", ", for the {w} report.", "; never raises.", ". Pure function.", " -- see {n}.",
-                 " for {w} {w2}.", ", as {n} expects.", " (fast path).", "; inputs are not changed.",
-                 ". Added for {w} {w2}.", ". Nothing else."]
+# Training docstrings open with other verbs half the time, so a model keys on what a docstring
+# says the function returns, not on its first word. (The held-out phrasings are not among these.)
+_TRAIN_VERBS = ["Compute", "Computes", "Give", "Produce", "Produces", "Calculate", "Calculates", "Yield", "Get",
+                "Work out", "Hand back", "Return"]
 
 
 def train_doc(rng, style, text: str) -> str:
-    """A training docstring template with its surface varied (held-out text passes unchanged)."""
-    if style != "train":
-        return text
-    if text.startswith("Return ") and rng.random() < 0.6:
-        text = rng.choice(_TRAIN_VERBS) + text[len("Return"):]
-    for word, alts in _SYNONYMS.items():
-        if rng.random() < 0.3:
-            text = re.sub(rf"\b{re.escape(word)}\b", lambda _m: rng.choice(alts), text, count=1)
-    if rng.random() < 0.5:
-        fill = {"n": random_name(rng), "w": random_name(rng, parts=1), "w2": random_name(rng, parts=1)}
-        fill["W"] = fill["w"].capitalize()
-        where = rng.random()
-        if where < 0.4:
-            text = rng.choice(_CLAUSE_BEFORE).format(**fill) + text[0].lower() + text[1:]
-        elif where < 0.8:
-            text = text.rstrip(".") + rng.choice(_CLAUSE_AFTER).format(**fill)
-        else:
-            text = (rng.choice(_CLAUSE_BEFORE).format(**fill) + text[0].lower() + text[1:]).rstrip(".") \
-                + rng.choice(_CLAUSE_AFTER).format(**fill)
-    if rng.random() < 0.15:
-        text = text.rstrip(".")
+    if style == "train" and text.startswith("Return ") and rng.random() < 0.5:
+        return rng.choice(_TRAIN_VERBS) + text[len("Return"):]
     return text
 
 
@@ -388,19 +346,14 @@ def fam_sum_list(rng, style):
 
 
 CMP_SWAP = {">": ["<", ">="], "<": [">", "<="], ">=": [">", "<"], "<=": ["<", ">"], "==": ["!="], "!=": ["=="]}
-CMP_EN = {">": ["greater than", "more than", "above", "over", "larger than", "bigger than", "exceeding"],
-          "<": ["less than", "smaller than", "below", "under", "lower than", "fewer than"],
-          ">=": ["at least", "greater than or equal to", "no less than", "not below"],
-          "<=": ["at most", "less than or equal to", "no more than", "not above"],
-          "==": ["equal to", "exactly", "the same as", "identical to"],
-          "!=": ["not equal to", "different from", "other than", "unequal to", "not"]}
+CMP_EN = {">": "greater than", "<": "less than", ">=": "at least", "<=": "at most", "==": "equal to", "!=": "not equal to"}
 CMP_EN_H = {">": "above", "<": "below", ">=": "greater than or equal to", "<=": "less than or equal to", "==": "equal to", "!=": "different from"}
 
 
 def fam_count_if(rng, style):
     xs, x, c, lim = pick(rng, style, "seq"), pick(rng, style, "elem"), pick(rng, style, "count"), pick(rng, style, "limit")
     op = rng.choice([">", "<", ">=", "<=", "==", "!="])
-    words = rng.choice(CMP_EN[op]) if style == "train" else CMP_EN_H[op]
+    words = (CMP_EN if style == "train" else CMP_EN_H)[op]
     stem = {">": "above", "<": "below", ">=": "at_least", "<=": "at_most", "==": "equal", "!=": "not_equal"}[op]
     name = styled(rng, style, [f"count_{stem}", f"how_many_{stem}", f"num_{stem}"], [f"tally_{stem}", f"n_{stem}"])
     doc = styled(rng, style, ["Return how many numbers in {xs} are {w} {lim}.", "Return the count of items in {xs} {w} {lim}."],
@@ -691,25 +644,6 @@ def make_module(rng: random.Random, style: str = "train", *, n_funcs: int | None
     raise RuntimeError("could not build a module (kind too rare for the families?)")
 
 
-_COMMENTS = ["{w} {w2}", "see {n}", "TODO: {w}", "keep in sync with {n}", "{W} case", "fast path for {w}",
-             "note: {w} {w2} {n}", "from {n}"]
-
-
-def _maybe_comment(rng, f: Func, p: float = 0.25) -> None:
-    """Training only: now and then a comment line of random words inside a body (more text that
-    can only be copied, and line numbers that do not follow from the shape alone)."""
-    if rng.random() >= p or len(f.lines()) >= 12:
-        return
-    at = rng.randrange(len(f.body))
-    indent = f.body[at][:len(f.body[at]) - len(f.body[at].lstrip())]
-    fill = {"n": random_name(rng), "w": random_name(rng, parts=1), "w2": random_name(rng, parts=1)}
-    fill["W"] = fill["w"].capitalize()
-    f.body.insert(at, indent + "# " + rng.choice(_COMMENTS).format(**fill))
-    f.key += f.key >= at
-    for m in f.muts:
-        m.line += m.line >= at
-
-
 def _try_module(rng, style, n_funcs, kind, path=None):
     want = n_funcs or rng.choice([1, 2, 2, 3, 3, 4])
     funcs: list[Func] = []
@@ -726,9 +660,6 @@ def _try_module(rng, style, n_funcs, kind, path=None):
             continue
         if any(f.name in names for f in new):
             continue
-        if style == "train":
-            for f in new:
-                _maybe_comment(rng, f)
         funcs += new
         names.update(f.name for f in new)
     rng.shuffle(funcs)
