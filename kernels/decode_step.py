@@ -1,17 +1,17 @@
 """One token's decode step through a layer's attention block, and its MoE router, as native calls.
 
-On a small model a decode step is dominated by dispatch: the PyTorch path of one MLA block
-makes ~60 small calls (norms, three or four projections, RoPE, cache writes, the absorbed
-products, softmax, residual), each costing microseconds of framework time around a few of
-work. Here the whole block is one call into kernels/csrc:
+On a small model a decode step is dominated by dispatch: the PyTorch path of one layer makes
+~185 small framework calls (norms, three or four projections, RoPE, cache writes, the absorbed
+products, softmax, residual, the router's dozen ops), each costing microseconds around a few of
+work. Here the attention block is one call into kernels/csrc, and the router another:
 
     MLAStep(x) -> (h, normed)    h = x + wo(attention(attn_norm(x))), normed = ffn_norm(h);
                                  the latent cache row of this position is written
     gate(x)    -> (weights, indices)   V3's / V2's router for one token
 
-Both are exact in float32 against the modules they replace (the reference is the model's own
-PyTorch path; tests compare them): float32 inside, so for a bf16 model they round once where
-the PyTorch path rounds after every op. ``fuse_mla`` / ``gate_plan`` return None where the
+Both compute what the modules they replace compute (the reference is the model's own PyTorch
+path; tests compare them): in a float32 model they agree up to the order of the sums; they are
+float32 inside, so for a bf16 model they round once where the PyTorch path rounds after every op. ``fuse_mla`` / ``gate_plan`` return None where the
 plan has no native kernels or a weight is of a kind these calls do not read (oneDNN-packed,
 GGUF, CUDA); the model then keeps its PyTorch path.
 """
@@ -44,7 +44,7 @@ def _desc(w) -> list[int] | None:
     return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class MLAShape:
     hidden: int
     heads: int
