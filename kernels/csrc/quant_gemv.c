@@ -968,6 +968,28 @@ static float dot_bf16(const uint16_t *w, const float *x, int k) {
     for (; i + 16 <= k; i += 16) a0 = _mm512_fmadd_ps(BF_W(0), _mm512_loadu_ps(x + i), a0);
 #undef BF_W
     s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#elif defined(DUET_AVX2)
+    /* bf16 -> float32 is a 16-bit shift: 8 lanes, four independent accumulators */
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+#define BF_W(off) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32( \
+                      _mm_loadu_si128((const __m128i *)(w + i + (off)))), 16))
+    for (; i + 32 <= k; i += 32) {
+        PREFETCH((const char *)(w + i) + DUET_PF);
+        a0 = _mm256_fmadd_ps(BF_W(0), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(BF_W(8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(BF_W(16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(BF_W(24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= k; i += 8) a0 = _mm256_fmadd_ps(BF_W(0), _mm256_loadu_ps(x + i), a0);
+#undef BF_W
+    s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#else
+    {   /* plain C: eight independent lanes, which the compiler vectorises */
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        for (; i + 8 <= k; i += 8)
+            for (int j = 0; j < 8; j++) acc[j] += bf2f(w[i + j]) * x[i + j];
+        s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    }
 #endif
     for (; i < k; i++) s += bf2f(w[i]) * x[i];
     return s;
@@ -1119,7 +1141,8 @@ static int lin_run(const lin_desc *L, const float *x, float *y, int threads, int
     const long row = (long)k * (bf16 ? 2 : 4);
     if ((long)n * row < SMALL_WORK) threads = 1;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int r = 0; r < n; r++) y[r] = dot_any(w + r * row, bf16, x, k);
+    for (int r = 0; r < n; r++)
+        y[r] = bf16 ? dot_bf16((const uint16_t *)(w + r * row), x, k) : dot_any(w + r * row, 0, x, k);
     return 0;
 }
 
