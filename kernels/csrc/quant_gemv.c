@@ -1103,21 +1103,15 @@ static void rms_f32(const float *x, const void *w, int w_bf16, float *y, int n, 
     for (int i = 0; i < n; i++) y[i] = (x[i] * inv) * wval(w, w_bf16, i);
 }
 
-/* dot of a float32 vector with a float32 or bf16 one: 8 independent lanes (vectorised) */
+/* dot of a float32 vector with a float32 one (8 independent lanes, vectorised) or a bf16 one (dot_bf16) */
 INLINE float dot_any(const void *w, int bf16, const float *x, int k) {
+    if (bf16) return dot_bf16((const uint16_t *)w, x, k);
+    const float *f = (const float *)w;
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     int i = 0;
-    if (bf16) {
-        const uint16_t *h = (const uint16_t *)w;
-        for (; i + 8 <= k; i += 8)
-            for (int j = 0; j < 8; j++) acc[j] += bf2f(h[i + j]) * x[i + j];
-        for (; i < k; i++) acc[0] += bf2f(h[i]) * x[i];
-    } else {
-        const float *f = (const float *)w;
-        for (; i + 8 <= k; i += 8)
-            for (int j = 0; j < 8; j++) acc[j] += f[i + j] * x[i + j];
-        for (; i < k; i++) acc[0] += f[i] * x[i];
-    }
+    for (; i + 8 <= k; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += f[i + j] * x[i + j];
+    for (; i < k; i++) acc[0] += f[i] * x[i];
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
@@ -1141,8 +1135,7 @@ static int lin_run(const lin_desc *L, const float *x, float *y, int threads, int
     const long row = (long)k * (bf16 ? 2 : 4);
     if ((long)n * row < SMALL_WORK) threads = 1;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int r = 0; r < n; r++)
-        y[r] = bf16 ? dot_bf16((const uint16_t *)(w + r * row), x, k) : dot_any(w + r * row, 0, x, k);
+    for (int r = 0; r < n; r++) y[r] = dot_any(w + r * row, bf16, x, k);
     return 0;
 }
 
