@@ -2,7 +2,7 @@
 
     lib() -> ctypes.CDLL | None     the loaded library, or None (then the aten paths run)
     isa() -> str | None             the SIMD path compiled in: "avx512", "avx2" or "scalar"
-    gemm / dequant / moe / moe_bf16 / head_gemv / rms_norm / mla_step / gate
+    gemm / dequant / moe / moe_bf16 / head_gemv / rms_norm / mla_step / layer_step / gate
                                     thin wrappers over its entry points
 
 The C file is compiled with the system compiler (``$CC``, default ``cc``) as
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "variant", "isa", "flags", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "rms_norm", "mla_step", "gate", "CALLS", "SOURCE"]
+__all__ = ["lib", "build", "variant", "isa", "flags", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "rms_norm", "mla_step", "layer_step", "gate", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
@@ -197,6 +197,9 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.duet_mla_step.restype = _c_int
     so.duet_mla_step.argtypes = [_ptr, _ptr, _ptr, _ptr, ctypes.c_float, _ptr, _c_int, _ptr, _ptr, _ptr, _ptr, _ptr,
                                  _ptr, _ptr, _ptr, _c_int, _c_int]
+    so.duet_layer_step.restype = _c_int
+    so.duet_layer_step.argtypes = [_ptr, _ptr, _ptr, _ptr, ctypes.c_float, _ptr, _c_int, _ptr, _ptr, _ptr, _ptr,
+                                   _ptr, _ptr, _ptr, _ptr, _c_int, _c_int]
     so.duet_gate.restype = _c_int
     so.duet_gate.argtypes = [_ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int, _c_int, _c_int, _c_int, _c_int,
                              ctypes.c_float, _ptr, _ptr]
@@ -344,6 +347,20 @@ def mla_step(step, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tens
                             normed.data_ptr(), _BF16[x.dtype], torch.get_num_threads())
     if rc:
         raise MemoryError("duet_mla_step: out of memory")
+
+
+def layer_step(step, ffn: torch.Tensor, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor,
+               out: torch.Tensor) -> None:
+    """One token at ``pos`` through a whole decode layer: the MLA block of ``step``
+    (kernels.decode_step.MLAStep), then the FFN of descriptor ``ffn`` (decode_step.LayerStep);
+    fills ``out`` (x's shape and dtype) and the latent cache row ``pos``."""
+    CALLS["layer_step"] += 1
+    rc = _LIB.duet_layer_step(step.lin.data_ptr(), step.norms.data_ptr(), step.norm_bf16.data_ptr(),
+                              step.eps.data_ptr(), step.shape.scale, step.dims.data_ptr(), pos, cos.data_ptr(),
+                              sin.data_ptr(), step.cache.data_ptr(), step.uk, step.uv_t, ffn.data_ptr(), x.data_ptr(),
+                              out.data_ptr(), _BF16[x.dtype], torch.get_num_threads())
+    if rc:
+        raise MemoryError("duet_layer_step: out of memory") if rc == 1 else ValueError(f"duet_layer_step failed ({rc})")
 
 
 def gate(p, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

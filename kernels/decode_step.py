@@ -1,28 +1,35 @@
-"""One token's decode step through a layer's attention block, and its MoE router, as native calls.
+"""One token's decode step through a layer as native calls: the whole layer in one, or its
+attention block and its MoE router in one each.
 
 On a small model a decode step is dominated by dispatch: the PyTorch path of one layer makes
 ~185 small framework calls (norms, three or four projections, RoPE, cache writes, the absorbed
 products, softmax, residual, the router's dozen ops), each costing microseconds around a few of
-work. Here the attention block is one call into kernels/csrc, and the router another:
+work. Here they are calls into kernels/csrc:
 
     MLAStep(x) -> (h, normed)    h = x + wo(attention(attn_norm(x))), normed = ffn_norm(h);
                                  the latent cache row of this position is written
     gate(x)    -> (weights, indices)   V3's / V2's router for one token
+    LayerStep(x) -> h + ffn(normed)    the whole layer: the two above, then the experts (or the
+                                 dense MLP) and the residual, one call (``fuse_layer``)
 
-Both compute what the modules they replace compute (the reference is the model's own PyTorch
+They compute what the modules they replace compute (the reference is the model's own PyTorch
 path; tests compare them): in a float32 model they agree up to the order of the sums; they are
-float32 inside, so for a bf16 model they round once where the PyTorch path rounds after every op. ``fuse_mla`` / ``gate_plan`` return None where the
-plan has no native kernels or a weight is of a kind these calls do not read (oneDNN-packed,
-GGUF, CUDA); the model then keeps its PyTorch path.
+float32 inside, so for a bf16 model they round once where the PyTorch path rounds after every
+op. ``fuse_mla`` / ``gate_plan`` / ``fuse_layer`` return None where the plan has no native
+kernels or a weight is of a kind these calls do not read (oneDNN-packed, GGUF, CUDA; for the
+whole layer, experts that are not native int8/int4 or dense bf16); the model then keeps its
+PyTorch path for that part.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import torch
 
 from kernels import dispatch
+from kernels.moe import FusedBF16Experts, FusedExperts
 
 _KIND = {torch.float32: 32, torch.bfloat16: 16}
 
@@ -162,3 +169,49 @@ def gate(p: GatePlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from kernels import cpu_native
 
     return cpu_native.gate(p, _plain(x, torch.float32))
+
+
+class LayerStep:
+    """A whole decode layer as one native call (``duet_layer_step``): the MLA block of ``attn``,
+    then the FFN: the router (``gate``; None for a dense MLP) and the fused experts' table
+    (kernels.moe.FusedExperts / FusedBF16Experts), then the residual. Built by ``fuse_layer``."""
+
+    def __init__(self, attn: MLAStep, experts: FusedExperts | FusedBF16Experts, gate: GatePlan | None):
+        self.attn, self._keep = attn, (experts, gate)
+        native = isinstance(experts, FusedExperts)
+        ffn = [experts.bits if native else 16, experts.table.data_ptr(), experts.inter.data_ptr(),
+               experts.ip.data_ptr() if native else 0, experts.shared_row, experts.group if native else 0,
+               experts.hidden, experts.hp if native else 0,
+               dispatch.plan().linear.act_bits(experts.bits) if native else 0]
+        if gate is None:
+            ffn += [0] * 10
+        else:
+            scale_bits = struct.unpack("<i", struct.pack("<f", gate.route_scale))[0]
+            ffn += [gate.weight.data_ptr(), gate.bias.data_ptr() if gate.bias is not None else 0, gate.weight.shape[0],
+                    int(gate.sigmoid), gate.n_group, gate.topk_group, gate.method, gate.topk, int(gate.norm),
+                    scale_bits]
+        self.ffn = torch.tensor(ffn, dtype=torch.int64)
+
+    def __call__(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [1, 1, hidden] (bf16 or float32) at position start_pos -> the layer's output."""
+        from kernels import cpu_native
+
+        if start_pos >= self.attn.cache.shape[1]:
+            raise IndexError(f"position {start_pos} is past the cache ({self.attn.cache.shape[1]} rows)")
+        x, cos, sin = _plain(x), _plain(cos, torch.float32), _plain(sin, torch.float32)
+        out = torch.empty_like(x)
+        cpu_native.layer_step(self.attn, self.ffn, x, start_pos, cos, sin, out)
+        return out
+
+
+def fuse_layer(attn: MLAStep | None, experts, gate: GatePlan | None, *, routed: bool) -> LayerStep | None:
+    """The one-call decode layer, or None where its FFN is not one the call reads: ``experts`` a
+    CPU-native FusedExperts or a FusedBF16Experts (kernels.moe.fuse_experts / fuse_mlp), and for
+    a MoE layer (``routed``) a native router plan with at most 64 experts per token."""
+    if attn is None or not isinstance(experts, (FusedExperts, FusedBF16Experts)):
+        return None
+    if routed and (gate is None or gate.topk + (experts.shared_row >= 0) > 64):
+        return None
+    if experts.hidden != attn.shape.hidden:
+        return None
+    return LayerStep(attn, experts, gate if routed else None)

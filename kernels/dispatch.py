@@ -73,8 +73,8 @@ class AttentionPlan:
 
     attention: str
     head_gemv: str
-    step: str = "ops"   # a one-token decode step: "native" (kernels.decode_step: attention block and
-    #                     router one call each) or "ops" (the modules' PyTorch calls)
+    step: str = "ops"   # a one-token decode step: "native" (kernels.decode_step: the whole layer in
+    #                     one call, or its attention block and router one call each) or "ops" (PyTorch)
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,8 @@ class Plan:
                         f"; prefill: {self.moe.combine}"),
                 ("mla attention", f"{self.attention.attention}; one-token head products: "
                                   f"{'native bf16 GEMV' if self.attention.head_gemv == 'native-bf16' else 'float32 bmm'}"),
-                ("decode step", "one native call per layer for attention, residual and norms, one for the router"
+                ("decode step", "one native call per layer (attention, norms, router, experts, residuals; "
+                                "attention alone where the experts are not native int8/int4 or bf16)"
                                 if self.attention.step == "native" else "PyTorch ops"),
                 ("rms norm", self.norm.norm + (f" (native for <= {self.norm.native_rows} rows)"
                                                if self.norm.native_rows else "")),

@@ -213,10 +213,14 @@ class MLP(nn.Module):
         self.w2 = Linear(inter, dim)
         self.fused = _UNBUILT  # kernels.moe.fuse_mlp's one-token kernel, made at the first call
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def fused_kernel(self):
+        """kernels.moe.fuse_mlp's one-token kernel (built at the first call), or None."""
         if self.fused is _UNBUILT:
             self.fused = moe.fuse_mlp(decode_weight(self.w13), decode_weight(self.w2))
-        return moe.swiglu(x, self.w13, self.w2, self.inter, self.fused)
+        return self.fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return moe.swiglu(x, self.w13, self.w2, self.inter, self.fused_kernel())
 
 
 def decode_weight(lin: nn.Module):
@@ -233,7 +237,7 @@ def forget_fused(module: nn.Module) -> None:
         if isinstance(m, (MLP, MoE)):
             m.fused = _UNBUILT
         elif isinstance(m, Block):
-            m.step = _UNBUILT
+            m.step = m.whole = _UNBUILT
         elif isinstance(m, Gate):
             m.native = _UNBUILT
 
@@ -253,14 +257,17 @@ class Gate(nn.Module):
                      if a.topk_method == "noaux_tc" else None)
         self.native = _UNBUILT  # kernels.decode_step's one-token router, made at the first call
 
+    def plan(self) -> decode_step.GatePlan | None:
+        """The native one-token router (built at the first call), or None."""
+        if self.native is _UNBUILT:
+            self.native = decode_step.gate_plan(self.weight, self.bias, self.scoring, self.method, self.n_group,
+                                                self.topk_group, self.topk, self.norm, self.route_scale)
+        return self.native
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [N, H] -> weights [N, K] float32, indices [N, K]."""
-        if x.shape[0] == 1:
-            if self.native is _UNBUILT:
-                self.native = decode_step.gate_plan(self.weight, self.bias, self.scoring, self.method, self.n_group,
-                                                    self.topk_group, self.topk, self.norm, self.route_scale)
-            if self.native is not None:
-                return decode_step.gate(self.native, x)
+        if x.shape[0] == 1 and self.plan() is not None:
+            return decode_step.gate(self.native, x)
         logits = F.linear(x.float(), self.weight)
         scores = logits.sigmoid() if self.scoring == "sigmoid" else logits.softmax(dim=-1)
         choice = scores if self.bias is None else scores + self.bias
@@ -291,18 +298,19 @@ class MoE(nn.Module):
         self.shared = MLP(args.hidden_size, n_shared * args.moe_intermediate_size) if n_shared else None
         self.fused = _UNBUILT  # kernels.moe.fuse_experts' decode kernel, made at the first call
 
-    def _fuse(self):
-        shared = (decode_weight(self.shared.w13), decode_weight(self.shared.w2)) if self.shared is not None else None
-        return moe.fuse_experts([decode_weight(e.w13) for e in self.experts], [decode_weight(e.w2) for e in self.experts],
-                                shared, self.shared)
+    def fused_kernel(self):
+        """kernels.moe.fuse_experts' one-token kernel (built at the first call), or None."""
+        if self.fused is _UNBUILT:
+            shared = (decode_weight(self.shared.w13), decode_weight(self.shared.w2)) if self.shared is not None else None
+            self.fused = moe.fuse_experts([decode_weight(e.w13) for e in self.experts],
+                                          [decode_weight(e.w2) for e in self.experts], shared, self.shared)
+        return self.fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [N, H]
         weights, indices = self.gate(flat)
-        if self.fused is _UNBUILT:
-            self.fused = self._fuse()
-        return moe.moe(flat, weights, indices, self.experts, self.shared, self.fused).view(shape)
+        return moe.moe(flat, weights, indices, self.experts, self.shared, self.fused_kernel()).view(shape)
 
 
 class Block(nn.Module):
@@ -313,10 +321,13 @@ class Block(nn.Module):
         self.attn = MLA(args)
         self.ffn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.ffn = MoE(args) if args.is_moe_layer(layer_id) else MLP(args.hidden_size, args.intermediate_size)
-        self.step = _UNBUILT  # kernels.decode_step's one-token call, made at the first decode step
+        self.step = _UNBUILT  # kernels.decode_step's one-token call for attention, made at the first decode step
+        self.whole = _UNBUILT  # ... and for the whole layer, where its FFN is one the call reads
 
     def forward(self, x, start_pos, cos, sin):
         if x.shape[0] * x.shape[1] == 1 and self._step() is not None:
+            if self.whole is not None:
+                return self.whole(x, start_pos, cos, sin)  # the whole layer: one call
             x, normed = self.step(x, start_pos, cos, sin)  # attention, residual and both norms: one call
         else:
             x = x + self.attn(self.attn_norm(x), start_pos, cos, sin)
@@ -326,6 +337,9 @@ class Block(nn.Module):
     def _step(self) -> decode_step.MLAStep | None:
         if self.step is _UNBUILT or (self.step is not None and self.step.cache is not self.attn.cache):
             self.step = self.attn.fuse_step(self.attn_norm, self.ffn_norm)  # (again after a new cache)
+            routed = isinstance(self.ffn, MoE)
+            self.whole = decode_step.fuse_layer(self.step, self.ffn.fused_kernel(),
+                                                self.ffn.gate.plan() if routed else None, routed=routed)
         return self.step
 
 

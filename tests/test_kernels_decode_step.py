@@ -57,10 +57,11 @@ def _pair(folder, dtype, quant, prompt_len=20, steps=12):
     eng = Engine.load(folder, dtype=dtype, quant=quant, pack=False)
     before = dict(cpu_native.CALLS)
     got = _decode(eng, prompt, toks)
-    calls = {k: cpu_native.CALLS[k] - before.get(k, 0) for k in ("mla_step", "gate")}
+    kinds = ("mla_step", "layer_step", "gate")
+    calls = {k: cpu_native.CALLS[k] - before.get(k, 0) for k in kinds}
     _pytorch_path(eng)
     ref = _decode(eng, prompt, toks)
-    assert cpu_native.CALLS["mla_step"] - before.get("mla_step", 0) == calls["mla_step"]
+    assert all(cpu_native.CALLS[k] - before.get(k, 0) == calls[k] for k in kinds)   # none on the PyTorch path
     return got.float(), ref.float(), calls
 
 
@@ -69,7 +70,10 @@ def _pair(folder, dtype, quant, prompt_len=20, steps=12):
 def test_native_decode_step_matches_the_pytorch_path_in_float32(request, which, quant):
     got, ref, calls = _pair(request.getfixturevalue(which), "float32", quant)
     layers, moe_layers = SIZES["num_hidden_layers"], SIZES["num_hidden_layers"] - 1
-    assert calls == {"mla_step": 12 * layers, "gate": 12 * moe_layers}   # the native calls ran, once each
+    if quant is None:   # float32 experts have no fused kernel: the attention call and the router's
+        assert calls == {"mla_step": 12 * layers, "layer_step": 0, "gate": 12 * moe_layers}
+    else:               # native experts: one call per layer for all of it
+        assert calls == {"mla_step": 0, "layer_step": 12 * layers, "gate": 0}
     if quant is None:   # float32 either way: only the order of the sums differs
         assert torch.allclose(got, ref, atol=2e-4, rtol=1e-4), (got - ref).abs().max()
     else:   # quantized matmuls round their activations to integer blocks (8-bit ones for int4 on
@@ -82,7 +86,7 @@ def test_native_decode_step_matches_the_pytorch_path_in_float32(request, which, 
 @pytest.mark.parametrize("which", ["v3", "v2"])
 def test_native_decode_step_in_bf16_stays_within_bf16_rounding(request, which):
     got, ref, calls = _pair(request.getfixturevalue(which), "bfloat16", None)
-    assert calls["mla_step"] == 12 * SIZES["num_hidden_layers"]
+    assert calls["layer_step"] == 12 * SIZES["num_hidden_layers"]   # bf16 experts: the whole layer
     exact, _, _ = _pair(request.getfixturevalue(which), "float32", None)
     # float32 inside: the native step is at least as close to the float32 model as the bf16 path
     assert (got - exact).abs().mean() <= 1.2 * (ref - exact).abs().mean() + 1e-3
@@ -100,7 +104,7 @@ def test_every_native_build_gives_the_same_step(v3, march):
     ref, _, _ = _pair(v3, "float32", "int8")
     with cpu_native.variant(march, act_bits=16):
         got, _, calls = _pair(v3, "float32", "int8")
-    assert calls["mla_step"] > 0
+    assert calls["layer_step"] > 0
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
     assert cos.min() > 0.9995 and torch.equal(got.argmax(-1), ref.argmax(-1))
 
@@ -116,7 +120,8 @@ def test_a_long_context_spreads_attention_over_threads_and_still_matches(v3):
 
 
 def test_a_decode_step_makes_a_fraction_of_the_framework_calls(v3):
-    """Ops the profiler sees per decode step: the native step replaces ~60 per layer by a few."""
+    """Ops the profiler sees per decode step: the native step replaces ~60 per layer by a few, the
+    whole-layer call (attention, router, experts, residual) fewer still."""
     eng = Engine.load(v3, dtype="float32", quant="int8", pack=False)
 
     def ops(e):
@@ -127,10 +132,13 @@ def test_a_decode_step_makes_a_fraction_of_the_framework_calls(v3):
             e.forward(torch.tensor([[7]]), 4)
         return sum(ev.count for ev in prof.key_averages())
 
-    fused = ops(eng)
+    whole = ops(eng)
+    for layer in eng.model.layers:   # the attention block and the router alone, the experts apart
+        layer.whole = None
+    attention = ops(eng)
     _pytorch_path(eng)
     plain = ops(eng)
-    assert fused * 5 < plain, (fused, plain)
+    assert attention * 5 < plain and whole * 10 < plain and whole < attention, (whole, attention, plain)
 
 
 def test_the_step_follows_a_new_cache(v3):
@@ -151,5 +159,5 @@ def test_without_native_kernels_nothing_is_fused(v3):
     with dispatch.overridden(native=False):
         eng = Engine.load(v3, dtype="float32", pack=False)
         eng.forward(torch.tensor([[3]]), 0)
-        assert all(layer.step is None for layer in eng.model.layers)
+        assert all(layer.step is None and layer.whole is None for layer in eng.model.layers)
         assert eng.model.layers[1].ffn.gate.native is None

@@ -1323,3 +1323,68 @@ int duet_gate(const float *x, const float *w, const float *bias, int E, int hidd
     for (int t = 0; t < topk; t++) wts[t] *= route_scale;
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * A whole decode layer for one token, one call: the attention block (duet_mla_step), then
+ *     out = h + ffn(normed)
+ * where ffn is a MoE layer (the router, duet_gate, then its routed and shared experts in one
+ * duet_moe / duet_moe_bf16) or a dense SwiGLU MLP (a one-expert table, row 0). What the Python
+ * path between these calls did (allocations, index casts, the residual add) is gone with it.
+ * x, out: bf16 or float32 (act_bf16), like h and normed in between; the experts' sum is float32
+ * and is added to h once. ffn: the descriptor below (int64). */
+enum { F_KIND /* 8, 4: native int8/int4 experts; 16: dense bf16 ones */, F_TABLE, F_INTER, F_IP, F_SHARED,
+       F_GS, F_HIDDEN, F_HP, F_ABITS, F_GATE_W /* 0: a dense MLP */, F_GATE_BIAS, F_EXPERTS, F_SIGMOID,
+       F_NGROUP, F_TOPKGROUP, F_METHOD, F_TOPK, F_NORM, F_ROUTE_SCALE /* float32 bits */, F_COUNT };
+
+static int ffn_step(const int64_t *f, const void *h, const void *normed, void *out, int act_bf16, int threads) {
+    const int Hd = (int)f[F_HIDDEN];
+    float *buf = malloc(sizeof(float) * 2 * Hd);
+    if (!buf) return 1;
+    float *xn = buf, *y = buf + Hd;
+    for (int i = 0; i < Hd; i++) xn[i] = load_act(normed, act_bf16, i);
+    int64_t idx[64];
+    float wts[64];
+    int k = 0, shared = (int)f[F_SHARED], rc = 0;
+    if (f[F_GATE_W]) {
+        float scale;
+        const int32_t bits = (int32_t)f[F_ROUTE_SCALE];
+        memcpy(&scale, &bits, sizeof scale);
+        k = (int)f[F_TOPK];
+        if (k > 64) { free(buf); return 2; }
+        rc = duet_gate(xn, (const float *)f[F_GATE_W], (const float *)f[F_GATE_BIAS], (int)f[F_EXPERTS], Hd,
+                       (int)f[F_SIGMOID], (int)f[F_NGROUP], (int)f[F_TOPKGROUP], (int)f[F_METHOD], k, (int)f[F_NORM],
+                       scale, idx, wts);
+    } else {
+        shared = 0;   /* a dense MLP: table row 0 alone */
+    }
+    if (!rc && f[F_KIND] == 16)
+        rc = duet_moe_bf16((const int64_t *)f[F_TABLE], (const int32_t *)f[F_INTER], idx, wts, k, shared, xn, Hd,
+                           y, threads);
+    else if (!rc)
+        rc = duet_moe((int)f[F_KIND], (const int64_t *)f[F_TABLE], (const int32_t *)f[F_INTER],
+                      (const int32_t *)f[F_IP], idx, wts, k, shared, (int)f[F_GS], xn, 0, Hd, (int)f[F_HP], y, 0,
+                      threads, (int)f[F_ABITS]);
+    if (!rc) {
+        for (int i = 0; i < Hd; i++) {
+            const float v = load_act(h, act_bf16, i) + y[i];
+            if (act_bf16) ((uint16_t *)out)[i] = f2bf(v);
+            else ((float *)out)[i] = v;
+        }
+    }
+    free(buf);
+    return rc;
+}
+
+int duet_layer_step(const lin_desc *lin, const int64_t *norms, const int32_t *norm_bf16, const float *eps,
+                    float scale, const int32_t *dims, int pos, const float *cs, const float *sn, void *cache,
+                    const void *w_uk, const void *w_uv_t, const int64_t *ffn, const void *x, void *out,
+                    int act_bf16, int threads) {
+    const long bytes = (long)dims[D_HIDDEN] * (act_bf16 ? 2 : 4);
+    char *buf = malloc(2 * bytes);
+    if (!buf) return 1;
+    int rc = duet_mla_step(lin, norms, norm_bf16, eps, scale, dims, pos, cs, sn, cache, w_uk, w_uv_t, x, buf,
+                           buf + bytes, act_bf16, threads);
+    if (!rc) rc = ffn_step(ffn, buf, buf + bytes, out, act_bf16, threads);
+    free(buf);
+    return rc;
+}
