@@ -929,20 +929,36 @@ INLINE void prefill_tile(int kind, int tm, const __attribute__((unused)) void *w
 #endif
 }
 
-/* the tile for a run-time kind and row count, each a constant inside (one copy per pair) */
-static void prefill_tile_any(int kind, int tm, const void *wsrc, const float *ws, const float *wo,
-                             const uint8_t *x, long xrow, int xblk, const float *xs, const float *xm, int KB,
-                             float out[TM][TN]) {
-#define TILE(K, R) prefill_tile(K, R, wsrc, ws, wo, x, xrow, xblk, xs, xm, KB, out)
-#define ROWS(K) { if (tm == 1) TILE(K, 1); else if (tm == 2) TILE(K, 2); else if (tm == 3) TILE(K, 3); else TILE(K, 4); }
+/* activation rows m0 .. m1-1 against the TN weight rows from n0 (nj of them stored), full tiles
+ * then the rest: one call per kind, the tile's shape constant inside */
+INLINE void prefill_rows(int kind, const void *wsrc, const float *ws, const float *wo, const uint8_t *x,
+                         long xrow, int xblk, const float *xs, const float *xm, int KB, int m0, int m1,
+                         long n0, int nj, void *y, int y_bf16, long ldy) {
+    float out[TM][TN];
+    for (int m = m0; m < m1; m += TM) {
+        const int tm = m1 - m < TM ? m1 - m : TM;
+        const uint8_t *xr = x + m * xrow;
+        const float *sr = xs + (long)m * KB, *mr = xm + (long)m * KB;
+        if (tm == TM) prefill_tile(kind, TM, wsrc, ws, wo, xr, xrow, xblk, sr, mr, KB, out);
+        else if (tm == 1) prefill_tile(kind, 1, wsrc, ws, wo, xr, xrow, xblk, sr, mr, KB, out);
+        else if (tm == 2) prefill_tile(kind, 2, wsrc, ws, wo, xr, xrow, xblk, sr, mr, KB, out);
+        else prefill_tile(kind, 3, wsrc, ws, wo, xr, xrow, xblk, sr, mr, KB, out);
+        for (int i = 0; i < tm; i++)
+            for (int j = 0; j < nj; j++) store_out(y, y_bf16, (long)(m + i) * ldy + n0 + j, out[i][j]);
+    }
+}
+
+static void prefill_rows_any(int kind, const void *wsrc, const float *ws, const float *wo, const uint8_t *x,
+                             long xrow, int xblk, const float *xs, const float *xm, int KB, int m0, int m1,
+                             long n0, int nj, void *y, int y_bf16, long ldy) {
+#define ROWS(K) prefill_rows(K, wsrc, ws, wo, x, xrow, xblk, xs, xm, KB, m0, m1, n0, nj, y, y_bf16, ldy)
     switch (kind) {
-        case Q8A16: ROWS(Q8A16) break;
-        case Q8A8: ROWS(Q8A8) break;
-        case Q4A16: ROWS(Q4A16) break;
-        default: ROWS(Q4A8) break;
+        case Q8A16: ROWS(Q8A16); break;
+        case Q8A8: ROWS(Q8A8); break;
+        case Q4A16: ROWS(Q4A16); break;
+        default: ROWS(Q4A8); break;
     }
 #undef ROWS
-#undef TILE
 }
 
 /* the TN weight rows from n0: their codes, and per block their scale and offset as float32 [KB][TN] */
@@ -1033,7 +1049,6 @@ int duet_gemm_tiled(int bits, const void *x, int x_bf16, int M, int k, long ldx,
             failed = 1;
         } else {
             float *wo = ws + TN * KB;
-            float out[TM][TN];
             for (int m0 = 0; m0 < M; m0 += MC) {
                 const int m1 = M - m0 < MC ? M : m0 + MC;
                 for (long g = g0; g < g1; g++) {
@@ -1042,13 +1057,8 @@ int duet_gemm_tiled(int bits, const void *x, int x_bf16, int M, int k, long ldx,
                     unpack_weights(kind, wr, KB, wv);
 #endif
                     const int nj = n - g * TN < TN ? (int)(n - g * TN) : TN;
-                    for (int m = m0; m < m1; m += TM) {
-                        const int tm = m1 - m < TM ? m1 - m : TM;
-                        prefill_tile_any(kind, tm, wsrc, ws, wo, xcodes + m * xrow, xrow, xblk,
-                                         xq.scale + (long)m * KB, xq.sum + (long)m * KB, KB, out);
-                        for (int i = 0; i < tm; i++)
-                            for (int j = 0; j < nj; j++) store_out(y, y_bf16, (long)(m + i) * ldy + g * TN + j, out[i][j]);
-                    }
+                    prefill_rows_any(kind, wsrc, ws, wo, xcodes, xrow, xblk, xq.scale, xq.sum, KB, m0, m1,
+                                     g * TN, nj, y, y_bf16, ldy);
                 }
             }
         }
