@@ -1,5 +1,5 @@
 /* Duet's native CPU kernels: int8 / int4 weight-only matmul for a few rows (decode), the
- * dequantization used for many rows (prefill), and a fused batch-1 MoE step.
+ * tiled GEMM and the dequantization used for many rows (prefill), and a fused batch-1 MoE step.
  *
  * Plain C (+ OpenMP where the compiler has it), no torch headers; loaded through ctypes by
  * kernels/cpu_native.py. The SIMD path is picked at compile time from the target's macros:
