@@ -33,9 +33,9 @@ GGUF_ACT_ENV = "DUET_GGUF_ACT_BITS"
 NATIVE_ACT_ENV = "DUET_ACT_BITS"
 
 
-TILED_MIN_K = 512          # the tiled integer GEMM, int4 x 8-bit: from this many inputs (fewer: per-tile costs)
-TILED_ROWS = 64            # otherwise up to this many rows ...
-TILED_PARAMS = 1 << 20     # ... of a weight this large (its float32 copy would leave the cache)
+TILED_MIN_K = 1024         # the tiled integer GEMM, int4 x 8-bit: from this many inputs (fewer: per-tile costs) ...
+TILED_PARAMS = 1 << 20     # ... or a weight this large (its float32 copy would leave the cache)
+TILED_ROWS = 64            # otherwise at most this many rows of such a weight
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,15 @@ class LinearPlan:
 
     def tiled_for(self, weight_bits: int, rows: int, n: int, k: int) -> bool:
         """Whether ``rows`` (> native_rows) rows times a native [n, k] weight run the tiled integer
-        GEMM rather than dequantize + float32 matmul. Measured on AVX2 (1 thread): int4 weights with
-        8-bit activations 40-45 GMAC/s from k = 1536 (MKL's float32 GEMM ~35, less the dequantizing:
-        2-3x at an expert's ~48 rows), even at k = 512, behind at k = 192; the 16-bit products
-        (int8 weights' default) ~0.7x of MKL, so only at few rows of a weight whose float32 copy
-        would leave the cache."""
+        GEMM rather than dequantize + float32 matmul. Measured on AVX2 (2 threads, quiet machine):
+        int4 weights with 8-bit activations 100-107 GMAC/s on 2816x2048 .. 3072x1536 and 8192x512
+        (dequantize + MKL's float32 GEMM 55-86: 2x at an expert's ~48 rows), 0.9x on 512x512 at 48
+        rows, 0.7x at k = 192; the 16-bit products (int8 weights' default) ~0.7x of MKL, so only at
+        few rows of a weight whose float32 copy would leave the cache."""
         if not self.tiled:
             return False
         if weight_bits == 4 and self.int4_act_bits == 8:
-            return k >= TILED_MIN_K
+            return k >= TILED_MIN_K or n * k >= TILED_PARAMS
         return rows <= TILED_ROWS and n * k >= TILED_PARAMS
 
 
@@ -150,7 +150,8 @@ class Plan:
         if lin.quantized == "native":
             many = f"dequantize + {_name(lin.prefill_dtype)} matmul"
             if lin.tiled:
-                tiled = f"int4 from {TILED_MIN_K} inputs" if lin.int4_act_bits == 8 else ""
+                tiled = (f"int4 from {TILED_MIN_K} inputs or {TILED_PARAMS >> 20}M values"
+                         if lin.int4_act_bits == 8 else "")
                 few = f"<= {TILED_ROWS} rows of >= {TILED_PARAMS >> 20}M-value weights"
                 many = (f"tiled integer GEMM ({tiled + ', ' if tiled else ''}{'int8' if tiled else 'both'} at "
                         f"{few}), else {many}")

@@ -128,10 +128,11 @@ def test_many_rows_take_the_path_the_plan_names(mode, rows):
 
 def test_the_plans_rule():
     lin = dispatch.LinearPlan("native", "torch", 16, 8, torch.float32, tiled=True)
-    assert lin.tiled_for(4, 512, 768, 512) and not lin.tiled_for(4, 512, 768, 192)   # int4 x 8-bit: k >= 512
+    assert lin.tiled_for(4, 512, 768, 1024) and lin.tiled_for(4, 512, 8192, 512)     # int4 x 8-bit: k or size
+    assert not lin.tiled_for(4, 48, 512, 512) and not lin.tiled_for(4, 512, 768, 192)
     assert lin.tiled_for(8, 48, 2816, 2048) and not lin.tiled_for(8, 512, 2816, 2048)
     assert not lin.tiled_for(8, 48, 512, 512)                                          # its float32 copy fits the cache
-    assert not dispatch.LinearPlan("native", "torch", 16, 8, torch.float32).tiled_for(4, 512, 768, 512)
+    assert not dispatch.LinearPlan("native", "torch", 16, 8, torch.float32).tiled_for(4, 512, 768, 1024)
 
 
 @pytest.mark.parametrize("march,abits", [("haswell", 8), ("haswell", 16), ("x86-64", 8)])
