@@ -20,8 +20,8 @@ both. llama.cpp runs in a subprocess (llama-cpp-python) with the same thread cou
 Reports decode tok/s at batch 1 at context 0 and 2048, prefill tok/s (2048 tokens), and the
 physical limit: active weight bytes per token / memory bandwidth (timed large copy). Duet runs
 twice: with the native CPU kernels (kernels/csrc: int16-activation GEMV, one fused call per
-MoE layer, dequantize + matmul for prefill) and with aten's packed int4 kernel ("(aten)"
-rows, the path before them). Also printed: the per-call cost at a tiny size, the GB/s of one
+MoE layer, for prefill the tiled integer GEMM or dequantize + matmul, as the plan says) and
+with aten's packed int4 kernel ("(aten)" rows, the path before them). Also printed: the per-call cost at a tiny size, the GB/s of one
 M=1 matmul streaming its weights from memory, and a profile of one decode step.
 ``--shape v3-small`` runs instead the whole ~200M-parameter DeepSeek-V3-shaped model of the
 engine bench (bench/engine_bench.py's MID: 8 layers, hidden 512, 64 experts of 256, sigmoid

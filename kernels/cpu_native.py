@@ -2,7 +2,8 @@
 
     lib() -> ctypes.CDLL | None     the loaded library, or None (then the aten paths run)
     isa() -> str | None             the SIMD path compiled in: "avx512", "avx2" or "scalar"
-    gemm / dequant / moe / moe_bf16 / head_gemv / rms_norm / mla_step / layer_step / gate
+    gemm / gemm_tiled / dequant / moe / moe_bf16 / head_gemv / rms_norm / mla_step / layer_step
+    / gate
                                     thin wrappers over its entry points
 
 The C file is compiled with the system compiler (``$CC``, default ``cc``) as
@@ -45,7 +46,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "variant", "isa", "flags", "gemm", "dequant", "moe", "moe_bf16", "head_gemv", "rms_norm", "mla_step", "layer_step", "gate", "CALLS", "SOURCE"]
+__all__ = ["lib", "build", "variant", "isa", "flags", "gemm", "gemm_tiled", "dequant", "moe", "moe_bf16", "head_gemv",
+           "rms_norm", "mla_step", "layer_step", "gate", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
@@ -186,6 +188,8 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.duet_gemm.restype = _c_int
     so.duet_gemm.argtypes = [_c_int, _ptr, _c_int, _c_int, _c_int, _c_long, _ptr, _ptr, _c_int, _c_int, _c_int,
                              _ptr, _c_int, _c_long, _c_int, _c_int]
+    so.duet_gemm_tiled.restype = _c_int
+    so.duet_gemm_tiled.argtypes = so.duet_gemm.argtypes
     so.duet_dequant.restype = None
     so.duet_dequant.argtypes = [_c_int, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int]
     so.duet_head_gemv.restype = None
@@ -275,6 +279,20 @@ def gemm(bits: int, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, kp: int, 
                         y.data_ptr(), _BF16[x.dtype], n, torch.get_num_threads(), act_bits)
     if rc:
         raise MemoryError("duet_gemm: out of memory")
+    return y
+
+
+def gemm_tiled(bits: int, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, kp: int, gs: int, n: int,
+               act_bits: int) -> torch.Tensor:
+    """As ``gemm`` for many rows (prefill): the same block integers, computed in register tiles
+    over cache-sized parts of x and the weight, threads over the weight's rows."""
+    m, k = x.shape
+    y = torch.empty(m, n, dtype=x.dtype)
+    CALLS["gemm_tiled"] += 1
+    rc = _LIB.duet_gemm_tiled(bits, x.data_ptr(), _BF16[x.dtype], m, k, k, q.data_ptr(), s.data_ptr(), kp, gs, n,
+                              y.data_ptr(), _BF16[x.dtype], n, torch.get_num_threads(), act_bits)
+    if rc:
+        raise MemoryError("duet_gemm_tiled: out of memory")
     return y
 
 

@@ -9,6 +9,8 @@ stays in latent space (p · c_kv), to be expanded by W_uv afterwards.
     torch_mla_attention          the PyTorch fast path (the cache read in place, padded lengths)
     triton_ops.mla_attention     CUDA (split-K over the cache)
     mla_attention                the op: picks one from kernels.dispatch's plan
+    expand_pays / chunk_mask     when a prefill chunk after cached tokens runs expanded per-head
+                                 keys (SDPA) instead, and its causal mask
     absorb / per_head            W_uk and W_uvᵀ per head, and one token's products with them:
                                  kernels/csrc's bf16 GEMV (cpu_native.head_gemv) or a batched matmul
 """
@@ -33,6 +35,23 @@ def reference_mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, 
     scores = scores.masked_fill(mask[None, :, None, :], float("-inf"))
     p = scores.softmax(dim=-1)
     return torch.einsum("bths,bsc->bthc", p, cache[..., :kv_lora].float()).to(q.dtype)
+
+
+def expand_pays(T: int, start_pos: int, nope: int, rope: int, v: int, kv_lora: int) -> bool:
+    """Whether a chunk of T queries after start_pos cached tokens costs fewer multiply-adds with
+    keys and values expanded per head from the latent cache (W_kv_b over all start_pos + T rows,
+    then nope + rope wide scores and v (padded to that) wide outputs) than absorbed (kv_lora + rope
+    wide scores, kv_lora wide outputs, W_uk / W_uv per query). Long prefill chunks: yes (2-3x
+    faster on CPU, measured); a few tokens after a long context: no."""
+    S = start_pos + T
+    per_pair = 2 * kv_lora + rope - 2 * (nope + rope)   # absorbed minus expanded, per (query, key) and head
+    return T * S * per_pair > start_pos * (nope + v) * kv_lora
+
+
+def chunk_mask(T: int, start_pos: int, device=None) -> torch.Tensor:
+    """The causal mask [T, start_pos + T] of a chunk of T queries after start_pos cached tokens
+    (True: attend): query t sees keys 0 .. start_pos + t."""
+    return torch.ones(T, start_pos + T, dtype=torch.bool, device=device).tril(start_pos)
 
 
 def padded_length(end: int, capacity: int, step: int = 64) -> int:

@@ -4,6 +4,7 @@ matmuls and the reference) and dense bf16 weights pre-packed for oneDNN.
     reference_quantized_linear   dequantize, then a float32 matmul (the math)
     reference_native_linear      what kernels/csrc computes: rounded activations x the weight
     cpu_native.gemm              kernels/csrc's GEMV (the "cpu_native" layout, up to 4 rows)
+    cpu_native.gemm_tiled        its tiled GEMM for more rows (prefill), where the plan has it
     aten int4pack                PyTorch's packed int4 kernel ("cpu_int4pack" / "cuda_int4pack")
     triton_ops.quantized_linear  CUDA, the portable layout
     kquant.linear                GGUF blocks read in place (kernels/kquant.py)
@@ -483,6 +484,8 @@ def _native_linear(x: Tensor, b: NativeMatmul) -> Tensor:
     lin = dispatch.plan().linear
     if m <= lin.native_rows:
         y = cpu_native.gemm(b.bits, x2, b.q, b.scale, b.kp, b.group, b.n, lin.act_bits(b.bits))
+    elif lin.tiled_for(b.bits, m, b.n, b.k):   # many rows, the same integer products in register tiles
+        y = cpu_native.gemm_tiled(b.bits, x2, b.q, b.scale, b.kp, b.group, b.n, lin.act_bits(b.bits))
     else:   # many rows: the weight dequantized once, one matmul in the CPU's fast float type
         dt = x2.dtype if x2.dtype == torch.float32 else lin.prefill_dtype
         y = F.linear(x2.to(dt), cpu_native.dequant(b.bits, b.q, b.scale, b.kp, b.group, b.n, b.k, dt))
@@ -493,7 +496,8 @@ def _native_linear(x: Tensor, b: NativeMatmul) -> Tensor:
 
 def quantized_linear(x: Tensor, qw: QuantizedWeight) -> Tensor:
     """x [..., in] -> [..., out] with the kernel of the weight's layout: native (float
-    activations, at most 4 rows per kernel call; more rows dequantize and run one matmul),
+    activations, at most 4 rows per GEMV call; more rows run the tiled GEMM or dequantize and run
+    one matmul, as the plan says),
     GGUF blocks, Triton on CUDA, or aten's packed int4 kernel (bf16 activations)."""
     if qw.layout == "gguf":   # kernels.kquant.GGUFWeight: ggml blocks read in place
         from kernels import kquant

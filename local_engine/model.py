@@ -173,16 +173,21 @@ class MLA(nn.Module):
         self.cache[:B, start_pos:end, : self.kv_lora] = c_kv
         self.cache[:B, start_pos:end, self.kv_lora:] = k_pe
         chosen = self.indexer(x, q_lat, start_pos, cos, sin) if self.indexer is not None else None
-        if chosen is None and start_pos == 0 and T > 1:
-            # fresh prefill: expand keys/values per head (fewer FLOPs than absorbed for long prompts)
-            kv = self.wkv_b(c_kv).view(B, T, H, self.nope + self.v)
+        if chosen is None and T > 1 and (start_pos == 0 or mla.expand_pays(T, start_pos, self.nope, self.rope,
+                                                                             self.v, self.kv_lora)):
+            # a prefill chunk: keys/values expanded per head (fewer FLOPs than absorbed for long
+            # chunks); after the first chunk, for every cached row, the chunk's queries masked causally
+            c_all, pe_all = (c_kv, k_pe) if start_pos == 0 else \
+                (self.cache[:B, :end, : self.kv_lora].to(x.dtype), self.cache[:B, :end, self.kv_lora:].to(x.dtype))
+            kv = self.wkv_b(c_all).view(B, end, H, self.nope + self.v)
             k_nope, v = kv.split([self.nope, self.v], dim=-1)
-            k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, T, H, self.rope)], dim=-1)
+            k = torch.cat([k_nope, pe_all[:, :, None, :].expand(B, end, H, self.rope)], dim=-1)
             qf = torch.cat([q_nope, q_pe], dim=-1)
             pad = self.nope + self.rope - self.v  # equal head dims take SDPA's fused (flash) path: 2x faster
             vp = F.pad(v, (0, pad)) if pad > 0 else v
+            mask = None if start_pos == 0 else mla.chunk_mask(T, start_pos, x.device)
             out = F.scaled_dot_product_attention(qf.transpose(1, 2), k.transpose(1, 2), vp.transpose(1, 2),
-                                                 is_causal=True, scale=self.scale)
+                                                 attn_mask=mask, is_causal=mask is None, scale=self.scale)
             out = out.transpose(1, 2)[..., : self.v]  # [B, T, H, v]
         else:
             # absorbed: q_nope · W_uk into latent space, attend over the latent cache, W_uv out

@@ -1,5 +1,5 @@
 /* Duet's native CPU kernels: int8 / int4 weight-only matmul for a few rows (decode), the
- * dequantization used for many rows (prefill), and a fused batch-1 MoE step.
+ * tiled GEMM and the dequantization used for many rows (prefill), and a fused batch-1 MoE step.
  *
  * Plain C (+ OpenMP where the compiler has it), no torch headers; loaded through ctypes by
  * kernels/cpu_native.py. The SIMD path is picked at compile time from the target's macros:
@@ -772,6 +772,301 @@ void duet_dequant(int bits, const void *w, const uint16_t *s, int Kp, int gs, in
             memcpy((float *)out + r * k, row, (size_t)k * sizeof(float));
         }
     }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Many-row matmul (prefill): y[M, n] = x[M, k] W[:n, :k]^T with the GEMV's integer block
+ * products, tiled so that each weight byte is read from memory once per MC activation rows
+ * and each activation block from L1/L2 once per TN weight rows.
+ *
+ *   activations  rounded once per call (xq_t, 8 or 16 bits, as the GEMV's), rows in parallel
+ *   threads      split the weight rows in groups of TN (a contiguous range each)
+ *   MC rows      of activations at a time: their codes (MC x Kp bytes or shorts) stay in L2
+ *                while a thread's weight rows go by
+ *   a tile       TM activation rows x TN weight rows: TM*TN float32 accumulators in registers
+ *                over the whole K. Per block b the TN weight blocks are unpacked once (wprep)
+ *                and multiplied with the TM activation blocks (bdot: exact int32 lanes), each
+ *                converted and added with its scale product s_w[n,b] * s_x[m,b].
+ * The zero-point / half-step term is a small [TM, TN] product of the weights' per-block
+ * offsets (0.5 s for int8, z - 8 s for int4) with the activation block sums, after the loop.
+ * Every build computes the same block integers; only the float32 summation order differs. */
+
+#define TM 4                 /* activation rows per tile */
+#define TN 4                 /* weight rows per tile */
+#define MC 64                /* activation rows per pass over a thread's weight rows */
+enum { Q8A16, Q8A8, Q4A16, Q4A8 };   /* weight bits x activation bits: the block product's kind */
+
+#if defined(DUET_AVX2)
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#elif defined(__AVXVNNI__)
+#define DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#endif
+
+typedef struct { __m256i v[4]; } wblk_t;
+
+/* one 32-byte weight block unpacked for bdot. int8 x 16-bit: its two int16 halves; int8 x 8-bit:
+   the codes and their magnitudes (maddubs takes u8 x s8: |w| times x with w's sign); int4 x 8-bit:
+   the low and high nibbles as bytes (inputs 0..31, 32..63); int4 x 16-bit: those as int16 quarters */
+INLINE wblk_t wprep(int kind, const uint8_t *w) {
+    wblk_t r;
+    if (kind == Q8A16) {
+        r.v[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w));
+        r.v[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16)));
+    } else if (kind == Q8A8) {
+        r.v[0] = _mm256_loadu_si256((const __m256i *)w);
+        r.v[1] = _mm256_sign_epi8(r.v[0], r.v[0]);
+    } else if (kind == Q4A8) {
+        const __m256i low = _mm256_set1_epi8(15);
+        __m256i raw = _mm256_loadu_si256((const __m256i *)w);
+        r.v[0] = _mm256_and_si256(raw, low);
+        r.v[1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+    } else {
+        const __m256i low = _mm256_set1_epi16(15);
+        __m256i r0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)w));
+        __m256i r1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w + 16)));
+        r.v[0] = _mm256_and_si256(r0, low);     /* inputs 0..15 */
+        r.v[1] = _mm256_and_si256(r1, low);     /* 16..31 */
+        r.v[2] = _mm256_srli_epi16(r0, 4);      /* 32..47 */
+        r.v[3] = _mm256_srli_epi16(r1, 4);      /* 48..63 */
+    }
+    return r;
+}
+
+/* the block's products with one activation block x: eight int32 lanes summing to the exact dot */
+INLINE __m256i bdot(int kind, const wblk_t *wb, const void *x) {
+    const __m256i *xv = (const __m256i *)x;
+    if (kind == Q8A16)
+        return _mm256_add_epi32(_mm256_madd_epi16(wb->v[0], _mm256_loadu_si256(xv)),
+                                _mm256_madd_epi16(wb->v[1], _mm256_loadu_si256(xv + 1)));
+    if (kind == Q4A16) {
+        __m256i p = _mm256_add_epi32(_mm256_madd_epi16(wb->v[0], _mm256_loadu_si256(xv)),
+                                     _mm256_madd_epi16(wb->v[1], _mm256_loadu_si256(xv + 1)));
+        return _mm256_add_epi32(p, _mm256_add_epi32(_mm256_madd_epi16(wb->v[2], _mm256_loadu_si256(xv + 2)),
+                                                    _mm256_madd_epi16(wb->v[3], _mm256_loadu_si256(xv + 3))));
+    }
+#if defined(DPBUSD)
+    if (kind == Q8A8)
+        return DPBUSD(_mm256_setzero_si256(), wb->v[1], _mm256_sign_epi8(_mm256_loadu_si256(xv), wb->v[0]));
+    return DPBUSD(DPBUSD(_mm256_setzero_si256(), wb->v[0], _mm256_loadu_si256(xv)), wb->v[1],
+                  _mm256_loadu_si256(xv + 1));
+#else
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (kind == Q8A8)   /* a pair of products is at most 2 x 128 x 127: no int16 saturation */
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(wb->v[1], _mm256_sign_epi8(_mm256_loadu_si256(xv), wb->v[0])),
+                                 ones);
+    /* int4: both halves' pairs sum in int16 (4 x 15 x 127 < 32767) */
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(wb->v[0], _mm256_loadu_si256(xv)),
+                                              _mm256_maddubs_epi16(wb->v[1], _mm256_loadu_si256(xv + 1))), ones);
+#endif
+}
+#else
+/* plain C: the exact block dot of weight block w with activation block x (int8 or int16 codes) */
+INLINE int32_t bdot_c(int kind, const uint8_t *w, const void *x) {
+    int32_t d = 0;
+    if (kind == Q8A16 || kind == Q8A8) {
+        const int8_t *wq = (const int8_t *)w;
+        if (kind == Q8A16) for (int i = 0; i < 32; i++) d += (int32_t)wq[i] * ((const int16_t *)x)[i];
+        else for (int i = 0; i < 32; i++) d += (int32_t)wq[i] * ((const int8_t *)x)[i];
+    } else if (kind == Q4A16) {
+        const int16_t *xq = (const int16_t *)x;
+        for (int i = 0; i < 32; i++) d += (int32_t)(w[i] & 15) * xq[i] + (int32_t)(w[i] >> 4) * xq[32 + i];
+    } else {
+        const int8_t *xq = (const int8_t *)x;
+        for (int i = 0; i < 32; i++) d += (int32_t)(w[i] & 15) * xq[i] + (int32_t)(w[i] >> 4) * xq[32 + i];
+    }
+    return d;
+}
+#endif
+
+/* One tile: out[m][j] = sum_b sp(m, j, b) * dot(w_j block b, x_m block b) + the offset term.
+ * ws/wo [KB][TN]: the weight rows' per-block scale and offset (the offset term: w = s (j + 0.5)
+ * for int8, s q + (z - 8 s) for int4, times the block sums); x: tm activation rows of xrow
+ * bytes, blocks of xblk bytes; xs/xm: their block scales and sums (row stride KB).
+ * AVX2: wv holds the TN rows' blocks already unpacked (wprep) as [KB][TN][WV] vectors; the four
+ * rows' int32 lanes of one activation block are folded by three hadds into one vector (lanes
+ * j and 4 + j: row j's two halves), so each block costs one conversion and one fma per activation
+ * row, not four. Plain C: wr[j], row j's codes. */
+INLINE void prefill_tile(int kind, int tm, const __attribute__((unused)) void *wsrc, const float *ws,
+                         const float *wo, const uint8_t *x, long xrow, int xblk, const float *xs,
+                         const float *xm, int KB, float out[TM][TN]) {
+#if defined(DUET_AVX2)
+    const int WV = kind == Q4A16 ? 4 : 2;
+    const __m256i *wv = (const __m256i *)wsrc;
+    __m256 acc[TM];
+    for (int m = 0; m < tm; m++) acc[m] = _mm256_setzero_ps();
+    for (int b = 0; b < KB; b++) {
+        const __m256 s4 = _mm256_broadcast_ps((const __m128 *)(ws + b * TN));   /* [s_0..s_3, s_0..s_3] */
+        const __m256i *wb = wv + (long)b * TN * WV;
+        for (int m = 0; m < tm; m++) {
+            const uint8_t *xb = x + m * xrow + (long)b * xblk;
+            __m256i d[TN];
+            for (int j = 0; j < TN; j++) d[j] = bdot(kind, (const wblk_t *)(wb + j * WV), xb);
+            __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(d[0], d[1]), _mm256_hadd_epi32(d[2], d[3]));
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_mul_ps(s4, _mm256_set1_ps(xs[(long)m * KB + b])),
+                                     acc[m]);
+        }
+    }
+    for (int m = 0; m < tm; m++) {   /* the two halves, plus the offsets (below) four rows at a time */
+        __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
+        for (int b = 0; b < KB; b++) r = _mm_fmadd_ps(_mm_loadu_ps(wo + b * TN), _mm_set1_ps(xm[(long)m * KB + b]), r);
+        _mm_storeu_ps(out[m], r);
+    }
+#else
+    const uint8_t *const *wr = (const uint8_t *const *)wsrc;
+    float acc[TM][TN] = {{0.f}};
+    for (int b = 0; b < KB; b++)
+        for (int j = 0; j < TN; j++)
+            for (int m = 0; m < tm; m++)
+                acc[m][j] += (float)bdot_c(kind, wr[j] + 32L * b, x + m * xrow + (long)b * xblk)
+                             * (ws[b * TN + j] * xs[(long)m * KB + b]);
+    for (int m = 0; m < tm; m++)
+        for (int j = 0; j < TN; j++) {
+            float c = 0.f;
+            for (int b = 0; b < KB; b++) c += wo[b * TN + j] * xm[(long)m * KB + b];
+            out[m][j] = acc[m][j] + c;
+        }
+#endif
+}
+
+/* activation rows m0 .. m1-1 against the TN weight rows from n0 (nj of them stored), full tiles
+ * then the rest: one call per kind, the tile's shape constant inside */
+INLINE void prefill_rows(int kind, const void *wsrc, const float *ws, const float *wo, const uint8_t *x,
+                         long xrow, int xblk, const float *xs, const float *xm, int KB, int m0, int m1,
+                         long n0, int nj, void *y, int y_bf16, long ldy) {
+    float out[TM][TN];
+    for (int m = m0; m < m1; m += TM) {
+        const int tm = m1 - m < TM ? m1 - m : TM;
+        const uint8_t *xr = x + m * xrow;
+        const float *sr = xs + (long)m * KB, *mr = xm + (long)m * KB;
+        if (tm == TM) prefill_tile(kind, TM, wsrc, ws, wo, xr, xrow, xblk, sr, mr, KB, out);
+        else if (tm == 1) prefill_tile(kind, 1, wsrc, ws, wo, xr, xrow, xblk, sr, mr, KB, out);
+        else if (tm == 2) prefill_tile(kind, 2, wsrc, ws, wo, xr, xrow, xblk, sr, mr, KB, out);
+        else prefill_tile(kind, 3, wsrc, ws, wo, xr, xrow, xblk, sr, mr, KB, out);
+        for (int i = 0; i < tm; i++)
+            for (int j = 0; j < nj; j++) store_out(y, y_bf16, (long)(m + i) * ldy + n0 + j, out[i][j]);
+    }
+}
+
+static void prefill_rows_any(int kind, const void *wsrc, const float *ws, const float *wo, const uint8_t *x,
+                             long xrow, int xblk, const float *xs, const float *xm, int KB, int m0, int m1,
+                             long n0, int nj, void *y, int y_bf16, long ldy) {
+#define ROWS(K) prefill_rows(K, wsrc, ws, wo, x, xrow, xblk, xs, xm, KB, m0, m1, n0, nj, y, y_bf16, ldy)
+    switch (kind) {
+        case Q8A16: ROWS(Q8A16); break;
+        case Q8A8: ROWS(Q8A8); break;
+        case Q4A16: ROWS(Q4A16); break;
+        default: ROWS(Q4A8); break;
+    }
+#undef ROWS
+}
+
+/* the TN weight rows from n0: their codes, and per block their scale and offset as float32 [KB][TN] */
+static void prefill_weights(int bits, const void *w, const uint16_t *s, int Kp, int gs, int XB, long n0,
+                            const uint8_t **wr, float *ws, float *wo) {
+    const int KB = Kp / XB, per = gs / XB;
+    for (int j = 0; j < TN; j++) {
+        const void *wj;
+        const uint16_t *sj;
+        row_at(bits, w, s, Kp, gs, n0 + j, &wj, &sj);
+        wr[j] = (const uint8_t *)wj;
+        for (int b = 0; b < KB; b++) {
+            int g = b / per;
+            float sc = bf2f(bits == 8 ? sj[g] : sj[2 * g]);
+            ws[b * TN + j] = sc;
+            wo[b * TN + j] = bits == 8 ? 0.5f * sc : bf2f(sj[2 * g + 1]) - 8.f * sc;
+        }
+    }
+}
+
+#if defined(DUET_AVX2)
+INLINE void unpack_kind(int kind, const uint8_t *const *wr, int KB, __m256i *wv) {
+    const int WV = kind == Q4A16 ? 4 : 2;
+    for (int b = 0; b < KB; b++)
+        for (int j = 0; j < TN; j++) {
+            wblk_t wb = wprep(kind, wr[j] + 32L * b);
+            for (int i = 0; i < WV; i++) _mm256_store_si256(wv + ((long)b * TN + j) * WV + i, wb.v[i]);
+        }
+}
+
+/* the TN rows' blocks unpacked for bdot, [KB][TN][WV] vectors (read by prefill_tile) */
+static void unpack_weights(int kind, const uint8_t *const *wr, int KB, __m256i *wv) {
+    switch (kind) {
+        case Q8A16: unpack_kind(Q8A16, wr, KB, wv); break;
+        case Q8A8: unpack_kind(Q8A8, wr, KB, wv); break;
+        case Q4A16: unpack_kind(Q4A16, wr, KB, wv); break;
+        default: unpack_kind(Q4A8, wr, KB, wv); break;
+    }
+}
+#endif
+
+/* y[M, n] (row stride ldy) = x[M, k] W[:n, :k]^T for many rows, activations rounded to abits
+ * (8 or 16) per block as duet_gemm's. W's padded rows (N' >= n, a multiple of 16) are read, not
+ * stored. Returns 0, or -1 when out of memory. */
+int duet_gemm_tiled(int bits, const void *x, int x_bf16, int M, int k, long ldx,
+                    const void *w, const uint16_t *s, int Kp, int gs, int n,
+                    void *y, int y_bf16, long ldy, int nthreads, int abits) {
+    if (M <= 0 || n <= 0) return 0;
+    xq_t xq;
+    if (abits != 8) abits = 16;
+    const int XB = act_block(bits, abits), KB = Kp / XB;
+    if (xq_alloc(&xq, M, Kp, XB, abits)) return -1;
+    const int kind = bits == 8 ? (abits == 8 ? Q8A8 : Q8A16) : (abits == 8 ? Q4A8 : Q4A16);
+    const long xrow = (long)Kp * abits / 8;            /* bytes per activation row */
+    const int xblk = XB * abits / 8;                   /* bytes per activation block */
+    const uint8_t *xcodes = abits == 8 ? (const uint8_t *)xq.q8 : (const uint8_t *)xq.q;
+    const long groups = (n + TN - 1) / TN;
+    if ((long)n * Kp * M < 4 * SMALL_WORK) nthreads = 1;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        if (id == 0) last_team = nt;
+        float v[64];
+        for (int m = id; m < M; m += nt)   /* the activations, a row at a time per thread */
+            for (int b = 0; b < KB; b++) {
+                for (int i = 0; i < XB; i++) {
+                    int c = b * XB + i;
+                    v[i] = c < k ? load_act(x, x_bf16, (long)m * ldx + c) : 0.f;
+                }
+                xq_put(&xq, m, b, v);
+            }
+#pragma omp barrier
+        const long g0 = groups * id / nt, g1 = groups * (id + 1) / nt;
+        const uint8_t *wr[TN];
+        float *ws = malloc(sizeof(float) * 2 * TN * KB);
+#if defined(DUET_AVX2)
+        __m256i *wv = aligned_alloc(32, sizeof(__m256i) * 4 * TN * KB);   /* the TN rows' blocks, unpacked */
+        const void *wsrc = wv;
+        const int ok = ws && wv;
+#else
+        void *wv = NULL;                                                  /* plain C reads the codes in place */
+        const void *wsrc = wr;
+        const int ok = ws != NULL;
+#endif
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            float *wo = ws + TN * KB;
+            for (int m0 = 0; m0 < M; m0 += MC) {
+                const int m1 = M - m0 < MC ? M : m0 + MC;
+                for (long g = g0; g < g1; g++) {
+                    prefill_weights(bits, w, s, Kp, gs, XB, g * TN, wr, ws, wo);
+#if defined(DUET_AVX2)
+                    unpack_weights(kind, wr, KB, wv);
+#endif
+                    const int nj = n - g * TN < TN ? (int)(n - g * TN) : TN;
+                    prefill_rows_any(kind, wsrc, ws, wo, xcodes, xrow, xblk, xq.scale, xq.sum, KB, m0, m1,
+                                     g * TN, nj, y, y_bf16, ldy);
+                }
+            }
+        }
+        free(ws);
+        free(wv);
+    }
+    free(xq.q);
+    return failed ? -1 : 0;
 }
 
 /* ---------------------------------------------------------------------------------------

@@ -1,0 +1,188 @@
+"""Prefill: kernels/csrc's tiled many-row GEMM (cpu_native.gemm_tiled) against the math of the
+native kernels and against their one-to-four-row GEMV, under every build this CPU can run
+(its own, AVX2, plain C), both activation precisions and one and two threads, on awkward
+shapes; the plan's routing of many-row matmuls; a whole model's prefill against its own
+row-by-row decode; and chunked prefill (later chunks: keys expanded per head) against one pass.
+Correctness and call counts only, never speed."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import cpu_native, dispatch, mla
+from kernels.quant import _bind, quantize_weight, quantized_linear, reference_native_linear, reference_quantized_linear
+
+pytestmark = pytest.mark.skipif(not dispatch.native(),
+                                reason="the native kernels did not build here (no working C compiler?)")
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+BUILDS = {  # id -> (target, activation bits)
+    "native": ("native", None),
+    "avx2-act8": ("haswell", 8),
+    "avx2-act16": ("haswell", 16),
+    "plain-c-act8": ("x86-64", 8),
+    "plain-c-act16": ("x86-64", 16),
+}
+# (rows, out, in): rows not a multiple of the 4-row tile, past the 64-row pass, 5 = just above
+# the GEMV's 4; outputs not a multiple of the 4-row weight group; inputs of odd block counts and
+# not a multiple of 64 (int4: padded); 1000 / 130 run two threads past the one-thread work limit
+SHAPES = [(5, 7, 5), (7, 13, 33), (11, 48, 130), (64, 17, 100), (67, 100, 1000), (130, 40, 640), (6, 30, 96)]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}   # vs the GEMV (same integers) / the kernels' math
+
+
+@pytest.fixture(params=list(BUILDS))
+def build(request):
+    march, abits = BUILDS[request.param]
+    if march != "native" and not _X86:
+        pytest.skip("x86-64 targets")
+    with cpu_native.variant(march, abits) as so:
+        yield so
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def _tiled(x, qw, abits):
+    b = qw.bound or _bind(qw)
+    return cpu_native.gemm_tiled(b.bits, x, b.q, b.scale, b.kp, b.group, b.n, abits)
+
+
+def _gemv(x, qw, abits):
+    """The one-to-four-row GEMV, four rows at a time."""
+    b = qw.bound or _bind(qw)
+    return torch.cat([cpu_native.gemm(b.bits, x[i:i + 4], b.q, b.scale, b.kp, b.group, b.n, abits)
+                      for i in range(0, x.shape[0], 4)])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_tiled_gemm_matches_the_gemv_and_the_kernels_math(build, mode, threads):
+    g = torch.Generator().manual_seed(3)
+    abits = dispatch.plan().linear.act_bits(8 if mode == "int8" else 4)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for m, n, k in SHAPES:
+            qw = quantize_weight(torch.randn(n, k, generator=g), mode)
+            for dtype in (torch.float32, torch.bfloat16):
+                x = torch.randn(m, k, generator=g).to(dtype)
+                y = _tiled(x, qw, abits)
+                assert y.shape == (m, n) and y.dtype == dtype
+                assert _rel(y, _gemv(x, qw, abits)) < TOL[dtype], (mode, m, n, k, dtype)
+                assert _rel(y, reference_native_linear(x, qw, abits)) < TOL[dtype] + 1e-4, (mode, m, n, k, dtype)
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("mode,group", [("int8", 64), ("int8", 128), ("int4", 128), ("int4", 256)])
+def test_tiled_gemm_takes_larger_groups(build, mode, group):
+    g = torch.Generator().manual_seed(4)
+    abits = dispatch.plan().linear.act_bits(8 if mode == "int8" else 4)
+    qw = quantize_weight(torch.randn(37, 3 * group, generator=g), mode, group_size=group)
+    x = torch.randn(9, 3 * group, generator=g)
+    assert _rel(_tiled(x, qw, abits), reference_native_linear(x, qw, abits)) < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_eight_bit_activations_stay_within_llama_cpps_rounding(build, mode):
+    """Against unrounded activations: the per-block rounding of Q8_0 activations (llama.cpp's own
+    prefill), well inside the weights' own rounding."""
+    g = torch.Generator().manual_seed(5)
+    qw = quantize_weight(torch.randn(64, 512, generator=g), mode)
+    x = torch.randn(40, 512, generator=g)
+    ref = reference_quantized_linear(x, qw)
+    assert _rel(_tiled(x, qw, 8), ref) < 2e-2
+    assert _rel(_tiled(x, qw, 16), ref) < 1e-3
+
+
+def test_zero_inputs_and_weights(build):
+    """Zero weights: the codes times the scale cancel the zero point to float32 rounding."""
+    qw = quantize_weight(torch.zeros(20, 128), "int4")
+    assert _tiled(torch.randn(6, 128), qw, 8).abs().max().item() < 1e-4
+    qw = quantize_weight(torch.randn(20, 128), "int8")
+    assert _tiled(torch.zeros(6, 128), qw, 16).abs().max().item() == 0
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("rows", [5, 48, 300])
+def test_many_rows_take_the_path_the_plan_names(mode, rows):
+    lin = dispatch.plan().linear
+    if dispatch.plan().capability.level == "avx2" and dispatch.plan().native_isa in ("avx2", "avx512"):
+        assert lin.tiled   # the AVX2 machines: float32 prefill, the tiled GEMM where it wins
+    qw = quantize_weight(torch.randn(1024, 1024), mode)
+    x = torch.randn(rows, 1024)
+    before = dict(cpu_native.CALLS)
+    y = quantized_linear(x, qw)
+    took = {k: cpu_native.CALLS[k] - before.get(k, 0) for k in ("gemm_tiled", "dequant", "gemm")}
+    tiled = lin.tiled_for(8 if mode == "int8" else 4, rows, 1024, 1024)
+    assert took == {"gemm_tiled": int(tiled), "dequant": int(not tiled), "gemm": 0}
+    abits = lin.act_bits(8 if mode == "int8" else 4)
+    want = reference_native_linear(x, qw, abits) if tiled else reference_quantized_linear(x, qw)
+    assert _rel(y, want) < 1e-3
+
+
+def test_the_plans_rule():
+    lin = dispatch.LinearPlan("native", "torch", 16, 8, torch.float32, tiled=True)
+    assert lin.tiled_for(4, 512, 768, 1024) and lin.tiled_for(4, 512, 8192, 512)     # int4 x 8-bit: k or size
+    assert not lin.tiled_for(4, 48, 512, 512) and not lin.tiled_for(4, 512, 768, 192)
+    assert lin.tiled_for(8, 48, 2816, 2048) and not lin.tiled_for(8, 512, 2816, 2048)
+    assert not lin.tiled_for(8, 48, 512, 512)                                          # its float32 copy fits the cache
+    assert not dispatch.LinearPlan("native", "torch", 16, 8, torch.float32).tiled_for(4, 512, 768, 1024)
+
+
+@pytest.mark.parametrize("march,abits", [("haswell", 8), ("haswell", 16), ("x86-64", 8)])
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_models_tiled_prefill_matches_its_row_by_row_decode(tmp_path, monkeypatch, mode, march, abits):
+    """Every many-row matmul forced onto the tiled GEMM (tiny shapes are below the plan's
+    thresholds): the prompt's logits against one token at a time (the GEMV and fused MoE, the
+    same rounded activations). They differ by float32 summation order and, at 8 bits, by codes a
+    rounding boundary apart (the same tolerance as test_kernels_native's prefill/decode check)."""
+    if not _X86:
+        pytest.skip("x86-64 targets")
+    from local_engine import Engine
+    from tests.tiny_checkpoints import write_tiny_v3
+
+    path = write_tiny_v3(tmp_path / "v3", hidden_size=128, intermediate_size=192, moe_intermediate_size=64,
+                         num_hidden_layers=3)
+    monkeypatch.setattr(dispatch.LinearPlan, "tiled_for", lambda self, *a: True)
+    with cpu_native.variant(march, abits):
+        eng = Engine.load(path, dtype="float32", quant=mode)
+        ids = torch.randint(0, 400, (1, 24), generator=torch.Generator().manual_seed(7))
+        before = cpu_native.CALLS["gemm_tiled"]
+        prefill = eng.forward(ids)[0]
+        assert cpu_native.CALLS["gemm_tiled"] > before
+        eng.reset()
+        steps = torch.cat([eng.forward(ids[:, j:j + 1], j)[0] for j in range(24)])
+    cos = F.cosine_similarity(steps, prefill, dim=-1).min().item()
+    assert cos > (0.9999 if abits == 16 else 0.999), cos
+
+
+def test_later_prefill_chunks_expand_keys_and_match_one_pass(tmp_path):
+    from local_engine import Engine
+    from tests.tiny_checkpoints import write_tiny_v3
+
+    path = write_tiny_v3(tmp_path / "v3", hidden_size=128, num_hidden_layers=2)
+    eng = Engine.load(path, dtype="float32")
+    a = eng.args
+    nope, rope, v, lora = a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim, a.kv_lora_rank
+    assert mla.expand_pays(32, 32, nope, rope, v, lora)            # the second chunk: expanded
+    assert not mla.expand_pays(1, 32, nope, rope, v, lora)         # one token after it: absorbed
+    ids = torch.randint(0, 400, (1, 64), generator=torch.Generator().manual_seed(8))
+    whole = eng.forward(ids)[0]
+    eng.reset()
+    chunks = torch.cat([eng.forward(ids[:, :32], 0)[0], eng.forward(ids[:, 32:], 32)[0]])
+    assert _rel(chunks, whole) < 1e-5
+    eng.reset()
+    eng.forward(ids[:, :32], 0)
+    rows = [eng.forward(ids[:, 32 + j:33 + j], 32 + j)[0] for j in range(32)]   # absorbed, row by row
+    assert _rel(torch.cat(rows), whole[32:]) < 1e-4
+
+
+def test_chunk_mask_is_bottom_right_causal():
+    m = mla.chunk_mask(3, 2)
+    assert m.tolist() == [[True, True, True, False, False], [True, True, True, True, False], [True] * 5]
