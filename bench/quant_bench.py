@@ -444,7 +444,8 @@ def profile_duet(folder: Path, threads: int, native: bool = True) -> list[tuple[
     tok = torch.tensor([[5]])
     for j in range(3):
         eng.forward(tok, j)
-    saved = {name: getattr(cpu_native, name) for name in ("gemm", "dequant", "moe", "mla_step", "gate")}
+    saved = {name: getattr(cpu_native, name) for name in ("gemm", "gemm_tiled", "dequant", "moe", "moe_bf16", "mla_step",
+                                                          "layer_step", "gate")}
 
     def labelled(name, fn):
         def call(*a):
