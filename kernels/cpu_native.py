@@ -272,27 +272,24 @@ def gemm(bits: int, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, kp: int, 
          act_bits: int) -> torch.Tensor:
     """x [M, k] (bf16 or fp32, contiguous) -> y [M, n] in x's dtype; q/s a native weight;
     activations rounded to ``act_bits`` (8 or 16) per block."""
-    m, k = x.shape
-    y = torch.empty(m, n, dtype=x.dtype)
-    CALLS["gemm"] += 1
-    rc = _LIB.duet_gemm(bits, x.data_ptr(), _BF16[x.dtype], m, k, k, q.data_ptr(), s.data_ptr(), kp, gs, n,
-                        y.data_ptr(), _BF16[x.dtype], n, torch.get_num_threads(), act_bits)
-    if rc:
-        raise MemoryError("duet_gemm: out of memory")
-    return y
+    return _matmul("gemm", bits, x, q, s, kp, gs, n, act_bits)
 
 
 def gemm_tiled(bits: int, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, kp: int, gs: int, n: int,
                act_bits: int) -> torch.Tensor:
     """As ``gemm`` for many rows (prefill): the same block integers, computed in register tiles
     over cache-sized parts of x and the weight, threads over the weight's rows."""
+    return _matmul("gemm_tiled", bits, x, q, s, kp, gs, n, act_bits)
+
+
+def _matmul(entry: str, bits, x, q, s, kp, gs, n, act_bits) -> torch.Tensor:
     m, k = x.shape
     y = torch.empty(m, n, dtype=x.dtype)
-    CALLS["gemm_tiled"] += 1
-    rc = _LIB.duet_gemm_tiled(bits, x.data_ptr(), _BF16[x.dtype], m, k, k, q.data_ptr(), s.data_ptr(), kp, gs, n,
-                              y.data_ptr(), _BF16[x.dtype], n, torch.get_num_threads(), act_bits)
+    CALLS[entry] += 1
+    rc = getattr(_LIB, f"duet_{entry}")(bits, x.data_ptr(), _BF16[x.dtype], m, k, k, q.data_ptr(), s.data_ptr(), kp,
+                                         gs, n, y.data_ptr(), _BF16[x.dtype], n, torch.get_num_threads(), act_bits)
     if rc:
-        raise MemoryError("duet_gemm_tiled: out of memory")
+        raise MemoryError(f"duet_{entry}: out of memory")
     return y
 
 
