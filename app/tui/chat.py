@@ -178,9 +178,10 @@ class ChatScreen(ChatActions, Screen):
     def load_backends(self) -> None:
         """Load (or probe) each role's model in turn, off the UI thread."""
         try:
-            for role in ("reasoner", "coder"):
+            # both widgets looked up first: a load can outlast the screen (the app closing meanwhile)
+            widgets = {role: self.status_bar.role(role) for role in ("reasoner", "coder")}
+            for role, widget in widgets.items():
                 rc = self.config.role(role)
-                widget = self.status_bar.role(role)
                 self.app.call_from_thread(widget.set_state, "loading")
                 state, reason = prepare_backend(
                     rc, lambda f, w=widget: self.app.call_from_thread(w.set_state, "loading", "", f))
