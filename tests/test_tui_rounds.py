@@ -60,12 +60,17 @@ async def test_a_failing_test_round_goes_back_to_the_coder_and_each_round_shows(
     async with app.run_test(size=(120, 50)) as pilot:
         await type_and_send(pilot, "/code fix add in calc.py")
         await accept_diff(pilot, app)
-        await wait_text(pilot, app, "round 1 of 3", "✗ failed", timeout=30)
+        # The failed round goes straight back to the coder, whose diff preview can cover the
+        # conversation before a screen poll sees it: wait on the round's state, read the screen after.
+        await wait_for(pilot, lambda: [t.status for t in app.chat.conversation.query(TestItem)] == ["failed"],
+                       timeout=30)
         await accept_diff(pilot, app)  # the fix round's own review
         await wait_for(pilot, lambda: not app.chat.busy, timeout=30)
         await wait_text(pilot, app, "round 2 of 3", "✓ passed")
         tests = list(app.chat.conversation.query(TestItem))
         assert [t.status for t in tests] == ["failed", "passed"]
+        first = str(tests[0].render())
+        assert "round 1 of 3" in first and "✗ failed" in first
         authors = [str(u.render()).split("\n")[0] for u in app.chat.conversation.query(UserItem)]
         assert authors == ["you", "duet → coder · test fix 1 of 2"]
         assert "assert 6 == 5" in server.requests[-1].json["messages"][-1]["content"]

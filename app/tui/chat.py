@@ -182,12 +182,19 @@ class ChatScreen(ChatActions, Screen):
             widgets = {role: self.status_bar.role(role) for role in ("reasoner", "coder")}
             for role, widget in widgets.items():
                 rc = self.config.role(role)
-                self.app.call_from_thread(widget.set_state, "loading")
+                self._show_from_thread(widget.set_state, "loading")
                 state, reason = prepare_backend(
-                    rc, lambda f, w=widget: self.app.call_from_thread(w.set_state, "loading", "", f))
-                self.app.call_from_thread(widget.set_state, state, reason)
+                    rc, lambda f, w=widget: self._show_from_thread(w.set_state, "loading", "", f))
+                self._show_from_thread(widget.set_state, state, reason)
         finally:
             self._models_loaded.set()
+
+    def _show_from_thread(self, update, *args) -> None:
+        """Run a widget update on the UI thread; nothing to show once the app has closed."""
+        try:
+            self.app.call_from_thread(update, *args)
+        except RuntimeError:  # the app stopped while a model was loading
+            pass
 
     # ---- sending ---------------------------------------------------------------------------
     @on(PromptInput.Submitted)
