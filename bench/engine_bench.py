@@ -91,9 +91,9 @@ class DuetRunner:
 
         self.engine = Engine.load(folder, dtype=dtype, max_seq_len=max_seq)
 
-    def prefill(self, ids):
+    def prefill(self, ids):   # the last position's logits: what sampling the next token needs
         self.engine.reset()
-        return self.engine.forward(ids, 0)
+        return self.engine.forward(ids, 0, last_only=True)
 
     def decode(self, ids, steps):
         import torch
@@ -120,13 +120,13 @@ class TransformersRunner:
         self.torch = torch
         self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
 
-    def prefill(self, ids):
+    def prefill(self, ids):   # as generate() does: the last position's logits
         with self.torch.inference_mode():
-            return self.model(ids, use_cache=True)
+            return self.model(ids, use_cache=True, logits_to_keep=1)
 
     def decode(self, ids, steps):
         with self.torch.inference_mode():
-            out = self.model(ids, use_cache=True)
+            out = self.model(ids, use_cache=True, logits_to_keep=1)
             cache, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
             t = time.perf_counter()
             for _ in range(steps):

@@ -315,8 +315,8 @@ def run_duet(folder: Path, threads: int, native: bool = True) -> dict:
     d0 = decode(0)
     eng.reset()
     t = time.perf_counter()
-    for s in range(0, PREFILL, 512):                              # chunks, as llama.cpp's n_batch
-        eng.forward(prompt[:, s:s + 512], s)
+    for s in range(0, PREFILL, 512):   # chunks, as llama.cpp's n_batch; the last position's logits, as it
+        eng.forward(prompt[:, s:s + 512], s, last_only=True)
     prefill = PREFILL / (time.perf_counter() - t)
     d2k = decode(PREFILL)
     return {"load_s": load_s, "decode_ctx0": d0, "decode_ctx2048": d2k, "prefill": prefill,

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "variant", "isa", "flags", "gemm", "gemm_tiled", "dequant", "moe", "moe_bf16", "head_gemv",
+__all__ = ["lib", "build", "variant", "isa", "flags", "gemm", "gemm_tiled", "dequant", "moe", "moe_many", "moe_bf16", "head_gemv",
            "rms_norm", "mla_step", "layer_step", "gate", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,9 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.duet_moe.restype = _c_int
     so.duet_moe.argtypes = [_c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int,
                             _c_int, _ptr, _c_int, _c_int, _c_int]
+    so.duet_moe_many.restype = _c_int
+    so.duet_moe_many.argtypes = [_c_int, _ptr, _ptr, _ptr, _c_int, _ptr, _ptr, _ptr, _ptr, _c_int, _c_int, _ptr,
+                                 _c_int, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int, _c_int]
     return so
 
 
@@ -314,6 +317,25 @@ def moe(bits: int, table: torch.Tensor, inter: torch.Tensor, ip: torch.Tensor, i
                        _BF16[x.dtype], torch.get_num_threads(), act_bits)
     if rc:
         raise MemoryError(f"duet_moe failed ({rc})")
+    return y
+
+
+def moe_many(bits: int, table: torch.Tensor, inter: torch.Tensor, ip: torch.Tensor, experts: int,
+             tok: torch.Tensor, wt: torch.Tensor, off: torch.Tensor, at: torch.Tensor, gs: int, x: torch.Tensor,
+             hp: int, act_bits: int) -> torch.Tensor:
+    """Many tokens through the routed experts, one call: x [N, hidden] -> [N, hidden]. The N*k
+    slots sorted by expert: tok int64 [N*k] (each slot's token), wt float32 [N*k] (its weight),
+    off int64 [experts + 1] (expert e's slots off[e] .. off[e+1]-1), at int64 [N*k] (where token
+    t's i-th choice sits: slot t*k + i's place in that order); table/inter/ip as ``moe``'s."""
+    n, hidden = x.shape
+    y = torch.empty(n, hidden, dtype=x.dtype)
+    CALLS["moe_many"] += 1
+    rc = _LIB.duet_moe_many(bits, table.data_ptr(), inter.data_ptr(), ip.data_ptr(), experts, tok.data_ptr(),
+                            wt.data_ptr(), off.data_ptr(), at.data_ptr(), at.numel() // max(n, 1), gs, x.data_ptr(),
+                            _BF16[x.dtype], n, hidden, hp, y.data_ptr(), _BF16[x.dtype], torch.get_num_threads(),
+                            act_bits)
+    if rc:
+        raise MemoryError(f"duet_moe_many failed ({rc})")
     return y
 
 

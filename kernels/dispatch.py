@@ -72,12 +72,18 @@ class LinearPlan:
         return rows <= TILED_ROWS and n * k >= TILED_PARAMS
 
 
+MOE_COMBINE = {"native-grouped": "one native call per layer for quantized experts (tiled), else grouped",
+               "grouped": "grouped", "reference": "reference"}
+
+
 @dataclass(frozen=True)
 class MoEPlan:
     """SwiGLU experts. ``decode``: "native-fused" (one kernels/csrc call per layer for up to
     ``fused_rows`` tokens: every active expert, the weighted sum and the shared expert) or
-    "grouped"; ``combine`` (more tokens): "grouped" (tokens sorted by expert, one call per
-    active expert) or "reference" (token by token)."""
+    "grouped"; ``combine`` (more tokens): "native-grouped" (natively quantized experts: one
+    kernels/csrc call per layer for every routed expert, on the tiled integer matmul; the shared
+    expert as its own MLP), "grouped" (tokens sorted by expert, one call per active expert) or
+    "reference" (token by token)."""
 
     decode: str
     combine: str
@@ -164,7 +170,7 @@ class Plan:
                 ("linear (quantized)", quant),
                 ("linear (dense)", "oneDNN pre-packed bf16" if lin.dense == "onednn-packed" else "F.linear"),
                 ("moe", f"decode: {'one native call per layer' if self.moe.decode == 'native-fused' else 'grouped experts'}"
-                        f"; prefill: {self.moe.combine}"),
+                        f"; prefill: {MOE_COMBINE[self.moe.combine]}"),
                 ("mla attention", f"{self.attention.attention}; one-token head products: "
                                   f"{'native bf16 GEMV' if self.attention.head_gemv == 'native-bf16' else 'float32 bmm'}"
                                   "; long prefill chunks: keys expanded per head, SDPA"),
@@ -261,7 +267,8 @@ def _build(cap: capability.Capability, over: dict) -> Plan:
                         dense="onednn-packed" if cap.bf16_packing and not reference else "torch",
                         int8_act_bits=int8_bits, int4_act_bits=int4_bits, prefill_dtype=act_dtype,
                         tiled=isa in ("avx2", "avx512") and act_dtype == torch.float32 and not reference)
-    moe = MoEPlan(decode="native-fused" if isa else "grouped", combine="reference" if reference else "grouped")
+    moe = MoEPlan(decode="native-fused" if isa else "grouped",
+                  combine="reference" if reference else "native-grouped" if linear.tiled else "grouped")
     attention = AttentionPlan(attention="reference" if reference else "torch",
                               head_gemv="native-bf16" if isa and not reference else "bmm",
                               step="native" if isa and not reference else "ops")

@@ -4,6 +4,7 @@ SwiGLU MLP itself (a dense MLP is a one-expert table).
     reference_moe                the math, token by token
     grouped_moe                  the PyTorch fast path: tokens grouped by expert, one call each
     FusedExperts                 kernels/csrc, natively quantized experts: one call per layer and token
+                                 (``many``: one call per layer for a prefill's tokens)
     FusedBF16Experts             kernels/csrc, dense bf16 experts: the same
     GGUFFused                    kernels/kquant.c, GGUF experts read in place: the same
     TritonFused                  CUDA: the routed experts in two Triton launches
@@ -81,6 +82,7 @@ class FusedExperts:
         self.hidden = pairs[0][1].shape[0]
         self.hp = first.padded_shape[1]
         self.shared_row = len(w13s) if shared is not None else -1
+        self.routed = len(w13s)
         ptrs = [[w13.tensors["q"].data_ptr(), _scales(w13).data_ptr(), w2.tensors["q"].data_ptr(),
                  _scales(w2).data_ptr()] for w13, w2 in pairs]
         self.table = torch.tensor(ptrs, dtype=torch.int64)                                  # [E(+1), 4]
@@ -95,6 +97,24 @@ class FusedExperts:
         w = _flat(weights, torch.float32)
         y = cpu_native.moe(self.bits, self.table, self.inter, self.ip, idx, w, self.shared_row, self.group,
                            _act(x), self.hidden, self.hp, _act_bits(self.bits))
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    def many(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Many tokens (x [N, H], weights/indices [N, k]) through their routed experts, one call
+        (the tiled integer matmuls); the shared expert is not included."""
+        from kernels import cpu_native
+
+        k = indices.shape[1]
+        flat = indices.reshape(-1)
+        order = flat.argsort(stable=True)                       # slots sorted by expert
+        off = torch.zeros(self.routed + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(flat, minlength=self.routed), 0, out=off[1:])
+        tok = order // k
+        at = torch.empty_like(order)
+        at[order] = torch.arange(order.numel())                 # where each token's choice sits in that order
+        wt = _flat(weights.reshape(-1).index_select(0, order), torch.float32)
+        y = cpu_native.moe_many(self.bits, self.table, self.inter, self.ip, self.routed, tok, wt, off, at,
+                                self.group, _act(x), self.hp, _act_bits(self.bits))
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
@@ -275,14 +295,18 @@ def moe(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, experts: 
         shared: Expert | None = None, fused=None) -> torch.Tensor:
     """x [N, H], weights [N, K] float32, indices [N, K] -> [N, H]: Σ weights · experts (+ the
     shared expert). A decode step's few tokens run ``fused`` (``fuse_experts``) one token each;
-    more tokens, or no fused kernel, the grouped path."""
+    more tokens natively quantized experts' one many-token call where the plan says so, else the
+    grouped path."""
     n = x.shape[0]
     if fused is not None and _rows_fused(fused, n):
         if n == 1:
             return fused(x, weights, indices)
         return torch.cat([fused(x[i:i + 1], weights[i:i + 1], indices[i:i + 1]) for i in range(n)])
-    combine = reference_moe if dispatch.plan().moe.combine == "reference" else grouped_moe
-    y = combine(x, weights, indices, experts)
+    how = dispatch.plan().moe.combine
+    if how == "native-grouped" and isinstance(fused, FusedExperts):
+        y = fused.many(x, weights, indices)
+    else:
+        y = (reference_moe if how == "reference" else grouped_moe)(x, weights, indices, experts)
     return y if shared is None else y + shared(x)
 
 

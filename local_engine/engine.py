@@ -98,8 +98,9 @@ class Engine:
     # -- running -----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        """tokens [B, T] -> logits [B, T, vocab] (float32); fills the cache from start_pos.
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
+        """tokens [B, T] -> logits [B, T, vocab] (float32; [B, 1, vocab] with ``last_only``: the
+        last position's, all a prefill before sampling needs); fills the cache from start_pos.
 
         What the cache holds is remembered for ``generate``'s prefix reuse: the rows before
         start_pos stay, the rows written here hold ``tokens[0]``."""
@@ -113,7 +114,7 @@ class Engine:
         if contiguous:  # rows from the first token that differs on no longer hold what they did
             self._forget_from(start_pos + _common_prefix(self._held[start_pos:], new), keep_rows=start_pos)
         try:
-            logits = self.model(tokens.to(self.device), start_pos)
+            logits = self.model(tokens.to(self.device), start_pos, last_only)
         except BaseException:
             self._forget_from(min(start_pos, len(self._held)))  # a half-written row holds nothing known
             raise
@@ -195,7 +196,7 @@ class Engine:
     def _prefill(self, ids: list[int], start: int) -> torch.Tensor:
         self.last_stats = {"prompt_tokens": len(ids), "cached_tokens": start, "generated": 0,
                            "drafted": 0, "accepted": 0}
-        return self.forward(torch.tensor([ids[start:]]), start)[0]
+        return self.forward(torch.tensor([ids[start:]]), start, last_only=True)[0]
 
     def _plain(self, ids, max_new_tokens, temperature, top_p, stops, gen, cancel) -> Iterator[int]:
         logits = self._prefill(ids, min(_common_prefix(self._held, ids), len(ids) - 1))[-1]

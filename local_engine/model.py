@@ -177,8 +177,11 @@ class MLA(nn.Module):
                                                                              self.v, self.kv_lora)):
             # a prefill chunk: keys/values expanded per head (fewer FLOPs than absorbed for long
             # chunks); after the first chunk, for every cached row, the chunk's queries masked causally
+            # the cache's latent columns copied out contiguous: a strided 3-D input makes the
+            # matmul below a batched one, ~10x slower on CPU
             c_all, pe_all = (c_kv, k_pe) if start_pos == 0 else \
-                (self.cache[:B, :end, : self.kv_lora].to(x.dtype), self.cache[:B, :end, self.kv_lora:].to(x.dtype))
+                (self.cache[:B, :end, : self.kv_lora].to(x.dtype).contiguous(),
+                 self.cache[:B, :end, self.kv_lora:].to(x.dtype))
             kv = self.wkv_b(c_all).view(B, end, H, self.nope + self.v)
             k_nope, v = kv.split([self.nope, self.v], dim=-1)
             k = torch.cat([k_nope, pe_all[:, :, None, :].expand(B, end, H, self.rope)], dim=-1)
@@ -361,14 +364,16 @@ class Transformer(nn.Module):
         self.mtp = nn.ModuleList()  # the checkpoint's MTP modules, when loaded (see MTP)
         self.last_hidden: torch.Tensor | None = None  # [B, T, hidden] after the final norm: what MTP reads
 
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
+        """logits [B, T, vocab], or [B, 1, vocab] for the last position alone (a prefill that
+        only samples the next token: the vocabulary head is one of the largest matmuls)."""
         T = tokens.shape[1]
         cos, sin = self.cos[start_pos:start_pos + T], self.sin[start_pos:start_pos + T]
         h = self.embed(tokens)
         for layer in self.layers:
             h = layer(h, start_pos, cos, sin)
         self.last_hidden = h = self.norm(h)
-        return self.head(h).float()  # [B, T, vocab]
+        return self.head(h[:, -1:] if last_only else h).float()
 
 
 class MTP(nn.Module):

@@ -186,3 +186,114 @@ def test_later_prefill_chunks_expand_keys_and_match_one_pass(tmp_path):
 def test_chunk_mask_is_bottom_right_causal():
     m = mla.chunk_mask(3, 2)
     assert m.tolist() == [[True, True, True, False, False], [True, True, True, True, False], [True] * 5]
+
+
+# -- a prefill's routed experts in one call (FusedExperts.many, cpu_native.moe_many) -------------
+
+def _swiglu_math(w13, w2, abits):
+    """One expert as the kernels compute it: each matmul's input rounded per block."""
+    def run(x):
+        g, u = reference_native_linear(x, w13, abits).split(w13.shape[0] // 2, dim=-1)
+        return reference_native_linear(F.silu(g) * u, w2, abits)
+    return run
+
+
+# (tokens, hidden, expert width, experts, chosen per token): past the 64-slot item (two items for
+# one expert), idle experts, a hidden size off the block size, odd expert widths, one token
+MOE_SHAPES = [(150, 128, 64, 3, 2), (5, 100, 40, 16, 2), (70, 72, 136, 8, 6), (1, 64, 32, 4, 3)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_many_token_moe_matches_the_kernels_math(build, mode, threads):
+    from kernels.moe import fuse_experts, reference_moe
+
+    abits = dispatch.plan().linear.act_bits(8 if mode == "int8" else 4)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, h, i, e, k in MOE_SHAPES:
+            g = torch.Generator().manual_seed(n + h + i)
+            w13 = [quantize_weight(torch.randn(2 * i, h, generator=g) / h ** 0.5, mode) for _ in range(e)]
+            w2 = [quantize_weight(torch.randn(h, i, generator=g) / i ** 0.5, mode) for _ in range(e)]
+            fused = fuse_experts(w13, w2, (w13[0], w2[0]))   # a shared row in the table: not run here
+            idx = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(n)])
+            w = torch.rand(n, k, generator=g)
+            for dtype in (torch.float32, torch.bfloat16):
+                x = torch.randn(n, h, generator=g).to(dtype)
+                before = cpu_native.CALLS["moe_many"]
+                y = fused.many(x, w, idx)
+                assert cpu_native.CALLS["moe_many"] == before + 1 and y.shape == (n, h) and y.dtype == dtype
+                want = reference_moe(x.float(), w, idx, [_swiglu_math(a, b, abits) for a, b in zip(w13, w2)])
+                # a hidden value on a rounding boundary may take the other code: + 1e-3
+                assert _rel(y, want) < TOL[dtype] + 1e-3, (mode, n, h, i, e, k, dtype, _rel(y, want))
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_many_token_moe_gives_the_same_bits_on_any_thread_count(build):
+    """Each slot's row is one thread's work and each token sums its rows in its choices' order:
+    which thread ran which expert does not change a bit (nor does the thread count)."""
+    from kernels.moe import fuse_experts
+
+    g = torch.Generator().manual_seed(11)
+    w13 = [quantize_weight(torch.randn(128, 96, generator=g), "int4") for _ in range(8)]
+    w2 = [quantize_weight(torch.randn(96, 64, generator=g), "int4") for _ in range(8)]
+    fused = fuse_experts(w13, w2)
+    x, w = torch.randn(200, 96, generator=g), torch.rand(200, 3, generator=g)
+    idx = torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(200)])
+    saved = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (2, 2, 1):
+            torch.set_num_threads(threads)
+            outs.append(fused.many(x, w, idx))
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def _combine_natively(monkeypatch):
+    """The plan with the routed experts' many-token call on (the AVX2 float32 plan's choice)."""
+    import dataclasses
+
+    p = dispatch.plan()
+    monkeypatch.setattr(dispatch, "_PLAN", dataclasses.replace(p, moe=dataclasses.replace(p.moe, combine="native-grouped")))
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_models_prefill_runs_one_expert_call_per_moe_layer(tmp_path, monkeypatch, mode):
+    from local_engine import Engine
+    from tests.tiny_checkpoints import write_tiny_v3
+
+    path = write_tiny_v3(tmp_path / "v3", hidden_size=128, intermediate_size=192, moe_intermediate_size=64,
+                         num_hidden_layers=3)
+    ids = torch.randint(0, 400, (1, 40), generator=torch.Generator().manual_seed(9))
+    # every other many-row matmul on the tiled GEMM too, so that prefill and decode round the
+    # same activations (a random tiny model turns any other difference into flipped experts)
+    monkeypatch.setattr(dispatch.LinearPlan, "tiled_for", lambda self, *a: True)
+    with cpu_native.variant("haswell" if _X86 else "native"):
+        _combine_natively(monkeypatch)
+        eng = Engine.load(path, dtype="float32", quant=mode)
+        moe_layers = sum(1 for layer in eng.model.layers if hasattr(layer.ffn, "experts"))
+        assert moe_layers == 2
+        before = dict(cpu_native.CALLS)
+        prefill = eng.forward(ids)[0]
+        assert cpu_native.CALLS["moe_many"] - before.get("moe_many", 0) == moe_layers
+        eng.reset()
+        steps = torch.cat([eng.forward(ids[:, j:j + 1], j)[0] for j in range(ids.shape[1])])
+    cos = F.cosine_similarity(steps, prefill, dim=-1).min().item()
+    assert cos > 0.999, cos
+
+
+def test_the_last_positions_logits_alone(tmp_path):
+    from local_engine import Engine
+    from tests.tiny_checkpoints import write_tiny_v3
+
+    eng = Engine.load(write_tiny_v3(tmp_path / "v3", num_hidden_layers=2), dtype="float32")
+    ids = torch.randint(0, 400, (1, 12), generator=torch.Generator().manual_seed(4))
+    every = eng.forward(ids)
+    eng.reset()
+    last = eng.forward(ids, last_only=True)
+    assert last.shape == (1, 1, every.shape[-1])
+    assert _rel(last[0, 0], every[0, -1]) < 1e-5

@@ -1000,6 +1000,37 @@ static void unpack_weights(int kind, const uint8_t *const *wr, int KB, __m256i *
 }
 #endif
 
+INLINE int tiled_kind(int bits, int abits) {
+    return bits == 8 ? (abits == 8 ? Q8A8 : Q8A16) : (abits == 8 ? Q4A8 : Q4A16);
+}
+
+/* One thread's share of a tiled matmul: y[m, g*TN ..] for every activation row of xq and the
+ * weight row groups g0 .. g1-1 (TN rows each) of a native [n, Kp] matrix. wr/ws/wv: the
+ * thread's scratch (TN row pointers, 2*TN*KB floats, 4*TN*KB vectors on AVX2); wsrc: what
+ * prefill_tile reads (wv unpacked, or wr in place). */
+static void tiled_groups(int kind, int bits, const void *w, const uint16_t *s, int gs, int n, const xq_t *xq,
+                         long g0, long g1, const uint8_t **wr, float *ws, void *wv, const void *wsrc,
+                         void *y, int y_bf16, long ldy) {
+    const int XB = xq->XB, KB = xq->KB, Kp = xq->Kp, M = xq->M;
+    const long xrow = (long)Kp * xq->abits / 8;        /* bytes per activation row */
+    const int xblk = XB * xq->abits / 8;               /* bytes per activation block */
+    const uint8_t *xcodes = xq->abits == 8 ? (const uint8_t *)xq->q8 : (const uint8_t *)xq->q;
+    float *wo = ws + TN * KB;
+    (void)wv;
+    for (int m0 = 0; m0 < M; m0 += MC) {
+        const int m1 = M - m0 < MC ? M : m0 + MC;
+        for (long g = g0; g < g1; g++) {
+            prefill_weights(bits, w, s, Kp, gs, XB, g * TN, wr, ws, wo);
+#if defined(DUET_AVX2)
+            unpack_weights(kind, wr, KB, (__m256i *)wv);
+#endif
+            const int nj = n - g * TN < TN ? (int)(n - g * TN) : TN;
+            prefill_rows_any(kind, wsrc, ws, wo, xcodes, xrow, xblk, xq->scale, xq->sum, KB, m0, m1,
+                             g * TN, nj, y, y_bf16, ldy);
+        }
+    }
+}
+
 /* y[M, n] (row stride ldy) = x[M, k] W[:n, :k]^T for many rows, activations rounded to abits
  * (8 or 16) per block as duet_gemm's. W's padded rows (N' >= n, a multiple of 16) are read, not
  * stored. Returns 0, or -1 when out of memory. */
@@ -1011,10 +1042,7 @@ int duet_gemm_tiled(int bits, const void *x, int x_bf16, int M, int k, long ldx,
     if (abits != 8) abits = 16;
     const int XB = act_block(bits, abits), KB = Kp / XB;
     if (xq_alloc(&xq, M, Kp, XB, abits)) return -1;
-    const int kind = bits == 8 ? (abits == 8 ? Q8A8 : Q8A16) : (abits == 8 ? Q4A8 : Q4A16);
-    const long xrow = (long)Kp * abits / 8;            /* bytes per activation row */
-    const int xblk = XB * abits / 8;                   /* bytes per activation block */
-    const uint8_t *xcodes = abits == 8 ? (const uint8_t *)xq.q8 : (const uint8_t *)xq.q;
+    const int kind = tiled_kind(bits, abits);
     const long groups = (n + TN - 1) / TN;
     if ((long)n * Kp * M < 4 * SMALL_WORK) nthreads = 1;
     int failed = 0;
@@ -1048,19 +1076,7 @@ int duet_gemm_tiled(int bits, const void *x, int x_bf16, int M, int k, long ldx,
 #pragma omp atomic write
             failed = 1;
         } else {
-            float *wo = ws + TN * KB;
-            for (int m0 = 0; m0 < M; m0 += MC) {
-                const int m1 = M - m0 < MC ? M : m0 + MC;
-                for (long g = g0; g < g1; g++) {
-                    prefill_weights(bits, w, s, Kp, gs, XB, g * TN, wr, ws, wo);
-#if defined(DUET_AVX2)
-                    unpack_weights(kind, wr, KB, wv);
-#endif
-                    const int nj = n - g * TN < TN ? (int)(n - g * TN) : TN;
-                    prefill_rows_any(kind, wsrc, ws, wo, xcodes, xrow, xblk, xq.scale, xq.sum, KB, m0, m1,
-                                     g * TN, nj, y, y_bf16, ldy);
-                }
-            }
+            tiled_groups(kind, bits, w, s, gs, n, &xq, g0, g1, wr, ws, wv, wsrc, y, y_bf16, ldy);
         }
         free(ws);
         free(wv);
@@ -1190,6 +1206,132 @@ int duet_moe(int bits, const int64_t *table, const int32_t *inter_t, const int32
     free(hall.q);
     free(gu);
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Many tokens through the routed experts in one call (prefill): y[t] = sum over t's k slots of
+ * wt * W2_e (silu(G_e x_t) * (U_e x_t)). The N*k slots come sorted by expert: tok[j] (the token
+ * of slot j) and wt[j] (its routing weight), expert e's slots off[e] .. off[e+1]-1 (table rows as
+ * duet_moe's); at[t*k + i]: where token t's i-th choice sits in that order. Each token's
+ * activations are rounded to blocks once (not once per expert); threads take (expert, up to MC
+ * slots) items in turn, each running the tiled matmul on one thread: w13 -> silu * up (rounded
+ * to blocks) -> w2 -> the slot's own output row. Each token then sums its k rows in its choices'
+ * order: the result does not depend on which thread ran what. The block products are
+ * duet_gemm_tiled's. Returns 0, -1 when out of memory, -2 on a bad argument. */
+int duet_moe_many(int bits, const int64_t *table, const int32_t *inter_t, const int32_t *ip_t, int E,
+                  const int64_t *tok, const float *wt, const int64_t *off, const int64_t *at, int k, int gs,
+                  const void *x, int x_bf16, int N, int H, int Hp, void *y, int y_bf16, int nthreads, int abits) {
+    if (N <= 0 || E <= 0) return N < 0 || E < 0 ? -2 : 0;
+    if (k <= 0 || off[E] != (long)N * k) return -2;
+    if (abits != 8) abits = 16;
+    const int XB = act_block(bits, abits), kind = tiled_kind(bits, abits);
+    int ipmax = 0, imax = 0;
+    long items = 0;
+    for (int e = 0; e < E; e++) {
+        if (off[e + 1] < off[e]) return -2;
+        ipmax = ip_t[e] > ipmax ? ip_t[e] : ipmax;
+        imax = inter_t[e] > imax ? inter_t[e] : imax;
+        items += (off[e + 1] - off[e] + MC - 1) / MC;
+    }
+    const int kmax = Hp > ipmax ? Hp : ipmax;
+    xq_t xq;
+    if (xq_alloc(&xq, N, Hp, XB, abits)) return -1;
+    long *item = malloc(sizeof(long) * 2 * (items + 1));      /* (expert, first slot) */
+    float *ys = malloc(sizeof(float) * (size_t)N * k * H);    /* each slot's output row */
+    if (!item || !ys) { free(xq.q); free(item); free(ys); return -1; }
+    long it = 0;
+    for (int e = 0; e < E; e++)
+        for (long j = off[e]; j < off[e + 1]; j += MC) { item[2 * it] = e; item[2 * it + 1] = j; it++; }
+    int failed = 0;
+    long next = 0;
+    const long cb = (long)xq.Kp * abits / 8;   /* code bytes per token row */
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        if (id == 0) last_team = nt;
+        float v[64];
+        for (int m = id; m < N; m += nt)   /* each token's activations, rounded once */
+            for (int b = 0; b < xq.KB; b++) {
+                for (int i = 0; i < XB; i++) {
+                    int c = b * XB + i;
+                    v[i] = c < H ? load_act(x, x_bf16, (long)m * H + c) : 0.f;
+                }
+                xq_put(&xq, m, b, v);
+            }
+#pragma omp barrier
+        xq_t gx = {0}, ga = {0};   /* an item's token rows gathered; its hidden rows (silu * up) */
+        const int kb = kmax / XB;
+        const uint8_t *wr[TN];
+        float *ws = malloc(sizeof(float) * 2 * TN * kb);
+        float *gu = malloc(sizeof(float) * MC * 2 * (size_t)imax);
+        int ok = ws && gu;
+        ok = ok && !xq_alloc(&gx, MC, Hp, XB, abits);
+        ok = ok && !xq_alloc(&ga, MC, ipmax, XB, abits);
+#if defined(DUET_AVX2)
+        __m256i *wv = ok ? aligned_alloc(32, sizeof(__m256i) * 4 * TN * kb) : NULL;
+        const void *wsrc = wv;
+        ok = ok && wv;
+#else
+        void *wv = NULL;
+        const void *wsrc = wr;
+#endif
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            for (;;) {   /* items in turn (a counter, not an omp for: a thread without scratch stays out) */
+                long i;
+#pragma omp atomic capture
+                i = next++;
+                if (i >= items) break;
+                const int e = (int)item[2 * i];
+                const long j0 = item[2 * i + 1], j1 = off[e + 1] - j0 < MC ? off[e + 1] : j0 + MC;
+                const int c = (int)(j1 - j0), I = inter_t[e], Ip = ip_t[e];
+                const int64_t *p = table + 4 * e;
+                gx.M = c;   /* gather the slots' token rows */
+                for (int r = 0; r < c; r++) {
+                    const long t = tok[j0 + r];
+                    memcpy((uint8_t *)gx.q + r * cb, (const uint8_t *)xq.q + t * cb, cb);
+                    memcpy(gx.scale + (long)r * gx.KB, xq.scale + t * xq.KB, sizeof(float) * xq.KB);
+                    memcpy(gx.sum + (long)r * gx.KB, xq.sum + t * xq.KB, sizeof(float) * xq.KB);
+                }
+                tiled_groups(kind, bits, (const void *)p[0], (const uint16_t *)p[1], gs, 2 * I, &gx, 0,
+                             (2L * I + TN - 1) / TN, wr, ws, wv, wsrc, gu, 0, 2L * I);
+                ga.M = c; ga.Kp = Ip; ga.KB = Ip / XB;   /* silu(gate) * up, rounded per block */
+                for (int r = 0; r < c; r++) {
+                    const float *g = gu + (long)r * 2 * I, *u = g + I;
+                    for (int b = 0; b < ga.KB; b++) {
+                        for (int q = 0; q < XB; q++) {
+                            const int cc = b * XB + q;
+                            v[q] = cc < I ? g[cc] / (1.f + expf(-g[cc])) * u[cc] : 0.f;
+                        }
+                        xq_put(&ga, r, b, v);
+                    }
+                }
+                tiled_groups(kind, bits, (const void *)p[2], (const uint16_t *)p[3], gs, H, &ga, 0,
+                             (H + TN - 1) / TN, wr, ws, wv, wsrc, ys + j0 * H, 0, H);
+            }
+        }
+        free(ws); free(gu); free(wv); free(gx.q); free(ga.q);
+#pragma omp barrier
+        if (!failed) {
+            float acc[H];
+#pragma omp for schedule(static)
+            for (long t = 0; t < N; t++) {
+                for (int h = 0; h < H; h++) acc[h] = 0.f;
+                for (int i = 0; i < k; i++) {
+                    const long j = at[t * k + i];
+                    const float wgt = wt[j], *o = ys + j * H;
+                    for (int h = 0; h < H; h++) acc[h] += wgt * o[h];
+                }
+                for (int h = 0; h < H; h++) store_out(y, y_bf16, t * H + h, acc[h]);
+            }
+        }
+    }
+    free(xq.q);
+    free(item);
+    free(ys);
+    return failed ? -1 : 0;
 }
 
 /* ---------------------------------------------------------------------------------------------
