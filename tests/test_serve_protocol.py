@@ -104,12 +104,23 @@ def test_text_parts_developer_messages_and_empty_assistant_content_are_accepted(
     ({"model": 3}, "model"),
     ({"n": 2}, "n"),
     ({"tools": [{"type": "function"}]}, "tools"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": "json"}, "response_format"),
 ])
 def test_a_bad_field_is_a_400_naming_it(fields, param):
     with pytest.raises(ApiError) as err:
         parse_chat_request(body(**fields))
     assert err.value.status == 400 and err.value.param == param
     assert err.value.body()["error"]["type"] == "invalid_request_error" and err.value.message
+
+
+def test_fields_that_ask_for_nothing_extra_are_accepted():
+    req = parse_chat_request(body(logprobs=False, top_logprobs=0, response_format={"type": "text"}, tools=[],
+                                  presence_penalty=0.0, user="u1"))
+    assert req.messages
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])

@@ -63,8 +63,19 @@ def parse_chat_request(body: dict) -> ChatRequest:
     n = body.get("n", 1)
     if n is not None and (_not_int(n) or n != 1):
         raise ApiError(400, "only n=1 is supported", param="n")
-    if body.get("tools"):
-        raise ApiError(400, "tool calls are not supported by duet serve", param="tools")
+    for key in ("tools", "functions"):
+        if body.get(key):
+            raise ApiError(400, "tool calls are not supported by duet serve", param=key)
+    # asked-for output this server cannot give is refused, not silently left out
+    if body.get("logprobs") or body.get("top_logprobs"):
+        key = "logprobs" if body.get("logprobs") else "top_logprobs"
+        raise ApiError(400, "logprobs are not supported by duet serve", param=key)
+    fmt = body.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind != "text":
+            raise ApiError(400, f"'response_format' {json.dumps(kind if kind is not None else fmt)} is not supported "
+                                "by duet serve (plain text only)", param="response_format")
     stream = _optional(body, "stream", bool) or False
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
