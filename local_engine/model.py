@@ -177,11 +177,8 @@ class MLA(nn.Module):
                                                                              self.v, self.kv_lora)):
             # a prefill chunk: keys/values expanded per head (fewer FLOPs than absorbed for long
             # chunks); after the first chunk, for every cached row, the chunk's queries masked causally
-            # the cache's latent columns copied out contiguous: a strided 3-D input makes the
-            # matmul below a batched one, ~10x slower on CPU
             c_all, pe_all = (c_kv, k_pe) if start_pos == 0 else \
-                (self.cache[:B, :end, : self.kv_lora].to(x.dtype).contiguous(),
-                 self.cache[:B, :end, self.kv_lora:].to(x.dtype))
+                (self.cache[:B, :end, : self.kv_lora].to(x.dtype), self.cache[:B, :end, self.kv_lora:].to(x.dtype))
             kv = self.wkv_b(c_all).view(B, end, H, self.nope + self.v)
             k_nope, v = kv.split([self.nope, self.v], dim=-1)
             k = torch.cat([k_nope, pe_all[:, :, None, :].expand(B, end, H, self.rope)], dim=-1)
