@@ -556,6 +556,50 @@ INLINE void row_q4_a8(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *
 #endif
 }
 
+/* Two int4 rows against one row of 8-bit activations (AVX2): each activation block is loaded
+   once for both rows, so a step reads 64 weight bytes per 64 activation bytes, not 32.
+   Measured (AVX2 emulated, 2 threads, a 2816x2048 weight from memory): 18.4-18.8 GB/s against
+   15.2-17.6 one row at a time (read bandwidth 25-26). */
+INLINE void row2_q4_a8(const uint8_t *w0, const uint16_t *s0, const uint8_t *w1, const uint16_t *s1, int gs,
+                       const xq_t *xq, float *t, float *out) {
+    const int KB = xq->KB;
+    float c0, c1;
+    prep_q4(s0, gs, xq, 0, 1, t, &c0);
+    prep_q4(s1, gs, xq, 0, 1, t + KB, &c1);
+#if defined(DUET_AVX2)
+    const int8_t *x0 = xq->q8;
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(15);
+    __m256 a0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, a1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+#define R2_STEP(bb, u)                                                                              \
+    {                                                                                               \
+        const __m256i xl = _mm256_loadu_si256((const __m256i *)(x0 + 64 * (bb)));                  \
+        const __m256i xh = _mm256_loadu_si256((const __m256i *)(x0 + 64 * (bb) + 32));             \
+        const __m256i r0 = _mm256_loadu_si256((const __m256i *)(w0 + 32 * (bb)));                  \
+        const __m256i r1 = _mm256_loadu_si256((const __m256i *)(w1 + 32 * (bb)));                  \
+        __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r0, low), xl),          \
+                                      _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r0, 4), low), xh)); \
+        __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r1, low), xl),          \
+                                      _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r1, 4), low), xh)); \
+        a0[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p0, ones)), _mm256_set1_ps(t[bb]), a0[u]); \
+        a1[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p1, ones)), _mm256_set1_ps(t[KB + (bb)]), a1[u]); \
+    }
+    int b = 0;
+    for (; b + 2 <= KB; b += 2) {
+        PREFETCH(w0 + 32 * b + DUET_PF);
+        PREFETCH(w1 + 32 * b + DUET_PF);
+        R2_STEP(b, 0) R2_STEP(b + 1, 1)
+    }
+    for (; b < KB; b++) R2_STEP(b, 0)
+#undef R2_STEP
+    out[0] = hsum256(_mm256_add_ps(a0[0], a0[1])) + c0;
+    out[1] = hsum256(_mm256_add_ps(a1[0], a1[1])) + c1;
+#else
+    (void)c0; (void)c1;
+    row_q4_a8(w0, s0, gs, xq, 0, 1, t, out);
+    row_q4_a8(w1, s1, gs, xq, 0, 1, t, out + 1);
+#endif
+}
+
 /* Two weight rows (any two: their codes and scales by address) against one activation row.
  * The one-row loop is bound by its loads (the activation block is as many bytes as the
  * weights, from L1); two rows share each activation load. AVX-512 only; elsewhere two calls. */
@@ -573,13 +617,12 @@ INLINE void row2(int bits, const void *w0, const uint16_t *s0, const void *w1, c
         PREFETCH((const char *)s1 + DUET_SPF + 64 * i);
     }
 #endif
-    if (xq->abits == 8) {   /* 8-bit activations: one row at a time */
+    if (xq->abits == 8) {   /* 8-bit activations: int4 rows in pairs, int8 one at a time */
         if (bits == 8) {
             row_q8_a8((const int8_t *)w0, s0, gs, xq, 0, 1, t, out);
             row_q8_a8((const int8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
         } else {
-            row_q4_a8((const uint8_t *)w0, s0, gs, xq, 0, 1, t, out);
-            row_q4_a8((const uint8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
+            row2_q4_a8((const uint8_t *)w0, s0, (const uint8_t *)w1, s1, gs, xq, t, out);
         }
         return;
     }
