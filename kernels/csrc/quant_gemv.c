@@ -556,6 +556,44 @@ INLINE void row_q4_a8(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *
 #endif
 }
 
+#if defined(DUET_AVX2) && !defined(DUET_AVX512)
+/* Two int8 rows against one row of 16-bit activations (AVX2): each activation block loaded once.
+   Measured (AVX2 emulated, 2 threads, 2816x2048 from memory): 14.4-15.0 GB/s against 13.3-14.2
+   one row at a time. */
+INLINE void row2_q8_avx2(const int8_t *w0, const uint16_t *s0, const int8_t *w1, const uint16_t *s1, int gs,
+                         const xq_t *xq, float *t, float *out) {
+    const int KB = xq->KB;
+    float c0, c1;
+    prep_q8(s0, gs, xq, 0, 1, t, &c0);
+    prep_q8(s1, gs, xq, 0, 1, t + KB, &c1);
+    const int16_t *x0 = xq->q;
+    __m256 a0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, a1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+#define P8_STEP(bb, u)                                                                              \
+    {                                                                                               \
+        const __m256i xa = _mm256_loadu_si256((const __m256i *)(x0 + 32 * (bb)));                  \
+        const __m256i xb = _mm256_loadu_si256((const __m256i *)(x0 + 32 * (bb) + 16));             \
+        __m256i p0 = _mm256_add_epi32(                                                              \
+            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w0 + 32 * (bb)))), xa), \
+            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w0 + 32 * (bb) + 16))), xb)); \
+        __m256i p1 = _mm256_add_epi32(                                                              \
+            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w1 + 32 * (bb)))), xa), \
+            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w1 + 32 * (bb) + 16))), xb)); \
+        a0[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(t[bb]), a0[u]);             \
+        a1[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(t[KB + (bb)]), a1[u]);      \
+    }
+    int b = 0;
+    for (; b + 2 <= KB; b += 2) {
+        PREFETCH(w0 + 32 * b + DUET_PF);
+        PREFETCH(w1 + 32 * b + DUET_PF);
+        P8_STEP(b, 0) P8_STEP(b + 1, 1)
+    }
+    for (; b < KB; b++) P8_STEP(b, 0)
+#undef P8_STEP
+    out[0] = hsum256(_mm256_add_ps(a0[0], a0[1])) + c0;
+    out[1] = hsum256(_mm256_add_ps(a1[0], a1[1])) + c1;
+}
+#endif
+
 /* Two int4 rows against one row of 8-bit activations (AVX2): each activation block is loaded
    once for both rows, so a step reads 64 weight bytes per 64 activation bytes, not 32.
    Measured (AVX2 emulated, 2 threads, a 2816x2048 weight from memory): 18.4-18.8 GB/s against
@@ -626,9 +664,13 @@ INLINE void row2(int bits, const void *w0, const uint16_t *s0, const void *w1, c
         }
         return;
     }
-    if (bits == 8) {   /* measured: pairing does not pay for int8 (8% slower), one row at a time */
+    if (bits == 8) {
+#if defined(DUET_AVX2) && !defined(DUET_AVX512)
+        row2_q8_avx2((const int8_t *)w0, s0, (const int8_t *)w1, s1, gs, xq, t, out);   /* AVX2: in pairs */
+#else   /* AVX-512 (measured: pairing 8% slower there) and plain C: one row at a time */
         row_q8((const int8_t *)w0, s0, gs, xq, 0, 1, t, out);
         row_q8((const int8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
+#endif
         return;
     }
 #if defined(DUET_AVX512)
