@@ -556,91 +556,64 @@ INLINE void row_q4_a8(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *
 #endif
 }
 
-#if defined(DUET_AVX2) && !defined(DUET_AVX512)
-/* Two int8 rows against one row of 16-bit activations (AVX2): each activation block loaded once.
-   Measured (AVX2 emulated, 2 threads, 2816x2048 from memory): 14.4-15.0 GB/s against 13.3-14.2
-   one row at a time. */
-INLINE void row2_q8_avx2(const int8_t *w0, const uint16_t *s0, const int8_t *w1, const uint16_t *s1, int gs,
-                         const xq_t *xq, float *t, float *out) {
-    const int KB = xq->KB;
-    float c0, c1;
-    prep_q8(s0, gs, xq, 0, 1, t, &c0);
-    prep_q8(s1, gs, xq, 0, 1, t + KB, &c1);
-    const int16_t *x0 = xq->q;
-    __m256 a0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, a1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-#define P8_STEP(bb, u)                                                                              \
-    {                                                                                               \
-        const __m256i xa = _mm256_loadu_si256((const __m256i *)(x0 + 32 * (bb)));                  \
-        const __m256i xb = _mm256_loadu_si256((const __m256i *)(x0 + 32 * (bb) + 16));             \
-        __m256i p0 = _mm256_add_epi32(                                                              \
-            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w0 + 32 * (bb)))), xa), \
-            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w0 + 32 * (bb) + 16))), xb)); \
-        __m256i p1 = _mm256_add_epi32(                                                              \
-            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w1 + 32 * (bb)))), xa), \
-            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w1 + 32 * (bb) + 16))), xb)); \
-        a0[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(t[bb]), a0[u]);             \
-        a1[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(t[KB + (bb)]), a1[u]);      \
-    }
-    int b = 0;
-    for (; b + 2 <= KB; b += 2) {
-        PREFETCH(w0 + 32 * b + DUET_PF);
-        PREFETCH(w1 + 32 * b + DUET_PF);
-        P8_STEP(b, 0) P8_STEP(b + 1, 1)
-    }
-    for (; b < KB; b++) P8_STEP(b, 0)
-#undef P8_STEP
-    out[0] = hsum256(_mm256_add_ps(a0[0], a0[1])) + c0;
-    out[1] = hsum256(_mm256_add_ps(a1[0], a1[1])) + c1;
-}
-#endif
-
-/* Two int4 rows against one row of 8-bit activations (AVX2): each activation block is loaded
-   once for both rows, so a step reads 64 weight bytes per 64 activation bytes, not 32.
-   Measured (AVX2 emulated, 2 threads, a 2816x2048 weight from memory): 18.4-18.8 GB/s against
-   15.2-17.6 one row at a time (read bandwidth 25-26). */
-INLINE void row2_q4_a8(const uint8_t *w0, const uint16_t *s0, const uint8_t *w1, const uint16_t *s1, int gs,
-                       const xq_t *xq, float *t, float *out) {
-    const int KB = xq->KB;
-    float c0, c1;
-    prep_q4(s0, gs, xq, 0, 1, t, &c0);
-    prep_q4(s1, gs, xq, 0, 1, t + KB, &c1);
 #if defined(DUET_AVX2)
-    const int8_t *x0 = xq->q8;
-    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(15);
+/* One weight block's exact int32 lanes against its 64 activation bytes (xa, xb: 32 each): int4
+   with 8-bit activations (q4: 32 bytes of nibbles, 64 inputs), or int8 with 16-bit (32 inputs). */
+INLINE __m256i pair_lanes(int q4, const uint8_t *w, __m256i xa, __m256i xb) {
+    if (q4) {   /* both halves' u8 x s8 pairs sum in int16 (15 x 127 x 4 < 32767) */
+        const __m256i low = _mm256_set1_epi8(15), r = _mm256_loadu_si256((const __m256i *)w);
+        __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r, low), xa),
+                                     _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r, 4), low), xb));
+        return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    }
+    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w)), xa),
+                            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16))), xb));
+}
+
+/* Two weight rows against one activation row on AVX2, each activation block loaded once for both
+   (a step reads 64 weight bytes per 64 activation bytes, not 32). Measured (AVX2 emulated, 2
+   threads, a 2816x2048 weight from memory, against one row at a time): int4 x 8-bit 18.4-18.8
+   GB/s against 15.2-17.6, int8 x 16-bit 14.4-15.0 against 13.3-14.2 (read bandwidth 22-26). */
+INLINE void row2_avx2(int q4, const void *w0v, const uint16_t *s0, const void *w1v, const uint16_t *s1, int gs,
+                      const xq_t *xq, float *t, float *out) {
+    const int KB = xq->KB;
+    float c0, c1;
+    if (q4) {
+        prep_q4(s0, gs, xq, 0, 1, t, &c0);
+        prep_q4(s1, gs, xq, 0, 1, t + KB, &c1);
+    } else {
+        prep_q8(s0, gs, xq, 0, 1, t, &c0);
+        prep_q8(s1, gs, xq, 0, 1, t + KB, &c1);
+    }
+    const uint8_t *w0 = (const uint8_t *)w0v, *w1 = (const uint8_t *)w1v;
+    const uint8_t *x = q4 ? (const uint8_t *)xq->q8 : (const uint8_t *)xq->q;   /* 64 bytes a block either way */
     __m256 a0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, a1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-#define R2_STEP(bb, u)                                                                              \
+#define PAIR_STEP(bb, u)                                                                            \
     {                                                                                               \
-        const __m256i xl = _mm256_loadu_si256((const __m256i *)(x0 + 64 * (bb)));                  \
-        const __m256i xh = _mm256_loadu_si256((const __m256i *)(x0 + 64 * (bb) + 32));             \
-        const __m256i r0 = _mm256_loadu_si256((const __m256i *)(w0 + 32 * (bb)));                  \
-        const __m256i r1 = _mm256_loadu_si256((const __m256i *)(w1 + 32 * (bb)));                  \
-        __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r0, low), xl),          \
-                                      _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r0, 4), low), xh)); \
-        __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r1, low), xl),          \
-                                      _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r1, 4), low), xh)); \
-        a0[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p0, ones)), _mm256_set1_ps(t[bb]), a0[u]); \
-        a1[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p1, ones)), _mm256_set1_ps(t[KB + (bb)]), a1[u]); \
+        const __m256i xa = _mm256_loadu_si256((const __m256i *)(x + 64 * (bb)));                    \
+        const __m256i xb = _mm256_loadu_si256((const __m256i *)(x + 64 * (bb) + 32));               \
+        a0[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pair_lanes(q4, w0 + 32 * (bb), xa, xb)),          \
+                                _mm256_set1_ps(t[bb]), a0[u]);                                      \
+        a1[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pair_lanes(q4, w1 + 32 * (bb), xa, xb)),          \
+                                _mm256_set1_ps(t[KB + (bb)]), a1[u]);                               \
     }
     int b = 0;
     for (; b + 2 <= KB; b += 2) {
         PREFETCH(w0 + 32 * b + DUET_PF);
         PREFETCH(w1 + 32 * b + DUET_PF);
-        R2_STEP(b, 0) R2_STEP(b + 1, 1)
+        PAIR_STEP(b, 0) PAIR_STEP(b + 1, 1)
     }
-    for (; b < KB; b++) R2_STEP(b, 0)
-#undef R2_STEP
+    for (; b < KB; b++) PAIR_STEP(b, 0)
+#undef PAIR_STEP
     out[0] = hsum256(_mm256_add_ps(a0[0], a0[1])) + c0;
     out[1] = hsum256(_mm256_add_ps(a1[0], a1[1])) + c1;
-#else
-    (void)c0; (void)c1;
-    row_q4_a8(w0, s0, gs, xq, 0, 1, t, out);
-    row_q4_a8(w1, s1, gs, xq, 0, 1, t, out + 1);
-#endif
 }
+#endif
 
 /* Two weight rows (any two: their codes and scales by address) against one activation row.
  * The one-row loop is bound by its loads (the activation block is as many bytes as the
- * weights, from L1); two rows share each activation load. AVX-512 only; elsewhere two calls. */
+ * weights, from L1); two rows share each activation load: AVX-512's int4 x 16-bit below, AVX2's
+ * row2_avx2; elsewhere (AVX-512 int8, measured 8% slower paired; plain C) two calls. */
 INLINE void row2(int bits, const void *w0, const uint16_t *s0, const void *w1, const uint16_t *s1, int gs,
                  const xq_t *xq, float *t, float *out) {
     const int KB = xq->KB;
@@ -660,14 +633,19 @@ INLINE void row2(int bits, const void *w0, const uint16_t *s0, const void *w1, c
             row_q8_a8((const int8_t *)w0, s0, gs, xq, 0, 1, t, out);
             row_q8_a8((const int8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
         } else {
-            row2_q4_a8((const uint8_t *)w0, s0, (const uint8_t *)w1, s1, gs, xq, t, out);
+#if defined(DUET_AVX2)
+            row2_avx2(1, w0, s0, w1, s1, gs, xq, t, out);
+#else
+            row_q4_a8((const uint8_t *)w0, s0, gs, xq, 0, 1, t, out);
+            row_q4_a8((const uint8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
+#endif
         }
         return;
     }
     if (bits == 8) {
 #if defined(DUET_AVX2) && !defined(DUET_AVX512)
-        row2_q8_avx2((const int8_t *)w0, s0, (const int8_t *)w1, s1, gs, xq, t, out);   /* AVX2: in pairs */
-#else   /* AVX-512 (measured: pairing 8% slower there) and plain C: one row at a time */
+        row2_avx2(0, w0, s0, w1, s1, gs, xq, t, out);
+#else
         row_q8((const int8_t *)w0, s0, gs, xq, 0, 1, t, out);
         row_q8((const int8_t *)w1, s1, gs, xq, 0, 1, t, out + 1);
 #endif
