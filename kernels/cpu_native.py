@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["lib", "build", "variant", "isa", "flags", "gemm", "gemm_tiled", "dequant", "moe", "moe_many", "moe_bf16", "head_gemv",
+__all__ = ["lib", "build", "build_any", "variant", "swapped", "isa", "flags", "gemm", "gemm_tiled", "dequant", "moe", "moe_many", "moe_bf16", "head_gemv",
            "rms_norm", "mla_step", "layer_step", "gate", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,11 @@ def _forced_march() -> str | None:
 
 
 def build(cache_dir: Path | None = None, cc: str | None = None, march: str | None = None,
-          openmp: bool = True) -> tuple[Path, bool]:
-    """Compile the library unless the cache has it: (path of the .so, whether it compiled now).
-    Raises RuntimeError with the compiler's message on failure."""
+          openmp: bool = True, source: Path = SOURCE, headers: tuple[Path, ...] = (),
+          extra: tuple[str, ...] = ()) -> tuple[Path, bool]:
+    """Compile a kernels/csrc library (``source``; this module's by default) unless the cache has
+    it: (path of the .so, whether it compiled now). Raises RuntimeError with the compiler's
+    message on failure."""
     cc = cc or os.environ.get("CC") or "cc"
     exe = shutil.which(cc.split()[0]) if cc.split() else None
     if exe is None:
@@ -129,22 +131,22 @@ def build(cache_dir: Path | None = None, cc: str | None = None, march: str | Non
         raise RuntimeError(f"{cc} --version failed: {e}") from None
     if ver.returncode != 0:
         raise RuntimeError(f"{cc} --version failed: {(ver.stderr or ver.stdout).strip()[:200]}")
-    fl = flags(march) + (["-fopenmp"] if openmp else [])
+    fl = flags(march) + list(extra) + (["-fopenmp"] if openmp else [])
     gomp = _torch_gomp() if openmp else None
     link = [str(gomp), f"-Wl,-rpath,{gomp.parent}"] if gomp else []
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(fl).encode(), ver.stdout.encode(), str(gomp).encode(),
-                 platform.machine().encode(), _cpu_flags()):
+    for part in (source.read_bytes(), *(h.read_bytes() for h in headers), " ".join(fl).encode(),
+                 ver.stdout.encode(), str(gomp).encode(), platform.machine().encode(), _cpu_flags()):
         key.update(part + b"\0")
     out_dir = cache_dir or _cache_dir()
-    target = out_dir / f"duet_quant_{key.hexdigest()[:16]}.so"
+    target = out_dir / f"duet_{source.stem.split('_')[0]}_{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target, False
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=out_dir)
     os.close(fd)
     try:
-        r = subprocess.run([*cc.split(), *fl, str(SOURCE), "-o", tmp, *link, "-lm"],
+        r = subprocess.run([*cc.split(), *fl, str(source), "-o", tmp, *link, "-lm"],
                            capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise RuntimeError(f"{cc} failed: {(r.stderr or r.stdout).strip()[-400:]}")
@@ -155,16 +157,17 @@ def build(cache_dir: Path | None = None, cc: str | None = None, march: str | Non
     return target, True
 
 
-def _build_any(march: str | None = None) -> Path:
-    """Build with OpenMP, else (a compiler without it, e.g. Apple clang) without, warning once."""
+def build_any(march: str | None = None, **kw) -> Path:
+    """``build`` with OpenMP, else (a compiler without it, e.g. Apple clang) without, warning
+    once; ``kw`` as ``build`` takes them (another library's source, headers, flags)."""
     global _WARNED_NO_OMP
     try:
-        return build(march=march)[0]
+        return build(march=march, **kw)[0]
     except RuntimeError as with_omp:
         if "not found" in str(with_omp) or "--version" in str(with_omp):
             raise
         try:
-            path = build(march=march, openmp=False)[0]
+            path = build(march=march, openmp=False, **kw)[0]
         except RuntimeError:
             raise with_omp from None
         if not _WARNED_NO_OMP:
@@ -175,7 +178,7 @@ def _build_any(march: str | None = None) -> Path:
 
 def load(march: str | None = None) -> ctypes.CDLL:
     """Build (or find in the cache) and load the library for a target; raises RuntimeError/OSError."""
-    return _bind(ctypes.CDLL(str(_build_any(march))))
+    return _bind(ctypes.CDLL(str(build_any(march))))
 
 
 def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
@@ -246,12 +249,20 @@ def variant(march: str, act_bits: int | None = None):
     native call (the weight layouts are the same for every build) and the plan follows it;
     ``act_bits`` forces the activation precision. Raises RuntimeError where that target does
     not build."""
+    lib()
+    with swapped(load(march), act_bits) as so:
+        yield so
+
+
+@contextmanager
+def swapped(so, act_bits: int | None = None):
+    """Within the block ``so`` (a library with this one's entry points, already bound: another
+    build, or one run elsewhere, e.g. an emulated CPU's) runs every native call."""
     global _LIB, _TRIED
     from kernels import dispatch
 
     lib()
     saved = (_LIB, _TRIED)
-    so = load(march)
     _set(so)
     _TRIED = True
     try:

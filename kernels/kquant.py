@@ -26,7 +26,8 @@ tiles of rows and run torch matmuls over all of them (float32 activations: prefi
 The C file is built with kernels/cpu_native.py's target flags (``-march=native``,
 ``DUET_NATIVE_MARCH``, ``DUET_CPU=avx2|scalar``), -O3, torch's OpenMP runtime, cached by a
 hash of sources and flags, plus ``-ffp-contract=off`` so no fused multiply-add changes a
-dequantized weight. ``variant(march)`` swaps in another build for a block (tests run the
+dequantized weight; where the compiler has no OpenMP it is built without (one thread), as
+kernels/cpu_native's library is. ``variant(march)`` swaps in another build for a block (tests run the
 AVX2 and plain-C builds on any x86-64 CPU). Where no compiler works, a vectorised torch
 dequantizer (same formulas, float32) stands in.
 """
@@ -34,14 +35,10 @@ dequantizer (same formulas, float32) stands in.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +46,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kernels import dispatch
+from kernels import cpu_native, dispatch
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "kquant.c"
 HEADERS = (SOURCE.parent / "kquant_dot.h",)
-EXTRA_FLAGS = ("-ffp-contract=off", "-fopenmp")
+EXTRA_FLAGS = ("-ffp-contract=off",)
 LAYOUT = "gguf"
 TILE_BYTES = 8 << 20     # prefill: weight rows dequantized per matmul (float32 bytes)
 
@@ -122,44 +119,19 @@ class GGUFWeight:
 # the library
 
 
-def build(cache_dir: Path | None = None, cc: str | None = None, march: str | None = None) -> Path:
+def build(cache_dir: Path | None = None, cc: str | None = None, march: str | None = None,
+          openmp: bool = True) -> Path:
     """Compile the library unless cached; its path. RuntimeError with the compiler's message.
     ``march`` as kernels.cpu_native.flags takes it (None: $DUET_NATIVE_MARCH, DUET_CPU, native)."""
-    from kernels.cpu_native import _cache_dir, _cpu_flags, _torch_gomp, flags
-
-    cc = cc or os.environ.get("CC") or "cc"
-    if not cc.split() or shutil.which(cc.split()[0]) is None:
-        raise RuntimeError(f"no C compiler ({cc!r} not found)")
-    ver = subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=30)
-    gomp = _torch_gomp()
-    link = [str(gomp), f"-Wl,-rpath,{gomp.parent}"] if gomp else []
-    fl = [*flags(march), *EXTRA_FLAGS]
-    key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), *(h.read_bytes() for h in HEADERS), " ".join(fl).encode(),
-                 ver.stdout.encode(), str(gomp).encode(), platform.machine().encode(), _cpu_flags()):
-        key.update(part + b"\0")
-    out_dir = cache_dir or _cache_dir()
-    target = out_dir / f"duet_kquant_{key.hexdigest()[:16]}.so"
-    if target.is_file():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        r = subprocess.run([*cc.split(), *fl, str(SOURCE), "-o", tmp, *link, "-lm"],
-                           capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {(r.stderr or r.stdout).strip()[-400:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return cpu_native.build(cache_dir, cc, march, openmp, source=SOURCE, headers=HEADERS, extra=EXTRA_FLAGS)[0]
 
 
 def load(march: str | None = None) -> ctypes.CDLL:
     """Build (or find cached) and load the library for a target; RuntimeError/OSError."""
-    so = ctypes.CDLL(str(build(march=march)))
+    return _bind(ctypes.CDLL(str(cpu_native.build_any(march, source=SOURCE, headers=HEADERS, extra=EXTRA_FLAGS))))
+
+
+def _bind(so):
     so.kq_isa.restype = ctypes.c_char_p
     so.kq_isa.argtypes = []
     so.kq_dequant.argtypes = [_c_int, _ptr, _c_long, _c_long, _c_int, _ptr, _c_int, _c_int]
@@ -194,15 +166,22 @@ def lib() -> ctypes.CDLL | None:
 def variant(march: str):
     """Within the block the library built for ``march`` ("haswell", "x86-64", ...) runs every
     call. Raises RuntimeError where that target does not build."""
-    global _LIB, _TRIED
-    from kernels import dispatch
+    lib()
+    with swapped(load(march)) as so:
+        yield so
 
+
+@contextmanager
+def swapped(so):
+    """Within the block ``so`` (a library with this one's entry points, bound by ``_bind``:
+    another build, or one run elsewhere, e.g. an emulated CPU's) runs every call."""
+    global _LIB, _TRIED
     lib()
     saved = (_LIB, _TRIED)
-    _LIB, _TRIED = load(march), True
+    _LIB, _TRIED = so, True
     dispatch.replan()
     try:
-        yield _LIB
+        yield so
     finally:
         _LIB, _TRIED = saved
         dispatch.replan()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 
+import arm64_emulator
 import numpy as np
 import pytest
 import torch
@@ -46,7 +47,8 @@ def test_native_and_torch_dequantization_equal_gguf_py_bit_for_bit(type_id):
 
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
-BUILDS = {"native": (None, None), "avx2": ("haswell", "avx2"), "plain-c": ("x86-64", "scalar")}
+BUILDS = {"native": (None, None), "avx2": ("haswell", "avx2"), "plain-c": ("x86-64", "scalar"),
+          "arm64": ("arm64", "scalar")}   # built for aarch64, run on an emulated CPU
 
 
 @pytest.fixture(params=list(BUILDS))
@@ -57,6 +59,11 @@ def build(request):
         pytest.skip("no native GGUF kernels here (no working C compiler?)")
     if march is None:
         yield kquant.isa()
+        return
+    if march == "arm64":
+        with arm64_emulator.gguf():
+            assert kquant.isa() == isa
+            yield isa
         return
     if not _X86:
         pytest.skip("x86-64 targets")

@@ -5,6 +5,7 @@ by the work it saves (framework calls per decode step, a count that does not dep
 
 from __future__ import annotations
 
+import arm64_emulator
 import pytest
 import torch
 
@@ -95,14 +96,15 @@ def test_native_decode_step_in_bf16_stays_within_bf16_rounding(request, which):
     assert cos.median() > 0.999
 
 
-@pytest.mark.parametrize("march", ["haswell", "x86-64"])
+@pytest.mark.parametrize("march", ["haswell", "x86-64", "arm64"])
 def test_every_native_build_gives_the_same_step(v3, march):
     import platform
 
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if march != "arm64" and platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("x86-64 builds")
     ref, _, _ = _pair(v3, "float32", "int8")
-    with cpu_native.variant(march, act_bits=16):
+    build = arm64_emulator.native(16) if march == "arm64" else cpu_native.variant(march, act_bits=16)
+    with build:
         got, _, calls = _pair(v3, "float32", "int8")
     assert calls["layer_step"] > 0
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)

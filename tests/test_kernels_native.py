@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import arm64_emulator
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,8 @@ BUILDS = {  # id -> (target, activation bits, the SIMD path it must compile)
     "avx2-act16": ("haswell", 16, "avx2"),
     "plain-c-act8": ("x86-64", 8, "scalar"),
     "plain-c-act16": ("x86-64", 16, "scalar"),
+    "arm64-act8": ("arm64", 8, "scalar"),      # built for aarch64, run on an emulated CPU
+    "arm64-act16": ("arm64", 16, "scalar"),
 }
 
 
@@ -61,6 +64,10 @@ BUILDS = {  # id -> (target, activation bits, the SIMD path it must compile)
 def build(request):
     """Runs the test with a build of the library swapped in (the weight layouts are shared)."""
     march, abits, _ = BUILDS[request.param]
+    if march == "arm64":
+        with arm64_emulator.native(abits) as so:
+            yield so
+        return
     if march != "native" and not _X86:
         pytest.skip("x86-64 targets")
     if march == "haswell" and not _cpu_has("avx2", "fma"):
@@ -73,7 +80,7 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("name", [n for n in BUILDS if n != "native"])
+@pytest.mark.parametrize("name", [n for n in BUILDS if BUILDS[n][0] not in ("native", "arm64")])
 def test_each_target_compiles_its_own_simd_path(name):
     march, _, isa = BUILDS[name]
     if not _X86:

@@ -1,6 +1,6 @@
 /* GGUF (ggml) block formats read in place: dequantization and a few-row matmul.
  *
- * Plain C + OpenMP, no torch headers; loaded through ctypes by kernels/kquant.py, compiled
+ * Plain C (+ OpenMP where the compiler has it), no torch headers; loaded through ctypes by kernels/kquant.py, compiled
  * with -O3 -march=native -ffp-contract=off (no fused multiply-add in the dequantization, so
  * every weight comes out bit for bit as ggml's own reference code and gguf-py compute it).
  *
@@ -19,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 
 #define INLINE static inline __attribute__((always_inline))
 #define MAXM 8
