@@ -20,6 +20,8 @@ from functools import cache
 
 import torch
 
+# kernels/csrc's builds (its duet_isa()) as people name them
+ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2+FMA", "neon": "ARM64 NEON", "scalar": "plain C"}
 LEVELS = ("scalar", "avx2", "avx512")   # lowest first; ARM64 reports "neon" (no forcing above it)
 PACK_NEEDS = "needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT"
 
@@ -116,7 +118,7 @@ def report() -> list[tuple[str, str]]:
     elif native_isa is None:
         rows.append(("native kernels", "off (they did not build here: see the warning above; PyTorch's run)"))
     else:
-        isa = {"avx512": "AVX-512", "avx2": "AVX2+FMA", "scalar": "plain C"}.get(native_isa, native_isa)
+        isa = ISA_NAMES.get(native_isa, native_isa)
         rows.append(("native kernels", f"on ({isa} build)"))
     return rows
 

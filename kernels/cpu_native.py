@@ -1,7 +1,7 @@
 """The native CPU kernels (kernels/csrc/quant_gemv.c): built at first use, called via ctypes.
 
     lib() -> ctypes.CDLL | None     the loaded library, or None (then the aten paths run)
-    isa() -> str | None             the SIMD path compiled in: "avx512", "avx2" or "scalar"
+    isa() -> str | None             the SIMD path compiled in: "avx512", "avx2", "neon" or "scalar"
     gemm / gemm_tiled / dequant / moe / moe_bf16 / head_gemv / rms_norm / mla_step / layer_step
     / gate
                                     thin wrappers over its entry points
@@ -10,8 +10,9 @@ The C file is compiled with the system compiler (``$CC``, default ``cc``) as
 ``-O3 <target> -fPIC -shared -fopenmp``; the target is ``-march=native`` on x86-64 and
 ``-mcpu=native`` on ARM64 (and other CPUs), or what ``DUET_NATIVE_MARCH`` names
 (``haswell``: AVX2; ``x86-64``: plain C; ``native``; a value starting with ``-`` is passed as
-the flag itself). The C picks its SIMD path from the target (AVX-512BW, AVX2+FMA, else plain
-C), so it builds on any CPU. Where the compiler has no OpenMP (Apple clang) it is built
+the flag itself). The C picks its SIMD path from the target (AVX-512BW, AVX2+FMA, ARM64's NEON
+for the integer block products, else plain C), so it builds on any CPU; tests/arm64_emulator.py
+runs the ARM64 build on an emulated CPU in the test suite. Where the compiler has no OpenMP (Apple clang) it is built
 without and runs on one thread, with one warning. With OpenMP it is linked against the
 runtime torch itself loaded, so both share one thread pool (two runtimes on few cores spin
 against each other). The .so is cached under ``$DUET_KERNEL_CACHE`` (default: the user cache
@@ -274,7 +275,7 @@ def swapped(so, act_bits: int | None = None):
 
 
 def isa() -> str | None:
-    """The SIMD path of the loaded library: "avx512", "avx2" or "scalar"; None when not loaded."""
+    """The SIMD path of the loaded library: "avx512", "avx2", "neon" or "scalar"; None when not loaded."""
     so = lib()
     return so.duet_isa().decode() if so is not None else None
 

@@ -129,7 +129,7 @@ class GGUFPlan:
 class Plan:
     capability: capability.Capability
     reference: bool                # DUET_KERNELS=reference
-    native_isa: str | None         # kernels/csrc's build ("avx512", "avx2", "scalar"); None: not used
+    native_isa: str | None         # kernels/csrc's build ("avx512", "avx2", "neon", "scalar"); None: not used
     triton: bool                   # CUDA tensors run kernels/triton_ops
     act_dtype: torch.dtype         # the float type CPU matmuls over activations run in
     linear: LinearPlan
@@ -151,7 +151,7 @@ class Plan:
         """(op, implementation) rows: what each op runs on this CPU (and on CUDA tensors)."""
         cap, lin, gg = self.capability, self.linear, self.gguf
         forced = f" (DUET_CPU={cap.forced})" if cap.forced else ""
-        isa = {"avx512": "AVX-512", "avx2": "AVX2+FMA", "scalar": "plain C"}.get(self.native_isa, self.native_isa)
+        isa = capability.ISA_NAMES.get(self.native_isa, self.native_isa)
         act = "bfloat16" if self.act_dtype == torch.bfloat16 else "float32 (no native bf16 matmul)"
         if lin.quantized == "native":
             many = f"dequantize + {_name(lin.prefill_dtype)} matmul"

@@ -215,31 +215,34 @@ class _Function:
 _LIBS: dict[str, object] = {}
 
 
-def library(which: str):
-    """The emulated ARM64 build of kernels/csrc's ``quant`` (cpu_native) or ``kquant`` library,
-    bound as the real one is; built once per process. Skips the test where zig or unicorn is
-    missing."""
-    if which not in _LIBS:
+DOTPROD, NO_DOTPROD = "generic+dotprod", "generic"   # ARMv8.2's sdot (most ARM64 CPUs now), plain ARMv8-A
+
+
+def library(which: str, cpu: str = DOTPROD):
+    """The emulated ARM64 build (for ``cpu``) of kernels/csrc's ``quant`` (cpu_native) or
+    ``kquant`` library, bound as the real one is; built once per process. Skips the test where
+    zig or unicorn is missing."""
+    if (which, cpu) not in _LIBS:
         reason = available()
         if reason:
             pytest.skip(f"the ARM64 build {reason}")
         if which == "quant":
-            _LIBS[which] = cpu_native._bind(EmulatedLibrary(cross_build(cpu_native.SOURCE)))
+            so = cpu_native._bind(EmulatedLibrary(cross_build(cpu_native.SOURCE, cpu=cpu)))
         else:
-            _LIBS[which] = kquant._bind(EmulatedLibrary(cross_build(kquant.SOURCE, kquant.HEADERS,
-                                                                    kquant.EXTRA_FLAGS)))
-    return _LIBS[which]
+            so = kquant._bind(EmulatedLibrary(cross_build(kquant.SOURCE, kquant.HEADERS, kquant.EXTRA_FLAGS, cpu=cpu)))
+        _LIBS[which, cpu] = so
+    return _LIBS[which, cpu]
 
 
 @contextmanager
-def native(act_bits: int | None = None):
+def native(act_bits: int | None = None, cpu: str = DOTPROD):
     """Within the block kernels.cpu_native runs the ARM64 build, emulated."""
-    with cpu_native.swapped(library("quant"), act_bits) as so:
+    with cpu_native.swapped(library("quant", cpu), act_bits) as so:
         yield so
 
 
 @contextmanager
-def gguf():
+def gguf(cpu: str = DOTPROD):
     """Within the block kernels.kquant runs the ARM64 build, emulated."""
-    with kquant.swapped(library("kquant")) as so:
+    with kquant.swapped(library("kquant", cpu)) as so:
         yield so

@@ -55,8 +55,9 @@ BUILDS = {  # id -> (target, activation bits, the SIMD path it must compile)
     "avx2-act16": ("haswell", 16, "avx2"),
     "plain-c-act8": ("x86-64", 8, "scalar"),
     "plain-c-act16": ("x86-64", 16, "scalar"),
-    "arm64-act8": ("arm64", 8, "scalar"),      # built for aarch64, run on an emulated CPU
-    "arm64-act16": ("arm64", 16, "scalar"),
+    "arm64-act8": ("arm64", 8, "neon"),        # built for aarch64 (sdot), run on an emulated CPU
+    "arm64-act16": ("arm64", 16, "neon"),
+    "arm64-nodot-act8": ("arm64-nodot", 8, "neon"),   # ARMv8.0: no sdot
 }
 
 
@@ -64,8 +65,10 @@ BUILDS = {  # id -> (target, activation bits, the SIMD path it must compile)
 def build(request):
     """Runs the test with a build of the library swapped in (the weight layouts are shared)."""
     march, abits, _ = BUILDS[request.param]
-    if march == "arm64":
-        with arm64_emulator.native(abits) as so:
+    if march.startswith("arm64"):
+        cpu = arm64_emulator.NO_DOTPROD if march == "arm64-nodot" else arm64_emulator.DOTPROD
+        with arm64_emulator.native(abits, cpu) as so:
+            assert so.duet_isa().decode() == BUILDS[request.param][2]
             yield so
         return
     if march != "native" and not _X86:
@@ -80,7 +83,7 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("name", [n for n in BUILDS if BUILDS[n][0] not in ("native", "arm64")])
+@pytest.mark.parametrize("name", [n for n in BUILDS if BUILDS[n][0] == "haswell" or BUILDS[n][0] == "x86-64"])
 def test_each_target_compiles_its_own_simd_path(name):
     march, _, isa = BUILDS[name]
     if not _X86:
@@ -298,7 +301,7 @@ def test_bf16_decode_runs_absorbed_attention_natively_and_matches_the_float32_bm
 
 
 @pytest.mark.parametrize("H,I,E,K,shared", [(128, 64, 8, 2, True), (100, 40, 5, 3, False), (72, 136, 16, 6, True)])
-def test_fused_bf16_experts_match_reference_moe(H, I, E, K, shared):
+def test_fused_bf16_experts_match_reference_moe(build, H, I, E, K, shared):
     g = torch.Generator().manual_seed(H + I + E)
     w13s = [(torch.randn(2 * I, H, generator=g) / H ** 0.5).bfloat16() for _ in range(E)]
     w2s = [(torch.randn(H, I, generator=g) / I ** 0.5).bfloat16() for _ in range(E)]

@@ -27,8 +27,9 @@ BUILDS = {  # id -> (target, activation bits)
     "avx2-act16": ("haswell", 16),
     "plain-c-act8": ("x86-64", 8),
     "plain-c-act16": ("x86-64", 16),
-    "arm64-act8": ("arm64", 8),      # built for aarch64, run on an emulated CPU
+    "arm64-act8": ("arm64", 8),      # built for aarch64 (sdot), run on an emulated CPU
     "arm64-act16": ("arm64", 16),
+    "arm64-nodot-act8": ("arm64-nodot", 8),   # ARMv8.0: no sdot
 }
 # (rows, out, in): rows not a multiple of the 4-row tile, past the 64-row pass, 5 = just above
 # the GEMV's 4; outputs not a multiple of the 4-row weight group; inputs of odd block counts and
@@ -40,8 +41,9 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}   # vs the GEMV (same integers
 @pytest.fixture(params=list(BUILDS))
 def build(request):
     march, abits = BUILDS[request.param]
-    if march == "arm64":
-        with arm64_emulator.native(abits) as so:
+    if march.startswith("arm64"):
+        cpu = arm64_emulator.NO_DOTPROD if march == "arm64-nodot" else arm64_emulator.DOTPROD
+        with arm64_emulator.native(abits, cpu) as so:
             yield so
         return
     if march != "native" and not _X86:

@@ -20,7 +20,9 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Markdown, Static
 
+from app.conversation.verify import failure_summary
 from app.tui.literal import answer_markdown, trace_markdown, visible
+from app.tui.thinking import stop_stream
 
 FENCE = re.compile(r"^(`{3,}|~{3,})[^\n]*\n(.*?)^\1[ \t]*$", re.S | re.M)
 
@@ -188,8 +190,6 @@ class ReplyItem(Vertical):
         self.total_s = total_s if total_s is not None else time.monotonic() - self.started
         self._streaming = False
         if self._stream is not None:
-            from app.tui.thinking import stop_stream
-
             stream, self._stream = self._stream, None
             await stop_stream(stream)
         await self.query_one(".answer", Markdown).update(answer_markdown(self.answer))
@@ -261,8 +261,6 @@ class TestItem(Static):
 
     def finish(self, result) -> None:
         """Show ``result`` (an app.conversation.TestResult)."""
-        from app.conversation.verify import failure_summary
-
         self.status = result.status
         self.set_class(False, "running")
         self.add_class(result.status)

@@ -3,8 +3,9 @@
  *
  * Plain C (+ OpenMP where the compiler has it), no torch headers; loaded through ctypes by
  * kernels/cpu_native.py. The SIMD path is picked at compile time from the target's macros:
- * AVX-512BW, AVX2+FMA, or plain C (every other CPU: ARM64, x86-64 without AVX2, ...), so the
- * file builds with any C11 compiler; ``duet_isa()`` names the one compiled in.
+ * AVX-512BW, AVX2+FMA, or plain C (every other CPU: x86-64 without AVX2, ...; on ARM64 the
+ * plain C's integer block products and bf16 dot are NEON, sdot where the target has it), so
+ * the file builds with any C11 compiler; ``duet_isa()`` names the one compiled in.
  *
  * Weight layouts ("native"), one row n of a padded [N', K'] matrix:
  *   int8: j int8 [K'] (j = u - 128, w = (j + 0.5) s), scale bf16 [K'/gs]        gs % 32 == 0
@@ -37,6 +38,10 @@ static int omp_get_thread_num(void) { return 0; }
 #define DUET_AVX2 1   /* also in AVX-512 builds: the 8-bit-activation kernels are AVX2 code */
 #include <immintrin.h>
 #endif
+#if !defined(DUET_AVX2) && defined(__aarch64__) && defined(__ARM_NEON)
+#define DUET_NEON 1   /* ARM64: the integer block products in NEON (sdot where the target has it) */
+#include <arm_neon.h>
+#endif
 #if defined(DUET_AVX2)
 #define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
 #elif defined(__GNUC__)
@@ -59,12 +64,15 @@ static int last_team = 0;   /* threads in the last parallel matmul (tests check 
 
 int duet_last_team(void) { return last_team; }
 
-/* the SIMD path compiled in: "avx512", "avx2" or "scalar" (plain C, vectorised by the compiler) */
+/* the SIMD path compiled in: "avx512", "avx2", "neon" (ARM64: plain C with NEON block products)
+   or "scalar" (plain C, vectorised by the compiler) */
 const char *duet_isa(void) {
 #if defined(DUET_AVX512)
     return "avx512";
 #elif defined(DUET_AVX2)
     return "avx2";
+#elif defined(DUET_NEON)
+    return "neon";
 #else
     return "scalar";
 #endif
@@ -194,6 +202,88 @@ static void xq_fill(xq_t *xq, const void *x, int bf16, int k, long ldx) {
     }
 }
 
+/* weight bits x activation bits: the block product's kind */
+enum { Q8A16, Q8A8, Q4A16, Q4A8 };
+
+#if !defined(DUET_AVX2)
+/* The exact int32 product of one weight block (32 bytes: 32 int8 codes, or 64 int4 codes, low
+ * nibbles first) with its activation block (int16 or int8 codes): the plain-C builds' block
+ * product, in NEON on ARM64 (every kind's partial sums fit their lanes: int8 x int8 pairs at
+ * most 2 x 128 x 127 in int16, nibble x int8 quads 4 x 15 x 127). */
+INLINE int32_t bdot_c(int kind, const uint8_t *w, const void *x) {
+#if defined(DUET_NEON)
+    if (kind == Q8A16 || kind == Q4A16) {
+        const int16_t *xq = (const int16_t *)x;
+        int16x8_t wv[8];
+        int n = 0;
+        if (kind == Q8A16) {
+            for (int h = 0; h < 2; h++) {
+                const int8x16_t r = vld1q_s8((const int8_t *)w + 16 * h);
+                wv[n++] = vmovl_s8(vget_low_s8(r));
+                wv[n++] = vmovl_high_s8(r);
+            }
+        } else {
+            const uint8x16_t low = vdupq_n_u8(15), r0 = vld1q_u8(w), r1 = vld1q_u8(w + 16);
+            const uint8x16_t q[4] = {vandq_u8(r0, low), vandq_u8(r1, low), vshrq_n_u8(r0, 4), vshrq_n_u8(r1, 4)};
+            for (int h = 0; h < 4; h++) {
+                wv[n++] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(q[h])));
+                wv[n++] = vreinterpretq_s16_u16(vmovl_high_u8(q[h]));
+            }
+        }
+        int32x4_t a = vdupq_n_s32(0), b = vdupq_n_s32(0);
+        for (int i = 0; i < n; i++) {
+            const int16x8_t xv = vld1q_s16(xq + 8 * i);
+            a = vmlal_s16(a, vget_low_s16(wv[i]), vget_low_s16(xv));
+            b = vmlal_high_s16(b, wv[i], xv);
+        }
+        return vaddvq_s32(vaddq_s32(a, b));
+    }
+    const int8_t *xq = (const int8_t *)x;
+    int8x16_t wv[4];
+    int n;
+    if (kind == Q8A8) {
+        wv[0] = vld1q_s8((const int8_t *)w);
+        wv[1] = vld1q_s8((const int8_t *)w + 16);
+        n = 2;
+    } else {
+        const uint8x16_t low = vdupq_n_u8(15), r0 = vld1q_u8(w), r1 = vld1q_u8(w + 16);
+        wv[0] = vreinterpretq_s8_u8(vandq_u8(r0, low));
+        wv[1] = vreinterpretq_s8_u8(vandq_u8(r1, low));
+        wv[2] = vreinterpretq_s8_u8(vshrq_n_u8(r0, 4));
+        wv[3] = vreinterpretq_s8_u8(vshrq_n_u8(r1, 4));
+        n = 4;
+    }
+#if defined(__ARM_FEATURE_DOTPROD)
+    int32x4_t a = vdupq_n_s32(0);
+    for (int i = 0; i < n; i++) a = vdotq_s32(a, wv[i], vld1q_s8(xq + 16 * i));
+    return vaddvq_s32(a);
+#else
+    int16x8_t lo = vdupq_n_s16(0), hi = vdupq_n_s16(0);
+    for (int i = 0; i < n; i++) {
+        const int8x16_t xv = vld1q_s8(xq + 16 * i);
+        lo = vmlal_s8(lo, vget_low_s8(wv[i]), vget_low_s8(xv));
+        hi = vmlal_high_s8(hi, wv[i], xv);
+    }
+    return vaddvq_s32(vpadalq_s16(vpaddlq_s16(lo), hi));
+#endif
+#else
+    int32_t d = 0;
+    if (kind == Q8A16 || kind == Q8A8) {
+        const int8_t *wq = (const int8_t *)w;
+        if (kind == Q8A16) for (int i = 0; i < 32; i++) d += (int32_t)wq[i] * ((const int16_t *)x)[i];
+        else for (int i = 0; i < 32; i++) d += (int32_t)wq[i] * ((const int8_t *)x)[i];
+    } else if (kind == Q4A16) {
+        const int16_t *xq = (const int16_t *)x;
+        for (int i = 0; i < 32; i++) d += (int32_t)(w[i] & 15) * xq[i] + (int32_t)(w[i] >> 4) * xq[32 + i];
+    } else {
+        const int8_t *xq = (const int8_t *)x;
+        for (int i = 0; i < 32; i++) d += (int32_t)(w[i] & 15) * xq[i] + (int32_t)(w[i] >> 4) * xq[32 + i];
+    }
+    return d;
+#endif
+}
+#endif
+
 /* ---------------------------------------------------------------------------------------
  * one weight row against MM activation rows (MM <= 4, a compile-time constant after inlining) */
 
@@ -309,11 +399,8 @@ INLINE void row_q8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq, i
     for (int m = 0; m < MM; m++) {
         float a = 0.f;
         const int16_t *xp = x0 + (long)m * Kp;
-        for (int b = 0; b < KB; b++) {
-            int32_t d = 0;
-            for (int i = 0; i < 32; i++) d += (int32_t)w[32 * b + i] * xp[32 * b + i];
-            a += (float)d * t[m * KB + b];
-        }
+        for (int b = 0; b < KB; b++)
+            a += (float)bdot_c(Q8A16, (const uint8_t *)w + 32 * b, xp + 32 * b) * t[m * KB + b];
         out[m] = a + corr[m];
     }
 #endif
@@ -440,14 +527,7 @@ INLINE void row_q4(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *xq,
     for (int m = 0; m < MM; m++) {
         float a = 0.f;
         const int16_t *xp = x0 + (long)m * Kp;
-        for (int b = 0; b < KB; b++) {
-            int32_t d = 0;
-            for (int i = 0; i < 32; i++) {
-                uint8_t v = w[32 * b + i];
-                d += (int32_t)(v & 15) * xp[64 * b + i] + (int32_t)(v >> 4) * xp[64 * b + 32 + i];
-            }
-            a += (float)d * t[m * KB + b];
-        }
+        for (int b = 0; b < KB; b++) a += (float)bdot_c(Q4A16, w + 32 * b, xp + 64 * b) * t[m * KB + b];
         out[m] = a + corr[m];
     }
 #endif
@@ -494,11 +574,8 @@ INLINE void row_q8_a8(const int8_t *w, const uint16_t *s, int gs, const xq_t *xq
     for (int m = 0; m < MM; m++) {
         float a = 0.f;
         const int8_t *xp = x0 + (long)m * Kp;
-        for (int b = 0; b < KB; b++) {
-            int32_t d = 0;
-            for (int i = 0; i < 32; i++) d += (int32_t)w[32 * b + i] * xp[32 * b + i];
-            a += (float)d * t[m * KB + b];
-        }
+        for (int b = 0; b < KB; b++)
+            a += (float)bdot_c(Q8A8, (const uint8_t *)w + 32 * b, xp + 32 * b) * t[m * KB + b];
         out[m] = a + corr[m];
     }
 #endif
@@ -543,14 +620,7 @@ INLINE void row_q4_a8(const uint8_t *w, const uint16_t *sz, int gs, const xq_t *
     for (int m = 0; m < MM; m++) {
         float a = 0.f;
         const int8_t *xp = x0 + (long)m * Kp;
-        for (int b = 0; b < KB; b++) {
-            int32_t d = 0;
-            for (int i = 0; i < 32; i++) {
-                uint8_t v = w[32 * b + i];
-                d += (int32_t)(v & 15) * xp[64 * b + i] + (int32_t)(v >> 4) * xp[64 * b + 32 + i];
-            }
-            a += (float)d * t[m * KB + b];
-        }
+        for (int b = 0; b < KB; b++) a += (float)bdot_c(Q4A8, w + 32 * b, xp + 64 * b) * t[m * KB + b];
         out[m] = a + corr[m];
     }
 #endif
@@ -857,7 +927,6 @@ void duet_dequant(int bits, const void *w, const uint16_t *s, int Kp, int gs, in
 #define TM 4                 /* activation rows per tile */
 #define TN 4                 /* weight rows per tile */
 #define MC 64                /* activation rows per pass over a thread's weight rows */
-enum { Q8A16, Q8A8, Q4A16, Q4A8 };   /* weight bits x activation bits: the block product's kind */
 
 #if defined(DUET_AVX2)
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -922,23 +991,6 @@ INLINE __m256i bdot(int kind, const wblk_t *wb, const void *x) {
     return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(wb->v[0], _mm256_loadu_si256(xv)),
                                               _mm256_maddubs_epi16(wb->v[1], _mm256_loadu_si256(xv + 1))), ones);
 #endif
-}
-#else
-/* plain C: the exact block dot of weight block w with activation block x (int8 or int16 codes) */
-INLINE int32_t bdot_c(int kind, const uint8_t *w, const void *x) {
-    int32_t d = 0;
-    if (kind == Q8A16 || kind == Q8A8) {
-        const int8_t *wq = (const int8_t *)w;
-        if (kind == Q8A16) for (int i = 0; i < 32; i++) d += (int32_t)wq[i] * ((const int16_t *)x)[i];
-        else for (int i = 0; i < 32; i++) d += (int32_t)wq[i] * ((const int8_t *)x)[i];
-    } else if (kind == Q4A16) {
-        const int16_t *xq = (const int16_t *)x;
-        for (int i = 0; i < 32; i++) d += (int32_t)(w[i] & 15) * xq[i] + (int32_t)(w[i] >> 4) * xq[32 + i];
-    } else {
-        const int8_t *xq = (const int8_t *)x;
-        for (int i = 0; i < 32; i++) d += (int32_t)(w[i] & 15) * xq[i] + (int32_t)(w[i] >> 4) * xq[32 + i];
-    }
-    return d;
 }
 #endif
 
@@ -1483,6 +1535,20 @@ static float dot_bf16(const uint16_t *w, const float *x, int k) {
     for (; i + 8 <= k; i += 8) a0 = _mm256_fmadd_ps(BF_W(0), _mm256_loadu_ps(x + i), a0);
 #undef BF_W
     s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#elif defined(DUET_NEON)
+    /* the same shift (a widening one): 4 lanes, four independent accumulators */
+    float32x4_t a0 = vdupq_n_f32(0.f), a1 = a0, a2 = a0, a3 = a0;
+#define BF_W(off) vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(w + i + (off)), 16))
+    for (; i + 16 <= k; i += 16) {
+        PREFETCH((const char *)(w + i) + DUET_PF);
+        a0 = vfmaq_f32(a0, BF_W(0), vld1q_f32(x + i));
+        a1 = vfmaq_f32(a1, BF_W(4), vld1q_f32(x + i + 4));
+        a2 = vfmaq_f32(a2, BF_W(8), vld1q_f32(x + i + 8));
+        a3 = vfmaq_f32(a3, BF_W(12), vld1q_f32(x + i + 12));
+    }
+    for (; i + 4 <= k; i += 4) a0 = vfmaq_f32(a0, BF_W(0), vld1q_f32(x + i));
+#undef BF_W
+    s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
 #else
     {   /* plain C: eight independent lanes, which the compiler vectorises */
         float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
@@ -1695,6 +1761,7 @@ int duet_mla_step(const lin_desc *lin /* wq_a or wq, wq_b (kind 0 without q_lora
     const long attn_work = (long)H * S * D * (cbf ? 2 : 4);
     const int at = attn_work < SMALL_WORK ? 1 : threads;
     const int ht = (long)H * nope * KV * (abf ? 2 : 4) < SMALL_WORK ? 1 : threads;
+    (void)at; (void)ht;   /* used by the OpenMP pragmas only */
     /* absorbed query: qlat[h] = q_nope[h] · W_uk[h]   (W_uk [H, nope, KV]) */
 #pragma omp parallel for schedule(static) num_threads(ht)
     for (int h = 0; h < H; h++) {
