@@ -9,6 +9,12 @@ paths a weaker CPU gets: ``avx2`` (what an AVX2-only x86 CPU gets: no oneDNN bf1
 ``scalar`` (no SIMD assumptions at all). It only ever lowers the level. To make torch's own
 kernels behave as on such a CPU too, start the process with ``ATEN_CPU_CAPABILITY=avx2
 ONEDNN_MAX_CPU_ISA=AVX2`` (read by torch at import, so they cannot be set from here).
+
+bf16 counts as native only where the CPU multiplies bf16 itself (AVX512_BF16 or AMX):
+AVX-512 CPUs without (Skylake-SP, Cascade Lake, Ice Lake) get float32 activations and no bf16
+packing, as AVX2 CPUs do, because oneDNN emulates bf16 there, 4x slower than float32 (measured
+with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``, which makes an AMX machine behave as one of
+those: 36 against 157 GMAC/s on a 512x2048x2816 matmul).
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ import torch
 ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2+FMA", "neon": "ARM64 NEON", "scalar": "plain C"}
 LEVELS = ("scalar", "avx2", "avx512")   # lowest first; ARM64 reports "neon" (no forcing above it)
 PACK_NEEDS = "needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT"
+BF16_DOT_FLAGS = ("avx512_bf16", "amx_bf16")   # x86 CPU flags of native bf16 dot products
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) that still allow those
+ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+                    "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2",
+                    "ALL", "DEFAULT")
 
 
 @dataclass(frozen=True)
@@ -33,7 +44,7 @@ class Capability:
     forced: str | None    # DUET_CPU when set
     bf16_packing: bool    # oneDNN pre-packed bf16 linears (CPU bf16 models)
     bf16_packing_why: str
-    bf16_native: bool     # bf16 matmuls run natively (AVX-512/AMX and oneDNN bf16); elsewhere they
+    bf16_native: bool     # bf16 matmuls run natively (AVX512_BF16/AMX and oneDNN bf16); elsewhere they
     #                       are emulated, slower than float32: activations then run in float32
 
     @property
@@ -73,11 +84,44 @@ def _is_arm(machine: str) -> bool:
     return machine.lower() in ("aarch64", "arm64", "armv8l")
 
 
+def bf16_dot() -> tuple[bool | None, str]:
+    """Whether this CPU has native bf16 dot products (AVX512_BF16 or AMX) that oneDNN may use
+    (``ONEDNN_MAX_CPU_ISA`` not below them), and why not; None where its flags are unknown
+    (no /proc/cpuinfo: then oneDNN's own answer stands)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap and cap not in ONEDNN_BF16_ISAS:
+        return False, f"ONEDNN_MAX_CPU_ISA={cap}"
+    flags = cpu_flags()
+    if flags is None:
+        return None, "CPU flags unknown"
+    if not flags & set(BF16_DOT_FLAGS):
+        return False, "no AVX512_BF16 or AMX: oneDNN would emulate bf16, slower than float32"
+    return True, "AVX512_BF16 or AMX"
+
+
+def cpu_flags() -> set[str] | None:
+    """The x86 CPU's feature flags (/proc/cpuinfo), or None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
 def _bf16_packing(forced: str | None) -> tuple[bool, str]:
     """oneDNN's bf16 weight packing, tried once on a tiny weight: it refuses CPUs without
-    AVX-512 or AVX-NE-CONVERT (and ONEDNN_MAX_CPU_ISA below them) with a RuntimeError."""
+    AVX-512 or AVX-NE-CONVERT (and ONEDNN_MAX_CPU_ISA below them) with a RuntimeError. On
+    AVX-512 it needs native bf16 dot products too (``bf16_dot``): without them the packed
+    matmul is emulated and slower than float32."""
     if forced in ("scalar", "avx2"):
         return False, f"off (DUET_CPU={forced}; {PACK_NEEDS})"
+    if "AVX512" in torch.backends.cpu.get_cpu_capability().upper():
+        dot, why = bf16_dot()
+        if dot is False:
+            return False, f"off ({why})"
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         return False, "off (this torch build has no oneDNN)"
     supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
@@ -94,9 +138,10 @@ def _bf16_packing(forced: str | None) -> tuple[bool, str]:
 
 
 def _bf16_native(forced: str | None, torch_isa: str) -> bool:
-    """torch's CPU capability AVX-512 (or AMX) and oneDNN's bf16 support: honours
-    ATEN_CPU_CAPABILITY (AVX2 emulated on an AVX-512 machine) and DUET_CPU."""
-    if forced in ("scalar", "avx2") or torch_isa.upper() not in ("AVX512", "AMX"):
+    """torch's CPU capability AVX-512 (or AMX), native bf16 dot products (``bf16_dot``) and
+    oneDNN's bf16 support: honours ATEN_CPU_CAPABILITY (AVX2 emulated on an AVX-512 machine),
+    ONEDNN_MAX_CPU_ISA and DUET_CPU."""
+    if forced in ("scalar", "avx2") or torch_isa.upper() not in ("AVX512", "AMX") or bf16_dot()[0] is False:
         return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -108,8 +153,13 @@ def report() -> list[tuple[str, str]]:
     """(path, state and why) rows for doctor and the benches: which engine paths this CPU gets."""
     cap = detect()
     forced = f", forced by DUET_CPU={cap.forced}" if cap.forced else ""
+    if cap.bf16_native:
+        matmuls = "native (AVX512_BF16 or AMX): prompts run in bf16"
+    else:
+        dot, why = bf16_dot()
+        matmuls = f"emulated ({why if dot is False else 'torch kernels ' + cap.torch_isa}): prompts run in float32"
     rows = [("cpu", f"{cap.machine}, torch kernels {cap.torch_isa}, engine plans for {cap.level}{forced}"),
-            ("bf16 packing", cap.bf16_packing_why)]
+            ("bf16 packing", cap.bf16_packing_why), ("bf16 matmuls", matmuls)]
     from kernels import dispatch
 
     native_isa = dispatch.plan().native_isa

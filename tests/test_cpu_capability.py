@@ -100,6 +100,43 @@ def test_a_bf16_model_loads_and_generates_where_onednn_refuses_bf16(bf16_model):
     assert got["tokens"] == _greedy(plain, 8)
 
 
+def test_an_avx512_cpu_without_bf16_dot_products_gets_float32_prompts_and_no_packing(bf16_model):
+    """Skylake-SP, Cascade Lake, Ice Lake: AVX-512 but no AVX512_BF16 or AMX. oneDNN takes bf16
+    there but emulates it, slower than float32, so the engine plans as on AVX2: float32
+    activations, plain bf16 weights. ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI`` makes oneDNN behave
+    so on any AVX-512 machine (on others the same holds for their own reasons)."""
+    probe = PROBE.replace('"packed": sum(', '"act": str(__import__("kernels.dispatch").dispatch.plan().act_dtype), '
+                                            '"native": cap.bf16_native, "packed": sum(')
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX512_CORE_VNNI", PYTHONPATH=str(ROOT))
+    for var in ("DUET_CPU", "ATEN_CPU_CAPABILITY"):
+        env.pop(var, None)
+    out = subprocess.run([sys.executable, "-c", probe, str(bf16_model)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["native"] is False and got["act"] == "torch.float32"
+    assert got["packing"] is False and got["packed"] == 0
+    if "AVX512" in torch.backends.cpu.get_cpu_capability().upper():
+        assert "ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI" in got["why"]
+    plain = Engine.load(bf16_model, dtype="bfloat16", max_seq_len=64, pack=False)
+    assert got["tokens"] == _greedy(plain, 8)
+
+
+def test_bf16_counts_as_native_only_with_bf16_dot_products(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(capability, "cpu_flags", lambda: {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"})
+    assert capability.bf16_dot() == (False, "no AVX512_BF16 or AMX: oneDNN would emulate bf16, slower than float32")
+    assert capability._bf16_native(None, "AVX512") is False
+    monkeypatch.setattr(capability, "cpu_flags", lambda: {"avx512f", "avx512bw", "amx_bf16"})
+    assert capability.bf16_dot()[0] is True
+    monkeypatch.setattr(capability, "cpu_flags", lambda: None)     # flags unknown: oneDNN's word stands
+    assert capability.bf16_dot()[0] is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert capability.bf16_dot() == (False, "ONEDNN_MAX_CPU_ISA=AVX2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert capability.bf16_dot()[0] is None
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 build targets")
 @pytest.mark.parametrize("level,isa", [("avx2", "avx2"), ("scalar", "scalar")])
 def test_a_forced_level_builds_the_native_kernels_for_that_level(level, isa, tmp_path):
