@@ -137,13 +137,13 @@ def main(argv=None) -> int:
 
     acts = f"duet GGUF activations {kquant.act_bits()}-bit, integer dot products {kquant.isa() or 'not built'}"
     print(f"Same GGUF file for both engines: DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads; {acts}")
-    print(f"{'file':<8}{'engine':<11}{'decode@0':>10}{'decode@2k':>11}{'prefill':>10}{'load s':>8}")
+    print(f"{'file':<8}{'engine':<11}{'decode@0':>10}{'decode@' + str(qb.PREFILL):>14}{'prefill':>10}{'load s':>8}")
     for r in rows:
         if "error" in r:
             print(f"{r['file']:<8}{r['engine']:<11}  error: {r['error']}")
             continue
         note = "  (no repacking: the AMX build crashed)" if r.get("repack") is False else ""
-        print(f"{r['file']:<8}{r['engine']:<11}{r['decode_ctx0']:>10.1f}{r['decode_ctx2048']:>11.1f}"
+        print(f"{r['file']:<8}{r['engine']:<11}{r['decode_ctx0']:>10.1f}{r['decode_ctx']:>14.1f}"
               f"{r['prefill']:>10.1f}{r['load_s']:>8.1f}{note}")
     print(f"load average before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f} on {load['cpus']} CPUs "
           f"(other processes share these cores: timings are indicative)")

@@ -17,7 +17,8 @@ Q8_0's) / Q4_0 (identical weights). Attention projections,
 dense MLP, experts and head are quantized in both; ``wkv_b`` (attn_k_b/attn_v_b) is bf16 in
 both. llama.cpp runs in a subprocess (llama-cpp-python) with the same thread count.
 
-Reports decode tok/s at batch 1 at context 0 and 2048, prefill tok/s (2048 tokens, best of two passes), and the
+Reports decode tok/s at batch 1 at context 0 and 2048 (``--context N``: N), prefill tok/s (that many tokens,
+best of two passes; one pass from 4096 tokens), and the
 physical limit: active weight bytes per token / memory bandwidth (timed large copy). Duet runs
 twice: with the native CPU kernels (kernels/csrc: int16-activation GEMV, one fused call per
 MoE layer, for prefill the tiled integer GEMM or dequantize + matmul, as the plan says) and
@@ -321,8 +322,8 @@ def run_duet(folder: Path, threads: int, native: bool = True) -> dict:
         for s in range(0, PREFILL, 512):   # chunks, as llama.cpp's n_batch; the last position's logits, as it
             eng.forward(prompt[:, s:s + 512], s, last_only=True)
         prefill = max(prefill, PREFILL / (time.perf_counter() - t))
-    d2k = decode(PREFILL)
-    return {"load_s": load_s, "decode_ctx0": d0, "decode_ctx2048": d2k, "prefill": prefill,
+    d_long = decode(PREFILL)
+    return {"load_s": load_s, "decode_ctx0": d0, "decode_ctx": d_long, "prefill": prefill,
             "weight_bytes": eng.weight_bytes()}
 
 
@@ -353,8 +354,8 @@ pf = 0.0
 for _ in range(int(sys.argv[6])):   # best of these passes, as Duet's
     llm.reset()
     t = time.perf_counter(); llm.eval(prompt); pf = max(pf, prefill / (time.perf_counter() - t))
-d2k = dec()
-print(json.dumps({"load_s": load_s, "decode_ctx0": d0, "decode_ctx2048": d2k, "prefill": pf}))
+d_long = dec()
+print(json.dumps({"load_s": load_s, "decode_ctx0": d0, "decode_ctx": d_long, "prefill": pf}))
 """
 
 
@@ -478,11 +479,14 @@ def profile_duet(folder: Path, threads: int, native: bool = True) -> list[tuple[
 
 
 def main(argv=None) -> int:
+    global DTYPE, PREFILL, PREFILL_PASSES
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=4, help="v2-lite: how many of its layers")
     ap.add_argument("--shape", default="v2-lite", choices=sorted(SHAPES),
                     help="v2-lite: DeepSeek-V2-Lite layer shapes; v3-small: the engine bench's whole V3-shaped model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--context", type=int, default=PREFILL,
+                    help="the prompt length: prefill is timed over it and the second decode column runs after it")
     ap.add_argument("--modes", default="int8,int4")
     ap.add_argument("--workdir", default=None, help="where the model files go (default: a temp dir, removed)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quant_bench.json"))
@@ -491,7 +495,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                     help="Duet's activation dtype (auto: bfloat16 where bf16 matmuls are native, else float32)")
     a = ap.parse_args(argv)
-    global DTYPE
+    if a.context < 512 or a.context % 512:
+        ap.error(f"--context {a.context}: a multiple of 512 (the prefill chunk), at least 512")
+    PREFILL = a.context
+    PREFILL_PASSES = 2 if PREFILL < 4096 else 1
     from kernels import dispatch
 
     DTYPE = a.dtype if a.dtype != "auto" else str(dispatch.plan().act_dtype).removeprefix("torch.")
@@ -550,13 +557,13 @@ def main(argv=None) -> int:
     what = f"DeepSeek-V2-Lite shapes, {a.layers} layers" if a.shape == "v2-lite" else \
         f"the whole small V3-shaped model ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']})"
     print(f"{what}, {a.threads} threads, Duet activations {DTYPE}")
-    print(f"{'engine':<20}{'decode@0':>10}{'decode@2k':>11}{'prefill':>10}{'limit':>8}{'% limit':>9}")
+    print(f"{'engine':<20}{'decode@0':>10}{'decode@' + str(PREFILL):>14}{'prefill':>10}{'limit':>8}{'% limit':>9}")
     for r in rows:
         if "error" in r:
             print(f"{r['engine']:<20}  error: {r['error']}")
             continue
         pct = 100 * r["decode_ctx0"] / r["limit_tok_s"]
-        print(f"{r['engine']:<20}{r['decode_ctx0']:>10.1f}{r['decode_ctx2048']:>11.1f}{r['prefill']:>10.1f}"
+        print(f"{r['engine']:<20}{r['decode_ctx0']:>10.1f}{r['decode_ctx']:>14.1f}{r['prefill']:>10.1f}"
               f"{r['limit_tok_s']:>8.1f}{pct:>8.0f}%")
     for mode, prof in profiles.items():
         print(f"\nduet {mode}: one decode step, top ops by self time (ms, calls)")
@@ -567,7 +574,7 @@ def main(argv=None) -> int:
     load = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
     print(f"load average before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f} on {load['cpus']} CPUs "
           f"(other processes share these cores: timings are indicative)")
-    out.write_text(json.dumps({"shape": a.shape, "config": cfg, "threads": a.threads, "capability": cap, "dtype": DTYPE, "bandwidth": bw, "rows": rows,
+    out.write_text(json.dumps({"shape": a.shape, "context": PREFILL, "config": cfg, "threads": a.threads, "capability": cap, "dtype": DTYPE, "bandwidth": bw, "rows": rows,
                                "call_overhead_us": overhead, "kernel_gbs": kgbs, "profiles": profiles, "load_average": load,
                                "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
     print(f"\nwrote {out}")
