@@ -1670,15 +1670,57 @@ static void rms_f32(const float *x, const void *w, int w_bf16, float *y, int n, 
 }
 
 /* dot of a float32 vector with a float32 one (8 independent lanes, vectorised) or a bf16 one (dot_bf16) */
-INLINE float dot_any(const void *w, int bf16, const float *x, int k) {
-    if (bf16) return dot_bf16((const uint16_t *)w, x, k);
-    const float *f = (const float *)w;
-    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+/* float32 dot product: four independent accumulators, so the loop runs at the FMA units'
+   throughput, not at one FMA chain's latency (one chain was 4-8x slower: the attention scores
+   over a long cache and the float32 linears were bound by it) */
+static float dot_f32(const float *f, const float *x, int k) {
     int i = 0;
-    for (; i + 8 <= k; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += f[i + j] * x[i + j];
-    for (; i < k; i++) acc[0] += f[i] * x[i];
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    float s = 0.f;
+#if defined(DUET_AVX512)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (; i + 64 <= k; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(f + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(f + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(f + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(f + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= k; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(f + i), _mm512_loadu_ps(x + i), a0);
+    s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#elif defined(DUET_AVX2)
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (; i + 32 <= k; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= k; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i), _mm256_loadu_ps(x + i), a0);
+    s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#elif defined(DUET_NEON)
+    float32x4_t a0 = vdupq_n_f32(0.f), a1 = a0, a2 = a0, a3 = a0;
+    for (; i + 16 <= k; i += 16) {
+        a0 = vfmaq_f32(a0, vld1q_f32(f + i), vld1q_f32(x + i));
+        a1 = vfmaq_f32(a1, vld1q_f32(f + i + 4), vld1q_f32(x + i + 4));
+        a2 = vfmaq_f32(a2, vld1q_f32(f + i + 8), vld1q_f32(x + i + 8));
+        a3 = vfmaq_f32(a3, vld1q_f32(f + i + 12), vld1q_f32(x + i + 12));
+    }
+    for (; i + 4 <= k; i += 4) a0 = vfmaq_f32(a0, vld1q_f32(f + i), vld1q_f32(x + i));
+    s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+#else
+    {   /* plain C: 32 independent lanes, which the compiler vectorises */
+        float acc[32] = {0.f};
+        for (; i + 32 <= k; i += 32)
+            for (int j = 0; j < 32; j++) acc[j] += f[i + j] * x[i + j];
+        for (int j = 0; j < 8; j++) acc[j] = (acc[j] + acc[j + 8]) + (acc[j + 16] + acc[j + 24]);
+        s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    }
+#endif
+    for (; i < k; i++) s += f[i] * x[i];
+    return s;
+}
+
+INLINE float dot_any(const void *w, int bf16, const float *x, int k) {
+    return bf16 ? dot_bf16((const uint16_t *)w, x, k) : dot_f32((const float *)w, x, k);
 }
 
 /* y[:n] += a * w[:n] (w float32 or bf16) */
@@ -1779,6 +1821,7 @@ int duet_mla_step(const lin_desc *lin /* wq_a or wq, wq_b (kind 0 without q_lora
             sc[(long)h * S + s] = (dot_any(row, cbf, qlat + (long)h * KV, KV)
                                    + dot_any(row + (long)KV * (cbf ? 2 : 4), cbf, q + (long)h * qk + nope, rope)) * scale;
     }
+#pragma omp parallel for schedule(static) num_threads(at)
     for (int h = 0; h < H; h++) {   /* softmax per head */
         float *r = sc + (long)h * S, m = r[0], z = 0.f;
         for (int s = 1; s < S; s++) m = r[s] > m ? r[s] : m;
