@@ -9,7 +9,8 @@ generator and bench/gguf_deepseek2.py's writer); the Q4_K_M file is llama.cpp's 
 run on the Q8_0 file (requantized: Q4_K / Q6_K, with Q5_0 for attn_k_b's rows of 128, as real
 DeepSeek Q4_K_M files hold). Each file is then loaded by ``Engine.load(file.gguf)`` (its blocks
 run as stored, kernels/kquant.py) and by llama.cpp (llama-cpp-python, in a subprocess, f16
-cache, flash attention off, its default CPU weight repacking), same thread count.
+cache, each column the better of flash attention off and on, its default CPU weight repacking),
+same thread count.
 
 Reports decode tok/s at batch 1 at context 0 and 2048 and prefill tok/s (2048 tokens, chunks of
 512) -- quant_bench's timing code for both engines -- and writes bench/results/gguf_bench.json.
@@ -26,7 +27,6 @@ import ctypes
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,12 +54,10 @@ def run_llama(path: Path, threads: int) -> dict:
     r = qb.run_llama(path, threads)
     if "error" not in r:
         return {**r, "repack": True}
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    p = subprocess.run([sys.executable, "-c", NO_REPACK + qb.LLAMA_SCRIPT, str(path), str(threads), str(qb.PREFILL),
-                        str(qb.DECODE), str(qb.WINDOWS)], capture_output=True, text=True, env=env, timeout=1800)
-    if p.returncode != 0:
-        return {"error": f"crashed with and without repacking (exit {p.returncode})"}
-    return {**json.loads(p.stdout.strip().splitlines()[-1]), "repack": False}
+    r = qb.run_llama(path, threads, prefix=NO_REPACK)
+    if "error" in r:
+        return {"error": "crashed with and without repacking"}
+    return {**r, "repack": False}
 
 
 def write_files(cfg: dict, work: Path, types: list[str]) -> dict[str, Path]:

@@ -332,10 +332,10 @@ import json, sys, time
 import numpy as np
 from llama_cpp import Llama
 path, threads, prefill, decode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-windows = int(sys.argv[5])
+windows, flash = int(sys.argv[5]), sys.argv[7] == "1"
 t = time.perf_counter()
 llm = Llama(path, n_ctx=prefill + decode + 16, n_threads=threads, n_threads_batch=threads, n_batch=512,
-            n_ubatch=512, flash_attn=False, type_k=1, type_v=1, verbose=False, logits_all=False)
+            n_ubatch=512, flash_attn=flash, type_k=1, type_v=1, verbose=False, logits_all=False)
 load_s = time.perf_counter() - t
 rng = np.random.default_rng(1)
 V = llm.n_vocab()
@@ -359,14 +359,26 @@ print(json.dumps({"load_s": load_s, "decode_ctx0": d0, "decode_ctx": d_long, "pr
 """
 
 
-def run_llama(path: Path, threads: int) -> dict:
+def run_llama(path: Path, threads: int, prefix: str = "") -> dict:
+    """llama.cpp's figures, each column the better of flash attention off and on (which one is
+    recorded per column: flash attention makes long-context decode faster and prefill slower
+    here). ``prefix``: code run before the timing script (gguf_bench's build switches)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    r = subprocess.run([sys.executable, "-c", LLAMA_SCRIPT, str(path), str(threads), str(PREFILL), str(DECODE), str(WINDOWS),
-                        str(PREFILL_PASSES)],
-                       capture_output=True, text=True, env=env, timeout=900)
-    if r.returncode != 0:
-        return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    runs = {}
+    for flash in ("0", "1"):
+        r = subprocess.run([sys.executable, "-c", prefix + LLAMA_SCRIPT, str(path), str(threads), str(PREFILL), str(DECODE),
+                            str(WINDOWS), str(PREFILL_PASSES), flash],
+                           capture_output=True, text=True, env=env, timeout=1800)
+        if r.returncode != 0:
+            return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]}
+        runs[flash == "1"] = json.loads(r.stdout.strip().splitlines()[-1])
+    best = {"load_s": runs[False]["load_s"], "flash_attn": {}}
+    for key in ("decode_ctx0", "decode_ctx", "prefill"):
+        flash = runs[True][key] > runs[False][key]
+        best[key] = runs[flash][key]
+        best["flash_attn"][key] = flash
+    best["runs"] = {"flash_attn_off": runs[False], "flash_attn_on": runs[True]}
+    return best
 
 
 def call_overhead_us(threads: int) -> dict:
