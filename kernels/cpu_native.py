@@ -12,8 +12,8 @@ The C file is compiled with the system compiler (``$CC``, default ``cc``) as
 (``haswell``: AVX2; ``x86-64``: plain C; ``native``; a value starting with ``-`` is passed as
 the flag itself). The C picks its SIMD path from the target (AVX-512BW, AVX2+FMA, ARM64's NEON
 for the integer block products, else plain C), so it builds on any CPU; tests/arm64_emulator.py
-runs the ARM64 build on an emulated CPU in the test suite. Where the compiler has no OpenMP (Apple clang) it is built
-without and runs on one thread, with one warning. With OpenMP it is linked against the
+runs the ARM64 build on an emulated CPU in the test suite. Where the compiler has no OpenMP
+(Apple clang) it is built without and runs on one thread, with one warning. With OpenMP it is linked against the
 runtime torch itself loaded, so both share one thread pool (two runtimes on few cores spin
 against each other). The .so is cached under ``$DUET_KERNEL_CACHE`` (default: the user cache
 dir ``duet/kernels``), named by a hash of source, flags, compiler version, that runtime and

@@ -27,8 +27,8 @@ The C file is built with kernels/cpu_native.py's target flags (``-march=native``
 ``DUET_NATIVE_MARCH``, ``DUET_CPU=avx2|scalar``), -O3, torch's OpenMP runtime, cached by a
 hash of sources and flags, plus ``-ffp-contract=off`` so no fused multiply-add changes a
 dequantized weight; where the compiler has no OpenMP it is built without (one thread), as
-kernels/cpu_native's library is. ``variant(march)`` swaps in another build for a block (tests run the
-AVX2 and plain-C builds on any x86-64 CPU). Where no compiler works, a vectorised torch
+kernels/cpu_native's library is. ``variant(march)`` swaps in another build for a block (tests
+run the AVX2 and plain-C builds on any x86-64 CPU, and tests/arm64_emulator.py the ARM64 one). Where no compiler works, a vectorised torch
 dequantizer (same formulas, float32) stands in.
 """
 

@@ -83,7 +83,7 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("name", [n for n in BUILDS if BUILDS[n][0] == "haswell" or BUILDS[n][0] == "x86-64"])
+@pytest.mark.parametrize("name", [n for n in BUILDS if BUILDS[n][0] in ("haswell", "x86-64")])
 def test_each_target_compiles_its_own_simd_path(name):
     march, _, isa = BUILDS[name]
     if not _X86:
