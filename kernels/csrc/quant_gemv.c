@@ -1672,40 +1672,43 @@ static void rms_f32(const float *x, const void *w, int w_bf16, float *y, int n, 
 /* dot of a float32 vector with a float32 one (8 independent lanes, vectorised) or a bf16 one (dot_bf16) */
 /* float32 dot product: four independent accumulators, so the loop runs at the FMA units'
    throughput, not at one FMA chain's latency (one chain was 4-8x slower: the attention scores
-   over a long cache and the float32 linears were bound by it) */
+   over a long cache and the float32 linears were bound by it). One loop for every SIMD width. */
+#if defined(DUET_AVX512)
+typedef __m512 vf_t;
+#define VF_W 16
+#define VF_ZERO() _mm512_setzero_ps()
+#define VF_FMA(a, p, q) _mm512_fmadd_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(q), a)
+#define VF_SUM(v) _mm512_reduce_add_ps(v)
+#define VF_ADD _mm512_add_ps
+#elif defined(DUET_AVX2)
+typedef __m256 vf_t;
+#define VF_W 8
+#define VF_ZERO() _mm256_setzero_ps()
+#define VF_FMA(a, p, q) _mm256_fmadd_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(q), a)
+#define VF_SUM(v) hsum256(v)
+#define VF_ADD _mm256_add_ps
+#elif defined(DUET_NEON)
+typedef float32x4_t vf_t;
+#define VF_W 4
+#define VF_ZERO() vdupq_n_f32(0.f)
+#define VF_FMA(a, p, q) vfmaq_f32(a, vld1q_f32(p), vld1q_f32(q))
+#define VF_SUM(v) vaddvq_f32(v)
+#define VF_ADD vaddq_f32
+#endif
+
 static float dot_f32(const float *f, const float *x, int k) {
     int i = 0;
     float s = 0.f;
-#if defined(DUET_AVX512)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    for (; i + 64 <= k; i += 64) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(f + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(f + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(f + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(f + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+#if defined(VF_W)
+    vf_t a0 = VF_ZERO(), a1 = VF_ZERO(), a2 = VF_ZERO(), a3 = VF_ZERO();
+    for (; i + 4 * VF_W <= k; i += 4 * VF_W) {
+        a0 = VF_FMA(a0, f + i, x + i);
+        a1 = VF_FMA(a1, f + i + VF_W, x + i + VF_W);
+        a2 = VF_FMA(a2, f + i + 2 * VF_W, x + i + 2 * VF_W);
+        a3 = VF_FMA(a3, f + i + 3 * VF_W, x + i + 3 * VF_W);
     }
-    for (; i + 16 <= k; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(f + i), _mm512_loadu_ps(x + i), a0);
-    s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-#elif defined(DUET_AVX2)
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    for (; i + 32 <= k; i += 32) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i), _mm256_loadu_ps(x + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-    }
-    for (; i + 8 <= k; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(f + i), _mm256_loadu_ps(x + i), a0);
-    s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-#elif defined(DUET_NEON)
-    float32x4_t a0 = vdupq_n_f32(0.f), a1 = a0, a2 = a0, a3 = a0;
-    for (; i + 16 <= k; i += 16) {
-        a0 = vfmaq_f32(a0, vld1q_f32(f + i), vld1q_f32(x + i));
-        a1 = vfmaq_f32(a1, vld1q_f32(f + i + 4), vld1q_f32(x + i + 4));
-        a2 = vfmaq_f32(a2, vld1q_f32(f + i + 8), vld1q_f32(x + i + 8));
-        a3 = vfmaq_f32(a3, vld1q_f32(f + i + 12), vld1q_f32(x + i + 12));
-    }
-    for (; i + 4 <= k; i += 4) a0 = vfmaq_f32(a0, vld1q_f32(f + i), vld1q_f32(x + i));
-    s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i + VF_W <= k; i += VF_W) a0 = VF_FMA(a0, f + i, x + i);
+    s = VF_SUM(VF_ADD(VF_ADD(a0, a1), VF_ADD(a2, a3)));
 #else
     {   /* plain C: 32 independent lanes, which the compiler vectorises */
         float acc[32] = {0.f};
