@@ -88,6 +88,8 @@ def bf16_dot() -> tuple[bool | None, str]:
     """Whether this CPU has native bf16 dot products (AVX512_BF16 or AMX) that oneDNN may use
     (``ONEDNN_MAX_CPU_ISA`` not below them), and why not; None where its flags are unknown
     (no /proc/cpuinfo: then oneDNN's own answer stands)."""
+    if _is_arm(platform.machine()):
+        return None, "not x86"
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
     if cap and cap not in ONEDNN_BF16_ISAS:
         return False, f"ONEDNN_MAX_CPU_ISA={cap}"
@@ -100,11 +102,12 @@ def bf16_dot() -> tuple[bool | None, str]:
 
 
 def cpu_flags() -> set[str] | None:
-    """The x86 CPU's feature flags (/proc/cpuinfo), or None where they cannot be read."""
+    """This CPU's feature flags (/proc/cpuinfo: x86's "flags", ARM's "Features"), or None where
+    they cannot be read. The one reader: the native kernels' build cache keys on them too."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return set(line.split(":", 1)[1].split())
     except OSError:
         return None

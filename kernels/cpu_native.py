@@ -47,6 +47,8 @@ from pathlib import Path
 
 import torch
 
+from kernels import capability
+
 __all__ = ["lib", "build", "build_any", "variant", "swapped", "isa", "flags", "gemm", "gemm_tiled", "dequant", "moe", "moe_many", "moe_bf16", "head_gemv",
            "rms_norm", "mla_step", "layer_step", "gate", "CALLS", "SOURCE"]
 
@@ -85,11 +87,8 @@ def _cache_dir() -> Path:
 def _cpu_flags() -> bytes:
     """This CPU's feature flags: -march=native code must not be reused on another CPU (a cache
     dir on a shared home)."""
-    try:
-        with open("/proc/cpuinfo", "rb") as f:
-            return next((line for line in f if line.startswith(b"flags")), b"")
-    except OSError:
-        return platform.processor().encode()
+    found = capability.cpu_flags()
+    return " ".join(sorted(found)).encode() if found else platform.processor().encode()
 
 
 def flags(march: str | None = None) -> list[str]:
@@ -106,12 +105,10 @@ def flags(march: str | None = None) -> list[str]:
 
 
 def _forced_march() -> str | None:
-    from kernels.capability import forced_level
-
     if platform.machine().lower() not in _X86:
         return None
     try:
-        return {"avx2": "haswell", "scalar": "x86-64"}.get(forced_level())
+        return {"avx2": "haswell", "scalar": "x86-64"}.get(capability.forced_level())
     except ValueError:
         return None  # a bad DUET_CPU is reported where the engine loads
 
