@@ -2,7 +2,7 @@
 
     lib() -> ctypes.CDLL | None     the loaded library, or None (then the aten paths run)
     isa() -> str | None             the SIMD path compiled in: "avx512", "avx2", "neon" or "scalar"
-    gemm / gemm_tiled / dequant / moe / moe_bf16 / head_gemv / rms_norm / mla_step / layer_step
+    gemm / gemm_tiled / dequant / moe / moe_bf16 / head_gemv / rms_norm / mla_step / layers_step
     / gate
                                     thin wrappers over its entry points
 
@@ -50,7 +50,7 @@ import torch
 from kernels import capability
 
 __all__ = ["lib", "build", "build_any", "variant", "swapped", "isa", "flags", "gemm", "gemm_tiled", "dequant", "moe", "moe_many", "moe_bf16", "head_gemv",
-           "rms_norm", "mla_step", "layer_step", "gate", "CALLS", "SOURCE"]
+           "rms_norm", "mla_step", "layers_step", "gate", "CALLS", "SOURCE"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "quant_gemv.c"
@@ -202,9 +202,8 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.duet_mla_step.restype = _c_int
     so.duet_mla_step.argtypes = [_ptr, _ptr, _ptr, _ptr, ctypes.c_float, _ptr, _c_int, _ptr, _ptr, _ptr, _ptr, _ptr,
                                  _ptr, _ptr, _ptr, _c_int, _c_int]
-    so.duet_layer_step.restype = _c_int
-    so.duet_layer_step.argtypes = [_ptr, _ptr, _ptr, _ptr, ctypes.c_float, _ptr, _c_int, _ptr, _ptr, _ptr, _ptr,
-                                   _ptr, _ptr, _ptr, _ptr, _c_int, _c_int]
+    so.duet_layers_step.restype = _c_int
+    so.duet_layers_step.argtypes = [_ptr, _c_int, _c_int, _ptr, _ptr, _ptr, _ptr, _c_int, _c_int]
     so.duet_gate.restype = _c_int
     so.duet_gate.argtypes = [_ptr, _ptr, _ptr, _c_int, _c_int, _c_int, _c_int, _c_int, _c_int, _c_int, _c_int,
                              ctypes.c_float, _ptr, _ptr]
@@ -395,18 +394,17 @@ def mla_step(step, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tens
         raise MemoryError("duet_mla_step: out of memory")
 
 
-def layer_step(step, ffn: torch.Tensor, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor,
-               out: torch.Tensor) -> None:
-    """One token at ``pos`` through a whole decode layer: the MLA block of ``step``
-    (kernels.decode_step.MLAStep), then the FFN of descriptor ``ffn`` (decode_step.LayerStep);
-    fills ``out`` (x's shape and dtype) and the latent cache row ``pos``."""
-    CALLS["layer_step"] += 1
-    rc = _LIB.duet_layer_step(step.lin.data_ptr(), step.norms.data_ptr(), step.norm_bf16.data_ptr(),
-                              step.eps.data_ptr(), step.shape.scale, step.dims.data_ptr(), pos, cos.data_ptr(),
-                              sin.data_ptr(), step.cache.data_ptr(), step.uk, step.uv_t, ffn.data_ptr(), x.data_ptr(),
-                              out.data_ptr(), _BF16[x.dtype], torch.get_num_threads())
+def layers_step(rows: torch.Tensor, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor,
+                out: torch.Tensor) -> None:
+    """One token at ``pos`` through consecutive whole decode layers, one call: ``rows`` int64
+    [layers, 10], each layer's line (kernels.decode_step.LayerStep.row: its MLA block's
+    descriptors, then its FFN's); fills ``out`` (x's shape and dtype) and each layer's latent
+    cache row ``pos``. CALLS["layer_step"] counts the layers stepped."""
+    CALLS["layer_step"] += rows.shape[0]
+    rc = _LIB.duet_layers_step(rows.data_ptr(), rows.shape[0], pos, cos.data_ptr(), sin.data_ptr(), x.data_ptr(),
+                               out.data_ptr(), _BF16[x.dtype], torch.get_num_threads())
     if rc:
-        raise MemoryError("duet_layer_step: out of memory") if rc == 1 else ValueError(f"duet_layer_step failed ({rc})")
+        raise MemoryError("duet_layers_step: out of memory") if rc == 1 else ValueError(f"duet_layers_step failed ({rc})")
 
 
 def gate(p, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,8 @@ work. Here they are calls into kernels/csrc:
     gate(x)    -> (weights, indices)   V3's / V2's router for one token
     LayerStep(x) -> h + ffn(normed)    the whole layer: the two above, then the experts (or the
                                  dense MLP) and the residual, one call (``fuse_layer``)
+    LayerStack(x)                consecutive whole layers, one call: a small model's decode step
+                                 makes one call between its embedding and its head
 
 They compute what the modules they replace compute (the reference is the model's own PyTorch
 path; tests compare them): in a float32 model they agree up to the order of the sums; they are
@@ -172,9 +174,10 @@ def gate(p: GatePlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class LayerStep:
-    """A whole decode layer as one native call (``duet_layer_step``): the MLA block of ``attn``,
-    then the FFN: the router (``gate``; None for a dense MLP) and the fused experts' table
-    (kernels.moe.FusedExperts / FusedBF16Experts), then the residual. Built by ``fuse_layer``."""
+    """A whole decode layer for the native call: the MLA block of ``attn``, then the FFN: the
+    router (``gate``; None for a dense MLP) and the fused experts' table
+    (kernels.moe.FusedExperts / FusedBF16Experts), then the residual. Built by ``fuse_layer``;
+    ``row`` is its line of the call's layer table, ``LayerStack`` runs it (alone when called)."""
 
     def __init__(self, attn: MLAStep, experts: FusedExperts | FusedBF16Experts, gate: GatePlan | None):
         self.attn, self._keep = attn, (experts, gate)
@@ -186,22 +189,47 @@ class LayerStep:
         if gate is None:
             ffn += [0] * 10
         else:
-            scale_bits = struct.unpack("<i", struct.pack("<f", gate.route_scale))[0]
             ffn += [gate.weight.data_ptr(), gate.bias.data_ptr() if gate.bias is not None else 0, gate.weight.shape[0],
                     int(gate.sigmoid), gate.n_group, gate.topk_group, gate.method, gate.topk, int(gate.norm),
-                    scale_bits]
+                    _f32_bits(gate.route_scale)]
         self.ffn = torch.tensor(ffn, dtype=torch.int64)
+        # duet_layers_step's L_* columns
+        self.row = [attn.lin.data_ptr(), attn.norms.data_ptr(), attn.norm_bf16.data_ptr(), attn.eps.data_ptr(),
+                    _f32_bits(attn.shape.scale), attn.dims.data_ptr(), attn.cache.data_ptr(), attn.uk, attn.uv_t,
+                    self.ffn.data_ptr()]
+        self._alone: LayerStack | None = None
 
     def __call__(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [1, 1, hidden] (bf16 or float32) at position start_pos -> the layer's output."""
+        if self._alone is None:
+            self._alone = LayerStack([self])
+        return self._alone(x, start_pos, cos, sin)
+
+
+class LayerStack:
+    """Consecutive decode layers (``LayerStep``s), one native call for all of them
+    (``duet_layers_step``): a small model's whole decode step between the embedding and the final
+    norm, with no framework call between its layers."""
+
+    def __init__(self, steps: list[LayerStep]):
+        self.steps = list(steps)
+        self.rows = torch.tensor([s.row for s in self.steps], dtype=torch.int64)
+        self.positions = min(s.attn.cache.shape[1] for s in self.steps)
+
+    def __call__(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [1, 1, hidden] (bf16 or float32) at position start_pos -> the last layer's output."""
         from kernels import cpu_native
 
-        if start_pos >= self.attn.cache.shape[1]:
-            raise IndexError(f"position {start_pos} is past the cache ({self.attn.cache.shape[1]} rows)")
+        if start_pos >= self.positions:
+            raise IndexError(f"position {start_pos} is past the cache ({self.positions} rows)")
         x, cos, sin = _plain(x), _plain(cos, torch.float32), _plain(sin, torch.float32)
         out = torch.empty_like(x)
-        cpu_native.layer_step(self.attn, self.ffn, x, start_pos, cos, sin, out)
+        cpu_native.layers_step(self.rows, x, start_pos, cos, sin, out)
         return out
+
+
+def _f32_bits(v: float) -> int:
+    return struct.unpack("<i", struct.pack("<f", v))[0]
 
 
 def fuse_layer(attn: MLAStep | None, experts, gate: GatePlan | None, *, routed: bool) -> LayerStep | None:

@@ -118,8 +118,8 @@ class Engine:
         except BaseException:
             self._forget_from(min(start_pos, len(self._held)))  # a half-written row holds nothing known
             raise
-        if contiguous:
-            self._held = self._held[:start_pos] + [int(t) for t in new]
+        if contiguous:  # (the rows from start_pos on were forgotten above)
+            self._held.extend(new)
             if self.has_mtp:
                 self._hidden.add(start_pos, self.model.last_hidden[0])
         return logits

@@ -339,6 +339,10 @@ class Block(nn.Module):
             normed = self.ffn_norm(x)
         return x + self.ffn(normed)
 
+    def whole_step(self) -> decode_step.LayerStep | None:
+        """The one-call step of this whole layer for one token, or None (built at the first use)."""
+        return self.whole if self._step() is not None else None
+
     def _step(self) -> decode_step.MLAStep | None:
         if self.step is _UNBUILT or (self.step is not None and self.step.cache is not self.attn.cache):
             self.step = self.attn.fuse_step(self.attn_norm, self.ffn_norm)  # (again after a new cache)
@@ -360,6 +364,7 @@ class Transformer(nn.Module):
         self.sin: torch.Tensor | None = None
         self.mtp = nn.ModuleList()  # the checkpoint's MTP modules, when loaded (see MTP)
         self.last_hidden: torch.Tensor | None = None  # [B, T, hidden] after the final norm: what MTP reads
+        self.stack: decode_step.LayerStack | None = None  # every layer's one-token step as one call
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
         """logits [B, T, vocab], or [B, 1, vocab] for the last position alone (a prefill that
@@ -367,10 +372,24 @@ class Transformer(nn.Module):
         T = tokens.shape[1]
         cos, sin = self.cos[start_pos:start_pos + T], self.sin[start_pos:start_pos + T]
         h = self.embed(tokens)
-        for layer in self.layers:
-            h = layer(h, start_pos, cos, sin)
+        stack = self._stack() if tokens.shape[0] * T == 1 else None
+        if stack is not None:
+            h = stack(h, start_pos, cos, sin)  # one token through every layer: one call
+        else:
+            for layer in self.layers:
+                h = layer(h, start_pos, cos, sin)
         self.last_hidden = h = self.norm(h)
         return self.head(h[:, -1:] if last_only else h).float()
+
+    def _stack(self) -> decode_step.LayerStack | None:
+        """The layers' one-token steps as one call, where every layer has one (rebuilt when a
+        layer's step is: a new cache)."""
+        steps = [layer.whole_step() for layer in self.layers]
+        if not steps or None in steps:
+            return None
+        if self.stack is None or any(a is not b for a, b in zip(self.stack.steps, steps)):
+            self.stack = decode_step.LayerStack(steps)
+        return self.stack
 
 
 class MTP(nn.Module):

@@ -100,6 +100,8 @@ def test_each_target_compiles_its_own_simd_path(name):
 
 def test_arm_and_other_cpus_get_mcpu_not_march(monkeypatch):
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    monkeypatch.delenv("DUET_NATIVE_MARCH", raising=False)   # (a run may set it for the whole suite)
+    monkeypatch.delenv("DUET_CPU", raising=False)
     assert cpu_native.flags()[-1] == "-mcpu=native"
     monkeypatch.setenv("DUET_NATIVE_MARCH", "-march=armv8.2-a+dotprod")
     assert cpu_native.flags()[-1] == "-march=armv8.2-a+dotprod"

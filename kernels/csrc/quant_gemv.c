@@ -126,40 +126,93 @@ typedef struct {
     float *sum;             /* [M][KB]: the sum of the rounded block */
 } xq_t;
 
-/* one block of XB floats -> int16 codes, scale, sum */
-INLINE void quant_block(const float *v, int XB, int16_t *q, float *scale, float *sum) {
+/* |v| max over one block of XB floats (a NaN is passed over, as the plain loop's compare does) */
+INLINE float block_amax(const float *v, int XB) {
+#if defined(DUET_AVX2)
+    const __m256 nosign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < XB; i += 8) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(v + i), nosign), m);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+#else
     float amax = 0.f;
     for (int i = 0; i < XB; i++) {
         float a = fabsf(v[i]);
         amax = a > amax ? a : amax;
     }
-    float inv = amax > 0.f ? 32767.f / amax : 0.f;
+    return amax;
+#endif
+}
+
+#if defined(DUET_AVX2)
+/* eight codes of v * inv clamped to +-lim, rounded half away from zero: the plain loop's
+   (int)(r + (r >= 0 ? 0.5 : -0.5)), lane for lane */
+INLINE __m256i round_codes(const float *v, __m256 inv, __m256 lim) {
+    const __m256 sign = _mm256_set1_ps(-0.f), half = _mm256_set1_ps(0.5f);
+    __m256 r = _mm256_mul_ps(_mm256_loadu_ps(v), inv);
+    r = _mm256_max_ps(_mm256_min_ps(r, lim), _mm256_xor_ps(lim, sign));
+    return _mm256_cvttps_epi32(_mm256_add_ps(r, _mm256_or_ps(_mm256_and_ps(r, sign), half)));
+}
+
+INLINE int32_t hsum_epi32(__m256i v) {
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+    return _mm_cvtsi128_si32(h);
+}
+#endif
+
+/* one block of XB floats -> int16 codes, scale, sum */
+INLINE void quant_block(const float *v, int XB, int16_t *q, float *scale, float *sum) {
+    const float amax = block_amax(v, XB), inv = amax > 0.f ? 32767.f / amax : 0.f;
     int32_t qs = 0;
+#if defined(DUET_AVX2)
+    const __m256 vi = _mm256_set1_ps(inv), lim = _mm256_set1_ps(32767.f);
+    __m256i acc = _mm256_setzero_si256();
+    for (int i = 0; i < XB; i += 16) {
+        const __m256i a = round_codes(v + i, vi, lim), b = round_codes(v + i + 8, vi, lim);
+        acc = _mm256_add_epi32(acc, _mm256_add_epi32(a, b));
+        _mm256_storeu_si256((__m256i *)(q + i), _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8));
+    }
+    qs = hsum_epi32(acc);
+#else
     for (int i = 0; i < XB; i++) {
         float r = v[i] * inv;
         r = r > 32767.f ? 32767.f : (r < -32767.f ? -32767.f : r);
         q[i] = (int16_t)(r + (r >= 0.f ? 0.5f : -0.5f));
         qs += q[i];
     }
+#endif
     *scale = amax / 32767.f;
     *sum = (float)qs * *scale;   /* the sum of the rounded block: the zero-point terms see the same x */
 }
 
 /* one block of XB floats -> int8 codes in -127..127 (Q8_0's rounding), scale, sum */
 INLINE void quant_block8(const float *v, int XB, int8_t *q, float *scale, float *sum) {
-    float amax = 0.f;
-    for (int i = 0; i < XB; i++) {
-        float a = fabsf(v[i]);
-        amax = a > amax ? a : amax;
-    }
-    float inv = amax > 0.f ? 127.f / amax : 0.f;
+    const float amax = block_amax(v, XB), inv = amax > 0.f ? 127.f / amax : 0.f;
     int32_t qs = 0;
+#if defined(DUET_AVX2)
+    const __m256 vi = _mm256_set1_ps(inv), lim = _mm256_set1_ps(127.f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i acc = _mm256_setzero_si256();
+    for (int i = 0; i < XB; i += 32) {
+        const __m256i a = round_codes(v + i, vi, lim), b = round_codes(v + i + 8, vi, lim);
+        const __m256i c = round_codes(v + i + 16, vi, lim), d = round_codes(v + i + 24, vi, lim);
+        acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d)));
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+        _mm256_storeu_si256((__m256i *)(q + i), _mm256_permutevar8x32_epi32(p, order));
+    }
+    qs = hsum_epi32(acc);
+#else
     for (int i = 0; i < XB; i++) {
         float r = v[i] * inv;
         r = r > 127.f ? 127.f : (r < -127.f ? -127.f : r);
         q[i] = (int8_t)(r + (r >= 0.f ? 0.5f : -0.5f));
         qs += q[i];
     }
+#endif
     *scale = amax / 127.f;
     *sum = (float)qs * *scale;
 }
@@ -193,6 +246,10 @@ static void xq_fill(xq_t *xq, const void *x, int bf16, int k, long ldx) {
     for (int m = 0; m < xq->M; m++) {
         for (int b = 0; b < xq->KB; b++) {
             int base = b * xq->XB;
+            if (!bf16 && base + xq->XB <= k) {   /* a whole float32 block: read in place */
+                xq_put(xq, m, b, (const float *)x + (long)m * ldx + base);
+                continue;
+            }
             for (int i = 0; i < xq->XB; i++) {
                 int c = base + i;
                 v[i] = c < k ? load_act(x, bf16, (long)m * ldx + c) : 0.f;
@@ -1989,16 +2046,48 @@ static int ffn_step(const int64_t *f, const void *h, const void *normed, void *o
     return rc;
 }
 
-int duet_layer_step(const lin_desc *lin, const int64_t *norms, const int32_t *norm_bf16, const float *eps,
-                    float scale, const int32_t *dims, int pos, const float *cs, const float *sn, void *cache,
-                    const void *w_uk, const void *w_uv_t, const int64_t *ffn, const void *x, void *out,
-                    int act_bf16, int threads) {
+static int layer_step(const lin_desc *lin, const int64_t *norms, const int32_t *norm_bf16, const float *eps,
+                      float scale, const int32_t *dims, int pos, const float *cs, const float *sn, void *cache,
+                      const void *w_uk, const void *w_uv_t, const int64_t *ffn, const void *x, void *out,
+                      int act_bf16, int threads) {
     const long bytes = (long)dims[D_HIDDEN] * (act_bf16 ? 2 : 4);
     char *buf = malloc(2 * bytes);
     if (!buf) return 1;
     int rc = duet_mla_step(lin, norms, norm_bf16, eps, scale, dims, pos, cs, sn, cache, w_uk, w_uv_t, x, buf,
                            buf + bytes, act_bf16, threads);
     if (!rc) rc = ffn_step(ffn, buf, buf + bytes, out, act_bf16, threads);
+    free(buf);
+    return rc;
+}
+
+
+/* ---------------------------------------------------------------------------------------------
+ * Every decode layer of a model for one token, one call: layer_step (one layer: the MLA block, then the FFN) for each row of
+ * ``layers`` [n][L_COUNT] (int64: the addresses and values its arguments take), x -> out
+ * (bf16 or float32, [hidden]), the layers' hidden states passing through two scratch rows. */
+enum { L_LIN, L_NORMS, L_NORM_BF16, L_EPS, L_SCALE /* float32 bits */, L_DIMS, L_CACHE, L_UK, L_UV_T, L_FFN,
+       L_COUNT };
+
+int duet_layers_step(const int64_t *layers, int n, int pos, const float *cs, const float *sn, const void *x,
+                     void *out, int act_bf16, int threads) {
+    if (n < 1) return 2;
+    const long bytes = (long)((const int32_t *)layers[L_DIMS])[D_HIDDEN] * (act_bf16 ? 2 : 4);
+    char *buf = malloc(2 * bytes);
+    if (!buf) return 1;
+    const void *in = x;
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        const int64_t *l = layers + (long)i * L_COUNT;
+        void *to = i == n - 1 ? out : buf + (i % 2) * bytes;
+        float scale;
+        const int32_t bits = (int32_t)l[L_SCALE];
+        memcpy(&scale, &bits, sizeof scale);
+        rc = layer_step((const lin_desc *)l[L_LIN], (const int64_t *)l[L_NORMS], (const int32_t *)l[L_NORM_BF16],
+                             (const float *)l[L_EPS], scale, (const int32_t *)l[L_DIMS], pos, cs, sn,
+                             (void *)l[L_CACHE], (const void *)l[L_UK], (const void *)l[L_UV_T],
+                             (const int64_t *)l[L_FFN], in, to, act_bf16, threads);
+        in = to;
+    }
     free(buf);
     return rc;
 }
