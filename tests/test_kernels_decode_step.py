@@ -121,6 +121,34 @@ def test_a_long_context_spreads_attention_over_threads_and_still_matches(v3):
     assert torch.allclose(got, ref, atol=2e-4, rtol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def v3_odd(tmp_path_factory):
+    """6 heads (the attention tiles take 4 at a time: a tile and a rest), a latent of 40 and rope
+    keys of 8 (rows of 48: no multiple of the 16- or 32-float vector steps either)."""
+    return write_tiny_v3(tmp_path_factory.mktemp("v3-odd"), **dict(SIZES, num_attention_heads=6, num_key_value_heads=6,
+                                                                    kv_lora_rank=40))
+
+
+@pytest.mark.parametrize("march", ["native", "haswell", "x86-64", "arm64"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_attention_tiles_match_on_awkward_shapes_in_every_build(v3_odd, march, dtype):
+    import contextlib
+    import platform
+
+    if march in ("haswell", "x86-64") and platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-64 builds")
+    build = (contextlib.nullcontext() if march == "native" else arm64_emulator.native(16) if march == "arm64"
+             else cpu_native.variant(march, act_bits=16))
+    with build:   # an odd context (37 + 5 rows: the 2-row tiles and a last row alone)
+        got, ref, calls = _pair(v3_odd, dtype, None, prompt_len=37, steps=5)
+    assert calls["mla_step"] + calls["layer_step"] == 5 * SIZES["num_hidden_layers"]
+    if dtype == "float32":
+        assert torch.allclose(got, ref, atol=2e-4, rtol=1e-4), (got - ref).abs().max()
+    else:   # float32 inside against the bf16 PyTorch path: within bf16's rounding
+        cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
+        assert cos.min() > 0.999, cos
+
+
 def test_a_decode_step_makes_a_fraction_of_the_framework_calls(v3):
     """Ops the profiler sees per decode step: the native step replaces ~60 per layer by a few, the
     whole-layer call (attention, router, experts, residual) fewer still."""

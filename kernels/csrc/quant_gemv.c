@@ -1738,6 +1738,11 @@ typedef __m512 vf_t;
 #define VF_FMA(a, p, q) _mm512_fmadd_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(q), a)
 #define VF_SUM(v) _mm512_reduce_add_ps(v)
 #define VF_ADD _mm512_add_ps
+#define VF_LD(p) _mm512_loadu_ps(p)
+#define VF_LDB(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define VF_SET1(v) _mm512_set1_ps(v)
+#define VF_MAD(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VF_ST(p, v) _mm512_storeu_ps(p, v)
 #elif defined(DUET_AVX2)
 typedef __m256 vf_t;
 #define VF_W 8
@@ -1745,6 +1750,11 @@ typedef __m256 vf_t;
 #define VF_FMA(a, p, q) _mm256_fmadd_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(q), a)
 #define VF_SUM(v) hsum256(v)
 #define VF_ADD _mm256_add_ps
+#define VF_LD(p) _mm256_loadu_ps(p)
+#define VF_LDB(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define VF_SET1(v) _mm256_set1_ps(v)
+#define VF_MAD(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VF_ST(p, v) _mm256_storeu_ps(p, v)
 #elif defined(DUET_NEON)
 typedef float32x4_t vf_t;
 #define VF_W 4
@@ -1752,6 +1762,11 @@ typedef float32x4_t vf_t;
 #define VF_FMA(a, p, q) vfmaq_f32(a, vld1q_f32(p), vld1q_f32(q))
 #define VF_SUM(v) vaddvq_f32(v)
 #define VF_ADD vaddq_f32
+#define VF_LD(p) vld1q_f32(p)
+#define VF_LDB(p) vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16))
+#define VF_SET1(v) vdupq_n_f32(v)
+#define VF_MAD(a, b, c) vfmaq_f32(c, a, b)
+#define VF_ST(p, v) vst1q_f32(p, v)
 #endif
 
 static float dot_f32(const float *f, const float *x, int k) {
@@ -1808,6 +1823,118 @@ static int lin_run(const lin_desc *L, const float *x, float *y, int threads, int
     return 0;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The two attention products that grow with the context, over rows s0..s1-1 of the latent
+ * cache (float32 or bf16 rows of `stride` elements: [latent (KV), rope key]). A row is read once
+ * for several heads (a tile of 2 rows x 4 heads of accumulators for the scores, 4 heads x 2
+ * vectors for the latent sums), so loads stay below the FMAs: a head at a time, every FMA needed
+ * a load of the row and one of the query, and the long-context decode ran at a third of the
+ * FMA units' rate. cbf is a constant at each call (the functions are inlined twice). */
+#define ROW(c, cbf, s, stride) ((const char *)(c) + (long)(s) * (stride) * ((cbf) ? 2 : 4))
+#if defined(VF_W)
+#define ROWV(r, cbf, d) ((cbf) ? VF_LDB((const uint16_t *)(r) + (d)) : VF_LD((const float *)(r) + (d)))
+#endif
+
+INLINE float row_val(const char *r, int cbf, int d) {
+    return cbf ? bf2f(((const uint16_t *)r)[d]) : ((const float *)r)[d];
+}
+
+/* sc[h * S + s] = scale * (row_s[0:D] . qf[h * D : (h + 1) * D]) */
+INLINE void attn_scores(const void *cache, const int cbf, int stride, int s0, int s1, const float *qf, int H,
+                        int D, float scale, float *sc, int S) {
+    int s = s0;
+#if defined(VF_W)
+    const int Dv = D - D % VF_W;
+    for (; s + 2 <= s1; s += 2) {
+        const char *r0 = ROW(cache, cbf, s, stride), *r1 = ROW(cache, cbf, s + 1, stride);
+        for (int h = 0; h < H; h += 4) {
+            const int nh = H - h < 4 ? H - h : 4;
+            const float *q = qf + (long)h * D;
+            vf_t a[2][4];
+            for (int j = 0; j < 4; j++) a[0][j] = a[1][j] = VF_ZERO();
+            if (nh == 4) {
+                for (int d = 0; d < Dv; d += VF_W) {
+                    const vf_t x0 = ROWV(r0, cbf, d), x1 = ROWV(r1, cbf, d);
+                    for (int j = 0; j < 4; j++) {
+                        const vf_t qv = VF_LD(q + (long)j * D + d);
+                        a[0][j] = VF_MAD(x0, qv, a[0][j]);
+                        a[1][j] = VF_MAD(x1, qv, a[1][j]);
+                    }
+                }
+            } else {
+                for (int d = 0; d < Dv; d += VF_W) {
+                    const vf_t x0 = ROWV(r0, cbf, d), x1 = ROWV(r1, cbf, d);
+                    for (int j = 0; j < nh; j++) {
+                        const vf_t qv = VF_LD(q + (long)j * D + d);
+                        a[0][j] = VF_MAD(x0, qv, a[0][j]);
+                        a[1][j] = VF_MAD(x1, qv, a[1][j]);
+                    }
+                }
+            }
+            for (int j = 0; j < nh; j++) {
+                float v0 = VF_SUM(a[0][j]), v1 = VF_SUM(a[1][j]);
+                for (int d = Dv; d < D; d++) {
+                    v0 += row_val(r0, cbf, d) * q[(long)j * D + d];
+                    v1 += row_val(r1, cbf, d) * q[(long)j * D + d];
+                }
+                sc[(long)(h + j) * S + s] = v0 * scale;
+                sc[(long)(h + j) * S + s + 1] = v1 * scale;
+            }
+        }
+    }
+#endif
+    for (; s < s1; s++) {
+        const char *r = ROW(cache, cbf, s, stride);
+        for (int h = 0; h < H; h++) sc[(long)h * S + s] = dot_any(r, cbf, qf + (long)h * D, D) * scale;
+    }
+}
+
+/* acc[h * KV + c] += sum over s of p[h * S + s] * row_s[c], c < KV; rows in blocks that stay in
+   cache while every head reads them */
+INLINE void attn_latent(const void *cache, const int cbf, int stride, int s0, int s1, const float *p, int H,
+                        int KV, int S, float *acc) {
+#if defined(VF_W)
+    const int Cv = KV - KV % (2 * VF_W);
+    for (int b0 = s0; b0 < s1; b0 += 32) {
+        const int b1 = s1 - b0 < 32 ? s1 : b0 + 32;
+        for (int h = 0; h < H; h += 4) {
+            const int nh = H - h < 4 ? H - h : 4;
+            for (int c = 0; c < Cv; c += 2 * VF_W) {
+                vf_t a[4][2];
+                for (int j = 0; j < nh; j++) {
+                    a[j][0] = VF_LD(acc + (long)(h + j) * KV + c);
+                    a[j][1] = VF_LD(acc + (long)(h + j) * KV + c + VF_W);
+                }
+                for (int s = b0; s < b1; s++) {
+                    const char *r = ROW(cache, cbf, s, stride);
+                    const vf_t x0 = ROWV(r, cbf, c), x1 = ROWV(r, cbf, c + VF_W);
+                    for (int j = 0; j < nh; j++) {
+                        const vf_t w = VF_SET1(p[(long)(h + j) * S + s]);
+                        a[j][0] = VF_MAD(w, x0, a[j][0]);
+                        a[j][1] = VF_MAD(w, x1, a[j][1]);
+                    }
+                }
+                for (int j = 0; j < nh; j++) {
+                    VF_ST(acc + (long)(h + j) * KV + c, a[j][0]);
+                    VF_ST(acc + (long)(h + j) * KV + c + VF_W, a[j][1]);
+                }
+            }
+            for (int j = 0; j < nh; j++)
+                for (int s = b0; s < b1; s++) {
+                    const char *r = ROW(cache, cbf, s, stride);
+                    const float w = p[(long)(h + j) * S + s];
+                    for (int c = Cv; c < KV; c++) acc[(long)(h + j) * KV + c] += w * row_val(r, cbf, c);
+                }
+        }
+    }
+#else
+    for (int s = s0; s < s1; s++) {
+        const char *r = ROW(cache, cbf, s, stride);
+        for (int h = 0; h < H; h++) axpy_any(acc + (long)h * KV, p[(long)h * S + s], r, cbf, KV);
+    }
+#endif
+}
+
 /* rotate pairs of x [rope] by this position's angles (cos/sin [rope/2]) */
 static void rope_f32(float *x, const float *cs, const float *sn, int rope, int interleaved) {
     const int half = rope / 2;
@@ -1830,14 +1957,14 @@ int duet_mla_step(const lin_desc *lin /* wq_a or wq, wq_b (kind 0 without q_lora
     const int qk = nope + rope, S = pos + 1, D = KV + rope;
     if (threads < 1) threads = 1;
     /* scratch: xf, xn [Hd]; ql [QL]; q [H qk]; kv [D]; qlat [H KV]; sc [H S]; lat [H KV];
-       out [H V]; y [Hd]; per-thread latent sums [threads][H KV] */
+       out [H V]; y [Hd]; per-thread latent sums [threads][H KV]; qf [H D] */
     const long need = 3L * Hd + QL + (long)H * qk + D + 2L * H * KV + (long)H * S + (long)H * V
-                      + (long)threads * H * KV + 64;
+                      + (long)threads * H * KV + (long)H * D + 64;
     float *buf = malloc(sizeof(float) * need);
     if (!buf) return 1;
     float *xf = buf, *xn = xf + Hd, *y = xn + Hd, *ql = y + Hd, *q = ql + QL, *kv = q + (long)H * qk;
     float *qlat = kv + D, *sc = qlat + (long)H * KV, *lat = sc + (long)H * S, *out = lat + (long)H * KV;
-    float *part = out + (long)H * V;
+    float *part = out + (long)H * V, *qf = part + (long)threads * H * KV;
     int rc = 0;
     for (int i = 0; i < Hd; i++) xf[i] = load_act(x, act_bf16, i);
     rms_f32(xf, (const void *)norms[0], norm_bf16[0], xn, Hd, eps[0]);
@@ -1874,13 +2001,18 @@ int duet_mla_step(const lin_desc *lin /* wq_a or wq, wq_b (kind 0 without q_lora
         for (int j = 0; j < nope; j++)
             axpy_any(o, q[(long)h * qk + j], wh + (long)j * KV * (abf ? 2 : 4), abf, KV);
     }
-    /* scores over the cache rows 0..pos, every head per row read */
-#pragma omp parallel for schedule(static) num_threads(at)
-    for (int s = 0; s < S; s++) {
-        const char *row = (const char *)cache + (long)s * stride * (cbf ? 2 : 4);
-        for (int h = 0; h < H; h++)
-            sc[(long)h * S + s] = (dot_any(row, cbf, qlat + (long)h * KV, KV)
-                                   + dot_any(row + (long)KV * (cbf ? 2 : 4), cbf, q + (long)h * qk + nope, rope)) * scale;
+    /* the scores over the cache rows 0..pos: each head's query as one row [latent query, rope
+       query], against the rows [latent, rope key]; each thread over a range of rows */
+    for (int h = 0; h < H; h++) {
+        memcpy(qf + (long)h * D, qlat + (long)h * KV, sizeof(float) * KV);
+        memcpy(qf + (long)h * D + KV, q + (long)h * qk + nope, sizeof(float) * rope);
+    }
+#pragma omp parallel num_threads(at)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int s0 = (int)((long)S * t / nt), s1 = (int)((long)S * (t + 1) / nt);
+        if (cbf) attn_scores(cache, 1, stride, s0, s1, qf, H, D, scale, sc, S);
+        else attn_scores(cache, 0, stride, s0, s1, qf, H, D, scale, sc, S);
     }
 #pragma omp parallel for schedule(static) num_threads(at)
     for (int h = 0; h < H; h++) {   /* softmax per head */
@@ -1897,10 +2029,8 @@ int duet_mla_step(const lin_desc *lin /* wq_a or wq, wq_b (kind 0 without q_lora
         float *acc = part + (long)t * H * KV;
         memset(acc, 0, sizeof(float) * H * KV);
         const int s0 = (int)((long)S * t / nt), s1 = (int)((long)S * (t + 1) / nt);
-        for (int s = s0; s < s1; s++) {
-            const char *row = (const char *)cache + (long)s * stride * (cbf ? 2 : 4);
-            for (int h = 0; h < H; h++) axpy_any(acc + (long)h * KV, sc[(long)h * S + s], row, cbf, KV);
-        }
+        if (cbf) attn_latent(cache, 1, stride, s0, s1, sc, H, KV, S, acc);
+        else attn_latent(cache, 0, stride, s0, s1, sc, H, KV, S, acc);
 #pragma omp barrier
 #pragma omp for schedule(static)
         for (long i = 0; i < (long)H * KV; i++) {
