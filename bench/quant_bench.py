@@ -464,7 +464,7 @@ def profile_duet(folder: Path, threads: int, native: bool = True) -> list[tuple[
     for j in range(3):
         eng.forward(tok, j)
     saved = {name: getattr(cpu_native, name) for name in ("gemm", "gemm_tiled", "dequant", "moe", "moe_bf16", "mla_step",
-                                                          "layer_step", "gate")}
+                                                          "layers_step", "gate")}
 
     def labelled(name, fn):
         def call(*a):

@@ -149,6 +149,23 @@ def test_the_attention_tiles_match_on_awkward_shapes_in_every_build(v3_odd, marc
         assert cos.min() > 0.999, cos
 
 
+def test_a_decode_step_is_one_native_call_through_every_layer(v3, monkeypatch):
+    eng = Engine.load(v3, dtype="float32", quant="int8", pack=False)
+    eng.forward(torch.tensor([[3, 4, 5]]), 0)
+    calls, real = [], cpu_native.layers_step
+
+    def counted(rows, *args):
+        calls.append(rows.shape[0])
+        return real(rows, *args)
+
+    monkeypatch.setattr(cpu_native, "layers_step", counted)
+    for pos, tok in enumerate([6, 7, 8], start=3):
+        eng.forward(torch.tensor([[tok]]), pos)
+    assert calls == [SIZES["num_hidden_layers"]] * 3   # one call a token, every layer in it
+    eng.forward(torch.tensor([[3, 4, 5, 6]]), 0)        # a prompt: the PyTorch path, no call
+    assert len(calls) == 3
+
+
 def test_a_decode_step_makes_a_fraction_of_the_framework_calls(v3):
     """Ops the profiler sees per decode step: the native step replaces ~60 per layer by a few, the
     whole-layer call (attention, router, experts, residual) fewer still."""
