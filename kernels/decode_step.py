@@ -177,7 +177,8 @@ class LayerStep:
     """A whole decode layer for the native call: the MLA block of ``attn``, then the FFN: the
     router (``gate``; None for a dense MLP) and the fused experts' table
     (kernels.moe.FusedExperts / FusedBF16Experts), then the residual. Built by ``fuse_layer``;
-    ``row`` is its line of the call's layer table, ``LayerStack`` runs it (alone when called)."""
+    ``row`` is its line of the call's layer table (``LayerStack`` runs several; called, it runs
+    alone)."""
 
     def __init__(self, attn: MLAStep, experts: FusedExperts | FusedBF16Experts, gate: GatePlan | None):
         self.attn, self._keep = attn, (experts, gate)
@@ -197,13 +198,11 @@ class LayerStep:
         self.row = [attn.lin.data_ptr(), attn.norms.data_ptr(), attn.norm_bf16.data_ptr(), attn.eps.data_ptr(),
                     _f32_bits(attn.shape.scale), attn.dims.data_ptr(), attn.cache.data_ptr(), attn.uk, attn.uv_t,
                     self.ffn.data_ptr()]
-        self._alone: LayerStack | None = None
+        self._rows = torch.tensor([self.row], dtype=torch.int64)
 
     def __call__(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [1, 1, hidden] (bf16 or float32) at position start_pos -> the layer's output."""
-        if self._alone is None:
-            self._alone = LayerStack([self])
-        return self._alone(x, start_pos, cos, sin)
+        return _run_layers(self._rows, self.attn.cache.shape[1], x, start_pos, cos, sin)
 
 
 class LayerStack:
@@ -218,14 +217,19 @@ class LayerStack:
 
     def __call__(self, x: torch.Tensor, start_pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [1, 1, hidden] (bf16 or float32) at position start_pos -> the last layer's output."""
-        from kernels import cpu_native
+        return _run_layers(self.rows, self.positions, x, start_pos, cos, sin)
 
-        if start_pos >= self.positions:
-            raise IndexError(f"position {start_pos} is past the cache ({self.positions} rows)")
-        x, cos, sin = _plain(x), _plain(cos, torch.float32), _plain(sin, torch.float32)
-        out = torch.empty_like(x)
-        cpu_native.layers_step(self.rows, x, start_pos, cos, sin, out)
-        return out
+
+def _run_layers(rows: torch.Tensor, positions: int, x: torch.Tensor, start_pos: int, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+    from kernels import cpu_native
+
+    if start_pos >= positions:
+        raise IndexError(f"position {start_pos} is past the cache ({positions} rows)")
+    x, cos, sin = _plain(x), _plain(cos, torch.float32), _plain(sin, torch.float32)
+    out = torch.empty_like(x)
+    cpu_native.layers_step(rows, x, start_pos, cos, sin, out)
+    return out
 
 
 def _f32_bits(v: float) -> int:
