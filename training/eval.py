@@ -11,7 +11,9 @@ Reports, and writes as JSON to bench/results/demo_eval.json:
 - end to end: the reasoner's plan → the coder's hand-off brief (app.prompts.handoff_brief) →
   app.workspace applies the blocks → the module's tests run; and the same through
   ``duet run --role reasoner --file MODULE --apply --test ...`` as a user runs it;
-- tokens/s of both models (greedy decode, as the demo runs them).
+- tokens/s of both models (greedy decode, as the demo runs them);
+- reading back (``--part copy``): with the teacher's trace fed in, how much of it the reasoner
+  predicts, token by token and whole (a finer measure of the copying its traces need).
 """
 
 from __future__ import annotations
@@ -232,6 +234,33 @@ def eval_duet_run(reasoner_dir, coder_gguf, n: int, seed: int, log=print) -> dic
             "duet_run_by_kind": {k: rate_k(rows, k, lambda r: r["duet_run"]) for k in KINDS}, "duet_run_rows": rows}
 
 
+def eval_copying(reasoner_dir, n: int, seed: int, log=print) -> dict:
+    """How well the reasoner reads the module back: with the teacher's trace fed in (teacher
+    forcing, transformers in float32), the share of the trace's tokens it predicts (argmax) and
+    of traces it predicts whole. A finer measure than the generation figures: the committed
+    reasoner reads training-style modules back almost perfectly and held-out ones far less so,
+    which is where its held-out answers go wrong (it writes unfamiliar text from memory)."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import DeepseekV3ForCausalLM
+
+    from training.render import reasoner_example
+
+    tok = Tokenizer.from_file(str(Path(reasoner_dir) / "tokenizer.json"))
+    model = DeepseekV3ForCausalLM.from_pretrained(reasoner_dir, torch_dtype=torch.float32).eval()
+    rng = random.Random(seed)
+    hit = total = whole = 0
+    for i, (m, request) in enumerate(heldout_cases(n, seed)):
+        e = reasoner_example(rng, m, request=request)
+        prompt, trace = tok.encode(e.prompt).ids, tok.encode(e.target.split(END_THINK)[0]).ids
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + trace])).logits[0]
+        ok = logits[len(prompt) - 1:-1].argmax(-1) == torch.tensor(trace)
+        hit, total, whole = hit + int(ok.sum()), total + len(trace), whole + int(ok.all())
+        log(f"[copy {i + 1}/{n}] {int(ok.sum())}/{len(trace)} trace tokens")
+    return {"copy_n": n, "copy_token_acc": hit / max(total, 1), "copy_whole_trace": whole / max(n, 1)}
+
+
 def _rate(rows, key):
     return round(sum(1 for r in rows if r[key]) / len(rows), 3) if rows else None
 
@@ -249,6 +278,8 @@ LABELS = [("reasoner_found", "reasoner: right function + kind (thinking)"),
           ("coder_direct", "coder alone (no plan): tests pass"),
           ("end_to_end", "end to end (reasoner → coder → apply → test)"),
           ("duet_run_passed", "end to end through `duet run --apply --test`"),
+          ("copy_token_acc", "reasoner reading back (teacher-forced): trace tokens"),
+          ("copy_whole_trace", "reasoner reading back (teacher-forced): whole traces"),
           ("reasoner_tok_s", "reasoner decode tokens/s (local_engine int8)"),
           ("coder_tok_s", "coder decode tokens/s (llama.cpp F16, 1 thread)")]
 
@@ -264,7 +295,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--max-new", type=int, default=900, help="the reasoner's token limit per answer")
     ap.add_argument("--n-run", type=int, default=20, help="held-out modules through `duet run`")
-    ap.add_argument("--part", choices=["all", "coder", "reasoner", "run"], default="all",
+    ap.add_argument("--part", choices=["all", "coder", "reasoner", "run", "copy"], default="all",
                     help="run one part; its figures are merged into --out")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "demo_eval.json")
     ap.add_argument("--style", choices=["heldout", "train", "sample"], default="heldout",
@@ -280,6 +311,8 @@ def main(argv=None):
         res.update(eval_reasoner(a.reasoner, a.coder, a.n, a.seed, max_new=a.max_new))
     if a.part in ("all", "run"):
         res.update(eval_duet_run(a.reasoner, a.coder, a.n_run, a.seed))
+    if a.part in ("all", "copy"):
+        res.update(eval_copying(a.reasoner, a.n, a.seed))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print()
