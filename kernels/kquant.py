@@ -12,8 +12,8 @@ is bit for bit what the file holds (its dequantized values equal ggml's / gguf-p
 
 Activations (``act_bits()``: kernels.dispatch's plan), rounded once per call and row to llama.cpp's 8-bit blocks --
 Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the K-quants -- then integer block dot
-products (kernels/csrc/kquant_dot.h: AVX2 maddubs / madd, or plain C computing the same
-integers; VNNI's dpbusd where the target has it):
+products (kernels/csrc/kquant_dot.h: AVX2 maddubs / madd, VNNI's dpbusd where the target has
+it; ARM64 NEON, sdot where the target has it; or plain C, all computing the same integers):
     8   exactly llama.cpp's activation codes (its speed and its rounding error);
     16  (the default) each code plus a second 8-bit code for the remainder x 128: 15 bits,
         one more maddubs per 32 weights; at least as close to the exact model as llama.cpp
@@ -189,7 +189,8 @@ def swapped(so):
 
 def isa() -> str | None:
     """The SIMD path of the integer dot products: "avx512-vnni" or "avx-vnni" (AVX2 code with
-    VNNI's dot instruction), "avx2" or "scalar"; None when not loaded."""
+    VNNI's dot instruction), "avx2", "neon-dotprod" or "neon" (ARM64 with / without sdot) or
+    "scalar"; None when not loaded."""
     so = lib()
     return so.kq_isa().decode() if so is not None else None
 

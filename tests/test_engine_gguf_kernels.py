@@ -1,7 +1,7 @@
 """kernels/kquant: ggml blocks read in place give exactly gguf-py's dequantized weights; the
 native matmul and fused MoE agree with their torch reference at every activation precision
 (8-bit blocks as llama.cpp rounds them, two 8-bit terms, float32), under every build this CPU can run
-(its own, AVX2, plain C); the prefill path (many rows) is the float32 product."""
+(its own, AVX2, plain C; ARM64's NEON with and without sdot, emulated); the prefill path (many rows) is the float32 product."""
 
 from __future__ import annotations
 
@@ -47,13 +47,16 @@ def test_native_and_torch_dequantization_equal_gguf_py_bit_for_bit(type_id):
 
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
+# built for aarch64 (NEON with sdot; ARMv8.0's without), run on an emulated CPU
+ARM64 = {"arm64": (arm64_emulator.DOTPROD, "neon-dotprod"), "arm64-nodot": (arm64_emulator.NO_DOTPROD, "neon")}
 BUILDS = {"native": (None, None), "avx2": ("haswell", "avx2"), "plain-c": ("x86-64", "scalar"),
-          "arm64": ("arm64", "scalar")}   # built for aarch64, run on an emulated CPU
+          **{name: ("arm64", isa) for name, (_, isa) in ARM64.items()}}
 
 
 @pytest.fixture(params=list(BUILDS))
 def build(request):
-    """Run the test under each build: this CPU's own, and (on x86-64) the AVX2 and plain-C ones."""
+    """Run the test under each build: this CPU's own, (on x86-64) the AVX2 and plain-C ones, and
+    the ARM64 ones."""
     march, isa = BUILDS[request.param]
     if kquant.lib() is None:
         pytest.skip("no native GGUF kernels here (no working C compiler?)")
@@ -61,7 +64,7 @@ def build(request):
         yield kquant.isa()
         return
     if march == "arm64":
-        with arm64_emulator.gguf():
+        with arm64_emulator.gguf(ARM64[request.param][0]):
             assert kquant.isa() == isa
             yield isa
         return
@@ -97,6 +100,33 @@ def test_the_integer_activation_matmul_equals_its_reference_under_every_build(bu
     assert _rel(y, ref) < 1e-5                  # the same integers; float32 sums in another order
     lo, hi = ROUNDING[act]
     assert lo < _rel(ref, exact) < hi           # the activations really were rounded, to that precision
+
+
+@pytest.mark.parametrize("arm", list(ARM64))
+def test_the_arm64_neon_builds_give_the_plain_c_builds_results_bit_for_bit(arm):
+    """NEON computes plain C's integer block sums and keeps its float sums' order."""
+    if not _X86 or kquant.lib() is None:
+        pytest.skip("x86-64 with a working compiler (the plain-C build)")
+    cases = [(t, k, rows, act) for t, k in SHAPES for rows, act in ((1, 16), (3, 8), (8, 16))]
+    x = {(k, rows): torch.randn(rows, k, generator=torch.Generator().manual_seed(k + rows))
+         for _, k, rows, _ in cases}
+    w = {(t, k): kquant.GGUFWeight(t, (40, k), torch.from_numpy(random_blocks(t, 40, k, seed=t + k)))
+         for t, k in SHAPES}
+
+    def run():
+        out = []
+        for t, k, rows, act in cases:
+            with dispatch.overridden(gguf_act_bits=act):
+                out.append(kquant.linear(x[k, rows], w[t, k]))
+        return out
+
+    with kquant.variant("x86-64"):
+        plain = run()
+    with arm64_emulator.gguf(ARM64[arm][0]):
+        assert kquant.isa() == BUILDS[arm][1]
+        neon = run()
+    for (t, k, rows, act), a, b in zip(cases, plain, neon):
+        assert torch.equal(a, b), (kquant.TYPES[t][0], k, rows, act)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, 17])

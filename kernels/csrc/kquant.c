@@ -227,7 +227,8 @@ int kq_get_rows(int type, const uint8_t *w, long stride, const int64_t *idx, lon
 #include "kquant_dot.h"
 
 /* the SIMD path of the integer dot products: "avx512-vnni" / "avx-vnni" (AVX2 code with VNNI's
- * dot instruction for the blocks of 32), "avx2" or "scalar" (plain C) */
+ * dot instruction for the blocks of 32), "avx2", "neon-dotprod" / "neon" (ARM64, with / without
+ * ARMv8.2's sdot) or "scalar" (plain C) */
 const char *kq_isa(void) {
 #if defined(KQ_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
     return "avx512-vnni";
@@ -235,6 +236,10 @@ const char *kq_isa(void) {
     return "avx-vnni";
 #elif defined(KQ_AVX2)
     return "avx2";
+#elif defined(KQ_NEON) && defined(__ARM_FEATURE_DOTPROD)
+    return "neon-dotprod";
+#elif defined(KQ_NEON)
+    return "neon";
 #else
     return "scalar";
 #endif

@@ -14,9 +14,10 @@
  *
  * Each weight block is unpacked to unsigned codes (Q8_0: signed) and multiplied with the
  * activation codes in int32: per block (32) or per 16/32-weight sub-block (K-quants, their
- * 6/8-bit scales applied in int32 over the super-block). The AVX2 path (maddubs + madd) and
- * the plain-C path compute the same integers; only the float32 sums of the block results
- * differ in order.
+ * 6/8-bit scales applied in int32 over the super-block). The AVX2 path (maddubs + madd), the
+ * ARM64 NEON one (sdot, or widening multiplies before ARMv8.2) and the plain-C path compute
+ * the same integers; only the float32 sums of the block results differ in order (AVX2's; NEON
+ * keeps plain C's).
  */
 
 typedef struct {
@@ -152,6 +153,36 @@ INLINE __m256i dot4_u8s8(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 #endif
 }
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+/* ARM64: the int32 block sums in NEON, the float sums as plain C's. Every weight code fits
+ * int8 (K-quants 0..63, the 32-blocks -128..127 with Q4_0's / Q5_0's offset taken off), so
+ * signed x signed products are exact for all types. */
+#define KQ_NEON 1
+#include <arm_neon.h>
+
+/* acc + int32 [4]: sums of 4 products (|w| <= 128, |x| <= 127). Without sdot (ARMv8.0):
+ * int16 lanes hold pairs of products (2 x 128 x 127 < 2^15), then pairwise into acc. */
+INLINE int32x4_t sdot16(int32x4_t acc, int8x16_t w, int8x16_t x) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(acc, w, x);
+#else
+    return vpadalq_s16(acc, vmlal_high_s8(vmull_s8(vget_low_s8(w), vget_low_s8(x)), w, x));
+#endif
+}
+
+/* 16 bytes -> low nibbles (codes 0..15), high (16..31) */
+INLINE void nib32_neon(const uint8_t *p, int8x16_t *q) {
+    const uint8x16_t t = vld1q_u8(p);
+    q[0] = vreinterpretq_s8_u8(vandq_u8(t, vdupq_n_u8(15)));
+    q[1] = vreinterpretq_s8_u8(vshrq_n_u8(t, 4));
+}
+
+/* the low 16 bits of h -> 16 bytes of 0x10 (bit set) or 0 */
+INLINE int8x16_t bits16_neon(uint32_t h) {
+    static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t b = vcombine_u8(vdup_n_u8((uint8_t)h), vdup_n_u8((uint8_t)(h >> 8)));
+    return vreinterpretq_s8_u8(vandq_u8(vtstq_u8(b, vld1q_u8(bit)), vdupq_n_u8(0x10)));
+}
 #endif
 
 /* ---- blocks of 32: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8 ----------------------------- */
@@ -178,6 +209,48 @@ INLINE void unpack32(const int type, const uint8_t *p, int16_t *q, float *dw, fl
         q[i + 16] = (int16_t)(((qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - off);
     }
 }
+
+#if defined(KQ_NEON)
+/* unpack32's codes as int8: weights 0..15 in q[0], 16..31 in q[1] */
+INLINE void unpack32_neon(const int type, const uint8_t *p, int8x16_t *q, float *dw, float *mw) {
+    *dw = h2f(rd16(p));
+    *mw = 0.f;
+    uint32_t qh;
+    switch (type) {
+        case 8:
+            q[0] = vld1q_s8((const int8_t *)(p + 2));
+            q[1] = vld1q_s8((const int8_t *)(p + 18));
+            return;
+        case 2:
+            nib32_neon(p + 2, q);
+            q[0] = vsubq_s8(q[0], vdupq_n_s8(8));
+            q[1] = vsubq_s8(q[1], vdupq_n_s8(8));
+            return;
+        case 3:
+            nib32_neon(p + 4, q);
+            *mw = h2f(rd16(p + 2));
+            return;
+        case 6:
+            nib32_neon(p + 6, q);
+            memcpy(&qh, p + 2, 4);
+            q[0] = vsubq_s8(vorrq_s8(q[0], bits16_neon(qh)), vdupq_n_s8(16));
+            q[1] = vsubq_s8(vorrq_s8(q[1], bits16_neon(qh >> 16)), vdupq_n_s8(16));
+            return;
+        default:
+            nib32_neon(p + 8, q);
+            *mw = h2f(rd16(p + 2));
+            memcpy(&qh, p + 4, 4);
+            q[0] = vorrq_s8(q[0], bits16_neon(qh));
+            q[1] = vorrq_s8(q[1], bits16_neon(qh >> 16));
+            return;
+    }
+}
+
+/* int32 [4]: partial sums of the 32 products q . x */
+INLINE int32x4_t dot32_neon(const int8x16_t *q, const int8_t *x) {
+    return sdot16(sdot16(vdupq_n_s32(0), q[0], vld1q_s8(x)), q[1], vld1q_s8(x + 16));
+}
+#endif
 
 /* one weight row of nb blocks against activation rows m0 .. m0+MM-1 */
 INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *row, int nb, const act_t *a, int m0, float *out) {
@@ -219,17 +292,30 @@ INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *r
         }
     }
     for (int m = 0; m < MM; m++) out[m] = hsum256(acc[m]) + corr[m];
-#else
+#else   /* plain C; NEON: the same integer sums in vectors */
     float acc[MAXM] = {0};
+#if defined(KQ_NEON)
+    int8x16_t q[2];
+#else
     int16_t q[32];
+#endif
     for (int b = 0; b < nb; b++) {
         float dw, mw;
+#if defined(KQ_NEON)
+        unpack32_neon(type, row + (long)b * bb, q, &dw, &mw);
+#else
         unpack32(type, row + (long)b * bb, q, &dw, &mw);
+#endif
         for (int m = 0; m < MM; m++) {
             const long mr = m0 + m;
             const int8_t *x = a->q + mr * k + 32 * b, *xr = HI ? a->r + mr * k + 32 * b : NULL;
+#if defined(KQ_NEON)   /* 128 q + r: two products, one int32 sum (|.| < 2^27) */
+            const int32_t isum = vaddvq_s32(HI ? vaddq_s32(vshlq_n_s32(dot32_neon(q, x), 7), dot32_neon(q, xr))
+                                               : dot32_neon(q, x));
+#else
             int32_t isum = 0;
             for (int i = 0; i < 32; i++) isum += (int32_t)q[i] * (HI ? 128 * x[i] + xr[i] : x[i]);
+#endif
             const float dx = a->d[mr * (k / 32) + b];
             acc[m] += dw * dx * (float)isum;
             if (type == 3 || type == 7) {
@@ -339,6 +425,51 @@ INLINE void unpack256_avx2(const int type, const uint8_t *p, __m256i *g) {
 }
 #endif
 
+#if defined(KQ_NEON)
+/* unpack256's codes as int8: weights 16 g .. 16 g + 15 in q[g] */
+INLINE void unpack256_neon(const int type, const uint8_t *p, int8x16_t *q) {
+    const uint8x16_t low = vdupq_n_u8(15);
+    uint8x16_t u[16];
+    if (type == 12 || type == 13) {
+        const uint8_t *ql = p + (type == 12 ? 16 : 48);
+        const uint8x16_t one = vdupq_n_u8(1), two = vdupq_n_u8(2);
+        uint8x16_t h0 = vdupq_n_u8(0), h1 = h0;   /* Q5_K's fifth bits, of l = 0..15 and 16..31 */
+        if (type == 13) {
+            h0 = vld1q_u8(p + 16);
+            h1 = vld1q_u8(p + 32);
+        }
+        for (int j = 0; j < 4; j++) {   /* weights 64 j + l: low nibbles, 64 j + 32 + l: high */
+            const uint8x16_t r0 = vld1q_u8(ql + 32 * j), r1 = vld1q_u8(ql + 32 * j + 16);
+            u[4 * j] = vorrq_u8(vandq_u8(r0, low), vshlq_n_u8(vandq_u8(h0, one), 4));
+            u[4 * j + 1] = vorrq_u8(vandq_u8(r1, low), vshlq_n_u8(vandq_u8(h1, one), 4));
+            u[4 * j + 2] = vorrq_u8(vshrq_n_u8(r0, 4), vshlq_n_u8(vandq_u8(h0, two), 3));
+            u[4 * j + 3] = vorrq_u8(vshrq_n_u8(r1, 4), vshlq_n_u8(vandq_u8(h1, two), 3));
+            h0 = vshrq_n_u8(h0, 2);
+            h1 = vshrq_n_u8(h1, 2);
+        }
+    } else {
+        const uint8x16_t three = vdupq_n_u8(3);
+        for (int n = 0; n < 2; n++)
+            for (int h = 0; h < 2; h++) {   /* l = 16 h .. 16 h + 15 of the half n's 32-weight groups */
+                const uint8x16_t l0 = vld1q_u8(p + 64 * n + 16 * h), l1 = vld1q_u8(p + 64 * n + 32 + 16 * h);
+                const uint8x16_t hb = vld1q_u8(p + 128 + 32 * n + 16 * h);
+                u[8 * n + h] = vorrq_u8(vandq_u8(l0, low), vshlq_n_u8(vandq_u8(hb, three), 4));
+                u[8 * n + 2 + h] = vorrq_u8(vandq_u8(l1, low), vshlq_n_u8(vandq_u8(vshrq_n_u8(hb, 2), three), 4));
+                u[8 * n + 4 + h] = vorrq_u8(vshrq_n_u8(l0, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(hb, 4), three), 4));
+                u[8 * n + 6 + h] = vorrq_u8(vshrq_n_u8(l1, 4), vshlq_n_u8(vshrq_n_u8(hb, 6), 4));
+            }
+    }
+    for (int g = 0; g < 16; g++) q[g] = vreinterpretq_s8_u8(u[g]);
+}
+
+/* sum over the 16-weight groups g of sc[g] (q . x over the group), in int32 */
+INLINE int32_t kdot_neon(const int8x16_t *q, const int16_t *sc, const int8_t *x) {
+    int32x4_t acc = vdupq_n_s32(0);
+    for (int g = 0; g < 16; g++) acc = vmlaq_n_s32(acc, sdot16(vdupq_n_s32(0), q[g], vld1q_s8(x + 16 * g)), sc[g]);
+    return vaddvq_s32(acc);
+}
+#endif
+
 /* the offset and min terms of a super-block, from the activation's sums of 16 */
 INLINE float kcorr(const kscale_t *s, const int32_t *s16) {
     int32_t offs = 0, mins = 0;
@@ -384,16 +515,27 @@ INLINE void dotk_t(const int type, const int HI, const int MM, const uint8_t *ro
         }
     }
     for (int m = 0; m < MM; m++) out[m] = hsum256(acc[m]) + corr[m];
-#else
+#else   /* plain C; NEON: the same integer sums in vectors */
     float acc[MAXM] = {0};
+#if defined(KQ_NEON)
+    int8x16_t q[16];
+#else
     uint8_t q[256];
+#endif
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = row + (long)b * bb;
         kscales(type, p, &s);
+#if defined(KQ_NEON)
+        unpack256_neon(type, p, q);
+#else
         unpack256(type, p, q);
+#endif
         for (int m = 0; m < MM; m++) {
             const long mr = m0 + m;
             const int8_t *x = a->q + mr * k + 256 * b, *xr = HI ? a->r + mr * k + 256 * b : NULL;
+#if defined(KQ_NEON)   /* the second codes: their own int32 sum, as below */
+            const int32_t ia = kdot_neon(q, s.sc, x), ir = HI ? kdot_neon(q, s.sc, xr) : 0;
+#else
             int32_t ia = 0, ir = 0;
             for (int g = 0; g < 16; g++) {
                 int32_t t = 0, tr = 0;
@@ -403,6 +545,7 @@ INLINE void dotk_t(const int type, const int HI, const int MM, const uint8_t *ro
                 ia += (int32_t)s.sc[g] * t;
                 ir += (int32_t)s.sc[g] * tr;
             }
+#endif
             const float dx = a->d[mr * (k / 256) + b];
             acc[m] += s.d * dx * (HI ? (float)ia * 128.f + (float)ir : (float)ia);
             corr[m] += dx * kcorr(&s, a->s16 + mr * (k / 16) + 16 * b);
