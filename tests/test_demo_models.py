@@ -117,4 +117,4 @@ def test_the_committed_reasoner_reads_training_style_modules_back():
         ev.STYLE = old
     assert (train["copy_n"], held["copy_n"]) == (8, 4)
     assert train["copy_token_acc"] > 0.98
-    assert 0.0 <= held["copy_token_acc"] <= 1.0 and 0.0 <= held["copy_whole_trace"] <= 1.0
+    assert held["copy_token_acc"] < train["copy_token_acc"]   # what the README says of held-out modules
