@@ -27,7 +27,9 @@ from functools import cache
 import torch
 
 # kernels/csrc's builds (its duet_isa()) as people name them
-ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2+FMA", "neon": "ARM64 NEON", "scalar": "plain C"}
+ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2+FMA", "neon": "ARM64 NEON", "scalar": "plain C",
+             # kernels/kquant's builds name their integer dot product too
+             "avx512-vnni": "AVX-512 VNNI", "avx-vnni": "AVX-VNNI", "neon-dotprod": "ARM64 NEON sdot"}
 LEVELS = ("scalar", "avx2", "avx512")   # lowest first; ARM64 reports "neon" (no forcing above it)
 PACK_NEEDS = "needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT"
 BF16_DOT_FLAGS = ("avx512_bf16", "amx_bf16")   # x86 CPU flags of native bf16 dot products

@@ -180,7 +180,7 @@ class Plan:
                 ("rms norm", self.norm.norm + (f" (native for <= {self.norm.native_rows} rows)"
                                                if self.norm.native_rows else "")),
                 ("rope", self.norm.rope),
-                ("gguf", f"native {gg.isa} block dots, {gg.act_bits}-bit activations" if gg.impl == "native"
+                ("gguf", f"native {capability.ISA_NAMES.get(gg.isa, gg.isa)} block dots, {gg.act_bits}-bit activations" if gg.impl == "native"
                          else f"torch dequantize + matmul ({gg.act_bits}-bit activations)"),
                 ("cuda", "Triton kernels" if self.triton else "PyTorch")]
         return rows

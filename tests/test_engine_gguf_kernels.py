@@ -129,6 +129,20 @@ def test_the_arm64_neon_builds_give_the_plain_c_builds_results_bit_for_bit(arm):
         assert torch.equal(a, b), (kquant.TYPES[t][0], k, rows, act)
 
 
+def test_every_finite_fp16_scale_is_read_exactly_under_every_build(build):
+    """Block scales are IEEE halves: each build's conversion (F16C, ARM64's fcvt, or plain C's
+    bit arithmetic) gives every finite one, subnormals included, exactly as gguf-py does."""
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    halves = halves[np.isfinite(halves.view(np.float16))]
+    raw = np.ones((halves.size, 34), dtype=np.uint8)      # Q8_0: d, then 32 codes of 1
+    raw[:, 0:2] = halves.view(np.uint8).reshape(-1, 2)
+    raw = raw.reshape(-1, 64 * 34)                          # 64 blocks a row
+    w = kquant.GGUFWeight(8, (raw.shape[0], 64 * 32), torch.from_numpy(raw))
+    got = kquant.dequantize(w).numpy()
+    assert np.array_equal(got.view(np.uint32), quants.dequantize(raw, 8).view(np.uint32))
+    assert np.array_equal(got[:, ::32].reshape(-1), halves.view(np.float16).astype(np.float32))
+
+
 @pytest.mark.parametrize("rows", [1, 3, 8, 17])
 @pytest.mark.parametrize("type_id", TYPES, ids=[kquant.TYPES[t][0] for t in TYPES])
 def test_the_float_path_is_the_float32_product_of_the_exact_weights(build, type_id, rows):

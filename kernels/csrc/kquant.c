@@ -27,6 +27,16 @@
 #define MAXM 8
 #define QK 256
 
+#if defined(__aarch64__)
+INLINE float h2f(uint16_t h) {   /* IEEE half -> float: fcvt, exact (subnormals included) */
+    __fp16 x;
+    memcpy(&x, &h, 2);
+    return (float)x;
+}
+#elif defined(__F16C__)
+#include <immintrin.h>
+INLINE float h2f(uint16_t h) { return _cvtsh_ss(h); }   /* vcvtph2ps: the same exact conversion */
+#else
 INLINE float h2f(uint16_t h) {   /* IEEE half -> float, exact (subnormals included) */
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu, u;
     if (exp == 0) {
@@ -42,6 +52,7 @@ INLINE float h2f(uint16_t h) {   /* IEEE half -> float, exact (subnormals includ
     memcpy(&f, &u, 4);
     return f;
 }
+#endif
 
 INLINE uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 

@@ -118,12 +118,6 @@ INLINE float hsum256(__m256 v) {
     return _mm_cvtss_f32(h);
 }
 
-#if defined(__F16C__)
-#define H2F(h) _cvtsh_ss(h)   /* the same exact conversion, one instruction */
-#else
-#define H2F(h) h2f(h)
-#endif
-
 INLINE __m256i nib32(const uint8_t *p) {   /* 16 bytes -> low nibbles (bytes 0..15), high (16..31) */
     __m128i t = _mm_loadu_si128((const __m128i *)p);
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
@@ -261,14 +255,14 @@ INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *r
     for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = row + (long)b * bb;
-        float dw = H2F(rd16(p)), mw = 0.f;
+        float dw = h2f(rd16(p)), mw = 0.f;
         __m256i q;
         switch (type) {
             case 8: q = _mm256_loadu_si256((const __m256i *)(p + 2)); break;
             case 2: q = _mm256_sub_epi8(nib32(p + 2), _mm256_set1_epi8(8)); break;
-            case 3: q = nib32(p + 4); mw = H2F(rd16(p + 2)); break;
+            case 3: q = nib32(p + 4); mw = h2f(rd16(p + 2)); break;
             case 6: q = _mm256_sub_epi8(_mm256_or_si256(nib32(p + 6), bits32(p + 2)), _mm256_set1_epi8(16)); break;
-            default: q = _mm256_or_si256(nib32(p + 8), bits32(p + 4)); mw = H2F(rd16(p + 2)); break;
+            default: q = _mm256_or_si256(nib32(p + 8), bits32(p + 4)); mw = h2f(rd16(p + 2)); break;
         }
         const int sgn = type == 8 || type == 2 || type == 6;   /* signed codes: |w| x sign(x, w) */
         const __m256i u = sgn ? _mm256_sign_epi8(q, q) : q;
