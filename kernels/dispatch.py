@@ -152,6 +152,7 @@ class Plan:
         cap, lin, gg = self.capability, self.linear, self.gguf
         forced = f" (DUET_CPU={cap.forced})" if cap.forced else ""
         isa = capability.ISA_NAMES.get(self.native_isa, self.native_isa)
+        gguf_isa = capability.ISA_NAMES.get(gg.isa, gg.isa)
         act = "bfloat16" if self.act_dtype == torch.bfloat16 else "float32 (no native bf16 matmul)"
         if lin.quantized == "native":
             many = f"dequantize + {_name(lin.prefill_dtype)} matmul"
@@ -180,7 +181,7 @@ class Plan:
                 ("rms norm", self.norm.norm + (f" (native for <= {self.norm.native_rows} rows)"
                                                if self.norm.native_rows else "")),
                 ("rope", self.norm.rope),
-                ("gguf", f"native {capability.ISA_NAMES.get(gg.isa, gg.isa)} block dots, {gg.act_bits}-bit activations" if gg.impl == "native"
+                ("gguf", f"native {gguf_isa} block dots, {gg.act_bits}-bit activations" if gg.impl == "native"
                          else f"torch dequantize + matmul ({gg.act_bits}-bit activations)"),
                 ("cuda", "Triton kernels" if self.triton else "PyTorch")]
         return rows
