@@ -131,16 +131,18 @@ def test_the_arm64_neon_builds_give_the_plain_c_builds_results_bit_for_bit(arm):
 
 def test_every_finite_fp16_scale_is_read_exactly_under_every_build(build):
     """Block scales are IEEE halves: each build's conversion (F16C, ARM64's fcvt, or plain C's
-    bit arithmetic) gives every finite one, subnormals included, exactly as gguf-py does."""
+    bit arithmetic) gives every finite one, subnormals and -0 included, exactly."""
     halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
     halves = halves[np.isfinite(halves.view(np.float16))]
+    if build.startswith("neon"):  # emulated (slow): every subnormal and zero, every 7th normal value
+        halves = halves[((halves & 0x7C00) == 0) | (np.arange(halves.size) % 7 == 0)]
+    halves = np.concatenate([halves, np.zeros(-halves.size % 64, np.uint16)])
     raw = np.ones((halves.size, 34), dtype=np.uint8)      # Q8_0: d, then 32 codes of 1
     raw[:, 0:2] = halves.view(np.uint8).reshape(-1, 2)
     raw = raw.reshape(-1, 64 * 34)                          # 64 blocks a row
     w = kquant.GGUFWeight(8, (raw.shape[0], 64 * 32), torch.from_numpy(raw))
-    got = kquant.dequantize(w).numpy()
-    assert np.array_equal(got.view(np.uint32), quants.dequantize(raw, 8).view(np.uint32))
-    assert np.array_equal(got[:, ::32].reshape(-1), halves.view(np.float16).astype(np.float32))
+    want = np.repeat(halves.view(np.float16).astype(np.float32), 32).reshape(raw.shape[0], -1)
+    assert np.array_equal(kquant.dequantize(w).numpy().view(np.uint32), want.view(np.uint32))
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, 17])
