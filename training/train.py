@@ -3,6 +3,10 @@
     python -m training.train all --out build/demo --minutes 40     # tokenizer, then both models side by side
     python -m training.train reasoner --out build/demo --minutes 5  # one model (the tokenizer must exist)
 
+The tokenizer step copies the committed tokenizer (the one both committed models read), so a
+model retrained alone stays in step with the other; ``--new-tokenizer`` trains a new one from the
+generator instead (then retrain both models).
+
 Examples are generated on the fly from the seeded generator (``training.render``), so no data
 is stored or downloaded. The learning rate follows a cosine over the time budget, so a run of
 any length ends annealed; a checkpoint is written every few minutes and at the end (a partial
@@ -15,6 +19,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -193,14 +198,21 @@ def main(argv=None):
     ap.add_argument("--size", type=str, default="", help="JSON overrides of the model config")
     ap.add_argument("--hp", type=str, default="", help="JSON overrides of the hyper-parameters (batch, lr, ...)")
     ap.add_argument("--init", type=Path, default=None, help="coder: start from this saved HF folder (a second schedule)")
+    ap.add_argument("--new-tokenizer", action="store_true",
+                    help="tokenizer/all: train a new tokenizer instead of copying the committed one")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.what == "all":
         (a.out / "run.json").write_text(json.dumps({"seed": a.seed, "minutes": a.minutes, "started": time.time()}) + "\n")
     if a.what in ("all", "tokenizer"):
-        from training.tokenizer import train_tokenizer
+        if a.new_tokenizer:
+            from training.tokenizer import train_tokenizer
 
-        train_tokenizer(seed=a.seed).save(str(a.out / "tokenizer.json"))
+            train_tokenizer(seed=a.seed).save(str(a.out / "tokenizer.json"))
+        else:
+            from app import demo
+
+            shutil.copy2(demo.reasoner_path() / "tokenizer.json", a.out / "tokenizer.json")
         if a.what == "tokenizer":
             return 0
     if a.what == "all":  # both models side by side, one thread each
