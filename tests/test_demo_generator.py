@@ -3,6 +3,7 @@ Duet's own prompts around them, and teacher answers that really fix the bug."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import subprocess
 import sys
@@ -133,10 +134,35 @@ def test_the_teachers_edit_applies_with_duets_workspace_and_the_tests_pass(tmp_p
         assert _run_tests(folder, m) == 0
 
 
-def test_the_teachers_block_starts_at_the_def_line_and_changes_only_the_buggy_line():
-    for m in _modules("train", 12, seed=5):
-        block = coder_answer(m, "en").split("\n>>>>>>> REPLACE")[0]
-        search, replace = block.split("\n<<<<<<< SEARCH\n", 1)[1].split("\n=======\n")
-        s, r = search.split("\n"), replace.split("\n")
-        assert s[0].startswith(f"def {m.func.name}(") and s[-1] == m.bad_line and r[-1] == m.good_line
-        assert s[:-1] == r[:-1] and search in m.source
+def _search_replace(block_text):
+    block = block_text.split("\n>>>>>>> REPLACE")[0]
+    search, replace = block.split("\n<<<<<<< SEARCH\n", 1)[1].split("\n=======\n")
+    return search.split("\n"), replace.split("\n")
+
+
+def test_the_teachers_block_is_the_buggy_line_alone_and_changes_only_it():
+    for style in ("train", "heldout"):
+        for m in _modules(style, 12, seed=5):
+            s, r = _search_replace(coder_answer(m, "en"))
+            assert s == [m.bad_line] and r == [m.good_line]  # the line as the file has it, indentation included
+            assert m.source.split("\n").count(m.bad_line) == 1
+
+
+def test_the_teachers_block_takes_lines_above_the_buggy_line_until_it_matches_one_place(tmp_path):
+    m = _modules("train", 1, seed=9)[0]
+    k = m.bug_line_no
+    lines = m.source.split("\n")
+    # the buggy line, and the one above it, again in a function after the module's own
+    twin = "\n\n\ndef twin(a):\n" + "\n".join(lines[k - 2:k]) + "\n"
+    m2 = dataclasses.replace(m, source=m.source.rstrip("\n") + twin)
+    s, r = _search_replace(coder_answer(m2, "en"))
+    assert s[-1] == m.bad_line and r == s[:-1] + [m.good_line] and len(s) >= 2
+    assert m2.source.count("\n".join(s) + "\n") == 1
+    (tmp_path / m.path).write_text(m2.source)
+    ws = Workspace(tmp_path)
+    changes = ws.propose(coder_answer(m2, "en"))
+    assert not changes.rejected and len(changes.edits) == 1
+    ws.apply(changes)
+    got = (tmp_path / m.path).read_text().split("\n")
+    assert got[k - 1] == m.good_line and got[:k - 1] == lines[:k - 1]
+    assert (tmp_path / m.path).read_text().endswith(twin)  # the twin is left as it was

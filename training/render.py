@@ -5,7 +5,8 @@ The reasoner's target is a thinking trace that reads the module back line by lin
 prompt numbers it (each docstring before its code) up to the line that disagrees with its
 docstring and says why, then a diagnosis and a numbered plan naming the file, the function,
 the line and the exact change. The coder's target is one SEARCH/REPLACE block (CONTRACT.md's
-format) from the function's ``def`` line to the fixed line, and a one-line summary.
+format) that changes the buggy line (with lines above it only where the line alone is not
+unique), and a one-line summary.
 """
 
 from __future__ import annotations
@@ -100,18 +101,28 @@ def answer(m: Module, lang: str) -> str:
 
 
 def coder_answer(m: Module, lang: str) -> str:
-    """One block from the function's ``def`` line down to the buggy line: the plan names the
-    function, so the SEARCH starts at a line it can find and copies on from there (no line is
-    guessed), and the REPLACE copies the SEARCH back with the one line changed."""
-    first = m.span(m.bug_func)[0]
+    """One block that changes the buggy line only: SEARCH is that line as the file has it (the
+    plan quotes it: "change line K from `bad` to `good`"), with the lines above it added only
+    while it would match more than one place; REPLACE is the same with the one line changed.
+    A short block is short copying: the line comes from the plan a few lines up, not from a
+    whole function read back out of the file."""
     lines = m.source.split("\n")
-    search = lines[first - 1:m.bug_line_no]
+    k = m.bug_line_no
+    first = k - 1
+    while _count(lines, lines[first:k]) > 1:
+        first -= 1
+    search = lines[first:k]
     replace = search[:-1] + [m.good_line]
     block = f"{m.path}\n<<<<<<< SEARCH\n" + "\n".join(search) + "\n=======\n" + "\n".join(replace) + "\n>>>>>>> REPLACE\n"
     bad, good = m.bad_line.strip(), m.good_line.strip()
     summary = (f"修复了 `{m.func.name}`：`{bad}` 改为 `{good}`。" if lang == "zh"
                else f"Fixed `{m.func.name}`: `{bad}` is now `{good}`.")
     return block + "\n" + summary
+
+
+def _count(lines: list[str], block: list[str]) -> int:
+    n = len(block)
+    return sum(lines[i:i + n] == block for i in range(len(lines) - n + 1))
 
 
 # ---------------------------------------------------------------------------- Duet's prompts
