@@ -118,3 +118,45 @@ def test_the_committed_reasoner_reads_training_style_modules_back():
     assert (train["copy_n"], held["copy_n"]) == (8, 4)
     assert train["copy_token_acc"] > 0.98
     assert held["copy_token_acc"] < train["copy_token_acc"]   # what the README says of held-out modules
+
+
+def test_the_tokenizer_step_copies_the_committed_tokenizer_unless_asked_for_a_new_one(tmp_path):
+    """Both committed models read one tokenizer, so retraining one of them alone keeps them in step."""
+    from training.train import main
+
+    assert main(["tokenizer", "--out", str(tmp_path / "a")]) == 0
+    committed = (demo.reasoner_path() / "tokenizer.json").read_bytes()
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == committed
+    assert main(["tokenizer", "--out", str(tmp_path / "b"), "--new-tokenizer"]) == 0
+    fresh = json.loads((tmp_path / "b" / "tokenizer.json").read_text())
+    assert len(fresh["model"]["vocab"]) == len(json.loads(committed)["model"]["vocab"])
+
+
+def test_packaging_a_coder_only_run_keeps_the_committed_reasoner_and_its_manifest_entry(tmp_path):
+    import shutil
+
+    from training.package import package
+
+    dest = tmp_path / "demo"
+    shutil.copytree(demo.demo_dir(), dest)
+    before = json.loads((dest / "manifest.json").read_text())
+    run = tmp_path / "run" / "coder"
+    (run / "hf").mkdir(parents=True)
+    (run / "coder.gguf").write_bytes(b"GGUF" + bytes(60))  # a new coder file: its hash must be what is listed
+    (run / "hf" / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    (run / "train_log.jsonl").write_text(
+        json.dumps({"event": "start", "params": 10, "hp": {"batch": 2}, "threads": 1, "minutes": 1.0, "seed": 3}) + "\n"
+        + json.dumps({"step": 10, "loss": 1.0}) + "\n")
+    (run / "checkpoint.json").write_text(json.dumps({"step": 10, "seconds": 60.0, "ema_loss": 1.0}))
+
+    m = package(tmp_path / "run", None, dest, roles=("coder",))
+    assert m["training"]["reasoner"] == before["training"]["reasoner"]
+    assert m["training"]["coder"]["steps"] == 10 and m["training"]["coder"]["examples_seen"] == 20
+    assert m["training"]["coder"]["config"]["hidden_size"] == 8 and m["data_seed"] == 3
+    assert m["files"]["coder.gguf"]["sha256"] == hashlib.sha256(b"GGUF" + bytes(60)).hexdigest()
+    assert m["files"]["reasoner/model.safetensors"] == before["files"]["reasoner/model.safetensors"]
+    assert m["total_bytes"] == sum(f["bytes"] for f in m["files"].values())
+
+    (dest / "manifest.json").unlink()  # nothing to keep the reasoner's entry from: a clear error, not a guess
+    with pytest.raises(SystemExit, match="manifest.json: no reasoner entry to keep"):
+        package(tmp_path / "run", None, dest, roles=("coder",))

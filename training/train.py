@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from app import demo
+
 DEFAULTS = {
     "reasoner": dict(batch=8, lr=3e-3, warmup=40, think_off=0.1, mtp_weight=0.3, bias_speed=1e-3, prompt_weight=0.5),
     "coder": dict(batch=8, lr=3e-3, warmup=40, prompt_weight=0.5),
@@ -210,8 +212,6 @@ def main(argv=None):
 
             train_tokenizer(seed=a.seed).save(str(a.out / "tokenizer.json"))
         else:
-            from app import demo
-
             shutil.copy2(demo.reasoner_path() / "tokenizer.json", a.out / "tokenizer.json")
         if a.what == "tokenizer":
             return 0
