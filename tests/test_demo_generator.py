@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ from app.prompts import build_prompt, strip_thinking
 from app.workspace import Workspace
 from training.render import (BOS, EOS, END_THINK, answer, chat, coder_answer, coder_example, reasoner_example,
                              reasoner_prompt, thinking)
-from training.tasks import KINDS, POOLS, make_module
+from training import tasks
+from training.tasks import _WORDS, KINDS, POOLS, make_module
 
 
 def _modules(style, n, seed):
@@ -61,7 +63,29 @@ def test_every_bug_kind_occurs_in_both_styles():
         assert {m.mutation.kind for m in _modules(style, 24, seed=3)} == set(KINDS)
 
 
-def test_heldout_modules_share_no_file_or_function_names_with_training():
+@pytest.fixture(params=["syllables", "pieces"])
+def name_parts(request, monkeypatch):
+    """Both ways training invents names: the reasoner's recipe and the coder's."""
+    monkeypatch.setattr(tasks, "NAME_PARTS", request.param)
+    return request.param
+
+
+SYLLABLE_WORD = re.compile(r"([bcdfghjklmnprstvwz][aeiou][nrlst]?)+")
+
+
+def test_the_coders_invented_names_are_tokenizer_pieces_not_syllables(name_parts):
+    rng = random.Random(4)
+    invented = [part.rstrip("0123456789") for _ in range(400) for part in tasks.random_name(rng).split("_")]
+    invented = [w for w in invented if w and w not in _WORDS]
+    assert len(invented) > 150
+    syllabic = sum(bool(SYLLABLE_WORD.fullmatch(w)) for w in invented) / len(invented)
+    if name_parts == "syllables":
+        assert syllabic == 1.0
+    else:  # pieces: consonant runs, vowel runs, whole tokens ("urvroot", "numberroduct")
+        assert syllabic < 0.3, invented[:20]
+
+
+def test_heldout_modules_share_no_file_or_function_names_with_training(name_parts):
     assert not set(POOLS["train"]["files"]) & set(POOLS["heldout"]["files"])
     train = {f.name for m in _modules("train", 300, seed=1) for f in m.funcs}
     held = {f.name for m in _modules("heldout", 150, seed=2) for f in m.funcs}

@@ -14,9 +14,13 @@ Everything is seeded: ``make_module(random.Random(seed), style)`` is reproducibl
 
 from __future__ import annotations
 
+import json
 import keyword
 import random
+import re
 from dataclasses import dataclass, field
+
+from app.demo import reasoner_path
 
 KINDS = ("operator", "off_by_one", "comparison", "wrong_name", "accumulator", "swapped_args")
 
@@ -193,14 +197,35 @@ def _invented_word(rng) -> str:
                    for _ in range(rng.choice([1, 2, 2, 3])))
 
 
+_PIECES: list[str] = []
+
+
+def _piece_word(rng) -> str:
+    """A name part made of 1-3 pieces drawn uniformly from the committed tokenizer's all-letter
+    tokens ("turber", "urvroot"): no spelling habit predicts its next piece, so the one way to
+    write it again is to copy it, piece by piece, whatever the pieces are. (Invented syllables
+    teach a habit instead: a model trained on them writes a held-out name's first piece, then
+    syllables of its own — `elements` as `elember`.)"""
+    if not _PIECES:
+        vocab = json.loads((reasoner_path() / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+        _PIECES.extend(sorted(t for t in vocab if re.fullmatch(r"[a-z][a-z0-9]*", t)))
+    return "".join(rng.choice(_PIECES) for _ in range(rng.choice([1, 2, 2, 3])))
+
+
+# How training's random names make their invented parts: "syllables" (_invented_word, the
+# committed reasoner's recipe) or "pieces" (_piece_word, the coder's). The trainer sets it per role.
+NAME_PARTS = "syllables"
+
+
 def random_name(rng, *, parts: int | None = None) -> str:
     """A training name: invented words and everyday words, joined by underscores."""
     global _TRAIN_WORDS
+    invent = _piece_word if NAME_PARTS == "pieces" else _invented_word
     if not _TRAIN_WORDS:
         _TRAIN_WORDS = [w for w in _WORDS if "_" not in w and w not in _BANNED]
     for _ in range(20):
         parts_n = parts or rng.choice([1, 1, 2])
-        name = "_".join(_invented_word(rng) if rng.random() < 0.6 else rng.choice(_TRAIN_WORDS) for _ in range(parts_n))
+        name = "_".join(invent(rng) if rng.random() < 0.6 else rng.choice(_TRAIN_WORDS) for _ in range(parts_n))
         if rng.random() < 0.15:
             name += str(rng.randint(1, 9))
         if name not in _BANNED and not keyword.iskeyword(name) and not any(w in _BANNED for w in name.split("_")):

@@ -30,9 +30,11 @@ import torch
 from app import demo
 
 DEFAULTS = {
-    "reasoner": dict(batch=8, lr=3e-3, warmup=40, think_off=0.1, mtp_weight=0.3, bias_speed=1e-3, prompt_weight=0.5),
-    "coder": dict(batch=8, lr=3e-3, warmup=40, prompt_weight=0.5),
+    "reasoner": dict(batch=8, lr=3e-3, warmup=40, think_off=0.1, mtp_weight=0.3, bias_speed=1e-3, prompt_weight=0.5,
+                     names="syllables"),
+    "coder": dict(batch=8, lr=3e-3, warmup=40, prompt_weight=0.5, names="pieces"),
 }
+# names: how the training generator invents names (training.tasks.NAME_PARTS)
 
 
 def log(path: Path, **row):
@@ -63,9 +65,11 @@ def build_batch(tok, examples, device="cpu"):
     return ids, lab, plab
 
 
-def example_stream(role: str, seed: int, think_off: float = 0.0):
+def example_stream(role: str, seed: int, think_off: float = 0.0, names: str = "syllables"):
+    from training import tasks
     from training.render import coder_example, reasoner_example, sample_module
 
+    tasks.NAME_PARTS = names
     rng = random.Random(seed)
     while True:
         m = sample_module(rng, "train")
@@ -75,9 +79,9 @@ def example_stream(role: str, seed: int, think_off: float = 0.0):
             yield coder_example(rng, m)
 
 
-def batches(role, tok, seed, batch, think_off=0.0):
+def batches(role, tok, seed, batch, think_off=0.0, names="syllables"):
     """Length-sorted batches from pools of 8 batches: less padding."""
-    stream = example_stream(role, seed, think_off)
+    stream = example_stream(role, seed, think_off, names)
     while True:
         pool = [next(stream) for _ in range(batch * 8)]
         pool.sort(key=lambda e: len(e.prompt) + len(e.target))
@@ -132,7 +136,7 @@ def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, sav
     start = time.time()
     last_save = start
     step = 0
-    stream = batches(role, tok, seed, hp["batch"], hp.get("think_off", 0.0))
+    stream = batches(role, tok, seed, hp["batch"], hp.get("think_off", 0.0), hp["names"])
     model.train()
     ema = None
     while True:
