@@ -73,7 +73,7 @@ def name_parts(request, monkeypatch):
 SYLLABLE_WORD = re.compile(r"([bcdfghjklmnprstvwz][aeiou][nrlst]?)+")
 
 
-def test_the_coders_invented_names_are_tokenizer_pieces_not_syllables(name_parts):
+def test_invented_names_are_syllables_or_tokenizer_pieces_as_the_recipe_says(name_parts):
     rng = random.Random(4)
     invented = [part.rstrip("0123456789") for _ in range(400) for part in tasks.random_name(rng).split("_")]
     invented = [w for w in invented if w and w not in _WORDS]
