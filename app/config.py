@@ -41,6 +41,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "system_prompt": ((str,), "system prompt (R1 guidance: none)"),
     "history": ((bool,), "send the earlier turns' answers (false: each request alone, as small models trained on single turns need)"),
     "timeout": ((int, float), "openai: seconds to wait for the first byte"),
+    "constrain_edits": ((bool,), "llama.cpp coder: sample only edit blocks that apply to the files in context (no new files, no prose before the blocks)"),
 }
 SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": ((int, float), "sampling temperature (0 = greedy)"),
@@ -85,6 +86,7 @@ class RoleConfig:
     gpu_layers: int = 0
     system_prompt: str | None = None
     history: bool = True  # False: each request alone (its plan and files are in it anyway)
+    constrain_edits: bool = False  # app/workspace/edit_grammar.py, for replies that ask for edits
     timeout: float = 60.0
     sampling: Sampling = field(default_factory=Sampling)
     demo: bool = False  # the built-in Gemma 270M demo model
@@ -146,15 +148,17 @@ DEMO_SAMPLING = {  # greedy: the demo models are small and trained on one format
 
 def demo_role(role: str) -> RoleConfig:
     """The built-in demo (app/demo.py): the reasoner trained in this repository on our own engine
-    (local, int8), the coder on llama.cpp from its GGUF; both were trained on single turns, so
-    each request goes alone (``history`` off: the plan and the files are in it)."""
+    (local, int8), the coder on llama.cpp from its GGUF, its edit blocks held to the files in
+    context (``constrain_edits``); both were trained on single turns, so each request goes alone
+    (``history`` off: the plan and the files are in it)."""
     from app import demo
 
     if role == "reasoner":
         return RoleConfig(role=role, backend="local", path=demo.reasoner_path(), quant="int8", context=2048,
                           model="duet-demo-reasoner", demo=True, history=False, sampling=DEMO_SAMPLING[role])
     return RoleConfig(role=role, backend="llama.cpp", path=demo.coder_path(), context=2048,
-                      model="duet-demo-coder", demo=True, history=False, sampling=DEMO_SAMPLING[role])
+                      model="duet-demo-coder", demo=True, history=False, constrain_edits=True,
+                      sampling=DEMO_SAMPLING[role])
 
 
 def gemma_demo_role(role: str) -> RoleConfig:
@@ -242,6 +246,8 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
     for key in ("context", "threads"):
         if key in values and values[key] <= 0:
             raise ConfigError(source, f"{role}.{key}", f"must be positive, got {values[key]}")
+    if values.get("constrain_edits") and backend != "llama.cpp":
+        raise ConfigError(source, f"{role}.constrain_edits", f'works with the llama.cpp backend only, not "{backend}"')
 
     if backend == "openai":
         url = values.get("url")

@@ -185,6 +185,11 @@ def template_name(role: str, intent: str, lang: str) -> str:
     return name if name in templates() else f"{role}-{rules().role_default[role]}.{lang}"
 
 
+def asks_for_edits(role: str, intent: str) -> bool:
+    """Whether the prompt for this role and intent asks for SEARCH/REPLACE edit blocks."""
+    return "edit_format" in templates()[template_name(role, intent, "en")].vars
+
+
 def build_prompt(role: str, intent: str, request: str, *, plan: str | None = None,
                  files: Sequence[tuple[str, str]] = (), lang: str | None = None) -> str:
     """The user-message text for one turn. ``files``: ``(path, text)`` pairs; ``plan``: an earlier

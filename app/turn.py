@@ -46,6 +46,7 @@ class Turn:
     history: Sequence[ChatMessage] = ()  # earlier turns: answers only (thinking is dropped anyway)
     plan: str | None = None  # the last reasoner answer, when the coder implements it (never its trace)
     files: Sequence = ()  # files in context, as app.prompts.build_prompt takes them
+    editable: Sequence[tuple[str, str]] = ()  # of those, the workspace's own files (not an outline)
     save: bool = True
     session_id: int | None = None  # None: a new session titled after the request
     store: object = None  # an open app.store.SessionStore; None: opened on first use
@@ -68,6 +69,16 @@ class Turn:
             out += [ChatMessage(m.role, m.content) for m in self.history if m.role != "system"]
         return out + [ChatMessage("user", self.prompt)]
 
+    def grammar(self) -> str | None:
+        """The edit-block grammar for this reply (``constrain_edits``): when the prompt asks for
+        edits and there are workspace files to edit; else None (sampled freely)."""
+        from app.prompts import asks_for_edits  # as build_prompt_text: `duet --help` need not load them
+        from app.workspace.edit_grammar import edit_grammar
+
+        if not (self.role_cfg.constrain_edits and self.editable and asks_for_edits(self.route.role, self.route.intent)):
+            return None
+        return edit_grammar(self.editable)
+
     def events(self, cancel: threading.Event | None = None, *, backend=None) -> Iterator[Event]:
         """Stream the answer; the last event is one Done or Failed. Recorded as it streams."""
         recorder = self._begin() if self.save else None
@@ -89,7 +100,7 @@ class Turn:
                 from app.backends import make_backend
 
                 backend = make_backend(self.role_cfg)
-            yield from backend.stream(self.messages(), self.role_cfg.sampling, cancel=cancel)
+            yield from backend.stream(self.messages(), self.role_cfg.sampling, cancel=cancel, grammar=self.grammar())
         except DuetError as exc:
             yield failed_from(exc)
         except Exception as exc:  # a backend bug must not take the app down with the text so far

@@ -7,7 +7,8 @@ Reports, and writes as JSON to bench/results/demo_eval.json:
 - reasoner: the answer names the right function and bug kind (and the exact change), with its
   thinking, and the same model with its thinking suppressed (an empty ``<think></think>``);
 - coder: given the teacher's (correct) plan, its SEARCH/REPLACE blocks apply and the tests pass;
-  and with no plan at all (the request straight to the coder);
+  and with no plan at all (the request straight to the coder). As Duet runs it: sampled under
+  the edit grammar (``constrain_edits``), and, for comparison, given the plan, sampled freely;
 - end to end: the reasoner's plan → the coder's hand-off brief (app.prompts.handoff_brief) →
   app.workspace applies the blocks → the module's tests run; and the same through
   ``duet run --role reasoner --file MODULE --apply --test ...`` as a user runs it;
@@ -89,14 +90,22 @@ class Reasoner:
 
 
 class Coder:
+    """The coder GGUF on llama.cpp. ``files`` given to ``run``: its reply is sampled under the
+    edit grammar for them, as Duet runs the demo coder (``constrain_edits``); else freely."""
+
     def __init__(self, gguf_path):
         from llama_cpp import Llama
 
         self.llm = Llama(str(gguf_path), n_ctx=2048, n_threads=1, verbose=False)
         self.template = self.llm.metadata["tokenizer.chat_template"]
 
-    def run(self, user_text: str, max_new: int = 600):
+    def run(self, user_text: str, max_new: int = 600, files=None):
         import jinja2
+
+        from app.backends.llamacpp import _compile
+        from app.workspace.edit_grammar import edit_grammar
+
+        grammar = _compile(self.llm, edit_grammar(files), "coder") if files else None
 
         prompt = jinja2.Environment().from_string(self.template).render(
             messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,
@@ -105,7 +114,7 @@ class Coder:
         self.llm.reset()
         self.llm.eval(tokens[:-1])  # read the prompt first, so the timing below is decode
         t = time.perf_counter()
-        out = self.llm.create_completion(tokens, max_tokens=max_new, temperature=0.0)
+        out = self.llm.create_completion(tokens, max_tokens=max_new, temperature=0.0, grammar=grammar)
         dt = time.perf_counter() - t
         return out["choices"][0]["text"], out["usage"]["completion_tokens"], dt
 
@@ -148,15 +157,20 @@ def eval_coder(coder_gguf, n: int, seed: int, log=print) -> dict:
     rows, tok, secs = [], 0, 0.0
     for i, (m, request) in enumerate(heldout_cases(n, seed)):
         lang = lang_of(request)
-        text, ck, cdt = cd.run(coder_prompt(m, request, answer(m, lang), "handoff"))
+        files = [(m.path, m.source)]
+        brief = coder_prompt(m, request, answer(m, lang), "handoff")
+        text, ck, cdt = cd.run(brief, files=files)
         tok, secs = tok + ck, secs + cdt
         given_plan, why = apply_and_test(m, text)
+        free, why_free = apply_and_test(m, cd.run(brief)[0])
         direct_req = ("修复 {path} 里的错误" if lang == "zh" else "fix the bug in {path}").format(path=m.path)
-        direct, _ = apply_and_test(m, cd.run(coder_prompt(m, direct_req, None, "direct"))[0])
+        direct, _ = apply_and_test(m, cd.run(coder_prompt(m, direct_req, None, "direct"), files=files)[0])
         rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
-                     "coder_given_plan": given_plan, "coder_direct": direct, "why": "" if given_plan else why})
-        log(f"{i:3d} {m.mutation.kind:13s} coder={int(given_plan)} direct={int(direct)}  {request}")
+                     "coder_given_plan": given_plan, "coder_given_plan_free": free, "coder_direct": direct,
+                     "why": "" if given_plan else why, "why_free": "" if free else why_free})
+        log(f"{i:3d} {m.mutation.kind:13s} coder={int(given_plan)} free={int(free)} direct={int(direct)}  {request}")
     return {"coder_n": len(rows), "coder_given_plan": _rate(rows, "coder_given_plan"),
+            "coder_given_plan_free": _rate(rows, "coder_given_plan_free"),
             "coder_direct": _rate(rows, "coder_direct"), "coder_tok_s": round(tok / max(secs, 1e-9), 1),
             "coder_by_kind": {k: rate_k(rows, k, lambda r: r["coder_given_plan"]) for k in KINDS},
             "coder_rows": rows}
@@ -176,7 +190,7 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
         nothink = score_plan(ans0, m)
         e2e = False
         if ans.strip():
-            e2e, _ = apply_and_test(m, cd.run(coder_prompt(m, request, ans, "handoff"))[0])
+            e2e, _ = apply_and_test(m, cd.run(coder_prompt(m, request, ans, "handoff"), files=[(m.path, m.source)])[0])
         rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
                      "think": think, "nothink": nothink, "end_to_end": e2e, "think_tokens": k,
                      "answer": ans[:400], "nothink_answer": ans0[:400]})
@@ -275,6 +289,7 @@ LABELS = [("reasoner_found", "reasoner: right function + kind (thinking)"),
           ("reasoner_nothink_found", "reasoner, thinking suppressed: function + kind"),
           ("reasoner_nothink_exact_change", "reasoner, thinking suppressed: exact change"),
           ("coder_given_plan", "coder given a correct plan: tests pass"),
+          ("coder_given_plan_free", "  the same, sampled without the edit grammar"),
           ("coder_direct", "coder alone (no plan): tests pass"),
           ("end_to_end", "end to end (reasoner → coder → apply → test)"),
           ("duet_run_passed", "end to end through `duet run --apply --test`"),

@@ -25,14 +25,21 @@ class Backend(Protocol):
 
     Setting ``cancel`` stops generation promptly: the stream ends with
     Done(finish_reason="cancelled") and the model/connection is free for the next turn.
+    ``grammar`` (GBNF, `app.workspace.edit_grammar`) holds the reply to its shape; only the
+    llama.cpp backend samples under one, the others answer it with Failed.
     """
 
     label: str
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
-               cancel: threading.Event | None = None) -> Iterator[Event]: ...
+               cancel: threading.Event | None = None, grammar: str | None = None) -> Iterator[Event]: ...
 
     def close(self) -> None: ...
+
+
+def no_grammar(backend: str, role: str) -> Failed:
+    """What a backend that cannot sample under a grammar answers one with."""
+    return Failed(f"{role}.constrain_edits: the {backend} backend cannot hold a reply to a grammar; use llama.cpp or turn it off")
 
 
 def one_line(text: str, limit: int = 300) -> str:

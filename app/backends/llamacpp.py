@@ -110,6 +110,21 @@ def _chat_formatter(llm):
     return llama_chat_format.format_gemma if arch.startswith("gemma") else llama_chat_format.format_chatml
 
 
+def _compile(llm, grammar: str | None, role: str):
+    """llama.cpp's form of a GBNF grammar (None: sample freely). llama.cpp crashes the process on
+    a grammar it cannot parse once sampling starts, so it is parsed here first, where a failure
+    is only a NULL."""
+    if grammar is None:
+        return None
+    import llama_cpp
+
+    parsed = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar.encode("utf-8"), b"root")
+    if not parsed:
+        raise DuetError(f"{role}.constrain_edits: llama.cpp could not parse the edit grammar")
+    llama_cpp.llama_sampler_free(parsed)
+    return llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
+
+
 PREFILL_CHUNK = 128  # prompt tokens per llama.cpp call: cancel is checked between calls
 
 
@@ -148,13 +163,14 @@ class LlamaCppBackend:
         self.model.close()
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
-               cancel: threading.Event | None = None) -> Iterator[Event]:
+               cancel: threading.Event | None = None, grammar: str | None = None) -> Iterator[Event]:
         clock = Clock()
         with self.model.lock:
             try:
                 llm = self.model.load()
                 prompt, stop, added_special = self.model.render(wire_messages(messages))
                 tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=not added_special, special=True)
+                constraint = _compile(llm, grammar, self.rc.role)
             except DuetError as exc:
                 yield failed_from(exc)
                 return
@@ -186,7 +202,8 @@ class LlamaCppBackend:
             max_tokens = min(sampling.max_tokens, n_ctx - len(tokens))
             finish = None
             chunks = llm.create_completion(tokens, stream=True, max_tokens=max_tokens, temperature=sampling.temperature,
-                                           top_p=sampling.top_p, seed=sampling.seed, stop=stop, logits_processor=LogitsProcessorList([count]))
+                                           top_p=sampling.top_p, seed=sampling.seed, stop=stop, grammar=constraint,
+                                           logits_processor=LogitsProcessorList([count]))
             try:
                 for chunk in chunks:
                     if cancelled(cancel):

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.backends.base import Clock, cancelled, failed_from
+from app.backends.base import Clock, cancelled, failed_from, no_grammar
 from vocab.events import Event, Failed, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.config import RoleConfig, Sampling
@@ -73,7 +73,10 @@ class LocalBackend:
         self.model.close()
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
-               cancel: threading.Event | None = None) -> Iterator[Event]:
+               cancel: threading.Event | None = None, grammar: str | None = None) -> Iterator[Event]:
+        if grammar is not None:
+            yield no_grammar("local", self.rc.role)
+            return
         clock = Clock()
         with self.model.lock:
             try:

@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from app.backends.base import Clock, cancelled, one_line
+from app.backends.base import Clock, cancelled, no_grammar, one_line
 from vocab.events import Event, Failed, ServerUnreachable, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.backends.probe import auth_headers
@@ -55,7 +55,10 @@ class OpenAIBackend:
         return body
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
-               cancel: threading.Event | None = None) -> Iterator[Event]:
+               cancel: threading.Event | None = None, grammar: str | None = None) -> Iterator[Event]:
+        if grammar is not None:
+            yield no_grammar("openai", self.rc.role)
+            return
         body = self.request_body(messages, sampling)
         events = self._stream(body, cancel)
         first = next(events)

@@ -84,8 +84,12 @@ class Conversation:
             files = self.review_material(notes)
         else:
             files = self.context_files(self.config.role(decision.role), notes, extra=extra_files)
+        editable = []  # what the coder may edit: the workspace's files, not an outline of them
+        if decision.role == "coder" and self.workspace is not None:
+            editable = [(p, t) for p, t in files if self.workspace.context.read(p) is not None]
         turn = Turn(self.config, request, decision, history=list(self.history if history is None else history),
-                    plan=plan.text if plan is not None else None, files=files, session_id=self.session_id,
+                    plan=plan.text if plan is not None else None, files=files, editable=editable,
+                    session_id=self.session_id,
                     store=self._store(), handoff_from=plan.message_id if plan is not None else None,
                     save=self.save)
         return Routed(turn, author, tuple(notes), tuple(file_names(files)))

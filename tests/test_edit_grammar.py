@@ -1,0 +1,121 @@
+"""`constrain_edits`: llama.cpp samples a coder's reply under a grammar of edit blocks that apply
+to the files in context (app/workspace/edit_grammar.py), wherever the prompt asks for edits."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+
+from app import demo
+from app.backends.llamacpp import LlamaCppBackend, LlamaModel, _compile
+from app.config import Config, RoleConfig, Sampling, demo_config, parse_config
+from app.conversation import Conversation
+from app.errors import ConfigError, DuetError
+from app.workspace import Workspace
+from app.workspace.edit_blocks import parse
+from app.workspace.edit_grammar import MAX_LINES, edit_grammar
+from tests.sse_server import ScriptedServer, text_reply
+from tests.tui_support import server_config
+
+# Lines the grammar must quote exactly: quotes, backslashes, a tab, non-ASCII, CRLF, blank lines,
+# and lines that occur twice (a SEARCH of one of them alone would match two places).
+AWKWARD = ('def quote(s):\r\n    """Say "hi" \\ then \\n."""\r\n\treturn s + "\\\\"\r\n\r\n'
+           "def twice(a):\r\n    return a\r\n\r\ndef again(a):\r\n    return a\r\n# 注释 ✓\r\n")
+MODULE = ("def total(xs):\n    \"\"\"Return the sum of xs.\"\"\"\n    acc = 1\n    for x in xs:\n        acc += x\n"
+          "    return acc\n\n\ndef first(xs):\n    \"\"\"Return the first item of xs.\"\"\"\n    for x in xs:\n"
+          "        return x\n    return None\n")
+
+
+@pytest.fixture(scope="module")
+def coder():
+    rc = RoleConfig(role="coder", backend="llama.cpp", path=demo.coder_path(), context=2048, threads=1)
+    model = LlamaModel(rc.path, context=2048, threads=1, gpu_layers=0, device="cpu")
+    yield rc, model
+    model.close()
+
+
+def test_the_grammar_for_awkward_files_parses_in_llama_cpp(coder):
+    _, model = coder
+    grammar = edit_grammar([("odd dir/quote.py", AWKWARD), ("calc.py", MODULE), ("empty.py", "")])
+    assert grammar is not None and "empty.py" not in grammar  # nothing to quote in an empty file
+    assert _compile(model.load(), grammar, "coder") is not None
+
+
+def test_a_grammar_llama_cpp_cannot_parse_is_a_clear_error_not_a_crash(coder):
+    _, model = coder
+    with pytest.raises(DuetError, match=r"coder\.constrain_edits"):
+        _compile(model.load(), 'root ::= ("unclosed"', "coder")
+
+
+def test_no_grammar_when_nothing_can_be_quoted_or_the_files_are_too_long():
+    assert edit_grammar([]) is None
+    assert edit_grammar([("blank.py", "\n\n\n"), ("empty.py", "")]) is None
+    assert edit_grammar([("long.py", "".join(f"v{i} = {i}\n" for i in range(MAX_LINES + 1)))]) is None
+    assert edit_grammar([("ok.py", "".join(f"v{i} = {i}\n" for i in range(MAX_LINES)))]) is not None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_reply_sampled_under_the_grammar_applies_to_the_file_even_at_high_temperature(tmp_path, coder, seed):
+    """The rule, not an example: whatever the model samples (temperature 1.3, six seeds), a finished
+    reply is edit blocks for files in context whose SEARCH text matches exactly one place."""
+    rc, model = coder
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "stats.py").write_text(MODULE)
+    (root / "quote.py").write_bytes(AWKWARD.encode())
+    ws = Workspace(root)
+    ws.context.add("stats.py")
+    ws.context.add("quote.py")
+    rc = dataclasses.replace(rc, constrain_edits=True,
+                             sampling=Sampling(temperature=1.3, top_p=1.0, max_tokens=400, seed=seed))
+    conv = Conversation(Config(reasoner=rc, coder=rc), workspace=ws, save=False)
+    routed = conv.prepare("fix the bug in stats.py: total starts at 1", "coder")
+    assert routed.turn.grammar() is not None
+    for _ in routed.turn.events(threading.Event(), backend=LlamaCppBackend(rc, model)):
+        pass
+    result = routed.turn.result
+    assert result.status == "done", result.failed
+    if result.done.finish_reason != "stop":
+        pytest.skip("the reply ran out of tokens mid-block (the grammar cannot shorten it)")
+    blocks, problems = parse(result.answer)
+    assert blocks and not problems, result.answer
+    changes = ws.propose(result.answer)
+    assert not changes.rejected, (result.answer, [r.reason for r in changes.rejected])
+    assert changes.edits or all(b.search == b.replace for b in blocks)  # no edit only where nothing changes
+    assert {e.path for e in changes.edits} <= {"stats.py", "quote.py"}
+
+
+def test_the_demo_coder_holds_its_edits_to_the_grammar_and_other_backends_refuse_the_setting(tmp_path):
+    assert demo_config().coder.constrain_edits and not demo_config().reasoner.constrain_edits
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    ok = parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "constrain_edits": True}})
+    assert ok.coder.constrain_edits
+    with pytest.raises(ConfigError, match=r"coder\.constrain_edits.*llama\.cpp"):
+        parse_config({"coder": {"backend": "openai", "url": "http://127.0.0.1:9/v1", "constrain_edits": True}})
+    with pytest.raises(ConfigError, match=r"coder\.constrain_edits"):
+        parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "constrain_edits": "yes"}})
+
+
+def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_backend_says_it_cannot(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    ws = Workspace(root)
+    ws.context.add("calc.py")
+    with ScriptedServer(text_reply("calc.py\n<<<<<<< SEARCH\n    return a - b\n=======\n    return a + b\n>>>>>>> REPLACE\n")) as server:
+        config = server_config(server.base_url)
+        constrained = dataclasses.replace(config, coder=dataclasses.replace(config.coder, constrain_edits=True))
+        conv = Conversation(constrained, workspace=ws, save=False)
+        edit = conv.prepare("fix the bug in calc.py", "coder").turn
+        assert edit.editable == [("calc.py", "def add(a, b):\n    return a - b\n")]
+        assert "calc.py\\n<<<<<<< SEARCH\\n" in edit.grammar()
+        assert conv.prepare("hello there", "coder").turn.grammar() is None  # a chat prompt asks for no edits
+        assert conv.prepare("review calc.py", "reasoner").turn.grammar() is None
+        assert Conversation(config, workspace=ws, save=False).prepare("fix the bug in calc.py", "coder").turn.grammar() is None
+        ended = list(conv.run(conv.prepare("fix the bug in calc.py", "coder")))[-1]
+        assert ended.status == "failed" and "coder.constrain_edits" in ended.reasons[0]
+        assert server.requests == []  # refused before anything was sent
+    assert (root / "calc.py").read_text().endswith("a - b\n")
