@@ -4,6 +4,7 @@ to the files in context (app/workspace/edit_grammar.py), wherever the prompt ask
 from __future__ import annotations
 
 import dataclasses
+import random
 import threading
 
 import pytest
@@ -15,7 +16,7 @@ from app.conversation import Conversation
 from app.errors import ConfigError, DuetError
 from app.workspace import Workspace
 from app.workspace.edit_blocks import parse
-from app.workspace.edit_grammar import MAX_LINES, edit_grammar
+from app.workspace.edit_grammar import MAX_LINES, MAX_RUN, _starts, edit_grammar
 from tests.sse_server import ScriptedServer, text_reply
 from tests.tui_support import server_config
 
@@ -119,3 +120,22 @@ def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_backe
         assert ended.status == "failed" and "coder.constrain_edits" in ended.reasons[0]
         assert server.requests == []  # refused before anything was sent
     assert (root / "calc.py").read_text().endswith("a - b\n")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_search_may_start_where_a_short_run_matches_that_place_alone(seed):
+    """app.workspace.edit_blocks refuses a SEARCH that matches twice or is all blank: each start
+    the grammar allows needs the fewest lines that avoid both, and a start it leaves out has no
+    such run of up to MAX_RUN lines."""
+    rng = random.Random(seed)
+    lines = [rng.choice(["", "x = 1", "    return x", "pass", f"y = {rng.randint(0, 3)}"]) for _ in range(rng.randint(1, 40))]
+
+    def ok(s, k):
+        window = lines[s:s + k]
+        matches = sum(lines[p:p + k] == window for p in range(len(lines) - k + 1))
+        return s + k <= len(lines) and matches == 1 and any(line.strip() for line in window)
+
+    starts = _starts(lines)
+    for s in range(len(lines)):
+        fits = [k for k in range(1, MAX_RUN + 1) if ok(s, k)]
+        assert starts.get(s) == (fits[0] if fits else None), (lines, s)

@@ -8,15 +8,18 @@ is not there (``phys.py`` for ``physics.py``), miss its SEARCH by a letter or ma
 whether the REPLACE text is right is still the model's. Ruled out by design: prose before
 the first block, and new files (a path outside the context, with an empty SEARCH).
 
-The grammar grows with the files (one rule per line), so past ``MAX_LINES`` lines in all
-there is none and the reply is sampled freely.
+The grammar grows with the files (a few rules per line), so past ``MAX_LINES`` lines in
+all there is none and the reply is sampled freely.
 """
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Sequence
 
-MAX_LINES = 4000  # lines of all files together; each is one rule llama.cpp tracks while sampling SEARCH
+MAX_LINES = 20000  # lines of all files together (building the grammar takes about a second at this size)
+MAX_RUN = 16  # the most lines a SEARCH may need before it matches one place only
 
 _HEAD = r"""root ::= block+ ("\n" note)?
 note ::= ([^<=>] | "<" [^<] | "=" [^=] | ">" [^>])*
@@ -33,38 +36,76 @@ def edit_grammar(files: Sequence[tuple[str, str]]) -> str | None:
         return None
     blocks, rules = [], []
     for path, lines in named:
-        where: dict[str, list[int]] = {}
-        for i, line in enumerate(lines):
-            where.setdefault(line, []).append(i)
-        starts = {s: k for s in range(len(lines)) if (k := _shortest_unique(lines, s, where[lines[s]]))}
+        starts = _starts(lines)
         if not starts:
             continue
-        f = len(blocks)
-        blocks.append(f"{_literal(path + chr(10) + '<<<<<<< SEARCH' + chr(10))} f{f} replace")
-        rules.append(f"f{f} ::= " + " | ".join(f"f{f}s{s}" for s in starts))
+        f = f"f{len(blocks)}"
+        blocks.append(f"{_literal(path + chr(10) + '<<<<<<< SEARCH' + chr(10))} {f} replace")
+        first: dict[str, list[str]] = {}  # a SEARCH's first line -> what may follow it there
         for s, k in starts.items():  # from line s, the first k lines are a must: fewer match elsewhere too
-            rules.append(f"f{f}s{s} ::= " + " ".join(_literal(line + chr(10)) for line in lines[s:s + k - 1])
-                         + f" f{f}l{s + k - 1}")
+            first.setdefault(lines[s] + "\n", []).append(f"{f}a{s}")
+            rules.append(f"{f}a{s} ::= " + "".join(_literal(line + "\n") + " " for line in lines[s + 1:s + k])
+                         + f"{f}t{s + k - 1}")
+        rules += _prefix_tree(f, first)
         for i, line in enumerate(lines):  # then line by line until the divider
-            more = f" | f{f}l{i + 1}" if i + 1 < len(lines) else ""
-            rules.append(f'f{f}l{i} ::= {_literal(line + chr(10))} ("=======\\n"{more})')
+            rules.append(f"{f}t{i} ::= " + '"=======\\n"' + (f" | {f}l{i + 1}" if i + 1 < len(lines) else ""))
+            if i:
+                rules.append(f"{f}l{i} ::= {_literal(line + chr(10))} {f}t{i}")
     if not blocks:
         return None
     return _HEAD + "block ::= " + " | ".join(blocks) + "\n" + "\n".join(rules) + "\n"
 
 
-def _shortest_unique(lines: list[str], start: int, same: list[int]) -> int | None:
-    """How many lines from ``start`` a SEARCH needs to match only there, with a line that is not
-    blank (app.workspace.edit_blocks refuses the rest); None if no run from there does.
-    ``same``: where the line at ``start`` occurs."""
-    others = [p for p in same if p != start]
-    for k in range(1, len(lines) - start + 1):
-        last = lines[start + k - 1]
-        if k > 1:
-            others = [p for p in others if p + k - 1 < len(lines) and lines[p + k - 1] == last]
-        if not others and any(line.strip() for line in lines[start:start + k]):
-            return k
-    return None
+def _prefix_tree(name: str, entries: dict[str, list[str]]) -> list[str]:
+    """Rules for ``name``: any key of ``entries``, then one of its rules, the keys merged where
+    they share a beginning. llama.cpp keeps a stack per alternative it could be in, so a SEARCH
+    that may start at any of 4,000 lines would otherwise cost 4,000 checks per token in the
+    vocabulary; this way it is one per branch. Keys end with the only newline they hold."""
+    rules, todo, count = [], [(name, sorted(entries.items()))], 0
+    while todo:
+        rule, items = todo.pop()
+        by_char: dict[str, list[tuple[str, list[str]]]] = {}
+        for key, targets in items:
+            by_char.setdefault(key[0], []).append((key, targets))
+        alts = []
+        for group in by_char.values():
+            if len(group) == 1:
+                key, targets = group[0]
+                alts.append(f"{_literal(key)} {_one_of(targets)}")
+                continue
+            shared = os.path.commonprefix([key for key, _ in group])
+            count += 1
+            child = f"{name}n{count}"
+            todo.append((child, [(key[len(shared):], targets) for key, targets in group]))
+            alts.append(f"{_literal(shared)} {child}")
+        rules.append(f"{rule} ::= " + " | ".join(alts))
+    return rules
+
+
+def _one_of(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else "(" + " | ".join(names) + ")"
+
+
+def _starts(lines: list[str]) -> dict[int, int]:
+    """Where a SEARCH may start, and how many lines it needs from there to match that place
+    alone, with a line that is not blank (app.workspace.edit_blocks refuses the rest). A start
+    that needs more than ``MAX_RUN`` lines is left out."""
+    ids: dict[str, int] = {}
+    row = [ids.setdefault(line, len(ids)) for line in lines]
+    blank = [not line.strip() for line in lines]
+    found: dict[int, int] = {}
+    pending = set(range(len(lines)))
+    for k in range(1, MAX_RUN + 1):
+        if not pending:
+            break
+        seen = Counter(tuple(row[s:s + k]) for s in range(len(lines) - k + 1))
+        for s in sorted(pending):
+            if s + k > len(lines):
+                pending.discard(s)  # runs from here reach the end and still match elsewhere
+            elif seen[tuple(row[s:s + k])] == 1 and not all(blank[s:s + k]):
+                found[s] = k
+                pending.discard(s)
+    return dict(sorted(found.items()))
 
 
 def _lines(text: str) -> list[str]:
