@@ -31,6 +31,7 @@ class Template:
     vars: tuple[str, ...]
     about: str
     body: str
+    new_files: bool = False  # its edits may create files (header ``new_files: yes``)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -82,7 +83,8 @@ def parse_template(name: str, text: str) -> Template:
     used = set(_PLACEHOLDER.findall(parts[2]))
     if used != set(declared):
         raise UsageError(f"prompts/{name}.md: header vars {sorted(declared)} but body uses {sorted(used)}")
-    return Template(name, declared, header.get("about", "").strip(), parts[2].strip() + "\n")
+    return Template(name, declared, header.get("about", "").strip(), parts[2].strip() + "\n",
+                    header.get("new_files", "").strip() == "yes")
 
 
 def render(name: str, **values: str) -> str:
@@ -185,9 +187,13 @@ def template_name(role: str, intent: str, lang: str) -> str:
     return name if name in templates() else f"{role}-{rules().role_default[role]}.{lang}"
 
 
-def asks_for_edits(role: str, intent: str) -> bool:
-    """Whether the prompt for this role and intent asks for SEARCH/REPLACE edit blocks."""
-    return "edit_format" in templates()[template_name(role, intent, "en")].vars
+def asks_for_edits(role: str, intent: str) -> str | None:
+    """What the prompt for this role and intent asks for: None (no edit blocks), "edits" (of
+    the files in context) or "edits and new files" (an implementation, tests)."""
+    template = templates()[template_name(role, intent, "en")]
+    if "edit_format" not in template.vars:
+        return None
+    return "edits and new files" if template.new_files else "edits"
 
 
 def build_prompt(role: str, intent: str, request: str, *, plan: str | None = None,

@@ -71,13 +71,15 @@ class Turn:
 
     def grammar(self) -> str | None:
         """The edit-block grammar for this reply (``constrain_edits``): when the prompt asks for
-        edits and there are workspace files to edit; else None (sampled freely)."""
+        edits and there are workspace files to edit (and new files where the prompt may create
+        them: an implementation, tests); else None (sampled freely)."""
         from app.prompts import asks_for_edits  # as build_prompt_text: `duet --help` need not load them
         from app.workspace.edit_grammar import edit_grammar
 
-        if not (self.role_cfg.constrain_edits and self.editable and asks_for_edits(self.route.role, self.route.intent)):
+        asks = asks_for_edits(self.route.role, self.route.intent)
+        if not (self.role_cfg.constrain_edits and self.editable and asks):
             return None
-        return edit_grammar(self.editable)
+        return edit_grammar(self.editable, new_files=asks == "edits and new files")
 
     def events(self, cancel: threading.Event | None = None, *, backend=None) -> Iterator[Event]:
         """Stream the answer; the last event is one Done or Failed. Recorded as it streams."""

@@ -55,6 +55,7 @@ def test_no_grammar_when_nothing_can_be_quoted_or_the_files_are_too_long():
     assert edit_grammar([("blank.py", "\n\n\n"), ("empty.py", "")]) is None
     assert edit_grammar([("long.py", "".join(f"v{i} = {i}\n" for i in range(MAX_LINES + 1)))]) is None
     assert edit_grammar([("ok.py", "".join(f"v{i} = {i}\n" for i in range(MAX_LINES)))]) is not None
+    assert edit_grammar([("blank.py", "\n")], new_files=True) is not None  # new files only
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -112,7 +113,8 @@ def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_backe
         conv = Conversation(constrained, workspace=ws, save=False)
         edit = conv.prepare("fix the bug in calc.py", "coder").turn
         assert edit.editable == [("calc.py", "def add(a, b):\n    return a - b\n")]
-        assert "calc.py\\n<<<<<<< SEARCH\\n" in edit.grammar()
+        assert "calc.py\\n<<<<<<< SEARCH\\n" in edit.grammar() and "\nnew ::= " not in edit.grammar()
+        assert "\nnew ::= " in conv.prepare("write tests for calc.py", "coder").turn.grammar()  # tests go in new files
         assert conv.prepare("hello there", "coder").turn.grammar() is None  # a chat prompt asks for no edits
         assert conv.prepare("review calc.py", "reasoner").turn.grammar() is None
         assert Conversation(config, workspace=ws, save=False).prepare("fix the bug in calc.py", "coder").turn.grammar() is None
@@ -139,3 +141,52 @@ def test_a_search_may_start_where_a_short_run_matches_that_place_alone(seed):
     for s in range(len(lines)):
         fits = [k for k in range(1, MAX_RUN + 1) if ok(s, k)]
         assert starts.get(s) == (fits[0] if fits else None), (lines, s)
+
+
+def accepts(llm, grammar: str, text: str) -> bool:
+    """Whether llama.cpp's grammar sampler lets ``text`` through whole, then the end of the reply:
+    each token offered alone, and taken only where the grammar kept it."""
+    import ctypes
+
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar.encode(), b"root")
+    assert sampler
+    try:
+        for token in llm.tokenize(text.encode(), add_bos=False, special=False) + [llm.token_eos()]:
+            one = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(llama_cpp.llama_token_data_array(one, 1, -1, False)))
+            if one[0].logit == float("-inf"):
+                return False
+            if token != llm.token_eos():
+                llama_cpp.llama_sampler_accept(sampler, token)
+        return True
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
+
+
+def block(path: str, search: str, replace: str = "z = 2\n") -> str:
+    return f"{path}\n<<<<<<< SEARCH\n{search}=======\n{replace}>>>>>>> REPLACE\n"
+
+
+def test_the_grammar_takes_blocks_that_apply_and_refuses_the_rest(coder):
+    llm = coder[1].load()
+    files = [("calc.py", "def add(a, b):\n    return a - b\n\ndef sub(a, b):\n    return a - b\n"), ("odd.py", "x = 'é'\n")]
+    for new_files in (False, True):
+        g = edit_grammar(files, new_files=new_files)
+        assert accepts(llm, g, block("calc.py", "def add(a, b):\n"))
+        assert accepts(llm, g, block("calc.py", "def add(a, b):\n    return a - b\n", "def add(a, b):\n    return a + b\n"))
+        assert accepts(llm, g, block("calc.py", "def sub(a, b):\n") + block("odd.py", "x = 'é'\n") + "\nFixed both.")
+        assert not accepts(llm, g, "Here is the fix:\n" + block("calc.py", "def add(a, b):\n"))  # prose first
+        assert not accepts(llm, g, block("calc.py", "def add(a,b):\n"))  # misquoted
+        assert not accepts(llm, g, block("calc.py", "    return a - b\n"))  # matches two places
+        assert accepts(llm, g, block("calc.py", "    return a - b\n\n"))  # one more line: one place
+        assert not accepts(llm, g, block("calc.py", "\n"))  # blank only
+        assert not accepts(llm, g, block("calc.py", ""))  # an empty SEARCH on a file that exists
+        assert not accepts(llm, g, block("calc.py", "def add(a, b):\n").replace(">>>>>>> REPLACE\n", ""))  # unfinished
+        assert accepts(llm, g, block("phys.py", "")) == new_files  # a new file only where the prompt creates files
+    g = edit_grammar(files + [("src/数据-1.py", "")], new_files=True)
+    for path in ("calc2.py", "calc.p", "calc.pyc", "c", "src/数据-1.pyi", "tests/test_calc.py", "odd"):
+        assert accepts(llm, g, block(path, "")), path
+    for path in ("calc.py", "odd.py", "src/数据-1.py", "new file.py", "`new.py`", "new.py:", ""):
+        assert not accepts(llm, g, block(path, "")), path

@@ -6,7 +6,8 @@ files in context, and its SEARCH text is a run of consecutive whole lines of tha
 copied exactly, long enough to match only one place. So a block cannot name a file that
 is not there (``phys.py`` for ``physics.py``), miss its SEARCH by a letter or match twice;
 whether the REPLACE text is right is still the model's. Ruled out by design: prose before
-the first block, and new files (a path outside the context, with an empty SEARCH).
+the first block, and, unless the prompt is one that creates files (``new_files``), new files
+(a path outside the context, with an empty SEARCH).
 
 The grammar grows with the files (a few rules per line), so past ``MAX_LINES`` lines in
 all there is none and the reply is sampled freely.
@@ -28,13 +29,17 @@ rline ::= ([^<=>\n] [^\n]* | [<=>] [^<=>\n] [^\n]* | [<=>])? "\n"
 """
 
 
-def edit_grammar(files: Sequence[tuple[str, str]]) -> str | None:
+def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool = False) -> str | None:
     """The grammar for a reply that edits ``files`` (``(path, text)`` pairs, as the prompt shows
-    them); None when no file has a line to quote or the files are too long to track."""
+    them) and, with ``new_files``, creates files under other paths (an empty SEARCH); None when
+    no file has a line to quote or the files are too long to track."""
     named = [(path, _lines(text)) for path, text in files]
     if sum(len(lines) for _, lines in named) > MAX_LINES:
         return None
     blocks, rules = [], []
+    if new_files:
+        blocks.append('new "<<<<<<< SEARCH\\n=======\\n" replace')
+        rules += _other_path("new", [path for path, _ in files])
     for path, lines in named:
         starts = _starts(lines)
         if not starts:
@@ -80,6 +85,57 @@ def _prefix_tree(name: str, entries: dict[str, list[str]]) -> list[str]:
             alts.append(f"{_literal(shared)} {child}")
         rules.append(f"{rule} ::= " + " | ".join(alts))
     return rules
+
+
+PATH_CHARS = ((ord("a"), ord("z")), (ord("A"), ord("Z")), (ord("0"), ord("9")), (ord("_"), ord("_")),
+              (ord("-"), ord("/")), (0x80, 0x10FFFF))  # "-", "." and "/"; letters of any script
+
+
+def _other_path(name: str, taken: Sequence[str]) -> list[str]:
+    """Rules for ``name``: a path line (up to its newline) that is none of ``taken``, made of
+    ``PATH_CHARS`` only (so app.workspace.edit_blocks reads it as written: no quotes, spaces or
+    colons to strip). A character trie of the taken paths whose every node may also leave them
+    (a character no taken path has there) or, where it is no taken path itself, end."""
+    rules, todo, count = [], [(name, "")], 0
+    anything = f"{_char_class(PATH_CHARS)}* " + '"\\n"'
+    while todo:
+        rule, prefix = todo.pop()
+        after = sorted({path[len(prefix)] for path in taken
+                        if path.startswith(prefix) and len(path) > len(prefix) and _in(path[len(prefix)], PATH_CHARS)})
+        alts = [f"{_char_class(PATH_CHARS, after)} {anything}"]
+        if prefix and prefix not in taken:
+            alts.append('"\\n"')
+        for c in after:
+            count += 1
+            child = f"{name}{count}"
+            todo.append((child, prefix + c))
+            alts.append(f"{_literal(c)} {child}")
+        rules.append(f"{rule} ::= " + " | ".join(alts))
+    return rules
+
+
+def _char_class(ranges, minus: Sequence[str] = ()) -> str:
+    """A GBNF class of the code-point ``ranges`` less the characters ``minus``, each written by
+    its code (llama.cpp knows few escapes)."""
+    cut = sorted(ord(c) for c in minus)
+    parts = []
+    for lo, hi in ranges:
+        for code in cut:
+            if lo <= code <= hi:
+                if lo < code:
+                    parts.append((lo, code - 1))
+                lo = code + 1
+        if lo <= hi:
+            parts.append((lo, hi))
+    return "[" + "".join(_code(lo) if lo == hi else f"{_code(lo)}-{_code(hi)}" for lo, hi in parts) + "]"
+
+
+def _in(c: str, ranges) -> bool:
+    return any(lo <= ord(c) <= hi for lo, hi in ranges)
+
+
+def _code(code: int) -> str:
+    return f"\\x{code:02X}" if code < 0x100 else f"\\u{code:04X}" if code < 0x10000 else f"\\U{code:08X}"
 
 
 def _one_of(names: list[str]) -> str:
