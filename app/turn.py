@@ -72,14 +72,19 @@ class Turn:
     def grammar(self) -> str | None:
         """The edit-block grammar for this reply (``constrain_edits``): when the prompt asks for
         edits and there are workspace files to edit (and new files where the prompt may create
-        them: an implementation, tests); else None (sampled freely)."""
+        them: an implementation, tests; after a plan, the ones it names); else None (sampled
+        freely)."""
         from app.prompts import asks_for_edits  # as build_prompt_text: `duet --help` need not load them
+        from app.workspace.context import paths_named
         from app.workspace.edit_grammar import edit_grammar
 
         asks = asks_for_edits(self.route.role, self.route.intent)
         if not (self.role_cfg.constrain_edits and self.editable and asks):
             return None
-        return edit_grammar(self.editable, new_files=asks == "edits and new files")
+        new_files = asks == "edits and new files"
+        if new_files and self.plan:  # after a plan: the files it names, no others
+            new_files = paths_named(f"{self.plan}\n{self.request}")
+        return edit_grammar(self.editable, new_files=new_files)
 
     def events(self, cancel: threading.Event | None = None, *, backend=None) -> Iterator[Event]:
         """Stream the answer; the last event is one Done or Failed. Recorded as it streams."""

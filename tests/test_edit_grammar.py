@@ -115,6 +115,10 @@ def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_backe
         assert edit.editable == [("calc.py", "def add(a, b):\n    return a - b\n")]
         assert "calc.py\\n<<<<<<< SEARCH\\n" in edit.grammar() and "\nnew ::= " not in edit.grammar()
         assert "\nnew ::= " in conv.prepare("write tests for calc.py", "coder").turn.grammar()  # tests go in new files
+        named = conv.prepare("Implement the plan.", "coder", plan="1. Add `cache.py` with a class Cache.\n2. Use it in calc.py.")
+        assert '\nnew ::= "cache.py\\n"\n' in named.turn.grammar()  # after a plan: the new files it names, no others
+        fixes = conv.prepare("Implement the plan.", "coder", plan="1. In `calc.py`, change line 2 to `return a + b`.")
+        assert "\nnew ::= " not in fixes.turn.grammar()
         assert conv.prepare("hello there", "coder").turn.grammar() is None  # a chat prompt asks for no edits
         assert conv.prepare("review calc.py", "reasoner").turn.grammar() is None
         assert Conversation(config, workspace=ws, save=False).prepare("fix the bug in calc.py", "coder").turn.grammar() is None
@@ -185,8 +189,19 @@ def test_the_grammar_takes_blocks_that_apply_and_refuses_the_rest(coder):
         assert not accepts(llm, g, block("calc.py", ""))  # an empty SEARCH on a file that exists
         assert not accepts(llm, g, block("calc.py", "def add(a, b):\n").replace(">>>>>>> REPLACE\n", ""))  # unfinished
         assert accepts(llm, g, block("phys.py", "")) == new_files  # a new file only where the prompt creates files
+    g = edit_grammar(files, new_files=["tests/test_calc.py", "calc.py"])  # after a plan: the files it names
+    assert accepts(llm, g, block("tests/test_calc.py", "")) and accepts(llm, g, block("calc.py", "def add(a, b):\n"))
+    assert not accepts(llm, g, block("phys.py", "")) and not accepts(llm, g, block("calc.py", ""))
+    assert "new ::=" not in edit_grammar(files, new_files=["calc.py"])
     g = edit_grammar(files + [("src/数据-1.py", "")], new_files=True)
     for path in ("calc2.py", "calc.p", "calc.pyc", "c", "src/数据-1.pyi", "tests/test_calc.py", "odd"):
         assert accepts(llm, g, block(path, "")), path
     for path in ("calc.py", "odd.py", "src/数据-1.py", "new file.py", "`new.py`", "new.py:", ""):
         assert not accepts(llm, g, block(path, "")), path
+
+
+def test_the_paths_a_text_names_are_relative_and_stay_inside_the_root():
+    from app.workspace.context import paths_named
+
+    text = "Add `src/cache.py`, then test it in tests/test_cache.py; see ./calc.py and ../etc/passwd.conf, calc.py again."
+    assert paths_named(text) == ["src/cache.py", "tests/test_cache.py", "calc.py"]

@@ -31,6 +31,21 @@ from app.workspace import safety
 _PATHLIKE = re.compile(r"[\w./-]*\w\.[A-Za-z][A-Za-z0-9]*")  # "calc.py", "src/app/x.toml" (a dot and an extension)
 
 
+def paths_named(text: str) -> list[str]:
+    """The relative paths ``text`` names ("src/calc.py", "`test_calc.py`"; a dot and an
+    extension make a word a path), once each, in order; none that would leave the root."""
+    out: list[str] = []
+    for word in _PATHLIKE.findall(text):
+        word = word[2:] if word.startswith("./") else word
+        try:
+            rel = safety.clean_relative(word)
+        except safety.Unsafe:
+            continue
+        if rel not in out:
+            out.append(rel)
+    return out
+
+
 def estimate_tokens(text: str) -> int:
     """About four characters a token: what code averages with BPE vocabularies."""
     return (len(text) + 3) // 4
@@ -135,12 +150,7 @@ class FileContext:
         one file in the tree has it."""
         out: list[str] = []
         tree: list[str] | None = None
-        for word in _PATHLIKE.findall(text):
-            word = word[2:] if word.startswith("./") else word
-            try:
-                rel = safety.clean_relative(word)
-            except safety.Unsafe:
-                continue
+        for rel in paths_named(text):
             if not (self.root / rel).is_file():
                 if "/" in rel:
                     continue

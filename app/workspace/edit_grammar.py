@@ -6,8 +6,8 @@ files in context, and its SEARCH text is a run of consecutive whole lines of tha
 copied exactly, long enough to match only one place. So a block cannot name a file that
 is not there (``phys.py`` for ``physics.py``), miss its SEARCH by a letter or match twice;
 whether the REPLACE text is right is still the model's. Ruled out by design: prose before
-the first block, and, unless the prompt is one that creates files (``new_files``), new files
-(a path outside the context, with an empty SEARCH).
+the first block, and new files (a path outside the context, with an empty SEARCH) except
+where the prompt creates them (``new_files``: any path, or the paths a plan names).
 
 The grammar grows with the files (a few rules per line), so past ``MAX_LINES`` lines in
 all there is none and the reply is sampled freely.
@@ -29,17 +29,23 @@ rline ::= ([^<=>\n] [^\n]* | [<=>] [^<=>\n] [^\n]* | [<=>])? "\n"
 """
 
 
-def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool = False) -> str | None:
+def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence[str] = False) -> str | None:
     """The grammar for a reply that edits ``files`` (``(path, text)`` pairs, as the prompt shows
-    them) and, with ``new_files``, creates files under other paths (an empty SEARCH); None when
-    no file has a line to quote or the files are too long to track."""
+    them) and creates files (an empty SEARCH): with ``new_files`` True under any other path,
+    given paths under those alone (the ones a plan names); None when no file has a line to
+    quote or the files are too long to track."""
     named = [(path, _lines(text)) for path, text in files]
     if sum(len(lines) for _, lines in named) > MAX_LINES:
         return None
     blocks, rules = [], []
-    if new_files:
+    taken = [path for path, _ in files]
+    fresh = [path for path in new_files if path not in taken] if not isinstance(new_files, bool) else []
+    if new_files is True:
+        rules += _other_path("new", taken)
+    elif fresh:
+        rules.append("new ::= " + " | ".join(_literal(path + "\n") for path in fresh))
+    if new_files is True or fresh:
         blocks.append('new "<<<<<<< SEARCH\\n=======\\n" replace')
-        rules += _other_path("new", [path for path, _ in files])
     for path, lines in named:
         starts = _starts(lines)
         if not starts:
