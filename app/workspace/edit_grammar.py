@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 MAX_LINES = 20000  # lines of all files together (building the grammar takes about a second at this size)
 MAX_RUN = 16  # the most lines a SEARCH may need before it matches one place only
+PATH_CHARS = ((ord("a"), ord("z")), (ord("A"), ord("Z")), (ord("0"), ord("9")), (ord("_"), ord("_")),
+              (ord("-"), ord("/")), (0x80, 0x10FFFF))  # a new file's path: "-", "." and "/"; letters of any script
 
 _HEAD = r"""root ::= block+ ("\n" note)?
 note ::= ([^<=>] | "<" [^<] | "=" [^=] | ">" [^>])*
@@ -91,10 +93,6 @@ def _prefix_tree(name: str, entries: dict[str, list[str]]) -> list[str]:
             alts.append(f"{_literal(shared)} {child}")
         rules.append(f"{rule} ::= " + " | ".join(alts))
     return rules
-
-
-PATH_CHARS = ((ord("a"), ord("z")), (ord("A"), ord("Z")), (ord("0"), ord("9")), (ord("_"), ord("_")),
-              (ord("-"), ord("/")), (0x80, 0x10FFFF))  # "-", "." and "/"; letters of any script
 
 
 def _other_path(name: str, taken: Sequence[str]) -> list[str]:
