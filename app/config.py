@@ -41,7 +41,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "system_prompt": ((str,), "system prompt (R1 guidance: none)"),
     "history": ((bool,), "send the earlier turns' answers (false: each request alone, as small models trained on single turns need)"),
     "timeout": ((int, float), "openai: seconds to wait for the first byte"),
-    "constrain_edits": ((bool,), "llama.cpp coder: sample only edit blocks that apply to the files in context (no new files, no prose before the blocks)"),
+    "constrain_edits": ((bool,), "llama.cpp coder: sample edit blocks under a grammar (each SEARCH copied from a file in context; new files only where the prompt creates them)"),
 }
 SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": ((int, float), "sampling temperature (0 = greedy)"),

@@ -47,6 +47,7 @@ class Turn:
     plan: str | None = None  # the last reasoner answer, when the coder implements it (never its trace)
     files: Sequence = ()  # files in context, as app.prompts.build_prompt takes them
     editable: Sequence[tuple[str, str]] = ()  # of those, the workspace's own files (not an outline)
+    new_paths: Sequence[str] | None = None  # files an edit may create where the prompt creates any; None: any path
     save: bool = True
     session_id: int | None = None  # None: a new session titled after the request
     store: object = None  # an open app.store.SessionStore; None: opened on first use
@@ -72,18 +73,17 @@ class Turn:
     def grammar(self) -> str | None:
         """The edit-block grammar for this reply (``constrain_edits``): when the prompt asks for
         edits and there are workspace files to edit (and new files where the prompt may create
-        them: an implementation, tests; after a plan, the ones it names); else None (sampled
+        them: an implementation, tests; ``new_paths`` only, when given); else None (sampled
         freely)."""
         from app.prompts import asks_for_edits  # as build_prompt_text: `duet --help` need not load them
-        from app.workspace.context import paths_named
         from app.workspace.edit_grammar import edit_grammar
 
         asks = asks_for_edits(self.route.role, self.route.intent)
         if not (self.role_cfg.constrain_edits and self.editable and asks):
             return None
         new_files = asks == "edits and new files"
-        if new_files and self.plan:  # after a plan: the files it names, no others
-            new_files = paths_named(f"{self.plan}\n{self.request}")
+        if new_files and self.new_paths is not None:
+            new_files = list(self.new_paths)
         return edit_grammar(self.editable, new_files=new_files)
 
     def events(self, cancel: threading.Event | None = None, *, backend=None) -> Iterator[Event]:

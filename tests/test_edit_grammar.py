@@ -117,8 +117,10 @@ def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_backe
         assert "\nnew ::= " in conv.prepare("write tests for calc.py", "coder").turn.grammar()  # tests go in new files
         named = conv.prepare("Implement the plan.", "coder", plan="1. Add `cache.py` with a class Cache.\n2. Use it in calc.py.")
         assert '\nnew ::= "cache.py\\n"\n' in named.turn.grammar()  # after a plan: the new files it names, no others
-        fixes = conv.prepare("Implement the plan.", "coder", plan="1. In `calc.py`, change line 2 to `return a + b`.")
-        assert "\nnew ::= " not in fixes.turn.grammar()
+        fix = "1. In `calc.py`, change line 2 to `return a + b`.\n2. Check that `test_calc.py` passes."
+        assert '\nnew ::= "test_calc.py\\n"\n' in conv.prepare("Implement the plan.", "coder", plan=fix).turn.grammar()
+        (root / "test_calc.py").write_text("from calc import add\nassert add(2, 3) == 5\n")
+        assert "\nnew ::= " not in conv.prepare("Implement the plan.", "coder", plan=fix).turn.grammar()  # both there
         assert conv.prepare("hello there", "coder").turn.grammar() is None  # a chat prompt asks for no edits
         assert conv.prepare("review calc.py", "reasoner").turn.grammar() is None
         assert Conversation(config, workspace=ws, save=False).prepare("fix the bug in calc.py", "coder").turn.grammar() is None
