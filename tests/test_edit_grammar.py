@@ -116,11 +116,11 @@ def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_backe
         assert "calc.py\\n<<<<<<< SEARCH\\n" in edit.grammar() and "\nnew ::= " not in edit.grammar()
         assert "\nnew ::= " in conv.prepare("write tests for calc.py", "coder").turn.grammar()  # tests go in new files
         named = conv.prepare("Implement the plan.", "coder", plan="1. Add `cache.py` with a class Cache.\n2. Use it in calc.py.")
-        assert '\nnew ::= "cache.py\\n"\n' in named.turn.grammar()  # after a plan: the new files it names, no others
-        fix = "1. In `calc.py`, change line 2 to `return a + b`.\n2. Check that `test_calc.py` passes."
-        assert '\nnew ::= "test_calc.py\\n"\n' in conv.prepare("Implement the plan.", "coder", plan=fix).turn.grammar()
-        (root / "test_calc.py").write_text("from calc import add\nassert add(2, 3) == 5\n")
-        assert "\nnew ::= " not in conv.prepare("Implement the plan.", "coder", plan=fix).turn.grammar()  # both there
+        assert '\nnew ::= "cache.py\\n"\n' in named.turn.grammar()  # after a plan: the new files it says to create
+        fix = "1. In `calcs.py`, change line 2 to `return a + b`.\n2. Check that `test_calc.py` passes."  # names, not new files
+        assert "\nnew ::= " not in conv.prepare("Implement the plan.", "coder", plan=fix).turn.grammar()
+        (root / "cache.py").write_text("")
+        assert "\nnew ::= " not in conv.prepare("Implement the plan.", "coder", plan=named.turn.plan).turn.grammar()  # there now
         assert conv.prepare("hello there", "coder").turn.grammar() is None  # a chat prompt asks for no edits
         assert conv.prepare("review calc.py", "reasoner").turn.grammar() is None
         assert Conversation(config, workspace=ws, save=False).prepare("fix the bug in calc.py", "coder").turn.grammar() is None
@@ -202,8 +202,11 @@ def test_the_grammar_takes_blocks_that_apply_and_refuses_the_rest(coder):
         assert not accepts(llm, g, block(path, "")), path
 
 
-def test_the_paths_a_text_names_are_relative_and_stay_inside_the_root():
-    from app.workspace.context import paths_named
+def test_the_paths_a_text_names_are_relative_and_stay_inside_the_root_and_a_plan_creates_only_what_it_says_to():
+    from app.workspace.context import paths_named, paths_to_create
 
     text = "Add `src/cache.py`, then test it in tests/test_cache.py; see ./calc.py and ../etc/passwd.conf, calc.py again."
     assert paths_named(text) == ["src/cache.py", "tests/test_cache.py", "calc.py"]
+    plan = ("1. Create `cache.py` with a class Cache.\n2. In `calc.py`, use it.\n3. 新建 `tests/test_cache.py`。\n"
+            "4. Run the tests and check that `test_calc.py` passes.\n5. 在 `phys.py` 的函数 `f` 中，把第 3 行改为 `x`。")
+    assert paths_to_create(plan) == ["cache.py", "tests/test_cache.py"]

@@ -87,10 +87,10 @@ class Conversation:
         editable, new_paths = [], None  # what the coder may edit: the workspace's files, not an outline
         if decision.role == "coder" and self.workspace is not None:
             editable = [(p, t) for p, t in files if self.workspace.context.read(p) is not None]
-            if plan is not None:  # after a plan, the files it names that are not there yet, no others
-                from app.workspace.context import paths_named  # a workspace is open: its package is loaded
+            if plan is not None:  # after a plan: the files it says to create that are not there yet, no others
+                from app.workspace.context import paths_to_create  # a workspace is open: its package is loaded
 
-                new_paths = [p for p in paths_named(f"{plan.text}\n{request}") if not (self.workspace.root / p).exists()]
+                new_paths = [p for p in paths_to_create(f"{plan.text}\n{request}") if not (self.workspace.root / p).exists()]
         turn = Turn(self.config, request, decision, history=list(self.history if history is None else history),
                     plan=plan.text if plan is not None else None, files=files, editable=editable, new_paths=new_paths,
                     session_id=self.session_id,

@@ -46,6 +46,21 @@ def paths_named(text: str) -> list[str]:
     return out
 
 
+_CREATE = re.compile(r"\b(?:create[sd]?|creating|add(?:s|ed|ing)?|new|write|writes|writing)\b|新建|创建|新增|添加|新文件|编写",
+                     re.IGNORECASE)
+
+
+def paths_to_create(text: str) -> list[str]:
+    """The paths ``text`` names on a line that also says to make something ("1. Create
+    `cache.py` with ...", "新建 `cache.py`"): what a plan asks to create, not every file it
+    mentions ("check that `test_calc.py` passes" is not one)."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if _CREATE.search(line):
+            out += [p for p in paths_named(line) if p not in out]
+    return out
+
+
 def estimate_tokens(text: str) -> int:
     """About four characters a token: what code averages with BPE vocabularies."""
     return (len(text) + 3) // 4
