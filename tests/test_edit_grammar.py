@@ -210,3 +210,16 @@ def test_the_paths_a_text_names_are_relative_and_stay_inside_the_root_and_a_plan
     plan = ("1. Create `cache.py` with a class Cache.\n2. In `calc.py`, use it.\n3. 新建 `tests/test_cache.py`。\n"
             "4. Run the tests and check that `test_calc.py` passes.\n5. 在 `phys.py` 的函数 `f` 中，把第 3 行改为 `x`。")
     assert paths_to_create(plan) == ["cache.py", "tests/test_cache.py"]
+
+
+def test_an_outline_sent_for_files_too_large_for_the_window_is_not_something_to_edit(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "big.py").write_text("".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(400)))
+    ws = Workspace(root)
+    ws.context.add("big.py")
+    config = server_config("http://127.0.0.1:9/v1", context=1024)
+    config = dataclasses.replace(config, coder=dataclasses.replace(config.coder, constrain_edits=True))
+    routed = Conversation(config, workspace=ws, save=False).prepare("fix the bug in big.py", "coder")
+    assert routed.turn.files[0][0].startswith("outline of the files in context")
+    assert routed.turn.editable == [] and routed.turn.grammar() is None

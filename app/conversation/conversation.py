@@ -86,7 +86,8 @@ class Conversation:
             files = self.context_files(self.config.role(decision.role), notes, extra=extra_files)
         editable, new_paths = [], None  # what the coder may edit: the workspace's files, not an outline
         if decision.role == "coder" and self.workspace is not None:
-            editable = [(p, t) for p, t in files if self.workspace.context.read(p) is not None]
+            ours = set(self.workspace.context.files) | set(extra_files)
+            editable = [(p, t) for p, t in files if p in ours]
             if plan is not None:  # after a plan: the files it says to create that are not there yet, no others
                 from app.workspace.context import paths_to_create  # a workspace is open: its package is loaded
 
