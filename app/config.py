@@ -42,6 +42,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "history": ((bool,), "send the earlier turns' answers (false: each request alone, as small models trained on single turns need)"),
     "timeout": ((int, float), "openai: seconds to wait for the first byte"),
     "constrain_edits": ((bool,), "llama.cpp coder: sample edit blocks under a grammar (each SEARCH copied from a file in context; new files only where the prompt creates them)"),
+    "exact_quotes": ((bool,), "local reasoner: a line it writes as the prompt numbers file lines (` 7 | text`) is held to line 7 of a file in context"),
 }
 SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": ((int, float), "sampling temperature (0 = greedy)"),
@@ -87,6 +88,7 @@ class RoleConfig:
     system_prompt: str | None = None
     history: bool = True  # False: each request alone (its plan and files are in it anyway)
     constrain_edits: bool = False  # app/workspace/edit_grammar.py, for replies that ask for edits
+    exact_quotes: bool = False  # app/exact_quotes.py, for prompts that number the files' lines
     timeout: float = 60.0
     sampling: Sampling = field(default_factory=Sampling)
     demo: bool = False  # the built-in Gemma 270M demo model
@@ -148,14 +150,16 @@ DEMO_SAMPLING = {  # greedy: the demo models are small and trained on one format
 
 def demo_role(role: str) -> RoleConfig:
     """The built-in demo (app/demo.py): the reasoner trained in this repository on our own engine
-    (local, int8), the coder on llama.cpp from its GGUF, its edit blocks held to the files in
-    context (``constrain_edits``); both were trained on single turns, so each request goes alone
-    (``history`` off: the plan and the files are in it)."""
+    (local, int8), the lines it reads back held to the files' (``exact_quotes``); the coder on
+    llama.cpp from its GGUF, its edit blocks held to the files in context (``constrain_edits``).
+    Both were trained on single turns, so each request goes alone (``history`` off: the plan
+    and the files are in it)."""
     from app import demo
 
     if role == "reasoner":
         return RoleConfig(role=role, backend="local", path=demo.reasoner_path(), quant="int8", context=2048,
-                          model="duet-demo-reasoner", demo=True, history=False, sampling=DEMO_SAMPLING[role])
+                          model="duet-demo-reasoner", demo=True, history=False, exact_quotes=True,
+                          sampling=DEMO_SAMPLING[role])
     return RoleConfig(role=role, backend="llama.cpp", path=demo.coder_path(), context=2048,
                       model="duet-demo-coder", demo=True, history=False, constrain_edits=True,
                       sampling=DEMO_SAMPLING[role])
@@ -248,6 +252,8 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
             raise ConfigError(source, f"{role}.{key}", f"must be positive, got {values[key]}")
     if values.get("constrain_edits") and backend != "llama.cpp":
         raise ConfigError(source, f"{role}.constrain_edits", f'works with the llama.cpp backend only, not "{backend}"')
+    if values.get("exact_quotes") and backend != "local":
+        raise ConfigError(source, f"{role}.exact_quotes", f'works with the local backend only, not "{backend}"')
 
     if backend == "openai":
         url = values.get("url")

@@ -140,6 +140,16 @@ def strip_thinking(text: str) -> str:
     return _THINK_BLOCK.sub("", text).strip()
 
 
+def numbers_files(role: str) -> bool:
+    """Whether this role's prompts number the lines of the files in them (`` 7 | text``)."""
+    return role == "reasoner"
+
+
+def numbered_lines(text: str) -> list[str]:
+    """A file's lines as a prompt numbers them: line N is ``numbered_lines(text)[N - 1]``."""
+    return text.replace("\r\n", "\n").rstrip("\n").split("\n")
+
+
 def files_block(files: Iterable[tuple[str, str]], lang: str, *, numbered: bool) -> str:
     """Each file as a path line and a fence longer than any backtick run inside it."""
     files = list(files)
@@ -153,7 +163,7 @@ def files_block(files: Iterable[tuple[str, str]], lang: str, *, numbered: bool) 
         fence = "`" * max(3, longest + 1)
         body = text.rstrip("\n")
         if numbered:
-            lines = body.split("\n")
+            lines = numbered_lines(text)
             width = len(str(len(lines)))
             body = "\n".join(f"{n:>{width}} | {line}" for n, line in enumerate(lines, 1))
         tag = _LANG_TAGS.get(Path(path).suffix.lower(), "")
@@ -204,7 +214,7 @@ def build_prompt(role: str, intent: str, request: str, *, plan: str | None = Non
     name = template_name(role, intent, lang)
     values = {
         "request": request.strip(),
-        "material": _material(lang, plan=plan, files=files, numbered=role == "reasoner"),
+        "material": _material(lang, plan=plan, files=files, numbered=numbers_files(role)),
     }
     if "edit_format" in templates()[name].vars:
         values["edit_format"] = render(f"edit-format.{lang}")

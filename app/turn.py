@@ -86,6 +86,15 @@ class Turn:
             new_files = list(self.new_paths)
         return edit_grammar(self.editable, new_files=new_files)
 
+    def quotes_from(self) -> list[tuple[str, str]] | None:
+        """The files whose numbered lines this reply's are held to (``exact_quotes``): those the
+        prompt shows numbered (app.exact_quotes); else None."""
+        from app.prompts import numbers_files
+
+        if not (self.role_cfg.exact_quotes and self.files and numbers_files(self.route.role)):
+            return None
+        return [(path, text) for path, text in self.files]
+
     def events(self, cancel: threading.Event | None = None, *, backend=None) -> Iterator[Event]:
         """Stream the answer; the last event is one Done or Failed. Recorded as it streams."""
         recorder = self._begin() if self.save else None
@@ -107,7 +116,8 @@ class Turn:
                 from app.backends import make_backend
 
                 backend = make_backend(self.role_cfg)
-            yield from backend.stream(self.messages(), self.role_cfg.sampling, cancel=cancel, grammar=self.grammar())
+            yield from backend.stream(self.messages(), self.role_cfg.sampling, cancel=cancel, grammar=self.grammar(),
+                                      quotes_from=self.quotes_from())
         except DuetError as exc:
             yield failed_from(exc)
         except Exception as exc:  # a backend bug must not take the app down with the text so far

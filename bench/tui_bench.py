@@ -62,7 +62,7 @@ class FloodBackend:
         self.n = n
         self.rate = rate  # tokens per second, or None: as fast as possible
 
-    def stream(self, messages, sampling, *, cancel=None, grammar=None):
+    def stream(self, messages, sampling, *, cancel=None, grammar=None, quotes_from=None):
         start = time.monotonic()
         for i, event in enumerate(token_stream(self.n)):
             if self.rate and i % 20 == 0:

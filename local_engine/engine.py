@@ -10,6 +10,7 @@ import torch
 
 from kernels import dispatch
 from local_engine.config import ModelArgs
+from local_engine.constraint import TokenConstraint, pick_allowed
 from local_engine.errors import InputError, ModelError
 from local_engine.loader import _release_free_memory
 from local_engine.model import Transformer
@@ -162,7 +163,8 @@ class Engine:
 
     def generate(self, prompt_ids, *, max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.95,
                  stop_ids=None, seed: int | None = None, speculative: str | None = None,
-                 cancel: threading.Event | None = None) -> Iterator[int]:
+                 cancel: threading.Event | None = None,
+                 constraint: TokenConstraint | None = None) -> Iterator[int]:
         """Yield new token ids (greedy when temperature is 0). Stops after EOS or a stop id,
         which is not yielded; after max_new_tokens; at max_seq_len; or when ``cancel`` is set.
 
@@ -170,6 +172,8 @@ class Engine:
         call's prompt and the tokens it fed back) are prefilled. ``speculative="mtp"`` drafts
         with the checkpoint's MTP module and verifies the drafts in one forward: greedy output is
         the plain greedy output, sampled output has the plain sampling distribution.
+        ``constraint`` (local_engine.constraint) holds each token to a rule; it decodes without
+        drafts, since the rule may change the tokens a draft is checked against.
         ``last_stats`` tells prompt_tokens, cached_tokens, generated, drafted, accepted."""
         ids = [int(i) for i in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
         if not ids:
@@ -190,6 +194,8 @@ class Engine:
             gen.manual_seed(seed)
         else:
             gen.seed()
+        if constraint is not None:
+            return self._plain(ids, max_new_tokens, temperature, top_p, stops, gen, cancel, constraint)
         run = self._speculative if speculative == "mtp" else self._plain
         return run(ids, max_new_tokens, temperature, top_p, stops, gen, cancel)
 
@@ -198,13 +204,18 @@ class Engine:
                            "drafted": 0, "accepted": 0}
         return self.forward(torch.tensor([ids[start:]]), start, last_only=True)[0]
 
-    def _plain(self, ids, max_new_tokens, temperature, top_p, stops, gen, cancel) -> Iterator[int]:
+    def _plain(self, ids, max_new_tokens, temperature, top_p, stops, gen, cancel, constraint=None) -> Iterator[int]:
         logits = self._prefill(ids, min(_common_prefix(self._held, ids), len(ids) - 1))[-1]
         pos, stats = len(ids), self.last_stats
         while stats["generated"] < max_new_tokens:
             if cancel is not None and cancel.is_set():
                 return
             tok = sample(logits, temperature, top_p, gen)
+            if constraint is not None:
+                if not constraint.allows(tok):
+                    probs = None if temperature <= 0 else sampling_probs(logits, temperature, top_p)
+                    tok = pick_allowed(logits, tok, probs, gen, constraint)
+                constraint.advance(tok)
             if tok in stops:
                 return
             stats["generated"] += 1

@@ -89,6 +89,21 @@ class Tokenizer:
     def decode(self, ids, *, skip_special_tokens: bool = False) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self) -> list[bytes]:
+        """Each token's bytes as ``decode`` writes them (a special token as its text). Byte-level
+        BPE spells bytes in GPT-2's printable alphabet, mapped back here; another model is read
+        through ``decode`` one token at a time (a token that is part of a character then reads
+        as U+FFFD)."""
+        from tokenizers import decoders
+
+        n = self._tok.get_vocab_size()
+        added = self._tok.get_added_tokens_decoder()
+        if not isinstance(self._tok.decoder, decoders.ByteLevel):
+            return [self.decode([i]).encode("utf-8") for i in range(n)]
+        back = {ch: b for b, ch in _byte_alphabet().items()}
+        return [added[i].content.encode("utf-8") if i in added
+                else bytes(back[ch] for ch in (self._tok.id_to_token(i) or "") if ch in back) for i in range(n)]
+
     def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
         if not self.chat_template:
             raise ModelError(f"{self._source}: no chat_template")
@@ -103,6 +118,14 @@ class Tokenizer:
         if add_generation_prompt and self.reasoning and not text.rstrip().endswith(THINK_OPEN):
             text += THINK_OPEN + "\n"
         return text
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: each byte as a printable character (printable Latin-1 stays
+    itself; the rest move to code points from 256 up, in byte order)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{b: chr(b) for b in kept}, **{b: chr(256 + k) for k, b in enumerate(moved)}}
 
 
 def _compile(template: str, source):

@@ -356,7 +356,7 @@ class _LingeringBackend:
 
     label = "lingering"
 
-    def stream(self, messages, sampling, *, cancel=None, grammar=None):
+    def stream(self, messages, sampling, *, cancel=None, grammar=None, quotes_from=None):
         from vocab.events import AnswerDelta, Done
 
         yield AnswerDelta("All done.")

@@ -5,7 +5,9 @@ files and docstring phrasings than training), through Duet's real prompts.
 
 Reports, and writes as JSON to bench/results/demo_eval.json:
 - reasoner: the answer names the right function and bug kind (and the exact change), with its
-  thinking, and the same model with its thinking suppressed (an empty ``<think></think>``);
+  thinking, and the same model with its thinking suppressed (an empty ``<think></think>``). As
+  Duet runs it: the lines it reads back held to the module's (``exact_quotes``); and, for
+  comparison, decoded freely;
 - coder: given the teacher's (correct) plan, its SEARCH/REPLACE blocks apply and the tests pass;
   and with no plan at all (the request straight to the coder). As Duet runs it: sampled under
   the edit grammar (``constrain_edits``), and, for comparison, given the plan, sampled freely;
@@ -65,15 +67,21 @@ class Reasoner:
         self.engine = Engine.load(str(folder), quant=quant, max_seq_len=2048)
         self.tok = self.engine.tokenizer
         self.decoded, self.decode_s = 0, 0.0  # decode only (after the first token)
+        self.token_bytes = self.tok.token_bytes()
 
-    def run(self, user_text: str, *, think: bool = True, max_new: int = 700):
+    def run(self, user_text: str, *, think: bool = True, max_new: int = 700, files=None):
+        """Greedy; with ``files``, the numbered lines it writes held to theirs (``exact_quotes``)."""
+        from app.exact_quotes import numbered_line_rule
+        from local_engine.constraint import LineConstraint
+
+        constraint = LineConstraint(self.token_bytes, numbered_line_rule(files)) if files else None
         prompt = self.tok.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True)
         if not think:
             prompt += "\n" + END_THINK + "\n\n"
         ids = self.tok.encode(prompt)
         out, first = [], None
         for token in self.engine.generate(ids, max_new_tokens=max_new, temperature=0.0,
-                                          stop_ids=[self.tok.eos_token_id]):
+                                          stop_ids=[self.tok.eos_token_id], constraint=constraint):
             out.append(int(token))
             if first is None:
                 first = time.perf_counter()  # the prompt is read: decode starts
@@ -177,24 +185,28 @@ def eval_coder(coder_gguf, n: int, seed: int, log=print) -> dict:
 
 
 def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_new: int = 700) -> dict:
-    """The reasoner with its thinking and with it suppressed; end to end: its answer is the plan
+    """The reasoner with its thinking and with it suppressed, its numbered lines held to the
+    module's as Duet runs it (and, thinking, decoded freely); end to end: its answer is the plan
     the coder gets (hand-off brief), the blocks are applied and the tests run."""
     rs = Reasoner(reasoner_dir)
     cd = Coder(coder_gguf)
     rows = []
     for i, (m, request) in enumerate(heldout_cases(n, seed)):
-        user = reasoner_prompt(m, request)
-        trace, ans, k, _ = rs.run(user, think=True, max_new=max_new)
+        user, files = reasoner_prompt(m, request), [(m.path, m.source)]
+        trace, ans, k, _ = rs.run(user, think=True, max_new=max_new, files=files)
         think = score_plan(ans, m)
-        _, ans0, _, _ = rs.run(user, think=False, max_new=max_new)
+        _, ans_free, _, _ = rs.run(user, think=True, max_new=max_new)
+        free = score_plan(ans_free, m)
+        _, ans0, _, _ = rs.run(user, think=False, max_new=max_new, files=files)
         nothink = score_plan(ans0, m)
         e2e = False
         if ans.strip():
             e2e, _ = apply_and_test(m, cd.run(coder_prompt(m, request, ans, "handoff"), files=[(m.path, m.source)])[0])
         rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
-                     "think": think, "nothink": nothink, "end_to_end": e2e, "think_tokens": k,
+                     "think": think, "think_free": free, "nothink": nothink, "end_to_end": e2e, "think_tokens": k,
                      "answer": ans[:400], "nothink_answer": ans0[:400]})
-        log(f"{i:3d} {m.mutation.kind:13s} think={int(think['found'])} nothink={int(nothink['found'])} "
+        log(f"{i:3d} {m.mutation.kind:13s} think={int(think['found'])} free={int(free['found'])} "
+            f"nothink={int(nothink['found'])} "
             f"e2e={int(e2e)}  {request}")
     by_kind = {k: {"think": rate_k(rows, k, lambda r: r["think"]["found"]),
                    "nothink": rate_k(rows, k, lambda r: r["nothink"]["found"]),
@@ -202,6 +214,7 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
     f = lambda key, sub: round(sum(1 for r in rows if r[key][sub]) / len(rows), 3)  # noqa: E731
     return {"reasoner_n": len(rows),
             "reasoner_found": f("think", "found"), "reasoner_exact_change": f("think", "change"),
+            "reasoner_found_free": f("think_free", "found"), "reasoner_exact_change_free": f("think_free", "change"),
             "reasoner_nothink_found": f("nothink", "found"), "reasoner_nothink_exact_change": f("nothink", "change"),
             "end_to_end": _rate(rows, "end_to_end"),
             "reasoner_tok_s": round(rs.decoded / max(rs.decode_s, 1e-9), 1),
@@ -286,6 +299,8 @@ def rate_k(rows, kind, get):
 
 LABELS = [("reasoner_found", "reasoner: right function + kind (thinking)"),
           ("reasoner_exact_change", "reasoner: exact change in the plan"),
+          ("reasoner_found_free", "  the same, decoded without exact_quotes"),
+          ("reasoner_exact_change_free", "  exact change, decoded without exact_quotes"),
           ("reasoner_nothink_found", "reasoner, thinking suppressed: function + kind"),
           ("reasoner_nothink_exact_change", "reasoner, thinking suppressed: exact change"),
           ("coder_given_plan", "coder given a correct plan: tests pass"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from app.config import Sampling
@@ -26,13 +26,17 @@ class Backend(Protocol):
     Setting ``cancel`` stops generation promptly: the stream ends with
     Done(finish_reason="cancelled") and the model/connection is free for the next turn.
     ``grammar`` (GBNF, `app.workspace.edit_grammar`) holds the reply to its shape; only the
-    llama.cpp backend samples under one, the others answer it with Failed.
+    llama.cpp backend samples under one, the others answer it with Failed. ``quotes_from``
+    (``(path, text)`` files, `app.exact_quotes`) holds the lines the reply writes in the prompt's
+    numbered form to those files' lines; only the local backend does, the others answer it
+    with Failed.
     """
 
     label: str
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
-               cancel: threading.Event | None = None, grammar: str | None = None) -> Iterator[Event]: ...
+               cancel: threading.Event | None = None, grammar: str | None = None,
+               quotes_from: Sequence[tuple[str, str]] | None = None) -> Iterator[Event]: ...
 
     def close(self) -> None: ...
 
@@ -40,6 +44,11 @@ class Backend(Protocol):
 def no_grammar(backend: str, role: str) -> Failed:
     """What a backend that cannot sample under a grammar answers one with."""
     return Failed(f"{role}.constrain_edits: the {backend} backend cannot hold a reply to a grammar; use llama.cpp or turn it off")
+
+
+def no_exact_quotes(backend: str, role: str) -> Failed:
+    """What a backend that cannot hold quotes to the files answers ``quotes_from`` with."""
+    return Failed(f"{role}.exact_quotes: the {backend} backend cannot hold quoted lines to the files; use the local backend or turn it off")
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.backends.base import Clock, cancelled, failed_from
+from app.backends.base import Clock, cancelled, failed_from, no_exact_quotes
 from vocab.events import Event, Failed, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.config import RoleConfig, Sampling
@@ -163,7 +163,11 @@ class LlamaCppBackend:
         self.model.close()
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
-               cancel: threading.Event | None = None, grammar: str | None = None) -> Iterator[Event]:
+               cancel: threading.Event | None = None, grammar: str | None = None,
+               quotes_from=None) -> Iterator[Event]:
+        if quotes_from is not None:
+            yield no_exact_quotes("llama.cpp", self.rc.role)
+            return
         clock = Clock()
         with self.model.lock:
             try:

@@ -8,7 +8,9 @@ The Engine stays loaded across turns and keeps its latent cache: a follow-up tur
 only what is new since the tokens the cache holds (the prompt is rendered exactly as
 without reuse; an R1 history without earlier traces simply shares less). A checkpoint with
 an MTP module decodes speculatively (same greedy output, same sampling distribution). The
-Usage event tells cached, drafted and accepted tokens.
+Usage event tells cached, drafted and accepted tokens. With ``quotes_from`` (the role's
+``exact_quotes``) the lines the reply writes in the prompt's numbered form are held to the
+files' lines (app.exact_quotes), token by token, without drafts.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.backends.base import Clock, cancelled, failed_from, no_grammar
+from app.exact_quotes import numbered_line_rule
 from vocab.events import Event, Failed, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.config import RoleConfig, Sampling
@@ -37,6 +40,13 @@ class LocalModel:
         self.lock = threading.Lock()  # one generation at a time
         self._load_lock = threading.Lock()
         self.engine = None
+        self._token_bytes = None
+
+    def token_bytes(self):
+        """The loaded tokenizer's bytes per token (computed once)."""
+        if self._token_bytes is None:
+            self._token_bytes = self.load().tokenizer.token_bytes()
+        return self._token_bytes
 
     def load(self, progress=None):
         """The loaded Engine; the first call loads it (safe from several threads).
@@ -60,7 +70,7 @@ class LocalModel:
         return self.engine
 
     def close(self) -> None:
-        self.engine = None
+        self.engine = self._token_bytes = None
 
 
 class LocalBackend:
@@ -73,7 +83,8 @@ class LocalBackend:
         self.model.close()
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
-               cancel: threading.Event | None = None, grammar: str | None = None) -> Iterator[Event]:
+               cancel: threading.Event | None = None, grammar: str | None = None,
+               quotes_from=None) -> Iterator[Event]:
         if grammar is not None:
             yield no_grammar("local", self.rc.role)
             return
@@ -101,11 +112,16 @@ class LocalBackend:
             text = IncrementalDecoder(tokenizer)  # never splits a UTF-8 character
             limit = min(sampling.max_tokens, room)
             produced = 0
+            constraint = None
+            if quotes_from is not None:  # exact_quotes: numbered lines held to the files' lines
+                from local_engine.constraint import LineConstraint
+
+                constraint = LineConstraint(self.model.token_bytes(), numbered_line_rule(quotes_from))
             try:  # the engine checks ``cancel`` between tokens and stops at EOS
                 speculative = "mtp" if engine.has_mtp and self.rc.speculative == "mtp" else None
                 for token in engine.generate(ids, max_new_tokens=limit, temperature=sampling.temperature,
                                              top_p=sampling.top_p, seed=sampling.seed, cancel=cancel,
-                                             speculative=speculative):
+                                             speculative=speculative, constraint=constraint):
                     produced += 1
                     clock.token()
                     yield from piece_events(splitter.feed(text.add(int(token))))

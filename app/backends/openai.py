@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from app.backends.base import Clock, cancelled, no_grammar, one_line
+from app.backends.base import Clock, cancelled, no_exact_quotes, no_grammar, one_line
 from vocab.events import Event, Failed, ServerUnreachable, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.backends.probe import auth_headers
@@ -55,7 +55,11 @@ class OpenAIBackend:
         return body
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
-               cancel: threading.Event | None = None, grammar: str | None = None) -> Iterator[Event]:
+               cancel: threading.Event | None = None, grammar: str | None = None,
+               quotes_from=None) -> Iterator[Event]:
+        if quotes_from is not None:
+            yield no_exact_quotes("openai", self.rc.role)
+            return
         if grammar is not None:
             yield no_grammar("openai", self.rc.role)
             return

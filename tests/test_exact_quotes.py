@@ -1,0 +1,174 @@
+"""`exact_quotes`: our engine holds the lines a reasoner writes in its prompt's numbered form
+(`` 7 | text``) to the files' lines (app/exact_quotes.py, local_engine/constraint.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections import Counter
+
+import pytest
+import torch
+
+from app import demo
+from app.backends.local import LocalBackend, LocalModel
+from app.config import RoleConfig, Sampling, demo_config, parse_config
+from app.config_writer import demo_table
+from app.conversation import Conversation
+from app.errors import ConfigError
+from app.exact_quotes import numbered_line_rule
+from app.prompts import numbered_lines
+from app.workspace import Workspace
+from local_engine.constraint import LineConstraint, pick_allowed
+from tests.sse_server import ScriptedServer, text_reply
+from tests.tui_support import server_config
+from training import eval as demo_eval
+from training.render import reasoner_prompt
+from vocab.events import Failed, ThinkingDelta
+from vocab.messages import ChatMessage
+
+CALC = "def add(a, b):\r\n    \"\"\"Return a plus b: “sum”.\"\"\"\r\n    return a - b\r\n\r\n\r\ndef one():\r\n    return 1\r\n"
+NUMBERED = re.compile(r"^ *(\d+) \| (.*)$")
+
+
+def quoted_lines(text: str) -> list[tuple[int, str]]:
+    return [(int(m.group(1)), m.group(2)) for m in map(NUMBERED.match, text.split("\n")) if m]
+
+
+def test_a_numbered_line_is_held_to_that_line_of_a_file_and_other_lines_are_free():
+    ok = numbered_line_rule([("calc.py", CALC), ("b.py", "x = 1\n")])
+    assert numbered_lines(CALC)[2] == "    return a - b"  # CRLF read as the prompt shows it
+    assert ok(b" 3 |     return a - b", True) and ok(b"3 |     return a", False)
+    assert not ok(b" 3 |     return a + b", True) and not ok(b" 3 |     return a - b;", False)
+    assert not ok(b" 3 |     return a", True)  # a line cut short
+    assert ok(b"1 | x = 1", True) and ok(b"1 | def add(a, b):", True)  # line 1 of either file
+    assert not ok(b"9 | ", False) and not ok(b"0 | ", False)  # no such line
+    assert ok(b" 4 | ", True) and not ok(b" 4 | x", False)  # a blank line is blank
+    quote = " 2 |     \"\"\"Return a plus b: “sum”.\"\"\"".encode()
+    assert ok(quote, True) and ok(quote[:-9], False)  # cut inside the two-byte-plus “”: a prefix still
+    for free in (b"Line 3 uses `-` where the docstring needs `+`.", b"| a | b |", b" 3 |", b"x 3 | y", b""):
+        assert ok(free, True) and ok(free, False)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from local_engine.tokenizer import Tokenizer
+
+    return Tokenizer(demo.reasoner_path())
+
+
+def test_the_token_rule_follows_the_line_rule_across_tokens_newlines_and_special_tokens(tokenizer):
+    token_bytes = tokenizer.token_bytes()
+    assert token_bytes[tokenizer.eos_token_id] == "<｜end▁of▁sentence｜>".encode()
+    text = "calc.py has 2 functions.\n1 | def add(a, b):\n2 |     \"\"\"Return a plus b: “sum”.\"\"\"\n3 |     return a - b\nLine 3"
+    ids = tokenizer.encode(text)
+    assert b"".join(token_bytes[i] for i in ids).decode() == text
+    c = LineConstraint(token_bytes, numbered_line_rule([("calc.py", CALC)]))
+    for i in ids:
+        assert c.allows(i)
+        c.advance(i)
+    assert c.line == b"Line 3"
+    c = LineConstraint(token_bytes, numbered_line_rule([("calc.py", CALC)]))
+    for i in tokenizer.encode("3 |     return a"):
+        c.advance(i)
+    eos = tokenizer.eos_token_id
+    assert not c.allows(eos)  # the quote is not finished
+    assert not c.allows(tokenizer.encode(" +")[0]) and c.allows(tokenizer.encode(" -")[0])
+    for i in tokenizer.encode(" - b"):
+        c.advance(i)
+    assert not c.allows(eos) and c.allows(tokenizer.encode("\n")[0])  # a special token is its text
+    c.advance(tokenizer.encode("\n")[0])
+    assert c.allows(eos) and c.line == b""
+
+
+class OnlyEven:
+    def allows(self, t):
+        return t % 2 == 0
+
+    def advance(self, t):
+        pass
+
+
+def test_a_refused_pick_becomes_the_likeliest_allowed_token_or_a_draw_from_the_allowed_share():
+    logits = torch.tensor([0.0, 5.0, 1.0, 4.0, 2.0, 3.0])
+    assert pick_allowed(logits, 1, None, torch.Generator().manual_seed(0), OnlyEven()) == 4
+    probs = logits.softmax(-1)
+    gen = torch.Generator().manual_seed(1)
+    drawn = Counter(pick_allowed(logits, 1, probs, gen, OnlyEven(), tries=t % 3) for t in range(3000))
+    assert set(drawn) <= {0, 2, 4}
+    share = probs[[0, 2, 4]] / probs[[0, 2, 4]].sum()
+    for k, want in zip((0, 2, 4), share.tolist()):
+        assert abs(drawn[k] / 3000 - want) < 0.04, (k, drawn, share)
+    nothing = type("Nothing", (), {"allows": lambda self, t: False, "advance": lambda self, t: None})()
+    assert pick_allowed(logits, 1, probs, gen, nothing) == 1  # a rule no token meets: the model's pick
+
+
+@pytest.fixture(scope="module")
+def reasoner():
+    rc = RoleConfig(role="reasoner", backend="local", path=demo.reasoner_path(), quant="int8", context=2048,
+                    history=False)
+    model = LocalModel(rc.path, device="cpu", dtype="bfloat16", quant="int8", context=2048)
+    yield rc, model
+    model.close()
+
+
+def _trace(backend, module, request, sampling, quotes):
+    events = list(backend.stream([ChatMessage("user", reasoner_prompt(module, request))], sampling,
+                                 quotes_from=[(module.path, module.source)] if quotes else None))
+    assert not any(isinstance(e, Failed) for e in events)
+    return "".join(e.text for e in events if isinstance(e, ThinkingDelta))
+
+
+def test_the_demo_reasoner_reads_held_out_modules_back_exactly_only_under_the_rule(reasoner):
+    rc, model = reasoner
+    backend = LocalBackend(rc, model)
+    demo_eval.STYLE = "heldout"
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=500)
+    misquoted = 0
+    for module, request in demo_eval.heldout_cases(4, 7):
+        lines = numbered_lines(module.source)
+        held = quoted_lines(_trace(backend, module, request, greedy, True))
+        assert len(held) >= 3 and all(lines[n - 1] == said for n, said in held), held
+        free = quoted_lines(_trace(backend, module, request, greedy, False))
+        misquoted += any(n > len(lines) or lines[n - 1] != said for n, said in free)
+    assert misquoted >= 2  # decoded freely, it misquotes these modules: the rule is what holds them
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sampled_hot_every_numbered_line_is_the_files(reasoner, seed):
+    rc, model = reasoner
+    demo_eval.STYLE = "heldout"
+    module, request = demo_eval.heldout_cases(6, 11)[seed * 2 + 1]
+    hot = Sampling(temperature=1.2, top_p=1.0, max_tokens=400, seed=seed)
+    lines = numbered_lines(module.source)
+    held = quoted_lines(_trace(LocalBackend(rc, model), module, request, hot, True))
+    assert held and all(lines[n - 1] == said for n, said in held), held
+
+
+def test_the_demo_reasoner_has_the_rule_reasoner_turns_get_the_numbered_files_and_other_backends_refuse(tmp_path):
+    assert demo_config().reasoner.exact_quotes and not demo_config().coder.exact_quotes
+    table = tomllib.loads(demo_table("reasoner", demo.reasoner_path()))
+    assert parse_config(table).reasoner.exact_quotes
+    with pytest.raises(ConfigError, match=r"reasoner\.exact_quotes.*local"):
+        parse_config({"reasoner": {"backend": "openai", "url": "http://127.0.0.1:9/v1", "exact_quotes": True}})
+    with pytest.raises(ConfigError, match=r"reasoner\.exact_quotes"):
+        parse_config({"reasoner": {"backend": "local", "path": str(tmp_path), "exact_quotes": 1}})
+
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "calc.py").write_text(CALC)
+    ws = Workspace(root)
+    ws.context.add("calc.py")
+    with ScriptedServer(text_reply("fine")) as server:
+        config = server_config(server.base_url)
+        held = dataclasses.replace(config, reasoner=dataclasses.replace(config.reasoner, exact_quotes=True),
+                                   coder=dataclasses.replace(config.coder, exact_quotes=True))
+        conv = Conversation(held, workspace=ws, save=False)
+        review = conv.prepare("review calc.py", "reasoner").turn
+        assert review.quotes_from() == [("calc.py", CALC)] and "\n3 |     return a - b\n" in review.prompt
+        assert conv.prepare("fix the bug in calc.py", "coder").turn.quotes_from() is None  # its prompt numbers nothing
+        assert Conversation(config, workspace=ws, save=False).prepare("review calc.py", "reasoner").turn.quotes_from() is None
+        ended = list(conv.run(conv.prepare("review calc.py", "reasoner")))[-1]
+        assert ended.status == "failed" and "reasoner.exact_quotes" in ended.reasons[0]
+        assert server.requests == []  # refused before anything was sent
