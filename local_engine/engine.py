@@ -172,8 +172,9 @@ class Engine:
         call's prompt and the tokens it fed back) are prefilled. ``speculative="mtp"`` drafts
         with the checkpoint's MTP module and verifies the drafts in one forward: greedy output is
         the plain greedy output, sampled output has the plain sampling distribution.
-        ``constraint`` (local_engine.constraint) holds each token to a rule; it decodes without
-        drafts, since the rule may change the tokens a draft is checked against.
+        ``constraint`` (local_engine.constraint) holds each token to a rule; greedy, drafts are
+        checked against the rule's picks (the output is the plain constrained greedy output);
+        sampled, it decodes without drafts.
         ``last_stats`` tells prompt_tokens, cached_tokens, generated, drafted, accepted."""
         ids = [int(i) for i in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
         if not ids:
@@ -194,10 +195,9 @@ class Engine:
             gen.manual_seed(seed)
         else:
             gen.seed()
-        if constraint is not None:
-            return self._plain(ids, max_new_tokens, temperature, top_p, stops, gen, cancel, constraint)
-        run = self._speculative if speculative == "mtp" else self._plain
-        return run(ids, max_new_tokens, temperature, top_p, stops, gen, cancel)
+        if speculative == "mtp" and (constraint is None or temperature <= 0):
+            return self._speculative(ids, max_new_tokens, temperature, top_p, stops, gen, cancel, constraint)
+        return self._plain(ids, max_new_tokens, temperature, top_p, stops, gen, cancel, constraint)
 
     def _prefill(self, ids: list[int], start: int) -> torch.Tensor:
         self.last_stats = {"prompt_tokens": len(ids), "cached_tokens": start, "generated": 0,
@@ -210,12 +210,7 @@ class Engine:
         while stats["generated"] < max_new_tokens:
             if cancel is not None and cancel.is_set():
                 return
-            tok = sample(logits, temperature, top_p, gen)
-            if constraint is not None:
-                if not constraint.allows(tok):
-                    probs = None if temperature <= 0 else sampling_probs(logits, temperature, top_p)
-                    tok = pick_allowed(logits, tok, probs, gen, constraint)
-                constraint.advance(tok)
+            tok = choose(logits, temperature, top_p, gen, constraint)
             if tok in stops:
                 return
             stats["generated"] += 1
@@ -239,10 +234,12 @@ class Engine:
         logits = self.model.mtp[0].logits(x, self.model.head)[0]
         return logits, (None if temperature <= 0 else sampling_probs(logits, temperature, top_p))
 
-    def _speculative(self, ids, max_new_tokens, temperature, top_p, stops, gen, cancel) -> Iterator[int]:
+    def _speculative(self, ids, max_new_tokens, temperature, top_p, stops, gen, cancel,
+                     constraint=None) -> Iterator[int]:
         """Each round: the MTP module catches up on the main model's new hidden states (which
         also drafts the first token), drafts k-1 more on its own hidden state, the main model
-        verifies [next, drafts] in one forward, and the cache forgets the rejected rows."""
+        verifies [next, drafts] in one forward, and the cache forgets the rejected rows. With a
+        ``constraint`` (greedy only) a draft stands where it is the rule's pick."""
         n, greedy = len(ids), temperature <= 0
         shared = _common_prefix(self._held, ids)
         valid = min(self._mtp_rows, max(shared - 1, 0))  # MTP rows whose tokens are unchanged
@@ -252,7 +249,7 @@ class Engine:
         logits = self._prefill(ids, min(max(valid, known), n - 1))
         stats = self.last_stats
         self._mtp_rows = valid
-        nxt = sample(logits[-1], temperature, top_p, gen)
+        nxt = choose(logits[-1], temperature, top_p, gen, constraint)
         pos = n  # cache rows 0..pos-1 hold committed tokens; nxt goes to pos
         policy = self.draft_length
         while True:
@@ -282,15 +279,17 @@ class Engine:
             accepted, after = 0, None
             for j, d in enumerate(drafts):
                 if greedy:
-                    best = int(logits[j].argmax())
+                    best = choose(logits[j], 0.0, top_p, gen, constraint, advance=False)
                     after = None if best == d else best
+                    if constraint is not None:
+                        constraint.advance(best)
                 else:
                     after = accept_or_resample(sampling_probs(logits[j], temperature, top_p), qs[j], d, gen)
                 if after is not None:
                     break
                 accepted += 1
             if after is None:
-                after = sample(logits[len(drafts)], temperature, top_p, gen)
+                after = choose(logits[len(drafts)], temperature, top_p, gen, constraint)
             policy.update(len(drafts), accepted)
             stats["drafted"] += len(drafts)
             stats["accepted"] += accepted
@@ -357,6 +356,20 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+def choose(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator,
+           constraint: TokenConstraint | None, *, advance: bool = True) -> int:
+    """``sample``, held to ``constraint`` where one is given (its pick if the rule allows it,
+    else local_engine.constraint.pick_allowed), which then advances past the token."""
+    tok = sample(logits, temperature, top_p, gen)
+    if constraint is not None:
+        if not constraint.allows(tok):
+            probs = None if temperature <= 0 else sampling_probs(logits, temperature, top_p)
+            tok = pick_allowed(logits, tok, probs, gen, constraint)
+        if advance:
+            constraint.advance(tok)
+    return tok
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:

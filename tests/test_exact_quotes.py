@@ -135,6 +135,28 @@ def test_the_demo_reasoner_reads_held_out_modules_back_exactly_only_under_the_ru
     assert misquoted >= 2  # decoded freely, it misquotes these modules: the rule is what holds them
 
 
+def test_greedy_with_mtp_drafts_is_the_plain_greedy_output_under_the_rule():
+    """In float32, where a drafted forward and a token-by-token one agree exactly (in bf16 they
+    can differ in the last bit, with or without the rule)."""
+    model = LocalModel(demo.reasoner_path(), device="cpu", dtype="float32", quant=None, context=2048)
+    engine, token_bytes = model.load(), model.token_bytes()
+    demo_eval.STYLE = "heldout"
+    drafted = 0
+    for module, request in demo_eval.heldout_cases(3, 7):
+        prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": reasoner_prompt(module, request)}])
+        ids = engine.tokenizer.encode(prompt)
+        runs = []
+        for speculative in (None, "mtp", None):  # plain, drafted, and plain again after it (the cache reused)
+            rule = LineConstraint(token_bytes, numbered_line_rule([(module.path, module.source)]))
+            runs.append(list(engine.generate(ids, max_new_tokens=300, temperature=0.0, speculative=speculative,
+                                             constraint=rule)))
+            if speculative:
+                drafted += engine.last_stats["drafted"]
+        assert runs[0] == runs[1] == runs[2]
+    assert drafted > 0
+    model.close()
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_sampled_hot_every_numbered_line_is_the_files(reasoner, seed):
     rc, model = reasoner

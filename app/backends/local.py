@@ -10,7 +10,7 @@ without reuse; an R1 history without earlier traces simply shares less). A check
 an MTP module decodes speculatively (same greedy output, same sampling distribution). The
 Usage event tells cached, drafted and accepted tokens. With ``quotes_from`` (the role's
 ``exact_quotes``) the lines the reply writes in the prompt's numbered form are held to the
-files' lines (app.exact_quotes), token by token, without drafts.
+files' lines (app.exact_quotes), token by token (sampled: without drafts).
 """
 
 from __future__ import annotations
