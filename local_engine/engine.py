@@ -279,10 +279,8 @@ class Engine:
             accepted, after = 0, None
             for j, d in enumerate(drafts):
                 if greedy:
-                    best = choose(logits[j], 0.0, top_p, gen, constraint, advance=False)
+                    best = choose(logits[j], 0.0, top_p, gen, constraint)  # the rule moves past it
                     after = None if best == d else best
-                    if constraint is not None:
-                        constraint.advance(best)
                 else:
                     after = accept_or_resample(sampling_probs(logits[j], temperature, top_p), qs[j], d, gen)
                 if after is not None:
@@ -359,7 +357,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def choose(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator,
-           constraint: TokenConstraint | None, *, advance: bool = True) -> int:
+           constraint: TokenConstraint | None) -> int:
     """``sample``, held to ``constraint`` where one is given (its pick if the rule allows it,
     else local_engine.constraint.pick_allowed), which then advances past the token."""
     tok = sample(logits, temperature, top_p, gen)
@@ -367,8 +365,7 @@ def choose(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
         if not constraint.allows(tok):
             probs = None if temperature <= 0 else sampling_probs(logits, temperature, top_p)
             tok = pick_allowed(logits, tok, probs, gen, constraint)
-        if advance:
-            constraint.advance(tok)
+        constraint.advance(tok)
     return tok
 
 
