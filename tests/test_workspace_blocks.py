@@ -234,3 +234,20 @@ def test_a_bare_file_name_that_exists_at_the_root_is_that_file(tmp_path):
     ws.context.add("sub/calc.py")
     changes = ws.propose(block("calc.py", "    return a + b\n", "    return b + a\n"))
     assert [e.path for e in changes.edits] == ["calc.py"]
+
+
+@pytest.mark.parametrize("path_line", ["my dir/old calc.py", "`my dir/old calc.py`", "my dir/old calc.py:"])
+def test_a_path_with_spaces_names_a_file_that_exists_and_stays_prose_otherwise(tmp_path, path_line):
+    (tmp_path / "my dir").mkdir()
+    (tmp_path / "my dir" / "old calc.py").write_text(SOURCE)
+    ws = Workspace(tmp_path)
+    out = after(ws, block(path_line, "    return a - b\n", "    return b - a\n"))
+    assert "return b - a" in out and ws.propose(block(path_line, "    return a - b\n", "x\n")).edits[0].path == "my dir/old calc.py"
+    for prose in ("Here is the fix for old calc.py", "my dir/new calc.py"):  # no such file: never created
+        changes = ws.propose(block(prose, "", "x = 1\n"))
+        assert not changes.edits and "file path alone" in changes.rejected[0].reason
+    assert not (tmp_path / "my dir" / "new calc.py").exists()
+    outside = ws.propose(block("../" + tmp_path.name + "/my dir/old calc.py", "    return a - b\n", "x\n"))
+    assert not outside.edits  # the rule for paths stays: nothing outside the root
+    blocks, problems = parse(block("my dir/old calc.py", "a\n", "b\n"))  # without a workspace: prose
+    assert not blocks and problems

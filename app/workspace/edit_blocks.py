@@ -14,14 +14,16 @@ backticks/quotes/bold or followed by a colon, a path on the fence line
 (```` ```python path.py ````), several blocks after one path line, trailing
 spaces, a missing final newline, indentation that differs only in leading
 whitespace (consistently across the block), and a block with no path line after an
-earlier block (often after a ``...`` line or a sentence): it edits that block's file. Never guessed: a SEARCH that
-matches zero or several places is refused with a reason the coder can act on.
+earlier block (often after a ``...`` line or a sentence): it edits that block's file. A path
+line with spaces in it is prose unless it names a file that exists (``is_file``). Never guessed:
+a SEARCH that matches zero or several places is refused with a reason the coder can act on.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$")
@@ -52,8 +54,13 @@ class NoMatch(Exception):
     """The block does not apply; ``str(exc)`` tells the coder why and what to do."""
 
 
-def parse(reply: str) -> tuple[list[Block], list[Problem]]:
-    """All blocks in ``reply`` in order, and the problems found on the way."""
+def parse(reply: str, *, is_file: Callable[[str], bool] | None = None) -> tuple[list[Block], list[Problem]]:
+    """All blocks in ``reply`` in order, and the problems found on the way. ``is_file`` says
+    whether a path names a file that exists: a path line with spaces is that file's."""
+
+    def names_path(text: str) -> bool:
+        return looks_like_path(text) or (is_file is not None and bool(text) and is_file(text))
+
     lines = reply.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     blocks: list[Block] = []
     problems: list[Problem] = []
@@ -65,9 +72,9 @@ def parse(reply: str) -> tuple[list[Block], list[Problem]]:
         if SEARCH.match(line):
             start = i
             path = candidate if candidate is not None else last_path
-            if last_path is not None and path is not None and not looks_like_path(path):
+            if last_path is not None and path is not None and not names_path(path):
                 path = last_path  # prose between two blocks: the block continues the previous file
-            bad_path = path is not None and not looks_like_path(path)
+            bad_path = path is not None and not names_path(path)
             search, i, ok_div = _collect(lines, i + 1, DIVIDER)
             replace, i, ok_rep = _collect(lines, i + 1, REPLACE) if ok_div else ([], i, False)
             if path is None:

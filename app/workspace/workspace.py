@@ -80,7 +80,7 @@ class Workspace:
         to that round's proposed contents and the result merges both rounds'
         edits; only the new round's rejections are kept.
         """
-        blocks, problems = parse(coder_output)
+        blocks, problems = parse(coder_output, is_file=self._is_file)
         rejected = [Rejection(p.path, p.reason) for p in problems]
         pending: dict[str, _Pending] = {}
         for e in (on_top_of.edits if on_top_of else ()):
@@ -208,6 +208,14 @@ class Workspace:
         return self.history.depth() > 0
 
     # ---- helpers --------------------------------------------------------------
+    def _is_file(self, path: str) -> bool:
+        """Whether ``path`` names a file in the project that may be edited (a path line with
+        spaces in it names a file only then)."""
+        try:
+            return safety.resolve(self.root, path).real.is_file()
+        except safety.Unsafe:
+            return False
+
     def _by_base_name(self, path: str) -> str:
         """A bare file name that is not at the root but names exactly one file in context is
         that file; several such files are refused, naming them."""
