@@ -43,6 +43,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "timeout": ((int, float), "openai: seconds to wait for the first byte"),
     "constrain_edits": ((bool,), "llama.cpp coder: sample edit blocks under a grammar (each SEARCH copied from a file in context; new files only where the prompt creates them)"),
     "exact_quotes": ((bool,), "local reasoner: a line it writes as the prompt numbers file lines (` 7 | text`) is held to line 7 of a file in context"),
+    "known_names": ((bool,), "local reasoner, with exact_quotes: names in its inline code (`...`) are names the files' code has, or words of their paths"),
 }
 SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": ((int, float), "sampling temperature (0 = greedy)"),
@@ -89,6 +90,7 @@ class RoleConfig:
     history: bool = True  # False: each request alone (its plan and files are in it anyway)
     constrain_edits: bool = False  # app/workspace/edit_grammar.py, for replies that ask for edits
     exact_quotes: bool = False  # app/exact_quotes.py, for prompts that number the files' lines
+    known_names: bool = False  # with exact_quotes: inline code's names held to the files' (app/exact_quotes.py)
     timeout: float = 60.0
     sampling: Sampling = field(default_factory=Sampling)
     demo: bool = False  # the built-in Gemma 270M demo model
@@ -150,7 +152,8 @@ DEMO_SAMPLING = {  # greedy: the demo models are small and trained on one format
 
 def demo_role(role: str) -> RoleConfig:
     """The built-in demo (app/demo.py): the reasoner trained in this repository on our own engine
-    (local, int8), the lines it reads back held to the files' (``exact_quotes``); the coder on
+    (local, int8), the lines it reads back held to the files' (``exact_quotes``) and the names
+    in its inline code to theirs (``known_names``); the coder on
     llama.cpp from its GGUF, its edit blocks held to the files in context (``constrain_edits``).
     Both were trained on single turns, so each request goes alone (``history`` off: the plan
     and the files are in it)."""
@@ -158,7 +161,7 @@ def demo_role(role: str) -> RoleConfig:
 
     if role == "reasoner":
         return RoleConfig(role=role, backend="local", path=demo.reasoner_path(), quant="int8", context=2048,
-                          model="duet-demo-reasoner", demo=True, history=False, exact_quotes=True,
+                          model="duet-demo-reasoner", demo=True, history=False, exact_quotes=True, known_names=True,
                           sampling=DEMO_SAMPLING[role])
     return RoleConfig(role=role, backend="llama.cpp", path=demo.coder_path(), context=2048,
                       model="duet-demo-coder", demo=True, history=False, constrain_edits=True,
@@ -254,6 +257,8 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
         raise ConfigError(source, f"{role}.constrain_edits", f'works with the llama.cpp backend only, not "{backend}"')
     if values.get("exact_quotes") and backend != "local":
         raise ConfigError(source, f"{role}.exact_quotes", f'works with the local backend only, not "{backend}"')
+    if values.get("known_names") and not values.get("exact_quotes"):
+        raise ConfigError(source, f"{role}.known_names", "holds names to the files where exact_quotes does; set exact_quotes = true too")
 
     if backend == "openai":
         url = values.get("url")

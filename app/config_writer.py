@@ -49,7 +49,8 @@ class Choice:
 
 def demo_table(role: str, path: Path) -> str:
     """The [role] table that runs a demo-style model as `duet --demo` does: the reasoner on our
-    engine (int8) with the lines it reads back held to the files', the coder on llama.cpp with
+    engine (int8) with the lines it reads back and the names it writes in inline code held to the
+    files', the coder on llama.cpp with
     its edits held to the files in context, both
     greedy and each request alone (small models, one format, single turns)."""
     sampling = DEMO_SAMPLING[role]
@@ -57,7 +58,7 @@ def demo_table(role: str, path: Path) -> str:
     alone = "history = false\n"  # trained on single turns
     if role == "reasoner":
         return (f'[reasoner]\nbackend = "local"\npath = {toml_str(str(path))}\nquant = "int8"\ncontext = 2048\n'
-                'exact_quotes = true\n' + alone + greedy)
+                'exact_quotes = true\nknown_names = true\n' + alone + greedy)
     return (f'[coder]\nbackend = "llama.cpp"\npath = {toml_str(str(path))}\ncontext = 2048\n'
             'constrain_edits = true\n' + alone + greedy)
 

@@ -5,26 +5,35 @@ A small model that reads code back (the demo reasoner's trace reads each line be
 it) then cannot misquote it; which lines it quotes, when it stops and what it concludes stay
 its own. The rule sees one line at a time, as bytes so far (``complete`` once its newline is
 written); our engine applies it token by token (local_engine.constraint.LineConstraint). With
-several files in context, line N of any of them will do."""
+several files in context, line N of any of them will do.
+
+``known_names`` adds a rule for names in inline code (between backticks on one line):
+each is a name the files' code has, a word of their paths or of their tests' (``test_calc.py``).
+So a model that names a function it read (`` `summation` ``) cannot write it from memory
+(`` `sumatiber` ``); which name it picks stays its own."""
 
 from __future__ import annotations
 
+import io
 import re
+import tokenize
 from collections.abc import Callable, Iterable
+from pathlib import PurePosixPath
 
 from app.prompts import numbered_lines
 
-NUMBERED = re.compile(rb"^ *(\d+) \| ")
+NUMBERED = re.compile(rb"^ *(\d+) \|")
+LineRule = Callable[[bytes, bool], bool]
 
 
-def numbered_line_rule(files: Iterable[tuple[str, str]]) -> Callable[[bytes, bool], bool]:
+def numbered_line_rule(files: Iterable[tuple[str, str]]) -> LineRule:
     """``(path, text)`` files -> ``ok(line, complete)``: a line that starts like a numbered one
-    (spaces, a number, `` | ``) goes on as line N of a file in context and ends where it does;
+    (spaces, a number, `` |``) goes on as line N of a file in context and ends where it does;
     there must be such a line N. Any other line is free."""
     by_number: dict[int, set[bytes]] = {}
     for _, text in files:
         for n, line in enumerate(numbered_lines(text), 1):
-            by_number.setdefault(n, set()).add(line.encode("utf-8"))
+            by_number.setdefault(n, set()).add(b" " + line.encode("utf-8"))  # what follows "N |"
 
     def ok(line: bytes, complete: bool) -> bool:
         m = NUMBERED.match(line)
@@ -36,3 +45,53 @@ def numbered_line_rule(files: Iterable[tuple[str, str]]) -> Callable[[bytes, boo
         return any(q.startswith(said) for q in quotes)
 
     return ok
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IN_CODE = re.compile(r"(?<![0-9A-Za-z_])[A-Za-z_][A-Za-z0-9_]*")  # a name, not the tail of 0x1F
+_TICKS = re.compile(rb"`+")
+
+
+def known_names(files: Iterable[tuple[str, str]]) -> set[str]:
+    """The names inline code may use: those the files' code has (Python's NAME tokens, so not
+    the words of docstrings and comments; every word of a file Python cannot tokenize), and
+    the words of the files' paths and of their tests' (``test_<name>``). ASCII names only."""
+    names: set[str] = set()
+    for path, text in files:
+        try:
+            names.update(t.string for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.NAME)
+        except (tokenize.TokenError, SyntaxError):
+            names.update(_NAME.findall(text))
+        names.update(_NAME.findall(path) + _NAME.findall("test_" + PurePosixPath(path).name))
+    return {n for n in names if _NAME.fullmatch(n)}
+
+
+def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
+    """``ok(line, complete)`` for ``known_names``: in inline code (a backtick run opens it, the
+    next closes it) every name is one of ``known_names(files)``, or the start of one while it
+    may still go on; inline code is ASCII (no way round the rule through other bytes). Lines
+    in the numbered form (the other rule's) and fence lines (```` ```python ````) are free."""
+    names = known_names(files)
+    starts = {name[:i] for name in names for i in range(1, len(name) + 1)}
+
+    def ok(line: bytes, complete: bool) -> bool:
+        if NUMBERED.match(line) or line.lstrip().startswith(b"```"):
+            return True
+        parts = _TICKS.split(line)
+        for j in range(1, len(parts), 2):  # the odd parts are inside backticks
+            if not parts[j].isascii():
+                return False
+            code = parts[j].decode("ascii")
+            open_end = not complete and j == len(parts) - 1
+            for m in _IN_CODE.finditer(code):
+                may_go_on = open_end and m.end() == len(code)
+                if m.group() not in (starts if may_go_on else names):
+                    return False
+        return True
+
+    return ok
+
+
+def all_of(*rules: LineRule) -> LineRule:
+    """A line rule that holds where each of ``rules`` does."""
+    return lambda line, complete: all(rule(line, complete) for rule in rules)

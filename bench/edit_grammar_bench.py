@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import demo  # noqa: E402
-from app.backends.llamacpp import _compile  # noqa: E402
+from app.backends.llamacpp import compile_grammar  # noqa: E402
 from app.workspace import edit_grammar as eg  # noqa: E402
 
 SIZES = (100, 1000, 4000, 16000)
@@ -91,9 +91,9 @@ def main(argv=None) -> int:
             build = time.perf_counter() - start
             row = {"model": name, "vocab": llm.n_vocab(), "lines": n, "free_tok_s": round(free, 1),
                    "grammar_kb": round(len(tree) / 1024), "build_ms": round(build * 1000),
-                   "tree_tok_s": round(decode(llm, b"Fix the bug in mod.py.\n", _compile(llm, tree, "coder"), args.tokens)[0], 1)}
+                   "tree_tok_s": round(decode(llm, b"Fix the bug in mod.py.\n", compile_grammar(llm, tree, "coder"), args.tokens)[0], 1)}
             if n <= PLAIN_UP_TO:
-                plain = _compile(llm, plain_grammar("mod.py", text), "coder")
+                plain = compile_grammar(llm, plain_grammar("mod.py", text), "coder")
                 row["plain_tok_s"] = round(decode(llm, b"Fix the bug in mod.py.\n", plain, args.tokens)[0], 1)
             rows.append(row)
             print(row, flush=True)

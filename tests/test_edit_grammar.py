@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from app import demo
-from app.backends.llamacpp import LlamaCppBackend, LlamaModel, _compile
+from app.backends.llamacpp import LlamaCppBackend, LlamaModel, compile_grammar
 from app.config import Config, RoleConfig, Sampling, demo_config, parse_config
 from app.conversation import Conversation
 from app.errors import ConfigError, DuetError
@@ -41,13 +41,13 @@ def test_the_grammar_for_awkward_files_parses_in_llama_cpp(coder):
     _, model = coder
     grammar = edit_grammar([("odd dir/quote.py", AWKWARD), ("calc.py", MODULE), ("empty.py", "")])
     assert grammar is not None and "empty.py" not in grammar  # nothing to quote in an empty file
-    assert _compile(model.load(), grammar, "coder") is not None
+    assert compile_grammar(model.load(), grammar, "coder") is not None
 
 
 def test_a_grammar_llama_cpp_cannot_parse_is_a_clear_error_not_a_crash(coder):
     _, model = coder
     with pytest.raises(DuetError, match=r"coder\.constrain_edits"):
-        _compile(model.load(), 'root ::= ("unclosed"', "coder")
+        compile_grammar(model.load(), 'root ::= ("unclosed"', "coder")
 
 
 def test_no_grammar_when_nothing_can_be_quoted_or_the_files_are_too_long():

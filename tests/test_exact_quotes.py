@@ -17,7 +17,7 @@ from app.config import RoleConfig, Sampling, demo_config, parse_config
 from app.config_writer import demo_table
 from app.conversation import Conversation
 from app.errors import ConfigError
-from app.exact_quotes import numbered_line_rule
+from app.exact_quotes import all_of, inline_names_rule, known_names, numbered_line_rule
 from app.prompts import numbered_lines
 from app.workspace import Workspace
 from local_engine.constraint import LineConstraint, pick_allowed
@@ -25,11 +25,13 @@ from tests.sse_server import ScriptedServer, text_reply
 from tests.tui_support import server_config
 from training import eval as demo_eval
 from training.render import reasoner_prompt
-from vocab.events import Failed, ThinkingDelta
+from vocab.events import AnswerDelta, Failed, ThinkingDelta
 from vocab.messages import ChatMessage
 
 CALC = "def add(a, b):\r\n    \"\"\"Return a plus b: “sum”.\"\"\"\r\n    return a - b\r\n\r\n\r\ndef one():\r\n    return 1\r\n"
 NUMBERED = re.compile(r"^ *(\d+) \| (.*)$")
+FINDER = ('def where_is(arr, needle):\n    """Return where the needle first is, else -1."""\n'
+          "    for k in range(len(arr)):\n        if arr[k] != needle:  # compare\n            return k\n    return -1\n")
 
 
 def quoted_lines(text: str) -> list[tuple[int, str]]:
@@ -47,8 +49,38 @@ def test_a_numbered_line_is_held_to_that_line_of_a_file_and_other_lines_are_free
     assert ok(b" 4 | ", True) and not ok(b" 4 | x", False)  # a blank line is blank
     quote = " 2 |     \"\"\"Return a plus b: “sum”.\"\"\"".encode()
     assert ok(quote, True) and ok(quote[:-9], False)  # cut inside the two-byte-plus “”: a prefix still
-    for free in (b"Line 3 uses `-` where the docstring needs `+`.", b"| a | b |", b" 3 |", b"x 3 | y", b""):
+    for free in (b"Line 3 uses `-` where the docstring needs `+`.", b"| a | b |", b" 3 ", b"x 3 | y", b""):
         assert ok(free, True) and ok(free, False)
+    assert ok(b" 3 |", False) and not ok(b" 3 |", True) and not ok(b"8 |= x", False)  # "N |" is the form, whatever follows
+
+
+def test_known_names_hold_inline_code_to_the_files_names_and_paths():
+    files = [("src/finder.py", FINDER), ("calc.py", CALC)]
+    names = known_names(files)
+    assert {"where_is", "arr", "needle", "k", "range", "len", "add", "one", "src", "finder", "py", "test_finder",
+            "test_calc", "calc"} <= names
+    assert not {"Return", "first", "where", "compare", "sum", "sumat"} & names  # docstrings and comments are not code
+    ok = inline_names_rule(files)
+    for line, complete, want in [
+        (b"So the bug is in `where_is`, line 4: wrong comparison.", True, True),
+        (b"So the bug is in `where_i", False, True),  # may still become where_is
+        (b"So the bug is in `where_x", False, False),
+        (b"So the bug is in `where`", True, False),  # a start of a name is not a name
+        (b"Change `if arr[k] != needle:` to `if arr[k] == needle:`.", True, True),
+        (b"Change `if arr[k] == lineedle:`", True, False),
+        (b"check that `test_finder.py` and `src/finder.py` pass", True, True),
+        (b"`range(len(arr) - 1)`, `0x1F`, `[]`, `\" \"`", True, True),
+        (b"`\xc3\xa9`", True, False),  # inline code is ASCII: no way round through other bytes
+        (b"the docstring says \"sumatiber\" and so on", True, True),  # outside inline code: free
+        (b"```python", True, True),
+        (b" 4 |         if arr[k] != `needle`:", True, True),  # the numbered form is the other rule's
+        (b"uses `", False, True),
+    ]:
+        assert ok(line, complete) is want, line
+    broken = known_names([("notes.txt", "café au_lait, x = (")])
+    assert {"au_lait", "x", "notes", "txt"} <= broken and "café" not in broken  # not Python: every ASCII word
+    both = all_of(numbered_line_rule(files), ok)
+    assert not both(b" 4 |     if", True) and not both(b"`wheres", False) and both(b"`where_", False)
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +145,36 @@ def reasoner():
     model.close()
 
 
-def _trace(backend, module, request, sampling, quotes):
+def _trace(backend, module, request, sampling, quotes, *, answer=False):
     events = list(backend.stream([ChatMessage("user", reasoner_prompt(module, request))], sampling,
                                  quotes_from=[(module.path, module.source)] if quotes else None))
     assert not any(isinstance(e, Failed) for e in events)
-    return "".join(e.text for e in events if isinstance(e, ThinkingDelta))
+    return "".join(e.text for e in events if isinstance(e, ThinkingDelta) or (answer and isinstance(e, AnswerDelta)))
+
+
+def inline_names(text: str) -> set[str]:
+    """The names in inline code, found on their own (not by the rule's code)."""
+    spans = [part for line in text.split("\n") if not NUMBERED.match(line) and not line.lstrip().startswith("```")
+             for part in re.split(r"`+", line)[1::2]]
+    return {name for span in spans for name in re.findall(r"(?<![0-9A-Za-z_])[A-Za-z_][A-Za-z0-9_]*", span)}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.2])
+def test_under_known_names_the_demo_reasoner_names_only_what_the_files_have(reasoner, temperature):
+    """Greedy and sampled hot, on held-out modules: every name in its inline code, in the trace
+    and the answer, is one the module's code or path has; without the rule, some are not."""
+    rc, model = reasoner
+    demo_eval.STYLE = "heldout"
+    named = dataclasses.replace(rc, known_names=True, exact_quotes=True)
+    sampling = Sampling(temperature=temperature, top_p=1.0, max_tokens=700, seed=3)
+    unknown_free = 0
+    for module, request in demo_eval.heldout_cases(4, 7):
+        allowed = known_names([(module.path, module.source)])
+        text = _trace(LocalBackend(named, model), module, request, sampling, True, answer=True)
+        assert inline_names(text) and inline_names(text) <= allowed, inline_names(text) - allowed
+        free = _trace(LocalBackend(rc, model), module, request, sampling, True, answer=True)
+        unknown_free += bool(inline_names(free) - allowed)
+    assert unknown_free >= 2  # held to numbered lines only, it writes names the files do not have
 
 
 def test_the_demo_reasoner_reads_held_out_modules_back_exactly_only_under_the_rule(reasoner):
@@ -170,8 +227,11 @@ def test_sampled_hot_every_numbered_line_is_the_files(reasoner, seed):
 
 def test_the_demo_reasoner_has_the_rule_reasoner_turns_get_the_numbered_files_and_other_backends_refuse(tmp_path):
     assert demo_config().reasoner.exact_quotes and not demo_config().coder.exact_quotes
+    assert demo_config().reasoner.known_names and not demo_config().coder.known_names
     table = tomllib.loads(demo_table("reasoner", demo.reasoner_path()))
-    assert parse_config(table).reasoner.exact_quotes
+    assert parse_config(table).reasoner.exact_quotes and parse_config(table).reasoner.known_names
+    with pytest.raises(ConfigError, match=r"reasoner\.known_names.*exact_quotes"):
+        parse_config({"reasoner": {"backend": "local", "path": str(tmp_path), "known_names": True}})
     with pytest.raises(ConfigError, match=r"reasoner\.exact_quotes.*local"):
         parse_config({"reasoner": {"backend": "openai", "url": "http://127.0.0.1:9/v1", "exact_quotes": True}})
     with pytest.raises(ConfigError, match=r"reasoner\.exact_quotes"):

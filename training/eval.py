@@ -6,8 +6,9 @@ files and docstring phrasings than training), through Duet's real prompts.
 Reports, and writes as JSON to bench/results/demo_eval.json:
 - reasoner: the answer names the right function and bug kind (and the exact change), with its
   thinking, and the same model with its thinking suppressed (an empty ``<think></think>``). As
-  Duet runs it: the lines it reads back held to the module's (``exact_quotes``); and, for
-  comparison, decoded freely;
+  Duet runs it: the lines it reads back held to the module's (``exact_quotes``) and the names
+  in its inline code to the module's (``known_names``); and, for comparison, with the lines
+  held but not the names, and decoded freely;
 - coder: given the teacher's (correct) plan, its SEARCH/REPLACE blocks apply and the tests pass;
   and with no plan at all (the request straight to the coder). As Duet runs it: sampled under
   the edit grammar (``constrain_edits``), and, for comparison, given the plan, sampled freely;
@@ -69,16 +70,22 @@ class Reasoner:
         self.decoded, self.decode_s = 0, 0.0  # decode only (after the first token)
         self.token_bytes = self.tok.token_bytes()
 
-    def run(self, user_text: str, *, think: bool = True, max_new: int = 700, files=None):
-        """Greedy; with ``files``, the numbered lines it writes held to theirs (``exact_quotes``)."""
-        from app.exact_quotes import numbered_line_rule
+    def run(self, user_text: str, *, think: bool = True, max_new: int = 700, files=None, names: bool = True):
+        """Greedy; with ``files``, the numbered lines it writes held to theirs (``exact_quotes``)
+        and, with ``names``, the names in its inline code (``known_names``), as the demo runs it."""
+        from app.exact_quotes import all_of, inline_names_rule, numbered_line_rule
         from local_engine.constraint import LineConstraint
 
-        constraint = LineConstraint(self.token_bytes, numbered_line_rule(files)) if files else None
+        constraint = None
+        if files:
+            rule = all_of(numbered_line_rule(files), inline_names_rule(files)) if names else numbered_line_rule(files)
+            constraint = LineConstraint(self.token_bytes, rule)
         prompt = self.tok.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True)
-        if not think:
-            prompt += "\n" + END_THINK + "\n\n"
         ids = self.tok.encode(prompt)
+        if not think:  # an empty trace, in the tokens training gave it: "\n" "</think>" "\n" (the
+            # model goes on "\n" "**Bug"; the text "</think>\n\n" would be one "\n\n" token
+            # it never saw there, after which it starts its answer mid-sentence)
+            ids += self.tok.encode("\n" + END_THINK + "\n")
         out, first = [], None
         for token in self.engine.generate(ids, max_new_tokens=max_new, temperature=0.0,
                                           stop_ids=[self.tok.eos_token_id], constraint=constraint):
@@ -110,10 +117,10 @@ class Coder:
     def run(self, user_text: str, max_new: int = 600, files=None):
         import jinja2
 
-        from app.backends.llamacpp import _compile
+        from app.backends.llamacpp import compile_grammar
         from app.workspace.edit_grammar import edit_grammar
 
-        grammar = _compile(self.llm, edit_grammar(files), "coder") if files else None
+        grammar = compile_grammar(self.llm, edit_grammar(files), "coder") if files else None
 
         prompt = jinja2.Environment().from_string(self.template).render(
             messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,
@@ -195,6 +202,8 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
         user, files = reasoner_prompt(m, request), [(m.path, m.source)]
         trace, ans, k, _ = rs.run(user, think=True, max_new=max_new, files=files)
         think = score_plan(ans, m)
+        _, ans_lines, _, _ = rs.run(user, think=True, max_new=max_new, files=files, names=False)
+        lines_only = score_plan(ans_lines, m)
         _, ans_free, _, _ = rs.run(user, think=True, max_new=max_new)
         free = score_plan(ans_free, m)
         _, ans0, _, _ = rs.run(user, think=False, max_new=max_new, files=files)
@@ -203,9 +212,10 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
         if ans.strip():
             e2e, _ = apply_and_test(m, cd.run(coder_prompt(m, request, ans, "handoff"), files=[(m.path, m.source)])[0])
         rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
-                     "think": think, "think_free": free, "nothink": nothink, "end_to_end": e2e, "think_tokens": k,
+                     "think": think, "think_lines": lines_only, "think_free": free, "nothink": nothink, "end_to_end": e2e, "think_tokens": k,
                      "answer": ans[:400], "nothink_answer": ans0[:400]})
-        log(f"{i:3d} {m.mutation.kind:13s} think={int(think['found'])} free={int(free['found'])} "
+        log(f"{i:3d} {m.mutation.kind:13s} think={int(think['found'])} lines={int(lines_only['found'])} "
+            f"free={int(free['found'])} "
             f"nothink={int(nothink['found'])} "
             f"e2e={int(e2e)}  {request}")
     by_kind = {k: {"think": rate_k(rows, k, lambda r: r["think"]["found"]),
@@ -214,6 +224,7 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
     f = lambda key, sub: round(sum(1 for r in rows if r[key][sub]) / len(rows), 3)  # noqa: E731
     return {"reasoner_n": len(rows),
             "reasoner_found": f("think", "found"), "reasoner_exact_change": f("think", "change"),
+            "reasoner_found_lines": f("think_lines", "found"), "reasoner_exact_change_lines": f("think_lines", "change"),
             "reasoner_found_free": f("think_free", "found"), "reasoner_exact_change_free": f("think_free", "change"),
             "reasoner_nothink_found": f("nothink", "found"), "reasoner_nothink_exact_change": f("nothink", "change"),
             "end_to_end": _rate(rows, "end_to_end"),
@@ -299,6 +310,8 @@ def rate_k(rows, kind, get):
 
 LABELS = [("reasoner_found", "reasoner: right function + kind (thinking)"),
           ("reasoner_exact_change", "reasoner: exact change in the plan"),
+          ("reasoner_found_lines", "  the same, numbered lines held but not names"),
+          ("reasoner_exact_change_lines", "  exact change, numbered lines held but not names"),
           ("reasoner_found_free", "  the same, decoded without exact_quotes"),
           ("reasoner_exact_change_free", "  exact change, decoded without exact_quotes"),
           ("reasoner_nothink_found", "reasoner, thinking suppressed: function + kind"),

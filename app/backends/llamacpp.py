@@ -110,7 +110,7 @@ def _chat_formatter(llm):
     return llama_chat_format.format_gemma if arch.startswith("gemma") else llama_chat_format.format_chatml
 
 
-def _compile(llm, grammar: str | None, role: str):
+def compile_grammar(llm, grammar: str | None, role: str):
     """llama.cpp's form of a GBNF grammar (None: sample freely). llama.cpp crashes the process on
     a grammar it cannot parse once sampling starts, so it is parsed here first, where a failure
     is only a NULL."""
@@ -174,7 +174,7 @@ class LlamaCppBackend:
                 llm = self.model.load()
                 prompt, stop, added_special = self.model.render(wire_messages(messages))
                 tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=not added_special, special=True)
-                constraint = _compile(llm, grammar, self.rc.role)
+                constraint = compile_grammar(llm, grammar, self.rc.role)
             except DuetError as exc:
                 yield failed_from(exc)
                 return

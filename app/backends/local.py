@@ -10,7 +10,8 @@ without reuse; an R1 history without earlier traces simply shares less). A check
 an MTP module decodes speculatively (same greedy output, same sampling distribution). The
 Usage event tells cached, drafted and accepted tokens. With ``quotes_from`` (the role's
 ``exact_quotes``) the lines the reply writes in the prompt's numbered form are held to the
-files' lines (app.exact_quotes), token by token (sampled: without drafts).
+files' lines (app.exact_quotes), token by token (sampled: without drafts); with
+``known_names`` too, the names in its inline code to the files' names.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.backends.base import Clock, cancelled, failed_from, no_grammar
-from app.exact_quotes import numbered_line_rule
+from app.exact_quotes import all_of, inline_names_rule, numbered_line_rule
 from vocab.events import Event, Failed, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.config import RoleConfig, Sampling
@@ -116,7 +117,10 @@ class LocalBackend:
             if quotes_from is not None:  # exact_quotes: numbered lines held to the files' lines
                 from local_engine.constraint import LineConstraint
 
-                constraint = LineConstraint(self.model.token_bytes(), numbered_line_rule(quotes_from))
+                rule = numbered_line_rule(quotes_from)
+                if self.rc.known_names:  # and the names in inline code to the files' names
+                    rule = all_of(rule, inline_names_rule(quotes_from))
+                constraint = LineConstraint(self.model.token_bytes(), rule)
             try:  # the engine checks ``cancel`` between tokens and stops at EOS
                 speculative = "mtp" if engine.has_mtp and self.rc.speculative == "mtp" else None
                 for token in engine.generate(ids, max_new_tokens=limit, temperature=sampling.temperature,
