@@ -2,15 +2,20 @@
 
     python -m bench.mtp_bench [--threads 1] [--dtype bfloat16] [--new 64] [--turns 8]
 
-1. Decode tok/s with and without ``speculative="mtp"`` and the acceptance rate, on
+1. Decode tok/s without drafts, with ``speculative="mtp"`` as the engine runs it (the draft
+   policy times its rounds and pauses drafting while it costs more than it saves), and with
+   drafting always on (``DraftLength(timed=False)``: what verification costs or buys), and the
+   acceptance rate, on
    - "v3-mid": a DeepSeek-V3-shaped model (MLA, sigmoid-gated MoE with groups, YaRN, an MTP
      layer with random weights). Random weights accept ~nothing: this row measures what
      drafting costs when it fails and how the draft-length controller backs off.
    - "v3-1layer-copy": the same shapes in one MoE layer, whose MTP module is a copy of that
      layer reading the next token's embedding (tests/tiny_checkpoints.py, mtp="copy"): its
      drafts are often right, so this row shows what verification in one forward buys.
-   - the trained demo reasoner, when app/data/demo holds one (else the JSON says so).
-   Greedy, prompt 64 tokens; tok/s = tokens after the first / the time after the first.
+   - the trained demo reasoner, when app/data/demo holds one (else the JSON says so), on the
+     sample project's review requests (its own domain; random prompts would make it babble).
+   Greedy, prompt 64 random tokens (the demo: its real prompts); tok/s = tokens after the
+   first / the time after the first.
 2. Time to first token at turns 1..N of a growing conversation (each turn adds a 96-token
    user message to the history plus the 16 tokens answered), one engine kept across turns
    (prefix reuse) vs. the cache reset before every turn (the whole history prefilled).
@@ -44,15 +49,16 @@ def _ids(seed: int, n: int, vocab: int = 8000) -> list[int]:
     return torch.randint(10, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def decode_row(engine, name: str, new: int, prompts: int) -> dict:
-    out = {"model": name}
-    for mode in (None, "mtp"):
+def decode_row(engine, name: str, new: int, prompts: list[list[int]]) -> dict:
+    from local_engine.speculative import DraftLength
+
+    out = {"model": name, "weights_mb": round(engine.weight_bytes() / 1e6, 1)}
+    for key, mode in (("plain", None), ("mtp", "mtp"), ("mtp_always", "mtp")):
+        engine.draft_length = DraftLength(timed=key != "mtp_always")  # each mode starts afresh
         rates, drafted, accepted, tokens = [], 0, 0, []
-        for p in range(prompts):
+        for ids in prompts:
             engine.reset()
-            ids = _ids(100 + p, 64, engine.args.vocab_size - 10)
             got, t_first = [], None
-            t0 = time.perf_counter()
             for tok in engine.generate(ids, max_new_tokens=new, temperature=0, speculative=mode):
                 got.append(tok)
                 if t_first is None:
@@ -63,15 +69,28 @@ def decode_row(engine, name: str, new: int, prompts: int) -> dict:
             drafted += engine.last_stats["drafted"]
             accepted += engine.last_stats["accepted"]
             tokens.append(got)
-        key = "mtp" if mode else "plain"
         out[f"{key}_tok_s"] = round(statistics.median(rates), 1)
         out[f"{key}_tokens"] = tokens
         if mode:
-            out["drafted"], out["accepted"] = drafted, accepted
-            out["acceptance"] = round(accepted / drafted, 3) if drafted else None
-    out["same_greedy_output"] = out.pop("plain_tokens") == out.pop("mtp_tokens")
+            out[f"{key}_drafted"], out[f"{key}_accepted"] = drafted, accepted
+    engine.draft_length = DraftLength()
+    plain = out.pop("plain_tokens")
+    out["same_greedy_output"] = plain == out.pop("mtp_tokens") == out.pop("mtp_always_tokens")
     out["speedup"] = round(out["mtp_tok_s"] / out["plain_tok_s"], 2)
+    out["speedup_always"] = round(out["mtp_always_tok_s"] / out["plain_tok_s"], 2)
     return out
+
+
+def demo_prompts(engine) -> list[list[int]]:
+    """The demo reasoner's real prompts: each sample-project module with a review request."""
+    from training.render import reasoner_prompt
+    from training.sample_project import build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        modules = build(Path(tmp))
+    tok = engine.tokenizer
+    return [tok.encode(tok.apply_chat_template([{"role": "user", "content": reasoner_prompt(m, f"review {m.path}")}],
+                                               add_generation_prompt=True)) for m in modules]
 
 
 def ttft_rows(engine, turns: int, user: int = 96, answer: int = 16) -> list[dict]:
@@ -128,15 +147,14 @@ def main(argv=None) -> int:
         engines = {"v3-mid (random MTP)": Engine.load(mid, dtype=args.dtype, max_seq_len=max_seq),
                    "v3-1layer (copy MTP)": Engine.load(one, dtype=args.dtype, max_seq_len=max_seq)}
         for name, engine in engines.items():
-            row = decode_row(engine, name, args.new, args.prompts)
-            row["params_m"] = round(sum(p.numel() for p in engine.model.parameters()) / 1e6, 1)
-            result["decode"].append(row)
+            prompts = [_ids(100 + p, 64, engine.args.vocab_size - 10) for p in range(args.prompts)]
+            result["decode"].append(decode_row(engine, name, args.new, prompts))
         demo = ROOT / "app" / "data" / "demo"
         if demo.is_dir() and any(demo.glob("**/config.json")):
             folder = next(demo.glob("**/config.json")).parent
-            engine = Engine.load(folder, dtype=args.dtype, max_seq_len=max_seq)
+            engine = Engine.load(folder, dtype=args.dtype, quant="int8", max_seq_len=2048)
             if engine.has_mtp:
-                result["decode"].append(decode_row(engine, f"demo reasoner ({folder.name})", args.new, args.prompts))
+                result["decode"].append(decode_row(engine, "demo reasoner (int8)", 600, demo_prompts(engine)))
             else:
                 result["demo"] = f"{folder}: no MTP module"
         else:
@@ -144,11 +162,13 @@ def main(argv=None) -> int:
         result["ttft"] = ttft_rows(engines["v3-mid (random MTP)"], args.turns)
 
     print(f"decode, greedy, {args.dtype}, {args.threads} thread(s), prompt 64, {args.new} new tokens")
-    print(f"{'model':26} {'params':>7} {'plain tok/s':>11} {'mtp tok/s':>9} {'speedup':>7} {'accepted':>9} {'same out':>8}")
+    print(f"{'model':26} {'weights':>8} {'plain tok/s':>11} {'mtp tok/s':>9} {'speedup':>7} {'accepted':>9} "
+          f"{'always tok/s':>12} {'speedup':>7} {'accepted':>9} {'same out':>8}")
     for r in result["decode"]:
-        acc = f"{r['accepted']}/{r['drafted']}"
-        print(f"{r['model']:26} {r['params_m']:>6}M {r['plain_tok_s']:>11} {r['mtp_tok_s']:>9} {r['speedup']:>6}x "
-              f"{acc:>9} {str(r['same_greedy_output']):>8}")
+        acc = f"{r['mtp_accepted']}/{r['mtp_drafted']}"
+        always = f"{r['mtp_always_accepted']}/{r['mtp_always_drafted']}"
+        print(f"{r['model']:26} {r['weights_mb']:>6}MB {r['plain_tok_s']:>11} {r['mtp_tok_s']:>9} {r['speedup']:>6}x "
+              f"{acc:>9} {r['mtp_always_tok_s']:>12} {r['speedup_always']:>6}x {always:>9} {str(r['same_greedy_output']):>8}")
     if "demo" in result:
         print("demo:", result["demo"])
     print("\ntime to first token, growing conversation (v3-mid)")

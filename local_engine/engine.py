@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -262,9 +263,11 @@ class Engine:
             k = min(policy.next(), max_new_tokens - stats["generated"], self.max_seq_len - pos - 1)
             drafts, qs = [], []
             mtp_rows = self._mtp_rows
+            started, catch_up = time.perf_counter(), (0.0, 0)
             if k > 0:
                 # catch up: rows mtp_rows..pos-1 pair the main hidden states with the tokens after them
                 x = self._mtp_hidden(self._held[mtp_rows + 1:pos] + [nxt], self._hidden.since(mtp_rows), mtp_rows)
+                catch_up = (time.perf_counter() - started, pos + 1 - mtp_rows)
                 x = x[-1:]
                 mtp_rows = pos
                 self._hidden.trim_front(pos)
@@ -288,7 +291,10 @@ class Engine:
                 accepted += 1
             if after is None:
                 after = choose(logits[len(drafts)], temperature, top_p, gen, constraint)
-            policy.update(len(drafts), accepted)
+            seconds, (catch_s, catch_rows) = time.perf_counter() - started, catch_up
+            if catch_rows > 1 + accepted:  # after a pause the MTP module catches up on many rows at
+                seconds -= catch_s * (1 - (1 + accepted) / catch_rows)  # once: count this round's share
+            policy.update(len(drafts), accepted, seconds)
             stats["drafted"] += len(drafts)
             stats["accepted"] += accepted
             # keep rows pos..pos+accepted (nxt and the accepted drafts); the rejected rows are forgotten

@@ -54,6 +54,7 @@ def _engine(folders, name, tmp_path_factory):
 @pytest.mark.parametrize("name", ["dense", "moe", "moe_bf16", "random", "fp8", "int8", "int4_saved"])
 def test_greedy_output_with_mtp_is_the_plain_greedy_output(folders, tmp_path_factory, name):
     engine = _engine(folders, name, tmp_path_factory)
+    engine.draft_length = DraftLength(timed=False)  # drafts whatever they cost here: the output is what is tested
     assert engine.has_mtp
     if name == "int8":
         assert engine.model.mtp[0].block.ffn.experts[0].w13.qweight is not None  # the MTP block is quantized too
@@ -181,6 +182,7 @@ def test_sampling_probs_is_what_sample_draws_from():
 
 def test_sampled_tokens_with_mtp_follow_the_plain_sampling_distribution(folders):
     engine = Engine.load(folders["dense"], dtype="float32", max_seq_len=64)
+    engine.draft_length = DraftLength(timed=False)  # drafts whatever they cost here: the distribution is tested
     ids = _ids(77, 16)
     runs, settings = 600, dict(max_new_tokens=4, temperature=0.2, top_p=0.95)  # a few likely tokens a step
     plain, spec, drafted, accepted = [], [], 0, 0
@@ -224,6 +226,33 @@ def test_draft_length_grows_with_acceptance_shrinks_without_and_pauses_when_draf
     ks = [dl.next() for _ in range(dl.pause + 1)]
     assert ks[:-1] == [0] * dl.pause and ks[-1] == 1  # paused (plain decoding), then one probe
     assert DraftLength(k_max=0).next() == 0
+
+
+def _rounds(dl, n, *, plain_s, draft_s, accept_all=True):
+    """``n`` rounds of a decoder whose rounds cost ``plain_s`` without drafts and ``draft_s``
+    with any; every draft stands. Returns the draft lengths asked for."""
+    ks = []
+    for _ in range(n):
+        k = dl.next()
+        ks.append(k)
+        dl.update(k, k if accept_all else 0, seconds=draft_s if k else plain_s)
+    return ks
+
+
+def test_timed_drafting_pauses_where_it_costs_more_per_token_than_plain_steps_and_keeps_on_where_it_pays():
+    slow = DraftLength(k_max=3, slow_pause=8, slow_pause_max=32)
+    ks = _rounds(slow, 2, plain_s=1.0, draft_s=6.0)
+    assert ks == [2, 3]  # drafts first (their length from the acceptance prior): nothing is timed yet
+    assert _rounds(slow, 1, plain_s=1.0, draft_s=6.0) == [0]  # then one plain round to compare with
+    assert slow.plain_s == 1.0 and slow.draft_s == (6 / 3 + 6 / 4) / 2  # seconds per committed token
+    ks = _rounds(slow, 60, plain_s=1.0, draft_s=6.0)  # 1.5 s a token drafted against 1.0 plain
+    assert [i for i, k in enumerate(ks) if k] == [0, 9, 26, 59]  # probes after pauses of 8, 16, then 32 (the most)
+    fast = DraftLength(k_max=3, slow_pause=8)
+    ks = _rounds(fast, 40, plain_s=1.0, draft_s=2.0)  # 2.0 / 4 tokens = 0.5 s a token: drafting pays
+    assert ks.count(0) == 1 and fast.paused == 0  # the one measuring round, then drafts throughout
+    untimed = DraftLength(k_max=3, timed=False)
+    assert 0 not in _rounds(untimed, 40, plain_s=1.0, draft_s=60.0)  # untimed: acceptance alone decides
+    assert 0 not in _rounds(DraftLength(k_max=3), 5, plain_s=None, draft_s=None)  # no timings: as untimed
 
 
 def test_the_cli_generates_with_speculative_mtp_and_refuses_a_checkpoint_without_it(folders, capsys):

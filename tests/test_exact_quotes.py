@@ -21,6 +21,7 @@ from app.exact_quotes import all_of, inline_names_rule, known_names, numbered_li
 from app.prompts import numbered_lines
 from app.workspace import Workspace
 from local_engine.constraint import LineConstraint, pick_allowed
+from local_engine.speculative import DraftLength
 from tests.sse_server import ScriptedServer, text_reply
 from tests.tui_support import server_config
 from training import eval as demo_eval
@@ -197,6 +198,7 @@ def test_greedy_with_mtp_drafts_is_the_plain_greedy_output_under_the_rule():
     can differ in the last bit, with or without the rule)."""
     model = LocalModel(demo.reasoner_path(), device="cpu", dtype="float32", quant=None, context=2048)
     engine, token_bytes = model.load(), model.token_bytes()
+    engine.draft_length = DraftLength(timed=False)  # drafts whatever they cost here: the output is what is tested
     demo_eval.STYLE = "heldout"
     drafted = 0
     for module, request in demo_eval.heldout_cases(3, 7):
