@@ -41,7 +41,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "system_prompt": ((str,), "system prompt (R1 guidance: none)"),
     "history": ((bool,), "send the earlier turns' answers (false: each request alone, as small models trained on single turns need)"),
     "timeout": ((int, float), "openai: seconds to wait for the first byte"),
-    "constrain_edits": ((bool,), "llama.cpp coder: sample edit blocks under a grammar (each SEARCH copied from a file in context; new files only where the prompt creates them)"),
+    "constrain_edits": ((bool,), "llama.cpp coder (or openai, on a server that takes llama.cpp's `grammar` field: llama-server, llama_cpp.server): sample edit blocks under a grammar (each SEARCH copied from a file in context; new files only where the prompt creates them)"),
     "exact_quotes": ((bool,), "local reasoner: a line it writes as the prompt numbers file lines (` 7 | text`) is held to line 7 of a file in context"),
     "known_names": ((bool,), "local reasoner, with exact_quotes: names in its inline code (`...`) are names the files' code has, or words of their paths"),
 }
@@ -253,8 +253,9 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
     for key in ("context", "threads"):
         if key in values and values[key] <= 0:
             raise ConfigError(source, f"{role}.{key}", f"must be positive, got {values[key]}")
-    if values.get("constrain_edits") and backend != "llama.cpp":
-        raise ConfigError(source, f"{role}.constrain_edits", f'works with the llama.cpp backend only, not "{backend}"')
+    if values.get("constrain_edits") and backend not in ("llama.cpp", "openai"):
+        raise ConfigError(source, f"{role}.constrain_edits",
+                          f'works with the llama.cpp backend (or an openai server that takes llama.cpp\'s grammar), not "{backend}"')
     if values.get("exact_quotes") and backend != "local":
         raise ConfigError(source, f"{role}.exact_quotes", f'works with the local backend only, not "{backend}"')
     if values.get("known_names") and not values.get("exact_quotes"):

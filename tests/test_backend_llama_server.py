@@ -33,13 +33,25 @@ ASK = [ChatMessage("user", "Name three colours.")]
 
 @pytest.fixture(scope="module")
 def llama_server(gemma_gguf, tmp_path_factory):
+    yield from _serve(gemma_gguf, MODEL, tmp_path_factory, "--n_ctx", "1024", "--chat_format", "gemma")
+
+
+@pytest.fixture(scope="module")
+def coder_server(tmp_path_factory):
+    """The demo coder's GGUF (its own chat template) behind llama_cpp.server."""
+    from app import demo
+
+    yield from _serve(demo.coder_path(), "duet-demo-coder", tmp_path_factory, "--n_ctx", "2048")
+
+
+def _serve(gguf, alias: str, tmp_path_factory, *args: str):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("llama-server") / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--model_alias", MODEL,
-                             "--chat_format", "gemma"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_threads", "1", "--model_alias", alias, *args],
+                            stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
@@ -114,3 +126,39 @@ def test_duet_ask_json_against_the_real_server(llama_server, tmp_path):
     # llama_cpp.server sends no usage when streaming: unknown counts are null, never made up
     usage = list(out["usage"].values())
     assert usage == [None, None] or all(isinstance(n, int) and n > 0 for n in usage)
+
+
+def test_constrain_edits_on_a_real_server_holds_sampled_replies_to_blocks_that_apply(coder_server, tmp_path):
+    """The edit grammar sent as llama.cpp's `grammar` field: the demo coder sampled hot (temperature
+    1.3, six seeds) behind llama_cpp.server writes blocks that apply to the file in context every
+    time; the same requests without the grammar do not."""
+    import dataclasses
+
+    from app.config import Config
+    from app.conversation import Conversation
+    from app.workspace import Workspace
+
+    root = tmp_path / "p"
+    root.mkdir()
+    source = ("def where_is(arr, needle):\n    \"\"\"Return where needle first is in arr, else -1.\"\"\"\n"
+              "    for k in range(len(arr)):\n        if arr[k] != needle:\n            return k\n    return -1\n")
+    (root / "finder.py").write_text(source)
+    ws = Workspace(root)
+    ws.context.add("finder.py")
+    applied = {True: 0, False: 0}
+    for constrained in (True, False):
+        for seed in range(6):
+            rc = RoleConfig(role="coder", backend="openai", url=coder_server, model="duet-demo-coder", timeout=60,
+                            history=False, constrain_edits=constrained,
+                            sampling=Sampling(temperature=1.3, top_p=1.0, max_tokens=300, seed=seed))
+            conv = Conversation(Config(reasoner=dataclasses.replace(rc, role="reasoner"), coder=rc), workspace=ws, save=False)
+            routed = conv.prepare("fix the bug in finder.py: where_is compares with != where it needs ==", "coder")
+            list(routed.turn.events(threading.Event()))
+            result = routed.turn.result
+            assert result.status == "done", result.failed
+            changes = ws.propose(result.answer)
+            ok = bool(changes.edits) and not changes.rejected
+            if constrained and result.done.finish_reason == "stop":
+                assert ok, (result.answer, [r.reason for r in changes.rejected])
+            applied[constrained] += ok
+    assert applied[True] >= 4 and applied[False] < applied[True]  # the grammar is what holds them

@@ -17,7 +17,7 @@ from app.errors import ConfigError, DuetError
 from app.workspace import Workspace
 from app.workspace.edit_blocks import parse
 from app.workspace.edit_grammar import MAX_LINES, MAX_RUN, _starts, edit_grammar
-from tests.sse_server import ScriptedServer, text_reply
+from tests.sse_server import ScriptedServer, error_reply, text_reply
 from tests.tui_support import server_config
 
 # Lines the grammar must quote exactly: quotes, backslashes, a tab, non-ASCII, CRLF, blank lines,
@@ -89,19 +89,20 @@ def test_every_reply_sampled_under_the_grammar_applies_to_the_file_even_at_high_
     assert {e.path for e in changes.edits} <= {"stats.py", "quote.py"}
 
 
-def test_the_demo_coder_holds_its_edits_to_the_grammar_and_other_backends_refuse_the_setting(tmp_path):
+def test_the_demo_coder_holds_its_edits_to_the_grammar_and_the_local_backend_refuses_the_setting(tmp_path):
     assert demo_config().coder.constrain_edits and not demo_config().reasoner.constrain_edits
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     ok = parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "constrain_edits": True}})
     assert ok.coder.constrain_edits
+    assert parse_config({"coder": {"backend": "openai", "url": "http://127.0.0.1:9/v1", "constrain_edits": True}}).coder.constrain_edits
     with pytest.raises(ConfigError, match=r"coder\.constrain_edits.*llama\.cpp"):
-        parse_config({"coder": {"backend": "openai", "url": "http://127.0.0.1:9/v1", "constrain_edits": True}})
+        parse_config({"coder": {"backend": "local", "path": str(tmp_path), "constrain_edits": True}})
     with pytest.raises(ConfigError, match=r"coder\.constrain_edits"):
         parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "constrain_edits": "yes"}})
 
 
-def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_backend_says_it_cannot(tmp_path):
+def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_gets_it_as_llama_cpp_s_field(tmp_path):
     root = tmp_path / "p"
     root.mkdir()
     (root / "calc.py").write_text("def add(a, b):\n    return a - b\n")
@@ -124,9 +125,19 @@ def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_backe
         assert conv.prepare("hello there", "coder").turn.grammar() is None  # a chat prompt asks for no edits
         assert conv.prepare("review calc.py", "reasoner").turn.grammar() is None
         assert Conversation(config, workspace=ws, save=False).prepare("fix the bug in calc.py", "coder").turn.grammar() is None
-        ended = list(conv.run(conv.prepare("fix the bug in calc.py", "coder")))[-1]
-        assert ended.status == "failed" and "coder.constrain_edits" in ended.reasons[0]
-        assert server.requests == []  # refused before anything was sent
+        routed = conv.prepare("fix the bug in calc.py", "coder")
+        list(routed.turn.events(threading.Event()))
+        assert server.requests[-1].json["grammar"] == routed.turn.grammar()  # llama.cpp's field, as llama-server takes it
+        assert routed.turn.result.status == "done"
+        plain = Conversation(config, workspace=ws, save=False).prepare("fix the bug in calc.py", "coder")
+        list(plain.turn.events(threading.Event()))
+        assert "grammar" not in server.requests[-1].json
+    with ScriptedServer(error_reply(400, "extra fields not permitted: grammar", style="vllm")) as server:
+        conv = Conversation(dataclasses.replace(constrained, coder=dataclasses.replace(constrained.coder, url=server.base_url)),
+                            workspace=ws, save=False)
+        routed = conv.prepare("fix the bug in calc.py", "coder")
+        list(routed.turn.events(threading.Event()))
+        assert routed.turn.result.status == "failed" and "coder.constrain_edits" in routed.turn.result.failed.message
     assert (root / "calc.py").read_text().endswith("a - b\n")
 
 

@@ -25,8 +25,9 @@ class Backend(Protocol):
 
     Setting ``cancel`` stops generation promptly: the stream ends with
     Done(finish_reason="cancelled") and the model/connection is free for the next turn.
-    ``grammar`` (GBNF, `app.workspace.edit_grammar`) holds the reply to its shape; only the
-    llama.cpp backend samples under one, the others answer it with Failed. ``quotes_from``
+    ``grammar`` (GBNF, `app.workspace.edit_grammar`) holds the reply to its shape: llama.cpp
+    samples under it, openai sends it as llama.cpp's ``grammar`` field (llama-server and
+    llama_cpp.server take it), local answers it with Failed. ``quotes_from``
     (``(path, text)`` files, `app.exact_quotes`) holds the lines the reply writes in the prompt's
     numbered form to those files' lines; only the local backend does, the others answer it
     with Failed.
@@ -43,7 +44,8 @@ class Backend(Protocol):
 
 def no_grammar(backend: str, role: str) -> Failed:
     """What a backend that cannot sample under a grammar answers one with."""
-    return Failed(f"{role}.constrain_edits: the {backend} backend cannot hold a reply to a grammar; use llama.cpp or turn it off")
+    return Failed(f"{role}.constrain_edits: the {backend} backend cannot hold a reply to a grammar; "
+                  "use llama.cpp (or a server that takes llama.cpp's grammar) or turn it off")
 
 
 def no_exact_quotes(backend: str, role: str) -> Failed:

@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from app.backends.base import Clock, cancelled, no_exact_quotes, no_grammar, one_line
+from app.backends.base import Clock, cancelled, no_exact_quotes, one_line
 from vocab.events import Event, Failed, ServerUnreachable, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.backends.probe import auth_headers
@@ -60,15 +60,15 @@ class OpenAIBackend:
         if quotes_from is not None:
             yield no_exact_quotes("openai", self.rc.role)
             return
-        if grammar is not None:
-            yield no_grammar("openai", self.rc.role)
-            return
         body = self.request_body(messages, sampling)
+        if grammar is not None:  # constrain_edits: llama.cpp's GBNF field (llama-server, llama_cpp.server)
+            body["grammar"] = grammar
         events = self._stream(body, cancel)
         first = next(events)
         if isinstance(first, _Retry):  # the server rejects stream_options: ask again without
             events.close()
-            events = self._stream(self.request_body(messages, sampling, usage=False), cancel)
+            body = {k: v for k, v in body.items() if k != "stream_options"}
+            events = self._stream(body, cancel)
             first = next(events)
         yield first
         yield from events
@@ -93,7 +93,7 @@ class OpenAIBackend:
                         if "stream_options" in message and "stream_options" in body:
                             yield _Retry("")
                             return
-                        yield Failed(self._http_error(response.status_code, message))
+                        yield Failed(self._http_error(response.status_code, message, grammar="grammar" in body))
                         return
                     if not response.headers.get("content-type", "").startswith("text/event-stream"):
                         yield from self._whole_answer(response, splitter, clock)
@@ -193,7 +193,7 @@ class OpenAIBackend:
     def _end(self, splitter: ThinkSplitter, *, interrupted: bool = False) -> Iterator[Event]:
         yield from piece_events(splitter.finish(interrupted=interrupted))
 
-    def _http_error(self, status: int, message: str) -> str:
+    def _http_error(self, status: int, message: str, *, grammar: bool = False) -> str:
         text = f"{self.base} answered HTTP {status}: {message}"
         lower = message.lower()
         if status in (401, 403):
@@ -202,6 +202,9 @@ class OpenAIBackend:
             text += f" (check {self.rc.role}.model)"
         elif "context" in lower and any(w in lower for w in ("length", "size", "window", "exceed", "too long")):
             text += " (the conversation is longer than the model's context: start a new session or serve a larger context)"
+        elif grammar and ("grammar" in lower or status in (400, 422)):
+            text += (f" ({self.rc.role}.constrain_edits sends llama.cpp's `grammar` field, which llama-server and "
+                     "llama_cpp.server take; turn it off for this server)")
         return text
 
 
