@@ -64,7 +64,8 @@ class DraftLength:
     the seconds per committed token are kept for rounds with drafts and without (the first
     plain round comes after ``measure_after`` drafted ones); while drafting costs more, it
     pauses for ``slow_pause`` rounds, twice as long after each probe that confirms it (up to
-    ``slow_pause_max``). Which tokens come out never depends on this, only how fast."""
+    ``slow_pause_max``). Which tokens come out does not depend on this, only how fast (up to
+    the last bit of a bf16 forward, which can differ between a drafted and a one-token step)."""
 
     def __init__(self, k_max: int = 3, *, gain: float = 0.35, off: float = 0.1, pause: int = 16,
                  decay: float = 0.9, prior: float = 0.7, measure_after: int = 2, slow_pause: int = 64,
