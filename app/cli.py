@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--apply", action="store_true", help="write the edits (undoable); without it, only propose")
     run.add_argument("--test", metavar="CMD", help="run CMD after each apply (default: [workspace] test)")
     run.add_argument("--rounds", type=int, default=3, metavar="N", help="most apply → test rounds (default 3)")
+    run.add_argument("--replans", type=int, default=0, metavar="N",
+                     help="when the tests still fail after the reasoner's plan: undo, and ask it for another plan "
+                          "(sampled), up to N times (default 0)")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of the diff")
     run.add_argument("--no-save", action="store_true", help="do not save this run as a session")
 

@@ -4,8 +4,11 @@ The reasoner plans (unless ``--role coder`` or the router sends the request stra
 coder); the plan (never its trace) goes to the coder with the files given by ``--file``; the
 coder's edits are checked as in the TUI; ``--apply`` writes them (atomically, one undo for
 all rounds), and the test command (``--test`` or ``[workspace] test``) runs after each apply,
-its trimmed failure going back to the coder for up to ``--rounds`` rounds. Only the user's
-command ever runs.
+its trimmed failure going back to the coder for up to ``--rounds`` rounds. With ``--replans N``,
+when that still ends failed after the reasoner's plan, the change is undone and the reasoner
+asked again, up to N times: the same request, sampled with another seed (at its temperature,
+or ``REPLAN_TEMPERATURE`` where it decodes greedily, which would give the same plan again),
+so the tests choose among its plans. Only the user's command ever runs.
 
 stdout: the unified diff of the edits (or, with ``--json``, one JSON object). stderr: progress
 (who is working, rounds, test results) and, unless ``--json``, the thinking trace and answers.
@@ -14,18 +17,20 @@ Exit 0 for proposed/applied/passed, 1 for failed, 2 for bad input, 130 when inte
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
 
 from app.ask import _ctrl_c_sets, _mute_stdout
-from app.config import Config
+from app.config import Config, Sampling
 from app.conversation import (ChangeApplied, ChangeDeclined, ChangeProposed, Conversation, FlowEnded, Notice,
                               Routed, TestFinished, TestStarted, TurnEnded, failure_summary)
-from app.errors import UsageError
+from app.errors import DuetError, UsageError
 from vocab.events import AnswerDelta, Failed, ModelUnusable, ServerUnreachable, ThinkingDelta
 
 EXIT = {"proposed": 0, "applied": 0, "passed": 0, "failed": 1}
+REPLAN_TEMPERATURE = 0.7  # a re-plan of a reasoner that decodes greedily (top-p 0.95)
 
 
 def run_request(args, config: Config) -> int:
@@ -36,6 +41,8 @@ def run_request(args, config: Config) -> int:
         raise UsageError("duet run: the request is empty")
     if args.rounds < 1:
         raise UsageError(f"duet run: --rounds must be at least 1, got {args.rounds}")
+    if args.replans < 0:
+        raise UsageError(f"duet run: --replans must be 0 or more, got {args.replans}")
     workspace = Workspace.from_config(args.workspace, config)
     for path in args.file or ():
         added = workspace.context.add(path)
@@ -48,18 +55,27 @@ def run_request(args, config: Config) -> int:
     approve = (lambda changes: changes) if args.apply else None
     with _ctrl_c_sets(cancel):
         # A reasoner asked for by --role is asked for a plan, whatever the router would have said.
-        routed = conv.prepare(request, args.role, intent="design" if args.role == "reasoner" else None)
+        intent = "design" if args.role == "reasoner" else None
+        routed = conv.prepare(request, args.role, intent=intent)
         report.route = routed.route
-        report.show(routed)
-        status = report.follow(conv.run(routed, cancel, approve))
-        if status == "answered" and routed.route.role == "reasoner" and conv.plan is not None and not cancel.is_set():
-            report.plan = conv.plan.text
-            handoff = conv.prepare(routed.route.text or request, "coder")
-            report.show(handoff)
-            status = report.follow(conv.run(handoff, cancel, approve))
-    if status == "answered":  # the coder answered without a single edit block
-        status = "failed"
-        report.reasons.append("the coder proposed no edits")
+        status = attempt(conv, routed, request, report, cancel, approve)
+        for number in range(1, args.replans + 1):
+            if not (status == "failed" and routed.route.role == "reasoner" and report.failed is None
+                    and not cancel.is_set()):
+                break  # a plan that failed (its edits did not apply, or the tests); not a model or server error
+            undone = []
+            if any(e["applied"] for e in report.edits):
+                try:
+                    undone = workspace.undo()
+                except DuetError as exc:
+                    report.reasons.append(f"could not undo the change to re-plan: {exc}")
+                    break
+            report.say(f"the plan failed{': undid ' + ', '.join(undone) if undone else ''}; asking the reasoner "
+                       f"for another plan ({number} of {args.replans})")
+            report.new_attempt(number)
+            sampling = replan_sampling(config.reasoner.sampling, seed=number)
+            routed = conv.prepare(request, args.role, intent=intent, sampling=sampling)
+            status = attempt(conv, routed, request, report, cancel, approve)
     if cancel.is_set() and status not in EXIT:
         status = "cancelled"
     report.status = status
@@ -79,6 +95,28 @@ def run_request(args, config: Config) -> int:
     return EXIT.get(status, 1)
 
 
+def attempt(conv: Conversation, routed, request: str, report: "Report", cancel, approve) -> str:
+    """One request through the core: its turn, and after a reasoner's plan the coder's hand-off."""
+    report.show(routed)
+    status = report.follow(conv.run(routed, cancel, approve))
+    if status == "answered" and routed.route.role == "reasoner" and conv.plan is not None and not cancel.is_set():
+        report.plan = conv.plan.text
+        handoff = conv.prepare(routed.route.text or request, "coder")
+        report.show(handoff)
+        status = report.follow(conv.run(handoff, cancel, approve))
+    if status == "answered":  # the coder answered without a single edit block
+        status = "failed"
+        report.reasons.append("the coder proposed no edits")
+    return status
+
+
+def replan_sampling(sampling: Sampling, *, seed: int) -> Sampling:
+    """A re-plan's sampling: the reasoner's own with another seed; sampled where it is greedy."""
+    if sampling.temperature > 0:
+        return dataclasses.replace(sampling, seed=seed)
+    return dataclasses.replace(sampling, temperature=REPLAN_TEMPERATURE, top_p=0.95, seed=seed)
+
+
 class Report:
     """Follows the core's events: progress to stderr, the result gathered for the end."""
 
@@ -91,6 +129,7 @@ class Report:
         self.rejected: list[dict] = []
         self.tests: list[dict] = []
         self.rounds = 0
+        self.replans = 0
         self.reasons: list[str] = []
         self.status = "failed"
         self.session_id: int | None = None
@@ -98,6 +137,12 @@ class Report:
         self.failed_role = ""
         self._role = ""
         self._open = ""  # "thinking" | "answer": the run of text being written to stderr
+
+    def new_attempt(self, number: int) -> None:
+        """A re-plan: the undone attempt's edits and reasons are no longer the result (its test
+        runs stay in ``tests``, each with its attempt)."""
+        self.replans = number
+        self.edits, self.rejected, self.reasons, self.thinking_parts = [], [], [], []
 
     def follow(self, events) -> str:
         """Show ``events`` as they come; the flow's end status."""
@@ -149,8 +194,9 @@ class Report:
             self.say(f"round {event.round}: running {event.command}")
         elif isinstance(event, TestFinished):
             r = event.result
-            self.tests.append({"round": event.round, "command": r.command, "exit_code": r.exit_code,
-                               "status": r.status, "output": r.output, "seconds": round(r.seconds, 3)})
+            self.tests.append({"round": event.round, "attempt": self.replans, "command": r.command,
+                               "exit_code": r.exit_code, "status": r.status, "output": r.output,
+                               "seconds": round(r.seconds, 3)})
             code = f"exit {r.exit_code}" if r.exit_code is not None else r.status
             self.say(f"round {event.round}: tests {'passed' if r.passed else r.status} ({code}, {r.seconds:.1f} s)")
             if not r.passed and self.stream:
@@ -177,7 +223,8 @@ class Report:
         return {
             "route": {"role": self.route.role, "intent": self.route.intent} if self.route else None,
             "plan": self.plan, "thinking": "".join(self.thinking_parts), "edits": self.edits,
-            "rejected": self.rejected, "tests": self.tests, "rounds": self.rounds, "status": self.status,
+            "rejected": self.rejected, "tests": self.tests, "rounds": self.rounds, "replans": self.replans,
+            "status": self.status,
             "reasons": self.reasons, "session_id": self.session_id,
         }
 

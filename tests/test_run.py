@@ -126,6 +126,35 @@ def test_a_coder_that_never_fixes_it_ends_failed_with_exit_1_after_n_rounds(serv
     assert len(coder_prompts(coder)) == 2  # no third coder turn after the last round
 
 
+def test_a_plan_that_fails_its_tests_is_undone_and_the_reasoner_asked_again_sampled(servers, repo, config_file,
+                                                                                      guard_log):
+    """--replans: the first plan's change fails the tests after its one round; it is undone (the
+    second coder turn sees the file as it was), the reasoner is asked again with the same request,
+    sampled with a seed, and its second plan passes."""
+    reasoner, coder = servers
+    second = "1. In calc.py, add() must add: return a + b.\n2. Run the tests."
+    reasoner.enqueue(reasoner_reply(TRACE, PLAN), reasoner_reply("think again", second))
+    coder.enqueue(text_reply(edit("    return a - b", "    return a * b")),
+                  text_reply(edit("    return a - b", "    return a + b")))
+    p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test", TEST_CMD,
+             "--rounds", "1", "--replans", "2", "--json", "fix add in calc.py")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "passed" and out["replans"] == 1 and out["plan"] == second
+    assert [(t["attempt"], t["exit_code"] != 0) for t in out["tests"]] == [(0, True), (1, False)]
+    assert [(e["path"], e["applied"]) for e in out["edits"]] == [("calc.py", True)]  # the change that stands
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+    asks = [r.json for r in reasoner.requests if r.path.endswith("/chat/completions")]
+    assert len(asks) == 2 and asks[0]["messages"][-1] == asks[1]["messages"][-1]  # the same request ...
+    assert asks[1]["temperature"] > 0 and asks[1]["seed"] == 1  # ... sampled afresh
+    prompts = coder_prompts(coder)
+    assert second in prompts[1] and "return a - b" in prompts[1] and "return a * b" not in prompts[1]  # undone first
+    assert "the plan failed: undid calc.py; asking the reasoner for another plan (1 of 2)" in p.stderr
+    no_replans = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--json",
+                      "--replans", "-1", "fix add in calc.py")
+    assert no_replans.returncode == 2 and "--replans" in no_replans.stderr
+
+
 def test_a_shell_block_in_the_coder_answer_runs_nothing(servers, repo, config_file, guard_log):
     reasoner, coder = servers
     answer = ("First run this:\n\n```sh\ntouch PWNED && echo hacked > calc.py\n```\n\n"
@@ -205,3 +234,13 @@ def test_ctrl_c_during_the_test_run_kills_its_process_group_and_exits_130(server
         time.sleep(0.05)
     else:
         pytest.fail("the test command's child outlived the cancel")
+
+
+def test_a_re_plan_samples_a_greedy_reasoner_and_keeps_a_sampled_one_s_own_settings():
+    from app.config import Sampling
+    from app.run import REPLAN_TEMPERATURE, replan_sampling
+
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=1024)
+    assert replan_sampling(greedy, seed=2) == Sampling(REPLAN_TEMPERATURE, 0.95, 1024, seed=2)
+    warm = Sampling(temperature=0.6, top_p=0.9, max_tokens=512)
+    assert replan_sampling(warm, seed=3) == Sampling(0.6, 0.9, 512, seed=3)

@@ -232,10 +232,12 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
             "reasoner_by_kind": by_kind, "reasoner_rows": rows}
 
 
-def eval_duet_run(reasoner_dir, coder_gguf, n: int, seed: int, log=print) -> dict:
+def eval_duet_run(reasoner_dir, coder_gguf, n: int, seed: int, log=print, replans: int = 0) -> dict:
     """End to end as a user runs it: ``duet run --role reasoner --file MODULE --apply --test
     "python test_MODULE.py" REQUEST`` on a fresh workspace per held-out module (in process, so
-    the models load once), with a config naming these two models as the demo runs them."""
+    the models load once), with a config naming these two models as the demo runs them; with
+    ``replans``, ``--replans N`` (a plan whose change fails the tests is undone and the reasoner
+    asked again, sampled): its figures are under ``duet_run_replans_*``."""
     import contextlib
     import io
     import shlex
@@ -258,18 +260,25 @@ def eval_duet_run(reasoner_dir, coder_gguf, n: int, seed: int, log=print) -> dic
             out, err = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 code = duet(["--config", str(cfg), "--workspace", str(ws), "run", "--role", "reasoner", "--file",
-                             m.path, "--apply", "--test", test, "--no-save", "--json", request])
+                             m.path, "--apply", "--test", test, "--no-save", "--json", "--replans", str(replans),
+                             request])
             try:
-                status = json.loads(out.getvalue().strip().splitlines()[-1]).get("status")
+                report = json.loads(out.getvalue().strip().splitlines()[-1])
             except (ValueError, IndexError):
-                status = f"no JSON (exit {code})"
+                report = {"status": f"no JSON (exit {code})"}
+            status = report.get("status")
             passed = code == 0 and status == "passed"
             rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind,
-                         "request": request, "duet_run": passed, "status": status})
-            log(f"{i:3d} {m.mutation.kind:13s} duet run={int(passed)} ({status})  {request}")
+                         "request": request, "duet_run": passed, "status": status, "replans": report.get("replans")})
+            log(f"{i:3d} {m.mutation.kind:13s} duet run={int(passed)} ({status}, re-plans {report.get('replans')})  "
+                f"{request}")
     close_all()
-    return {"duet_run_n": len(rows), "duet_run_passed": _rate(rows, "duet_run"),
-            "duet_run_by_kind": {k: rate_k(rows, k, lambda r: r["duet_run"]) for k in KINDS}, "duet_run_rows": rows}
+    key = "duet_run_replans" if replans else "duet_run"
+    result = {f"{key}_n": len(rows), f"{key}_passed": _rate(rows, "duet_run"),
+              f"{key}_by_kind": {k: rate_k(rows, k, lambda r: r["duet_run"]) for k in KINDS}, f"{key}_rows": rows}
+    if replans:
+        result["duet_run_replans_max"] = replans
+    return result
 
 
 def eval_copying(reasoner_dir, n: int, seed: int, log=print) -> dict:
@@ -321,6 +330,7 @@ LABELS = [("reasoner_found", "reasoner: right function + kind (thinking)"),
           ("coder_direct", "coder alone (no plan): tests pass"),
           ("end_to_end", "end to end (reasoner → coder → apply → test)"),
           ("duet_run_passed", "end to end through `duet run --apply --test`"),
+          ("duet_run_replans_passed", "  the same with --replans (the tests choose among plans)"),
           ("copy_token_acc", "reasoner reading back (teacher-forced): trace tokens"),
           ("copy_whole_trace", "reasoner reading back (teacher-forced): whole traces"),
           ("reasoner_tok_s", "reasoner decode tokens/s (local_engine int8)"),
@@ -338,6 +348,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--max-new", type=int, default=900, help="the reasoner's token limit per answer")
     ap.add_argument("--n-run", type=int, default=20, help="held-out modules through `duet run`")
+    ap.add_argument("--replans", type=int, default=0, help="`duet run --replans N` for the run part")
     ap.add_argument("--part", choices=["all", "coder", "reasoner", "run", "copy"], default="all",
                     help="run one part; its figures are merged into --out")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "demo_eval.json")
@@ -353,7 +364,7 @@ def main(argv=None):
     if a.part in ("all", "reasoner"):
         res.update(eval_reasoner(a.reasoner, a.coder, a.n, a.seed, max_new=a.max_new))
     if a.part in ("all", "run"):
-        res.update(eval_duet_run(a.reasoner, a.coder, a.n_run, a.seed))
+        res.update(eval_duet_run(a.reasoner, a.coder, a.n_run, a.seed, replans=a.replans))
     if a.part in ("all", "copy"):
         res.update(eval_copying(a.reasoner, a.n, a.seed))
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
-from app.config import Config
+from app.config import Config, Sampling
 from app.conversation.events import (ChangeApplied, ChangeDeclined, ChangeProposed, FlowEnded, Notice, PlanReady,
                                      Routed, TestFinished, TestStarted, TurnEnded)
 from app.conversation.steps import Plan
@@ -62,10 +62,12 @@ class Conversation:
 
     def prepare(self, request: str, role: str = "auto", *, plan: Plan | str | None = None,
                 history: list[ChatMessage] | None = None, author: str = "you",
-                extra_files: tuple[str, ...] = (), intent: str | None = None) -> Routed:
+                extra_files: tuple[str, ...] = (), intent: str | None = None,
+                sampling: Sampling | None = None) -> Routed:
         """Route ``request`` once and build its turn. ``plan`` overrides the current plan (an
         edited hand-off); ``intent`` is the core's own rounds' (a fix is an edit, whatever words
-        the test output holds). Raises DuetError for a bad role."""
+        the test output holds); ``sampling`` this turn's, instead of the role's (a re-plan).
+        Raises DuetError for a bad role."""
         decision = self.route(request, role)
         if intent is not None and intent != decision.intent:
             decision = dataclasses.replace(decision, intent=intent, why=f"asked for {intent}; {decision.why}")
@@ -92,7 +94,11 @@ class Conversation:
                 from app.workspace.context import paths_to_create  # a workspace is open: its package is loaded
 
                 new_paths = [p for p in paths_to_create(f"{plan.text}\n{request}") if not (self.workspace.root / p).exists()]
-        turn = Turn(self.config, request, decision, history=list(self.history if history is None else history),
+        config = self.config
+        if sampling is not None:
+            config = dataclasses.replace(config, **{decision.role: dataclasses.replace(config.role(decision.role),
+                                                                                       sampling=sampling)})
+        turn = Turn(config, request, decision, history=list(self.history if history is None else history),
                     plan=plan.text if plan is not None else None, files=files, editable=editable, new_paths=new_paths,
                     session_id=self.session_id,
                     store=self._store(), handoff_from=plan.message_id if plan is not None else None,
