@@ -212,7 +212,8 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
         if ans.strip():
             e2e, _ = apply_and_test(m, cd.run(coder_prompt(m, request, ans, "handoff"), files=[(m.path, m.source)])[0])
         rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
-                     "think": think, "think_lines": lines_only, "think_free": free, "nothink": nothink, "end_to_end": e2e, "think_tokens": k,
+                     "think": think, "think_lines": lines_only, "think_free": free, "nothink": nothink,
+                     "end_to_end": e2e, "think_tokens": k,
                      "answer": ans[:400], "nothink_answer": ans0[:400]})
         log(f"{i:3d} {m.mutation.kind:13s} think={int(think['found'])} lines={int(lines_only['found'])} "
             f"free={int(free['found'])} "
