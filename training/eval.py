@@ -349,7 +349,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--max-new", type=int, default=900, help="the reasoner's token limit per answer")
     ap.add_argument("--n-run", type=int, default=20, help="held-out modules through `duet run`")
-    ap.add_argument("--replans", type=int, default=0, help="`duet run --replans N` for the run part")
+    ap.add_argument("--replans", type=int, default=4,
+                    help="the run part also runs `duet run --replans N` (0: only without re-plans)")
     ap.add_argument("--part", choices=["all", "coder", "reasoner", "run", "copy"], default="all",
                     help="run one part; its figures are merged into --out")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "demo_eval.json")
@@ -365,7 +366,9 @@ def main(argv=None):
     if a.part in ("all", "reasoner"):
         res.update(eval_reasoner(a.reasoner, a.coder, a.n, a.seed, max_new=a.max_new))
     if a.part in ("all", "run"):
-        res.update(eval_duet_run(a.reasoner, a.coder, a.n_run, a.seed, replans=a.replans))
+        res.update(eval_duet_run(a.reasoner, a.coder, a.n_run, a.seed))
+        if a.replans:
+            res.update(eval_duet_run(a.reasoner, a.coder, a.n_run, a.seed, replans=a.replans))
     if a.part in ("all", "copy"):
         res.update(eval_copying(a.reasoner, a.n, a.seed))
     a.out.parent.mkdir(parents=True, exist_ok=True)
