@@ -8,9 +8,10 @@ written); our engine applies it token by token (local_engine.constraint.LineCons
 several files in context, line N of any of them will do.
 
 ``known_names`` adds a rule for names in inline code (between backticks on one line):
-each is a name the files' code has, a word of their paths or of their tests' (``test_calc.py``).
-So a model that names a function it read (`` `summation` ``) cannot write it from memory
-(`` `sumatiber` ``); which name it picks stays its own."""
+each is a name the files' code has, or, inside a path (`` `test_calc.py` ``), a word of the
+files' paths or of their tests'. So a model that names a function it read (`` `summation` ``)
+cannot write it from memory (`` `sumatiber` ``), nor name it after a file (`` `test_calc` ``);
+which name it picks stays its own."""
 
 from __future__ import annotations
 
@@ -50,29 +51,42 @@ def numbered_line_rule(files: Iterable[tuple[str, str]]) -> LineRule:
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _IN_CODE = re.compile(r"(?<![0-9A-Za-z_])[A-Za-z_][A-Za-z0-9_]*")  # a name, not the tail of 0x1F
 _TICKS = re.compile(rb"`+")
+_RUN = re.compile(r"[A-Za-z0-9_./-]+")  # a name, a number, or a path (``src/calc.py``)
+_IN_PATH = re.compile(r"[./][A-Za-z_]")  # what makes a run a path: a name after a dot or slash
 
 
 def known_names(files: Iterable[tuple[str, str]]) -> set[str]:
-    """The names inline code may use: those the files' code has (Python's NAME tokens, so not
-    the words of docstrings and comments; every word of a file Python cannot tokenize), and
-    the words of the files' paths and of their tests' (``test_<name>``). ASCII names only."""
+    """The names the files' code has (Python's NAME tokens, so not the words of docstrings and
+    comments; every word of a file Python cannot tokenize). ASCII names only."""
     names: set[str] = set()
-    for path, text in files:
+    for _, text in files:
         try:
             names.update(t.string for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.NAME)
         except (tokenize.TokenError, SyntaxError):
             names.update(_NAME.findall(text))
-        names.update(_NAME.findall(path) + _NAME.findall("test_" + PurePosixPath(path).name))
     return {n for n in names if _NAME.fullmatch(n)}
 
 
+def path_words(files: Iterable[tuple[str, str]]) -> set[str]:
+    """The words of the files' paths and of their tests' (``test_<name>``): names inline code
+    may use inside a path only."""
+    words: set[str] = set()
+    for path, _ in files:
+        words.update(_NAME.findall(path) + _NAME.findall("test_" + PurePosixPath(path).name))
+    return words
+
+
 def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
-    """``ok(line, complete)`` for ``known_names``: in inline code (a backtick run opens it, the
-    next closes it) every name is one of ``known_names(files)``, or the start of one while it
-    may still go on; inline code is ASCII (no way round the rule through other bytes). Lines
-    in the numbered form (the other rule's) and fence lines (```` ```python ````) are free."""
+    """``ok(line, complete)``: in inline code (a backtick run opens it, the next closes it) every
+    name is one of ``known_names(files)``, or, in a path (a run of name characters, ``.``, ``/``
+    and ``-`` where a name follows a ``.`` or ``/``), one of those or of ``path_words(files)``; the run
+    still being written may become a path, and its last name may still go on. Inline code is
+    ASCII (no way round the rule through other bytes). Lines in the numbered form (the other
+    rule's) and fence lines (```` ```python ````) are free."""
+    files = list(files)
     names = known_names(files)
-    starts = {name[:i] for name in names for i in range(1, len(name) + 1)}
+    anywhere = names | path_words(files)
+    starts = {name[:i] for name in anywhere for i in range(1, len(name) + 1)}
 
     def ok(line: bytes, complete: bool) -> bool:
         if NUMBERED.match(line) or line.lstrip().startswith(b"```"):
@@ -83,10 +97,12 @@ def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
                 return False
             code = parts[j].decode("ascii")
             open_end = not complete and j == len(parts) - 1
-            for m in _IN_CODE.finditer(code):
-                may_go_on = open_end and m.end() == len(code)
-                if m.group() not in (starts if may_go_on else names):
-                    return False
+            for run in _RUN.finditer(code):
+                writing = open_end and run.end() == len(code)
+                allowed = anywhere if writing or _IN_PATH.search(run.group()) else names
+                for m in _IN_CODE.finditer(run.group()):
+                    if m.group() not in (starts if writing and m.end() == len(run.group()) else allowed):
+                        return False
         return True
 
     return ok

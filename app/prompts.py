@@ -233,3 +233,25 @@ def handoff_brief(plan_answer: str, files: Sequence[tuple[str, str]] = (), reque
     return render(f"coder-handoff.{lang}", plan=plan, focus=focus,
                   material=files_block(files, lang, numbered=False),
                   edit_format=render(f"edit-format.{lang}"))
+
+
+REPLAN_PLAN_CHARS = 400  # each tried plan, as the re-plan request recalls it
+
+
+def replan_request(request: str, tried: Sequence[str], *, command: str | None = None, output: str = "",
+                   reasons: Sequence[str] = ()) -> str:
+    """The request a re-plan sends the reasoner (`duet run --replans`) in place of the user's:
+    the request, each plan already tried and undone (its answer, trimmed), and how the last one
+    failed: the test command's output (trimmed by the caller), or why its edits did not apply."""
+    lang = detect_lang(request)
+    words = labels()[lang]
+    listed = []
+    for plan in tried:
+        text = " ".join(strip_thinking(plan).split())
+        listed.append("- " + (text if len(text) <= REPLAN_PLAN_CHARS else text[:REPLAN_PLAN_CHARS - 1] + "…"))
+    if command is not None:
+        fenced = output.strip("\n").replace("```", "'''")
+        outcome = words["replan_tests"].format(command=command) + f"\n```\n{fenced}\n```"
+    else:
+        outcome = words["replan_unapplied"] + "".join(f"\n- {r}" for r in reasons)
+    return render(f"reasoner-replan.{lang}", request=request.strip(), tried="\n".join(listed), outcome=outcome)

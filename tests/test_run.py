@@ -129,8 +129,9 @@ def test_a_coder_that_never_fixes_it_ends_failed_with_exit_1_after_n_rounds(serv
 def test_a_plan_that_fails_its_tests_is_undone_and_the_reasoner_asked_again_sampled(servers, repo, config_file,
                                                                                       guard_log):
     """--replans: the first plan's change fails the tests after its one round; it is undone (the
-    second coder turn sees the file as it was), the reasoner is asked again with the same request,
-    sampled with a seed, and its second plan passes."""
+    second coder turn sees the file as it was), the reasoner is asked again — the request, the plan
+    tried and the failing test's output, on the history as it was before the first plan — sampled
+    with a seed, and its second plan passes."""
     reasoner, coder = servers
     second = "1. In calc.py, add() must add: return a + b.\n2. Run the tests."
     reasoner.enqueue(reasoner_reply(TRACE, PLAN), reasoner_reply("think again", second))
@@ -145,14 +146,79 @@ def test_a_plan_that_fails_its_tests_is_undone_and_the_reasoner_asked_again_samp
     assert [(e["path"], e["applied"]) for e in out["edits"]] == [("calc.py", True)]  # the change that stands
     assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
     asks = [r.json for r in reasoner.requests if r.path.endswith("/chat/completions")]
-    assert len(asks) == 2 and asks[0]["messages"][-1] == asks[1]["messages"][-1]  # the same request ...
-    assert asks[1]["temperature"] > 0 and asks[1]["seed"] == 1  # ... sampled afresh
+    assert len(asks) == 2 and len(asks[1]["messages"]) == len(asks[0]["messages"])  # not the undone attempt's turns
+    first_ask, again = asks[0]["messages"][-1]["content"], asks[1]["messages"][-1]["content"]
+    assert "fix add in calc.py" in again and "Already tried" not in first_ask
+    tried = again.split("Already tried, and undone because it did not work:\n", 1)[1]
+    assert tried.startswith("- " + " ".join(PLAN.split()))  # the plan tried ...
+    assert "test_add" in tried and "assert" in tried and TEST_CMD in tried  # ... and how its tests failed
+    assert TRACE not in again  # never the trace
+    assert asks[1]["temperature"] > 0 and asks[1]["seed"] == 1  # sampled afresh
     prompts = coder_prompts(coder)
     assert second in prompts[1] and "return a - b" in prompts[1] and "return a * b" not in prompts[1]  # undone first
+    assert "Already tried" not in prompts[1]  # the coder is told the user's request, not the re-plan's
     assert "the plan failed: undid calc.py; asking the reasoner for another plan (1 of 2)" in p.stderr
     no_replans = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--json",
                       "--replans", "-1", "fix add in calc.py")
     assert no_replans.returncode == 2 and "--replans" in no_replans.stderr
+
+
+def test_a_re_plan_that_repeats_a_tried_plan_is_not_handed_off_and_one_without_edits_says_why(
+        servers, repo, config_file, guard_log):
+    """The coder proposes no edits for the first plan: the re-plan is told why. The second plan
+    is the first again: it is not handed off (no coder turn, no test run), and the next re-plan
+    still recalls the first failure. The third plan passes."""
+    reasoner, coder = servers
+    third = "1. In calc.py, add() must add: return a + b."
+    reasoner.enqueue(reasoner_reply(TRACE, PLAN), reasoner_reply("again", "\n" + PLAN + "  \n"),
+                     reasoner_reply("once more", third))
+    coder.enqueue(text_reply("I see nothing to change."), text_reply(edit("    return a - b", "    return a + b")))
+    p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test", TEST_CMD,
+             "--rounds", "1", "--replans", "3", "--json", "fix add in calc.py")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "passed" and out["replans"] == 2 and out["plan"] == third
+    assert [t["attempt"] for t in out["tests"]] == [2]
+    prompts = coder_prompts(coder)
+    handoffs = [q for q in prompts if PLAN in q or third in q]
+    assert len(handoffs) == 2 and third in handoffs[1]  # the repeated plan never reached the coder
+    asks = [r.json["messages"][-1]["content"] for r in reasoner.requests if r.path.endswith("/chat/completions")]
+    assert len(asks) == 3
+    for again in asks[1:]:
+        assert "did not get as far as the tests:\n- the coder proposed no edits" in again
+        assert again.count("- " + " ".join(PLAN.split())) == 1  # tried once, listed once
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+
+
+def test_a_reasoner_without_history_is_asked_the_same_request_again(servers, repo, tmp_path, guard_log):
+    reasoner, coder = servers
+    config_file = tmp_path / "alone.toml"
+    config_file.write_text(f'[reasoner]\nbackend = "openai"\nurl = "{reasoner.base_url}"\nmodel = "r1"\ntimeout = 5\n'
+                           f'history = false\n\n[coder]\nbackend = "openai"\nurl = "{coder.base_url}"\n'
+                           f'model = "coder"\ntimeout = 5\n', encoding="utf-8")
+    reasoner.enqueue(reasoner_reply(TRACE, PLAN), reasoner_reply("again", "1. return a + b"))
+    coder.enqueue(text_reply(edit("    return a - b", "    return a * b")),
+                  text_reply(edit("    return a - b", "    return a + b")))
+    p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test", TEST_CMD,
+             "--rounds", "1", "--replans", "1", "--json", "/plan fix add in calc.py")
+    assert p.returncode == 0, p.stderr
+    asks = [r.json["messages"] for r in reasoner.requests if r.path.endswith("/chat/completions")]
+    assert len(asks) == 2 and asks[0] == asks[1] and len(asks[0]) == 1
+
+
+def test_the_re_plan_request_is_in_the_request_s_language_and_trims_long_plans():
+    from app.prompts import REPLAN_PLAN_CHARS, replan_request
+
+    zh = replan_request("修复 calc.py 里的错误", ["计划一"], command="pytest", output="E assert 1 == 2")
+    assert zh.startswith("修复 calc.py 里的错误") and "已经试过" in zh and "- 计划一" in zh
+    assert "`pytest`" in zh and "E assert 1 == 2" in zh and "Already" not in zh
+    long = replan_request("fix it", ["word " * 500], reasons=["calc.py: SEARCH not found"])
+    assert "did not get as far as the tests:" in long
+    listed = long.split("did not work:\n", 1)[1].split("\n", 1)[0]
+    assert len(listed) == 2 + REPLAN_PLAN_CHARS and listed.endswith("…")
+    assert "- calc.py: SEARCH not found" in long
+    fenced = replan_request("fix it", ["p"], command="t", output="```\nboom\n```")
+    assert fenced.count("```") == 2  # the output cannot close its fence
 
 
 def test_a_shell_block_in_the_coder_answer_runs_nothing(servers, repo, config_file, guard_log):
