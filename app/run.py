@@ -6,12 +6,9 @@ coder's edits are checked as in the TUI; ``--apply`` writes them (atomically, on
 all rounds), and the test command (``--test`` or ``[workspace] test``) runs after each apply,
 its trimmed failure going back to the coder for up to ``--rounds`` rounds. With ``--replans N``,
 when that still ends failed after the reasoner's plan, the change is undone and the reasoner
-asked again, up to N times: the request with the plans already tried and how the last one failed
-(``app.prompts.replan_request``; the history as it was before the first plan; the request alone
-for a reasoner whose ``history`` is off), sampled with
-another seed (at its temperature, or ``REPLAN_TEMPERATURE`` where it decodes greedily), so the
-tests choose among its plans; a plan already tried is not handed off again. Only the user's
-command ever runs.
+asked again, up to N times (``Conversation.prepare_replan``: the request with the plans tried and
+how the last one failed, sampled with seed k), so the tests choose among its plans; a plan
+already tried is not handed off again. Only the user's command ever runs.
 
 stdout: the unified diff of the edits (or, with ``--json``, one JSON object). stderr: progress
 (who is working, rounds, test results) and, unless ``--json``, the thinking trace and answers.
@@ -20,22 +17,19 @@ Exit 0 for proposed/applied/passed, 1 for failed, 2 for bad input, 130 when inte
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import threading
 
 from app.ask import _ctrl_c_sets, _mute_stdout
-from app.config import Config, Sampling
+from app.config import Config
 from app.conversation import (ChangeApplied, ChangeDeclined, ChangeProposed, Conversation, FlowEnded, Notice,
                               Routed, TestFinished, TestStarted, TurnEnded, failure_summary)
+from app.conversation.replan import replan_sampling
 from app.errors import DuetError, UsageError
-from app.prompts import replan_request
 from vocab.events import AnswerDelta, Failed, ModelUnusable, ServerUnreachable, ThinkingDelta
 
 EXIT = {"proposed": 0, "applied": 0, "passed": 0, "failed": 1}
-REPLAN_TEMPERATURE = 0.7  # a re-plan of a reasoner that decodes greedily (top-p 0.95)
-REPLAN_OUTPUT_CHARS = 1_500  # the failing test output a re-plan shows (a small model's window holds the files too)
 
 
 def run_request(args, config: Config) -> int:
@@ -61,37 +55,28 @@ def run_request(args, config: Config) -> int:
     with _ctrl_c_sets(cancel):
         # A reasoner asked for by --role is asked for a plan, whatever the router would have said.
         intent = "design" if args.role == "reasoner" else None
-        history = list(conv.history)  # what each re-plan starts from: the undone attempts are not in it
         routed = conv.prepare(request, args.role, intent=intent)
         report.route = routed.route
         asked = routed.route.text or request  # the request without its /prefix: the coder's, every attempt
         status = attempt(conv, routed, asked, report, cancel, approve)
-        tried: list[str] = []
-        again = ""
+        reasons: list[str] = []
         for number in range(1, args.replans + 1):
             if not (status in ("failed", "repeated") and routed.route.role == "reasoner" and report.failed is None
                     and not cancel.is_set()):
                 break  # a plan that failed (its edits did not apply, or the tests); not a model or server error
-            undone = []
-            if any(e["applied"] for e in report.edits):
-                try:
-                    undone = workspace.undo()
-                except DuetError as exc:
-                    report.reasons.append(f"could not undo the change to re-plan: {exc}")
-                    break
+            try:
+                undone = conv.undo_attempt()
+            except DuetError as exc:
+                report.reasons.append(f"could not undo the change to re-plan: {exc}")
+                break
             report.say(f"the plan failed{': undid ' + ', '.join(undone) if undone else ''}; asking the reasoner "
                        f"for another plan ({number} of {args.replans})")
             if status != "repeated":  # a repeated plan ran nothing: the last real attempt's outcome stands
-                if report.plan is not None:
-                    tried.append(report.plan)
-                # A reasoner without history (a small model trained on single requests) is asked
-                # the same request again: other text in it only leads such a model astray.
-                again = replan_text(asked, tried, report) if config.reasoner.history else asked
+                reasons = list(report.reasons)
             report.new_attempt(number)
-            sampling = replan_sampling(config.reasoner.sampling, seed=number)
-            routed = conv.prepare(again, "reasoner", intent=routed.route.intent, sampling=sampling, history=history,
-                                  author=f"duet → reasoner · re-plan {number} of {args.replans}")
-            status = attempt(conv, routed, asked, report, cancel, approve, tried=tried)
+            routed = conv.prepare_replan(sampling=replan_sampling(config.reasoner.sampling, seed=number),
+                                         reasons=reasons, author=f"duet → reasoner · re-plan {number} of {args.replans}")
+            status = attempt(conv, routed, asked, report, cancel, approve)
     if status == "repeated":
         status = "failed"
     if cancel.is_set() and status not in EXIT:
@@ -113,16 +98,15 @@ def run_request(args, config: Config) -> int:
     return EXIT.get(status, 1)
 
 
-def attempt(conv: Conversation, routed, request: str, report: "Report", cancel, approve, *,
-            tried: list[str] = ()) -> str:
+def attempt(conv: Conversation, routed, request: str, report: "Report", cancel, approve) -> str:
     """One request through the core: its turn, and after a reasoner's plan the coder's hand-off
-    (``request``: what the coder is told was asked). A plan in ``tried`` is not handed off again
-    ("repeated")."""
+    (``request``: what the coder is told was asked). A re-plan's plan already tried is not
+    handed off again ("repeated")."""
     report.show(routed)
     status = report.follow(conv.run(routed, cancel, approve))
     if status == "answered" and routed.route.role == "reasoner" and conv.plan is not None and not cancel.is_set():
         report.plan = conv.plan.text
-        if _same_plan(conv.plan.text, tried):
+        if conv.attempts is not None and conv.attempts.repeated:
             report.reasons.append("the reasoner gave a plan already tried")
             return "repeated"
         handoff = conv.prepare(request, "coder")
@@ -132,28 +116,6 @@ def attempt(conv: Conversation, routed, request: str, report: "Report", cancel, 
         status = "failed"
         report.reasons.append("the coder proposed no edits")
     return status
-
-
-def _same_plan(plan: str, tried) -> bool:
-    words = " ".join(plan.split())
-    return any(" ".join(t.split()) == words for t in tried)
-
-
-def replan_text(request: str, tried: list[str], report: "Report") -> str:
-    """The re-plan's request: ``request``, the plans tried, and how the last attempt ended (its
-    last test run's trimmed output if it got that far, else why its edits did not apply)."""
-    last = report.tests[-1] if report.tests and report.tests[-1]["attempt"] == report.replans else None
-    if last is not None:
-        return replan_request(request, tried, command=last["command"],
-                              output=failure_summary(last["output"], limit=REPLAN_OUTPUT_CHARS))
-    return replan_request(request, tried, reasons=report.reasons or ["the coder proposed no edits"])
-
-
-def replan_sampling(sampling: Sampling, *, seed: int) -> Sampling:
-    """A re-plan's sampling: the reasoner's own with another seed; sampled where it is greedy."""
-    if sampling.temperature > 0:
-        return dataclasses.replace(sampling, seed=seed)
-    return dataclasses.replace(sampling, temperature=REPLAN_TEMPERATURE, top_p=0.95, seed=seed)
 
 
 class Report:

@@ -304,7 +304,7 @@ def test_ctrl_c_during_the_test_run_kills_its_process_group_and_exits_130(server
 
 def test_a_re_plan_samples_a_greedy_reasoner_and_keeps_a_sampled_one_s_own_settings():
     from app.config import Sampling
-    from app.run import REPLAN_TEMPERATURE, replan_sampling
+    from app.conversation.replan import REPLAN_TEMPERATURE, replan_sampling
 
     greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=1024)
     assert replan_sampling(greedy, seed=2) == Sampling(REPLAN_TEMPERATURE, 0.95, 1024, seed=2)

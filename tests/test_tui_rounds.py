@@ -185,3 +185,37 @@ async def test_steps_can_be_skipped_and_reordered_before_handing_off_all(server,
         await wait_reply(pilot, app, 2)
         prompt = server.requests[-1].json["messages"][-1]["content"]
         assert "1. Run the tests.\n2. Add a docstring to add." in prompt and "Fix add in calc.py" not in prompt
+
+
+async def test_replan_undoes_the_failed_change_and_asks_the_reasoner_again_told_what_failed(ws, tmp_path):
+    """/replan after a plan whose change failed its tests: the change is undone, and the reasoner
+    gets the request with the plan tried and the failing assertion, on the conversation as it was
+    before that plan (not the coder's turns), sampled; its new plan is the one Ctrl+O hands off."""
+    with ScriptedServer(reasoner_reply("TRACE", "1. Multiply in add.")) as reasoner, \
+            ScriptedServer(text_reply(edit("    return a - b", "    return a * b"))) as coder:
+        reasoner.enqueue(reasoner_reply("TRACE", "1. Multiply in add."), reasoner_reply("TRACE 2", "1. Add in add."))
+        coder.enqueue(text_reply(edit("    return a - b", "    return a * b")), text_reply("I have no other fix."))
+        config = with_tests(server_config(reasoner.base_url, coder_url=coder.base_url))
+        app = make_app(config, workspace=ws, store_path=tmp_path / "s.db")
+        async with app.run_test(size=(120, 50)) as pilot:
+            await type_and_send(pilot, "/replan")  # nothing to re-plan yet: a notice, no request
+            await pilot.pause()
+            assert not replies(app) and not reasoner.requests
+            await type_and_send(pilot, "/plan fix add in calc.py")
+            await wait_reply(pilot, app)
+            await type_and_send(pilot, "/code do it")
+            await accept_diff(pilot, app)
+            await wait_for(pilot, lambda: not app.chat.busy and app.chat.conversation.query(TestItem), timeout=30)
+            assert (ws.root / "calc.py").read_text().endswith("a * b\n")
+            await type_and_send(pilot, "/replan")
+            await wait_for(pilot, lambda: len(replies(app)) == 4 and app.chat.current is None, timeout=15)
+            assert (ws.root / "calc.py").read_text() == BROKEN  # the failed change undone
+            asks = [r.json for r in reasoner.requests if r.path.endswith("/chat/completions")]
+            assert len(asks) == 2 and asks[1]["messages"][:-1] == asks[0]["messages"][:-1]  # the same conversation
+            again = asks[1]["messages"][-1]["content"]
+            assert "fix add in calc.py" in again and "- 1. Multiply in add." in again and "assert 6 == 5" in again
+            assert asks[1]["temperature"] > 0 and asks[1]["seed"] == 1
+            authors = [str(u.render()).split("\n")[0] for u in app.chat.conversation.query(UserItem)]
+            assert authors[-1] == "duet → reasoner · re-plan"
+            assert app.chat.conv.plan.text == "1. Add in add." and app.chat.last_plan is replies(app)[-1]
+            assert app.chat.conv.attempts.tried == ["1. Multiply in add.", "1. Add in add."]

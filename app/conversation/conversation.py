@@ -15,6 +15,9 @@ every round of one request is one undo step). ``approve(changes) -> ChangeSet | 
 view's diff review (the TUI's preview, or ``--apply``); None or nothing accepted stops there.
 
 The history holds answers only: a reasoner's trace is kept in the store, never resent.
+
+``attempts`` keeps the plans tried for the latest plan's request; ``undo_attempt`` and
+``prepare_replan`` ask the reasoner for another plan when one did not work (`replan.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from app.config import Config, Sampling
 from app.conversation.events import (ChangeApplied, ChangeDeclined, ChangeProposed, FlowEnded, Notice, PlanReady,
                                      Routed, TestFinished, TestStarted, TurnEnded)
+from app.conversation.replan import Attempts
 from app.conversation.steps import Plan
 from app.conversation.verify import TestResult, failure_summary, run_tests, with_changed
 from app.errors import DuetError
@@ -54,6 +58,8 @@ class Conversation:
         self.rounds = max(1, rounds)
         self.history: list[ChatMessage] = []
         self.plan: Plan | None = None
+        self.attempts: Attempts | None = None  # the plans tried for the latest plan's request
+        self._replan_turn: Turn | None = None
 
     # ---- one request -----------------------------------------------------------------------
     def route(self, request: str, role: str = "auto"):
@@ -105,6 +111,27 @@ class Conversation:
                     save=self.save)
         return Routed(turn, author, tuple(notes), tuple(file_names(files)))
 
+    def prepare_replan(self, *, sampling: Sampling | None = None, reasons: Sequence[str] = (),
+                       author: str = "duet → reasoner · re-plan") -> Routed:
+        """The re-plan turn for the latest plan's request (`replan.py`): on the conversation as it
+        was before the first plan; ``reasons``, why the latest plan never reached the tests.
+        Raises DuetError when there is no plan to re-plan."""
+        if self.attempts is None:
+            raise DuetError("nothing to re-plan: ask the reasoner for a plan first")
+        text = self.attempts.request_text(self.config.reasoner.history, reasons)
+        routed = self.prepare(text, "reasoner", intent=self.attempts.intent, sampling=sampling,
+                              history=self.attempts.history, author=author)
+        self._replan_turn = routed.turn
+        return routed
+
+    def undo_attempt(self) -> list[str]:
+        """Undo the latest plan's applied change (before a re-plan); the paths put back."""
+        if self.attempts is None or not self.attempts.applied or self.workspace is None:
+            return []
+        paths = self.workspace.undo()
+        self.attempts.applied = False
+        return paths
+
     def run(self, routed: Routed, cancel: threading.Event | None = None,
             approve: Approve | None = None) -> Iterator:
         """The request's events, ending with FlowEnded."""
@@ -139,6 +166,13 @@ class Conversation:
             self.history += [ChatMessage("user", turn.prompt), ChatMessage("assistant", result.answer)]
             if turn.route.role == "reasoner" and result.answer.strip():
                 self.plan = Plan.from_answer(result.answer, result.message_id)
+                if turn is self._replan_turn and self.attempts is not None:
+                    self.attempts.add(result.answer)
+                    if self.attempts.repeated:
+                        yield Notice("The reasoner gave a plan already tried.", "warning")
+                else:
+                    self.attempts = Attempts(turn.route.text or turn.request, turn.route.intent, list(turn.history),
+                                             [result.answer])
                 yield PlanReady(self.plan)
             more = turn.route.role == "coder" and self._has_edits(result.answer)
         yield TurnEnded(turn, more)
@@ -188,6 +222,8 @@ class Conversation:
                 yield FlowEnded("failed", number, (str(exc),))
                 return
             applied_any = True
+            if self.attempts is not None:
+                self.attempts.applied = True
             if self.store is not None and source.result.message_id is not None:
                 self.store.record_applied(source.result.message_id, accepted.summary())
             yield ChangeApplied(accepted, applied, number)
@@ -249,6 +285,8 @@ class Conversation:
             raise DuetError("no workspace to test")
         yield TestStarted(number, command)
         result = run_tests(command, self.workspace.root, timeout=self.test_timeout, cancel=cancel)
+        if self.attempts is not None:
+            self.attempts.test = result
         if self.save and self.session_id is not None and self.store is not None:
             self.store.record_test(self.session_id, message_id=message_id, round=number, command=command,
                                    exit_code=result.exit_code, status=result.status, output=result.output)
@@ -297,14 +335,14 @@ class Conversation:
             self.history = self.history[:-2]
 
     def clear(self) -> None:
-        self.history, self.plan, self.session_id = [], None, None
+        self.history, self.plan, self.session_id, self.attempts = [], None, None, None
 
     def resume(self, sid: int) -> list:
         """Continue stored session ``sid``: its finished exchanges become the history and its
         last plan the plan. Returns the stored messages (for a view to draw)."""
         store = self._store(required=True)
         messages = store.messages(sid)
-        self.session_id, self.history, self.plan = sid, [], None
+        self.session_id, self.history, self.plan, self.attempts = sid, [], None, None
         last_user = ""
         for m in messages:
             if m.kind == "user":

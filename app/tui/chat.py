@@ -218,6 +218,8 @@ class ChatScreen(ChatActions, Screen):
             self.run_test(rest.strip() or None)
         elif word == "/undo":
             self.action_undo_changes()
+        elif word == "/replan":
+            self.action_replan()
         elif word == "/rewind":
             self.action_rewind(int(rest) if rest.strip().isdigit() else 1)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from app.conversation import FlowEnded
 from app.conversation.conversation import HANDOFF_REQUEST
+from app.conversation.replan import replan_sampling
 from app.conversation.steps import Plan
 from app.conversation.verify import TestResult
 from app.errors import DuetError
@@ -43,6 +44,27 @@ class ChatActions:
     def action_test(self) -> None:
         if not self.busy:
             self.run_test()
+
+    def action_replan(self) -> None:
+        """/replan: undo the latest plan's applied change and ask the reasoner for another plan,
+        told the plans tried and how the last one failed (app/conversation/replan.py)."""
+        if self.busy:
+            return
+        attempts = self.conv.attempts
+        if attempts is None:
+            self.notify("Nothing to re-plan: ask the reasoner for a plan first (/plan ...).", severity="warning")
+            return
+        try:
+            undone = self.conv.undo_attempt()
+            routed = self.conv.prepare_replan(sampling=replan_sampling(self.config.reasoner.sampling,
+                                                                       seed=len(attempts.tried)))
+        except DuetError as exc:
+            self.notify(f"Cannot re-plan: {exc}", severity="error", markup=False)
+            return
+        if undone:
+            self.notify(f"Undone: {', '.join(undone)}", markup=False)
+        self._show_turn(routed, forced=True)
+        self._start_flow(lambda cancel, approve: self.conv.run(routed, cancel, approve))
     # ---- keys ------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         streaming = self.busy

@@ -21,6 +21,7 @@ COMMANDS = [
     ("copy_answer", "Copy the answer", "Copy the last answer to the clipboard"),
     ("copy_code", "Copy the last code block", "Copy the last fenced code block of the last answer"),
     ("undo_changes", "Undo the last applied edit", "Put the files back exactly as they were before it (all rounds of one request)"),
+    ("replan", "Re-plan", "Undo the last plan's change and ask the reasoner for another plan, told what failed"),
     ("test", "Run the tests", "Run the test command ([workspace] test, or the last /test CMD) in the workspace"),
     ("rewind", "Rewind the conversation", "Forget the last request and its replies (files stay; F12 undoes edits)"),
     ("files", "Add or drop files", "Fuzzy-pick files for the coder's context"),

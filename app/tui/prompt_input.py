@@ -17,6 +17,7 @@ PREFIXES = {
     "/test": "run the test command (/test CMD sets it)",
     "/rewind": "forget the last request (/rewind N: the last N)",
     "/undo": "undo the last applied change",
+    "/replan": "undo the last plan's change; ask the reasoner for another, told what failed",
 }
 NEWLINE_KEYS = ("ctrl+j", "shift+enter")
 

@@ -1,0 +1,63 @@
+"""Re-planning: when a plan's change did not work, the reasoner is asked for another plan.
+
+`Attempts` keeps, for the request the latest plan answers, the conversation as it was before
+the first plan, every plan tried, and how the latest one went (its change applied, its last
+test run). A re-plan asks the reasoner again on that earlier conversation (the failed attempts'
+turns are not in it) with the request followed by the plans tried and the last failure
+(``app.prompts.replan_request``), or with the request alone where the reasoner's ``history``
+is off (a small model trained on single requests, which other text only leads astray). A
+reasoner that decodes greedily would give the same plan again, so a re-plan samples it.
+`duet run --replans` and the TUI's ``/replan`` both go through `Conversation.prepare_replan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from app.config import Sampling
+from app.conversation.verify import TestResult, failure_summary
+from app.prompts import replan_request
+from vocab.messages import ChatMessage
+
+REPLAN_TEMPERATURE = 0.7  # a re-plan of a reasoner that decodes greedily (top-p 0.95)
+REPLAN_OUTPUT_CHARS = 1_500  # the failing test output a re-plan shows (a small model's window holds the files too)
+NOT_KEPT = "its change was not kept"
+
+
+@dataclass
+class Attempts:
+    """The plans tried for one request."""
+
+    request: str  # what the plans answer (as routed: without its /prefix)
+    intent: str
+    history: list[ChatMessage]  # the conversation before the first plan
+    tried: list[str] = field(default_factory=list)  # each plan's answer, in order, once
+    test: TestResult | None = None  # the latest plan's last test run
+    applied: bool = False  # the latest plan's change is in the files
+    repeated: bool = False  # the latest re-plan gave a plan already tried (not handed off)
+
+    def add(self, plan: str) -> None:
+        """A re-plan's answer: a new plan, or one already tried (then the last failure stands)."""
+        words = " ".join(plan.split())
+        self.repeated = any(" ".join(t.split()) == words for t in self.tried)
+        if not self.repeated:
+            self.tried.append(plan)
+            self.test, self.applied = None, False
+
+    def request_text(self, with_history: bool, reasons=()) -> str:
+        """What the re-plan asks: the request alone without history; else the request, the plans
+        tried and the latest one's failing test output (or ``reasons``: why it never got there)."""
+        if not with_history:
+            return self.request
+        if self.test is not None and not self.test.passed:
+            return replan_request(self.request, self.tried, command=self.test.command,
+                                  output=failure_summary(self.test.output, limit=REPLAN_OUTPUT_CHARS))
+        return replan_request(self.request, self.tried, reasons=list(reasons) or [NOT_KEPT])
+
+
+def replan_sampling(sampling: Sampling, *, seed: int) -> Sampling:
+    """A re-plan's sampling: the reasoner's own with another seed; sampled where it is greedy."""
+    if sampling.temperature > 0:
+        return dataclasses.replace(sampling, seed=seed)
+    return dataclasses.replace(sampling, temperature=REPLAN_TEMPERATURE, top_p=0.95, seed=seed)
