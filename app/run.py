@@ -109,7 +109,7 @@ def attempt(conv: Conversation, routed, request: str, report: "Report", cancel, 
         if conv.attempts is not None and conv.attempts.repeated:
             report.reasons.append("the reasoner gave a plan already tried")
             return "repeated"
-        handoff = conv.prepare(request, "coder")
+        handoff = conv.prepare_handoff(request)
         report.show(handoff)
         status = report.follow(conv.run(handoff, cancel, approve))
     if status == "answered":  # the coder answered without a single edit block

@@ -50,6 +50,20 @@ def test_after_a_plan_a_request_is_routed_once_and_the_prompt_and_store_follow_t
         assert server.requests[-1].json["messages"][-1]["content"] == routed.turn.prompt
 
 
+def test_a_plan_s_hand_off_asks_the_coder_for_tests_only_when_the_request_asked_for_tests(server):
+    """"why does add fail its test?" is a question (the reasoner's); the coder implementing its
+    plan gets the edit prompt, not the test-writing one that says not to change the code."""
+    conv = Conversation(server_config(server.base_url), save=False)
+    drain(conv, conv.prepare("/plan why does add fail its test?"))
+    for request, intent in [("why does add fail its test?", "edit"), ("为什么 add 的测试失败？", "edit"),
+                            ("fix the bug in calc.py", "edit"), ("add tests for calc.py", "test"),
+                            ("给 calc.py 写单元测试", "test")]:
+        routed = conv.prepare_handoff(request)
+        assert (routed.route.role, routed.route.intent) == ("coder", intent), request
+        assert routed.turn.plan == PLAN
+    assert "do not change the code" not in conv.prepare_handoff("why does add fail its test?").turn.prompt
+
+
 def test_the_history_resends_answers_only_and_the_coder_gets_the_plan_not_the_trace(server):
     conv = Conversation(server_config(server.base_url), save=False)
     events = drain(conv, conv.prepare("/plan a cache"))

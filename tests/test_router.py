@@ -186,6 +186,7 @@ def test_why_it_crashes_goes_to_the_reasoner_and_fix_it_goes_to_the_coder():
     trace = "\n\nTraceback (most recent call last):\n  File \"a.py\", line 3, in <module>\nKeyError: 'x'"
     assert route("why does this crash?" + trace).role == "reasoner"
     assert route("fix this crash" + trace).role == "coder"
+    assert (route("为什么 add 的测试失败？").role, route("why does add fail its test?").role) == ("reasoner", "reasoner")
 
 
 def test_after_a_plan_follow_ups_go_to_the_coder_but_questions_do_not():

@@ -111,6 +111,16 @@ class Conversation:
                     save=self.save)
         return Routed(turn, author, tuple(notes), tuple(file_names(files)))
 
+    def prepare_handoff(self, request: str) -> Routed:
+        """The coder's turn that implements the current plan of ``request`` (`duet run`). Its
+        intent is the router's for the coder, except that a question the router gives the
+        reasoner is not a request for tests ("why does add fail its test?": the coder-test
+        template says tests only, do not change the code): that becomes an edit."""
+        intent = None
+        if self.route(request, "coder").intent == "test" and self.route(request).role == "reasoner":
+            intent = "edit"
+        return self.prepare(request, "coder", intent=intent)
+
     def prepare_replan(self, *, sampling: Sampling | None = None, reasons: Sequence[str] = (),
                        author: str = "duet → reasoner · re-plan") -> Routed:
         """The re-plan turn for the latest plan's request (`replan.py`): on the conversation as it
