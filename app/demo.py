@@ -28,7 +28,7 @@ SUGGESTED_REQUESTS = (
     "/plan 修复 words.py 里的错误",
 )
 FLOW_STEPS = (  # (step, keys) as the chat screen binds them
-    ("add the file to the context", "Ctrl+F"),
+    ("the file joins the context when the request names it or its function", "Ctrl+F adds others"),
     ("ask for a plan (the reasoner thinks, then plans)", "type a request above · Enter (Ctrl+R forces the reasoner)"),
     ("hand the plan to the coder", "Ctrl+O"),
     ("review the diff and apply it", "a accept all · r reject · Space toggle a hunk"),

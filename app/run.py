@@ -171,6 +171,8 @@ class Report:
             self._role = route.role
             who = "" if event.author == "you" else f" ({event.author.split('·', 1)[-1].strip()})"
             self.say(f"{route.role} · {rc.label} · {route.intent}{who} — {route.why}")
+            for note in event.notes:  # a file the request named joined the context, ...
+                self.say(note)
         elif isinstance(event, TurnEnded):
             self._end_run()
             if event.turn.route.role == "reasoner" and event.turn.result.status == "done":

@@ -254,3 +254,7 @@ def test_a_file_named_in_the_request_joins_the_context_and_the_prompt(tmp_path, 
     assert ("calc.py", "def add(a, b):\n    return a - b\n") in routed.turn.files
     again = conv.prepare("/plan and calc.py once more")
     assert again.notes == ()  # already there: no second note
+    (root / "stats.py").write_text("def only_odd(xs):\n    return xs\n")
+    asked = conv.prepare("why does only_odd fail its test?")
+    assert asked.notes == ("stats.py joined the context (it defines only_odd, named in the request).",)
+    assert ws.context.files == ["calc.py", "stats.py"] and ("stats.py", "def only_odd(xs):\n    return xs\n") in asked.turn.files

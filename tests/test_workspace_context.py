@@ -164,6 +164,33 @@ def test_review_with_nothing_in_context_uses_the_uncommitted_git_diff_and_says_s
     assert "-x = 1\n+x = 2" in review.text and "new.py" in review.text
 
 
+def test_a_function_or_class_named_in_a_request_brings_the_one_file_that_defines_it(tmp_path, monkeypatch):
+    from app.workspace import context
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "stats.py").write_text("def only_odd(xs):\n    def inner():\n        pass\n    return xs\n\n"
+                                               "async def fetch_all():\n    pass\n\n\nclass Ledger:\n    def total(self):\n"
+                                               "        return 0\n")
+    (tmp_path / "a.py").write_text("def dot(x, y):\n    return 0\n")
+    (tmp_path / "b.py").write_text("def dot(x, y):\n    return 1\n")
+    (tmp_path / "test_stats.py").write_text("def only_odd():\n    pass\n\n\ndef helper():\n    pass\n")
+    (tmp_path / "notes.md").write_text("def notes_only():\n")
+    (tmp_path / ".env").write_text("SECRET=1\n")
+    (tmp_path / "secret.py").write_text("def leaked():\n    pass\n")
+    (tmp_path / ".gitignore").write_text("secret.py\n")
+    ctx = FileContext(tmp_path)
+    assert ctx.defining("why does only_odd fail its test?") == [("src/stats.py", "only_odd")]  # test files aside
+    assert ctx.defining("为什么Ledger的测试失败？还有 fetch_all") == [("src/stats.py", "Ledger")]  # once per file
+    assert ctx.defining("why does dot fail?") == []  # two files define it
+    assert ctx.defining("why does inner fail? and total, helper, notes_only, leaked") == []  # not top level / not code
+    assert ctx.defining("why does only_odd in src/stats.py fail?") == []  # a file named: that one, not a search
+    ctx.add("src/stats.py")
+    assert ctx.defining("only_odd again") == []  # already in context
+    monkeypatch.setattr(context, "DEFINITION_SCAN_FILES", 2)
+    ctx.drop("src/stats.py")
+    assert ctx.defining("why does only_odd fail its test?") == []  # too many Python files to search
+
+
 def test_files_named_in_a_request_are_found_by_path_or_by_a_unique_bare_name(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "calc.py").write_text("x = 1\n")

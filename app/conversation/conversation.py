@@ -85,9 +85,13 @@ class Conversation:
             plan = None
         notes: list[str] = []
         if author == "you" and self.workspace is not None:  # "fix the bug in calc.py": calc.py joins the context
-            for rel in self.workspace.context.named_in(request):
-                if self.workspace.context.add(rel).added:
+            ctx = self.workspace.context
+            for rel in ctx.named_in(request):
+                if ctx.add(rel).added:
                     notes.append(f"{rel} joined the context (named in the request).")
+            for rel, name in ctx.defining(request):  # "why does only_odd fail?": the file that defines it
+                if ctx.add(rel).added:
+                    notes.append(f"{rel} joined the context (it defines {name}, named in the request).")
         if decision.intent == "review" and decision.role == "reasoner":
             files = self.review_material(notes)
         else:

@@ -46,6 +46,18 @@ def paths_named(text: str) -> list[str]:
     return out
 
 
+_TOP_DEFINITION = re.compile(r"^(?:async[ \t]+def|def|class)[ \t]+([A-Za-z_]\w*)", re.M)  # Python, top level
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DEFINITION_SCAN_FILES = 400  # a tree with more Python files is not searched for a request's names
+
+
+def is_test_path(rel: str) -> bool:
+    """A test file by the usual conventions (``test_x.py``, ``x_test.py``, ``tests/``, ``conftest.py``)."""
+    name = rel.rsplit("/", 1)[-1]
+    return (name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
+            or rel.startswith("tests/") or "/tests/" in rel)
+
+
 _CREATE = re.compile(r"\b(?:create[sd]?|creating|add(?:s|ed|ing)?|new|write|writes|writing)\b|新建|创建|新增|添加|新文件|编写",
                      re.IGNORECASE)
 
@@ -178,6 +190,34 @@ class FileContext:
                 out.append(rel)
         return out
 
+    def defining(self, text: str) -> list[tuple[str, str]]:
+        """When ``text`` names no file: ``(path, name)`` for each top-level Python function or
+        class it names that exactly one file of the tree defines ("why does only_odd fail its
+        test?" → ``stats.py``), test files aside, not yet in context. Trees of up to
+        ``DEFINITION_SCAN_FILES`` Python files (a larger one is not searched)."""
+        words: dict[str, int] = {}  # each identifier of the text, at its first place
+        for m in _IDENTIFIER.finditer(text):
+            words.setdefault(m.group(), m.start())
+        if not words or paths_named(text):
+            return []
+        sources = []
+        for rel in self.iter_files():
+            if rel.endswith(".py") and not is_test_path(rel):
+                sources.append(rel)
+                if len(sources) > DEFINITION_SCAN_FILES:
+                    return []
+        where: dict[str, set[str]] = {}
+        for rel in sources:
+            for name in _TOP_DEFINITION.findall(self.read(rel) or ""):
+                if name in words:
+                    where.setdefault(name, set()).add(rel)
+        out: list[tuple[str, str]] = []
+        for name in sorted(where, key=words.__getitem__):
+            (rel, *others) = where[name]
+            if not others and rel not in self._files and all(rel != r for r, _ in out) and not self._check(rel):
+                out.append((rel, name))
+        return out
+
     def drop(self, path: str) -> list[str]:
         """Remove a file, or every file under a folder; returns what was removed."""
         rel = path.strip().replace("\\", "/").strip("/")
@@ -227,14 +267,15 @@ class FileContext:
 
     def walk(self, start: str = ".") -> list[str]:
         """Every non-ignored file under ``start`` (relative paths, sorted; symlinked folders not followed)."""
-        found = []
-        base = self.root / start
-        for folder, dirs, names in os.walk(base):
+        return list(self.iter_files(start))
+
+    def iter_files(self, start: str = "."):
+        """``walk``, one path at a time (a caller may stop early)."""
+        for folder, dirs, names in os.walk(self.root / start):
             rel_folder = Path(folder).relative_to(self.root).as_posix()
             prefix = "" if rel_folder == "." else rel_folder + "/"
             dirs[:] = sorted(d for d in dirs if not self.ignore.ignored(prefix + d, is_dir=True))
-            found += [prefix + n for n in sorted(names) if not self.ignore.ignored(prefix + n)]
-        return found
+            yield from (prefix + n for n in sorted(names) if not self.ignore.ignored(prefix + n))
 
     def outline(self, paths: list[str] | None = None, *, max_chars: int = 20_000) -> str:
         """Paths with their top-level symbols (all project files unless ``paths``)."""
