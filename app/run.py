@@ -104,7 +104,10 @@ def attempt(conv: Conversation, routed, request: str, report: "Report", cancel, 
     handed off again ("repeated")."""
     report.show(routed)
     status = report.follow(conv.run(routed, cancel, approve))
-    if status == "answered" and routed.route.role == "reasoner" and conv.plan is not None and not cancel.is_set():
+    if status == "answered" and routed.route.role == "reasoner" and not cancel.is_set():
+        if not routed.turn.result.answer.strip():  # all thinking, or nothing: no plan to hand off
+            report.reasons.append("the reasoner gave no plan")
+            return "failed"
         report.plan = conv.plan.text
         if conv.attempts is not None and conv.attempts.repeated:
             report.reasons.append("the reasoner gave a plan already tried")

@@ -190,6 +190,25 @@ def test_a_re_plan_that_repeats_a_tried_plan_is_not_handed_off_and_one_without_e
     assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
 
 
+def test_a_plan_less_answer_is_re_planned_with_the_request_alone(servers, repo, config_file, guard_log):
+    reasoner, coder = servers
+    reasoner.enqueue(reasoner_reply("only thinking, no answer", ""), reasoner_reply("again", "1. return a + b"))
+    coder.enqueue(text_reply(edit("    return a - b", "    return a + b")))
+    p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test", TEST_CMD,
+             "--replans", "1", "--json", "fix add in calc.py")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "passed" and out["replans"] == 1 and out["plan"] == "1. return a + b"
+    asks = [r.json["messages"] for r in reasoner.requests if r.path.endswith("/chat/completions")]
+    assert len(asks) == 2 and asks[0] == asks[1]  # nothing tried to tell of
+    assert len(coder_prompts(coder)) == 1  # no hand-off of an empty plan
+    alone = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--json", "fix it")
+    assert json.loads(alone.stdout)["reasons"] == ["the coder proposed no edits"]  # a plan (the default) went
+    reasoner.enqueue(reasoner_reply("only thinking", ""))
+    empty = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--json", "fix it")
+    assert json.loads(empty.stdout)["reasons"] == ["the reasoner gave no plan"] and empty.returncode == 1
+
+
 def test_a_reasoner_without_history_is_asked_the_same_request_again(servers, repo, tmp_path, guard_log):
     reasoner, coder = servers
     config_file = tmp_path / "alone.toml"

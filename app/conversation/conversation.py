@@ -132,6 +132,7 @@ class Conversation:
         Raises DuetError when there is no plan to re-plan."""
         if self.attempts is None:
             raise DuetError("nothing to re-plan: ask the reasoner for a plan first")
+        self.attempts.repeated = False
         text = self.attempts.request_text(self.config.reasoner.history, reasons)
         routed = self.prepare(text, "reasoner", intent=self.attempts.intent, sampling=sampling,
                               history=self.attempts.history, author=author)
@@ -178,15 +179,16 @@ class Conversation:
         more = False
         if result.status == "done":
             self.history += [ChatMessage("user", turn.prompt), ChatMessage("assistant", result.answer)]
-            if turn.route.role == "reasoner" and result.answer.strip():
+            answered = bool(result.answer.strip())
+            if turn.route.role == "reasoner" and turn is not self._replan_turn:  # a new request's plans start
+                self.attempts = Attempts(turn.route.text or turn.request, turn.route.intent, list(turn.history),
+                                         [result.answer] if answered else [])
+            elif turn.route.role == "reasoner" and answered and self.attempts is not None:
+                self.attempts.add(result.answer)
+                if self.attempts.repeated:
+                    yield Notice("The reasoner gave a plan already tried.", "warning")
+            if turn.route.role == "reasoner" and answered:
                 self.plan = Plan.from_answer(result.answer, result.message_id)
-                if turn is self._replan_turn and self.attempts is not None:
-                    self.attempts.add(result.answer)
-                    if self.attempts.repeated:
-                        yield Notice("The reasoner gave a plan already tried.", "warning")
-                else:
-                    self.attempts = Attempts(turn.route.text or turn.request, turn.route.intent, list(turn.history),
-                                             [result.answer])
                 yield PlanReady(self.plan)
             more = turn.route.role == "coder" and self._has_edits(result.answer)
         yield TurnEnded(turn, more)

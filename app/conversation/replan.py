@@ -48,7 +48,7 @@ class Attempts:
     def request_text(self, with_history: bool, reasons=()) -> str:
         """What the re-plan asks: the request alone without history; else the request, the plans
         tried and the latest one's failing test output (or ``reasons``: why it never got there)."""
-        if not with_history:
+        if not with_history or not self.tried:  # nothing to tell (the last answer held no plan)
             return self.request
         if self.test is not None and not self.test.passed:
             return replan_request(self.request, self.tried, command=self.test.command,
