@@ -188,7 +188,8 @@ async def test_steps_can_be_skipped_and_reordered_before_handing_off_all(server,
 
 
 async def test_replan_undoes_the_failed_change_and_asks_the_reasoner_again_told_what_failed(ws, tmp_path):
-    """/replan after a plan whose change failed its tests: the change is undone, and the reasoner
+    """/replan after a plan whose change failed its tests (undone by F12 here; /replan undoes it
+    itself otherwise, as `duet run --replans` does), and the reasoner
     gets the request with the plan tried and the failing assertion, on the conversation as it was
     before that plan (not the coder's turns), sampled; its new plan is the one Ctrl+O hands off."""
     with ScriptedServer(reasoner_reply("TRACE", "1. Multiply in add.")) as reasoner, \
@@ -207,6 +208,8 @@ async def test_replan_undoes_the_failed_change_and_asks_the_reasoner_again_told_
             await accept_diff(pilot, app)
             await wait_for(pilot, lambda: not app.chat.busy and app.chat.conversation.query(TestItem), timeout=30)
             assert (ws.root / "calc.py").read_text().endswith("a * b\n")
+            await pilot.press("f12")  # the user undoes it first: /replan then has nothing left to undo
+            await wait_for(pilot, lambda: (ws.root / "calc.py").read_text() == BROKEN)
             await type_and_send(pilot, "/replan")
             await wait_for(pilot, lambda: len(replies(app)) == 4 and app.chat.current is None, timeout=15)
             assert (ws.root / "calc.py").read_text() == BROKEN  # the failed change undone

@@ -143,8 +143,16 @@ class Conversation:
         """Undo the latest plan's applied change (before a re-plan); the paths put back."""
         if self.attempts is None or not self.attempts.applied or self.workspace is None:
             return []
-        paths = self.workspace.undo()
-        self.attempts.applied = False
+        return self.undo()
+
+    def undo(self, force: bool = False) -> list[str]:
+        """Undo the last applied change set (app.workspace's undo; raises its HistoryError); the
+        paths put back. The latest plan's change then no longer stands."""
+        if self.workspace is None:
+            raise DuetError("no workspace: nothing to undo")
+        paths = self.workspace.undo(force=force)
+        if self.attempts is not None:
+            self.attempts.applied = False
         return paths
 
     def run(self, routed: Routed, cancel: threading.Event | None = None,

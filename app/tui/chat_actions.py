@@ -182,7 +182,7 @@ class ChatActions:
         if self.workspace is None:
             return
         try:
-            paths = self.workspace.undo()
+            paths = self.conv.undo()
         except HistoryError as exc:
             if "changed since" not in str(exc):
                 self.notify(str(exc), markup=False)
@@ -190,7 +190,7 @@ class ChatActions:
 
             def forced(yes: bool | None) -> None:
                 if yes:
-                    self.notify(f"Undone: {', '.join(self.workspace.undo(force=True))}", markup=False)
+                    self.notify(f"Undone: {', '.join(self.conv.undo(force=True))}", markup=False)
 
             self.app.push_screen(Confirm(f"{exc}. Undo anyway and lose those later changes?"), forced)
             return
