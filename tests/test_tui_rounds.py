@@ -189,9 +189,9 @@ async def test_steps_can_be_skipped_and_reordered_before_handing_off_all(server,
 
 async def test_replan_undoes_the_failed_change_and_asks_the_reasoner_again_told_what_failed(ws, tmp_path):
     """/replan after a plan whose change failed its tests (undone by F12 here; /replan undoes it
-    itself otherwise, as `duet run --replans` does), and the reasoner
-    gets the request with the plan tried and the failing assertion, on the conversation as it was
-    before that plan (not the coder's turns), sampled; its new plan is the one Ctrl+O hands off."""
+    itself otherwise, as `duet run --replans` does): the reasoner gets the request with the plan
+    tried and the failing assertion, on the conversation as it was before that plan (not the
+    coder's turns), sampled; its new plan is the one Ctrl+O hands off."""
     with ScriptedServer(reasoner_reply("TRACE", "1. Multiply in add.")) as reasoner, \
             ScriptedServer(text_reply(edit("    return a - b", "    return a * b"))) as coder:
         reasoner.enqueue(reasoner_reply("TRACE", "1. Multiply in add."), reasoner_reply("TRACE 2", "1. Add in add."))
