@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from app.conversation import (ChangeApplied, ChangeProposed, Conversation, FlowEnded, PlanReady, Routed,
+from app.conversation import (ChangeApplied, ChangeProposed, Conversation, FlowEnded, Notice, PlanReady, Routed,
                               TestFinished, TurnEnded, failure_summary, parse_steps, run_tests)
 from app.conversation.steps import Plan
 from app.conversation.verify import HEAD_BYTES, TAIL_BYTES, with_changed
@@ -62,6 +62,25 @@ def test_a_plan_s_hand_off_asks_the_coder_for_tests_only_when_the_request_asked_
         assert (routed.route.role, routed.route.intent) == ("coder", intent), request
         assert routed.turn.plan == PLAN
     assert "do not change the code" not in conv.prepare_handoff("why does add fail its test?").turn.prompt
+
+
+def test_a_re_plan_needs_a_plan_and_keeps_each_plan_tried_once(server):
+    from app.errors import DuetError
+
+    conv = Conversation(server_config(server.base_url), save=False)
+    with pytest.raises(DuetError, match="nothing to re-plan"):
+        conv.prepare_replan()
+    drain(conv, conv.prepare("/plan a cache"))
+    first = conv.attempts
+    assert (first.request, first.intent, first.tried, first.history) == ("a cache", "design", [PLAN], [])
+    events = drain(conv, conv.prepare_replan())  # the scripted server answers the same plan again
+    assert conv.attempts is first and first.repeated and first.tried == [PLAN]
+    assert [e.text for e in events if isinstance(e, Notice)] == ["The reasoner gave a plan already tried."]
+    server.enqueue(reasoner_reply(TRACE, "1. Use functools.lru_cache."))
+    drain(conv, conv.prepare_replan())
+    assert not first.repeated and first.tried == [PLAN, "1. Use functools.lru_cache."]
+    drain(conv, conv.prepare("/plan something else"))  # a new request starts its own attempts
+    assert conv.attempts is not first and conv.attempts.tried == [PLAN] and len(conv.attempts.history) == 6
 
 
 def test_the_history_resends_answers_only_and_the_coder_gets_the_plan_not_the_trace(server):
