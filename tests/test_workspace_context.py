@@ -184,6 +184,8 @@ def test_a_function_or_class_named_in_a_request_brings_the_one_file_that_defines
     assert ctx.defining("why does dot fail?") == []  # two files define it
     assert ctx.defining("why does inner fail? and total, helper, notes_only, leaked") == []  # not top level / not code
     assert ctx.defining("why does only_odd in src/stats.py fail?") == []  # a file named: that one, not a search
+    (tmp_path / "b.py").write_text("def other(x, y):\n    return 1\n")  # read again once it changed
+    assert ctx.defining("why does dot fail?") == [("a.py", "dot")]
     ctx.add("src/stats.py")
     assert ctx.defining("only_odd again") == []  # already in context
     monkeypatch.setattr(context, "DEFINITION_SCAN_FILES", 2)

@@ -143,6 +143,7 @@ class FileContext:
         self.count_tokens = count_tokens
         self.ignore = Ignore(self.root)
         self._files: list[str] = []
+        self._definitions: dict[str, tuple[tuple[int, int], list[str]]] = {}  # rel -> (mtime, size), names
 
     @property
     def files(self) -> list[str]:
@@ -208,7 +209,7 @@ class FileContext:
                     return []
         where: dict[str, set[str]] = {}
         for rel in sources:
-            for name in _TOP_DEFINITION.findall(self.read(rel) or ""):
+            for name in self._defined_in(rel):
                 if name in words:
                     where.setdefault(name, set()).add(rel)
         out: list[tuple[str, str]] = []
@@ -217,6 +218,18 @@ class FileContext:
             if not others and rel not in self._files and all(rel != r for r, _ in out) and not self._check(rel):
                 out.append((rel, name))
         return out
+
+    def _defined_in(self, rel: str) -> list[str]:
+        """The top-level names a Python file defines, read again only when it changed."""
+        try:
+            st = (self.root / rel).stat()
+        except OSError:
+            return []
+        stamp = (st.st_mtime_ns, st.st_size)
+        cached = self._definitions.get(rel)
+        if cached is None or cached[0] != stamp:
+            cached = self._definitions[rel] = (stamp, _TOP_DEFINITION.findall(self.read(rel) or ""))
+        return cached[1]
 
     def drop(self, path: str) -> list[str]:
         """Remove a file, or every file under a folder; returns what was removed."""
