@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 import tomllib
 from collections import Counter
@@ -124,6 +125,70 @@ def test_the_token_rule_follows_the_line_rule_across_tokens_newlines_and_special
     assert c.allows(eos) and c.line == b""
 
 
+def test_a_rule_that_refuses_a_line_open_refuses_every_line_that_begins_with_it():
+    """What LineConstraint.allowed_tokens relies on, for both rules, on lines cut from real traces
+    and from random bytes."""
+    files = [("src/finder.py", FINDER), ("calc.py", CALC)]
+    rng = random.Random(5)
+    pieces = [b"4 |", b" 3 | ", b"    if arr[k] != needle:", b"`", b"``", b"where_is", b"test_finder", b".py", b" ",
+              b"\n", b"`src/finder.py`", b"x", b"needle", b"1", b"\xc3\xa9", b"|", b"py.", b"/", b"(", b")"]
+    for rule in (numbered_line_rule(files), inline_names_rule(files)):
+        for _ in range(3000):
+            line = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))).replace(b"\n", b"")
+            if not rule(line, False):
+                more = line + bytes(rng.choice(b"`ab_ .|1") for _ in range(rng.randint(0, 4)))
+                assert not rule(more, False) and not rule(more, True), (line, more)
+
+
+def test_the_allowed_tokens_are_found_by_walking_the_vocabulary_and_are_those_the_rule_allows(tokenizer):
+    token_bytes = tokenizer.token_bytes()
+    files = [("src/finder.py", FINDER), ("calc.py", CALC)]
+    c = LineConstraint(token_bytes, all_of(numbered_line_rule(files), inline_names_rule(files)))
+    text = ("src/finder.py has 1 function.\n4 |         if arr[k] != needle:  # compare\nLine 4 compares with "
+            "`!=` where it needs `==`. So the bug is in `where_is`, line 4.\n**Plan:** check `test_finder.py`.")
+    states = 0
+    for i in tokenizer.encode(text):
+        every = [t for t in range(len(token_bytes)) if c.allows(t)]
+        assert sorted(c.allowed_tokens()) == every and i in every
+        states += len(every) < 50
+        c.advance(i)
+    assert states > 20  # many states allow few tokens (a quote, a name under way)
+    c.line = b"4 |  x"  # a refused line: nothing goes on from it
+    assert c.allowed_tokens() == [] and not any(c.allows(t) for t in range(len(token_bytes)))
+
+
+def test_a_refused_pick_costs_a_few_hundred_rule_calls_on_a_large_vocabulary_not_one_per_token():
+    """A 100k-token vocabulary, a model whose likeliest tokens the rule refuses mid-quote: the
+    pick is the same as asking about every token in order of likelihood, at a fraction of the
+    rule calls (a count, not a time)."""
+    rng = random.Random(0)
+    alphabet = b"abcdefghijklmnopqrstuvwxyz_ ()=+-:.`|0123456789\n\"'ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    vocab = sorted({bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(130_000)})
+    vocab += [b"b", b"b\n", b"", b"b"]  # the continuation, an empty token, a duplicate
+    rule = numbered_line_rule([("calc.py", "def add(a, b):\n    return a - b\n")])
+    calls = 0
+
+    def counted(line, complete):
+        nonlocal calls
+        calls += 1
+        return rule(line, complete)
+
+    logits = torch.randn(len(vocab), generator=torch.Generator().manual_seed(0))
+    reference = LineConstraint(vocab, rule)
+    reference.line = b"2 |     return a - "
+    plain = [t for t in torch.argsort(logits, descending=True).tolist() if reference.allows(t)]  # one call each
+    c = LineConstraint(vocab, counted)
+    c.line = b"2 |     return a - "
+    picked = pick_allowed(logits, int(logits.argmax()), None, torch.Generator(), c)
+    assert picked == plain[0] and vocab[picked][:1] == b"b"
+    assert calls < 2_000 < len(vocab) // 10
+    c.line, calls = b"2 |     return a - ", 0
+    assert sorted(c.allowed_tokens()) == sorted(plain) and calls < 2_000
+    probs = logits.softmax(-1)
+    drawn = pick_allowed(logits, int(logits.argmax()), probs, torch.Generator().manual_seed(3), c)
+    assert drawn in plain
+
+
 class OnlyEven:
     def allows(self, t):
         return t % 2 == 0
@@ -144,6 +209,15 @@ def test_a_refused_pick_becomes_the_likeliest_allowed_token_or_a_draw_from_the_a
         assert abs(drawn[k] / 3000 - want) < 0.04, (k, drawn, share)
     nothing = type("Nothing", (), {"allows": lambda self, t: False, "advance": lambda self, t: None})()
     assert pick_allowed(logits, 1, probs, gen, nothing) == 1  # a rule no token meets: the model's pick
+    ties = torch.tensor([0.0, 5.0, 1.0, 3.0, 3.0, 3.0, 3.0])
+    assert pick_allowed(ties, 1, None, gen, OnlyEven()) == 4  # equals go to the lowest id, as argmax does
+    import local_engine.constraint as constraint
+
+    constraint.RANKED_FIRST, before = 1, constraint.RANKED_FIRST
+    try:
+        assert pick_allowed(ties, 1, None, gen, OnlyEven()) == 4  # past the likeliest few too
+    finally:
+        constraint.RANKED_FIRST = before
 
 
 @pytest.fixture(scope="module")
