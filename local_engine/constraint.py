@@ -118,7 +118,7 @@ def pick_allowed(logits: torch.Tensor, first: int, probs: torch.Tensor | None, g
             tok = int(torch.multinomial(probs, 1, generator=gen))
             if constraint.allows(tok):
                 return tok
-        allowed = _allowed(constraint, logits.shape[-1])
+        allowed = sorted(_allowed(constraint, logits.shape[-1]))  # by id: the draw does not hang on the walk's order
         keep = [t for t in allowed if float(probs[t]) > 0.0]
         if keep:
             p = probs[keep]
@@ -127,7 +127,7 @@ def pick_allowed(logits: torch.Tensor, first: int, probs: torch.Tensor | None, g
         for t in _likeliest(logits.float(), RANKED_FIRST):
             if constraint.allows(t):
                 return t
-    allowed = sorted(_allowed(constraint, logits.shape[-1]) if allowed is None else allowed)
+    allowed = sorted(_allowed(constraint, logits.shape[-1])) if allowed is None else allowed
     if not allowed:
         return first
     return allowed[int(torch.argmax(logits.float()[allowed]))]  # the first of equals: the lowest id, as argmax

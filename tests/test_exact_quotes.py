@@ -241,7 +241,10 @@ def _trace(backend, module, request, sampling, quotes, *, answer=False):
 
 
 def inline_names(text: str) -> set[str]:
-    """The names in inline code, found on their own (not by the rule's code)."""
+    """The names in inline code, found on their own (not by the rule's code). A reply cut off
+    by its token limit inside inline code may end in the start of a name: that one is left out."""
+    if len(re.findall(r"`+", text.rsplit("\n", 1)[-1])) % 2:
+        text = re.sub(r"[A-Za-z0-9_]+$", "", text)
     spans = [part for line in text.split("\n") if not NUMBERED.match(line) and not line.lstrip().startswith("```")
              for part in re.split(r"`+", line)[1::2]]
     return {name for span in spans for name in re.findall(r"(?<![0-9A-Za-z_])[A-Za-z_][A-Za-z0-9_]*", span)}
