@@ -68,6 +68,22 @@ def test_the_suggested_requests_name_files_and_functions_of_the_sample_project()
         assert (file and file.group() in names) or (func and f"def {func.group(1)}(" in text), request
 
 
+def test_each_suggested_request_brings_its_one_module_into_the_context_by_itself(tmp_path):
+    """On a fresh sample project with nothing in context, each suggested request puts exactly
+    the module it is about in front of the reasoner: by its file name, or by the function the
+    question names (`why does halve fail its test?` → shapes.py)."""
+    from app.conversation import Conversation
+    from app.workspace import Workspace
+
+    for n, request in enumerate(demo.SUGGESTED_REQUESTS):
+        ws = Workspace(demo.fresh_sample_project(tmp_path / f"p{n}"))
+        routed = Conversation(demo_config(), workspace=ws, save=False).prepare(request)
+        assert len(ws.context.files) == 1 and routed.file_names == tuple(ws.context.files), request
+        name = ws.context.files[0]
+        assert name in request or any(f"def {w}(" in ws.context.read(name) for w in request.split()), request
+        assert not name.startswith("test_")
+
+
 async def test_the_demo_opens_with_a_welcome_naming_requests_and_keys(tmp_path):
     from app.tui.app import DuetApp
     from app.tui.first_run import DemoWelcome
