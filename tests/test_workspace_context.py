@@ -164,6 +164,16 @@ def test_review_with_nothing_in_context_uses_the_uncommitted_git_diff_and_says_s
     assert "-x = 1\n+x = 2" in review.text and "new.py" in review.text
 
 
+def test_test_files_are_known_by_the_usual_conventions():
+    from app.workspace.context import is_test_path
+
+    for rel in ("test_calc.py", "calc_test.go", "web/cart.test.ts", "cart.spec.js", "tests/helpers.py",
+                "src/test/Main.java", "ui/__tests__/cart.js", "conftest.py"):
+        assert is_test_path(rel), rel
+    for rel in ("calc.py", "latest.py", "contest.py", "testing/tools.py", "attest/x.py"):
+        assert not is_test_path(rel), rel
+
+
 def test_a_function_or_class_named_in_a_request_brings_the_one_file_that_defines_it(tmp_path, monkeypatch):
     from app.workspace import context
 
@@ -175,6 +185,9 @@ def test_a_function_or_class_named_in_a_request_brings_the_one_file_that_defines
     (tmp_path / "b.py").write_text("def dot(x, y):\n    return 1\n")
     (tmp_path / "test_stats.py").write_text("def only_odd():\n    pass\n\n\ndef helper():\n    pass\n")
     (tmp_path / "notes.md").write_text("def notes_only():\n")
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "cart.ts").write_text("export function addItem(cart: string[], item: string) {\n  return cart\n}\n")
+    (tmp_path / "web" / "cart.test.ts").write_text("function addItem() {}\n")
     (tmp_path / ".env").write_text("SECRET=1\n")
     (tmp_path / "secret.py").write_text("def leaked():\n    pass\n")
     (tmp_path / ".gitignore").write_text("secret.py\n")
@@ -182,13 +195,14 @@ def test_a_function_or_class_named_in_a_request_brings_the_one_file_that_defines
     assert ctx.defining("why does only_odd fail its test?") == [("src/stats.py", "only_odd")]  # test files aside
     assert ctx.defining("为什么Ledger的测试失败？还有 fetch_all") == [("src/stats.py", "Ledger")]  # once per file
     assert ctx.defining("why does dot fail?") == []  # two files define it
+    assert ctx.defining("addItem drops the item") == [("web/cart.ts", "addItem")]  # other languages too
     assert ctx.defining("why does inner fail? and total, helper, notes_only, leaked") == []  # not top level / not code
     assert ctx.defining("why does only_odd in src/stats.py fail?") == []  # a file named: that one, not a search
     (tmp_path / "b.py").write_text("def other(x, y):\n    return 1\n")  # read again once it changed
     assert ctx.defining("why does dot fail?") == [("a.py", "dot")]
     ctx.add("src/stats.py")
     assert ctx.defining("only_odd again") == []  # already in context
-    monkeypatch.setattr(context, "DEFINITION_SCAN_FILES", 2)
+    monkeypatch.setattr(context, "DEFINITION_SCAN_FILES", 3)
     ctx.drop("src/stats.py")
     assert ctx.defining("why does only_odd fail its test?") == []  # too many Python files to search
 

@@ -46,16 +46,17 @@ def paths_named(text: str) -> list[str]:
     return out
 
 
-_TOP_DEFINITION = re.compile(r"^(?:async[ \t]+def|def|class)[ \t]+([A-Za-z_]\w*)", re.M)  # Python, top level
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-DEFINITION_SCAN_FILES = 400  # a tree with more Python files is not searched for a request's names
+DEFINITION_SCAN_FILES = 400  # a tree with more source files is not searched for a request's names
+_TEST_NAME = re.compile(r"^test_|_test\.\w+$|\.(?:test|spec)\.\w+$|^conftest\.py$")
+_TEST_DIRS = {"tests", "test", "__tests__"}
 
 
 def is_test_path(rel: str) -> bool:
-    """A test file by the usual conventions (``test_x.py``, ``x_test.py``, ``tests/``, ``conftest.py``)."""
-    name = rel.rsplit("/", 1)[-1]
-    return (name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
-            or rel.startswith("tests/") or "/tests/" in rel)
+    """A test file by the usual conventions (``test_x.py``, ``x_test.go``, ``x.test.ts``,
+    ``x.spec.js``, ``conftest.py``, or under ``tests/``, ``test/``, ``__tests__/``)."""
+    *folders, name = rel.split("/")
+    return bool(_TEST_NAME.search(name)) or any(f in _TEST_DIRS for f in folders)
 
 
 _CREATE = re.compile(r"\b(?:create[sd]?|creating|add(?:s|ed|ing)?|new|write|writes|writing)\b|新建|创建|新增|添加|新文件|编写",
@@ -192,10 +193,11 @@ class FileContext:
         return out
 
     def defining(self, text: str) -> list[tuple[str, str]]:
-        """When ``text`` names no file: ``(path, name)`` for each top-level Python function or
-        class it names that exactly one file of the tree defines ("why does only_odd fail its
-        test?" → ``stats.py``), test files aside, not yet in context. Trees of up to
-        ``DEFINITION_SCAN_FILES`` Python files (a larger one is not searched)."""
+        """When ``text`` names no file: ``(path, name)`` for each top-level function, class or
+        type it names that exactly one source file of the tree defines ("why does only_odd fail
+        its test?" → ``stats.py``; Python, JavaScript, TypeScript, Go, Rust), test files
+        aside, not yet in context. Trees of up to ``DEFINITION_SCAN_FILES`` source files (a
+        larger one is not searched)."""
         words: dict[str, int] = {}  # each identifier of the text, at its first place
         for m in _IDENTIFIER.finditer(text):
             words.setdefault(m.group(), m.start())
@@ -203,7 +205,7 @@ class FileContext:
             return []
         sources = []
         for rel in self.iter_files():
-            if rel.endswith(".py") and not is_test_path(rel):
+            if language_of(rel) in GRAMMAR_PACKAGES and not is_test_path(rel):
                 sources.append(rel)
                 if len(sources) > DEFINITION_SCAN_FILES:
                     return []
@@ -220,7 +222,7 @@ class FileContext:
         return out
 
     def _defined_in(self, rel: str) -> list[str]:
-        """The top-level names a Python file defines, read again only when it changed."""
+        """``definition_names`` of a source file, read again only when it changed."""
         try:
             st = (self.root / rel).stat()
         except OSError:
@@ -228,7 +230,7 @@ class FileContext:
         stamp = (st.st_mtime_ns, st.st_size)
         cached = self._definitions.get(rel)
         if cached is None or cached[0] != stamp:
-            cached = self._definitions[rel] = (stamp, _TOP_DEFINITION.findall(self.read(rel) or ""))
+            cached = self._definitions[rel] = (stamp, definition_names(rel, self.read(rel) or ""))
         return cached[1]
 
     def drop(self, path: str) -> list[str]:
@@ -374,10 +376,30 @@ def parser_for(language: str):
         return None
 
 
+def _parser_of(rel: str):
+    language = language_of(rel)
+    return parser_for(language) if language else None
+
+
+def definition_names(rel: str, text: str) -> list[str]:
+    """The names a source file's top-level functions, classes and types define (not its
+    variables), in order; [] for a language without a parser."""
+    parser = _parser_of(rel)
+    if parser is None:
+        return []
+    source = text.encode("utf-8")
+    out = []
+    for node in parser.parse(source).root_node.named_children:
+        node = _unwrap(node)
+        name = node.child_by_field_name("name") if node is not None else None
+        if name is not None:
+            out.append(source[name.start_byte:name.end_byte].decode("utf-8", "replace"))
+    return out
+
+
 def symbols(rel: str, text: str) -> list[str]:
     """Top-level definitions of a source file, one short line each (classes list their methods)."""
-    language = language_of(rel)
-    parser = parser_for(language) if language else None
+    parser = _parser_of(rel)
     if parser is None:
         return []
     source = text.encode("utf-8")
