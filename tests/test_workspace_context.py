@@ -164,6 +164,18 @@ def test_review_with_nothing_in_context_uses_the_uncommitted_git_diff_and_says_s
     assert "-x = 1\n+x = 2" in review.text and "new.py" in review.text
 
 
+def test_definition_names_are_the_top_level_functions_classes_and_types_of_each_language():
+    from app.workspace.context import definition_names
+
+    assert definition_names("a.py", "import os\nX = 1\n@dec\ndef f():\n    def inner(): pass\n"
+                                    "async def g(): pass\nclass C:\n    def m(self): pass\n") == ["f", "g", "C"]
+    assert definition_names("a.ts", "export function add(a: number) { return a }\nconst k = 1\nclass Box {}\n"
+                                    "interface Shape {}\ntype T = number\n") == ["add", "Box", "Shape", "T"]
+    assert definition_names("a.go", "package x\nfunc Add(a int) int { return a }\ntype Point struct{}\n") == ["Add", "Point"]
+    assert definition_names("a.rs", "fn add() {}\nstruct P;\nimpl P { fn m(&self) {} }\n") == ["add", "P"]
+    assert definition_names("notes.txt", "def f():\n") == []
+
+
 def test_test_files_are_known_by_the_usual_conventions():
     from app.workspace.context import is_test_path
 

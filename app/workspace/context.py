@@ -391,9 +391,13 @@ def definition_names(rel: str, text: str) -> list[str]:
     out = []
     for node in parser.parse(source).root_node.named_children:
         node = _unwrap(node)
-        name = node.child_by_field_name("name") if node is not None else None
-        if name is not None:
-            out.append(source[name.start_byte:name.end_byte].decode("utf-8", "replace"))
+        if node is None:
+            continue
+        specs = [c for c in node.named_children if c.type == "type_spec"]  # Go: type X struct {...}
+        for named in [node] + specs:
+            name = named.child_by_field_name("name")
+            if name is not None:
+                out.append(source[name.start_byte:name.end_byte].decode("utf-8", "replace"))
     return out
 
 
