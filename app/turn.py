@@ -53,6 +53,7 @@ class Turn:
     store: object = None  # an open app.store.SessionStore; None: opened on first use
     handoff_from: int | None = None  # message id of the plan this turn implements
     lang: str | None = None
+    author: str = "you"  # who asked: the user, or Duet itself ("duet → coder · test fix 1 of 2")
     role_cfg: RoleConfig = field(init=False)
     prompt: str = field(init=False)  # the user message text the model gets
     result: TurnResult = field(init=False)

@@ -81,6 +81,9 @@ def test_a_re_plan_needs_a_plan_and_keeps_each_plan_tried_once(server):
     assert not first.repeated and first.tried == [PLAN, "1. Use functools.lru_cache."]
     drain(conv, conv.prepare("/plan something else"))  # a new request starts its own attempts
     assert conv.attempts is not first and conv.attempts.tried == [PLAN] and len(conv.attempts.history) == 6
+    second = conv.attempts
+    drain(conv, conv.prepare("Continue your answer.", "reasoner", author="duet → continue"))
+    assert conv.attempts is second and second.tried == [PLAN]  # a turn Duet asked for is not a new request
 
 
 def test_the_history_resends_answers_only_and_the_coder_gets_the_plan_not_the_trace(server):

@@ -112,7 +112,7 @@ class Conversation:
                     plan=plan.text if plan is not None else None, files=files, editable=editable, new_paths=new_paths,
                     session_id=self.session_id,
                     store=self._store(), handoff_from=plan.message_id if plan is not None else None,
-                    save=self.save)
+                    save=self.save, author=author)
         return Routed(turn, author, tuple(notes), tuple(file_names(files)))
 
     def prepare_handoff(self, request: str) -> Routed:
@@ -188,10 +188,10 @@ class Conversation:
         if result.status == "done":
             self.history += [ChatMessage("user", turn.prompt), ChatMessage("assistant", result.answer)]
             answered = bool(result.answer.strip())
-            if turn.route.role == "reasoner" and turn is not self._replan_turn:  # a new request's plans start
+            if turn.route.role == "reasoner" and turn.author == "you":  # a request of the user's: its plans start
                 self.attempts = Attempts(turn.route.text or turn.request, turn.route.intent, list(turn.history),
                                          [result.answer] if answered else [])
-            elif turn.route.role == "reasoner" and answered and self.attempts is not None:
+            elif turn is self._replan_turn and answered and self.attempts is not None:
                 self.attempts.add(result.answer)
                 if self.attempts.repeated:
                     yield Notice("The reasoner gave a plan already tried.", "warning")

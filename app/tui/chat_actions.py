@@ -114,7 +114,7 @@ class ChatActions:
         if last is None or self.busy:
             return
         history = self.history + [ChatMessage("user", last.request), ChatMessage("assistant", last.answer)]
-        self.start_turn(CONTINUE_REQUEST, last.role, history=history)
+        self.start_turn(CONTINUE_REQUEST, last.role, history=history, author="duet → continue")
 
     def action_toggle_thinking(self) -> None:
         for item in reversed(list(self.conversation.query(ReplyItem))):
