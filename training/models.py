@@ -113,7 +113,10 @@ class Reasoner(nn.Module):
         with torch.no_grad():
             self.mtp.shared_head.head.weight.copy_(self.lm.lm_head.weight)
 
-    def forward(self, ids, labels, mtp_weight: float = 0.3, prompt_labels=None, prompt_weight: float = 0.0):
+    def forward(self, ids, labels, mtp_weight: float = 0.3, prompt_labels=None, prompt_weight: float = 0.0,
+                weights=None):
+        """``weights`` (same shape as ``labels``, or None): each answer token's weight in the main
+        loss (the mean stays over tokens, so a weight above 1 adds to that token's pull)."""
         import torch.nn.functional as F
 
         inner = self.lm.model
@@ -123,8 +126,10 @@ class Reasoner(nn.Module):
         h = out.last_hidden_state  # after model.norm
         # the head only where there is a target (the prompt's positions have none): half the cost
         want = labels[:, 1:] != -100
-        main = F.cross_entropy(self.lm.lm_head(h[:, :-1][want]).float(), labels[:, 1:][want])
-        loss = main + prompt_weight * prompt_loss(self.lm.lm_head, h, prompt_labels) if prompt_weight else main
+        each = F.cross_entropy(self.lm.lm_head(h[:, :-1][want]).float(), labels[:, 1:][want], reduction="none")
+        main = each.mean()
+        fit = main if weights is None else (each * weights[:, 1:][want]).mean()
+        loss = fit + prompt_weight * prompt_loss(self.lm.lm_head, h, prompt_labels) if prompt_weight else fit
         # MTP: position i (0..T-3) sees h_i and emb(t_{i+1}), predicts t_{i+2}
         pe = inner.rotary_emb(h, pos[:, :-1])
         x = self.mtp.eh_proj(torch.cat([self.mtp.enorm(emb[:, 1:]), self.mtp.hnorm(h[:, :-1])], dim=-1))

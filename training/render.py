@@ -12,6 +12,7 @@ unique), and a one-line summary.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from training.tasks import KIND_EN, KIND_ZH, KINDS, Module, make_module
@@ -21,6 +22,7 @@ EOS = "<｜end▁of▁sentence｜>"
 USER = "<｜User｜>"
 ASSISTANT = "<｜Assistant｜>"
 THINK, END_THINK = "<think>", "</think>"
+LISTED = re.compile(r" *\d+ \| ")  # a line read back as the prompt numbers it
 SPECIAL_TOKENS = [BOS, EOS, USER, ASSISTANT, THINK, END_THINK]
 
 REQUESTS_EN = ["review {path}", "fix the bug in {path}", "why does {func} fail its test?"]
@@ -158,6 +160,31 @@ def coder_prompt(m: Module, request: str, plan: str | None, mode: str) -> str:
 def chat(prompt: str, *, generation: bool = True, reasoning: bool = True) -> str:
     """The chat template's rendering of one user turn (what both models' templates produce)."""
     return BOS + USER + prompt + ASSISTANT + (THINK + "\n" if reasoning and generation else "")
+
+
+def decision_spans(target: str) -> list[tuple[int, int]]:
+    """Where a reasoner target decides rather than copies, as [start, end) character spans: the
+    first character of each line the trace writes after its opening line (the next numbered line
+    read back, or the finding), the finding's lines whole, and the answer's first paragraph (the
+    diagnosis). The rest is reading back the prompt, which a model learns early; the trainer
+    weighs these spans more (``decision_weight``)."""
+    spans = []
+    think_end = target.find(END_THINK)
+    thinking = target[:think_end] if think_end >= 0 else ""
+    pos = thinking.find("\n") + 1 if "\n" in thinking else len(thinking)
+    while 0 < pos < len(thinking):
+        end = thinking.find("\n", pos)
+        end = len(thinking) if end < 0 else end
+        line = thinking[pos:end]
+        spans.append((pos, end) if not LISTED.match(line) else (pos, pos + 1))
+        pos = end + 1
+    if think_end >= 0:
+        start = think_end + len(END_THINK)
+        while start < len(target) and target[start] == "\n":
+            start += 1
+        para = target.find("\n\n", start)
+        spans.append((start, len(target) if para < 0 else para))
+    return spans
 
 
 # ---------------------------------------------------------------------------- examples

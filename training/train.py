@@ -31,10 +31,12 @@ from app import demo
 
 DEFAULTS = {
     "reasoner": dict(batch=8, lr=3e-3, warmup=40, think_off=0.1, mtp_weight=0.3, bias_speed=1e-3, prompt_weight=0.5,
-                     names="syllables"),
+                     names="syllables", decision_weight=1.0),
     "coder": dict(batch=8, lr=3e-3, warmup=40, prompt_weight=0.5, names="pieces"),
 }
 # names: how the training generator invents names (training.tasks.NAME_PARTS)
+# decision_weight: the reasoner's loss weight on the tokens where its trace decides (stop
+# reading back here or go on; the finding; the diagnosis: training.render.decision_spans), 1 = none
 
 
 def log(path: Path, **row):
@@ -43,26 +45,38 @@ def log(path: Path, **row):
         f.write(json.dumps(row) + "\n")
 
 
-def build_batch(tok, examples, device="cpu"):
-    """(ids, labels, prompt_labels): the answer's tokens as labels, the prompt's as prompt_labels
-    (-100 elsewhere and on padding)."""
-    seqs, labels, prompt_labels = [], [], []
+def build_batch(tok, examples, device="cpu", decision_weight: float = 1.0):
+    """(ids, labels, prompt_labels, weights): the answer's tokens as labels, the prompt's as
+    prompt_labels (-100 elsewhere and on padding); weights is None, or with ``decision_weight``
+    other than 1 each label's loss weight (that weight on the tokens that overlap
+    ``decision_spans``, 1 elsewhere)."""
+    from training.render import decision_spans
+
+    seqs, labels, prompt_labels, weights = [], [], [], []
     for e in examples:
         p = tok.encode(e.prompt).ids
-        t = tok.encode(e.target).ids
+        enc = tok.encode(e.target)
+        t = enc.ids
         seqs.append(p + t)
         labels.append([-100] * len(p) + t)
         prompt_labels.append(p)
+        if decision_weight != 1.0:
+            spans = decision_spans(e.target)
+            weights.append([1.0] * len(p) + [decision_weight if any(a < e_ and s_ < b for s_, e_ in spans) else 1.0
+                                              for a, b in enc.offsets])
     T = max(map(len, seqs))
     pad = 1
     ids = torch.full((len(seqs), T), pad, dtype=torch.long)
     lab = torch.full((len(seqs), T), -100, dtype=torch.long)
     plab = torch.full((len(seqs), T), -100, dtype=torch.long)
+    wts = torch.ones((len(seqs), T)) if weights else None
     for i, (s, l, pl) in enumerate(zip(seqs, labels, prompt_labels)):
         ids[i, : len(s)] = torch.tensor(s)
         lab[i, : len(l)] = torch.tensor(l)
         plab[i, : len(pl)] = torch.tensor(pl)
-    return ids, lab, plab
+        if wts is not None:
+            wts[i, : len(s)] = torch.tensor(weights[i])
+    return ids, lab, plab, wts
 
 
 def example_stream(role: str, seed: int, think_off: float = 0.0, names: str = "syllables"):
@@ -79,7 +93,7 @@ def example_stream(role: str, seed: int, think_off: float = 0.0, names: str = "s
             yield coder_example(rng, m)
 
 
-def batches(role, tok, seed, batch, think_off=0.0, names="syllables"):
+def batches(role, tok, seed, batch, think_off=0.0, names="syllables", decision_weight=1.0):
     """Length-sorted batches from pools of 8 batches: less padding."""
     stream = example_stream(role, seed, think_off, names)
     while True:
@@ -88,7 +102,7 @@ def batches(role, tok, seed, batch, think_off=0.0, names="syllables"):
         chunks = [pool[i:i + batch] for i in range(0, len(pool), batch)]
         random.Random(seed + len(pool)).shuffle(chunks)
         for c in chunks:
-            yield build_batch(tok, c)
+            yield build_batch(tok, c, decision_weight=decision_weight)
 
 
 def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, save_every: float = 5.0,
@@ -136,7 +150,7 @@ def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, sav
     start = time.time()
     last_save = start
     step = 0
-    stream = batches(role, tok, seed, hp["batch"], hp.get("think_off", 0.0), hp["names"])
+    stream = batches(role, tok, seed, hp["batch"], hp.get("think_off", 0.0), hp["names"], hp.get("decision_weight", 1.0))
     model.train()
     ema = None
     while True:
@@ -147,10 +161,10 @@ def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, sav
         lr = hp["lr"] * min(1.0, (step + 1) / hp["warmup"]) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, lab, plab = next(stream)
+        ids, lab, plab, wts = next(stream)
         counts.clear()
         if role == "reasoner":
-            loss, main, mtp = model(ids, lab, hp["mtp_weight"], plab, hp["prompt_weight"])
+            loss, main, mtp = model(ids, lab, hp["mtp_weight"], plab, hp["prompt_weight"], wts)
         else:
             loss, main, mtp = model(ids, lab, plab, hp["prompt_weight"])
         opt.zero_grad(set_to_none=True)
