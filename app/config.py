@@ -56,6 +56,7 @@ UI_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 WORKSPACE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "auto_commit": ((bool,), "git commit each applied change (off by default)"),
+    "check_syntax": ((bool,), "reject an edit that leaves a file that parsed unparsable (on by default)"),
     "max_file_bytes": ((int,), "largest file the coder may edit"),
     "test": ((str,), "command run in the workspace root after an apply (duet run, /test)"),
     "test_timeout": ((int, float), "seconds the test command may run"),
@@ -117,6 +118,7 @@ class UiConfig:
 @dataclass(frozen=True)
 class WorkspaceConfig:
     auto_commit: bool = False
+    check_syntax: bool = True
     max_file_bytes: int = 1_000_000
     test: str = ""  # "" : no test command
     test_timeout: float = 300.0

@@ -376,7 +376,7 @@ def parser_for(language: str):
         return None
 
 
-def _parser_of(rel: str):
+def parser_of(rel: str):
     language = language_of(rel)
     return parser_for(language) if language else None
 
@@ -384,7 +384,7 @@ def _parser_of(rel: str):
 def definition_names(rel: str, text: str) -> list[str]:
     """The names a source file's top-level functions, classes and types define (not its
     variables), in order; [] for a language without a parser."""
-    parser = _parser_of(rel)
+    parser = parser_of(rel)
     if parser is None:
         return []
     source = text.encode("utf-8")
@@ -403,7 +403,7 @@ def definition_names(rel: str, text: str) -> list[str]:
 
 def symbols(rel: str, text: str) -> list[str]:
     """Top-level definitions of a source file, one short line each (classes list their methods)."""
-    parser = _parser_of(rel)
+    parser = parser_of(rel)
     if parser is None:
         return []
     source = text.encode("utf-8")

@@ -39,6 +39,9 @@ class TextFile:
     def new(cls, lines: tuple[str, ...]) -> "TextFile":
         return cls(list(lines), ["\n"] * len(lines))
 
+    def copy(self) -> "TextFile":
+        return TextFile(list(self.bodies), list(self.endings), self.bom)
+
     @property
     def newline(self) -> str:
         crlf = sum(1 for e in self.endings if e == "\r\n")

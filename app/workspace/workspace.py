@@ -23,6 +23,7 @@ from app.workspace.changeset import ChangeSet, Edit, Rejection
 from app.workspace.context import FileContext
 from app.workspace.edit_blocks import Block, Match, NoMatch, locate, parse
 from app.workspace.history import History, Write, make_parents, remove_empty_dirs, write_all
+from app.workspace.syntax import syntax_error
 from app.workspace.textfile import TextFile
 
 
@@ -44,19 +45,24 @@ class _Pending:
     before: bytes | None
     file: TextFile | None
     blocks: list[Block] = field(default_factory=list)
+    earlier: int = 0  # how many of ``blocks`` an earlier round's edit (``on_top_of``) brought
+    start: bytes | None = None  # the file as this round found it (``file`` changes in place)
 
 
 class Workspace:
     """The project folder the coder may edit, and the rules that guard it."""
 
     def __init__(self, root: str | Path, *, max_file_bytes: int = safety.DEFAULT_MAX_BYTES,
-                 auto_commit: bool = False):
+                 auto_commit: bool = False, check_syntax: bool = False):
         path = Path(root).expanduser()
         if not path.is_dir():
             raise UsageError(f"{root}: workspace root is not a folder")
         self.root = Path(os.path.realpath(path))
         self.max_file_bytes = max_file_bytes
         self.auto_commit = auto_commit
+        # an edit that leaves a file that parsed unparsable is rejected (app.workspace.syntax): off
+        # for a bare Workspace, on as Duet runs it ([workspace] check_syntax, on by default)
+        self.check_syntax = check_syntax
         self.context = FileContext(self.root, max_file_bytes=max_file_bytes)  # files the coder sees
         self.history = History(self.root)
         self.warning: str | None = None  # for the user: an interrupted apply that could not be rolled back
@@ -68,9 +74,9 @@ class Workspace:
 
     @classmethod
     def from_config(cls, root: str | Path, config) -> "Workspace":
-        """A workspace with ``config.workspace``'s limits and auto-commit setting."""
+        """A workspace with ``config.workspace``'s limits, auto-commit and syntax check settings."""
         ws = config.workspace
-        return cls(root, max_file_bytes=ws.max_file_bytes, auto_commit=ws.auto_commit)
+        return cls(root, max_file_bytes=ws.max_file_bytes, auto_commit=ws.auto_commit, check_syntax=ws.check_syntax)
 
     # ---- propose ------------------------------------------------------------
     def propose(self, coder_output: str, *, on_top_of: ChangeSet | None = None) -> ChangeSet:
@@ -84,7 +90,8 @@ class Workspace:
         rejected = [Rejection(p.path, p.reason) for p in problems]
         pending: dict[str, _Pending] = {}
         for e in (on_top_of.edits if on_top_of else ()):
-            pending[e.path] = _Pending(e.before, TextFile.decode(e.after, self.max_file_bytes), list(e.blocks))
+            pending[e.path] = _Pending(e.before, TextFile.decode(e.after, self.max_file_bytes), list(e.blocks),
+                                       len(e.blocks), e.after)
         for block in blocks:
             try:
                 named = self._by_base_name(block.path)
@@ -95,7 +102,7 @@ class Workspace:
                 if state is None:
                     before = safety.read_existing(target, self.max_file_bytes)
                     file = None if before is None else TextFile.decode(before, self.max_file_bytes)
-                    state = pending[target.rel] = _Pending(before, file)
+                    state = pending[target.rel] = _Pending(before, file, start=before)
                 state.file = _apply_block(state.file, block)
                 state.blocks.append(block)
             except (safety.Unsafe, NoMatch) as exc:
@@ -109,9 +116,39 @@ class Workspace:
             except safety.Unsafe as exc:
                 rejected.append(Rejection(rel, str(exc)))
                 continue
+            if self._breaks_syntax(rel, state, after):
+                state = self._parsing_blocks(rel, state, rejected)
+                after = state.file.encode(self.max_file_bytes)
             if after != state.before:
                 edits.append(Edit.make(rel, state.before, after, state.blocks))
         return ChangeSet(tuple(edits), tuple(rejected))
+
+    def _breaks_syntax(self, rel: str, state: _Pending, after: bytes) -> bool:
+        """This round's blocks leave ``rel``, which parsed as the round found it, unparsable (a
+        new file, one that did not parse, or a file in a language without a parser: False)."""
+        base = state.start
+        if not self.check_syntax or base is None or after == base:
+            return False
+        return syntax_error(rel, after) is not None and syntax_error(rel, base) is None
+
+    def _parsing_blocks(self, rel: str, state: _Pending, rejected: list[Rejection]) -> _Pending:
+        """Replay this round's blocks for ``rel`` in order from the file as the round found it,
+        leaving out each block after which it no longer parses (rejected with the parser's line
+        and message, for the coder to send again fixed)."""
+        file, kept = TextFile.decode(state.start, self.max_file_bytes), state.blocks[:state.earlier]
+        for block in state.blocks[state.earlier:]:
+            try:
+                candidate = _apply_block(file.copy(), block)
+                error = syntax_error(rel, candidate.encode(self.max_file_bytes))
+            except (safety.Unsafe, NoMatch) as exc:  # it built on a block left out
+                rejected.append(Rejection(rel, f"{exc}", block))
+                continue
+            if error is not None:
+                rejected.append(Rejection(rel, f"this block leaves {rel} unparsable, {error}; it was not applied",
+                                          block))
+                continue
+            file, kept = candidate, kept + [block]
+        return _Pending(state.before, file, kept, state.earlier, state.start)
 
     # ---- apply / undo -------------------------------------------------------
     def apply(self, changeset: ChangeSet, *, group: str | None = None) -> Applied:
