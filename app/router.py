@@ -335,6 +335,10 @@ def route(text: str, *, after_plan: bool = False) -> Route:
             intent = best(scores, {i for i, (r, _) in table.intents.items() if r == role})
             detail = f"{intent}: {_terms(scores[intent])}" if intent else None
             intent = intent or table.role_default[role]
+            if intent == "test" and route(body, after_plan=after_plan).role == "reasoner":
+                # "/code why does add fail its test?": a question the reasoner would take, sent to the
+                # coder, asks it to fix the code, not to write tests (the test template forbids that)
+                intent, detail = "edit", f"a question about {_terms(scores['test'])}: the code is to change"
         else:
             detail = None
         why = f"{head} prefix → {role}" + (f" ({detail})" if detail else "")

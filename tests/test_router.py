@@ -154,6 +154,14 @@ def test_a_prefix_with_a_fixed_intent_keeps_it_and_a_bare_prefix_picks_the_best_
     assert route("/code").intent == "implement"
 
 
+def test_a_question_about_a_failing_test_sent_to_the_coder_asks_for_a_fix_not_for_tests():
+    for text in ("/code why does add fail its test?", "/code 为什么 add 的测试失败？"):
+        r = route(text)
+        assert (r.role, r.intent) == ("coder", "edit") and "the code is to change" in r.why
+    assert route("/code write tests for add").intent == "test"
+    assert route("/code 给 add 写单元测试").intent == "test"
+
+
 def test_prefixes_are_case_insensitive_and_unknown_slashes_are_just_text():
     assert route("/CODE design a cache").role == "coder"
     r = route("/usr/bin/python crashes at start, why?")

@@ -116,14 +116,10 @@ class Conversation:
         return Routed(turn, author, tuple(notes), tuple(file_names(files)))
 
     def prepare_handoff(self, request: str) -> Routed:
-        """The coder's turn that implements the current plan of ``request`` (`duet run`). Its
-        intent is the router's for the coder, except that a question the router gives the
-        reasoner is not a request for tests ("why does add fail its test?": the coder-test
-        template says tests only, do not change the code): that becomes an edit."""
-        intent = None
-        if self.route(request, "coder").intent == "test" and self.route(request).role == "reasoner":
-            intent = "edit"
-        return self.prepare(request, "coder", intent=intent)
+        """The coder's turn that implements the current plan of ``request`` (`duet run`): routed
+        as forced to the coder, so a question ("why does add fail its test?") is an edit, not a
+        request for tests (app.router)."""
+        return self.prepare(request, "coder")
 
     def prepare_replan(self, *, sampling: Sampling | None = None, reasons: Sequence[str] = (),
                        author: str = "duet → reasoner · re-plan") -> Routed:
