@@ -168,11 +168,11 @@ def test_definition_names_are_the_top_level_functions_classes_and_types_of_each_
     from app.workspace.context import definition_names
 
     assert definition_names("a.py", "import os\nX = 1\n@dec\ndef f():\n    def inner(): pass\n"
-                                    "async def g(): pass\nclass C:\n    def m(self): pass\n") == ["f", "g", "C"]
+                                    "async def g(): pass\nclass C:\n    def m(self): pass\n") == ["f", "g", "C", "C.m"]
     assert definition_names("a.ts", "export function add(a: number) { return a }\nconst k = 1\nclass Box {}\n"
                                     "interface Shape {}\ntype T = number\n") == ["add", "Box", "Shape", "T"]
     assert definition_names("a.go", "package x\nfunc Add(a int) int { return a }\ntype Point struct{}\n") == ["Add", "Point"]
-    assert definition_names("a.rs", "fn add() {}\nstruct P;\nimpl P { fn m(&self) {} }\n") == ["add", "P"]
+    assert definition_names("a.rs", "fn add() {}\nstruct P;\nimpl P { fn m(&self) {} }\n") == ["add", "P", "P.m"]
     assert definition_names("notes.txt", "def f():\n") == []
 
 
@@ -200,6 +200,7 @@ def test_a_function_or_class_named_in_a_request_brings_the_one_file_that_defines
     (tmp_path / "web").mkdir()
     (tmp_path / "web" / "cart.ts").write_text("export function addItem(cart: string[], item: string) {\n  return cart\n}\n")
     (tmp_path / "web" / "cart.test.ts").write_text("function addItem() {}\n")
+    (tmp_path / "shop.rs").write_text("struct Basket;\nimpl Basket {\n    fn put(&mut self) {}\n}\n")
     (tmp_path / ".env").write_text("SECRET=1\n")
     (tmp_path / "secret.py").write_text("def leaked():\n    pass\n")
     (tmp_path / ".gitignore").write_text("secret.py\n")
@@ -208,7 +209,11 @@ def test_a_function_or_class_named_in_a_request_brings_the_one_file_that_defines
     assert ctx.defining("为什么Ledger的测试失败？还有 fetch_all") == [("src/stats.py", "Ledger")]  # once per file
     assert ctx.defining("why does dot fail?") == []  # two files define it
     assert ctx.defining("addItem drops the item") == [("web/cart.ts", "addItem")]  # other languages too
+    assert ctx.defining("Basket::put loses items") == [("shop.rs", "Basket")]
+    assert ctx.defining("why does put lose items?") == []  # a bare method name: too common to search by
     assert ctx.defining("why does inner fail? and total, helper, notes_only, leaked") == []  # not top level / not code
+    assert ctx.defining("why does Ledger.total return 0?") == [("src/stats.py", "Ledger")]  # the class, first
+    assert ctx.defining("is books.Ledger.total wrong?") == [("src/stats.py", "Ledger.total")]  # a method, qualified
     assert ctx.defining("why does only_odd in src/stats.py fail?") == []  # a file named: that one, not a search
     (tmp_path / "b.py").write_text("def other(x, y):\n    return 1\n")  # read again once it changed
     assert ctx.defining("why does dot fail?") == [("a.py", "dot")]

@@ -47,6 +47,7 @@ def paths_named(text: str) -> list[str]:
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_QUALIFIED = re.compile(r"[A-Za-z_]\w*(?:(?:\.|::)[A-Za-z_]\w*)+")  # Cart.add, Cart::add, shop.Cart.add
 DEFINITION_SCAN_FILES = 400  # a tree with more source files is not searched for a request's names
 _TEST_NAME = re.compile(r"^test_|_test\.\w+$|\.(?:test|spec)\.\w+$|^conftest\.py$")
 _TEST_DIRS = {"tests", "test", "__tests__"}
@@ -194,14 +195,19 @@ class FileContext:
 
     def defining(self, text: str) -> list[tuple[str, str]]:
         """When ``text`` names no file: ``(path, name)`` for each top-level function, class or
-        type it names that exactly one source file of the tree defines ("why does only_odd fail
-        its test?" → ``stats.py``; Python, JavaScript, TypeScript, Go, Rust), test files
+        type it names, or method as ``Owner.method`` (``Cart::add`` in Rust), that exactly one
+        source file of the tree defines ("why does only_odd fail its test?" → ``stats.py``;
+        "Cart.add drops items" → ``cart.py``; Python, JavaScript, TypeScript, Go, Rust), test files
         aside, not yet in context. Trees of up to ``DEFINITION_SCAN_FILES`` source files (a
         larger one is not searched)."""
-        words: dict[str, int] = {}  # each identifier of the text, at its first place
+        words: dict[str, int] = {}  # each identifier of the text (and Owner.method), at its first place
         for m in _IDENTIFIER.finditer(text):
             words.setdefault(m.group(), m.start())
-        if not words or paths_named(text):
+        for m in _QUALIFIED.finditer(text):
+            parts = re.split(r"\.|::", m.group())
+            for owner, member in zip(parts, parts[1:]):
+                words.setdefault(f"{owner}.{member}", m.start())
+        if not words or self._names_a_file(text):
             return []
         sources = []
         for rel in self.iter_files():
@@ -220,6 +226,15 @@ class FileContext:
             if not others and rel not in self._files and all(rel != r for r, _ in out) and not self._check(rel):
                 out.append((rel, name))
         return out
+
+    def _names_a_file(self, text: str) -> bool:
+        """``text`` names a file of the tree, by path or by a bare name one file has ("Cart.add"
+        looks like a path too, but names no file)."""
+        named = paths_named(text)
+        if any((self.root / rel).is_file() for rel in named):
+            return True
+        bare = {rel for rel in named if "/" not in rel}
+        return bool(bare) and any(f.rsplit("/", 1)[-1] in bare for f in self.walk())
 
     def _defined_in(self, rel: str) -> list[str]:
         """``definition_names`` of a source file, read again only when it changed."""
@@ -383,7 +398,8 @@ def parser_of(rel: str):
 
 def definition_names(rel: str, text: str) -> list[str]:
     """The names a source file's top-level functions, classes and types define (not its
-    variables), in order; [] for a language without a parser."""
+    variables), in order, each class's (or Rust impl's) methods after it as ``Owner.method``;
+    [] for a language without a parser."""
     parser = parser_of(rel)
     if parser is None:
         return []
@@ -398,6 +414,10 @@ def definition_names(rel: str, text: str) -> list[str]:
             name = named.child_by_field_name("name")
             if name is not None:
                 out.append(source[name.start_byte:name.end_byte].decode("utf-8", "replace"))
+        owner = node.child_by_field_name("name") or node.child_by_field_name("type")  # Rust: impl Cart { ... }
+        if owner is not None:
+            owner_name = source[owner.start_byte:owner.end_byte].decode("utf-8", "replace")
+            out += [f"{owner_name}.{m}" for m in _members(source, node)]
     return out
 
 
