@@ -132,7 +132,7 @@ class Turn:
         if self.session_id is None:
             self.session_id = self.store.create_session(_title(self.route.text or self.request))
         self.result.user_message_id = self.store.add_user_message(self.session_id, self.request,
-                                                                  files=file_names(self.files))
+                                                                  files=file_names(self.files), author=self.author)
         recorder = self.store.begin_reply(self.session_id, role=self.route.role, model=self.role_cfg.label,
                                           intent=self.route.intent, why=self.route.why, prompt=self.prompt,
                                           handoff_from=self.handoff_from)

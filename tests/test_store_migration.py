@@ -46,7 +46,7 @@ def test_a_v1_database_is_migrated_with_its_sessions_intact():
         assert (info.id, info.title, info.created, info.workspace, info.message_count) == (
             1, "old session", 1700000000, "", 3)
         user, answer, unfinished = store.messages(1)
-        assert (user.text, user.files, user.usage) == ("explain the borrow checker", [], None)
+        assert (user.text, user.files, user.usage, user.author) == ("explain the borrow checker", [], None, "you")
         assert (answer.thinking, answer.answer, answer.status, answer.prompt) == (
             "ownership first", "Each value has one owner.", "done", "")
         assert (unfinished.thinking, unfinished.status) == ("half a tho", "interrupted")
@@ -56,6 +56,8 @@ def test_a_v1_database_is_migrated_with_its_sessions_intact():
         rec.add(AnswerDelta("code"))
         rec.finish()
         assert store.messages(1)[-1].handoff_from == 2
+        mid = store.add_user_message(1, "add failed: fix it", author="duet → coder · test fix 1 of 2")
+        assert store.message(mid).author == "duet → coder · test fix 1 of 2"
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == VERSION
 
 

@@ -88,6 +88,8 @@ async def test_a_failing_test_round_goes_back_to_the_coder_and_each_round_shows(
         kinds = [type(w).__name__ for w in app.chat.conversation.children]
         assert kinds == ["UserItem", "ReplyItem", "TestItem", "UserItem", "ReplyItem", "TestItem"]
         assert [t.status for t in app.chat.conversation.query(TestItem)] == ["failed", "passed"]
+        authors = [str(u.render()).split("\n")[0] for u in app.chat.conversation.query(UserItem)]
+        assert authors == ["you", "duet → coder · test fix 1 of 2"]  # who asked, kept in the store
 
 
 async def test_slash_test_runs_the_given_command_and_escape_stops_it(server, ws):

@@ -90,6 +90,10 @@ MIGRATIONS: list[list[str]] = [
             created REAL NOT NULL)""",
         "CREATE INDEX test_runs_by_session ON test_runs(session_id, id)",
     ],
+    # v4: who asked a user-kind message: "you", or Duet itself ("duet → coder · test fix 1 of 2").
+    [
+        "ALTER TABLE messages ADD COLUMN author TEXT NOT NULL DEFAULT 'you'",
+    ],
 ]
 
 VERSION = len(MIGRATIONS)

@@ -57,6 +57,7 @@ class StoredMessage:
     applied: tuple[str, ...] = ()  # summaries of change sets applied from this reply
     session_id: int = 0
     thinking_deltas: int = 0
+    author: str = "you"  # who asked (a user-kind message): "you", or Duet's own rounds ("duet → coder · …")
 
     @property
     def text(self) -> str:
@@ -271,13 +272,13 @@ class SessionStore:
 
     # messages
 
-    def add_user_message(self, sid: int, text: str, *, files: list[str] = ()) -> int:
+    def add_user_message(self, sid: int, text: str, *, files: list[str] = (), author: str = "you") -> int:
         now = time.time()
         with self._write() as db:
             cur = db.execute(
-                """INSERT INTO messages(session_id, kind, role, answer, status, files, created, finished)
-                   SELECT id, 'user', 'user', ?, 'done', ?, ?, ? FROM sessions WHERE id = ?""",
-                (text, json.dumps(list(files)), now, now, sid))
+                """INSERT INTO messages(session_id, kind, role, answer, status, files, created, finished, author)
+                   SELECT id, 'user', 'user', ?, 'done', ?, ?, ?, ? FROM sessions WHERE id = ?""",
+                (text, json.dumps(list(files)), now, now, author, sid))
             if cur.rowcount == 0:
                 raise KeyError(f"no session {sid}")
             db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, sid))
@@ -356,12 +357,12 @@ class SessionStore:
                   m.prompt, m.error, h.plan_message_id,
                   (SELECT json_group_array(summary) FROM (SELECT summary FROM applied a
                      WHERE a.message_id = m.id ORDER BY a.id)),
-                  m.session_id, m.thinking_deltas
+                  m.session_id, m.thinking_deltas, m.author
                 FROM messages m LEFT JOIN handoffs h ON h.coder_message_id = m.id
                 WHERE {where} ORDER BY m.id""", params)
         out = []
         for (mid, role, kind, model, intent, why, thinking, answer, status, files, ptok, ctok,
-             first, total, created, prompt, error, handoff, applied, session_id, deltas) in rows:
+             first, total, created, prompt, error, handoff, applied, session_id, deltas, author) in rows:
             usage = None if ptok is None and ctok is None else {
                 "prompt_tokens": ptok, "completion_tokens": ctok}
             timings = None if first is None and total is None else {
@@ -369,7 +370,7 @@ class SessionStore:
             out.append(StoredMessage(
                 mid, role, kind, model, intent, why, thinking, answer, status, json.loads(files),
                 usage, timings, created, prompt, error, handoff, tuple(json.loads(applied)),
-                session_id, deltas))
+                session_id, deltas, author))
         return out
 
     def recover(self, sid: int | None = None) -> list[int]:

@@ -281,7 +281,7 @@ class ChatActions:
         for m in messages:
             if m.kind == "user":
                 request = m.answer
-                user = UserItem(m.answer, list(m.files))
+                user = UserItem(m.answer, list(m.files), author=m.author)
                 user.message_id = m.id
                 items.append(user)
                 continue
