@@ -197,6 +197,17 @@ def test_a_sentence_between_two_blocks_does_not_break_the_second_one(ws):
     assert "return -(b - a)" in after(ws, reply)
 
 
+def test_a_one_word_line_set_apart_between_two_blocks_is_prose_not_a_file(ws, tmp_path):
+    second = "```\n<<<<<<< SEARCH\n    return a - b\n=======\n    return -(b - a)\n>>>>>>> REPLACE\n```\n"
+    first = "calc.py\n```\n<<<<<<< SEARCH\n    return a + b\n=======\n    return b + a\n>>>>>>> REPLACE\n```\n"
+    text = after(ws, first + "\nand\n\n" + second)  # aider's test suite writes blocks this way
+    assert "return b + a" in text and "return -(b - a)" in text
+    # a name right above the block, or one with a dot, still names a file
+    changes = ws.propose(first + "\nMakefile\n<<<<<<< SEARCH\n=======\nall:\n>>>>>>> REPLACE\n"
+                         + "\nnotes.txt\n\n<<<<<<< SEARCH\n=======\nhi\n>>>>>>> REPLACE\n")
+    assert sorted(e.path for e in changes.edits) == ["Makefile", "calc.py", "notes.txt"]
+
+
 def test_a_line_of_dots_before_the_first_block_is_still_no_path(ws):
     changes = ws.propose("...\n<<<<<<< SEARCH\n    return a + b\n=======\nx\n>>>>>>> REPLACE\n")
     assert not changes.edits and "no file path" in changes.rejected[0].reason

@@ -14,7 +14,8 @@ backticks/quotes/bold or followed by a colon, a path on the fence line
 (```` ```python path.py ````), several blocks after one path line, trailing
 spaces, a missing final newline, indentation that differs only in leading
 whitespace (consistently across the block), and a block with no path line after an
-earlier block (often after a ``...`` line or a sentence): it edits that block's file. A path
+earlier block (often after a ``...`` line, a sentence, or a word such as "and" set apart by a
+blank line, which a file name without a dot or slash must not be): it edits that block's file. A path
 line with spaces in it is prose unless it names a file that exists (``is_file``). Never guessed:
 a SEARCH that matches zero or several places is refused with a reason the coder can act on.
 """
@@ -65,6 +66,7 @@ def parse(reply: str, *, is_file: Callable[[str], bool] | None = None) -> tuple[
     blocks: list[Block] = []
     problems: list[Problem] = []
     candidate: str | None = None  # the last line that could name a path
+    apart = False  # a blank line came between that line and here
     last_path: str | None = None
     i = 0
     while i < len(lines):
@@ -72,8 +74,10 @@ def parse(reply: str, *, is_file: Callable[[str], bool] | None = None) -> tuple[
         if SEARCH.match(line):
             start = i
             path = candidate if candidate is not None else last_path
-            if last_path is not None and path is not None and not names_path(path):
-                path = last_path  # prose between two blocks: the block continues the previous file
+            if last_path is not None and path is not None and (
+                    not names_path(path) or (apart and "." not in path and "/" not in path
+                                             and not (is_file is not None and is_file(path)))):
+                path = last_path  # prose between two blocks ("and", then a blank line): the previous file
             bad_path = path is not None and not names_path(path)
             search, i, ok_div = _collect(lines, i + 1, DIVIDER)
             replace, i, ok_rep = _collect(lines, i + 1, REPLACE) if ok_div else ([], i, False)
@@ -90,7 +94,7 @@ def parse(reply: str, *, is_file: Callable[[str], bool] | None = None) -> tuple[
             else:
                 blocks.append(Block(path, _trim(search), _trim(replace), start + 1))
                 last_path = path
-            candidate = None
+            candidate, apart = None, False
             i += 1
             continue
         if REPLACE.match(line):  # (a stray ======= may be a heading underline in prose)
@@ -102,9 +106,11 @@ def parse(reply: str, *, is_file: Callable[[str], bool] | None = None) -> tuple[
                 # ```lang path  or  ```path.py : a path on the fence line
                 word = fence.group(3) or fence.group(2)
                 if word and ("." in word or "/" in word):
-                    candidate = clean_path(word)
+                    candidate, apart = clean_path(word), False
             elif line.strip() and any(c.isalnum() for c in line):  # "..." or "---" names no file
-                candidate = clean_path(line)
+                candidate, apart = clean_path(line), False
+            elif not line.strip():
+                apart = True
         i += 1
     return blocks, problems
 
