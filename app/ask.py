@@ -49,7 +49,7 @@ def run_ask(args, config: Config) -> int:
 
     worker = threading.Thread(target=work, name="duet-ask", daemon=True)
     printer = _Printer(stream=not args.json)
-    with _ctrl_c_sets(cancel):
+    with ctrl_c_sets(cancel):
         worker.start()
         deadline = None
         while True:
@@ -68,14 +68,14 @@ def run_ask(args, config: Config) -> int:
             try:
                 printer.show(item)
             except BrokenPipeError:  # `duet ask … | head`: the reader left, stop the model
-                _mute_stdout()
+                mute_stdout()
                 printer.stream = False
                 cancel.set()
     interrupted = cancel.is_set()
     try:
         printer.close()
     except BrokenPipeError:
-        _mute_stdout()
+        mute_stdout()
     warning = getattr(turn.store, "warning", None)
     if warning:
         print(f"duet: warning: {warning}", file=sys.stderr)
@@ -84,11 +84,11 @@ def run_ask(args, config: Config) -> int:
         try:
             print(json.dumps(as_json(turn, result), ensure_ascii=False), flush=True)
         except BrokenPipeError:
-            _mute_stdout()
+            mute_stdout()
     return _report(turn, result, config, interrupted)
 
 
-def _mute_stdout() -> None:
+def mute_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
     import os
 
@@ -98,7 +98,7 @@ def _mute_stdout() -> None:
 
 
 @contextlib.contextmanager
-def _ctrl_c_sets(cancel: threading.Event):
+def ctrl_c_sets(cancel: threading.Event):
     """While the turn runs, Ctrl-C (SIGINT) cancels it instead of raising mid-print."""
     try:
         previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())

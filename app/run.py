@@ -21,7 +21,7 @@ import json
 import sys
 import threading
 
-from app.ask import _ctrl_c_sets, _mute_stdout
+from app.ask import ctrl_c_sets, mute_stdout
 from app.config import Config
 from app.conversation import (ChangeApplied, ChangeDeclined, ChangeProposed, Conversation, FlowEnded, Notice,
                               Routed, TestFinished, TestStarted, TurnEnded, failure_summary)
@@ -52,7 +52,7 @@ def run_request(args, config: Config) -> int:
     report = Report(stream=not args.json)
     cancel = threading.Event()
     approve = (lambda changes: changes) if args.apply else None
-    with _ctrl_c_sets(cancel):
+    with ctrl_c_sets(cancel):
         # A reasoner asked for by --role is asked for a plan, whatever the router would have said.
         intent = "design" if args.role == "reasoner" else None
         routed = conv.prepare(request, args.role, intent=intent)
@@ -86,7 +86,7 @@ def run_request(args, config: Config) -> int:
     try:
         report.finish(as_json=args.json)
     except BrokenPipeError:
-        _mute_stdout()
+        mute_stdout()
     if report.failed is not None and not report.edits:
         where = {ServerUnreachable: "url", ModelUnusable: "path"}.get(type(report.failed))
         if where is not None:

@@ -13,7 +13,7 @@ from kernels import dispatch
 from local_engine.config import ModelArgs
 from local_engine.constraint import TokenConstraint, pick_allowed
 from local_engine.errors import InputError, ModelError
-from local_engine.loader import _release_free_memory
+from local_engine.loader import release_free_memory
 from local_engine.model import Transformer
 from local_engine.speculative import DraftLength, accept_or_resample, draw, sampling_probs
 from local_engine.tokenizer import Tokenizer
@@ -93,7 +93,7 @@ class Engine:
                 model.mtp = type(model.mtp)()
             for layer in list(model.layers) + [m.block for m in model.mtp]:
                 layer.attn.fuse_qkv_a_()  # packed weights only; a no-op otherwise
-                _release_free_memory()
+                release_free_memory()
         return cls(model, args, tokenizer, device=device, dtype=torch_dtype, max_seq_len=max_seq_len,
                    max_batch=max_batch, path=folder)
 

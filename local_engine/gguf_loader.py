@@ -352,7 +352,7 @@ class QuantEmbedding(nn.Module):
 def load_gguf_model(path, *, dtype: torch.dtype, device, max_batch: int, max_seq_len: int,
                     progress: Callable[[float], None] | None = None) -> tuple[Transformer, ModelArgs, GGUFFile]:
     """(model, args, the open file's header) -- the header's metadata holds the tokenizer."""
-    from local_engine.loader import _release_free_memory
+    from local_engine.loader import release_free_memory
     from local_engine.rope import rope_tables
 
     f = GGUFFile(path)
@@ -383,7 +383,7 @@ def load_gguf_model(path, *, dtype: torch.dtype, device, max_batch: int, max_seq
                 raise ModelError(f"{f.path}: layer {i}: {e}") from None
             block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)
             model.layers.append(block)
-            _release_free_memory()
+            release_free_memory()
             if progress is not None:
                 progress((i + 1) / args.num_hidden_layers)
         cos, sin = rope_tables(args, max_seq_len)

@@ -111,7 +111,7 @@ class Shards:
             f.close()
 
 
-def _release_free_memory() -> None:
+def release_free_memory() -> None:
     """glibc keeps freed small blocks in its heap; malloc_trim hands them back (Linux only)."""
     global _trim
     if _trim is None:
@@ -222,7 +222,7 @@ def _fill_block(block: Block, layer: int, names: list[str], shards: Shards, dtyp
         target = _target(rest)
         if target is not None:
             fill.put(*target, shards.read(name, dtype, device, out=fill.slot(*target)), name)
-            _release_free_memory()  # glibc would keep each freed dense copy (a packed weight's source,
+            release_free_memory()  # glibc would keep each freed dense copy (a packed weight's source,
             # an FP8 strip) in its heap until the layer ends: a transient worth half a layer
         elif rest in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):  # transformers' in-memory layout
             t = shards.read(name, dtype, device)
@@ -292,7 +292,7 @@ def _load_mtp(model: Transformer, layer: int, shards: Shards, args, dtype, devic
 
         quantize_block_(mod.block, quant)
     mod.block.attn.alloc_cache(max_batch, max_seq_len, dtype, device)
-    _release_free_memory()
+    release_free_memory()
     return mod.eval()
 
 
@@ -327,7 +327,7 @@ def _load(shards: Shards, args, dtype, device, max_batch, max_seq_len, quant, pa
         model.layers.append(block)
         if progress is not None:
             progress((i + 1) / args.num_hidden_layers)
-        _release_free_memory()  # the layer's temporaries (dtype casts, FP8 strips) go back to the OS
+        release_free_memory()  # the layer's temporaries (dtype casts, FP8 strips) go back to the OS
     from local_engine.rope import rope_tables
 
     cos, sin = rope_tables(args, max_seq_len)
