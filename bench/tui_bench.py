@@ -7,8 +7,12 @@
    ratio 20k/10k (linear growth is 2.0; the target is <= 2.2).
 2. Time from process start to the first frame: a fresh `python` process that imports the
    app and runs it headless on the demo config, exiting after the first refresh.
+3. ``--demo``: the demo reasoner (our engine, in this process, as `duet --demo` runs it) on
+   the sample project's requests: its decode rate on screen at each drain rate (the TUI's
+   stream is drained on the thread the model shares the GIL with) against the same requests
+   through the conversation core with no view, side by side in one run.
 
-    python bench/tui_bench.py [--tokens 20000] [--runs 3] [--rate 4000]
+    python bench/tui_bench.py [--tokens 20000] [--runs 3] [--rate 4000] [--demo]
 
 Prints a table; writes bench/results/tui_bench.json.
 """
@@ -161,11 +165,87 @@ def first_frame_s() -> float:
     return float(out.stdout.strip().splitlines()[-1]) - start
 
 
+DEMO_REQUESTS = ("/plan fix the bug in stats.py", "/plan review stats.py", "/plan why does halve fail its test?")
+
+
+def _rate(tokens: int, first: float | None, total: float) -> float | None:
+    return round(tokens / (total - first), 1) if first is not None and total - first > 0.05 and tokens else None
+
+
+def demo_headless(project: Path) -> list[float]:
+    """Each request's decode rate through the conversation core with no view (tokens/s after the first)."""
+    from app.config import demo_config
+    from app.conversation import Conversation
+    from app.workspace import Workspace
+    from vocab.events import Done as DoneEvent, Usage as UsageEvent
+
+    config = demo_config()
+    conv = Conversation(config, workspace=Workspace.from_config(str(project), config), save=False)
+    rates = []
+    for request in DEMO_REQUESTS:
+        conv.clear()
+        usage, done = None, None
+        for event in conv.run(conv.prepare(request)):
+            usage = event if isinstance(event, UsageEvent) else usage
+            done = event if isinstance(event, DoneEvent) else done
+        rates.append(_rate(usage.completion_tokens, done.first_token_s, done.total_s))
+    return rates
+
+
+async def demo_on_screen(project: Path, drain_hz: float) -> list[float]:
+    """Each request's decode rate as the TUI shows it, its stream drained ``drain_hz`` times a second."""
+    import app.tui.chat as chat_module
+    from app.config import demo_config
+    from app.store import SessionStore
+    from app.tui.app import DuetApp
+    from app.tui.messages import ReplyItem
+    from app.workspace import Workspace
+
+    saved, chat_module.DRAIN_HZ = chat_module.DRAIN_HZ, drain_hz
+    config = demo_config()
+    app = DuetApp(config, workspace=Workspace.from_config(str(project), config), store=SessionStore.open(":memory:"),
+                  resume=False)
+    rates = []
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("enter")  # the demo's welcome
+            while app.chat is None or app.screen is not app.chat:
+                await pilot.pause(0.05)
+            while not all(app.chat.status_bar.role(r).state == "ready" for r in ("reasoner", "coder")):
+                await pilot.pause(0.05)
+            for request in DEMO_REQUESTS:
+                app.chat.start_turn(request, "auto")
+                await pilot.pause(0.2)
+                while app.chat.current is not None:
+                    await pilot.pause(0.02)
+                item = list(app.chat.conversation.query(ReplyItem))[-1]
+                tokens = item.usage.completion_tokens if item.usage else item.thinking_tokens + item.answer_tokens
+                rates.append(_rate(tokens, item.first_token, item.total_s))
+    finally:
+        chat_module.DRAIN_HZ = saved
+    return rates
+
+
+def demo_rates(repeats: int) -> dict:
+    from app.demo import fresh_sample_project
+    from app.tui.streaming import DRAIN_HZ
+
+    project = fresh_sample_project(Path(tempfile.mkdtemp(prefix="duet-bench-")) / "sample")
+    demo_headless(project)  # load and warm the models once
+    rows: dict[str, list[float]] = {"headless": [], "screen, 30 drains/s": [], f"screen, {DRAIN_HZ:g} drains/s": []}
+    for _ in range(repeats):  # alternated, so a slow spell of the machine falls on each
+        rows["headless"] += demo_headless(project)
+        rows["screen, 30 drains/s"] += asyncio.run(demo_on_screen(project, 30))
+        rows[f"screen, {DRAIN_HZ:g} drains/s"] += asyncio.run(demo_on_screen(project, DRAIN_HZ))
+    return {name: {"rates": rates, "median": sorted(rates)[len(rates) // 2]} for name, rates in rows.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=3, help="repeat and keep the fastest (shared CPUs are noisy)")
     ap.add_argument("--rate", type=float, default=4000, help="tokens/s of the paced run (a fast model)")
+    ap.add_argument("--demo", action="store_true", help="also: the demo reasoner's decode rate on screen vs headless")
     args = ap.parse_args()
     half = args.tokens // 2
     results = {}
@@ -203,6 +283,11 @@ def main() -> int:
     print(f"paced CPU cost {args.tokens} / {half} tokens: {paced_cpu_ratio:.2f}x "
           f"({paced['cpu_seconds']:.2f} s / {paced_half['cpu_seconds']:.2f} s; linear = 2.0, target <= 2.2)")
     print(f"process start to first frame (headless, median of 3): {frames[1]:.2f} s")
+    if args.demo:
+        report["demo_reasoner_tok_s"] = demo = demo_rates(args.runs)
+        print(f"{'demo reasoner, decode tok/s':32} {'median':>7}  each request")
+        for name, row in demo.items():
+            print(f"{name:32} {row['median']:>7}  {', '.join(f'{r:g}' for r in row['rates'])}")
     out = ROOT / "bench" / "results" / "tui_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
