@@ -108,7 +108,7 @@ def _check_gguf(rc: RoleConfig, source: str) -> Check:
     note = str(path)
     if rc.demo:
         note = ("demo model (Gemma 3 270M base): for trying Duet, not for real work" if rc.path is None
-                else "demo model trained in this repo (undertrained: it shows the flow, it does not fix bugs yet)")
+                else f"demo model trained in this repo, for one task only (a planted bug in a small Python module): {path}")
     else:
         local = _gguf_summary(Path(path))
         if local is not None and local.runs_locally:
