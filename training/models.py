@@ -188,13 +188,16 @@ class Coder(nn.Module):
 
         self.lm = LlamaForCausalLM(config)
 
-    def forward(self, ids, labels, prompt_labels=None, prompt_weight: float = 0.0):
+    def forward(self, ids, labels, prompt_labels=None, prompt_weight: float = 0.0, weights=None):
+        """``weights``: as the reasoner's (each answer token's weight in the main loss, or None)."""
         import torch.nn.functional as F
 
         h = self.lm.model(input_ids=ids).last_hidden_state
         want = labels[:, 1:] != -100
-        main = F.cross_entropy(self.lm.lm_head(h[:, :-1][want]).float(), labels[:, 1:][want])
-        loss = main + prompt_weight * prompt_loss(self.lm.lm_head, h, prompt_labels) if prompt_weight else main
+        each = F.cross_entropy(self.lm.lm_head(h[:, :-1][want]).float(), labels[:, 1:][want], reduction="none")
+        main = each.mean()
+        fit = main if weights is None else (each * weights[:, 1:][want]).mean()
+        loss = fit + prompt_weight * prompt_loss(self.lm.lm_head, h, prompt_labels) if prompt_weight else fit
         return loss, main.detach(), main.detach() * 0
 
     def gates(self):

@@ -23,6 +23,7 @@ USER = "<｜User｜>"
 ASSISTANT = "<｜Assistant｜>"
 THINK, END_THINK = "<think>", "</think>"
 LISTED = re.compile(r" *\d+ \| ")  # a line read back as the prompt numbers it
+REPLACE_LINES = re.compile(r"^=======\n(.*?)^>>>>>>> REPLACE", re.S | re.M)  # a coder block's REPLACE section
 SPECIAL_TOKENS = [BOS, EOS, USER, ASSISTANT, THINK, END_THINK]
 
 REQUESTS_EN = ["review {path}", "fix the bug in {path}", "why does {func} fail its test?"]
@@ -163,11 +164,14 @@ def chat(prompt: str, *, generation: bool = True, reasoning: bool = True) -> str
 
 
 def decision_spans(target: str) -> list[tuple[int, int]]:
-    """Where a reasoner target decides rather than copies, as [start, end) character spans: the
-    first character of each line the trace writes after its opening line (the next numbered line
-    read back, or the finding), the finding's lines whole, and the answer's first paragraph (the
-    diagnosis). The rest is reading back the prompt, which a model learns early; the trainer
-    weighs these spans more (``decision_weight``)."""
+    """Where a target decides rather than copies, as [start, end) character spans, which the
+    trainer weighs more (``decision_weight``). A reasoner's: the first character of each line
+    the trace writes after its opening line (the next numbered line read back, or the finding),
+    the finding's lines whole, and the answer's first paragraph (the diagnosis); the rest is
+    reading back the prompt, which a model learns early. A coder's: each block's REPLACE lines
+    (its path and SEARCH lines are copies, which Duet's edit grammar holds to the file anyway)."""
+    if END_THINK not in target:
+        return [(m.start(1), m.end(1)) for m in REPLACE_LINES.finditer(target)]
     spans = []
     think_end = target.find(END_THINK)
     thinking = target[:think_end] if think_end >= 0 else ""

@@ -32,11 +32,12 @@ from app import demo
 DEFAULTS = {
     "reasoner": dict(batch=8, lr=3e-3, warmup=40, think_off=0.1, mtp_weight=0.3, bias_speed=1e-3, prompt_weight=0.5,
                      names="syllables", decision_weight=1.0),
-    "coder": dict(batch=8, lr=3e-3, warmup=40, prompt_weight=0.5, names="pieces"),
+    "coder": dict(batch=8, lr=3e-3, warmup=40, prompt_weight=0.5, names="pieces", decision_weight=1.0),
 }
 # names: how the training generator invents names (training.tasks.NAME_PARTS)
-# decision_weight: the reasoner's loss weight on the tokens where its trace decides (stop
-# reading back here or go on; the finding; the diagnosis: training.render.decision_spans), 1 = none
+# decision_weight: the loss weight on the tokens where a target decides rather than copies (the
+# reasoner's: stop reading back here or go on, the finding, the diagnosis; the coder's: the
+# REPLACE lines; training.render.decision_spans), 1 = none
 
 
 def log(path: Path, **row):
@@ -166,7 +167,7 @@ def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, sav
         if role == "reasoner":
             loss, main, mtp = model(ids, lab, hp["mtp_weight"], plab, hp["prompt_weight"], wts)
         else:
-            loss, main, mtp = model(ids, lab, plab, hp["prompt_weight"])
+            loss, main, mtp = model(ids, lab, plab, hp["prompt_weight"], wts)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
