@@ -190,3 +190,19 @@ def test_the_teachers_block_takes_lines_above_the_buggy_line_until_it_matches_on
     got = (tmp_path / m.path).read_text().split("\n")
     assert got[k - 1] == m.good_line and got[:k - 1] == lines[:k - 1]
     assert (tmp_path / m.path).read_text().endswith(twin)  # the twin is left as it was
+
+
+def test_decision_spans_mark_where_a_target_decides_not_where_it_copies():
+    from training.render import decision_spans
+
+    m = _modules("train", 1, 11)[0]
+    target = reasoner_example(random.Random(1), m).target
+    spans = decision_spans(target)
+    marked = [target[a:b] for a, b in spans]
+    listed = [line for line in thinking(m).split("\n")[1:] if " | " in line]
+    # one character at the start of each line read back, then the finding, the conclusion, the diagnosis
+    assert len(marked) == len(listed) + 3 and all(len(s) == 1 for s in marked[:len(listed)])
+    assert marked[len(listed)].startswith(f"Line {m.bug_line_no} ") and marked[-2].startswith("So the bug is in")
+    assert marked[-1].startswith(("**Bug:**", "**错误：**")) and "\n" not in marked[-1]
+    reply = coder_example(random.Random(1), m).target
+    assert [reply[a:b] for a, b in decision_spans(reply)] == [m.good_line + "\n"]

@@ -37,7 +37,11 @@ DEFAULTS = {
 # names: how the training generator invents names (training.tasks.NAME_PARTS)
 # decision_weight: the loss weight on the tokens where a target decides rather than copies (the
 # reasoner's: stop reading back here or go on, the finding, the diagnosis; the coder's: the
-# REPLACE lines; training.render.decision_spans), 1 = none
+# REPLACE lines; training.render.decision_spans), 1 = none. Tried at 4 (85 minutes each, the
+# recipe otherwise): the reasoner found 50% of held-out modules against 33%, but through
+# `duet run` (whose prompt, the design template, training never shows it) fixed fewer sample and
+# training-style modules (2 / 5 of 6 / 12 against 4 / 6); the coder fixed 63% of held-out modules
+# given a plan against 80%. Neither was kept.
 
 
 def log(path: Path, **row):
