@@ -9,22 +9,9 @@ from app.config import ConfigError, parse_config
 from app.workspace import Workspace, revise
 from app.workspace.context import parser_of
 from app.workspace.syntax import syntax_error
+from tests.test_workspace_revise import ScriptedCoder, block
 
 SOURCE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
-
-
-def block(path: str, search: str, replace: str) -> str:
-    return f"{path}\n<<<<<<< SEARCH\n{search}=======\n{replace}>>>>>>> REPLACE\n"
-
-
-class ScriptedCoder:
-    def __init__(self, *replies: str):
-        self.replies = list(replies)
-        self.prompts: list[str] = []
-
-    def __call__(self, prompt: str) -> str:
-        self.prompts.append(prompt)
-        return self.replies.pop(0)
 
 
 def test_python_errors_name_their_line_and_valid_source_passes():
