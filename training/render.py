@@ -174,20 +174,18 @@ def decision_spans(target: str) -> list[tuple[int, int]]:
         return [(m.start(1), m.end(1)) for m in REPLACE_LINES.finditer(target)]
     spans = []
     think_end = target.find(END_THINK)
-    thinking = target[:think_end] if think_end >= 0 else ""
-    pos = thinking.find("\n") + 1 if "\n" in thinking else len(thinking)
+    thinking = target[:think_end]
+    pos = thinking.find("\n") + 1  # the opening line is not a decision
     while 0 < pos < len(thinking):
         end = thinking.find("\n", pos)
         end = len(thinking) if end < 0 else end
-        line = thinking[pos:end]
-        spans.append((pos, end) if not LISTED.match(line) else (pos, pos + 1))
+        spans.append((pos, pos + 1) if LISTED.match(thinking[pos:end]) else (pos, end))
         pos = end + 1
-    if think_end >= 0:
-        start = think_end + len(END_THINK)
-        while start < len(target) and target[start] == "\n":
-            start += 1
-        para = target.find("\n\n", start)
-        spans.append((start, len(target) if para < 0 else para))
+    start = think_end + len(END_THINK)
+    while start < len(target) and target[start] == "\n":
+        start += 1
+    para = target.find("\n\n", start)
+    spans.append((start, len(target) if para < 0 else para))
     return spans
 
 
