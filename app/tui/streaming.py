@@ -7,8 +7,9 @@ Markdown appends bounded by time, not by tokens, so long answers stay smooth.
 
 Each drain costs the UI thread a layout and a compositor pass, and a local model decodes on a
 thread of the same process, so that work is taken from the model: the demo reasoner decoded
-on screen at 593 tok/s with 30 drains a second, 985 with 12, against 1,331 with no view
-(`python bench/tui_bench.py --demo`). Twelve appends a second still read as a smooth stream.
+on screen at 593 / 760 tok/s with 30 drains a second, 985 / 1,166 with 12, against 1,331 /
+1,581 with no view (`python bench/tui_bench.py --demo --runs 2`, two runs). Twelve appends a
+second still read as a smooth stream.
 """
 
 from __future__ import annotations
