@@ -105,6 +105,24 @@ def test_the_reasoner_sees_the_prompt_duet_sends():
     assert e.target.endswith(EOS) and END_THINK in e.target
 
 
+def test_the_reasoner_trains_on_the_design_template_duet_run_and_plan_send_in_the_share_asked():
+    from training.train import example_stream
+
+    m = make_module(random.Random(1), "train")
+    request = f"fix the bug in {m.path}"
+    # `duet run --role reasoner` and `/plan` ask with the design template, whatever the router says
+    assert reasoner_prompt(m, request, "design") == build_prompt("reasoner", "design", request,
+                                                               files=[(m.path, m.source)])
+    assert reasoner_prompt(m, request) != reasoner_prompt(m, request, "design")
+
+    def designs(share, n=200):
+        stream = example_stream("reasoner", 5, 0.1, "syllables", share)
+        return [e.prompt.count("Goal: a design") for e in (next(stream) for _ in range(n))]
+
+    assert designs(0.0) == [0] * 200
+    assert 60 <= sum(designs(0.4)) <= 100 and set(designs(0.4)) == {0, 1}
+
+
 def test_the_training_chat_format_is_the_checkpoint_template():
     import jinja2
 

@@ -136,11 +136,17 @@ def lang_of(request: str) -> str:
     return detect_lang(request)
 
 
-def reasoner_prompt(m: Module, request: str) -> str:
-    """The user message Duet sends the reasoner (a forced reasoner turn with the file in context)."""
+def reasoner_prompt(m: Module, request: str, intent: str | None = None) -> str:
+    """The user message Duet sends the reasoner (a forced reasoner turn with the file in context);
+    ``intent`` overrides the router's, as `duet run --role reasoner` and `/plan` do ("design")."""
+    import dataclasses
+
     from app.turn import build_prompt_text, decide
 
-    return build_prompt_text(decide(request, "reasoner"), None, [(m.path, m.source)], None)
+    decision = decide(request, "reasoner")
+    if intent is not None:
+        decision = dataclasses.replace(decision, intent=intent)
+    return build_prompt_text(decision, None, [(m.path, m.source)], None)
 
 
 def coder_prompt(m: Module, request: str, plan: str | None, mode: str) -> str:
@@ -200,12 +206,13 @@ class Example:
     lang: str
 
 
-def reasoner_example(rng: random.Random, m: Module, *, think: bool = True, request: str | None = None) -> Example:
+def reasoner_example(rng: random.Random, m: Module, *, think: bool = True, request: str | None = None,
+                     intent: str | None = None) -> Example:
     request = request or request_for(rng, m)
     lang = lang_of(request)
     trace = thinking(m) if think else ""
     target = (trace + "\n" if trace else "\n") + END_THINK + "\n\n" + answer(m, lang) + EOS
-    return Example(chat(reasoner_prompt(m, request)), target, m, request, lang)
+    return Example(chat(reasoner_prompt(m, request, intent)), target, m, request, lang)
 
 
 def coder_example(rng: random.Random, m: Module, *, mode: str | None = None, request: str | None = None) -> Example:

@@ -31,9 +31,12 @@ from app import demo
 
 DEFAULTS = {
     "reasoner": dict(batch=8, lr=3e-3, warmup=40, think_off=0.1, mtp_weight=0.3, bias_speed=1e-3, prompt_weight=0.5,
-                     names="syllables", decision_weight=1.0),
+                     names="syllables", decision_weight=1.0, design_share=0.0),
     "coder": dict(batch=8, lr=3e-3, warmup=40, prompt_weight=0.5, names="pieces", decision_weight=1.0),
 }
+# design_share: the share of the reasoner's examples asked with the design template, the one
+# `duet run --role reasoner` and `/plan` send (the rest: the template the router picks for the
+# request, review or analysis)
 # names: how the training generator invents names (training.tasks.NAME_PARTS)
 # decision_weight: the loss weight on the tokens where a target decides rather than copies (the
 # reasoner's: stop reading back here or go on, the finding, the diagnosis; the coder's: the
@@ -84,7 +87,7 @@ def build_batch(tok, examples, device="cpu", decision_weight: float = 1.0):
     return ids, lab, plab, wts
 
 
-def example_stream(role: str, seed: int, think_off: float = 0.0, names: str = "syllables"):
+def example_stream(role: str, seed: int, think_off: float = 0.0, names: str = "syllables", design_share: float = 0.0):
     from training import tasks
     from training.render import coder_example, reasoner_example, sample_module
 
@@ -93,14 +96,16 @@ def example_stream(role: str, seed: int, think_off: float = 0.0, names: str = "s
     while True:
         m = sample_module(rng, "train")
         if role == "reasoner":
-            yield reasoner_example(rng, m, think=rng.random() >= think_off)
+            think = rng.random() >= think_off
+            design = design_share > 0 and rng.random() < design_share  # no draw at 0: the stream stays as it was
+            yield reasoner_example(rng, m, think=think, intent="design" if design else None)
         else:
             yield coder_example(rng, m)
 
 
-def batches(role, tok, seed, batch, think_off=0.0, names="syllables", decision_weight=1.0):
+def batches(role, tok, seed, batch, think_off=0.0, names="syllables", decision_weight=1.0, design_share=0.0):
     """Length-sorted batches from pools of 8 batches: less padding."""
-    stream = example_stream(role, seed, think_off, names)
+    stream = example_stream(role, seed, think_off, names, design_share)
     while True:
         pool = [next(stream) for _ in range(batch * 8)]
         pool.sort(key=lambda e: len(e.prompt) + len(e.target))
@@ -155,7 +160,8 @@ def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, sav
     start = time.time()
     last_save = start
     step = 0
-    stream = batches(role, tok, seed, hp["batch"], hp.get("think_off", 0.0), hp["names"], hp.get("decision_weight", 1.0))
+    stream = batches(role, tok, seed, hp["batch"], hp.get("think_off", 0.0), hp["names"], hp.get("decision_weight", 1.0),
+                     hp.get("design_share", 0.0))
     model.train()
     ema = None
     while True:
