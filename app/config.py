@@ -43,7 +43,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "timeout": ((int, float), "openai: seconds to wait for the first byte"),
     "constrain_edits": ((bool,), "llama.cpp coder (or openai, on a server that takes llama.cpp's `grammar` field: llama-server, llama_cpp.server): sample edit blocks under a grammar (each SEARCH copied from a file in context; new files only where the prompt creates them)"),
     "exact_quotes": ((bool,), "local reasoner: a line it writes as the prompt numbers file lines (` 7 | text`) is held to line 7 of a file in context"),
-    "known_names": ((bool,), "local reasoner, with exact_quotes: names in its inline code (`...`) are names the files' code has, or words of their paths"),
+    "known_names": ((bool,), "local reasoner, with exact_quotes: names in its inline code (`...`) are names the files' code has, or words of their paths; a coder, with constrain_edits: the names in its REPLACE code are the files' code's, the plan's inline code's, or Python's keywords and builtins"),
 }
 SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": ((int, float), "sampling temperature (0 = greedy)"),
@@ -91,7 +91,7 @@ class RoleConfig:
     history: bool = True  # False: each request alone (its plan and files are in it anyway)
     constrain_edits: bool = False  # app/workspace/edit_grammar.py, for replies that ask for edits
     exact_quotes: bool = False  # app/exact_quotes.py, for prompts that number the files' lines
-    known_names: bool = False  # with exact_quotes: inline code's names held to the files' (app/exact_quotes.py)
+    known_names: bool = False  # with exact_quotes / constrain_edits: names held to the files' (app/exact_quotes.py, edit_grammar.py)
     timeout: float = 60.0
     sampling: Sampling = field(default_factory=Sampling)
     demo: bool = False  # the built-in Gemma 270M demo model
@@ -156,7 +156,8 @@ def demo_role(role: str) -> RoleConfig:
     """The built-in demo (app/demo.py): the reasoner trained in this repository on our own engine
     (local, int8), the lines it reads back held to the files' (``exact_quotes``) and the names
     in its inline code to theirs (``known_names``); the coder on
-    llama.cpp from its GGUF, its edit blocks held to the files in context (``constrain_edits``).
+    llama.cpp from its GGUF, its edit blocks held to the files in context (``constrain_edits``)
+    and the names of its REPLACE lines to theirs and the plan's (``known_names``).
     Both were trained on single turns, so each request goes alone (``history`` off: the plan
     and the files are in it)."""
     from app import demo
@@ -166,7 +167,7 @@ def demo_role(role: str) -> RoleConfig:
                           model="duet-demo-reasoner", demo=True, history=False, exact_quotes=True, known_names=True,
                           sampling=DEMO_SAMPLING[role])
     return RoleConfig(role=role, backend="llama.cpp", path=demo.coder_path(), context=2048,
-                      model="duet-demo-coder", demo=True, history=False, constrain_edits=True,
+                      model="duet-demo-coder", demo=True, history=False, constrain_edits=True, known_names=True,
                       sampling=DEMO_SAMPLING[role])
 
 
@@ -260,8 +261,9 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
                           f'works with the llama.cpp backend (or an openai server that takes llama.cpp\'s grammar), not "{backend}"')
     if values.get("exact_quotes") and backend != "local":
         raise ConfigError(source, f"{role}.exact_quotes", f'works with the local backend only, not "{backend}"')
-    if values.get("known_names") and not values.get("exact_quotes"):
-        raise ConfigError(source, f"{role}.known_names", "holds names to the files where exact_quotes does; set exact_quotes = true too")
+    if values.get("known_names") and not (values.get("exact_quotes") or values.get("constrain_edits")):
+        raise ConfigError(source, f"{role}.known_names", "holds names to the files where exact_quotes (a local reasoner) "
+                          "or constrain_edits (a llama.cpp coder) does; set one of them too")
 
     if backend == "openai":
         url = values.get("url")

@@ -16,7 +16,7 @@ from app.conversation import Conversation
 from app.errors import ConfigError, DuetError
 from app.workspace import Workspace
 from app.workspace.edit_blocks import parse
-from app.workspace.edit_grammar import MAX_LINES, MAX_RUN, _starts, edit_grammar
+from app.workspace.edit_grammar import MAX_LINES, MAX_RUN, _starts, edit_grammar, held_names
 from tests.sse_server import ScriptedServer, error_reply, text_reply
 from tests.tui_support import server_config
 
@@ -27,6 +27,9 @@ AWKWARD = ('def quote(s):\r\n    """Say "hi" \\ then \\n."""\r\n\treturn s + "\\
 MODULE = ("def total(xs):\n    \"\"\"Return the sum of xs.\"\"\"\n    acc = 1\n    for x in xs:\n        acc += x\n"
           "    return acc\n\n\ndef first(xs):\n    \"\"\"Return the first item of xs.\"\"\"\n    for x in xs:\n"
           "        return x\n    return None\n")
+
+FIND = ('def where_is(arr, needle):\n    """Return the index of needle in arr, or -1."""\n    for k in range(len(arr)):\n'
+        "        if arr[k] != needle:\n            return k\n    return -1\n")
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,38 @@ def test_every_reply_sampled_under_the_grammar_applies_to_the_file_even_at_high_
     assert {e.path for e in changes.edits} <= {"stats.py", "quote.py"}
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_under_known_names_every_name_a_sampled_replace_writes_is_the_files_or_the_plans(tmp_path, coder, seed):
+    """The rule at temperature 1.6: outside its strings and comments, a REPLACE line names only
+    what the files' code or the plan's inline code has."""
+    import io
+    import tokenize
+
+    rc, model = coder
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "search.py").write_text(FIND)
+    ws = Workspace(root)
+    ws.context.add("search.py")
+    rc = dataclasses.replace(rc, constrain_edits=True, known_names=True,
+                             sampling=Sampling(temperature=1.6, top_p=1.0, max_tokens=300, seed=seed))
+    conv = Conversation(Config(reasoner=rc, coder=rc), workspace=ws, save=False)
+    plan = ("1. In `search.py`, function `where_is`, change line 4 from `if arr[k] != needle:` to "
+            "`if arr[k] == needle:`.")
+    routed = conv.prepare("Implement the plan.", "coder", plan=plan)
+    for _ in routed.turn.events(threading.Event(), backend=LlamaCppBackend(rc, model)):
+        pass
+    result = routed.turn.result
+    assert result.status == "done", result.failed
+    allowed = held_names([("search.py", FIND)], plan)
+    for line in [line for b in parse(result.answer)[0] for line in b.replace]:
+        try:
+            tokens = list(tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline))
+        except (tokenize.TokenError, SyntaxError, IndentationError):
+            continue  # not Python on its own (an open bracket): its names are checked by the grammar test above
+        assert {t.string for t in tokens if t.type == tokenize.NAME} <= allowed, line
+
+
 def test_the_demo_coder_holds_its_edits_to_the_grammar_and_the_local_backend_refuses_the_setting(tmp_path):
     assert demo_config().coder.constrain_edits and not demo_config().reasoner.constrain_edits
     gguf = tmp_path / "m.gguf"
@@ -100,6 +135,10 @@ def test_the_demo_coder_holds_its_edits_to_the_grammar_and_the_local_backend_ref
         parse_config({"coder": {"backend": "local", "path": str(tmp_path), "constrain_edits": True}})
     with pytest.raises(ConfigError, match=r"coder\.constrain_edits"):
         parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "constrain_edits": "yes"}})
+    held = parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "constrain_edits": True, "known_names": True}})
+    assert held.coder.known_names
+    with pytest.raises(ConfigError, match=r"coder\.known_names.*constrain_edits"):
+        parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "known_names": True}})
 
 
 def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_gets_it_as_llama_cpp_s_field(tmp_path):
@@ -122,6 +161,12 @@ def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_gets_
         assert "\nnew ::= " not in conv.prepare("Implement the plan.", "coder", plan=fix).turn.grammar()
         (root / "cache.py").write_text("")
         assert "\nnew ::= " not in conv.prepare("Implement the plan.", "coder", plan=named.turn.plan).turn.grammar()  # there now
+        assert "hname ::= " not in edit.grammar()
+        held = dataclasses.replace(constrained, coder=dataclasses.replace(constrained.coder, known_names=True))
+        held_turn = Conversation(held, workspace=ws, save=False).prepare("Implement the plan.", "coder", plan=fix).turn
+        hname = next(line for line in held_turn.grammar().split("\n") if line.startswith("hname ::= "))
+        assert all(f'"{n}"' in hname for n in ("add", "a", "b", "return", "calcs", "py", "test_calc"))  # files and plan
+        assert '"Check"' not in hname  # the plan's prose is not code
         assert conv.prepare("hello there", "coder").turn.grammar() is None  # a chat prompt asks for no edits
         assert conv.prepare("review calc.py", "reasoner").turn.grammar() is None
         assert Conversation(config, workspace=ws, save=False).prepare("fix the bug in calc.py", "coder").turn.grammar() is None
@@ -211,6 +256,32 @@ def test_the_grammar_takes_blocks_that_apply_and_refuses_the_rest(coder):
         assert accepts(llm, g, block(path, "")), path
     for path in ("calc.py", "odd.py", "src/数据-1.py", "new file.py", "`new.py`", "new.py:", ""):
         assert not accepts(llm, g, block(path, "")), path
+
+
+def test_under_held_names_a_replace_names_only_the_files_and_the_plans_names(coder):
+    llm = coder[1].load()
+    source = "def find(arr, needle):\n    for k in range(len(arr)):\n        if arr[k] != needle:\n            return k\n"
+    files = [("find.py", source)]
+    names = held_names(files, "1. In `find.py`, change `if arr[k] != needle:` to `if arr[k] == needle:`; use `idx`.")
+    assert {"find", "arr", "needle", "k", "idx", "return", "len", "range", "for", "in"} <= names
+    assert not {"change", "use", "not", "min"} & names  # the plan's prose is not code, nor what neither has
+    g = edit_grammar(files, names=names, new_files=True)
+    search = "        if arr[k] != needle:\n"
+
+    def ok(replace: str) -> bool:
+        return accepts(llm, g, block("find.py", search, replace))
+
+    for good in ("        if arr[k] == needle:\n", "        if arr[idx] == needle:  # was != \u2713\n",
+                 "    k = len(arr) + 0x1F - 2.5e3\n", '    return f"lineedle {needle}" + \'b\'\n', "\n",
+                 "return k\n", '    return """k""" + u"x"\n', "    (k)\n"):
+        assert ok(good), good
+    for bad in ("        if arr[k] == lineedle:\n", "        if arr[k] == needlex:\n", "    lineedle = 1\n",
+                "=x\n", "<<<<<<< SEARCH\n", "    return k2\n", "        if not(arr[k] != needle):\n",
+                '        if arr[k] == returnu":\n', "        if arr[k] == \u9876:\n", '    return "k\n', '    return k"x"\n'):
+        assert not ok(bad), bad
+    # a new file's lines are its own; without names the REPLACE is free as before
+    assert accepts(llm, g, block("new.py", "", "anything_goes = 1\n"))
+    assert accepts(llm, edit_grammar(files), block("find.py", search, "        if arr[k] == lineedle:\n"))
 
 
 def test_the_paths_a_text_names_are_relative_and_stay_inside_the_root_and_a_plan_creates_only_what_it_says_to():

@@ -319,9 +319,11 @@ def test_sampled_hot_every_numbered_line_is_the_files(reasoner, seed):
 
 def test_the_demo_reasoner_has_the_rule_reasoner_turns_get_the_numbered_files_and_other_backends_refuse(tmp_path):
     assert demo_config().reasoner.exact_quotes and not demo_config().coder.exact_quotes
-    assert demo_config().reasoner.known_names and not demo_config().coder.known_names
+    assert demo_config().reasoner.known_names and demo_config().coder.known_names  # the coder's: its REPLACE names
     table = tomllib.loads(demo_table("reasoner", demo.reasoner_path()))
     assert parse_config(table).reasoner.exact_quotes and parse_config(table).reasoner.known_names
+    coder = parse_config(tomllib.loads(demo_table("coder", demo.coder_path()))).coder
+    assert coder.constrain_edits and coder.known_names  # a config written for the demo coder runs it as the demo does
     with pytest.raises(ConfigError, match=r"reasoner\.known_names.*exact_quotes"):
         parse_config({"reasoner": {"backend": "local", "path": str(tmp_path), "known_names": True}})
     with pytest.raises(ConfigError, match=r"reasoner\.exact_quotes.*local"):

@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.config import demo_role
 from training.render import (END_THINK, REQUESTS_EN, REQUESTS_ZH, answer, coder_prompt, lang_of,
                              reasoner_prompt)
 from training.tasks import KIND_EN, KIND_ZH, KINDS, Module, make_module
@@ -113,14 +114,16 @@ class Coder:
 
         self.llm = Llama(str(gguf_path), n_ctx=2048, n_threads=1, verbose=False)
         self.template = self.llm.metadata["tokenizer.chat_template"]
+        self.known_names = demo_role("coder").known_names  # its REPLACE names held, as Duet runs it
 
-    def run(self, user_text: str, max_new: int = 600, files=None):
+    def run(self, user_text: str, max_new: int = 600, files=None, plan: str | None = None):
         import jinja2
 
         from app.backends.llamacpp import compile_grammar
-        from app.workspace.edit_grammar import edit_grammar
+        from app.workspace.edit_grammar import edit_grammar, held_names
 
-        grammar = compile_grammar(self.llm, edit_grammar(files), "coder") if files else None
+        names = held_names(files, plan) if files and self.known_names else None
+        grammar = compile_grammar(self.llm, edit_grammar(files, names=names), "coder") if files else None
 
         prompt = jinja2.Environment().from_string(self.template).render(
             messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,
@@ -174,7 +177,7 @@ def eval_coder(coder_gguf, n: int, seed: int, log=print) -> dict:
         lang = lang_of(request)
         files = [(m.path, m.source)]
         brief = coder_prompt(m, request, answer(m, lang), "handoff")
-        text, ck, cdt = cd.run(brief, files=files)
+        text, ck, cdt = cd.run(brief, files=files, plan=answer(m, lang))
         tok, secs = tok + ck, secs + cdt
         given_plan, why = apply_and_test(m, text)
         free, why_free = apply_and_test(m, cd.run(brief)[0])
@@ -210,7 +213,8 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
         nothink = score_plan(ans0, m)
         e2e = False
         if ans.strip():
-            e2e, _ = apply_and_test(m, cd.run(coder_prompt(m, request, ans, "handoff"), files=[(m.path, m.source)])[0])
+            e2e, _ = apply_and_test(m, cd.run(coder_prompt(m, request, ans, "handoff"), files=[(m.path, m.source)],
+                                              plan=ans)[0])
         rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
                      "think": think, "think_lines": lines_only, "think_free": free, "nothink": nothink,
                      "end_to_end": e2e, "think_tokens": k,

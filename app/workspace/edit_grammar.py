@@ -9,6 +9,13 @@ whether the REPLACE text is right is still the model's. Ruled out by design: pro
 the first block, and new files (a path outside the context, with an empty SEARCH) except
 where the prompt creates them (``new_files``: any path, or the paths a plan names).
 
+With ``names`` (``known_names`` on the coder) the REPLACE lines of a block on a file in context
+are held too: each name in their code is one of ``names`` (the files' names and the plan's; see
+``held_names``), so a small model cannot misspell the name it copies (``lineedle`` for
+``needle``); numbers, strings (closed on their line) and ``#`` comments stay free, and a new
+file's lines are not held. Which names it writes, and where, stays its own. Python-shaped: a
+line that opens a string it closes on a later line cannot be written.
+
 The grammar grows with the files (a few rules per line), so past ``MAX_LINES`` lines in
 all there is none and the reply is sampled freely.
 """
@@ -16,8 +23,11 @@ all there is none and the reply is sampled freely.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+from app.exact_quotes import known_names
 
 MAX_LINES = 20000  # lines of all files together (building the grammar takes about a second at this size)
 MAX_RUN = 16  # the most lines a SEARCH may need before it matches one place only
@@ -29,17 +39,45 @@ note ::= ([^<=>] | "<" [^<] | "=" [^=] | ">" [^>])*
 replace ::= rline* ">>>>>>> REPLACE\n"
 rline ::= ([^<=>\n] [^\n]* | [<=>] [^<=>\n] [^\n]* | [<=>])? "\n"
 """
+# A REPLACE line whose names are held (``names``): a word (a held name, or a number) is followed by
+# a character that cannot go on a name (nor open a string), or a comment, or the line's end; a
+# string closes on its line; outside strings and comments the line is ASCII; it does not start
+# with <, = or >.
+_HELD = r"""hreplace ::= hline* ">>>>>>> REPLACE\n"
+hline ::= (hfirst | hstring | hword hsep) hbody | hword? hcomment? "\n"
+hbody ::= (hsep | hstring | hword hsep)* hword? hcomment? "\n"
+hfirst ::= [\t !$-&(-/:;?@[-^`{-~]
+hsep ::= [\t !$-&(-/:-@[-^`{-~]
+hstring ::= ([rRbBfFuU] | [rR] [bBfF] | [bBfF] [rR])? ("\"" [^"\n]* "\"" | "'" [^'\n]* "'")
+hcomment ::= "#" [^\n]*
+hword ::= [0-9] [0-9a-zA-Z_.]* | hname
+"""
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_INLINE = re.compile(r"`+([^`\n]+)`+")  # a plan's inline code
 
 
-def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence[str] = False) -> str | None:
+def held_names(files: Iterable[tuple[str, str]], plan: str | None = None) -> set[str]:
+    """The names a held REPLACE may write: the files' code's (app.exact_quotes.known_names, its
+    keywords among them) and those in the plan's inline code (the fix it quotes may bring one)."""
+    names = known_names(files)
+    for code in _INLINE.findall(plan or ""):
+        names.update(_NAME.findall(code))
+    return names
+
+
+def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence[str] = False,
+                 names: Iterable[str] | None = None) -> str | None:
     """The grammar for a reply that edits ``files`` (``(path, text)`` pairs, as the prompt shows
     them) and creates files (an empty SEARCH): with ``new_files`` True under any other path,
     given paths under those alone (the ones a plan names); None when no file has a line to
-    quote or the files are too long to track."""
+    quote or the files are too long to track. With ``names``, the REPLACE lines of blocks on
+    ``files`` name only those (``held_names``)."""
     named = [(path, _lines(text)) for path, text in files]
     if sum(len(lines) for _, lines in named) > MAX_LINES:
         return None
     blocks, rules = [], []
+    held = sorted({n for n in names if _NAME.fullmatch(n)}) if names is not None else []
+    replace = "hreplace" if held else "replace"  # a block on a file in context; a new file's is not held
     taken = [path for path, _ in files]
     fresh = [path for path in new_files if path not in taken] if not isinstance(new_files, bool) else []
     if new_files is True:
@@ -53,7 +91,7 @@ def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence
         if not starts:
             continue
         f = f"f{len(blocks)}"
-        blocks.append(f"{_literal(path + chr(10) + '<<<<<<< SEARCH' + chr(10))} {f} replace")
+        blocks.append(f"{_literal(path + chr(10) + '<<<<<<< SEARCH' + chr(10))} {f} {replace}")
         first: dict[str, list[str]] = {}  # a SEARCH's first line -> what may follow it there
         for s, k in starts.items():  # from line s, the first k lines are a must: fewer match elsewhere too
             first.setdefault(lines[s] + "\n", []).append(f"{f}a{s}")
@@ -66,6 +104,8 @@ def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence
                 rules.append(f"{f}l{i} ::= {_literal(line + chr(10))} {f}t{i}")
     if not blocks:
         return None
+    if held:
+        rules += [_HELD.rstrip("\n"), "hname ::= " + " | ".join(_literal(n) for n in held)]
     return _HEAD + "block ::= " + " | ".join(blocks) + "\n" + "\n".join(rules) + "\n"
 
 
