@@ -8,10 +8,12 @@ Reports, and writes as JSON to bench/results/demo_eval.json:
   thinking, and the same model with its thinking suppressed (an empty ``<think></think>``). As
   Duet runs it: the lines it reads back held to the module's (``exact_quotes``) and the names
   in its inline code to the module's (``known_names``); and, for comparison, with the lines
-  held but not the names, and decoded freely;
+  held but not the names, decoded freely, and asked with the design template (`duet run
+  --role reasoner`'s and `/plan`'s) rather than the router's;
 - coder: given the teacher's (correct) plan, its SEARCH/REPLACE blocks apply and the tests pass;
   and with no plan at all (the request straight to the coder). As Duet runs it: sampled under
-  the edit grammar (``constrain_edits``), and, for comparison, given the plan, sampled freely;
+  the edit grammar (``constrain_edits``) with its REPLACE names held (``known_names``), and, for
+  comparison, given the plan, sampled freely;
 - end to end: the reasoner's plan → the coder's hand-off brief (app.prompts.handoff_brief) →
   app.workspace applies the blocks → the module's tests run; and the same through
   ``duet run --role reasoner --file MODULE --apply --test ...`` as a user runs it;
@@ -196,7 +198,8 @@ def eval_coder(coder_gguf, n: int, seed: int, log=print) -> dict:
 
 def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_new: int = 700) -> dict:
     """The reasoner with its thinking and with it suppressed, its numbered lines held to the
-    module's as Duet runs it (and, thinking, decoded freely); end to end: its answer is the plan
+    module's as Duet runs it (and, thinking, decoded freely, or asked with the design template
+    `duet run --role reasoner` and `/plan` send rather than the router's); end to end: its answer is the plan
     the coder gets (hand-off brief), the blocks are applied and the tests run."""
     rs = Reasoner(reasoner_dir)
     cd = Coder(coder_gguf)
@@ -205,6 +208,8 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
         user, files = reasoner_prompt(m, request), [(m.path, m.source)]
         trace, ans, k, _ = rs.run(user, think=True, max_new=max_new, files=files)
         think = score_plan(ans, m)
+        _, ans_design, _, _ = rs.run(reasoner_prompt(m, request, "design"), think=True, max_new=max_new, files=files)
+        design = score_plan(ans_design, m)  # asked as `duet run --role reasoner` and `/plan` ask
         _, ans_lines, _, _ = rs.run(user, think=True, max_new=max_new, files=files, names=False)
         lines_only = score_plan(ans_lines, m)
         _, ans_free, _, _ = rs.run(user, think=True, max_new=max_new)
@@ -216,10 +221,11 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
             e2e, _ = apply_and_test(m, cd.run(coder_prompt(m, request, ans, "handoff"), files=[(m.path, m.source)],
                                               plan=ans)[0])
         rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
-                     "think": think, "think_lines": lines_only, "think_free": free, "nothink": nothink,
+                     "think": think, "think_design": design, "think_lines": lines_only, "think_free": free, "nothink": nothink,
                      "end_to_end": e2e, "think_tokens": k,
                      "answer": ans[:400], "nothink_answer": ans0[:400]})
-        log(f"{i:3d} {m.mutation.kind:13s} think={int(think['found'])} lines={int(lines_only['found'])} "
+        log(f"{i:3d} {m.mutation.kind:13s} think={int(think['found'])} design={int(design['found'])} "
+            f"lines={int(lines_only['found'])} "
             f"free={int(free['found'])} "
             f"nothink={int(nothink['found'])} "
             f"e2e={int(e2e)}  {request}")
@@ -229,6 +235,7 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
     f = lambda key, sub: round(sum(1 for r in rows if r[key][sub]) / len(rows), 3)  # noqa: E731
     return {"reasoner_n": len(rows),
             "reasoner_found": f("think", "found"), "reasoner_exact_change": f("think", "change"),
+            "reasoner_found_design": f("think_design", "found"), "reasoner_exact_change_design": f("think_design", "change"),
             "reasoner_found_lines": f("think_lines", "found"), "reasoner_exact_change_lines": f("think_lines", "change"),
             "reasoner_found_free": f("think_free", "found"), "reasoner_exact_change_free": f("think_free", "change"),
             "reasoner_nothink_found": f("nothink", "found"), "reasoner_nothink_exact_change": f("nothink", "change"),
@@ -324,6 +331,8 @@ def rate_k(rows, kind, get):
 
 LABELS = [("reasoner_found", "reasoner: right function + kind (thinking)"),
           ("reasoner_exact_change", "reasoner: exact change in the plan"),
+          ("reasoner_found_design", "  the same, asked with the design template (duet run, /plan)"),
+          ("reasoner_exact_change_design", "  exact change, asked with the design template"),
           ("reasoner_found_lines", "  the same, numbered lines held but not names"),
           ("reasoner_exact_change_lines", "  exact change, numbered lines held but not names"),
           ("reasoner_found_free", "  the same, decoded without exact_quotes"),
