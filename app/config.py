@@ -43,7 +43,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "timeout": ((int, float), "openai: seconds to wait for the first byte"),
     "constrain_edits": ((bool,), "llama.cpp coder (or openai, on a server that takes llama.cpp's `grammar` field: llama-server, llama_cpp.server): sample edit blocks under a grammar (each SEARCH copied from a file in context; new files only where the prompt creates them)"),
     "exact_quotes": ((bool,), "local reasoner: a line it writes as the prompt numbers file lines (` 7 | text`) is held to line 7 of a file in context"),
-    "known_names": ((bool,), "local reasoner, with exact_quotes: names in its inline code (`...`) are names the files' code has, or words of their paths; a coder, with constrain_edits: the names in its REPLACE code are the files' code's, the plan's inline code's, or Python's keywords and builtins"),
+    "known_names": ((bool,), "local reasoner, with exact_quotes: names in its inline code (`...`) are names the files' code has, or words of their paths; a coder, with constrain_edits: the names in its REPLACE code are the files' code's or the plan's inline code's"),
 }
 SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": ((int, float), "sampling temperature (0 = greedy)"),
