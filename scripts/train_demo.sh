@@ -14,7 +14,7 @@ MINUTES="${DUET_TRAIN_MINUTES:-85}"
 # PASSIVE: the two trainers share two cores (spinning OpenMP threads would steal from each other);
 # the evals below run alone and keep the default (passive waits cost a small model most of its speed)
 OMP_WAIT_POLICY=PASSIVE "$PY" -m training.train reasoner --out "$OUT" --minutes "$MINUTES" --seed 1 --threads 1 \
-    --hp '{"batch": 4, "lr": 0.002}' > "$OUT/train_reasoner.log" 2>&1 &
+    --hp '{"batch": 4, "lr": 0.002, "design_share": 0.4}' > "$OUT/train_reasoner.log" 2>&1 &
 OMP_WAIT_POLICY=PASSIVE "$PY" -m training.train coder --out "$OUT" --minutes "$MINUTES" --seed 1 --threads 1 > "$OUT/train_coder.log" 2>&1
 wait
 "$PY" -m training.package --run "$OUT"

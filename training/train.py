@@ -36,7 +36,7 @@ DEFAULTS = {
 }
 # design_share: the share of the reasoner's examples asked with the design template, the one
 # `duet run --role reasoner` and `/plan` send (the rest: the template the router picks for the
-# request, review or analysis)
+# request, review or analysis); the committed reasoner's recipe (scripts/train_demo.sh) sets 0.4
 # names: how the training generator invents names (training.tasks.NAME_PARTS)
 # decision_weight: the loss weight on the tokens where a target decides rather than copies (the
 # reasoner's: stop reading back here or go on, the finding, the diagnosis; the coder's: the
