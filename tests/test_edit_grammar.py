@@ -272,11 +272,11 @@ def test_under_held_names_a_replace_names_only_the_files_and_the_plans_names(cod
         return accepts(llm, g, block("find.py", search, replace))
 
     for good in ("        if arr[k] == needle:\n", "        if arr[idx] == needle:  # was != \u2713\n",
-                 "    k = len(arr) + 0x1F - 2.5e3\n", '    return f"lineedle {needle}" + \'b\'\n', "\n",
+                 "    k = len(arr) + 0x1F - 2.5e3 * 1_000 + 3. + .5j\n", '    return f"lineedle {needle}" + \'b\'\n', "\n",
                  "return k\n", '    return """k""" + u"x"\n', "    (k)\n"):
         assert ok(good), good
     for bad in ("        if arr[k] == lineedle:\n", "        if arr[k] == needlex:\n", "    lineedle = 1\n",
-                "=x\n", "<<<<<<< SEARCH\n", "    return k2\n", "        if not(arr[k] != needle):\n",
+                "=x\n", "<<<<<<< SEARCH\n", "    return k2\n", "    return 0lineedle\n", "        if not(arr[k] != needle):\n",
                 '        if arr[k] == returnu":\n', "        if arr[k] == \u9876:\n", '    return "k\n', '    return k"x"\n'):
         assert not ok(bad), bad
     # a new file's lines are its own; without names the REPLACE is free as before

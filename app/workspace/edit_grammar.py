@@ -50,7 +50,8 @@ hfirst ::= [\t !$-&(-/:;?@[-^`{-~]
 hsep ::= [\t !$-&(-/:-@[-^`{-~]
 hstring ::= ([rRbBfFuU] | [rR] [bBfF] | [bBfF] [rR])? ("\"" [^"\n]* "\"" | "'" [^'\n]* "'")
 hcomment ::= "#" [^\n]*
-hword ::= [0-9] [0-9a-zA-Z_.]* | hname
+hword ::= hnumber | hname
+hnumber ::= [0-9] [0-9_]* ("." [0-9_]*)? ([eE] [+-]? [0-9_]+)? [jJ]? | "0" [xXoObB] [0-9a-fA-F_]+
 """
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INLINE = re.compile(r"`+([^`\n]+)`+")  # a plan's inline code
