@@ -24,8 +24,8 @@ SUGGESTED_REQUESTS = (
     "/plan fix the bug in stats.py",
     "review listops.py",
     "why does halve fail its test?",
-    "审查 checks.py",
-    "/plan 修复 words.py 里的错误",
+    "审查 calc.py",
+    "/plan 修复 shapes.py 里的错误",  # not checks.py nor words.py: the demo reasoner misses those (README)
 )
 FLOW_STEPS = (  # (step, keys) as the chat screen binds them
     ("the file joins the context when the request names it or its function", "Ctrl+F adds others"),
