@@ -11,6 +11,7 @@ unique), and a one-line summary.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from dataclasses import dataclass
@@ -139,8 +140,6 @@ def lang_of(request: str) -> str:
 def reasoner_prompt(m: Module, request: str, intent: str | None = None) -> str:
     """The user message Duet sends the reasoner (a forced reasoner turn with the file in context);
     ``intent`` overrides the router's, as `duet run --role reasoner` and `/plan` do ("design")."""
-    import dataclasses
-
     from app.turn import build_prompt_text, decide
 
     decision = decide(request, "reasoner")
