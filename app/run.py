@@ -8,7 +8,7 @@ its trimmed failure going back to the coder for up to ``--rounds`` rounds. With 
 when that still ends failed after the reasoner's plan, the change is undone and the reasoner
 asked again, up to N times (``Conversation.prepare_replan``: the request with the plans tried and
 how the last one failed, sampled with seed k), so the tests choose among its plans; a plan
-already tried is not handed off again. Only the user's command ever runs.
+already tried goes to the coder again, its reply sampled. Only the user's command ever runs.
 
 stdout: the unified diff of the edits (or, with ``--json``, one JSON object). stderr: progress
 (who is working, rounds, test results) and, unless ``--json``, the thinking trace and answers.
@@ -25,7 +25,7 @@ from app.ask import ctrl_c_sets, mute_stdout
 from app.config import Config
 from app.conversation import (ChangeApplied, ChangeDeclined, ChangeProposed, Conversation, FlowEnded, Notice,
                               Routed, TestFinished, TestStarted, TurnEnded, failure_summary)
-from app.conversation.replan import replan_sampling
+from app.conversation.replan import retry_sampling
 from app.errors import DuetError, UsageError
 from vocab.events import AnswerDelta, Failed, ModelUnusable, ServerUnreachable, ThinkingDelta
 
@@ -61,7 +61,7 @@ def run_request(args, config: Config) -> int:
         status = attempt(conv, routed, asked, report, cancel, approve)
         reasons: list[str] = []
         for number in range(1, args.replans + 1):
-            if not (status in ("failed", "repeated") and routed.route.role == "reasoner" and report.failed is None
+            if not (status == "failed" and routed.route.role == "reasoner" and report.failed is None
                     and not cancel.is_set()):
                 break  # a plan that failed (its edits did not apply, or the tests); not a model or server error
             try:
@@ -71,14 +71,11 @@ def run_request(args, config: Config) -> int:
                 break
             report.say(f"the plan failed{': undid ' + ', '.join(undone) if undone else ''}; asking the reasoner "
                        f"for another plan ({number} of {args.replans})")
-            if status != "repeated":  # a repeated plan ran nothing: the last real attempt's outcome stands
-                reasons = list(report.reasons)
+            reasons = list(report.reasons)
             report.new_attempt(number)
-            routed = conv.prepare_replan(sampling=replan_sampling(config.reasoner.sampling, seed=number),
+            routed = conv.prepare_replan(sampling=retry_sampling(config.reasoner.sampling, seed=number),
                                          reasons=reasons, author=f"duet → reasoner · re-plan {number} of {args.replans}")
             status = attempt(conv, routed, asked, report, cancel, approve)
-    if status == "repeated":
-        status = "failed"
     if cancel.is_set() and status not in EXIT:
         status = "cancelled"
     report.status = status
@@ -100,8 +97,9 @@ def run_request(args, config: Config) -> int:
 
 def attempt(conv: Conversation, routed, request: str, report: "Report", cancel, approve) -> str:
     """One request through the core: its turn, and after a reasoner's plan the coder's hand-off
-    (``request``: what the coder is told was asked). A re-plan's plan already tried is not
-    handed off again ("repeated")."""
+    (``request``: what the coder is told was asked). A re-plan's plan already tried is handed
+    off again: the coder's reply is then sampled (`Conversation.prepare`), so a plan that was
+    right is not lost to one unlucky reply."""
     report.show(routed)
     status = report.follow(conv.run(routed, cancel, approve))
     if status == "answered" and routed.route.role == "reasoner" and not cancel.is_set():
@@ -109,9 +107,6 @@ def attempt(conv: Conversation, routed, request: str, report: "Report", cancel, 
             report.reasons.append("the reasoner gave no plan")
             return "failed"
         report.plan = conv.plan.text
-        if conv.attempts is not None and conv.attempts.repeated:
-            report.reasons.append("the reasoner gave a plan already tried")
-            return "repeated"
         handoff = conv.prepare_handoff(request)
         report.show(handoff)
         status = report.follow(conv.run(handoff, cancel, approve))

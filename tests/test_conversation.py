@@ -75,7 +75,8 @@ def test_a_re_plan_needs_a_plan_and_keeps_each_plan_tried_once(server):
     assert (first.request, first.intent, first.tried, first.history) == ("a cache", "design", [PLAN], [])
     events = drain(conv, conv.prepare_replan())  # the scripted server answers the same plan again
     assert conv.attempts is first and first.repeated and first.tried == [PLAN]
-    assert [e.text for e in events if isinstance(e, Notice)] == ["The reasoner gave a plan already tried."]
+    assert [e.text for e in events if isinstance(e, Notice)] == [
+        "The reasoner gave a plan already tried: handing it off again samples the coder's reply afresh."]
     server.enqueue(reasoner_reply(TRACE, "1. Use functools.lru_cache."))
     drain(conv, conv.prepare_replan())
     assert not first.repeated and first.tried == [PLAN, "1. Use functools.lru_cache."]
@@ -84,6 +85,35 @@ def test_a_re_plan_needs_a_plan_and_keeps_each_plan_tried_once(server):
     second = conv.attempts
     drain(conv, conv.prepare("Continue your answer.", "reasoner", author="duet → continue"))
     assert conv.attempts is second and second.tried == [PLAN]  # a turn Duet asked for is not a new request
+
+
+def test_a_plan_handed_off_again_gets_a_sampled_reply_with_a_new_seed_each_time(server):
+    """A greedy coder given the same plan again would write the same edits: the second and later
+    hand-offs of a plan (the same words, whatever the spacing) are sampled, seeds 1, 2, ...; a
+    fix round and another plan's first hand-off keep the coder's own settings; clear() forgets."""
+    conv = Conversation(server_config(server.base_url), save=False)
+    drain(conv, conv.prepare("/plan a cache"))
+    server.set_script(text_reply("done"))
+
+    def coder_wire(routed):
+        drain(conv, routed)
+        return server.requests[-1].json
+
+    first = conv.prepare_handoff("Implement the plan.")
+    assert not first.notes
+    assert coder_wire(first).get("temperature", 0) == 0 and "seed" not in server.requests[-1].json
+    for seed in (1, 2):
+        again = conv.prepare("Implement the plan.", "coder", plan="1. Add a cache.\n\n2. Use it in  api.py.")
+        assert again.notes == (f"This plan went to the coder {seed} time(s) before: its reply is sampled "
+                               f"(temperature 0.7, seed {seed}).",)
+        wire = coder_wire(again)
+        assert wire["temperature"] == 0.7 and wire["seed"] == seed
+    fix = conv.prepare("The tests fail: fix it.", "coder", intent="edit")  # a round of Duet's, not a hand-off
+    assert coder_wire(fix).get("temperature", 0) == 0 and not fix.notes
+    other = conv.prepare("go", "coder", plan="1. Other.")
+    assert coder_wire(other).get("temperature", 0) == 0
+    conv.clear()
+    assert coder_wire(conv.prepare("go", "coder", plan=PLAN)).get("temperature", 0) == 0
 
 
 def test_the_history_resends_answers_only_and_the_coder_gets_the_plan_not_the_trace(server):

@@ -112,6 +112,33 @@ def test_a_failing_first_round_reaches_the_coder_and_the_second_round_passes(ser
         assert [(r.round, r.status) for r in runs] == [(1, "failed"), (2, "passed")]
 
 
+def test_a_coder_without_history_gets_the_plan_again_on_the_files_as_they_were_sampled(servers, repo, tmp_path,
+                                                                                        guard_log):
+    """``history = false`` on the coder (a model trained on single requests): after a failing
+    round its change is undone and it is asked the hand-off again (not the fix-forward prompt),
+    sampled with a fresh seed; its second reply quotes the file as it was, and passes."""
+    reasoner, coder = servers
+    config_file = tmp_path / "alone.toml"
+    config_file.write_text(f'[reasoner]\nbackend = "openai"\nurl = "{reasoner.base_url}"\nmodel = "r1"\ntimeout = 5\n\n'
+                           f'[coder]\nbackend = "openai"\nurl = "{coder.base_url}"\nmodel = "coder"\ntimeout = 5\n'
+                           f'history = false\n[coder.sampling]\ntemperature = 0\n', encoding="utf-8")
+    coder.enqueue(text_reply(edit("    return a - b", "    return a * b")),
+                  text_reply(edit("    return a - b", "    return a + b")))
+    p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test", TEST_CMD,
+             "--json", "fix add in calc.py")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "passed" and out["rounds"] == 2
+    assert [(t["round"], t["exit_code"] != 0) for t in out["tests"]] == [(1, True), (2, False)]
+    asks = [r.json for r in coder.requests if r.path.endswith("/chat/completions")]
+    assert len(asks) == 2 and asks[1]["messages"] == asks[0]["messages"]  # the same hand-off, the file as it was
+    assert "return a * b" not in asks[1]["messages"][-1]["content"] and "assert 6 == 5" not in json.dumps(asks[1])
+    assert asks[0].get("temperature", 0) == 0 and asks[1]["temperature"] > 0 and asks[1]["seed"] == 1
+    assert "The tests still fail: undid calc.py; asking the coder again, sampled." in p.stderr
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+    assert Workspace(repo).undo() == ["calc.py"] and (repo / "calc.py").read_text() == BROKEN  # one undo, as ever
+
+
 def test_a_coder_that_never_fixes_it_ends_failed_with_exit_1_after_n_rounds(servers, repo, config_file, guard_log):
     reasoner, coder = servers
     coder.enqueue(text_reply(edit("    return a - b", "    return a * b")),
@@ -163,30 +190,27 @@ def test_a_plan_that_fails_its_tests_is_undone_and_the_reasoner_asked_again_samp
     assert no_replans.returncode == 2 and "--replans" in no_replans.stderr
 
 
-def test_a_re_plan_that_repeats_a_tried_plan_is_not_handed_off_and_one_without_edits_says_why(
-        servers, repo, config_file, guard_log):
+def test_a_re_plan_that_repeats_a_tried_plan_goes_to_the_coder_again_sampled(servers, repo, config_file, guard_log):
     """The coder proposes no edits for the first plan: the re-plan is told why. The second plan
-    is the first again: it is not handed off (no coder turn, no test run), and the next re-plan
-    still recalls the first failure. The third plan passes."""
+    is the first again (other spacing): it is handed off again, the coder's reply sampled (a
+    greedy coder would only repeat itself), and that reply passes. The next re-plan, had there
+    been one, lists the plan once."""
     reasoner, coder = servers
-    third = "1. In calc.py, add() must add: return a + b."
-    reasoner.enqueue(reasoner_reply(TRACE, PLAN), reasoner_reply("again", "\n" + PLAN + "  \n"),
-                     reasoner_reply("once more", third))
+    reasoner.enqueue(reasoner_reply(TRACE, PLAN), reasoner_reply("again", "\n" + PLAN + "  \n"))
     coder.enqueue(text_reply("I see nothing to change."), text_reply(edit("    return a - b", "    return a + b")))
     p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test", TEST_CMD,
              "--rounds", "1", "--replans", "3", "--json", "fix add in calc.py")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert out["status"] == "passed" and out["replans"] == 2 and out["plan"] == third
-    assert [t["attempt"] for t in out["tests"]] == [2]
-    prompts = coder_prompts(coder)
-    handoffs = [q for q in prompts if PLAN in q or third in q]
-    assert len(handoffs) == 2 and third in handoffs[1]  # the repeated plan never reached the coder
+    assert out["status"] == "passed" and out["replans"] == 1 and out["plan"].strip() == PLAN
+    assert [t["attempt"] for t in out["tests"]] == [1]
+    handoffs = [r.json for r in coder.requests if r.path.endswith("/chat/completions")]
+    assert len(handoffs) == 2 and all(PLAN in h["messages"][-1]["content"] for h in handoffs)
+    assert "seed" not in handoffs[0] and handoffs[1]["seed"] == 1  # the coder's own temperature, another seed
+    assert handoffs[1]["temperature"] == handoffs[0]["temperature"] > 0
+    assert "a plan already tried: handing it off again samples the coder's reply afresh" in p.stderr
     asks = [r.json["messages"][-1]["content"] for r in reasoner.requests if r.path.endswith("/chat/completions")]
-    assert len(asks) == 3
-    for again in asks[1:]:
-        assert "did not get as far as the tests:\n- the coder proposed no edits" in again
-        assert again.count("- " + " ".join(PLAN.split())) == 1  # tried once, listed once
+    assert len(asks) == 2 and "did not get as far as the tests:\n- the coder proposed no edits" in asks[1]
     assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
 
 
@@ -323,9 +347,9 @@ def test_ctrl_c_during_the_test_run_kills_its_process_group_and_exits_130(server
 
 def test_a_re_plan_samples_a_greedy_reasoner_and_keeps_a_sampled_one_s_own_settings():
     from app.config import Sampling
-    from app.conversation.replan import REPLAN_TEMPERATURE, replan_sampling
+    from app.conversation.replan import RETRY_TEMPERATURE, retry_sampling
 
     greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=1024)
-    assert replan_sampling(greedy, seed=2) == Sampling(REPLAN_TEMPERATURE, 0.95, 1024, seed=2)
+    assert retry_sampling(greedy, seed=2) == Sampling(RETRY_TEMPERATURE, 0.95, 1024, seed=2)
     warm = Sampling(temperature=0.6, top_p=0.9, max_tokens=512)
-    assert replan_sampling(warm, seed=3) == Sampling(0.6, 0.9, 512, seed=3)
+    assert retry_sampling(warm, seed=3) == Sampling(0.6, 0.9, 512, seed=3)

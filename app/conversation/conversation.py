@@ -11,13 +11,16 @@ the store records agree. ``run`` streams that turn; after a coder's answer it ch
 blocks (rejected ones go back to the coder: `app.workspace.revise`), asks ``approve`` which
 edits to write, applies them, runs the user's test command, and while tests fail sends the
 trimmed failure, the plan and the files as they now are back to the coder (it fixes forward;
-every round of one request is one undo step). ``approve(changes) -> ChangeSet | None`` is the
+every round of one request is one undo step; a coder without ``history`` is instead asked the
+request again, sampled, on the files as they were). ``approve(changes) -> ChangeSet | None`` is the
 view's diff review (the TUI's preview, or ``--apply``); None or nothing accepted stops there.
 
 The history holds answers only: a reasoner's trace is kept in the store, never resent.
 
 ``attempts`` keeps the plans tried for the latest plan's request; ``undo_attempt`` and
-``prepare_replan`` ask the reasoner for another plan when one did not work (`replan.py`).
+``prepare_replan`` ask the reasoner for another plan when one did not work (`replan.py`). A plan
+handed to the coder again (the same words) gets a sampled reply, with a new seed each time: a
+coder that decodes greedily would otherwise write the same edits that failed before.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from app.config import Config, Sampling
 from app.conversation.events import (ChangeApplied, ChangeDeclined, ChangeProposed, FlowEnded, Notice, PlanReady,
                                      Routed, TestFinished, TestStarted, TurnEnded)
-from app.conversation.replan import Attempts
+from app.conversation.replan import Attempts, retry_sampling
 from app.conversation.steps import Plan
 from app.conversation.verify import TestResult, failure_summary, run_tests, with_changed
 from app.errors import DuetError
@@ -60,6 +63,8 @@ class Conversation:
         self.plan: Plan | None = None
         self.attempts: Attempts | None = None  # the plans tried for the latest plan's request
         self._replan_turn: Turn | None = None
+        self._handoffs: dict[str, int] = {}  # a plan's words -> how often it went to the coder
+        self._retries = 0  # sampled retries so far: each one's seed
 
     # ---- one request -----------------------------------------------------------------------
     def route(self, request: str, role: str = "auto"):
@@ -73,8 +78,10 @@ class Conversation:
         """Route ``request`` once and build its turn. ``plan`` overrides the current plan (an
         edited hand-off); ``intent`` is the core's own rounds' (a fix is an edit, whatever words
         the test output holds); ``sampling`` this turn's, instead of the role's (a re-plan).
+        A hand-off (``plan`` given, to the coder) of a plan handed off before is sampled.
         Raises DuetError for a bad role."""
         decision = self.route(request, role)
+        handoff = plan is not None and decision.role == "coder"
         if intent is not None and intent != decision.intent:
             decision = dataclasses.replace(decision, intent=intent, why=f"asked for {intent}; {decision.why}")
         if isinstance(plan, str):
@@ -104,6 +111,8 @@ class Conversation:
                 from app.workspace.context import paths_to_create  # a workspace is open: its package is loaded
 
                 new_paths = [p for p in paths_to_create(f"{plan.text}\n{request}") if not (self.workspace.root / p).exists()]
+        if handoff and sampling is None:
+            sampling = self._handoff_sampling(plan.text, notes)
         config = self.config
         if sampling is not None:
             config = dataclasses.replace(config, **{decision.role: dataclasses.replace(config.role(decision.role),
@@ -119,7 +128,24 @@ class Conversation:
         """The coder's turn that implements the current plan of ``request`` (`duet run`): routed
         as forced to the coder, so a question ("why does add fail its test?") is an edit, not a
         request for tests (app.router)."""
-        return self.prepare(request, "coder")
+        return self.prepare(request, "coder", plan=self.plan)
+
+    def _handoff_sampling(self, plan: str, notes: list[str]) -> Sampling | None:
+        """None for a plan's first hand-off; for a later one the coder's, sampled afresh."""
+        words = " ".join(plan.split())
+        before = self._handoffs.get(words, 0)
+        self._handoffs[words] = before + 1
+        if not before:
+            return None
+        sampling = self._retry_sampling("coder")
+        notes.append(f"This plan went to the coder {before} time(s) before: its reply is sampled "
+                     f"(temperature {sampling.temperature:g}, seed {sampling.seed}).")
+        return sampling
+
+    def _retry_sampling(self, role: str) -> Sampling:
+        """``role``'s sampling for a retry: with a seed no earlier retry here used (sampled where greedy)."""
+        self._retries += 1
+        return retry_sampling(self.config.role(role).sampling, seed=self._retries)
 
     def prepare_replan(self, *, sampling: Sampling | None = None, reasons: Sequence[str] = (),
                        author: str = "duet → reasoner · re-plan") -> Routed:
@@ -190,7 +216,8 @@ class Conversation:
             elif turn is self._replan_turn and answered and self.attempts is not None:
                 self.attempts.add(result.answer)
                 if self.attempts.repeated:
-                    yield Notice("The reasoner gave a plan already tried.", "warning")
+                    yield Notice("The reasoner gave a plan already tried: handing it off again samples "
+                                 "the coder's reply afresh.", "warning")
             if turn.route.role == "reasoner" and answered:
                 self.plan = Plan.from_answer(result.answer, result.message_id)
                 yield PlanReady(self.plan)
@@ -261,8 +288,17 @@ class Conversation:
             if number == self.rounds:
                 yield FlowEnded("failed", number, (f"tests still fail after {number} round(s)",))
                 return
-            author = f"duet → coder · test fix {number} of {self.rounds - 1}"
-            source = self._fix_turn(result, changes, lang, author)
+            if self.config.coder.history:
+                author = f"duet → coder · test fix {number} of {self.rounds - 1}"
+                source = self._fix_turn(result, changes, lang, author)
+            else:
+                author = f"duet → coder · retry {number} of {self.rounds - 1}"
+                try:
+                    source = yield from self._retry_turn(first, author)
+                except DuetError as exc:  # the files changed since the apply: nothing to retry from
+                    yield Notice(str(exc), "error")
+                    yield FlowEnded("failed", number, (str(exc),))
+                    return
             yield from self._stream(source, cancel, author=author)
             if source.result.status != "done":
                 yield FlowEnded("cancelled" if source.result.status == "cancelled" else "failed", number)
@@ -284,6 +320,17 @@ class Conversation:
 
         changes = yield from revising(self.workspace, reply, ask_coder, lang=lang)
         return changes
+
+    def _retry_turn(self, first: Turn, author: str):
+        """A coder without history (one trained on single requests, which a fix-forward prompt
+        only leads astray) is asked the first turn's request again, on the files as they were
+        before it (this request's applies undone), sampled afresh."""
+        undone = self.workspace.undo()
+        yield Notice(f"The tests still fail: undid {', '.join(undone)}; asking the coder again, sampled.")
+        if self.attempts is not None:
+            self.attempts.applied = False
+        return self.prepare(first.request, "coder", plan=first.plan, intent=first.route.intent, author=author,
+                            sampling=self._retry_sampling("coder")).turn
 
     def _fix_turn(self, result: TestResult, changes, lang: str, author: str) -> Turn:
         from app.prompts import render
@@ -356,6 +403,8 @@ class Conversation:
 
     def clear(self) -> None:
         self.history, self.plan, self.session_id, self.attempts = [], None, None, None
+        self._handoffs.clear()
+        self._retries = 0
 
     def resume(self, sid: int) -> list:
         """Continue stored session ``sid``: its finished exchanges become the history and its

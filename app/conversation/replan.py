@@ -6,7 +6,8 @@ test run). A re-plan asks the reasoner again on that earlier conversation (the f
 turns are not in it) with the request followed by the plans tried and the last failure
 (``app.prompts.replan_request``), or with the request alone where the reasoner's ``history``
 is off (a small model trained on single requests, which other text only leads astray). A
-reasoner that decodes greedily would give the same plan again, so a re-plan samples it.
+reasoner that decodes greedily would give the same plan again, so a re-plan samples it; for the
+same reason a plan handed to the coder again gets a sampled reply (`Conversation.prepare`).
 `duet run --replans` and the TUI's ``/replan`` both go through `Conversation.prepare_replan`.
 """
 
@@ -20,7 +21,7 @@ from app.conversation.verify import TestResult, failure_summary
 from app.prompts import replan_request
 from vocab.messages import ChatMessage
 
-REPLAN_TEMPERATURE = 0.7  # a re-plan of a reasoner that decodes greedily (top-p 0.95)
+RETRY_TEMPERATURE = 0.7  # a retry (re-plan, repeated hand-off) of a model that decodes greedily (top-p 0.95)
 REPLAN_OUTPUT_CHARS = 1_500  # the failing test output a re-plan shows (a small model's window holds the files too)
 NOT_KEPT = "its change was not kept"
 
@@ -35,15 +36,15 @@ class Attempts:
     tried: list[str] = field(default_factory=list)  # each plan's answer, in order, once
     test: TestResult | None = None  # the latest plan's last test run
     applied: bool = False  # the latest plan's change is in the files
-    repeated: bool = False  # the latest re-plan gave a plan already tried (not handed off)
+    repeated: bool = False  # the latest re-plan gave a plan already tried
 
     def add(self, plan: str) -> None:
-        """A re-plan's answer: a new plan, or one already tried (then the last failure stands)."""
+        """A re-plan's answer: a new plan, or one already tried (listed once; it is tried again)."""
         words = " ".join(plan.split())
         self.repeated = any(" ".join(t.split()) == words for t in self.tried)
         if not self.repeated:
             self.tried.append(plan)
-            self.test, self.applied = None, False
+        self.test, self.applied = None, False
 
     def request_text(self, with_history: bool, reasons=()) -> str:
         """What the re-plan asks: the request alone without history; else the request, the plans
@@ -56,8 +57,9 @@ class Attempts:
         return replan_request(self.request, self.tried, reasons=list(reasons) or [NOT_KEPT])
 
 
-def replan_sampling(sampling: Sampling, *, seed: int) -> Sampling:
-    """A re-plan's sampling: the reasoner's own with another seed; sampled where it is greedy."""
+def retry_sampling(sampling: Sampling, *, seed: int) -> Sampling:
+    """A retry's sampling (a re-plan, a plan handed off again): the model's own with another
+    seed; sampled where it is greedy."""
     if sampling.temperature > 0:
         return dataclasses.replace(sampling, seed=seed)
-    return dataclasses.replace(sampling, temperature=REPLAN_TEMPERATURE, top_p=0.95, seed=seed)
+    return dataclasses.replace(sampling, temperature=RETRY_TEMPERATURE, top_p=0.95, seed=seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from app.conversation import FlowEnded
 from app.conversation.conversation import HANDOFF_REQUEST
-from app.conversation.replan import replan_sampling
+from app.conversation.replan import retry_sampling
 from app.conversation.steps import Plan
 from app.conversation.verify import TestResult
 from app.errors import DuetError
@@ -56,7 +56,7 @@ class ChatActions:
             return
         try:
             undone = self.conv.undo_attempt()
-            routed = self.conv.prepare_replan(sampling=replan_sampling(self.config.reasoner.sampling,
+            routed = self.conv.prepare_replan(sampling=retry_sampling(self.config.reasoner.sampling,
                                                                        seed=len(attempts.tried)))
         except DuetError as exc:
             self.notify(f"Cannot re-plan: {exc}", severity="error", markup=False)
