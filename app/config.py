@@ -39,10 +39,10 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "threads": ((int,), "llama.cpp/local: CPU threads"),
     "gpu_layers": ((int,), "llama.cpp: layers offloaded to the GPU"),
     "system_prompt": ((str,), "system prompt (R1 guidance: none)"),
-    "history": ((bool,), "send the earlier turns' answers, and tell a re-plan which plans failed (false: each request alone, as small models trained on single requests need)"),
+    "history": ((bool,), "send the earlier turns' answers, tell a re-plan which plans failed, and send the coder the failing tests to fix forward (false: each request alone, as small models trained on single requests need; a coder's failed round is undone and its request asked again, sampled)"),
     "timeout": ((int, float), "openai: seconds to wait for the first byte"),
     "constrain_edits": ((bool,), "llama.cpp coder (or openai, on a server that takes llama.cpp's `grammar` field: llama-server, llama_cpp.server): sample edit blocks under a grammar (each SEARCH copied from a file in context; new files only where the prompt creates them)"),
-    "exact_quotes": ((bool,), "local reasoner: a line it writes as the prompt numbers file lines (` 7 | text`) is held to line 7 of a file in context"),
+    "exact_quotes": ((bool,), "local reasoner: a line it writes as the prompt numbers file lines (` 7 | text`) is held to line 7 of a file in context; after its thinking, its answer's inline code (`...`) restates code its thinking quoted or a file's line, name or path"),
     "known_names": ((bool,), "local reasoner, with exact_quotes: names in its inline code (`...`) are names the files' code has, or words of their paths; a coder, with constrain_edits: the names in its REPLACE code are the files' code's or the plan's inline code's"),
 }
 SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {

@@ -11,20 +11,29 @@ several files in context, line N of any of them will do.
 each is a name the files' code has, or, inside a path (`` `test_calc.py` ``), a word of the
 files' paths or of their tests'. So a model that names a function it read (`` `summation` ``)
 cannot write it from memory (`` `sumatiber` ``), nor name it after a file (`` `test_calc` ``);
-which name it picks stays its own."""
+which name it picks stays its own.
+
+``AnswerCode`` holds the inline code of the answer after the thinking: each span is one the
+thinking wrote between backticks, a line of a file (with or without its comment), a name of the
+files' code or a file's path (or its test's). A small model that concluded `` Change `if e <
+top:` to `if e > top:` `` in its thinking then restates that in the plan the coder gets, rather
+than rewriting it from memory (`` `if e < elements:` ``); which span it restates, and where,
+stays its own. Fenced code blocks and text outside backticks are free."""
 
 from __future__ import annotations
 
 import io
 import re
 import tokenize
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from pathlib import PurePosixPath
 
 from app.prompts import numbered_lines
 
 NUMBERED = re.compile(rb"^ *(\d+) \|")
-LineRule = Callable[[bytes, bool], bool]
+LineRule = Callable[[bytes, bool], bool]  # may also have ``wrote(line)``: told each line once it is written
+END_THINK = b"</think>"
 
 
 def numbered_line_rule(files: Iterable[tuple[str, str]]) -> LineRule:
@@ -108,6 +117,67 @@ def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
     return ok
 
 
+class AnswerCode:
+    """The rule on the answer (module docstring); the thinking, before ``</think>``, is free and
+    its backtick spans are remembered. ``thinking``: the output starts inside the thinking (the
+    prompt opened it); else it is all answer."""
+
+    def __init__(self, files: Iterable[tuple[str, str]], *, thinking: bool):
+        files = list(files)
+        self.thinking = thinking
+        self.fenced = False  # inside a fenced code block of the answer
+        lines = [line.encode("utf-8") for _, text in files for line in text.splitlines()]
+        self.spans = {line.strip() for line in lines} | {line.split(b"#")[0].strip() for line in lines}
+        self.spans.discard(b"")  # a line's code, with or without its comment
+        self.spans.update(name.encode("ascii") for name in known_names(files))
+        for path, _ in files:
+            name = PurePosixPath(path).name
+            for span in (path, name, "test_" + name, str(PurePosixPath(path).with_name("test_" + name))):
+                self.spans.add(span.encode("utf-8"))
+        self.sorted: list[bytes] | None = None  # the spans in order, once the answer begins
+
+    def wrote(self, line: bytes) -> None:
+        if self.thinking:
+            head, end, _ = line.partition(END_THINK)
+            parts = _TICKS.split(head)
+            self.spans.update(p for p in parts[1:len(parts) - 1:2] if p)
+            self.thinking = not end
+        elif line.lstrip().startswith(b"```"):
+            self.fenced = not self.fenced
+
+    def __call__(self, line: bytes, complete: bool) -> bool:
+        if self.thinking:
+            _, end, line = line.partition(END_THINK)
+            if not end:
+                return True
+        if self.fenced or line.lstrip().startswith(b"```") or NUMBERED.match(line):
+            return True
+        if self.sorted is None:
+            self.sorted = sorted(self.spans)
+        parts = _TICKS.split(line)
+        for j in range(1, len(parts), 2):  # the odd parts are inside backticks
+            if j == len(parts) - 1 and not complete:  # still being written: the start of a span
+                i = bisect_left(self.sorted, parts[j])
+                if not (i < len(self.sorted) and self.sorted[i].startswith(parts[j])):
+                    return False
+            elif parts[j] not in self.spans:
+                return False
+        return True
+
+
+class _AllOf:
+    def __init__(self, rules: tuple[LineRule, ...]):
+        self.rules = rules
+
+    def __call__(self, line: bytes, complete: bool) -> bool:
+        return all(rule(line, complete) for rule in self.rules)
+
+    def wrote(self, line: bytes) -> None:
+        for rule in self.rules:
+            if hasattr(rule, "wrote"):
+                rule.wrote(line)
+
+
 def all_of(*rules: LineRule) -> LineRule:
-    """A line rule that holds where each of ``rules`` does."""
-    return lambda line, complete: all(rule(line, complete) for rule in rules)
+    """A line rule that holds where each of ``rules`` does (and tells each the lines written)."""
+    return _AllOf(rules)

@@ -7,7 +7,8 @@ own wherever the rule allows it.
 
 ``LineConstraint`` turns a rule on each line of text (``line_ok(line, complete)``, bytes) into a
 rule on tokens: it keeps the bytes written since the last newline and checks every line a token
-would finish and the one it would leave open. A special token counts as the text it decodes to
+would finish and the one it would leave open; a rule with ``wrote(line)`` is told each line once
+a token finishes it. A special token counts as the text it decodes to
 (``</think>``), as the reader of the stream sees it. Its rule must refuse every line that begins
 with one it refuses open (open or complete): then a refused prefix rules out every token that
 starts with it, and ``allowed_tokens`` finds the tokens the rule allows by walking the sorted
@@ -61,7 +62,10 @@ class LineConstraint:
         return self._holds(self.token_bytes[token_id])
 
     def advance(self, token_id: int) -> None:
-        self.line = (self.line + self.token_bytes[token_id]).rsplit(b"\n", 1)[-1]
+        *done, self.line = (self.line + self.token_bytes[token_id]).split(b"\n")
+        wrote = getattr(self.line_ok, "wrote", None)  # a rule that remembers what was written
+        for line in done if wrote is not None else ():
+            wrote(line)
 
     def _holds(self, more: bytes) -> bool:
         *done, last = (self.line + more).split(b"\n")

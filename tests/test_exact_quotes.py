@@ -18,7 +18,8 @@ from app.config import RoleConfig, Sampling, demo_config, parse_config
 from app.config_writer import demo_table
 from app.conversation import Conversation
 from app.errors import ConfigError
-from app.exact_quotes import all_of, inline_names_rule, known_names, numbered_line_rule, path_words
+from app.exact_quotes import (AnswerCode, all_of, inline_names_rule, known_names, numbered_line_rule,
+                              path_words)
 from app.prompts import numbered_lines
 from app.workspace import Workspace
 from local_engine.constraint import LineConstraint, pick_allowed
@@ -94,6 +95,50 @@ def test_known_names_hold_inline_code_to_the_files_names_and_paths():
     assert not both(b" 4 |     if", True) and not both(b"`wheres", False) and both(b"`where_", False)
 
 
+def wrote(rule, text: bytes) -> None:
+    """Tell ``rule`` the lines of ``text`` as LineConstraint does once each is written."""
+    for line in text.split(b"\n"):
+        rule.wrote(line)
+
+
+def test_the_answer_s_inline_code_restates_what_the_thinking_concluded_or_the_files_hold():
+    files = [("src/finder.py", FINDER)]
+    rule = AnswerCode(files, thinking=True)
+    trace = (b"src/finder.py has 1 function.\n 4 |         if arr[k] != needle:  # compare\n"
+             b"Line 4 compares with `!=` where the docstring needs `==`. This is the bug.\n"
+             b"So the bug is in `where_is`, line 4. Change `if arr[k] != needle:` to `if arr[k] == needle:`.")
+    for line in trace.split(b"\n"):
+        assert rule(line, True) and rule(line + b" `anything`", True)  # the thinking is free
+    wrote(rule, trace + b"\n")
+    assert rule(b"</think>", True)
+    wrote(rule, b"</think>")
+    for line, complete, want in [
+        (b"**Bug:** `src/finder.py`, function `where_is`, line 4: wrong comparison.", True, True),
+        (b"1. change line 4 from `if arr[k] != needle:` to `if arr[k] == needle:`.", True, True),
+        (b"2. Run the tests and check that `test_finder.py` and `src/test_finder.py` pass.", True, True),
+        (b"it compares with `!=`; `for k in range(len(arr)):`, `arr`, `needle`", True, True),
+        (b"line 4, `if arr[k] != needle:  # compare`, has a comment", True, True),
+        (b"to `if arr[k] == ", False, True),  # still on its way to the trace's span
+        (b"to `if arr[k] == elements:`", True, False),  # a span nobody wrote
+        (b"to `if arr[k] == e", False, False),
+        (b"to `if arr[k] < needle:`", True, False),
+        (b"to `where`", True, False),
+        (b"to `if arr[k] == nee", True, False),  # a line that ends mid-span: a whole span or none
+        (b'The docstring says "Return sall numbers", free text', True, True),  # outside backticks: free
+        (b"```python", True, True),
+        (b" 4 |         if arr[k] != needle:  # compare", True, True),  # the numbered form: the other rule's
+    ]:
+        assert rule(line, complete) is want, line
+    wrote(rule, b"```python\nx = `made up`\n")
+    assert rule(b"x = `made up`", True)  # a fenced block is free
+    wrote(rule, b"```\n")
+    assert not rule(b"`made up`", True)
+    plain = AnswerCode(files, thinking=False)  # a prompt that did not open the thinking: all answer
+    assert not plain(b"`if arr[k] == needle:`", True) and plain(b"`if arr[k] != needle:`", True)
+    same_line = AnswerCode(files, thinking=True)
+    assert same_line(b"done.</think>**Bug:** `where_is`", True) and not same_line(b"x</think> `wherex`", True)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     from local_engine.tokenizer import Tokenizer
@@ -132,7 +177,10 @@ def test_a_rule_that_refuses_a_line_open_refuses_every_line_that_begins_with_it(
     rng = random.Random(5)
     pieces = [b"4 |", b" 3 | ", b"    if arr[k] != needle:", b"`", b"``", b"where_is", b"test_finder", b".py", b" ",
               b"\n", b"`src/finder.py`", b"x", b"needle", b"1", b"\xc3\xa9", b"|", b"py.", b"/", b"(", b")"]
-    for rule in (numbered_line_rule(files), inline_names_rule(files)):
+    answer = AnswerCode(files, thinking=True)
+    wrote(answer, b"So `where_is` it is: change `if arr[k] != needle:` to `if arr[k] == needle:`.\n</think>")
+    pieces += [b"`if arr[k] ", b"== needle:`", b"</think>"]
+    for rule in (numbered_line_rule(files), inline_names_rule(files), answer):
         for _ in range(3000):
             line = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))).replace(b"\n", b"")
             if not rule(line, False):
@@ -266,6 +314,48 @@ def test_under_known_names_the_demo_reasoner_names_only_what_the_files_have(reas
         free = _trace(LocalBackend(rc, model), module, request, sampling, True, answer=True)
         unknown_free += bool(inline_names(free) - allowed)
     assert unknown_free >= 2  # held to numbered lines only, it writes names the files do not have
+
+
+def code_spans(text: str) -> list[str]:
+    """The inline code spans of ``text``, found on their own (not by the rule's code)."""
+    return [part for line in text.split("\n") if not NUMBERED.match(line) and not line.lstrip().startswith("```")
+            for part in re.split(r"`+", line)[1::2] if part]
+
+
+def test_the_demo_reasoner_s_answer_restates_its_thinking_s_code_only_under_the_rule(reasoner, monkeypatch):
+    """Greedy and sampled hot on held-out modules: every inline code span of the answer is one
+    its thinking wrote, a line of the module, one of its names or a path; without the answer's
+    rule (the numbered lines and names still held) some answers rewrite code from memory."""
+    import app.backends.local as local_backend
+
+    rc, model = reasoner
+    demo_eval.STYLE = "heldout"
+    held = dataclasses.replace(rc, known_names=True, exact_quotes=True)
+    cases = demo_eval.heldout_cases(6, 7)
+
+    def answers(temperature):
+        sampling = Sampling(temperature=temperature, top_p=1.0, max_tokens=900, seed=5)
+        for module, request in cases:
+            events = list(LocalBackend(held, model).stream(
+                [ChatMessage("user", reasoner_prompt(module, request))], sampling,
+                quotes_from=[(module.path, module.source)]))
+            thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
+            answer = "".join(e.text for e in events if isinstance(e, AnswerDelta))
+            files = [(module.path, module.source)]
+            lines = module.source.splitlines()
+            allowed = (set(code_spans(thinking)) | {ln.strip() for ln in lines} | {ln.split("#")[0].strip() for ln in lines}
+                       | known_names(files) | {module.path, module.test_path})
+            yield answer, [span for span in code_spans(answer) if span not in allowed]
+
+    for temperature in (0.0, 1.2):
+        said = 0
+        for answer, stray in answers(temperature):
+            assert not stray, (answer, stray)
+            said += bool(code_spans(answer))
+        assert said >= 4  # most answers quote code (a reply may run out of tokens in its thinking)
+    monkeypatch.setattr(local_backend, "AnswerCode", lambda files, thinking: lambda line, complete: True)
+    rewritten = sum(bool(stray) for temperature in (0.0, 1.2) for _, stray in answers(temperature))
+    assert rewritten >= 2  # unheld, the answer writes code its thinking never did
 
 
 def test_the_demo_reasoner_reads_held_out_modules_back_exactly_only_under_the_rule(reasoner):

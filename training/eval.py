@@ -6,9 +6,10 @@ files and docstring phrasings than training), through Duet's real prompts.
 Reports, and writes as JSON to bench/results/demo_eval.json:
 - reasoner: the answer names the right function and bug kind (and the exact change), with its
   thinking, and the same model with its thinking suppressed (an empty ``<think></think>``). As
-  Duet runs it: the lines it reads back held to the module's (``exact_quotes``) and the names
-  in its inline code to the module's (``known_names``); and, for comparison, with the lines
-  held but not the names, decoded freely, and asked with the design template (`duet run
+  Duet runs it: the lines it reads back held to the module's and its answer's inline code to
+  its thinking's or the module's (``exact_quotes``), and the names in its inline code to the
+  module's (``known_names``); and, for comparison, with those held but not the names, decoded
+  freely, and asked with the design template (`duet run
   --role reasoner`'s and `/plan`'s) rather than the router's;
 - coder: given the teacher's (correct) plan, its SEARCH/REPLACE blocks apply and the tests pass;
   and with no plan at all (the request straight to the coder). As Duet runs it: sampled under
@@ -74,15 +75,18 @@ class Reasoner:
         self.token_bytes = self.tok.token_bytes()
 
     def run(self, user_text: str, *, think: bool = True, max_new: int = 700, files=None, names: bool = True):
-        """Greedy; with ``files``, the numbered lines it writes held to theirs (``exact_quotes``)
-        and, with ``names``, the names in its inline code (``known_names``), as the demo runs it."""
-        from app.exact_quotes import all_of, inline_names_rule, numbered_line_rule
+        """Greedy; with ``files``, the numbered lines it writes held to theirs and its answer's
+        inline code to its thinking's or theirs (``exact_quotes``) and, with ``names``, the names
+        in its inline code (``known_names``), as the demo runs it."""
+        from app.exact_quotes import AnswerCode, all_of, inline_names_rule, numbered_line_rule
         from local_engine.constraint import LineConstraint
 
         constraint = None
         if files:
-            rule = all_of(numbered_line_rule(files), inline_names_rule(files)) if names else numbered_line_rule(files)
-            constraint = LineConstraint(self.token_bytes, rule)
+            rules = [numbered_line_rule(files), AnswerCode(files, thinking=think)]
+            if names:
+                rules.append(inline_names_rule(files))
+            constraint = LineConstraint(self.token_bytes, all_of(*rules))
         prompt = self.tok.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True)
         ids = self.tok.encode(prompt)
         if not think:  # an empty trace, in the tokens training gave it: "\n" "</think>" "\n" (the
