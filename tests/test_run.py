@@ -135,6 +135,7 @@ def test_a_coder_without_history_gets_the_plan_again_on_the_files_as_they_were_s
     assert "return a * b" not in asks[1]["messages"][-1]["content"] and "assert 6 == 5" not in json.dumps(asks[1])
     assert asks[0].get("temperature", 0) == 0 and asks[1]["temperature"] > 0 and asks[1]["seed"] == 1
     assert "The tests still fail: undid calc.py; asking the coder again, sampled." in p.stderr
+    assert "(test retry 1 of 2)" in p.stderr and "test fix" not in p.stderr
     assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
     assert Workspace(repo).undo() == ["calc.py"] and (repo / "calc.py").read_text() == BROKEN  # one undo, as ever
 

@@ -292,7 +292,7 @@ class Conversation:
                 author = f"duet → coder · test fix {number} of {self.rounds - 1}"
                 source = self._fix_turn(result, changes, lang, author)
             else:
-                author = f"duet → coder · retry {number} of {self.rounds - 1}"
+                author = f"duet → coder · test retry {number} of {self.rounds - 1}"
                 try:
                     source = yield from self._retry_turn(first, author)
                 except DuetError as exc:  # the files changed since the apply: nothing to retry from
