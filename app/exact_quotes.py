@@ -33,7 +33,8 @@ from app.prompts import numbered_lines
 
 NUMBERED = re.compile(rb"^ *(\d+) \|")
 LineRule = Callable[[bytes, bool], bool]  # may also have ``wrote(line)``: told each line once it is written
-END_THINK = b"</think>"
+THINK, END_THINK = b"<think>", b"</think>"
+_THINK_TAGS = re.compile(rb"(</?think>)")
 
 
 def numbered_line_rule(files: Iterable[tuple[str, str]]) -> LineRule:
@@ -118,9 +119,9 @@ def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
 
 
 class AnswerCode:
-    """The rule on the answer (module docstring); the thinking, before ``</think>``, is free and
+    """The rule on the answer (module docstring); the thinking, up to ``</think>``, is free and
     its backtick spans are remembered. ``thinking``: the output starts inside the thinking (the
-    prompt opened it); else it is all answer."""
+    prompt opened it); else it is answer until a ``<think>`` the model writes itself."""
 
     def __init__(self, files: Iterable[tuple[str, str]], *, thinking: bool):
         files = list(files)
@@ -134,27 +135,24 @@ class AnswerCode:
             name = PurePosixPath(path).name
             for span in (path, name, "test_" + name, str(PurePosixPath(path).with_name("test_" + name))):
                 self.spans.add(span.encode("utf-8"))
-        self.sorted: list[bytes] | None = None  # the spans in order, once the answer begins
+        self.sorted: list[bytes] | None = None  # the spans in order (made again when the thinking adds one)
 
     def wrote(self, line: bytes) -> None:
-        if self.thinking:
-            head, end, _ = line.partition(END_THINK)
-            parts = _TICKS.split(head)
+        thought, answer, self.thinking = self._split(line)
+        parts = _TICKS.split(thought)
+        if len(parts) > 2:
             self.spans.update(p for p in parts[1:len(parts) - 1:2] if p)
-            self.thinking = not end
-        elif line.lstrip().startswith(b"```"):
+            self.sorted = None
+        if answer.lstrip().startswith(b"```"):
             self.fenced = not self.fenced
 
     def __call__(self, line: bytes, complete: bool) -> bool:
-        if self.thinking:
-            _, end, line = line.partition(END_THINK)
-            if not end:
-                return True
-        if self.fenced or line.lstrip().startswith(b"```") or NUMBERED.match(line):
+        _, answer, _ = self._split(line)
+        if b"`" not in answer or self.fenced or answer.lstrip().startswith(b"```") or NUMBERED.match(answer):
             return True
         if self.sorted is None:
             self.sorted = sorted(self.spans)
-        parts = _TICKS.split(line)
+        parts = _TICKS.split(answer)
         for j in range(1, len(parts), 2):  # the odd parts are inside backticks
             if j == len(parts) - 1 and not complete:  # still being written: the start of a span
                 i = bisect_left(self.sorted, parts[j])
@@ -163,6 +161,18 @@ class AnswerCode:
             elif parts[j] not in self.spans:
                 return False
         return True
+
+    def _split(self, line: bytes) -> tuple[bytes, bytes, bool]:
+        """``line``'s thinking and answer text, from the state it starts in, and whether it
+        ends in the thinking: ``<think>`` opens it (a model that writes the tag itself),
+        ``</think>`` closes it. Each piece of a kind joined by a newline, so no span crosses."""
+        thinking, thought, answer = self.thinking, [], []
+        for k, part in enumerate(_THINK_TAGS.split(line)):
+            if k % 2:
+                thinking = part == THINK
+            else:
+                (thought if thinking else answer).append(part)
+        return b"\n".join(thought), b"\n".join(answer), thinking
 
 
 class _AllOf:

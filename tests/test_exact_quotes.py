@@ -137,6 +137,10 @@ def test_the_answer_s_inline_code_restates_what_the_thinking_concluded_or_the_fi
     assert not plain(b"`if arr[k] == needle:`", True) and plain(b"`if arr[k] != needle:`", True)
     same_line = AnswerCode(files, thinking=True)
     assert same_line(b"done.</think>**Bug:** `where_is`", True) and not same_line(b"x</think> `wherex`", True)
+    own_tag = AnswerCode(files, thinking=False)  # a model that opens its thinking itself
+    assert own_tag(b"<think>Maybe `x = 42`?", True)
+    wrote(own_tag, b"<think>Maybe `x = 42`?\nYes.</think>\n")
+    assert own_tag(b"Set `x = 42`.", True) and not own_tag(b"Set `x = 43`.", True)
 
 
 @pytest.fixture(scope="module")
