@@ -121,11 +121,12 @@ def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
 class AnswerCode:
     """The rule on the answer (module docstring); the thinking, up to ``</think>``, is free and
     its backtick spans are remembered. ``thinking``: the output starts inside the thinking (the
-    prompt opened it); else it is answer until a ``<think>`` the model writes itself."""
+    prompt opened it); else it is answer until a ``<think>`` the model writes itself. An answer
+    with no thinking before it has nothing to restate: it is free."""
 
     def __init__(self, files: Iterable[tuple[str, str]], *, thinking: bool):
         files = list(files)
-        self.thinking = thinking
+        self.thinking = self.thought = thinking  # in the thinking now; a thinking began
         self.fenced = False  # inside a fenced code block of the answer
         lines = [line.encode("utf-8") for _, text in files for line in text.splitlines()]
         self.spans = {line.strip() for line in lines} | {line.split(b"#")[0].strip() for line in lines}
@@ -139,6 +140,7 @@ class AnswerCode:
 
     def wrote(self, line: bytes) -> None:
         thought, answer, self.thinking = self._split(line)
+        self.thought = self.thought or THINK in line
         parts = _TICKS.split(thought)
         if len(parts) > 2:
             self.spans.update(p for p in parts[1:len(parts) - 1:2] if p)
@@ -147,6 +149,8 @@ class AnswerCode:
             self.fenced = not self.fenced
 
     def __call__(self, line: bytes, complete: bool) -> bool:
+        if not (self.thought or THINK in line):
+            return True
         _, answer, _ = self._split(line)
         if b"`" not in answer or self.fenced or answer.lstrip().startswith(b"```") or NUMBERED.match(answer):
             return True

@@ -133,10 +133,14 @@ def test_the_answer_s_inline_code_restates_what_the_thinking_concluded_or_the_fi
     assert rule(b"x = `made up`", True)  # a fenced block is free
     wrote(rule, b"```\n")
     assert not rule(b"`made up`", True)
-    plain = AnswerCode(files, thinking=False)  # a prompt that did not open the thinking: all answer
-    assert not plain(b"`if arr[k] == needle:`", True) and plain(b"`if arr[k] != needle:`", True)
+    plain = AnswerCode(files, thinking=False)  # a prompt that did not open the thinking, a model that
+    assert plain(b"`if arr[k] == needle:`", True)  # writes none: nothing to restate, the answer is free
     same_line = AnswerCode(files, thinking=True)
     assert same_line(b"done.</think>**Bug:** `where_is`", True) and not same_line(b"x</think> `wherex`", True)
+    ahead = AnswerCode(files, thinking=True)  # asked about closing the thinking before its last line is written
+    assert ahead(b"So: `where_is`, line 4</think>`where_is`", True) and ahead(b"x `i`", True)
+    wrote(ahead, b"Change it to `x = 42`.\n</think>\n")
+    assert ahead(b"Set `x = 4", False) and ahead(b"Set `x = 42`.", True)  # a span added later counts, open too
     own_tag = AnswerCode(files, thinking=False)  # a model that opens its thinking itself
     assert own_tag(b"<think>Maybe `x = 42`?", True)
     wrote(own_tag, b"<think>Maybe `x = 42`?\nYes.</think>\n")
