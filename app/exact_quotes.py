@@ -169,7 +169,7 @@ class AnswerCode:
     def _split(self, line: bytes) -> tuple[bytes, bytes, bool]:
         """``line``'s thinking and answer text, from the state it starts in, and whether it
         ends in the thinking: ``<think>`` opens it (a model that writes the tag itself),
-        ``</think>`` closes it. Each piece of a kind joined by a newline, so no span crosses."""
+        ``</think>`` closes it. Pieces of a kind are joined by a newline: a span across a tag matches none."""
         thinking, thought, answer = self.thinking, [], []
         for k, part in enumerate(_THINK_TAGS.split(line)):
             if k % 2:

@@ -110,7 +110,8 @@ class LocalBackend:
                 return
             from local_engine.tokenizer import IncrementalDecoder
 
-            splitter = ThinkSplitter(opened=prompt_opens_thinking(prompt))
+            opened = prompt_opens_thinking(prompt)  # the reply starts inside the thinking
+            splitter = ThinkSplitter(opened=opened)
             text = IncrementalDecoder(tokenizer)  # never splits a UTF-8 character
             limit = min(sampling.max_tokens, room)
             produced = 0
@@ -118,7 +119,6 @@ class LocalBackend:
             if quotes_from is not None:  # exact_quotes: numbered lines held to the files' lines,
                 from local_engine.constraint import LineConstraint  # the answer's code to the thinking's or files'
 
-                opened = prompt_opens_thinking(prompt)
                 rules = [numbered_line_rule(quotes_from), AnswerCode(quotes_from, thinking=opened)]
                 if self.rc.known_names:  # and the names in inline code to the files' names
                     rules.append(inline_names_rule(quotes_from))
