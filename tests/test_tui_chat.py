@@ -120,6 +120,25 @@ async def test_hand_off_sends_the_edited_plan_and_the_files_but_never_the_trace(
         assert "CACHE_SIZE = 128" in last and "cache.py" in last
 
 
+async def test_handing_the_same_plan_off_again_samples_the_coder(server):
+    """A greedy coder given the same plan twice would write the same edits: the second hand-off
+    from the plan editor is sampled with a fresh seed."""
+    app = make_app(server_config(server.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, "/plan a cache")
+        await wait_reply(pilot, app)
+        server.set_script(text_reply("I would write the code now."))
+        for n in (2, 3):
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, PlanEditor))
+            await pilot.press("ctrl+s")
+            await wait_reply(pilot, app, n)
+        first, again = [r.json for r in server.requests if r.path.endswith("/chat/completions")][-2:]
+        assert first["messages"][-1]["content"] == again["messages"][-1]["content"]
+        assert first.get("temperature", 0) == 0 and "seed" not in first
+        assert again["temperature"] == 0.7 and again["seed"] == 1
+
+
 async def test_a_code_request_after_a_plan_carries_the_plan(server):
     app = make_app(server_config(server.base_url))
     async with app.run_test(size=(120, 40)) as pilot:
