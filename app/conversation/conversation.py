@@ -325,10 +325,8 @@ class Conversation:
         """A coder without history (one trained on single requests, which a fix-forward prompt
         only leads astray) is asked the first turn's request again, on the files as they were
         before it (this request's applies undone), sampled afresh."""
-        undone = self.workspace.undo()
+        undone = self.undo()
         yield Notice(f"The tests still fail: undid {', '.join(undone)}; asking the coder again, sampled.")
-        if self.attempts is not None:
-            self.attempts.applied = False
         return self.prepare(first.request, "coder", plan=first.plan, intent=first.route.intent, author=author,
                             sampling=self._retry_sampling("coder")).turn
 

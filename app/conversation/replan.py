@@ -21,7 +21,7 @@ from app.conversation.verify import TestResult, failure_summary
 from app.prompts import replan_request
 from vocab.messages import ChatMessage
 
-RETRY_TEMPERATURE = 0.7  # a retry (re-plan, repeated hand-off) of a model that decodes greedily (top-p 0.95)
+RETRY_TEMPERATURE = 0.7  # a retry (re-plan, hand-off again, test retry) of a greedy model (top-p 0.95)
 REPLAN_OUTPUT_CHARS = 1_500  # the failing test output a re-plan shows (a small model's window holds the files too)
 NOT_KEPT = "its change was not kept"
 
