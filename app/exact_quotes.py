@@ -11,14 +11,16 @@ several files in context, line N of any of them will do.
 each is a name the files' code has, or, inside a path (`` `test_calc.py` ``), a word of the
 files' paths or of their tests'. So a model that names a function it read (`` `summation` ``)
 cannot write it from memory (`` `sumatiber` ``), nor name it after a file (`` `test_calc` ``);
-which name it picks stays its own.
+and a span right after the word function (method, 函数, 方法) is a function the files define, so
+"function `def`" or "function `needle`" cannot be written; which name it picks stays its own.
 
 ``AnswerCode`` holds the inline code of the answer after the thinking: each span is one the
 thinking wrote between backticks, a line of a file (with or without its comment), a name of the
 files' code or a file's path (or its test's). A small model that concluded `` Change `if e <
 top:` to `if e > top:` `` in its thinking then restates that in the plan the coder gets, rather
 than rewriting it from memory (`` `if e < elements:` ``); which span it restates, and where,
-stays its own. Fenced code blocks and text outside backticks are free."""
+stays its own. Fenced code blocks and text outside backticks are free. A thinking the prompt
+opened must say something before it closes (else the answer would be held to nothing)."""
 
 from __future__ import annotations
 
@@ -77,6 +79,18 @@ def known_names(files: Iterable[tuple[str, str]]) -> set[str]:
     return {n for n in names if _NAME.fullmatch(n)}
 
 
+def defined_names(files: Iterable[tuple[str, str]]) -> set[str]:
+    """The names the files' code defines with ``def`` or ``class`` (what "function `X`" can name)."""
+    names: set[str] = set()
+    for _, text in files:
+        try:
+            toks = [t.string for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.NAME]
+            names.update(b for a, b in zip(toks, toks[1:]) if a in ("def", "class"))
+        except (tokenize.TokenError, SyntaxError):
+            names.update(re.findall(r"\b(?:def|class)\s+([A-Za-z_][A-Za-z0-9_]*)", text))
+    return {n for n in names if _NAME.fullmatch(n)}
+
+
 def path_words(files: Iterable[tuple[str, str]]) -> set[str]:
     """The words of the files' paths and of their tests' (``test_<name>``): names inline code
     may use inside a path only."""
@@ -86,21 +100,31 @@ def path_words(files: Iterable[tuple[str, str]]) -> set[str]:
     return words
 
 
+_FUNCTION_SPAN = re.compile("(?:\\b(?:function|method)|函数|方法) ?`([^`]*)(`)?".encode("utf-8"))
+
+
 def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
     """``ok(line, complete)``: in inline code (a backtick run opens it, the next closes it) every
     name is one of ``known_names(files)``, or, in a path (a run of name characters, ``.``, ``/``
     and ``-`` where a name follows a ``.`` or ``/``), one of those or of ``path_words(files)``; the run
-    still being written may become a path, and its last name may still go on. Inline code is
+    still being written may become a path, and its last name may still go on. A span right after
+    "function" ("method", "函数", "方法") is one of ``defined_names(files)`` (or on its way to one). Inline code is
     ASCII (no way round the rule through other bytes). Lines in the numbered form (the other
     rule's) and fence lines (```` ```python ````) are free."""
     files = list(files)
     names = known_names(files)
     anywhere = names | path_words(files)
     starts = {name[:i] for name in anywhere for i in range(1, len(name) + 1)}
+    defined = {name.encode("ascii") for name in defined_names(files)}
 
     def ok(line: bytes, complete: bool) -> bool:
         if NUMBERED.match(line) or line.lstrip().startswith(b"```"):
             return True
+        for m in _FUNCTION_SPAN.finditer(line):  # "function `X`": X is defined in the files
+            if m.group(2) is not None and m.group(1) not in defined:
+                return False
+            if m.group(2) is None and (complete or not any(d.startswith(m.group(1)) for d in defined)):
+                return False
         parts = _TICKS.split(line)
         for j in range(1, len(parts), 2):  # the odd parts are inside backticks
             if not parts[j].isascii():
@@ -122,11 +146,14 @@ class AnswerCode:
     """The rule on the answer (module docstring); the thinking, up to ``</think>``, is free and
     its backtick spans are remembered. ``thinking``: the output starts inside the thinking (the
     prompt opened it); else it is answer until a ``<think>`` the model writes itself. An answer
-    with no thinking before it has nothing to restate: it is free."""
+    with no thinking before it has nothing to restate: it is free. So a thinking the prompt
+    opened may not close before it has said something (nor begin with a blank line): else a
+    small model that skips it (``</think>`` first) would write an answer held to nothing."""
 
     def __init__(self, files: Iterable[tuple[str, str]], *, thinking: bool):
         files = list(files)
         self.thinking = self.thought = thinking  # in the thinking now; a thinking began
+        self.said = False  # the thinking has written something (it may not close before)
         self.fenced = False  # inside a fenced code block of the answer
         lines = [line.encode("utf-8") for _, text in files for line in text.splitlines()]
         self.spans = {line.strip() for line in lines} | {line.split(b"#")[0].strip() for line in lines}
@@ -141,6 +168,7 @@ class AnswerCode:
     def wrote(self, line: bytes) -> None:
         thought, answer, self.thinking = self._split(line)
         self.thought = self.thought or THINK in line
+        self.said = self.said or bool(thought.strip())
         parts = _TICKS.split(thought)
         if len(parts) > 2:
             self.spans.update(p for p in parts[1:len(parts) - 1:2] if p)
@@ -149,6 +177,10 @@ class AnswerCode:
             self.fenced = not self.fenced
 
     def __call__(self, line: bytes, complete: bool) -> bool:
+        if self.thinking and not self.said:  # a thinking says something before it closes, and
+            before, tag, _ = line.partition(END_THINK)  # starts on its first line
+            if (tag and not before.strip()) or (complete and not line.strip()):
+                return False
         if not (self.thought or THINK in line):
             return True
         _, answer, _ = self._split(line)

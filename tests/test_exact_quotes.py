@@ -18,8 +18,8 @@ from app.config import RoleConfig, Sampling, demo_config, parse_config
 from app.config_writer import demo_table
 from app.conversation import Conversation
 from app.errors import ConfigError
-from app.exact_quotes import (AnswerCode, all_of, inline_names_rule, known_names, numbered_line_rule,
-                              path_words)
+from app.exact_quotes import (AnswerCode, all_of, defined_names, inline_names_rule, known_names,
+                              numbered_line_rule, path_words)
 from app.prompts import numbered_lines
 from app.workspace import Workspace
 from local_engine.constraint import LineConstraint, pick_allowed
@@ -87,8 +87,19 @@ def test_known_names_hold_inline_code_to_the_files_names_and_paths():
         (b"`src/finder.py:4`, `calc.add`, `.py`, `1.5`", True, True),
         (b"to `return py.`", True, False),  # a dot after a word does not make a path
         (b"to `return py.", False, True),
+        (b"**Bug:** `src/finder.py`, function `where_is`, line 4", True, True),  # "function `X`": X is defined
+        (b"**Bug:** `src/finder.py`, function `needle`, line 4", True, False),  # a name, not a function
+        (b"function `arr", False, False),  # no function starts so
+        (b"function `wh", False, True),
+        (b"function `where_is", True, False),  # a span left open at the line's end
+        ("的函数 `add`，第 3 行".encode(), True, True),
+        ("的函数 `needle`".encode(), True, False),
+        (b"the method `one` and the functions `arr`, `k`", True, True),  # "functions": a list, not held
+        (b"dysfunction `arr`", True, True),  # the word, not the end of another
     ]:
         assert ok(line, complete) is want, line
+    assert defined_names(files) == {"where_is", "add", "one"}
+    assert defined_names([("x.py", "class Box:\n    def put(self, def_):\n        return def_\n")]) == {"Box", "put"}
     broken = known_names([("notes.txt", "café au_lait, x = (")])
     assert {"au_lait", "x"} <= broken and "café" not in broken  # not Python: every ASCII word
     both = all_of(numbered_line_rule(files), ok)
@@ -141,6 +152,12 @@ def test_the_answer_s_inline_code_restates_what_the_thinking_concluded_or_the_fi
     assert ahead(b"So: `where_is`, line 4</think>`where_is`", True) and ahead(b"x `i`", True)
     wrote(ahead, b"Change it to `x = 42`.\n</think>\n")
     assert ahead(b"Set `x = 4", False) and ahead(b"Set `x = 42`.", True)  # a span added later counts, open too
+    skips = AnswerCode(files, thinking=True)  # a thinking the prompt opened says something first:
+    assert not skips(b"</think>", True) and not skips(b"  </think>**Bug:**", False)  # no closing at once,
+    assert not skips(b"", True) and skips(b"", False) and skips(b"  ", False)  # nor a blank first line
+    assert skips(b"Hm.</think>", True) and skips(b"src/finder.py has", False)
+    wrote(skips, b"src/finder.py has 1 function.\n")
+    assert skips(b"", True) and skips(b"</think>", True)
     own_tag = AnswerCode(files, thinking=False)  # a model that opens its thinking itself
     assert own_tag(b"<think>Maybe `x = 42`?", True)
     wrote(own_tag, b"<think>Maybe `x = 42`?\nYes.</think>\n")
@@ -187,8 +204,8 @@ def test_a_rule_that_refuses_a_line_open_refuses_every_line_that_begins_with_it(
               b"\n", b"`src/finder.py`", b"x", b"needle", b"1", b"\xc3\xa9", b"|", b"py.", b"/", b"(", b")"]
     answer = AnswerCode(files, thinking=True)
     wrote(answer, b"So `where_is` it is: change `if arr[k] != needle:` to `if arr[k] == needle:`.\n</think>")
-    pieces += [b"`if arr[k] ", b"== needle:`", b"</think>"]
-    for rule in (numbered_line_rule(files), inline_names_rule(files), answer):
+    pieces += [b"`if arr[k] ", b"== needle:`", b"</think>", b"function `", "函数 `".encode(), b"add`", b"wh"]
+    for rule in (numbered_line_rule(files), inline_names_rule(files), answer, AnswerCode(files, thinking=True)):
         for _ in range(3000):
             line = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))).replace(b"\n", b"")
             if not rule(line, False):
