@@ -43,7 +43,8 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "timeout": ((int, float), "openai: seconds to wait for the first byte"),
     "constrain_edits": ((bool,), "llama.cpp coder (or openai, on a server that takes llama.cpp's `grammar` field: llama-server, llama_cpp.server): sample edit blocks under a grammar (each SEARCH copied from a file in context; new files only where the prompt creates them)"),
     "exact_quotes": ((bool,), "local reasoner: a line it writes as the prompt numbers file lines (` 7 | text`) is held to line 7 of a file in context; after its thinking, its answer's inline code (`...`) restates code its thinking quoted or a file's line, name or path"),
-    "known_names": ((bool,), "local reasoner, with exact_quotes: names in its inline code (`...`) are names the files' code has, or words of their paths; a coder, with constrain_edits: the names in its REPLACE code are the files' code's or the plan's inline code's"),
+    "known_names": ((bool,), "local reasoner, with exact_quotes: names in its inline code (`...`) are names the files' code has, or words of their paths, and a function it names (function `X`) is one they define; a coder, with constrain_edits: the names in its REPLACE code are the files' code's or the plan's inline code's"),
+    "plan_lines": ((bool,), "coder, with constrain_edits: each line its REPLACE writes on a file in context is, past its indentation, a line of the files or code the plan quotes (inline or fenced), or blank; off where the plan quotes no code"),
 }
 SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": ((int, float), "sampling temperature (0 = greedy)"),
@@ -92,6 +93,7 @@ class RoleConfig:
     constrain_edits: bool = False  # app/workspace/edit_grammar.py, for replies that ask for edits
     exact_quotes: bool = False  # app/exact_quotes.py, for prompts that number the files' lines
     known_names: bool = False  # with exact_quotes / constrain_edits: names held to the files' (app/exact_quotes.py, edit_grammar.py)
+    plan_lines: bool = False  # with constrain_edits: REPLACE lines held to the files' and the plan's code (edit_grammar.py)
     timeout: float = 60.0
     sampling: Sampling = field(default_factory=Sampling)
     demo: bool = False  # the built-in Gemma 270M demo model
@@ -157,7 +159,8 @@ def demo_role(role: str) -> RoleConfig:
     (local, int8), the lines it reads back held to the files' (``exact_quotes``) and the names
     in its inline code to theirs (``known_names``); the coder on
     llama.cpp from its GGUF, its edit blocks held to the files in context (``constrain_edits``)
-    and the names of its REPLACE lines to theirs and the plan's (``known_names``).
+    and the lines of its REPLACE to theirs and the code the plan quotes (``plan_lines``; where
+    the plan quotes none, the names of its REPLACE lines to theirs and the plan's: ``known_names``).
     Both were trained on single turns, so each request goes alone (``history`` off: the plan
     and the files are in it)."""
     from app import demo
@@ -168,7 +171,7 @@ def demo_role(role: str) -> RoleConfig:
                           sampling=DEMO_SAMPLING[role])
     return RoleConfig(role=role, backend="llama.cpp", path=demo.coder_path(), context=2048,
                       model="duet-demo-coder", demo=True, history=False, constrain_edits=True, known_names=True,
-                      sampling=DEMO_SAMPLING[role])
+                      plan_lines=True, sampling=DEMO_SAMPLING[role])
 
 
 def gemma_demo_role(role: str) -> RoleConfig:
@@ -264,6 +267,9 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
     if values.get("known_names") and not (values.get("exact_quotes") or values.get("constrain_edits")):
         raise ConfigError(source, f"{role}.known_names", "holds names to the files where exact_quotes (a local reasoner) "
                           "or constrain_edits (a llama.cpp coder) does; set one of them too")
+    if values.get("plan_lines") and not values.get("constrain_edits"):
+        raise ConfigError(source, f"{role}.plan_lines", "holds a coder's REPLACE lines where constrain_edits holds its "
+                          "edit blocks; set constrain_edits = true too")
 
     if backend == "openai":
         url = values.get("url")

@@ -75,9 +75,10 @@ class Turn:
         """The edit-block grammar for this reply (``constrain_edits``): when the prompt asks for
         edits and there are workspace files to edit (and new files where the prompt may create
         them: an implementation, tests; ``new_paths`` only, when given), with ``known_names``
-        the names of its REPLACE lines held to the prompt's; else None (sampled freely)."""
+        the names of its REPLACE lines held to the prompt's, with ``plan_lines`` its lines to the
+        files' and the plan's code; else None (sampled freely)."""
         from app.prompts import asks_for_edits  # as build_prompt_text: `duet --help` need not load them
-        from app.workspace.edit_grammar import edit_grammar, held_names
+        from app.workspace.edit_grammar import edit_grammar, held_names, plan_lines
 
         asks = asks_for_edits(self.route.role, self.route.intent)
         if not (self.role_cfg.constrain_edits and self.editable and asks):
@@ -86,7 +87,8 @@ class Turn:
         if new_files and self.new_paths is not None:
             new_files = list(self.new_paths)
         names = held_names(self.files, self.plan) if self.role_cfg.known_names else None  # the prompt's files and plan
-        return edit_grammar(self.editable, new_files=new_files, names=names)
+        lines = plan_lines(self.files, self.plan) if self.role_cfg.plan_lines else None
+        return edit_grammar(self.editable, new_files=new_files, names=names, lines=lines)
 
     def quotes_from(self) -> list[tuple[str, str]] | None:
         """The files whose numbered lines this reply's are held to (``exact_quotes``): those the

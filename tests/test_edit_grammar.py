@@ -16,7 +16,7 @@ from app.conversation import Conversation
 from app.errors import ConfigError, DuetError
 from app.workspace import Workspace
 from app.workspace.edit_blocks import parse
-from app.workspace.edit_grammar import MAX_LINES, MAX_RUN, _starts, edit_grammar, held_names
+from app.workspace.edit_grammar import MAX_LINES, MAX_RUN, _starts, edit_grammar, held_names, plan_lines
 from tests.sse_server import ScriptedServer, error_reply, text_reply
 from tests.tui_support import server_config
 
@@ -124,6 +124,66 @@ def test_under_known_names_every_name_a_sampled_replace_writes_is_the_files_or_t
         assert {t.string for t in tokens if t.type == tokenize.NAME} <= allowed, line
 
 
+def test_plan_lines_are_the_files_lines_and_the_code_the_plan_quotes_and_none_without_quoted_code():
+    plan = ("1. In `search.py`, function `where_is`, change line 4 from `if arr[k] != needle:` to ``if arr[k] == needle:``.\n"
+            "2. Then add:\n   ```python\n   def count(arr):\n       return len(arr)\n   ```\n")
+    lines = plan_lines([("search.py", FIND)], plan)
+    assert {"if arr[k] == needle:", "def count(arr):", "return len(arr)", "search.py", "where_is"} <= lines
+    assert {line.strip() for line in FIND.splitlines() if line.strip()} <= lines
+    assert not {"", "```python", "```"} & lines and not any(line.startswith("1.") for line in lines)  # prose is not code
+    assert plan_lines([("search.py", FIND)], "Flip the comparison in where_is.") is None  # nothing quoted: not held
+    assert plan_lines([("search.py", FIND)], None) is None
+    assert "=======" not in plan_lines([("m.py", "x = 1\n=======\n")], "set `x = 2`")  # never a divider
+    grammar = edit_grammar([("search.py", FIND)], names=held_names([("search.py", FIND)], plan), lines=lines)
+    assert "lreplace" in grammar and "hname ::= " not in grammar  # the lines hold more than the names would
+
+
+def test_under_plan_lines_every_line_a_sampled_replace_writes_is_a_file_line_or_the_plan_s_code(tmp_path, coder):
+    """The rule at temperature 2, through Duet's turn: each REPLACE line, past its indentation,
+    is a line of the file or code the plan quotes, or blank."""
+    rc, model = coder
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "search.py").write_text(FIND)
+    ws = Workspace(root)
+    ws.context.add("search.py")
+    plan = ("1. In `search.py`, function `where_is`, change line 4 from `if arr[k] != needle:` to "
+            "`if arr[k] == needle:`.")
+    allowed = plan_lines([("search.py", FIND)], plan) | {""}
+    for seed in range(6):
+        role = dataclasses.replace(rc, constrain_edits=True, plan_lines=True,
+                                   sampling=Sampling(temperature=2.0, top_p=1.0, max_tokens=300, seed=seed))
+        conv = Conversation(Config(reasoner=role, coder=role), workspace=ws, save=False)
+        routed = conv.prepare("Implement the plan.", "coder", plan=plan)
+        assert "lreplace" in routed.turn.grammar()
+        for _ in routed.turn.events(threading.Event(), backend=LlamaCppBackend(role, model)):
+            pass
+        assert routed.turn.result.status == "done", routed.turn.result.failed
+        written = {line.strip() for b in parse(routed.turn.result.answer)[0] for line in b.replace}
+        assert written <= allowed, (seed, written - allowed)
+
+
+def test_the_demo_coder_given_a_right_plan_writes_a_line_neither_has_with_only_its_names_held_not_under_plan_lines(monkeypatch):
+    """The control, on held-out modules where the demo coder (greedy, as Duet runs it) with only
+    its names held garbles the plan's line (``agg += row] * col[k]``): under ``plan_lines`` each
+    line it writes is the file's or the plan's."""
+    from training import eval as demo_eval
+    from training.render import answer, coder_prompt, lang_of
+
+    monkeypatch.setattr(demo_eval, "STYLE", "heldout")
+    coder = demo_eval.Coder(demo.coder_path())
+    cases = demo_eval.heldout_cases(51, 7)
+    outside = {True: 0, False: 0}
+    for m, request in (cases[i] for i in (30, 32, 36, 50)):
+        plan, files = answer(m, lang_of(request)), [(m.path, m.source)]
+        allowed = plan_lines(files, plan) | {""}
+        for held in (True, False):
+            coder.plan_lines = held
+            text = coder.run(coder_prompt(m, request, plan, "handoff"), files=files, plan=plan)[0]
+            outside[held] += len({line.strip() for b in parse(text)[0] for line in b.replace} - allowed)
+    assert outside[True] == 0 and outside[False] >= 3
+
+
 def test_the_demo_coder_holds_its_edits_to_the_grammar_and_the_local_backend_refuses_the_setting(tmp_path):
     assert demo_config().coder.constrain_edits and not demo_config().reasoner.constrain_edits
     gguf = tmp_path / "m.gguf"
@@ -139,6 +199,11 @@ def test_the_demo_coder_holds_its_edits_to_the_grammar_and_the_local_backend_ref
     assert held.coder.known_names
     with pytest.raises(ConfigError, match=r"coder\.known_names.*constrain_edits"):
         parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "known_names": True}})
+    assert demo_config().coder.plan_lines
+    assert parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "constrain_edits": True,
+                                   "plan_lines": True}}).coder.plan_lines
+    with pytest.raises(ConfigError, match=r"coder\.plan_lines.*constrain_edits"):
+        parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "plan_lines": True}})
 
 
 def test_only_edit_prompts_on_workspace_files_get_the_grammar_and_a_server_gets_it_as_llama_cpp_s_field(tmp_path):

@@ -120,16 +120,18 @@ class Coder:
 
         self.llm = Llama(str(gguf_path), n_ctx=2048, n_threads=1, verbose=False)
         self.template = self.llm.metadata["tokenizer.chat_template"]
-        self.known_names = demo_role("coder").known_names  # its REPLACE names held, as Duet runs it
+        self.known_names = demo_role("coder").known_names  # its REPLACE names held, as Duet runs it,
+        self.plan_lines = demo_role("coder").plan_lines  # and its REPLACE lines to the file's and the plan's
 
     def run(self, user_text: str, max_new: int = 600, files=None, plan: str | None = None):
         import jinja2
 
         from app.backends.llamacpp import compile_grammar
-        from app.workspace.edit_grammar import edit_grammar, held_names
+        from app.workspace.edit_grammar import edit_grammar, held_names, plan_lines
 
         names = held_names(files, plan) if files and self.known_names else None
-        grammar = compile_grammar(self.llm, edit_grammar(files, names=names), "coder") if files else None
+        lines = plan_lines(files, plan) if files and self.plan_lines else None
+        grammar = compile_grammar(self.llm, edit_grammar(files, names=names, lines=lines), "coder") if files else None
 
         prompt = jinja2.Environment().from_string(self.template).render(
             messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,

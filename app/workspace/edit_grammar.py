@@ -55,6 +55,8 @@ hnumber ::= [0-9] [0-9_]* ("." [0-9_]*)? ([eE] [+-]? [0-9_]+)? [jJ]? | "0" [xXoO
 """
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INLINE = re.compile(r"`+([^`\n]+)`+")  # a plan's inline code
+_FENCED = re.compile(r"^ *```[^\n]*\n(.*?)^ *```", re.S | re.M)  # a plan's fenced blocks
+_MARKERS = ("<<<<<<<", "=======", ">>>>>>>")
 
 
 def held_names(files: Iterable[tuple[str, str]], plan: str | None = None) -> set[str]:
@@ -66,19 +68,34 @@ def held_names(files: Iterable[tuple[str, str]], plan: str | None = None) -> set
     return names
 
 
+def plan_lines(files: Iterable[tuple[str, str]], plan: str | None) -> set[str] | None:
+    """The lines a REPLACE may write under ``plan_lines``: the files' lines and the code the
+    plan quotes (its inline code, its fenced blocks' lines), each stripped; None when the plan
+    quotes no code (nothing to hold a REPLACE to but the files: it could change nothing)."""
+    quoted = [code.strip() for code in _INLINE.findall(plan or "")]
+    quoted += [line.strip() for block in _FENCED.findall(plan or "") for line in block.split("\n")]
+    if not any(quoted):
+        return None
+    return {line for line in quoted + [line.strip() for _, text in files for line in _lines(text)]
+            if line and not line.startswith(_MARKERS)}
+
+
 def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence[str] = False,
-                 names: Iterable[str] | None = None) -> str | None:
+                 names: Iterable[str] | None = None, lines: Iterable[str] | None = None) -> str | None:
     """The grammar for a reply that edits ``files`` (``(path, text)`` pairs, as the prompt shows
     them) and creates files (an empty SEARCH): with ``new_files`` True under any other path,
     given paths under those alone (the ones a plan names); None when no file has a line to
     quote or the files are too long to track. With ``names``, the REPLACE lines of blocks on
-    ``files`` name only those (``held_names``)."""
+    ``files`` name only those (``held_names``); with ``lines``, each of those REPLACE lines is,
+    after its indentation, one of them (``plan_lines``) or blank."""
     named = [(path, _lines(text)) for path, text in files]
     if sum(len(lines) for _, lines in named) > MAX_LINES:
         return None
     blocks, rules = [], []
     held = sorted({n for n in names if _NAME.fullmatch(n)}) if names is not None else []
-    replace = "hreplace" if held else "replace"  # a block on a file in context; a new file's is not held
+    quoted = sorted({line.strip() for line in lines or ()} - {""})
+    # a block on a file in context (a new file's is never held)
+    replace = "lreplace" if quoted else "hreplace" if held else "replace"
     taken = [path for path, _ in files]
     fresh = [path for path in new_files if path not in taken] if not isinstance(new_files, bool) else []
     if new_files is True:
@@ -105,7 +122,10 @@ def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence
                 rules.append(f"{f}l{i} ::= {_literal(line + chr(10))} {f}t{i}")
     if not blocks:
         return None
-    if held:
+    if quoted:
+        rules += ['lreplace ::= lline* ">>>>>>> REPLACE\\n"', 'lline ::= [ \\t]* (lquote | "\\n")', 'lend ::= ""']
+        rules += _prefix_tree("lquote", {line + "\n": ["lend"] for line in quoted})
+    elif held:
         rules += [_HELD.rstrip("\n"), "hname ::= " + " | ".join(_literal(n) for n in held)]
     return _HEAD + "block ::= " + " | ".join(blocks) + "\n" + "\n".join(rules) + "\n"
 
