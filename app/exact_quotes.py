@@ -101,6 +101,7 @@ def path_words(files: Iterable[tuple[str, str]]) -> set[str]:
 
 
 _FUNCTION_SPAN = re.compile("(?:\\b(?:function|method)|函数|方法) ?`([^`]*)(`)?".encode("utf-8"))
+_LEAD = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*|")  # the name a span starts with (none: "")
 
 
 def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
@@ -108,7 +109,8 @@ def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
     name is one of ``known_names(files)``, or, in a path (a run of name characters, ``.``, ``/``
     and ``-`` where a name follows a ``.`` or ``/``), one of those or of ``path_words(files)``; the run
     still being written may become a path, and its last name may still go on. A span right after
-    "function" ("method", "函数", "方法") is one of ``defined_names(files)`` (or on its way to one). Inline code is
+    "function" ("method", "函数", "方法") starts with one of ``defined_names(files)`` (``add``,
+    ``add(a, b)``), or is on its way to one. Inline code is
     ASCII (no way round the rule through other bytes). Lines in the numbered form (the other
     rule's) and fence lines (```` ```python ````) are free."""
     files = list(files)
@@ -120,10 +122,14 @@ def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
     def ok(line: bytes, complete: bool) -> bool:
         if NUMBERED.match(line) or line.lstrip().startswith(b"```"):
             return True
-        for m in _FUNCTION_SPAN.finditer(line):  # "function `X`": X is defined in the files
-            if m.group(2) is not None and m.group(1) not in defined:
-                return False
-            if m.group(2) is None and (complete or not any(d.startswith(m.group(1)) for d in defined)):
+        for m in _FUNCTION_SPAN.finditer(line):  # "function `X`", "function `X(a, b)`": X is defined
+            if m.group(2) is None and complete:
+                return False  # a span left open at the line's end
+            lead = _LEAD.match(m.group(1)).group()
+            if m.group(2) is not None or len(lead) < len(m.group(1)):  # the name is written
+                if lead not in defined:
+                    return False
+            elif not any(d.startswith(lead) for d in defined):  # still being written
                 return False
         parts = _TICKS.split(line)
         for j in range(1, len(parts), 2):  # the odd parts are inside backticks

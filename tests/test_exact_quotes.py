@@ -92,6 +92,11 @@ def test_known_names_hold_inline_code_to_the_files_names_and_paths():
         (b"function `arr", False, False),  # no function starts so
         (b"function `wh", False, True),
         (b"function `where_is", True, False),  # a span left open at the line's end
+        (b"the function `where_is()`, then function `add(a, b)`", True, True),  # its name, then its call
+        (b"function `where_is.arr`", True, True),  # (the names rule holds the rest)
+        (b"function `calc.add`", True, False),  # its name first
+        (b"function `(", False, False),
+        (b"function `needle(", False, False),
         ("的函数 `add`，第 3 行".encode(), True, True),
         ("的函数 `needle`".encode(), True, False),
         (b"the method `one` and the functions `arr`, `k`", True, True),  # "functions": a list, not held
