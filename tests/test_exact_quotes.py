@@ -388,6 +388,33 @@ def test_the_demo_reasoner_s_answer_restates_its_thinking_s_code_only_under_the_
     assert rewritten >= 2  # unheld, the answer writes code its thinking never did
 
 
+def test_the_demo_reasoner_thinks_before_it_answers_only_under_the_rule(reasoner, monkeypatch):
+    """Greedy, as Duet runs it, on held-out modules: with the rule's first check left out (a
+    thinking may close at once) the demo reasoner skips its thinking on some requests
+    (``</think>`` first, then an answer held to nothing); under the rule it thinks on those too."""
+    import app.backends.local as local_backend
+
+    rc, model = reasoner
+    demo_eval.STYLE = "heldout"
+    held = dataclasses.replace(rc, known_names=True, exact_quotes=True)
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=900)
+
+    class MaySkip(AnswerCode):
+        def __init__(self, files, *, thinking):
+            super().__init__(files, thinking=thinking)
+            self.said = True  # as if the thinking had said something already
+
+    def thinking(module, request):
+        return _trace(LocalBackend(held, model), module, request, greedy, True)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(local_backend, "AnswerCode", MaySkip)
+        skipped = [(m, r) for m, r in demo_eval.heldout_cases(30, 7) if not thinking(m, r).strip()]
+    assert skipped  # the control: without the check, some thinking is empty
+    for module, request in skipped:
+        assert quoted_lines(thinking(module, request))  # under the rule it reads the module back
+
+
 def test_the_demo_reasoner_reads_held_out_modules_back_exactly_only_under_the_rule(reasoner):
     rc, model = reasoner
     backend = LocalBackend(rc, model)
