@@ -140,6 +140,38 @@ def test_a_coder_without_history_gets_the_plan_again_on_the_files_as_they_were_s
     assert Workspace(repo).undo() == ["calc.py"] and (repo / "calc.py").read_text() == BROKEN  # one undo, as ever
 
 
+def test_a_coder_without_history_whose_edit_changes_nothing_is_asked_again_sampled(servers, repo, tmp_path, guard_log):
+    """A reply whose block changes nothing (its REPLACE is its SEARCH) is a round that failed:
+    a coder without history is asked the same hand-off again, sampled; one with history is not
+    (its run ends: no edits)."""
+    reasoner, coder = servers
+    for history in ("false", "true"):
+        config_file = tmp_path / f"noop-{history}.toml"
+        config_file.write_text(f'[reasoner]\nbackend = "openai"\nurl = "{reasoner.base_url}"\nmodel = "r1"\ntimeout = 5\n\n'
+                               f'[coder]\nbackend = "openai"\nurl = "{coder.base_url}"\nmodel = "coder"\ntimeout = 5\n'
+                               f'history = {history}\n[coder.sampling]\ntemperature = 0\n', encoding="utf-8")
+        coder.requests.clear()
+        coder.enqueue(text_reply(edit("    return a - b", "    return a - b")),
+                      text_reply(edit("    return a - b", "    return a + b")))
+        p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test",
+                 TEST_CMD, "--json", "fix add in calc.py")
+        out = json.loads(p.stdout)
+        asks = [r.json for r in coder.requests if r.path.endswith("/chat/completions")]
+        if history == "false":
+            assert p.returncode == 0, p.stderr
+            assert out["status"] == "passed" and out["rounds"] == 2
+            assert [t["round"] for t in out["tests"]] == [2]  # nothing to test after round 1
+            assert len(asks) == 2 and asks[1]["messages"] == asks[0]["messages"]
+            assert asks[1]["temperature"] > 0 and asks[1]["seed"] >= 1
+            assert "The coder's edit changes nothing: asking it again, sampled." in p.stderr
+            assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+            assert Workspace(repo).undo() == ["calc.py"] and (repo / "calc.py").read_text() == BROKEN
+        else:
+            assert p.returncode == 1 and out["status"] == "failed" and len(asks) == 1
+            assert "the coder proposed no edits" in out["reasons"] and "changes nothing" not in p.stderr
+            assert (repo / "calc.py").read_text() == BROKEN
+
+
 def test_a_coder_that_never_fixes_it_ends_failed_with_exit_1_after_n_rounds(servers, repo, config_file, guard_log):
     reasoner, coder = servers
     coder.enqueue(text_reply(edit("    return a - b", "    return a * b")),

@@ -254,8 +254,20 @@ class Conversation:
             if changes.rejected:
                 yield Notice(f"{len(changes.rejected)} edit block(s) rejected:\n" + "\n".join(reasons), "warning")
             if not changes.edits:
-                yield FlowEnded("failed" if changes.rejected or applied_any else "answered", number, reasons)
-                return
+                if changes.rejected or self.config.coder.history or number == self.rounds:
+                    yield FlowEnded("failed" if changes.rejected or applied_any else "answered", number, reasons)
+                    return
+                # a coder without history whose blocks all change nothing (each REPLACE its
+                # SEARCH): the same request again, sampled, as after a failing test round
+                author = f"duet → coder · retry {number} of {self.rounds - 1}"
+                yield Notice("The coder's edit changes nothing: asking it again, sampled.", "warning")
+                source = self._ask_again(first, author)
+                yield from self._stream(source, cancel, author=author)
+                if source.result.status != "done":
+                    yield FlowEnded("cancelled" if source.result.status == "cancelled" else "failed", number)
+                    return
+                reply = source.result.answer
+                continue
             yield ChangeProposed(changes, number)
             accepted = approve(changes) if approve is not None else None
             if accepted is None or not accepted.edits:
@@ -327,6 +339,10 @@ class Conversation:
         before it (this request's applies undone), sampled afresh."""
         undone = self.undo()
         yield Notice(f"The tests still fail: undid {', '.join(undone)}; asking the coder again, sampled.")
+        return self._ask_again(first, author)
+
+    def _ask_again(self, first: Turn, author: str) -> Turn:
+        """The first turn's request again (its plan, its intent), the coder's reply sampled afresh."""
         return self.prepare(first.request, "coder", plan=first.plan, intent=first.route.intent, author=author,
                             sampling=self._retry_sampling("coder")).turn
 
