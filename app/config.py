@@ -159,8 +159,9 @@ def demo_role(role: str) -> RoleConfig:
     (local, int8), the lines it reads back held to the files' (``exact_quotes``) and the names
     in its inline code to theirs (``known_names``); the coder on
     llama.cpp from its GGUF, its edit blocks held to the files in context (``constrain_edits``)
-    and the lines of its REPLACE to theirs and the code the plan quotes (``plan_lines``; where
-    the plan quotes none, the names of its REPLACE lines to theirs and the plan's: ``known_names``).
+    and the names of its REPLACE lines to theirs and the plan's (``known_names``; not its whole
+    lines to the plan's, ``plan_lines``: the demo coder then fixes more modules given a right
+    plan and fewer end to end, where it no longer mends a plan that is slightly wrong).
     Both were trained on single turns, so each request goes alone (``history`` off: the plan
     and the files are in it)."""
     from app import demo
@@ -171,7 +172,7 @@ def demo_role(role: str) -> RoleConfig:
                           sampling=DEMO_SAMPLING[role])
     return RoleConfig(role=role, backend="llama.cpp", path=demo.coder_path(), context=2048,
                       model="duet-demo-coder", demo=True, history=False, constrain_edits=True, known_names=True,
-                      plan_lines=True, sampling=DEMO_SAMPLING[role])
+                      sampling=DEMO_SAMPLING[role])
 
 
 def gemma_demo_role(role: str) -> RoleConfig:

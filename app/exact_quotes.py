@@ -19,8 +19,11 @@ thinking wrote between backticks, a line of a file (with or without its comment)
 files' code or a file's path (or its test's). A small model that concluded `` Change `if e <
 top:` to `if e > top:` `` in its thinking then restates that in the plan the coder gets, rather
 than rewriting it from memory (`` `if e < elements:` ``); which span it restates, and where,
-stays its own. Fenced code blocks and text outside backticks are free. A thinking the prompt
-opened must say something before it closes (else the answer would be held to nothing)."""
+stays its own. Fenced code blocks and text outside backticks are free. A change it states is
+held to make sense: in "from `X`" (also "change `X`", "第 K 行 `X`") X is code a file has now,
+and in "`X` to `Y`" (改为) Y is not X; so a plan cannot swap the line as it is and as it should
+be, nor change a line into itself. A thinking the prompt opened must say something before it
+closes (else the answer would be held to nothing)."""
 
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ NUMBERED = re.compile(rb"^ *(\d+) \|")
 LineRule = Callable[[bytes, bool], bool]  # may also have ``wrote(line)``: told each line once it is written
 THINK, END_THINK = b"<think>", b"</think>"
 _THINK_TAGS = re.compile(rb"(</?think>)")
+_FROM = re.compile("(?:\\bfrom|\\b[Cc]hange|行) ?$".encode("utf-8"))  # before a span: the code as it is now
+_TO = re.compile("[ ,]*(?:to|into|改为|改成|->|→) *".encode("utf-8"))  # between two spans: what it becomes
 
 
 def numbered_line_rule(files: Iterable[tuple[str, str]]) -> LineRule:
@@ -162,6 +167,7 @@ class AnswerCode:
         self.said = False  # the thinking has written something (it may not close before)
         self.fenced = False  # inside a fenced code block of the answer
         lines = [line.encode("utf-8") for _, text in files for line in text.splitlines()]
+        self.lines = lines
         self.spans = {line.strip() for line in lines} | {line.split(b"#")[0].strip() for line in lines}
         self.spans.discard(b"")  # a line's code, with or without its comment
         self.spans.update(name.encode("ascii") for name in known_names(files))
@@ -196,13 +202,25 @@ class AnswerCode:
             self.sorted = sorted(self.spans)
         parts = _TICKS.split(answer)
         for j in range(1, len(parts), 2):  # the odd parts are inside backticks
+            span = parts[j]
+            if _FROM.search(parts[j - 1]) and not any(span in line for line in self.lines):
+                return False  # "from `X`": X is code a file has now
+            was = _code(parts[j - 2]) if j >= 3 and _TO.fullmatch(parts[j - 1]) else None  # "`X` to `Y`": Y is not X
             if j == len(parts) - 1 and not complete:  # still being written: the start of a span
-                i = bisect_left(self.sorted, parts[j])
-                if not (i < len(self.sorted) and self.sorted[i].startswith(parts[j])):
+                if not self._starts_span(span, besides=was):
                     return False
-            elif parts[j] not in self.spans:
+            elif span not in self.spans or _code(span) == was:
                 return False
         return True
+
+    def _starts_span(self, start: bytes, besides: bytes | None) -> bool:
+        """Some span whose code is not ``besides`` starts with ``start``."""
+        i = bisect_left(self.sorted, start)
+        while i < len(self.sorted) and self.sorted[i].startswith(start):
+            if _code(self.sorted[i]) != besides:
+                return True
+            i += 1
+        return False
 
     def _split(self, line: bytes) -> tuple[bytes, bytes, bool]:
         """``line``'s thinking and answer text, from the state it starts in, and whether it
@@ -215,6 +233,11 @@ class AnswerCode:
             else:
                 (thought if thinking else answer).append(part)
         return b"\n".join(thought), b"\n".join(answer), thinking
+
+
+def _code(span: bytes) -> bytes:
+    """A span's code: without a ``#`` comment."""
+    return span.split(b"#")[0].strip()
 
 
 class _AllOf:

@@ -143,6 +143,19 @@ def test_the_answer_s_inline_code_restates_what_the_thinking_concluded_or_the_fi
         (b'The docstring says "Return sall numbers", free text', True, True),  # outside backticks: free
         (b"```python", True, True),
         (b" 4 |         if arr[k] != needle:  # compare", True, True),  # the numbered form: the other rule's
+        # a change as stated: "from `X`": X is the code as it is now; "`X` to `Y`": Y is not X
+        (b"1. change line 4 from `if arr[k] == needle:` to `if arr[k] != needle:`.", True, False),  # swapped
+        (b"1. change line 4 from `if arr[k] ==", False, False),
+        (b"Change `if arr[k] == needle:`", False, False),
+        (b"1. change the comparison from `!=` to `==`", True, True),  # a part of the line will do
+        (b"1. change the comparison from `==` to `!=`", True, False),
+        (b"1. change line 4 from `if arr[k] != needle:` to `if arr[k] != needle:`.", True, False),  # into itself
+        (b"from `if arr[k] != needle:` to `if arr[k] !", False, False),  # only X starts so: it must turn off
+        (b"from `if arr[k] != needle:` to `if arr[k] =", False, True),
+        ("把第 4 行 `if arr[k] == needle:` 改为".encode(), True, False),
+        ("把第 4 行 `if arr[k] != needle:` 改为 `if arr[k] == needle:`。".encode(), True, True),
+        ("把第 4 行 `if arr[k] != needle:` 改为 `if arr[k] != needle:`。".encode(), True, False),
+        (b"`if arr[k] == needle:` is right and `if arr[k] != needle:` is not", True, True),  # no change stated
     ]:
         assert rule(line, complete) is want, line
     wrote(rule, b"```python\nx = `made up`\n")
@@ -209,7 +222,8 @@ def test_a_rule_that_refuses_a_line_open_refuses_every_line_that_begins_with_it(
               b"\n", b"`src/finder.py`", b"x", b"needle", b"1", b"\xc3\xa9", b"|", b"py.", b"/", b"(", b")"]
     answer = AnswerCode(files, thinking=True)
     wrote(answer, b"So `where_is` it is: change `if arr[k] != needle:` to `if arr[k] == needle:`.\n</think>")
-    pieces += [b"`if arr[k] ", b"== needle:`", b"</think>", b"function `", "函数 `".encode(), b"add`", b"wh"]
+    pieces += [b"`if arr[k] ", b"== needle:`", b"</think>", b"function `", "函数 `".encode(), b"add`", b"wh",
+               b"from ", b" to ", "改为".encode(), b"!= needle:`"]
     for rule in (numbered_line_rule(files), inline_names_rule(files), answer, AnswerCode(files, thinking=True)):
         for _ in range(3000):
             line = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))).replace(b"\n", b"")
