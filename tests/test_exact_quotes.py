@@ -429,6 +429,43 @@ def test_the_demo_reasoner_thinks_before_it_answers_only_under_the_rule(reasoner
         assert quoted_lines(thinking(module, request))  # under the rule it reads the module back
 
 
+def stated_changes(answer: str) -> list[tuple[str, str]]:
+    """The (X, Y) of each "from `X` to `Y`" / "`X` 改为 `Y`" in ``answer``, found on their own."""
+    return re.findall(r"(?:from |行 )`([^`]+)` ?(?:to|改为) ?`([^`]+)`", answer)
+
+
+def test_the_demo_reasoner_s_plan_changes_a_line_the_file_has_into_another_only_under_the_rule(reasoner, monkeypatch):
+    """Greedy, asked as `duet run` asks (the design template), on held-out modules: every change
+    the plan states is from code the module has into other code; with that check left out the
+    demo reasoner swaps the two on one of them (its thinking concluded "Change `if e < winner:`
+    to `if e > winner:`, its plan "from `if e > winner:` to `if e < winner:`")."""
+    import app.exact_quotes as exact_quotes
+
+    rc, model = reasoner
+    demo_eval.STYLE = "heldout"
+    held = dataclasses.replace(rc, known_names=True, exact_quotes=True)
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=900)
+
+    def wrong_changes():
+        wrong = stated = 0
+        for module, request in demo_eval.heldout_cases(3, 7):
+            events = list(LocalBackend(held, model).stream(
+                [ChatMessage("user", reasoner_prompt(module, request, "design"))], greedy,
+                quotes_from=[(module.path, module.source)]))
+            answer = "".join(e.text for e in events if isinstance(e, AnswerDelta))
+            for was, now in stated_changes(answer):
+                stated += 1
+                wrong += was not in module.source or was.split("#")[0].strip() == now.split("#")[0].strip()
+        return wrong, stated
+
+    wrong, stated = wrong_changes()
+    assert stated >= 2 and wrong == 0
+    never = re.compile(rb"(?!)")
+    monkeypatch.setattr(exact_quotes, "_FROM", never)
+    monkeypatch.setattr(exact_quotes, "_TO", never)
+    assert wrong_changes()[0] >= 1
+
+
 def test_the_demo_reasoner_reads_held_out_modules_back_exactly_only_under_the_rule(reasoner):
     rc, model = reasoner
     backend = LocalBackend(rc, model)
