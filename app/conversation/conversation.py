@@ -262,11 +262,9 @@ class Conversation:
                 author = f"duet → coder · retry {number} of {self.rounds - 1}"
                 yield Notice("The coder's edit changes nothing: asking it again, sampled.", "warning")
                 source = self._ask_again(first, author)
-                yield from self._stream(source, cancel, author=author)
-                if source.result.status != "done":
-                    yield FlowEnded("cancelled" if source.result.status == "cancelled" else "failed", number)
+                reply = yield from self._reply(source, cancel, author, number)
+                if reply is None:
                     return
-                reply = source.result.answer
                 continue
             yield ChangeProposed(changes, number)
             accepted = approve(changes) if approve is not None else None
@@ -311,11 +309,18 @@ class Conversation:
                     yield Notice(str(exc), "error")
                     yield FlowEnded("failed", number, (str(exc),))
                     return
-            yield from self._stream(source, cancel, author=author)
-            if source.result.status != "done":
-                yield FlowEnded("cancelled" if source.result.status == "cancelled" else "failed", number)
+            reply = yield from self._reply(source, cancel, author, number)
+            if reply is None:
                 return
-            reply = source.result.answer
+
+    def _reply(self, turn: Turn, cancel: threading.Event, author: str, number: int):
+        """Stream a coder turn asked within round ``number``: its answer, or None once the flow
+        has ended (cancelled, failed)."""
+        yield from self._stream(turn, cancel, author=author)
+        if turn.result.status != "done":
+            yield FlowEnded("cancelled" if turn.result.status == "cancelled" else "failed", number)
+            return None
+        return turn.result.answer
 
     def _revise(self, reply: str, cancel: threading.Event, lang: str):
         """`app.workspace.revise`'s loop, each retry a visible coder turn in this conversation."""
