@@ -155,3 +155,24 @@ def test_speculative_off_decodes_plainly_and_mtp_drafts_with_the_same_answer(tmp
     close_all()
     assert answers["off"] == answers["mtp"] and answers["off"]
     assert drafted["off"] == 0 < drafted["mtp"]
+
+
+async def test_a_load_that_outlasts_the_status_bar_s_parts_updates_nothing_and_does_not_fail():
+    """A model still loading when the app closes reports to a status whose parts are gone."""
+    from textual.app import App
+
+    from app.tui.status import ModelStatus, StatusBar
+
+    class One(App):
+        def compose(self):
+            yield StatusBar("r1", "coder")
+
+    app = One()
+    async with app.run_test() as pilot:
+        status = app.query_one("#status-reasoner", ModelStatus)
+        status.set_state("loading", "", 0.5)
+        await status.remove_children()
+        await pilot.pause()
+        status.set_state("loading", "", 0.75)  # what the loader's last report does meanwhile
+        status.set_state("ready")
+        assert status.state == "ready" and not status.children

@@ -28,9 +28,9 @@ class ModelStatus(Horizontal):
     def set_state(self, state: str, reason: str = "", progress: float | None = None) -> None:
         self.reason = reason
         self.state = state
-        bar = self.query_one(ProgressBar)
         if progress is not None:
-            bar.update(total=1.0, progress=progress)
+            for bar in self.query(ProgressBar):  # none once the app is closing (a load outlasts it)
+                bar.update(total=1.0, progress=progress)
         self._refresh()
 
     def watch_state(self, state: str) -> None:
@@ -40,8 +40,11 @@ class ModelStatus(Horizontal):
             self._refresh()
 
     def _refresh(self) -> None:
-        self.query_one(".model-label", Static).update(self._label())
-        self.query_one(ProgressBar).display = self.state == "loading"
+        """Show the state; nothing to show where the parts are gone (the app closing)."""
+        for label in self.query(".model-label").results(Static):
+            label.update(self._label())
+        for bar in self.query(ProgressBar):
+            bar.display = self.state == "loading"
 
     def _label(self) -> Content:
         text = f"{STATE_MARK.get(self.state, '?')} {self.role}: {self.model} · {self.state}"
