@@ -32,6 +32,16 @@ FIND = ('def where_is(arr, needle):\n    """Return the index of needle in arr, o
         "        if arr[k] != needle:\n            return k\n    return -1\n")
 
 
+def finder_workspace(tmp_path) -> Workspace:
+    """A workspace holding FIND as search.py, in context."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "search.py").write_text(FIND)
+    ws = Workspace(root)
+    ws.context.add("search.py")
+    return ws
+
+
 @pytest.fixture(scope="module")
 def coder():
     rc = RoleConfig(role="coder", backend="llama.cpp", path=demo.coder_path(), context=2048, threads=1)
@@ -100,11 +110,7 @@ def test_under_known_names_every_name_a_sampled_replace_writes_is_the_files_or_t
     import tokenize
 
     rc, model = coder
-    root = tmp_path / "p"
-    root.mkdir()
-    (root / "search.py").write_text(FIND)
-    ws = Workspace(root)
-    ws.context.add("search.py")
+    ws = finder_workspace(tmp_path)
     rc = dataclasses.replace(rc, constrain_edits=True, known_names=True,
                              sampling=Sampling(temperature=1.6, top_p=1.0, max_tokens=300, seed=seed))
     conv = Conversation(Config(reasoner=rc, coder=rc), workspace=ws, save=False)
@@ -142,11 +148,7 @@ def test_under_plan_lines_every_line_a_sampled_replace_writes_is_a_file_line_or_
     """The rule at temperature 2, through Duet's turn: each REPLACE line, past its indentation,
     is a line of the file or code the plan quotes, or blank."""
     rc, model = coder
-    root = tmp_path / "p"
-    root.mkdir()
-    (root / "search.py").write_text(FIND)
-    ws = Workspace(root)
-    ws.context.add("search.py")
+    ws = finder_workspace(tmp_path)
     plan = ("1. In `search.py`, function `where_is`, change line 4 from `if arr[k] != needle:` to "
             "`if arr[k] == needle:`.")
     allowed = plan_lines([("search.py", FIND)], plan) | {""}
