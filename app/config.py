@@ -61,6 +61,8 @@ WORKSPACE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "max_file_bytes": ((int,), "largest file the coder may edit"),
     "test": ((str,), "command run in the workspace root after an apply (duet run, /test)"),
     "test_timeout": ((int, float), "seconds the test command may run"),
+    "test_first": ((bool,), "run the test command before the reasoner plans, reviews or analyses; a "
+                            "failure goes with the request and focuses exact_quotes (off by default)"),
 }
 TOP_SECTIONS = ("reasoner", "coder", "ui", "workspace")
 
@@ -124,6 +126,7 @@ class WorkspaceConfig:
     max_file_bytes: int = 1_000_000
     test: str = ""  # "" : no test command
     test_timeout: float = 300.0
+    test_first: bool = False  # run the tests before a reasoner's plan (Conversation.reproduce)
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,8 @@ def gemma_demo_role(role: str) -> RoleConfig:
 def demo_config() -> Config:
     from app import demo
 
-    ws = WorkspaceConfig(test=demo.test_command())  # the sample project's own test runner
+    ws = WorkspaceConfig(test=demo.test_command(), test_first=True)  # the sample project's own test runner,
+    # run before a plan too: the failure focuses the demo reasoner's reading
     return Config(reasoner=demo_role("reasoner"), coder=demo_role("coder"), workspace=ws)
 
 

@@ -23,7 +23,11 @@ stays its own. Fenced code blocks and text outside backticks are free. A change 
 held to make sense: in "from `X`" (also "change `X`", "第 K 行 `X`") X is code a file has now,
 and in "`X` to `Y`" (改为) Y is not X; so a plan cannot swap the line as it is and as it should
 be, nor change a line into itself. A thinking the prompt opened must say something before it
-closes (else the answer would be held to nothing)."""
+closes (else the answer would be held to nothing).
+
+``ReadingFocus`` is the rule of a reply asked after a failing test run (``Quotes.failing``):
+the thinking's reading concludes only inside a function the failure reaches. `line_rules`
+puts a reply's rules together."""
 
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ import re
 import tokenize
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from app.code_map import functions
 from app.prompts import numbered_lines
 
 NUMBERED = re.compile(rb"^ *(\d+) \|")
@@ -127,15 +133,8 @@ def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
     def ok(line: bytes, complete: bool) -> bool:
         if NUMBERED.match(line) or line.lstrip().startswith(b"```"):
             return True
-        for m in _FUNCTION_SPAN.finditer(line):  # "function `X`", "function `X(a, b)`": X is defined
-            if m.group(2) is None and complete:
-                return False  # a span left open at the line's end
-            lead = _LEAD.match(m.group(1)).group()
-            if m.group(2) is not None or len(lead) < len(m.group(1)):  # the name is written
-                if lead not in defined:
-                    return False
-            elif not any(d.startswith(lead) for d in defined):  # still being written
-                return False
+        if not _functions_named(line, complete, defined):  # "function `X`", "function `X(a, b)`": X is defined
+            return False
         parts = _TICKS.split(line)
         for j in range(1, len(parts), 2):  # the odd parts are inside backticks
             if not parts[j].isascii():
@@ -151,6 +150,21 @@ def inline_names_rule(files: Iterable[tuple[str, str]]) -> LineRule:
         return True
 
     return ok
+
+
+def _functions_named(line: bytes, complete: bool, allowed: set[bytes]) -> bool:
+    """Each span right after "function" (method, 函数, 方法) in ``line`` starts with a name of
+    ``allowed`` (``add``, ``add(a, b)``), or is on its way to one; none is left open at the end."""
+    for m in _FUNCTION_SPAN.finditer(line):
+        if m.group(2) is None and complete:
+            return False  # a span left open at the line's end
+        lead = _LEAD.match(m.group(1)).group()
+        if m.group(2) is not None or len(lead) < len(m.group(1)):  # the name is written
+            if lead not in allowed:
+                return False
+        elif not any(a.startswith(lead) for a in allowed):  # still being written
+            return False
+    return True
 
 
 class AnswerCode:
@@ -256,3 +270,71 @@ class _AllOf:
 def all_of(*rules: LineRule) -> LineRule:
     """A line rule that holds where each of ``rules`` does (and tells each the lines written)."""
     return _AllOf(rules)
+
+
+_DIGITS_SO_FAR = re.compile(rb" *(\d*) ?")  # a numbered line's start, before its " |"
+
+
+class ReadingFocus:
+    """The rule of a reply whose tests fail now (``Quotes.failing``: the functions the failure
+    reaches). In the thinking, once it reads the files in the numbered form, the reading
+    concludes (writes any other line, or closes) only right after a line of one of those
+    functions, and reads no line past the last of them; everywhere, a span right after
+    "function" (method, 函数, 方法) names one of them. So a small model whose reading would stop
+    at a line that only looks wrong, in a function whose tests pass, reads on to the one the
+    failure is in; which line there it finds, and what it says of it, stay its own. With
+    several files in context their line numbers are taken together (line N of any of them)."""
+
+    def __init__(self, files: Iterable[tuple[str, str]], failing: Iterable[str], *, thinking: bool):
+        failing = set(failing)
+        reached = [f for f in functions(files) if f.name in failing]
+        self.lines = {n for f in reached for n in range(f.first, f.last + 1)}
+        self.end = max(self.lines, default=0)
+        self.names = {f.name.encode("ascii") for f in reached if f.name.isascii()}
+        self.thinking = thinking  # in the thinking now
+        self.last: int | None = None  # the numbered line the thinking read last
+
+    def wrote(self, line: bytes) -> None:
+        m = NUMBERED.match(line)
+        if m and self.thinking:
+            self.last = int(m.group(1))
+        tags = _THINK_TAGS.findall(line)
+        if tags:
+            self.thinking = tags[-1] == THINK
+
+    def __call__(self, line: bytes, complete: bool) -> bool:
+        if not _functions_named(line, complete, self.names):
+            return False
+        if not self.thinking or self.last is None:
+            return True
+        m = NUMBERED.match(line)
+        if m:
+            return int(m.group(1)) <= self.end
+        start = _DIGITS_SO_FAR.fullmatch(line)
+        if start:  # on its way to a numbered line: one up to the last function's end
+            digits = start.group(1).decode("ascii")
+            return not complete and (not digits or any(str(n).startswith(digits) for n in range(1, self.end + 1)))
+        return self.last in self.lines
+
+
+@dataclass(frozen=True)
+class Quotes:
+    """What a reply's lines are held to (``exact_quotes``): the files its prompt numbers, and
+    ``failing``, the functions a failing test run before it reaches (empty: none ran, or it
+    reached none), on which its reading is focused (`ReadingFocus`)."""
+
+    files: tuple[tuple[str, str], ...]
+    failing: frozenset[str] = frozenset()
+
+
+def line_rules(quotes: Quotes, *, thinking: bool, names: bool) -> LineRule:
+    """The rules of ``exact_quotes`` for one reply: numbered lines, the answer's code, with
+    ``names`` (``known_names``) the names in inline code, and the failing tests' focus.
+    ``thinking``: the prompt opened the thinking (the reply starts inside it)."""
+    rules = [numbered_line_rule(quotes.files), AnswerCode(quotes.files, thinking=thinking)]
+    if names:
+        rules.append(inline_names_rule(quotes.files))
+    focus = ReadingFocus(quotes.files, quotes.failing, thinking=thinking) if quotes.failing else None
+    if focus is not None and focus.lines:
+        rules.append(focus)
+    return all_of(*rules)

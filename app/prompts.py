@@ -235,6 +235,13 @@ def handoff_brief(plan_answer: str, files: Sequence[tuple[str, str]] = (), reque
                   edit_format=render(f"edit-format.{lang}"))
 
 
+def failing_tests_text(command: str, output: str, lang: str) -> str:
+    """What a request is followed by when its tests fail before it is asked (`duet run` with
+    ``test_first``): the command and its output (trimmed by the caller), fenced."""
+    fenced = output.strip("\n").replace("```", "'''")
+    return labels()[lang]["tests_fail_now"].format(command=command) + f"\n```\n{fenced}\n```"
+
+
 REPLAN_PLAN_CHARS = 400  # each tried plan, as the re-plan request recalls it
 
 

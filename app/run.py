@@ -192,14 +192,14 @@ class Report:
         elif isinstance(event, ChangeDeclined):
             self.say(f"round {event.round}: not applied (pass --apply to write the edits)")
         elif isinstance(event, TestStarted):
-            self.say(f"round {event.round}: running {event.command}")
+            self.say(f"{_when(event.round)}: running {event.command}")
         elif isinstance(event, TestFinished):
             r = event.result
             self.tests.append({"round": event.round, "attempt": self.replans, "command": r.command,
                                "exit_code": r.exit_code, "status": r.status, "output": r.output,
                                "seconds": round(r.seconds, 3)})
             code = f"exit {r.exit_code}" if r.exit_code is not None else r.status
-            self.say(f"round {event.round}: tests {'passed' if r.passed else r.status} ({code}, {r.seconds:.1f} s)")
+            self.say(f"{_when(event.round)}: tests {'passed' if r.passed else r.status} ({code}, {r.seconds:.1f} s)")
             if not r.passed and self.stream:
                 sys.stderr.write(failure_summary(r.output)[-2000:] + "\n")
 
@@ -239,3 +239,8 @@ class Report:
         sys.stdout.flush()
         tail = f" ({'; '.join(self.reasons)})" if self.reasons and self.status != "passed" else ""
         print(f"duet: {self.status}{tail}", file=sys.stderr, flush=True)
+
+
+def _when(round: int) -> str:
+    """A test run's place in the flow: before the plan (round 0, ``test_first``), or its round."""
+    return "before the plan" if round == 0 else f"round {round}"

@@ -54,14 +54,23 @@ class Turn:
     handoff_from: int | None = None  # message id of the plan this turn implements
     lang: str | None = None
     author: str = "you"  # who asked: the user, or Duet itself ("duet → coder · test fix 1 of 2")
+    failure: str = ""  # tests that fail before it is asked: the command and its trimmed output
+    failing: frozenset[str] = frozenset()  # the functions that failure reaches (exact_quotes focuses on them)
     role_cfg: RoleConfig = field(init=False)
     prompt: str = field(init=False)  # the user message text the model gets
     result: TurnResult = field(init=False)
 
     def __post_init__(self):
         self.role_cfg = self.config.role(self.route.role)
-        self.prompt = build_prompt_text(self.route, self.plan, self.files, self.lang)
+        self.prompt = build_prompt_text(self.route, self.plan, self.files, self.lang, self.failure)
         self.result = TurnResult(role=self.route.role, model=self.role_cfg.label)
+
+    def after_failing_tests(self, failure: str, failing: frozenset[str]) -> None:
+        """Tests fail before this turn is asked (`Conversation.reproduce`): ``failure`` joins the
+        request in its prompt, and ``failing``, the functions it reaches, focuses the reading
+        its ``exact_quotes`` hold (app.exact_quotes.ReadingFocus)."""
+        self.failure, self.failing = failure, frozenset(failing)
+        self.prompt = build_prompt_text(self.route, self.plan, self.files, self.lang, self.failure)
 
     def messages(self) -> list[ChatMessage]:
         """What the backend gets: optional system prompt, the history (unless the role's config
@@ -90,14 +99,15 @@ class Turn:
         lines = plan_lines(self.files, self.plan) if self.role_cfg.plan_lines else None
         return edit_grammar(self.editable, new_files=new_files, names=names, lines=lines)
 
-    def quotes_from(self) -> list[tuple[str, str]] | None:
-        """The files whose numbered lines this reply's are held to (``exact_quotes``): those the
-        prompt shows numbered (app.exact_quotes); else None."""
+    def quotes_from(self):
+        """What this reply's lines are held to (``exact_quotes``): the files the prompt shows
+        numbered, and the functions failing tests reach (an app.exact_quotes.Quotes); else None."""
+        from app.exact_quotes import Quotes
         from app.prompts import numbers_files
 
         if not (self.role_cfg.exact_quotes and self.files and numbers_files(self.route.role)):
             return None
-        return [(path, text) for path, text in self.files]
+        return Quotes(tuple((path, text) for path, text in self.files), self.failing)
 
     def events(self, cancel: threading.Event | None = None, *, backend=None) -> Iterator[Event]:
         """Stream the answer; the last event is one Done or Failed. Recorded as it streams."""
@@ -157,10 +167,14 @@ def decide(request: str, role: str = "auto", *, after_plan: bool = False):
                           decision.text, True)
 
 
-def build_prompt_text(route, plan: str | None, files: Sequence, lang: str | None) -> str:
-    from app.prompts import build_prompt
+def build_prompt_text(route, plan: str | None, files: Sequence, lang: str | None, failure: str = "") -> str:
+    """The user message for ``route``; ``failure`` (failing tests' output) follows the request."""
+    from app.prompts import build_prompt, detect_lang
 
-    return build_prompt(route.role, route.intent, route.text, plan=plan, files=files, lang=lang)
+    if not failure:
+        return build_prompt(route.role, route.intent, route.text, plan=plan, files=files, lang=lang)
+    return build_prompt(route.role, route.intent, f"{route.text}\n\n{failure}", plan=plan, files=files,
+                        lang=lang or detect_lang(route.text))  # the request's language, not the output's
 
 
 def file_names(files: Sequence) -> list[str]:

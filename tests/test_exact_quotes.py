@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+import subprocess
+import sys
 import tomllib
 from collections import Counter
 
@@ -18,7 +20,7 @@ from app.config import RoleConfig, Sampling, demo_config, parse_config
 from app.config_writer import demo_table
 from app.conversation import Conversation
 from app.errors import ConfigError
-from app.exact_quotes import (AnswerCode, all_of, defined_names, inline_names_rule, known_names,
+from app.exact_quotes import (AnswerCode, Quotes, all_of, defined_names, inline_names_rule, known_names,
                               numbered_line_rule, path_words)
 from app.prompts import numbered_lines
 from app.workspace import Workspace
@@ -323,7 +325,7 @@ def reasoner():
 
 def _trace(backend, module, request, sampling, quotes, *, answer=False):
     events = list(backend.stream([ChatMessage("user", reasoner_prompt(module, request))], sampling,
-                                 quotes_from=[(module.path, module.source)] if quotes else None))
+                                 quotes_from=Quotes(((module.path, module.source),)) if quotes else None))
     assert not any(isinstance(e, Failed) for e in events)
     thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
     if not answer:
@@ -370,7 +372,7 @@ def test_the_demo_reasoner_s_answer_restates_its_thinking_s_code_only_under_the_
     """Greedy and sampled hot on held-out modules: every inline code span of the answer is one
     its thinking wrote, a line of the module, one of its names or a path; without the answer's
     rule (the numbered lines and names still held) some answers rewrite code from memory."""
-    import app.backends.local as local_backend
+    import app.exact_quotes as exact_quotes
 
     rc, model = reasoner
     demo_eval.STYLE = "heldout"
@@ -382,7 +384,7 @@ def test_the_demo_reasoner_s_answer_restates_its_thinking_s_code_only_under_the_
         for module, request in cases:
             events = list(LocalBackend(held, model).stream(
                 [ChatMessage("user", reasoner_prompt(module, request))], sampling,
-                quotes_from=[(module.path, module.source)]))
+                quotes_from=Quotes(((module.path, module.source),))))
             thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
             answer = "".join(e.text for e in events if isinstance(e, AnswerDelta))
             files = [(module.path, module.source)]
@@ -397,7 +399,7 @@ def test_the_demo_reasoner_s_answer_restates_its_thinking_s_code_only_under_the_
             assert not stray, (answer, stray)
             said += bool(code_spans(answer))
         assert said >= 4  # most answers quote code (a reply may run out of tokens in its thinking)
-    monkeypatch.setattr(local_backend, "AnswerCode", lambda files, thinking: lambda line, complete: True)
+    monkeypatch.setattr(exact_quotes, "AnswerCode", lambda files, thinking: lambda line, complete: True)
     rewritten = sum(bool(stray) for temperature in (0.0, 1.2) for _, stray in answers(temperature))
     assert rewritten >= 2  # unheld, the answer writes code its thinking never did
 
@@ -406,7 +408,7 @@ def test_the_demo_reasoner_thinks_before_it_answers_only_under_the_rule(reasoner
     """Greedy, as Duet runs it, on held-out modules: with the rule's first check left out (a
     thinking may close at once) the demo reasoner skips its thinking on some requests
     (``</think>`` first, then an answer held to nothing); under the rule it thinks on those too."""
-    import app.backends.local as local_backend
+    import app.exact_quotes as exact_quotes
 
     rc, model = reasoner
     demo_eval.STYLE = "heldout"
@@ -422,7 +424,7 @@ def test_the_demo_reasoner_thinks_before_it_answers_only_under_the_rule(reasoner
         return _trace(LocalBackend(held, model), module, request, greedy, True)
 
     with monkeypatch.context() as patch:
-        patch.setattr(local_backend, "AnswerCode", MaySkip)
+        patch.setattr(exact_quotes, "AnswerCode", MaySkip)
         skipped = [(m, r) for m, r in demo_eval.heldout_cases(30, 7) if not thinking(m, r).strip()]
     assert skipped  # the control: without the check, some thinking is empty
     for module, request in skipped:
@@ -451,7 +453,7 @@ def test_the_demo_reasoner_s_plan_changes_a_line_the_file_has_into_another_only_
         for module, request in demo_eval.heldout_cases(3, 7):
             events = list(LocalBackend(held, model).stream(
                 [ChatMessage("user", reasoner_prompt(module, request, "design"))], greedy,
-                quotes_from=[(module.path, module.source)]))
+                quotes_from=Quotes(((module.path, module.source),))))
             answer = "".join(e.text for e in events if isinstance(e, AnswerDelta))
             for was, now in stated_changes(answer):
                 stated += 1
@@ -464,6 +466,43 @@ def test_the_demo_reasoner_s_plan_changes_a_line_the_file_has_into_another_only_
     monkeypatch.setattr(exact_quotes, "_FROM", never)
     monkeypatch.setattr(exact_quotes, "_TO", never)
     assert wrong_changes()[0] >= 1
+
+
+def failing_in(module, tmp_path) -> frozenset[str]:
+    """The functions the module's own tests, run for real, fail in (as `duet run` finds them
+    for its first plan)."""
+    from app.conversation.verify import failing_functions
+
+    (tmp_path / module.path).write_text(module.source, encoding="utf-8")
+    (tmp_path / module.test_path).write_text(module.test_source, encoding="utf-8")
+    ran = subprocess.run([sys.executable, module.test_path], cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode != 0
+    return failing_functions(ran.stderr, [(module.path, module.source)], reach=False)
+
+
+def test_after_failing_tests_the_demo_reasoner_reads_on_to_the_function_they_fail_in(reasoner, tmp_path):
+    """Greedy, as `duet run` asks (the design template), on held-out modules whose tests were
+    run: with the functions they fail in as the focus (`ReadingFocus`), every function the
+    answer names is one of those, and it names the function the bug is in on more modules than
+    without, where it stops at a line that only looks wrong in a function whose tests pass."""
+    rc, model = reasoner
+    demo_eval.STYLE = "heldout"
+    held = dataclasses.replace(rc, known_names=True, exact_quotes=True)
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=900)
+    right = {"focused": 0, "free": 0}
+    for module, request in demo_eval.heldout_cases(12, 7):
+        failing = failing_in(module, tmp_path)
+        assert module.func.name in failing  # the bug's function is among them
+        for way, focus in (("focused", failing), ("free", frozenset())):
+            events = list(LocalBackend(held, model).stream(
+                [ChatMessage("user", reasoner_prompt(module, request, "design"))], greedy,
+                quotes_from=Quotes(((module.path, module.source),), focus)))
+            answer = "".join(e.text for e in events if isinstance(e, AnswerDelta))
+            named = set(re.findall(r"(?:function|函数) `([A-Za-z_][A-Za-z0-9_]*)", answer))
+            if focus:
+                assert named and named <= failing, (answer, failing)
+            right[way] += named == {module.func.name}
+    assert right["focused"] >= right["free"] + 3, right
 
 
 def test_the_demo_reasoner_reads_held_out_modules_back_exactly_only_under_the_rule(reasoner):
@@ -540,7 +579,7 @@ def test_the_demo_reasoner_has_the_rule_reasoner_turns_get_the_numbered_files_an
                                    coder=dataclasses.replace(config.coder, exact_quotes=True))
         conv = Conversation(held, workspace=ws, save=False)
         review = conv.prepare("review calc.py", "reasoner").turn
-        assert review.quotes_from() == [("calc.py", CALC)] and "\n3 |     return a - b\n" in review.prompt
+        assert review.quotes_from() == Quotes((("calc.py", CALC),)) and "\n3 |     return a - b\n" in review.prompt
         assert conv.prepare("fix the bug in calc.py", "coder").turn.quotes_from() is None  # its prompt numbers nothing
         assert Conversation(config, workspace=ws, save=False).prepare("review calc.py", "reasoner").turn.quotes_from() is None
         ended = list(conv.run(conv.prepare("review calc.py", "reasoner")))[-1]

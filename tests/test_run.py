@@ -172,6 +172,44 @@ def test_a_coder_without_history_whose_edit_changes_nothing_is_asked_again_sampl
             assert (repo / "calc.py").read_text() == BROKEN
 
 
+def test_first_the_tests_run_before_the_plan_and_their_failure_goes_with_the_request(servers, repo, tmp_path,
+                                                                                     guard_log):
+    """``[workspace] test_first``: the test command runs before the reasoner plans (round 0, in
+    the JSON's tests); its trimmed failure follows the request in the reasoner's prompt (not the
+    coder's); then the plan goes on as ever. A reasoner without ``history`` (a model trained on
+    single requests) is asked the request alone; a coder's request runs no tests first; and
+    without the setting nothing runs before the plan."""
+    reasoner, coder = servers
+    tables = (f'[reasoner]\nbackend = "openai"\nurl = "{reasoner.base_url}"\nmodel = "r1"\ntimeout = 5\n{{alone}}\n'
+              f'[coder]\nbackend = "openai"\nurl = "{coder.base_url}"\nmodel = "coder"\ntimeout = 5\n\n'
+              f'[workspace]\ntest_first = {{first}}\n')
+    first, alone, off = tmp_path / "first.toml", tmp_path / "alone.toml", tmp_path / "off.toml"
+    first.write_text(tables.format(alone="", first="true"), encoding="utf-8")
+    alone.write_text(tables.format(alone="history = false\n", first="true"), encoding="utf-8")
+    off.write_text(tables.format(alone="", first="false"), encoding="utf-8")
+    coder.enqueue(text_reply(edit("    return a - b", "    return a + b")))
+    p = duet(first, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test", TEST_CMD,
+             "--json", "fix add in calc.py")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "passed" and [(t["round"], t["status"]) for t in out["tests"]] == [(0, "failed"), (1, "passed")]
+    ask = [r.json["messages"][-1]["content"] for r in reasoner.requests if r.path.endswith("/chat/completions")][0]
+    told = ask.index(f"The test command `{TEST_CMD}` fails now (trimmed):")
+    assert ask.index("fix add in calc.py") < told < ask.index("assert add(2, 3) == 5")  # the failing line, after the request
+    assert "fails now" not in coder_prompts(coder)[0]  # the coder gets the plan
+    assert "before the plan: tests failed (exit 1" in p.stderr and "the reasoner is shown the failure." in p.stderr
+    assert Workspace(repo).undo() == ["calc.py"] and (repo / "calc.py").read_text() == BROKEN
+
+    for config, role, runs_first in [(alone, "reasoner", True), (first, "coder", False), (off, "reasoner", False)]:
+        reasoner.requests.clear()
+        p = duet(config, repo, guard_log, "--role", role, "--file", "calc.py", "--test", TEST_CMD, "--json",
+                 "fix add in calc.py")
+        out = json.loads(p.stdout)
+        assert [t["round"] for t in out["tests"]] == ([0] if runs_first else []), (config.name, role)
+        assert not any("fails now" in json.dumps(r.json) for r in reasoner.requests)
+        assert ("the reasoner is asked the request alone (history off)" in p.stderr) is (config is alone)
+
+
 def test_a_coder_that_never_fixes_it_ends_failed_with_exit_1_after_n_rounds(servers, repo, config_file, guard_log):
     reasoner, coder = servers
     coder.enqueue(text_reply(edit("    return a - b", "    return a * b")),

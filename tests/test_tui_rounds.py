@@ -224,3 +224,20 @@ async def test_replan_undoes_the_failed_change_and_asks_the_reasoner_again_told_
             assert authors[-1] == "duet → reasoner · re-plan"
             assert app.chat.conv.plan.text == "1. Add in add." and app.chat.last_plan is replies(app)[-1]
             assert app.chat.conv.attempts.tried == ["1. Multiply in add.", "1. Add in add."]
+
+
+async def test_with_test_first_a_plan_shows_its_test_run_before_the_reply(server, ws, tmp_path):
+    """``[workspace] test_first``: /plan runs the tests first; their item, "before the plan",
+    stands between the request and the reasoner's reply, and the failure went with the request."""
+    config = dataclasses.replace(server_config(server.base_url),
+                                 workspace=WorkspaceConfig(test=TEST_CMD, test_first=True))
+    app = make_app(config, workspace=ws, store_path=tmp_path / "s.db")
+    async with app.run_test(size=(120, 50)) as pilot:
+        await type_and_send(pilot, "/plan fix add in calc.py")
+        await wait_for(pilot, lambda: not app.chat.busy, timeout=30)
+        items = [w for w in app.chat.conversation.children if isinstance(w, (UserItem, TestItem, ReplyItem))]
+        assert [type(w).__name__ for w in items] == ["UserItem", "TestItem", "ReplyItem"]
+        head = str(items[1].render())
+        assert "before the plan" in head and "✗ failed" in head and "round" not in head.split("\n")[0]
+        asked = server.requests[-1].json["messages"][-1]["content"]
+        assert "fix add in calc.py" in asked and "fails now" in asked and "assert add(2, 3) == 5" in asked

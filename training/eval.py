@@ -44,6 +44,7 @@ REQUESTS = REQUESTS_EN + REQUESTS_ZH
 
 
 STYLE = "heldout"  # "train": fresh modules in the training style (names from its pools), for comparison
+TEST_FIRST = True  # duet run as the demo runs it: the tests before the plan (--no-test-first: without)
 
 
 def heldout_cases(n: int, seed: int) -> list[tuple[Module, str]]:
@@ -74,19 +75,19 @@ class Reasoner:
         self.decoded, self.decode_s = 0, 0.0  # decode only (after the first token)
         self.token_bytes = self.tok.token_bytes()
 
-    def run(self, user_text: str, *, think: bool = True, max_new: int = 700, files=None, names: bool = True):
+    def run(self, user_text: str, *, think: bool = True, max_new: int = 700, files=None, names: bool = True,
+            failing=frozenset()):
         """Greedy; with ``files``, the numbered lines it writes held to theirs and its answer's
         inline code to its thinking's or theirs (``exact_quotes``) and, with ``names``, the names
-        in its inline code (``known_names``), as the demo runs it."""
-        from app.exact_quotes import AnswerCode, all_of, inline_names_rule, numbered_line_rule
+        in its inline code (``known_names``), with ``failing`` (the functions failing tests
+        reach) its reading focused on them, as the demo runs it."""
+        from app.exact_quotes import Quotes, line_rules
         from local_engine.constraint import LineConstraint
 
         constraint = None
         if files:
-            rules = [numbered_line_rule(files), AnswerCode(files, thinking=think)]
-            if names:
-                rules.append(inline_names_rule(files))
-            constraint = LineConstraint(self.token_bytes, all_of(*rules))
+            rules = line_rules(Quotes(tuple(files), frozenset(failing)), thinking=think, names=names)
+            constraint = LineConstraint(self.token_bytes, rules)
         prompt = self.tok.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True)
         ids = self.tok.encode(prompt)
         if not think:  # an empty trace, in the tokens training gave it: "\n" "</think>" "\n" (the
@@ -176,6 +177,18 @@ def apply_and_test(m: Module, coder_text: str) -> tuple[bool, str]:
         return r.returncode == 0, (r.stdout + r.stderr)[-300:]
 
 
+def failing_of(m: Module) -> frozenset[str]:
+    """The functions the module's tests, run for real, fail in, found in their output as
+    `duet run` with ``test_first`` finds them for its first plan."""
+    from app.conversation.verify import failing_functions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / m.path).write_text(m.source, encoding="utf-8")
+        (Path(tmp) / m.test_path).write_text(m.test_source, encoding="utf-8")
+        r = subprocess.run([sys.executable, m.test_path], cwd=tmp, capture_output=True, text=True, timeout=30)
+    return failing_functions(r.stdout + r.stderr, [(m.path, m.source)], reach=False)
+
+
 def eval_coder(coder_gguf, n: int, seed: int, log=print) -> dict:
     """The coder alone: given the teacher's (correct) plan through the hand-off brief, and given
     no plan (the request straight to it, as the router sends "fix ...")."""
@@ -205,8 +218,10 @@ def eval_coder(coder_gguf, n: int, seed: int, log=print) -> dict:
 def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_new: int = 700) -> dict:
     """The reasoner with its thinking and with it suppressed, its numbered lines held to the
     module's as Duet runs it (and, thinking, decoded freely, or asked with the design template
-    `duet run --role reasoner` and `/plan` send rather than the router's); end to end: its answer is the plan
-    the coder gets (hand-off brief), the blocks are applied and the tests run."""
+    `duet run --role reasoner` and `/plan` send rather than the router's; and as `duet run` with
+    ``test_first`` asks, after the module's tests ran: design template, reading focused on the
+    functions they fail in); end to end: its answer is the plan the coder gets (hand-off brief),
+    the blocks are applied and the tests run."""
     rs = Reasoner(reasoner_dir)
     cd = Coder(coder_gguf)
     rows = []
@@ -222,18 +237,25 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
         free = score_plan(ans_free, m)
         _, ans0, _, _ = rs.run(user, think=False, max_new=max_new, files=files)
         nothink = score_plan(ans0, m)
+        failing = failing_of(m)  # after its tests ran (duet run's test_first), as duet run asks
+        _, ans_tests, _, _ = rs.run(reasoner_prompt(m, request, "design"), max_new=max_new, files=files, failing=failing)
+        tests = score_plan(ans_tests, m)
+        _, ans0_tests, _, _ = rs.run(reasoner_prompt(m, request, "design"), think=False, max_new=max_new, files=files,
+                                     failing=failing)
+        nothink_tests = score_plan(ans0_tests, m)
         e2e = False
         if ans.strip():
             e2e, _ = apply_and_test(m, cd.run(coder_prompt(m, request, ans, "handoff"), files=[(m.path, m.source)],
                                               plan=ans)[0])
         rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
                      "think": think, "think_design": design, "think_lines": lines_only, "think_free": free, "nothink": nothink,
+                     "think_tests": tests, "nothink_tests": nothink_tests,
                      "end_to_end": e2e, "think_tokens": k,
                      "answer": ans[:400], "nothink_answer": ans0[:400]})
         log(f"{i:3d} {m.mutation.kind:13s} think={int(think['found'])} design={int(design['found'])} "
             f"lines={int(lines_only['found'])} "
             f"free={int(free['found'])} "
-            f"nothink={int(nothink['found'])} "
+            f"nothink={int(nothink['found'])} tests={int(tests['found'])} nothink_tests={int(nothink_tests['found'])} "
             f"e2e={int(e2e)}  {request}")
     by_kind = {k: {"think": rate_k(rows, k, lambda r: r["think"]["found"]),
                    "nothink": rate_k(rows, k, lambda r: r["nothink"]["found"]),
@@ -245,6 +267,9 @@ def eval_reasoner(reasoner_dir, coder_gguf, n: int, seed: int, log=print, max_ne
             "reasoner_found_lines": f("think_lines", "found"), "reasoner_exact_change_lines": f("think_lines", "change"),
             "reasoner_found_free": f("think_free", "found"), "reasoner_exact_change_free": f("think_free", "change"),
             "reasoner_nothink_found": f("nothink", "found"), "reasoner_nothink_exact_change": f("nothink", "change"),
+            "reasoner_found_tests": f("think_tests", "found"), "reasoner_exact_change_tests": f("think_tests", "change"),
+            "reasoner_nothink_found_tests": f("nothink_tests", "found"),
+            "reasoner_nothink_exact_change_tests": f("nothink_tests", "change"),
             "end_to_end": _rate(rows, "end_to_end"),
             "reasoner_tok_s": round(rs.decoded / max(rs.decode_s, 1e-9), 1),
             "reasoner_by_kind": by_kind, "reasoner_rows": rows}
@@ -268,7 +293,8 @@ def eval_duet_run(reasoner_dir, coder_gguf, n: int, seed: int, log=print, replan
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.toml"
         cfg.write_text(demo_table("reasoner", Path(reasoner_dir).resolve()) + "\n"
-                       + demo_table("coder", Path(coder_gguf).resolve()), encoding="utf-8")
+                       + demo_table("coder", Path(coder_gguf).resolve())
+                       + f"\n[workspace]\ntest_first = {str(TEST_FIRST).lower()}\n", encoding="utf-8")
         for i, (m, request) in enumerate(heldout_cases(n, seed)):
             ws = Path(tmp) / f"ws{i}"
             ws.mkdir()
@@ -345,6 +371,10 @@ LABELS = [("reasoner_found", "reasoner: right function + kind (thinking)"),
           ("reasoner_exact_change_free", "  exact change, decoded without exact_quotes"),
           ("reasoner_nothink_found", "reasoner, thinking suppressed: function + kind"),
           ("reasoner_nothink_exact_change", "reasoner, thinking suppressed: exact change"),
+          ("reasoner_found_tests", "after its failing tests (test_first, design): function + kind"),
+          ("reasoner_exact_change_tests", "  exact change, after its failing tests"),
+          ("reasoner_nothink_found_tests", "  thinking suppressed, after its failing tests: function + kind"),
+          ("reasoner_nothink_exact_change_tests", "  thinking suppressed, after its failing tests: exact change"),
           ("coder_given_plan", "coder given a correct plan: tests pass"),
           ("coder_given_plan_free", "  the same, sampled without the edit grammar"),
           ("coder_direct", "coder alone (no plan): tests pass"),
@@ -375,9 +405,11 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "demo_eval.json")
     ap.add_argument("--style", choices=["heldout", "train", "sample"], default="heldout",
                     help="heldout: the second generator's names and phrasings; train: new modules in the training style")
+    ap.add_argument("--no-test-first", action="store_true",
+                    help="duet run without the tests before the plan ([workspace] test_first = false)")
     a = ap.parse_args(argv)
-    global STYLE
-    STYLE = a.style
+    global STYLE, TEST_FIRST
+    STYLE, TEST_FIRST = a.style, not a.no_test_first
     res = json.loads(a.out.read_text()) if a.part != "all" and a.out.is_file() else {}
     res.update({"seed": a.seed, "style": a.style})
     if a.part in ("all", "coder"):

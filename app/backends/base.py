@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Protocol
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from app.config import Sampling
 from vocab.events import Done, Event, Failed, ModelUnusable
 from vocab.messages import ChatMessage
+
+if TYPE_CHECKING:
+    from app.exact_quotes import Quotes
 
 
 def failed_from(exc: Exception) -> Failed:
@@ -28,16 +31,16 @@ class Backend(Protocol):
     ``grammar`` (GBNF, `app.workspace.edit_grammar`) holds the reply to its shape: llama.cpp
     samples under it, openai sends it as llama.cpp's ``grammar`` field (llama-server and
     llama_cpp.server take it), local answers it with Failed. ``quotes_from``
-    (``(path, text)`` files, `app.exact_quotes`) holds the lines the reply writes in the prompt's
-    numbered form to those files' lines; only the local backend does, the others answer it
-    with Failed.
+    (`app.exact_quotes.Quotes`: files, and the functions failing tests reach) holds the lines the
+    reply writes in the prompt's numbered form to those files' lines; only the local backend
+    does, the others answer it with Failed.
     """
 
     label: str
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
                cancel: threading.Event | None = None, grammar: str | None = None,
-               quotes_from: Sequence[tuple[str, str]] | None = None) -> Iterator[Event]: ...
+               quotes_from: Quotes | None = None) -> Iterator[Event]: ...
 
     def close(self) -> None: ...
 

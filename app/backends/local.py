@@ -12,7 +12,8 @@ Usage event tells cached, drafted and accepted tokens. With ``quotes_from`` (the
 ``exact_quotes``) the lines the reply writes in the prompt's numbered form are held to the
 files' lines, and the inline code of its answer to code its thinking or the files have
 (app.exact_quotes), token by token (sampled: without drafts); with ``known_names`` too, the
-names in its inline code to the files' names.
+names in its inline code to the files' names; after failing tests, its reading to the
+functions they reach.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.backends.base import Clock, cancelled, failed_from, no_grammar
-from app.exact_quotes import AnswerCode, all_of, inline_names_rule, numbered_line_rule
+from app.exact_quotes import line_rules
 from vocab.events import Event, Failed, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.config import RoleConfig, Sampling
@@ -116,13 +117,11 @@ class LocalBackend:
             limit = min(sampling.max_tokens, room)
             produced = 0
             constraint = None
-            if quotes_from is not None:  # exact_quotes: numbered lines held to the files' lines,
-                from local_engine.constraint import LineConstraint  # the answer's code to the thinking's or files'
+            if quotes_from is not None:  # exact_quotes (and known_names): app.exact_quotes.line_rules
+                from local_engine.constraint import LineConstraint
 
-                rules = [numbered_line_rule(quotes_from), AnswerCode(quotes_from, thinking=opened)]
-                if self.rc.known_names:  # and the names in inline code to the files' names
-                    rules.append(inline_names_rule(quotes_from))
-                constraint = LineConstraint(self.model.token_bytes(), all_of(*rules))
+                rules = line_rules(quotes_from, thinking=opened, names=self.rc.known_names)
+                constraint = LineConstraint(self.model.token_bytes(), rules)
             try:  # the engine checks ``cancel`` between tokens and stops at EOS
                 speculative = "mtp" if engine.has_mtp and self.rc.speculative == "mtp" else None
                 for token in engine.generate(ids, max_new_tokens=limit, temperature=sampling.temperature,

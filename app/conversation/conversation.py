@@ -17,6 +17,11 @@ view's diff review (the TUI's preview, or ``--apply``); None or nothing accepted
 
 The history holds answers only: a reasoner's trace is kept in the store, never resent.
 
+With ``[workspace] test_first`` the test command also runs before a plan, review or analysis
+the user asks the reasoner for (round 0, `reproduce`): a failure follows the request in its
+prompt (with ``history``), and the functions it reaches focus the reading its ``exact_quotes``
+hold (app.exact_quotes.ReadingFocus); a re-plan gets the latest failure the same way.
+
 ``attempts`` keeps the plans tried for the latest plan's request; ``undo_attempt`` and
 ``prepare_replan`` ask the reasoner for another plan when one did not work (`replan.py`). A plan
 handed to the coder again (the same words) gets a sampled reply, with a new seed each time: a
@@ -33,9 +38,9 @@ from collections.abc import Callable, Iterator, Sequence
 from app.config import Config, Sampling
 from app.conversation.events import (ChangeApplied, ChangeDeclined, ChangeProposed, FlowEnded, Notice, PlanReady,
                                      Routed, TestFinished, TestStarted, TurnEnded)
-from app.conversation.replan import Attempts, retry_sampling
+from app.conversation.replan import REPLAN_OUTPUT_CHARS, Attempts, retry_sampling
 from app.conversation.steps import Plan
-from app.conversation.verify import TestResult, failure_summary, run_tests, with_changed
+from app.conversation.verify import TestResult, failing_functions, failure_summary, run_tests, with_changed
 from app.errors import DuetError
 from app.turn import Turn, decide, file_names
 from vocab.messages import ChatMessage
@@ -65,6 +70,7 @@ class Conversation:
         self._replan_turn: Turn | None = None
         self._handoffs: dict[str, int] = {}  # a plan's words -> how often it went to the coder
         self._retries = 0  # sampled retries so far: each one's seed
+        self._before: TestResult | None = None  # the latest test run before a plan (test_first)
 
     # ---- one request -----------------------------------------------------------------------
     def route(self, request: str, role: str = "auto"):
@@ -159,7 +165,46 @@ class Conversation:
         routed = self.prepare(text, "reasoner", intent=self.attempts.intent, sampling=sampling,
                               history=self.attempts.history, author=author)
         self._replan_turn = routed.turn
+        failed = next((t for t in (self.attempts.test, self._before) if t is not None and t.status == "failed"), None)
+        if self.config.workspace.test_first and failed is not None:  # the latest failure (of the last plan's
+            # change, else from before the plan): in the prompt unless the re-plan request has it already
+            told = bool(self.attempts.tried) and failed is self.attempts.test  # in the re-plan request
+            self._show_failure(routed.turn, failed, in_prompt=self.config.reasoner.history and not told, reach=True)
         return routed
+
+    def _tests_first(self, turn: Turn) -> bool:
+        """Whether the tests run before ``turn`` (``[workspace] test_first``): a plan, review or
+        analysis the user asked the reasoner for, with a test command and a workspace."""
+        return (self.config.workspace.test_first and bool(self.test_command) and self.workspace is not None
+                and turn.route.role == "reasoner" and turn.author == "you"
+                and turn.route.intent in ("design", "review", "analysis"))
+
+    def reproduce(self, turn: Turn, cancel: threading.Event | None = None) -> Iterator:
+        """Run the test command before ``turn`` is asked (round 0; ``{changed}``: the files it
+        shows). When the tests fail, what the reasoner gets follows `_show_failure`. Returns the
+        TestResult."""
+        paths = [p for p in file_names(turn.files) if (self.workspace.root / p).is_file()]
+        result = yield from self.test(0, cancel, changed=paths)
+        self._before = result
+        if result.status == "failed":
+            self._show_failure(turn, result, in_prompt=self.config.reasoner.history, reach=False)
+            shown = "is shown the failure" if turn.failure else "is asked the request alone (history off)"
+            toward = f" and reads toward {', '.join(sorted(turn.failing))}" if turn.failing and turn.quotes_from() else ""
+            yield Notice(f"The tests fail before the plan: the reasoner {shown}{toward}.")
+        return result
+
+    def _show_failure(self, turn: Turn, result: TestResult, *, in_prompt: bool, reach: bool) -> None:
+        """``result``'s trimmed output follows ``turn``'s request (``in_prompt``: not for a
+        reasoner without ``history``, a small model trained on single requests, which other text
+        only leads astray), and the functions it reaches focus the reading its ``exact_quotes``
+        hold: a first plan's, the ones the output shows called (``reach=False``); a re-plan's,
+        all those call too (the fault may be in a helper)."""
+        from app.prompts import detect_lang, failing_tests_text
+
+        output = failure_summary(result.output, limit=REPLAN_OUTPUT_CHARS)
+        text = failing_tests_text(result.command, output, detect_lang(turn.route.text)) if in_prompt else ""
+        files = [(p, t) for p, t in turn.files if isinstance(t, str)]
+        turn.after_failing_tests(text, failing_functions(result.output, files, reach=reach))
 
     def undo_attempt(self) -> list[str]:
         """Undo the latest plan's applied change (before a re-plan); the paths put back."""
@@ -182,6 +227,11 @@ class Conversation:
         """The request's events, ending with FlowEnded."""
         cancel = cancel or threading.Event()
         turn = routed.turn
+        if self._tests_first(turn):
+            before = yield from self.reproduce(turn, cancel)
+            if before.status == "cancelled" or cancel.is_set():
+                yield FlowEnded("cancelled")
+                return
         yield from self._stream(turn, cancel)
         result = turn.result
         if result.status != "done":
@@ -371,7 +421,7 @@ class Conversation:
             raise DuetError("no workspace to test")
         yield TestStarted(number, command)
         result = run_tests(command, self.workspace.root, timeout=self.test_timeout, cancel=cancel)
-        if self.attempts is not None:
+        if self.attempts is not None and number > 0:  # a run before a plan (round 0) is no plan's
             self.attempts.test = result
         if self.save and self.session_id is not None and self.store is not None:
             self.store.record_test(self.session_id, message_id=message_id, round=number, command=command,
@@ -422,6 +472,7 @@ class Conversation:
 
     def clear(self) -> None:
         self.history, self.plan, self.session_id, self.attempts = [], None, None, None
+        self._before = None
         self._handoffs.clear()
         self._retries = 0
 

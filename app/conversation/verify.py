@@ -170,3 +170,27 @@ def failure_summary(output: str, limit: int = FEEDBACK_CHARS) -> str:
         tail_text = tail_text[-max(budget, 500):]
     parts.append("End of the output:\n" + tail_text)
     return "\n\n".join(parts)[-limit:] if len("\n\n".join(parts)) > limit else "\n\n".join(parts)
+
+
+_CALLED = re.compile(r"(?<![\w.])(?:[A-Za-z_][A-Za-z0-9_]*\.)*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+
+
+def failing_functions(output: str, files: Sequence[tuple[str, str]], *, reach: bool = True) -> frozenset[str]:
+    """The functions of the files (not of their test files) a failing run reaches: each one the
+    output shows called (``assert add(2, 3) == 5``; pytest's ``def test_add():`` counts for what
+    it calls) that the files define, and every function those call, transitively
+    (`app.code_map.reached`). ``reach=False``: only those the output shows called, the likeliest
+    place of the fault (all it reaches where it shows none of them). Empty when the output names
+    none of the files' functions (an import error, another language): nothing to focus on."""
+    from app.code_map import reached
+
+    names = set(_CALLED.findall(output))
+    found = [f for f in reached(names, files) if not is_test_path(f.path)]
+    shown = frozenset(f.name for f in found if f.name in names)
+    return shown if shown and not reach else frozenset(f.name for f in found)
+
+
+def is_test_path(path: str) -> bool:
+    """A test module by its name: ``test_*.py``, ``*_test.py``, ``conftest.py``."""
+    name = Path(path).name
+    return name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"

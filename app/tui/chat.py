@@ -360,7 +360,10 @@ class ChatScreen(ChatActions, Screen):
             self.notify("No changes applied.")
         elif isinstance(event, TestStarted):
             test = self._tests[event.round] = TestItem(event.round, event.command, self.conv.rounds)
-            self.conversation.mount(test)
+            if event.round == 0 and self.current is not None:  # before the plan: above the reply it precedes
+                self.conversation.mount(test, before=self.current)
+            else:
+                self.conversation.mount(test)
             self.conversation.scroll_end(animate=False)
         elif isinstance(event, TestFinished):
             test = self._tests.pop(event.round, None)

@@ -256,8 +256,8 @@ class TestItem(Static):
 
     def _head(self, state: str) -> Content:
         of = f" of {self.rounds}" if self.rounds else ""
-        return Content.assemble(("tests", "bold"), f" · round {self.round}{of} · ", (self.command, "italic"),
-                                " · ", state)
+        when = "before the plan" if self.round == 0 else f"round {self.round}{of}"  # round 0: test_first
+        return Content.assemble(("tests", "bold"), f" · {when} · ", (self.command, "italic"), " · ", state)
 
     def finish(self, result) -> None:
         """Show ``result`` (an app.conversation.TestResult)."""

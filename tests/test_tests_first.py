@@ -1,0 +1,139 @@
+"""Tests before the plan (``[workspace] test_first``): which functions a failing run reaches
+(app.code_map, app.conversation.verify.failing_functions) and the reading focused on them
+(app.exact_quotes.ReadingFocus). The whole flow, through `duet run`, is in test_run.py; the demo
+reasoner under the focus, in test_exact_quotes.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from app.code_map import functions, reached
+from app.conversation.verify import failing_functions, is_test_path
+from app.exact_quotes import Quotes, ReadingFocus, line_rules
+
+SHAPES = ('def area(w, h):\n    """Return w times h."""\n    return w + h\n\n\n'  # lines 1-3
+          'def double_area(w, h):\n    """Return twice the area."""\n    return 2 * area(w, h)\n\n\n'  # 6-8
+          'class Box:\n    def volume(self, d):\n        return self.side * d\n\n\n'  # 11-13
+          'def unused():\n    return 0\n')  # 16-17
+TEST_SHAPES = ("from shapes import area, double_area\n\n\ndef test_double():\n    assert double_area(2, 3) == 12\n")
+
+
+def test_the_code_map_knows_each_function_s_lines_and_calls_and_what_a_name_reaches():
+    fs = {f.name: f for f in functions([("shapes.py", SHAPES), ("notes.md", "def no(): pass\n"), ("bad.py", "def (")])}
+    assert set(fs) == {"area", "double_area", "volume", "unused"}  # not Markdown, not a file that does not parse
+    assert (fs["area"].first, fs["area"].last) == (1, 3) and (fs["volume"].first, fs["volume"].last) == (12, 13)
+    assert fs["double_area"].calls == {"area"} and fs["unused"].calls == frozenset()
+    assert [f.name for f in reached(["double_area"], [("shapes.py", SHAPES)])] == ["area", "double_area"]
+    assert reached(["print", "nothing"], [("shapes.py", SHAPES)]) == []
+
+
+def run_output(tmp_path, runner: list[str]) -> str:
+    (tmp_path / "shapes.py").write_text(SHAPES)
+    (tmp_path / "test_shapes.py").write_text(TEST_SHAPES)
+    return subprocess.run(runner, cwd=tmp_path, capture_output=True, text=True).stdout
+
+
+def test_a_failing_run_reaches_the_functions_its_asserts_call_and_theirs_whatever_the_runner(tmp_path):
+    """Real output: pytest's, and a plain script's traceback. The functions named there that the
+    files define, and what they call; the test file's own functions are not among them."""
+    files = [("shapes.py", SHAPES), ("test_shapes.py", TEST_SHAPES)]
+    pytest_out = run_output(tmp_path, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_shapes.py"])
+    assert "double_area" in pytest_out and "test_double" in pytest_out
+    assert failing_functions(pytest_out, files) == {"double_area", "area"}
+    assert failing_functions(pytest_out, files, reach=False) == {"double_area"}  # the one its assert calls
+    assert failing_functions("    def test_double():", files, reach=False) == {"double_area", "area"}  # none shown
+    script = tmp_path / "test_plain.py"
+    script.write_text("from shapes import area\nassert area(2, 3) == 6\n")
+    plain = subprocess.run([sys.executable, script.name], cwd=tmp_path, capture_output=True, text=True).stderr
+    assert failing_functions(plain, files) == {"area"}
+    assert failing_functions("    assert box.volume(3) == 27", files) == {"volume"}  # a method, by its name
+    assert failing_functions("ModuleNotFoundError: No module named 'shapes'", files) == frozenset()
+    assert failing_functions(pytest_out, [("shapes.md", SHAPES)]) == frozenset()  # not Python: nothing known
+    assert is_test_path("pkg/test_x.py") and is_test_path("x_test.py") and is_test_path("conftest.py")
+    assert not is_test_path("testing.py") and not is_test_path("contest.py")
+
+
+def told(rule, text: bytes) -> None:
+    for line in text.split(b"\n"):
+        rule.wrote(line)
+
+
+def test_the_reading_concludes_only_inside_a_failing_function_and_reads_no_further_than_the_last():
+    files = [("shapes.py", SHAPES)]
+    focus = ReadingFocus(files, {"double_area", "area"}, thinking=True)
+    assert focus.lines == {1, 2, 3, 6, 7, 8} and focus.end == 8
+    assert focus(b"shapes.py has 4 functions. I read the code line by line.", True)  # before the reading: free
+    told(focus, b"shapes.py has 4 functions. I read the code line by line.\n 1 | def area(w, h):")
+    assert focus(b"Line 1 is the bug.", True)  # inside area
+    told(focus, b' 2 |     """Return w times h."""\n 3 |     return w + h\n 4 | ')
+    for line, complete, want in [
+        (b"Line 3 uses `+` where the docstring needs `*`.", True, False),  # line 4 is not area's
+        (b"Line", False, False), (b"", True, False), (b"</think>", True, False),  # nor a stop of any kind
+        (b" 5 | ", True, True), (b" 5", False, True), (b" ", False, True),  # reading on
+        (b" 9 | ", True, False), (b" 9", False, False),  # past double_area, the last failing function
+        (b" 5", True, False), (b" 5by", True, False),  # a number that is not a numbered line
+    ]:
+        assert focus(line, complete) is want, (line, complete)
+    told(focus, b" 5 | \n 6 | def double_area(w, h):")
+    assert focus(b"Line 6 is the bug.", True)
+    assert focus(b"So the bug is in function `area`.", True) and not focus(b"So the bug is in function `unused`", True)
+    assert focus(b"function `double_", False) and not focus(b"function `un", False)
+    told(focus, b"So it is here.</think>")
+    assert focus(b"**Bug:** `shapes.py`, function `double_area`, line 8.", True)  # the answer: names held only
+    assert not focus(b"**Bug:** function `unused`.", True)
+    plain = ReadingFocus(files, {"area"}, thinking=False)  # a reply that is all answer
+    told(plain, b" 16 | def unused():")
+    assert plain(b"Line 16 is wrong.", True)
+
+
+def test_the_rules_of_a_reply_take_the_focus_only_after_failing_tests_that_reach_a_function():
+    files = (("shapes.py", SHAPES),)
+    read = b"shapes.py has 4 functions.\n 1 | def area(w, h):\n 2 |     \"\"\"Return w times h.\"\"\"\n 3 |     return w + h\n 4 | "
+    for failing, stops in [(frozenset(), True), (frozenset({"double_area"}), False), (frozenset({"nowhere"}), True)]:
+        rules = line_rules(Quotes(files, failing), thinking=True, names=True)
+        told(rules, read)
+        assert rules(b"Line 3 uses `+` where the docstring needs `*`. This is the bug.", True) is stops, failing
+
+
+def test_a_re_plan_after_test_first_reads_toward_the_latest_failure(tmp_path):
+    """In the core: the plan's change fails the tests (now in ``double_area`` only: ``area`` was
+    "fixed" into a bug of its own); the re-plan's turn is focused on what that failure reaches, and
+    its prompt carries the failure only where the re-plan request does not (history) and the
+    reasoner keeps history. A run before the plan is no plan's test (the re-plan of a plan whose
+    edits never applied falls back to it)."""
+    import dataclasses
+
+    from app.config import WorkspaceConfig
+    from app.conversation import Conversation
+    from app.workspace import Workspace
+    from tests.sse_server import ScriptedServer, reasoner_reply, text_reply
+    from tests.tui_support import server_config
+
+    (tmp_path / "shapes.py").write_text(SHAPES)
+    (tmp_path / "test_shapes.py").write_text("from shapes import area, double_area\n\nassert area(2, 3) == 6\n"
+                                             "assert double_area(2, 3) == 12\n")
+    wrong = ("shapes.py\n<<<<<<< SEARCH\n    return w + h\n=======\n    return w * h\n>>>>>>> REPLACE\n\n"
+             "shapes.py\n<<<<<<< SEARCH\n    return 2 * area(w, h)\n=======\n    return 3 * area(w, h)\n>>>>>>> REPLACE\n")
+    test = f"{sys.executable} test_shapes.py"
+    for history in (True, False):
+        with ScriptedServer(reasoner_reply("t", "1. fix area"), models=("scripted-model",)) as server:
+            config = server_config(server.base_url)
+            config = dataclasses.replace(config, workspace=WorkspaceConfig(test=test, test_first=True),
+                                         reasoner=dataclasses.replace(config.reasoner, history=history))
+            ws = Workspace(tmp_path)
+            ws.context.add("shapes.py")
+            conv = Conversation(config, workspace=ws, save=False, test_command=test, rounds=1)
+            routed = conv.prepare("fix the bug in shapes.py", "reasoner", intent="design")
+            events = list(conv.run(routed))
+            assert [e.round for e in events if type(e).__name__ == "TestFinished"] == [0]
+            assert routed.turn.failing == {"area"} and ("fails now" in routed.turn.prompt) is history
+            assert conv.attempts.test is None  # the run before the plan is none of its plans'
+            server.enqueue(text_reply(wrong))
+            list(conv.run(conv.prepare_handoff("fix the bug in shapes.py"), approve=lambda c: c))
+            assert not conv.attempts.test.passed and "double_area(2, 3)" in conv.attempts.test.output
+            conv.undo_attempt()
+            again = conv.prepare_replan().turn
+            assert again.failing == {"double_area", "area"}  # what the latest failure reaches
+            assert "fails now" not in again.prompt  # with history the re-plan request holds it; without, none
+            assert ("double_area(2, 3)" in again.prompt) is history
