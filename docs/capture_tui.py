@@ -3,10 +3,11 @@
     python docs/capture_tui.py [REQUEST]   # writes docs/demo-1-plan.svg, -2-diff.svg, -3-test.svg
 
 A Pilot drives the real app (the reasoner on our engine, int8; the coder on llama.cpp) on a
-fresh copy of the sample project, as a user would: the request, the reasoner's thinking and
-plan (1), Ctrl+O and Ctrl+S to hand the plan to the coder, the diff review (2), `a` and Enter to
-apply, and the sample project's tests run after the apply (3). Nothing is staged: whatever the
-models write is what the pictures show. A fresh data dir, so no earlier session is resumed.
+fresh copy of the sample project, as a user would: the request, the tests run before the plan
+(the demo's ``test_first``), the reasoner's thinking and plan (1), Ctrl+O and Ctrl+S to hand
+the plan to the coder, the diff review (2), `a` and Enter to apply, and the sample project's
+tests run after the apply (3). Nothing is staged: whatever the models write is what the
+pictures show. A fresh data dir, so no earlier session is resumed.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ async def capture(request: str, out: Path) -> None:
             await pilot.pause(0.5)
             app.save_screenshot("demo-2-diff.svg", path=str(out))
             await pilot.press("a", "enter")
-            await until(pilot, lambda: any(t.status != "running" for t in app.chat.query(TestItem)), "the test run", timeout=120)
+            await until(pilot, lambda: any(t.round >= 1 and t.status != "running" for t in app.chat.query(TestItem)),
+                        "the test run after the apply", timeout=120)  # round 0: the run before the plan
             await pilot.pause(0.5)
             app.save_screenshot("demo-3-test.svg", path=str(out))
     finally:
