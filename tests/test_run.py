@@ -172,6 +172,38 @@ def test_a_coder_without_history_whose_edit_changes_nothing_is_asked_again_sampl
             assert (repo / "calc.py").read_text() == BROKEN
 
 
+def test_a_coder_without_history_whose_blocks_do_not_apply_is_asked_its_request_again_sampled(servers, repo, tmp_path,
+                                                                                               guard_log):
+    """A block that does not apply (its SEARCH is not in the file) goes back to a coder with
+    history with the reasons (the retry prompt); a coder without history, which that prompt
+    only leads astray (and greedy, to the same reply), is asked its hand-off again, sampled."""
+    reasoner, coder = servers
+    for history in ("false", "true"):
+        config_file = tmp_path / f"revise-{history}.toml"
+        config_file.write_text(f'[reasoner]\nbackend = "openai"\nurl = "{reasoner.base_url}"\nmodel = "r1"\ntimeout = 5\n\n'
+                               f'[coder]\nbackend = "openai"\nurl = "{coder.base_url}"\nmodel = "coder"\ntimeout = 5\n'
+                               f'history = {history}\n[coder.sampling]\ntemperature = 0\n', encoding="utf-8")
+        coder.requests.clear()
+        coder.enqueue(text_reply(edit("    return a ** b", "    return a + b")),
+                      text_reply(edit("    return a - b", "    return a + b")))
+        p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test",
+                 TEST_CMD, "--json", "fix add in calc.py")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["status"] == "passed"
+        asks = [r.json for r in coder.requests if r.path.endswith("/chat/completions")]
+        assert len(asks) == 2
+        if history == "false":
+            assert asks[1]["messages"] == asks[0]["messages"]  # the hand-off again ...
+            assert asks[1]["temperature"] > 0 and asks[1]["seed"] >= 1  # ... sampled
+            assert "asking the coder its request again, sampled (round 1 of 3)" in p.stderr
+        else:
+            retry = asks[1]["messages"][-1]["content"]
+            assert "SEARCH does not match the file exactly" in retry  # told why, not asked afresh
+            assert "temperature" not in asks[1] or asks[1]["temperature"] == 0
+            assert "asking the coder again (round 1 of 3)" in p.stderr
+        assert Workspace(repo).undo() == ["calc.py"] and (repo / "calc.py").read_text() == BROKEN
+
+
 def test_first_the_tests_run_before_the_plan_and_their_failure_goes_with_the_request(servers, repo, tmp_path,
                                                                                      guard_log):
     """``[workspace] test_first``: the test command runs before the reasoner plans (round 0, in

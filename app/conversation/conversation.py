@@ -8,7 +8,8 @@
 ``prepare`` makes the one routing decision for a request (with ``after_plan`` when a plan
 exists) and builds the turn under it, so what a view shows, what the prompt asks and what
 the store records agree. ``run`` streams that turn; after a coder's answer it checks the edit
-blocks (rejected ones go back to the coder: `app.workspace.revise`), asks ``approve`` which
+blocks (rejected ones go back to the coder: `app.workspace.revise`; a coder without
+``history`` is asked its request again, sampled), asks ``approve`` which
 edits to write, applies them, runs the user's test command, and while tests fail sends the
 trimmed failure, the plan and the files as they now are back to the coder (it fixes forward;
 every round of one request is one undo step; a coder without ``history`` is instead asked the
@@ -292,7 +293,7 @@ class Conversation:
         applied_any = False
         for number in range(1, self.rounds + 1):
             try:
-                changes = yield from self._revise(reply, cancel, lang)
+                changes = yield from self._revise(reply, cancel, lang, first)
             except DuetError as exc:
                 yield Notice(str(exc), "error")
                 yield FlowEnded("failed", number, (str(exc),))
@@ -372,16 +373,24 @@ class Conversation:
             return None
         return turn.result.answer
 
-    def _revise(self, reply: str, cancel: threading.Event, lang: str):
-        """`app.workspace.revise`'s loop, each retry a visible coder turn in this conversation."""
+    def _revise(self, reply: str, cancel: threading.Event, lang: str, first: Turn):
+        """`app.workspace.revise`'s loop, each retry a visible coder turn in this conversation:
+        told why its blocks did not apply; a coder without history (trained on single requests,
+        which that prompt only leads astray, and greedy, to the same reply each round) is asked
+        ``first``'s request again instead, sampled."""
         from app.workspace.revise import MAX_ROUNDS, revising
 
         def ask_coder(prompt: str, number: int):
             if cancel.is_set():
                 return None
-            yield Notice(f"Some edit blocks did not apply: asking the coder again (round {number} of {MAX_ROUNDS}).")
             author = f"duet → coder · retry {number} of {MAX_ROUNDS}"
-            turn = self.prepare(prompt, "coder", intent="edit", author=author).turn
+            if self.config.coder.history:
+                yield Notice(f"Some edit blocks did not apply: asking the coder again (round {number} of {MAX_ROUNDS}).")
+                turn = self.prepare(prompt, "coder", intent="edit", author=author).turn
+            else:
+                yield Notice(f"Some edit blocks did not apply: asking the coder its request again, sampled "
+                             f"(round {number} of {MAX_ROUNDS}).")
+                turn = self._ask_again(first, author)
             yield from self._stream(turn, cancel, author=author)
             return turn.result.answer if turn.result.status == "done" else None
 
