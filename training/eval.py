@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -189,11 +190,42 @@ def failing_of(m: Module) -> frozenset[str]:
     return failing_functions(r.stdout + r.stderr, [(m.path, m.source)], reach=False)
 
 
+def coder_in_duet(config_path: Path, m: Module, request: str, plan: str) -> bool:
+    """The coder handed ``plan`` as `duet run` hands it a plan (`Conversation.prepare_handoff`),
+    in Duet's own loop: blocks checked (syntax too) and applied, the module's tests run, a
+    rejected block or a failing round retried within the rounds as Duet retries them. Whether
+    the run ends with the tests passing."""
+    from app.config import load_config
+    from app.conversation import Conversation
+    from app.conversation.steps import Plan
+    from app.workspace import Workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / m.path).write_text(m.source, encoding="utf-8")
+        (root / m.test_path).write_text(m.test_source, encoding="utf-8")
+        config = load_config(config_path)
+        ws = Workspace.from_config(str(root), config)
+        ws.context.add(m.path)
+        conv = Conversation(config, workspace=ws, save=False, test_command=f"{shlex.quote(sys.executable)} {m.test_path}")
+        conv.plan = Plan.from_answer(plan)
+        events = list(conv.run(conv.prepare_handoff(request), approve=lambda changes: changes))
+    return getattr(events[-1], "status", None) == "passed"
+
+
 def eval_coder(coder_gguf, n: int, seed: int, log=print) -> dict:
-    """The coder alone: given the teacher's (correct) plan through the hand-off brief, and given
-    no plan (the request straight to it, as the router sends "fix ...")."""
+    """The coder alone: given the teacher's (correct) plan through the hand-off brief (one
+    reply, applied and tested), the same in Duet's own loop as `duet run` hands it a plan
+    (``coder_in_duet``: its retries too), and given no plan (the request straight to it, as the
+    router sends "fix ...")."""
+    from app.backends import close_all
+    from app.config_writer import demo_table
+
     cd = Coder(coder_gguf)
     rows, tok, secs = [], 0, 0.0
+    tmp = tempfile.TemporaryDirectory()
+    config_path = Path(tmp.name) / "config.toml"
+    config_path.write_text(demo_table("coder", Path(coder_gguf).resolve()), encoding="utf-8")
     for i, (m, request) in enumerate(heldout_cases(n, seed)):
         lang = lang_of(request)
         files = [(m.path, m.source)]
@@ -201,14 +233,19 @@ def eval_coder(coder_gguf, n: int, seed: int, log=print) -> dict:
         text, ck, cdt = cd.run(brief, files=files, plan=answer(m, lang))
         tok, secs = tok + ck, secs + cdt
         given_plan, why = apply_and_test(m, text)
+        in_duet = coder_in_duet(config_path, m, request, answer(m, lang))
         free, why_free = apply_and_test(m, cd.run(brief)[0])
         direct_req = ("修复 {path} 里的错误" if lang == "zh" else "fix the bug in {path}").format(path=m.path)
         direct, _ = apply_and_test(m, cd.run(coder_prompt(m, direct_req, None, "direct"), files=files)[0])
         rows.append({"i": i, "path": m.path, "function": m.func.name, "kind": m.mutation.kind, "request": request,
-                     "coder_given_plan": given_plan, "coder_given_plan_free": free, "coder_direct": direct,
-                     "why": "" if given_plan else why, "why_free": "" if free else why_free})
-        log(f"{i:3d} {m.mutation.kind:13s} coder={int(given_plan)} free={int(free)} direct={int(direct)}  {request}")
+                     "coder_given_plan": given_plan, "coder_given_plan_duet": in_duet, "coder_given_plan_free": free,
+                     "coder_direct": direct, "why": "" if given_plan else why, "why_free": "" if free else why_free})
+        log(f"{i:3d} {m.mutation.kind:13s} coder={int(given_plan)} in_duet={int(in_duet)} free={int(free)} "
+            f"direct={int(direct)}  {request}")
+    close_all()
+    tmp.cleanup()
     return {"coder_n": len(rows), "coder_given_plan": _rate(rows, "coder_given_plan"),
+            "coder_given_plan_duet": _rate(rows, "coder_given_plan_duet"),
             "coder_given_plan_free": _rate(rows, "coder_given_plan_free"),
             "coder_direct": _rate(rows, "coder_direct"), "coder_tok_s": round(tok / max(secs, 1e-9), 1),
             "coder_by_kind": {k: rate_k(rows, k, lambda r: r["coder_given_plan"]) for k in KINDS},
@@ -283,7 +320,6 @@ def eval_duet_run(reasoner_dir, coder_gguf, n: int, seed: int, log=print, replan
     asked again, sampled): its figures are under ``duet_run_replans_*``."""
     import contextlib
     import io
-    import shlex
 
     from app.backends import close_all
     from app.cli import main as duet
@@ -376,6 +412,7 @@ LABELS = [("reasoner_found", "reasoner: right function + kind (thinking)"),
           ("reasoner_nothink_found_tests", "  thinking suppressed, after its failing tests: function + kind"),
           ("reasoner_nothink_exact_change_tests", "  thinking suppressed, after its failing tests: exact change"),
           ("coder_given_plan", "coder given a correct plan: tests pass"),
+          ("coder_given_plan_duet", "  the same in Duet's loop, as duet run hands it a plan (its retries)"),
           ("coder_given_plan_free", "  the same, sampled without the edit grammar"),
           ("coder_direct", "coder alone (no plan): tests pass"),
           ("end_to_end", "end to end (reasoner → coder → apply → test)"),
