@@ -29,7 +29,8 @@ SUGGESTED_REQUESTS = (
 )
 FLOW_STEPS = (  # (step, keys) as the chat screen binds them
     ("the file joins the context when the request names it or its function", "Ctrl+F adds others"),
-    ("ask for a plan (the reasoner thinks, then plans)", "type a request above · Enter (Ctrl+R forces the reasoner)"),
+    ("ask for a plan (its tests run first; the reasoner reads toward what fails, thinks, then plans)",
+     "type a request above · Enter (Ctrl+R forces the reasoner)"),
     ("hand the plan to the coder", "Ctrl+O"),
     ("review the diff and apply it", "a accept all · r reject · Space toggle a hunk"),
     ("run the tests", "python run_tests.py (or `duet --demo run --apply --test ...`)"),
