@@ -65,6 +65,26 @@ def guard_log(tmp_path) -> Path:
     assert not log.exists() or not log.read_text(), f"non-loopback connection attempts:\n{log.read_text()}"
 
 
+def greedy_coder_config(path: Path, servers, history: str) -> Path:
+    """A config on the loopback servers whose coder decodes greedily, with ``history`` as given."""
+    reasoner, coder = servers
+    path.write_text(f'[reasoner]\nbackend = "openai"\nurl = "{reasoner.base_url}"\nmodel = "r1"\ntimeout = 5\n\n'
+                    f'[coder]\nbackend = "openai"\nurl = "{coder.base_url}"\nmodel = "coder"\ntimeout = 5\n'
+                    f'history = {history}\n[coder.sampling]\ntemperature = 0\n', encoding="utf-8")
+    return path
+
+
+def plan_and_code(servers, repo: Path, guard_log: Path, config_file: Path, *coder_replies: str):
+    """`duet run` of a plan (--apply, --test) with the coder's replies scripted: the process and
+    what the coder was asked."""
+    _, coder = servers
+    coder.requests.clear()
+    coder.enqueue(*(text_reply(reply) for reply in coder_replies))
+    p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test", TEST_CMD,
+             "--json", "fix add in calc.py")
+    return p, [r.json for r in coder.requests if r.path.endswith("/chat/completions")]
+
+
 def duet(config_file: Path, repo: Path, guard_log: Path, *args: str, timeout: float = 120):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(GUARD), str(ROOT)]), DUET_OFFLINE_GUARD="1",
                DUET_OFFLINE_GUARD_LOG=str(guard_log))
@@ -117,11 +137,8 @@ def test_a_coder_without_history_gets_the_plan_again_on_the_files_as_they_were_s
     """``history = false`` on the coder (a model trained on single requests): after a failing
     round its change is undone and it is asked the hand-off again (not the fix-forward prompt),
     sampled with a fresh seed; its second reply quotes the file as it was, and passes."""
-    reasoner, coder = servers
-    config_file = tmp_path / "alone.toml"
-    config_file.write_text(f'[reasoner]\nbackend = "openai"\nurl = "{reasoner.base_url}"\nmodel = "r1"\ntimeout = 5\n\n'
-                           f'[coder]\nbackend = "openai"\nurl = "{coder.base_url}"\nmodel = "coder"\ntimeout = 5\n'
-                           f'history = false\n[coder.sampling]\ntemperature = 0\n', encoding="utf-8")
+    _, coder = servers
+    config_file = greedy_coder_config(tmp_path / "alone.toml", servers, "false")
     coder.enqueue(text_reply(edit("    return a - b", "    return a * b")),
                   text_reply(edit("    return a - b", "    return a + b")))
     p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test", TEST_CMD,
@@ -144,19 +161,11 @@ def test_a_coder_without_history_whose_edit_changes_nothing_is_asked_again_sampl
     """A reply whose block changes nothing (its REPLACE is its SEARCH) is a round that failed:
     a coder without history is asked the same hand-off again, sampled; one with history is not
     (its run ends: no edits)."""
-    reasoner, coder = servers
     for history in ("false", "true"):
-        config_file = tmp_path / f"noop-{history}.toml"
-        config_file.write_text(f'[reasoner]\nbackend = "openai"\nurl = "{reasoner.base_url}"\nmodel = "r1"\ntimeout = 5\n\n'
-                               f'[coder]\nbackend = "openai"\nurl = "{coder.base_url}"\nmodel = "coder"\ntimeout = 5\n'
-                               f'history = {history}\n[coder.sampling]\ntemperature = 0\n', encoding="utf-8")
-        coder.requests.clear()
-        coder.enqueue(text_reply(edit("    return a - b", "    return a - b")),
-                      text_reply(edit("    return a - b", "    return a + b")))
-        p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test",
-                 TEST_CMD, "--json", "fix add in calc.py")
+        config_file = greedy_coder_config(tmp_path / f"noop-{history}.toml", servers, history)
+        p, asks = plan_and_code(servers, repo, guard_log, config_file, edit("    return a - b", "    return a - b"),
+                                edit("    return a - b", "    return a + b"))
         out = json.loads(p.stdout)
-        asks = [r.json for r in coder.requests if r.path.endswith("/chat/completions")]
         if history == "false":
             assert p.returncode == 0, p.stderr
             assert out["status"] == "passed" and out["rounds"] == 2
@@ -177,20 +186,12 @@ def test_a_coder_without_history_whose_blocks_do_not_apply_is_asked_its_request_
     """A block that does not apply (its SEARCH is not in the file) goes back to a coder with
     history with the reasons (the retry prompt); a coder without history, which that prompt
     only leads astray (and greedy, to the same reply), is asked its hand-off again, sampled."""
-    reasoner, coder = servers
     for history in ("false", "true"):
-        config_file = tmp_path / f"revise-{history}.toml"
-        config_file.write_text(f'[reasoner]\nbackend = "openai"\nurl = "{reasoner.base_url}"\nmodel = "r1"\ntimeout = 5\n\n'
-                               f'[coder]\nbackend = "openai"\nurl = "{coder.base_url}"\nmodel = "coder"\ntimeout = 5\n'
-                               f'history = {history}\n[coder.sampling]\ntemperature = 0\n', encoding="utf-8")
-        coder.requests.clear()
-        coder.enqueue(text_reply(edit("    return a ** b", "    return a + b")),
-                      text_reply(edit("    return a - b", "    return a + b")))
-        p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--test",
-                 TEST_CMD, "--json", "fix add in calc.py")
+        config_file = greedy_coder_config(tmp_path / f"revise-{history}.toml", servers, history)
+        p, asks = plan_and_code(servers, repo, guard_log, config_file, edit("    return a ** b", "    return a + b"),
+                                edit("    return a - b", "    return a + b"))
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["status"] == "passed"
-        asks = [r.json for r in coder.requests if r.path.endswith("/chat/completions")]
         assert len(asks) == 2
         if history == "false":
             assert asks[1]["messages"] == asks[0]["messages"]  # the hand-off again ...
