@@ -283,14 +283,17 @@ class ReadingFocus:
     "function" (method, 函数, 方法) names one of them. So a small model whose reading would stop
     at a line that only looks wrong, in a function whose tests pass, reads on to the one the
     failure is in; which line there it finds, and what it says of it, stay its own. With
-    several files in context their line numbers are taken together (line N of any of them)."""
+    several files in context their line numbers are taken together (line N of any of them);
+    where a failing function's name is not ASCII (inline code is read as ASCII names), the
+    names after "function" are left free."""
 
     def __init__(self, files: Iterable[tuple[str, str]], failing: Iterable[str], *, thinking: bool):
         failing = set(failing)
         reached = [f for f in functions(files) if f.name in failing]
         self.lines = {n for f in reached for n in range(f.first, f.last + 1)}
         self.end = max(self.lines, default=0)
-        self.names = {f.name.encode("ascii") for f in reached if f.name.isascii()}
+        ascii_only = all(f.name.isascii() for f in reached)
+        self.names = {f.name.encode("ascii") for f in reached} if ascii_only else None
         self.thinking = thinking  # in the thinking now
         self.last: int | None = None  # the numbered line the thinking read last
 
@@ -303,7 +306,7 @@ class ReadingFocus:
             self.thinking = tags[-1] == THINK
 
     def __call__(self, line: bytes, complete: bool) -> bool:
-        if not _functions_named(line, complete, self.names):
+        if self.names is not None and not _functions_named(line, complete, self.names):
             return False
         if not self.thinking or self.last is None:
             return True

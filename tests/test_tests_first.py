@@ -82,6 +82,8 @@ def test_the_reading_concludes_only_inside_a_failing_function_and_reads_no_furth
     told(focus, b"So it is here.</think>")
     assert focus(b"**Bug:** `shapes.py`, function `double_area`, line 8.", True)  # the answer: names held only
     assert not focus(b"**Bug:** function `unused`.", True)
+    café = ReadingFocus([("m.py", "def café():\n    return 1\n")], {"café"}, thinking=False)
+    assert café("the function `café` is wrong".encode(), True)  # a name inline code cannot hold: not held
     plain = ReadingFocus(files, {"area"}, thinking=False)  # a reply that is all answer
     told(plain, b" 16 | def unused():")
     assert plain(b"Line 16 is wrong.", True)

@@ -241,3 +241,13 @@ async def test_with_test_first_a_plan_shows_its_test_run_before_the_reply(server
         assert "before the plan" in head and "✗ failed" in head and "round" not in head.split("\n")[0]
         asked = server.requests[-1].json["messages"][-1]["content"]
         assert "fix add in calc.py" in asked and "fails now" in asked and "assert add(2, 3) == 5" in asked
+    with SessionStore.open(tmp_path / "s.db") as store:  # stored with the reply it came before
+        sid = store.last_session_id()
+        reply_id = [m.id for m in store.messages(sid) if m.kind != "user"][0]
+        assert [(r.round, r.status, r.message_id) for r in store.test_runs(sid)] == [(0, "failed", reply_id)]
+    app = make_app(config, workspace=ws, store_path=tmp_path / "s.db", resume=True)  # reopened: in its place
+    async with app.run_test(size=(120, 50)) as pilot:
+        await wait_for(pilot, lambda: len(app.chat.conversation.query(TestItem)) == 1)
+        kinds = [type(w).__name__ for w in app.chat.conversation.children]
+        assert kinds == ["UserItem", "TestItem", "ReplyItem"]
+        assert "before the plan" in str(app.chat.conversation.query_one(TestItem).render())

@@ -228,6 +228,7 @@ class Conversation:
         """The request's events, ending with FlowEnded."""
         cancel = cancel or threading.Event()
         turn = routed.turn
+        before = None
         if self._tests_first(turn):
             before = yield from self.reproduce(turn, cancel)
             if before.status == "cancelled" or cancel.is_set():
@@ -235,6 +236,8 @@ class Conversation:
                 return
         yield from self._stream(turn, cancel)
         result = turn.result
+        if before is not None:  # the run before the plan, stored with the reply it came before
+            self._record_test(before, 0, result.message_id)
         if result.status != "done":
             yield FlowEnded("cancelled" if result.status == "cancelled" else "failed",
                             reasons=(result.failed.message,) if result.failed else ())
@@ -430,13 +433,17 @@ class Conversation:
             raise DuetError("no workspace to test")
         yield TestStarted(number, command)
         result = run_tests(command, self.workspace.root, timeout=self.test_timeout, cancel=cancel)
-        if self.attempts is not None and number > 0:  # a run before a plan (round 0) is no plan's
-            self.attempts.test = result
-        if self.save and self.session_id is not None and self.store is not None:
-            self.store.record_test(self.session_id, message_id=message_id, round=number, command=command,
-                                   exit_code=result.exit_code, status=result.status, output=result.output)
+        if number > 0:  # a run before a plan (round 0) is no plan's, and is recorded with its reply (`run`)
+            if self.attempts is not None:
+                self.attempts.test = result
+            self._record_test(result, number, message_id)
         yield TestFinished(number, result)
         return result
+
+    def _record_test(self, result: TestResult, number: int, message_id: int | None) -> None:
+        if self.save and self.session_id is not None and self.store is not None:
+            self.store.record_test(self.session_id, message_id=message_id, round=number, command=result.command,
+                                   exit_code=result.exit_code, status=result.status, output=result.output)
 
     # ---- material ----------------------------------------------------------------------------
     def context_files(self, rc=None, notes: list[str] | None = None, *, extra=()) -> list[tuple[str, str]]:

@@ -292,12 +292,15 @@ class ChatActions:
             items.append((item, m))
         widgets = [x if not isinstance(x, tuple) else x[0] for x in items]
         for run in self.store.test_runs(sid):  # each test round after the reply whose edits it tested
-            test = TestItem(run.round, run.command)
+            test = TestItem(run.round, run.command)  # (a run before a plan, round 0: before its reply)
             test.finish(TestResult(run.command, run.status, run.exit_code, run.output, None))
             at = next((i for i, w in enumerate(widgets) if getattr(w, "message_id", None) == run.message_id
                        and isinstance(w, ReplyItem)), None)
             if at is None:
                 widgets.append(test)
+                continue
+            if run.round == 0:
+                widgets.insert(at, test)
                 continue
             at += 1
             while at < len(widgets) and isinstance(widgets[at], TestItem):
