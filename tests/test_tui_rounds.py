@@ -251,3 +251,20 @@ async def test_with_test_first_a_plan_shows_its_test_run_before_the_reply(server
         kinds = [type(w).__name__ for w in app.chat.conversation.children]
         assert kinds == ["UserItem", "TestItem", "ReplyItem"]
         assert "before the plan" in str(app.chat.conversation.query_one(TestItem).render())
+
+
+async def test_escape_during_the_run_before_the_plan_stops_it_and_asks_nothing(server, ws, tmp_path):
+    """Esc while the tests run before the plan: their process stops, the reply ends cancelled,
+    the reasoner is never asked, and the screen is free for the next request."""
+    marker = ws.root / "started"
+    config = dataclasses.replace(server_config(server.base_url),
+                                 workspace=WorkspaceConfig(test=f"touch {marker} && sleep 30", test_first=True))
+    app = make_app(config, workspace=ws, store_path=tmp_path / "s.db")
+    async with app.run_test(size=(120, 50)) as pilot:
+        await type_and_send(pilot, "/plan fix add in calc.py")
+        await wait_for(pilot, lambda: marker.exists() and app.chat.conversation.query(TestItem), timeout=10)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not app.chat.busy, timeout=10)
+        assert app.chat.conversation.query_one(TestItem).status == "cancelled"
+        assert [r for r in server.requests if r.path.endswith("/chat/completions")] == []
+        assert app.chat.conversation.query_one(ReplyItem).status != "streaming"
