@@ -84,13 +84,15 @@ def fresh_sample_project(target: Path | None = None) -> Path:
 
 
 def test_command() -> str:
-    """The sample project's test command: its own runner, with this Python (no pytest needed),
-    on the tests of the modules an apply changed (the other modules keep their bugs), or on
-    all of them from /test."""
+    """The demo's test command: the runner the sample project ships (``app/plain_tests.py``, no
+    pytest needed) run by its path with this Python, so it works in any workspace (``--workspace``
+    too), on the tests of the modules an apply changed (the sample project's other modules keep
+    their bugs), or on all of them from /test."""
     import shlex
     import sys
 
-    return f"{shlex.quote(sys.executable)} run_tests.py {{changed}}"
+    runner = Path(__file__).resolve().parent / "plain_tests.py"
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(runner))} {{changed}}"
 
 
 # ---------------------------------------------------------------------------- Gemma (optional)

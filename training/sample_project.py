@@ -1,5 +1,6 @@
 """The demo's sample project: a few small modules, each with one planted bug and a test file,
-and ``run_tests.py`` (runs every ``test_*.py``, or those of the modules named; no pytest needed). Built from the generator
+and ``run_tests.py`` (``app/plain_tests.py``: runs every ``test_*.py``, or those of the modules named; no pytest
+needed). Built from the generator
 with a fixed seed and written to ``app/data/demo/sample`` (package data):
 
     python -m training.sample_project app/data/demo/sample
@@ -19,31 +20,7 @@ PLAN = [("calc.py", "operator", 2), ("stats.py", "accumulator", 2), ("listops.py
 SEED = 20260
 
 
-RUN_TESTS = '''"""Run the tests (plain asserts); exit 1 if any fails.
-
-    python run_tests.py              every test_*.py here
-    python run_tests.py stats.py     just test_stats.py (Duet's demo passes the files it changed)
-"""
-import glob
-import os
-import runpy
-import sys
-import traceback
-
-wanted = [a if os.path.basename(a).startswith("test_") else os.path.join(os.path.dirname(a), "test_" + os.path.basename(a))
-          for a in sys.argv[1:]]
-failed = 0
-for path in sorted(set(wanted) if wanted else glob.glob("test_*.py")):
-    try:
-        runpy.run_path(path, run_name="__main__")
-        print(f"PASS {path}")
-    except Exception:
-        failed += 1
-        print(f"FAIL {path}")
-        traceback.print_exc(limit=-1, file=sys.stdout)
-print(f"{failed} failed" if failed else "all tests passed")
-sys.exit(1 if failed else 0)
-'''
+RUN_TESTS = (Path(__file__).resolve().parent.parent / "app" / "plain_tests.py").read_text(encoding="utf-8")
 
 README = """# Duet demo project
 
