@@ -160,6 +160,24 @@ def test_the_teacher_reads_line_by_line_up_to_the_bug_then_plans_the_exact_chang
         assert strip_thinking(plan) == plan
 
 
+def test_the_eval_scores_the_teachers_plan_right_and_a_reversed_or_wrong_change_not():
+    from training.eval import score_plan
+
+    for seed in range(6):
+        m = make_module(random.Random(seed), "heldout", kind=KINDS[seed % len(KINDS)])
+        bad, good = m.bad_line.strip(), m.good_line.strip()
+        for lang in ("en", "zh"):
+            plan = answer(m, lang)
+            assert score_plan(plan, m) == {"function": True, "kind": True, "found": True, "change": True}
+            reversed_plan = plan.replace(f"`{bad}`", "\0").replace(f"`{good}`", f"`{bad}`").replace("\0", f"`{good}`")
+            assert score_plan(reversed_plan, m)["change"] is False  # the right line named, the wrong way round
+            assert score_plan(plan.replace(f"`{good}`", "`pass`"), m)["change"] is False
+        other = next(f.name for f in m.funcs if f.name != m.func.name) if len(m.funcs) > 1 else None
+        if other:
+            first, rest = answer(m, "en").split("\n", 1)
+            assert not score_plan(first.replace(f"`{m.func.name}`", f"`{other}`") + "\n" + rest, m)["found"]
+
+
 def test_the_teachers_edit_applies_with_duets_workspace_and_the_tests_pass(tmp_path):
     for i, m in enumerate(_modules("heldout", 12, seed=11)):
         folder = tmp_path / str(i)

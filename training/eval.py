@@ -154,7 +154,8 @@ def score_plan(ans: str, m: Module) -> dict:
     name = m.func.name
     func_ok = f"function `{name}`" in first or f"函数 `{name}`" in first
     kind_ok = KIND_EN[m.mutation.kind] in first or KIND_ZH[m.mutation.kind] in first
-    change_ok = f"`{m.good_line.strip()}`" in ans
+    good = m.good_line.strip()  # the plan's own change, "... to `good`" (zh "... 改为 `good`")
+    change_ok = f"to `{good}`" in ans or f"改为 `{good}`" in ans
     return {"function": func_ok, "kind": kind_ok, "found": func_ok and kind_ok, "change": change_ok}
 
 
