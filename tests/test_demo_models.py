@@ -163,3 +163,43 @@ def test_packaging_a_coder_only_run_keeps_the_committed_reasoner_and_its_manifes
     (dest / "manifest.json").unlink()  # nothing to keep the reasoner's entry from: a clear error, not a guess
     with pytest.raises(SystemExit, match="manifest.json: no reasoner entry to keep"):
         package(tmp_path / "run", None, dest, roles=("coder",))
+
+
+README_ROWS = {  # the README's table of what the demo models can do: its first column -> the manifest's figure
+    "reasoner: right function and bug kind, thinking": "reasoner_found",
+    "its plan gives the exact change (its own \"… to `the line as it should be`\")": "reasoner_exact_change",
+    "the same asked with the design template (`duet run`, `/plan`)": "reasoner_found_design",
+    "the same with `exact_quotes` but not its names held (`known_names` off)": "reasoner_found_lines",
+    "the same reasoner decoded without `exact_quotes`": "reasoner_found_free",
+    "reasoner: same, thinking suppressed (empty `<think>`)": "reasoner_nothink_found",
+    "reasoner after its failing tests (`test_first`; the design template, as `duet run` asks): right function and "
+    "bug kind": "reasoner_found_tests",
+    "its plan gives the exact change": "reasoner_exact_change_tests",
+    "coder given a correct plan: tests pass": "coder_given_plan",
+    "the same in Duet's own loop, as `duet run` hands it a plan (blocks checked, applied and tested; a rejected "
+    "block or failing round asked again, sampled, within its rounds)": "coder_given_plan_duet",
+    "the same coder sampled without the edit grammar": "coder_given_plan_free",
+    "end to end (reasoner → coder → apply → test; no tests before the plan)": "end_to_end",
+    "end to end through `duet run --apply --test` (tests before the plan)": "duet_run_passed",
+    "the same with `--replans 4` (the tests choose among its plans)": "duet_run_replans_passed",
+}
+
+
+def test_the_readme_table_says_what_the_manifest_measured():
+    """Each figure of the README's table of the demo models is the manifest's (the eval's
+    output), column by column: the sample project, training style, held out."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = {}
+    for line in readme.split("\n"):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
+        if cells and cells[0] in README_ROWS:
+            table[cells[0]] = cells[1:4]
+    assert set(table) == set(README_ROWS)
+    m = json.loads((demo.demo_dir() / "manifest.json").read_text(encoding="utf-8"))
+    for label, key in README_ROWS.items():
+        for cell, section in zip(table[label], ("eval_sample_project", "eval_train_style", "eval")):
+            said = int(re.match(r"(\d+)%", cell).group(1))
+            assert said == round(m[section][key] * 100), (label, section, cell, m[section][key])
