@@ -199,7 +199,8 @@ class Report:
                                "exit_code": r.exit_code, "status": r.status, "output": r.output,
                                "seconds": round(r.seconds, 3)})
             code = f"exit {r.exit_code}" if r.exit_code is not None else r.status
-            self.say(f"{_when(event.round)}: tests {'passed' if r.passed else r.status} ({code}, {r.seconds:.1f} s)")
+            said = "no tests ran" if r.status == "no_tests" else f"tests {'passed' if r.passed else r.status}"
+            self.say(f"{_when(event.round)}: {said} ({code}, {r.seconds:.1f} s)")
             if not r.passed and self.stream:
                 sys.stderr.write(failure_summary(r.output)[-2000:] + "\n")
 

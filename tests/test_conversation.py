@@ -184,6 +184,35 @@ def test_changed_in_the_test_command_becomes_the_applied_files_so_other_failing_
     assert not whole[-1].result.passed and "ran other file.py" in whole[-1].result.output
 
 
+def test_a_test_command_that_finds_no_test_ends_the_apply_untested_not_retried(tmp_path, server):
+    """pytest's exit 5 ("no tests ran") and the demo runner's: the change stands, reported as
+    untested; the coder is not asked to fix a failure there is not."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    ws = Workspace(root)
+    ws.context.add("calc.py")
+    server.set_script(text_reply("calc.py\n<<<<<<< SEARCH\n    return a - b\n=======\n    return a + b\n>>>>>>> REPLACE\n"))
+    runner = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app", "plain_tests.py")
+    conv = Conversation(server_config(server.base_url), workspace=ws, save=False,
+                        test_command=f"{sys.executable} {runner} {{changed}}")
+    events = drain(conv, conv.prepare("/code fix add"), approve=lambda changes: changes)
+    tested = [e.result for e in events if isinstance(e, TestFinished)]
+    assert [(t.status, t.exit_code) for t in tested] == [("no_tests", 5)]
+    assert events[-1] == FlowEnded("applied", 1, ("the test command ran no tests",))
+    assert len(server.requests) == 1 and (root / "calc.py").read_text().endswith("a + b\n")
+
+
+@pytest.mark.parametrize("script, status", [
+    ("print('no tests ran in 0.01s'); raise SystemExit(5)", "no_tests"),  # pytest -q in a project without tests
+    ("print('collected 0 items'); raise SystemExit(5)", "no_tests"),
+    ("print('boom'); raise SystemExit(5)", "failed"),  # exit 5 alone is some other failure
+    ("print('no tests ran'); raise SystemExit(1)", "failed"),
+])
+def test_no_tests_is_pytests_exit_5_with_its_words(tmp_path, script, status):
+    assert run_tests(f"{sys.executable} -c \"{script}\"", tmp_path).status == status
+
+
 def test_changed_paths_are_shell_quoted_and_absent_when_nothing_changed():
     assert with_changed("pytest {changed}", ["a b.py", "c.py"]) == "pytest 'a b.py' c.py"
     assert with_changed("pytest {changed}") == "pytest"

@@ -104,6 +104,19 @@ async def test_slash_test_runs_the_given_command_and_escape_stops_it(server, ws)
         assert app.chat.conv.test_command.endswith("sleep 30")  # /test CMD set it for later rounds
 
 
+async def test_a_test_command_that_finds_no_test_says_so_not_failed(server, tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    app = make_app(server_config(server.base_url), workspace=Workspace(root))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_and_send(pilot, f"/test {sys.executable} -m pytest -q -p no:cacheprovider")
+        await wait_for(pilot, lambda: not app.chat.busy and app.chat.conversation.query(TestItem), timeout=30)
+        item = app.chat.conversation.query(TestItem).last()
+        assert item.status == "no_tests" and item.has_class("no_tests")
+        shown = str(item.render())
+        assert "no tests ran (exit 5)" in shown and "✗" not in shown
+
+
 async def test_rewind_forgets_the_last_request_and_stays_forgotten_after_a_restart(server, tmp_path):
     store_path = tmp_path / "s.db"
     app = make_app(server_config(server.base_url), store_path=store_path)

@@ -346,6 +346,10 @@ class Conversation:
             if result.passed:
                 yield FlowEnded("passed" if not changes.rejected else "failed", number, reasons)
                 return
+            if result.status == "no_tests":  # nothing to fix: the change stands, untested
+                yield FlowEnded("applied" if not changes.rejected else "failed", number,
+                                reasons + ("the test command ran no tests",))
+                return
             if result.status == "cancelled" or cancel.is_set():
                 yield FlowEnded("cancelled", number)
                 return

@@ -29,7 +29,8 @@ FEEDBACK_CHARS = 6_000  # what goes back to the coder
 
 @dataclass(frozen=True)
 class TestResult:
-    """``status``: passed | failed | timeout | cancelled | error (the command could not start)."""
+    """``status``: passed | failed | no_tests (the runner found no test to run) | timeout |
+    cancelled | error (the command could not start)."""
 
     __test__ = False
 
@@ -45,6 +46,8 @@ class TestResult:
 
 
 CHANGED = "{changed}"
+NO_TESTS_EXIT = 5  # pytest's exit code when it collected no test (app/plain_tests.py's too) ...
+_NO_TESTS = re.compile(r"\bno tests ran\b|\bcollected 0 items\b|\bno test files\b", re.I)  # ... and what they print
 
 
 def with_changed(command: str, changed: Sequence[str] = ()) -> str:
@@ -85,6 +88,8 @@ def run_tests(command: str, root: str | Path, *, timeout: float = 300.0,
         output += f"\n(duet: stopped after {timeout:g} s: the test command took too long)\n"
     elif status is None:
         status = "passed" if proc.returncode == 0 else "failed"
+        if proc.returncode == NO_TESTS_EXIT and _NO_TESTS.search(output):
+            status = "no_tests"  # not a failure to fix: nothing was tested
     return TestResult(command, status, proc.returncode, output, time.monotonic() - start)
 
 

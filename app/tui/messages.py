@@ -270,5 +270,6 @@ class TestItem(Static):
             return
         code = f"exit {result.exit_code}" if result.exit_code is not None else result.status
         lines = visible(failure_summary(result.output)).split("\n")[-self.SHOWN_LINES:]
-        self.update(Content.assemble(self._head(f"✗ {result.status} ({code}){took}"),
+        state = "– no tests ran" if result.status == "no_tests" else f"✗ {result.status}"
+        self.update(Content.assemble(self._head(f"{state} ({code}){took}"),
                                      ("\n" + "\n".join(lines), "dim")))
