@@ -14,7 +14,10 @@ The rules, in order:
 - ``opened=None``: unknown (a server's raw text). Without a leading `<think>` the text is
   held until `</think>` shows it was thinking, or the end shows it was the answer.
 - Blank space at the start and end of the thinking, and at the start of the answer, is dropped.
-- Reasoning fed through ``feed_reasoning`` is thinking; content after it is answer.
+- Reasoning fed through ``feed_reasoning`` is thinking; content after it is answer. One
+  exception: content that opens with a whole `<think>…</think>` block after field reasoning
+  (llama-server's deepseek-legacy sends the trace both ways) is thinking, dropped when it only
+  repeats the field; an unclosed `<think>` there stays answer text.
 
 Pure Python: no torch, nothing of ours (it sits in `vocab`, below `local_engine` and `app`). Pieces come back as ``("thinking" | "answer", text)``.
 """
@@ -43,6 +46,7 @@ class ThinkSplitter:
         self._held: list[str] = []  # "hold" state: undecided text, in parts (it may be long)
         self._tail = ""  # its last few characters, where a `</think>` may have begun
         self._held_ws = ""  # trailing blank space of the thinking, emitted only if more follows
+        self._field = False  # reasoning came in its own field (``feed_reasoning``)
 
     @property
     def thinking(self) -> str:
@@ -62,18 +66,20 @@ class ThinkSplitter:
     def feed_reasoning(self, text: str) -> list[Piece]:
         """Reasoning a server delivered in its own field; content from now on is answer."""
         out: list[Piece] = []
-        if self._state in ("start", "hold"):
+        if self._state == "hold":
             self._release("answer")  # content held so far was the answer
             out += self._drain(final=False)
+        self._field = True  # content not yet begun is answer, or a `<think>` block repeating this
         return out + self._thinking(text)
 
     def finish(self, *, interrupted: bool = False) -> list[Piece]:
         """Flush what is held; the stream is over.
 
-        ``interrupted``: it stopped early (cancelled, failed). Text still undecided then
-        counts as thinking: a reasoner cut off mid-thought has not reached `</think>`.
+        ``interrupted``: it stopped early (cancelled, failed, cut at max_tokens). Text still
+        undecided then counts as thinking: a reasoner cut off mid-thought has not reached
+        `</think>` (content after field reasoning stays answer).
         """
-        if interrupted and self._state == "hold":
+        if interrupted and self._state == "hold" and not self._field:
             self._release("think")
         out = self._drain(final=True)
         self._held_ws = ""
@@ -86,13 +92,16 @@ class ThinkSplitter:
         while True:
             if self._state == "start":
                 head = self._buf.lstrip()
+                if head.startswith(OPEN) and self._field:
+                    self._state = "hold"  # answer, unless a `</think>` makes it a repeated trace
+                    continue
                 if head.startswith(OPEN):
                     self._buf = head[len(OPEN):]
                     self._state = "think"
                     continue
                 if not final and (not head or OPEN.startswith(head)):
                     return out  # blank so far, or a tag still arriving
-                self._state = {True: "think", False: "answer", None: "hold"}[self.opened]
+                self._state = "answer" if self._field else {True: "think", False: "answer", None: "hold"}[self.opened]
                 continue
             if self._state == "hold":
                 if self._buf:
@@ -136,6 +145,10 @@ class ThinkSplitter:
         held = "".join(self._held)
         thinking = held[: len(held) - len(self._tail)] + window[:i]
         self._held, self._tail = [], ""
+        if self._field:  # `<think>…</think>` after field reasoning: the trace again, or more of it
+            thinking = thinking.lstrip()[len(OPEN):].strip()
+            thinking = "" if thinking == self.thinking else "\n\n" + thinking
+            self._held_ws = ""  # the separator above stands for the field's trailing blank space
         out = self._thinking(thinking)
         self._close()
         self._buf = window[i + len(CLOSE):]

@@ -162,7 +162,8 @@ class OpenAIBackend:
             yield from self._end(splitter, interrupted=True)
             yield Failed(f"the stream from {self.base} ended before the answer was finished")
             return
-        yield from self._end(splitter)
+        # cut at max_tokens: text still undecided (no `</think>` yet) is a trace cut short, not a plan
+        yield from self._end(splitter, interrupted=finish == "length")
         if usage is not None:
             yield usage
         yield clock.done(finish or "stop")
@@ -184,7 +185,7 @@ class OpenAIBackend:
             pieces += splitter.feed_reasoning(reasoning)
         pieces += splitter.feed(message.get("content") or "")
         yield from piece_events(pieces)
-        yield from self._end(splitter)
+        yield from self._end(splitter, interrupted=choice.get("finish_reason") == "length")
         usage = _usage(data.get("usage") or {})
         if usage is not None:
             yield usage
