@@ -17,7 +17,10 @@ whitespace (consistently across the block), and a block with no path line after 
 earlier block (often after a ``...`` line, a sentence, or a word such as "and" set apart by a
 blank line, which a file name without a dot or slash must not be): it edits that block's file. A path
 line with spaces in it is prose unless it names a file that exists (``is_file``). Never guessed:
-a SEARCH that matches zero or several places is refused with a reason the coder can act on.
+a SEARCH that matches zero or several places is refused with a reason the coder can act on, and
+so is a block whose ======= lines leave unclear where SEARCH ends. A malformed block still
+names its file for a following block with no path line, and never hides the next block's path
+line. Trailing spaces are ignored in SEARCH and kept in REPLACE.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$")
+SEARCH = re.compile(r"^\s*(<{5,9})\s*SEARCH>?\s*$")  # "SEARCH>" too, as aider reads it
 DIVIDER = re.compile(r"^\s*={5,9}\s*$")
 REPLACE = re.compile(r"^\s*>{5,9}\s*REPLACE\s*$")
+REPLACE_WITH_TEXT = re.compile(r"^\s*>{5,9}\s*REPLACE\b")  # a marker not alone on its line
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*(\S*)\s*(\S*)\s*$")
 
 
@@ -79,8 +83,12 @@ def parse(reply: str, *, is_file: Callable[[str], bool] | None = None) -> tuple[
                                              and not (is_file is not None and is_file(path)))):
                 path = last_path  # prose between two blocks ("and", then a blank line): the previous file
             bad_path = path is not None and not names_path(path)
-            search, i, ok_div = _collect(lines, i + 1, DIVIDER)
-            replace, i, ok_rep = _collect(lines, i + 1, REPLACE) if ok_div else ([], i, False)
+            body, i, closed = _collect(lines, i + 1, REPLACE)
+            dividers = [k for k, text in enumerate(body) if DIVIDER.match(text)]
+            split = _divider(body, dividers, len(SEARCH.match(line).group(1)))
+            ok_div, ok_rep = bool(dividers), closed
+            if not closed:  # cut short by the next block (or the end): read its lines again for that
+                i = start  # block's path line, as if this one were not there
             if path is None:
                 problems.append(Problem("", f"block at line {start + 1} has no file path "
                                             "on the line before <<<<<<< SEARCH"))
@@ -90,10 +98,21 @@ def parse(reply: str, *, is_file: Callable[[str], bool] | None = None) -> tuple[
             elif not ok_div:
                 problems.append(Problem(path, f"block at line {start + 1} has no ======= line"))
             elif not ok_rep:
-                problems.append(Problem(path, f"block at line {start + 1} has no >>>>>>> REPLACE line"))
+                loose = next((start + 2 + k for k, text in enumerate(body) if REPLACE_WITH_TEXT.match(text)), None)
+                extra = f" (line {loose} has text after REPLACE; put the marker alone on its line)" if loose else ""
+                problems.append(Problem(path, f"block at line {start + 1} has no >>>>>>> REPLACE line{extra}"))
+            elif split is None:
+                problems.append(Problem(path, f"block at line {start + 1} has {len(dividers)} ======= lines, so "
+                                              "where SEARCH ends is unclear; mark the block with a length the "
+                                              "text has no ======= line of (e.g. <<<<<<<< SEARCH, ======== and "
+                                              ">>>>>>>> REPLACE: eight each)"))
             else:
-                blocks.append(Block(path, _trim(search), _trim(replace), start + 1))
-                last_path = path
+                # trailing spaces are dropped from SEARCH (matching tolerates them), never from
+                # REPLACE: they are the file's own (a Markdown line break, a string's contents)
+                blocks.append(Block(path, _trim(body[:split]), tuple(body[split + 1:]), start + 1))
+            if path is not None and not bad_path:
+                last_path = path  # a block with no path line after this one edits this file, even if
+                # this one is malformed (not the file of some earlier block)
             candidate, apart = None, False
             i += 1
             continue
@@ -143,6 +162,18 @@ def _collect(lines: list[str], i: int, end: re.Pattern) -> tuple[list[str], int,
         out.append(lines[i])
         i += 1
     return out, i, False
+
+
+def _divider(body: list[str], dividers: list[int], marker: int) -> int | None:
+    """Which of the ======= lines in a block's ``body`` ends SEARCH (None: several could).
+
+    One is the divider. Of several (a heading underline in the text), the first right after
+    the SEARCH marker (an empty SEARCH), else the only one with as many ``=`` as the marker
+    has ``<``; a guess could replace the wrong lines, so there is none."""
+    if len(dividers) <= 1 or dividers[0] == 0:
+        return dividers[0] if dividers else None
+    same = [k for k in dividers if body[k].strip().count("=") == marker]
+    return same[0] if len(same) == 1 else None
 
 
 def _trim(lines: list[str]) -> tuple[str, ...]:
