@@ -94,6 +94,17 @@ def test_duets_own_openai_backend_gets_thinking_and_answer_apart_from_duet_serve
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n_prompt, n_out)
 
 
+def test_duets_own_client_with_no_model_configured_gets_the_one_duet_serve_serves(server, engine):
+    """A config with no `model` sends none (the server's own), not a made-up name the server 404s."""
+    backend = OpenAIBackend(RoleConfig(role="reasoner", backend="openai", url=server.base, timeout=120))
+    try:
+        assert "model" not in backend.request_body([ChatMessage("user", "hi")], Sampling(0.0, 1.0, 4))
+        r = collect(backend.stream([ChatMessage("user", ASK[0]["content"])], Sampling(0.0, 1.0, 4)))
+    finally:
+        backend.close()
+    assert isinstance(r.end, Done), r.end
+
+
 def test_a_follow_up_turn_reports_the_prompt_tokens_served_from_the_kept_cache(client, engine):
     first = client.chat.completions.create(model="r1", messages=ASK, max_tokens=4, temperature=0)
     probe_ids = engine.chat_prompt(ASK)

@@ -46,8 +46,10 @@ class OpenAIBackend:
         return self._client
 
     def request_body(self, messages: list[ChatMessage], sampling: Sampling, *, usage: bool = True) -> dict:
-        body = {"model": self.rc.model or "default", "messages": wire_messages(messages), "stream": True,
+        body = {"messages": wire_messages(messages), "stream": True,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+        if self.rc.model:  # none configured: the server's own (a made-up name is a 404 on vLLM and duet serve)
+            body = {"model": self.rc.model, **body}
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         if usage:

@@ -82,8 +82,9 @@ def duet_serve_label(models: list) -> str:
 def _reasoning_placement(rc: RoleConfig, base: str, timeout: float) -> str:
     import httpx
 
-    body = {"model": rc.model or "default", "max_tokens": 24, "stream": False,
-            "messages": [{"role": "user", "content": "What is 2+3? Think briefly."}]}
+    body = {"max_tokens": 24, "stream": False, "messages": [{"role": "user", "content": "What is 2+3? Think briefly."}]}
+    if rc.model:  # none configured: the server's own
+        body["model"] = rc.model
     try:
         response = httpx.post(f"{base}/chat/completions", json=body, headers=auth_headers(rc), timeout=timeout)
         message = response.json()["choices"][0]["message"]

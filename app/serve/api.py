@@ -70,7 +70,7 @@ def build_app(runner: Runner, model: ServedModel, *, api_key: str | None = None)
     async def one_model(request: Request) -> JSONResponse:
         authorize(request)
         name = request.path_params["name"]
-        if name != model.id:
+        if not name or not model.answers_to(name):  # the names a chat request may use find it here too
             raise ApiError(404, f"the model '{name}' does not exist; this server serves '{model.id}'",
                            param="model", code="model_not_found")
         return JSONResponse(model.card())

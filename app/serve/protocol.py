@@ -17,6 +17,10 @@ from app.backends.base import ChatMessage
 from vocab.events import Usage
 
 MAX_STOP_SEQUENCES = 16
+SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what a 64-bit seed can hold; the engines fail on more (torch: overflow)
+# other servers' constrained-sampling fields (llama.cpp's, vLLM's; Duet's own openai backend
+# sends `grammar`): ignoring one would hand back unconstrained text as if it were constrained
+CONSTRAINT_FIELDS = ("grammar", "json_schema", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -48,7 +52,12 @@ class ChatRequest:
 def parse_json(raw: bytes) -> dict:
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # "\ud800" is valid JSON but no text: the tokenizer would fail on it later, as a 500
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body holds an unpaired surrogate (such as \\ud800): not valid Unicode text",
+                       code="invalid_json") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
         raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {_kind(body)}")
@@ -56,7 +65,8 @@ def parse_json(raw: bytes) -> dict:
 
 
 def parse_chat_request(body: dict) -> ChatRequest:
-    """Validate a /v1/chat/completions body; unknown fields are ignored, as OpenAI-compatible servers do."""
+    """Validate a /v1/chat/completions body; unknown fields are ignored, as OpenAI-compatible servers do,
+    while a known one that asks for what this server cannot do is a 400 naming it."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(400, f"'model' must be a string, got {_kind(model)}", param="model")
@@ -66,6 +76,9 @@ def parse_chat_request(body: dict) -> ChatRequest:
     for key in ("tools", "functions"):
         if body.get(key):
             raise ApiError(400, "tool calls are not supported by duet serve", param=key)
+    for key in ("tool_choice", "function_call"):  # "none" and "auto" (of no tools) ask for nothing
+        if body.get(key) not in (None, "none", "auto"):
+            raise ApiError(400, f"'{key}' asks for a tool call; tool calls are not supported by duet serve", param=key)
     # asked-for output this server cannot give is refused, not silently left out
     if body.get("logprobs") or body.get("top_logprobs"):
         key = "logprobs" if body.get("logprobs") else "top_logprobs"
@@ -76,10 +89,23 @@ def parse_chat_request(body: dict) -> ChatRequest:
         if kind != "text":
             raise ApiError(400, f"'response_format' {json.dumps(kind if kind is not None else fmt)} is not supported "
                                 "by duet serve (plain text only)", param="response_format")
+    modalities = body.get("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+        raise ApiError(400, f"'modalities' {json.dumps(modalities)} is not supported by duet serve (text only)",
+                       param="modalities")
+    for key in ("audio", *CONSTRAINT_FIELDS):
+        if body.get(key):
+            raise ApiError(400, f"'{key}' is not supported by duet serve", param=key)
+    # sampling the backends do not do: a neutral value (0, {}) changes nothing and is accepted
+    for key in ("presence_penalty", "frequency_penalty", "logit_bias"):
+        if body.get(key):
+            raise ApiError(400, f"'{key}' is not supported by duet serve (only 0 or empty)", param=key)
     stream = _optional(body, "stream", bool) or False
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, f"'stream_options' must be an object, got {_kind(options)}", param="stream_options")
+    if options is not None and not stream:  # as OpenAI answers: it would be silently meaningless
+        raise ApiError(400, "'stream_options' is only allowed with stream=true", param="stream_options")
     include_usage = bool(options and _optional(options, "include_usage", bool, "stream_options.include_usage"))
     max_tokens = body.get("max_completion_tokens")
     key = "max_completion_tokens"
@@ -94,6 +120,8 @@ def parse_chat_request(body: dict) -> ChatRequest:
     seed = body.get("seed")
     if seed is not None and _not_int(seed):
         raise ApiError(400, f"'seed' must be an integer, got {_kind(seed)}", param="seed")
+    if seed is not None and not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
+        raise ApiError(400, f"'seed' must fit in 64 bits (from -2**63 to 2**64-1), got {seed}", param="seed")
     return ChatRequest(model=model, messages=_messages(body.get("messages")), stream=stream,
                        include_usage=include_usage, max_tokens=max_tokens, temperature=temperature,
                        top_p=top_p, seed=seed, stop=_stops(body.get("stop")))
@@ -114,6 +142,10 @@ def _messages(value) -> list[ChatMessage]:
             hint = "; tool messages are not supported" if role == "tool" else ""
             raise ApiError(400, f"'{where}.role' must be one of system, developer, user, assistant, "
                                 f"got {json.dumps(role)}{hint}", param=f"{where}.role")
+        for key in ("tool_calls", "function_call"):  # dropping them would change what the history says
+            if m.get(key):
+                raise ApiError(400, f"'{where}.{key}': tool calls are not supported by duet serve",
+                               param=f"{where}.{key}")
         out.append(ChatMessage(ROLES[role], _content(m.get("content"), role, f"{where}.content")))
     return out
 
