@@ -52,8 +52,9 @@ def generate(args) -> int:
         ids = tok.encode(prompt, add_bos=True)
         splitter = None
     else:
-        prompt = tok.apply_chat_template([{"role": "user", "content": args.prompt}])
-        ids = tok.encode(prompt)
+        messages = [{"role": "user", "content": args.prompt}]
+        prompt = tok.apply_chat_template(messages)
+        ids = tok.encode_chat(messages)  # a control token typed in the prompt is text
         splitter = ThinkSplitter(opened=prompt_opens_thinking(prompt))
     text = IncrementalDecoder(tok)
 

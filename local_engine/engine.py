@@ -309,10 +309,11 @@ class Engine:
             nxt = after
 
     def chat_prompt(self, messages) -> list[int]:
-        """Token ids of the rendered chat template (R1 models start inside "<think>\\n")."""
+        """Token ids of the rendered chat template (R1 models start inside "<think>\\n"); a control
+        token typed in a message is text (``Tokenizer.encode_chat``)."""
         if self.tokenizer is None:
             raise ModelError(f"{self.path}: no tokenizer.json")
-        return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        return self.tokenizer.encode_chat(messages, add_generation_prompt=True)
 
 
 class _HiddenRows:

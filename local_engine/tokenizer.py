@@ -9,7 +9,7 @@ from pathlib import Path
 
 from local_engine.errors import ModelError
 
-THINK_OPEN = "<think>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 def _token_text(value) -> str | None:
@@ -115,9 +115,76 @@ class Tokenizer:
                                          bos_token=self.bos_token or "", eos_token=self.eos_token or "")
         except Exception as e:
             raise ModelError(f"{self._source}: chat_template failed ({type(e).__name__}: {e})") from None
-        if add_generation_prompt and self.reasoning and not text.rstrip().endswith(THINK_OPEN):
+        # A prompt that already opens the block, or closes it (V3.1's non-thinking mode), is left as is.
+        if add_generation_prompt and self.reasoning and not text.rstrip().endswith((THINK_OPEN, THINK_CLOSE)):
             text += THINK_OPEN + "\n"
         return text
+
+    def encode_chat(self, messages, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of ``apply_chat_template(messages)``, where a control token typed in a message
+        (a file that holds "<｜end▁of▁sentence｜>", say) is encoded as plain text: only the ones the
+        template writes are control tokens. As transformers' ``apply_chat_template(tokenize=True,
+        sanitize_control_tokens=True)``: control tokens are the special tokens and the added tokens
+        the template's text holds; they are marked in the messages, and the marked ones encoded
+        without added tokens."""
+        import re
+
+        if self._compiled is None and self.chat_template:
+            self._compiled = _compile(self.chat_template, self._source)
+        added = self._tok.get_added_tokens_decoder().values()
+        literal = _template_literal_text(self._compiled, self.chat_template) if self._compiled else ""
+        control = [t.content for t in added if t.special or (t.content in literal and not t.content.isspace())]
+        any_of = lambda names: "|".join(map(re.escape, sorted(names, key=len, reverse=True))) or "(?!)"
+        control_re = re.compile(any_of(control))
+
+        def mark(value):
+            if isinstance(value, str):
+                value = value.replace(_MARK_START, "").replace(_MARK_END, "")
+                return control_re.sub(f"{_MARK_START}\\g<0>{_MARK_END}", value)
+            if isinstance(value, dict):
+                return {k: mark(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [mark(v) for v in value]
+            return value
+
+        msgs = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
+        text = self.apply_chat_template(mark(msgs), add_generation_prompt)
+        markers = re.compile(f"{_MARK_START}({any_of(t.content for t in added)}){_MARK_END}|[{_MARK_START}{_MARK_END}]")
+        pieces = markers.split(text)  # [text, marked token, text, ...]; None for a lone marker
+        newline = self.encode("\n")
+        ids = self.encode(pieces[0])
+        for i, piece in enumerate(pieces[1:], start=1):
+            if piece:
+                ids += self._encode_piece(piece, as_text=i % 2 == 1, newline=newline)
+        return ids
+
+    def _encode_piece(self, piece: str, *, as_text: bool, newline: list[int]) -> list[int]:
+        """A piece from the middle of a chat (encoded after a newline that is then dropped, as
+        transformers does); ``as_text``: through the normalizer, pre-tokenizer and model only, so
+        no added token, special or not, is matched."""
+        def encode(text):
+            if not as_text:
+                return self._tok.encode(text, add_special_tokens=False).ids
+            if self._tok.normalizer is not None:
+                text = self._tok.normalizer.normalize_str(text)
+            splits = [s for s, _ in self._tok.pre_tokenizer.pre_tokenize_str(text)] if self._tok.pre_tokenizer else [text]
+            return [t.id for s in splits for t in self._tok.model.tokenize(s)]
+
+        ids = encode("\n" + piece)
+        return ids[len(newline):] if ids[:len(newline)] == newline else encode(piece)
+
+
+_MARK_START, _MARK_END = "\U000f0000", "\U000f0001"  # private-use markers, as transformers'
+
+
+def _template_literal_text(compiled, template: str) -> str:
+    """The template's own text and string constants, joined by NULs (so no match spans two)."""
+    from jinja2 import nodes
+
+    ast = compiled.environment.parse(template)
+    parts = {n.data for n in ast.find_all(nodes.TemplateData)}
+    parts |= {n.value for n in ast.find_all(nodes.Const) if isinstance(n.value, str)}
+    return "\0".join(parts)
 
 
 def _byte_alphabet() -> dict[int, str]:
@@ -129,15 +196,23 @@ def _byte_alphabet() -> dict[int, str]:
 
 
 def _compile(template: str, source):
+    from datetime import datetime
+
     from jinja2.exceptions import TemplateError
+    from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii)
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    # as transformers renders templates: {% break %}/{% continue %}, its tojson, strftime_now
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
         return env.from_string(template)
     except TemplateError as e:

@@ -96,8 +96,9 @@ class LocalBackend:
             try:
                 engine = self.model.load()
                 tokenizer = engine.tokenizer
-                prompt = tokenizer.apply_chat_template(wire_messages(messages), add_generation_prompt=True)
-                ids = list(tokenizer.encode(prompt))
+                wire = wire_messages(messages)
+                prompt = tokenizer.apply_chat_template(wire, add_generation_prompt=True)
+                ids = list(tokenizer.encode_chat(wire, add_generation_prompt=True))  # typed control tokens as text
             except DuetError as exc:
                 yield failed_from(exc)
                 return
