@@ -30,13 +30,15 @@ GGML_TYPES = {
     19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82),
     23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8),
     28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54),
-    35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
+    35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
 }
 
 
 # what the local engine runs: dense types, and the ggml block types of kernels/kquant.py
 RUNS_LOCALLY = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 LOCAL_ARCH = "deepseek2"
+_MAX_DIMS = 4        # GGML_MAX_DIMS
+_MAX_NESTING = 32    # arrays of arrays: gguf-py writes them; no file needs them this deep
 
 
 def type_name(t: int) -> str:
@@ -64,8 +66,9 @@ class GGUFFile:
         except OSError as e:
             raise ModelError(f"{self.path}: cannot open ({e.strerror or e})") from None
         try:
+            self._size = os.fstat(self._f.fileno()).st_size
             self._parse()
-        except (struct.error, UnicodeDecodeError, ValueError, MemoryError) as e:
+        except (struct.error, UnicodeDecodeError, ValueError, MemoryError, OverflowError) as e:
             self._f.close()
             raise ModelError(f"{self.path}: corrupt GGUF header ({e})") from None
         except ModelError:
@@ -73,6 +76,8 @@ class GGUFFile:
             raise
 
     def _read(self, n: int) -> bytes:
+        if n > self._size - self._f.tell():   # never allocate what the file cannot hold
+            raise ModelError(f"{self.path}: truncated GGUF header")
         b = self._f.read(n)
         if len(b) != n:
             raise ModelError(f"{self.path}: truncated GGUF header")
@@ -87,12 +92,14 @@ class GGUFFile:
             raise ValueError("string too long")
         return self._read(n).decode("utf-8")
 
-    def _value(self, vtype: int):
+    def _value(self, vtype: int, depth: int = 0):
         if vtype in _SCALARS:
             return self._u(_SCALARS[vtype])
         if vtype == 8:
             return self._str()
         if vtype == 9:
+            if depth >= _MAX_NESTING:
+                raise ValueError(f"arrays nested more than {_MAX_NESTING} deep")
             item, n = self._u("<I"), self._u("<Q")
             if item in _SCALARS:
                 import numpy as np
@@ -100,38 +107,54 @@ class GGUFFile:
                 size = struct.calcsize(_SCALARS[item])
                 arr = np.frombuffer(self._read(n * size), dtype=_NP[item])
                 return [bool(v) for v in arr] if item == 7 else arr.tolist()
-            return [self._value(item) for _ in range(n)]
+            return [self._value(item, depth + 1) for _ in range(n)]
         raise ValueError(f"unknown value type {vtype}")
 
     def _parse(self) -> None:
         if self._f.read(4) != b"GGUF":
             raise ModelError(f"{self.path}: not a GGUF file (bad magic)")
         self.version = self._u("<I")
+        if self.version not in (2, 3) and self.version & 0xFFFF == 0 and self.version >> 24 in (2, 3):
+            raise ModelError(f"{self.path}: big-endian GGUF (version {self.version >> 24}) is not supported "
+                             f"(the local engine reads little-endian files)")
         if self.version not in (2, 3):
             raise ModelError(f"{self.path}: GGUF version {self.version} is not supported (2, 3)")
         n_tensors, n_kv = self._u("<Q"), self._u("<Q")
         self.meta: dict = {}
         for _ in range(n_kv):
             key = self._str()
+            if key in self.meta:
+                raise ModelError(f"{self.path}: metadata key {key!r} appears twice")
             self.meta[key] = self._value(self._u("<I"))
         raw = []
         for _ in range(n_tensors):
             name = self._str()
-            dims = [self._u("<Q") for _ in range(self._u("<I"))]
+            n_dims = self._u("<I")
+            if n_dims > _MAX_DIMS:
+                raise ModelError(f"{self.path}: tensor {name}: {n_dims} dimensions (ggml has at most {_MAX_DIMS})")
+            dims = [self._u("<Q") for _ in range(n_dims)]
             raw.append((name, dims, self._u("<I"), self._u("<Q")))
-        align = int(self.meta.get("general.alignment", 32))
+        align = self.meta.get("general.alignment", 32)
+        if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
+            raise ModelError(f"{self.path}: general.alignment {align!r} is not a power of two")
         start = -(-self._f.tell() // align) * align
-        size = os.fstat(self._f.fileno()).st_size
+        size = self._size
         self.tensors: dict[str, TensorInfo] = {}
         for name, dims, t, off in raw:
+            if name in self.tensors:
+                raise ModelError(f"{self.path}: tensor {name} appears twice")
             if t not in GGML_TYPES:
                 raise ModelError(f"{self.path}: tensor {name}: unknown ggml type {t}")
             _, bs, bb = GGML_TYPES[t]
             count = 1
             for d in dims:
                 count *= d
-            if dims and dims[0] % bs:
-                raise ModelError(f"{self.path}: tensor {name}: row of {dims[0]} is not whole {type_name(t)} blocks")
+            row = dims[0] if dims else 1
+            if row % bs:
+                raise ModelError(f"{self.path}: tensor {name}: row of {row} is not whole {type_name(t)} blocks")
+            if off % align:
+                raise ModelError(f"{self.path}: tensor {name}: data offset {off} is not a multiple of "
+                                 f"general.alignment {align}")
             info = TensorInfo(name, tuple(reversed(dims)), t, start + off, count // bs * bb)
             if info.offset + info.nbytes > size:
                 raise ModelError(f"{self.path}: tensor {name} runs past the end of the file (truncated?)")
@@ -206,4 +229,10 @@ def summarize(path) -> Summary:
         if info.type_name not in RUNS_LOCALLY:
             bad.append((info.name, info.type_name))
     ctx = f.meta.get(f"{arch}.context_length")
-    return Summary(arch, int(ctx) if ctx else None, types, bad, int(f.meta.get("split.count", 1) or 1))
+    split = f.meta.get("split.count", 1)
+    return Summary(arch, ctx if _is_int(ctx) and ctx > 0 else None, types, bad,
+                   split if _is_int(split) and split > 1 else 1)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

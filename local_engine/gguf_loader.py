@@ -57,7 +57,10 @@ def is_gguf(path) -> bool:
 def model_args(f: GGUFFile) -> ModelArgs:
     meta, src = f.meta, str(f.path)
     arch = f.architecture
-    if int(meta.get("split.count", 1) or 1) > 1:
+    split = meta.get("split.count", 1)
+    if not isinstance(split, int):
+        raise ModelError(f"{src}: metadata key 'split.count' is {split!r:.60}, not an integer")
+    if split > 1:
         raise ModelError(f"{src}: one shard of a {meta['split.count']}-file split GGUF; merge the shards "
                          f"into one file (llama-gguf-split --merge) for the local engine, or use backend = "
                          f"\"llama.cpp\"")
@@ -68,13 +71,19 @@ def model_args(f: GGUFFile) -> ModelArgs:
     def key(name):
         return f"{ARCH}.{name}"
 
+    def number(name, v):
+        if v is not None and not isinstance(v, (int, float)):   # a string, an array: not a number
+            raise ModelError(f"{src}: metadata key {key(name)!r} is {v!r:.60}, not a number")
+        return v
+
     def need(name):
         if key(name) not in meta:
             raise ModelError(f"{src}: metadata key {key(name)!r} is missing")
-        return meta[key(name)]
+        return number(name, meta[key(name)])
 
     def get(name, default=None):
-        return meta.get(key(name), default)
+        v = meta.get(key(name), default)
+        return v if name == "rope.scaling.type" else number(name, v)
 
     heads = int(need("attention.head_count"))
     rope = int(need("rope.dimension_count"))

@@ -62,7 +62,17 @@ def build_bpe(meta: dict, source):
     merges = meta.get("tokenizer.ggml.merges") or []
     if not isinstance(tokens, list) or not tokens:
         raise ModelError(f"{source}: tokenizer.ggml.tokens is missing")
+    if not all(isinstance(t, str) for t in tokens):
+        raise ModelError(f"{source}: tokenizer.ggml.tokens is not an array of strings")
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    if not isinstance(types, list) or len(types) != len(tokens) or \
+            not all(isinstance(k, int) and not isinstance(k, bool) for k in types):
+        raise ModelError(f"{source}: tokenizer.ggml.token_type is not {len(tokens)} integers, one per token")
+    if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+        raise ModelError(f"{source}: tokenizer.ggml.merges is not an array of strings")
+    template = meta.get("tokenizer.chat_template")
+    if template is not None and not isinstance(template, str):
+        raise ModelError(f"{source}: tokenizer.chat_template is not a string")
     regexes, ignore_merges = PRE[pre]
     vocab: dict[str, int] = {}
     for i, (t, k) in enumerate(zip(tokens, types)):
@@ -77,7 +87,7 @@ def build_bpe(meta: dict, source):
     try:
         tok = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
     except Exception as e:
-        raise ModelError(f"{source}: the tokenizer does not build ({e})") from None
+        raise ModelError(f"{source}: the tokenizer does not build ({' '.join(str(e).split())})") from None
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
