@@ -82,13 +82,73 @@ def load_user_config(args):
     return load_config(find_config(args.config))
 
 
+def check_usage(args) -> None:
+    """Bad arguments are exit 2 before anything else happens (no config read, no demo copy, no note)."""
+    from pathlib import Path
+
+    from app.errors import UsageError
+
+    command = args.command or "tui"
+    if args.workspace is not None:
+        ws = Path(args.workspace).expanduser()
+        if not ws.exists():
+            raise UsageError(f"--workspace: no such folder: {args.workspace}")
+        if not ws.is_dir():
+            raise UsageError(f"--workspace: not a folder: {args.workspace}")
+    if command == "ask" and not " ".join(args.prompt).strip():
+        raise UsageError("duet ask: the prompt is empty")
+    if command == "route" and not " ".join(args.text).strip():
+        raise UsageError("duet route: the text is empty")
+    if command == "run":
+        if not " ".join(args.request).strip():
+            raise UsageError("duet run: the request is empty")
+        if args.rounds < 1:
+            raise UsageError(f"duet run: --rounds must be at least 1, got {args.rounds}")
+        if args.replans < 0:
+            raise UsageError(f"duet run: --replans must be 0 or more, got {args.replans}")
+    if command == "serve" and not 0 <= args.port <= 65535:
+        raise UsageError(f"duet serve: --port must be from 0 to 65535, got {args.port}")
+    if command not in ("route", "doctor"):  # the commands that keep data: a $DUET_HOME that cannot be used
+        from app.paths import data_dir
+
+        try:
+            data_dir()
+        except OSError as exc:
+            import os
+
+            where = "$DUET_HOME" if os.environ.get("DUET_HOME") else "the data folder"
+            raise UsageError(f"{where}: cannot use {exc.filename or ''} as the data folder "
+                             f"({exc.strerror or exc})") from None
+
+
+def check_api_keys(config, roles) -> None:
+    """An api_key_env that names an unset variable: the server would refuse us; say so now."""
+    import os
+
+    from app.errors import ConfigError
+
+    for name in roles:
+        rc = config.role(name)
+        if rc.backend == "openai" and rc.api_key_env and not os.environ.get(rc.api_key_env):
+            raise ConfigError(config.source, f"{name}.api_key_env",
+                              f"${rc.api_key_env} is not set (export it, or remove api_key_env)")
+
+
 def _run(args) -> int:
     command = args.command or "tui"
-    if command == "route":
-        from app.router import route
+    check_usage(args)
+    if command in ("route", "export-traces"):
+        if not args.demo:  # neither reads the models, but a config given to them must still be valid
+            from app.config import load_config
+            from app.paths import find_config
 
-        return _print_route(route(" ".join(args.text), after_plan=args.after_plan), args.json)
-    if command == "export-traces":
+            path = find_config(args.config)
+            if path is not None:
+                load_config(path)
+        if command == "route":
+            from app.router import route
+
+            return _print_route(route(" ".join(args.text), after_plan=args.after_plan), args.json)
         from app.export_traces import run_export
 
         return run_export(args)
@@ -99,6 +159,9 @@ def _run(args) -> int:
 
     if command in ("doctor", "ask", "run") and not args.demo and config.source == BUILTIN:
         _say_what_discovery_found(to=sys.stdout if command == "doctor" else sys.stderr)
+    if command in ("ask", "run", "serve"):
+        role, both = args.role, ("reasoner", "coder")  # run: a reasoner's plan goes on to the coder
+        check_api_keys(config, both if role == "auto" or (command == "run" and role == "reasoner") else (role,))
     if command == "doctor":
         from app.doctor import run_doctor
 

@@ -7,6 +7,8 @@ did-you-mean suggestions and the README's reference come from one place.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +25,7 @@ BUILTIN = "<built-in defaults>"
 BACKENDS = ("local", "llama.cpp", "openai")
 ROLES = ("reasoner", "coder")
 QUANTS = ("int8", "int4")
+DTYPES = ("bfloat16", "bf16", "float16", "fp16", "float32", "fp32")  # local_engine.engine.DTYPES
 
 # key -> (python types accepted, description). Sections nest as dicts.
 ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -198,12 +201,17 @@ def load_config(path: str | Path | None) -> Config:
         return demo_config()
     file = Path(path).expanduser()
     name = str(file)
+    if file.is_dir():
+        raise ConfigError(name, "", "is a folder, not a config file")
     if not file.is_file():
         raise ConfigError(name, "", "config file not found")
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(name, "", "not UTF-8 text") from None
+    try:  # utf-8-sig: a byte-order mark (as some Windows editors write) is not an error
+        data = tomllib.loads(file.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        line = file.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(name, "", f"not UTF-8 text (line {line})") from None
+    except OSError as exc:
+        raise ConfigError(name, "", f"cannot read the config file ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(name, "", f"invalid TOML: {exc}") from None
     return parse_config(data, source=name, base=file.parent)
@@ -237,8 +245,10 @@ def parse_config(data: dict, *, source: str = BUILTIN, base: Path | None = None)
     if ui.thinking_pane not in ("side", "below", "hidden"):
         raise ConfigError(source, "ui.thinking_pane", f'must be "side", "below" or "hidden", got "{ui.thinking_pane}"')
     ws = WorkspaceConfig(**_parse_flat(data.get("workspace", {}), WORKSPACE_KEYS, source, "workspace"))
-    if ws.test_timeout <= 0:
+    if not 0 < ws.test_timeout < math.inf:  # nan and inf too
         raise ConfigError(source, "workspace.test_timeout", f"must be a positive number of seconds, got {ws.test_timeout:g}")
+    if ws.max_file_bytes <= 0:
+        raise ConfigError(source, "workspace.max_file_bytes", f"must be a positive number of bytes, got {ws.max_file_bytes}")
     return Config(reasoner=reasoner, coder=coder, ui=ui, workspace=ws, source=source)
 
 
@@ -264,6 +274,14 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
     for key in ("context", "threads"):
         if key in values and values[key] <= 0:
             raise ConfigError(source, f"{role}.{key}", f"must be positive, got {values[key]}")
+    if values.get("gpu_layers", 0) < -1:
+        raise ConfigError(source, f"{role}.gpu_layers", f"must be -1 (all) or more, got {values['gpu_layers']}")
+    if "timeout" in values and not 0 < values["timeout"] < math.inf:
+        raise ConfigError(source, f"{role}.timeout", f"must be a positive number of seconds, got {values['timeout']:g}")
+    if "device" in values and not re.fullmatch(r"cpu|cuda(:\d+)?", values["device"]):
+        raise ConfigError(source, f"{role}.device", f'must be "cpu" or "cuda" (or "cuda:N"), got "{values["device"]}"')
+    if "dtype" in values and values["dtype"] not in DTYPES:
+        raise ConfigError(source, f"{role}.dtype", f'must be one of {", ".join(DTYPES)}, got "{values["dtype"]}"')
     if values.get("constrain_edits") and backend not in ("llama.cpp", "openai"):
         raise ConfigError(source, f"{role}.constrain_edits",
                           f'works with the llama.cpp backend (or an openai server that takes llama.cpp\'s grammar), not "{backend}"')
@@ -282,7 +300,11 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
             raise ConfigError(source, f"{role}.url", "missing; the openai backend needs the server's base url, e.g. http://127.0.0.1:8000/v1")
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ConfigError(source, f"{role}.url", f'"{url}" is not an http(s) url')
+            raise ConfigError(source, f"{role}.url", f'"{url}" is not an http(s) url with a host')
+        try:
+            parsed.port  # raises on a port that is not a number from 0 to 65535
+        except ValueError:
+            raise ConfigError(source, f"{role}.url", f'"{url}" has a bad port') from None
     else:
         raw = values.get("path")
         if not raw:
@@ -301,14 +323,15 @@ def _parse_role(role: str, table: dict, source: str, base: Path) -> RoleConfig:
             problem = "no such folder or file" if not path.exists() else "no config.json in that folder"
             raise ConfigError(source, f"{role}.path", f"{problem}: {path}")
         if backend == "llama.cpp" and not path.is_file():
-            raise ConfigError(source, f"{role}.path", f"no such file: {path}")
+            problem = "a folder, not a .gguf file" if path.is_dir() else "no such file"
+            raise ConfigError(source, f"{role}.path", f"{problem}: {path}")
         values["path"] = path
     return RoleConfig(role=role, sampling=sampling, **values)
 
 
 def _check_sampling(s: Sampling, source: str, role: str) -> None:
-    if s.temperature < 0:
-        raise ConfigError(source, f"{role}.sampling.temperature", f"must be >= 0, got {s.temperature}")
+    if not 0 <= s.temperature < math.inf:  # nan and inf too
+        raise ConfigError(source, f"{role}.sampling.temperature", f"must be a finite number >= 0, got {s.temperature}")
     if not 0 < s.top_p <= 1:
         raise ConfigError(source, f"{role}.sampling.top_p", f"must be in (0, 1], got {s.top_p}")
     if s.max_tokens <= 0:

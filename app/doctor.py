@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -177,6 +178,9 @@ def _check_openai(rc: RoleConfig, source: str) -> Check:
     from app.backends.probe import probe
 
     target = f"{rc.model or '?'} @ {rc.url}"
+    if rc.api_key_env and not os.environ.get(rc.api_key_env):
+        return Check(rc.role, rc.backend, target, False, detail=f"${rc.api_key_env} is not set",
+                     fix=f"export {rc.api_key_env}, or remove {rc.role}.api_key_env from {source}")
     result = probe(rc)
     if not result.reachable:
         return Check(rc.role, rc.backend, target, False, detail=result.message,

@@ -9,6 +9,7 @@ One line per finished reasoner turn:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -94,21 +95,28 @@ def run_export(args) -> int:
     if out.is_dir():
         raise UsageError(f"--out: {out} is a directory")
     if not out.parent.is_dir():
-        raise UsageError(f"--out: folder {out.parent} does not exist")
+        problem = "is not a folder" if out.parent.exists() else "does not exist"
+        raise UsageError(f"--out: folder {out.parent} {problem}")
     with SessionStore.open() as store:
         if store.warning:
             print(f"duet: {store.warning}", file=sys.stderr)
         records = collect(store, since=since, min_reasoning_tokens=args.min_reasoning_tokens,
                           only_applied=args.only_applied)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write {out} ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for record in records:
                 line = as_messages(record) if args.format == "messages" else record
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
         os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, a read-only target
+            raise UsageError(f"--out: cannot write {out} ({exc.strerror or exc})") from None
         raise
     print(f"wrote {len(records)} reasoner turn{'s' if len(records) != 1 else ''} to {out}")
     return 0
