@@ -88,17 +88,22 @@ class ModelArgs:
             cfg = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ModelError(f"{path}: unreadable JSON ({e})") from None
+        if not isinstance(cfg, dict):
+            raise ModelError(f"{path}: not a config object (a JSON {type(cfg).__name__})")
         return cls.from_dict(cfg, source=str(path))
 
     @classmethod
     def from_dict(cls, cfg: dict, source: str = "config.json") -> "ModelArgs":
         archs = cfg.get("architectures") or []
+        model_type = cfg.get("model_type")
         arch = next((a for a in archs if a in ARCHITECTURES), None)
         if arch is None:
-            arch = _MODEL_TYPES.get(cfg.get("model_type"))
+            arch = _MODEL_TYPES.get(model_type)
+        # architectures decides (a derivative may name its own model_type, e.g. Kimi-K2's kimi_k2)
         if arch is None:
-            raise ModelError(f"{source}: unsupported architecture {archs or cfg.get('model_type')!r} "
-                             f"(supported: {', '.join(ARCHITECTURES)})")
+            raise ModelError(f"{source}: unsupported architecture {archs or model_type!r}, model_type "
+                             f"{model_type!r} (supported: {', '.join(ARCHITECTURES)}; model_type "
+                             f"{', '.join(_MODEL_TYPES)})")
         v32 = arch == ARCHITECTURES[2]
         v3 = arch == ARCHITECTURES[0] or v32
 

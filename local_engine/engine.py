@@ -106,11 +106,21 @@ class Engine:
 
         What the cache holds is remembered for ``generate``'s prefix reuse: the rows before
         start_pos stay, the rows written here hold ``tokens[0]``."""
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or 0 in tokens.shape or tokens.is_floating_point():
+            raise InputError(f"tokens must be an integer tensor [batch, seq] with at least one token, got "
+                             f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
         B, T = tokens.shape
+        start_pos = int(start_pos)
         if B > self.max_batch:
             raise InputError(f"batch {B} exceeds max_batch {self.max_batch}")
         if start_pos + T > self.max_seq_len:
             raise InputError(f"{start_pos + T} tokens exceed max_seq_len {self.max_seq_len}")
+        if not 0 <= start_pos <= len(self._held):  # rows past what was written would be read as context
+            raise InputError(f"start_pos {start_pos}: the cache holds {len(self._held)} tokens "
+                             f"(start at most there; reset() empties it)")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.args.vocab_size:
+            raise InputError(f"token id {lo if lo < 0 else hi} is outside the vocabulary (0..{self.args.vocab_size - 1})")
         new = tokens[0].tolist()
         contiguous = start_pos <= len(self._held)
         if contiguous:  # rows from the first token that differs on no longer hold what they did
@@ -139,6 +149,8 @@ class Engine:
         """Forget the context. (Positions are explicit, so this only clears the cache.)"""
         for layer in list(self.model.layers) + [m.block for m in self.model.mtp]:
             layer.attn.cache.zero_()
+            if layer.attn.indexer is not None:  # V3.2's key cache
+                layer.attn.indexer.cache.zero_()
         self._held, self._mtp_rows = [], 0
         self._hidden = _HiddenRows()
 
@@ -176,10 +188,19 @@ class Engine:
         ``constraint`` (local_engine.constraint) holds each token to a rule; greedy, drafts are
         checked against the rule's picks (the output is the plain constrained greedy output);
         sampled, it decodes without drafts.
-        ``last_stats`` tells prompt_tokens, cached_tokens, generated, drafted, accepted."""
-        ids = [int(i) for i in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
+        ``last_stats`` tells prompt_tokens, cached_tokens, generated, drafted, accepted.
+        A ``seed`` reproduces sampled output (with ``speculative="mtp"`` too: its draft lengths
+        then follow acceptance alone, from a fresh start, not timing or earlier calls)."""
+        if isinstance(prompt_ids, torch.Tensor):
+            if prompt_ids.dim() > 2 or prompt_ids.dim() == 2 and prompt_ids.shape[0] != 1:
+                raise InputError(f"prompt_ids: one sequence expected, got shape {tuple(prompt_ids.shape)}")
+            prompt_ids = prompt_ids.reshape(-1).tolist()
+        ids = [int(i) for i in prompt_ids]
         if not ids:
             raise InputError("empty prompt")
+        if min(ids) < 0 or max(ids) >= self.args.vocab_size:
+            raise InputError(f"prompt token id {min(ids) if min(ids) < 0 else max(ids)} is outside the "
+                             f"vocabulary (0..{self.args.vocab_size - 1})")
         if len(ids) >= self.max_seq_len:
             raise InputError(f"prompt of {len(ids)} tokens does not fit max_seq_len {self.max_seq_len}")
         if speculative not in (None, "mtp"):
@@ -188,7 +209,11 @@ class Engine:
             raise ModelError(f"{self.path}: speculative='mtp' needs the checkpoint's MTP module "
                              f"(model.layers.{self.args.num_hidden_layers}.*: enorm, hnorm, eh_proj, shared_head, "
                              f"a block) and this checkpoint has none")
-        stops = set(stop_ids or ()) | set(self.args.eos_token_id)
+        if isinstance(stop_ids, torch.Tensor):
+            stop_ids = stop_ids.reshape(-1).tolist()
+        elif isinstance(stop_ids, int):
+            stop_ids = [stop_ids]
+        stops = {int(i) for i in (stop_ids if stop_ids is not None else ())} | set(self.args.eos_token_id)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             stops.add(self.tokenizer.eos_token_id)
         gen = torch.Generator(device="cpu")
@@ -197,7 +222,8 @@ class Engine:
         else:
             gen.seed()
         if speculative == "mtp" and (constraint is None or temperature <= 0):
-            return self._speculative(ids, max_new_tokens, temperature, top_p, stops, gen, cancel, constraint)
+            return self._speculative(ids, max_new_tokens, temperature, top_p, stops, gen, cancel, constraint,
+                                     seeded=seed is not None)
         return self._plain(ids, max_new_tokens, temperature, top_p, stops, gen, cancel, constraint)
 
     def _prefill(self, ids: list[int], start: int) -> torch.Tensor:
@@ -236,7 +262,7 @@ class Engine:
         return logits, (None if temperature <= 0 else sampling_probs(logits, temperature, top_p))
 
     def _speculative(self, ids, max_new_tokens, temperature, top_p, stops, gen, cancel,
-                     constraint=None) -> Iterator[int]:
+                     constraint=None, seeded: bool = False) -> Iterator[int]:
         """Each round: the MTP module catches up on the main model's new hidden states (which
         also drafts the first token), drafts k-1 more on its own hidden state, the main model
         verifies [next, drafts] in one forward, and the cache forgets the rejected rows. With a
@@ -253,6 +279,8 @@ class Engine:
         nxt = choose(logits[-1], temperature, top_p, gen, constraint)
         pos = n  # cache rows 0..pos-1 hold committed tokens; nxt goes to pos
         policy = self.draft_length
+        if seeded and not greedy:  # which draws are made depends on the draft lengths: a seed reproduces
+            policy = DraftLength(k_max=policy.k_max, timed=False)  # only where they do not follow history or time
         while True:
             if cancel is not None and cancel.is_set() or nxt in stops or stats["generated"] >= max_new_tokens:
                 return
@@ -383,7 +411,8 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
     probs = (logits.float().cpu() / temperature).softmax(-1)
     if top_p < 1.0:
         p, idx = probs.sort(descending=True)
-        keep = (p.cumsum(-1) - p) < top_p  # always keeps the first
+        keep = (p.cumsum(-1) - p) < top_p
+        keep[0] = True  # always keeps the first (top_p <= 0 too: then it is greedy)
         p = p * keep
         choice = torch.multinomial(p / p.sum(), 1, generator=gen)
         return int(idx[choice])

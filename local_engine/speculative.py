@@ -23,6 +23,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> to
     if top_p < 1.0:
         p, idx = probs.sort(descending=True)
         keep = (p.cumsum(-1) - p) < top_p
+        keep[0] = True  # (top_p <= 0 too)
         probs = torch.zeros_like(probs).scatter_(0, idx, p * keep)
         probs /= probs.sum()
     return probs
