@@ -107,7 +107,7 @@ def check_usage(args) -> None:
         if args.replans < 0:
             raise UsageError(f"duet run: --replans must be 0 or more, got {args.replans}")
     if command == "serve" and not 0 <= args.port <= 65535:
-        raise UsageError(f"duet serve: --port must be from 0 to 65535, got {args.port}")
+        raise UsageError(f"--port {args.port}: must be between 0 and 65535")  # as app.serve.main says it
     if command not in ("route", "doctor"):  # the commands that keep data: a $DUET_HOME that cannot be used
         from app.paths import data_dir
 
