@@ -19,7 +19,7 @@ import pytest
 
 from local_engine.errors import ModelError
 from local_engine.tokenizer import Tokenizer
-from tests.tiny_checkpoints import ASSISTANT, BOS, EOS, USER
+from tests.tiny_checkpoints import ASSISTANT, BOS, CORPUS, EOS, USER
 
 PAD = "<｜▁pad▁｜>"
 ADDED = [USER, ASSISTANT, "<think>", "</think>", "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>",
@@ -180,14 +180,7 @@ CONVERSATIONS = {
     "whitespace_and_code": [{"role": "user", "content": "  leading\n\n\ttabs\nimport torch\nfor i in range(10):\n    print(i)\n  "}],
 }
 
-_CORPUS = [
-    "The quick brown fox jumps over the lazy dog. def main(): return 42",
-    "Reasoning models think before they answer: first a plan, then the code.",
-    "import torch\nfor i in range(10):\n    print(i * i)\n",
-    "深度求索发布了推理模型，中文能力更强。我们在本地运行它。",
-    "混合专家模型只激活一部分参数，潜在注意力压缩了缓存。",
-    "Hello, world! How are you today? 你好，世界！ User: Assistant:\n\n",
-]
+_CORPUS = [*CORPUS[:-1], CORPUS[-1] + " User: Assistant:\n\n"]  # the role words too
 
 
 def write_deepseek_tokenizer(folder: Path, template: str, **cfg_extra) -> Path:

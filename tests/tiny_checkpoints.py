@@ -45,7 +45,7 @@ PLAIN_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
 )
 
-_CORPUS = [
+CORPUS = [  # what the tiny tokenizers learn from
     "The quick brown fox jumps over the lazy dog. def main(): return 42",
     "Reasoning models think before they answer: first a plan, then the code.",
     "import torch\nfor i in range(10):\n    print(i * i)\n",
@@ -70,7 +70,7 @@ def write_tokenizer(folder, *, r1: bool = True, vocab_size: int = 400) -> int:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     tok.save(str(folder / "tokenizer.json"))
     cfg = {
         "bos_token": BOS,
