@@ -78,7 +78,7 @@ def test_text_parts_developer_messages_and_empty_assistant_content_are_accepted(
         {"role": "developer", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
         {"role": "assistant", "content": None}]})
-    assert [(m.role, m.content) for m in req.messages] == [("system", "Be brief."), ("user", "ab"), ("assistant", "")]
+    assert [(m.role, m.content) for m in req.messages] == [("system", "Be brief."), ("user", "a\nb"), ("assistant", "")]
     assert req.model is None and req.max_tokens is None and req.stop == ()
 
 

@@ -155,14 +155,14 @@ def _content(value, role: str, where: str) -> str:
         return value
     if value is None and role == "assistant":
         return ""
-    if isinstance(value, list):  # content parts: only text ones
+    if isinstance(value, list):  # content parts: only text ones, one per line (as vLLM joins them)
         parts = []
         for j, part in enumerate(value):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else _kind(part)
                 raise ApiError(400, f"'{where}[{j}]' must be a text part, got {json.dumps(kind)}", param=f"{where}[{j}]")
             parts.append(part["text"])
-        return "".join(parts)
+        return "\n".join(parts)
     raise ApiError(400, f"'{where}' must be a string or an array of text parts, got {_kind(value)}", param=where)
 
 
