@@ -50,12 +50,13 @@ def generate(args) -> int:
     if args.raw or not tok.chat_template:
         prompt = args.prompt
         ids = tok.encode(prompt, add_bos=True)
-        splitter = None
+        splitter, stops = None, ()
     else:
         messages = [{"role": "user", "content": args.prompt}]
         prompt = tok.apply_chat_template(messages)
         ids = tok.encode_chat(messages)  # a control token typed in the prompt is text
         splitter = ThinkSplitter(opened=prompt_opens_thinking(prompt))
+        stops = tok.turn_markers(ids)  # a chat reply ends where the model starts a turn of its own
     text = IncrementalDecoder(tok)
 
     def emit(pieces):
@@ -65,7 +66,7 @@ def generate(args) -> int:
             stream.flush()
 
     for token in engine.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                 top_p=args.top_p, seed=args.seed, speculative=args.speculative):
+                                 top_p=args.top_p, seed=args.seed, speculative=args.speculative, stop_ids=stops):
         piece = text.add(token)
         if splitter is None:
             sys.stdout.write(piece)

@@ -104,6 +104,15 @@ class Tokenizer:
         return [added[i].content.encode("utf-8") if i in added
                 else bytes(back[ch] for ch in (self._tok.id_to_token(i) or "") if ch in back) for i in range(n)]
 
+    def turn_markers(self, prompt_ids) -> set[int]:
+        """The special tokens among ``prompt_ids`` but the thinking tags: the ones the chat
+        template writes around turns (DeepSeek's ``<｜User｜>``, ``<｜Assistant｜>``, BOS). A reply
+        that writes one has begun a turn the dialogue never had, so a chat reply ends there (as
+        Ollama's stop list for DeepSeek-R1 has it); EOS ends it anyway."""
+        added = self._tok.get_added_tokens_decoder()
+        return {int(i) for i in set(prompt_ids)
+                if int(i) in added and added[int(i)].special and added[int(i)].content not in (THINK_OPEN, THINK_CLOSE)}
+
     def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
         if not self.chat_template:
             raise ModelError(f"{self._source}: no chat_template")

@@ -176,3 +176,42 @@ async def test_a_load_that_outlasts_the_status_bar_s_parts_updates_nothing_and_d
         status.set_state("loading", "", 0.75)  # what the loader's last report does meanwhile
         status.set_state("ready")
         assert status.state == "ready" and not status.children
+
+
+def _make_echo_model(folder):
+    """A checkpoint that writes its input's last token again and again: every layer's output
+    projection zeroed (the residual stream stays the token's embedding), unit-norm embeddings,
+    the output head those embeddings (a row's best match is itself)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    weights = load_file(str(path))
+    for name, w in weights.items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[name] = torch.zeros_like(w)
+    emb = torch.nn.functional.normalize(torch.randn(weights["model.embed_tokens.weight"].shape,
+                                                    generator=torch.Generator().manual_seed(0)), dim=-1)
+    weights["model.embed_tokens.weight"], weights["lm_head.weight"] = emb, emb.clone() * 50
+    weights["model.norm.weight"] = torch.ones_like(weights["model.norm.weight"])
+    save_file(weights, str(path), metadata={"format": "pt"})
+    return folder
+
+
+def test_a_reply_ends_where_the_model_starts_a_turn_of_its_own(tmp_path):
+    from local_engine import Engine
+
+    folder = _make_echo_model(write_tiny_v3(tmp_path / "echo", r1=False))
+    engine = Engine.load(folder, dtype="float32", max_seq_len=128)
+    ids = engine.chat_prompt([{"role": "user", "content": "Plan a cache."}])
+    assistant = engine.tokenizer.encode("<｜Assistant｜>")
+    assert ids[-1:] == assistant and len(assistant) == 1
+    # the model alone writes the turn marker it was shown, to the last token
+    assert list(engine.generate(ids, max_new_tokens=5, temperature=0.0)) == assistant * 5
+    close_all()
+    rc = RoleConfig(role="coder", backend="local", path=folder, dtype="float32", context=128)
+    r = collect(make_backend(rc).stream(ASK, GREEDY))
+    assert isinstance(r.end, Done) and r.end.finish_reason == "stop"
+    assert r.answer == "" and "<｜Assistant｜>" not in r.answer
+    assert r.usage.completion_tokens == 0
+    close_all()

@@ -96,8 +96,9 @@ class Reasoner:
             # it never saw there, after which it starts its answer mid-sentence)
             ids += self.tok.encode("\n" + END_THINK + "\n")
         out, first = [], None
+        stops = self.tok.turn_markers(ids) | {self.tok.eos_token_id}  # as the local backend stops
         for token in self.engine.generate(ids, max_new_tokens=max_new, temperature=0.0,
-                                          stop_ids=[self.tok.eos_token_id], constraint=constraint):
+                                          stop_ids=stops, constraint=constraint):
             out.append(int(token))
             if first is None:
                 first = time.perf_counter()  # the prompt is read: decode starts

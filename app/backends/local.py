@@ -13,7 +13,8 @@ Usage event tells cached, drafted and accepted tokens. With ``quotes_from`` (the
 files' lines, and the inline code of its answer to code its thinking or the files have
 (app.exact_quotes), token by token (sampled: without drafts); with ``known_names`` too, the
 names in its inline code to the files' names; after failing tests, its reading to the
-functions they reach.
+functions they reach. A reply ends at EOS or at a turn marker of the template's
+(``<｜User｜>``, ``<｜Assistant｜>``): the model starting a turn of its own.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class LocalBackend:
                 speculative = "mtp" if engine.has_mtp and self.rc.speculative == "mtp" else None
                 for token in engine.generate(ids, max_new_tokens=limit, temperature=sampling.temperature,
                                              top_p=sampling.top_p, seed=sampling.seed, cancel=cancel,
+                                             stop_ids=tokenizer.turn_markers(ids),
                                              speculative=speculative, constraint=constraint):
                     produced += 1
                     clock.token()
