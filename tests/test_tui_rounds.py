@@ -281,3 +281,15 @@ async def test_escape_during_the_run_before_the_plan_stops_it_and_asks_nothing(s
         assert app.chat.conversation.query_one(TestItem).status == "cancelled"
         assert [r for r in server.requests if r.path.endswith("/chat/completions")] == []
         assert app.chat.conversation.query_one(ReplyItem).status != "streaming"
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("/venv/bin/python /site/app/plain_tests.py stats.py", "python plain_tests.py stats.py"),
+    ("'/my venv/bin/python' -m pytest -q", "'/my venv/bin/python' -m pytest -q"),  # a quoted space: as written
+    ("touch /tmp/started && sleep 30", "touch started && sleep 30"),
+    ("cd / && pytest -q tests/", "cd / && pytest -q tests/"),
+    ('python -c "import a/b"', 'python -c "import a/b"'),
+])
+def test_a_test_item_heads_with_the_command_s_file_names_and_keeps_it_whole_in_its_tooltip(command, shown):
+    item = TestItem(1, command)
+    assert f" · {shown} · " in str(item.render()) and item.tooltip == command

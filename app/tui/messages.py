@@ -242,6 +242,16 @@ class ReplyItem(Vertical):
             await self.query_one(".trace", Markdown).update(trace_markdown(self.thinking))
 
 
+ABSOLUTE_PATH = re.compile(r"""(?<!\S)(['"]?)/(?:[^\s'"/]*/)*([^\s'"/]+)\1(?=\s|$)""")
+
+
+def short_command(command: str) -> str:
+    """``command`` with each absolute path word cut to its file name, for a heading: the demo's
+    ``/…/bin/python /…/app/plain_tests.py stats.py`` reads ``python plain_tests.py stats.py``
+    (the item's tooltip keeps the whole command); the rest is left as written."""
+    return ABSOLUTE_PATH.sub(lambda m: m.group(2), command)
+
+
 class TestItem(Static):
     """One run of the user's test command: running…, then passed/failed with what matters."""
 
@@ -252,12 +262,13 @@ class TestItem(Static):
         super().__init__(classes="test-item running", markup=False)
         self.round, self.command, self.rounds = round, command, rounds
         self.status = "running"
+        self.tooltip = command
         self.update(self._head("running…"))
 
     def _head(self, state: str) -> Content:
         of = f" of {self.rounds}" if self.rounds else ""
         when = "before the plan" if self.round == 0 else f"round {self.round}{of}"  # round 0: test_first
-        return Content.assemble(("tests", "bold"), f" · {when} · ", (self.command, "italic"), " · ", state)
+        return Content.assemble(("tests", "bold"), f" · {when} · ", (short_command(self.command), "italic"), " · ", state)
 
     def finish(self, result) -> None:
         """Show ``result`` (an app.conversation.TestResult)."""
