@@ -242,3 +242,40 @@ def test_decision_spans_mark_where_a_target_decides_not_where_it_copies():
     assert marked[-1].startswith(("**Bug:**", "**错误：**")) and "\n" not in marked[-1]
     reply = coder_example(random.Random(1), m).target
     assert [reply[a:b] for a, b in decision_spans(reply)] == [m.good_line + "\n"]
+
+
+def test_a_miscopied_plan_changes_one_word_of_the_fixed_line_and_never_the_fix_itself():
+    """training.render.miscopied: one name or number of the line as it should be written wrongly,
+    the way the demo reasoner miscopies unseen text; operators and the code around stay, a number
+    the fix is about (an off-by-one bound, an accumulator's start) is never touched, the fix's own
+    name (wrong_name's) is only misspelt, and the coder's target stays the right fix."""
+    from training.render import WORD, code_names, miscopied
+
+    rng = random.Random(11)
+    seen = set()
+    for _ in range(300):
+        m = make_module(rng, "train", kind=rng.choice(KINDS))
+        miscopy = miscopied(rng, m)
+        if miscopy is None:
+            continue
+        word, new = miscopy
+        good, bad = m.good_line.strip(), m.bad_line.strip()
+        assert word in WORD.findall(good) and new != word and (new or len(word) == 1)  # `return  * v`
+        garbled = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", new, good, count=1)
+        assert WORD.sub("", garbled) == WORD.sub("", good)  # operators, brackets, spacing: the fix's
+        if word.isdigit():
+            assert m.mutation.kind not in ("off_by_one", "accumulator") and word in WORD.findall(bad)
+        elif word not in WORD.findall(bad):  # the fix's own name: misspelt, not another of the file's
+            assert new not in code_names(m.source)
+        seen.add("number" if word.isdigit() else "name")
+        plan = answer(m, "en", miscopy)
+        assert f"to `{garbled}`" in plan and f"from `{bad}`" in plan
+    assert seen == {"number", "name"}
+    m = make_module(random.Random(3), "train", kind="swapped_args")
+    example = coder_example(random.Random(4), m, mode="handoff", miscopy_share=1.0)
+    assert m.good_line.strip() not in example.prompt.split("**Plan:**")[1]  # the plan has it wrong ...
+    assert example.target == coder_answer(m, "en") + EOS                    # ... the target right
+    before = random.Random(5)
+    plain = coder_example(before, m, mode="handoff")
+    after = random.Random(5)
+    assert coder_example(after, m, mode="handoff", miscopy_share=0.0) == plain and before.random() == after.random()

@@ -11,7 +11,10 @@ unique), and a one-line summary.
 
 from __future__ import annotations
 
+import ast
+import builtins
 import dataclasses
+import keyword
 import random
 import re
 from dataclasses import dataclass
@@ -88,20 +91,78 @@ def thinking(m: Module) -> str:
            f"Change `{m.bad_line.strip()}` to `{m.good_line.strip()}`."])
 
 
-def answer(m: Module, lang: str) -> str:
+def answer(m: Module, lang: str, miscopy: tuple[str, str] | None = None) -> str:
+    """The diagnosis and plan; with ``miscopy`` (a word of the line as it should be and what it
+    became: ``miscopied``), the line as it should be written with that one word miscopied."""
     mut, f, k = m.mutation, m.func, m.bug_line_no
     bad, good = m.bad_line.strip(), m.good_line.strip()
+    right = mut.right
+    if miscopy is not None:
+        good, right = (_swap_word(text, *miscopy) for text in (good, right))
     if lang == "zh":
         return (f"**错误：** `{m.path}` 的函数 `{f.name}`，第 {k} 行：{KIND_ZH[mut.kind]}。"
-                f"文档字符串说 \"{f.doc}\"，但 `{bad}` {reason_zh(mut.kind, mut.wrong, mut.right)}。\n\n"
+                f"文档字符串说 \"{f.doc}\"，但 `{bad}` {reason_zh(mut.kind, mut.wrong, right)}。\n\n"
                 f"**计划：**\n"
                 f"1. 在 `{m.path}` 的函数 `{f.name}` 中，把第 {k} 行 `{bad}` 改为 `{good}`。\n"
                 f"2. 运行测试，确认 `{m.test_path}` 通过。")
     return (f"**Bug:** `{m.path}`, function `{f.name}`, line {k}: {KIND_EN[mut.kind]}. "
-            f"The docstring says \"{f.doc}\", but `{bad}` {reason_en(mut.kind, mut.wrong, mut.right)}.\n\n"
+            f"The docstring says \"{f.doc}\", but `{bad}` {reason_en(mut.kind, mut.wrong, right)}.\n\n"
             f"**Plan:**\n"
             f"1. In `{m.path}`, function `{f.name}`, change line {k} from `{bad}` to `{good}`.\n"
             f"2. Run the tests and check that `{m.test_path}` passes.")
+
+
+WORD = re.compile(r"[A-Za-z_]\w*|\d+")
+PYTHON_NAMES = set(keyword.kwlist) | set(dir(builtins))
+
+
+def code_names(source: str) -> set[str]:
+    """The names a module's code uses: its functions, parameters and variables (not its docstrings' words)."""
+    tree = ast.parse(source)
+    return ({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+            | {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)})
+
+
+def _swap_word(text: str, old: str, new: str) -> str:
+    """``text`` with its first whole word ``old`` written ``new``."""
+    return re.sub(rf"(?<!\w){re.escape(old)}(?!\w)", lambda _: new, text, count=1)
+
+
+def _misspelt(rng: random.Random, name: str) -> str:
+    """``name`` copied wrongly: its end cut off, a letter dropped (a one-letter name left out, as
+    in the demo reasoner's `return  * v`), or its end swapped for another."""
+    cut = rng.randint(1, max(1, min(3, len(name) - 1)))
+    options = [name[:-cut] or name + "s", name[:len(name) // 2] + name[len(name) // 2 + 1:],
+               name[:max(1, len(name) - cut)] + rng.choice(["s", "er", "ed", "al", "or", "e", "_x"])]
+    out = rng.choice(options)
+    return out if out != name else name + "e"
+
+
+def miscopied(rng: random.Random, m: Module) -> tuple[str, str] | None:
+    """One word of the line as it should be, and how a plan writes it wrongly, as the demo reasoner
+    miscopies text it has never seen (`return take_off(10, small)` for `return take_off(10, val)`,
+    `whole_min` for `whole_minutes`): a name of the line written as another of the file's or
+    misspelt, a number the change does not touch written as another. The change itself stays
+    meant: a name that is the fix (wrong_name's) is only misspelt, never another name, and a
+    number or operator that is the fix is never touched. None when the line has no such word."""
+    good, bad = m.good_line.strip(), m.bad_line.strip()
+    in_bad = set(WORD.findall(bad))
+    file_names = sorted(code_names(m.source) - PYTHON_NAMES)
+    words = []
+    for w in dict.fromkeys(WORD.findall(good)):
+        if w in PYTHON_NAMES or (w.isdigit() and (w not in in_bad or m.mutation.kind in ("off_by_one", "accumulator"))):
+            continue
+        words.append(w)
+    if not words:
+        return None
+    word = rng.choice(words)
+    if word.isdigit():
+        new = rng.choice([str(int(word) + 1), str(max(0, int(word) - 1)), word + "0", str(rng.randint(0, 9))])
+    elif word not in in_bad or rng.random() < 0.5:
+        new = _misspelt(rng, word)
+    else:
+        new = rng.choice([n for n in file_names if n != word] or [_misspelt(rng, word)])
+    return (word, new) if new != word else None
 
 
 def coder_answer(m: Module, lang: str) -> str:
@@ -214,14 +275,24 @@ def reasoner_example(rng: random.Random, m: Module, *, think: bool = True, reque
     return Example(chat(reasoner_prompt(m, request, intent)), target, m, request, lang)
 
 
-def coder_example(rng: random.Random, m: Module, *, mode: str | None = None, request: str | None = None) -> Example:
+def coder_example(rng: random.Random, m: Module, *, mode: str | None = None, request: str | None = None,
+                  miscopy_share: float = 0.0) -> Example:
+    """A coder example; with ``miscopy_share``, that share of its plans has the line as it should
+    be miscopied (``miscopied``) while the target stays the right fix: the change is the plan's,
+    the text is the file's."""
     mode = mode or rng.choices(["handoff", "turn", "direct"], [5, 4, 1])[0]
     if mode == "direct":
         request = request or rng.choice(["fix the bug in {path}", "修复 {path} 里的错误"]).format(path=m.path)
     else:
         request = request or request_for(rng, m)
     lang = lang_of(request)
-    plan = answer(m, lang) if mode != "direct" else None
+    miscopy = miscopied(rng, m) if miscopy_share > 0 and mode != "direct" and rng.random() < miscopy_share else None
+    if miscopy is not None and m.mutation.kind == "swapped_args" and rng.random() < 0.25:
+        miscopy = None  # and the call written back unswapped: a plan that changes the line into itself
+        plan = answer(m, lang).replace(f"to `{m.good_line.strip()}`", f"to `{m.bad_line.strip()}`").replace(
+            f"改为 `{m.good_line.strip()}`", f"改为 `{m.bad_line.strip()}`")
+    else:
+        plan = answer(m, lang, miscopy) if mode != "direct" else None
     prompt = coder_prompt(m, request, plan, mode)
     return Example(chat(prompt, reasoning=False), coder_answer(m, lang) + EOS, m, request, lang)
 

@@ -32,8 +32,12 @@ from app import demo
 DEFAULTS = {
     "reasoner": dict(batch=8, lr=3e-3, warmup=40, think_off=0.1, mtp_weight=0.3, bias_speed=1e-3, prompt_weight=0.5,
                      names="syllables", decision_weight=1.0, design_share=0.0),
-    "coder": dict(batch=8, lr=3e-3, warmup=40, prompt_weight=0.5, names="pieces", decision_weight=1.0),
+    "coder": dict(batch=8, lr=3e-3, warmup=40, prompt_weight=0.5, names="pieces", decision_weight=1.0,
+                  miscopy_share=0.0),
 }
+# miscopy_share: the share of the coder's plans whose line as it should be is miscopied (a name
+# misspelt or another of the file's, a number the fix does not touch changed:
+# training.render.miscopied) while its target stays the right fix
 # design_share: the share of the reasoner's examples asked with the design template, the one
 # `duet run --role reasoner` and `/plan` send (the rest: the template the router picks for the
 # request, review or analysis); the committed reasoner's recipe (scripts/train_demo.sh) sets 0.4
@@ -87,7 +91,8 @@ def build_batch(tok, examples, device="cpu", decision_weight: float = 1.0):
     return ids, lab, plab, wts
 
 
-def example_stream(role: str, seed: int, think_off: float = 0.0, names: str = "syllables", design_share: float = 0.0):
+def example_stream(role: str, seed: int, think_off: float = 0.0, names: str = "syllables", design_share: float = 0.0,
+                   miscopy_share: float = 0.0):
     from training import tasks
     from training.render import coder_example, reasoner_example, sample_module
 
@@ -100,12 +105,13 @@ def example_stream(role: str, seed: int, think_off: float = 0.0, names: str = "s
             design = design_share > 0 and rng.random() < design_share  # no draw at 0: the stream stays as it was
             yield reasoner_example(rng, m, think=think, intent="design" if design else None)
         else:
-            yield coder_example(rng, m)
+            yield coder_example(rng, m, miscopy_share=miscopy_share)
 
 
-def batches(role, tok, seed, batch, think_off=0.0, names="syllables", decision_weight=1.0, design_share=0.0):
+def batches(role, tok, seed, batch, think_off=0.0, names="syllables", decision_weight=1.0, design_share=0.0,
+            miscopy_share=0.0):
     """Length-sorted batches from pools of 8 batches: less padding."""
-    stream = example_stream(role, seed, think_off, names, design_share)
+    stream = example_stream(role, seed, think_off, names, design_share, miscopy_share)
     while True:
         pool = [next(stream) for _ in range(batch * 8)]
         pool.sort(key=lambda e: len(e.prompt) + len(e.target))
@@ -161,7 +167,7 @@ def train_one(role: str, out: Path, minutes: float, seed: int, threads: int, sav
     last_save = start
     step = 0
     stream = batches(role, tok, seed, hp["batch"], hp.get("think_off", 0.0), hp["names"], hp.get("decision_weight", 1.0),
-                     hp.get("design_share", 0.0))
+                     hp.get("design_share", 0.0), hp.get("miscopy_share", 0.0))
     model.train()
     ema = None
     while True:
