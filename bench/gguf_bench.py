@@ -1,13 +1,15 @@
-"""Duet vs llama.cpp on the very same deepseek2 GGUF files: Q8_0, Q4_0 and Q4_K_M.
+"""Duet vs llama.cpp on the very same deepseek2 GGUF files: Q8_0, Q4_0, Q4_K_M, Q3_K_M and Q2_K.
 
     python -m bench.gguf_bench [--layers 2] [--threads 2] [--types Q8_0,Q4_0,Q4_K_M] [--decode 48]
 
 DeepSeek-V2-Lite layer shapes (bench/quant_bench.py's V2_LITE: hidden 2048, 64 routed experts
 of 1408, 2 shared, 6 active, kv_lora 512, q_lora 1536, vocab 16384), ``--layers`` layers (the
 first dense). Random weights are written straight into Q8_0 and Q4_0 blocks (quant_bench's
-generator and bench/gguf_deepseek2.py's writer); the Q4_K_M file is llama.cpp's own quantizer
-run on the Q8_0 file (requantized: Q4_K / Q6_K, with Q5_0 for attn_k_b's rows of 128, as real
-DeepSeek Q4_K_M files hold). Each file is then loaded by ``Engine.load(file.gguf)`` (its blocks
+generator and bench/gguf_deepseek2.py's writer); the Q4_K_M, Q3_K_M and Q2_K files are
+llama.cpp's own quantizer run on the Q8_0 file (requantized: Q4_K / Q6_K, with Q5_0 for
+attn_k_b's rows of 128, as real DeepSeek Q4_K_M files hold; Q3_K_M: Q3_K / Q4_K / Q5_K / Q6_K;
+Q2_K: Q2_K / Q3_K / Q4_K / Q6_K; their rows of 128 fall back to llama.cpp's choice, Q4_0 or
+IQ4_NL, printed with each file's tensor types). Each file is then loaded by ``Engine.load(file.gguf)`` (its blocks
 run as stored, kernels/kquant.py) and by llama.cpp (llama-cpp-python, in a subprocess, f16
 cache, each column the better of flash attention off and on, its default CPU weight repacking),
 same thread count.
@@ -40,7 +42,8 @@ if str(ROOT) not in sys.path:
 
 from bench import quant_bench as qb  # noqa: E402
 
-LLAMA_Q4_K_M = 15
+# the files llama.cpp's quantizer writes from the Q8_0 file: its llama_ftype values (llama.h)
+LLAMA_FTYPES = {"Q4_K_M": 15, "Q3_K_M": 12, "Q2_K": 10}
 # llama.cpp with its extra weight buffers (AMX / repacked kernels) turned off: llama-cpp-python
 # 0.3.36's AMX path crashes on some deepseek2 matrices on AMX CPUs; then this run is reported
 NO_REPACK = ("import llama_cpp.llama_cpp as _low\n_d = _low.llama_model_default_params\n"
@@ -64,24 +67,25 @@ def write_files(cfg: dict, work: Path, types: list[str]) -> dict[str, Path]:
     from bench.gguf_deepseek2 import write_deepseek2_gguf
 
     paths = {}
+    requantized = [kind for kind in types if kind in LLAMA_FTYPES]
     for kind, mode in (("Q8_0", "int8"), ("Q4_0", "int4")):
-        if kind in types or (kind == "Q8_0" and "Q4_K_M" in types):
+        if kind in types or (kind == "Q8_0" and requantized):
             W = qb.build(cfg, mode)
             paths[kind] = work / f"v2lite-{kind}.gguf"
             write_deepseek2_gguf(paths[kind], cfg, W.gguf)
             del W
-    if "Q4_K_M" in types:
+    for kind in requantized:
         import llama_cpp
 
         params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = LLAMA_Q4_K_M
+        params.ftype = LLAMA_FTYPES[kind]
         params.allow_requantize = True
         params.nthread = os.cpu_count() or 2
-        paths["Q4_K_M"] = work / "v2lite-Q4_K_M.gguf"
-        rc = llama_cpp.llama_model_quantize(str(paths["Q8_0"]).encode(), str(paths["Q4_K_M"]).encode(),
+        paths[kind] = work / f"v2lite-{kind}.gguf"
+        rc = llama_cpp.llama_model_quantize(str(paths["Q8_0"]).encode(), str(paths[kind]).encode(),
                                             ctypes.byref(params))
         if rc != 0:
-            raise RuntimeError(f"llama_model_quantize Q4_K_M failed ({rc})")
+            raise RuntimeError(f"llama_model_quantize {kind} failed ({rc})")
     return paths
 
 
@@ -104,6 +108,9 @@ def main(argv=None) -> int:
         ap.error("--decode: at least 6 steps")
     qb.DECODE, qb.WINDOWS = a.decode, min(qb.WINDOWS, a.decode // 4) or 1
     types = a.types.split(",")
+    known = {"Q8_0", "Q4_0", *LLAMA_FTYPES}
+    if set(types) - known:
+        ap.error(f"--types: {', '.join(sorted(set(types) - known))} (choose from {', '.join(sorted(known))})")
     cfg = dict(qb.V2_LITE, num_hidden_layers=a.layers)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="duet-gguf-bench-"))
     work.mkdir(parents=True, exist_ok=True)

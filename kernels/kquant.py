@@ -6,12 +6,13 @@
     act_bits() / activations(bits)   the activation precision the matmuls use (one place)
     TYPES                            ggml type id -> (name, weights per block, bytes per block)
 
-Types run: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (blocks of 32) and Q4_K, Q5_K, Q6_K (super-blocks of
-256), read in place by kernels/csrc/kquant.c: the weights are never converted, so what runs
-is bit for bit what the file holds (its dequantized values equal ggml's / gguf-py's).
+Types run: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL (blocks of 32) and Q2_K, Q3_K, Q4_K, Q5_K,
+Q6_K, IQ4_XS (super-blocks of 256), read in place by kernels/csrc/kquant.c: the weights are
+never converted, so what runs is bit for bit what the file holds (its dequantized values
+equal ggml's / gguf-py's).
 
 Activations (``act_bits()``: kernels.dispatch's plan), rounded once per call and row to llama.cpp's 8-bit blocks --
-Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the K-quants -- then integer block dot
+Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the super-blocks -- then integer block dot
 products (kernels/csrc/kquant_dot.h: AVX2 maddubs / madd, VNNI's dpbusd where the target has
 it; ARM64 NEON, sdot where the target has it; or plain C, all computing the same integers):
     8   exactly llama.cpp's activation codes (its speed and its rounding error);
@@ -58,7 +59,8 @@ TILE_BYTES = 8 << 20     # prefill: weight rows dequantized per matmul (float32 
 
 # ggml type id -> (name, weights per block, bytes per block)
 TYPES = {2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24),
-         8: ("Q8_0", 32, 34), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210)}
+         8: ("Q8_0", 32, 34), 20: ("IQ4_NL", 32, 18), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+         12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 23: ("IQ4_XS", 256, 136)}
 NAMES = {v[0]: k for k, v in TYPES.items()}
 
 _LIB: ctypes.CDLL | None = None
@@ -224,9 +226,59 @@ def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc, mn
 
 
+# IQ4_NL / IQ4_XS: code c stands for d x KVALUES_IQ4[c]
+KVALUES_IQ4 = torch.tensor([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113])
+_SHIFT2 = torch.tensor([0, 2, 4, 6])
+
+
+def _crumbs(qs: torch.Tensor) -> torch.Tensor:
+    """Q2_K / Q3_K 2-bit codes: bytes [nb, 64] -> [nb, 8, 32], weight 128 n + 32 j + l from
+    bits 2 j of byte 32 n + l."""
+    return ((qs.long().view(-1, 2, 1, 32) >> _SHIFT2.view(1, 1, 4, 1)) & 3).view(-1, 8, 32)
+
+
+def _q3_k_scales(s: torch.Tensor) -> torch.Tensor:
+    """Q3_K packed 6-bit scales uint8 [nb, 12] -> signed int [nb, 16]."""
+    s = s.long()
+    lo = torch.cat([s[:, 0:8] & 15, s[:, 0:8] >> 4], dim=1)
+    hi = ((s[:, 8:12].view(-1, 1, 4) >> _SHIFT2.view(1, 4, 1)) & 3).reshape(-1, 16)
+    return (lo | (hi << 4)) - 32
+
+
+def _iq4_xs_scales(b: torch.Tensor) -> torch.Tensor:
+    """IQ4_XS blocks uint8 [nb, 136] -> signed scales int [nb, 8] (one per 32 weights)."""
+    sh = b[:, 2].long() | (b[:, 3].long() << 8)
+    sl = b[:, 4:8].long()
+    lo = torch.stack([sl & 15, sl >> 4], dim=2).reshape(-1, 8)
+    hi = (sh[:, None] >> (2 * torch.arange(8))) & 3
+    return (lo | (hi << 4)) - 32
+
+
+def _iq4_levels(qs: torch.Tensor) -> torch.Tensor:
+    """bytes [..., 16] -> levels [..., 32]: low nibbles, then high."""
+    qs = qs.long()
+    return KVALUES_IQ4[torch.cat([qs & 15, qs >> 4], dim=-1)]
+
+
 def _blocks_to_f32(type_id: int, b: torch.Tensor) -> torch.Tensor:
     """uint8 blocks [nb, bytes] -> float32 [nb, weights per block]."""
     nb = b.shape[0]
+    if type_id == 20:
+        return _f16(b[:, 0:2])[:, None] * _iq4_levels(b[:, 2:18]).float()
+    if type_id == 23:
+        dl = (_f16(b[:, 0:2])[:, None] * _iq4_xs_scales(b).float()).view(nb, 8, 1)
+        return (dl * _iq4_levels(b[:, 8:136].view(nb, 8, 16)).float()).reshape(nb, 256)
+    if type_id == 10:
+        sc = b[:, 0:16].long()
+        d, dmin = _f16(b[:, 80:82])[:, None], _f16(b[:, 82:84])[:, None]
+        dl = (d * (sc & 15).float()).view(nb, 16, 1)
+        ml = (dmin * (sc >> 4).float()).view(nb, 16, 1)
+        return (dl * _crumbs(b[:, 16:80]).view(nb, 16, 16).float() - ml).reshape(nb, 256)
+    if type_id == 11:
+        dl = (_f16(b[:, 108:110])[:, None] * _q3_k_scales(b[:, 96:108]).float()).view(nb, 16, 1)
+        hm = (b[:, 0:32].long().view(nb, 1, 32) >> torch.arange(8).view(1, 8, 1)) & 1
+        q = (_crumbs(b[:, 32:96]) - 4 * (1 - hm)).view(nb, 16, 16)   # a clear high bit: 4 less
+        return (dl * q.float()).reshape(nb, 256)
     if type_id in (2, 3, 6, 7, 8):
         d = _f16(b[:, 0:2])[:, None]
         if type_id == 8:
@@ -362,7 +414,9 @@ def quantize_activations(x: torch.Tensor, block: int, bits: int = 8) -> tuple[to
         q = _round_away(t)
     else:
         mx = torch.gather(v, -1, v.abs().argmax(-1, keepdim=True))
-        iscale = torch.where(mx != 0, -127.0 / mx, torch.zeros_like(mx))
+        # a true division, as the C code's (torch's ``scalar / tensor`` multiplies by a rounded
+        # reciprocal: one ulp off a quarter of the time, enough to move a 16-bit code)
+        iscale = torch.where(mx != 0, torch.full_like(mx, -127.0) / mx, torch.zeros_like(mx))
         t = v * iscale
         q = torch.round(t).clamp(max=127)
         d = torch.where(mx != 0, 1.0 / iscale, torch.zeros_like(mx))

@@ -18,9 +18,12 @@ import numpy as np
 from bench.gguf_deepseek2 import gguf_tensors_from_hf, hf_tokenizer_fields, write_deepseek2_gguf
 
 # llama_ftype values (llama.h)
-FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_S": 14,
-          "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25}
+FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12,
+          "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ3_XXS": 23,
+          "IQ4_NL": 25, "IQ3_S": 26, "IQ4_XS": 30, "TQ1_0": 36, "TQ2_0": 37}
 _KEEP = ("_norm.weight", "ffn_gate_inp.weight", ".bias")
+# where a block type keeps its fp16 scales (bytes): d, then m / dmin; types not listed: d at 0
+FP16_SCALES = {3: (0, 2), 7: (0, 2), 12: (0, 2), 13: (0, 2), 14: (208,), 10: (80, 82), 11: (108,)}
 
 
 def hf_config(hf_dir) -> dict:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import dispatch, kquant
+from tests import gguf_helpers as H
 
 quants = pytest.importorskip("gguf.quants")
 
@@ -24,12 +25,10 @@ def random_blocks(type_id: int, n: int, k: int, seed: int = 0) -> np.ndarray:
     _, bs, bb = kquant.TYPES[type_id]
     raw = rng.integers(0, 256, (n, k // bs, bb), dtype=np.uint8)
     half = (rng.standard_normal((n, k // bs)) * 0.05).astype(np.float16).view(np.uint8).reshape(n, k // bs, 2)
-    if type_id == 14:               # Q6_K: d at the end
-        raw[..., 208:210] = half
-    else:
-        raw[..., 0:2] = half
-        if type_id in (3, 7, 12, 13):  # a second fp16 (m / dmin)
-            raw[..., 2:4] = half[:, ::-1]
+    at = H.FP16_SCALES.get(type_id, (0,))   # d, then m / dmin where the type has one
+    raw[..., at[0]:at[0] + 2] = half
+    if len(at) > 1:
+        raw[..., at[1]:at[1] + 2] = half[:, ::-1]
     return raw.reshape(n, -1)
 
 

@@ -465,7 +465,7 @@ def test_the_tiny_file_loads_and_its_tokenizer_and_template_match_the_metadata(t
     ("F64", lambda a: a.astype(np.float64), None),
     ("I32", lambda a: np.zeros(a.shape, np.int32), None),
     ("MXFP4", lambda a: np.zeros(a.shape[:-1] + (a.shape[-1] // 32 * 17,), np.uint8), Q.MXFP4),
-    ("IQ4_NL", lambda a: np.zeros(a.shape[:-1] + (a.shape[-1] // 32 * 18,), np.uint8), Q.IQ4_NL),
+    ("NVFP4", lambda a: np.zeros(a.shape[:-1] + (a.shape[-1] // 64 * 36,), np.uint8), Q.NVFP4),
 ])
 def test_a_tensor_type_we_cannot_run_is_refused_naming_tensor_and_type(name, arr, raw, tiny, tmp_path):
     r = GGUFReader(str(tiny))

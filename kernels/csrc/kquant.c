@@ -4,9 +4,10 @@
  * with -O3 -march=native -ffp-contract=off (no fused multiply-add in the dequantization, so
  * every weight comes out bit for bit as ggml's own reference code and gguf-py compute it).
  *
- * Types (ggml ids): Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8 (blocks of 32 weights) and
- * Q4_K 12, Q5_K 13, Q6_K 14 (super-blocks of 256). A matrix is its rows one after another,
- * each row k / block weights blocks, exactly as the file stores it.
+ * Types (ggml ids): Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, IQ4_NL 20 (blocks of 32 weights)
+ * and Q2_K 10, Q3_K 11, Q4_K 12, Q5_K 13, Q6_K 14, IQ4_XS 23 (super-blocks of 256). A matrix
+ * is its rows one after another, each row k / block weights blocks, exactly as the file
+ * stores it.
  *
  * The matmul (kq_gemm, kq_moe) runs at one of two precisions, chosen per call (act):
  *   8 / 16: the activations rounded once to 8-bit blocks (llama.cpp's Q8_0 / Q8_K; 16 adds a
@@ -68,11 +69,16 @@ INLINE uint16_t f2bf(float f) {   /* round to nearest even */
 static int block_bytes(int type) {
     switch (type) {
         case 2: return 18; case 3: return 20; case 6: return 22; case 7: return 24; case 8: return 34;
-        case 12: return 144; case 13: return 176; case 14: return 210;
+        case 20: return 18;
+        case 10: return 84; case 11: return 110; case 12: return 144; case 13: return 176; case 14: return 210;
+        case 23: return 136;
         default: return 0;
     }
 }
-static int block_size(int type) { return type >= 12 ? 256 : 32; }
+static int block_size(int type) { return (type >= 10 && type <= 14) || type == 23 ? 256 : 32; }
+
+/* IQ4_NL's (and IQ4_XS's) 16 non-linear levels: code c stands for the weight d x kvalues_iq4[c] */
+static const int8_t kvalues_iq4[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 int kq_block_bytes(int type) { return block_bytes(type); }
 int kq_block_size(int type) { return block_bytes(type) ? block_size(type) : 0; }
@@ -117,6 +123,13 @@ INLINE void dq_q8_0(const uint8_t *b, float *y) {
     for (int j = 0; j < 32; j++) y[j] = (float)qs[j] * d;
 }
 
+INLINE void dq_iq4_nl(const uint8_t *b, float *y) {
+    const float d = h2f(rd16(b));
+    const uint8_t *qs = b + 2;
+    for (int j = 0; j < 16; j++) y[j] = d * (float)kvalues_iq4[qs[j] & 15];
+    for (int j = 0; j < 16; j++) y[j + 16] = d * (float)kvalues_iq4[qs[j] >> 4];
+}
+
 INLINE void scale_min_k4(int j, const uint8_t *q, int *d, int *m) {
     if (j < 4) {
         *d = q[j] & 63;
@@ -124,6 +137,58 @@ INLINE void scale_min_k4(int j, const uint8_t *q, int *d, int *m) {
     } else {
         *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
         *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* Q2_K: 16 groups of 16 weights, each a 4-bit scale and 4-bit min; 2-bit codes, byte l of
+ * each 32-byte half holding weights l, l + 32, l + 64, l + 96 of that half (2 bits each) */
+INLINE void dq_q2_k(const uint8_t *b, float *y) {
+    const uint8_t *sc = b, *qs = b + 16;
+    const float d = h2f(rd16(b + 80)), dmin = h2f(rd16(b + 82));
+    for (int n = 0; n < 2; n++, qs += 32)
+        for (int j = 0; j < 4; j++, y += 32, sc += 2)
+            for (int h = 0; h < 2; h++) {   /* 16 weights share a scale and a min */
+                const float dl = d * (float)(sc[h] & 15), ml = dmin * (float)(sc[h] >> 4);
+                for (int l = 16 * h; l < 16 * h + 16; l++) y[l] = dl * (float)((qs[l] >> (2 * j)) & 3) - ml;
+            }
+}
+
+/* Q3_K's 16 signed 6-bit group scales (stored + 32): low nibbles in bytes 0..7 (groups 0..7
+ * low, 8..15 high), the top 2 bits of group g in byte 8 + g % 4 at bit 2 (g / 4) */
+INLINE int scale_q3_k(int g, const uint8_t *s) {
+    const int lo = g < 8 ? s[g] & 15 : s[g - 8] >> 4, hi = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+/* Q3_K: Q2_K's 2-bit layout plus a high bit per weight (hmask byte l, bit 4 n + j); a clear
+ * bit takes 4 off the code: weights d sc (-4 .. 3) */
+INLINE void dq_q3_k(const uint8_t *b, float *y) {
+    const uint8_t *hm = b, *qs = b + 32, *sc = b + 96;
+    const float d = h2f(rd16(b + 108));
+    for (int n = 0, g = 0; n < 2; n++, qs += 32)
+        for (int j = 0; j < 4; j++, y += 32, g += 2)
+            for (int h = 0; h < 2; h++) {
+                const float dl = d * (float)scale_q3_k(g + h, sc);
+                const int bit = 4 * n + j;
+                for (int l = 16 * h; l < 16 * h + 16; l++)
+                    y[l] = dl * (float)((int)((qs[l] >> (2 * j)) & 3) - ((hm[l] >> bit) & 1 ? 0 : 4));
+            }
+}
+
+/* IQ4_XS: 8 blocks of 32 weights, each a signed 6-bit scale (4 low bits in scales_l, 2 high
+ * in scales_h), codes as IQ4_NL's */
+INLINE int scale_iq4_xs(int ib, const uint8_t *b) {
+    const int lo = (b[4 + ib / 2] >> (4 * (ib % 2))) & 15, hi = (rd16(b + 2) >> (2 * ib)) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+INLINE void dq_iq4_xs(const uint8_t *b, float *y) {
+    const float d = h2f(rd16(b));
+    const uint8_t *qs = b + 8;
+    for (int ib = 0; ib < 8; ib++, qs += 16, y += 32) {
+        const float dl = d * (float)scale_iq4_xs(ib, b);
+        for (int j = 0; j < 16; j++) y[j] = dl * (float)kvalues_iq4[qs[j] & 15];
+        for (int j = 0; j < 16; j++) y[j + 16] = dl * (float)kvalues_iq4[qs[j] >> 4];
     }
 }
 
@@ -179,6 +244,9 @@ INLINE void dq_q6_k(const uint8_t *b, float *y) {
 
 INLINE int dq_chunk(int type, const uint8_t *b, int left, float *y) {
     switch (type) {
+        case 10: dq_q2_k(b, y); return QK;
+        case 11: dq_q3_k(b, y); return QK;
+        case 23: dq_iq4_xs(b, y); return QK;
         case 12: dq_q4_k(b, y); return QK;
         case 13: dq_q5_k(b, y); return QK;
         case 14: dq_q6_k(b, y); return QK;
@@ -192,6 +260,7 @@ INLINE int dq_chunk(int type, const uint8_t *b, int left, float *y) {
             case 3: dq_q4_1(b, y + i); break;
             case 6: dq_q5_0(b, y + i); break;
             case 7: dq_q5_1(b, y + i); break;
+            case 20: dq_iq4_nl(b, y + i); break;
             default: dq_q8_0(b, y + i); break;
         }
     }

@@ -1,23 +1,26 @@
 /* Integer dot products of GGUF weight blocks with 8-bit activation blocks (llama.cpp's scheme).
- * Included by kquant.c (after h2f / rd16 / block_bytes / scale_min_k4).
+ * Included by kquant.c (after h2f / rd16 / block_bytes / block_size / scale_min_k4 /
+ * scale_q3_k / scale_iq4_xs / kvalues_iq4).
  *
  * Activations are rounded once per call, per row:
- *   Q8_0 (for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights): blocks of 32, d = absmax / 127,
+ *   Q8_0 (for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL weights): blocks of 32, d = absmax / 127,
  *        q = roundf(x / d)  (ggml's quantize_row_q8_0_ref);
- *   Q8_K (for Q4_K, Q5_K, Q6_K): blocks of 256, d = -max / 127 with max the element of
- *        largest magnitude (sign kept), q = min(127, nearest_int(x / d))  (quantize_row_q8_K_ref).
+ *   Q8_K (for Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS): blocks of 256, d = -max / 127 with max
+ *        the element of largest magnitude (sign kept), q = min(127, nearest_int(x / d))
+ *        (quantize_row_q8_K_ref).
  * The scale stays float32 (ggml rounds Q8_0's to fp16: ours is never coarser). Sums of each
  * 16 codes are kept for the zero-point / offset terms.
  * With 16 bits (two 8-bit terms), each code q is followed by a second, r = the rounding of
  * the remainder (x / d - q) x 128 (|r| <= 64): x ~ (128 q + r) d / 128, 15 bits of precision
  * for one more maddubs per 32 weights; the integers are the same on every path.
  *
- * Each weight block is unpacked to unsigned codes (Q8_0: signed) and multiplied with the
- * activation codes in int32: per block (32) or per 16/32-weight sub-block (K-quants, their
- * 6/8-bit scales applied in int32 over the super-block). The AVX2 path (maddubs + madd), the
- * ARM64 NEON one (sdot, or widening multiplies before ARMv8.2) and the plain-C path compute
- * the same integers; only the float32 sums of the block results differ in order (AVX2's; NEON
- * keeps plain C's).
+ * Each weight block is unpacked to unsigned codes (Q8_0, Q4_0, Q5_0: signed; IQ4_NL / IQ4_XS:
+ * their signed non-linear levels, -127..113) and multiplied with the activation codes in
+ * int32: per block (32) or per 16/32-weight sub-block (super-blocks, their 4/6/8-bit scales
+ * applied in int32 over the super-block; Q2_K's mins and Q3_K's / Q6_K's offsets from the
+ * activations' sums of 16). The AVX2 path (maddubs + madd), the ARM64 NEON one (sdot, or
+ * widening multiplies before ARMv8.2) and the plain-C path compute the same integers; only
+ * the float32 sums of the block results differ in order (AVX2's; NEON keeps plain C's).
  */
 
 typedef struct {
@@ -28,7 +31,7 @@ typedef struct {
     int32_t *s16;   /* [M][k / 16] sums of 16 codes (128 q + r with 16 bits) */
 } act_t;
 
-INLINE int act_bs(int type) { return type >= 12 ? 256 : 32; }
+INLINE int act_bs(int type) { return block_size(type); }
 
 INLINE int nearest_int(float f) {   /* round half to even, as ggml's */
     float v = f + 12582912.f;
@@ -132,6 +135,11 @@ INLINE __m256i bits32(const uint8_t *p) {   /* 32 bits -> 32 bytes of 0x10 (bit 
     return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
 }
 
+INLINE __m256i iq4_levels(__m256i nibbles) {   /* codes 0..15 -> IQ4_NL's levels (pshufb per lane) */
+    const __m256i kv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4));
+    return _mm256_shuffle_epi8(kv, nibbles);
+}
+
 INLINE __m256i dot_u8s8(__m256i u, __m256i s, __m256i w16) {   /* int32 [8]: pairs of 4 products x w16 */
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), w16);
 }
@@ -149,7 +157,8 @@ INLINE __m256i dot4_u8s8(__m256i u, __m256i s) {
 }
 #elif defined(__aarch64__) && defined(__ARM_NEON)
 /* ARM64: the int32 block sums in NEON, the float sums as plain C's. Every weight code fits
- * int8 (K-quants 0..63, the 32-blocks -128..127 with Q4_0's / Q5_0's offset taken off), so
+ * int8 (K-quants 0..63, the 32-blocks -128..127 with Q4_0's / Q5_0's offset taken off, the
+ * IQ4 levels -127..113), so
  * signed x signed products are exact for all types. */
 #define KQ_NEON 1
 #include <arm_neon.h>
@@ -171,6 +180,14 @@ INLINE void nib32_neon(const uint8_t *p, int8x16_t *q) {
     q[1] = vreinterpretq_s8_u8(vshrq_n_u8(t, 4));
 }
 
+/* 16 bytes -> IQ4_NL's levels of the low nibbles (q[0]) and the high ones (q[1]) */
+INLINE void iq4_levels_neon(const uint8_t *p, int8x16_t *q) {
+    const int8x16_t kv = vld1q_s8(kvalues_iq4);
+    const uint8x16_t t = vld1q_u8(p);
+    q[0] = vqtbl1q_s8(kv, vandq_u8(t, vdupq_n_u8(15)));
+    q[1] = vqtbl1q_s8(kv, vshrq_n_u8(t, 4));
+}
+
 /* the low 16 bits of h -> 16 bytes of 0x10 (bit set) or 0 */
 INLINE int8x16_t bits16_neon(uint32_t h) {
     static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
@@ -179,10 +196,12 @@ INLINE int8x16_t bits16_neon(uint32_t h) {
 }
 #endif
 
-/* ---- blocks of 32: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8 ----------------------------- */
+/* ---- blocks of 32: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, IQ4_NL 20 -------------------- */
+
+INLINE int signed32(const int type) { return type == 8 || type == 2 || type == 6 || type == 20; }
 
 /* weight w = dw q + mw; returns the codes in q (signed for Q8_0, Q4_0 and Q5_0: their offset
- * 8 / 16 taken off, as ggml does; else 0..31) */
+ * 8 / 16 taken off, as ggml does; IQ4_NL: its levels; else 0..31) */
 INLINE void unpack32(const int type, const uint8_t *p, int16_t *q, float *dw, float *mw) {
     *dw = h2f(rd16(p));
     *mw = 0.f;
@@ -192,6 +211,12 @@ INLINE void unpack32(const int type, const uint8_t *p, int16_t *q, float *dw, fl
     switch (type) {
         case 8:
             for (int i = 0; i < 32; i++) q[i] = ((const int8_t *)(p + 2))[i];
+            return;
+        case 20:
+            for (int i = 0; i < 16; i++) {
+                q[i] = kvalues_iq4[p[2 + i] & 15];
+                q[i + 16] = kvalues_iq4[p[2 + i] >> 4];
+            }
             return;
         case 2: qs = p + 2; off = 8; break;
         case 3: qs = p + 4; *mw = h2f(rd16(p + 2)); break;
@@ -214,6 +239,9 @@ INLINE void unpack32_neon(const int type, const uint8_t *p, int8x16_t *q, float 
         case 8:
             q[0] = vld1q_s8((const int8_t *)(p + 2));
             q[1] = vld1q_s8((const int8_t *)(p + 18));
+            return;
+        case 20:
+            iq4_levels_neon(p + 2, q);
             return;
         case 2:
             nib32_neon(p + 2, q);
@@ -260,11 +288,12 @@ INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *r
         switch (type) {
             case 8: q = _mm256_loadu_si256((const __m256i *)(p + 2)); break;
             case 2: q = _mm256_sub_epi8(nib32(p + 2), _mm256_set1_epi8(8)); break;
+            case 20: q = iq4_levels(nib32(p + 2)); break;
             case 3: q = nib32(p + 4); mw = h2f(rd16(p + 2)); break;
             case 6: q = _mm256_sub_epi8(_mm256_or_si256(nib32(p + 6), bits32(p + 2)), _mm256_set1_epi8(16)); break;
             default: q = _mm256_or_si256(nib32(p + 8), bits32(p + 4)); mw = h2f(rd16(p + 2)); break;
         }
-        const int sgn = type == 8 || type == 2 || type == 6;   /* signed codes: |w| x sign(x, w) */
+        const int sgn = signed32(type);   /* signed codes: |w| x sign(x, w) */
         const __m256i u = sgn ? _mm256_sign_epi8(q, q) : q;
         for (int m = 0; m < MM; m++) {
             const long mr = m0 + m;
@@ -322,61 +351,109 @@ INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *r
 #endif
 }
 
-/* ---- super-blocks of 256: Q4_K 12, Q5_K 13, Q6_K 14 ------------------------------------ */
+/* ---- super-blocks of 256: Q2_K 10, Q3_K 11, Q4_K 12, Q5_K 13, Q6_K 14, IQ4_XS 23 ------- */
 
-/* w = d sc[g] (q - off) - dmin mn[g / 2] for weight i in 16-group g = i / 16 */
+/* w = d sc[g] (q - off) - dmin mn[g] for weight i in 16-group g = i / 16 */
 typedef struct {
     float d, dmin;
     int off;
-    int16_t sc[16], mn[8];
+    int16_t sc[16], mn[16];
 } kscale_t;
 
+INLINE int signed256(const int type) { return type == 23; }   /* IQ4_XS: signed levels */
+INLINE int kcorr_terms(const int type) { return type != 23; }   /* a min or an offset to add */
+
 INLINE void kscales(const int type, const uint8_t *p, kscale_t *s) {
-    if (type == 14) {
-        const int8_t *sc = (const int8_t *)(p + 192);
-        s->d = h2f(rd16(p + 208));
-        s->dmin = 0.f;
-        s->off = 32;
-        for (int g = 0; g < 16; g++) s->sc[g] = sc[g];
-        for (int j = 0; j < 8; j++) s->mn[j] = 0;
-        return;
-    }
-    s->d = h2f(rd16(p));
-    s->dmin = h2f(rd16(p + 2));
+    s->dmin = 0.f;
     s->off = 0;
-    for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        scale_min_k4(j, p + 4, &sc, &mn);
-        s->sc[2 * j] = s->sc[2 * j + 1] = (int16_t)sc;
-        s->mn[j] = (int16_t)mn;
+    switch (type) {
+        case 10:   /* a 4-bit scale and a 4-bit min per 16 weights */
+            s->d = h2f(rd16(p + 80));
+            s->dmin = h2f(rd16(p + 82));
+            for (int g = 0; g < 16; g++) {
+                s->sc[g] = p[g] & 15;
+                s->mn[g] = p[g] >> 4;
+            }
+            return;
+        case 11:   /* codes 0..7 stand for -4..3: offset 4, signed scales */
+            s->d = h2f(rd16(p + 108));
+            s->off = 4;
+            for (int g = 0; g < 16; g++) {
+                s->sc[g] = (int16_t)scale_q3_k(g, p + 96);
+                s->mn[g] = 0;
+            }
+            return;
+        case 14: {
+            const int8_t *sc = (const int8_t *)(p + 192);
+            s->d = h2f(rd16(p + 208));
+            s->off = 32;
+            for (int g = 0; g < 16; g++) {
+                s->sc[g] = sc[g];
+                s->mn[g] = 0;
+            }
+            return;
+        }
+        case 23:   /* a signed scale per 32 weights, signed codes: no correction term */
+            s->d = h2f(rd16(p));
+            for (int ib = 0; ib < 8; ib++) {
+                s->sc[2 * ib] = s->sc[2 * ib + 1] = (int16_t)scale_iq4_xs(ib, p);
+                s->mn[2 * ib] = s->mn[2 * ib + 1] = 0;
+            }
+            return;
+        default:   /* Q4_K, Q5_K: a 6-bit scale and min per 32 weights */
+            s->d = h2f(rd16(p));
+            s->dmin = h2f(rd16(p + 2));
+            for (int j = 0; j < 8; j++) {
+                int sc, mn;
+                scale_min_k4(j, p + 4, &sc, &mn);
+                s->sc[2 * j] = s->sc[2 * j + 1] = (int16_t)sc;
+                s->mn[2 * j] = s->mn[2 * j + 1] = (int16_t)mn;
+            }
+            return;
     }
 }
 
-/* the codes (0..63) of the 256 weights, in order */
-INLINE void unpack256(const int type, const uint8_t *p, uint8_t *q) {
-    if (type == 12) {
+/* the codes of the 256 weights, in order (0..63; IQ4_XS: its levels, -127..113) */
+INLINE void unpack256(const int type, const uint8_t *p, int8_t *q) {
+    if (type == 10 || type == 11) {   /* 2-bit codes; Q3_K: its high bit as 4 */
+        const uint8_t *qs = p + (type == 10 ? 16 : 32), *hm = p;
+        for (int n = 0; n < 2; n++)
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++) {
+                    int c = (qs[32 * n + l] >> (2 * j)) & 3;
+                    if (type == 11) c |= ((hm[l] >> (4 * n + j)) & 1) << 2;
+                    q[128 * n + 32 * j + l] = (int8_t)c;
+                }
+    } else if (type == 23) {
+        const uint8_t *qs = p + 8;
+        for (int ib = 0; ib < 8; ib++)
+            for (int l = 0; l < 16; l++) {
+                q[32 * ib + l] = kvalues_iq4[qs[16 * ib + l] & 15];
+                q[32 * ib + 16 + l] = kvalues_iq4[qs[16 * ib + l] >> 4];
+            }
+    } else if (type == 12) {
         const uint8_t *qs = p + 16;
         for (int j = 0; j < 4; j++)
             for (int l = 0; l < 32; l++) {
-                q[64 * j + l] = qs[32 * j + l] & 15;
-                q[64 * j + 32 + l] = qs[32 * j + l] >> 4;
+                q[64 * j + l] = (int8_t)(qs[32 * j + l] & 15);
+                q[64 * j + 32 + l] = (int8_t)(qs[32 * j + l] >> 4);
             }
     } else if (type == 13) {
         const uint8_t *qh = p + 16, *ql = p + 48;
         for (int j = 0; j < 4; j++)
             for (int l = 0; l < 32; l++) {
-                q[64 * j + l] = (uint8_t)((ql[32 * j + l] & 15) | (((qh[l] >> (2 * j)) & 1) << 4));
-                q[64 * j + 32 + l] = (uint8_t)((ql[32 * j + l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4));
+                q[64 * j + l] = (int8_t)((ql[32 * j + l] & 15) | (((qh[l] >> (2 * j)) & 1) << 4));
+                q[64 * j + 32 + l] = (int8_t)((ql[32 * j + l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4));
             }
     } else {
         for (int n = 0; n < 2; n++) {
             const uint8_t *ql = p + 64 * n, *qh = p + 128 + 32 * n;
-            uint8_t *o = q + 128 * n;
+            int8_t *o = q + 128 * n;
             for (int l = 0; l < 32; l++) {
-                o[l] = (uint8_t)((ql[l] & 15) | ((qh[l] & 3) << 4));
-                o[l + 32] = (uint8_t)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4));
-                o[l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
-                o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+                o[l] = (int8_t)((ql[l] & 15) | ((qh[l] & 3) << 4));
+                o[l + 32] = (int8_t)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4));
+                o[l + 64] = (int8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+                o[l + 96] = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
             }
         }
     }
@@ -386,6 +463,27 @@ INLINE void unpack256(const int type, const uint8_t *p, uint8_t *q) {
 /* the codes of 32 weights of a super-block, group j (weights 32 j .. 32 j + 31) */
 INLINE void unpack256_avx2(const int type, const uint8_t *p, __m256i *g) {
     const __m256i low = _mm256_set1_epi8(15);
+    if (type == 10 || type == 11) {   /* byte l of half n: weights 128 n + 32 j + l, bits 2 j */
+        const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+        __m256i hb = type == 11 ? _mm256_loadu_si256((const __m256i *)p) : _mm256_setzero_si256();
+        for (int n = 0; n < 2; n++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(p + (type == 10 ? 16 : 32) + 32 * n));
+            for (int j = 0; j < 4; j++) {   /* shifts in 16-bit lanes: the masked bits stay in their byte */
+                __m256i c = _mm256_and_si256(raw, three);
+                if (type == 11) {   /* Q3_K's high bit 4 n + j of hmask byte l */
+                    c = _mm256_or_si256(c, _mm256_slli_epi16(_mm256_and_si256(hb, one), 2));
+                    hb = _mm256_srli_epi16(hb, 1);
+                }
+                g[4 * n + j] = c;
+                raw = _mm256_srli_epi16(raw, 2);
+            }
+        }
+        return;
+    }
+    if (type == 23) {
+        for (int ib = 0; ib < 8; ib++) g[ib] = iq4_levels(nib32(p + 8 + 16 * ib));
+        return;
+    }
     if (type == 12 || type == 13) {
         const uint8_t *ql = p + (type == 12 ? 16 : 48);
         const __m256i one = _mm256_set1_epi8(1);
@@ -424,7 +522,25 @@ INLINE void unpack256_avx2(const int type, const uint8_t *p, __m256i *g) {
 INLINE void unpack256_neon(const int type, const uint8_t *p, int8x16_t *q) {
     const uint8x16_t low = vdupq_n_u8(15);
     uint8x16_t u[16];
-    if (type == 12 || type == 13) {
+    if (type == 23) {
+        for (int ib = 0; ib < 8; ib++) iq4_levels_neon(p + 8 + 16 * ib, q + 2 * ib);
+        return;
+    }
+    if (type == 10 || type == 11) {   /* byte l of half n: weights 128 n + 32 j + l, bits 2 j */
+        const uint8x16_t three = vdupq_n_u8(3), one = vdupq_n_u8(1);
+        const uint8_t *qs = p + (type == 10 ? 16 : 32);
+        for (int h = 0; h < 2; h++) {   /* l = 16 h .. 16 h + 15 */
+            uint8x16_t hb = type == 11 ? vld1q_u8(p + 16 * h) : vdupq_n_u8(0);   /* Q3_K: bit 4 n + j */
+            for (int n = 0; n < 2; n++) {
+                uint8x16_t r = vld1q_u8(qs + 32 * n + 16 * h);
+                for (int j = 0; j < 4; j++) {
+                    u[8 * n + 2 * j + h] = vorrq_u8(vandq_u8(r, three), vshlq_n_u8(vandq_u8(hb, one), 2));
+                    r = vshrq_n_u8(r, 2);
+                    hb = vshrq_n_u8(hb, 1);
+                }
+            }
+        }
+    } else if (type == 12 || type == 13) {
         const uint8_t *ql = p + (type == 12 ? 16 : 48);
         const uint8x16_t one = vdupq_n_u8(1), two = vdupq_n_u8(2);
         uint8x16_t h0 = vdupq_n_u8(0), h1 = h0;   /* Q5_K's fifth bits, of l = 0..15 and 16..31 */
@@ -470,7 +586,7 @@ INLINE float kcorr(const kscale_t *s, const int32_t *s16) {
     if (s->off)
         for (int g = 0; g < 16; g++) offs += (int32_t)s->sc[g] * s16[g];
     else
-        for (int j = 0; j < 8; j++) mins += (int32_t)s->mn[j] * (s16[2 * j] + s16[2 * j + 1]);
+        for (int g = 0; g < 16; g++) mins += (int32_t)s->mn[g] * s16[g];
     return -s->d * (float)(s->off * offs) - s->dmin * (float)mins;
 }
 
@@ -481,31 +597,38 @@ INLINE void dotk_t(const int type, const int HI, const int MM, const uint8_t *ro
 #if defined(KQ_AVX2)
     __m256 acc[MAXM];
     for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
-    __m256i g[8];
+    __m256i g[8], u[8];
+    const int sgn = signed256(type);   /* signed codes (IQ4_XS): |w| x sign(x, w), as dot32_t */
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = row + (long)b * bb;
         kscales(type, p, &s);
         unpack256_avx2(type, p, g);
         __m256i sv[8];
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < 8; j++) {
             sv[j] = _mm256_set_m128i(_mm_set1_epi16(s.sc[2 * j + 1]), _mm_set1_epi16(s.sc[2 * j]));
+            u[j] = sgn ? _mm256_sign_epi8(g[j], g[j]) : g[j];
+        }
         for (int m = 0; m < MM; m++) {
             const long mr = m0 + m;
             const int8_t *x = a->q + mr * k + 256 * b;
             __m256i ia = _mm256_setzero_si256(), ir = _mm256_setzero_si256();
-            for (int j = 0; j < 8; j++)
-                ia = _mm256_add_epi32(ia, dot_u8s8(g[j], _mm256_loadu_si256((const __m256i *)(x + 32 * j)), sv[j]));
+            for (int j = 0; j < 8; j++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * j));
+                ia = _mm256_add_epi32(ia, dot_u8s8(u[j], sgn ? _mm256_sign_epi8(xv, g[j]) : xv, sv[j]));
+            }
             const float dx = a->d[mr * (k / 256) + b];
             if (HI) {   /* the second codes: their own int32 sum (the first's x 128 could overflow) */
                 const int8_t *xr = a->r + mr * k + 256 * b;
-                for (int j = 0; j < 8; j++)
-                    ir = _mm256_add_epi32(ir, dot_u8s8(g[j], _mm256_loadu_si256((const __m256i *)(xr + 32 * j)), sv[j]));
+                for (int j = 0; j < 8; j++) {
+                    __m256i rv = _mm256_loadu_si256((const __m256i *)(xr + 32 * j));
+                    ir = _mm256_add_epi32(ir, dot_u8s8(u[j], sgn ? _mm256_sign_epi8(rv, g[j]) : rv, sv[j]));
+                }
                 acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ir), _mm256_set1_ps(s.d * dx), acc[m]);
                 acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_set1_ps(s.d * dx * 128.f), acc[m]);
             } else {
                 acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_set1_ps(s.d * dx), acc[m]);
             }
-            corr[m] += dx * kcorr(&s, a->s16 + mr * (k / 16) + 16 * b);
+            if (kcorr_terms(type)) corr[m] += dx * kcorr(&s, a->s16 + mr * (k / 16) + 16 * b);
         }
     }
     for (int m = 0; m < MM; m++) out[m] = hsum256(acc[m]) + corr[m];
@@ -514,7 +637,7 @@ INLINE void dotk_t(const int type, const int HI, const int MM, const uint8_t *ro
 #if defined(KQ_NEON)
     int8x16_t q[16];
 #else
-    uint8_t q[256];
+    int8_t q[256];
 #endif
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = row + (long)b * bb;
@@ -542,7 +665,7 @@ INLINE void dotk_t(const int type, const int HI, const int MM, const uint8_t *ro
 #endif
             const float dx = a->d[mr * (k / 256) + b];
             acc[m] += s.d * dx * (HI ? (float)ia * 128.f + (float)ir : (float)ia);
-            corr[m] += dx * kcorr(&s, a->s16 + mr * (k / 16) + 16 * b);
+            if (kcorr_terms(type)) corr[m] += dx * kcorr(&s, a->s16 + mr * (k / 16) + 16 * b);
         }
     }
     for (int m = 0; m < MM; m++) out[m] = acc[m] + corr[m];
@@ -564,10 +687,10 @@ static void qdot_row(int type, const uint8_t *row, const act_t *a, int m0, int M
     const int nb = a->k / block_size(type), hi = a->r != NULL;
     switch (type) {
 #define KQ_DOT dot32_t
-        KQ_CASE(2) KQ_CASE(3) KQ_CASE(6) KQ_CASE(7) KQ_CASE(8)
+        KQ_CASE(2) KQ_CASE(3) KQ_CASE(6) KQ_CASE(7) KQ_CASE(8) KQ_CASE(20)
 #undef KQ_DOT
 #define KQ_DOT dotk_t
-        KQ_CASE(12) KQ_CASE(13) KQ_CASE(14)
+        KQ_CASE(10) KQ_CASE(11) KQ_CASE(12) KQ_CASE(13) KQ_CASE(14) KQ_CASE(23)
 #undef KQ_DOT
         default: break;
     }
