@@ -85,7 +85,8 @@ def write_deepseek2_gguf(path, cfg: dict, tensors: dict, *, tokenizer: dict | No
                          layout: str = "split") -> None:
     """cfg: HF config.json fields of a DeepseekV2/V3 model. tensors: gguf name ->
     ("f32" | "f16" | "bf16", array), ("q8_0" | "q4_0", codes, block_scales) or
-    ("quant", GGMLQuantizationType, float array) (quantized with gguf.quants).
+    ("quant", GGMLQuantizationType, float array) (quantized with gguf.quants) or ("blocks",
+    GGMLQuantizationType, uint8 array [..., row bytes]) (its blocks written as they are).
     ``tokenizer``: ``hf_tokenizer_fields(folder)`` (default: a byte vocabulary); ``pre``: its
     tokenizer.ggml.pre. ``layout``: "split" (attn_k_b/attn_v_b, head_count_kv = 1, as llama.cpp
     converts today) or "legacy" (attn_kv_b, per-head key/value lengths)."""
@@ -164,6 +165,8 @@ def write_deepseek2_gguf(path, cfg: dict, tensors: dict, *, tokenizer: dict | No
             w.add_tensor(name, q8_0_blocks(spec[1], spec[2]), raw_dtype=GGMLQuantizationType.Q8_0)
         elif kind == "q4_0":
             w.add_tensor(name, q4_0_blocks(spec[1], spec[2]), raw_dtype=GGMLQuantizationType.Q4_0)
+        elif kind == "blocks":   # ggml blocks as they are: uint8 [..., row bytes] of type spec[1]
+            w.add_tensor(name, np.ascontiguousarray(spec[2], dtype=np.uint8), raw_dtype=spec[1])
         elif kind == "quant":
             from gguf import quants
 

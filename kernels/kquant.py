@@ -9,7 +9,10 @@
 Types run: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL (blocks of 32) and Q2_K, Q3_K, Q4_K, Q5_K,
 Q6_K, IQ4_XS (super-blocks of 256), read in place by kernels/csrc/kquant.c: the weights are
 never converted, so what runs is bit for bit what the file holds (its dequantized values
-equal ggml's / gguf-py's).
+equal ggml's / gguf-py's). The i-quants (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S:
+kernels/iquant.py) have no native dot product here: every call dequantizes tiles of their rows
+(exactly, float32) and multiplies with torch, decode too, with float32 activations -- exact, and
+slow where it matters most (each token reads every weight back to float32).
 
 Activations (``act_bits()``: kernels.dispatch's plan), rounded once per call and row to llama.cpp's 8-bit blocks --
 Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the super-blocks -- then integer block dot
@@ -47,7 +50,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kernels import cpu_native, dispatch
+from kernels import cpu_native, dispatch, iquant
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +60,12 @@ EXTRA_FLAGS = ("-ffp-contract=off",)
 LAYOUT = "gguf"
 TILE_BYTES = 8 << 20     # prefill: weight rows dequantized per matmul (float32 bytes)
 
-# ggml type id -> (name, weights per block, bytes per block)
-TYPES = {2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24),
+# ggml type id -> (name, weights per block, bytes per block): the types with native dot products ...
+DOT_TYPES = {2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24),
          8: ("Q8_0", 32, 34), 20: ("IQ4_NL", 32, 18), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
          12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 23: ("IQ4_XS", 256, 136)}
+# ... and the i-quants (kernels/iquant.py), run as dequantized tiles of rows
+TYPES = {**DOT_TYPES, **iquant.IQ_TYPES}
 NAMES = {v[0]: k for k, v in TYPES.items()}
 
 _LIB: ctypes.CDLL | None = None
@@ -263,6 +268,8 @@ def _iq4_levels(qs: torch.Tensor) -> torch.Tensor:
 def _blocks_to_f32(type_id: int, b: torch.Tensor) -> torch.Tensor:
     """uint8 blocks [nb, bytes] -> float32 [nb, weights per block]."""
     nb = b.shape[0]
+    if type_id in iquant.IQ_TYPES:
+        return iquant.torch_dequantize_rows(type_id, b, TYPES[type_id][1])
     if type_id == 20:
         return _f16(b[:, 0:2])[:, None] * _iq4_levels(b[:, 2:18]).float()
     if type_id == 23:
@@ -342,6 +349,8 @@ def dequantize(w: GGUFWeight, dtype: torch.dtype = torch.float32) -> torch.Tenso
     n, k = w.shape
     if not _native():
         return reference_dequantize(w).to(dtype)
+    if w.type in iquant.IQ_TYPES:
+        return iquant.dequantize_rows(w.type, w.data, k).to(dtype)
     so = _LIB
     bf16 = dtype == torch.bfloat16
     out = torch.empty(n, k, dtype=torch.bfloat16 if bf16 else torch.float32)
@@ -353,9 +362,9 @@ def get_rows(w: GGUFWeight, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     """Rows ``ids`` (any shape) of the matrix: [*ids.shape, in] in dtype (an embedding lookup)."""
     flat = ids.reshape(-1).to(torch.int64).contiguous()
     so = _LIB
-    if not _native():
+    if not _native() or w.type in iquant.IQ_TYPES:
         rows = GGUFWeight(w.type, (flat.numel(), w.shape[1]), w.data.index_select(0, flat))
-        return reference_dequantize(rows).to(dtype).view(*ids.shape, w.shape[1])
+        return dequantize(rows, dtype).view(*ids.shape, w.shape[1])
     out = torch.empty(flat.numel(), w.shape[1], dtype=torch.float32)
     so.kq_get_rows(w.type, w.data.data_ptr(), w.stride, flat.data_ptr(), flat.numel(), w.shape[1], out.data_ptr())
     return out.to(dtype).view(*ids.shape, w.shape[1])
@@ -363,14 +372,15 @@ def get_rows(w: GGUFWeight, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 
 def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
     """x [..., in] -> [..., out] in x's dtype: the native matmul for up to 8 rows (activations
-    at ``act_bits()``), else tiles of dequantized rows and torch matmuls over all rows."""
+    at ``act_bits()``), else tiles of dequantized rows and torch matmuls over all rows (an
+    i-quant always: it has no native dot product, so its activations stay float32)."""
     n, k = w.shape
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
     plan = dispatch.plan().gguf
     if plan.impl != "native" or x.device.type != "cpu":
         return F.linear(x, dequantize(w, x.dtype if x.dtype != torch.float16 else torch.float32).to(x.dtype))
-    if m > plan.native_rows:
+    if m > plan.native_rows or w.type in iquant.IQ_TYPES:
         return _tiled_linear(x2, w).to(x.dtype).view(*x.shape[:-1], n)
     xf = x2.to(torch.float32).contiguous()
     y = torch.empty(m, n, dtype=torch.float32)
@@ -393,8 +403,11 @@ def _tiled_linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
     for j in range(0, n, rows):
         r = min(rows, n - j)
         tile = buf[:r]
-        _LIB.kq_dequant(w.type, w.data.data_ptr() + j * w.stride, w.stride, r, k, tile.data_ptr(), 0,
-                        torch.get_num_threads())
+        if w.type in iquant.IQ_TYPES:
+            iquant.dequantize_rows(w.type, w.data[j:j + r], k, out=tile)
+        else:
+            _LIB.kq_dequant(w.type, w.data.data_ptr() + j * w.stride, w.stride, r, k, tile.data_ptr(), 0,
+                            torch.get_num_threads())
         y[:, j:j + r] = xf @ tile.t()
     return y
 
@@ -434,7 +447,7 @@ def reference_linear(x: torch.Tensor, w: GGUFWeight, act: int | None = None) -> 
     """The math linear() computes, in float64 torch (no native code): float32 [..., out].
     act 32: x times the dequantized weights; 8 / 16: x rounded as quantize_activations (the
     block size of the weight's family: 32, or 256 for the K-quants), then the same product."""
-    act = act_bits() if act is None else act
+    act = 32 if w.type in iquant.IQ_TYPES else act_bits() if act is None else act  # i-quants: float32 tiles
     n, k = w.shape
     x2 = x.reshape(-1, k).to(torch.float32)
     if act in (8, 16):
@@ -463,6 +476,8 @@ class GGUFExperts:
         if not _native() or not gates:
             return False
         g0, u0, d0 = gates[0], ups[0], downs[0]
+        if any(t.type in iquant.IQ_TYPES for t in (g0, u0, d0) if isinstance(t, GGUFWeight)):
+            return False  # no native i-quant dot product: expert by expert through linear()
         for g, u, d in zip(gates, ups, downs):
             if not all(isinstance(t, GGUFWeight) and t.device.type == "cpu" for t in (g, u, d)):
                 return False

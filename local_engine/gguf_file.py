@@ -36,7 +36,7 @@ GGML_TYPES = {
 
 # what the local engine runs: dense types, and the ggml block types of kernels/kquant.py
 RUNS_LOCALLY = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K",
-                "Q5_K", "Q6_K", "IQ4_XS")
+                "Q5_K", "Q6_K", "IQ4_XS", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")
 LOCAL_ARCH = "deepseek2"
 _MAX_DIMS = 4        # GGML_MAX_DIMS
 _MAX_NESTING = 32    # arrays of arrays: gguf-py writes them; no file needs them this deep

@@ -42,7 +42,7 @@ def files(tmp_path):
     models.mkdir()
     ok = write_header_only(models / "ds-lite-Q4_K_M.gguf", "deepseek2",
                            {"blk.0.ffn_up.weight": Q.Q4_K, "output.weight": Q.Q6_K, "blk.0.attn_k_b.weight": Q.Q5_0})
-    iq = write_header_only(models / "ds-IQ2_XXS.gguf", "deepseek2", {"blk.0.ffn_up_exps.weight": Q.IQ2_XXS})
+    iq = write_header_only(models / "ds-TQ1_0.gguf", "deepseek2", {"blk.0.ffn_up_exps.weight": Q.TQ1_0})
     other = write_header_only(models / "llama-Q4_0.gguf", "llama", {"blk.0.ffn_up.weight": Q.Q4_0})
     return ok, iq, other
 
@@ -71,7 +71,7 @@ def test_doctor_says_which_backend_serves_each_gguf_and_why(files, tmp_path):
     assert good.ok and "deepseek2" in good.detail and "Q4_K" in good.detail and "llama.cpp" in good.detail
     assert good.context == "4096"
     bad = check_role(_config(tmp_path, f'[reasoner]\nbackend = "local"\npath = "{iq}"\n').role("reasoner"), "c")
-    assert not bad.ok and "IQ2_XXS" in bad.detail and "blk.0.ffn_up_exps.weight" in bad.detail
+    assert not bad.ok and "TQ1_0" in bad.detail and "blk.0.ffn_up_exps.weight" in bad.detail
     assert 'backend = "llama.cpp"' in bad.fix
     arch = check_role(_config(tmp_path, f'[reasoner]\nbackend = "local"\npath = "{other}"\n').role("reasoner"), "c")
     assert not arch.ok and "'llama'" in arch.detail

@@ -32,7 +32,7 @@ def random_blocks(type_id: int, n: int, k: int, seed: int = 0) -> np.ndarray:
     return raw.reshape(n, -1)
 
 
-TYPES = sorted(kquant.TYPES)
+TYPES = sorted(kquant.DOT_TYPES)  # the types with native dot products (i-quants: tests/test_gguf_iquants.py)
 
 
 @pytest.mark.parametrize("type_id", TYPES, ids=[kquant.TYPES[t][0] for t in TYPES])
