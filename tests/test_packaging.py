@@ -55,3 +55,16 @@ def test_the_demo_models_and_sample_project_are_package_data():
     assert files, "app/data/demo is empty"
     missing = [f for f in files if not any(fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
     assert not missing, f"add to pyproject package-data: {missing}"
+
+
+def test_the_native_kernels_sources_and_headers_are_package_data():
+    """What kernels/cpu_native.py compiles at first use ships in the wheel, the headers the C
+    files include too (without kquant_dot.h an installed copy would fall back to torch)."""
+    from fnmatch import fnmatch
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = project["tool"]["setuptools"]["package-data"]["kernels"]
+    sources = [p.relative_to(ROOT / "kernels").as_posix() for p in (ROOT / "kernels" / "csrc").iterdir() if p.is_file()]
+    assert any(s.endswith(".h") for s in sources) and any(s.endswith(".c") for s in sources)
+    missing = [s for s in sources if not any(fnmatch(s, g) for g in globs)]
+    assert not missing, f"add to pyproject package-data: {missing}"
