@@ -59,7 +59,7 @@ def test_the_grammar_for_awkward_files_parses_in_llama_cpp(coder):
 
 def test_a_grammar_llama_cpp_cannot_parse_is_a_clear_error_not_a_crash(coder):
     _, model = coder
-    with pytest.raises(DuetError, match=r"coder\.constrain_edits"):
+    with pytest.raises(DuetError, match=r"the coder's grammar: llama.cpp could not parse it"):
         compile_grammar(model.load(), 'root ::= ("unclosed"', "coder")
 
 

@@ -160,7 +160,8 @@ def test_a_stop_at_the_very_start_gives_empty_content_and_finish_reason_stop(cli
     ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
     ({"logprobs": True}, "logprobs"),
     ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "{}"}}},
+     "response_format.json_schema.schema"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream=True
     ({"presence_penalty": 1.0}, "presence_penalty"),
     ({"frequency_penalty": -0.5}, "frequency_penalty"),
@@ -172,7 +173,8 @@ def test_a_stop_at_the_very_start_gives_empty_content_and_finish_reason_stop(cli
     ({"seed": -(2 ** 63) - 1}, "seed"),
     ({"temperature": 2.5}, "temperature"),
     ({"stop": [1]}, "stop"),
-    ({"extra_body": {"grammar": 'root ::= "yes"'}}, "grammar"),  # llama.cpp's constraint field
+    ({"extra_body": {"grammar": 'root ::= "yes"', "response_format": {"type": "json_object"}}}, "grammar"),  # two rules
+    ({"extra_body": {"json_schema": {"type": "object"}}}, "json_schema"),  # llama.cpp's own field: response_format
     ({"extra_body": {"guided_json": {"type": "object"}}}, "guided_json"),  # vLLM's
     ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}, "messages[0].role"),
     ({"messages": [*OTHER, {"role": "assistant", "content": None, "tool_calls": [

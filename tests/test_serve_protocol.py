@@ -107,14 +107,36 @@ def test_text_parts_developer_messages_and_empty_assistant_content_are_accepted(
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"logprobs": True}, "logprobs"),
     ({"top_logprobs": 3}, "top_logprobs"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": 3}}, "response_format.json_schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": []}}}, "response_format.json_schema.schema"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
     ({"response_format": "json"}, "response_format"),
+    ({"grammar": 5}, "grammar"),
+    ({"grammar": "  "}, "grammar"),
+    ({"grammar": 'root ::= "a"', "response_format": {"type": "json_object"}}, "grammar"),
 ])
 def test_a_bad_field_is_a_400_naming_it(fields, param):
     with pytest.raises(ApiError) as err:
         parse_chat_request(body(**fields))
     assert err.value.status == 400 and err.value.param == param
     assert err.value.body()["error"]["type"] == "invalid_request_error" and err.value.message
+
+
+def test_a_json_format_or_a_grammar_becomes_the_one_rule_on_the_reply():
+    from app.serve.protocol import OutputRule
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert parse_chat_request(body()).output is None
+    assert parse_chat_request(body(response_format={"type": "text"})).output is None
+    assert parse_chat_request(body(response_format={"type": "json_object"})).output == OutputRule(
+        "json", None, "response_format")
+    assert parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {
+        "name": "a", "schema": schema, "strict": True}})).output == OutputRule("json_schema", schema, "response_format")
+    # a json_schema without a schema asks for JSON, as OpenAI reads it
+    assert parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {"name": "a"}})).output \
+        == OutputRule("json", None, "response_format")
+    assert parse_chat_request(body(grammar='root ::= "yes" | "no"')).output == OutputRule(
+        "grammar", 'root ::= "yes" | "no"', "grammar")
 
 
 def test_fields_that_ask_for_nothing_extra_are_accepted():

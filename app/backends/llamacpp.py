@@ -120,9 +120,28 @@ def compile_grammar(llm, grammar: str | None, role: str):
 
     parsed = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar.encode("utf-8"), b"root")
     if not parsed:
-        raise DuetError(f"{role}.constrain_edits: llama.cpp could not parse the edit grammar")
+        raise DuetError(f"the {role}'s grammar: llama.cpp could not parse it (GBNF with a 'root' rule)")
     llama_cpp.llama_sampler_free(parsed)
     return llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
+
+
+def output_grammar(kind: str, value) -> str:
+    """GBNF for a rule on a served reply (app.serve.protocol.OutputRule): ``kind`` "json" (any
+    JSON object, llama-cpp-python's JSON grammar), "json_schema" (``value`` a schema, through its
+    converter: ValueError for one it cannot convert) or "grammar" (``value`` GBNF, as given)."""
+    import json
+
+    from llama_cpp import llama_grammar
+
+    if kind == "json":
+        return llama_grammar.JSON_GBNF
+    if kind == "json_schema":
+        try:
+            return llama_grammar.json_schema_to_gbnf(json.dumps(value))
+        except Exception as exc:  # the converter raises what it meets: KeyError, ValueError, ...
+            raise ValueError(f"llama.cpp's converter cannot turn this JSON schema into a grammar "
+                             f"({type(exc).__name__}: {exc})") from None
+    return value
 
 
 PREFILL_CHUNK = 128  # prompt tokens per llama.cpp call: cancel is checked between calls
@@ -186,7 +205,14 @@ class LlamaCppBackend:
                 yield Failed(f"the prompt is {len(tokens)} tokens but {self.rc.role}.context is {n_ctx}: "
                              f"start a new session or raise {self.rc.role}.context")
                 return
-            splitter = ThinkSplitter(opened=prompt_opens_thinking(prompt))
+            opened = prompt_opens_thinking(prompt)
+            # a reasoning model (its prompt opens <think>, or its template strips earlier traces, as
+            # R1's does): a grammar would hold its thinking, which comes first, and leave it none
+            if constraint is not None and (opened or "</think>" in llm.metadata.get("tokenizer.chat_template", "")):
+                yield Failed(f"the {self.rc.role}'s grammar: {self.model.path.name} is a reasoning model (it "
+                             "thinks first, in <think>) and its reply cannot be held to a grammar")
+                return
+            splitter = ThinkSplitter(opened=opened)
             generated = [0]
 
             def count(_ids, scores):  # called once per sampled token

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from app import __version__
 from vocab.events import AnswerDelta, Done, Event, Failed, ThinkingDelta, Usage
 from app.config import Sampling
-from app.serve.protocol import ApiError, ChatRequest, Completion, parse_chat_request, parse_json
+from app.serve.protocol import ApiError, ChatRequest, Completion, OutputRule, parse_chat_request, parse_json
 from app.serve.runner import Job, Runner
 
 OWNER = "duet"  # `owned_by` in /v1/models: how doctor and discovery tell a duet serve apart
@@ -84,13 +84,14 @@ def build_app(runner: Runner, model: ServedModel, *, api_key: str | None = None)
         if not model.answers_to(req.model):
             raise ApiError(404, f"the model '{req.model}' does not exist; this server serves '{model.id}'",
                            param="model", code="model_not_found")
-        job = runner.submit(req.messages, _sampling(model.sampling, req), req.stop)
+        grammar = _grammar(model, req.output) if req.output is not None else None
+        job = runner.submit(req.messages, _sampling(model.sampling, req), req.stop, grammar)
         completion = Completion(model.id)
         if req.stream:
             first = await _until_disconnect(request, job, _first_events(job))
             return _stream_response(job, completion, req, first)
         events = await _until_disconnect(request, job, _all_events(job))
-        return _whole_response(completion, events)
+        return _whole_response(completion, events, req)
 
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -114,6 +115,22 @@ def build_app(runner: Runner, model: ServedModel, *, api_key: str | None = None)
     app = Starlette(routes=routes, exception_handlers={ApiError: api_error, HTTPException: http_error,
                                                         Exception: server_error})
     return _with_server_header(app)
+
+
+WHAT = {"json": "JSON", "json_schema": "a JSON schema", "grammar": "a GBNF grammar"}
+
+
+def _grammar(model: ServedModel, rule: OutputRule) -> str:
+    """The GBNF that holds the reply to ``rule``: only a llama.cpp model samples under one."""
+    if model.backend != "llama.cpp":
+        raise ApiError(400, f"'{rule.param}': holding the reply to {WHAT[rule.kind]} needs a llama.cpp model; "
+                            f"this server runs the {model.backend} backend", param=rule.param)
+    from app.backends.llamacpp import output_grammar
+
+    try:
+        return output_grammar(rule.kind, rule.value)
+    except ValueError as exc:
+        raise ApiError(400, f"'{rule.param}': {exc}", param=rule.param) from None
 
 
 def _sampling(defaults: Sampling, req: ChatRequest) -> Sampling:
@@ -164,20 +181,22 @@ async def _all_events(job: Job) -> list[Event]:
     return events
 
 
-def _failure(failed: Failed) -> ApiError:
+def _failure(failed: Failed, req: ChatRequest) -> ApiError:
     """The HTTP error for a generation that failed before its first token."""
     text = failed.message
     if "prompt is" in text and "context" in text:  # the backends' "the prompt is N tokens but ... context is M"
         return ApiError(400, text, param="messages", code="context_length_exceeded")
+    if req.output is not None and "grammar:" in text:  # llama.cpp's "the coder's grammar: ..." (unparsable, a reasoner's)
+        return ApiError(400, text, param=req.output.param)
     if text == "the server is shutting down":
         return ApiError(503, text, type="server_error")
     return ApiError(500, text, type="server_error")
 
 
-def _whole_response(completion: Completion, events: list[Event]) -> JSONResponse:
+def _whole_response(completion: Completion, events: list[Event], req: ChatRequest) -> JSONResponse:
     end = events[-1]
     if isinstance(end, Failed):
-        raise _failure(end)
+        raise _failure(end, req)
     if end.finish_reason == "cancelled":
         raise ApiError(503, "the generation was cancelled (the server is shutting down)", type="server_error")
     thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
@@ -191,7 +210,7 @@ def _stream_response(job: Job, completion: Completion, req: ChatRequest, first: 
     from sse_starlette.sse import EventSourceResponse
 
     if isinstance(first[-1], Failed) and not any(isinstance(e, (ThinkingDelta, AnswerDelta)) for e in first):
-        raise _failure(first[-1])
+        raise _failure(first[-1], req)
 
     def data(obj: dict) -> dict:
         return {"data": json.dumps(obj, ensure_ascii=False)}

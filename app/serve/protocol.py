@@ -18,9 +18,10 @@ from vocab.events import Usage
 
 MAX_STOP_SEQUENCES = 16
 SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what a 64-bit seed can hold; the engines fail on more (torch: overflow)
-# other servers' constrained-sampling fields (llama.cpp's, vLLM's; Duet's own openai backend
-# sends `grammar`): ignoring one would hand back unconstrained text as if it were constrained
-CONSTRAINT_FIELDS = ("grammar", "json_schema", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+# other servers' constrained-sampling fields (llama.cpp's `json_schema`, vLLM's): ignoring one
+# would hand back unconstrained text as if it were constrained. Served: `response_format` (JSON,
+# JSON schema) and llama.cpp's `grammar` (GBNF), on a llama.cpp model (app.serve.api).
+CONSTRAINT_FIELDS = ("json_schema", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -47,6 +48,17 @@ class ChatRequest:
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    output: "OutputRule | None" = None
+
+
+@dataclass(frozen=True)
+class OutputRule:
+    """What the reply must be: ``kind`` "json" (any JSON object: response_format json_object),
+    "json_schema" (``value`` the schema), or "grammar" (``value`` llama.cpp's GBNF text);
+    ``param`` the request field that asked for it, for errors."""
+    kind: str
+    value: object
+    param: str
 
 
 def parse_json(raw: bytes) -> dict:
@@ -83,12 +95,7 @@ def parse_chat_request(body: dict) -> ChatRequest:
     if body.get("logprobs") or body.get("top_logprobs"):
         key = "logprobs" if body.get("logprobs") else "top_logprobs"
         raise ApiError(400, "logprobs are not supported by duet serve", param=key)
-    fmt = body.get("response_format")
-    if fmt is not None:
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        if kind != "text":
-            raise ApiError(400, f"'response_format' {json.dumps(kind if kind is not None else fmt)} is not supported "
-                                "by duet serve (plain text only)", param="response_format")
+    output = _output_rule(body)
     modalities = body.get("modalities")
     if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
         raise ApiError(400, f"'modalities' {json.dumps(modalities)} is not supported by duet serve (text only)",
@@ -124,7 +131,41 @@ def parse_chat_request(body: dict) -> ChatRequest:
         raise ApiError(400, f"'seed' must fit in 64 bits (from -2**63 to 2**64-1), got {seed}", param="seed")
     return ChatRequest(model=model, messages=_messages(body.get("messages")), stream=stream,
                        include_usage=include_usage, max_tokens=max_tokens, temperature=temperature,
-                       top_p=top_p, seed=seed, stop=_stops(body.get("stop")))
+                       top_p=top_p, seed=seed, stop=_stops(body.get("stop")), output=output)
+
+
+def _output_rule(body: dict) -> OutputRule | None:
+    """``response_format`` (text; json_object; json_schema with its ``schema``) and llama.cpp's
+    ``grammar`` (GBNF text): at most one rule on the reply."""
+    fmt, grammar = body.get("response_format"), body.get("grammar")
+    rule = None
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind == "json_object":
+            rule = OutputRule("json", None, "response_format")
+        elif kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict):
+                raise ApiError(400, f"'response_format.json_schema' must be an object, got {_kind(spec)}",
+                               param="response_format.json_schema")
+            schema = spec.get("schema")
+            if schema is not None and not isinstance(schema, dict):
+                raise ApiError(400, f"'response_format.json_schema.schema' must be an object, got {_kind(schema)}",
+                               param="response_format.json_schema.schema")
+            rule = OutputRule("json_schema", schema, "response_format") if schema else OutputRule(
+                "json", None, "response_format")
+        elif kind != "text":
+            raise ApiError(400, f"'response_format' {json.dumps(kind if kind is not None else fmt)} is not supported "
+                                "by duet serve (text, json_object, json_schema)", param="response_format")
+    if grammar is not None:
+        if not isinstance(grammar, str) or not grammar.strip():
+            got = "an empty string" if isinstance(grammar, str) else _kind(grammar)
+            raise ApiError(400, f"'grammar' must be GBNF text, got {got}", param="grammar")
+        if rule is not None:
+            raise ApiError(400, "'grammar' and a JSON 'response_format' cannot both hold the reply: send one",
+                           param="grammar")
+        rule = OutputRule("grammar", grammar, "grammar")
+    return rule
 
 
 def _messages(value) -> list[ChatMessage]:

@@ -27,8 +27,8 @@ class Job:
     """One chat completion: what to generate, its cancel switch, and the events it produced."""
 
     def __init__(self, messages: list[ChatMessage], sampling: Sampling, stop: tuple[str, ...],
-                 loop: asyncio.AbstractEventLoop):
-        self.messages, self.sampling, self.stop = messages, sampling, stop
+                 loop: asyncio.AbstractEventLoop, grammar: str | None = None):
+        self.messages, self.sampling, self.stop, self.grammar = messages, sampling, stop, grammar
         self.cancel = threading.Event()
         self._loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
@@ -57,8 +57,10 @@ class Runner:
         self._thread = threading.Thread(target=self._work, name="duet-serve-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, messages: list[ChatMessage], sampling: Sampling, stop: tuple[str, ...] = ()) -> Job:
-        job = Job(messages, sampling, stop, asyncio.get_running_loop())
+    def submit(self, messages: list[ChatMessage], sampling: Sampling, stop: tuple[str, ...] = (),
+               grammar: str | None = None) -> Job:
+        """Queue a completion; ``grammar`` (GBNF) holds the reply to it (a llama.cpp backend)."""
+        job = Job(messages, sampling, stop, asyncio.get_running_loop(), grammar)
         with self._lock:
             if self._closed:
                 job.put(Failed("the server is shutting down"))
@@ -100,7 +102,7 @@ class Runner:
         cutter = StopCutter(job.stop)
         ended = False
         produced = None
-        stream = self.backend.stream(job.messages, job.sampling, cancel=job.cancel)
+        stream = self.backend.stream(job.messages, job.sampling, cancel=job.cancel, grammar=job.grammar)
         try:
             for event in stream:
                 if isinstance(event, AnswerDelta):
