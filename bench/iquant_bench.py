@@ -6,7 +6,11 @@ Random blocks (finite fp16 scales) of each type, ``--rows`` rows of ``--cols`` w
 DeepSeek-V3/R1's hidden size, the rows of an expert's gate / up matrix); rows per second for
 the native library (``--threads`` OpenMP threads), the torch formulas, and llama.cpp's own
 ``dequantize_row_iq*`` (one thread; llama-cpp-python's libggml-base) where it is installed.
-Best of ``--repeat``. Prints a table and writes bench/results/iquant_bench.json.
+Best of ``--repeat``. Then the decode matmul: one activation row times a ``--matmul-rows`` x
+``--cols`` matrix (2048 x 7168: an R1 expert's gate / up) per type, products per second for
+the native integer dot product (kernels/csrc/iquant_dot.h; 16- and 8-bit activations) and the
+tiled path (dequantize rows to float32, torch matmul: what ran before it, and still runs at 32
+bits). Prints a table and writes bench/results/iquant_bench.json.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kernels import iquant  # noqa: E402
+from kernels import iquant, kquant  # noqa: E402
 
 
 def random_blocks(name: str, rows: int, cols: int, seed: int = 0) -> torch.Tensor:
@@ -76,6 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cols", type=int, default=7168)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--matmul-rows", type=int, default=2048, help="weight rows of the 1-row matmul (0: skip)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "iquant_bench.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -101,11 +106,28 @@ def main(argv=None) -> int:
 
         ratio = f"{row['native'] / row['torch']:12.1f}x" if "native" in row else f"{'-':>13}"
         print(f"{name:8} {cell('native')} {cell('torch')} {cell('llama_cpp_1thread')} {ratio}")
+    matmul = []
+    if so is not None and a.matmul_rows:
+        n = a.matmul_rows
+        x = torch.randn(1, a.cols, generator=torch.Generator().manual_seed(0))
+        print(f"\n1 row x [{n}, {a.cols}], {a.threads} thread(s); matmuls/s (best of {a.repeat}), isa {iquant.isa()}")
+        print(f"{'type':8} {'native 16':>10} {'native 8':>10} {'tiled f32':>10} {'16 / tiled':>11}")
+        for name in iquant.NAMES:
+            b = random_blocks(name, n, a.cols)
+            w = kquant.GGUFWeight(iquant.NAMES[name], (n, a.cols), b)
+            row = {"type": name, "rows": n, "cols": a.cols}
+            for act in (16, 8):
+                row[f"native_{act}"] = 1 / best(lambda: iquant.native_linear(name, x, b, a.cols, act), a.repeat)
+            row["tiled_f32"] = 1 / best(lambda: kquant._tiled_linear(x, w), a.repeat)
+            matmul.append(row)
+            print(f"{name:8} {row['native_16']:10.1f} {row['native_8']:10.1f} {row['tiled_f32']:10.1f} "
+                  f"{row['native_16'] / row['tiled_f32']:10.1f}x")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": a.rows, "cols": a.cols, "threads": a.threads, "repeat": a.repeat,
                                "machine": platform.machine(), "cpus": os.cpu_count(),
-                               "native": so is not None, "results": results}, indent=1))
+                               "native": so is not None, "results": results, "isa": iquant.isa(),
+                               "matmul_1row": matmul}, indent=1))
     print(f"wrote {out}")
     return 0
 

@@ -3,7 +3,8 @@
     IQ_TYPES                              ggml type id -> (name, weights per block, bytes per block)
     dequantize_rows(type, blocks, cols)   uint8 [rows, row_bytes] -> float32 [rows, cols]
     torch_dequantize_rows(...)            the same by the torch formulas (no native code)
-    row_bytes(type, cols) / grid(name) / KSIGNS / lib() / load(march)
+    native_linear(type, x, blocks, cols, act)   x [M <= 8, cols] -> [M, rows]: integer block dots
+    row_bytes(type, cols) / grid(name) / KSIGNS / lib() / load(march) / variant(march) / isa()
 
 Types: IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M -- super-blocks of 256 weights,
 each block one fp16 scale (IQ1_M: its 16 bits spread over the top nibbles of the four scale
@@ -25,8 +26,15 @@ kernels/kquant.py builds its library (the target flags, -O3, torch's OpenMP runt
 compiler has it, cached by a hash of source and flags), plus ``-ffp-contract=off``; the grid
 tables are passed in from here, so the C holds no copy. Where no compiler works (or
 ``DUET_KERNELS=reference``) the vectorised torch dequantizer of the same formulas runs.
-Only dequantization lives here: the engine runs these types by dequantizing tiles of rows and
-multiplying with torch (kquant's prefill path), there is no native i-quant dot product.
+The same library (kernels/csrc/iquant_dot.h, hashed into the cache key) has the few-row matmul
+kernels/kquant.py's ``linear`` runs for up to 8 rows at 8 or 16 activation bits: activations
+rounded to llama.cpp's Q8_K blocks exactly as kquant's C does (16: a second code for the
+remainder), each weight block unpacked to int8 codes (+-level, IQ1: 8 g +- 1) and integer
+sub-scales (2 s + 1) whose products with one exact float32 factor per block (d/8, d/4, d) are
+the dequantized weights, then int32 block sums (AVX2 maddubs / madd, or plain C: the same
+integers, the same float operations, so the builds agree bit for bit). More rows, or act 32,
+dequantize tiles of rows and multiply with torch. ``variant(march)`` swaps in another build
+for a block (tests run the plain-C one on any x86-64 CPU).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import os
 import subprocess
 import sys
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,7 +57,10 @@ from kernels import cpu_native
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "iquant.c"
+HEADERS = (SOURCE.parent / "iquant_dot.h", SOURCE.parent / "q8_activations.h")
 EXTRA_FLAGS = ("-ffp-contract=off",)
+MAX_ROWS = 8            # iq_gemm's most activation rows (kernels/kquant.py's native_rows)
+DOT_ACT_BITS = (8, 16)  # the activation precisions with a native i-quant dot product
 QK_K = 256
 
 # ggml type id -> (name, weights per block, bytes per block); ids as gguf's GGMLQuantizationType
@@ -326,12 +338,12 @@ _TRIED = False
 def build(cache_dir: Path | None = None, cc: str | None = None, march: str | None = None,
           openmp: bool = True) -> Path:
     """Compile the library unless cached; its path. RuntimeError with the compiler's message."""
-    return cpu_native.build(cache_dir, cc, march, openmp, source=SOURCE, extra=EXTRA_FLAGS)[0]
+    return cpu_native.build(cache_dir, cc, march, openmp, source=SOURCE, headers=HEADERS, extra=EXTRA_FLAGS)[0]
 
 
 def load(march: str | None = None) -> ctypes.CDLL:
     """Build (or find cached) and load the library for a target ("native", "x86-64", ...)."""
-    return _bind(ctypes.CDLL(str(cpu_native.build_any(march, source=SOURCE, extra=EXTRA_FLAGS))))
+    return _bind(ctypes.CDLL(str(cpu_native.build_any(march, source=SOURCE, headers=HEADERS, extra=EXTRA_FLAGS))))
 
 
 def _bind(so):
@@ -340,6 +352,10 @@ def _bind(so):
     p, i, lg = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     so.iq_dequant.argtypes = [i, p, lg, lg, lg, p, lg, p, i]
     so.iq_dequant.restype = i
+    so.iq_gemm.argtypes = [i, p, i, i, p, lg, lg, p, lg, p, i, i]
+    so.iq_gemm.restype = i
+    so.iq_isa.argtypes = []
+    so.iq_isa.restype = ctypes.c_char_p
     return so
 
 
@@ -394,3 +410,51 @@ def dequantize_rows(type_name: str | int, blocks: torch.Tensor, cols: int,
         return native_dequantize_rows(type_name, blocks, cols, out)
     y = torch_dequantize_rows(type_name, blocks, cols)
     return y if out is None else out.copy_(y)
+
+
+@contextmanager
+def variant(march: str):
+    """Within the block the library built for ``march`` ("haswell", "x86-64", ...) runs every
+    call (as kernels.kquant.variant swaps its own). RuntimeError where that target does not build."""
+    global _LIB, _TRIED
+    lib()
+    so = load(march)
+    saved = (_LIB, _TRIED)
+    _LIB, _TRIED = so, True
+    try:
+        yield so
+    finally:
+        _LIB, _TRIED = saved
+
+
+def isa() -> str | None:
+    """The path of the native dot product: "avx2" or "scalar" (plain C); None when not loaded."""
+    so = lib()
+    return so.iq_isa().decode() if so is not None else None
+
+
+def native_linear(type_name: str | int, x: torch.Tensor, blocks: torch.Tensor, cols: int, act: int,
+                  so: ctypes.CDLL | None = None) -> torch.Tensor:
+    """x float32 [M, cols] (M <= MAX_ROWS) times the i-quant rows ``blocks`` (uint8 [n, row_bytes],
+    rows contiguous) -> float32 [M, n], by integer block dot products (kernels/csrc/iquant_dot.h):
+    the activations rounded to llama.cpp's Q8_K blocks, ``act`` 8 (its codes) or 16 (plus a
+    second code for the remainder), as kernels/kquant.py's K-quants. RuntimeError without the
+    library (``so``: default ``lib()``)."""
+    tid, name = _check(type_name, blocks, cols)
+    so = so or lib()
+    if so is None:
+        raise RuntimeError("the i-quant library is not available")
+    xf = x.to(torch.float32).contiguous()
+    m = xf.shape[0]
+    if xf.dim() != 2 or xf.shape[1] != cols or not 1 <= m <= MAX_ROWS or act not in DOT_ACT_BITS:
+        raise ValueError(f"iq_gemm takes 1..{MAX_ROWS} rows of {cols} at 8 or 16 bits, not {tuple(x.shape)} at {act}")
+    if blocks.stride(1) != 1:
+        blocks = blocks.contiguous()
+    n = blocks.shape[0]
+    y = torch.empty(m, n, dtype=torch.float32)
+    g = grid(name)
+    rc = so.iq_gemm(tid, xf.data_ptr(), m, cols, blocks.data_ptr(), blocks.stride(0), n, y.data_ptr(), n,
+                    g.data_ptr(), torch.get_num_threads(), act)
+    if rc:
+        raise MemoryError("iq_gemm: out of memory") if rc == 1 else ValueError(f"iq_gemm refused {name} ({rc})")
+    return y

@@ -10,14 +10,17 @@ Types run: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL (blocks of 32) and Q2_K, Q3_K, Q
 Q6_K, IQ4_XS (super-blocks of 256), read in place by kernels/csrc/kquant.c: the weights are
 never converted, so what runs is bit for bit what the file holds (its dequantized values
 equal ggml's / gguf-py's). The i-quants (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S:
-kernels/iquant.py) have no native dot product here: every call dequantizes tiles of their rows
-(exactly, float32) and multiplies with torch, decode too, with float32 activations -- exact, and
-slow where it matters most (each token reads every weight back to float32).
+kernels/iquant.py) are read in place too, by kernels/iquant.py's own library
+(kernels/csrc/iquant_dot.h: their blocks unpacked to int8 codes, integer dot products against
+the same Q8_K activations, at 8 and 16 bits); at 32 bits, or many rows, their tiles of rows are
+dequantized (exactly, float32) and multiplied with torch. The fused MoE step (GGUFExperts)
+takes no i-quant: their experts go one by one through linear().
 
 Activations (``act_bits()``: kernels.dispatch's plan), rounded once per call and row to llama.cpp's 8-bit blocks --
 Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the super-blocks -- then integer block dot
 products (kernels/csrc/kquant_dot.h: AVX2 maddubs / madd, VNNI's dpbusd where the target has
-it; ARM64 NEON, sdot where the target has it; or plain C, all computing the same integers):
+it; ARM64 NEON, sdot where the target has it; or plain C, all computing the same integers;
+the i-quants' kernels/csrc/iquant_dot.h: AVX2 or plain C, bit for bit the same results):
     8   exactly llama.cpp's activation codes (its speed and its rounding error);
     16  (the default) each code plus a second 8-bit code for the remainder x 128: 15 bits,
         one more maddubs per 32 weights; at least as close to the exact model as llama.cpp
@@ -55,7 +58,7 @@ from kernels import cpu_native, dispatch, iquant
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "kquant.c"
-HEADERS = (SOURCE.parent / "kquant_dot.h",)
+HEADERS = (SOURCE.parent / "kquant_dot.h", SOURCE.parent / "q8_activations.h")
 EXTRA_FLAGS = ("-ffp-contract=off",)
 LAYOUT = "gguf"
 TILE_BYTES = 8 << 20     # prefill: weight rows dequantized per matmul (float32 bytes)
@@ -372,16 +375,19 @@ def get_rows(w: GGUFWeight, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 
 def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
     """x [..., in] -> [..., out] in x's dtype: the native matmul for up to 8 rows (activations
-    at ``act_bits()``), else tiles of dequantized rows and torch matmuls over all rows (an
-    i-quant always: it has no native dot product, so its activations stay float32)."""
+    at ``act_bits()``; the i-quants' in kernels/iquant.py's library, at 8 and 16 bits), else
+    tiles of dequantized rows and torch matmuls over all rows (float32 activations)."""
     n, k = w.shape
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
     plan = dispatch.plan().gguf
     if plan.impl != "native" or x.device.type != "cpu":
         return F.linear(x, dequantize(w, x.dtype if x.dtype != torch.float16 else torch.float32).to(x.dtype))
-    if m > plan.native_rows or w.type in iquant.IQ_TYPES:
+    iq = w.type in iquant.IQ_TYPES
+    if m > plan.native_rows or (iq and not _iq_dot(plan.act_bits)):
         return _tiled_linear(x2, w).to(x.dtype).view(*x.shape[:-1], n)
+    if iq:   # kernels/iquant.py's own library: the i-quants' integer block dot products
+        return iquant.native_linear(w.type, x2, w.data, k, plan.act_bits).to(x.dtype).view(*x.shape[:-1], n)
     xf = x2.to(torch.float32).contiguous()
     y = torch.empty(m, n, dtype=torch.float32)
     rc = _LIB.kq_gemm(w.type, xf.data_ptr(), m, k, w.data.data_ptr(), w.stride, n, y.data_ptr(), n,
@@ -390,6 +396,12 @@ def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
         raise MemoryError("kq_gemm: out of memory") if rc == 1 else ValueError(
             f"kq_gemm: a {w.mode} {w.shape} weight cannot take {m} rows of {k}")
     return y.to(x.dtype).view(*x.shape[:-1], n)
+
+
+def _iq_dot(act: int) -> bool:
+    """Whether an i-quant runs through kernels/iquant.py's native dot product at ``act`` bits
+    (its library loaded; 8 or 16 bits), else through float32 tiles."""
+    return act in iquant.DOT_ACT_BITS and iquant.lib() is not None
 
 
 def _tiled_linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
@@ -446,8 +458,11 @@ def _round_away(t: torch.Tensor) -> torch.Tensor:
 def reference_linear(x: torch.Tensor, w: GGUFWeight, act: int | None = None) -> torch.Tensor:
     """The math linear() computes, in float64 torch (no native code): float32 [..., out].
     act 32: x times the dequantized weights; 8 / 16: x rounded as quantize_activations (the
-    block size of the weight's family: 32, or 256 for the K-quants), then the same product."""
-    act = 32 if w.type in iquant.IQ_TYPES else act_bits() if act is None else act  # i-quants: float32 tiles
+    block size of the weight's family: 32, or 256 for the K-quants and i-quants), then the same
+    product. An i-quant without its native dot product (no library) runs float32 tiles: act 32."""
+    act = act_bits() if act is None else act
+    if w.type in iquant.IQ_TYPES and not _iq_dot(act):
+        act = 32
     n, k = w.shape
     x2 = x.reshape(-1, k).to(torch.float32)
     if act in (8, 16):
@@ -477,7 +492,7 @@ class GGUFExperts:
             return False
         g0, u0, d0 = gates[0], ups[0], downs[0]
         if any(t.type in iquant.IQ_TYPES for t in (g0, u0, d0) if isinstance(t, GGUFWeight)):
-            return False  # no native i-quant dot product: expert by expert through linear()
+            return False  # no i-quant in kq_moe: expert by expert through linear() (iquant's dot)
         for g, u, d in zip(gates, ups, downs):
             if not all(isinstance(t, GGUFWeight) and t.device.type == "cpu" for t in (g, u, d)):
                 return False

@@ -211,3 +211,5 @@ int iq_dequant(int type, const uint8_t *src, long src_stride, long rows, long co
     }
     return 0;
 }
+
+#include "iquant_dot.h"
