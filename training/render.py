@@ -288,9 +288,10 @@ def coder_example(rng: random.Random, m: Module, *, mode: str | None = None, req
     lang = lang_of(request)
     miscopy = miscopied(rng, m) if miscopy_share > 0 and mode != "direct" and rng.random() < miscopy_share else None
     if miscopy is not None and m.mutation.kind == "swapped_args" and rng.random() < 0.25:
-        miscopy = None  # and the call written back unswapped: a plan that changes the line into itself
-        plan = answer(m, lang).replace(f"to `{m.good_line.strip()}`", f"to `{m.bad_line.strip()}`").replace(
-            f"改为 `{m.good_line.strip()}`", f"改为 `{m.bad_line.strip()}`")
+        # a quarter of the swapped calls' miscopies write the call back as it is: a plan that
+        # changes the line into itself (the demo reasoner's "`take_off(100, x)` should be `take_off(100, x)`")
+        good, bad = m.good_line.strip(), m.bad_line.strip()
+        plan = answer(m, lang).replace(f"to `{good}`", f"to `{bad}`").replace(f"改为 `{good}`", f"改为 `{bad}`")
     else:
         plan = answer(m, lang, miscopy) if mode != "direct" else None
     prompt = coder_prompt(m, request, plan, mode)
