@@ -37,7 +37,10 @@ DEFAULTS = {
 }
 # miscopy_share: the share of the coder's plans whose line as it should be is miscopied (a name
 # misspelt or another of the file's, a number the fix does not touch changed:
-# training.render.miscopied) while its target stays the right fix
+# training.render.miscopied) while its target stays the right fix. Tried at 0.3 (85 minutes, one
+# thread, beside a control run of this recipe): given a correct plan the coder fixed 25% of 60
+# held-out modules (the control 70%, the committed coder 82%), `duet run` 15% of seed 7's (the
+# control 55%); not kept
 # design_share: the share of the reasoner's examples asked with the design template, the one
 # `duet run --role reasoner` and `/plan` send (the rest: the template the router picks for the
 # request, review or analysis); the committed reasoner's recipe (scripts/train_demo.sh) sets 0.4
