@@ -216,22 +216,28 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     return so
 
 
-def lib() -> ctypes.CDLL | None:
-    """The native library, built and loaded once per process; None where it cannot be."""
-    global _TRIED
-    if _TRIED:
-        return _LIB
-    _TRIED = True
+def try_load(load, what: str, fallback: str) -> ctypes.CDLL | None:
+    """``load()``'s library, or None where native code is turned off (``DUET_KERNELS=reference``
+    or ``=aten``), not built (Windows) or fails to build or load: then a warning names ``what``
+    and the ``fallback`` that runs instead. Each native library's ``lib()`` calls it once."""
     if os.environ.get("DUET_KERNELS") in ("reference", "aten"):
         return None
     if sys.platform.startswith("win"):
-        log.warning("duet native kernels: not built on Windows; using aten")
+        log.warning("%s: not built on Windows; using %s", what, fallback)
         return None
     try:
-        _set(load())
+        return load()
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-        log.warning("duet native kernels unavailable, using aten: %s", str(e).splitlines()[0] if str(e) else e)
-        _set(None)
+        log.warning("%s unavailable, using %s: %s", what, fallback, str(e).splitlines()[0] if str(e) else e)
+        return None
+
+
+def lib() -> ctypes.CDLL | None:
+    """The native library, built and loaded once per process; None where it cannot be."""
+    global _TRIED
+    if not _TRIED:
+        _TRIED = True
+        _set(try_load(load, "duet native kernels", "aten"))
     return _LIB
 
 

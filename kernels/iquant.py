@@ -42,10 +42,6 @@ from __future__ import annotations
 import base64
 import ctypes
 import functools
-import logging
-import os
-import subprocess
-import sys
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,8 +49,6 @@ from pathlib import Path
 import torch
 
 from kernels import cpu_native
-
-log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "iquant.c"
 HEADERS = (SOURCE.parent / "iquant_dot.h", SOURCE.parent / "q8_activations.h")
@@ -363,17 +357,9 @@ def lib() -> ctypes.CDLL | None:
     """The library, built and loaded once per process; None where it cannot be (then the torch
     dequantizer runs). ``DUET_KERNELS=reference`` keeps it unloaded."""
     global _LIB, _TRIED
-    if _TRIED:
-        return _LIB
-    _TRIED = True
-    if os.environ.get("DUET_KERNELS") in ("reference", "aten") or not sys.platform.startswith(("linux", "darwin")):
-        return None
-    try:
-        _LIB = load()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-        log.warning("duet i-quant kernels unavailable, using the torch dequantizer: %s",
-                    str(e).splitlines()[0] if str(e) else e)
-        _LIB = None
+    if not _TRIED:
+        _TRIED = True
+        _LIB = cpu_native.try_load(load, "duet i-quant kernels", "the torch dequantizer")
     return _LIB
 
 

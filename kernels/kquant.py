@@ -42,10 +42,6 @@ dequantizer (same formulas, float32) stands in.
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
-import subprocess
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +50,6 @@ import torch
 import torch.nn.functional as F
 
 from kernels import cpu_native, dispatch, iquant
-
-log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "kquant.c"
 HEADERS = (SOURCE.parent / "kquant_dot.h", SOURCE.parent / "q8_activations.h")
@@ -158,17 +152,9 @@ def lib() -> ctypes.CDLL | None:
     """The library, built and loaded once per process; None where it cannot be (then the torch
     dequantizer runs). ``DUET_KERNELS=reference`` keeps it unloaded."""
     global _LIB, _TRIED
-    if _TRIED:
-        return _LIB
-    _TRIED = True
-    if os.environ.get("DUET_KERNELS") in ("reference", "aten") or not sys.platform.startswith(("linux", "darwin")):
-        return None
-    try:
-        _LIB = load()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-        log.warning("duet GGUF kernels unavailable, using the torch dequantizer: %s",
-                    str(e).splitlines()[0] if str(e) else e)
-        _LIB = None
+    if not _TRIED:
+        _TRIED = True
+        _LIB = cpu_native.try_load(load, "duet GGUF kernels", "the torch dequantizer")
     return _LIB
 
 

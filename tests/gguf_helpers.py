@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import platform
 from pathlib import Path
 
+import arm64_emulator   # tests/ is on the path, as for the test modules that import this one
 import numpy as np
 
 from bench.gguf_deepseek2 import gguf_tensors_from_hf, hf_tokenizer_fields, write_deepseek2_gguf
@@ -144,3 +146,39 @@ def common_prefix(a, b) -> int:
             break
         n += 1
     return n
+
+
+# ------------------------------------------------------------------ the kernel builds tests run under
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+# built for aarch64 (NEON with sdot; ARMv8.0's without), run on an emulated CPU
+ARM64 = {"arm64": (arm64_emulator.DOTPROD, "neon-dotprod"), "arm64-nodot": (arm64_emulator.NO_DOTPROD, "neon")}
+BUILDS = {"native": (None, None), "avx2": ("haswell", "avx2"), "plain-c": ("x86-64", "scalar"),
+          **{name: ("arm64", isa) for name, (_, isa) in ARM64.items()}}
+
+
+def each_build(request):
+    """A fixture body (``build = pytest.fixture(params=list(BUILDS))(each_build)``): the test runs
+    under each kernels/kquant build -- this CPU's own, (on x86-64) AVX2 and plain C, and the
+    emulated ARM64 ones -- and gets the build's ISA name."""
+    import pytest
+
+    from kernels import kquant
+
+    march, isa = BUILDS[request.param]
+    if kquant.lib() is None:
+        pytest.skip("no native GGUF kernels here (no working C compiler?)")
+    if march is None:
+        yield kquant.isa()
+        return
+    if march == "arm64":
+        with arm64_emulator.gguf(ARM64[request.param][0]):
+            assert kquant.isa() == isa
+            yield isa
+        return
+    if not X86:
+        pytest.skip("x86-64 targets")
+    with kquant.variant(march):
+        assert kquant.isa() == isa
+        yield isa
+

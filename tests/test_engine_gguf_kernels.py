@@ -5,7 +5,6 @@ native matmul and fused MoE agree with their torch reference at every activation
 
 from __future__ import annotations
 
-import platform
 
 import arm64_emulator
 import numpy as np
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 
 from kernels import dispatch, kquant
 from tests import gguf_helpers as H
+from tests.gguf_helpers import ARM64, BUILDS, X86 as _X86
 
 quants = pytest.importorskip("gguf.quants")
 
@@ -45,33 +45,9 @@ def test_native_and_torch_dequantization_equal_gguf_py_bit_for_bit(type_id):
     assert torch.equal(kquant.dequantize(w, torch.bfloat16), torch.from_numpy(exact).to(torch.bfloat16))
 
 
-_X86 = platform.machine().lower() in ("x86_64", "amd64")
-# built for aarch64 (NEON with sdot; ARMv8.0's without), run on an emulated CPU
-ARM64 = {"arm64": (arm64_emulator.DOTPROD, "neon-dotprod"), "arm64-nodot": (arm64_emulator.NO_DOTPROD, "neon")}
-BUILDS = {"native": (None, None), "avx2": ("haswell", "avx2"), "plain-c": ("x86-64", "scalar"),
-          **{name: ("arm64", isa) for name, (_, isa) in ARM64.items()}}
 
 
-@pytest.fixture(params=list(BUILDS))
-def build(request):
-    """Run the test under each build: this CPU's own, (on x86-64) the AVX2 and plain-C ones, and
-    the ARM64 ones."""
-    march, isa = BUILDS[request.param]
-    if kquant.lib() is None:
-        pytest.skip("no native GGUF kernels here (no working C compiler?)")
-    if march is None:
-        yield kquant.isa()
-        return
-    if march == "arm64":
-        with arm64_emulator.gguf(ARM64[request.param][0]):
-            assert kquant.isa() == isa
-            yield isa
-        return
-    if not _X86:
-        pytest.skip("x86-64 targets")
-    with kquant.variant(march):
-        assert kquant.isa() == isa
-        yield isa
+build = pytest.fixture(params=list(BUILDS))(H.each_build)  # each kernels/kquant build
 
 
 def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:

@@ -8,10 +8,8 @@ as llama.cpp is on the very same file."""
 
 from __future__ import annotations
 
-import platform
 from collections import Counter
 
-import arm64_emulator
 import numpy as np
 import pytest
 import torch
@@ -21,6 +19,7 @@ from kernels import dispatch, kquant
 from local_engine import Engine, gguf_loader
 from local_engine.gguf_file import RUNS_LOCALLY, summarize
 from tests import gguf_helpers as H
+from tests.gguf_helpers import BUILDS, X86 as _X86
 from tests.tiny_checkpoints import write_tiny_v3
 
 quants = pytest.importorskip("gguf.quants")
@@ -28,31 +27,9 @@ quants = pytest.importorskip("gguf.quants")
 NEW = {"Q2_K": 10, "Q3_K": 11, "IQ4_NL": 20, "IQ4_XS": 23}
 IDS = list(NEW)
 TYPES = [NEW[n] for n in IDS]
-_X86 = platform.machine().lower() in ("x86_64", "amd64")
-ARM64 = {"arm64": (arm64_emulator.DOTPROD, "neon-dotprod"), "arm64-nodot": (arm64_emulator.NO_DOTPROD, "neon")}
-BUILDS = {"native": (None, None), "avx2": ("haswell", "avx2"), "plain-c": ("x86-64", "scalar"),
-          **{name: ("arm64", isa) for name, (_, isa) in ARM64.items()}}
 
 
-@pytest.fixture(params=list(BUILDS))
-def build(request):
-    """Each build: this CPU's own, (on x86-64) AVX2 and plain C, and the emulated ARM64 ones."""
-    march, isa = BUILDS[request.param]
-    if kquant.lib() is None:
-        pytest.skip("no native GGUF kernels here (no working C compiler?)")
-    if march is None:
-        yield kquant.isa()
-        return
-    if march == "arm64":
-        with arm64_emulator.gguf(ARM64[request.param][0]):
-            assert kquant.isa() == isa
-            yield isa
-        return
-    if not _X86:
-        pytest.skip("x86-64 targets")
-    with kquant.variant(march):
-        assert kquant.isa() == isa
-        yield isa
+build = pytest.fixture(params=list(BUILDS))(H.each_build)  # each kernels/kquant build
 
 
 def _blocks(type_id: int, n: int, k: int, rng, scale=None) -> np.ndarray:
