@@ -40,14 +40,7 @@ def random_blocks(name: str, rows: int, cols: int, seed: int = 0) -> torch.Tenso
     bb = iquant.IQ_TYPES[iquant.NAMES[name]][2]
     b = rng.integers(0, 256, size=(rows * cols // 256, bb), dtype=np.uint8)
     d = (rng.uniform(1e-3, 1e-1, b.shape[0]).astype(np.float16)).view("<u2")
-    if name == "IQ1_M":
-        sc = b[:, 48:56].copy().view("<u2")
-        for k in range(4):
-            sc[:, k] = (sc[:, k] & 0x0FFF) | (((d >> (4 * k)) & 0xF) << 12)
-        b[:, 48:56] = sc.view(np.uint8)
-    else:
-        b[:, 0:2] = d.view(np.uint8).reshape(-1, 2)
-    return torch.from_numpy(b.reshape(rows, -1))
+    return torch.from_numpy(iquant.set_scales(name, b, d).reshape(rows, -1))
 
 
 def best(fn, repeat: int) -> float:

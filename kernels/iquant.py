@@ -180,6 +180,20 @@ def _grid_f32(name: str) -> torch.Tensor:
     return grid(name).float()
 
 
+def set_scales(name: str, blocks, halves):
+    """numpy uint8 blocks [n, bytes] of type ``name`` with each block's fp16 scale set to the bit
+    patterns ``halves`` (uint16 [n]), where the type keeps it: bytes 0-1, or for IQ1_M the top
+    nibbles of its four scale words (for tests and benchmarks that write blocks of their own)."""
+    if name == "IQ1_M":
+        words = blocks[:, 48:56].copy().view("<u2")
+        for k in range(4):
+            words[:, k] = (words[:, k] & 0x0FFF) | (((halves >> (4 * k)) & 0xF) << 12)
+        blocks[:, 48:56] = words.view("u1")
+    else:
+        blocks[:, 0:2] = halves.astype("<u2").view("u1").reshape(-1, 2)
+    return blocks
+
+
 def row_bytes(type_name: str | int, cols: int) -> int:
     _, bs, bb = IQ_TYPES[_type_id(type_name)]
     if cols % bs:

@@ -45,14 +45,7 @@ def random_blocks(name: str, rows: int = ROWS, nb: int = BLOCKS, seed: int = 0) 
     bb = iquant.IQ_TYPES[iquant.NAMES[name]][2]
     b = rng.integers(0, 256, size=(rows * nb, bb), dtype=np.uint8)
     d = _finite_halves(rng, rows * nb)
-    if name == "IQ1_M":              # the scale's 16 bits are the top nibbles of 4 scale words
-        sc = b[:, 48:56].copy().view("<u2")
-        for k in range(4):
-            sc[:, k] = (sc[:, k] & 0x0FFF) | (((d >> (4 * k)) & 0xF) << 12)
-        b[:, 48:56] = sc.view(np.uint8)
-    else:
-        b[:, 0:2] = d.astype("<u2").view(np.uint8).reshape(-1, 2)
-    return b.reshape(rows, nb * bb)
+    return iquant.set_scales(name, b, d).reshape(rows, nb * bb)
 
 
 def grid_indices(name: str, blocks: np.ndarray) -> np.ndarray:
@@ -374,18 +367,6 @@ def dot_build(request):
         yield "scalar"
 
 
-def _set_scale(name: str, b: np.ndarray, halves: np.ndarray) -> np.ndarray:
-    """Blocks uint8 [nblocks, bytes] with their fp16 scale set to the bit patterns ``halves``."""
-    if name == "IQ1_M":
-        sc = b[:, 48:56].copy().view("<u2")
-        for k in range(4):
-            sc[:, k] = (sc[:, k] & 0x0FFF) | (((halves >> (4 * k)) & 0xF) << 12)
-        b[:, 48:56] = sc.view(np.uint8)
-    else:
-        b[:, 0:2] = halves.astype("<u2").view(np.uint8).reshape(-1, 2)
-    return b
-
-
 def _iq_weight(name: str, b: np.ndarray) -> kquant.GGUFWeight:
     bb = iquant.IQ_TYPES[iquant.NAMES[name]][2]
     return kquant.GGUFWeight(iquant.NAMES[name], (b.shape[0], b.shape[1] // bb * 256), torch.from_numpy(b))
@@ -403,7 +384,7 @@ def _exact_case(name: str, rows: int, k: int, seed: int):
     rng = np.random.default_rng(seed)
     n, bb = 24, iquant.IQ_TYPES[iquant.NAMES[name]][2]
     b = rng.integers(0, 256, (n * k // 256, bb), dtype=np.uint8)
-    b = _set_scale(name, b, np.full(n * k // 256, 0x2C00, dtype=np.uint16)).reshape(n, -1)   # 0x2C00 = 2^-4
+    b = iquant.set_scales(name, b, np.full(n * k // 256, 0x2C00, dtype=np.uint16)).reshape(n, -1)   # 0x2C00 = 2^-4
     x = rng.integers(-30, 31, (rows, k)).astype(np.float32)
     x.reshape(rows, -1, 256)[:, :, rng.integers(0, 256)] = -127.0
     exact = x.astype(np.float64) @ gguf_py(name, b).astype(np.float64).T
@@ -433,7 +414,7 @@ def test_the_matmul_equals_its_reference_and_the_builds_agree_bit_for_bit(name, 
     that precision, and the plain-C build (and two threads) give the very same bits."""
     native()
     b = random_blocks(name, rows=40, nb=3, seed=20)
-    b = _set_scale(name, b.reshape(120, -1), np.random.default_rng(1).uniform(0.002, 0.05, 120)
+    b = iquant.set_scales(name, b.reshape(120, -1), np.random.default_rng(1).uniform(0.002, 0.05, 120)
                    .astype(np.float16).view(np.uint16)).reshape(40, -1)
     w = _iq_weight(name, b)
     for rows in (1, 3, 8):
@@ -462,7 +443,7 @@ def test_extreme_codes_and_scales_neither_saturate_nor_overflow(dot_build, name)
     scale, against activation codes +-127."""
     bb = iquant.IQ_TYPES[iquant.NAMES[name]][2]
     b = np.concatenate([np.full((4 * 2, bb), 0xFF, np.uint8), np.zeros((4 * 2, bb), np.uint8)])
-    b = _set_scale(name, b, np.full(16, 0x3800, dtype=np.uint16)).reshape(8, -1)    # 0.5
+    b = iquant.set_scales(name, b, np.full(16, 0x3800, dtype=np.uint16)).reshape(8, -1)    # 0.5
     w = _iq_weight(name, b)
     assert np.isfinite(gguf_py(name, b)).all()
     x = torch.full((2, 512), 127.0)
@@ -478,7 +459,7 @@ def test_thirty_two_bit_activations_and_no_library_run_the_float32_tiles(monkeyp
     reference_linear says so."""
     name = "IQ2_XXS"
     b = random_blocks(name, rows=16, nb=2, seed=30)
-    b = _set_scale(name, b.reshape(32, -1), np.full(32, 0x2000, dtype=np.uint16)).reshape(16, -1)
+    b = iquant.set_scales(name, b.reshape(32, -1), np.full(32, 0x2000, dtype=np.uint16)).reshape(16, -1)
     w = _iq_weight(name, b)
     x = torch.randn(1, 512, generator=torch.Generator().manual_seed(3))
     exact = x @ torch.from_numpy(gguf_py(name, b)).t()
@@ -508,14 +489,7 @@ def _small_scale_blocks(name: str, rows: int, nb: int, rng) -> np.ndarray:
     """Random blocks of ``name`` with a small positive fp16 scale (a model that stays finite)."""
     b = random_blocks(name, rows, nb, seed=int(rng.integers(1 << 30)))
     d = (rng.uniform(0.002, 0.02, rows * nb)).astype(np.float16).view(np.uint16)
-    b = b.reshape(rows * nb, -1)
-    if name == "IQ1_M":
-        sc = b[:, 48:56].copy().view("<u2")
-        for k in range(4):
-            sc[:, k] = (sc[:, k] & 0x0FFF) | (((d >> (4 * k)) & 0xF) << 12)
-        b[:, 48:56] = sc.view(np.uint8)
-    else:
-        b[:, 0:2] = d.astype("<u2").view(np.uint8).reshape(-1, 2)
+    b = iquant.set_scales(name, b.reshape(rows * nb, -1), d)
     return b.reshape(rows, nb * b.shape[1])
 
 
