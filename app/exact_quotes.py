@@ -25,6 +25,10 @@ and in "`X` to `Y`" (改为) Y is not X; so a plan cannot swap the line as it is
 be, nor change a line into itself. A thinking the prompt opened must say something before it
 closes (else the answer would be held to nothing).
 
+``ChangeFollowsFinding`` holds a change stated after the thinking's finding ("Line 7 uses `+`
+where the docstring needs `-`") to the change that finding names: in "from `X` to `Y`", Y is X
+with the one piece written as it should be, rather than the whole line written again from memory.
+
 ``ReadingFocus`` is the rule of a reply asked after a failing test run (``Quotes.failing``):
 the thinking's reading concludes only inside a function the failure reaches. `line_rules`
 puts a reply's rules together."""
@@ -254,6 +258,83 @@ def _code(span: bytes) -> bytes:
     return span.split(b"#")[0].strip()
 
 
+_FINDING = re.compile(rb"^Line (\d+)\b[^`]*`([^`]+)`[^`]*`([^`]+)`")  # "Line 7 uses `+` where the docstring needs `-`"
+_FINDING_OPEN = re.compile(rb"^Line (\d+)\b[^`]*`([^`]*)")  # a finding's first span, open or closed
+_CHANGE_FROM = re.compile("(?:\\b[Cc]hange|\\bfrom|行) `([^`]*)(`?)".encode("utf-8"))  # "from `X`"
+_CHANGE_TO = re.compile("[ ,]*(?:to|into|改为|改成|->|→) *`([^`]*)(`?)".encode("utf-8"))  # then " to `Y`"
+
+
+class ChangeFollowsFinding:
+    """The rule that a change stated after a finding makes the change the finding names. A
+    finding is a thinking line "Line K … `W` … `R`" (what is wrong, then what it should be:
+    "Line 7 uses `+` where the docstring needs `-`"); W is code line K of a file has, where
+    there is a line K. After it, a change stated as "from `X`"
+    (also "Change `X`", "第 K 行 `X`") is a change of line K: X is line K of a file (its code,
+    with or without its comment, without the indent) that has W; and in "from `X` to `Y`" (改为)
+    Y is X with one W written R. So a small model that finds the wrong operator but then
+    writes the line again from memory (`return alpha + beta` to `return as_seconds * beta + 3`)
+    states the change it found; which line, what is wrong and what it should be stay its own. A
+    finding whose W and R are the same, or whose line K no file has with W in it, holds nothing,
+    and everything before a finding is free."""
+
+    def __init__(self, files: Iterable[tuple[str, str]], *, thinking: bool):
+        self.by_number: dict[int, list[bytes]] = {}
+        for _, text in files:
+            for n, line in enumerate(numbered_lines(text), 1):
+                self.by_number.setdefault(n, []).append(line.encode("utf-8"))
+        self.thinking = thinking  # in the thinking now
+        self.finding: tuple[set[bytes], bytes, bytes] | None = None  # line K's code (each file's), W, R
+
+    def wrote(self, line: bytes) -> None:
+        m = _FINDING.match(line)
+        if self.thinking and m:
+            wrong, right = m.group(2), m.group(3)
+            lines = self.by_number.get(int(m.group(1)), [])
+            code = {c for text in lines for c in (text.strip(), text.split(b"#")[0].strip()) if wrong in c}
+            self.finding = (code, wrong, right) if code and wrong != right else None
+        tags = _THINK_TAGS.findall(line)
+        if tags:
+            self.thinking = tags[-1] == THINK
+
+    def __call__(self, line: bytes, complete: bool) -> bool:
+        m = _FINDING_OPEN.match(line) if self.thinking else None
+        if m:  # a finding: what is wrong (its first span) is on line K
+            lines = self.by_number.get(int(m.group(1)))
+            if lines and not any(m.group(2) in text for text in lines):
+                return False
+        if self.finding is None:
+            return True
+        code, wrong, right = self.finding
+        for m in _CHANGE_FROM.finditer(line):
+            was, closed = m.group(1), bool(m.group(2))
+            if not any(c.startswith(was) for c in code):
+                return False
+            if not (closed or complete):
+                continue  # X on its way
+            if not closed or was not in code:
+                return False
+            to = _CHANGE_TO.match(line, m.end())
+            if to is None:
+                continue
+            said, made = to.group(1), _with_one_replaced(was, wrong, right)
+            if to.group(2) or complete:
+                if not to.group(2) or said not in made:
+                    return False
+            elif not any(change.startswith(said) for change in made):
+                return False
+        return True
+
+
+def _with_one_replaced(text: bytes, old: bytes, new: bytes) -> set[bytes]:
+    """``text`` with one of its ``old`` written ``new``, each way it can be (none: no ``old``)."""
+    made, i = set(), text.find(old)
+    while i >= 0:
+        made.add(text[:i] + new + text[i + len(old):])
+        i = text.find(old, i + 1)
+    made.discard(text)
+    return made
+
+
 class _AllOf:
     def __init__(self, rules: tuple[LineRule, ...]):
         self.rules = rules
@@ -331,10 +412,12 @@ class Quotes:
 
 
 def line_rules(quotes: Quotes, *, thinking: bool, names: bool) -> LineRule:
-    """The rules of ``exact_quotes`` for one reply: numbered lines, the answer's code, with
+    """The rules of ``exact_quotes`` for one reply: numbered lines, the answer's code, a stated
+    change that makes the change its finding names, with
     ``names`` (``known_names``) the names in inline code, and the failing tests' focus.
     ``thinking``: the prompt opened the thinking (the reply starts inside it)."""
-    rules = [numbered_line_rule(quotes.files), AnswerCode(quotes.files, thinking=thinking)]
+    rules = [numbered_line_rule(quotes.files), AnswerCode(quotes.files, thinking=thinking),
+             ChangeFollowsFinding(quotes.files, thinking=thinking)]
     if names:
         rules.append(inline_names_rule(quotes.files))
     focus = ReadingFocus(quotes.files, quotes.failing, thinking=thinking) if quotes.failing else None
