@@ -1,9 +1,10 @@
 """`duet serve` holding a reply to JSON, a JSON schema or a GBNF grammar, through the official
 `openai` client: `response_format` (json_object, json_schema) and llama.cpp's `grammar` field,
 served by a real llama.cpp model (Gemma 3 270M, a base model that would not write JSON on its
-own); refused with a 400 naming the field where the reply cannot be held: our own engine, a
-reasoning model (its thinking comes first), a grammar llama.cpp cannot parse, a schema its
-converter cannot turn into one."""
+own), or sent on to the server an openai backend proxies; refused with a 400 naming the field
+where the reply cannot be held: our own engine, a reasoning model (its thinking comes first), a
+grammar llama.cpp cannot parse, a schema its converter cannot turn into one, a proxied server's
+refusal."""
 
 from __future__ import annotations
 
@@ -82,6 +83,31 @@ def test_a_rule_llama_cpp_cannot_use_is_a_400_naming_the_field(client, fields, p
     assert err.value.status_code == 400 and err.value.body["param"] == param
     r = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=3, temperature=0)
     assert r.choices[0].message.content is not None  # and the server serves the next request
+
+
+def test_a_proxied_server_is_sent_the_rule_and_its_refusal_is_a_400(server, tmp_path):
+    """`duet serve` on the openai backend, in front of the llama.cpp `duet serve` above (as one
+    in front of vLLM or llama-server): the client's `response_format` and `grammar` go on as they
+    came, so the reply is held upstream; what the upstream refuses comes back a 400 naming the
+    field, with the upstream's reason."""
+    proxy = DuetServe(f'[coder]\nbackend = "openai"\nurl = "{server.base}"\nmodel = "{MODEL}"\n', tmp_path,
+                      "--role", "coder")
+    try:
+        c = openai.OpenAI(base_url=proxy.base, api_key="x", max_retries=0, timeout=120)
+        for seed in (1, 2):
+            r = c.chat.completions.create(model=MODEL, messages=ASK, max_tokens=40, temperature=1.0, seed=seed,
+                                          response_format=_schema_format(COLOUR))
+            assert set(json.loads(r.choices[0].message.content)) == {"colour"}
+        chunks = c.chat.completions.create(model=MODEL, messages=ASK, max_tokens=10, temperature=1.0, seed=3,
+                                           stream=True, extra_body={"grammar": 'root ::= "yes" | "no"'})
+        assert "".join(x.choices[0].delta.content or "" for x in chunks if x.choices) in ("yes", "no")
+        with pytest.raises(openai.BadRequestError) as err:
+            c.chat.completions.create(model=MODEL, messages=ASK, max_tokens=5, extra_body={"grammar": "root ::= ("})
+        assert err.value.body["param"] == "grammar" and "HTTP 400" in err.value.body["message"]
+        free = c.chat.completions.create(model=MODEL, messages=ASK, max_tokens=20, temperature=0)
+        assert not free.choices[0].message.content.lstrip().startswith("{")  # the rule held it, not the model
+    finally:
+        assert proxy.interrupt() == 0
 
 
 def test_our_engine_and_a_reasoning_model_refuse_a_rule_rather_than_ignore_it(tmp_path):

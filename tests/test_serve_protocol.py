@@ -129,14 +129,17 @@ def test_a_json_format_or_a_grammar_becomes_the_one_rule_on_the_reply():
     assert parse_chat_request(body()).output is None
     assert parse_chat_request(body(response_format={"type": "text"})).output is None
     assert parse_chat_request(body(response_format={"type": "json_object"})).output == OutputRule(
-        "json", None, "response_format")
-    assert parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {
-        "name": "a", "schema": schema, "strict": True}})).output == OutputRule("json_schema", schema, "response_format")
+        "json", None, "response_format", {"type": "json_object"})
+    named = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}}
+    rule = parse_chat_request(body(response_format=named)).output
+    assert rule == OutputRule("json_schema", schema, "response_format", named)
+    assert rule.fields() == {"response_format": named}  # what a proxied server is sent: the field as it came
     # a json_schema without a schema asks for JSON, as OpenAI reads it
-    assert parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {"name": "a"}})).output \
-        == OutputRule("json", None, "response_format")
-    assert parse_chat_request(body(grammar='root ::= "yes" | "no"')).output == OutputRule(
-        "grammar", 'root ::= "yes" | "no"', "grammar")
+    bare = {"type": "json_schema", "json_schema": {"name": "a"}}
+    assert parse_chat_request(body(response_format=bare)).output == OutputRule("json", None, "response_format", bare)
+    rule = parse_chat_request(body(grammar='root ::= "yes" | "no"')).output
+    assert rule == OutputRule("grammar", 'root ::= "yes" | "no"', "grammar", 'root ::= "yes" | "no"')
+    assert rule.fields() == {"grammar": 'root ::= "yes" | "no"'}
 
 
 def test_fields_that_ask_for_nothing_extra_are_accepted():

@@ -58,13 +58,16 @@ class OpenAIBackend:
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
                cancel: threading.Event | None = None, grammar: str | None = None,
-               quotes_from=None) -> Iterator[Event]:
+               quotes_from=None, output: dict | None = None) -> Iterator[Event]:
+        """``output``: request fields that hold the reply (`response_format`, llama.cpp's
+        `grammar`), sent as they are (`duet serve` passing on its client's)."""
         if quotes_from is not None:
             yield no_exact_quotes("openai", self.rc.role)
             return
         body = self.request_body(messages, sampling)
         if grammar is not None:  # constrain_edits: llama.cpp's GBNF field (llama-server, llama_cpp.server)
             body["grammar"] = grammar
+        body.update(output or {})
         events = self._stream(body, cancel)
         first = next(events)
         if isinstance(first, _Retry):  # the server rejects stream_options: ask again without

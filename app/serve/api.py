@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 from contextlib import suppress
 from dataclasses import dataclass, replace
 
@@ -84,8 +85,12 @@ def build_app(runner: Runner, model: ServedModel, *, api_key: str | None = None)
         if not model.answers_to(req.model):
             raise ApiError(404, f"the model '{req.model}' does not exist; this server serves '{model.id}'",
                            param="model", code="model_not_found")
-        grammar = _grammar(model, req.output) if req.output is not None else None
-        job = runner.submit(req.messages, _sampling(model.sampling, req), req.stop, grammar)
+        grammar = forward = None
+        if req.output is not None and model.backend == "openai":
+            forward = req.output.fields()  # the server it proxies holds the reply, or says why not
+        elif req.output is not None:
+            grammar = _grammar(model, req.output)
+        job = runner.submit(req.messages, _sampling(model.sampling, req), req.stop, grammar, forward)
         completion = Completion(model.id)
         if req.stream:
             first = await _until_disconnect(request, job, _first_events(job))
@@ -117,14 +122,16 @@ def build_app(runner: Runner, model: ServedModel, *, api_key: str | None = None)
     return _with_server_header(app)
 
 
+UPSTREAM_REFUSED = re.compile(r"answered HTTP (400|422):")  # app.backends.openai's error for a refused request
 WHAT = {"json": "JSON", "json_schema": "a JSON schema", "grammar": "a GBNF grammar"}
 
 
 def _grammar(model: ServedModel, rule: OutputRule) -> str:
-    """The GBNF that holds the reply to ``rule``: only a llama.cpp model samples under one."""
+    """The GBNF that holds the reply to ``rule``: only a llama.cpp model samples under one (a
+    proxied server is sent the request's own field instead)."""
     if model.backend != "llama.cpp":
-        raise ApiError(400, f"'{rule.param}': holding the reply to {WHAT[rule.kind]} needs a llama.cpp model; "
-                            f"this server runs the {model.backend} backend", param=rule.param)
+        raise ApiError(400, f"'{rule.param}': holding the reply to {WHAT[rule.kind]} needs a llama.cpp model "
+                            f"or a proxied server; this server runs the {model.backend} backend", param=rule.param)
     from app.backends.llamacpp import output_grammar
 
     try:
@@ -187,6 +194,8 @@ def _failure(failed: Failed, req: ChatRequest) -> ApiError:
     if "prompt is" in text and "context" in text:  # the backends' "the prompt is N tokens but ... context is M"
         return ApiError(400, text, param="messages", code="context_length_exceeded")
     if req.output is not None and "grammar:" in text:  # llama.cpp's "the coder's grammar: ..." (unparsable, a reasoner's)
+        return ApiError(400, text, param=req.output.param)
+    if req.output is not None and UPSTREAM_REFUSED.search(text):  # the proxied server would not hold it
         return ApiError(400, text, param=req.output.param)
     if text == "the server is shutting down":
         return ApiError(503, text, type="server_error")

@@ -20,7 +20,8 @@ MAX_STOP_SEQUENCES = 16
 SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what a 64-bit seed can hold; the engines fail on more (torch: overflow)
 # other servers' constrained-sampling fields (llama.cpp's `json_schema`, vLLM's): ignoring one
 # would hand back unconstrained text as if it were constrained. Served: `response_format` (JSON,
-# JSON schema) and llama.cpp's `grammar` (GBNF), on a llama.cpp model (app.serve.api).
+# JSON schema) and llama.cpp's `grammar` (GBNF): on a llama.cpp model, and sent on to the server
+# an openai backend proxies (app.serve.api).
 CONSTRAINT_FIELDS = ("json_schema", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -55,10 +56,16 @@ class ChatRequest:
 class OutputRule:
     """What the reply must be: ``kind`` "json" (any JSON object: response_format json_object),
     "json_schema" (``value`` the schema), or "grammar" (``value`` llama.cpp's GBNF text);
-    ``param`` the request field that asked for it, for errors."""
+    ``param`` the request field that asked for it, for errors, and ``sent`` that field's value
+    as the client sent it (what a proxied server is sent)."""
     kind: str
     value: object
     param: str
+    sent: object = None
+
+    def fields(self) -> dict:
+        """The request field that asks for the rule, as sent: for a server that holds the reply itself."""
+        return {self.param: self.sent}
 
 
 def parse_json(raw: bytes) -> dict:
@@ -142,7 +149,7 @@ def _output_rule(body: dict) -> OutputRule | None:
     if fmt is not None:
         kind = fmt.get("type") if isinstance(fmt, dict) else None
         if kind == "json_object":
-            rule = OutputRule("json", None, "response_format")
+            rule = OutputRule("json", None, "response_format", fmt)
         elif kind == "json_schema":
             spec = fmt.get("json_schema")
             if not isinstance(spec, dict):
@@ -152,8 +159,8 @@ def _output_rule(body: dict) -> OutputRule | None:
             if schema is not None and not isinstance(schema, dict):
                 raise ApiError(400, f"'response_format.json_schema.schema' must be an object, got {_kind(schema)}",
                                param="response_format.json_schema.schema")
-            rule = OutputRule("json_schema", schema, "response_format") if schema else OutputRule(
-                "json", None, "response_format")
+            rule = OutputRule("json_schema", schema, "response_format", fmt) if schema else OutputRule(
+                "json", None, "response_format", fmt)
         elif kind != "text":
             raise ApiError(400, f"'response_format' {json.dumps(kind if kind is not None else fmt)} is not supported "
                                 "by duet serve (text, json_object, json_schema)", param="response_format")
@@ -164,7 +171,7 @@ def _output_rule(body: dict) -> OutputRule | None:
         if rule is not None:
             raise ApiError(400, "'grammar' and a JSON 'response_format' cannot both hold the reply: send one",
                            param="grammar")
-        rule = OutputRule("grammar", grammar, "grammar")
+        rule = OutputRule("grammar", grammar, "grammar", grammar)
     return rule
 
 

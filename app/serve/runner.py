@@ -27,8 +27,9 @@ class Job:
     """One chat completion: what to generate, its cancel switch, and the events it produced."""
 
     def __init__(self, messages: list[ChatMessage], sampling: Sampling, stop: tuple[str, ...],
-                 loop: asyncio.AbstractEventLoop, grammar: str | None = None):
+                 loop: asyncio.AbstractEventLoop, grammar: str | None = None, output: dict | None = None):
         self.messages, self.sampling, self.stop, self.grammar = messages, sampling, stop, grammar
+        self.output = output
         self.cancel = threading.Event()
         self._loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
@@ -58,9 +59,10 @@ class Runner:
         self._thread.start()
 
     def submit(self, messages: list[ChatMessage], sampling: Sampling, stop: tuple[str, ...] = (),
-               grammar: str | None = None) -> Job:
-        """Queue a completion; ``grammar`` (GBNF) holds the reply to it (a llama.cpp backend)."""
-        job = Job(messages, sampling, stop, asyncio.get_running_loop(), grammar)
+               grammar: str | None = None, output: dict | None = None) -> Job:
+        """Queue a completion; ``grammar`` (GBNF) holds the reply to it (a llama.cpp backend);
+        ``output``, request fields that do, the server an openai backend proxies is sent."""
+        job = Job(messages, sampling, stop, asyncio.get_running_loop(), grammar, output)
         with self._lock:
             if self._closed:
                 job.put(Failed("the server is shutting down"))
@@ -102,7 +104,8 @@ class Runner:
         cutter = StopCutter(job.stop)
         ended = False
         produced = None
-        stream = self.backend.stream(job.messages, job.sampling, cancel=job.cancel, grammar=job.grammar)
+        extra = {"output": job.output} if job.output else {}  # an openai backend's only
+        stream = self.backend.stream(job.messages, job.sampling, cancel=job.cancel, grammar=job.grammar, **extra)
         try:
             for event in stream:
                 if isinstance(event, AnswerDelta):
