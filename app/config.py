@@ -47,7 +47,7 @@ ROLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "constrain_edits": ((bool,), "llama.cpp coder (or openai, on a server that takes llama.cpp's `grammar` field: llama-server, llama_cpp.server): sample edit blocks under a grammar (each SEARCH copied from a file in context; new files only where the prompt creates them)"),
     "exact_quotes": ((bool,), "local reasoner: a line it writes as the prompt numbers file lines (` 7 | text`) is held to line 7 of a file in context; after its thinking, its answer's inline code (`...`) restates code its thinking quoted or a file's line, name or path; a change stated after a finding (\"Line K … `W` … `R`\") is line K with a W written R"),
     "known_names": ((bool,), "local reasoner, with exact_quotes: names in its inline code (`...`) are names the files' code has, or words of their paths, and a function it names (function `X`) is one they define; a coder, with constrain_edits: the names in its REPLACE code are the files' code's or the plan's inline code's"),
-    "plan_lines": ((bool,), "coder, with constrain_edits: each line its REPLACE writes on a file in context is, past its indentation, a line of the files or code the plan quotes (inline or fenced), or blank; off where the plan quotes no code"),
+    "plan_lines": ((bool,), "coder, with constrain_edits: in its first reply to a plan, each line its REPLACE writes on a file in context is, past its indentation, a line of the files or code the plan quotes (inline or fenced), or blank, and not a line the plan says to change (\"from `X` to `Y`\"); a retry (asked again, sampled) is free; off where the plan quotes no code"),
 }
 SAMPLING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": ((int, float), "sampling temperature (0 = greedy)"),
@@ -165,9 +165,10 @@ def demo_role(role: str) -> RoleConfig:
     (local, int8), the lines it reads back held to the files' (``exact_quotes``) and the names
     in its inline code to theirs (``known_names``); the coder on
     llama.cpp from its GGUF, its edit blocks held to the files in context (``constrain_edits``)
-    and the names of its REPLACE lines to theirs and the plan's (``known_names``; not its whole
-    lines to the plan's, ``plan_lines``: the demo coder then fixes more modules given a right
-    plan and fewer end to end, where it no longer mends a plan that is slightly wrong).
+    and the names of its REPLACE lines to theirs and the plan's (``known_names``), and its first
+    reply to a plan's lines (``plan_lines``: the plan's change as stated, never the line it says
+    to change written back; a retry after failing tests is its own, so it can still mend a plan
+    that is slightly wrong).
     Both were trained on single turns, so each request goes alone (``history`` off: the plan
     and the files are in it)."""
     from app import demo
@@ -178,7 +179,7 @@ def demo_role(role: str) -> RoleConfig:
                           sampling=DEMO_SAMPLING[role])
     return RoleConfig(role=role, backend="llama.cpp", path=demo.coder_path(), context=2048,
                       model="duet-demo-coder", demo=True, history=False, constrain_edits=True, known_names=True,
-                      sampling=DEMO_SAMPLING[role])
+                      plan_lines=True, sampling=DEMO_SAMPLING[role])
 
 
 def gemma_demo_role(role: str) -> RoleConfig:

@@ -51,7 +51,7 @@ def demo_table(role: str, path: Path) -> str:
     """The [role] table that runs a demo-style model as `duet --demo` does: the reasoner on our
     engine (int8) with the lines it reads back and the names it writes in inline code held to the
     files', the coder on llama.cpp with its edits and the names it writes held to the files in
-    context (and the plan's), both greedy and each request alone (small models, one format,
+    context (and the plan's), its first reply to a plan's lines, both greedy and each request alone (small models, one format,
     single turns)."""
     sampling = DEMO_SAMPLING[role]
     greedy = f"[{role}.sampling]\ntemperature = {sampling.temperature}\nmax_tokens = {sampling.max_tokens}\n"
@@ -60,7 +60,7 @@ def demo_table(role: str, path: Path) -> str:
         return (f'[reasoner]\nbackend = "local"\npath = {toml_str(str(path))}\nquant = "int8"\ncontext = 2048\n'
                 'exact_quotes = true\nknown_names = true\n' + alone + greedy)
     return (f'[coder]\nbackend = "llama.cpp"\npath = {toml_str(str(path))}\ncontext = 2048\n'
-            'constrain_edits = true\nknown_names = true\n' + alone + greedy)
+            'constrain_edits = true\nknown_names = true\nplan_lines = true\n' + alone + greedy)
 
 
 def choices(found: list[Found]) -> list[Choice]:

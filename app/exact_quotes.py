@@ -325,6 +325,15 @@ class ChangeFollowsFinding:
         return True
 
 
+_STATED = re.compile(r"(?:\bfrom|\b[Cc]hange|行) `([^`\n]+)`[ ,]*(?:to|into|改为|改成|->|→) *`([^`\n]+)`")
+
+
+def stated_changes(text: str) -> list[tuple[str, str]]:
+    """The (X, Y) of each change ``text`` states whole: "from `X` to `Y`", "Change `X` to `Y`",
+    "把第 K 行 `X` 改为 `Y`"."""
+    return _STATED.findall(text)
+
+
 def _with_one_replaced(text: bytes, old: bytes, new: bytes) -> set[bytes]:
     """``text`` with one of its ``old`` written ``new``, each way it can be (none: no ``old``)."""
     made, i = set(), text.find(old)

@@ -56,6 +56,7 @@ class Turn:
     author: str = "you"  # who asked: the user, or Duet itself ("duet → coder · test fix 1 of 2")
     failure: str = ""  # tests that fail before it is asked: the command and its trimmed output
     failing: frozenset[str] = frozenset()  # the functions that failure reaches (exact_quotes focuses on them)
+    retry: bool = False  # asked again, sampled (a retry, a re-plan, a plan handed off before)
     role_cfg: RoleConfig = field(init=False)
     prompt: str = field(init=False)  # the user message text the model gets
     result: TurnResult = field(init=False)
@@ -96,7 +97,7 @@ class Turn:
         if new_files and self.new_paths is not None:
             new_files = list(self.new_paths)
         names = held_names(self.files, self.plan) if self.role_cfg.known_names else None  # the prompt's files and plan
-        lines = plan_lines(self.files, self.plan) if self.role_cfg.plan_lines else None
+        lines = plan_lines(self.files, self.plan) if self.role_cfg.plan_lines and not self.retry else None
         return edit_grammar(self.editable, new_files=new_files, names=names, lines=lines)
 
     def quotes_from(self):

@@ -140,6 +140,13 @@ def test_plan_lines_are_the_files_lines_and_the_code_the_plan_quotes_and_none_wi
     assert plan_lines([("search.py", FIND)], "Flip the comparison in where_is.") is None  # nothing quoted: not held
     assert plan_lines([("search.py", FIND)], None) is None
     assert "=======" not in plan_lines([("m.py", "x = 1\n=======\n")], "set `x = 2`")  # never a divider
+    stated = "1. In `search.py`, change line 4 from `if arr[k] != needle:` to `if arr[k] == needle:`."
+    held = plan_lines([("search.py", FIND)], stated)  # a line the plan says to change is not written back
+    assert "if arr[k] == needle:" in held and "if arr[k] != needle:" not in held and "return k" in held
+    zh = "1. 在 `search.py` 中，把第 4 行 `if arr[k] != needle:` 改为 `if arr[k] == needle:`。"
+    assert "if arr[k] != needle:" not in plan_lines([("search.py", FIND)], zh)
+    same = "change line 4 from `if arr[k] != needle:` to `if arr[k] != needle:`"  # no change stated: not struck
+    assert "if arr[k] != needle:" in plan_lines([("search.py", FIND)], same)
     grammar = edit_grammar([("search.py", FIND)], names=held_names([("search.py", FIND)], plan), lines=lines)
     assert "lreplace" in grammar and "hname ::= " not in grammar  # the lines hold more than the names would
 
@@ -163,6 +170,8 @@ def test_under_plan_lines_every_line_a_sampled_replace_writes_is_a_file_line_or_
         assert routed.turn.result.status == "done", routed.turn.result.failed
         written = {line.strip() for b in parse(routed.turn.result.answer)[0] for line in b.replace}
         assert written <= allowed, (seed, written - allowed)
+    again = conv.prepare("Implement the plan.", "coder", plan=plan)  # handed off before: asked again, sampled,
+    assert again.turn.retry and "lreplace" not in again.turn.grammar()  # and its lines are its own
 
 
 def test_the_demo_coder_given_a_right_plan_writes_a_line_neither_has_with_only_its_names_held_not_under_plan_lines(monkeypatch):
@@ -201,7 +210,7 @@ def test_the_demo_coder_holds_its_edits_to_the_grammar_and_the_local_backend_ref
     assert held.coder.known_names
     with pytest.raises(ConfigError, match=r"coder\.known_names.*constrain_edits"):
         parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "known_names": True}})
-    assert not demo_config().coder.plan_lines  # measured: fewer modules fixed end to end (README)
+    assert demo_config().coder.plan_lines  # its first reply to a plan; a retry is free (README)
     assert parse_config({"coder": {"backend": "llama.cpp", "path": str(gguf), "constrain_edits": True,
                                    "plan_lines": True}}).coder.plan_lines
     with pytest.raises(ConfigError, match=r"coder\.plan_lines.*constrain_edits"):

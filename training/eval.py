@@ -124,7 +124,7 @@ class Coder:
         self.llm = Llama(str(gguf_path), n_ctx=2048, n_threads=1, verbose=False)
         self.template = self.llm.metadata["tokenizer.chat_template"]
         self.known_names = demo_role("coder").known_names  # its REPLACE names held, as Duet runs it
-        self.plan_lines = demo_role("coder").plan_lines  # its REPLACE lines to the file's and the plan's (off)
+        self.plan_lines = demo_role("coder").plan_lines  # its REPLACE lines to the file's and the plan's, as Duet holds its first reply to a plan
 
     def run(self, user_text: str, max_new: int = 600, files=None, plan: str | None = None):
         import jinja2

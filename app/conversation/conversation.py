@@ -120,6 +120,7 @@ class Conversation:
                 new_paths = [p for p in paths_to_create(f"{plan.text}\n{request}") if not (self.workspace.root / p).exists()]
         if handoff and sampling is None:
             sampling = self._handoff_sampling(plan.text, notes)
+        retry = sampling is not None  # asked again (a retry, a plan handed off before): sampled
         config = self.config
         if sampling is not None:
             config = dataclasses.replace(config, **{decision.role: dataclasses.replace(config.role(decision.role),
@@ -128,7 +129,7 @@ class Conversation:
                     plan=plan.text if plan is not None else None, files=files, editable=editable, new_paths=new_paths,
                     session_id=self.session_id,
                     store=self._store(), handoff_from=plan.message_id if plan is not None else None,
-                    save=self.save, author=author)
+                    save=self.save, author=author, retry=retry)
         return Routed(turn, author, tuple(notes), tuple(file_names(files)))
 
     def prepare_handoff(self, request: str) -> Routed:

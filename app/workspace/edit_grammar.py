@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from app.exact_quotes import known_names
+from app.exact_quotes import known_names, stated_changes
 
 MAX_LINES = 20000  # lines of all files together (building the grammar takes about a second at this size)
 MAX_RUN = 16  # the most lines a SEARCH may need before it matches one place only
@@ -70,14 +70,17 @@ def held_names(files: Iterable[tuple[str, str]], plan: str | None = None) -> set
 
 def plan_lines(files: Iterable[tuple[str, str]], plan: str | None) -> set[str] | None:
     """The lines a REPLACE may write under ``plan_lines``: the files' lines and the code the
-    plan quotes (its inline code, its fenced blocks' lines), each stripped; None when the plan
-    quotes no code (nothing to hold a REPLACE to but the files: it could change nothing)."""
+    plan quotes (its inline code, its fenced blocks' lines), each stripped, but for a line the
+    plan says to change ("from `X` to `Y`": X is not written back, so the block cannot leave it
+    as it is); None when the plan quotes no code (nothing to hold a REPLACE to but the files: it
+    could change nothing)."""
     quoted = [code.strip() for code in _INLINE.findall(plan or "")]
     quoted += [line.strip() for block in _FENCED.findall(plan or "") for line in block.split("\n")]
     if not any(quoted):
         return None
+    changed = {x.strip() for x, y in stated_changes(plan or "") if x.strip() != y.strip()}
     return {line for line in quoted + [line.strip() for _, text in files for line in _lines(text)]
-            if line and not line.startswith(_MARKERS)}
+            if line and not line.startswith(_MARKERS) and line not in changed}
 
 
 def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence[str] = False,
