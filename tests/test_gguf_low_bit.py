@@ -215,6 +215,26 @@ def test_extreme_codes_and_scales_neither_saturate_nor_overflow(build, type_id):
         assert _rel(y, kquant.reference_linear(x, w, act)) < 1e-6, act
 
 
+@pytest.mark.parametrize("type_id", [11, 23], ids=["Q3_K", "IQ4_XS"])
+def test_the_largest_scales_unpack_as_the_reference_under_every_build(build, type_id):
+    """Every scale bit set (Q3_K's and IQ4_XS's 6-bit scales at +31), the other end of the
+    ranges the vector scale unpacking reads (the test above clears them: -32)."""
+    raw = _extreme(type_id, 8, 512)
+    b = raw.reshape(8, -1, kquant.TYPES[type_id][2])
+    if type_id == 11:
+        b[..., 96:108] = 0xFF
+    else:
+        b[..., 2:8] = 0xFF
+    w = _weight(type_id, raw)
+    assert np.array_equal(kquant.dequantize(w).numpy(), quants.dequantize(raw, type_id))
+    x = torch.full((2, 512), 127.0)
+    x[1, 1::2] = -127.0
+    for act in (8, 16):
+        with dispatch.overridden(gguf_act_bits=act):
+            y = kquant.linear(x, w)
+        assert _rel(y, kquant.reference_linear(x, w, act)) < 1e-6, act
+
+
 @pytest.mark.parametrize("rows", [1, 3, 12])
 @pytest.mark.parametrize("type_id", TYPES, ids=IDS)
 def test_the_float_path_and_prefill_are_the_float32_product_of_the_exact_weights(type_id, rows):

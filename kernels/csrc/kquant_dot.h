@@ -63,6 +63,17 @@ static void act_free(act_t *a) {
     a->q = NULL; a->r = NULL; a->d = NULL; a->s16 = NULL;
 }
 
+/* A weight row is read once per call, block after block, mostly from DRAM or L3 (a model's
+ * matrices far outgrow L2): each block loop asks for the bytes KQ_PREFETCH ahead of the block
+ * it reads (the next rows' too, at a row's end: rows lie one after another), so a one-core
+ * matrix-vector product is not bound by the latency of each new line (the hardware prefetcher
+ * alone left one-row Q2_K / Q4_0 products at 2.5-4 GB/s, from DRAM or L3, on a 2-core Xeon
+ * VM; 7-8 GB/s with it). A hint: no fault past the end, no effect on the results. */
+#define KQ_PREFETCH 2048
+INLINE void kq_prefetch(const uint8_t *p, int bb) {
+    for (int o = 0; o < bb; o += 64) __builtin_prefetch(p + KQ_PREFETCH + o, 0, 3);
+}
+
 #if defined(__AVX2__)
 #define KQ_AVX2 1
 #include <immintrin.h>
@@ -91,10 +102,6 @@ INLINE __m256i bits32(const uint8_t *p) {   /* 32 bits -> 32 bytes of 0x10 (bit 
 INLINE __m256i iq4_levels(__m256i nibbles) {   /* codes 0..15 -> IQ4_NL's levels (pshufb per lane) */
     const __m256i kv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues_iq4));
     return _mm256_shuffle_epi8(kv, nibbles);
-}
-
-INLINE __m256i dot_u8s8(__m256i u, __m256i s, __m256i w16) {   /* int32 [8]: pairs of 4 products x w16 */
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), w16);
 }
 
 /* int32 [8]: sums of 4 products (u <= 128, |s| <= 127: maddubs never saturates, so VNNI's
@@ -236,6 +243,7 @@ INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *r
     for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = row + (long)b * bb;
+        kq_prefetch(p, bb);
         float dw = h2f(rd16(p)), mw = 0.f;
         __m256i q;
         switch (type) {
@@ -277,6 +285,7 @@ INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *r
 #endif
     for (int b = 0; b < nb; b++) {
         float dw, mw;
+        kq_prefetch(row + (long)b * bb, bb);
 #if defined(KQ_NEON)
         unpack32_neon(type, row + (long)b * bb, q, &dw, &mw);
 #else
@@ -533,15 +542,137 @@ INLINE int32_t kdot_neon(const int8x16_t *q, const int16_t *sc, const int8_t *x)
 }
 #endif
 
-/* the offset and min terms of a super-block, from the activation's sums of 16 */
-INLINE float kcorr(const kscale_t *s, const int32_t *s16) {
-    int32_t offs = 0, mins = 0;
-    if (s->off)
-        for (int g = 0; g < 16; g++) offs += (int32_t)s->sc[g] * s16[g];
-    else
-        for (int g = 0; g < 16; g++) mins += (int32_t)s->mn[g] * s16[g];
+/* the offset and min terms of a super-block from its int32 sum over the 16-groups g of
+ * sc[g] s16[g] (an offset: Q3_K, Q6_K) or mn[g] s16[g] (a min: Q2_K, Q4_K, Q5_K) */
+INLINE float kcorr_sum(const kscale_t *s, int32_t sum) {
+    const int32_t offs = s->off ? sum : 0, mins = s->off ? 0 : sum;
     return -s->d * (float)(s->off * offs) - s->dmin * (float)mins;
 }
+
+/* the offset and min terms of a super-block, from the activation's sums of 16 */
+INLINE float kcorr(const kscale_t *s, const int32_t *s16) {
+    const int16_t *w = s->off ? s->sc : s->mn;
+    int32_t sum = 0;
+    for (int g = 0; g < 16; g++) sum += (int32_t)w[g] * s16[g];
+    return kcorr_sum(s, sum);
+}
+
+#if defined(KQ_AVX2)
+/* acc + the int32 sums of pairs of int16 products a . b (madd_epi16; VNNI's vpdpwssd where
+ * there is one: the same integers, both wrap mod 2^32) */
+INLINE __m256i madd_acc(__m256i acc, __m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpwssd_epi32(acc, a, b);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpwssd_avx_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
+INLINE int32_t hsum_i32(__m256i v) {
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    h = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 1));
+    return _mm_cvtsi128_si32(h);
+}
+
+/* A super-block's scales, unpacked once into vectors (kscales' integers, without its scalar
+ * loop): sv[j] the int16 multipliers of group j of 32 weights (its 16-groups 2 j and 2 j + 1:
+ * low 128-bit lane sc[2 j], high sc[2 j + 1], lined up with maddubs' int16 pair sums of
+ * weights 32 j .. 32 j + 15 and + 16 .. + 31); *cw the 16 int16 weights of kcorr's sum (sc
+ * with an offset, else mn); s only the float scales and the offset (its sc / mn unset). */
+INLINE void kscales_avx2(const int type, const uint8_t *p, kscale_t *s, __m256i *sv, __m256i *cw) {
+    const __m128i low = _mm_set1_epi8(15);
+    __m256i sc;
+    s->dmin = 0.f;
+    s->off = 0;
+    switch (type) {
+        case 10: {   /* byte g: scale in the low nibble, min in the high */
+            const __m128i raw = _mm_loadu_si128((const __m128i *)p);
+            s->d = h2f(rd16(p + 80));
+            s->dmin = h2f(rd16(p + 82));
+            sc = _mm256_cvtepu8_epi16(_mm_and_si128(raw, low));
+            *cw = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), low));
+            break;
+        }
+        case 11: {   /* scale_q3_k for the 16 groups at once */
+            uint64_t lo;
+            uint32_t hi;
+            memcpy(&lo, p + 96, 8);
+            memcpy(&hi, p + 104, 4);
+            const __m128i l = _mm_cvtsi64_si128((long long)lo);
+            /* low 4 bits: groups 0..7 the low nibbles of bytes 0..7, groups 8..15 the high ones */
+            const __m128i nib = _mm_unpacklo_epi64(_mm_and_si128(l, low), _mm_and_si128(_mm_srli_epi16(l, 4), low));
+            /* top 2 bits of group g: bits 2 (g / 4) of byte 8 + g % 4 (32-bit word g / 4, byte g % 4) */
+            const __m128i top = _mm_and_si128(_mm_setr_epi32((int)hi, (int)(hi >> 2), (int)(hi >> 4), (int)(hi >> 6)),
+                                              _mm_set1_epi8(3));
+            s->d = h2f(rd16(p + 108));
+            s->off = 4;
+            sc = _mm256_cvtepi8_epi16(_mm_sub_epi8(_mm_or_si128(nib, _mm_slli_epi16(top, 4)), _mm_set1_epi8(32)));
+            *cw = sc;
+            break;
+        }
+        case 14:   /* int8 scales as stored */
+            s->d = h2f(rd16(p + 208));
+            s->off = 32;
+            sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
+            *cw = sc;
+            break;
+        case 23: {   /* scale_iq4_xs: 8 signed 6-bit scales, each for two 16-groups */
+            uint32_t lo;
+            memcpy(&lo, p + 4, 4);
+            const __m128i l = _mm_cvtsi32_si128((int)lo);
+            /* low 4 bits of block ib: nibble ib % 2 of byte ib / 2 */
+            const __m128i nib = _mm_unpacklo_epi8(_mm_and_si128(l, low), _mm_and_si128(_mm_srli_epi16(l, 4), low));
+            /* top 2 bits of block ib: bits 2 ib of the 16-bit word, spread to byte ib */
+            uint64_t h = rd16(p + 2);
+            h = (h | (h << 24)) & 0x000000ff000000ffull;
+            h = (h | (h << 12)) & 0x000f000f000f000full;
+            h = (h | (h << 6)) & 0x0303030303030303ull;
+            const __m128i s8 = _mm_sub_epi8(_mm_or_si128(nib, _mm_slli_epi16(_mm_cvtsi64_si128((long long)h), 4)),
+                                            _mm_set1_epi8(32));
+            s->d = h2f(rd16(p));
+            sc = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(s8, s8));
+            *cw = _mm256_setzero_si256();   /* signed codes: no correction term */
+            break;
+        }
+        default: {   /* Q4_K, Q5_K: scale_min_k4 for the 8 blocks of 32 at once */
+            uint32_t q[3];
+            memcpy(q, p + 4, 12);
+            const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+            /* blocks 0..3: the low 6 bits of bytes 0..3 (scales) and 4..7 (mins); blocks 4..7: the
+             * nibbles of bytes 8..11 (scales low, mins high), their top 2 bits those of bytes 0..7 */
+            const __m128i v = _mm_setr_epi32((int)(q[0] & m6), (int)((q[2] & m4) | (((q[0] >> 6) & m2) << 4)),
+                                             (int)(q[1] & m6), (int)(((q[2] >> 4) & m4) | (((q[1] >> 6) & m2) << 4)));
+            s->d = h2f(rd16(p));
+            s->dmin = h2f(rd16(p + 2));
+            sc = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v));   /* each for its two 16-groups */
+            *cw = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(v, v));
+            break;
+        }
+    }
+    /* groups 0..7 (j < 4) from the low half of sc, 8..15 from the high one: bytes 4 (j % 4)
+     * and + 1 (group 2 j) to every int16 lane of the low 128 bits, + 2 and + 3 (2 j + 1) of the high */
+    const __m256i half[2] = {_mm256_permute2x128_si256(sc, sc, 0x00), _mm256_permute2x128_si256(sc, sc, 0x11)};
+    for (int j = 0; j < 8; j++) {
+        const char b = (char)(4 * (j % 4));
+        const __m256i pick = _mm256_setr_epi8(b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1,
+                                              b + 2, b + 3, b + 2, b + 3, b + 2, b + 3, b + 2, b + 3,
+                                              b + 2, b + 3, b + 2, b + 3, b + 2, b + 3, b + 2, b + 3);
+        sv[j] = _mm256_shuffle_epi8(half[j / 4], pick);
+    }
+}
+
+/* kcorr's int32 sum, sum over g of cw[g] s16[g] */
+INLINE int32_t kcorr_sum_avx2(__m256i cw, const int32_t *s16) {
+    const __m256i lo = _mm256_mullo_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(cw)),
+                                          _mm256_loadu_si256((const __m256i *)s16));
+    const __m256i hi = _mm256_mullo_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(cw, 1)),
+                                          _mm256_loadu_si256((const __m256i *)(s16 + 8)));
+    return hsum_i32(_mm256_add_epi32(lo, hi));
+}
+#endif
 
 INLINE void dotk_t(const int type, const int HI, const int MM, const uint8_t *row, int nb, const act_t *a, int m0, float *out) {
     const int bb = block_bytes(type), k = a->k;
@@ -550,38 +681,35 @@ INLINE void dotk_t(const int type, const int HI, const int MM, const uint8_t *ro
 #if defined(KQ_AVX2)
     __m256 acc[MAXM];
     for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
-    __m256i g[8], u[8];
+    __m256i g[8], u[8], sv[8], cw;
     const int sgn = signed256(type);   /* signed codes (IQ4_XS): |w| x sign(x, w), as dot32_t */
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = row + (long)b * bb;
-        kscales(type, p, &s);
+        kq_prefetch(p, bb);
+        kscales_avx2(type, p, &s, sv, &cw);   /* once per super-block, for all MM rows */
         unpack256_avx2(type, p, g);
-        __m256i sv[8];
-        for (int j = 0; j < 8; j++) {
-            sv[j] = _mm256_set_m128i(_mm_set1_epi16(s.sc[2 * j + 1]), _mm_set1_epi16(s.sc[2 * j]));
-            u[j] = sgn ? _mm256_sign_epi8(g[j], g[j]) : g[j];
-        }
+        for (int j = 0; j < 8; j++) u[j] = sgn ? _mm256_sign_epi8(g[j], g[j]) : g[j];
         for (int m = 0; m < MM; m++) {
             const long mr = m0 + m;
             const int8_t *x = a->q + mr * k + 256 * b;
             __m256i ia = _mm256_setzero_si256(), ir = _mm256_setzero_si256();
-            for (int j = 0; j < 8; j++) {
+            for (int j = 0; j < 8; j++) {   /* maddubs' int16 pairs (|.| <= 2 x 127 x 127), x the group scales */
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * j));
-                ia = _mm256_add_epi32(ia, dot_u8s8(u[j], sgn ? _mm256_sign_epi8(xv, g[j]) : xv, sv[j]));
+                ia = madd_acc(ia, _mm256_maddubs_epi16(u[j], sgn ? _mm256_sign_epi8(xv, g[j]) : xv), sv[j]);
             }
             const float dx = a->d[mr * (k / 256) + b];
             if (HI) {   /* the second codes: their own int32 sum (the first's x 128 could overflow) */
                 const int8_t *xr = a->r + mr * k + 256 * b;
                 for (int j = 0; j < 8; j++) {
                     __m256i rv = _mm256_loadu_si256((const __m256i *)(xr + 32 * j));
-                    ir = _mm256_add_epi32(ir, dot_u8s8(u[j], sgn ? _mm256_sign_epi8(rv, g[j]) : rv, sv[j]));
+                    ir = madd_acc(ir, _mm256_maddubs_epi16(u[j], sgn ? _mm256_sign_epi8(rv, g[j]) : rv), sv[j]);
                 }
                 acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ir), _mm256_set1_ps(s.d * dx), acc[m]);
                 acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_set1_ps(s.d * dx * 128.f), acc[m]);
             } else {
                 acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_set1_ps(s.d * dx), acc[m]);
             }
-            if (kcorr_terms(type)) corr[m] += dx * kcorr(&s, a->s16 + mr * (k / 16) + 16 * b);
+            if (kcorr_terms(type)) corr[m] += dx * kcorr_sum(&s, kcorr_sum_avx2(cw, a->s16 + mr * (k / 16) + 16 * b));
         }
     }
     for (int m = 0; m < MM; m++) out[m] = hsum256(acc[m]) + corr[m];
@@ -594,6 +722,7 @@ INLINE void dotk_t(const int type, const int HI, const int MM, const uint8_t *ro
 #endif
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = row + (long)b * bb;
+        kq_prefetch(p, bb);
         kscales(type, p, &s);
 #if defined(KQ_NEON)
         unpack256_neon(type, p, q);
