@@ -267,9 +267,9 @@ _CHANGE_TO = re.compile("[ ,]*(?:to|into|改为|改成|->|→) *`([^`]*)(`?)".en
 class ChangeFollowsFinding:
     """The rule that a change stated after a finding makes the change the finding names. A
     finding is a thinking line "Line K … `W` … `R`" (what is wrong, then what it should be:
-    "Line 7 uses `+` where the docstring needs `-`"); W is code line K of a file has, where
-    there is a line K. After it, a change stated as "from `X`"
-    (also "Change `X`", "第 K 行 `X`") is a change of line K: X is line K of a file (its code,
+    "Line 7 uses `+` where the docstring needs `-`"), and W is code that line K of a file has,
+    where there is a line K. After it, a change stated as "from `X`" (also "Change `X`", "第 K
+    行 `X`") is a change of line K: X is line K of a file (its code,
     with or without its comment, without the indent) that has W; and in "from `X` to `Y`" (改为)
     Y is X with one W written R. So a small model that finds the wrong operator but then
     writes the line again from memory (`return alpha + beta` to `return as_seconds * beta + 3`)
