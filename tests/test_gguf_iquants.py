@@ -25,6 +25,8 @@ from kernels import dispatch, iquant, kquant
 gguf = pytest.importorskip("gguf")
 from gguf import quants as gq  # noqa: E402
 
+from tests import gguf_helpers as H  # noqa: E402
+
 TYPES = ["IQ2_XXS", "IQ1_S", "IQ1_M", "IQ2_XS", "IQ3_XXS", "IQ2_S", "IQ3_S"]
 GRIDS = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S"]
 ROWS, BLOCKS = 24, 64               # 1536 blocks: every point of the largest grid (IQ1's 2048) is hit
@@ -446,12 +448,7 @@ def test_extreme_codes_and_scales_neither_saturate_nor_overflow(dot_build, name)
     b = iquant.set_scales(name, b, np.full(16, 0x3800, dtype=np.uint16)).reshape(8, -1)    # 0.5
     w = _iq_weight(name, b)
     assert np.isfinite(gguf_py(name, b)).all()
-    x = torch.full((2, 512), 127.0)
-    x[1, 1::2] = -127.0
-    for act in (8, 16):
-        with dispatch.overridden(gguf_act_bits=act):
-            y = kquant.linear(x, w)
-        assert _rel(y, kquant.reference_linear(x, w, act)) < 1e-6, act
+    H.linear_is_its_reference_at_extremes(w, 512)
 
 
 def test_thirty_two_bit_activations_and_no_library_run_the_float32_tiles(monkeypatch):
@@ -513,7 +510,6 @@ def test_a_deepseek_gguf_of_i_quants_runs_in_our_engine_as_its_exact_weights_and
     exact weights) gives the logits of the same model stored as float32, and so does decode
     with float32 activations (act 32); decode at the default 16-bit activations (the native
     integer dot products) is at least as close to them as llama.cpp on the very same file."""
-    from tests import gguf_helpers as H
     from bench.gguf_deepseek2 import gguf_tensors_from_hf, hf_tokenizer_fields, write_deepseek2_gguf
     from local_engine import Engine
 

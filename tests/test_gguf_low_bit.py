@@ -207,12 +207,7 @@ def test_extreme_codes_and_scales_neither_saturate_nor_overflow(build, type_id):
     raw = _extreme(type_id, 8, 512)
     w = _weight(type_id, raw)
     assert np.array_equal(kquant.dequantize(w).numpy(), quants.dequantize(raw, type_id))
-    x = torch.full((2, 512), 127.0)
-    x[1, 1::2] = -127.0                  # activation codes +-127 against weights of either sign
-    for act in (8, 16):
-        with dispatch.overridden(gguf_act_bits=act):
-            y = kquant.linear(x, w)
-        assert _rel(y, kquant.reference_linear(x, w, act)) < 1e-6, act
+    H.linear_is_its_reference_at_extremes(w, 512)
 
 
 @pytest.mark.parametrize("type_id", [11, 23], ids=["Q3_K", "IQ4_XS"])
@@ -227,12 +222,7 @@ def test_the_largest_scales_unpack_as_the_reference_under_every_build(build, typ
         b[..., 2:8] = 0xFF
     w = _weight(type_id, raw)
     assert np.array_equal(kquant.dequantize(w).numpy(), quants.dequantize(raw, type_id))
-    x = torch.full((2, 512), 127.0)
-    x[1, 1::2] = -127.0
-    for act in (8, 16):
-        with dispatch.overridden(gguf_act_bits=act):
-            y = kquant.linear(x, w)
-        assert _rel(y, kquant.reference_linear(x, w, act)) < 1e-6, act
+    H.linear_is_its_reference_at_extremes(w, 512)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 12])
