@@ -19,6 +19,7 @@ class Function:
     first: int  # 1-based line of its ``def`` (its decorators above are not counted)
     last: int  # its last line
     calls: frozenset[str]  # the names it calls: ``f(...)`` and ``obj.f(...)`` alike
+    doc: str = ""  # its docstring's text (ast.get_docstring), "" when it has none
 
 
 def functions(files: Iterable[tuple[str, str]]) -> list[Function]:
@@ -36,7 +37,7 @@ def functions(files: Iterable[tuple[str, str]]) -> list[Function]:
                 calls = {_called(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)}
                 calls.discard(None)
                 found.append(Function(str(path), node.name, node.lineno, node.end_lineno or node.lineno,
-                                      frozenset(calls)))
+                                      frozenset(calls), ast.get_docstring(node) or ""))
     return found
 
 

@@ -28,6 +28,13 @@ closes (else the answer would be held to nothing).
 ``ChangeFollowsFinding`` holds a change stated after the thinking's finding ("Line 7 uses `+`
 where the docstring needs `-`") to the change that finding names: in "from `X` to `Y`", Y is X
 with the one piece written as it should be, rather than the whole line written again from memory.
+The finding itself says a change of the kind its words name (`finding_rights`): R is never W;
+after "wrong order" it is W with one call's arguments in another order, after "uses `W`" or
+"compares with `W`" W with one piece written as another of its kind (a name of the files' code,
+an operator of the same family, a number, a string).
+
+``DocstringQuote`` holds a docstring quoted after "docstring says" to the one the named
+function has, rather than one written from memory.
 
 ``ReadingFocus`` is the rule of a reply asked after a failing test run (``Quotes.failing``):
 the thinking's reading concludes only inside a function the failure reaches. `line_rules`
@@ -35,7 +42,10 @@ puts a reply's rules together."""
 
 from __future__ import annotations
 
+import ast
 import io
+import itertools
+import keyword
 import re
 import tokenize
 from bisect import bisect_left
@@ -47,6 +57,7 @@ from app.code_map import functions
 from app.prompts import numbered_lines
 
 NUMBERED = re.compile(rb"^ *(\d+) \|")
+_DIGITS_SO_FAR = re.compile(rb" *(\d*) ?")  # a numbered line's start, before its " |"
 LineRule = Callable[[bytes, bool], bool]  # may also have ``wrote(line)``: told each line once it is written
 THINK, END_THINK = b"<think>", b"</think>"
 _THINK_TAGS = re.compile(rb"(</?think>)")
@@ -171,6 +182,37 @@ def _functions_named(line: bytes, complete: bool, allowed: set[bytes]) -> bool:
     return True
 
 
+_DOC_QUOTE = re.compile('(?:\\bdocstring (?:says|reads|states)|文档字符串说) ?"'.encode("utf-8"))  # then the quote
+
+
+class DocstringQuote:
+    """The rule that a docstring quoted after "docstring says" (reads, states; 文档字符串说) in
+    double quotes is a docstring of the files' functions, its first line as Python reads it:
+    that of the function the line named last before it ("function `scale`", 函数 `scale`) where
+    that one has a docstring, else any function's. So a small model that found the right
+    function does not quote its docstring from memory ("Return sall numbers in numbers."); what
+    it says of it stays its own. Files with no docstrings hold nothing."""
+
+    def __init__(self, files: Iterable[tuple[str, str]]):
+        self.docs: dict[bytes, set[bytes]] = {}  # function name -> its docstring's first line, closed
+        for f in functions(files):
+            first = f.doc.strip().split("\n", 1)[0].strip()
+            if first and f.name.isascii():
+                self.docs.setdefault(f.name.encode("ascii"), set()).add(first.encode("utf-8") + b'"')
+        self.any = set().union(*self.docs.values())
+
+    def __call__(self, line: bytes, complete: bool) -> bool:
+        if not self.any:
+            return True
+        for m in _DOC_QUOTE.finditer(line):
+            named = [_LEAD.match(f.group(1)).group() for f in _FUNCTION_SPAN.finditer(line, 0, m.start()) if f.group(2)]
+            allowed = self.docs.get(named[-1], self.any) if named else self.any
+            said = line[m.end():]
+            if not any(said.startswith(doc) or (not complete and doc.startswith(said)) for doc in allowed):
+                return False
+        return True
+
+
 class AnswerCode:
     """The rule on the answer (module docstring); the thinking, up to ``</think>``, is free and
     its backtick spans are remembered. ``thinking``: the output starts inside the thinking (the
@@ -186,6 +228,7 @@ class AnswerCode:
         self.fenced = False  # inside a fenced code block of the answer
         lines = [line.encode("utf-8") for _, text in files for line in text.splitlines()]
         self.lines = lines
+        self.by_number = lines_by_number(files)
         self.spans = {line.strip() for line in lines} | {line.split(b"#")[0].strip() for line in lines}
         self.spans.discard(b"")  # a line's code, with or without its comment
         self.spans.update(name.encode("ascii") for name in known_names(files))
@@ -202,6 +245,7 @@ class AnswerCode:
         parts = _TICKS.split(thought)
         if len(parts) > 2:
             self.spans.update(p for p in parts[1:len(parts) - 1:2] if p)
+            self.spans.update(finding_changes(thought, self.by_number))  # the line it found, as it should be
             self.sorted = None
         if answer.lstrip().startswith(b"```"):
             self.fenced = not self.fenced
@@ -268,20 +312,22 @@ class ChangeFollowsFinding:
     """The rule that a change stated after a finding makes the change the finding names. A
     finding is a thinking line "Line K … `W` … `R`" (what is wrong, then what it should be:
     "Line 7 uses `+` where the docstring needs `-`"), and W is code that line K of a file has,
-    where there is a line K. After it, a change stated as "from `X`" (also "Change `X`", "第 K
+    where there is a line K; R is not W, and is of the kind the finding's words name
+    (`finding_rights`). After it, a change stated as "from `X`" (also "Change `X`", "第 K
     行 `X`") is a change of line K: X is line K of a file (its code,
     with or without its comment, without the indent) that has W; and in "from `X` to `Y`" (改为)
     Y is X with one W written R. So a small model that finds the wrong operator but then
     writes the line again from memory (`return alpha + beta` to `return as_seconds * beta + 3`)
-    states the change it found; which line, what is wrong and what it should be stay its own. A
-    finding whose W and R are the same, or whose line K no file has with W in it, holds nothing,
-    and everything before a finding is free."""
+    states the change it found; which line, what is wrong and what it should be (among those
+    its words allow) stay its own. A finding whose line K no file has with W in it holds
+    nothing, and everything before a finding is free."""
 
     def __init__(self, files: Iterable[tuple[str, str]], *, thinking: bool):
-        self.by_number: dict[int, list[bytes]] = {}
-        for _, text in files:
-            for n, line in enumerate(numbered_lines(text), 1):
-                self.by_number.setdefault(n, []).append(line.encode("utf-8"))
+        files = list(files)
+        self.by_number = lines_by_number(files)
+        self.names = {name.encode("ascii") for name in known_names(files)}
+        self.numbers = {n for _, text in files for n in re.findall(rb"\d+", text.encode("utf-8"))}
+        self.numbers.update(str(n).encode("ascii") for n in range(11))
         self.thinking = thinking  # in the thinking now
         self.finding: tuple[set[bytes], bytes, bytes] | None = None  # line K's code (each file's), W, R
 
@@ -301,6 +347,9 @@ class ChangeFollowsFinding:
         if m:  # a finding: what is wrong (its first span) is on line K
             lines = self.by_number.get(int(m.group(1)))
             if lines and not any(m.group(2) in text for text in lines):
+                return False
+            said = _FINDING_RIGHT.match(line)
+            if said and not self._right_ok(said, complete):
                 return False
         if self.finding is None:
             return True
@@ -323,6 +372,101 @@ class ChangeFollowsFinding:
             elif not any(change.startswith(said) for change in made):
                 return False
         return True
+
+    def _right_ok(self, said: re.Match, complete: bool) -> bool:
+        """A finding's R (``_FINDING_RIGHT``), closed or on its way: not W, and where the
+        finding's words say what kind of change it is, one of that kind (`finding_rights`)."""
+        wrong, right, closed = said.group(2), said.group(4), bool(said.group(5))
+        rights = finding_rights(wrong, said.group(0)[:said.start(4)], self.names, self.numbers)
+        if closed or complete:
+            return closed and right != wrong and (rights is None or right in rights)
+        return rights is None or any(r.startswith(right) for r in rights)
+
+
+_FINDING_RIGHT = re.compile(rb"^Line (\d+)\b[^`]*`([^`]+)`([^`]*)`([^`]*)(`?)")  # ... its second span, R
+_ORDER = re.compile("\\border\\b|顺序".encode("utf-8"))  # "passes the arguments in the wrong order: `W` should be `R`"
+_ONE_PIECE = re.compile(rb"(?:\buses|\bcompares with) `[^`]*`[^`]*`$")  # "uses `W` where ... `R`", "compares with `W` ..."
+_PIECE = re.compile(rb"\d+|[A-Za-z_]\w*|\*\*|//=?|[-+*/%]=|[<>=!]=|[-+*/%<>]|\"[^\"]*\"|'[^']*'")
+_OPERATORS = [{b"+", b"-", b"*", b"/", b"//", b"%", b"**"}, {b"<", b"<=", b">", b">=", b"==", b"!="},
+              {b"+=", b"-=", b"*=", b"/=", b"//=", b"%="}]
+_KEYWORDS = {k.encode("ascii") for k in keyword.kwlist}
+
+
+def finding_rights(wrong: bytes, before: bytes, names: set[bytes], numbers: set[bytes]) -> set[bytes] | None:
+    """What a finding may say the code ``wrong`` should be, from its words ``before`` its
+    second span; None: anything but ``wrong``. "… wrong order: `W` should be `R`": R is W with
+    the arguments of one of its calls in another order. "uses `W` where … `R`", "compares with
+    `W` …": R is W with one piece written as another of its kind (a name of the files' code, an
+    operator of the same family, a number, a string)."""
+    if _ORDER.search(before):
+        return _reordered_calls(wrong) or None
+    if not _ONE_PIECE.search(before):
+        return None
+    rights = set()
+    for m in _PIECE.finditer(wrong):
+        piece = m.group()
+        if piece[:1].isdigit():
+            others = numbers
+        elif piece[:1] in (b'"', b"'"):
+            others = {piece[:1] * 2, piece[:1] + b" " + piece[:1]}
+        elif piece[:1].isalpha() or piece[:1] == b"_":
+            others = set() if piece in _KEYWORDS else names - _KEYWORDS
+        else:
+            others = next((family for family in _OPERATORS if piece in family), set())
+        rights.update(wrong[:m.start()] + other + wrong[m.end():] for other in others if other != piece)
+    return rights
+
+
+def _reordered_calls(code: bytes) -> set[bytes]:
+    """``code`` (one line) with the positional arguments of one of its calls in another order."""
+    text = code.decode("utf-8", "replace").strip()
+    for source, opened in ((text, 0), (text.rstrip(":") + ":\n    pass", 0), ("(" + text + ")", 1)):
+        try:  # an expression or a statement (a block's first line too: `if f(a, b):`)
+            tree = ast.parse(source)
+            break
+        except SyntaxError:
+            continue
+    else:
+        return set()
+    shift = code.find(text.encode("utf-8")) - opened  # from the source's offsets to the code's
+    made = set()
+    for call in ast.walk(tree):
+        if not isinstance(call, ast.Call) or len(call.args) < 2 or call.keywords or call.lineno != 1 \
+                or any(isinstance(a, ast.Starred) or a.end_lineno != 1 for a in call.args):
+            continue
+        spans = [(a.col_offset + shift, a.end_col_offset + shift) for a in call.args]  # UTF-8 offsets
+        pieces = [code[a:b] for a, b in spans]
+        for order in itertools.permutations(pieces):
+            if list(order) == pieces:
+                continue
+            out, last = [], 0
+            for (a, b), piece in zip(spans, order):
+                out += [code[last:a], piece]
+                last = b
+            made.add(b"".join(out) + code[last:])
+    return made
+
+
+def lines_by_number(files: Iterable[tuple[str, str]]) -> dict[int, list[bytes]]:
+    """Line N of each file (as the prompt numbers them), by N."""
+    by_number: dict[int, list[bytes]] = {}
+    for _, text in files:
+        for n, line in enumerate(numbered_lines(text), 1):
+            by_number.setdefault(n, []).append(line.encode("utf-8"))
+    return by_number
+
+
+def finding_changes(thought: bytes, by_number: dict[int, list[bytes]]) -> set[bytes]:
+    """The code the thinking's findings ("Line K … `W` … `R`", one a line) say line K should
+    be: its code (with or without its comment, without the indent) with one W written R."""
+    made: set[bytes] = set()
+    for line in thought.split(b"\n"):
+        m = _FINDING.match(line)
+        if m:
+            for text in by_number.get(int(m.group(1)), []):
+                for code in {text.strip(), text.split(b"#")[0].strip()}:
+                    made |= _with_one_replaced(code, m.group(2), m.group(3))
+    return made
 
 
 _STATED = re.compile(r"(?:\bfrom|\b[Cc]hange|行) `([^`\n]+)`[ ,]*(?:to|into|改为|改成|->|→) *`([^`\n]+)`")
@@ -360,9 +504,6 @@ class _AllOf:
 def all_of(*rules: LineRule) -> LineRule:
     """A line rule that holds where each of ``rules`` does (and tells each the lines written)."""
     return _AllOf(rules)
-
-
-_DIGITS_SO_FAR = re.compile(rb" *(\d*) ?")  # a numbered line's start, before its " |"
 
 
 class ReadingFocus:
@@ -426,7 +567,7 @@ def line_rules(quotes: Quotes, *, thinking: bool, names: bool) -> LineRule:
     ``names`` (``known_names``) the names in inline code, and the failing tests' focus.
     ``thinking``: the prompt opened the thinking (the reply starts inside it)."""
     rules = [numbered_line_rule(quotes.files), AnswerCode(quotes.files, thinking=thinking),
-             ChangeFollowsFinding(quotes.files, thinking=thinking)]
+             ChangeFollowsFinding(quotes.files, thinking=thinking), DocstringQuote(quotes.files)]
     if names:
         rules.append(inline_names_rule(quotes.files))
     focus = ReadingFocus(quotes.files, quotes.failing, thinking=thinking) if quotes.failing else None

@@ -17,11 +17,12 @@ import torch
 from app import demo
 from app.backends.local import LocalBackend, LocalModel
 from app.config import RoleConfig, Sampling, demo_config, parse_config
+from app.code_map import functions
 from app.config_writer import demo_table
 from app.conversation import Conversation
 from app.errors import ConfigError
-from app.exact_quotes import (AnswerCode, ChangeFollowsFinding, Quotes, all_of, defined_names, inline_names_rule,
-                              known_names, numbered_line_rule, path_words)
+from app.exact_quotes import (AnswerCode, ChangeFollowsFinding, DocstringQuote, Quotes, all_of, defined_names,
+                              finding_rights, inline_names_rule, known_names, numbered_line_rule, path_words)
 from app.prompts import numbered_lines
 from app.workspace import Workspace
 from local_engine.constraint import LineConstraint, pick_allowed
@@ -220,6 +221,85 @@ def test_a_change_stated_after_a_finding_is_the_change_the_finding_names():
         other = ChangeFollowsFinding([("calc.py", SCALE)], thinking=True)
         wrote(other, finding + b"\n")  # W the same as R, or a W line 6 has not: it holds nothing
         assert other(b"Change `return a + b + b` to `return zz`", True)
+
+
+HALF = ('def quot(top, bottom):\n    """Return top // bottom."""\n    return top // bottom\n\n\n'
+        'def half_of(e):\n    """Return half of e."""\n    return quot(2, e)  # halve\n\n\n'
+        'def peak(xs):\n    """Return the largest of xs."""\n    best = xs[0]\n    for x in xs:\n        if x < best:\n'
+        '            best = x\n    return best\n')
+
+
+def test_a_finding_says_code_of_the_kind_its_words_name():
+    """R is never W; "wrong order": R is W with one call's arguments in another order; "uses `W`
+    where … `R`", "compares with `W` …": W with one piece written as another of its kind; other
+    words (off by one, the accumulator) leave R free but for W."""
+    names, numbers = {b"top", b"bottom", b"e", b"quot", b"best", b"x", b"xs"}, {b"0", b"1", b"2"}
+    order = b"Line 8 passes the arguments in the wrong order: `quot(2, e)` should be `"
+    assert finding_rights(b"quot(2, e)", order, names, numbers) == {b"quot(e, 2)"}
+    assert finding_rights(b"return quot(2, e)", order, names, numbers) == {b"return quot(e, 2)"}
+    assert finding_rights(b"f(a, g(b, c))", order, names, numbers) == {b"f(g(b, c), a)", b"f(a, g(c, b))"}
+    assert finding_rights(b"f(a, b, c)", order, names, numbers) == {
+        b"f(a, c, b)", b"f(b, a, c)", b"f(b, c, a)", b"f(c, a, b)", b"f(c, b, a)"}
+    assert finding_rights(b"best", order, names, numbers) is None  # no call to reorder: free
+    uses = b"Line 3 uses `+` where the docstring needs `"
+    assert finding_rights(b"+", uses, names, numbers) == {b"-", b"*", b"/", b"//", b"%", b"**"}
+    compares = b"Line 13 compares with `<` where the docstring needs `"
+    assert finding_rights(b"<", compares, names, numbers) == {b"<=", b">", b">=", b"==", b"!="}
+    assert finding_rights(b"+=", b"Line 4 uses `+=` where it should use `", names, numbers) == {
+        b"-=", b"*=", b"/=", b"//=", b"%="}
+    name = finding_rights(b"return best", b"Line 15 uses `return best` where it should use `", names, numbers)
+    assert b"return xs" in name and b"return best" not in name and b"return x2" not in name
+    assert not any(r.startswith(b"quot ") or b"return return" in r for r in name)  # a keyword stays
+    assert b"x * 2" in finding_rights(b"x * 1", uses, names, numbers)  # a number for a number
+    assert b"x * e" not in finding_rights(b"x * 1", uses, names, numbers)  # not a name for it
+    start = finding_rights(b's = " "', uses, names, numbers)
+    assert b's = ""' in start and b'x = " "' in start and b"s = x" not in start  # a string for a string
+    off = b"Line 11 is off by one: `range(1, n)` should be `"
+    assert finding_rights(b"range(1, n)", off, names, numbers) is None
+
+
+def test_a_finding_line_s_second_span_is_what_its_words_allow_and_never_its_first():
+    rule = ChangeFollowsFinding([("half.py", HALF)], thinking=True)
+    for line, complete, want in [
+        (b"Line 8 passes the arguments in the wrong order: `quot(2, e)` should be `quot(e, 2)`.", True, True),
+        (b"Line 8 passes the arguments in the wrong order: `quot(2, e)` should be `quot(e,", False, True),
+        (b"Line 8 passes the arguments in the wrong order: `quot(2, e)` should be `quot(e, 10", False, False),
+        (b"Line 8 passes the arguments in the wrong order: `quot(2, e)` should be `quot(e, 2)", True, False),  # open
+        (b"Line 15 uses `x < best` where the docstring needs `x > best`.", True, True),
+        (b"Line 15 compares with `<` where the docstring needs `>=`. This is the bug.", True, True),
+        (b"Line 15 compares with `<` where the docstring needs `<`.", True, False),  # R is W
+        (b"Line 15 compares with `<` where the docstring needs `+`.", True, False),  # not a comparison
+        (b"Line 17 uses `return best` where it should use `return best`.", True, False),
+        (b"Line 17 uses `return best` where it should use `return xs`.", True, True),
+        (b"Line 17 uses `return best` where it should use `return xs 6`.", True, False),
+        (b"Line 13 is off by one: `xs[0]` should be `xs[1]`.", True, True),  # free but for W
+        (b"Line 13 is off by one: `xs[0]` should be `xs[0]`.", True, False),
+    ]:
+        assert rule(line, complete) is want, line
+    answer = AnswerCode([("half.py", HALF)], thinking=True)  # the line the finding names, as it should be,
+    wrote(answer, b"Line 8 passes the arguments in the wrong order: `quot(2, e)` should be `quot(e, 2)`. Oops\n")
+    wrote(answer, b"</think>")  # may be restated, with or without its comment, though the thinking never wrote it
+    for span in (b"return quot(e, 2)", b"return quot(e, 2)  # halve"):
+        assert answer(b"1. Change line 8 from `return quot(2, e)` to `" + span + b"`.", True)
+    assert not answer(b"1. Change line 8 from `return quot(2, e)` to `return quot(e, 3)`.", True)
+
+
+def test_a_quoted_docstring_is_the_named_function_s_or_else_one_the_files_have():
+    rule = DocstringQuote([("half.py", HALF), ("notes.md", "no code")])
+    for line, complete, want in [
+        (b'The docstring says "Return half of e.", but `return quot(2, e)` passes', True, True),
+        (b'The docstring says "Return hal', False, True),
+        (b'The docstring says "Return sall numbers', False, False),  # from memory
+        (b'The docstring says "Return half of e.', True, False),  # left open
+        (b'**Bug:** function `half_of`, line 8. The docstring says "Return half of e."', True, True),
+        (b'**Bug:** function `half_of`, line 8. The docstring says "Return top // bottom."', True, False),  # quot\'s
+        (b'**Bug:** function `nowhere`, line 8. The docstring says "Return top // bottom."', True, True),
+        ('**错误：** 函数 `peak`，第 17 行。文档字符串说 "Return the largest of xs."，但'.encode(), True, True),
+        ('**错误：** 函数 `peak`，第 17 行。文档字符串说 "Return half'.encode(), False, False),
+        (b"The docstring says that it halves e.", True, True),  # no quote: free
+    ]:
+        assert rule(line, complete) is want, line
+    assert DocstringQuote([("a.py", "x = 1\n")])(b'The docstring says "anything"', True)  # no docstrings: free
 
 
 @pytest.fixture(scope="module")
@@ -503,10 +583,36 @@ def test_the_demo_reasoner_s_plan_changes_a_line_the_file_has_into_another_only_
     never = re.compile(rb"(?!)")
     monkeypatch.setattr(exact_quotes, "_FROM", never)
     monkeypatch.setattr(exact_quotes, "_TO", never)
+    monkeypatch.setattr(ChangeFollowsFinding, "__call__", lambda self, line, complete: True)  # it holds "from `X`" too
     assert wrong_changes()[0] >= 1
 
 
 FINDING = re.compile(r"^Line (\d+)\b[^`]*`([^`]+)`[^`]*`([^`]+)`", re.M)
+
+
+def failing_in(module, tmp_path) -> frozenset[str]:
+    """The functions the module's own tests, run for real, fail in (as `duet run` finds them
+    for its first plan)."""
+    from app.conversation.verify import failing_functions
+
+    (tmp_path / module.path).write_text(module.source, encoding="utf-8")
+    (tmp_path / module.test_path).write_text(module.test_source, encoding="utf-8")
+    ran = subprocess.run([sys.executable, module.test_path], cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode != 0
+    return failing_functions(ran.stderr, [(module.path, module.source)], reach=False)
+
+
+def _focused_replies(model, rc, cases, tmp_path):
+    """(module, thinking, answer) for each held-out case, greedy, as `duet run` asks after the
+    tests (the design template, the reading focused on the functions they fail in)."""
+    held = dataclasses.replace(rc, known_names=True, exact_quotes=True)
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=900)
+    for module, request in cases:
+        events = list(LocalBackend(held, model).stream(
+            [ChatMessage("user", reasoner_prompt(module, request, "design"))], greedy,
+            quotes_from=Quotes(((module.path, module.source),), failing_in(module, tmp_path))))
+        yield (module, "".join(e.text for e in events if isinstance(e, ThinkingDelta)),
+               "".join(e.text for e in events if isinstance(e, AnswerDelta)))
 
 
 def test_the_demo_reasoner_s_plan_states_the_change_its_finding_names_only_under_the_rule(reasoner, monkeypatch,
@@ -518,18 +624,11 @@ def test_the_demo_reasoner_s_plan_states_the_change_its_finding_names_only_under
     beta` to `return as_seconds * beta + 3`), and states the module's fix on fewer."""
     rc, model = reasoner
     demo_eval.STYLE = "heldout"
-    held = dataclasses.replace(rc, known_names=True, exact_quotes=True)
-    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=900)
-    cases = [(m, r, failing_in(m, tmp_path)) for m, r in demo_eval.heldout_cases(12, 8)]
+    cases = demo_eval.heldout_cases(12, 8)
 
     def plans():
         right = astray = followed = 0
-        for module, request, failing in cases:
-            events = list(LocalBackend(held, model).stream(
-                [ChatMessage("user", reasoner_prompt(module, request, "design"))], greedy,
-                quotes_from=Quotes(((module.path, module.source),), failing)))
-            thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
-            answer = "".join(e.text for e in events if isinstance(e, AnswerDelta))
+        for module, thinking, answer in _focused_replies(model, rc, cases, tmp_path):
             right += (module.bad_line.strip(), module.good_line.strip()) in stated_changes(answer)
             finding = FINDING.search(thinking)
             if finding is None:
@@ -549,18 +648,6 @@ def test_the_demo_reasoner_s_plan_states_the_change_its_finding_names_only_under
     monkeypatch.setattr(ChangeFollowsFinding, "__call__", lambda self, line, complete: True)
     free_right, free_astray, _ = plans()
     assert free_astray >= 2 and right >= free_right + 2, (right, free_right, free_astray)
-
-
-def failing_in(module, tmp_path) -> frozenset[str]:
-    """The functions the module's own tests, run for real, fail in (as `duet run` finds them
-    for its first plan)."""
-    from app.conversation.verify import failing_functions
-
-    (tmp_path / module.path).write_text(module.source, encoding="utf-8")
-    (tmp_path / module.test_path).write_text(module.test_source, encoding="utf-8")
-    ran = subprocess.run([sys.executable, module.test_path], cwd=tmp_path, capture_output=True, text=True)
-    assert ran.returncode != 0
-    return failing_functions(ran.stderr, [(module.path, module.source)], reach=False)
 
 
 def test_after_failing_tests_the_demo_reasoner_reads_on_to_the_function_they_fail_in(reasoner, tmp_path):
@@ -586,6 +673,57 @@ def test_after_failing_tests_the_demo_reasoner_reads_on_to_the_function_they_fai
                 assert named and named <= failing, (answer, failing)
             right[way] += named == {module.func.name}
     assert right["focused"] >= right["free"] + 3, right
+
+
+def test_the_demo_reasoner_quotes_the_docstring_the_file_has_only_under_the_rule(reasoner, monkeypatch, tmp_path):
+    """On held-out modules every docstring its answer quotes is the one the function it names
+    has; without `DocstringQuote` it writes most of them from memory ("Return sall numbers in
+    numbers.")."""
+    import app.exact_quotes as exact_quotes
+
+    rc, model = reasoner
+    demo_eval.STYLE = "heldout"
+    cases = demo_eval.heldout_cases(6, 8)
+
+    def quotes():
+        right = wrong = 0
+        for module, _, answer in _focused_replies(model, rc, cases, tmp_path):
+            docs = {f.name: f.doc for f in functions([(module.path, module.source)])}
+            for name, quoted in re.findall(r'(?:function|函数) `(\w+)`[^"\n]*?(?:docstring says|文档字符串说) "([^"\n]*)"', answer):
+                ok = quoted == docs.get(name)
+                right, wrong = right + ok, wrong + (not ok)
+        return right, wrong
+
+    right, wrong = quotes()
+    assert right >= 4 and wrong == 0, (right, wrong)
+    monkeypatch.setattr(exact_quotes.DocstringQuote, "__call__", lambda self, line, complete: True)
+    assert quotes()[1] >= 3
+
+
+def test_the_demo_reasoner_s_swapped_arguments_are_the_call_s_own_only_under_the_rule(reasoner, monkeypatch, tmp_path):
+    """On held-out modules whose bug is a swapped call, the finding's fix is the call with its
+    arguments in another order; without the rule the demo reasoner writes one from memory
+    (`quot(2, e)` "should be" `quot(e, 10)`)."""
+    rc, model = reasoner
+    demo_eval.STYLE = "heldout"
+    cases = [case for case in demo_eval.heldout_cases(24, 8) if case[0].mutation.kind == "swapped_args"]
+    assert len(cases) == 4
+
+    def findings():
+        reordered = other = 0
+        for module, thinking, _ in _focused_replies(model, rc, cases, tmp_path):
+            found = re.search(r"^Line \d+ [^`\n]*order[^`\n]*`([^`\n]+)`[^`\n]*`([^`\n]+)`", thinking, re.M)
+            if found:
+                call = re.compile(r"(\w+)\((.*)\)")
+                (f, was), (g, now) = call.search(found.group(1)).groups(), call.search(found.group(2)).groups()
+                same = f == g and was != now and sorted(was.split(", ")) == sorted(now.split(", "))
+                reordered, other = reordered + same, other + (not same)
+        return reordered, other
+
+    reordered, other = findings()
+    assert reordered >= 3 and other == 0, (reordered, other)
+    monkeypatch.setattr(ChangeFollowsFinding, "_right_ok", lambda self, said, complete: True)
+    assert findings()[1] >= 2
 
 
 def test_the_demo_reasoner_reads_held_out_modules_back_exactly_only_under_the_rule(reasoner):

@@ -24,6 +24,7 @@ def test_the_code_map_knows_each_function_s_lines_and_calls_and_what_a_name_reac
     assert set(fs) == {"area", "double_area", "volume", "unused"}  # not Markdown, not a file that does not parse
     assert (fs["area"].first, fs["area"].last) == (1, 3) and (fs["volume"].first, fs["volume"].last) == (12, 13)
     assert fs["double_area"].calls == {"area"} and fs["unused"].calls == frozenset()
+    assert fs["area"].doc == "Return w times h." and fs["unused"].doc == ""
     assert [f.name for f in reached(["double_area"], [("shapes.py", SHAPES)])] == ["area", "double_area"]
     assert reached(["print", "nothing"], [("shapes.py", SHAPES)]) == []
 
