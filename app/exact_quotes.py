@@ -302,6 +302,11 @@ def _code(span: bytes) -> bytes:
     return span.split(b"#")[0].strip()
 
 
+def code(line: str) -> str:
+    """A line's code, as changes are compared: without its ``#`` comment and indent."""
+    return line.split("#")[0].strip()
+
+
 _FINDING = re.compile(rb"^Line (\d+)\b[^`]*`([^`]+)`[^`]*`([^`]+)`")  # "Line 7 uses `+` where the docstring needs `-`"
 _FINDING_OPEN = re.compile(rb"^Line (\d+)\b[^`]*`([^`]*)")  # a finding's first span, open or closed
 _CHANGE_FROM = re.compile("(?:\\b[Cc]hange|\\bfrom|行) `([^`]*)(`?)".encode("utf-8"))  # "from `X`"
@@ -322,9 +327,11 @@ class ChangeFollowsFinding:
     its words allow) stay its own. A finding whose line K no file has with W in it holds
     nothing, and everything before a finding is free."""
 
-    def __init__(self, files: Iterable[tuple[str, str]], *, thinking: bool):
+    def __init__(self, files: Iterable[tuple[str, str]], *, thinking: bool,
+                 failed: Iterable[tuple[str, str]] = ()):
         files = list(files)
         self.by_number = lines_by_number(files)
+        self.failed = set(failed)  # changes (X, Y: code) that failed the tests: not found again
         self.names = {name.encode("ascii") for name in known_names(files)}
         self.numbers = {n for _, text in files for n in re.findall(rb"\d+", text.encode("utf-8"))}
         self.numbers.update(str(n).encode("ascii") for n in range(11))
@@ -376,11 +383,21 @@ class ChangeFollowsFinding:
     def _right_ok(self, said: re.Match, complete: bool) -> bool:
         """A finding's R (``_FINDING_RIGHT``), closed or on its way: not W, and where the
         finding's words say what kind of change it is, one of that kind (`finding_rights`)."""
-        wrong, right, closed = said.group(2), said.group(4), bool(said.group(5))
+        k, wrong, right, closed = int(said.group(1)), said.group(2), said.group(4), bool(said.group(5))
         rights = finding_rights(wrong, said.group(0)[:said.start(4)], self.names, self.numbers)
+        if rights is not None and self.failed:
+            rights = {r for r in rights if not self._failed(k, wrong, r)}
         if closed or complete:
-            return closed and right != wrong and (rights is None or right in rights)
+            return closed and right != wrong and (rights is None or right in rights) and not self._failed(k, wrong, right)
         return rights is None or any(r.startswith(right) for r in rights)
+
+    def _failed(self, k: int, wrong: bytes, right: bytes) -> bool:
+        """Every change a finding of line K (W, R) names is one that failed the tests."""
+        if not self.failed:
+            return False
+        made = {(code(c.decode("utf-8", "replace")), code(y.decode("utf-8", "replace")))
+                for c in self.by_number.get(k, []) for y in _with_one_replaced(c.strip(), wrong, right)}
+        return bool(made) and made <= self.failed
 
 
 _FINDING_RIGHT = re.compile(rb"^Line (\d+)\b[^`]*`([^`]+)`([^`]*)`([^`]*)(`?)")  # ... its second span, R
@@ -555,10 +572,13 @@ class ReadingFocus:
 class Quotes:
     """What a reply's lines are held to (``exact_quotes``): the files its prompt numbers, and
     ``failing``, the functions a failing test run before it reaches (empty: none ran, or it
-    reached none), on which its reading is focused (`ReadingFocus`)."""
+    reached none), on which its reading is focused (`ReadingFocus`); and ``failed``, the changes
+    plans before it stated that were applied and failed the tests, which its finding does not
+    name again (`ChangeFollowsFinding`)."""
 
     files: tuple[tuple[str, str], ...]
     failing: frozenset[str] = frozenset()
+    failed: frozenset[tuple[str, str]] = frozenset()  # changes (X, Y: code) tried, that failed the tests
 
 
 def line_rules(quotes: Quotes, *, thinking: bool, names: bool) -> LineRule:
@@ -567,7 +587,7 @@ def line_rules(quotes: Quotes, *, thinking: bool, names: bool) -> LineRule:
     ``names`` (``known_names``) the names in inline code, and the failing tests' focus.
     ``thinking``: the prompt opened the thinking (the reply starts inside it)."""
     rules = [numbered_line_rule(quotes.files), AnswerCode(quotes.files, thinking=thinking),
-             ChangeFollowsFinding(quotes.files, thinking=thinking), DocstringQuote(quotes.files)]
+             ChangeFollowsFinding(quotes.files, thinking=thinking, failed=quotes.failed), DocstringQuote(quotes.files)]
     if names:
         rules.append(inline_names_rule(quotes.files))
     focus = ReadingFocus(quotes.files, quotes.failing, thinking=thinking) if quotes.failing else None

@@ -56,6 +56,7 @@ class Turn:
     author: str = "you"  # who asked: the user, or Duet itself ("duet → coder · test fix 1 of 2")
     failure: str = ""  # tests that fail before it is asked: the command and its trimmed output
     failing: frozenset[str] = frozenset()  # the functions that failure reaches (exact_quotes focuses on them)
+    failed_changes: frozenset[tuple[str, str]] = frozenset()  # a re-plan's: changes (X, Y) tried that failed the tests
     retry: bool = False  # asked again, sampled (a retry, a re-plan, a plan handed off before)
     role_cfg: RoleConfig = field(init=False)
     prompt: str = field(init=False)  # the user message text the model gets
@@ -102,13 +103,14 @@ class Turn:
 
     def quotes_from(self):
         """What this reply's lines are held to (``exact_quotes``): the files the prompt shows
-        numbered, and the functions failing tests reach (an app.exact_quotes.Quotes); else None."""
+        numbered, the functions failing tests reach and the changes that failed them (an
+        app.exact_quotes.Quotes); else None."""
         from app.exact_quotes import Quotes
         from app.prompts import numbers_files
 
         if not (self.role_cfg.exact_quotes and self.files and numbers_files(self.route.role)):
             return None
-        return Quotes(tuple((path, text) for path, text in self.files), self.failing)
+        return Quotes(tuple((path, text) for path, text in self.files), self.failing, self.failed_changes)
 
     def events(self, cancel: threading.Event | None = None, *, backend=None) -> Iterator[Event]:
         """Stream the answer; the last event is one Done or Failed. Recorded as it streams."""

@@ -140,3 +140,43 @@ def test_a_re_plan_after_test_first_reads_toward_the_latest_failure(tmp_path):
             assert again.failing == {"double_area", "area"}  # what the latest failure reaches
             assert "fails now" not in again.prompt  # with history the re-plan request holds it; without, none
             assert ("double_area(2, 3)" in again.prompt) is history
+
+
+def test_a_re_plan_does_not_find_again_a_change_that_was_applied_and_failed(tmp_path):
+    """A plan says "change line 3 from `return w + h` to `return w - h`", the coder writes that
+    line, the tests fail: the re-plan's finding may not name that change again (another piece
+    for `+` is still its own), and a change the coder never wrote is not counted as tried."""
+    import dataclasses
+
+    from app.config import WorkspaceConfig
+    from app.conversation import Conversation
+    from app.workspace import Workspace
+    from tests.sse_server import ScriptedServer, reasoner_reply, text_reply
+    from tests.tui_support import server_config
+
+    (tmp_path / "shapes.py").write_text(SHAPES)
+    (tmp_path / "test_shapes.py").write_text("from shapes import area\n\nassert area(2, 3) == 6\n")
+    plan = "1. In `shapes.py`, function `area`, change line 3 from `return w + h` to `return w - h`."
+    minus = "shapes.py\n<<<<<<< SEARCH\n    return w + h\n=======\n    return w - h\n>>>>>>> REPLACE\n"
+    other = "shapes.py\n<<<<<<< SEARCH\n    return w + h\n=======\n    return h + w + 0\n>>>>>>> REPLACE\n"
+    test = f"{sys.executable} test_shapes.py"
+    for coder, tried in ((minus, {("return w + h", "return w - h")}), (other, set())):
+        with ScriptedServer(reasoner_reply("t", plan), models=("scripted-model",)) as server:
+            config = server_config(server.base_url)
+            config = dataclasses.replace(config, workspace=WorkspaceConfig(test=test, test_first=True))
+            ws = Workspace(tmp_path)
+            ws.context.add("shapes.py")
+            conv = Conversation(config, workspace=ws, save=False, test_command=test, rounds=1)
+            list(conv.run(conv.prepare("fix the bug in shapes.py", "reasoner", intent="design")))
+            server.enqueue(text_reply(coder))
+            list(conv.run(conv.prepare_handoff("fix the bug in shapes.py"), approve=lambda c: c))
+            assert not conv.attempts.test.passed and conv.attempts.failed == tried
+            conv.undo_attempt()
+            again = conv.prepare_replan().turn
+            assert again.failed_changes == tried  # (what its exact_quotes hold, with a local reasoner)
+    files = (("shapes.py", SHAPES),)
+    rules = line_rules(Quotes(files, failed=frozenset({("return w + h", "return w - h")})), thinking=True, names=True)
+    finding = b"Line 3 uses `+` where the docstring needs `"
+    assert not rules(finding + b"-`.", True) and rules(finding + b"*`.", True)
+    assert not rules(finding + b"-", False) and rules(finding + b"*", False)
+    assert line_rules(Quotes(files), thinking=True, names=True)(finding + b"-`.", True)  # a first plan's: free

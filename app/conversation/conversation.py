@@ -167,6 +167,7 @@ class Conversation:
         routed = self.prepare(text, "reasoner", intent=self.attempts.intent, sampling=sampling,
                               history=self.attempts.history, author=author)
         self._replan_turn = routed.turn
+        routed.turn.failed_changes = frozenset(self.attempts.failed)
         failed = next((t for t in (self.attempts.test, self._before) if t is not None and t.status == "failed"), None)
         if self.config.workspace.test_first and failed is not None:  # the latest failure (of the last plan's
             # change, else from before the plan): in the prompt unless the re-plan request has it already
@@ -335,7 +336,7 @@ class Conversation:
                 return
             applied_any = True
             if self.attempts is not None:
-                self.attempts.applied = True
+                self.attempts.applied_edits(accepted)
             if self.store is not None and source.result.message_id is not None:
                 self.store.record_applied(source.result.message_id, accepted.summary())
             yield ChangeApplied(accepted, applied, number)
@@ -440,7 +441,7 @@ class Conversation:
         result = run_tests(command, self.workspace.root, timeout=self.test_timeout, cancel=cancel)
         if number > 0:  # a run before a plan (round 0) is no plan's, and is recorded with its reply (`run`)
             if self.attempts is not None:
-                self.attempts.test = result
+                self.attempts.tested(result)
             self._record_test(result, number, message_id)
         yield TestFinished(number, result)
         return result

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 from app.config import Sampling
 from app.conversation.verify import TestResult, failure_summary
+from app.exact_quotes import code, stated_changes
 from app.prompts import replan_request
+from app.workspace.changeset import ChangeSet
 from vocab.messages import ChatMessage
 
 RETRY_TEMPERATURE = 0.7  # a retry (re-plan, hand-off again, test retry) of a greedy model (top-p 0.95)
@@ -37,6 +39,12 @@ class Attempts:
     test: TestResult | None = None  # the latest plan's last test run
     applied: bool = False  # the latest plan's change is in the files
     repeated: bool = False  # the latest re-plan gave a plan already tried
+    written: frozenset[str] = frozenset()  # the lines (code, stripped) the latest plan's applied edits wrote
+    failed: set[tuple[str, str]] = field(default_factory=set)  # changes (X, Y) the plans stated, applied, failed
+    latest: str = field(init=False)  # the plan tried last (a new one, or one tried before)
+
+    def __post_init__(self) -> None:
+        self.latest = self.tried[-1] if self.tried else ""
 
     def add(self, plan: str) -> None:
         """A re-plan's answer: a new plan, or one already tried (listed once; it is tried again)."""
@@ -44,7 +52,22 @@ class Attempts:
         self.repeated = any(" ".join(t.split()) == words for t in self.tried)
         if not self.repeated:
             self.tried.append(plan)
-        self.test, self.applied = None, False
+        self.latest, self.test, self.applied, self.written = plan, None, False, frozenset()
+
+    def applied_edits(self, changes: ChangeSet) -> None:
+        """The latest plan's change is in the files: ``changes``, as applied."""
+        self.applied = True
+        self.written |= {code(line) for e in changes.edits
+                         for line in set(e.after.decode("utf-8", "replace").splitlines())
+                         - set((e.before or b"").decode("utf-8", "replace").splitlines())}
+
+    def tested(self, result: TestResult) -> None:
+        """The latest plan's tests ran: where they failed, each change its plan stated whose new
+        line its applied edits wrote is one that does not work (``failed``: a re-plan's finding
+        does not name it again, `app.exact_quotes.ChangeFollowsFinding`)."""
+        self.test = result
+        if result.status == "failed" and self.applied:
+            self.failed |= {(code(x), code(y)) for x, y in stated_changes(self.latest) if code(y) in self.written}
 
     def request_text(self, with_history: bool, reasons=()) -> str:
         """What the re-plan asks: the request alone without history; else the request, the plans
