@@ -61,8 +61,11 @@ _DIGITS_SO_FAR = re.compile(rb" *(\d*) ?")  # a numbered line's start, before it
 LineRule = Callable[[bytes, bool], bool]  # may also have ``wrote(line)``: told each line once it is written
 THINK, END_THINK = b"<think>", b"</think>"
 _THINK_TAGS = re.compile(rb"(</?think>)")
-_FROM = re.compile("(?:\\bfrom|\\b[Cc]hange|行) ?$".encode("utf-8"))  # before a span: the code as it is now
-_TO = re.compile("[ ,]*(?:to|into|改为|改成|->|→) *".encode("utf-8"))  # between two spans: what it becomes
+# The words of a stated change, "from `X` to `Y`" ("Change `X` to `Y`", "把第 K 行 `X` 改为 `Y`"):
+_FROM_WORDS = r"(?:\bfrom|\b[Cc]hange|行)"  # before X: the code as it is now
+_TO_WORDS = r"[ ,]*(?:to|into|改为|改成|->|→) *"  # between X and Y: what it becomes
+_FROM = re.compile((_FROM_WORDS + " ?$").encode("utf-8"))
+_TO = re.compile(_TO_WORDS.encode("utf-8"))
 
 
 def numbered_line_rule(files: Iterable[tuple[str, str]]) -> LineRule:
@@ -309,8 +312,8 @@ def code(line: str) -> str:
 
 _FINDING = re.compile(rb"^Line (\d+)\b[^`]*`([^`]+)`[^`]*`([^`]+)`")  # "Line 7 uses `+` where the docstring needs `-`"
 _FINDING_OPEN = re.compile(rb"^Line (\d+)\b[^`]*`([^`]*)")  # a finding's first span, open or closed
-_CHANGE_FROM = re.compile("(?:\\b[Cc]hange|\\bfrom|行) `([^`]*)(`?)".encode("utf-8"))  # "from `X`"
-_CHANGE_TO = re.compile("[ ,]*(?:to|into|改为|改成|->|→) *`([^`]*)(`?)".encode("utf-8"))  # then " to `Y`"
+_CHANGE_FROM = re.compile((_FROM_WORDS + " `([^`]*)(`?)").encode("utf-8"))  # "from `X`", closed or on its way
+_CHANGE_TO = re.compile((_TO_WORDS + "`([^`]*)(`?)").encode("utf-8"))  # then " to `Y`"
 
 
 class ChangeFollowsFinding:
@@ -486,7 +489,7 @@ def finding_changes(thought: bytes, by_number: dict[int, list[bytes]]) -> set[by
     return made
 
 
-_STATED = re.compile(r"(?:\bfrom|\b[Cc]hange|行) `([^`\n]+)`[ ,]*(?:to|into|改为|改成|->|→) *`([^`\n]+)`")
+_STATED = re.compile(_FROM_WORDS + r" `([^`\n]+)`" + _TO_WORDS + r"`([^`\n]+)`")
 
 
 def stated_changes(text: str) -> list[tuple[str, str]]:
