@@ -305,7 +305,7 @@ def _code(span: bytes) -> bytes:
     return span.split(b"#")[0].strip()
 
 
-def code(line: str) -> str:
+def line_code(line: str) -> str:
     """A line's code, as changes are compared: without its ``#`` comment and indent."""
     return line.split("#")[0].strip()
 
@@ -388,8 +388,8 @@ class ChangeFollowsFinding:
         finding's words say what kind of change it is, one of that kind (`finding_rights`)."""
         k, wrong, right, closed = int(said.group(1)), said.group(2), said.group(4), bool(said.group(5))
         rights = finding_rights(wrong, said.group(0)[:said.start(4)], self.names, self.numbers)
-        if rights is not None and self.failed:
-            rights = {r for r in rights if not self._failed(k, wrong, r)}
+        if rights is not None and self.failed:  # (all of them failed: free, but for those)
+            rights = {r for r in rights if not self._failed(k, wrong, r)} or None
         if closed or complete:
             return closed and right != wrong and (rights is None or right in rights) and not self._failed(k, wrong, right)
         return rights is None or any(r.startswith(right) for r in rights)
@@ -398,7 +398,7 @@ class ChangeFollowsFinding:
         """Every change a finding of line K (W, R) names is one that failed the tests."""
         if not self.failed:
             return False
-        made = {(code(c.decode("utf-8", "replace")), code(y.decode("utf-8", "replace")))
+        made = {(line_code(c.decode("utf-8", "replace")), line_code(y.decode("utf-8", "replace")))
                 for c in self.by_number.get(k, []) for y in _with_one_replaced(c.strip(), wrong, right)}
         return bool(made) and made <= self.failed
 
@@ -434,12 +434,12 @@ def finding_rights(wrong: bytes, before: bytes, names: set[bytes], numbers: set[
         else:
             others = next((family for family in _OPERATORS if piece in family), set())
         rights.update(wrong[:m.start()] + other + wrong[m.end():] for other in others if other != piece)
-    return rights
+    return rights or None
 
 
-def _reordered_calls(code: bytes) -> set[bytes]:
-    """``code`` (one line) with the positional arguments of one of its calls in another order."""
-    text = code.decode("utf-8", "replace").strip()
+def _reordered_calls(span: bytes) -> set[bytes]:
+    """``span`` (one line of code) with the positional arguments of one of its calls in another order."""
+    text = span.decode("utf-8", "replace").strip()
     for source, opened in ((text, 0), (text.rstrip(":") + ":\n    pass", 0), ("(" + text + ")", 1)):
         try:  # an expression or a statement (a block's first line too: `if f(a, b):`)
             tree = ast.parse(source)
@@ -448,22 +448,22 @@ def _reordered_calls(code: bytes) -> set[bytes]:
             continue
     else:
         return set()
-    shift = code.find(text.encode("utf-8")) - opened  # from the source's offsets to the code's
+    shift = span.find(text.encode("utf-8")) - opened  # from the source's offsets to the code's
     made = set()
     for call in ast.walk(tree):
         if not isinstance(call, ast.Call) or len(call.args) < 2 or call.keywords or call.lineno != 1 \
                 or any(isinstance(a, ast.Starred) or a.end_lineno != 1 for a in call.args):
             continue
         spans = [(a.col_offset + shift, a.end_col_offset + shift) for a in call.args]  # UTF-8 offsets
-        pieces = [code[a:b] for a, b in spans]
+        pieces = [span[a:b] for a, b in spans]
         for order in itertools.permutations(pieces):
             if list(order) == pieces:
                 continue
             out, last = [], 0
             for (a, b), piece in zip(spans, order):
-                out += [code[last:a], piece]
+                out += [span[last:a], piece]
                 last = b
-            made.add(b"".join(out) + code[last:])
+            made.add(b"".join(out) + span[last:])
     return made
 
 

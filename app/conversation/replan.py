@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from app.config import Sampling
 from app.conversation.verify import TestResult, failure_summary
-from app.exact_quotes import code, stated_changes
+from app.exact_quotes import line_code, stated_changes
 from app.prompts import replan_request
 from app.workspace.changeset import ChangeSet
 from vocab.messages import ChatMessage
@@ -57,7 +57,7 @@ class Attempts:
     def applied_edits(self, changes: ChangeSet) -> None:
         """The latest plan's change is in the files: ``changes``, as applied."""
         self.applied = True
-        self.written |= {code(line) for e in changes.edits
+        self.written |= {line_code(line) for e in changes.edits
                          for line in set(e.after.decode("utf-8", "replace").splitlines())
                          - set((e.before or b"").decode("utf-8", "replace").splitlines())}
 
@@ -67,7 +67,8 @@ class Attempts:
         does not name it again, `app.exact_quotes.ChangeFollowsFinding`)."""
         self.test = result
         if result.status == "failed" and self.applied:
-            self.failed |= {(code(x), code(y)) for x, y in stated_changes(self.latest) if code(y) in self.written}
+            self.failed |= {(line_code(x), line_code(y)) for x, y in stated_changes(self.latest)
+                            if line_code(y) in self.written}
 
     def request_text(self, with_history: bool, reasons=()) -> str:
         """What the re-plan asks: the request alone without history; else the request, the plans
