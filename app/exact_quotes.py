@@ -375,7 +375,7 @@ class ChangeFollowsFinding:
             to = _CHANGE_TO.match(line, m.end())
             if to is None:
                 continue
-            said, made = to.group(1), _with_one_replaced(was, wrong, right)
+            said, made = to.group(1), self._untried(was, _with_one_replaced(was, wrong, right))
             if to.group(2) or complete:
                 if not to.group(2) or said not in made:
                     return False
@@ -393,6 +393,12 @@ class ChangeFollowsFinding:
         if closed or complete:
             return closed and right != wrong and (rights is None or right in rights) and not self._failed(k, wrong, right)
         return rights is None or any(r.startswith(right) for r in rights)
+
+    def _untried(self, was: bytes, made: set[bytes]) -> set[bytes]:
+        """Of the lines ``was`` may become, those no earlier plan changed it into and failed
+        (all of them where each did)."""
+        key = line_code(was.decode("utf-8", "replace"))
+        return {y for y in made if (key, line_code(y.decode("utf-8", "replace"))) not in self.failed} or made
 
     def _failed(self, k: int, wrong: bytes, right: bytes) -> bool:
         """Every change a finding of line K (W, R) names is one that failed the tests."""

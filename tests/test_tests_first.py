@@ -180,3 +180,11 @@ def test_a_re_plan_does_not_find_again_a_change_that_was_applied_and_failed(tmp_
     assert not rules(finding + b"-`.", True) and rules(finding + b"*`.", True)
     assert not rules(finding + b"-", False) and rules(finding + b"*", False)
     assert line_rules(Quotes(files), thinking=True, names=True)(finding + b"-`.", True)  # a first plan's: free
+    twice = "def f(m, s):\n    return m + 60 + s\n"  # two `+`: the one whose change failed is not stated again
+    rules = line_rules(Quotes((("t.py", twice),), failed=frozenset({("return m + 60 + s", "return m + 60 * s")})),
+                       thinking=True, names=True)
+    for line in (b"Line 2 uses `+` where the docstring needs `*`. This is the bug.", b"</think>"):
+        assert rules(line, True)
+        rules.wrote(line)
+    change = b"1. Change line 2 from `return m + 60 + s` to `return m "
+    assert rules(change + b"* 60 + s`.", True) and not rules(change + b"+ 60 * s`.", True)
