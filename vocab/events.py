@@ -58,6 +58,13 @@ class ModelUnusable(Failed):
     """The configured model could not be loaded: bad model input, not a passing fault."""
 
 
+@dataclass(frozen=True)
+class RequestRefused(Failed):
+    """The server answered the request with an HTTP error (``status``) before any of the answer."""
+
+    status: int = 0
+
+
 Event = ThinkingDelta | AnswerDelta | Usage | Done | Failed
 
 

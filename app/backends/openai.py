@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 
 from app.backends.base import Clock, cancelled, no_exact_quotes, one_line
-from vocab.events import Event, Failed, ServerUnreachable, Usage, piece_events
+from vocab.events import Event, Failed, RequestRefused, ServerUnreachable, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.backends.probe import auth_headers
 from app.config import RoleConfig, Sampling
@@ -98,7 +98,8 @@ class OpenAIBackend:
                         if "stream_options" in message and "stream_options" in body:
                             yield _Retry("")
                             return
-                        yield Failed(self._http_error(response.status_code, message, grammar="grammar" in body))
+                        yield RequestRefused(self._http_error(response.status_code, message, grammar="grammar" in body),
+                                             response.status_code)
                         return
                     if not response.headers.get("content-type", "").startswith("text/event-stream"):
                         yield from self._whole_answer(response, splitter, clock)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import re
 from contextlib import suppress
 from dataclasses import dataclass, replace
 
@@ -22,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app import __version__
-from vocab.events import AnswerDelta, Done, Event, Failed, ThinkingDelta, Usage
+from vocab.events import AnswerDelta, Done, Event, Failed, RequestRefused, ThinkingDelta, Usage
 from app.config import Sampling
 from app.serve.protocol import ApiError, ChatRequest, Completion, OutputRule, parse_chat_request, parse_json
 from app.serve.runner import Job, Runner
@@ -122,7 +121,6 @@ def build_app(runner: Runner, model: ServedModel, *, api_key: str | None = None)
     return _with_server_header(app)
 
 
-UPSTREAM_REFUSED = re.compile(r"answered HTTP (400|422):")  # app.backends.openai's error for a refused request
 WHAT = {"json": "JSON", "json_schema": "a JSON schema", "grammar": "a GBNF grammar"}
 
 
@@ -195,8 +193,8 @@ def _failure(failed: Failed, req: ChatRequest) -> ApiError:
         return ApiError(400, text, param="messages", code="context_length_exceeded")
     if req.output is not None and "grammar:" in text:  # llama.cpp's "the coder's grammar: ..." (unparsable, a reasoner's)
         return ApiError(400, text, param=req.output.param)
-    if req.output is not None and UPSTREAM_REFUSED.search(text):  # the proxied server would not hold it
-        return ApiError(400, text, param=req.output.param)
+    if req.output is not None and isinstance(failed, RequestRefused) and failed.status in (400, 422):
+        return ApiError(400, text, param=req.output.param)  # the proxied server would not hold it
     if text == "the server is shutting down":
         return ApiError(503, text, type="server_error")
     return ApiError(500, text, type="server_error")
