@@ -16,8 +16,8 @@ import torch
 
 from app import demo
 from app.backends.local import LocalBackend, LocalModel
-from app.config import RoleConfig, Sampling, demo_config, parse_config
 from app.code_map import functions
+from app.config import RoleConfig, Sampling, demo_config, parse_config
 from app.config_writer import demo_table
 from app.conversation import Conversation
 from app.errors import ConfigError

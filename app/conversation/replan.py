@@ -8,6 +8,9 @@ turns are not in it) with the request followed by the plans tried and the last f
 is off (a small model trained on single requests, which other text only leads astray). A
 reasoner that decodes greedily would give the same plan again, so a re-plan samples it; for the
 same reason a plan handed to the coder again gets a sampled reply (`Conversation.prepare`).
+Sampled, it could still draw a fix that already failed: each change a plan stated ("from `X` to
+`Y`") whose line the applied edits wrote and the tests then failed is kept (``failed``), and a
+re-plan's `exact_quotes` do not let its finding name it again.
 `duet run --replans` and the TUI's ``/replan`` both go through `Conversation.prepare_replan`.
 """
 
