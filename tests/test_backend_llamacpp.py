@@ -77,6 +77,14 @@ def test_a_prompt_longer_than_the_context_fails_naming_the_key(gguf_role):
     assert isinstance(r.end, Failed) and "reasoner.context" in r.end.message and "64" in r.end.message
 
 
+def test_request_fields_meant_for_a_server_are_refused_naming_them(gguf_role):
+    """`duet serve` turns its client's output rule into a grammar for llama.cpp; the fields
+    themselves are a server's (the openai backend's), refused here before anything runs."""
+    r = collect(make_backend(gguf_role("coder")).stream(ASK, GREEDY, output={"response_format": {"type": "json_object"}}))
+    assert isinstance(r.end, Failed) and r.events == [r.end] and "response_format" in r.end.message
+    assert "coder" in r.end.message
+
+
 def test_the_gemma_demo_role_uses_the_packaged_gemma(duet_home):
     close_all()
     try:

@@ -90,6 +90,11 @@ def test_a_prompt_longer_than_the_context_fails_naming_the_key(local_role):
     assert isinstance(r.end, Failed) and "reasoner.context" in r.end.message
 
 
+def test_request_fields_meant_for_a_server_are_refused_naming_them(local_role):
+    r = collect(make_backend(local_role("r1")).stream(ASK, GREEDY, output={"grammar": "root ::= \"x\""}))
+    assert isinstance(r.end, Failed) and r.events == [r.end] and "grammar" in r.end.message
+
+
 def test_duet_ask_json_runs_the_local_engine(checkpoints, tmp_path):
     import json
     import os

@@ -375,7 +375,7 @@ class _LingeringBackend:
 
     label = "lingering"
 
-    def stream(self, messages, sampling, *, cancel=None, grammar=None, quotes_from=None):
+    def stream(self, messages, sampling, *, cancel=None, grammar=None, quotes_from=None, output=None):
         from vocab.events import AnswerDelta, Done
 
         yield AnswerDelta("All done.")

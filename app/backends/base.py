@@ -33,14 +33,17 @@ class Backend(Protocol):
     llama_cpp.server take it), local answers it with Failed. ``quotes_from``
     (`app.exact_quotes.Quotes`: files, and the functions failing tests reach) holds the lines the
     reply writes in the prompt's numbered form to those files' lines; only the local backend
-    does, the others answer it with Failed.
+    does, the others answer it with Failed. ``output`` (request fields that hold the reply:
+    `response_format`, llama.cpp's `grammar`, as `duet serve`'s client sent them) is sent on by
+    openai; the in-process backends answer it with Failed (`duet serve` turns a client's output
+    rule into a ``grammar`` for llama.cpp, and refuses it for the local backend).
     """
 
     label: str
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
                cancel: threading.Event | None = None, grammar: str | None = None,
-               quotes_from: Quotes | None = None) -> Iterator[Event]: ...
+               quotes_from: Quotes | None = None, output: dict | None = None) -> Iterator[Event]: ...
 
     def close(self) -> None: ...
 
@@ -54,6 +57,12 @@ def no_grammar(backend: str, role: str) -> Failed:
 def no_exact_quotes(backend: str, role: str) -> Failed:
     """What a backend that cannot hold quotes to the files answers ``quotes_from`` with."""
     return Failed(f"{role}.exact_quotes: the {backend} backend cannot hold quoted lines to the files; use the local backend or turn it off")
+
+
+def no_output_fields(backend: str, role: str) -> Failed:
+    """What an in-process backend answers request fields meant for a server with."""
+    return Failed(f"{role}: the {backend} backend takes no request fields for its output (response_format, "
+                  "grammar); they go to a server (the openai backend)")
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.backends.base import Clock, cancelled, failed_from, no_exact_quotes
+from app.backends.base import Clock, cancelled, failed_from, no_exact_quotes, no_output_fields
 from vocab.events import Event, Failed, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.config import RoleConfig, Sampling
@@ -183,7 +183,10 @@ class LlamaCppBackend:
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
                cancel: threading.Event | None = None, grammar: str | None = None,
-               quotes_from=None) -> Iterator[Event]:
+               quotes_from=None, output: dict | None = None) -> Iterator[Event]:
+        if output is not None:
+            yield no_output_fields("llama.cpp", self.rc.role)
+            return
         if quotes_from is not None:
             yield no_exact_quotes("llama.cpp", self.rc.role)
             return

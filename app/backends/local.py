@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.backends.base import Clock, cancelled, failed_from, no_grammar
+from app.backends.base import Clock, cancelled, failed_from, no_grammar, no_output_fields
 from app.exact_quotes import line_rules
 from vocab.events import Event, Failed, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
@@ -88,7 +88,10 @@ class LocalBackend:
 
     def stream(self, messages: list[ChatMessage], sampling: Sampling, *,
                cancel: threading.Event | None = None, grammar: str | None = None,
-               quotes_from=None) -> Iterator[Event]:
+               quotes_from=None, output: dict | None = None) -> Iterator[Event]:
+        if output is not None:
+            yield no_output_fields("local", self.rc.role)
+            return
         if grammar is not None:
             yield no_grammar("local", self.rc.role)
             return

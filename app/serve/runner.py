@@ -104,8 +104,8 @@ class Runner:
         cutter = StopCutter(job.stop)
         ended = False
         produced = None
-        extra = {"output": job.output} if job.output else {}  # an openai backend's only
-        stream = self.backend.stream(job.messages, job.sampling, cancel=job.cancel, grammar=job.grammar, **extra)
+        stream = self.backend.stream(job.messages, job.sampling, cancel=job.cancel, grammar=job.grammar,
+                                     output=job.output or None)
         try:
             for event in stream:
                 if isinstance(event, AnswerDelta):
