@@ -87,9 +87,10 @@ class Turn:
         edits and there are workspace files to edit (and new files where the prompt may create
         them: an implementation, tests; ``new_paths`` only, when given), with ``known_names``
         the names of its REPLACE lines held to the prompt's, with ``plan_lines`` its lines to the
-        files' and the plan's code; else None (sampled freely)."""
+        files' and the plan's code and each SEARCH to take in the line the plan's one stated
+        change is about (``plan_target``); else None (sampled freely)."""
         from app.prompts import asks_for_edits  # as build_prompt_text: `duet --help` need not load them
-        from app.workspace.edit_grammar import edit_grammar, held_names, plan_lines
+        from app.workspace.edit_grammar import edit_grammar, held_names, plan_lines, plan_target
 
         asks = asks_for_edits(self.route.role, self.route.intent)
         if not (self.role_cfg.constrain_edits and self.editable and asks):
@@ -99,7 +100,8 @@ class Turn:
             new_files = list(self.new_paths)
         names = held_names(self.files, self.plan) if self.role_cfg.known_names else None  # the prompt's files and plan
         lines = plan_lines(self.files, self.plan) if self.role_cfg.plan_lines and not self.retry else None
-        return edit_grammar(self.editable, new_files=new_files, names=names, lines=lines)
+        covers = plan_target(self.editable, self.plan) if lines is not None else None
+        return edit_grammar(self.editable, new_files=new_files, names=names, lines=lines, covers=covers)
 
     def quotes_from(self):
         """What this reply's lines are held to (``exact_quotes``): the files the prompt shows

@@ -16,7 +16,8 @@ from app.conversation import Conversation
 from app.errors import ConfigError, DuetError
 from app.workspace import Workspace
 from app.workspace.edit_blocks import parse
-from app.workspace.edit_grammar import MAX_LINES, MAX_RUN, _starts, edit_grammar, held_names, plan_lines
+from app.workspace.edit_grammar import (MAX_LINES, MAX_RUN, _starts, edit_grammar, held_names, plan_lines,
+                                        plan_target)
 from tests.sse_server import ScriptedServer, error_reply, text_reply
 from tests.tui_support import server_config
 
@@ -164,7 +165,8 @@ def test_under_plan_lines_every_line_a_sampled_replace_writes_is_a_file_line_or_
                                    sampling=Sampling(temperature=2.0, top_p=1.0, max_tokens=300, seed=seed))
         conv = Conversation(Config(reasoner=role, coder=role), workspace=ws, save=False)
         routed = conv.prepare("Implement the plan.", "coder", plan=plan)
-        assert "lreplace" in routed.turn.grammar()
+        assert routed.turn.grammar() == edit_grammar([("search.py", FIND)], lines=plan_lines([("search.py", FIND)], plan),
+                                                     covers="if arr[k] != needle:")  # its SEARCH takes in line 4
         for _ in routed.turn.events(threading.Event(), backend=LlamaCppBackend(role, model)):
             pass
         assert routed.turn.result.status == "done", routed.turn.result.failed
@@ -332,6 +334,27 @@ def test_the_grammar_takes_blocks_that_apply_and_refuses_the_rest(coder):
         assert accepts(llm, g, block(path, "")), path
     for path in ("calc.py", "odd.py", "src/数据-1.py", "new file.py", "`new.py`", "new.py:", ""):
         assert not accepts(llm, g, block(path, "")), path
+
+
+def test_under_a_plan_s_one_stated_change_each_search_on_its_file_takes_in_that_line(coder):
+    """``covers`` (``plan_target``: the X of a plan's one "from `X` to `Y`", where one line of
+    the files has it): a SEARCH on its file may start above it but must reach it; other files,
+    and a plan that states no change or several, or an X on two lines, hold nothing more."""
+    llm = coder[1].load()
+    files = [("t.py", "def f(m, s):\n    return m + 60 + s\n\n\ndef g(xs):\n    return xs[1:]\n"), ("u.py", "y = 1\n")]
+    plan = "1. In `t.py`, function `f`, change line 2 from `return m + 60 + s` to `return m * 60 + s`."
+    target = plan_target(files, plan)
+    assert target == "return m + 60 + s"
+    g = edit_grammar(files, lines=plan_lines(files, plan), covers=target)
+    for search, want in [("    return m + 60 + s\n", True), ("def f(m, s):\n    return m + 60 + s\n", True),
+                         ("def f(m, s):\n", False), ("    return xs[1:]\n", False), ("def g(xs):\n", False)]:
+        assert accepts(llm, g, block("t.py", search, "    return m * 60 + s\n")) is want, search
+    assert accepts(llm, g, block("u.py", "y = 1\n", "    return m * 60 + s\n"))  # another file: as before
+    assert plan_target(files, "1. Run the tests.") is None
+    assert plan_target(files, plan + " And change `return xs[1:]` to `return xs[2:]`.") is None  # two changes
+    assert plan_target(files, "change `return m + 60 + s` to `return m + 60 + s`") is None  # no change
+    assert plan_target(files + [("v.py", "    return m + 60 + s  # again\n")], plan) is None  # X on two lines
+    assert plan_target(files, plan.replace("`return m + 60 + s`", "`return m + 60 + s  # old`")) == target  # its code
 
 
 def test_under_held_names_a_replace_names_only_the_files_and_the_plans_names(coder):

@@ -130,11 +130,13 @@ class Coder:
         import jinja2
 
         from app.backends.llamacpp import compile_grammar
-        from app.workspace.edit_grammar import edit_grammar, held_names, plan_lines
+        from app.workspace.edit_grammar import edit_grammar, held_names, plan_lines, plan_target
 
         names = held_names(files, plan) if files and self.known_names else None
         lines = plan_lines(files, plan) if files and self.plan_lines else None
-        grammar = compile_grammar(self.llm, edit_grammar(files, names=names, lines=lines), "coder") if files else None
+        covers = plan_target(files, plan) if lines is not None else None
+        grammar = compile_grammar(self.llm, edit_grammar(files, names=names, lines=lines, covers=covers),
+                                  "coder") if files else None
 
         prompt = jinja2.Environment().from_string(self.template).render(
             messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,

@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from app.exact_quotes import known_names, stated_changes
+from app.exact_quotes import known_names, line_code, stated_changes
 
 MAX_LINES = 20000  # lines of all files together (building the grammar takes about a second at this size)
 MAX_RUN = 16  # the most lines a SEARCH may need before it matches one place only
@@ -83,14 +83,28 @@ def plan_lines(files: Iterable[tuple[str, str]], plan: str | None) -> set[str] |
             if line and not line.startswith(_MARKERS) and line not in changed}
 
 
+def plan_target(files: Iterable[tuple[str, str]], plan: str | None) -> str | None:
+    """The line a plan's one stated change is about: the X of its "from `X` to `Y`" (its code:
+    stripped, without a comment), where the plan states one X that is not its Y and one line of
+    the files has that code; else None."""
+    xs = {line_code(x) for x, y in stated_changes(plan or "") if line_code(x) != line_code(y)}
+    if len(xs) != 1:
+        return None
+    x = xs.pop()
+    hits = sum(line_code(line) == x for _, text in files for line in _lines(text))
+    return x if hits == 1 else None
+
+
 def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence[str] = False,
-                 names: Iterable[str] | None = None, lines: Iterable[str] | None = None) -> str | None:
+                 names: Iterable[str] | None = None, lines: Iterable[str] | None = None,
+                 covers: str | None = None) -> str | None:
     """The grammar for a reply that edits ``files`` (``(path, text)`` pairs, as the prompt shows
     them) and creates files (an empty SEARCH): with ``new_files`` True under any other path,
     given paths under those alone (the ones a plan names); None when no file has a line to
     quote or the files are too long to track. With ``names``, the REPLACE lines of blocks on
     ``files`` name only those (``held_names``); with ``lines``, each of those REPLACE lines is,
-    after its indentation, one of them (``plan_lines``) or blank."""
+    after its indentation, one of them (``plan_lines``) or blank; with ``covers`` (the code of
+    one line of the files, ``plan_target``), each SEARCH on that line's file takes it in."""
     named = [(path, _lines(text)) for path, text in files]
     if sum(len(lines) for _, lines in named) > MAX_LINES:
         return None
@@ -109,6 +123,9 @@ def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence
         blocks.append('new "<<<<<<< SEARCH\\n=======\\n" replace')
     for path, lines in named:
         starts = _starts(lines)
+        target = next((i for i, line in enumerate(lines) if line_code(line) == covers), None) if covers else None
+        if target is not None:  # a run that takes in the target line: it starts there or above
+            starts = {s: k for s, k in starts.items() if s <= target}
         if not starts:
             continue
         f = f"f{len(blocks)}"
@@ -119,8 +136,9 @@ def edit_grammar(files: Sequence[tuple[str, str]], *, new_files: bool | Sequence
             rules.append(f"{f}a{s} ::= " + "".join(_literal(line + "\n") + " " for line in lines[s + 1:s + k])
                          + f"{f}t{s + k - 1}")
         rules += _prefix_tree(f, first)
-        for i, line in enumerate(lines):  # then line by line until the divider
-            rules.append(f"{f}t{i} ::= " + '"=======\\n"' + (f" | {f}l{i + 1}" if i + 1 < len(lines) else ""))
+        for i, line in enumerate(lines):  # then line by line until the divider (not before the target)
+            end = ['"=======\\n"'] if target is None or i >= target else []
+            rules.append(f"{f}t{i} ::= " + " | ".join(end + ([f"{f}l{i + 1}"] if i + 1 < len(lines) else [])))
             if i:
                 rules.append(f"{f}l{i} ::= {_literal(line + chr(10))} {f}t{i}")
     if not blocks:
