@@ -232,8 +232,7 @@ class AnswerCode:
         lines = [line.encode("utf-8") for _, text in files for line in text.splitlines()]
         self.lines = lines
         self.by_number = lines_by_number(files)
-        self.spans = {line.strip() for line in lines} | {line.split(b"#")[0].strip() for line in lines}
-        self.spans.discard(b"")  # a line's code, with or without its comment
+        self.spans = {c for line in lines for c in _codes(line)}  # a line's code, with or without its comment
         self.spans.update(name.encode("ascii") for name in known_names(files))
         for path, _ in files:
             name = PurePosixPath(path).name
@@ -305,6 +304,11 @@ def _code(span: bytes) -> bytes:
     return span.split(b"#")[0].strip()
 
 
+def _codes(line: bytes) -> set[bytes]:
+    """A file line as inline code may quote it: stripped, with or without its comment."""
+    return {c for c in (line.strip(), _code(line)) if c}
+
+
 def line_code(line: str) -> str:
     """A line's code, as changes are compared: without its ``#`` comment and indent."""
     return line.split("#")[0].strip()
@@ -334,7 +338,7 @@ class ChangeFollowsFinding:
                  failed: Iterable[tuple[str, str]] = ()):
         files = list(files)
         self.by_number = lines_by_number(files)
-        self.failed = set(failed)  # changes (X, Y: code) that failed the tests: not found again
+        self.failed = {(x.encode("utf-8"), y.encode("utf-8")) for x, y in failed}  # (X, Y: code) that failed the tests
         self.names = {name.encode("ascii") for name in known_names(files)}
         self.numbers = {n for _, text in files for n in re.findall(rb"\d+", text.encode("utf-8"))}
         self.numbers.update(str(n).encode("ascii") for n in range(11))
@@ -346,7 +350,7 @@ class ChangeFollowsFinding:
         if self.thinking and m:
             wrong, right = m.group(2), m.group(3)
             lines = self.by_number.get(int(m.group(1)), [])
-            code = {c for text in lines for c in (text.strip(), text.split(b"#")[0].strip()) if wrong in c}
+            code = {c for text in lines for c in _codes(text) if wrong in c}
             self.finding = (code, wrong, right) if code and wrong != right else None
         tags = _THINK_TAGS.findall(line)
         if tags:
@@ -391,27 +395,27 @@ class ChangeFollowsFinding:
         if rights is not None and self.failed:  # (all of them failed: free, but for those)
             rights = {r for r in rights if not self._failed(k, wrong, r)} or None
         if closed or complete:
-            return closed and right != wrong and (rights is None or right in rights) and not self._failed(k, wrong, right)
+            return (closed and right != wrong and (rights is None or right in rights)
+                    and not self._failed(k, wrong, right))
         return rights is None or any(r.startswith(right) for r in rights)
 
     def _untried(self, was: bytes, made: set[bytes]) -> set[bytes]:
         """Of the lines ``was`` may become, those no earlier plan changed it into and failed
         (all of them where each did)."""
-        key = line_code(was.decode("utf-8", "replace"))
-        return {y for y in made if (key, line_code(y.decode("utf-8", "replace"))) not in self.failed} or made
+        return {y for y in made if (_code(was), _code(y)) not in self.failed} or made
 
     def _failed(self, k: int, wrong: bytes, right: bytes) -> bool:
         """Every change a finding of line K (W, R) names is one that failed the tests."""
         if not self.failed:
             return False
-        made = {(line_code(c.decode("utf-8", "replace")), line_code(y.decode("utf-8", "replace")))
-                for c in self.by_number.get(k, []) for y in _with_one_replaced(c.strip(), wrong, right)}
+        made = {(_code(c), _code(y)) for c in self.by_number.get(k, [])
+                for y in _with_one_replaced(c.strip(), wrong, right)}
         return bool(made) and made <= self.failed
 
 
 _FINDING_RIGHT = re.compile(rb"^Line (\d+)\b[^`]*`([^`]+)`([^`]*)`([^`]*)(`?)")  # ... its second span, R
-_ORDER = re.compile("\\border\\b|顺序".encode("utf-8"))  # "passes the arguments in the wrong order: `W` should be `R`"
-_ONE_PIECE = re.compile(rb"(?:\buses|\bcompares with) `[^`]*`[^`]*`$")  # "uses `W` where ... `R`", "compares with `W` ..."
+_ORDER = re.compile("\\border\\b|顺序".encode("utf-8"))  # "… in the wrong order: `W` should be `R`"
+_ONE_PIECE = re.compile(rb"(?:\buses|\bcompares with) `[^`]*`[^`]*`$")  # "uses `W` where … `R`", "compares with `W` …"
 _PIECE = re.compile(rb"\d+|[A-Za-z_]\w*|\*\*|//=?|[-+*/%]=|[<>=!]=|[-+*/%<>]|\"[^\"]*\"|'[^']*'")
 _OPERATORS = [{b"+", b"-", b"*", b"/", b"//", b"%", b"**"}, {b"<", b"<=", b">", b">=", b"==", b"!="},
               {b"+=", b"-=", b"*=", b"/=", b"//=", b"%="}]
@@ -490,7 +494,7 @@ def finding_changes(thought: bytes, by_number: dict[int, list[bytes]]) -> set[by
         m = _FINDING.match(line)
         if m:
             for text in by_number.get(int(m.group(1)), []):
-                for code in {text.strip(), text.split(b"#")[0].strip()}:
+                for code in _codes(text):
                     made |= _with_one_replaced(code, m.group(2), m.group(3))
     return made
 
