@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--apply", action="store_true", help="write the edits (undoable); without it, only propose")
     run.add_argument("--test", metavar="CMD", help="run CMD after each apply (default: [workspace] test)")
     run.add_argument("--rounds", type=int, default=3, metavar="N", help="most apply → test rounds (default 3)")
-    run.add_argument("--replans", type=int, default=0, metavar="N",
+    run.add_argument("--replans", type=int, default=None, metavar="N",
                      help="when the tests still fail after the reasoner's plan: undo, and ask it for another plan "
-                          "(sampled), up to N times (default 0)")
+                          "(sampled), up to N times (default: [workspace] replans, 0 unless set; the demo's 4)")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of the diff")
     run.add_argument("--no-save", action="store_true", help="do not save this run as a session")
 
@@ -104,7 +104,7 @@ def check_usage(args) -> None:
             raise UsageError("duet run: the request is empty")
         if args.rounds < 1:
             raise UsageError(f"duet run: --rounds must be at least 1, got {args.rounds}")
-        if args.replans < 0:
+        if args.replans is not None and args.replans < 0:
             raise UsageError(f"duet run: --replans must be 0 or more, got {args.replans}")
     if command == "serve" and not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: must be between 0 and 65535")  # as app.serve.main says it

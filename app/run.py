@@ -4,11 +4,12 @@ The reasoner plans (unless ``--role coder`` or the router sends the request stra
 coder); the plan (never its trace) goes to the coder with the files given by ``--file``; the
 coder's edits are checked as in the TUI; ``--apply`` writes them (atomically, one undo for
 all rounds), and the test command (``--test`` or ``[workspace] test``) runs after each apply,
-its trimmed failure going back to the coder for up to ``--rounds`` rounds. With ``--replans N``,
-when that still ends failed after the reasoner's plan, the change is undone and the reasoner
-asked again, up to N times (``Conversation.prepare_replan``: the request with the plans tried and
-how the last one failed, sampled with seed k), so the tests choose among its plans; a plan
-already tried goes to the coder again, its reply sampled. Only the user's command ever runs.
+its trimmed failure going back to the coder for up to ``--rounds`` rounds. With ``--replans N``
+(default ``[workspace] replans``: 0, the demo's 4), when that still ends failed after the
+reasoner's plan, the change is undone and the reasoner asked again, up to N times
+(``Conversation.prepare_replan``: the request with the plans tried and how the last one failed,
+sampled with seed k), so the tests choose among its plans; a plan already tried goes to the
+coder again, its reply sampled. Only the user's command ever runs.
 
 stdout: the unified diff of the edits (or, with ``--json``, one JSON object). stderr: progress
 (who is working, rounds, test results) and, unless ``--json``, the thinking trace and answers.
@@ -40,8 +41,9 @@ def run_request(args, config: Config) -> int:
         raise UsageError("duet run: the request is empty")
     if args.rounds < 1:
         raise UsageError(f"duet run: --rounds must be at least 1, got {args.rounds}")
-    if args.replans < 0:
-        raise UsageError(f"duet run: --replans must be 0 or more, got {args.replans}")
+    replans = args.replans if args.replans is not None else config.workspace.replans
+    if replans < 0:
+        raise UsageError(f"duet run: --replans must be 0 or more, got {replans}")
     workspace = Workspace.from_config(args.workspace, config)
     for path in args.file or ():
         added = workspace.context.add(path)
@@ -60,7 +62,7 @@ def run_request(args, config: Config) -> int:
         asked = routed.route.text or request  # the request without its /prefix: the coder's, every attempt
         status = attempt(conv, routed, asked, report, cancel, approve)
         reasons: list[str] = []
-        for number in range(1, args.replans + 1):
+        for number in range(1, replans + 1):
             if not (status == "failed" and routed.route.role == "reasoner" and report.failed is None
                     and not cancel.is_set()):
                 break  # a plan that failed (its edits did not apply, or the tests); not a model or server error
@@ -70,11 +72,11 @@ def run_request(args, config: Config) -> int:
                 report.reasons.append(f"could not undo the change to re-plan: {exc}")
                 break
             report.say(f"the plan failed{': undid ' + ', '.join(undone) if undone else ''}; asking the reasoner "
-                       f"for another plan ({number} of {args.replans})")
+                       f"for another plan ({number} of {replans})")
             reasons = list(report.reasons)
             report.new_attempt(number)
             routed = conv.prepare_replan(sampling=retry_sampling(config.reasoner.sampling, seed=number),
-                                         reasons=reasons, author=f"duet → reasoner · re-plan {number} of {args.replans}")
+                                         reasons=reasons, author=f"duet → reasoner · re-plan {number} of {replans}")
             status = attempt(conv, routed, asked, report, cancel, approve)
     if cancel.is_set() and status not in EXIT:
         status = "cancelled"

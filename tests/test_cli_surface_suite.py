@@ -114,6 +114,8 @@ BAD_CONFIGS = [
     ('[workspace]\ntest_timeout = "5"\n', "workspace.test_timeout", "number"),
     ("[workspace]\ntest_timeout = 1979-05-27\n", "workspace.test_timeout", "number"),
     ("[workspace]\ntest_first = 1\n", "workspace.test_first", "true or false"),
+    ('[workspace]\nreplans = "4"\n', "workspace.replans", "integer"),
+    ("[workspace]\nreplans = 1.5\n", "workspace.replans", "integer"),
     # numbers out of range
     (role("context = 0\n"), "reasoner.context", "positive"),
     (role("context = -4096\n"), "reasoner.context", "positive"),
@@ -137,6 +139,7 @@ BAD_CONFIGS = [
     ("[workspace]\ntest_timeout = inf\n", "workspace.test_timeout", "positive"),
     ("[workspace]\nmax_file_bytes = 0\n", "workspace.max_file_bytes", "positive"),
     ("[workspace]\nmax_file_bytes = -1\n", "workspace.max_file_bytes", "positive"),
+    ("[workspace]\nreplans = -1\n", "workspace.replans", "0 or more"),
     # unknown keys, each level
     ("foo = 1\n", "foo", "unknown key"),
     ("[models]\nx = 1\n", "models", "unknown key"),

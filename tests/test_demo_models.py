@@ -180,8 +180,8 @@ README_ROWS = {  # the README's table of what the demo models can do: its first 
     "block or failing round asked again, sampled, within its rounds)": "coder_given_plan_duet",
     "the same coder sampled without the edit grammar": "coder_given_plan_free",
     "end to end (reasoner → coder → apply → test; no tests before the plan)": "end_to_end",
-    "end to end through `duet run --apply --test` (tests before the plan)": "duet_run_passed",
-    "the same with `--replans 4` (the tests choose among its plans)": "duet_run_replans_passed",
+    "end to end through `duet run --apply --test --replans 0` (tests before the plan; one plan)": "duet_run_passed",
+    "the same with `--replans 4`, the demo's default (the tests choose among its plans)": "duet_run_replans_passed",
 }
 
 
@@ -203,3 +203,14 @@ def test_the_readme_table_says_what_the_manifest_measured():
         for cell, section in zip(table[label], ("eval_sample_project", "eval_train_style", "eval")):
             said = int(re.match(r"(\d+)%", cell).group(1))
             assert said == round(m[section][key] * 100), (label, section, cell, m[section][key])
+
+
+def test_the_demo_re_plans_as_often_as_its_eval_measured():
+    """`duet --demo run` re-plans as many times as the eval's `--replans` row was measured with
+    (the README's table says what the demo's default gets), and `--replans 0` is the other row."""
+    from app.config import demo_config
+
+    m = demo.manifest()
+    assert demo_config().workspace.replans > 0
+    for section in ("eval_sample_project", "eval_train_style", "eval"):
+        assert m[section]["duet_run_replans_max"] == demo_config().workspace.replans, section

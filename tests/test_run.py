@@ -294,6 +294,33 @@ def test_a_plan_that_fails_its_tests_is_undone_and_the_reasoner_asked_again_samp
     assert no_replans.returncode == 2 and "--replans" in no_replans.stderr
 
 
+def test_workspace_replans_sets_the_re_plans_and_the_flag_overrides_it(servers, repo, config_file, guard_log):
+    """``[workspace] replans`` is duet run's number of re-plans when ``--replans`` is not given
+    (the demo config sets it); ``--replans 0`` turns them off for one run."""
+    reasoner, coder = servers
+    config_file.write_text(config_file.read_text(encoding="utf-8") + f'\n[workspace]\nreplans = 1\ntest = "{TEST_CMD}"\n',
+                           encoding="utf-8")
+    second = "1. In calc.py, add() must add: return a + b.\n2. Run the tests."
+    reasoner.enqueue(reasoner_reply(TRACE, PLAN), reasoner_reply("think again", second))
+    coder.enqueue(text_reply(edit("    return a - b", "    return a * b")),
+                  text_reply(edit("    return a - b", "    return a + b")))
+    p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--rounds", "1",
+             "--json", "fix add in calc.py")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "passed" and out["replans"] == 1 and out["plan"] == second
+    assert "asking the reasoner for another plan (1 of 1)" in p.stderr
+
+    (repo / "calc.py").write_text(BROKEN, encoding="utf-8")
+    reasoner.enqueue(reasoner_reply(TRACE, PLAN))
+    coder.enqueue(text_reply(edit("    return a - b", "    return a * b")))
+    p = duet(config_file, repo, guard_log, "--role", "reasoner", "--file", "calc.py", "--apply", "--rounds", "1",
+             "--replans", "0", "--json", "fix add in calc.py")
+    out = json.loads(p.stdout)
+    assert p.returncode == 1 and out["status"] == "failed" and out["replans"] == 0
+    assert len([r for r in reasoner.requests if r.path.endswith("/chat/completions")]) == 3  # no re-plan this time
+
+
 def test_a_re_plan_that_repeats_a_tried_plan_goes_to_the_coder_again_sampled(servers, repo, config_file, guard_log):
     """The coder proposes no edits for the first plan: the re-plan is told why. The second plan
     is the first again (other spacing): it is handed off again, the coder's reply sampled (a
