@@ -20,6 +20,7 @@ class Function:
     last: int  # its last line
     calls: frozenset[str]  # the names it calls: ``f(...)`` and ``obj.f(...)`` alike
     doc: str = ""  # its docstring's text (ast.get_docstring), "" when it has none
+    code: int = 0  # the line its code starts on, after the docstring (0: not known)
 
 
 def functions(files: Iterable[tuple[str, str]]) -> list[Function]:
@@ -36,8 +37,10 @@ def functions(files: Iterable[tuple[str, str]]) -> list[Function]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 calls = {_called(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)}
                 calls.discard(None)
+                doc = ast.get_docstring(node) or ""
+                code = node.body[1 if doc and len(node.body) > 1 else 0].lineno
                 found.append(Function(str(path), node.name, node.lineno, node.end_lineno or node.lineno,
-                                      frozenset(calls), ast.get_docstring(node) or ""))
+                                      frozenset(calls), doc, code))
     return found
 
 

@@ -28,17 +28,20 @@ closes (else the answer would be held to nothing).
 ``ChangeFollowsFinding`` holds a change stated after the thinking's finding ("Line 7 uses `+`
 where the docstring needs `-`") to the change that finding names: in "from `X` to `Y`", Y is X
 with the one piece written as it should be, rather than the whole line written again from memory.
-The finding itself says a change of the kind its words name (`finding_rights`): R is never W;
-after "wrong order" it is W with one call's arguments in another order, after "uses `W`" or
-"compares with `W`" W with one piece written as another of its kind (a name of the files' code,
-an operator of the same family, a number, a string).
+The finding itself quotes whole pieces of line K's code as W, and says a change of the kind its
+words name (`finding_rights`): R is never W; after "wrong order" it is W with one call's
+arguments in another order, after "uses `W`" or "compares with `W`" W with one piece written as
+another of its kind (a name of the files' code, an operator of the same family, a number, a
+string), after "off by one" W with one bound moved by one, after "starts … at `W`" W with its
+start value written as another.
 
 ``DocstringQuote`` holds a docstring quoted after "docstring says" to the one the named
 function has, rather than one written from memory.
 
 ``ReadingFocus`` is the rule of a reply asked after a failing test run (``Quotes.failing``):
-the thinking's reading concludes only inside a function the failure reaches. `line_rules`
-puts a reply's rules together."""
+the thinking's reading concludes only inside a function the failure reaches; decoding greedily,
+a reading made to conclude at the last of them goes back to the line it leaned to
+(app.held_reply). `line_rules` puts a reply's rules together."""
 
 from __future__ import annotations
 
@@ -304,6 +307,25 @@ def _code(span: bytes) -> bytes:
     return span.split(b"#")[0].strip()
 
 
+def _whole_in(span: bytes, text: bytes) -> bool:
+    """``span`` is in ``text`` as whole pieces of code: not blank, and at none of its ends
+    cutting a name or a number in two."""
+    if not span.strip():
+        return False
+    i = text.find(span)
+    while i >= 0:
+        end = i + len(span)
+        if not (i > 0 and _word_byte(text[i - 1:i]) and _word_byte(span[:1])) \
+                and not (end < len(text) and _word_byte(text[end:end + 1]) and _word_byte(span[-1:])):
+            return True
+        i = text.find(span, i + 1)
+    return False
+
+
+def _word_byte(c: bytes) -> bool:
+    return c.isalnum() or c == b"_"
+
+
 def _codes(line: bytes) -> set[bytes]:
     """A file line as inline code may quote it: stripped, with or without its comment."""
     return {c for c in (line.strip(), _code(line)) if c}
@@ -315,7 +337,7 @@ def line_code(line: str) -> str:
 
 
 _FINDING = re.compile(rb"^Line (\d+)\b[^`]*`([^`]+)`[^`]*`([^`]+)`")  # "Line 7 uses `+` where the docstring needs `-`"
-_FINDING_OPEN = re.compile(rb"^Line (\d+)\b[^`]*`([^`]*)")  # a finding's first span, open or closed
+_FINDING_OPEN = re.compile(rb"^Line (\d+)\b[^`]*`([^`]*)(`?)")  # a finding's first span, open or closed
 _CHANGE_FROM = re.compile((_FROM_WORDS + " `([^`]*)(`?)").encode("utf-8"))  # "from `X`", closed or on its way
 _CHANGE_TO = re.compile((_TO_WORDS + "`([^`]*)(`?)").encode("utf-8"))  # then " to `Y`"
 
@@ -359,9 +381,11 @@ class ChangeFollowsFinding:
     def __call__(self, line: bytes, complete: bool) -> bool:
         m = _FINDING_OPEN.match(line) if self.thinking else None
         if m:  # a finding: what is wrong (its first span) is on line K
-            lines = self.by_number.get(int(m.group(1)))
-            if lines and not any(m.group(2) in text for text in lines):
+            lines, wrong = self.by_number.get(int(m.group(1))), m.group(2)
+            if lines and not any(wrong in text for text in lines):
                 return False
+            if lines and (m.group(3) or complete) and not any(_whole_in(wrong, text) for text in lines):
+                return False  # closed: code, and whole pieces of it (not "atches" of "matches", nor spaces)
             said = _FINDING_RIGHT.match(line)
             if said and not self._right_ok(said, complete):
                 return False
@@ -416,6 +440,15 @@ class ChangeFollowsFinding:
 _FINDING_RIGHT = re.compile(rb"^Line (\d+)\b[^`]*`([^`]+)`([^`]*)`([^`]*)(`?)")  # ... its second span, R
 _ORDER = re.compile("\\border\\b|顺序".encode("utf-8"))  # "… in the wrong order: `W` should be `R`"
 _ONE_PIECE = re.compile(rb"(?:\buses|\bcompares with) `[^`]*`[^`]*`$")  # "uses `W` where … `R`", "compares with `W` …"
+_OFF_BY_ONE = re.compile(rb"\boff by one\b[^`]*`[^`]*`[^`]*`$")  # "… is off by one: `W` should be `R`"
+_STARTS_AT = re.compile(rb"\bstarts [^`]*\bat `[^`]*`[^`]*`$")  # "… starts the accumulator at `W`; it must start at `R`"
+_STARTS = [b"0", b"1", b'""', b"''", b"[]", b"{}", b"()", b"None"]  # what an accumulator starts at
+_ONE = re.compile(rb" [-+] 1\b(?!\.)")  # a bound's " + 1" or " - 1"
+_BOUND_END = re.compile(rb"(?:\b[A-Za-z_]\w*|[)\]])(?=[)\]:,])")  # an operand (not a number) before ) ] : or ,
+_START_VALUE = re.compile(  # an accumulator's start: a literal (not an index, a call's parentheses, a name's digits)
+    rb"(?<![\w\])])(?:\[[^\[\]]*\]|\(\))|\{\}|\"[^\"]*\"|'[^']*'|(?<![\w.])-?\d+(?![\w.])|\bNone\b")
+_WHOLE_NUMBER = re.compile(rb"(?<![\w.])\d+(?![\w.])")
+_FIRST_BOUND = re.compile(rb"\brange\(((?:0|1), )|\[((?:0|1)):")  # a start that may go: range(1, n), [1:n]
 _PIECE = re.compile(rb"\d+|[A-Za-z_]\w*|\*\*|//=?|[-+*/%]=|[<>=!]=|[-+*/%<>]|\"[^\"]*\"|'[^']*'")
 _OPERATORS = [{b"+", b"-", b"*", b"/", b"//", b"%", b"**"}, {b"<", b"<=", b">", b">=", b"==", b"!="},
               {b"+=", b"-=", b"*=", b"/=", b"//=", b"%="}]
@@ -425,11 +458,19 @@ _KEYWORDS = {k.encode("ascii") for k in keyword.kwlist}
 def finding_rights(wrong: bytes, before: bytes, names: set[bytes], numbers: set[bytes]) -> set[bytes] | None:
     """What a finding may say the code ``wrong`` should be, from its words ``before`` its
     second span; None: anything but ``wrong``. "… wrong order: `W` should be `R`": R is W with
-    the arguments of one of its calls in another order. "uses `W` where … `R`", "compares with
-    `W` …": R is W with one piece written as another of its kind (a name of the files' code, an
-    operator of the same family, a number, a string)."""
+    the arguments of one of its calls in another order. "… off by one: `W` should be `R`": W
+    with one bound moved by one (`_off_by_one`). "starts the accumulator at `W`; it must start
+    at `R`": W with its start value (its last literal) written as another (0, 1, "", [] …).
+    "uses `W` where … `R`", "compares with `W` …": R is W with one piece written as another of
+    its kind (a name of the files' code, an operator of the same family, a number, a string)."""
     if _ORDER.search(before):
         return _reordered_calls(wrong) or None
+    if _OFF_BY_ONE.search(before):
+        return _off_by_one(wrong) or None
+    if _STARTS_AT.search(before):
+        values = list(_START_VALUE.finditer(wrong))  # the start it names: its last value
+        m = values[-1] if values else None
+        return {wrong[:m.start()] + start + wrong[m.end():] for start in _STARTS if start != m.group()} if m else None
     if not _ONE_PIECE.search(before):
         return None
     rights = set()
@@ -445,6 +486,37 @@ def finding_rights(wrong: bytes, before: bytes, names: set[bytes], numbers: set[
             others = next((family for family in _OPERATORS if piece in family), set())
         rights.update(wrong[:m.start()] + other + wrong[m.end():] for other in others if other != piece)
     return rights or None
+
+
+def _off_by_one(span: bytes) -> set[bytes]:
+    """``span`` with one bound moved by one: a whole number one more or less (not below 0), a
+    " + 1" or " - 1" taken off, one put after an operand inside brackets (before its ``)``,
+    ``]``, ``:`` or ``,``), or a range's or slice's start of 0 or 1 dropped (``range(1, n)`` to
+    ``range(n)``, ``[1:n]`` to ``[:n]``)."""
+    made = set()
+    for m in _WHOLE_NUMBER.finditer(span):
+        n = int(m.group())
+        low = 1 if span[:m.start()].endswith((b"+ ", b"- ")) else 0  # "n - 1" may become "n", not "n - 0"
+        made.update(span[:m.start()] + str(k).encode("ascii") + span[m.end():] for k in (n - 1, n + 1) if k >= low)
+    made.update(span[:m.start()] + span[m.end():] for m in _ONE.finditer(span))
+    for m in _BOUND_END.finditer(span):
+        inside = _innermost_bracket(span[:m.end()])
+        if inside is not None and not inside.endswith(b"len("):  # a bound, not what len() measures
+            made.update(span[:m.end()] + one + span[m.end():] for one in (b" + 1", b" - 1"))
+    made.update(span[:m.start(m.lastindex)] + span[m.end(m.lastindex):] for m in _FIRST_BOUND.finditer(span))
+    made.discard(span)
+    return made
+
+
+def _innermost_bracket(text: bytes) -> bytes | None:
+    """``text`` up to and with the innermost bracket it leaves open (None: it leaves none)."""
+    opened: list[int] = []
+    for i, c in enumerate(text):
+        if c in b"([":
+            opened.append(i)
+        elif c in b")]" and opened:
+            opened.pop()
+    return text[:opened[-1] + 1] if opened else None
 
 
 def _reordered_calls(span: bytes) -> set[bytes]:
@@ -530,6 +602,15 @@ class _AllOf:
             if hasattr(rule, "wrote"):
                 rule.wrote(line)
 
+    def observe(self, line: bytes, logits, pick: int, token_bytes) -> None:
+        for rule in self.rules:
+            if hasattr(rule, "observe"):
+                rule.observe(line, logits, pick, token_bytes)
+
+    @property
+    def focus(self) -> "ReadingFocus | None":
+        return next((rule for rule in self.rules if isinstance(rule, ReadingFocus)), None)
+
 
 def all_of(*rules: LineRule) -> LineRule:
     """A line rule that holds where each of ``rules`` does (and tells each the lines written)."""
@@ -546,25 +627,65 @@ class ReadingFocus:
     failure is in; which line there it finds, and what it says of it, stay its own. With
     several files in context their line numbers are taken together (line N of any of them);
     where a failing function's name is not ASCII (inline code is read as ASCII names), the
-    names after "function" are left free."""
+    names after "function" are left free.
 
-    def __init__(self, files: Iterable[tuple[str, str]], failing: Iterable[str], *, thinking: bool):
+    It also watches the reading (``observe``, from the engine's constraint): after each line of
+    those functions, how likely the model was to conclude there rather than read on. Where it
+    read to their last line and would still read on (the rule makes it conclude there), the
+    line of their code (not a ``def`` or docstring line) it leaned furthest towards concluding
+    after is ``look_back`` (a reply decoded by `app.held_reply` then concludes there instead);
+    ``conclude_at`` holds the reading to conclude right after that line."""
+
+    def __init__(self, files: Iterable[tuple[str, str]], failing: Iterable[str], *, thinking: bool,
+                 conclude_at: int | None = None):
         failing = set(failing)
         reached = [f for f in functions(files) if f.name in failing]
         self.lines = {n for f in reached for n in range(f.first, f.last + 1)}
+        self.code = {n for f in reached for n in range(f.code or f.first, f.last + 1)}  # after the docstrings
         self.end = max(self.lines, default=0)
         ascii_only = all(f.name.isascii() for f in reached)
         self.names = {f.name.encode("ascii") for f in reached} if ascii_only else None
         self.thinking = thinking  # in the thinking now
         self.last: int | None = None  # the numbered line the thinking read last
+        self.conclude_at = conclude_at
+        self.written = 0  # lines written (ended) so far
+        self.read_at: dict[int, int] = {}  # numbered line -> how many lines were written with it
+        self.leaning: dict[int, float] = {}  # line of the focus -> how likely the model was to conclude after it
+        self.concluded = False  # the reading went on to another line (or the thinking closed)
+        self.chose_to_conclude = False  # the model's own pick concluded it
+        self.look_back: tuple[int, int] | None = None  # (lines written, line): where it would rather have concluded
 
     def wrote(self, line: bytes) -> None:
+        self.written += 1
         m = NUMBERED.match(line)
         if m and self.thinking:
             self.last = int(m.group(1))
+            self.read_at[self.last] = self.written
+        elif self.last is not None and self.thinking:
+            self.concluded = True
         tags = _THINK_TAGS.findall(line)
         if tags:
             self.thinking = tags[-1] == THINK
+            self.concluded = self.concluded or not self.thinking
+
+    @property
+    def reading(self) -> bool:
+        """Inside the focus, the reading not yet concluded: where `look_back` may still point."""
+        return self.thinking and self.last in self.lines and not self.concluded and self.look_back is None
+
+    def observe(self, line: bytes, logits, pick: int, token_bytes) -> None:
+        """The model's logits before a token (``pick``: its own choice, before the rules), with
+        ``line`` the text written since the last newline."""
+        if line or not self.reading or self.conclude_at is not None:
+            return
+        on, on_set = _reads_on(token_bytes)
+        self.leaning[self.last] = 1.0 - float(logits.float().softmax(-1)[on].sum())
+        if pick not in on_set:
+            self.chose_to_conclude = True
+        elif self.last == self.end and not self.chose_to_conclude:  # made to conclude here
+            best = max(sorted(self.leaning.keys() & self.code), key=lambda n: self.leaning[n], default=self.end)
+            if best != self.end:
+                self.look_back = (self.read_at[best], best)
 
     def __call__(self, line: bytes, complete: bool) -> bool:
         if self.names is not None and not _functions_named(line, complete, self.names):
@@ -572,13 +693,37 @@ class ReadingFocus:
         if not self.thinking or self.last is None:
             return True
         m = NUMBERED.match(line)
+        end = self.end
+        if self.conclude_at is not None:  # it reads on to that line, and concludes right after it
+            end = min(end, self.conclude_at) if self.last < self.conclude_at else 0
         if m:
-            return int(m.group(1)) <= self.end
+            return int(m.group(1)) <= end
         start = _DIGITS_SO_FAR.fullmatch(line)
         if start:  # on its way to a numbered line: one up to the last function's end
             digits = start.group(1).decode("ascii")
-            return not complete and (not digits or any(str(n).startswith(digits) for n in range(1, self.end + 1)))
+            return not complete and (not line or end > 0 and (not digits or any(str(n).startswith(digits)
+                                                                                 for n in range(1, end + 1))))
         return self.last in self.lines
+
+
+_READS_ON: dict[int, tuple[object, list[int], set[int]]] = {}  # by the vocabulary's id: (it, ids, set(ids))
+
+
+def _starts_numbered(token: bytes) -> bool:
+    """A token that begins a numbered line (`` 7 |``: spaces, digits, " |")."""
+    head = token.split(b"\n")[0]
+    return bool(head) and (_DIGITS_SO_FAR.fullmatch(head) is not None or NUMBERED.match(head) is not None)
+
+
+def _reads_on(token_bytes) -> tuple[list[int], set[int]]:
+    """The vocabulary's tokens that begin a numbered line: reading on (as a list and a set)."""
+    hit = _READS_ON.get(id(token_bytes))
+    if hit is None or hit[0] is not token_bytes:
+        ids = [i for i, token in enumerate(token_bytes) if _starts_numbered(token)]
+        if len(_READS_ON) >= 4:
+            _READS_ON.clear()
+        hit = _READS_ON[id(token_bytes)] = (token_bytes, ids, set(ids))
+    return hit[1], hit[2]
 
 
 @dataclass(frozen=True)
@@ -594,16 +739,18 @@ class Quotes:
     failed: frozenset[tuple[str, str]] = frozenset()  # changes (X, Y: code) tried, that failed the tests
 
 
-def line_rules(quotes: Quotes, *, thinking: bool, names: bool) -> LineRule:
+def line_rules(quotes: Quotes, *, thinking: bool, names: bool, conclude_at: int | None = None) -> LineRule:
     """The rules of ``exact_quotes`` for one reply: numbered lines, the answer's code, a stated
     change that makes the change its finding names, with
-    ``names`` (``known_names``) the names in inline code, and the failing tests' focus.
+    ``names`` (``known_names``) the names in inline code, and the failing tests' focus (its
+    reading concluding right after line ``conclude_at`` where given; the rules' ``focus``).
     ``thinking``: the prompt opened the thinking (the reply starts inside it)."""
     rules = [numbered_line_rule(quotes.files), AnswerCode(quotes.files, thinking=thinking),
              ChangeFollowsFinding(quotes.files, thinking=thinking, failed=quotes.failed), DocstringQuote(quotes.files)]
     if names:
         rules.append(inline_names_rule(quotes.files))
-    focus = ReadingFocus(quotes.files, quotes.failing, thinking=thinking) if quotes.failing else None
+    focus = ReadingFocus(quotes.files, quotes.failing, thinking=thinking, conclude_at=conclude_at) \
+        if quotes.failing else None
     if focus is not None and focus.lines:
         rules.append(focus)
     return all_of(*rules)

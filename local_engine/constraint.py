@@ -67,6 +67,13 @@ class LineConstraint:
         for line in done if wrote is not None else ():
             wrote(line)
 
+    def observe(self, logits, pick: int) -> None:
+        """The model's logits before a token and its own pick there (before the rule): told to a
+        rule that watches them (``line_ok.observe(line, logits, pick, token_bytes)``)."""
+        observe = getattr(self.line_ok, "observe", None)
+        if observe is not None:
+            observe(self.line, logits, pick, self.token_bytes)
+
     def _holds(self, more: bytes) -> bool:
         *done, last = (self.line + more).split(b"\n")
         return all(self.line_ok(line, True) for line in done) and self.line_ok(last, False)

@@ -394,9 +394,13 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def choose(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator,
            constraint: TokenConstraint | None) -> int:
     """``sample``, held to ``constraint`` where one is given (its pick if the rule allows it,
-    else local_engine.constraint.pick_allowed), which then advances past the token."""
+    else local_engine.constraint.pick_allowed), which then advances past the token; one that
+    has ``observe`` is first shown the logits and the model's own pick."""
     tok = sample(logits, temperature, top_p, gen)
     if constraint is not None:
+        observe = getattr(constraint, "observe", None)  # a rule that watches the model's leaning
+        if observe is not None:
+            observe(logits, tok)
         if not constraint.allows(tok):
             probs = None if temperature <= 0 else sampling_probs(logits, temperature, top_p)
             tok = pick_allowed(logits, tok, probs, gen, constraint)

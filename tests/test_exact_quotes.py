@@ -21,7 +21,7 @@ from app.config import RoleConfig, Sampling, demo_config, parse_config
 from app.config_writer import demo_table
 from app.conversation import Conversation
 from app.errors import ConfigError
-from app.exact_quotes import (AnswerCode, ChangeFollowsFinding, DocstringQuote, Quotes, all_of, defined_names,
+from app.exact_quotes import (AnswerCode, ChangeFollowsFinding, DocstringQuote, Quotes, ReadingFocus, all_of, defined_names,
                               finding_rights, inline_names_rule, known_names, numbered_line_rule, path_words)
 from app.prompts import numbered_lines
 from app.workspace import Workspace
@@ -231,8 +231,9 @@ HALF = ('def quot(top, bottom):\n    """Return top // bottom."""\n    return top
 
 def test_a_finding_says_code_of_the_kind_its_words_name():
     """R is never W; "wrong order": R is W with one call's arguments in another order; "uses `W`
-    where … `R`", "compares with `W` …": W with one piece written as another of its kind; other
-    words (off by one, the accumulator) leave R free but for W."""
+    where … `R`", "compares with `W` …": W with one piece written as another of its kind; "off by
+    one": one bound moved by one; "starts … at `W`": another start value; other words leave R
+    free but for W."""
     names, numbers = {b"top", b"bottom", b"e", b"quot", b"best", b"x", b"xs"}, {b"0", b"1", b"2"}
     order = b"Line 8 passes the arguments in the wrong order: `quot(2, e)` should be `"
     assert finding_rights(b"quot(2, e)", order, names, numbers) == {b"quot(e, 2)"}
@@ -255,7 +256,17 @@ def test_a_finding_says_code_of_the_kind_its_words_name():
     start = finding_rights(b's = " "', uses, names, numbers)
     assert b's = ""' in start and b'x = " "' in start and b"s = x" not in start  # a string for a string
     off = b"Line 11 is off by one: `range(1, n)` should be `"
-    assert finding_rights(b"range(1, n)", off, names, numbers) is None
+    assert finding_rights(b"range(1, n)", off, names, numbers) == {  # a bound moved by one
+        b"range(0, n)", b"range(2, n)", b"range(1, n + 1)", b"range(1, n - 1)", b"range(n)"}
+    assert finding_rights(b"xs[:n - 1]", off, names, numbers) == {b"xs[:n]", b"xs[:n - 2]"}
+    assert finding_rights(b"[1:n]", off, names, numbers) == {b"[:n]", b"[0:n]", b"[2:n]", b"[1:n + 1]", b"[1:n - 1]"}
+    assert finding_rights(b"if x > best:", off, names, numbers) is None  # no bound to move: free but for W
+    starts = b"Line 3 starts the accumulator at `total = 1`; it must start at `"
+    assert finding_rights(b"total = 1", starts, names, numbers) == {  # another start value
+        b"total = 0", b'total = ""', b"total = ''", b"total = []", b"total = {}", b"total = ()", b"total = None"}
+    assert b"acc = []" in finding_rights(b"acc = [0]", starts, names, numbers)
+    assert b'out = ""' in finding_rights(b'out = " "', starts, names, numbers)
+    assert finding_rights(b"total", starts, names, numbers) is None
 
 
 def test_a_finding_line_s_second_span_is_what_its_words_allow_and_never_its_first():
@@ -272,8 +283,14 @@ def test_a_finding_line_s_second_span_is_what_its_words_allow_and_never_its_firs
         (b"Line 17 uses `return best` where it should use `return best`.", True, False),
         (b"Line 17 uses `return best` where it should use `return xs`.", True, True),
         (b"Line 17 uses `return best` where it should use `return xs 6`.", True, False),
-        (b"Line 13 is off by one: `xs[0]` should be `xs[1]`.", True, True),  # free but for W
+        (b"Line 13 is off by one: `xs[0]` should be `xs[1]`.", True, True),  # a bound moved by one
         (b"Line 13 is off by one: `xs[0]` should be `xs[0]`.", True, False),
+        (b"Line 13 is off by one: `xs[0]` should be `xs[5]`.", True, False),
+        (b"Line 13 is off by one: `xs[0]` should be `[:test_half//xs[]`.", True, False),
+        (b"Line 15 uses `  ` where it should use `x`.", True, False),  # W: code, whole pieces of it
+        (b"Line 17 uses `eturn best` where it should use `return xs`.", True, False),
+        (b"Line 17 uses `return be` where it should use `return xs`.", True, False),
+        (b"Line 17 uses `best` where it should use `xs`.", True, True),
     ]:
         assert rule(line, complete) is want, line
     answer = AnswerCode([("half.py", HALF)], thinking=True)  # the line the finding names, as it should be,
@@ -806,3 +823,31 @@ def test_the_demo_reasoner_has_the_rule_reasoner_turns_get_the_numbered_files_an
         ended = list(conv.run(conv.prepare("review calc.py", "reasoner")))[-1]
         assert ended.status == "failed" and "reasoner.exact_quotes" in ended.reasons[0]
         assert server.requests == []  # refused before anything was sent
+
+
+def test_a_reading_made_to_conclude_at_the_failing_function_s_end_goes_back_to_the_line_it_leaned_to(reasoner,
+                                                                                                     monkeypatch,
+                                                                                                     tmp_path):
+    """Greedy, after the tests (as `duet run` asks), on held-out modules where the demo reasoner
+    reads past the comparison it doubted and is made to conclude at the function's `return`
+    line: the reply goes back (app.held_reply) and its finding is the line it leaned to, the bug's
+    here; its reading up to there is what it wrote before, and every numbered line is the file's.
+    Without the look back it names the `return` line."""
+    rc, model = reasoner
+    demo_eval.STYLE = "heldout"
+    cases = [demo_eval.heldout_cases(30, 9)[i] for i in (8, 14)]  # the bug on a comparison, read past
+
+    def findings():
+        out = []
+        for module, thinking, _ in _focused_replies(model, rc, cases, tmp_path):
+            lines = numbered_lines(module.source)
+            assert all(lines[n - 1] == said for n, said in quoted_lines(thinking))
+            finding = FINDING.search(thinking)
+            last = next(f.last for f in functions([(module.path, module.source)]) if f.name == module.func.name)
+            out.append((module.bug_line_no, int(finding.group(1)) if finding else None, last))
+        return out
+
+    looked = findings()
+    assert all(found == bug for bug, found, _ in looked), looked
+    monkeypatch.setattr(ReadingFocus, "observe", lambda self, *args: None)
+    assert all(found == last != bug for bug, found, last in findings())

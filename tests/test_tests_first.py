@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from app.code_map import functions, reached
 from app.conversation.verify import failing_functions, is_test_path
 from app.exact_quotes import Quotes, ReadingFocus, line_rules
@@ -25,6 +27,7 @@ def test_the_code_map_knows_each_function_s_lines_and_calls_and_what_a_name_reac
     assert (fs["area"].first, fs["area"].last) == (1, 3) and (fs["volume"].first, fs["volume"].last) == (12, 13)
     assert fs["double_area"].calls == {"area"} and fs["unused"].calls == frozenset()
     assert fs["area"].doc == "Return w times h." and fs["unused"].doc == ""
+    assert fs["area"].code == 3 and fs["unused"].code == 17 and fs["volume"].code == 13  # after the docstring, if any
     assert [f.name for f in reached(["double_area"], [("shapes.py", SHAPES)])] == ["area", "double_area"]
     assert reached(["print", "nothing"], [("shapes.py", SHAPES)]) == []
 
@@ -188,3 +191,57 @@ def test_a_re_plan_does_not_find_again_a_change_that_was_applied_and_failed(tmp_
         rules.wrote(line)
     change = b"1. Change line 2 from `return m + 60 + s` to `return m "
     assert rules(change + b"* 60 + s`.", True) and not rules(change + b"+ 60 * s`.", True)
+
+
+PEAK = ('def peak(xs):\n    """Return the largest of xs."""\n    best = xs[0]\n    for x in xs:\n'  # lines 1-4
+        '        if x < best:\n            best = x\n    return best\n')  # 5-7
+VOCAB = [b"\n", b"Line", b" 1 |", b" 2 |", b" 3 |", b" 4 |", b" 5 |", b" 6 |", b" 7 |", b" 8 |", b" ", b"So"]
+LINE, ON = VOCAB.index(b"Line"), {n: VOCAB.index(f" {n} |".encode()) for n in range(1, 9)}
+
+
+def leaning(p_line: float, n: int):
+    """Logits where concluding ("Line") has probability ``p_line`` and reading on (line n) the rest."""
+    import torch
+
+    probs = torch.full((len(VOCAB),), 1e-9)
+    probs[LINE], probs[ON[n]] = p_line, 1.0 - p_line
+    return probs.log()
+
+
+def read_peak(focus, leanings, picks) -> None:
+    """The reading of PEAK, the model leaning as given after each line, picking ``picks`` (LINE:
+    to conclude; else reading on)."""
+    told(focus, b"m.py has 1 function. I read the code line by line.")
+    for n, (p, pick) in enumerate(zip(leanings, picks), 1):
+        told(focus, f"{n:>1} | {PEAK.split(chr(10))[n - 1]}".encode())
+        focus.observe(b"", leaning(p, n + 1), ON[n + 1] if pick else LINE, VOCAB)
+
+
+def test_the_reading_looks_back_to_the_line_it_leaned_to_only_where_it_was_made_to_conclude():
+    """After each line of the failing functions the focus notes how likely the model was to
+    conclude there; where it would read on past their last line (the rule makes it conclude
+    there), ``look_back`` is the line of their code it leaned furthest towards concluding after
+    (not the ``def`` or docstring); where it concluded of its own accord, or leaned furthest at
+    the last line, there is none."""
+    files = [("m.py", PEAK)]
+    made = ReadingFocus(files, {"peak"}, thinking=True)
+    read_peak(made, [0.01, 0.6, 0.01, 0.01, 0.3, 0.01, 0.05], [1] * 7)  # the docstring's 0.6 is not code
+    assert made.leaning[5] == pytest.approx(0.3, abs=1e-6) and len(made.leaning) == 7
+    assert made.look_back == (6, 5)  # line 5, the sixth line written
+    assert not made.reading  # held back no longer: the reply goes back
+    chose = ReadingFocus(files, {"peak"}, thinking=True)
+    read_peak(chose, [0.01, 0.01, 0.01, 0.01, 0.3, 0.01, 0.05], [1, 1, 1, 1, 0])  # it concluded after line 5
+    assert chose.look_back is None and chose.chose_to_conclude
+    last = ReadingFocus(files, {"peak"}, thinking=True)
+    read_peak(last, [0.01, 0.01, 0.01, 0.01, 0.1, 0.01, 0.2], [1] * 7)
+    assert last.look_back is None and last.reading  # it leaned furthest at line 7: it concludes there
+    back = ReadingFocus(files, {"peak"}, thinking=True, conclude_at=5)
+    told(back, b"m.py has 1 function.\n" + "\n".join(f"{n} | {line}" for n, line in
+                                                      enumerate(PEAK.split("\n")[:5], 1)).encode())
+    assert not back(b"6 |             best = x", True) and not back(b"6", False)  # past line 5: refused
+    assert not back(b"1 | def peak(xs):", True) and not back(b" ", False)  # and any other: it concludes
+    assert back(b"", False) and back(b"Line", False)  # a line begun: its first token may be the finding's
+    assert back(b"Line 5 compares with `<` where the docstring needs `>`.", True)
+    rules = line_rules(Quotes(tuple(files), frozenset({"peak"})), thinking=True, names=True, conclude_at=5)
+    assert rules.focus is not None and rules.focus.conclude_at == 5
+    assert line_rules(Quotes(tuple(files)), thinking=True, names=True).focus is None  # no failing tests: no focus

@@ -82,13 +82,9 @@ class Reasoner:
         inline code to its thinking's or theirs (``exact_quotes``) and, with ``names``, the names
         in its inline code (``known_names``), with ``failing`` (the functions failing tests
         reach) its reading focused on them, as the demo runs it."""
-        from app.exact_quotes import Quotes, line_rules
-        from local_engine.constraint import LineConstraint
+        from app.exact_quotes import Quotes
+        from app.held_reply import HeldReply
 
-        constraint = None
-        if files:
-            rules = line_rules(Quotes(tuple(files), frozenset(failing)), thinking=think, names=names)
-            constraint = LineConstraint(self.token_bytes, rules)
         prompt = self.tok.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True)
         ids = self.tok.encode(prompt)
         if not think:  # an empty trace, in the tokens training gave it: "\n" "</think>" "\n" (the
@@ -97,8 +93,13 @@ class Reasoner:
             ids += self.tok.encode("\n" + END_THINK + "\n")
         out, first = [], None
         stops = self.tok.turn_markers(ids) | {self.tok.eos_token_id}  # as the local backend stops
-        for token in self.engine.generate(ids, max_new_tokens=max_new, temperature=0.0,
-                                          stop_ids=stops, constraint=constraint):
+        if files:  # as the local backend runs it: held to the rules, with its look back
+            held = HeldReply(self.engine, ids, Quotes(tuple(files), frozenset(failing)), thinking=think, names=names,
+                             token_bytes=self.token_bytes)
+            tokens = held.tokens(max_new_tokens=max_new, temperature=0.0, stop_ids=stops)
+        else:
+            tokens = self.engine.generate(ids, max_new_tokens=max_new, temperature=0.0, stop_ids=stops)
+        for token in tokens:
             out.append(int(token))
             if first is None:
                 first = time.perf_counter()  # the prompt is read: decode starts

@@ -13,18 +13,19 @@ Usage event tells cached, drafted and accepted tokens. With ``quotes_from`` (the
 files' lines, and the inline code of its answer to code its thinking or the files have
 (app.exact_quotes), token by token (sampled: without drafts); with ``known_names`` too, the
 names in its inline code to the files' names; after failing tests, its reading to the
-functions they reach. A reply ends at EOS or at a turn marker of the template's
+functions they reach, with one look back (app.held_reply). A reply ends at EOS or at a turn marker of the template's
 (``<｜User｜>``, ``<｜Assistant｜>``): the model starting a turn of its own.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from app.backends.base import Clock, cancelled, failed_from, no_grammar, no_output_fields
-from app.exact_quotes import line_rules
+from app.held_reply import HeldReply
 from vocab.events import Event, Failed, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.config import RoleConfig, Sampling
@@ -121,18 +122,16 @@ class LocalBackend:
             text = IncrementalDecoder(tokenizer)  # never splits a UTF-8 character
             limit = min(sampling.max_tokens, room)
             produced = 0
-            constraint = None
+            held = None
             if quotes_from is not None:  # exact_quotes (and known_names): app.exact_quotes.line_rules
-                from local_engine.constraint import LineConstraint
-
-                rules = line_rules(quotes_from, thinking=opened, names=self.rc.known_names)
-                constraint = LineConstraint(self.model.token_bytes(), rules)
+                held = HeldReply(engine, ids, quotes_from, thinking=opened, names=self.rc.known_names,
+                                 token_bytes=self.model.token_bytes())
             try:  # the engine checks ``cancel`` between tokens and stops at EOS
                 speculative = "mtp" if engine.has_mtp and self.rc.speculative == "mtp" else None
-                for token in engine.generate(ids, max_new_tokens=limit, temperature=sampling.temperature,
-                                             top_p=sampling.top_p, seed=sampling.seed, cancel=cancel,
-                                             stop_ids=tokenizer.turn_markers(ids),
-                                             speculative=speculative, constraint=constraint):
+                run = held.tokens if held is not None else functools.partial(engine.generate, ids)
+                for token in run(max_new_tokens=limit, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 seed=sampling.seed, cancel=cancel, stop_ids=tokenizer.turn_markers(ids),
+                                 speculative=speculative):
                     produced += 1
                     clock.token()
                     yield from piece_events(splitter.feed(text.add(int(token))))
@@ -149,7 +148,7 @@ class LocalBackend:
                 yield clock.done("cancelled")
                 return
             yield from piece_events(splitter.finish())
-            stats = engine.last_stats
+            stats = held.stats if held is not None else engine.last_stats
             yield Usage(prompt_tokens=len(ids), completion_tokens=produced,
                         cached_tokens=int(stats.get("cached_tokens", 0)), drafted=int(stats.get("drafted", 0)),
                         accepted=int(stats.get("accepted", 0)))
