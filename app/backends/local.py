@@ -13,8 +13,9 @@ Usage event tells cached, drafted and accepted tokens. With ``quotes_from`` (the
 files' lines, and the inline code of its answer to code its thinking or the files have
 (app.exact_quotes), token by token (sampled: without drafts); with ``known_names`` too, the
 names in its inline code to the files' names; after failing tests, its reading to the
-functions they reach, with one look back (app.held_reply). A reply ends at EOS or at a turn marker of the template's
-(``<｜User｜>``, ``<｜Assistant｜>``): the model starting a turn of its own.
+functions they reach, with one look back (app.held_reply). A reply ends at EOS or at a turn
+marker of the template's (``<｜User｜>``, ``<｜Assistant｜>``): the model starting a turn of its
+own.
 """
 
 from __future__ import annotations
