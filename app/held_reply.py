@@ -22,15 +22,13 @@ from app.exact_quotes import Quotes, line_rules
 
 class HeldReply:
     """One reply: ``tokens`` yields its token ids as they stand (none it takes back);
-    ``stats`` adds up the engine's drafted / accepted tokens over its runs; ``looked_back`` is
-    the line the reading went back to, if it did."""
+    ``stats`` adds up the engine's drafted / accepted tokens over its runs."""
 
     def __init__(self, engine, ids: list[int], quotes: Quotes, *, thinking: bool, names: bool,
                  token_bytes: Sequence[bytes]):
         self.engine, self.ids, self.quotes = engine, list(ids), quotes
         self.thinking, self.names, self.token_bytes = thinking, names, token_bytes
         self.stats = {"cached_tokens": 0, "drafted": 0, "accepted": 0}
-        self.looked_back: int | None = None
 
     def _constraint(self, conclude_at: int | None = None, written: Sequence[int] = ()):
         from local_engine.constraint import LineConstraint
@@ -79,7 +77,6 @@ class HeldReply:
             yield from out[sent:]
             return
         cut, line = back
-        self.looked_back = line
         yield from out[sent:cut]
         if max_new_tokens - cut <= 0:
             return
