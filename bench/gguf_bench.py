@@ -18,7 +18,9 @@ Reports decode tok/s at batch 1 at context 0 and 2048 and prefill tok/s (2048 to
 512) -- quant_bench's timing code for both engines -- and writes bench/results/gguf_bench.json.
 ``--decode N`` times N decode steps per context (default 48; fewer: a shorter run, same columns).
 Duet runs its default GGUF activation precision (kernels.kquant.act_bits(); set
-DUET_GGUF_ACT_BITS=8 for llama.cpp's own 8-bit activation codes), printed with the table.
+DUET_GGUF_ACT_BITS=8 for llama.cpp's own 8-bit activation codes), printed with the table, and
+its plan's prefill tiles (bf16 where the CPU multiplies bf16 natively); ``--f32-tiles`` adds a
+row "duet f32" with float32 prefill tiles, the path before bf16 tiles and the one AVX2 CPUs run.
 The machine is shared: the load average before/after is printed with the numbers.
 """
 
@@ -41,6 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import quant_bench as qb  # noqa: E402
+from kernels import dispatch  # noqa: E402
 
 # the files llama.cpp's quantizer writes from the Q8_0 file: its llama_ftype values (llama.h)
 LLAMA_FTYPES = {"Q4_K_M": 15, "Q3_K_M": 12, "Q2_K": 10}
@@ -103,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None, help="where the GGUF files go (default: a temp dir, removed)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gguf_bench.json"))
     ap.add_argument("--decode", type=int, default=qb.DECODE, help="decode steps timed per context")
+    ap.add_argument("--f32-tiles", action="store_true",
+                    help="also time Duet with float32 prefill tiles where the plan has bf16 ones (row 'duet f32')")
     a = ap.parse_args(argv)
     if a.decode < 6:
         ap.error("--decode: at least 6 steps")
@@ -128,6 +133,12 @@ def main(argv=None) -> int:
             print(f"[{kind}] tensor types {blocks}", flush=True)
             duet = qb.run_duet(path, a.threads)
             print(f"[{kind}] duet {duet}", flush=True)
+            if a.f32_tiles and dispatch.plan().gguf.prefill_dtype != torch.float32:
+                with dispatch.overridden(gguf_prefill=torch.float32):
+                    f32 = qb.run_duet(path, a.threads)
+                print(f"[{kind}] duet, float32 prefill tiles {f32}", flush=True)
+                rows.append({"file": kind, "engine": "duet f32", "bytes": path.stat().st_size,
+                             "types": blocks, **f32})
             llama = run_llama(path, a.threads)
             print(f"[{kind}] llama.cpp {llama}", flush=True)
             size = path.stat().st_size
@@ -140,7 +151,8 @@ def main(argv=None) -> int:
     print()
     from kernels import kquant
 
-    acts = f"duet GGUF activations {kquant.act_bits()}-bit, integer dot products {kquant.isa() or 'not built'}"
+    acts = (f"duet GGUF activations {kquant.act_bits()}-bit, integer dot products {kquant.isa() or 'not built'}, "
+            f"prefill tiles {str(dispatch.plan().gguf.prefill_dtype).removeprefix('torch.')}")
     print(f"Same GGUF file for both engines: DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads; {acts}")
     print(f"{'file':<8}{'engine':<11}{'decode@0':>10}{'decode@' + str(qb.PREFILL):>14}{'prefill':>10}{'load s':>8}")
     for r in rows:

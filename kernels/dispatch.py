@@ -117,12 +117,15 @@ class NormPlan:
 class GGUFPlan:
     """GGUF k-quant weights read in place. ``impl``: "native" (kernels/csrc/kquant.c: integer
     block dot products for up to ``native_rows`` rows, tiles of dequantized rows beyond) or
-    "torch" (dequantize, then F.linear); activations rounded to ``act_bits`` (8, 16; 32 = float)."""
+    "torch" (dequantize, then F.linear); activations rounded to ``act_bits`` (8, 16; 32 = float).
+    ``prefill_dtype``: the tiles' and their matmuls' dtype for bf16 activations beyond
+    ``native_rows`` (bf16 where the CPU multiplies bf16 natively, float32 otherwise or at 32 bits)."""
 
     impl: str
     isa: str | None
     act_bits: int
     native_rows: int = 8
+    prefill_dtype: torch.dtype = torch.float32
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,8 @@ class Plan:
                 ("rms norm", self.norm.norm + (f" (native for <= {self.norm.native_rows} rows)"
                                                if self.norm.native_rows else "")),
                 ("rope", self.norm.rope),
-                ("gguf", f"native {gguf_isa} block dots, {gg.act_bits}-bit activations" if gg.impl == "native"
+                ("gguf", f"native {gguf_isa} block dots, {gg.act_bits}-bit activations; prefill: "
+                         f"{_name(gg.prefill_dtype)} tiles" if gg.impl == "native"
                          else f"torch dequantize + matmul ({gg.act_bits}-bit activations)"),
                 ("cuda", "Triton kernels" if self.triton else "PyTorch")]
         return rows
@@ -223,13 +227,16 @@ def replan() -> Plan:
 def overridden(**switches):
     """Within the block the plan is built with these switches changed (tests and benches):
     ``native=False`` (kernels/csrc off: weights made inside take the aten layout),
-    ``act_bits=8|16`` (the native matmuls' activations), ``gguf_act_bits=8|16|32``."""
-    unknown = set(switches) - {"native", "act_bits", "gguf_act_bits"}
+    ``act_bits=8|16`` (the native matmuls' activations), ``gguf_act_bits=8|16|32``,
+    ``gguf_prefill=torch.float32|torch.bfloat16`` (GGUF prefill tiles for bf16 activations)."""
+    unknown = set(switches) - {"native", "act_bits", "gguf_act_bits", "gguf_prefill"}
     if unknown:
         raise TypeError(f"unknown switch {sorted(unknown)}")
     for name, allowed in (("act_bits", (8, 16)), ("gguf_act_bits", (8, 16, 32))):
         if switches.get(name) is not None and switches[name] not in allowed:
             raise ValueError(f"{name}={switches[name]!r}: expected one of {allowed}")
+    if switches.get("gguf_prefill") not in (None, torch.float32, torch.bfloat16):
+        raise ValueError(f"gguf_prefill={switches['gguf_prefill']!r}: expected torch.float32 or torch.bfloat16")
     saved = dict(_OVERRIDES)
     _OVERRIDES.update({k: v for k, v in switches.items() if v is not None})
     replan()
@@ -277,8 +284,10 @@ def _build(cap: capability.Capability, over: dict) -> Plan:
                     native_rows=8 if isa and not reference else 0)
     gguf_bits = over.get("gguf_act_bits") or _env_bits(GGUF_ACT_ENV, ("8", "16", "32"), "16")
     gso = kquant.lib()
+    gguf_prefill = over.get("gguf_prefill") or (act_dtype if gguf_bits != 32 else torch.float32)
     gguf = GGUFPlan(impl="native" if gso is not None else "torch",
-                    isa=gso.kq_isa().decode() if gso is not None else None, act_bits=gguf_bits)
+                    isa=gso.kq_isa().decode() if gso is not None else None, act_bits=gguf_bits,
+                    prefill_dtype=gguf_prefill)
     triton = not reference and os.environ.get("DUET_TRITON") != "0" and triton_ops.installed()
     return Plan(capability=cap, reference=reference, native_isa=isa, triton=triton, act_dtype=act_dtype,
                 linear=linear, moe=moe, attention=attention, norm=norm, gguf=gguf)

@@ -28,7 +28,9 @@ the i-quants' kernels/csrc/iquant_dot.h: AVX2 or plain C, bit for bit the same r
     32  float32 activations and dot products over the dequantized weights (the exact reference).
 ``DUET_GGUF_ACT_BITS=8|16|32`` sets it; ``dispatch.overridden(gguf_act_bits=)`` within a block.
 Up to 8 activation rows go through the native matmul; more rows dequantize the matrix in
-tiles of rows and run torch matmuls over all of them (float32 activations: prefill).
+tiles of rows and run torch matmuls over all of them (prefill): float32, or, for bf16
+activations on a CPU that multiplies bf16 natively (AVX512_BF16, AMX), bf16 tiles and matmuls
+(``dispatch.plan().gguf.prefill_dtype``; float32 at 32 bits), as the engine's other prefills.
 
 The C file is built with kernels/cpu_native.py's target flags (``-march=native``,
 ``DUET_NATIVE_MARCH``, ``DUET_CPU=avx2|scalar``), -O3, torch's OpenMP runtime, cached by a
@@ -55,7 +57,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "kquant.c"
 HEADERS = (SOURCE.parent / "kquant_dot.h", SOURCE.parent / "q8_activations.h")
 EXTRA_FLAGS = ("-ffp-contract=off",)
 LAYOUT = "gguf"
-TILE_BYTES = 8 << 20     # prefill: weight rows dequantized per matmul (float32 bytes)
+TILE_BYTES = 8 << 20     # prefill: the bytes of weight rows dequantized per matmul
 
 # ggml type id -> (name, weights per block, bytes per block): the types with native dot products ...
 DOT_TYPES = {2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24),
@@ -362,7 +364,7 @@ def get_rows(w: GGUFWeight, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
     """x [..., in] -> [..., out] in x's dtype: the native matmul for up to 8 rows (activations
     at ``act_bits()``; the i-quants' in kernels/iquant.py's library, at 8 and 16 bits), else
-    tiles of dequantized rows and torch matmuls over all rows (float32 activations)."""
+    tiles of dequantized rows and torch matmuls over all rows (`_tiled_linear`)."""
     n, k = w.shape
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
@@ -371,7 +373,8 @@ def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
         return F.linear(x, dequantize(w, x.dtype if x.dtype != torch.float16 else torch.float32).to(x.dtype))
     iq = w.type in iquant.IQ_TYPES
     if m > plan.native_rows or (iq and not _iq_dot(plan.act_bits)):
-        return _tiled_linear(x2, w).to(x.dtype).view(*x.shape[:-1], n)
+        dtype = plan.prefill_dtype if x.dtype == torch.bfloat16 else torch.float32
+        return _tiled_linear(x2, w, dtype).to(x.dtype).view(*x.shape[:-1], n)
     if iq:   # kernels/iquant.py's own library: the i-quants' integer block dot products
         return iquant.native_linear(w.type, x2, w.data, k, plan.act_bits).to(x.dtype).view(*x.shape[:-1], n)
     xf = x2.to(torch.float32).contiguous()
@@ -390,22 +393,30 @@ def _iq_dot(act: int) -> bool:
     return act in iquant.DOT_ACT_BITS and iquant.lib() is not None
 
 
-def _tiled_linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
-    """Many rows (prefill): float32 [M, out]. The weight is dequantized a tile of rows at a
-    time (float32, TILE_BYTES) into one reused buffer, each tile multiplied with all M rows."""
+def _tiled_linear(x: torch.Tensor, w: GGUFWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Many rows (prefill): [M, out] in ``dtype``. The weight is dequantized a tile of rows at a
+    time (TILE_BYTES) into one reused buffer of ``dtype``, each tile multiplied with all M rows
+    in ``dtype``: float32, or bf16 (bf16 activations where the CPU multiplies bf16 natively,
+    ``dispatch.plan().gguf.prefill_dtype``: the weights rounded to bf16 as they are unpacked,
+    products summed in float32 by oneDNN, as the engine's other prefills there)."""
     n, k = w.shape
-    xf = x.to(torch.float32).contiguous()
-    y = torch.empty(x.shape[0], n, dtype=torch.float32)
-    rows = max(16, min(n, TILE_BYTES // (4 * k)))
-    buf = torch.empty(rows, k, dtype=torch.float32)
+    xf = x.to(dtype).contiguous()
+    y = torch.empty(x.shape[0], n, dtype=dtype)
+    rows = max(16, min(n, TILE_BYTES // (dtype.itemsize * k)))
+    buf = torch.empty(rows, k, dtype=dtype)
+    iq = w.type in iquant.IQ_TYPES
+    f32 = torch.empty(rows, k, dtype=torch.float32) if iq and dtype != torch.float32 else None
     for j in range(0, n, rows):
         r = min(rows, n - j)
         tile = buf[:r]
-        if w.type in iquant.IQ_TYPES:
-            iquant.dequantize_rows(w.type, w.data[j:j + r], k, out=tile)
+        if iq:
+            if f32 is None:
+                iquant.dequantize_rows(w.type, w.data[j:j + r], k, out=tile)
+            else:
+                tile.copy_(iquant.dequantize_rows(w.type, w.data[j:j + r], k, out=f32[:r]))
         else:
-            _LIB.kq_dequant(w.type, w.data.data_ptr() + j * w.stride, w.stride, r, k, tile.data_ptr(), 0,
-                            torch.get_num_threads())
+            _LIB.kq_dequant(w.type, w.data.data_ptr() + j * w.stride, w.stride, r, k, tile.data_ptr(),
+                            int(dtype == torch.bfloat16), torch.get_num_threads())
         y[:, j:j + r] = xf @ tile.t()
     return y
 

@@ -147,6 +147,30 @@ def test_prefill_rows_run_tile_by_tile_as_the_float32_product(monkeypatch, rows)
     assert _rel(kquant.linear(x, w), ref) < 1e-5
 
 
+@pytest.mark.parametrize("type_id", [8, 12, 14], ids=["Q8_0", "Q4_K", "Q6_K"])
+def test_bf16_prefill_tiles_are_the_product_of_the_weights_rounded_to_bf16(monkeypatch, type_id):
+    """bf16 activations where the plan says bf16 tiles (forced here, so on any CPU): each tile is
+    the exact weights rounded to bf16, multiplied in bf16 (float32 sums), tile by tile; float32
+    activations keep the float32 product."""
+    if kquant.lib() is None:
+        pytest.skip("no native GGUF kernels here")
+    monkeypatch.setattr(kquant, "TILE_BYTES", 16 * 2 * 512)   # bf16: 16 rows a tile, 5 tiles, the last short
+    raw = random_blocks(type_id, 70, 512, seed=type_id)
+    w = kquant.GGUFWeight(type_id, (70, 512), torch.from_numpy(raw))
+    exact = torch.from_numpy(quants.dequantize(raw, type_id))
+    x = torch.randn(40, 512, generator=torch.Generator().manual_seed(type_id))
+    xb = x.to(torch.bfloat16)
+    rounded = xb.double() @ exact.to(torch.bfloat16).double().t()   # what bf16 tiles multiply, summed exactly
+    with dispatch.overridden(gguf_prefill=torch.bfloat16):
+        y = kquant.linear(xb, w)
+        y32 = kquant.linear(x, w)
+    assert y.dtype == torch.bfloat16 and y.shape == (40, 70)
+    assert _rel(y, rounded) < 2 ** -7                               # the output's own bf16 rounding, and float32 sums
+    assert _rel(y32, x.double() @ exact.double().t()) < 1e-5       # float32 activations: float32 tiles still
+    with dispatch.overridden(gguf_prefill=torch.float32):
+        assert _rel(kquant.linear(xb, w), xb.double() @ exact.double().t()) < 2 ** -7
+
+
 def test_activation_rounding_is_llama_cpps_q8_0_and_q8_k():
     x = torch.randn(3, 512) * torch.tensor([1.0, 1e-3, 50.0]).view(3, 1)
     x[1, :32] = 0.0                                          # an all-zero block

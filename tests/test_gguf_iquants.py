@@ -470,6 +470,22 @@ def test_thirty_two_bit_activations_and_no_library_run_the_float32_tiles(monkeyp
         assert torch.equal(kquant.reference_linear(x, w), kquant.reference_linear(x, w, 32))
 
 
+def test_bf16_prefill_tiles_of_an_i_quant_are_its_exact_weights_rounded_to_bf16(monkeypatch):
+    """Many bf16 rows under bf16 tiles (forced, so on any CPU): the i-quant's rows dequantized
+    exactly (float32) and rounded to bf16, a tile at a time."""
+    name = "IQ3_S"
+    b = random_blocks(name, rows=40, nb=2, seed=32)
+    b = iquant.set_scales(name, b.reshape(80, -1), np.full(80, 0x2000, dtype=np.uint16)).reshape(40, -1)
+    w = _iq_weight(name, b)
+    monkeypatch.setattr(kquant, "TILE_BYTES", 16 * 2 * 512)        # 16 rows a tile: 3 tiles, the last short
+    x = torch.randn(12, 512, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    rounded = x.double() @ torch.from_numpy(gguf_py(name, b)).to(torch.bfloat16).double().t()
+    with dispatch.overridden(gguf_prefill=torch.bfloat16):
+        y = kquant.linear(x, w)
+    assert y.dtype == torch.bfloat16
+    assert ((y.double() - rounded).abs().max() / rounded.abs().max()).item() < 2 ** -7
+
+
 def test_the_matmul_refuses_what_it_cannot_take():
     native()
     b = torch.from_numpy(random_blocks("IQ1_S", rows=2, nb=1, seed=31))

@@ -96,7 +96,8 @@ import json, sys, torch, torch.nn.functional as F
 from kernels import capability, cpu_native, dispatch, quant
 p = dispatch.plan()
 out = {"level": p.capability.level, "bf16_native": p.capability.bf16_native, "act": str(p.act_dtype),
-       "prefill": str(p.linear.prefill_dtype), "dense": p.linear.dense, "describe": dict(p.describe())}
+       "prefill": str(p.linear.prefill_dtype), "dense": p.linear.dense, "describe": dict(p.describe()),
+       "gguf_prefill": str(p.gguf.prefill_dtype)}
 if p.native:   # a quantized prefill (more rows than the native GEMV takes) in the plan's float type
     torch.manual_seed(0)
     qw = quant.quantize_weight(torch.randn(40, 128), "int8")
@@ -125,7 +126,7 @@ def _probe(**env):
 def test_a_cpu_without_native_bf16_gets_float32_activations_from_the_plan(env):
     got = _probe(**env)
     assert got["bf16_native"] is False
-    assert got["act"] == got["prefill"] == "torch.float32"
+    assert got["act"] == got["prefill"] == got["gguf_prefill"] == "torch.float32"
     assert got["describe"]["activations"].startswith("float32")
     assert got["dense"] == "torch"                    # no oneDNN bf16 packing either
     if "DUET_CPU" in env:
@@ -139,6 +140,15 @@ def test_this_cpu_plans_bf16_activations_only_where_bf16_matmuls_are_native():
     assert (dispatch.plan().act_dtype == torch.bfloat16) == cap.bf16_native
     if cap.bf16_native:
         assert cap.level == "avx512"
+    # GGUF prefill tiles: bf16 with the other prefills, float32 at 32-bit GGUF activations (the reference)
+    assert dispatch.plan().gguf.prefill_dtype == dispatch.plan().act_dtype
+    with dispatch.overridden(gguf_act_bits=32):
+        assert dispatch.plan().gguf.prefill_dtype == torch.float32
+    with dispatch.overridden(gguf_prefill=torch.bfloat16):
+        assert dispatch.plan().gguf.prefill_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="gguf_prefill"):
+        with dispatch.overridden(gguf_prefill=torch.float16):
+            pass
 
 
 def _imports(path: Path) -> set[str]:
