@@ -1,7 +1,12 @@
 """`duet ask`: one turn, headless, over the conversation core. The answer goes to stdout,
-the thinking to stderr.
+the thinking to stderr. The workspace (the current folder, ``--workspace``, or with ``--demo``
+a fresh copy of the sample project) gives the files the request names ("review calc.py", "why
+does add fail?"): they join the context, as in the chat. It is one turn: a coder's edit blocks
+are its answer, not checked, retried or written (`duet run` does that).
 
-`--json` prints one object instead. A fault is one line on stderr and exit 1, with the
+Notes about what was sent (a file the request named joined the context, a demo model given
+no file) and the core's notices go to stderr as ``duet: …`` lines, or under "notes" with
+`--json`, which prints one object instead. A fault is one line on stderr and exit 1, with the
 partial answer still printed; a server that refuses the connection before anything was
 sent is a configuration problem (exit 2, naming the file and key). Ctrl-C cancels the
 turn promptly (exit 130), keeping and saving what streamed.
@@ -20,6 +25,7 @@ import time
 from vocab.events import AnswerDelta, ModelUnusable, ThinkingDelta
 from app.config import Config
 from app.conversation import Conversation
+from app.conversation.events import Notice
 from app.turn import Turn, TurnResult
 
 _END = object()
@@ -32,7 +38,11 @@ def run_ask(args, config: Config) -> int:
         from app.errors import UsageError
 
         raise UsageError("duet ask: the prompt is empty")
-    conversation = Conversation(config, save=not args.no_save)
+    from app.workspace import Workspace
+
+    root = getattr(args, "workspace", None)  # the CLI's: "." or --workspace (--demo: the sample project's copy)
+    workspace = Workspace.from_config(root, config) if root is not None else None
+    conversation = Conversation(config, workspace=workspace, save=not args.no_save)
     routed = conversation.prepare(text, args.role)
     turn = routed.turn
     cancel = threading.Event()
@@ -40,7 +50,7 @@ def run_ask(args, config: Config) -> int:
 
     def work():
         try:
-            for event in conversation.run(routed, cancel):
+            for event in conversation.run(routed, cancel, edits=False):  # one turn: its answer
                 events.put(event)
         except BaseException as exc:  # handed to the main thread, which reports it
             events.put(exc)
@@ -49,6 +59,8 @@ def run_ask(args, config: Config) -> int:
 
     worker = threading.Thread(target=work, name="duet-ask", daemon=True)
     printer = _Printer(stream=not args.json)
+    for note in routed.notes:
+        printer.note(note)
     with ctrl_c_sets(cancel):
         worker.start()
         deadline = None
@@ -82,7 +94,7 @@ def run_ask(args, config: Config) -> int:
     result = turn.result
     if args.json:
         try:
-            print(json.dumps(as_json(turn, result), ensure_ascii=False), flush=True)
+            print(json.dumps(as_json(turn, result, printer.notes), ensure_ascii=False), flush=True)
         except BrokenPipeError:
             mute_stdout()
     return _report(turn, result, config, interrupted)
@@ -111,14 +123,14 @@ def ctrl_c_sets(cancel: threading.Event):
         signal.signal(signal.SIGINT, previous)
 
 
-def as_json(turn: Turn, r: TurnResult) -> dict:
+def as_json(turn: Turn, r: TurnResult, notes: list[str] | None = None) -> dict:
     usage = {"prompt_tokens": r.usage.prompt_tokens if r.usage else None,
              "completion_tokens": r.usage.completion_tokens if r.usage else None}
     timings = {"first_token_s": _round(r.done.first_token_s) if r.done else None,
                "total_s": _round(r.done.total_s) if r.done else None}
     return {"role": r.role, "model": r.model, "thinking": r.thinking, "answer": r.answer, "usage": usage,
             "timings": timings, "intent": turn.route.intent, "why": turn.route.why, "status": r.status,
-            "error": r.failed.message if r.failed else None, "session_id": r.session_id}
+            "error": r.failed.message if r.failed else None, "session_id": r.session_id, "notes": list(notes or ())}
 
 
 def _report(turn: Turn, r: TurnResult, config: Config, interrupted: bool) -> int:
@@ -141,14 +153,25 @@ def _report(turn: Turn, r: TurnResult, config: Config, interrupted: bool) -> int
 
 
 class _Printer:
-    """Thinking to stderr, answer to stdout, as they stream (unless --json)."""
+    """Thinking to stderr, answer to stdout, as they stream (unless --json); notes to stderr
+    (and kept in ``notes`` for --json)."""
 
     def __init__(self, stream: bool):
         self.stream = stream
         self.thinking_open = False
         self.last_answer = ""
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        if self.stream:
+            self._end_thinking()
+            print(f"duet: {text}", file=sys.stderr, flush=True)
 
     def show(self, event) -> None:
+        if isinstance(event, Notice):
+            self.note(event.text)
+            return
         if not self.stream:
             return
         if isinstance(event, ThinkingDelta):

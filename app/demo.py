@@ -57,6 +57,24 @@ def sample_source() -> Path:
     return demo_dir() / "sample"
 
 
+# What a turn of a demo model with no file in context is told (app.conversation's prepare): they
+# were trained on a module in the prompt, and without one they write noise.
+NO_FILE_NOTE = ("The demo models know one task, finding and fixing the planted bug in a small Python "
+                "module, and this request has no file in context: name a module of the workspace in it "
+                "(\"review stats.py\", \"why does halve fail its test?\") or add one (Ctrl+F).")
+
+
+def is_demo_model(path: Path | None) -> bool:
+    """Whether ``path`` is one of the models trained in this repository (the packaged reasoner
+    folder or coder file), however the config reached it (`duet --demo` or a written config)."""
+    if path is None:
+        return False
+    try:
+        return Path(path).resolve() in (reasoner_path().resolve(), coder_path().resolve())
+    except OSError:
+        return False
+
+
 def demo_models_present() -> bool:
     return (reasoner_path() / "config.json").is_file() and coder_path().is_file()
 

@@ -15,7 +15,9 @@ import pytest
 
 from vocab.messages import ChatMessage
 from vocab.events import AnswerDelta, Done
+from app import demo
 from app.config import load_config
+from app.exact_quotes import stated_changes
 from app.store import SessionStore
 from app.turn import Turn, decide
 from tests.sse_server import RESET, ScriptedServer, error_reply, reasoner_reply, text_reply, with_fault
@@ -192,10 +194,46 @@ def test_a_turn_cancelled_from_another_thread_ends_with_done_cancelled(server, c
     assert turn.result.status == "cancelled" and turn.result.session_id is None
 
 
-def test_ask_with_the_demo_model_writes_only_the_answer_and_thinking(tmp_path):
+def test_ask_with_the_demo_model_and_no_file_says_what_the_demo_knows_and_still_answers(tmp_path):
     p = duet("--demo", "ask", "--role", "coder", "--no-save", "Say hello.", timeout=180)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() and p.stderr == ""  # Gemma does not think; llama.cpp's own logs stay out
+    # the note on stderr, then the coder's reply on stdout; llama.cpp's own logs stay out
+    assert p.stdout.strip() and p.stderr == f"duet: {demo.NO_FILE_NOTE}\n"
+
+
+def test_demo_ask_sends_the_sample_module_it_names_and_the_reasoner_plans_from_it():
+    """`duet --demo ask "review stats.py"`: the sample project's stats.py joins the context (its
+    tests run first, as the demo config says), the demo reasoner reads it and plans a change of
+    one of its lines."""
+    p = duet("--demo", "ask", "--no-save", "review stats.py", timeout=300)
+    assert p.returncode == 0, p.stderr
+    notes = [line for line in p.stderr.splitlines() if line.startswith("duet: ")]
+    assert "duet: stats.py joined the context (named in the request)." in notes
+    assert not any(demo.NO_FILE_NOTE in line for line in notes)
+    assert "stats.py has 2 functions. I read the code line by line" in p.stderr   # its thinking
+    source = (demo.sample_source() / "stats.py").read_text(encoding="utf-8")
+    changed = [x for x, _ in stated_changes(p.stdout)]
+    assert changed and all(x in source for x in changed)                         # a line stats.py has
+
+
+def test_ask_sends_the_files_its_request_names_from_the_workspace_and_notes_it(server, config_file, tmp_path):
+    ws = tmp_path / "proj"
+    ws.mkdir()
+    (ws / "calc.py").write_text("def add(a, b):\n    return a - b\n", encoding="utf-8")
+    server.set_script(text_reply("ok"))
+    p = duet("--config", str(config_file), "--workspace", str(ws), "ask", "--role", "reasoner", "--no-save",
+             "review calc.py")
+    assert p.returncode == 0, p.stderr
+    assert "return a - b" in json.dumps(server.requests[-1].json["messages"])
+    assert "duet: calc.py joined the context (named in the request)." in p.stderr.splitlines()
+    assert p.stdout == "ok\n"
+    j = duet("--config", str(config_file), "--workspace", str(ws), "ask", "--json", "--no-save", "why does add fail?")
+    out = json.loads(j.stdout)
+    assert "calc.py joined the context (it defines add, named in the request)." in out["notes"]
+    assert "return a - b" in json.dumps(server.requests[-1].json["messages"])
+    assert sorted(p.name for p in ws.iterdir()) == ["calc.py"]                  # ask writes nothing there
+    bare = json.loads(duet("--config", str(config_file), "ask", "--json", "--no-save", "What is 2+3?").stdout)
+    assert bare["notes"] == [] and bare["answer"] == "ok"
 
 
 def test_closing_stdout_early_cancels_the_turn_quietly(server, config_file, duet_home):

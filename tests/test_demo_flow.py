@@ -84,6 +84,32 @@ def test_each_suggested_request_brings_its_one_module_into_the_context_by_itself
         assert not name.startswith("test_")
 
 
+def test_a_demo_request_with_no_file_in_context_is_told_what_the_demo_knows(tmp_path):
+    """The demo models were trained on a module in the prompt: a request that brings none gets
+    the note (and is still sent); one that names a module, or a role that is not a demo model
+    (the same path written in a config counts as the demo), does not."""
+    import dataclasses
+
+    from app.conversation import Conversation
+    from app.workspace import Workspace
+
+    config = demo_config()
+    ws = Workspace(demo.fresh_sample_project(tmp_path / "p"))
+    conv = Conversation(config, workspace=ws, save=False)
+    assert demo.NO_FILE_NOTE in conv.prepare("hello there").notes
+    assert demo.NO_FILE_NOTE in conv.prepare("write a haiku", "coder").notes
+    assert demo.NO_FILE_NOTE not in conv.prepare("review stats.py").notes   # stats.py joined
+    assert demo.NO_FILE_NOTE not in conv.prepare("hello there").notes       # it stays in context
+    assert demo.NO_FILE_NOTE in Conversation(config, save=False).prepare("review stats.py").notes  # no workspace
+    written = dataclasses.replace(config.reasoner, demo=False, path=demo.reasoner_path().parent / "reasoner")
+    other = dataclasses.replace(config.reasoner, path=tmp_path / "some-model")
+    assert demo.is_demo_model(written.path) and not demo.is_demo_model(other.path)
+    assert not demo.is_demo_model(None)
+    fresh = Workspace(demo.fresh_sample_project(tmp_path / "q"))
+    mine = dataclasses.replace(config, reasoner=other)
+    assert demo.NO_FILE_NOTE not in Conversation(mine, workspace=fresh, save=False).prepare("hello", "reasoner").notes
+
+
 async def test_the_demo_opens_with_a_welcome_naming_requests_and_keys(tmp_path):
     from app.tui.app import DuetApp
     from app.tui.first_run import DemoWelcome

@@ -36,6 +36,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
+from app import demo
 from app.config import Config, Sampling
 from app.conversation.events import (ChangeApplied, ChangeDeclined, ChangeProposed, FlowEnded, Notice, PlanReady,
                                      Routed, TestFinished, TestStarted, TurnEnded)
@@ -110,6 +111,8 @@ class Conversation:
             files = self.review_material(notes)
         else:
             files = self.context_files(self.config.role(decision.role), notes, extra=extra_files)
+        if author == "you" and not files and demo.is_demo_model(self.config.role(decision.role).path):
+            notes.append(demo.NO_FILE_NOTE)  # it is still sent: the user asked
         editable, new_paths = [], None  # what the coder may edit: the workspace's files, not an outline
         if decision.role == "coder" and self.workspace is not None:
             ours = set(self.workspace.context.files) | set(extra_files)
@@ -226,8 +229,9 @@ class Conversation:
         return paths
 
     def run(self, routed: Routed, cancel: threading.Event | None = None,
-            approve: Approve | None = None) -> Iterator:
-        """The request's events, ending with FlowEnded."""
+            approve: Approve | None = None, *, edits: bool = True) -> Iterator:
+        """The request's events, ending with FlowEnded. ``edits=False``: a coder's reply is the
+        answer, as it stands (`duet ask`): no edit rounds, retries or review after it."""
         cancel = cancel or threading.Event()
         turn = routed.turn
         before = None
@@ -244,7 +248,7 @@ class Conversation:
             yield FlowEnded("cancelled" if result.status == "cancelled" else "failed",
                             reasons=(result.failed.message,) if result.failed else ())
             return
-        if turn.route.role != "coder" or not self._has_edits(result.answer):
+        if turn.route.role != "coder" or not edits or not self._has_edits(result.answer):
             yield FlowEnded("answered")
             return
         yield from self._implement(turn, cancel, approve)
