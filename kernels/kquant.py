@@ -27,10 +27,16 @@ the i-quants' kernels/csrc/iquant_dot.h: AVX2 or plain C, bit for bit the same r
         is (tests/test_engine_gguf.py), where 8 bits is only as close, a coin flip per file;
     32  float32 activations and dot products over the dequantized weights (the exact reference).
 ``DUET_GGUF_ACT_BITS=8|16|32`` sets it; ``dispatch.overridden(gguf_act_bits=)`` within a block.
-Up to 8 activation rows go through the native matmul; more rows dequantize the matrix in
-tiles of rows and run torch matmuls over all of them (prefill): float32, or, for bf16
-activations on a CPU that multiplies bf16 natively (AVX512_BF16, AMX), bf16 tiles and matmuls
-(``dispatch.plan().gguf.prefill_dtype``; float32 at 32 bits), as the engine's other prefills.
+Up to 8 activation rows go through the native matmul; more rows (prefill) either
+  - run the tiled integer GEMM (kq_gemm_tiled: Q4_0, Q8_0, Q4_K, Q6_K, activations rounded once
+    to llama.cpp's 8-bit blocks, each weight block unpacked once per 128 rows) where
+    ``tiled_gemm_for`` says so: at ``act_bits()`` 8 (llama.cpp's precision, chosen), on x86
+    builds where the tiles would be float32 (AVX2: 1.15-1.4x their speed at 512 rows, 1.3-3x
+    up to 64); the default 16 bits keeps prefill at the float32 tiles' precision; or
+  - dequantize the matrix in tiles of rows and run torch matmuls over all of them: float32, or,
+    for bf16 activations on a CPU that multiplies bf16 natively (AVX512_BF16, AMX), bf16 tiles
+    and matmuls (``dispatch.plan().gguf.prefill_dtype``; float32 at 32 bits), as the engine's
+    other prefills.
 
 The C file is built with kernels/cpu_native.py's target flags (``-march=native``,
 ``DUET_NATIVE_MARCH``, ``DUET_CPU=avx2|scalar``), -O3, torch's OpenMP runtime, cached by a
@@ -58,6 +64,10 @@ HEADERS = (SOURCE.parent / "kquant_dot.h", SOURCE.parent / "q8_activations.h")
 EXTRA_FLAGS = ("-ffp-contract=off",)
 LAYOUT = "gguf"
 TILE_BYTES = 8 << 20     # prefill: the bytes of weight rows dequantized per matmul
+TILED_TYPES = (2, 8, 12, 14)   # Q4_0, Q8_0, Q4_K, Q6_K: the tiled integer GEMM (tiled_gemm_for) ...
+TILED_ISAS = ("avx2", "avx-vnni", "avx512-vnni")   # ... on the builds where it was measured
+TILED_ROWS = 64                # every such type, build and CPU: up to this many rows ...
+TILED_MIN_N = 128              # ... beyond, AVX2-class CPUs, for a weight of at least this many rows
 
 # ggml type id -> (name, weights per block, bytes per block): the types with native dot products ...
 DOT_TYPES = {2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24),
@@ -145,7 +155,8 @@ def _bind(so):
     so.kq_gemm.argtypes = [_c_int, _ptr, _c_int, _c_int, _ptr, _c_long, _c_long, _ptr, _c_long, _c_int, _c_int]
     so.kq_moe.argtypes = [_ptr, _ptr, _c_long, _c_long, _c_long, _c_int, _c_int, _ptr, _ptr, _c_int,
                           _c_int, _ptr, _ptr, _c_int, _c_int]
-    for f in (so.kq_dequant, so.kq_get_rows, so.kq_gemm, so.kq_moe):
+    so.kq_gemm_tiled.argtypes = [_c_int, _ptr, _c_int, _c_int, _ptr, _c_long, _c_long, _ptr, _c_long, _c_int]
+    for f in (so.kq_dequant, so.kq_get_rows, so.kq_gemm, so.kq_moe, so.kq_gemm_tiled):
         f.restype = _c_int
     return so
 
@@ -363,8 +374,9 @@ def get_rows(w: GGUFWeight, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 
 def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
     """x [..., in] -> [..., out] in x's dtype: the native matmul for up to 8 rows (activations
-    at ``act_bits()``; the i-quants' in kernels/iquant.py's library, at 8 and 16 bits), else
-    tiles of dequantized rows and torch matmuls over all rows (`_tiled_linear`)."""
+    at ``act_bits()``; the i-quants' in kernels/iquant.py's library, at 8 and 16 bits), else the
+    tiled integer GEMM at 8-bit activations where ``tiled_gemm_for`` says so (`_tiled_gemm`),
+    else tiles of dequantized rows and torch matmuls over all rows (`_tiled_linear`)."""
     n, k = w.shape
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
@@ -372,6 +384,8 @@ def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
     if plan.impl != "native" or x.device.type != "cpu":
         return F.linear(x, dequantize(w, x.dtype if x.dtype != torch.float16 else torch.float32).to(x.dtype))
     iq = w.type in iquant.IQ_TYPES
+    if m > plan.native_rows and tiled_gemm_for(dispatch.plan(), w.type, m, n):
+        return _tiled_gemm(x2, w).to(x.dtype).view(*x.shape[:-1], n)
     if m > plan.native_rows or (iq and not _iq_dot(plan.act_bits)):
         dtype = plan.prefill_dtype if x.dtype == torch.bfloat16 else torch.float32
         return _tiled_linear(x2, w, dtype).to(x.dtype).view(*x.shape[:-1], n)
@@ -385,6 +399,48 @@ def linear(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
         raise MemoryError("kq_gemm: out of memory") if rc == 1 else ValueError(
             f"kq_gemm: a {w.mode} {w.shape} weight cannot take {m} rows of {k}")
     return y.to(x.dtype).view(*x.shape[:-1], n)
+
+
+def tiled_gemm_for(plan: dispatch.Plan, type_id: int, rows: int, n: int) -> bool:
+    """Whether ``rows`` (> native_rows) activation rows times an [n, k] weight of ``type_id`` run
+    the tiled integer GEMM (kq_gemm_tiled: 8-bit activations, llama.cpp's codes) rather than
+    float32 tiles. Only at 8-bit activations (``DUET_GGUF_ACT_BITS=8``: llama.cpp's codes, its
+    precision, chosen; at the default 16 bits prefill keeps the float32 tiles, closer to the exact
+    model than 8-bit codes, as decode's two terms are; 32 is the exact float reference), where the
+    tiles would be float32 (``prefill_dtype``: bf16 CPUs keep their much faster bf16 tiles), on
+    the builds it was measured on. One core, GFLOP/s, tiled vs float32 tiles (dequantize + MKL):
+      AVX2 build, MKL held to AVX2, 512 rows of 1408x2048 / 2048x2048 / 5632x2048: Q4_0 125-135 vs
+        105-109, Q4_K 138-144 vs 107-110, Q6_K 141-150 vs 105-107, Q8_0 94-97 vs 98-109 (its
+        8-bit x 8-bit products need int16 madds: 0.9x); up to 64 rows every type wins (16 rows:
+        82-128 vs 26-52, 48 rows: 95-133 vs 56-75; Q8_0 1.0x at 128 rows); at 512 rows an n = 64
+        matrix loses (Q4_K 81-88 vs 90-92: rounding the activations outweighs its few products),
+        n = 128 wins (105-114 vs 89-102);
+      AVX-VNNI build (dpbusd: Q8_0 as Q4_0), MKL held to AVX2, 512 rows: Q8_0 137-139 vs 100-110,
+        Q4_0 134-136 vs 109, Q4_K 146-147 vs 108-111, Q6_K 153-155 vs 108-110;
+      AVX-512 VNNI build against MKL's AVX-512 float32 (a CPU without native bf16), 2048x2048:
+        64 rows 136-179 vs 78-120, 128 rows 144-182 vs 122-151, 512 rows 143-174 vs 159-186.
+    So: up to 64 rows always; beyond, only where MKL's float32 GEMM is 256-bit (the plan's CPU
+    level not avx512), from n = 128, Q8_0 only with VNNI."""
+    g = plan.gguf
+    if g.prefill_dtype != torch.float32 or g.act_bits != 8 or g.isa not in TILED_ISAS \
+            or type_id not in TILED_TYPES:
+        return False
+    if rows <= TILED_ROWS:
+        return True
+    return plan.capability.level != "avx512" and n >= TILED_MIN_N and (type_id != 8 or g.isa != "avx2")
+
+
+def _tiled_gemm(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
+    """Many rows through kq_gemm_tiled: float32 [M, out], activations rounded to 8-bit blocks."""
+    n, k = w.shape
+    xf = x.to(torch.float32).contiguous()
+    y = torch.empty(xf.shape[0], n, dtype=torch.float32)
+    rc = _LIB.kq_gemm_tiled(w.type, xf.data_ptr(), xf.shape[0], k, w.data.data_ptr(), w.stride, n, y.data_ptr(), n,
+                            torch.get_num_threads())
+    if rc:
+        raise MemoryError("kq_gemm_tiled: out of memory") if rc == 1 else ValueError(
+            f"kq_gemm_tiled: a {w.mode} {w.shape} weight cannot take {xf.shape[0]} rows of {k}")
+    return y
 
 
 def _iq_dot(act: int) -> bool:

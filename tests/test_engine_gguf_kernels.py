@@ -1,10 +1,13 @@
 """kernels/kquant: ggml blocks read in place give exactly gguf-py's dequantized weights; the
 native matmul and fused MoE agree with their torch reference at every activation precision
 (8-bit blocks as llama.cpp rounds them, two 8-bit terms, float32), under every build this CPU can run
-(its own, AVX2, plain C; ARM64's NEON with and without sdot, emulated); the prefill path (many rows) is the float32 product."""
+(its own, AVX2, plain C; ARM64's NEON with and without sdot, emulated); the prefill path (many rows) is the float32 product,
+or, at 8-bit activations where kquant.tiled_gemm_for says so, the tiled integer GEMM."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 
 import arm64_emulator
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import dispatch, kquant
+from kernels import capability, dispatch, kquant
 from tests import gguf_helpers as H
 from tests.gguf_helpers import ARM64, BUILDS, X86 as _X86
 
@@ -155,6 +158,7 @@ def test_bf16_prefill_tiles_are_the_product_of_the_weights_rounded_to_bf16(monke
     if kquant.lib() is None:
         pytest.skip("no native GGUF kernels here")
     monkeypatch.setattr(kquant, "TILE_BYTES", 16 * 2 * 512)   # bf16: 16 rows a tile, 5 tiles, the last short
+    monkeypatch.setattr(kquant, "TILED_ISAS", ())              # the float tiles, on an AVX2 CPU too
     raw = random_blocks(type_id, 70, 512, seed=type_id)
     w = kquant.GGUFWeight(type_id, (70, 512), torch.from_numpy(raw))
     exact = torch.from_numpy(quants.dequantize(raw, type_id))
@@ -169,6 +173,116 @@ def test_bf16_prefill_tiles_are_the_product_of_the_weights_rounded_to_bf16(monke
     assert _rel(y32, x.double() @ exact.double().t()) < 1e-5       # float32 activations: float32 tiles still
     with dispatch.overridden(gguf_prefill=torch.float32):
         assert _rel(kquant.linear(xb, w), xb.double() @ exact.double().t()) < 2 ** -7
+
+
+TILED = sorted(kquant.TILED_TYPES)
+# (k, M, n): one block; several blocks, M odd (the tiles take activation rows two at a time) and n
+# not a multiple of 4 (weight rows per group); M past 128 (rows per pass) with n enough for two threads
+TILED_SHAPES = [(t, k, M, n) for t in TILED for k, M, n in
+                (((32, 1, 5), (288, 9, 13), (768, 300, 90)) if kquant.TYPES[t][1] == 32 else
+                 ((256, 1, 5), (768, 9, 13), (1024, 300, 90)))]
+
+
+@pytest.mark.parametrize("type_id,k,M,n", TILED_SHAPES, ids=[f"{kquant.TYPES[t][0]}-{k}-{M}x{n}" for t, k, M, n in TILED_SHAPES])
+def test_the_tiled_gemm_equals_its_8_bit_reference_under_every_build(build, type_id, k, M, n):
+    """kq_gemm_tiled: llama.cpp's 8-bit activation codes times the blocks as stored, the same
+    integers as reference_linear(.., 8) (AVX2's tiles; plain C and NEON through kq_gemm)."""
+    if build.startswith("neon") and M > 9:
+        pytest.skip("emulated: the few-row matmul it runs there is tested above")
+    w = kquant.GGUFWeight(type_id, (n, k), torch.from_numpy(random_blocks(type_id, n, k, seed=M + n)))
+    x = torch.randn(M, k, generator=torch.Generator().manual_seed(k + M))
+    y = kquant._tiled_gemm(x, w)
+    ref, exact = kquant.reference_linear(x, w, 8), kquant.reference_linear(x, w, 32)
+    assert y.shape == (M, n) and y.dtype == torch.float32
+    assert _rel(y, ref) < 1e-5                  # the same integers; float32 sums in another order
+    assert _rel(ref, exact) > 1e-4              # ... and not the float product: the codes really were 8-bit
+
+
+# the bytes of each type's codes (and Q6_K's int8 sub-scales): (from, to, most negative, most positive)
+EXTREMES = {2: [(2, 18, 0x00, 0xFF)], 8: [(2, 34, 0x80, 0x7F)], 12: [(4, 144, 0xFF, 0xFF)],
+            14: [(0, 192, 0x00, 0xFF), (192, 208, 0x80, 0x7F)]}
+
+
+def _extreme_blocks(type_id: int, n: int, k: int) -> np.ndarray:
+    """Blocks whose codes and sub-scales are all at their largest magnitude: even rows the most
+    negative codes (Q4_0 -8, Q8_0 -128, Q6_K -32 with sub-scales -128), odd rows the most
+    positive (Q4_K: codes 15, scales and mins 63 in both); fp16 scales as random_blocks'."""
+    raw = random_blocks(type_id, n, k).reshape(n, k // kquant.TYPES[type_id][1], -1)
+    for a, b, neg, pos in EXTREMES[type_id]:
+        raw[0::2, :, a:b] = neg
+        raw[1::2, :, a:b] = pos
+    return raw.reshape(n, -1)
+
+
+@pytest.mark.parametrize("type_id", TILED, ids=[kquant.TYPES[t][0] for t in TILED])
+def test_the_tiled_gemm_neither_overflows_nor_saturates_at_extremes(build, type_id):
+    """Activation codes +-127 (any magnitude: 1e6 rounds to the same codes) against the largest
+    weights of either sign, and an all-zero activation block (scale 0): every integer lane's
+    largest sum, equal to the reference's."""
+    k = 512
+    w = kquant.GGUFWeight(type_id, (6, k), torch.from_numpy(_extreme_blocks(type_id, 6, k)))
+    x = torch.full((3, k), 127.0)
+    x[1, ::3] = -127.0                    # codes of either sign (not cancelling), against weights of either sign
+    x[2] = -1e6
+    x[2, :kquant.TYPES[type_id][1]] = 0.0  # an all-zero block
+    y = kquant._tiled_gemm(x, w)
+    ref = kquant.reference_linear(x, w, 8)
+    assert torch.isfinite(y).all()
+    for r in range(3):                     # each row on its own scale (1e6 x the others)
+        assert _rel(y[r], ref[r]) < 1e-6, r
+
+
+def test_the_tiled_gemm_rounds_ties_as_llama_cpp():
+    """Codes x / d exactly halfway between integers (a block whose largest magnitude is 127:
+    d = 1): Q8_0 rounds them away from zero, Q8_K to even, in the tiles as in the reference."""
+    if kquant.lib() is None:
+        pytest.skip("no native GGUF kernels here")
+    x = (torch.arange(512) % 32 - 15.5).repeat(2, 1)   # -15.5, ..., -0.5, 0.5, ..., 15.5
+    x[:, ::32] = 127.0                                  # each block's largest magnitude
+    x[1] = -x[1]
+    for t in (2, 12):
+        w = kquant.GGUFWeight(t, (8, 512), torch.from_numpy(random_blocks(t, 8, 512, seed=t)))
+        codes, _ = kquant.quantize_activations(x, kquant.TYPES[t][1])
+        assert (codes.abs() == 127).any() and ((x - x.round()).abs() == 0.5).sum() > 400
+        for march in ("haswell", None):
+            with kquant.variant(march) if march else contextlib.nullcontext():
+                assert _rel(kquant._tiled_gemm(x, w), kquant.reference_linear(x, w, 8)) < 1e-6
+
+
+@pytest.mark.parametrize("level", ["avx2", "avx512"])
+@pytest.mark.parametrize("act", [8, 16, 32])
+@pytest.mark.parametrize("type_id,rows,n", [(12, 40, 40), (14, 9, 200), (2, 100, 200), (2, 100, 40), (8, 40, 40),
+                                            (8, 100, 200), (13, 40, 40)])
+def test_linear_takes_the_tiled_gemm_exactly_where_tiled_gemm_for_says(monkeypatch, build, type_id, rows, n, act,
+                                                                         level):
+    """With float32 prefill tiles (forced: this CPU may multiply bf16 natively) and 8-bit
+    activations chosen: the x86 SIMD builds run the tiled GEMM for its types up to 64 rows;
+    beyond, only on a CPU level whose float32 GEMM is 256-bit (DUET_CPU=avx2), from 128 weight
+    rows, Q8_0 only with VNNI. Everything else (the default 16 bits too) is the float32 product."""
+    if build.startswith("neon") and rows > 9:
+        pytest.skip("emulated: slow")
+    k = 512
+    w = kquant.GGUFWeight(type_id, (n, k), torch.from_numpy(random_blocks(type_id, n, k, seed=rows)))
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(n))
+    cpu = dataclasses.replace(capability.detect(), forced=level)   # as DUET_CPU=level would plan
+    try:
+        with monkeypatch.context() as mp:
+            mp.setattr(capability, "detect", lambda: cpu)
+            with dispatch.overridden(gguf_prefill=torch.float32, gguf_act_bits=act):
+                assert dispatch.plan().capability.level == level
+                tiled = kquant.tiled_gemm_for(dispatch.plan(), type_id, rows, n)
+                y = kquant.linear(x, w)
+            with dispatch.overridden(gguf_prefill=torch.bfloat16, gguf_act_bits=act):
+                assert not kquant.tiled_gemm_for(dispatch.plan(), type_id, rows, n)   # bf16 tiles stay
+    finally:
+        dispatch.replan()   # with the real CPU again
+    simd = build in ("avx2", "avx-vnni", "avx512-vnni")
+    want = simd and act == 8 and type_id in (2, 8, 12, 14) and (
+        rows <= 64 or (level == "avx2" and n >= 128 and (type_id != 8 or build != "avx2")))
+    assert tiled == want
+    ref8, exact = kquant.reference_linear(x, w, 8), kquant.reference_linear(x, w, 32)
+    assert _rel(ref8, exact) > 1e-4             # the two paths' results are told apart
+    assert _rel(y, ref8 if tiled else exact) < 1e-5
 
 
 def test_activation_rounding_is_llama_cpps_q8_0_and_q8_k():

@@ -15,6 +15,11 @@
  *   otherwise: 256 weights of a row at a time dequantized into float32 (from L1), their dot
  *     product with each activation row in float32 -- the dequantized weights' exact product
  *     up to summation order (the reference).
+ * Many rows (prefill), kq_gemm_tiled: Q4_0, Q8_0, Q4_K, Q6_K at 8-bit activations, a tiled GEMM
+ * on AVX2 builds (and VNNI ones: the same code, VNNI's dot instructions where they save one),
+ * kq_gemm 8 rows at a time on the others (plain C, NEON); kernels/kquant.py runs it on the x86
+ * builds where it measured faster (tiled_gemm_for), the other types and builds dequantize tiles
+ * of rows for torch's matmuls (kq_dequant).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -453,4 +458,358 @@ int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_
     }
     free(h); free(g); free(yy); act_free(&ag); act_free(&au); act_free(&ah);
     return fail ? 1 : 0;
+}
+
+/* ---- many-row matmul (prefill): y[M][n] = x[M][k] W[:n]^T at 8-bit activations -----------
+ *
+ * kq_gemm reads each weight block once per 8 activation rows and unpacks it each time; over a
+ * prompt that leaves it at ~60-85 GFLOP/s a core on AVX2 (8-bit activations; 40-47 at 16),
+ * below dequantize + MKL's float32 GEMM (~105). The tiled GEMM (the design of quant_gemv.c's
+ * duet_gemm_tiled) instead:
+ *   activations  rounded once per call to llama.cpp's 8-bit blocks (Q8_0 / Q8_K, the codes
+ *                act_quant(.., 8) gives), rows in parallel, stored as each type's product wants;
+ *   threads      split the weight rows in groups of TN (a contiguous range each);
+ *   a group      its TN rows' blocks unpacked once (wunpack) per pass of MC activation rows
+ *                (their codes stay in L2 while the group's stay in L1), then the activation
+ *                rows two at a time against the TN rows (tile_row): per block TN integer dot
+ *                products folded by hadds into one vector (lanes j and 4 + j: row j's two
+ *                halves), one conversion and one fma with the scale products.
+ * The integers per block (per super-block for the K-quants, their 6/8-bit sub-scales applied in
+ * int32) are exactly kquant_dot.h's; only the float32 sums' order differs. Types: Q4_0 2, Q8_0 8,
+ * Q4_K 12, Q6_K 14 (tiled_type). AVX2 only (VNNI builds run the same code, with vpdpwssd in
+ * madd_acc and Q8_0 on dpbusd: TQ8_U8); other builds (plain C, NEON) compute the same through
+ * kq_gemm 8 rows at a time. */
+
+#define TN 4      /* weight rows per group */
+#define MC 128    /* activation rows per pass over a thread's groups */
+
+INLINE int tiled_type(int type) { return type == 2 || type == 8 || type == 12 || type == 14; }
+
+#if defined(KQ_AVX2)
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+#define TQ8_U8 1   /* Q8_0 as Q4_0: VNNI's dpbusd sums u8 x s8 products in int32, no int16 to overflow */
+#else
+#define TQ8_U8 0
+#endif
+
+/* the activations, laid out for the type's product: Q4_0 and Q6_K the codes + 128 as unsigned
+ * bytes (maddubs' unsigned side: the weights keep their sign, their offset taken off), Q8_0 the
+ * codes as int16 (madd: a pair of 8-bit x 8-bit products can exceed maddubs' int16; with VNNI
+ * as Q4_0's), Q4_K the int8 codes and each 16's sum as int16 (|.| <= 16 x 127) for its mins */
+typedef struct {
+    int KB;          /* blocks per row */
+    long row;        /* bytes of codes per row */
+    uint8_t *q;      /* [M][row] */
+    float *d;        /* [M][KB] scales */
+    int16_t *s16;    /* [M][k / 16] (Q4_K) */
+} tact_t;
+
+static void tact_free(tact_t *a) {
+    free(a->q); free(a->d); free(a->s16);
+}
+
+/* 32 int32 codes (|c| <= 127) -> 32 int8 in order */
+INLINE __m256i pack8(const __m256i *c) {
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+    return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* One block of bs (32: Q8_0, 256: Q8_K) activations -> its codes and scale: quant_q8_0 /
+ * quant_q8_k's results (q8_activations.h) in vectors. The same float32 operations; roundf's
+ * ties away from zero put back where round-to-even took the other way (t - trunc(t) is exact);
+ * nearest_int is the conversion's own rounding, to even. */
+static void quant_block_avx2(int bs, const float *x, int8_t *q, float *d) {
+    const __m256 nosign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 am = _mm256_setzero_ps();
+    for (int i = 0; i < bs; i += 8) am = _mm256_max_ps(am, _mm256_and_ps(_mm256_loadu_ps(x + i), nosign));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    float scale, dd;
+    if (bs == 32) {
+        dd = amax / 127.f;
+        scale = dd != 0.f ? 1.f / dd : 0.f;
+    } else {
+        if (amax == 0.f) {
+            memset(q, 0, 256);
+            *d = 0.f;
+            return;
+        }
+        int i = 0;
+        while (i < 255 && fabsf(x[i]) != amax) i++;   /* the first of largest magnitude, sign kept (NaNs: bounded) */
+        scale = -127.f / x[i];
+        dd = 1.f / scale;
+    }
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (int i = 0; i < bs; i += 32) {
+        __m256i c[4];
+        for (int v = 0; v < 4; v++) {
+            const __m256 t = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * v), sv);
+            __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            if (bs == 32) {
+                const __m256 tr = _mm256_round_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC), fr = _mm256_sub_ps(t, tr);
+                const __m256 tie = _mm256_cmp_ps(_mm256_and_ps(fr, nosign), _mm256_set1_ps(0.5f), _CMP_EQ_OQ);
+                r = _mm256_blendv_ps(r, _mm256_add_ps(tr, _mm256_add_ps(fr, fr)), tie);
+            }
+            c[v] = _mm256_cvtps_epi32(r);
+            if (bs == 256) c[v] = _mm256_min_epi32(c[v], _mm256_set1_epi32(127));
+        }
+        _mm256_storeu_si256((__m256i *)(q + i), pack8(c));
+    }
+    *d = dd;
+}
+
+/* x [M][k] -> a (rows split among threads). -1 when out of memory. */
+static int tact_prep(tact_t *a, int type, const float *x, int M, int k, int nthreads) {
+    const int bs = block_size(type);
+    a->KB = k / bs;
+    a->row = type == 8 && !TQ8_U8 ? 2L * k : k;
+    a->q = aligned_alloc(32, ((size_t)M * a->row + 31) & ~(size_t)31);
+    a->d = malloc(sizeof(float) * (size_t)M * a->KB);
+    a->s16 = type == 12 ? malloc(sizeof(int16_t) * (size_t)M * (k / 16)) : NULL;
+    if (!a->q || !a->d || (type == 12 && !a->s16)) return -1;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int m = 0; m < M; m++) {
+        uint8_t *o = a->q + m * a->row;
+        for (int b = 0; b < a->KB; b++) {
+            int8_t c[QK] __attribute__((aligned(32)));
+            quant_block_avx2(bs, x + (long)m * k + (long)b * bs, c, a->d + (long)m * a->KB + b);
+            for (int i = 0; i < bs; i += 32) {
+                const __m256i v = _mm256_load_si256((const __m256i *)(c + i));
+                if (type == 2 || (type == 8 && TQ8_U8) || type == 14) {
+                    _mm256_store_si256((__m256i *)(o + (long)bs * b + i), _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)));
+                } else if (type == 8) {
+                    _mm256_store_si256((__m256i *)(o + 64L * b), _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)));
+                    _mm256_store_si256((__m256i *)(o + 64L * b + 32), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)));
+                } else {   /* the codes, and their sums of 16 */
+                    _mm256_store_si256((__m256i *)(o + 256L * b + i), v);
+                    int16_t *s = a->s16 + (long)m * (k / 16) + 16 * b + i / 16;
+                    s[0] = (int16_t)hsum_i32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)),
+                                                               _mm256_set1_epi16(1)));
+                    s[1] = (int16_t)hsum_i32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)),
+                                                               _mm256_set1_epi16(1)));
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* vectors and floats per block of an unpacked group of TN rows */
+INLINE int kvecs(int type) { return type == 12 ? 17 : 16; }   /* per row of a K-quant: codes, sub-scales (, mins) */
+INLINE int wvecs(int type) {
+    return type == 2 || (type == 8 && TQ8_U8) ? TN + 1 : type == 8 ? 2 * TN : kvecs(type) * TN + (type == 14);
+}
+#define WFLOATS (2 * TN)
+
+/* The TN rows from `rows` (stride bytes; a short last group repeats its last row) unpacked for
+ * tile_row, block by block: wv [KB][wvecs] and ws [KB][WFLOATS] (the rows' scales, then the
+ * K-quants' mins' scales).
+ *   Q4_0: the signed codes q - 8 per row, then int32 lanes 0..3: 128 x the rows' code sums (the
+ *         activations' + 128 times them, taken off again);
+ *   Q8_0: the codes as two int16 vectors per row (with VNNI: as Q4_0's, the codes as stored);
+ *   Q4_K: per row its 8 groups of 32 codes (0..15), their int16 sub-scales (kscales_avx2's sv)
+ *         and the 16 int16 mins (its cw);
+ *   Q6_K: per row its 8 groups of signed codes q - 32 and their sub-scales, then as Q4_0's
+ *         int32 lanes 0..3: 128 x the rows' codes times sub-scales, summed. */
+static void wunpack(int type, const uint8_t *rows, long stride, int nj, int KB, __m256i *wv, float *ws) {
+    const int bb = block_bytes(type), V = wvecs(type);
+    for (int b = 0; b < KB; b++) {
+        __m256i *v = wv + (long)b * V;
+        float *s = ws + (long)b * WFLOATS;
+        int32_t sums[TN];
+        for (int j = 0; j < TN; j++) {
+            const uint8_t *p = rows + (j < nj ? j : nj - 1) * stride + (long)b * bb;
+            if (type == 2) {
+                const __m256i nib = nib32(p + 2);
+                const __m256i sad = _mm256_sad_epu8(nib, _mm256_setzero_si256());
+                sums[j] = 128 * (hsum_i32(sad) - 256);
+                v[j] = _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
+                s[j] = h2f(rd16(p));
+            } else if (type == 8 && TQ8_U8) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2)), one = _mm256_set1_epi16(1);
+                sums[j] = 128 * hsum_i32(_mm256_add_epi32(
+                                    _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)), one),
+                                    _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1)), one)));
+                v[j] = q;
+                s[j] = h2f(rd16(p));
+            } else if (type == 8) {
+                v[2 * j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 2)));
+                v[2 * j + 1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 18)));
+                s[j] = h2f(rd16(p));
+            } else {
+                kscale_t ks;
+                __m256i *r = v + kvecs(type) * j, cw;
+                kscales_avx2(type, p, &ks, r + 8, type == 12 ? r + 16 : &cw);
+                unpack256_avx2(type, p, r);
+                if (type == 14) {   /* signed codes q - 32, and 128 x their sum times the sub-scales */
+                    __m256i t = _mm256_setzero_si256();
+                    for (int g = 0; g < 8; g++) {
+                        r[g] = _mm256_sub_epi8(r[g], _mm256_set1_epi8(32));
+                        t = _mm256_add_epi32(t, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), r[g]), r[8 + g]));
+                    }
+                    sums[j] = 128 * hsum_i32(t);
+                }
+                s[j] = ks.d;
+                s[TN + j] = ks.dmin;
+            }
+        }
+        if (type == 2 || (type == 8 && TQ8_U8) || type == 14)   /* the code sums' vector, last */
+            v[wvecs(type) - 1] = _mm256_setr_epi32(sums[0], sums[1], sums[2], sums[3], 0, 0, 0, 0);
+    }
+}
+
+/* four vectors of int32 lanes -> one: per 128-bit half, lane j the sum of d[j]'s four */
+INLINE __m256i fold4(const __m256i *d) {
+    return _mm256_hadd_epi32(_mm256_hadd_epi32(d[0], d[1]), _mm256_hadd_epi32(d[2], d[3]));
+}
+
+/* R activation rows (codes xr, row stride xrow; scales xd and sums of 16 xs, strides KB and
+ * k / 16) against an unpacked group: out[r][j] = row r's dot product with weight row j over all
+ * KB blocks. Two rows at a time share each load of the unpacked weights. */
+INLINE void tile_row(const int type, const int R, const __m256i *wv, const float *ws, int KB, const uint8_t *xr,
+                     long xrow, const float *xd, const int16_t *xs, long xsrow, float out[][TN]) {
+    const int V = wvecs(type);
+    __m256 acc[2], accm[2];
+    for (int r = 0; r < R; r++) acc[r] = accm[r] = _mm256_setzero_ps();
+    for (int b = 0; b < KB; b++) {
+        const __m256i *v = wv + (long)b * V;
+        const __m256 s4 = _mm256_broadcast_ps((const __m128 *)(ws + (long)b * WFLOATS));
+        __m256i h[2];
+        if (type == 2) {   /* int16 lanes: a pair <= 2 x 255 x 8, two more hadds <= 8 x 255 x 8 */
+            for (int r = 0; r < R; r++) {
+                const __m256i xv = _mm256_load_si256((const __m256i *)(xr + r * xrow + 32L * b));
+                __m256i d[TN];
+                for (int j = 0; j < TN; j++) d[j] = _mm256_maddubs_epi16(xv, v[j]);
+                const __m256i t = _mm256_hadd_epi16(_mm256_hadd_epi16(d[0], d[1]), _mm256_hadd_epi16(d[2], d[3]));
+                h[r] = _mm256_sub_epi32(_mm256_madd_epi16(t, _mm256_set1_epi16(1)), v[TN]);
+            }
+        } else if (type == 8 && TQ8_U8) {   /* (x + 128) . w in int32, less 128 x the sum of w */
+            for (int r = 0; r < R; r++) {
+                const __m256i xv = _mm256_load_si256((const __m256i *)(xr + r * xrow + 32L * b));
+                __m256i d[TN];
+                for (int j = 0; j < TN; j++) d[j] = dot4_u8s8(xv, v[j]);
+                h[r] = _mm256_sub_epi32(fold4(d), v[TN]);
+            }
+        } else if (type == 8) {
+            for (int r = 0; r < R; r++) {
+                const __m256i x0 = _mm256_load_si256((const __m256i *)(xr + r * xrow + 64L * b));
+                const __m256i x1 = _mm256_load_si256((const __m256i *)(xr + r * xrow + 64L * b + 32));
+                __m256i d[TN];
+                for (int j = 0; j < TN; j++)
+                    d[j] = _mm256_add_epi32(_mm256_madd_epi16(v[2 * j], x0), _mm256_madd_epi16(v[2 * j + 1], x1));
+                h[r] = fold4(d);
+            }
+        } else {   /* per group of 32: maddubs' int16 pairs times the sub-scales, summed in int32 */
+            const int ks = kvecs(type);
+            __m256i d[2][TN], c[TN];
+            for (int r = 0; r < R; r++)
+                for (int j = 0; j < TN; j++) d[r][j] = _mm256_setzero_si256();
+            for (int g = 0; g < 8; g++) {
+                __m256i xv[2];
+                for (int r = 0; r < R; r++) xv[r] = _mm256_load_si256((const __m256i *)(xr + r * xrow + 256L * b + 32 * g));
+                for (int j = 0; j < TN; j++) {
+                    const __m256i q = _mm256_load_si256(v + ks * j + g), sc = _mm256_load_si256(v + ks * j + 8 + g);
+                    for (int r = 0; r < R; r++)   /* Q4_K: codes 0..15 x signed x; Q6_K: x + 128 x codes -32..31 */
+                        d[r][j] = madd_acc(d[r][j], type == 12 ? _mm256_maddubs_epi16(q, xv[r]) : _mm256_maddubs_epi16(xv[r], q), sc);
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                if (type == 14) {   /* less 128 x the codes' scaled sum */
+                    h[r] = _mm256_sub_epi32(fold4(d[r]), v[ks * TN]);
+                    continue;
+                }
+                /* Q4_K's mins: their own scale, from the activations' sums of 16 */
+                const __m256i sv = _mm256_loadu_si256((const __m256i *)(xs + r * xsrow + 16L * b));
+                for (int j = 0; j < TN; j++) c[j] = _mm256_madd_epi16(v[ks * j + 16], sv);
+                const __m256 m4 = _mm256_broadcast_ps((const __m128 *)(ws + (long)b * WFLOATS + TN));
+                accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(c)), _mm256_mul_ps(m4, _mm256_set1_ps(xd[r * KB + b])),
+                                          accm[r]);
+                h[r] = fold4(d[r]);
+            }
+        }
+        for (int r = 0; r < R; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h[r]), _mm256_mul_ps(s4, _mm256_set1_ps(xd[r * KB + b])), acc[r]);
+    }
+    for (int r = 0; r < R; r++) {
+        const __m256 t = _mm256_sub_ps(acc[r], accm[r]);
+        _mm_storeu_ps(out[r], _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+    }
+}
+
+INLINE void put(float out[][TN], int R, int m, long n0, int nj, float *y, long ldy) {
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < nj; j++) y[(m + r) * ldy + n0 + j] = out[r][j];
+}
+
+/* activation rows m0 .. m1-1 against one unpacked group (columns n0 .. n0 + nj - 1 of y) */
+static void tile_rows(int type, const __m256i *wv, const float *ws, const tact_t *a, int k, int m0, int m1,
+                      long n0, int nj, float *y, long ldy) {
+    const long xsrow = k / 16;
+#define ROWS(T, R)                                                                                     \
+    tile_row(T, R, wv, ws, a->KB, a->q + m * a->row, a->row, a->d + (long)m * a->KB,                 \
+             a->s16 ? a->s16 + m * xsrow : NULL, xsrow, out)
+#define TYPE(T) for (; m + 2 <= m1; m += 2) { ROWS(T, 2); put(out, 2, m, n0, nj, y, ldy); }            \
+    if (m < m1) { ROWS(T, 1); put(out, 1, m, n0, nj, y, ldy); }
+    float out[2][TN];
+    int m = m0;
+    switch (type) {
+        case 2: TYPE(2) break;
+        case 8: TYPE(8) break;
+        case 12: TYPE(12) break;
+        default: TYPE(14) break;
+    }
+#undef TYPE
+#undef ROWS
+}
+#endif
+
+/* x float32 [M][k], w n rows of stride bytes -> y float32 [M][ldy], the activations rounded to
+ * 8-bit blocks: kq_gemm(.., act 8)'s results for any M, tiled on AVX2 (above). -1: a type
+ * without the tiled path (tiled_type) or bad arguments, 1: no memory. */
+int kq_gemm_tiled(int type, const float *x, int M, int k, const uint8_t *w, long stride, long n, float *y,
+                  long ldy, int nthreads) {
+    if (!tiled_type(type) || k % block_size(type) || M < 1) return -1;
+#if defined(KQ_AVX2)
+    tact_t a = {0};
+    if (tact_prep(&a, type, x, M, k, nthreads)) { tact_free(&a); return 1; }
+    const long groups = (n + TN - 1) / TN;
+    if (n * stride < (32L << 10)) nthreads = 1;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+#else
+        const int nt = 1, id = 0;
+#endif
+        const long g0 = groups * id / nt, g1 = groups * (id + 1) / nt;
+        __m256i *wv = aligned_alloc(32, sizeof(__m256i) * (size_t)wvecs(type) * a.KB);
+        float *ws = aligned_alloc(32, sizeof(float) * (size_t)WFLOATS * a.KB);
+        if (!wv || !ws) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            for (int m0 = 0; m0 < M; m0 += MC) {
+                const int m1 = M - m0 < MC ? M : m0 + MC;
+                for (long g = g0; g < g1; g++) {
+                    const int nj = n - g * TN < TN ? (int)(n - g * TN) : TN;
+                    wunpack(type, w + g * TN * stride, stride, nj, a.KB, wv, ws);
+                    tile_rows(type, wv, ws, &a, k, m0, m1, g * TN, nj, y, ldy);
+                }
+            }
+        }
+        free(wv);
+        free(ws);
+    }
+    tact_free(&a);
+    return failed;
+#else   /* plain C / NEON: the same integers through the few-row matmul */
+    for (int m0 = 0; m0 < M; m0 += MAXM) {
+        const int mm = M - m0 < MAXM ? M - m0 : MAXM;
+        const int rc = kq_gemm(type, x + (long)m0 * k, mm, k, w, stride, n, y + m0 * ldy, ldy, nthreads, 8);
+        if (rc) return rc;
+    }
+    return 0;
+#endif
 }
