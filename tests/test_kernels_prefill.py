@@ -306,3 +306,35 @@ def test_the_last_positions_logits_alone(tmp_path):
     last = eng.forward(ids, last_only=True)
     assert last.shape == (1, 1, every.shape[-1])
     assert _rel(last[0, 0], every[0, -1]) < 1e-5
+
+
+@pytest.mark.parametrize("bf16_native", [False, True], ids=["bf16-emulated", "bf16-native"])
+def test_a_dense_bf16_weight_runs_many_rows_in_float32_tiles_where_bf16_is_not_native(monkeypatch, bf16_native):
+    """local_engine's Linear (quant.unpacked_linear): where the plan has no native bf16 matmuls,
+    more than UNPACKED_ROWS rows times a bf16 weight are the float32 product, tile by tile,
+    rounded to the activations' dtype; fewer rows, a float32 weight or a bf16 CPU: F.linear."""
+    import dataclasses
+
+    from kernels import capability, quant
+
+    cpu = dataclasses.replace(capability.detect(), bf16_native=bf16_native)
+    monkeypatch.setattr(capability, "detect", lambda: cpu)
+    monkeypatch.setattr(quant, "UNPACKED_TILE_BYTES", 16 * 4 * 96)   # 16 rows a tile: 4 tiles, the last short
+    dispatch.replan()
+    try:
+        gen = torch.Generator().manual_seed(9)
+        w = torch.randn(50, 96, generator=gen).bfloat16()
+        many = torch.randn(2, 5, 96, generator=gen).bfloat16()         # 10 rows
+        few = many[:1, :quant.UNPACKED_ROWS]
+        tiles = (many.float() @ w.float().t()).bfloat16()
+        assert torch.equal(quant.unpacked_linear(few, w), F.linear(few, w))
+        assert torch.equal(quant.unpacked_linear(many.float(), w.float()), F.linear(many.float(), w.float()))
+        want = F.linear(many, w) if bf16_native else tiles
+        if not bf16_native:   # (the two can round alike): the tiles must not reach bf16 F.linear
+            monkeypatch.setattr(F, "linear", lambda *a: pytest.fail("bf16 F.linear for many rows"))
+        got = quant.unpacked_linear(many, w)
+        assert got.shape == (2, 5, 50) and got.dtype == torch.bfloat16
+        assert torch.equal(got, want)
+    finally:
+        monkeypatch.undo()
+        dispatch.replan()
