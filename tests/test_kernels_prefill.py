@@ -334,7 +334,10 @@ def test_a_dense_bf16_weight_runs_many_rows_in_float32_tiles_where_bf16_is_not_n
             monkeypatch.setattr(F, "linear", lambda *a: pytest.fail("bf16 F.linear for many rows"))
         got = quant.unpacked_linear(many, w)
         assert got.shape == (2, 5, 50) and got.dtype == torch.bfloat16
-        assert torch.equal(got, want)
+        if bf16_native:
+            assert torch.equal(got, want)
+        else:   # the float32 product, tile by tile (its sums' order may differ from one matmul's)
+            torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -7, atol=0)
     finally:
         monkeypatch.undo()
         dispatch.replan()
