@@ -183,12 +183,22 @@ TILED_SHAPES = [(t, k, M, n) for t in TILED for k, M, n in
                  ((256, 1, 5), (768, 9, 13), (1024, 300, 90)))]
 
 
-@pytest.mark.parametrize("type_id,k,M,n", TILED_SHAPES, ids=[f"{kquant.TYPES[t][0]}-{k}-{M}x{n}" for t, k, M, n in TILED_SHAPES])
+def _few_rows_when_emulated(cases, rows_at: int):
+    """(build, *case) for every build, the emulated ARM64 ones only where the case's rows
+    (``case[rows_at]``) are few: there the tiled GEMM is the few-row matmul, and emulation is slow."""
+    return [(b, *c) for b in BUILDS for c in cases if not (b.startswith("arm64") and c[rows_at] > 9)]
+
+
+TILED_CASES = _few_rows_when_emulated(TILED_SHAPES, rows_at=2)
+
+
+@pytest.mark.parametrize("build,type_id,k,M,n", TILED_CASES, indirect=["build"],
+                         ids=[f"{b}-{kquant.TYPES[t][0]}-{k}-{M}x{n}" for b, t, k, M, n in TILED_CASES])
 def test_the_tiled_gemm_equals_its_8_bit_reference_under_every_build(build, type_id, k, M, n):
     """kq_gemm_tiled: llama.cpp's 8-bit activation codes times the blocks as stored, the same
-    integers as reference_linear(.., 8) (AVX2's tiles; plain C and NEON through kq_gemm)."""
-    if build.startswith("neon") and M > 9:
-        pytest.skip("emulated: the few-row matmul it runs there is tested above")
+    integers as reference_linear(.., 8) (AVX2's tiles; plain C and NEON through kq_gemm). Under
+    the emulated ARM64 builds the shapes keep to a few rows (emulation is slow; the few-row
+    matmul they run is tested above under them at every size)."""
     w = kquant.GGUFWeight(type_id, (n, k), torch.from_numpy(random_blocks(type_id, n, k, seed=M + n)))
     x = torch.randn(M, k, generator=torch.Generator().manual_seed(k + M))
     y = kquant._tiled_gemm(x, w)
@@ -249,18 +259,20 @@ def test_the_tiled_gemm_rounds_ties_as_llama_cpp():
                 assert _rel(kquant._tiled_gemm(x, w), kquant.reference_linear(x, w, 8)) < 1e-6
 
 
+ROUTED = _few_rows_when_emulated([(12, 40, 40), (14, 9, 200), (2, 100, 200), (2, 100, 40), (8, 40, 40),
+                                  (8, 100, 200), (13, 40, 40)], rows_at=1)
+
+
 @pytest.mark.parametrize("level", ["avx2", "avx512"])
 @pytest.mark.parametrize("act", [8, 16, 32])
-@pytest.mark.parametrize("type_id,rows,n", [(12, 40, 40), (14, 9, 200), (2, 100, 200), (2, 100, 40), (8, 40, 40),
-                                            (8, 100, 200), (13, 40, 40)])
+@pytest.mark.parametrize("build,type_id,rows,n", ROUTED, indirect=["build"],
+                         ids=[f"{b}-{kquant.TYPES[t][0]}-{rows}x{n}" for b, t, rows, n in ROUTED])
 def test_linear_takes_the_tiled_gemm_exactly_where_tiled_gemm_for_says(monkeypatch, build, type_id, rows, n, act,
                                                                          level):
     """With float32 prefill tiles (forced: this CPU may multiply bf16 natively) and 8-bit
     activations chosen: the x86 SIMD builds run the tiled GEMM for its types up to 64 rows;
     beyond, only on a CPU level whose float32 GEMM is 256-bit (DUET_CPU=avx2), from 128 weight
     rows, Q8_0 only with VNNI. Everything else (the default 16 bits too) is the float32 product."""
-    if build.startswith("neon") and rows > 9:
-        pytest.skip("emulated: slow")
     k = 512
     w = kquant.GGUFWeight(type_id, (n, k), torch.from_numpy(random_blocks(type_id, n, k, seed=rows)))
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(n))
