@@ -202,6 +202,9 @@ def _bind(so: ctypes.CDLL) -> ctypes.CDLL:
     so.duet_mla_step.restype = _c_int
     so.duet_mla_step.argtypes = [_ptr, _ptr, _ptr, _ptr, ctypes.c_float, _ptr, _c_int, _ptr, _ptr, _ptr, _ptr, _ptr,
                                  _ptr, _ptr, _ptr, _c_int, _c_int]
+    so.duet_mla_attention.restype = _c_int
+    so.duet_mla_attention.argtypes = [_ptr, _c_int, _c_int, _c_int, _c_int, _c_int, _ptr, _c_int, _c_int, _c_long,
+                                      _c_int, ctypes.c_float, _ptr, _c_int]
     so.duet_layers_step.restype = _c_int
     so.duet_layers_step.argtypes = [_ptr, _c_int, _c_int, _ptr, _ptr, _ptr, _ptr, _c_int, _c_int]
     so.duet_gate.restype = _c_int
@@ -398,6 +401,23 @@ def mla_step(step, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tens
                             normed.data_ptr(), _BF16[x.dtype], torch.get_num_threads())
     if rc:
         raise MemoryError("duet_mla_step: out of memory")
+
+
+def mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: float, start_pos: int) -> torch.Tensor:
+    """Absorbed MLA attention over the latent cache (kernels.mla's op): q [B, T, H, kv_lora + rope]
+    (any float dtype), cache [B, S, kv_lora + rope] float32 or bf16 with unit last-dim stride (rows
+    past start_pos + T are not read) -> float32 [B, T, H, kv_lora]. Each query is computed as the
+    native decode step computes one token at its position."""
+    B, T, H, D = q.shape
+    qf = q.to(torch.float32).contiguous()
+    out = torch.empty(B, T, H, kv_lora, dtype=torch.float32)
+    CALLS["mla_attention"] += 1
+    rc = _LIB.duet_mla_attention(qf.data_ptr(), B, T, H, kv_lora, D - kv_lora, cache.data_ptr(), _BF16[cache.dtype],
+                                 cache.stride(1), cache.stride(0), start_pos, scale, out.data_ptr(),
+                                 torch.get_num_threads())
+    if rc:
+        raise MemoryError("duet_mla_attention: out of memory")
+    return out
 
 
 def layers_step(rows: torch.Tensor, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor,

@@ -72,6 +72,8 @@ class LinearPlan:
         return rows <= TILED_ROWS and n * k >= TILED_PARAMS
 
 
+ATTENTION = {"native-bf16": "native over a bf16 latent cache (float32 sums), torch over a float32 one",
+             "torch": "torch", "reference": "reference"}
 MOE_COMBINE = {"native-grouped": "one native call per layer for quantized experts (tiled), else grouped",
                "grouped": "grouped", "reference": "reference"}
 
@@ -92,7 +94,9 @@ class MoEPlan:
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    """Absorbed MLA. ``attention``: "torch" or "reference" over the latent cache; ``head_gemv``
+    """Absorbed MLA. ``attention`` over the latent cache: "native-bf16" (a bf16 cache runs
+    kernels/csrc's attention, float32 sums: where the CPU has no native bf16 matmul, torch's bf16
+    batched matmul is 8-15x slower; other caches run torch), "torch" or "reference"; ``head_gemv``
     (one token's per-head q·W_uk and latent·W_uvᵀ): "native-bf16" (kernels/csrc reads the bf16
     matrices at bandwidth) or "bmm" (over float32 copies: CPU batched matmuls of these shapes run
     faster in float32 than in bf16)."""
@@ -175,7 +179,7 @@ class Plan:
                 ("linear (dense)", "oneDNN pre-packed bf16" if lin.dense == "onednn-packed" else "F.linear"),
                 ("moe", f"decode: {'one native call per layer' if self.moe.decode == 'native-fused' else 'grouped experts'}"
                         f"; prefill: {MOE_COMBINE[self.moe.combine]}"),
-                ("mla attention", f"{self.attention.attention}; one-token head products: "
+                ("mla attention", f"{ATTENTION[self.attention.attention]}; one-token head products: "
                                   f"{'native bf16 GEMV' if self.attention.head_gemv == 'native-bf16' else 'float32 bmm'}"
                                   "; long prefill chunks: keys expanded per head, SDPA"),
                 ("decode step", "one native call per layer (attention, norms, router, experts, residuals; "
@@ -228,8 +232,9 @@ def overridden(**switches):
     """Within the block the plan is built with these switches changed (tests and benches):
     ``native=False`` (kernels/csrc off: weights made inside take the aten layout),
     ``act_bits=8|16`` (the native matmuls' activations), ``gguf_act_bits=8|16|32``,
-    ``gguf_prefill=torch.float32|torch.bfloat16`` (GGUF prefill tiles for bf16 activations)."""
-    unknown = set(switches) - {"native", "act_bits", "gguf_act_bits", "gguf_prefill"}
+    ``gguf_prefill=torch.float32|torch.bfloat16`` (GGUF prefill tiles for bf16 activations),
+    ``native_attention=True|False`` (bf16 latent caches through kernels/csrc's attention or torch's)."""
+    unknown = set(switches) - {"native", "act_bits", "gguf_act_bits", "gguf_prefill", "native_attention"}
     if unknown:
         raise TypeError(f"unknown switch {sorted(unknown)}")
     for name, allowed in (("act_bits", (8, 16)), ("gguf_act_bits", (8, 16, 32))):
@@ -277,7 +282,9 @@ def _build(cap: capability.Capability, over: dict) -> Plan:
                         tiled=isa in ("avx2", "avx512") and act_dtype == torch.float32 and not reference)
     moe = MoEPlan(decode="native-fused" if isa else "grouped",
                   combine="reference" if reference else "native-grouped" if linear.tiled else "grouped")
-    attention = AttentionPlan(attention="reference" if reference else "torch",
+    native_attention = over.get("native_attention", not cap.bf16_native)
+    attention = AttentionPlan(attention="reference" if reference else
+                              "native-bf16" if isa and native_attention else "torch",
                               head_gemv="native-bf16" if isa and not reference else "bmm",
                               step="native" if isa and not reference else "ops")
     norm = NormPlan(norm="reference" if reference else "torch", rope="reference" if reference else "torch",

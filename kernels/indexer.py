@@ -52,13 +52,14 @@ def torch_indexer_topk(q: torch.Tensor, weights: torch.Tensor, k_cache: torch.Te
                        start_pos: int, topk: int) -> torch.Tensor:
     """As the reference, as matmuls over the whole (possibly padded) key cache, a block of
     queries at a time; the scale is folded into the (positive-scaled) weights. In float32, except
-    one query (decode) over a bf16/fp16 cache: its q·k products then run in the cache's dtype
-    (float32 accumulation, rounded once to it; DeepSeek's own kernel scores in FP8), which spares
-    converting the whole key cache every step."""
+    one query (decode) over a bf16/fp16 cache where the CPU multiplies bf16 natively: its q·k
+    products then run in the cache's dtype (float32 accumulation, rounded once to it; DeepSeek's
+    own kernel scores in FP8), which spares converting the whole key cache every step (elsewhere
+    torch's bf16 bmm is 8-15x slower than that conversion and a float32 one)."""
     B, T, Hi, D = q.shape
     S, end = k_cache.shape[1], start_pos + T
     K = min(topk, end)
-    low = T == 1 and k_cache.dtype in (torch.bfloat16, torch.float16)
+    low = T == 1 and k_cache.dtype in (torch.bfloat16, torch.float16) and dispatch.plan().act_dtype == torch.bfloat16
     kf = k_cache if low else k_cache.float()  # [B, S, D]
     w = weights.float() * scale  # relu(scale·x) = scale·relu(x), scale > 0
     out = torch.empty(B, T, K, dtype=torch.long, device=q.device)
@@ -97,7 +98,8 @@ def reference_sparse_mla_attention(q: torch.Tensor, cache: torch.Tensor, chosen:
 def torch_sparse_mla_attention(q: torch.Tensor, cache: torch.Tensor, chosen: torch.Tensor, kv_lora: int,
                                scale: float, start_pos: int) -> torch.Tensor:
     """As the reference. One query (decode): its chosen rows are gathered and attended densely,
-    a cost set by topk, not by the context length. Several queries (prefill): dense scores over
+    a cost set by topk, not by the context length (a bf16 cache: kernels/csrc's attention where
+    the plan says, float32 out). Several queries (prefill): dense scores over
     the cache with everything not chosen masked, a block of queries at a time."""
     B, T, H, D = q.shape
     S, K = cache.shape[1], chosen.shape[-1]
@@ -107,6 +109,11 @@ def torch_sparse_mla_attention(q: torch.Tensor, cache: torch.Tensor, chosen: tor
         rows = torch.empty(B, K, D, dtype=cache.dtype, device=cache.device)  # [B, K, kv_lora + rope]
         for b in range(B):  # index_select copies rows ~10x faster than gather (and stack costs a copy)
             torch.index_select(cache[b], 0, chosen[b, 0], out=rows[b])
+        if dispatch.plan().attention.attention == "native-bf16" and rows.dtype == torch.bfloat16 \
+                and rows.device.type == "cpu":
+            from kernels import cpu_native   # every gathered row valid: one query at position K - 1
+
+            return cpu_native.mla_attention(q, rows, kv_lora, scale, K - 1)
         scores = torch.bmm(q.reshape(B, H, D), rows.transpose(1, 2)).float().mul_(scale)  # [B, H, K]: all valid
         p = scores.softmax(dim=-1).to(cache.dtype)
         # p · the whole rows (contiguous operand: 5x faster than a kv_lora slice), then the latent part

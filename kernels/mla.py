@@ -7,6 +7,8 @@ stays in latent space (p · c_kv), to be expanded by W_uv afterwards.
 
     reference_mla_attention      the math, in plain PyTorch
     torch_mla_attention          the PyTorch fast path (the cache read in place, padded lengths)
+    cpu_native.mla_attention     kernels/csrc's (float32 sums; each query as the native decode step
+                                 computes it): a bf16 cache where bf16 matmuls are not native
     triton_ops.mla_attention     CUDA (split-K over the cache)
     mla_attention                the op: picks one from kernels.dispatch's plan
     expand_pays / chunk_mask     when a prefill chunk after cached tokens runs expanded per-head
@@ -93,6 +95,11 @@ def mla_attention(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: flo
         return triton_ops.mla_attention(q, cache, kv_lora, scale, start_pos)
     if p.attention.attention == "reference":
         return reference_mla_attention(q, cache, kv_lora, scale, start_pos)
+    if p.attention.attention == "native-bf16" and cache.dtype == torch.bfloat16 and cache.device.type == "cpu" \
+            and cache.stride(-1) == 1:
+        from kernels import cpu_native
+
+        return cpu_native.mla_attention(q, cache, kv_lora, scale, start_pos)
     return torch_mla_attention(q, cache, kv_lora, scale, start_pos)
 
 

@@ -13,5 +13,6 @@ if [ $# -eq 0 ]; then
   ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 DUET_CPU=avx2 \
     .venv/bin/python -m pytest -q tests/test_cpu_capability.py tests/test_engine_*.py tests/test_quant_*.py \
     tests/test_kernels_native.py tests/test_kernels_moe.py tests/test_kernels_mla.py tests/test_kernels_norm_rope.py \
-    tests/test_kernels_dispatch.py tests/test_kernels_decode_step.py tests/test_kernels_prefill.py
+    tests/test_kernels_dispatch.py tests/test_kernels_decode_step.py tests/test_kernels_prefill.py \
+    tests/test_kernels_indexer.py
 fi

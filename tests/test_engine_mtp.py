@@ -65,6 +65,9 @@ def test_greedy_output_with_mtp_is_the_plain_greedy_output(folders, tmp_path_fac
         plain = list(engine.generate(ids, max_new_tokens=NEW, temperature=0))
         engine.reset()
         spec = list(engine.generate(ids, max_new_tokens=NEW, temperature=0, speculative="mtp"))
+        if name == "moe_bf16" and spec != plain:
+            _assert_a_last_bit_tie(engine, ids, plain, spec)
+            continue
         assert spec == plain, seed
         stats = engine.last_stats
         assert stats["generated"] == len(spec) and stats["accepted"] <= stats["drafted"]
@@ -72,6 +75,18 @@ def test_greedy_output_with_mtp_is_the_plain_greedy_output(folders, tmp_path_fac
     assert drafted > 0
     if name != "random":  # drafts that copy the main model are often right, never always
         assert 0.3 * drafted < accepted < drafted
+
+
+def _assert_a_last_bit_tie(engine, ids, plain, spec):
+    """In bf16 a drafted forward (1 + k tokens) rounds otherwise than one-token steps, so greedy
+    output may part where two tokens tie to the last bit: at the first difference, the two
+    tokens' logits (the prefix in one forward) lie within two bf16 steps of each other."""
+    i = next(j for j, (a, b) in enumerate(zip(plain, spec)) if a != b)
+    engine.reset()
+    logits = engine.forward(torch.tensor([ids + plain[:i]]), 0)[0, -1]
+    a, b = float(logits[plain[i]]), float(logits[spec[i]])
+    step = 2.0 ** (math.floor(math.log2(max(abs(a), abs(b), 1e-30))) - 7)  # bf16's spacing there
+    assert abs(a - b) <= 2 * step, (i, a, b)
 
 
 def test_mtp_turns_reuse_the_cache_and_mix_with_plain_turns(folders):

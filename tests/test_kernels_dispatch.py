@@ -97,7 +97,7 @@ from kernels import capability, cpu_native, dispatch, quant
 p = dispatch.plan()
 out = {"level": p.capability.level, "bf16_native": p.capability.bf16_native, "act": str(p.act_dtype),
        "prefill": str(p.linear.prefill_dtype), "dense": p.linear.dense, "describe": dict(p.describe()),
-       "gguf_prefill": str(p.gguf.prefill_dtype)}
+       "gguf_prefill": str(p.gguf.prefill_dtype), "attention": p.attention.attention, "native": p.native}
 if p.native:   # a quantized prefill (more rows than the native GEMV takes) in the plan's float type
     torch.manual_seed(0)
     qw = quant.quantize_weight(torch.randn(40, 128), "int8")
@@ -129,6 +129,8 @@ def test_a_cpu_without_native_bf16_gets_float32_activations_from_the_plan(env):
     assert got["act"] == got["prefill"] == got["gguf_prefill"] == "torch.float32"
     assert got["describe"]["activations"].startswith("float32")
     assert got["dense"] == "torch"                    # no oneDNN bf16 packing either
+    # bf16 latent caches: kernels/csrc's attention where it is built (torch's bf16 bmm is 8-15x slower)
+    assert got["attention"] == ("native-bf16" if got["native"] else "torch")
     if "DUET_CPU" in env:
         assert got["level"] == env["DUET_CPU"]
     if "prefill_exact" in got:
@@ -149,6 +151,11 @@ def test_this_cpu_plans_bf16_activations_only_where_bf16_matmuls_are_native():
     with pytest.raises(ValueError, match="gguf_prefill"):
         with dispatch.overridden(gguf_prefill=torch.float16):
             pass
+    # a bf16 latent cache: torch's attention where bf16 matmuls are native, kernels/csrc's elsewhere
+    if dispatch.plan().native:
+        assert dispatch.plan().attention.attention == ("torch" if cap.bf16_native else "native-bf16")
+        with dispatch.overridden(native_attention=cap.bf16_native):
+            assert dispatch.plan().attention.attention == ("native-bf16" if cap.bf16_native else "torch")
 
 
 def _imports(path: Path) -> set[str]:

@@ -4,7 +4,7 @@ random awkward shapes (padded caches with stale rows, prompts crossing topk, blo
 import pytest
 import torch
 
-from kernels import indexer, mla
+from kernels import dispatch, indexer, mla
 
 
 def _inputs(seed, B, T, start_pos, Hi=5, D=12, pad=7, dtype=torch.float32):
@@ -87,3 +87,26 @@ def test_bf16_decode_scores_in_bf16_and_still_chooses_nearly_what_float32_choose
     for b in range(2):
         same = set(got[b, 0].tolist()) & set(want[b, 0].tolist())
         assert len(same) >= 0.9 * 64  # only near-ties at the boundary may go the other way
+
+
+def test_one_querys_sparse_attention_over_a_bf16_cache_runs_native_where_the_plan_says():
+    """Its gathered rows through kernels/csrc's attention (float32 sums: the reference over the
+    same bf16 inputs in float32), as the dense op's; torch's bf16 products where the plan says not."""
+    from kernels import cpu_native
+
+    if not dispatch.plan().native:
+        pytest.skip("kernels/csrc not built here")
+    g = torch.Generator().manual_seed(21)
+    B, start_pos, H, kv_lora, rope, K = 2, 300, 8, 64, 16, 40
+    q = torch.randn(B, 1, H, kv_lora + rope, generator=g).bfloat16()
+    cache = torch.randn(B, start_pos + 9, kv_lora + rope, generator=g).bfloat16()
+    qi, w, k = _inputs(5, B, 1, start_pos, pad=8)
+    chosen = indexer.reference_indexer_topk(qi, w, k, 0.5, start_pos, K)
+    want = indexer.reference_sparse_mla_attention(q.float(), cache.float(), chosen, kv_lora, 0.2, start_pos)
+    for on in (True, False):
+        with dispatch.overridden(native_attention=on):
+            before = cpu_native.CALLS["mla_attention"]
+            got = indexer.sparse_mla_attention(q, cache, chosen, kv_lora, 0.2, start_pos)
+            assert cpu_native.CALLS["mla_attention"] - before == (1 if on else 0)
+        tol = 2e-5 if on else 2e-2
+        torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)

@@ -1935,6 +1935,73 @@ INLINE void attn_latent(const void *cache, const int cbf, int stride, int s0, in
 #endif
 }
 
+/* One query's absorbed attention over cache rows 0..S-1: qf [H, D] (D = KV + rope: each head's
+ * latent query, then its rope query), scores scaled by `scale`, softmax, and the latent output
+ * lat [H, KV]. Scratch: sc [H, S], part [threads, H, KV]. The rows are split across threads by S
+ * alone, so a query at a given position gets the same sums from every caller: the decode step
+ * below and duet_mla_attention (a chunk's queries, one at a time) agree bit for bit. */
+static void mla_attend(const float *qf, int H, int KV, int D, const void *cache, int cbf, int stride, int S,
+                       float scale, float *sc, float *part, float *lat, int threads) {
+    const int at = (long)H * S * D * (cbf ? 2 : 4) < SMALL_WORK ? 1 : threads;
+    (void)at;   /* used by the OpenMP pragmas only */
+#pragma omp parallel num_threads(at)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int s0 = (int)((long)S * t / nt), s1 = (int)((long)S * (t + 1) / nt);
+        if (cbf) attn_scores(cache, 1, stride, s0, s1, qf, H, D, scale, sc, S);
+        else attn_scores(cache, 0, stride, s0, s1, qf, H, D, scale, sc, S);
+    }
+#pragma omp parallel for schedule(static) num_threads(at)
+    for (int h = 0; h < H; h++) {   /* softmax per head */
+        float *r = sc + (long)h * S, m = r[0], z = 0.f;
+        for (int s = 1; s < S; s++) m = r[s] > m ? r[s] : m;
+        for (int s = 0; s < S; s++) z += (r[s] = expf(r[s] - m));
+        const float inv = 1.f / z;
+        for (int s = 0; s < S; s++) r[s] *= inv;
+    }
+    /* latent output: lat[h] = sum_s p[h, s] c_kv[s], each thread over a range of rows */
+#pragma omp parallel num_threads(at)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *acc = part + (long)t * H * KV;
+        memset(acc, 0, sizeof(float) * H * KV);
+        const int s0 = (int)((long)S * t / nt), s1 = (int)((long)S * (t + 1) / nt);
+        if (cbf) attn_latent(cache, 1, stride, s0, s1, sc, H, KV, S, acc);
+        else attn_latent(cache, 0, stride, s0, s1, sc, H, KV, S, acc);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (long i = 0; i < (long)H * KV; i++) {
+            float v = 0.f;
+            for (int u = 0; u < nt; u++) v += part[(long)u * H * KV + i];
+            lat[i] = v;
+        }
+    }
+}
+
+/* Absorbed MLA attention of T queries per batch row over the latent cache, causal: query t sits
+ * at position start + t and reads rows 0..start + t. q [B, T, H, D] and out [B, T, H, KV] float32;
+ * the cache float32 or bf16 (cbf), rows of `stride` elements, `bstride` elements per batch row.
+ * Each query runs as mla_attend (the decode step's attention at its position). Returns 1 when
+ * scratch cannot be had. */
+int duet_mla_attention(const float *q, int B, int T, int H, int KV, int rope, const void *cache, int cbf,
+                       int stride, long bstride, int start, float scale, float *out, int threads) {
+    const int D = KV + rope, Smax = start + T;
+    if (threads < 1) threads = 1;
+    float *buf = malloc(sizeof(float) * ((long)H * Smax + (long)threads * H * KV + 16));
+    if (!buf) return 1;
+    float *sc = buf, *part = sc + (long)H * Smax;
+    for (int b = 0; b < B; b++) {
+        const char *cb = (const char *)cache + (long)b * bstride * (cbf ? 2 : 4);
+        for (int t = 0; t < T; t++) {
+            const long i = (long)b * T + t;
+            mla_attend(q + i * H * D, H, KV, D, cb, cbf, stride, start + t + 1, scale, sc, part,
+                       out + i * H * KV, threads);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
 /* rotate pairs of x [rope] by this position's angles (cos/sin [rope/2]) */
 static void rope_f32(float *x, const float *cs, const float *sn, int rope, int interleaved) {
     const int half = rope / 2;
@@ -1988,10 +2055,8 @@ int duet_mla_step(const lin_desc *lin /* wq_a or wq, wq_b (kind 0 without q_lora
     } else {
         memcpy((float *)cache + (long)pos * stride, kv, sizeof(float) * D);
     }
-    const long attn_work = (long)H * S * D * (cbf ? 2 : 4);
-    const int at = attn_work < SMALL_WORK ? 1 : threads;
     const int ht = (long)H * nope * KV * (abf ? 2 : 4) < SMALL_WORK ? 1 : threads;
-    (void)at; (void)ht;   /* used by the OpenMP pragmas only */
+    (void)ht;   /* used by the OpenMP pragmas only */
     /* absorbed query: qlat[h] = q_nope[h] · W_uk[h]   (W_uk [H, nope, KV]) */
 #pragma omp parallel for schedule(static) num_threads(ht)
     for (int h = 0; h < H; h++) {
@@ -2001,44 +2066,12 @@ int duet_mla_step(const lin_desc *lin /* wq_a or wq, wq_b (kind 0 without q_lora
         for (int j = 0; j < nope; j++)
             axpy_any(o, q[(long)h * qk + j], wh + (long)j * KV * (abf ? 2 : 4), abf, KV);
     }
-    /* the scores over the cache rows 0..pos: each head's query as one row [latent query, rope
-       query], against the rows [latent, rope key]; each thread over a range of rows */
+    /* each head's query as one row [latent query, rope query], against the rows [latent, rope key] */
     for (int h = 0; h < H; h++) {
         memcpy(qf + (long)h * D, qlat + (long)h * KV, sizeof(float) * KV);
         memcpy(qf + (long)h * D + KV, q + (long)h * qk + nope, sizeof(float) * rope);
     }
-#pragma omp parallel num_threads(at)
-    {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int s0 = (int)((long)S * t / nt), s1 = (int)((long)S * (t + 1) / nt);
-        if (cbf) attn_scores(cache, 1, stride, s0, s1, qf, H, D, scale, sc, S);
-        else attn_scores(cache, 0, stride, s0, s1, qf, H, D, scale, sc, S);
-    }
-#pragma omp parallel for schedule(static) num_threads(at)
-    for (int h = 0; h < H; h++) {   /* softmax per head */
-        float *r = sc + (long)h * S, m = r[0], z = 0.f;
-        for (int s = 1; s < S; s++) m = r[s] > m ? r[s] : m;
-        for (int s = 0; s < S; s++) z += (r[s] = expf(r[s] - m));
-        const float inv = 1.f / z;
-        for (int s = 0; s < S; s++) r[s] *= inv;
-    }
-    /* latent output: lat[h] = sum_s p[h, s] c_kv[s], each thread over a range of rows */
-#pragma omp parallel num_threads(at)
-    {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        float *acc = part + (long)t * H * KV;
-        memset(acc, 0, sizeof(float) * H * KV);
-        const int s0 = (int)((long)S * t / nt), s1 = (int)((long)S * (t + 1) / nt);
-        if (cbf) attn_latent(cache, 1, stride, s0, s1, sc, H, KV, S, acc);
-        else attn_latent(cache, 0, stride, s0, s1, sc, H, KV, S, acc);
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (long i = 0; i < (long)H * KV; i++) {
-            float v = 0.f;
-            for (int u = 0; u < nt; u++) v += part[(long)u * H * KV + i];
-            lat[i] = v;
-        }
-    }
+    mla_attend(qf, H, KV, D, cache, cbf, stride, S, scale, sc, part, lat, threads);
     /* out[h] = lat[h] · W_uvT[h]   (W_uvT [H, KV, V]) */
 #pragma omp parallel for schedule(static) num_threads(ht)
     for (int h = 0; h < H; h++) {
