@@ -153,7 +153,9 @@ def main(argv=None) -> int:
 
     acts = (f"duet GGUF activations {kquant.act_bits()}-bit, integer dot products {kquant.isa() or 'not built'}, "
             f"prefill tiles {str(dispatch.plan().gguf.prefill_dtype).removeprefix('torch.')}")
-    print(f"Same GGUF file for both engines: DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads; {acts}")
+    builds = sorted({r["build"] for r in rows if r.get("build")})
+    print(f"Same GGUF file for both engines: DeepSeek-V2-Lite shapes, {a.layers} layers, {a.threads} threads; {acts}; "
+          f"llama.cpp built for {', '.join(builds) or 'unknown'}")
     print(f"{'file':<8}{'engine':<11}{'decode@0':>10}{'decode@' + str(qb.PREFILL):>14}{'prefill':>10}{'load s':>8}")
     for r in rows:
         if "error" in r:

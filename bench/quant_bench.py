@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -330,6 +331,7 @@ def run_duet(folder: Path, threads: int, native: bool = True) -> dict:
 LLAMA_SCRIPT = r"""
 import json, sys, time
 import numpy as np
+import llama_cpp
 from llama_cpp import Llama
 path, threads, prefill, decode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 windows, flash = int(sys.argv[5]), sys.argv[7] == "1"
@@ -355,8 +357,17 @@ for _ in range(int(sys.argv[6])):   # best of these passes, as Duet's
     llm.reset()
     t = time.perf_counter(); llm.eval(prompt); pf = max(pf, prefill / (time.perf_counter() - t))
 d_long = dec()
-print(json.dumps({"load_s": load_s, "decode_ctx0": d0, "decode_ctx": d_long, "prefill": pf}))
+info = llama_cpp.llama_print_system_info().decode()
+print(json.dumps({"load_s": load_s, "decode_ctx0": d0, "decode_ctx": d_long, "prefill": pf, "system_info": info}))
 """
+
+
+def llama_build(info: str | None) -> str:
+    """The CPU features a llama.cpp build uses, from its system info ("CPU : SSE3 = 1 | AVX2 = 1
+    | ..."): the x86 SIMD levels and ARM extensions it was compiled with, for the tables."""
+    names = ("AVX2", "AVX512", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI", "AMX_INT8", "NEON", "SVE", "DOTPROD")
+    on = [k for k, v in re.findall(r"(\w+) = (\d)", info or "") if v == "1" and k in names]
+    return "+".join(dict.fromkeys(on)) or "unknown"
 
 
 def run_llama(path: Path, threads: int, prefix: str = "") -> dict:
@@ -372,7 +383,7 @@ def run_llama(path: Path, threads: int, prefix: str = "") -> dict:
         if r.returncode != 0:
             return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]}
         runs[flash == "1"] = json.loads(r.stdout.strip().splitlines()[-1])
-    best = {"load_s": runs[False]["load_s"], "flash_attn": {}}
+    best = {"load_s": runs[False]["load_s"], "flash_attn": {}, "build": llama_build(runs[False].get("system_info"))}
     for key in ("decode_ctx0", "decode_ctx", "prefill"):
         flash = runs[True][key] > runs[False][key]
         best[key] = runs[flash][key]

@@ -28,3 +28,18 @@ def test_bench_compares_duet_and_transformers_and_writes_json(tmp_path):
     # both engines cache the same latent: (kv_lora 48 + rope 8) x 3 layers x 2 bytes
     assert duet["cache_bytes_per_token"] == hf["cache_bytes_per_token"] == (48 + 8) * 3 * 2
     assert "decode_tok_s_ctx0" in r.stdout and "speedup" in r.stdout
+
+
+def test_the_llama_cpp_build_is_named_from_its_system_info():
+    """The GGUF and quant benches say which llama.cpp build they ran (an AVX2 build or one for
+    this machine's AVX-512): the x86 SIMD levels and ARM extensions switched on, in its order."""
+    import llama_cpp
+
+    from bench.quant_bench import llama_build
+
+    assert llama_build("CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | AVX512 = 0 | OPENMP = 1 |") == "AVX2"
+    assert llama_build("CPU : AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 |") == \
+        "AVX2+AVX512+AVX512_VNNI+AMX_INT8"
+    assert llama_build("CPU : NEON = 1 | ARM_FMA = 1 | DOTPROD = 1 | SVE = 0 |") == "NEON+DOTPROD"
+    assert llama_build("") == llama_build(None) == "unknown"
+    assert llama_build(llama_cpp.llama_print_system_info().decode()) != "unknown"   # the installed build
