@@ -96,9 +96,13 @@ def test_a_demo_request_with_no_file_in_context_is_told_what_the_demo_knows(tmp_
     config = demo_config()
     ws = Workspace(demo.fresh_sample_project(tmp_path / "p"))
     conv = Conversation(config, workspace=ws, save=False)
-    assert demo.NO_FILE_NOTE in conv.prepare("hello there").notes
+    from app.conversation import Caution
+
+    hello = conv.prepare("hello there").notes
+    assert demo.NO_FILE_NOTE in hello and all(isinstance(n, Caution) for n in hello)   # the views warn
     assert demo.NO_FILE_NOTE in conv.prepare("write a haiku", "coder").notes
-    assert demo.NO_FILE_NOTE not in conv.prepare("review stats.py").notes   # stats.py joined
+    joined = conv.prepare("review stats.py").notes   # stats.py joined: information, not a warning
+    assert demo.NO_FILE_NOTE not in joined and joined and not any(isinstance(n, Caution) for n in joined)
     assert demo.NO_FILE_NOTE not in conv.prepare("hello there").notes       # it stays in context
     assert demo.NO_FILE_NOTE in Conversation(config, save=False).prepare("review stats.py").notes  # no workspace
     written = dataclasses.replace(config.reasoner, demo=False, path=demo.reasoner_path().parent / "reasoner")

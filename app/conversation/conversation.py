@@ -38,8 +38,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from app import demo
 from app.config import Config, Sampling
-from app.conversation.events import (ChangeApplied, ChangeDeclined, ChangeProposed, FlowEnded, Notice, PlanReady,
-                                     Routed, TestFinished, TestStarted, TurnEnded)
+from app.conversation.events import (Caution, ChangeApplied, ChangeDeclined, ChangeProposed, FlowEnded, Notice,
+                                     PlanReady, Routed, TestFinished, TestStarted, TurnEnded)
 from app.conversation.replan import REPLAN_OUTPUT_CHARS, Attempts, retry_sampling
 from app.conversation.steps import Plan
 from app.conversation.verify import TestResult, failing_functions, failure_summary, run_tests, with_changed
@@ -112,7 +112,7 @@ class Conversation:
         else:
             files = self.context_files(self.config.role(decision.role), notes, extra=extra_files)
         if author == "you" and not files and demo.is_demo_model(self.config.role(decision.role).path):
-            notes.append(demo.NO_FILE_NOTE)  # it is still sent: the user asked
+            notes.append(Caution(demo.NO_FILE_NOTE))  # it is still sent: the user asked
         editable, new_paths = [], None  # what the coder may edit: the workspace's files, not an outline
         if decision.role == "coder" and self.workspace is not None:
             ours = set(self.workspace.context.files) | set(extra_files)
@@ -468,7 +468,7 @@ class Conversation:
             text, full = ctx.for_prompt(rc.context, reserve=reserve)
             if not full:
                 if notes is not None:
-                    notes.append("The files in context do not fit the model's window: sending their outline.")
+                    notes.append(Caution("The files in context do not fit the model's window: sending their outline."))
                 return [("outline of the files in context (too large to send whole)", text)]
         out = []
         for rel in names:

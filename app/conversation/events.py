@@ -11,11 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+class Caution(str):
+    """A note the user should not miss (what was sent differs from what they asked for): views
+    show it as a warning, other notes as information. It is a ``str``, so printing views need
+    nothing else."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
 class Routed:
     """A model turn begins. ``turn`` is the prepared `app.turn.Turn` (its ``route``, ``role_cfg``,
     ``files``); ``author`` names who asks ("you", or "duet → coder · …" for the core's own rounds);
-    ``notes`` are lines for the user about what was sent (an outline instead of files, …)."""
+    ``notes`` are lines for the user about what was sent (an outline instead of files, …;
+    ``Caution`` for those that are warnings)."""
 
     turn: object
     author: str = "you"

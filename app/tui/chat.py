@@ -23,8 +23,8 @@ from textual.widgets import Footer
 from textual.worker import get_current_worker
 
 from app.config import Config
-from app.conversation import (ChangeApplied, ChangeDeclined, ChangeProposed, Conversation, FlowEnded, Notice,
-                              Routed, TestFinished, TestStarted, TurnEnded)
+from app.conversation import (Caution, ChangeApplied, ChangeDeclined, ChangeProposed, Conversation, FlowEnded,
+                              Notice, Routed, TestFinished, TestStarted, TurnEnded)
 from app.errors import DuetError
 from app.tui.chat_actions import PANE_WIDTHS, ChatActions
 from app.tui.flow import Approval
@@ -243,7 +243,7 @@ class ChatScreen(ChatActions, Screen):
         turn, route = routed.turn, routed.route
         rc = turn.role_cfg
         for note in routed.notes:
-            self.notify(note, severity="warning" if "do not fit" in note else "information", markup=False)
+            self.notify(note, severity="warning" if isinstance(note, Caution) else "information", markup=False)
         user = UserItem(turn.request, list(routed.file_names), routed.author) if show_user else None
         if user is not None:
             self.conversation.mount(user)
