@@ -75,9 +75,13 @@ class Duet:
     def fill(self, ids, context: int) -> None:
         """A real prefill of ``ids``, its cache rows tiled out to ``context``."""
         self.engine.forward(ids, 0)
+        n = ids.shape[1]
         for layer in self.engine.model.layers:
-            _tile_(layer.attn.cache, 1, ids.shape[1], context)
-            _tile_(layer.attn.indexer.cache, 1, ids.shape[1], context)
+            _tile_(layer.attn.cache, 1, n, context)
+            _tile_(layer.attn.indexer.cache, 1, n, context)
+        # the rows now hold the prompt repeated: the engine's record of its cache says so (it
+        # refuses to decode past the rows it knows were written)
+        self.engine._held = (ids[0].tolist() * (context // n + 1))[:context]
 
     def step_ms(self, context: int, steps: int) -> float:
         import torch

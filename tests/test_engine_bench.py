@@ -43,3 +43,18 @@ def test_the_llama_cpp_build_is_named_from_its_system_info():
     assert llama_build("CPU : NEON = 1 | ARM_FMA = 1 | DOTPROD = 1 | SVE = 0 |") == "NEON+DOTPROD"
     assert llama_build("") == llama_build(None) == "unknown"
     assert llama_build(llama_cpp.llama_print_system_info().decode()) != "unknown"   # the installed build
+
+
+def test_the_dsa_bench_runs_past_index_topk_and_writes_json(tmp_path):
+    """bench/dsa_bench.py end to end at one context past V3.2's index_topk (its cache tiled out
+    from a real 1,024-token prefill, which the engine must accept as written): all three rows."""
+    out = tmp_path / "dsa.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "dsa_bench.py"), "--contexts", "2100", "--steps", "2",
+                        "--hf-steps", "1", "--model", str(tmp_path / "model"), "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["context"] == 2100
+    for name in ("duet sparse", "duet dense", "transformers"):
+        assert row[name]["ms_per_step"] > 0, name
