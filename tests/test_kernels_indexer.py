@@ -80,7 +80,8 @@ def test_long_prompts_run_in_blocks_of_queries_with_the_same_result(monkeypatch)
     torch.testing.assert_close(indexer.sparse_mla_attention(qa, cache, idx, 20, 0.2, 10), whole, atol=1e-6, rtol=0)
 
 
-def test_bf16_decode_scores_in_bf16_and_still_chooses_nearly_what_float32_chooses():
+def test_one_query_over_a_bf16_key_cache_chooses_nearly_what_float32_chooses():
+    """Its scores run in bf16 where the CPU multiplies bf16 natively, in float32 elsewhere."""
     q, w, k = _inputs(11, 2, 1, 500, Hi=8, D=32, dtype=torch.bfloat16)
     want = indexer.reference_indexer_topk(q, w, k, 0.2, 500, 64)
     got = indexer.indexer_topk(q, w, k, 0.2, 500, 64)
