@@ -277,6 +277,23 @@ def test_the_per_head_gemv_matches_a_float32_bmm(H, K, N):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * K)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_latent_cache_attention_matches_the_reference_on_every_build(build, dtype):
+    """kernels/csrc's absorbed attention (the decode step's, and the op's for bf16 caches where
+    bf16 is not native) on each build: AVX2, plain C, ARM64 NEON (emulated); a head count that
+    is not a multiple of the four-head tile, rows past the queries holding stale values."""
+    from kernels.mla import reference_mla_attention
+
+    g = torch.Generator().manual_seed(7)
+    B, T, H, R, P, start = 2, 2, 5, 40, 8, 21
+    q = torch.randn(B, T, H, R + P, generator=g).to(dtype)
+    cache = torch.randn(B, start + T + 6, R + P, generator=g).to(dtype)
+    cache[:, start + T:] = 1e4   # stale rows: never read
+    got = cpu_native.mla_attention(q, cache, R, 0.2, start)
+    want = reference_mla_attention(q.float(), cache[:, :start + T].float(), R, 0.2, start)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
 def test_bf16_decode_runs_absorbed_attention_natively_and_matches_the_float32_bmm(tmp_path):
     from local_engine import Engine
     from tests.tiny_checkpoints import write_tiny_v3
