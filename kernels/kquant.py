@@ -473,7 +473,7 @@ def _tiled_linear(x: torch.Tensor, w: GGUFWeight, dtype: torch.dtype = torch.flo
         else:
             _LIB.kq_dequant(w.type, w.data.data_ptr() + j * w.stride, w.stride, r, k, tile.data_ptr(),
                             int(dtype == torch.bfloat16), torch.get_num_threads())
-        y[:, j:j + r] = xf @ tile.t()
+        torch.mm(xf, tile.t(), out=y[:, j:j + r])   # straight into y's columns (a row stride BLAS takes)
     return y
 
 

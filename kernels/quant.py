@@ -561,7 +561,8 @@ def unpacked_linear(x: Tensor, w: Tensor) -> Tensor:
     y = torch.empty(x2.shape[0], n, dtype=torch.float32, device=x.device)
     rows = max(16, min(n, UNPACKED_TILE_BYTES // (4 * k)))
     for j in range(0, n, rows):
-        y[:, j:j + rows] = x2 @ w[j:j + rows].float().t()
+        tile = w[j:j + rows].float()
+        torch.mm(x2, tile.t(), out=y[:, j:j + tile.shape[0]])
     return y.to(x.dtype).view(*x.shape[:-1], n)
 
 
