@@ -7,6 +7,6 @@ from app.conversation.events import (Caution, ChangeApplied, ChangeDeclined, Cha
 from app.conversation.steps import Plan, Step, parse_steps
 from app.conversation.verify import TestResult, failure_summary, run_tests
 
-__all__ = ["Conversation", "DEFAULT_ROUNDS", "HANDOFF_REQUEST", "Caution", "ChangeApplied", "ChangeDeclined", "ChangeProposed",
-           "FlowEnded", "Notice", "PlanReady", "Routed", "TestFinished", "TestStarted", "TurnEnded", "Plan", "Step",
-           "parse_steps", "TestResult", "failure_summary", "run_tests"]
+__all__ = ["Conversation", "DEFAULT_ROUNDS", "HANDOFF_REQUEST", "Caution", "ChangeApplied", "ChangeDeclined",
+           "ChangeProposed", "FlowEnded", "Notice", "PlanReady", "Routed", "TestFinished", "TestStarted", "TurnEnded",
+           "Plan", "Step", "parse_steps", "TestResult", "failure_summary", "run_tests"]
