@@ -36,17 +36,28 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from gguf import GGMLQuantizationType
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import quant_bench as qb  # noqa: E402
-from kernels import dispatch  # noqa: E402
+from kernels import dispatch, iquant  # noqa: E402
 
 # the files llama.cpp's quantizer writes from the Q8_0 file: its llama_ftype values (llama.h)
 LLAMA_FTYPES = {"Q4_K_M": 15, "Q3_K_M": 12, "Q2_K": 10}
+# files whose routed experts are i-quant blocks (the low-bit DeepSeek-R1 GGUFs' experts), written
+# here: llama.cpp's quantizer makes i-quants only with an importance matrix. Random blocks (their
+# scales set small and finite) cost the kernels what real ones do; the experts are R1's width
+# (moe_intermediate_size 2048: V2-Lite's 1408 is no whole number of 256-blocks), gate and up in
+# the named type, down in IQ_DOWN's (as unsloth's dynamic R1 quants keep down a step wider), the
+# rest of the file Q8_0.
+IQ_FILES = ("IQ1_S", "IQ2_XXS", "IQ3_XXS")
+IQ_DOWN = {"IQ1_S": "IQ2_XXS", "IQ2_XXS": "IQ2_XXS", "IQ3_XXS": "IQ3_XXS"}
+IQ_EXPERT_WIDTH = 2048
 # llama.cpp with its extra weight buffers (AMX / repacked kernels) turned off: llama-cpp-python
 # 0.3.36's AMX path crashes on some deepseek2 matrices on AMX CPUs; then this run is reported
 NO_REPACK = ("import llama_cpp.llama_cpp as _low\n_d = _low.llama_model_default_params\n"
@@ -89,7 +100,30 @@ def write_files(cfg: dict, work: Path, types: list[str]) -> dict[str, Path]:
                                             ctypes.byref(params))
         if rc != 0:
             raise RuntimeError(f"llama_model_quantize {kind} failed ({rc})")
+    for kind in (t for t in types if t in IQ_FILES):
+        W = qb.build(dict(cfg, moe_intermediate_size=IQ_EXPERT_WIDTH), "int8")
+        rng = np.random.default_rng(len(kind))
+        for name, spec in list(W.gguf.items()):
+            if name.endswith(("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight")):
+                q = spec[1]   # int8 codes [experts, n, k]
+                W.gguf[name] = ("blocks", *iq_blocks(IQ_DOWN[kind] if "down" in name else kind, q.shape, rng))
+        paths[kind] = work / f"v2lite-{kind}.gguf"
+        write_deepseek2_gguf(paths[kind], dict(cfg, moe_intermediate_size=IQ_EXPERT_WIDTH), W.gguf)
+        del W
     return paths
+
+
+def iq_blocks(name: str, shape: tuple, rng) -> tuple:
+    """(ggml type, uint8 [..., row bytes]): random blocks of i-quant ``name`` for a weight of
+    ``shape`` (rows of whole 256-blocks), each block's fp16 scale in 0.002..0.01."""
+    tid = iquant.NAMES[name]
+    *lead, k = shape
+    rows = int(np.prod(lead))
+    nb, bb = k // 256, iquant.IQ_TYPES[tid][2]
+    b = rng.integers(0, 256, size=(rows * nb, bb), dtype=np.uint8)
+    halves = rng.uniform(0.002, 0.01, size=rows * nb).astype(np.float16).view(np.uint16)
+    b = iquant.set_scales(name, b, halves)
+    return GGMLQuantizationType(tid), b.reshape(*lead, nb * bb)
 
 
 def types_in(path: Path) -> dict[str, int]:
@@ -113,7 +147,7 @@ def main(argv=None) -> int:
         ap.error("--decode: at least 6 steps")
     qb.DECODE, qb.WINDOWS = a.decode, min(qb.WINDOWS, a.decode // 4) or 1
     types = a.types.split(",")
-    known = {"Q8_0", "Q4_0", *LLAMA_FTYPES}
+    known = {"Q8_0", "Q4_0", *LLAMA_FTYPES, *IQ_FILES}
     if set(types) - known:
         ap.error(f"--types: {', '.join(sorted(set(types) - known))} (choose from {', '.join(sorted(known))})")
     cfg = dict(qb.V2_LITE, num_hidden_layers=a.layers)

@@ -13,8 +13,9 @@ equal ggml's / gguf-py's). The i-quants (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, I
 kernels/iquant.py) are read in place too, by kernels/iquant.py's own library
 (kernels/csrc/iquant_dot.h: their blocks unpacked to int8 codes, integer dot products against
 the same Q8_K activations, at 8 and 16 bits); at 32 bits, or many rows, their tiles of rows are
-dequantized (exactly, float32) and multiplied with torch. The fused MoE step (GGUFExperts)
-takes no i-quant: their experts go one by one through linear().
+dequantized (exactly, float32) and multiplied with torch. The fused MoE step (GGUFExperts,
+kq_moe) takes them too, at 8 and 16 bits: kernels/iquant.py's row dot product passed in by
+address (at 32 bits such experts go one by one through linear()).
 
 Activations (``act_bits()``: kernels.dispatch's plan), rounded once per call and row to llama.cpp's 8-bit blocks --
 Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the super-blocks -- then integer block dot
@@ -154,7 +155,7 @@ def _bind(so):
     so.kq_get_rows.argtypes = [_c_int, _ptr, _c_long, _ptr, _c_long, _c_int, _ptr]
     so.kq_gemm.argtypes = [_c_int, _ptr, _c_int, _c_int, _ptr, _c_long, _c_long, _ptr, _c_long, _c_int, _c_int]
     so.kq_moe.argtypes = [_ptr, _ptr, _c_long, _c_long, _c_long, _c_int, _c_int, _ptr, _ptr, _c_int,
-                          _c_int, _ptr, _ptr, _c_int, _c_int]
+                          _c_int, _ptr, _ptr, _c_int, _c_int, _ptr, _ptr]
     so.kq_gemm_tiled.argtypes = [_c_int, _ptr, _c_int, _c_int, _ptr, _c_long, _c_long, _ptr, _c_long, _c_int]
     for f in (so.kq_dequant, so.kq_get_rows, so.kq_gemm, so.kq_moe, so.kq_gemm_tiled):
         f.restype = _c_int
@@ -528,7 +529,10 @@ def reference_linear(x: torch.Tensor, w: GGUFWeight, act: int | None = None) -> 
 
 class GGUFExperts:
     """Routed SwiGLU experts held as GGUF blocks (gate, up, down per expert), run for one token
-    by one native call: ``__call__(x [1, H], weights [1, k], indices [1, k]) -> [1, H]``."""
+    by one native call: ``__call__(x [1, H], weights [1, k], indices [1, k]) -> [1, H]``.
+    Matrices of i-quants are read there by kernels/iquant.py's library (its row dot product,
+    passed by address, and the type's grid) at 8 or 16 activation bits; at 32 bits, or without
+    that library, such experts run one by one through ``linear``."""
 
     def __init__(self, gates, ups, downs):
         self._keep = (list(gates), list(ups), list(downs))
@@ -538,14 +542,16 @@ class GGUFExperts:
         self.inter, self.hidden = g0.shape[0], g0.shape[1]
         self.table = torch.tensor([[g.data.data_ptr(), u.data.data_ptr(), d.data.data_ptr()]
                                    for g, u, d in zip(gates, ups, downs)], dtype=torch.int64)
+        iq = [t.type in iquant.IQ_TYPES for t in (g0, u0, d0)]
+        self.iq = any(iq)
+        self._grids = [iquant.grid(iquant.IQ_TYPES[t.type][0]) if q else None for t, q in zip((g0, u0, d0), iq)]
+        self.grids = torch.tensor([g.data_ptr() if g is not None else 0 for g in self._grids], dtype=torch.int64)
 
     @staticmethod
     def fits(gates, ups, downs) -> bool:
         if not _native() or not gates:
             return False
         g0, u0, d0 = gates[0], ups[0], downs[0]
-        if any(t.type in iquant.IQ_TYPES for t in (g0, u0, d0) if isinstance(t, GGUFWeight)):
-            return False  # no i-quant in kq_moe: expert by expert through linear() (iquant's dot)
         for g, u, d in zip(gates, ups, downs):
             if not all(isinstance(t, GGUFWeight) and t.device.type == "cpu" for t in (g, u, d)):
                 return False
@@ -556,13 +562,27 @@ class GGUFExperts:
         return True
 
     def __call__(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        act = act_bits()
+        iq_dot = 0
+        if self.iq:
+            if not _iq_dot(act):
+                return self._one_by_one(x, weights, indices)
+            iq_dot = ctypes.cast(iquant.lib().iq_row_dot, ctypes.c_void_p).value
         idx = indices.reshape(-1).to(torch.int64).contiguous()
         wts = weights.reshape(-1).to(torch.float32).contiguous()
         xf = x.reshape(-1).to(torch.float32).contiguous()
         y = torch.empty(self.hidden, dtype=torch.float32)
         rc = _LIB.kq_moe(self.table.data_ptr(), self.types.data_ptr(), *self.strides, self.inter, self.hidden,
                          idx.data_ptr(), wts.data_ptr(), idx.numel(), -1, xf.data_ptr(), y.data_ptr(),
-                         torch.get_num_threads(), act_bits())
+                         torch.get_num_threads(), act, iq_dot, self.grids.data_ptr())
         if rc:
-            raise MemoryError("kq_moe: out of memory")
+            raise MemoryError("kq_moe: out of memory") if rc == 1 else ValueError(f"kq_moe refused types {self.types.tolist()}")
+        return y.view(1, -1).to(x.dtype)
+
+    def _one_by_one(self, x, weights, indices):
+        gates, ups, downs = self._keep
+        y = torch.zeros(1, self.hidden, dtype=torch.float32)
+        for e, wt in zip(indices.reshape(-1).tolist(), weights.reshape(-1).float().tolist()):
+            h = F.silu(linear(x, gates[e]).float()) * linear(x, ups[e]).float()
+            y += wt * linear(h, downs[e]).float()
         return y.view(1, -1).to(x.dtype)

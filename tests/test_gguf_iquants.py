@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kernels import dispatch, iquant, kquant
 
@@ -492,6 +493,67 @@ def test_the_matmul_refuses_what_it_cannot_take():
     for x, act in ((torch.zeros(9, 256), 16), (torch.zeros(1, 256), 32), (torch.zeros(1, 512), 8)):
         with pytest.raises(ValueError):
             iquant.native_linear("IQ1_S", x, b, 256, act)
+
+
+# ---------------------------------------------------------------------------------------
+# the fused MoE step (kernels/csrc/kquant.c's kq_moe) with experts held as i-quants
+
+# gate, up, down types (ggml ids), intermediate size: i-quants alone, and beside K-/32-blocks
+MOE = {"IQ2_XXS": (16, 16, 16, 256), "IQ1_S-IQ2_XXS": (19, 19, 16, 512), "IQ3_S-Q2_K": (21, 21, 10, 256),
+       "Q4_K-IQ1_M": (12, 12, 29, 256), "IQ2_S-IQ3_XXS-Q8_0": (22, 18, 8, 256)}
+
+
+def _moe_weight(type_id: int, n: int, k: int, rng) -> kquant.GGUFWeight:
+    if type_id in iquant.IQ_TYPES:
+        return _iq_weight(iquant.IQ_TYPES[type_id][0], _small_scale_blocks(iquant.IQ_TYPES[type_id][0], n, k // 256, rng))
+    _, bs, bb = kquant.TYPES[type_id]
+    raw = rng.integers(0, 256, (n, k // bs, bb), dtype=np.uint8)
+    for at in H.FP16_SCALES.get(type_id, (0,)):
+        raw[..., at:at + 2] = (rng.uniform(0.002, 0.02, (n, k // bs))).astype(np.float16).view(np.uint8).reshape(n, k // bs, 2)
+    return kquant.GGUFWeight(type_id, (n, k), torch.from_numpy(raw.reshape(n, -1)))
+
+
+@pytest.mark.parametrize("act", [8, 16, 32])
+@pytest.mark.parametrize("kinds", list(MOE))
+def test_the_fused_moe_step_takes_i_quant_experts_and_equals_them_one_by_one(dot_build, kinds, act):
+    """The routed experts of one token in one native call, i-quant matrices read by the i-quant
+    library's row dot (by address; this CPU's build and the plain-C one): the experts' reference
+    math (activations rounded as the call rounds them); at 32 bits they run one by one."""
+    tg, tu, td, inter = MOE[kinds]
+    E, hidden = 5, 512
+    rng = np.random.default_rng(len(kinds) + act)
+    gates = [_moe_weight(tg, inter, hidden, rng) for _ in range(E)]
+    ups = [_moe_weight(tu, inter, hidden, rng) for _ in range(E)]
+    downs = [_moe_weight(td, hidden, inter, rng) for _ in range(E)]
+    assert kquant.GGUFExperts.fits(gates, ups, downs)
+    fused = kquant.GGUFExperts(gates, ups, downs)
+    x = torch.randn(1, hidden, generator=torch.Generator().manual_seed(act))
+    idx, wts = torch.tensor([[3, 0, 4]]), torch.tensor([[0.5, 0.3, 0.2]])
+    with dispatch.overridden(gguf_act_bits=act):
+        y = fused(x, wts, idx)
+        one_by_one = fused._one_by_one(x, wts, idx)
+    ref = torch.zeros(1, hidden, dtype=torch.float64)
+    for e, wt in zip(idx[0].tolist(), wts[0].tolist()):
+        h = F.silu(kquant.reference_linear(x, gates[e], act)) * kquant.reference_linear(x, ups[e], act)
+        ref += wt * kquant.reference_linear(h, downs[e], act).double()
+    # integer activations: h's float32 rounding may move one of its codes by one step
+    assert _rel(y, ref) < {8: 1e-3, 16: 1e-4, 32: 1e-5}[act], (kinds, act)
+    assert _rel(one_by_one, ref) < {8: 1e-3, 16: 1e-4, 32: 1e-5}[act]
+    assert _rel(y, one_by_one) < {8: 1e-3, 16: 1e-4, 32: 0.0}[act] or torch.equal(y, one_by_one)
+
+
+def test_the_fused_moe_step_refuses_i_quants_it_cannot_read():
+    native()
+    rng = np.random.default_rng(5)
+    w = [_moe_weight(16, 256, 256, rng) for _ in range(2)]
+    fused = kquant.GGUFExperts(w, w, w)
+    x, idx, wts = torch.randn(1, 256), torch.tensor([[1]]), torch.tensor([[1.0]])
+    y = torch.empty(256)
+    so = kquant.lib()
+    for act, addr in ((16, 0), (32, ctypes.cast(iquant.lib().iq_row_dot, ctypes.c_void_p).value)):
+        rc = so.kq_moe(fused.table.data_ptr(), fused.types.data_ptr(), *fused.strides, 256, 256, idx.data_ptr(),
+                       wts.data_ptr(), 1, -1, x.data_ptr(), y.data_ptr(), 1, act, addr, fused.grids.data_ptr())
+        assert rc == -1
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,10 +27,13 @@
    combined as (float) first x 128 + (float) second, as kquant_dot.h does. The integers are
    exactly the reference's (the dequantized weights are these products, without rounding).
 
-   The codes are unpacked by the same portable code on every build (8 grid bytes at a time,
-   signs applied as byte masks); only the 256-long integer dot differs: plain C loops, or
-   AVX2's maddubs / madd (|code| <= 62, |activation code| <= 127: no int16 saturation). The
-   float operations are the same on both, in the same order, so the builds agree bit for bit. */
+   Plain C (and NEON) builds unpack the codes with portable code (8 grid bytes at a time, signs
+   applied as byte masks) and loop over the 256-long integer dot. AVX2 builds (iq_unpack_vec)
+   put the grid points straight into vectors as the levels' magnitudes, with the signs as
+   bytes of 1 / -1 from a table (ksigns' parity folded in), and take the dot with maddubs /
+   madd (|code| <= 62, |activation code| <= 127: no int16 saturation): the same codes, the same
+   integers. The float operations are the same on both, in the same order, so the builds agree
+   bit for bit. iq_row_dot is one row's product for kquant.c's fused MoE step. */
 
 #include <math.h>
 #include <stdlib.h>
@@ -193,28 +196,158 @@ static float iq_unpack(int type, const uint8_t *b, const uint8_t *grid, int8_t *
 /* ---- the integer dot of a block's codes with 256 activation codes ----------------------- */
 
 #if defined(IQ_AVX2)
-/* the codes' 8 groups of 32, as |code| (maddubs' unsigned side) and the code (for the signs),
-   and the sub-scales as 16-bit lanes (low 128 bits: the first 16 weights of the group) */
+/* the codes' 8 groups of 32, as |code| (maddubs' unsigned side) and a byte of the code's sign
+   (the code itself, or 1 / -1), and the sub-scales as 16-bit lanes (low 128 bits: the first 16
+   weights of the group) */
 typedef struct { __m256i u[8], c[8], s[8]; } iq_vec_t;
 
-static void iq_vec(const int8_t *c, const int16_t *sc, iq_vec_t *v) {
-    for (int j = 0; j < 8; j++) {
-        v->c[j] = _mm256_loadu_si256((const __m256i *)(c + 32 * j));
-        v->u[j] = _mm256_sign_epi8(v->c[j], v->c[j]);
-        v->s[j] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * j + 1]), _mm_set1_epi16(sc[2 * j]));
+/* sign byte -> 8 bytes, byte j -1 where bit j is set, else 1; and the 7 stored bits of a
+   ksigns group straight to that word */
+static uint64_t iq_smask[256], iq_ksmask[128];
+
+__attribute__((constructor)) static void iq_sign_tables(void) {
+    for (uint32_t s = 0; s < 256; s++) {
+        uint64_t m = 0;
+        for (int j = 0; j < 8; j++) m |= (uint64_t)((s >> j & 1) ? 0xff : 0x01) << 8 * j;
+        iq_smask[s] = m;
+    }
+    for (uint32_t s = 0; s < 128; s++) iq_ksmask[s] = iq_smask[ksigns(s)];
+}
+
+#define IQ_G64(i) ((long long)ld64(grid + 8 * (i)))                                        /* a point of 8 levels */
+#define IQ_G32X2(i0, i1) ((long long)(ld32(grid + 4 * (i0)) | (uint64_t)ld32(grid + 4 * (i1)) << 32))   /* two of 4 */
+#define IQ_V4(e0, e1, e2, e3) _mm256_set_epi64x(e3, e2, e1, e0)
+#define IQ_SC2(lo, hi) _mm256_set_m128i(_mm_set1_epi16((short)(hi)), _mm_set1_epi16((short)(lo)))
+
+/* 8 ternary levels per 64 bits (IQ1's grid, int8 -1 / 0 / 1) -> the codes 8 g + delta (delta
+   +-1 per byte: 1 or -1 in each byte of d); bytewise, as shifted8 */
+static __m256i iq1_codes(__m256i g, __m256i d) {
+    return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(g, 3), _mm256_set1_epi8((char)0xf8)), d);
+}
+
+#define IQ_INLINE static inline __attribute__((always_inline))
+
+/* group ib (weights 32 ib .. 32 ib + 31) of the block at b in vectors: *u the codes' magnitudes,
+   *c a byte of each code's sign, *s the sub-scales (as iq_unpack's codes and sc, so the same
+   integers). Inlined into loops over a constant type. */
+IQ_INLINE void iq_group(const int type, const uint8_t *b, const uint8_t *grid, int ib, __m256i *u, __m256i *c,
+                        __m256i *s) {
+    switch (type) {
+    case 16: {   /* IQ2_XXS */
+        const uint8_t *q = b + 2 + 8 * ib;
+        const uint32_t aux = le32(q + 4), ls = 2 * (aux >> 28) + 1;
+        *u = IQ_V4(IQ_G64(q[0]), IQ_G64(q[1]), IQ_G64(q[2]), IQ_G64(q[3]));
+        *c = IQ_V4((long long)iq_ksmask[aux & 127], (long long)iq_ksmask[aux >> 7 & 127],
+                   (long long)iq_ksmask[aux >> 14 & 127], (long long)iq_ksmask[aux >> 21 & 127]);
+        *s = _mm256_set1_epi16((short)ls);
+        return;
+    }
+    case 17: {   /* IQ2_XS */
+        const uint8_t sb = b[66 + ib];
+        uint32_t q[4];
+        for (int l = 0; l < 4; l++) q[l] = le16(b + 2 + 2 * (4 * ib + l));
+        *u = IQ_V4(IQ_G64(q[0] & 511), IQ_G64(q[1] & 511), IQ_G64(q[2] & 511), IQ_G64(q[3] & 511));
+        *c = IQ_V4((long long)iq_ksmask[q[0] >> 9], (long long)iq_ksmask[q[1] >> 9],
+                   (long long)iq_ksmask[q[2] >> 9], (long long)iq_ksmask[q[3] >> 9]);
+        *s = IQ_SC2(2 * (sb & 15) + 1, 2 * (sb >> 4) + 1);
+        return;
+    }
+    case 22: {   /* IQ2_S */
+        const uint8_t *qs = b + 2 + 4 * ib, *signs = b + 34 + 4 * ib;
+        const uint32_t h = b[66 + ib], sb = b[74 + ib];
+        *u = IQ_V4(IQ_G64(qs[0] | (h & 3) << 8), IQ_G64(qs[1] | (h >> 2 & 3) << 8),
+                   IQ_G64(qs[2] | (h >> 4 & 3) << 8), IQ_G64(qs[3] | (h >> 6 & 3) << 8));
+        *c = IQ_V4((long long)iq_smask[signs[0]], (long long)iq_smask[signs[1]], (long long)iq_smask[signs[2]],
+                   (long long)iq_smask[signs[3]]);
+        *s = IQ_SC2(2 * (sb & 15) + 1, 2 * (sb >> 4) + 1);
+        return;
+    }
+    case 18: {   /* IQ3_XXS */
+        const uint8_t *q = b + 2 + 8 * ib;
+        const uint32_t aux = le32(b + 66 + 4 * ib), ls = 2 * (aux >> 28) + 1;
+        *u = IQ_V4(IQ_G32X2(q[0], q[1]), IQ_G32X2(q[2], q[3]), IQ_G32X2(q[4], q[5]), IQ_G32X2(q[6], q[7]));
+        *c = IQ_V4((long long)iq_ksmask[aux & 127], (long long)iq_ksmask[aux >> 7 & 127],
+                   (long long)iq_ksmask[aux >> 14 & 127], (long long)iq_ksmask[aux >> 21 & 127]);
+        *s = _mm256_set1_epi16((short)ls);
+        return;
+    }
+    case 21: {   /* IQ3_S */
+        const uint8_t *q = b + 2 + 8 * ib, *signs = b + 74 + 4 * ib;
+        const uint32_t h = b[66 + ib], ls = 1 + 2 * (b[106 + ib / 2] >> 4 * (ib % 2) & 15);
+        *u = IQ_V4(IQ_G32X2(q[0] | (h & 1) << 8, q[1] | (h >> 1 & 1) << 8),
+                   IQ_G32X2(q[2] | (h >> 2 & 1) << 8, q[3] | (h >> 3 & 1) << 8),
+                   IQ_G32X2(q[4] | (h >> 4 & 1) << 8, q[5] | (h >> 5 & 1) << 8),
+                   IQ_G32X2(q[6] | (h >> 6 & 1) << 8, q[7] | (h >> 7 & 1) << 8));
+        *c = IQ_V4((long long)iq_smask[signs[0]], (long long)iq_smask[signs[1]], (long long)iq_smask[signs[2]],
+                   (long long)iq_smask[signs[3]]);
+        *s = _mm256_set1_epi16((short)ls);
+        return;
+    }
+    case 19: {   /* IQ1_S: one delta sign per 32 */
+        const uint32_t qh = le16(b + 34 + 2 * ib), ls = 2 * (qh >> 12 & 7) + 1;
+        const uint8_t *q = b + 2 + 4 * ib;
+        const __m256i g = IQ_V4(IQ_G64(q[0] | (qh & 7) << 8), IQ_G64(q[1] | (qh >> 3 & 7) << 8),
+                                IQ_G64(q[2] | (qh >> 6 & 7) << 8), IQ_G64(q[3] | (qh >> 9 & 7) << 8));
+        *c = iq1_codes(g, _mm256_set1_epi8(qh & 0x8000 ? -1 : 1));
+        *u = _mm256_sign_epi8(*c, *c);
+        *s = _mm256_set1_epi16((short)ls);
+        return;
+    }
+    default: {   /* 29, IQ1_M: a delta sign per 8, 3-bit scales per 16 */
+        const uint32_t sw = le16(b + 48 + 2 * (ib / 2)) >> 6 * (ib % 2), h0 = b[32 + 2 * ib], h1 = b[33 + 2 * ib];
+        const uint32_t h[4] = {h0 & 15, h0 >> 4, h1 & 15, h1 >> 4};
+        const uint8_t *q = b + 4 * ib;
+        const long long plus = (long long)ONES8, minus = -1LL;
+        const __m256i g = IQ_V4(IQ_G64(q[0] | (h[0] & 7) << 8), IQ_G64(q[1] | (h[1] & 7) << 8),
+                                IQ_G64(q[2] | (h[2] & 7) << 8), IQ_G64(q[3] | (h[3] & 7) << 8));
+        *c = iq1_codes(g, IQ_V4(h[0] & 8 ? minus : plus, h[1] & 8 ? minus : plus,
+                                h[2] & 8 ? minus : plus, h[3] & 8 ? minus : plus));
+        *u = _mm256_sign_epi8(*c, *c);
+        *s = IQ_SC2(2 * (sw & 7) + 1, 2 * (sw >> 3 & 7) + 1);
+        return;
+    }
     }
 }
 
-static int32_t iq_idot(const iq_vec_t *v, const int8_t *x) {
-    __m256i acc = _mm256_setzero_si256();
-    for (int j = 0; j < 8; j++) {   /* |c| x sign(x, c) = c x x; pairs <= 2 x 62 x 127 < 2^15 */
-        __m256i xv = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x + 32 * j)), v->c[j]);
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(v->u[j], xv), v->s[j]));
+/* the block's float factor (iq_unpack's return value) */
+IQ_INLINE float iq_factor(const int type, const uint8_t *b) {
+    switch (type) {
+    case 18: return f16(b) * 0.25f;
+    case 21: return f16(b);
+    case 29: {   /* IQ1_M: the fp16 scale in the top nibbles of the four scale words */
+        const uint32_t bits = le16(b + 48) >> 12 | (le16(b + 50) >> 8 & 0x00f0) | (le16(b + 52) >> 4 & 0x0f00) |
+                              (le16(b + 54) & 0xf000);
+        const uint8_t half[2] = {(uint8_t)bits, (uint8_t)(bits >> 8)};
+        return f16(half) * 0.125f;
     }
+    default: return f16(b) * 0.125f;
+    }
+}
+
+/* acc + the int32 lanes of group (u, c, s) times 32 activation codes x: |u| x sign(x, c) = the
+   code x x; pairs <= 2 x 62 x 127 < 2^15 */
+IQ_INLINE __m256i iq_gdot(__m256i acc, __m256i u, __m256i c, __m256i s, const int8_t *x) {
+    const __m256i xv = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x), c);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), s));
+}
+
+IQ_INLINE int32_t iq_hsum(__m256i acc) {
     __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
     h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
     h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
     return _mm_cvtsi128_si32(h);
+}
+
+/* the whole block in vectors, for several activation rows */
+IQ_INLINE float iq_unpack_vec(const int type, const uint8_t *b, const uint8_t *grid, iq_vec_t *v) {
+    for (int ib = 0; ib < 8; ib++) iq_group(type, b, grid, ib, &v->u[ib], &v->c[ib], &v->s[ib]);
+    return iq_factor(type, b);
+}
+
+static int32_t iq_idot(const iq_vec_t *v, const int8_t *x) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) acc = iq_gdot(acc, v->u[j], v->c[j], v->s[j], x + 32 * j);
+    return iq_hsum(acc);
 }
 #else
 typedef struct { const int8_t *c; const int16_t *sc; } iq_vec_t;
@@ -232,16 +365,72 @@ static int32_t iq_idot(const iq_vec_t *v, const int8_t *x) {
 }
 #endif
 
+/* A weight row is read once, block after block, mostly from DRAM or L3: each block asks for the
+   bytes IQ_PREFETCH ahead (the next rows' at a row's end), as kquant_dot.h's kq_prefetch. */
+#define IQ_PREFETCH 2048
+
 /* one weight row of nb blocks against the M activation rows */
+#if defined(IQ_AVX2)
+/* AVX2, the type a constant (iq_row's switch): one activation row takes each group as it is
+   unpacked; more rows unpack the block once (iq_unpack_vec) for all of them. The same integers
+   and the same float operations as the plain build. */
+IQ_INLINE void iq_row_t(const int type, const uint8_t *row, int nb, const uint8_t *grid, int M, int k,
+                        const int8_t *aq, const int8_t *ar, const float *ad, float *out) {
+    iq_vec_t v;
+    float acc[IQ_MAXM] = {0};
+    const int bb = block_bytes(type);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = row + (long)b * bb;
+        for (int o = 0; o < bb; o += 64) __builtin_prefetch(blk + IQ_PREFETCH + o, 0, 3);
+        if (M == 1) {
+            const int8_t *xq = aq + 256L * b, *xr = ar ? ar + 256L * b : NULL;
+            __m256i ia = _mm256_setzero_si256(), ir = _mm256_setzero_si256(), u, c, s;
+            for (int ib = 0; ib < 8; ib++) {
+                iq_group(type, blk, grid, ib, &u, &c, &s);
+                ia = iq_gdot(ia, u, c, s, xq + 32 * ib);
+                if (xr) ir = iq_gdot(ir, u, c, s, xr + 32 * ib);
+            }
+            const float dw = iq_factor(type, blk), dx = ad[b];
+            if (xr) acc[0] += dw * dx * ((float)iq_hsum(ia) * 128.f + (float)iq_hsum(ir));
+            else acc[0] += dw * dx * (float)iq_hsum(ia);
+            continue;
+        }
+        const float dw = iq_unpack_vec(type, blk, grid, &v);
+        for (int m = 0; m < M; m++) {
+            const long off = (long)m * k + 256L * b;
+            const int32_t ia = iq_idot(&v, aq + off);
+            const float dx = ad[(long)m * (k / 256) + b];
+            if (ar) acc[m] += dw * dx * ((float)ia * 128.f + (float)iq_idot(&v, ar + off));
+            else acc[m] += dw * dx * (float)ia;
+        }
+    }
+    for (int m = 0; m < M; m++) out[m] = acc[m];
+}
+
 static void iq_row(int type, const uint8_t *row, int nb, const uint8_t *grid, int M, int k, const int8_t *aq,
                    const int8_t *ar, const float *ad, float *out) {
-    int8_t c[256] __attribute__((aligned(32)));
+    switch (type) {
+    case 16: iq_row_t(16, row, nb, grid, M, k, aq, ar, ad, out); break;
+    case 17: iq_row_t(17, row, nb, grid, M, k, aq, ar, ad, out); break;
+    case 18: iq_row_t(18, row, nb, grid, M, k, aq, ar, ad, out); break;
+    case 19: iq_row_t(19, row, nb, grid, M, k, aq, ar, ad, out); break;
+    case 21: iq_row_t(21, row, nb, grid, M, k, aq, ar, ad, out); break;
+    case 22: iq_row_t(22, row, nb, grid, M, k, aq, ar, ad, out); break;
+    default: iq_row_t(29, row, nb, grid, M, k, aq, ar, ad, out); break;
+    }
+}
+#else
+static void iq_row(int type, const uint8_t *row, int nb, const uint8_t *grid, int M, int k, const int8_t *aq,
+                   const int8_t *ar, const float *ad, float *out) {
+    int8_t c[256];
     int16_t sc[16];
     iq_vec_t v;
     float acc[IQ_MAXM] = {0};
     const int bb = block_bytes(type);
     for (int b = 0; b < nb; b++) {
-        const float dw = iq_unpack(type, row + (long)b * bb, grid, c, sc);
+        const uint8_t *blk = row + (long)b * bb;
+        for (int o = 0; o < bb; o += 64) __builtin_prefetch(blk + IQ_PREFETCH + o, 0, 3);
+        const float dw = iq_unpack(type, blk, grid, c, sc);
         iq_vec(c, sc, &v);
         for (int m = 0; m < M; m++) {
             const long off = (long)m * k + 256L * b;
@@ -252,6 +441,17 @@ static void iq_row(int type, const uint8_t *row, int nb, const uint8_t *grid, in
         }
     }
     for (int m = 0; m < M; m++) out[m] = acc[m];
+}
+#endif
+
+/* one i-quant weight row against one activation row already rounded to Q8_K blocks (q, r: NULL
+   at 8 bits, d): kernels/csrc/kquant.c's fused MoE step calls it (by its address) for experts
+   held as i-quants, so its integers and float sums are this library's own */
+float iq_row_dot(int type, const uint8_t *row, int k, const void *grid, const int8_t *q, const int8_t *r,
+                 const float *d) {
+    float out = 0.f;
+    if (block_bytes(type) && k > 0 && k % QK_K == 0) iq_row(type, row, k / QK_K, grid, 1, k, q, r, d, &out);
+    return out;
 }
 
 int iq_gemm(int type, const float *x, int M, int k, const uint8_t *w, long stride, long n, float *y, long ldy,

@@ -80,7 +80,10 @@ static int block_bytes(int type) {
         default: return 0;
     }
 }
-static int block_size(int type) { return (type >= 10 && type <= 14) || type == 23 ? 256 : 32; }
+/* ggml's i-quants (IQ2_XXS 16, IQ2_XS 17, IQ3_XXS 18, IQ1_S 19, IQ3_S 21, IQ2_S 22, IQ1_M 29):
+ * their dot products live in kernels/csrc/iquant.c's library; kq_moe calls them by address */
+INLINE int is_iq(int type) { return (type >= 16 && type <= 19) || type == 21 || type == 22 || type == 29; }
+static int block_size(int type) { return (type >= 10 && type <= 14) || type == 23 || is_iq(type) ? 256 : 32; }
 
 /* IQ4_NL's (and IQ4_XS's) 16 non-linear levels: code c stands for the weight d x kvalues_iq4[c] */
 static const int8_t kvalues_iq4[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
@@ -390,10 +393,29 @@ int kq_gemm(int type, const float *x, int M, int k, const uint8_t *w, long strid
  * table int64 [E][3]: addresses of gate, up, down rows (row strides gst, ust, dst_ bytes);
  * types[3]: their ggml types; x float32 [hidden]; y float32 [hidden]; act as kq_gemm's (8 or
  * 16: x and each expert's h rounded to integer blocks once, for the block size of the matrix
- * that reads them). Returns 0, or 1 when out of memory. */
+ * that reads them). A matrix of i-quants (is_iq) is read by iq_dot (iquant.c's iq_row_dot, its
+ * address) with grids[j] its codebook; they need act 8 or 16. Returns 0, 1 when out of memory,
+ * -1 for an i-quant without act 8 / 16 or iq_dot. */
+typedef float (*iq_dot_fn)(int type, const uint8_t *row, int k, const void *grid, const int8_t *q, const int8_t *r,
+                           const float *d);
+
+/* row m of the rounded activations a times one weight row of `type` */
+INLINE float moe_dot(int type, const uint8_t *wr, const act_t *a, int m, iq_dot_fn iq_dot, const void *grid) {
+    float o;
+    if (is_iq(type)) {
+        const long off = (long)m * a->k;
+        return iq_dot(type, wr, a->k, grid, a->q + off, a->r ? a->r + off : NULL, a->d + (long)m * (a->k / 256));
+    }
+    qdot_row(type, wr, a, m, 1, &o);
+    return o;
+}
+
 int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_, int inter, int hidden,
            const int64_t *idx, const float *wts, int k, int shared, const float *x, float *y, int nthreads,
-           int act) {
+           int act, const void *iq_dot_addr, const int64_t *grids) {
+    const iq_dot_fn iq_dot = (iq_dot_fn)iq_dot_addr;
+    for (int j = 0; j < 3; j++)
+        if (is_iq(types[j]) && (!iq_dot || (act != 8 && act != 16))) return -1;
     float *h = malloc(sizeof(float) * (size_t)inter * (k + 1));
     float *g = malloc(sizeof(float) * (size_t)inter * (k + 1));
     float *yy = calloc((size_t)hidden * (k + 1), sizeof(float));
@@ -421,12 +443,12 @@ int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_
             const int64_t *row = table + 3 * ex;
             if (r < inter) {
                 const uint8_t *wr = (const uint8_t *)row[0] + r * gst;
-                if (q8) qdot_row(types[0], wr, &ag, 0, 1, &o);
+                if (q8) o = moe_dot(types[0], wr, &ag, 0, iq_dot, (const void *)grids[0]);
                 else row_dot(types[0], wr, hidden, x, 1, &o, buf);
                 g[(long)e * inter + r] = o;
             } else {
                 const uint8_t *wr = (const uint8_t *)row[1] + (r - inter) * ust;
-                if (q8) qdot_row(types[1], wr, xu, 0, 1, &o);
+                if (q8) o = moe_dot(types[1], wr, xu, 0, iq_dot, (const void *)grids[1]);
                 else row_dot(types[1], wr, hidden, x, 1, &o, buf);
                 h[(long)e * inter + r - inter] = o;
             }
@@ -445,7 +467,7 @@ int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_
             long ex = e < k ? idx[e] : shared;
             const int64_t *row = table + 3 * ex;
             const uint8_t *wr = (const uint8_t *)row[2] + r * dst_;
-            if (q8) qdot_row(types[2], wr, &ah, e, 1, &o);
+            if (q8) o = moe_dot(types[2], wr, &ah, e, iq_dot, (const void *)grids[2]);
             else row_dot(types[2], wr, inter, h + (long)e * inter, 1, &o, buf);
             yy[t] = o;
         }
