@@ -1,4 +1,5 @@
-"""Duet vs llama.cpp on the very same deepseek2 GGUF files: Q8_0, Q4_0, Q4_K_M, Q3_K_M and Q2_K.
+"""Duet vs llama.cpp on the very same deepseek2 GGUF files: Q8_0, Q4_0, Q4_K_M, Q3_K_M and Q2_K,
+and files whose routed experts are i-quants (IQ1_S, IQ2_XXS, IQ3_XXS).
 
     python -m bench.gguf_bench [--layers 2] [--threads 2] [--types Q8_0,Q4_0,Q4_K_M] [--decode 48]
 
@@ -9,7 +10,9 @@ generator and bench/gguf_deepseek2.py's writer); the Q4_K_M, Q3_K_M and Q2_K fil
 llama.cpp's own quantizer run on the Q8_0 file (requantized: Q4_K / Q6_K, with Q5_0 for
 attn_k_b's rows of 128, as real DeepSeek Q4_K_M files hold; Q3_K_M: Q3_K / Q4_K / Q5_K / Q6_K;
 Q2_K: Q2_K / Q3_K / Q4_K / Q6_K; their rows of 128 fall back to llama.cpp's choice, Q4_0 or
-IQ4_NL, printed with each file's tensor types). Each file is then loaded by ``Engine.load(file.gguf)`` (its blocks
+IQ4_NL, printed with each file's tensor types). The i-quant files (IQ_FILES) are written here
+with random expert blocks (llama.cpp's quantizer makes i-quants only with an importance
+matrix): R1's expert width, the rest Q8_0. Each file is then loaded by ``Engine.load(file.gguf)`` (its blocks
 run as stored, kernels/kquant.py) and by llama.cpp (llama-cpp-python, in a subprocess, f16
 cache, each column the better of flash attention off and on, its default CPU weight repacking),
 same thread count.

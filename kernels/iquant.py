@@ -31,10 +31,12 @@ kernels/kquant.py's ``linear`` runs for up to 8 rows at 8 or 16 activation bits:
 rounded to llama.cpp's Q8_K blocks exactly as kquant's C does (16: a second code for the
 remainder), each weight block unpacked to int8 codes (+-level, IQ1: 8 g +- 1) and integer
 sub-scales (2 s + 1) whose products with one exact float32 factor per block (d/8, d/4, d) are
-the dequantized weights, then int32 block sums (AVX2 maddubs / madd, or plain C: the same
-integers, the same float operations, so the builds agree bit for bit). More rows, or act 32,
-dequantize tiles of rows and multiply with torch. ``variant(march)`` swaps in another build
-for a block (tests run the plain-C one on any x86-64 CPU).
+the dequantized weights, then int32 block sums (AVX2 maddubs / madd on codes unpacked in
+vectors; ARM64 NEON sdot, or widening multiplies; or plain C: the same integers, the same float
+operations, so the builds agree bit for bit; ``iq_row_dot``, one row's, is what kquant's fused
+MoE step calls by address). More rows, or act 32, dequantize tiles of rows and multiply with
+torch. ``variant(march)`` swaps in another build for a block (tests run the plain-C one on any
+x86-64 CPU, and the ARM64 ones on an emulated CPU).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Activations (``act_bits()``: kernels.dispatch's plan), rounded once per call and
 Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the super-blocks -- then integer block dot
 products (kernels/csrc/kquant_dot.h: AVX2 maddubs / madd, VNNI's dpbusd where the target has
 it; ARM64 NEON, sdot where the target has it; or plain C, all computing the same integers;
-the i-quants' kernels/csrc/iquant_dot.h: AVX2 or plain C, bit for bit the same results):
+the i-quants' kernels/csrc/iquant_dot.h: AVX2, NEON or plain C, bit for bit the same results):
     8   exactly llama.cpp's activation codes (its speed and its rounding error);
     16  (the default) each code plus a second 8-bit code for the remainder x 128: 15 bits,
         one more maddubs per 32 weights; at least as close to the exact model as llama.cpp

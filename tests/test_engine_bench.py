@@ -58,3 +58,23 @@ def test_the_dsa_bench_runs_past_index_topk_and_writes_json(tmp_path):
     assert row["context"] == 2100
     for name in ("duet sparse", "duet dense", "transformers"):
         assert row[name]["ms_per_step"] > 0, name
+
+
+def test_the_gguf_bench_writes_i_quant_expert_blocks_that_read_back_small_and_finite():
+    """bench/gguf_bench.py's i-quant files: each expert tensor whole rows of the named type's
+    blocks (down in its own type), dequantizing to finite weights within the scale it set."""
+    import numpy as np
+    import torch
+
+    from bench.gguf_bench import IQ_DOWN, IQ_FILES, iq_blocks
+    from kernels import iquant
+
+    for name in IQ_FILES:
+        for kind in (name, IQ_DOWN[name]):
+            gtype, b = iq_blocks(kind, (3, 4, 512), np.random.default_rng(0))
+            tid = iquant.NAMES[kind]
+            assert int(gtype) == tid and b.dtype == np.uint8
+            assert b.shape == (3, 4, 2 * iquant.IQ_TYPES[tid][2])
+            w = iquant.dequantize_rows(tid, torch.from_numpy(b.reshape(12, -1)), 512)
+            # |w| <= d x sub-scale x level: at most 0.01 x 31 x 62 for any i-quant
+            assert torch.isfinite(w).all() and 0 < w.abs().max() <= 0.01 * 31 * 62

@@ -440,6 +440,30 @@ def test_the_matmul_equals_its_reference_and_the_builds_agree_bit_for_bit(name, 
                     assert torch.equal(kquant.linear(x, w), y), (name, rows, act)
 
 
+@pytest.mark.parametrize("cpu", ["dotprod", "nodot"])
+def test_the_arm64_builds_compute_the_matmul_bit_for_bit_as_x86(cpu):
+    """The C built for aarch64 (NEON with sdot; ARMv8.0's widening multiplies) on an emulated
+    ARM64 CPU: every type, 1 and 3 rows, 8 and 16 bits, the very bits of this CPU's build."""
+    import arm64_emulator
+
+    reason = arm64_emulator.available()
+    if reason:
+        pytest.skip(f"the ARM64 build {reason}")
+    native()
+    target = arm64_emulator.DOTPROD if cpu == "dotprod" else arm64_emulator.NO_DOTPROD
+    image = arm64_emulator.cross_build(iquant.SOURCE, headers=iquant.HEADERS, flags=iquant.EXTRA_FLAGS, cpu=target)
+    so = iquant._bind(arm64_emulator.EmulatedLibrary(image))
+    assert so.iq_isa().decode() == ("neon-dotprod" if cpu == "dotprod" else "neon")
+    for name in TYPES:
+        b = random_blocks(name, rows=3, nb=2, seed=40)
+        b = iquant.set_scales(name, b.reshape(6, -1), np.full(6, 0x2400, dtype=np.uint16)).reshape(3, -1)
+        for rows, act in ((1, 16), (3, 8)):
+            x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows))
+            here = iquant.native_linear(name, x, torch.from_numpy(b), 512, act)
+            there = iquant.native_linear(name, x, torch.from_numpy(b), 512, act, so=so)
+            assert torch.equal(here, there), (name, rows, act)
+
+
 @pytest.mark.parametrize("name", TYPES)
 def test_extreme_codes_and_scales_neither_saturate_nor_overflow(dot_build, name):
     """Every field all ones (largest indices, sub-scales, minus signs) or all zeros, a large

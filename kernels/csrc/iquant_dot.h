@@ -6,7 +6,8 @@
        at w + j * stride bytes, grid as iq_dequant's -> y[m * ldy + j] = x_m . w_j (float32).
        act 8 or 16 only (the float path is kernels/kquant.py's tiles). 0, -1 for bad arguments,
        1 when out of memory.
-   const char *iq_isa(void): "avx2" (the AVX2 block dot below) or "scalar" (plain C).
+   const char *iq_isa(void): "avx2" (the AVX2 block dot below), "neon-dotprod" / "neon" (ARM64),
+       or "scalar" (plain C).
 
    Activations: rounded once per call and row to llama.cpp's Q8_K blocks (256 per float32
    scale, d = -max / 127, codes round half to even, at most 127) -- with 16 bits each code
@@ -27,8 +28,9 @@
    combined as (float) first x 128 + (float) second, as kquant_dot.h does. The integers are
    exactly the reference's (the dequantized weights are these products, without rounding).
 
-   Plain C (and NEON) builds unpack the codes with portable code (8 grid bytes at a time, signs
-   applied as byte masks) and loop over the 256-long integer dot. AVX2 builds (iq_unpack_vec)
+   Plain C and ARM64 builds unpack the codes with portable code (8 grid bytes at a time, signs
+   applied as byte masks), then take the 256-long integer dot in a loop (NEON: sdot, or widening
+   multiplies on ARMv8.0). AVX2 builds (iq_unpack_vec)
    put the grid points straight into vectors as the levels' magnitudes, with the signs as
    bytes of 1 / -1 from a table (ksigns' parity folded in), and take the dot with maddubs /
    madd (|code| <= 62, |activation code| <= 127: no int16 saturation): the same codes, the same
@@ -40,15 +42,23 @@
 #include <string.h>
 
 #define IQ_MAXM 8
+#define IQ_INLINE static inline __attribute__((always_inline))
 
 #if defined(__AVX2__)
 #define IQ_AVX2 1
 #include <immintrin.h>
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#define IQ_NEON 1
+#include <arm_neon.h>
 #endif
 
 const char *iq_isa(void) {
 #if defined(IQ_AVX2)
     return "avx2";
+#elif defined(IQ_NEON) && defined(__ARM_FEATURE_DOTPROD)
+    return "neon-dotprod";
+#elif defined(IQ_NEON)
+    return "neon";
 #else
     return "scalar";
 #endif
@@ -225,8 +235,6 @@ static __m256i iq1_codes(__m256i g, __m256i d) {
     return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(g, 3), _mm256_set1_epi8((char)0xf8)), d);
 }
 
-#define IQ_INLINE static inline __attribute__((always_inline))
-
 /* group ib (weights 32 ib .. 32 ib + 31) of the block at b in vectors: *u the codes' magnitudes,
    *c a byte of each code's sign, *s the sub-scales (as iq_unpack's codes and sc, so the same
    integers). Inlined into loops over a constant type. */
@@ -355,6 +363,19 @@ typedef struct { const int8_t *c; const int16_t *sc; } iq_vec_t;
 static void iq_vec(const int8_t *c, const int16_t *sc, iq_vec_t *v) { v->c = c; v->sc = sc; }
 
 static int32_t iq_idot(const iq_vec_t *v, const int8_t *x) {
+#if defined(IQ_NEON)   /* per 16-group: sdot (or widening multiplies: pairs <= 2 x 62 x 127 < 2^15) */
+    int32x4_t acc = vdupq_n_s32(0);
+    for (int g = 0; g < 16; g++) {
+        const int8x16_t c = vld1q_s8(v->c + 16 * g), xv = vld1q_s8(x + 16 * g);
+#if defined(__ARM_FEATURE_DOTPROD)
+        const int32x4_t d = vdotq_s32(vdupq_n_s32(0), c, xv);
+#else
+        const int32x4_t d = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(c), vget_low_s8(xv)), c, xv));
+#endif
+        acc = vmlaq_n_s32(acc, d, v->sc[g]);
+    }
+    return vaddvq_s32(acc);
+#else
     int32_t sum = 0;
     for (int g = 0; g < 16; g++) {
         int32_t t = 0;
@@ -362,12 +383,29 @@ static int32_t iq_idot(const iq_vec_t *v, const int8_t *x) {
         sum += (int32_t)v->sc[g] * t;
     }
     return sum;
+#endif
 }
 #endif
 
 /* A weight row is read once, block after block, mostly from DRAM or L3: each block asks for the
    bytes IQ_PREFETCH ahead (the next rows' at a row's end), as kquant_dot.h's kq_prefetch. */
 #define IQ_PREFETCH 2048
+
+IQ_INLINE void iq_prefetch(const uint8_t *blk, int bb) {
+    for (int o = 0; o < bb; o += 64) __builtin_prefetch(blk + IQ_PREFETCH + o, 0, 3);
+}
+
+/* acc[m] += block b's products (its codes in v, its factor dw) with activation rows 0..M-1 */
+IQ_INLINE void iq_block_rows(const iq_vec_t *v, float dw, int b, int M, int k, const int8_t *aq, const int8_t *ar,
+                             const float *ad, float *acc) {
+    for (int m = 0; m < M; m++) {
+        const long off = (long)m * k + 256L * b;
+        const int32_t ia = iq_idot(v, aq + off);
+        const float dx = ad[(long)m * (k / 256) + b];
+        if (ar) acc[m] += dw * dx * ((float)ia * 128.f + (float)iq_idot(v, ar + off));
+        else acc[m] += dw * dx * (float)ia;
+    }
+}
 
 /* one weight row of nb blocks against the M activation rows */
 #if defined(IQ_AVX2)
@@ -381,7 +419,7 @@ IQ_INLINE void iq_row_t(const int type, const uint8_t *row, int nb, const uint8_
     const int bb = block_bytes(type);
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = row + (long)b * bb;
-        for (int o = 0; o < bb; o += 64) __builtin_prefetch(blk + IQ_PREFETCH + o, 0, 3);
+        iq_prefetch(blk, bb);
         if (M == 1) {
             const int8_t *xq = aq + 256L * b, *xr = ar ? ar + 256L * b : NULL;
             __m256i ia = _mm256_setzero_si256(), ir = _mm256_setzero_si256(), u, c, s;
@@ -393,15 +431,8 @@ IQ_INLINE void iq_row_t(const int type, const uint8_t *row, int nb, const uint8_
             const float dw = iq_factor(type, blk), dx = ad[b];
             if (xr) acc[0] += dw * dx * ((float)iq_hsum(ia) * 128.f + (float)iq_hsum(ir));
             else acc[0] += dw * dx * (float)iq_hsum(ia);
-            continue;
-        }
-        const float dw = iq_unpack_vec(type, blk, grid, &v);
-        for (int m = 0; m < M; m++) {
-            const long off = (long)m * k + 256L * b;
-            const int32_t ia = iq_idot(&v, aq + off);
-            const float dx = ad[(long)m * (k / 256) + b];
-            if (ar) acc[m] += dw * dx * ((float)ia * 128.f + (float)iq_idot(&v, ar + off));
-            else acc[m] += dw * dx * (float)ia;
+        } else {
+            iq_block_rows(&v, iq_unpack_vec(type, blk, grid, &v), b, M, k, aq, ar, ad, acc);
         }
     }
     for (int m = 0; m < M; m++) out[m] = acc[m];
@@ -429,16 +460,10 @@ static void iq_row(int type, const uint8_t *row, int nb, const uint8_t *grid, in
     const int bb = block_bytes(type);
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = row + (long)b * bb;
-        for (int o = 0; o < bb; o += 64) __builtin_prefetch(blk + IQ_PREFETCH + o, 0, 3);
+        iq_prefetch(blk, bb);
         const float dw = iq_unpack(type, blk, grid, c, sc);
         iq_vec(c, sc, &v);
-        for (int m = 0; m < M; m++) {
-            const long off = (long)m * k + 256L * b;
-            const int32_t ia = iq_idot(&v, aq + off);
-            const float dx = ad[(long)m * (k / 256) + b];
-            if (ar) acc[m] += dw * dx * ((float)ia * 128.f + (float)iq_idot(&v, ar + off));
-            else acc[m] += dw * dx * (float)ia;
-        }
+        iq_block_rows(&v, dw, b, M, k, aq, ar, ad, acc);
     }
     for (int m = 0; m < M; m++) out[m] = acc[m];
 }
