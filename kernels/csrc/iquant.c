@@ -9,8 +9,10 @@
 
    Every value is computed in ggml's order -- d * (0.5 + s) * 0.25, times the level, then the
    sign -- and the library is built with -ffp-contract=off, so no fused multiply-add changes a
-   weight: the output equals ggml's dequantize_row_iq* bit for bit. Fields are read byte by
-   byte (little-endian, as the file stores them), whatever the host. */
+   weight: the output equals ggml's dequantize_row_iq* bit for bit. (AVX2 builds compute each
+   block in vectors, iquant_dot.h's iq_dequant_vec: code x sub-scale x factor, products that are
+   exact in float32 as ggml's steps are, so the same bits.) Fields are read byte by byte
+   (little-endian, as the file stores them), whatever the host. */
 
 #include <stdint.h>
 
@@ -184,7 +186,21 @@ static int block_bytes(int type) {
     }
 }
 
+/* the few-row matmul and, on AVX2, the block unpacked in vectors (iq_dequant_vec) */
+#include "iquant_dot.h"
+
 static void dequant_block(int type, const uint8_t *b, float *y, const void *grid) {
+#if defined(IQ_AVX2)
+    switch (type) {   /* a constant type in each call, so iq_group's switch goes */
+    case 16: iq_dequant_vec(16, b, grid, y); return;
+    case 17: iq_dequant_vec(17, b, grid, y); return;
+    case 18: iq_dequant_vec(18, b, grid, y); return;
+    case 19: iq_dequant_vec(19, b, grid, y); return;
+    case 21: iq_dequant_vec(21, b, grid, y); return;
+    case 22: iq_dequant_vec(22, b, grid, y); return;
+    case 29: iq_dequant_vec(29, b, grid, y); return;
+    }
+#endif
     switch (type) {
     case 16: iq2_xxs(b, y, grid); break;
     case 17: iq2_xs(b, y, grid); break;
@@ -211,5 +227,3 @@ int iq_dequant(int type, const uint8_t *src, long src_stride, long rows, long co
     }
     return 0;
 }
-
-#include "iquant_dot.h"

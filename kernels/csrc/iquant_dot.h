@@ -352,6 +352,27 @@ IQ_INLINE float iq_unpack_vec(const int type, const uint8_t *b, const uint8_t *g
     return iq_factor(type, b);
 }
 
+/* the block's 256 weights in float32 (iq_dequant on AVX2): code x sub-scale (an int16, at most
+   62 x 31) times the factor (d / 8, d / 4 or d). Every such product is exact in float32 (an fp16
+   d's 11 significant bits times at most 11), as is each step of ggml's own order
+   (d x (0.5 + s) x 1/4, x level, x sign; IQ1: d x (2 s + 1) x (g + delta)): the same bits. */
+static void iq_dequant_vec(const int type, const uint8_t *b, const uint8_t *grid, float *y) {
+    const __m256 f = _mm256_set1_ps(iq_factor(type, b));
+    for (int ib = 0; ib < 8; ib++) {
+        __m256i u, c, s;
+        iq_group(type, b, grid, ib, &u, &c, &s);
+        const __m256i code = _mm256_sign_epi8(u, c);
+        const __m256i w[2] = {
+            _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(code)), _mm256_permute2x128_si256(s, s, 0x00)),
+            _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(code, 1)), _mm256_permute2x128_si256(s, s, 0x11))};
+        for (int h = 0; h < 2; h++) {
+            _mm256_storeu_ps(y + 32 * ib + 16 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(w[h]))), f));
+            _mm256_storeu_ps(y + 32 * ib + 16 * h + 8,
+                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(w[h], 1))), f));
+        }
+    }
+}
+
 static int32_t iq_idot(const iq_vec_t *v, const int8_t *x) {
     __m256i acc = _mm256_setzero_si256();
     for (int j = 0; j < 8; j++) acc = iq_gdot(acc, v->u[j], v->c[j], v->s[j], x + 32 * j);
