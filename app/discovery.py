@@ -145,7 +145,10 @@ def _gguf_backends(file: Path) -> tuple[str, tuple[str, ...]]:
 
 
 def _size_gb(file: Path) -> float:
+    """The model's size: a split model's shards together."""
+    from local_engine.gguf_file import shard_paths
+
     try:
-        return file.stat().st_size / 1e9
+        return sum(p.stat().st_size for p in shard_paths(file)) / 1e9
     except OSError:
         return 0.0

@@ -82,15 +82,17 @@ def hf_tokenizer_fields(folder) -> dict:
 
 
 def write_deepseek2_gguf(path, cfg: dict, tensors: dict, *, tokenizer: dict | None = None, pre: str = "gpt-2",
-                         layout: str = "split") -> None:
+                         layout: str = "split", split_max_tensors: int = 0) -> None:
     """cfg: HF config.json fields of a DeepseekV2/V3 model. tensors: gguf name ->
     ("f32" | "f16" | "bf16", array), ("q8_0" | "q4_0", codes, block_scales) or
     ("quant", GGMLQuantizationType, float array) (quantized with gguf.quants) or ("blocks",
     GGMLQuantizationType, uint8 array [..., row bytes]) (its blocks written as they are).
     ``tokenizer``: ``hf_tokenizer_fields(folder)`` (default: a byte vocabulary); ``pre``: its
     tokenizer.ggml.pre. ``layout``: "split" (attn_k_b/attn_v_b, head_count_kv = 1, as llama.cpp
-    converts today) or "legacy" (attn_kv_b, per-head key/value lengths)."""
-    w = GGUFWriter(str(path), "deepseek2")
+    converts today) or "legacy" (attn_kv_b, per-head key/value lengths). ``split_max_tensors``:
+    shards of at most that many tensors (gguf-py's split writer: ``<stem>-00001-of-0000N.gguf``
+    ..., the metadata in the first)."""
+    w = GGUFWriter(str(path), "deepseek2", split_max_tensors=split_max_tensors)
     L = cfg["num_hidden_layers"]
     w.add_name("duet-bench")
     w.add_context_length(cfg.get("max_position_embeddings", 4096))

@@ -2,6 +2,9 @@
 
     GGUFFile(path)      .meta (key -> value; arrays as lists), .tensors (name -> TensorInfo),
                         .read_into(info, out) (os.pread straight into a tensor's memory)
+    open_gguf(path)     the same for a model: one file, or every shard of a split one
+                        (SplitGGUF: "<name>-00001-of-00003.gguf" ..., as llama.cpp and gguf-py
+                        write them; any shard's path finds the others)
 
 Importing this module does not import torch (``duet doctor`` and discovery read headers with it).
 Each tensor's bytes are read with ``os.pread`` into memory the caller already allocated in
@@ -12,6 +15,7 @@ would count against the process on top of the copy).
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +57,16 @@ class TensorInfo:
     type: int
     offset: int             # absolute file offset of the data
     nbytes: int
+    shard: int = 0          # which file of a split model holds it (SplitGGUF.files)
 
     @property
     def type_name(self) -> str:
         return type_name(self.type)
+
+    def part(self, shape: tuple[int, ...], start: int, nbytes: int) -> "TensorInfo":
+        """The ``nbytes`` from byte ``start`` of this tensor (an expert of a stacked tensor), as a
+        tensor of ``shape`` in the same file."""
+        return TensorInfo(self.name, shape, self.type, self.offset + start, nbytes, self.shard)
 
 
 class GGUFFile:
@@ -190,6 +200,98 @@ class GGUFFile:
         self.close()
 
 
+# a shard's name, as llama.cpp's llama_split_path and gguf-py's writer make it
+_SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def shard_count(meta: dict) -> int:
+    n = meta.get("split.count", 1)
+    return n if _is_int(n) and n > 1 else 1
+
+
+def shard_paths(path) -> list[Path]:
+    """The shards of the split model ``path`` names by its file name (``<name>-00002-of-00003.gguf``
+    -> all three), or [path] for a name that is not a shard's."""
+    path = Path(path)
+    m = _SHARD_NAME.match(path.name)
+    if m is None:
+        return [path]
+    n = int(m["count"])
+    return [path.with_name(f"{m['stem']}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+
+
+class SplitGGUF:
+    """Every shard of a split GGUF as one file: the first shard's metadata (the others carry only
+    the split keys), the union of their tensors (each TensorInfo's ``shard`` says which file),
+    ``read_into`` from the shard that holds a tensor. Built by ``open_gguf``."""
+
+    def __init__(self, path: Path, first: GGUFFile):
+        self.path = path
+        n = shard_count(first.meta)
+        paths = shard_paths(path)
+        if len(paths) != n:
+            first.close()
+            raise ModelError(f"{path}: one shard of a {n}-file split GGUF, but its name is not "
+                             f"<name>-NNNNN-of-{n:05d}.gguf, so the other shards cannot be found (rename it, "
+                             f"or merge the shards with llama-gguf-split --merge)")
+        self.files: list[GGUFFile] = []
+        try:
+            for i, p in enumerate(paths):
+                if p == path:
+                    f = first
+                elif not p.is_file():
+                    raise ModelError(f"{p}: shard {i + 1} of {n} of the split GGUF {paths[0].name} is missing")
+                else:
+                    f = GGUFFile(p)
+                self.files.append(f)
+                no, count = f.meta.get("split.no"), f.meta.get("split.count")
+                if no != i or count != n:
+                    raise ModelError(f"{p}: its split keys say shard {no!r} of {count!r}, not {i} of {n} "
+                                     f"(shards of different splits?)")
+            self.meta = self.files[0].meta
+            self.version = self.files[0].version
+            self.tensors: dict[str, TensorInfo] = {}
+            for i, f in enumerate(self.files):
+                for name, info in f.tensors.items():
+                    if name in self.tensors:
+                        raise ModelError(f"{paths[i]}: tensor {name} is in shard {self.tensors[name].shard + 1} too")
+                    info.shard = i
+                    self.tensors[name] = info
+            total = self.meta.get("split.tensors.count")
+            if _is_int(total) and total != len(self.tensors):
+                raise ModelError(f"{paths[0]}: split.tensors.count is {total}, but the {n} shards hold "
+                                 f"{len(self.tensors)} tensors")
+        except ModelError:
+            first.close()
+            self.close()
+            raise
+        self.shard_paths = paths
+
+    @property
+    def architecture(self) -> str | None:
+        return self.meta.get("general.architecture")
+
+    def read_into(self, info: TensorInfo, out):
+        return self.files[info.shard].read_into(info, out)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_gguf(path) -> GGUFFile | SplitGGUF:
+    """A model's GGUF: the file itself, or, for one shard of a split model, all its shards."""
+    path = Path(path)
+    f = GGUFFile(path)
+    return f if shard_count(f.meta) == 1 else SplitGGUF(path, f)
+
+
 @dataclass
 class Summary:
     architecture: str | None
@@ -200,16 +302,15 @@ class Summary:
 
     @property
     def runs_locally(self) -> bool:
-        return self.architecture == LOCAL_ARCH and not self.unsupported and self.split <= 1
+        return self.architecture == LOCAL_ARCH and not self.unsupported
 
     def why(self) -> str:
         """Which backends can serve the file, and why, in one line."""
         kinds = ", ".join(sorted(self.types))
+        if self.split > 1:
+            kinds += f"; {self.split} shards"
         if self.architecture != LOCAL_ARCH:
             return f"architecture {self.architecture!r}: llama.cpp only (the local engine runs deepseek2)"
-        if self.split > 1:
-            return (f"deepseek2 split into {self.split} files: llama.cpp only (merge the shards into one "
-                    f"file with llama-gguf-split --merge for the local engine)")
         if self.unsupported:
             name, kind = self.unsupported[0]
             return (f"deepseek2 with {kind} tensors ({name}): llama.cpp only (the local engine runs "
@@ -219,8 +320,9 @@ class Summary:
 
 
 def summarize(path) -> Summary:
-    """Architecture, tensor types and whether the local engine runs the file (header only)."""
-    f = GGUFFile(path)
+    """Architecture, tensor types and whether the local engine runs the file (headers only; a
+    split model's every shard, found from any one of them)."""
+    f = open_gguf(path)
     f.close()
     arch = f.architecture
     types: dict[str, int] = {}
@@ -230,9 +332,7 @@ def summarize(path) -> Summary:
         if info.type_name not in RUNS_LOCALLY:
             bad.append((info.name, info.type_name))
     ctx = f.meta.get(f"{arch}.context_length")
-    split = f.meta.get("split.count", 1)
-    return Summary(arch, ctx if _is_int(ctx) and ctx > 0 else None, types, bad,
-                   split if _is_int(split) and split > 1 else 1)
+    return Summary(arch, ctx if _is_int(ctx) and ctx > 0 else None, types, bad, shard_count(f.meta))
 
 
 def _is_int(v) -> bool:

@@ -11,7 +11,8 @@ Tensors: F32 / F16 / BF16 run dense (in the engine's dtype; the router stays flo
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS stay in their
 ggml blocks and run on kernels/kquant (never requantized); the i-quants IQ1_S, IQ1_M, IQ2_XXS,
 IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S too, as dequantized tiles (kernels/iquant). Each is read with ``pread`` into
-its final buffer, layer by layer. The small MLA up-projection (kv_b, or k_b and v_b) is turned into a dense
+its final buffer, layer by layer -- from whichever shard holds it, for a model split into several
+files (gguf_file.open_gguf: any shard's path finds the others). The small MLA up-projection (kv_b, or k_b and v_b) is turned into a dense
 matrix, as the absorbed attention reads it per head. Any other type is refused before
 anything loads, naming the tensor, its type and the types we run.
 """
@@ -28,7 +29,7 @@ from torch import nn
 from kernels import kquant
 from local_engine.config import ModelArgs
 from local_engine.errors import ModelError
-from local_engine.gguf_file import RUNS_LOCALLY, GGUFFile, TensorInfo
+from local_engine.gguf_file import RUNS_LOCALLY, GGUFFile, SplitGGUF, TensorInfo, open_gguf
 from local_engine.layers import QuantizedLinear, replace
 from local_engine.model import Block, Transformer
 
@@ -55,16 +56,12 @@ def is_gguf(path) -> bool:
 # metadata -> ModelArgs
 
 
-def model_args(f: GGUFFile) -> ModelArgs:
+def model_args(f: GGUFFile | SplitGGUF) -> ModelArgs:
     meta, src = f.meta, str(f.path)
     arch = f.architecture
     split = meta.get("split.count", 1)
-    if not isinstance(split, int):
-        raise ModelError(f"{src}: metadata key 'split.count' is {split!r:.60}, not an integer")
-    if split > 1:
-        raise ModelError(f"{src}: one shard of a {meta['split.count']}-file split GGUF; merge the shards "
-                         f"into one file (llama-gguf-split --merge) for the local engine, or use backend = "
-                         f"\"llama.cpp\"")
+    if not isinstance(split, int) or isinstance(split, bool) or split < 1:
+        raise ModelError(f"{src}: metadata key 'split.count' is {split!r:.60}, not a shard count")
     if arch != ARCH:
         raise ModelError(f"{src}: architecture {arch!r} is not supported by the local engine "
                          f"(it runs {ARCH!r}; use backend = \"llama.cpp\" for this file)")
@@ -164,7 +161,7 @@ def model_args(f: GGUFFile) -> ModelArgs:
     return ModelArgs.from_dict(cfg, source=src)
 
 
-def check_types(f: GGUFFile) -> None:
+def check_types(f: GGUFFile | SplitGGUF) -> None:
     """Refuse the file before loading anything when a tensor has a type we do not run."""
     for info in f.tensors.values():
         if info.type not in DENSE and info.type not in kquant.TYPES:
@@ -178,7 +175,7 @@ def check_types(f: GGUFFile) -> None:
 
 
 class _Reader:
-    def __init__(self, f: GGUFFile, dtype: torch.dtype, device):
+    def __init__(self, f: GGUFFile | SplitGGUF, dtype: torch.dtype, device):
         self.f, self.dtype, self.device = f, dtype, device
 
     def info(self, name: str, required: bool = True) -> TensorInfo | None:
@@ -254,7 +251,7 @@ def _fill_w13(r: _Reader, root: nn.Module, path: str, gate: TensorInfo, up: Tens
         buf = torch.empty(2 * inter, rb, dtype=torch.uint8)
         for half, info in enumerate((gate, up)):
             off = 0 if expert is None else expert * inter * rb
-            part = TensorInfo(info.name, (inter, lin.in_features), info.type, info.offset + off, inter * rb)
+            part = info.part((inter, lin.in_features), off, inter * rb)
             r.f.read_into(part, buf[half * inter:(half + 1) * inter])
         _set_linear(root, path, kquant.GGUFWeight(gate.type, (2 * inter, lin.in_features), buf))
         return
@@ -270,10 +267,10 @@ def _fill_w13(r: _Reader, root: nn.Module, path: str, gate: TensorInfo, up: Tens
 def _expert_dense(r: _Reader, info: TensorInfo, e: int, rows: int, cols: int) -> torch.Tensor:
     if info.type in DENSE:
         size = torch.empty(0, dtype=DENSE[info.type]).element_size()
-        part = TensorInfo(info.name, (rows, cols), info.type, info.offset + e * rows * cols * size, rows * cols * size)
+        part = info.part((rows, cols), e * rows * cols * size, rows * cols * size)
     else:
         rb = kquant.row_bytes(info.type, cols)
-        part = TensorInfo(info.name, (rows, cols), info.type, info.offset + e * rows * rb, rows * rb)
+        part = info.part((rows, cols), e * rows * rb, rows * rb)
     return r.dense(part)
 
 
@@ -281,7 +278,7 @@ def _expert_weight(r: _Reader, info: TensorInfo, e: int, rows: int, cols: int):
     if info.type in DENSE:
         return _expert_dense(r, info, e, rows, cols).to(r.device)
     rb = kquant.row_bytes(info.type, cols)
-    part = TensorInfo(info.name, (rows, cols), info.type, info.offset + e * rows * rb, rows * rb)
+    part = info.part((rows, cols), e * rows * rb, rows * rb)
     return kquant.GGUFWeight(info.type, (rows, cols), r.raw(part))
 
 
@@ -360,12 +357,12 @@ class QuantEmbedding(nn.Module):
 
 
 def load_gguf_model(path, *, dtype: torch.dtype, device, max_batch: int, max_seq_len: int,
-                    progress: Callable[[float], None] | None = None) -> tuple[Transformer, ModelArgs, GGUFFile]:
+                    progress: Callable[[float], None] | None = None) -> tuple[Transformer, ModelArgs, GGUFFile | SplitGGUF]:
     """(model, args, the open file's header) -- the header's metadata holds the tokenizer."""
     from local_engine.loader import release_free_memory
     from local_engine.rope import rope_tables
 
-    f = GGUFFile(path)
+    f = open_gguf(path)   # one file, or each shard of a split one
     try:
         args = model_args(f)
         check_types(f)

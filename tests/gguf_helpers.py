@@ -43,9 +43,10 @@ def hf_state(hf_dir) -> dict:
     return state
 
 
-def write_gguf(hf_dir, out, *, layout: str = "split", quant=None, pre: str = "gpt-2") -> Path:
+def write_gguf(hf_dir, out, *, layout: str = "split", quant=None, pre: str = "gpt-2", shards: int = 1) -> Path:
     """The HF checkpoint as a deepseek2 GGUF; ``quant`` (a GGMLQuantizationType) quantizes every
-    matrix whose rows are whole 32-blocks (embedding and head included) with gguf.quants."""
+    matrix whose rows are whole 32-blocks (embedding and head included) with gguf.quants;
+    ``shards`` > 1 splits it into that many files (gguf-py's writer; returns the first's path)."""
     cfg = hf_config(hf_dir)
     tensors = gguf_tensors_from_hf(hf_state(hf_dir), cfg, layout)
     if quant is not None:
@@ -53,8 +54,11 @@ def write_gguf(hf_dir, out, *, layout: str = "split", quant=None, pre: str = "gp
             arr = spec[1]
             if arr.ndim >= 2 and not name.endswith(_KEEP) and arr.shape[-1] % 32 == 0:
                 tensors[name] = ("quant", quant, arr)
-    write_deepseek2_gguf(out, cfg, tensors, tokenizer=hf_tokenizer_fields(hf_dir), pre=pre, layout=layout)
-    return Path(out)
+    per = -(-len(tensors) // shards) if shards > 1 else 0
+    write_deepseek2_gguf(out, cfg, tensors, tokenizer=hf_tokenizer_fields(hf_dir), pre=pre, layout=layout,
+                         split_max_tensors=per)
+    out = Path(out)
+    return out if shards <= 1 else out.with_name(f"{out.stem}-00001-of-{shards:05d}.gguf")
 
 
 def llama_quantize(src, dst, ftype: str) -> Path:

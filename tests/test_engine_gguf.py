@@ -53,6 +53,46 @@ def test_a_deepseek2_gguf_runs_with_llama_cpp_s_logits_in_both_mla_layouts(model
     assert np.abs(ours - folder).max() < 1e-4, np.abs(ours - folder).max()
 
 
+def test_a_split_gguf_runs_from_any_of_its_shards_as_the_single_file_and_as_llama_cpp_reads_it(v3, tmp_path):
+    """A deepseek2 GGUF split into three files (gguf-py's writer, llama.cpp's naming): our engine
+    loads it from its first or its second shard, each tensor from the shard that holds it, with
+    the very logits of the same model in one file; llama.cpp reads the split too; doctor's and
+    discovery's summary counts every shard's tensors and calls it runnable locally."""
+    from local_engine.gguf_file import summarize
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "split").mkdir()
+    single = H.write_gguf(v3, tmp_path / "one" / "m.gguf")
+    first = H.write_gguf(v3, tmp_path / "split" / "m.gguf", shards=3)
+    shards = sorted((tmp_path / "split").iterdir())
+    assert [p.name for p in shards] == [f"m-0000{i}-of-00003.gguf" for i in (1, 2, 3)] and first == shards[0]
+    ids = _ids()
+    whole = Engine.load(single, dtype="float32", max_seq_len=64).forward(torch.tensor([ids]))[0]
+    for path in (shards[0], shards[1]):
+        ours = Engine.load(path, dtype="float32", max_seq_len=64).forward(torch.tensor([ids]))[0]
+        assert torch.equal(ours, whole), path.name
+    theirs = H.llama_logits(shards[0], ids)
+    assert np.abs(whole.numpy() - theirs).max() < 1e-4
+    s, one = summarize(shards[1]), summarize(single)
+    assert s.split == 3 and s.types == one.types and s.runs_locally
+    assert "3 shards" in s.why() and "local" in s.why()
+
+
+def test_a_split_gguf_with_a_shard_missing_or_out_of_place_is_refused_naming_the_shard(v3, tmp_path):
+    first = H.write_gguf(v3, tmp_path / "m.gguf", shards=3)
+    second, third = (first.with_name(f"m-0000{i}-of-00003.gguf") for i in (2, 3))
+    third.rename(tmp_path / "aside.gguf")
+    with pytest.raises(ModelError, match=r"m-00003-of-00003\.gguf: shard 3 of 3 .* is missing"):
+        Engine.load(first, dtype="float32", max_seq_len=16)
+    third.write_bytes(second.read_bytes())   # shard 2 under shard 3's name: its split keys disagree
+    with pytest.raises(ModelError, match=r"m-00003-of-00003\.gguf: its split keys say shard 1 of 3, not 2 of 3"):
+        Engine.load(first, dtype="float32", max_seq_len=16)
+    renamed = tmp_path / "model.gguf"
+    first.rename(renamed)
+    with pytest.raises(ModelError, match=r"model\.gguf: one shard of a 3-file split GGUF, but its name"):
+        Engine.load(renamed, dtype="float32", max_seq_len=16)
+
+
 def test_hyperparameters_come_from_the_metadata_not_from_the_layer_count(tmp_path):
     # 27 layers *with* q-LoRA, sigmoid gating, groups and 2 leading dense layers: llama.cpp takes
     # 27 layers to mean "Lite" (no q-LoRA); the metadata says otherwise and we follow it
