@@ -53,7 +53,7 @@ import torch
 from kernels import cpu_native
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "iquant.c"
-HEADERS = (SOURCE.parent / "iquant_dot.h", SOURCE.parent / "q8_activations.h")
+HEADERS = (SOURCE.parent / "iquant_dot.h", SOURCE.parent / "q8_activations.h", SOURCE.parent / "bf16.h")
 EXTRA_FLAGS = ("-ffp-contract=off",)
 MAX_ROWS = 8            # iq_gemm's most activation rows (kernels/kquant.py's native_rows)
 DOT_ACT_BITS = (8, 16)  # the activation precisions with a native i-quant dot product
@@ -360,7 +360,7 @@ def _bind(so):
     """``so`` (this library: a ctypes one, or another build run elsewhere, e.g. an emulated
     CPU's) with its entry point's argument types set."""
     p, i, lg = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-    so.iq_dequant.argtypes = [i, p, lg, lg, lg, p, lg, p, i]
+    so.iq_dequant.argtypes = [i, p, lg, lg, lg, p, lg, p, i, i]
     so.iq_dequant.restype = i
     so.iq_gemm.argtypes = [i, p, i, i, p, lg, lg, p, lg, p, i, i]
     so.iq_gemm.restype = i
@@ -382,8 +382,9 @@ def lib() -> ctypes.CDLL | None:
 def native_dequantize_rows(type_name: str | int, blocks: torch.Tensor, cols: int, out: torch.Tensor | None = None,
                            so: ctypes.CDLL | None = None) -> torch.Tensor:
     """uint8 [rows, row_bytes] (rows contiguous, any row stride) -> float32 [rows, cols] by the C
-    library ``so`` (default: ``lib()``; RuntimeError where there is none). ``out``: a float32
-    [rows, cols] tensor with contiguous rows to fill (a reused tile buffer)."""
+    library ``so`` (default: ``lib()``; RuntimeError where there is none). ``out``: a float32 or
+    bf16 [rows, cols] tensor with contiguous rows to fill (a reused tile buffer; bf16: each
+    weight rounded to nearest even as it is written, as ``.to(torch.bfloat16)`` rounds)."""
     tid, name = _check(type_name, blocks, cols)
     so = so or lib()
     if so is None:
@@ -393,11 +394,11 @@ def native_dequantize_rows(type_name: str | int, blocks: torch.Tensor, cols: int
         blocks = blocks.contiguous()
     if out is None:
         out = torch.empty(rows, cols, dtype=torch.float32)
-    elif out.dtype != torch.float32 or tuple(out.shape) != (rows, cols) or out.stride(1) != 1:
-        raise ValueError(f"out must be float32 [{rows}, {cols}] with contiguous rows")
+    elif out.dtype not in (torch.float32, torch.bfloat16) or tuple(out.shape) != (rows, cols) or out.stride(1) != 1:
+        raise ValueError(f"out must be float32 or bf16 [{rows}, {cols}] with contiguous rows")
     g = grid(name)
     rc = so.iq_dequant(tid, blocks.data_ptr(), blocks.stride(0), rows, cols, out.data_ptr(), out.stride(0),
-                       g.data_ptr(), torch.get_num_threads())
+                       g.data_ptr(), torch.get_num_threads(), int(out.dtype == torch.bfloat16))
     if rc:
         raise ValueError(f"iq_dequant refused {name} rows of {cols} ({rc})")
     return out
@@ -407,7 +408,8 @@ def dequantize_rows(type_name: str | int, blocks: torch.Tensor, cols: int,
                     out: torch.Tensor | None = None) -> torch.Tensor:
     """The weights ``blocks`` (uint8 [rows, row_bytes] of i-quant ``type_name``, a name or ggml
     type id) stand for: float32 [rows, cols], bit for bit ggml's. Native where the library
-    loads, else the torch formulas; ``out`` as ``native_dequantize_rows`` takes it."""
+    loads, else the torch formulas; ``out`` as ``native_dequantize_rows`` takes it (a bf16 one
+    gets those weights rounded to bf16)."""
     if lib() is not None:
         return native_dequantize_rows(type_name, blocks, cols, out)
     y = torch_dequantize_rows(type_name, blocks, cols)

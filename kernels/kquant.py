@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from kernels import cpu_native, dispatch, iquant
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "kquant.c"
-HEADERS = (SOURCE.parent / "kquant_dot.h", SOURCE.parent / "q8_activations.h")
+HEADERS = (SOURCE.parent / "kquant_dot.h", SOURCE.parent / "q8_activations.h", SOURCE.parent / "bf16.h")
 EXTRA_FLAGS = ("-ffp-contract=off",)
 LAYOUT = "gguf"
 TILE_BYTES = 8 << 20     # prefill: the bytes of weight rows dequantized per matmul
@@ -462,15 +462,11 @@ def _tiled_linear(x: torch.Tensor, w: GGUFWeight, dtype: torch.dtype = torch.flo
     rows = max(16, min(n, TILE_BYTES // (dtype.itemsize * k)))
     buf = torch.empty(rows, k, dtype=dtype)
     iq = w.type in iquant.IQ_TYPES
-    f32 = torch.empty(rows, k, dtype=torch.float32) if iq and dtype != torch.float32 else None
     for j in range(0, n, rows):
         r = min(rows, n - j)
         tile = buf[:r]
-        if iq:
-            if f32 is None:
-                iquant.dequantize_rows(w.type, w.data[j:j + r], k, out=tile)
-            else:
-                tile.copy_(iquant.dequantize_rows(w.type, w.data[j:j + r], k, out=f32[:r]))
+        if iq:   # float32, or rounded to bf16 as it is written
+            iquant.dequantize_rows(w.type, w.data[j:j + r], k, out=tile)
         else:
             _LIB.kq_dequant(w.type, w.data.data_ptr() + j * w.stride, w.stride, r, k, tile.data_ptr(),
                             int(dtype == torch.bfloat16), torch.get_num_threads())

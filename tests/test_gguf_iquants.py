@@ -153,6 +153,23 @@ def test_native_path_equals_gguf_py_bit_for_bit(name):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("march", [None, "x86-64"])
+@pytest.mark.parametrize("name", TYPES)
+def test_bf16_rows_are_gguf_py_s_weights_rounded_as_torch_rounds(name, march):
+    """Rows written straight to bf16 (prefill tiles on bf16 CPUs): gguf-py's float32 weights
+    through torch's .to(bfloat16), bit for bit, NaN-free extremes included; this CPU's build and
+    the plain-C one (on x86-64)."""
+    native()
+    if march is not None and not _X86:
+        pytest.skip("x86-64 targets")
+    so = iquant.load(march) if march else iquant.lib()
+    b = random_blocks(name, rows=6, nb=4, seed=5)
+    want = torch.from_numpy(gguf_py(name, b)).to(torch.bfloat16)
+    out = torch.empty(6, 4 * 256, dtype=torch.bfloat16)
+    got = iquant.native_dequantize_rows(name, torch.from_numpy(b), 4 * 256, out=out, so=so)
+    assert got is out and torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 targets")
 @pytest.mark.parametrize("march", ["x86-64", "haswell"])
 def test_other_x86_builds_give_the_same_bits(march):

@@ -1,9 +1,10 @@
 /* ggml's i-quants dequantized to float32 (kernels/iquant.py builds, loads and documents this).
 
-   int iq_dequant(type, src, src_stride, rows, cols, dst, dst_stride, grid, nthreads)
+   int iq_dequant(type, src, src_stride, rows, cols, dst, dst_stride, grid, nthreads, out_bf16)
        rows of `cols` weights in ggml blocks of type `type` (16 IQ2_XXS, 17 IQ2_XS, 18 IQ3_XXS,
        19 IQ1_S, 21 IQ3_S, 22 IQ2_S, 29 IQ1_M), row r at src + r * src_stride bytes, written to
-       dst + r * dst_stride floats. `grid` is the type's codebook as kernels/iquant.py decodes
+       dst + r * dst_stride elements: float32, or with out_bf16 bf16 (each float rounded to
+       nearest even, as torch rounds: bf16.h), for bf16 prefill tiles without a second pass. `grid` is the type's codebook as kernels/iquant.py decodes
        it: points of 8 (IQ3: 4) uint8 levels, int8 -1/0/1 for IQ1. 0 on success, -1 for an
        unknown type or a row that is not whole blocks.
 
@@ -15,6 +16,8 @@
    (little-endian, as the file stores them), whatever the host. */
 
 #include <stdint.h>
+
+#include "bf16.h"   /* f2bf */
 
 #define QK_K 256
 #define IQ1S_DELTA 0.125f
@@ -212,8 +215,8 @@ static void dequant_block(int type, const uint8_t *b, float *y, const void *grid
     }
 }
 
-int iq_dequant(int type, const uint8_t *src, long src_stride, long rows, long cols, float *dst,
-               long dst_stride, const void *grid, int nthreads) {
+int iq_dequant(int type, const uint8_t *src, long src_stride, long rows, long cols, void *dst,
+               long dst_stride, const void *grid, int nthreads, int out_bf16) {
     int bb = block_bytes(type);
     if (bb == 0 || cols % QK_K)
         return -1;
@@ -223,7 +226,15 @@ int iq_dequant(int type, const uint8_t *src, long src_stride, long rows, long co
 #pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) if (total >= 64)
     for (long t = 0; t < total; t++) {
         long r = t / nb, i = t % nb;
-        dequant_block(type, src + r * src_stride + i * bb, dst + r * dst_stride + i * QK_K, grid);
+        const uint8_t *b = src + r * src_stride + i * bb;
+        if (out_bf16) {
+            float y[QK_K];
+            uint16_t *o = (uint16_t *)dst + r * dst_stride + i * QK_K;
+            dequant_block(type, b, y, grid);
+            for (int j = 0; j < QK_K; j++) o[j] = f2bf(y[j]);
+        } else {
+            dequant_block(type, b, (float *)dst + r * dst_stride + i * QK_K, grid);
+        }
     }
     return 0;
 }

@@ -62,13 +62,7 @@ INLINE float h2f(uint16_t h) {   /* IEEE half -> float, exact (subnormals includ
 
 INLINE uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
-INLINE uint16_t f2bf(float f) {   /* round to nearest even */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "bf16.h"   /* f2bf */
 
 /* bytes and weights per block */
 static int block_bytes(int type) {
