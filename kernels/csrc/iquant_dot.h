@@ -32,7 +32,7 @@
    applied as byte masks), then take the 256-long integer dot in a loop (NEON: sdot, or widening
    multiplies on ARMv8.0). AVX2 builds (iq_unpack_vec)
    put the grid points straight into vectors as the levels' magnitudes, with the signs as
-   bytes of 1 / -1 from a table (ksigns' parity folded in), and take the dot with maddubs /
+   bytes of 1 / -1 from a constant table (ksigns' parity folded in), and take the dot with maddubs /
    madd (|code| <= 62, |activation code| <= 127: no int16 saturation): the same codes, the same
    integers. The float operations are the same on both, in the same order, so the builds agree
    bit for bit. iq_row_dot is one row's product for kquant.c's fused MoE step. */
@@ -85,17 +85,28 @@ static void st64(int8_t *p, uint64_t v) { v = IQ_LE64(v); memcpy(p, &v, 8); }
 #define ONES8 0x0101010101010101ull
 #define HIGH8 0x8080808080808080ull
 
-/* 8 bits -> 8 bytes, byte j 0xff where bit j is set (byte j of a little-endian word is weight j) */
-static uint64_t byte_mask(uint32_t s) {
-    uint64_t t = ((uint64_t)(s & 255) * ONES8) & 0x8040201008040201ull;   /* byte j keeps bit j */
-    uint64_t h = ((t + 0x7f7f7f7f7f7f7f7full) | t) & HIGH8;               /* nonzero -> 0x80 (no carries: bytes <= 0x80) */
-    return (h >> 7) * 0xff;
-}
+/* Sign masks, as constant tables (no code runs at load): a sign byte -> 8 bytes, byte j 0xff
+   where bit j is set, else 0 (byte j of a little-endian word is weight j); and the 7 stored sign
+   bits of a ksigns group straight to the mask of its 8 (the eighth their parity). */
+#define IQ_BM1(s, j) ((uint64_t)(((s) >> (j) & 1) * 0xffu) << (8 * (j)))
+#define IQ_BM(s) (IQ_BM1(s, 0) | IQ_BM1(s, 1) | IQ_BM1(s, 2) | IQ_BM1(s, 3) | IQ_BM1(s, 4) | IQ_BM1(s, 5) | \
+                  IQ_BM1(s, 6) | IQ_BM1(s, 7))
+#define IQ_PARITY7(s) (((s) ^ (s) >> 1 ^ (s) >> 2 ^ (s) >> 3 ^ (s) >> 4 ^ (s) >> 5 ^ (s) >> 6) & 1)
+#define IQ_KBM(s) IQ_BM((s) | IQ_PARITY7(s) << 7)
+#define IQ_X4(f, s) f(s), f((s) + 1), f((s) + 2), f((s) + 3)
+#define IQ_X16(f, s) IQ_X4(f, s), IQ_X4(f, (s) + 4), IQ_X4(f, (s) + 8), IQ_X4(f, (s) + 12)
+#define IQ_X64(f, s) IQ_X16(f, s), IQ_X16(f, (s) + 16), IQ_X16(f, (s) + 32), IQ_X16(f, (s) + 48)
+static const uint64_t iq_bmask[256] = {IQ_X64(IQ_BM, 0), IQ_X64(IQ_BM, 64), IQ_X64(IQ_BM, 128), IQ_X64(IQ_BM, 192)};
+static const uint64_t iq_kbmask[128] = {IQ_X64(IQ_KBM, 0), IQ_X64(IQ_KBM, 64)};
+/* the same as bytes of -1 / 1 (0xff / 0x01): the sign side of AVX2's maddubs (_mm256_sign_epi8) */
+#define IQ_BS(s) (IQ_BM(s) | ONES8)
+#define IQ_KBS(s) (IQ_KBM(s) | ONES8)
+static const uint64_t iq_bsign[256] = {IQ_X64(IQ_BS, 0), IQ_X64(IQ_BS, 64), IQ_X64(IQ_BS, 128), IQ_X64(IQ_BS, 192)};
+static const uint64_t iq_kbsign[128] = {IQ_X64(IQ_KBS, 0), IQ_X64(IQ_KBS, 64)};
 
-/* 8 positive levels (1..62), negated where the sign bit is set: (g ^ m) + (m & 1) per byte, which
-   never carries into the next byte since g > 0 */
-static uint64_t signed8(uint64_t g, uint32_t s) {
-    uint64_t m = byte_mask(s);
+/* 8 positive levels (1..62), negated where the mask m (iq_bmask's) has 0xff: (g ^ m) + (m & 1)
+   per byte, which never carries into the next byte since g > 0 */
+static uint64_t signed8(uint64_t g, uint64_t m) {
     return (g ^ m) + (m & ONES8);
 }
 
@@ -120,7 +131,7 @@ static float iq_unpack(int type, const uint8_t *b, const uint8_t *grid, int8_t *
             uint32_t aux = le32(q + 4), ls = 2 * (aux >> 28) + 1;
             sc2(sc, ib, ls, ls);
             for (int l = 0; l < 4; l++)
-                st64(c + 32 * ib + 8 * l, signed8(ld64(grid + 8 * q[l]), ksigns(aux >> 7 * l & 127)));
+                st64(c + 32 * ib + 8 * l, signed8(ld64(grid + 8 * q[l]), iq_kbmask[aux >> 7 * l & 127]));
         }
         return f16(b) * 0.125f;
     }
@@ -130,7 +141,7 @@ static float iq_unpack(int type, const uint8_t *b, const uint8_t *grid, int8_t *
             sc2(sc, ib, 2 * (s[ib] & 15) + 1, 2 * (s[ib] >> 4) + 1);
             for (int l = 0; l < 4; l++) {
                 uint32_t q = le16(b + 2 + 2 * (4 * ib + l));
-                st64(c + 32 * ib + 8 * l, signed8(ld64(grid + 8 * (q & 511)), ksigns(q >> 9)));
+                st64(c + 32 * ib + 8 * l, signed8(ld64(grid + 8 * (q & 511)), iq_kbmask[q >> 9]));
             }
         }
         return f16(b) * 0.125f;
@@ -141,7 +152,7 @@ static float iq_unpack(int type, const uint8_t *b, const uint8_t *grid, int8_t *
             sc2(sc, ib, 2 * (s[ib] & 15) + 1, 2 * (s[ib] >> 4) + 1);
             for (int l = 0; l < 4; l++) {
                 uint32_t idx = qs[4 * ib + l] | (qh[ib] >> 2 * l & 3) << 8;
-                st64(c + 32 * ib + 8 * l, signed8(ld64(grid + 8 * idx), signs[4 * ib + l]));
+                st64(c + 32 * ib + 8 * l, signed8(ld64(grid + 8 * idx), iq_bmask[signs[4 * ib + l]]));
             }
         }
         return f16(b) * 0.125f;
@@ -153,7 +164,7 @@ static float iq_unpack(int type, const uint8_t *b, const uint8_t *grid, int8_t *
             sc2(sc, ib, ls, ls);
             for (int l = 0; l < 4; l++) {
                 uint64_t g = ld32(grid + 4 * q[2 * l]) | (uint64_t)ld32(grid + 4 * q[2 * l + 1]) << 32;
-                st64(c + 32 * ib + 8 * l, signed8(g, ksigns(aux >> 7 * l & 127)));
+                st64(c + 32 * ib + 8 * l, signed8(g, iq_kbmask[aux >> 7 * l & 127]));
             }
         }
         return f16(b) * 0.25f;
@@ -167,7 +178,7 @@ static float iq_unpack(int type, const uint8_t *b, const uint8_t *grid, int8_t *
                 uint32_t i0 = qs[8 * ib + 2 * l] | (qh[ib] >> 2 * l & 1) << 8;
                 uint32_t i1 = qs[8 * ib + 2 * l + 1] | (qh[ib] >> (2 * l + 1) & 1) << 8;
                 uint64_t g = ld32(grid + 4 * i0) | (uint64_t)ld32(grid + 4 * i1) << 32;
-                st64(c + 32 * ib + 8 * l, signed8(g, signs[4 * ib + l]));
+                st64(c + 32 * ib + 8 * l, signed8(g, iq_bmask[signs[4 * ib + l]]));
             }
         }
         return f16(b);
@@ -211,22 +222,11 @@ static float iq_unpack(int type, const uint8_t *b, const uint8_t *grid, int8_t *
    weights of the group) */
 typedef struct { __m256i u[8], c[8], s[8]; } iq_vec_t;
 
-/* sign byte -> 8 bytes, byte j -1 where bit j is set, else 1; and the 7 stored bits of a
-   ksigns group straight to that word */
-static uint64_t iq_smask[256], iq_ksmask[128];
-
-__attribute__((constructor)) static void iq_sign_tables(void) {
-    for (uint32_t s = 0; s < 256; s++) {
-        uint64_t m = 0;
-        for (int j = 0; j < 8; j++) m |= (uint64_t)((s >> j & 1) ? 0xff : 0x01) << 8 * j;
-        iq_smask[s] = m;
-    }
-    for (uint32_t s = 0; s < 128; s++) iq_ksmask[s] = iq_smask[ksigns(s)];
-}
-
 #define IQ_G64(i) ((long long)ld64(grid + 8 * (i)))                                        /* a point of 8 levels */
 #define IQ_G32X2(i0, i1) ((long long)(ld32(grid + 4 * (i0)) | (uint64_t)ld32(grid + 4 * (i1)) << 32))   /* two of 4 */
 #define IQ_V4(e0, e1, e2, e3) _mm256_set_epi64x(e3, e2, e1, e0)
+/* four words of signs (iq_bsign's / iq_kbsign's bytes of -1 / 1) */
+#define IQ_S4(m0, m1, m2, m3) IQ_V4((long long)(m0), (long long)(m1), (long long)(m2), (long long)(m3))
 #define IQ_SC2(lo, hi) _mm256_set_m128i(_mm_set1_epi16((short)(hi)), _mm_set1_epi16((short)(lo)))
 
 /* 8 ternary levels per 64 bits (IQ1's grid, int8 -1 / 0 / 1) -> the codes 8 g + delta (delta
@@ -245,8 +245,7 @@ IQ_INLINE void iq_group(const int type, const uint8_t *b, const uint8_t *grid, i
         const uint8_t *q = b + 2 + 8 * ib;
         const uint32_t aux = le32(q + 4), ls = 2 * (aux >> 28) + 1;
         *u = IQ_V4(IQ_G64(q[0]), IQ_G64(q[1]), IQ_G64(q[2]), IQ_G64(q[3]));
-        *c = IQ_V4((long long)iq_ksmask[aux & 127], (long long)iq_ksmask[aux >> 7 & 127],
-                   (long long)iq_ksmask[aux >> 14 & 127], (long long)iq_ksmask[aux >> 21 & 127]);
+        *c = IQ_S4(iq_kbsign[aux & 127], iq_kbsign[aux >> 7 & 127], iq_kbsign[aux >> 14 & 127], iq_kbsign[aux >> 21 & 127]);
         *s = _mm256_set1_epi16((short)ls);
         return;
     }
@@ -255,8 +254,7 @@ IQ_INLINE void iq_group(const int type, const uint8_t *b, const uint8_t *grid, i
         uint32_t q[4];
         for (int l = 0; l < 4; l++) q[l] = le16(b + 2 + 2 * (4 * ib + l));
         *u = IQ_V4(IQ_G64(q[0] & 511), IQ_G64(q[1] & 511), IQ_G64(q[2] & 511), IQ_G64(q[3] & 511));
-        *c = IQ_V4((long long)iq_ksmask[q[0] >> 9], (long long)iq_ksmask[q[1] >> 9],
-                   (long long)iq_ksmask[q[2] >> 9], (long long)iq_ksmask[q[3] >> 9]);
+        *c = IQ_S4(iq_kbsign[q[0] >> 9], iq_kbsign[q[1] >> 9], iq_kbsign[q[2] >> 9], iq_kbsign[q[3] >> 9]);
         *s = IQ_SC2(2 * (sb & 15) + 1, 2 * (sb >> 4) + 1);
         return;
     }
@@ -265,8 +263,7 @@ IQ_INLINE void iq_group(const int type, const uint8_t *b, const uint8_t *grid, i
         const uint32_t h = b[66 + ib], sb = b[74 + ib];
         *u = IQ_V4(IQ_G64(qs[0] | (h & 3) << 8), IQ_G64(qs[1] | (h >> 2 & 3) << 8),
                    IQ_G64(qs[2] | (h >> 4 & 3) << 8), IQ_G64(qs[3] | (h >> 6 & 3) << 8));
-        *c = IQ_V4((long long)iq_smask[signs[0]], (long long)iq_smask[signs[1]], (long long)iq_smask[signs[2]],
-                   (long long)iq_smask[signs[3]]);
+        *c = IQ_S4(iq_bsign[signs[0]], iq_bsign[signs[1]], iq_bsign[signs[2]], iq_bsign[signs[3]]);
         *s = IQ_SC2(2 * (sb & 15) + 1, 2 * (sb >> 4) + 1);
         return;
     }
@@ -274,8 +271,7 @@ IQ_INLINE void iq_group(const int type, const uint8_t *b, const uint8_t *grid, i
         const uint8_t *q = b + 2 + 8 * ib;
         const uint32_t aux = le32(b + 66 + 4 * ib), ls = 2 * (aux >> 28) + 1;
         *u = IQ_V4(IQ_G32X2(q[0], q[1]), IQ_G32X2(q[2], q[3]), IQ_G32X2(q[4], q[5]), IQ_G32X2(q[6], q[7]));
-        *c = IQ_V4((long long)iq_ksmask[aux & 127], (long long)iq_ksmask[aux >> 7 & 127],
-                   (long long)iq_ksmask[aux >> 14 & 127], (long long)iq_ksmask[aux >> 21 & 127]);
+        *c = IQ_S4(iq_kbsign[aux & 127], iq_kbsign[aux >> 7 & 127], iq_kbsign[aux >> 14 & 127], iq_kbsign[aux >> 21 & 127]);
         *s = _mm256_set1_epi16((short)ls);
         return;
     }
@@ -286,8 +282,7 @@ IQ_INLINE void iq_group(const int type, const uint8_t *b, const uint8_t *grid, i
                    IQ_G32X2(q[2] | (h >> 2 & 1) << 8, q[3] | (h >> 3 & 1) << 8),
                    IQ_G32X2(q[4] | (h >> 4 & 1) << 8, q[5] | (h >> 5 & 1) << 8),
                    IQ_G32X2(q[6] | (h >> 6 & 1) << 8, q[7] | (h >> 7 & 1) << 8));
-        *c = IQ_V4((long long)iq_smask[signs[0]], (long long)iq_smask[signs[1]], (long long)iq_smask[signs[2]],
-                   (long long)iq_smask[signs[3]]);
+        *c = IQ_S4(iq_bsign[signs[0]], iq_bsign[signs[1]], iq_bsign[signs[2]], iq_bsign[signs[3]]);
         *s = _mm256_set1_epi16((short)ls);
         return;
     }
