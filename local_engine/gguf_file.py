@@ -225,12 +225,12 @@ class SplitGGUF:
     the split keys), the union of their tensors (each TensorInfo's ``shard`` says which file),
     ``read_into`` from the shard that holds a tensor. Built by ``open_gguf``."""
 
-    def __init__(self, path: Path, first: GGUFFile):
+    def __init__(self, path: Path, opened: GGUFFile):
         self.path = path
-        n = shard_count(first.meta)
+        n = shard_count(opened.meta)
         paths = shard_paths(path)
         if len(paths) != n:
-            first.close()
+            opened.close()
             raise ModelError(f"{path}: one shard of a {n}-file split GGUF, but its name is not "
                              f"<name>-NNNNN-of-{n:05d}.gguf, so the other shards cannot be found (rename it, "
                              f"or merge the shards with llama-gguf-split --merge)")
@@ -238,7 +238,7 @@ class SplitGGUF:
         try:
             for i, p in enumerate(paths):
                 if p == path:
-                    f = first
+                    f = opened
                 elif not p.is_file():
                     raise ModelError(f"{p}: shard {i + 1} of {n} of the split GGUF {paths[0].name} is missing")
                 else:
@@ -262,10 +262,9 @@ class SplitGGUF:
                 raise ModelError(f"{paths[0]}: split.tensors.count is {total}, but the {n} shards hold "
                                  f"{len(self.tensors)} tensors")
         except ModelError:
-            first.close()
+            opened.close()
             self.close()
             raise
-        self.shard_paths = paths
 
     @property
     def architecture(self) -> str | None:

@@ -11,10 +11,10 @@ Tensors: F32 / F16 / BF16 run dense (in the engine's dtype; the router stays flo
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS stay in their
 ggml blocks and run on kernels/kquant (never requantized); the i-quants IQ1_S, IQ1_M, IQ2_XXS,
 IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S too (kernels/iquant: integer dot products in decode, dequantized
-tiles in prefill). Each is read with ``pread`` into
-its final buffer, layer by layer -- from whichever shard holds it, for a model split into several
-files (gguf_file.open_gguf: any shard's path finds the others). The small MLA up-projection (kv_b, or k_b and v_b) is turned into a dense
-matrix, as the absorbed attention reads it per head. Any other type is refused before
+tiles in prefill). Each is read with ``pread`` into its final buffer, layer by layer, from
+whichever shard holds it for a model split into several files (gguf_file.open_gguf: any shard's
+path finds the others). The small MLA up-projection (kv_b, or k_b and v_b) is turned into a
+dense matrix, as the absorbed attention reads it per head. Any other type is refused before
 anything loads, naming the tensor, its type and the types we run.
 """
 

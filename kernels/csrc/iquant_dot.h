@@ -29,13 +29,13 @@
    exactly the reference's (the dequantized weights are these products, without rounding).
 
    Plain C and ARM64 builds unpack the codes with portable code (8 grid bytes at a time, signs
-   applied as byte masks), then take the 256-long integer dot in a loop (NEON: sdot, or widening
-   multiplies on ARMv8.0). AVX2 builds (iq_unpack_vec)
-   put the grid points straight into vectors as the levels' magnitudes, with the signs as
-   bytes of 1 / -1 from a constant table (ksigns' parity folded in), and take the dot with maddubs /
-   madd (|code| <= 62, |activation code| <= 127: no int16 saturation): the same codes, the same
-   integers. The float operations are the same on both, in the same order, so the builds agree
-   bit for bit. iq_row_dot is one row's product for kquant.c's fused MoE step. */
+   applied as byte masks from constant tables), then take the 256-long integer dot in a loop
+   (NEON: sdot, or widening multiplies on ARMv8.0). AVX2 builds (iq_group) put the grid points
+   straight into vectors as the levels' magnitudes, the signs as bytes of 1 / -1 from the same
+   tables (ksigns' parity folded in), and take the dot with maddubs / madd (|code| <= 62,
+   |activation code| <= 127: no int16 saturation): the same codes, the same integers. The
+   float operations are the same on every build, in the same order, so the builds agree bit for
+   bit. iq_row_dot is one row's product, for kquant.c's fused MoE step. */
 
 #include <math.h>
 #include <stdlib.h>
