@@ -423,33 +423,42 @@ IQ_INLINE void iq_block_rows(const iq_vec_t *v, float dw, int b, int M, int k, c
     }
 }
 
-/* one weight row of nb blocks against the M activation rows */
-#if defined(IQ_AVX2)
-/* AVX2, the type a constant (iq_row's switch): one activation row takes each group as it is
-   unpacked; more rows unpack the block once (iq_unpack_vec) for all of them. The same integers
-   and the same float operations as the plain build. */
+/* one weight row of nb blocks against the M activation rows, the type a constant (iq_row's
+   switch). AVX2: one activation row takes each group as it is unpacked, more rows unpack the
+   block once (iq_unpack_vec) for all of them; other builds unpack it with the portable code. The
+   same integers and the same float operations on every build. */
 IQ_INLINE void iq_row_t(const int type, const uint8_t *row, int nb, const uint8_t *grid, int M, int k,
                         const int8_t *aq, const int8_t *ar, const float *ad, float *out) {
     iq_vec_t v;
+#if !defined(IQ_AVX2)
+    int8_t c[256];
+    int16_t sc[16];
+#endif
     float acc[IQ_MAXM] = {0};
     const int bb = block_bytes(type);
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = row + (long)b * bb;
         iq_prefetch(blk, bb);
+#if defined(IQ_AVX2)
         if (M == 1) {
             const int8_t *xq = aq + 256L * b, *xr = ar ? ar + 256L * b : NULL;
-            __m256i ia = _mm256_setzero_si256(), ir = _mm256_setzero_si256(), u, c, s;
+            __m256i ia = _mm256_setzero_si256(), ir = _mm256_setzero_si256(), u, cs, s;
             for (int ib = 0; ib < 8; ib++) {
-                iq_group(type, blk, grid, ib, &u, &c, &s);
-                ia = iq_gdot(ia, u, c, s, xq + 32 * ib);
-                if (xr) ir = iq_gdot(ir, u, c, s, xr + 32 * ib);
+                iq_group(type, blk, grid, ib, &u, &cs, &s);
+                ia = iq_gdot(ia, u, cs, s, xq + 32 * ib);
+                if (xr) ir = iq_gdot(ir, u, cs, s, xr + 32 * ib);
             }
             const float dw = iq_factor(type, blk), dx = ad[b];
             if (xr) acc[0] += dw * dx * ((float)iq_hsum(ia) * 128.f + (float)iq_hsum(ir));
             else acc[0] += dw * dx * (float)iq_hsum(ia);
-        } else {
-            iq_block_rows(&v, iq_unpack_vec(type, blk, grid, &v), b, M, k, aq, ar, ad, acc);
+            continue;
         }
+        const float dw = iq_unpack_vec(type, blk, grid, &v);
+#else
+        const float dw = iq_unpack(type, blk, grid, c, sc);
+        iq_vec(c, sc, &v);
+#endif
+        iq_block_rows(&v, dw, b, M, k, aq, ar, ad, acc);
     }
     for (int m = 0; m < M; m++) out[m] = acc[m];
 }
@@ -466,24 +475,6 @@ static void iq_row(int type, const uint8_t *row, int nb, const uint8_t *grid, in
     default: iq_row_t(29, row, nb, grid, M, k, aq, ar, ad, out); break;
     }
 }
-#else
-static void iq_row(int type, const uint8_t *row, int nb, const uint8_t *grid, int M, int k, const int8_t *aq,
-                   const int8_t *ar, const float *ad, float *out) {
-    int8_t c[256];
-    int16_t sc[16];
-    iq_vec_t v;
-    float acc[IQ_MAXM] = {0};
-    const int bb = block_bytes(type);
-    for (int b = 0; b < nb; b++) {
-        const uint8_t *blk = row + (long)b * bb;
-        iq_prefetch(blk, bb);
-        const float dw = iq_unpack(type, blk, grid, c, sc);
-        iq_vec(c, sc, &v);
-        iq_block_rows(&v, dw, b, M, k, aq, ar, ad, acc);
-    }
-    for (int m = 0; m < M; m++) out[m] = acc[m];
-}
-#endif
 
 /* one i-quant weight row against one activation row already rounded to Q8_K blocks (q, r: NULL
    at 8 bits, d): kernels/csrc/kquant.c's fused MoE step calls it (by its address) for experts
