@@ -55,9 +55,9 @@ LLAMA_FTYPES = {"Q4_K_M": 15, "Q3_K_M": 12, "Q2_K": 10}
 # files whose routed experts are i-quant blocks (the low-bit DeepSeek-R1 GGUFs' experts), written
 # here: llama.cpp's quantizer makes i-quants only with an importance matrix. Random blocks (their
 # scales set small and finite) cost the kernels what real ones do; the experts are R1's width
-# (moe_intermediate_size 2048: V2-Lite's 1408 is no whole number of 256-blocks), gate and up in
-# the named type, down in IQ_DOWN's (as unsloth's dynamic R1 quants keep down a step wider), the
-# rest of the file Q8_0.
+# (moe_intermediate_size 2048: V2-Lite's 1408 is no whole number of 256-blocks; each row of the
+# JSON says its file's width), gate and up in the named type, down in IQ_DOWN's (IQ1_S's a step
+# wider: this bench's choice, a mix of two i-quants in one MoE step), the rest of the file Q8_0.
 IQ_FILES = ("IQ1_S", "IQ2_XXS", "IQ3_XXS")
 IQ_DOWN = {"IQ1_S": "IQ2_XXS", "IQ2_XXS": "IQ2_XXS", "IQ3_XXS": "IQ3_XXS"}
 IQ_EXPERT_WIDTH = 2048
@@ -104,16 +104,21 @@ def write_files(cfg: dict, work: Path, types: list[str]) -> dict[str, Path]:
         if rc != 0:
             raise RuntimeError(f"llama_model_quantize {kind} failed ({rc})")
     for kind in (t for t in types if t in IQ_FILES):
-        W = qb.build(dict(cfg, moe_intermediate_size=IQ_EXPERT_WIDTH), "int8")
+        W = qb.build(file_config(cfg, kind), "int8")
         rng = np.random.default_rng(len(kind))
         for name, spec in list(W.gguf.items()):
             if name.endswith(("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight")):
                 q = spec[1]   # int8 codes [experts, n, k]
                 W.gguf[name] = ("blocks", *iq_blocks(IQ_DOWN[kind] if "down" in name else kind, q.shape, rng))
         paths[kind] = work / f"v2lite-{kind}.gguf"
-        write_deepseek2_gguf(paths[kind], dict(cfg, moe_intermediate_size=IQ_EXPERT_WIDTH), W.gguf)
+        write_deepseek2_gguf(paths[kind], file_config(cfg, kind), W.gguf)
         del W
     return paths
+
+
+def file_config(cfg: dict, kind: str) -> dict:
+    """The model a file of ``kind`` holds: the bench's, with R1's expert width for i-quant files."""
+    return dict(cfg, moe_intermediate_size=IQ_EXPERT_WIDTH) if kind in IQ_FILES else cfg
 
 
 def iq_blocks(name: str, shape: tuple, rng) -> tuple:
@@ -167,6 +172,8 @@ def main(argv=None) -> int:
         for kind in types:
             path = paths[kind]
             blocks = types_in(path)
+            info = {"file": kind, "bytes": path.stat().st_size, "types": blocks,
+                    "expert_width": file_config(cfg, kind)["moe_intermediate_size"]}
             print(f"[{kind}] tensor types {blocks}", flush=True)
             duet = qb.run_duet(path, a.threads)
             print(f"[{kind}] duet {duet}", flush=True)
@@ -174,13 +181,11 @@ def main(argv=None) -> int:
                 with dispatch.overridden(gguf_prefill=torch.float32):
                     f32 = qb.run_duet(path, a.threads)
                 print(f"[{kind}] duet, float32 prefill tiles {f32}", flush=True)
-                rows.append({"file": kind, "engine": "duet f32", "bytes": path.stat().st_size,
-                             "types": blocks, **f32})
+                rows.append({**info, "engine": "duet f32", **f32})
             llama = run_llama(path, a.threads)
             print(f"[{kind}] llama.cpp {llama}", flush=True)
-            size = path.stat().st_size
-            rows.append({"file": kind, "engine": "duet", "bytes": size, "types": blocks, **duet})
-            rows.append({"file": kind, "engine": "llama.cpp", "bytes": size, "types": blocks, **llama})
+            rows.append({**info, "engine": "duet", **duet})
+            rows.append({**info, "engine": "llama.cpp", **llama})
     finally:
         if a.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

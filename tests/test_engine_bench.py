@@ -60,13 +60,13 @@ def test_the_dsa_bench_runs_past_index_topk_and_writes_json(tmp_path):
         assert row[name]["ms_per_step"] > 0, name
 
 
-def test_the_gguf_bench_writes_i_quant_expert_blocks_that_read_back_small_and_finite():
+def test_the_gguf_bench_writes_i_quant_expert_blocks_that_read_back_finite_within_their_scale():
     """bench/gguf_bench.py's i-quant files: each expert tensor whole rows of the named type's
     blocks (down in its own type), dequantizing to finite weights within the scale it set."""
     import numpy as np
     import torch
 
-    from bench.gguf_bench import IQ_DOWN, IQ_FILES, iq_blocks
+    from bench.gguf_bench import IQ_DOWN, IQ_FILES, file_config, iq_blocks
     from kernels import iquant
 
     for name in IQ_FILES:
@@ -78,3 +78,5 @@ def test_the_gguf_bench_writes_i_quant_expert_blocks_that_read_back_small_and_fi
             w = iquant.dequantize_rows(tid, torch.from_numpy(b.reshape(12, -1)), 512)
             # |w| <= d x sub-scale x level: at most 0.01 x 31 x 62 for any i-quant
             assert torch.isfinite(w).all() and 0 < w.abs().max() <= 0.01 * 31 * 62
+    assert file_config({"moe_intermediate_size": 1408}, "IQ1_S")["moe_intermediate_size"] == 2048
+    assert file_config({"moe_intermediate_size": 1408}, "Q8_0")["moe_intermediate_size"] == 1408
