@@ -242,6 +242,26 @@ def test_the_tiled_gemm_neither_overflows_nor_saturates_at_extremes(build, type_
         assert _rel(y[r], ref[r]) < 1e-6, r
 
 
+@pytest.mark.parametrize("act", [8, 16])
+@pytest.mark.parametrize("type_id", TILED, ids=[kquant.TYPES[t][0] for t in TILED])
+def test_the_few_row_dot_products_neither_overflow_nor_saturate_at_extremes(build, type_id, act):
+    """The largest weights of either sign against activation codes at +-127 with second codes at
+    +-64 (x / d = 126.5: the widest 16-bit values, 128 q + r = +-16320), one and three rows."""
+    k = 512
+    w = kquant.GGUFWeight(type_id, (6, k), torch.from_numpy(_extreme_blocks(type_id, 6, k)))
+    x = torch.full((3, k), 126.5)
+    x[:, ::4] = 127.0                      # each block's largest: the scale, 127 / 127
+    x[1, 1::3] = -126.5                    # codes of either sign against weights of either sign
+    x[2] *= -1e6
+    for rows in (1, 3):
+        with dispatch.overridden(gguf_act_bits=act):
+            y = kquant.linear(x[:rows], w)
+        ref = kquant.reference_linear(x[:rows], w, act)
+        assert torch.isfinite(y).all()
+        for r in range(rows):
+            assert _rel(y[r], ref[r]) < 1e-6, (rows, r)
+
+
 def test_the_tiled_gemm_rounds_ties_as_llama_cpp():
     """Codes x / d exactly halfway between integers (a block whose largest magnitude is 127:
     d = 1): Q8_0 rounds them away from zero, Q8_K to even, in the tiles as in the reference."""

@@ -12,7 +12,9 @@
  * 16 codes are kept for the zero-point / offset terms.
  * With 16 bits (two 8-bit terms), each code q is followed by a second, r = the rounding of
  * the remainder (x / d - q) x 128 (|r| <= 64): x ~ (128 q + r) d / 128, 15 bits of precision
- * for one more maddubs per 32 weights; the integers are the same on every path.
+ * for one more maddubs per 32 weights (on AVX2 the blocks of 32 instead multiply 128 q + r as
+ * int16, ``x16``, with their codes widened once per block: two madds, no sign tricks); the
+ * integers are the same on every path.
  *
  * Each weight block is unpacked to unsigned codes (Q8_0, Q4_0, Q5_0: signed; IQ4_NL / IQ4_XS:
  * their signed non-linear levels, -127..113) and multiplied with the activation codes in
@@ -29,6 +31,7 @@ typedef struct {
     int8_t *r;      /* [M][k] second codes (16 bits), or NULL (8 bits) */
     float *d;       /* [M][k / bs] scales: x ~ q d (8 bits), (128 q + r) d (16 bits) */
     int32_t *s16;   /* [M][k / 16] sums of 16 codes (128 q + r with 16 bits) */
+    int16_t *x16;   /* [M][k] 128 q + r (16 bits, AVX2 builds, blocks of 32), or NULL */
 } act_t;
 
 INLINE int act_bs(int type) { return block_size(type); }
@@ -42,6 +45,12 @@ static int act_quant(act_t *a, const float *x, int M, int k, long ldx, int bs, i
     a->r = bits == 16 ? malloc((size_t)M * k + 64) : NULL;
     a->d = malloc(sizeof(float) * ((size_t)M * (k / bs) + 1));
     a->s16 = malloc(sizeof(int32_t) * ((size_t)M * (k / 16) + 1));
+#if defined(__AVX2__)
+    a->x16 = bits == 16 && bs == 32 ? malloc(sizeof(int16_t) * ((size_t)M * k + 32)) : NULL;
+    if (bits == 16 && bs == 32 && !a->x16) return -1;
+#else
+    a->x16 = NULL;
+#endif
     if (!a->q || !a->d || !a->s16 || (bits == 16 && !a->r)) return -1;
     for (int m = 0; m < M; m++) {
         int8_t *q = a->q + (long)m * k, *r = a->r ? a->r + (long)m * k : NULL;
@@ -54,13 +63,15 @@ static int act_quant(act_t *a, const float *x, int M, int k, long ldx, int bs, i
             for (int i = 0; i < 16; i++) s += r ? 128 * q[16 * g + i] + r[16 * g + i] : q[16 * g + i];
             a->s16[(long)m * (k / 16) + g] = s;
         }
+        if (a->x16)
+            for (int i = 0; i < k; i++) a->x16[(long)m * k + i] = (int16_t)(128 * q[i] + r[i]);
     }
     return 0;
 }
 
 static void act_free(act_t *a) {
-    free(a->q); free(a->r); free(a->d); free(a->s16);
-    a->q = NULL; a->r = NULL; a->d = NULL; a->s16 = NULL;
+    free(a->q); free(a->r); free(a->d); free(a->s16); free(a->x16);
+    a->q = NULL; a->r = NULL; a->d = NULL; a->s16 = NULL; a->x16 = NULL;
 }
 
 /* A weight row is read once per call, block after block, mostly from DRAM or L3 (a model's
@@ -254,18 +265,26 @@ INLINE void dot32_t(const int type, const int HI, const int MM, const uint8_t *r
             case 6: q = _mm256_sub_epi8(_mm256_or_si256(nib32(p + 6), bits32(p + 2)), _mm256_set1_epi8(16)); break;
             default: q = _mm256_or_si256(nib32(p + 8), bits32(p + 4)); mw = h2f(rd16(p + 2)); break;
         }
-        const int sgn = signed32(type);   /* signed codes: |w| x sign(x, w) */
-        const __m256i u = sgn ? _mm256_sign_epi8(q, q) : q;
+        /* 8 bits: |w| x sign(x, w) for signed codes, maddubs; 16 bits: the codes widened to int16
+         * once, madd with 128 q + r (|.| <= 16320: a pair's sum < 2^23, the block's < 2^27) */
+        const int sgn = signed32(type);
+        __m256i u = q, w0 = q, w1 = q;
+        if (HI) {
+            w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+            w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+        } else if (sgn) {
+            u = _mm256_sign_epi8(q, q);
+        }
         for (int m = 0; m < MM; m++) {
             const long mr = m0 + m;
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + mr * k + 32 * b)), p;
-            if (sgn) xv = _mm256_sign_epi8(xv, q);
-            if (HI) {   /* 128 q + r: two products, one int32 sum (|.| < 2^24) */
-                __m256i rv = _mm256_loadu_si256((const __m256i *)(a->r + mr * k + 32 * b));
-                if (sgn) rv = _mm256_sign_epi8(rv, q);
-                p = _mm256_add_epi32(_mm256_slli_epi32(dot4_u8s8(u, xv), 7), dot4_u8s8(u, rv));
+            __m256i p;
+            if (HI) {
+                const int16_t *xx = a->x16 + mr * k + 32 * b;
+                p = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)xx)),
+                                     _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(xx + 16))));
             } else {
-                p = dot4_u8s8(u, xv);
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + mr * k + 32 * b));
+                p = dot4_u8s8(u, sgn ? _mm256_sign_epi8(xv, q) : xv);
             }
             const float dx = a->d[mr * (k / 32) + b];
             acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx), acc[m]);
@@ -543,10 +562,12 @@ INLINE int32_t kdot_neon(const int8x16_t *q, const int16_t *sc, const int8_t *x)
 #endif
 
 /* the offset and min terms of a super-block from its int32 sum over the 16-groups g of
- * sc[g] s16[g] (an offset: Q3_K, Q6_K) or mn[g] s16[g] (a min: Q2_K, Q4_K, Q5_K) */
+ * sc[g] s16[g] (an offset: Q3_K, Q6_K) or mn[g] s16[g] (a min: Q2_K, Q4_K, Q5_K). The offset
+ * (4 or 32, a power of two) multiplies in float32, exactly: Q6_K's 32 x sum can pass 2^31 at
+ * 16 bits (sub-scales of 127 and sums of 16 second-coded values up to 16 x 16320). */
 INLINE float kcorr_sum(const kscale_t *s, int32_t sum) {
     const int32_t offs = s->off ? sum : 0, mins = s->off ? 0 : sum;
-    return -s->d * (float)(s->off * offs) - s->dmin * (float)mins;
+    return -s->d * ((float)s->off * (float)offs) - s->dmin * (float)mins;
 }
 
 /* the offset and min terms of a super-block, from the activation's sums of 16 */
