@@ -17,10 +17,13 @@ work. Here they are calls into kernels/csrc:
 They compute what the modules they replace compute (the reference is the model's own PyTorch
 path; tests compare them): in a float32 model they agree up to the order of the sums; they are
 float32 inside, so for a bf16 model they round once where the PyTorch path rounds after every
-op. ``fuse_mla`` / ``gate_plan`` / ``fuse_layer`` return None where the plan has no native
-kernels or a weight is of a kind these calls do not read (oneDNN-packed, GGUF, CUDA; for the
-whole layer, experts that are not native int8/int4 or dense bf16); the model then keeps its
-PyTorch path for that part.
+op. A GGUF file's blocks are read inside the call by kernels/kquant.py's library, its kq_gemm
+(linears) and kq_moe (routed experts, shared expert, dense MLP) passed in by address, at the
+plan's GGUF activation bits (the step is rebuilt under another plan). ``fuse_mla`` /
+``gate_plan`` / ``fuse_layer`` return None where the plan has no native kernels or a weight is
+of a kind these calls do not read (oneDNN-packed, i-quant projections, CUDA; for the whole layer,
+experts that are not native int8/int4, dense bf16 or GGUF blocks kq_moe takes); the model then
+keeps its PyTorch path for that part.
 """
 
 from __future__ import annotations
@@ -31,15 +34,22 @@ from dataclasses import dataclass
 import torch
 
 from kernels import dispatch
-from kernels.moe import FusedBF16Experts, FusedExperts
+from kernels.moe import FusedBF16Experts, FusedExperts, GGUFDense, GGUFFused
 
 _KIND = {torch.float32: 32, torch.bfloat16: 16}
+LIN_GGUF = 64   # kernels/csrc/quant_gemv.c's kind for GGUF blocks (linears and FFNs)
 
 
 def _desc(w) -> list[int] | None:
     """A linear's descriptor for kernels/csrc (kind, weight, scales, kp, group, n, k), or None."""
+    from kernels import kquant
     from kernels.quant import NATIVE, QuantizedWeight
 
+    if isinstance(w, kquant.GGUFWeight):   # run by kquant's kq_gemm (its address), at its activation bits
+        addr = kquant.entry("kq_gemm")
+        if addr is None or w.type not in kquant.DOT_TYPES or w.data.device.type != "cpu" or w.data.stride(1) != 1:
+            return None   # (i-quants: their own library)
+        return [LIN_GGUF, w.data.data_ptr(), addr, w.stride, w.type | kquant.act_bits() << 8, w.shape[0], w.shape[1]]
     if isinstance(w, QuantizedWeight):
         if w.layout != NATIVE:
             return None
@@ -73,6 +83,7 @@ class MLAStep:
     def __init__(self, shape: MLAShape, descs: list[list[int]], norms: list[torch.Tensor], eps: list[float],
                  cache: torch.Tensor, w_uk: torch.Tensor, w_uv_t: torch.Tensor, keep: list):
         self.shape, self.cache, self._keep = shape, cache, (keep, norms, w_uk, w_uv_t)
+        self.plan = dispatch.plan()   # what its descriptors' activation bits come from (rebuilt with it)
         self.lin = torch.tensor(descs, dtype=torch.int64)
         self.norms = torch.tensor([n.data_ptr() if n is not None else 0 for n in norms], dtype=torch.int64)
         self.norm_bf16 = torch.tensor([int(n is not None and n.dtype == torch.bfloat16) for n in norms],
@@ -180,19 +191,24 @@ class LayerStep:
     ``row`` is its line of the call's layer table (``LayerStack`` runs several; called, it runs
     alone)."""
 
-    def __init__(self, attn: MLAStep, experts: FusedExperts | FusedBF16Experts, gate: GatePlan | None):
+    def __init__(self, attn: MLAStep, experts, gate: GatePlan | None, gguf: list[int] | None = None):
         self.attn, self._keep = attn, (experts, gate)
         native = isinstance(experts, FusedExperts)
-        ffn = [experts.bits if native else 16, experts.table.data_ptr(), experts.inter.data_ptr(),
-               experts.ip.data_ptr() if native else 0, experts.shared_row, experts.group if native else 0,
-               experts.hidden, experts.hp if native else 0,
-               dispatch.plan().linear.act_bits(experts.bits) if native else 0]
+        if gguf is not None:   # GGUF experts: their tables follow the router's fields (_gguf_ffn)
+            ffn = [LIN_GGUF, gguf[0], 0, 0, -1, 0, attn.shape.hidden, 0, gguf[1]]
+        else:
+            ffn = [experts.bits if native else 16, experts.table.data_ptr(), experts.inter.data_ptr(),
+                   experts.ip.data_ptr() if native else 0, experts.shared_row, experts.group if native else 0,
+                   experts.hidden, experts.hp if native else 0,
+                   dispatch.plan().linear.act_bits(experts.bits) if native else 0]
         if gate is None:
             ffn += [0] * 10
         else:
             ffn += [gate.weight.data_ptr(), gate.bias.data_ptr() if gate.bias is not None else 0, gate.weight.shape[0],
                     int(gate.sigmoid), gate.n_group, gate.topk_group, gate.method, gate.topk, int(gate.norm),
                     _f32_bits(gate.route_scale)]
+        if gguf is not None:
+            ffn += gguf[2:]
         self.ffn = torch.tensor(ffn, dtype=torch.int64)
         # duet_layers_step's L_* columns
         self.row = [attn.lin.data_ptr(), attn.norms.data_ptr(), attn.norm_bf16.data_ptr(), attn.eps.data_ptr(),
@@ -236,13 +252,47 @@ def _f32_bits(v: float) -> int:
     return struct.unpack("<i", struct.pack("<f", v))[0]
 
 
+def _gguf_ffn(experts, routed: bool, hidden: int) -> list[int] | None:
+    """The GGUF FFN's fields for the one-call layer (kernels/csrc/quant_gemv.c's F_TABLE, F_ABITS,
+    then G_MOE .. G_S_GRIDS): the routed experts' table and the shared expert's (a MoE layer,
+    kernels.moe.GGUFFused) or the dense MLP's alone (GGUFDense); None where kq_moe cannot run it
+    (no library, i-quants it cannot take, a shared expert that is not GGUF blocks)."""
+    from kernels import kquant
+
+    moe_fn = kquant.entry("kq_moe")
+    if moe_fn is None:
+        return None
+    if routed:
+        if not isinstance(experts, GGUFFused) or (experts.shared is not None and experts.shared_table is None):
+            return None
+        tables = [experts.experts, experts.shared_table]
+    else:
+        if not isinstance(experts, GGUFDense):
+            return None
+        tables = [None, experts.table]
+    descs = [t.table_desc() if t is not None else [0] * 7 for t in tables]
+    if None in descs or any(t is not None and t.hidden != hidden for t in tables):
+        return None
+    iq = any(t is not None and t.iq for t in tables)
+    return [descs[0][0], kquant.act_bits(), moe_fn, kquant.GGUFExperts.iq_dot_addr() if iq else 0,
+            *descs[0][1:], *descs[1]]
+
+
 def fuse_layer(attn: MLAStep | None, experts, gate: GatePlan | None, *, routed: bool) -> LayerStep | None:
     """The one-call decode layer, or None where its FFN is not one the call reads: ``experts`` a
-    CPU-native FusedExperts or a FusedBF16Experts (kernels.moe.fuse_experts / fuse_mlp), and for
-    a MoE layer (``routed``) a native router plan with at most 64 experts per token."""
-    if attn is None or not isinstance(experts, (FusedExperts, FusedBF16Experts)):
+    CPU-native FusedExperts or a FusedBF16Experts (kernels.moe.fuse_experts / fuse_mlp), or GGUF
+    blocks (kernels.moe.GGUFFused / GGUFDense, run by kernels/kquant.py's kq_moe), and for a MoE
+    layer (``routed``) a native router plan with at most 64 experts per token."""
+    if attn is None or (routed and gate is None):
         return None
-    if routed and (gate is None or gate.topk + (experts.shared_row >= 0) > 64):
+    if isinstance(experts, (GGUFFused, GGUFDense)):
+        gguf = _gguf_ffn(experts, routed, attn.shape.hidden)
+        if gguf is None or (routed and gate.topk > 64):
+            return None
+        return LayerStep(attn, experts, gate if routed else None, gguf)
+    if not isinstance(experts, (FusedExperts, FusedBF16Experts)):
+        return None
+    if routed and gate.topk + (experts.shared_row >= 0) > 64:
         return None
     if experts.hidden != attn.shape.hidden:
         return None

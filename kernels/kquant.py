@@ -15,7 +15,9 @@ kernels/iquant.py) are read in place too, by kernels/iquant.py's own library
 the same Q8_K activations, at 8 and 16 bits); at 32 bits, or many rows, their tiles of rows are
 dequantized (exactly, float32) and multiplied with torch. The fused MoE step (GGUFExperts,
 kq_moe) takes them too, at 8 and 16 bits: kernels/iquant.py's row dot product passed in by
-address (at 32 bits such experts go one by one through linear()).
+address (at 32 bits such experts go one by one through linear()). A decode step's one native
+call per layer (kernels/decode_step.py) calls this library's kq_gemm and kq_moe by address
+(``entry``) for a GGUF model's linears and experts.
 
 Activations (``act_bits()``: kernels.dispatch's plan), rounded once per call and row to llama.cpp's 8-bit blocks --
 Q8_0 (32 per scale) for the 32-blocks, Q8_K (256) for the super-blocks -- then integer block dot
@@ -24,8 +26,9 @@ it; ARM64 NEON, sdot where the target has it; or plain C, all computing the same
 the i-quants' kernels/csrc/iquant_dot.h: AVX2, NEON or plain C, bit for bit the same results):
     8   exactly llama.cpp's activation codes (its speed and its rounding error);
     16  (the default) each code plus a second 8-bit code for the remainder x 128: 15 bits,
-        one more maddubs per 32 weights; at least as close to the exact model as llama.cpp
-        is (tests/test_engine_gguf.py), where 8 bits is only as close, a coin flip per file;
+        one more maddubs per 32 weights (AVX2's blocks of 32: 128 q + r as int16 madds); at
+        least as close to the exact model as llama.cpp is (tests/test_engine_gguf.py), where 8
+        bits is only as close, a coin flip per file;
     32  float32 activations and dot products over the dequantized weights (the exact reference).
 ``DUET_GGUF_ACT_BITS=8|16|32`` sets it; ``dispatch.overridden(gguf_act_bits=)`` within a block.
 Up to 8 activation rows go through the native matmul; more rows (prefill) either
@@ -444,6 +447,15 @@ def _tiled_gemm(x: torch.Tensor, w: GGUFWeight) -> torch.Tensor:
     return y
 
 
+def entry(name: str) -> int | None:
+    """The address of the library's entry point ``name`` (kq_gemm, kq_moe), for native code that
+    calls it (kernels/decode_step.py's one-call decode layer: its GGUF linears and experts), or
+    None (no library, or the plan does not run it)."""
+    if not _native() or lib() is None:
+        return None
+    return ctypes.cast(getattr(_LIB, name), ctypes.c_void_p).value
+
+
 def _iq_dot(act: int) -> bool:
     """Whether an i-quant runs through kernels/iquant.py's native dot product at ``act`` bits
     (its library loaded; 8 or 16 bits), else through float32 tiles."""
@@ -543,6 +555,20 @@ class GGUFExperts:
         self._grids = [iquant.grid(iquant.IQ_TYPES[t.type][0]) if q else None for t, q in zip((g0, u0, d0), iq)]
         self.grids = torch.tensor([g.data_ptr() if g is not None else 0 for g in self._grids], dtype=torch.int64)
 
+    def table_desc(self) -> list[int] | None:
+        """The fields of kernels/csrc/quant_gemv.c's GGUF FFN descriptor for this table (its rows'
+        addresses, types, row strides of gate / up / down, intermediate size, grids), or None where
+        kq_moe cannot take them at ``act_bits()`` (i-quants at 32 bits or without their library)."""
+        if self.iq and not _iq_dot(act_bits()):
+            return None
+        return [self.table.data_ptr(), self.types.data_ptr(), *self.strides, self.inter, self.grids.data_ptr()]
+
+    @staticmethod
+    def iq_dot_addr() -> int:
+        """kernels/iquant.py's row dot product (its address), 0 without its library."""
+        so = iquant.lib()
+        return ctypes.cast(so.iq_row_dot, ctypes.c_void_p).value if so is not None else 0
+
     @staticmethod
     def fits(gates, ups, downs) -> bool:
         if not _native() or not gates:
@@ -563,7 +589,7 @@ class GGUFExperts:
         if self.iq:
             if not _iq_dot(act):
                 return self._one_by_one(x, weights, indices)
-            iq_dot = ctypes.cast(iquant.lib().iq_row_dot, ctypes.c_void_p).value
+            iq_dot = self.iq_dot_addr()
         idx = indices.reshape(-1).to(torch.int64).contiguous()
         wts = weights.reshape(-1).to(torch.float32).contiguous()
         xf = x.reshape(-1).to(torch.float32).contiguous()

@@ -179,16 +179,48 @@ class FusedBF16Experts:
 
 class GGUFFused:
     """One token through a MoE layer whose routed experts are GGUF blocks: the routed experts in
-    one native call (kernels.kquant.GGUFExperts), plus the shared expert (``shared``, any callable)."""
+    one native call (kernels.kquant.GGUFExperts), plus the shared expert (``shared``, any callable).
+    ``shared_table``: the shared expert's own one-row GGUFExperts where its weights are GGUF
+    blocks too (kernels/decode_step.py's one-call layer reads it), else None."""
 
     max_rows = None
 
-    def __init__(self, experts, shared: Expert | None):
-        self.experts, self.shared = experts, shared
+    def __init__(self, experts, shared: Expert | None, shared_table=None):
+        self.experts, self.shared, self.shared_table = experts, shared, shared_table
 
     def __call__(self, x, weights, indices):
         y = self.experts(x, weights, indices)
         return y if self.shared is None else y + self.shared(x)
+
+
+class GGUFDense:
+    """A dense SwiGLU MLP of GGUF blocks for one token: a one-expert kernels.kquant.GGUFExperts
+    (gate, up and down in one native call; ``swiglu`` calls ``dense`` for a single row only:
+    a few rows go through the linears, which read each weight row once for all of them)."""
+
+    max_rows = 1
+
+    def __init__(self, table):
+        self.table = table
+        self._w, self._i = torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.int64)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table(x, self._w, self._i)
+
+
+def _gguf_table(w13, w2):
+    """One-expert-per-row GGUFExperts over SwiGLU weights (w13 = gate rows, then up rows), or None."""
+    from kernels import kquant
+
+    ws = list(w13) + list(w2)
+    if not ws or not all(isinstance(w, kquant.GGUFWeight) for w in ws):
+        return None
+    half = [(kquant.GGUFWeight(q.type, (q.shape[0] // 2, q.shape[1]), q.data[: q.shape[0] // 2]),
+             kquant.GGUFWeight(q.type, (q.shape[0] // 2, q.shape[1]), q.data[q.shape[0] // 2:])) for q in w13]
+    gates, ups = [h[0] for h in half], [h[1] for h in half]
+    if not kquant.GGUFExperts.fits(gates, ups, list(w2)):
+        return None
+    return kquant.GGUFExperts(gates, ups, list(w2))
 
 
 class TritonFused:
@@ -219,17 +251,12 @@ def _fuse_bf16(pairs, w13s, w2s, shared) -> FusedBF16Experts | None:
     return FusedBF16Experts(w13s, w2s, shared)
 
 
-def _fuse_gguf(w13s, w2s, shared_fn) -> GGUFFused | None:
-    from kernels import kquant
-
-    if not all(isinstance(w, kquant.GGUFWeight) for w in list(w13s) + list(w2s)):
+def _fuse_gguf(w13s, w2s, shared, shared_fn) -> GGUFFused | None:
+    experts = _gguf_table(w13s, w2s)
+    if experts is None:
         return None
-    half = [(kquant.GGUFWeight(q.type, (q.shape[0] // 2, q.shape[1]), q.data[: q.shape[0] // 2]),
-             kquant.GGUFWeight(q.type, (q.shape[0] // 2, q.shape[1]), q.data[q.shape[0] // 2:])) for q in w13s]
-    gates, ups = [h[0] for h in half], [h[1] for h in half]
-    if not kquant.GGUFExperts.fits(gates, ups, list(w2s)):
-        return None
-    return GGUFFused(kquant.GGUFExperts(gates, ups, list(w2s)), shared_fn)
+    shared_table = _gguf_table([shared[0]], [shared[1]]) if shared is not None else None
+    return GGUFFused(experts, shared_fn, shared_table)
 
 
 def _fuse_triton(w13s, w2s, shared_fn) -> TritonFused | None:
@@ -253,7 +280,7 @@ def fuse_experts(w13s, w2s, shared=None, shared_fn: Expert | None = None):
     p = dispatch.plan()
     first = w13s[0]
     if getattr(first, "layout", None) == "gguf":
-        return _fuse_gguf(w13s, w2s, shared_fn)
+        return _fuse_gguf(w13s, w2s, shared, shared_fn)
     if getattr(first, "device", torch.device("cpu")).type == "cuda":
         return _fuse_triton(w13s, w2s, shared_fn) if p.triton else None
     if p.moe.decode != "native-fused":
@@ -277,12 +304,16 @@ def fuse_experts(w13s, w2s, shared=None, shared_fn: Expert | None = None):
     return FusedExperts(w13s, w2s, shared)
 
 
-def fuse_mlp(w13, w2) -> FusedExperts | FusedBF16Experts | None:
+def fuse_mlp(w13, w2) -> FusedExperts | FusedBF16Experts | GGUFDense | None:
     """A dense SwiGLU MLP's fused one-token kernel (a one-expert table; ``swiglu`` calls its
-    ``dense``): natively quantized or dense bf16 CPU weights only."""
-    if w13 is None or w2 is None or getattr(w13, "layout", None) == "gguf" \
-            or getattr(w13, "device", torch.device("cpu")).type != "cpu":
+    ``dense``): natively quantized, dense bf16 or GGUF CPU weights only."""
+    if w13 is None or w2 is None or getattr(w13, "device", torch.device("cpu")).type != "cpu":
         return None
+    if getattr(w13, "layout", None) == "gguf":
+        from kernels import kquant
+
+        table = _gguf_table([w13], [w2]) if kquant.entry("kq_moe") is not None else None
+        return GGUFDense(table) if table is not None else None
     return fuse_experts([w13], [w2])
 
 
@@ -316,7 +347,7 @@ def swiglu(x: torch.Tensor, w13: Expert, w2: Expert, inter: int, fused=None) -> 
     rows = x.numel() // x.shape[-1]
     if fused is not None and rows == 1:
         return fused.dense(x.reshape(1, -1)).view(x.shape)
-    if fused is not None and rows <= dispatch.plan().moe.fused_rows:
+    if fused is not None and rows <= (getattr(fused, "max_rows", None) or dispatch.plan().moe.fused_rows):
         flat = x.reshape(rows, -1)
         return torch.cat([fused.dense(flat[i:i + 1]) for i in range(rows)]).view(x.shape)
     g, u = w13(x).split(inter, dim=-1)

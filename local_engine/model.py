@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import decode_step, indexer, mla, moe, norm_rope
+from kernels import decode_step, dispatch, indexer, mla, moe, norm_rope
 from local_engine.config import ModelArgs
 from local_engine.layers import Linear, PackedLinear, QuantizedLinear, RMSNorm, pack
 
@@ -133,7 +133,7 @@ class MLA(nn.Module):
 
     def fuse_step(self, attn_norm: RMSNorm, ffn_norm: RMSNorm) -> decode_step.MLAStep | None:
         """This block's one-token decode step as one native call (kernels.decode_step), or None:
-        V3.2's indexer, oneDNN-packed or GGUF weights and CUDA keep the PyTorch path."""
+        V3.2's indexer, oneDNN-packed weights, i-quant projections and CUDA keep the PyTorch path."""
         if self.indexer is not None or self.wqkv_a is not None or self.cache is None:
             return None
         names = ["wq_a", "wq_b", "wkv_a", "wo"] if hasattr(self, "wq_a") else ["wq", None, "wkv_a", "wo"]
@@ -344,8 +344,10 @@ class Block(nn.Module):
         return self.whole if self._step() is not None else None
 
     def _step(self) -> decode_step.MLAStep | None:
-        if self.step is _UNBUILT or (self.step is not None and self.step.cache is not self.attn.cache):
-            self.step = self.attn.fuse_step(self.attn_norm, self.ffn_norm)  # (again after a new cache)
+        if self.step is _UNBUILT or (self.step is not None and (self.step.cache is not self.attn.cache
+                                                                or self.step.plan is not dispatch.plan())):
+            # (again after a new cache, or under another kernel plan: the activation bits it holds)
+            self.step = self.attn.fuse_step(self.attn_norm, self.ffn_norm)
             routed = isinstance(self.ffn, MoE)
             self.whole = decode_step.fuse_layer(self.step, self.ffn.fused_kernel(),
                                                 self.ffn.gate.plan() if routed else None, routed=routed)

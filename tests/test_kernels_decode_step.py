@@ -208,3 +208,100 @@ def test_without_native_kernels_nothing_is_fused(v3):
         eng.forward(torch.tensor([[3]]), 0)
         assert all(layer.step is None and layer.whole is None for layer in eng.model.layers)
         assert eng.model.layers[1].ffn.gate.native is None
+
+
+# ---------------------------------------------------------------------------------------
+# GGUF files: the layer's linears and experts are GGUF blocks, read inside the one call by
+# kernels/kquant.py's own library (its kq_gemm and kq_moe, passed by address)
+
+
+@pytest.fixture(scope="module")
+def gguf_files(v3, v2, tmp_path_factory):
+    from gguf import GGMLQuantizationType as Q
+
+    from tests import gguf_helpers as H
+
+    d = tmp_path_factory.mktemp("gguf")
+    return {(which, q.name): H.write_gguf(hf, d / f"{which}-{q.name}.gguf", quant=q)
+            for which, hf in (("v3", v3), ("v2", v2)) for q in (Q.Q8_0, Q.Q4_0)}
+
+
+def _gguf_pair(path, dtype="float32", act=None):
+    """The decode logits with the one-call layers, then without (same engine), at ``act`` bits."""
+    import contextlib
+
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(2, 400, (1, 20), generator=g)
+    toks = torch.randint(2, 400, (12,), generator=g).tolist()
+    with dispatch.overridden(gguf_act_bits=act) if act else contextlib.nullcontext():
+        eng = Engine.load(path, dtype=dtype)
+        before = dict(cpu_native.CALLS)
+        got = _decode(eng, prompt, toks)
+        calls = {k: cpu_native.CALLS[k] - before.get(k, 0) for k in ("mla_step", "layer_step", "gate")}
+        _pytorch_path(eng)
+        ref = _decode(eng, prompt, toks)
+    return got.float(), ref.float(), calls, eng
+
+
+@pytest.mark.parametrize("act", [8, 16, 32])
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("which", ["v3", "v2"])
+def test_a_gguf_models_decode_step_is_one_call_per_layer_and_matches_the_pytorch_path(gguf_files, which, quant,
+                                                                                      act):
+    from kernels import kquant
+
+    if kquant.lib() is None:
+        pytest.skip("the GGUF kernels are not built here")
+    got, ref, calls, eng = _gguf_pair(gguf_files[which, quant], act=act)
+    assert calls == {"mla_step": 0, "layer_step": 12 * SIZES["num_hidden_layers"], "gate": 0}
+    # the same integer (or float32) dot products; float32 throughout where the PyTorch path rounds
+    # the dense MLP's hidden row to the model's dtype between its matmuls (here float32 too)
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
+    assert cos.min() > 0.99999 and (got - ref).abs().max() < 2e-3, (cos.min(), (got - ref).abs().max())
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    # every layer's FFN of GGUF blocks: the dense MLP alone (a one-row table), then the routed
+    # experts' table and the shared expert's (G_S_TABLE: F_COUNT + 8)
+    ffn = [layer.whole.ffn.tolist() for layer in eng.model.layers]
+    assert all(f[0] == 64 for f in ffn) and ffn[0][1] == 0 and ffn[0][19 + 8] != 0
+    assert all(f[1] != 0 and f[19 + 8] != 0 for f in ffn[1:])
+
+
+def test_a_gguf_decode_step_follows_the_activation_bits(gguf_files):
+    """The one-call layer holds its activation precision; under another plan it is rebuilt."""
+    from kernels import kquant
+
+    if kquant.lib() is None:
+        pytest.skip("the GGUF kernels are not built here")
+    eng = Engine.load(gguf_files["v3", "Q8_0"], dtype="float32")
+    ids = torch.tensor([[3, 4, 5, 6]])
+    runs = {}
+    for act in (16, 8, 32, 16):
+        with dispatch.overridden(gguf_act_bits=act):
+            eng.reset()
+            eng.forward(ids[:, :3], 0)
+            runs.setdefault(act, []).append(eng.forward(ids[:, 3:], 3)[0, -1])
+            layer = eng.model.layers[1]
+            assert layer.whole is not None and int(layer.whole.ffn[8]) == act   # F_ABITS
+            assert all(int(d[4]) >> 8 == act for d in layer.step.lin.tolist() if d[0] == 64)
+    assert torch.equal(runs[16][0], runs[16][1])
+    assert not torch.equal(runs[8][0], runs[16][0]) and not torch.equal(runs[32][0], runs[16][0])
+
+
+def test_a_gguf_dense_mlp_runs_one_row_in_one_call_and_a_few_rows_through_the_linears(gguf_files):
+    from kernels import kquant, moe
+
+    if kquant.lib() is None:
+        pytest.skip("the GGUF kernels are not built here")
+    eng = Engine.load(gguf_files["v3", "Q8_0"], dtype="float32")
+    mlp = eng.model.layers[0].ffn
+    fused = mlp.fused_kernel()
+    assert isinstance(fused, moe.GGUFDense)
+    x = torch.randn(3, SIZES["hidden_size"], generator=torch.Generator().manual_seed(1))
+    g, u = mlp.w13(x).split(mlp.inter, dim=-1)
+    want = mlp.w2(torch.nn.functional.silu(g) * u)
+    calls = []
+    real = fused.dense
+    fused.dense = lambda r: calls.append(r.shape[0]) or real(r)
+    one = mlp(x[:1])
+    assert calls == [1] and torch.allclose(one, want[:1], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(mlp(x), want) and calls == [1]   # three rows: the linears, not row by row

@@ -1702,10 +1702,21 @@ void duet_rms_norm(const void *x, const void *w, void *y, int bf16, int w_bf16, 
  * (lin_desc): a native int8/int4 matrix (duet_gemm) or a dense float32/bf16 one.
  */
 typedef struct {
-    int64_t kind;      /* 8, 4: native int8/int4; 32: dense float32 [n, k]; 16: dense bf16; 0: absent */
-    int64_t w, s;      /* addresses: codes (or the dense matrix) and scales */
-    int64_t kp, gs, n, k;
+    int64_t kind;      /* 8, 4: native int8/int4; 32: dense float32 [n, k]; 16: dense bf16; 0: absent;
+                        * LIN_GGUF: GGUF blocks, run by kernels/kquant.py's library (below) */
+    int64_t w, s;      /* addresses: codes (or the dense matrix) and scales (GGUF: its kq_gemm) */
+    int64_t kp, gs, n, k;   /* GGUF: kp the row stride in bytes, gs the ggml type | activation bits << 8 */
 } lin_desc;
+
+/* GGUF matrices are read by the kquant library's own entry points, passed in by address (the
+ * libraries stay apart, as kq_moe takes the i-quants' row dot product): its kq_gemm for a
+ * linear, its kq_moe for experts (an FFN of kind LIN_GGUF, ffn_step) */
+enum { LIN_GGUF = 64 };
+typedef int (*kq_gemm_fn)(int type, const float *x, int M, int k, const uint8_t *w, long stride, long n, float *y,
+                          long ldy, int nthreads, int act);
+typedef int (*kq_moe_fn)(const int64_t *table, const int *types, long gst, long ust, long dst_, int inter,
+                         int hidden, const int64_t *idx, const float *wts, int k, int shared, const float *x,
+                         float *y, int nthreads, int act, const void *iq_dot_addr, const int64_t *grids);
 
 /* dims (int32): hidden, heads, nope, rope, v, q_lora (0: wq straight from x), kv_lora,
  * interleaved rope, cache row stride, cache bf16, W_uk/W_uvT bf16, abits int8, abits int4;
@@ -1811,6 +1822,9 @@ INLINE void axpy_any(float *y, float a, const void *w, int bf16, int n) {
 }
 
 static int lin_run(const lin_desc *L, const float *x, float *y, int threads, int abits8, int abits4) {
+    if (L->kind == LIN_GGUF)
+        return ((kq_gemm_fn)L->s)((int)(L->gs & 255), x, 1, (int)L->k, (const uint8_t *)L->w, (long)L->kp,
+                                  (long)L->n, y, (long)L->n, threads, (int)(L->gs >> 8)) ? 1 : 0;
     if (L->kind == 8 || L->kind == 4)
         return duet_gemm((int)L->kind, x, 0, 1, (int)L->k, L->k, (const void *)L->w, (const uint16_t *)L->s,
                          (int)L->kp, (int)L->gs, (int)L->n, y, 0, L->n, threads, L->kind == 8 ? abits8 : abits4);
@@ -2169,6 +2183,35 @@ int duet_gate(const float *x, const float *w, const float *bias, int E, int hidd
 enum { F_KIND /* 8, 4: native int8/int4 experts; 16: dense bf16 ones */, F_TABLE, F_INTER, F_IP, F_SHARED,
        F_GS, F_HIDDEN, F_HP, F_ABITS, F_GATE_W /* 0: a dense MLP */, F_GATE_BIAS, F_EXPERTS, F_SIGMOID,
        F_NGROUP, F_TOPKGROUP, F_METHOD, F_TOPK, F_NORM, F_ROUTE_SCALE /* float32 bits */, F_COUNT };
+/* An FFN of GGUF blocks (F_KIND LIN_GGUF) goes on with two experts' tables for kq_moe (its address
+ * G_MOE, the activation bits F_ABITS): the routed experts (F_TABLE, F_TABLE's rows gate, up and
+ * down addresses) and the shared expert or dense MLP (a one-row table; 0: none); per table its
+ * types (int32 [3]), the row strides of gate, up and down, the intermediate size, and the
+ * i-quants' grids (int64 [3]); G_IQ_DOT the i-quant row dot product (0: none). */
+enum { G_MOE = F_COUNT, G_IQ_DOT, G_TYPES, G_GST, G_UST, G_DST, G_INTER, G_GRIDS,
+       G_S_TABLE, G_S_TYPES, G_S_GST, G_S_UST, G_S_DST, G_S_INTER, G_S_GRIDS, G_COUNT };
+
+/* y = the routed experts' weighted sum (k chosen, idx / wts) + the shared expert / dense MLP */
+static int gguf_ffn(const int64_t *f, const int64_t *idx, const float *wts, int k, const float *xn, float *y,
+                    int threads) {
+    const kq_moe_fn moe = (kq_moe_fn)f[G_MOE];
+    const int Hd = (int)f[F_HIDDEN], act = (int)f[F_ABITS];
+    const void *iq = (const void *)f[G_IQ_DOT];
+    memset(y, 0, sizeof(float) * Hd);
+    if (k > 0 && moe((const int64_t *)f[F_TABLE], (const int *)f[G_TYPES], (long)f[G_GST], (long)f[G_UST],
+                     (long)f[G_DST], (int)f[G_INTER], Hd, idx, wts, k, -1, xn, y, threads, act, iq,
+                     (const int64_t *)f[G_GRIDS]))
+        return 1;
+    if (!f[G_S_TABLE]) return 0;
+    float *ys = malloc(sizeof(float) * Hd);
+    if (!ys) return 1;
+    const int rc = moe((const int64_t *)f[G_S_TABLE], (const int *)f[G_S_TYPES], (long)f[G_S_GST], (long)f[G_S_UST],
+                       (long)f[G_S_DST], (int)f[G_S_INTER], Hd, idx, wts, 0, 0, xn, ys, threads, act, iq,
+                       (const int64_t *)f[G_S_GRIDS]);
+    for (int i = 0; i < Hd; i++) y[i] += ys[i];
+    free(ys);
+    return rc ? 1 : 0;
+}
 
 static int ffn_step(const int64_t *f, const void *h, const void *normed, void *out, int act_bf16, int threads) {
     const int Hd = (int)f[F_HIDDEN];
@@ -2191,7 +2234,9 @@ static int ffn_step(const int64_t *f, const void *h, const void *normed, void *o
     } else {
         shared = 0;   /* a dense MLP: table row 0 alone */
     }
-    if (!rc && f[F_KIND] == 16)
+    if (!rc && f[F_KIND] == LIN_GGUF)
+        rc = gguf_ffn(f, idx, wts, k, xn, y, threads);
+    else if (!rc && f[F_KIND] == 16)
         rc = duet_moe_bf16((const int64_t *)f[F_TABLE], (const int32_t *)f[F_INTER], idx, wts, k, shared, xn, Hd,
                            y, threads);
     else if (!rc)
