@@ -451,9 +451,10 @@ def entry(name: str) -> int | None:
     """The address of the library's entry point ``name`` (kq_gemm, kq_moe), for native code that
     calls it (kernels/decode_step.py's one-call decode layer: its GGUF linears and experts), or
     None (no library, or the plan does not run it)."""
-    if not _native() or lib() is None:
-        return None
-    return ctypes.cast(getattr(_LIB, name), ctypes.c_void_p).value
+    so = lib() if _native() else None
+    if not isinstance(so, ctypes.CDLL) or not isinstance(cpu_native.lib(), ctypes.CDLL):
+        return None   # (an emulated build, tests/arm64_emulator.py: no calls between it and this process)
+    return ctypes.cast(getattr(so, name), ctypes.c_void_p).value
 
 
 def _iq_dot(act: int) -> bool:
