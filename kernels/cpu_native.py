@@ -244,6 +244,13 @@ def lib() -> ctypes.CDLL | None:
     return _LIB
 
 
+def in_process() -> bool:
+    """Whether the loaded library is this process's own machine code (not an emulated build,
+    tests/arm64_emulator.py), so that entry points of other native libraries can be handed to
+    it by address (kernels/kquant.py's, for the GGUF decode step)."""
+    return isinstance(_LIB, ctypes.CDLL)
+
+
 def _set(so: ctypes.CDLL | None) -> None:
     global _LIB
     _LIB = so

@@ -452,7 +452,7 @@ def entry(name: str) -> int | None:
     calls it (kernels/decode_step.py's one-call decode layer: its GGUF linears and experts), or
     None (no library, or the plan does not run it)."""
     so = lib() if _native() else None
-    if not isinstance(so, ctypes.CDLL) or not isinstance(cpu_native.lib(), ctypes.CDLL):
+    if not isinstance(so, ctypes.CDLL) or not dispatch.native() or not cpu_native.in_process():
         return None   # (an emulated build, tests/arm64_emulator.py: no calls between it and this process)
     return ctypes.cast(getattr(so, name), ctypes.c_void_p).value
 
