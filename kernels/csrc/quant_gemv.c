@@ -2180,7 +2180,7 @@ int duet_gate(const float *x, const float *w, const float *bias, int E, int hidd
  * path between these calls did (allocations, index casts, the residual add) is gone with it.
  * x, out: bf16 or float32 (act_bf16), like h and normed in between; the experts' sum is float32
  * and is added to h once. ffn: the descriptor below (int64). */
-enum { F_KIND /* 8, 4: native int8/int4 experts; 16: dense bf16 ones */, F_TABLE, F_INTER, F_IP, F_SHARED,
+enum { F_KIND /* 8, 4: native int8/int4 experts; 16: dense bf16 ones; LIN_GGUF: GGUF blocks */, F_TABLE, F_INTER, F_IP, F_SHARED,
        F_GS, F_HIDDEN, F_HP, F_ABITS, F_GATE_W /* 0: a dense MLP */, F_GATE_BIAS, F_EXPERTS, F_SIGMOID,
        F_NGROUP, F_TOPKGROUP, F_METHOD, F_TOPK, F_NORM, F_ROUTE_SCALE /* float32 bits */, F_COUNT };
 /* An FFN of GGUF blocks (F_KIND LIN_GGUF) goes on with two experts' tables for kq_moe (its address
