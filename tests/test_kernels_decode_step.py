@@ -338,3 +338,44 @@ def test_an_emulated_arm64_library_leaves_a_gguf_model_on_the_pytorch_path(gguf_
         got, ref, calls, _ = _gguf_pair(gguf_files["v3", "Q8_0"])
     assert calls["layer_step"] == 0 and calls["mla_step"] == 0
     assert torch.allclose(got, ref, atol=1e-3)
+
+
+def test_a_gguf_step_with_i_quant_experts_matches_the_pytorch_path(tmp_path):
+    """The low-bit R1 files' layout: Q8_0 attention and dense MLP, routed and shared experts as
+    i-quant blocks, which kq_moe reads through the i-quant library's row product (its address)
+    inside the one call."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+
+    from bench.gguf_deepseek2 import gguf_tensors_from_hf, hf_tokenizer_fields, write_deepseek2_gguf
+    from kernels import iquant, kquant
+    from tests import gguf_helpers as H
+    from tests.test_gguf_iquants import _small_scale_blocks
+    from tests.tiny_checkpoints import write_tiny_v3
+
+    if kquant.lib() is None or iquant.lib() is None:
+        pytest.skip("the GGUF and i-quant kernels are not built here")
+    hf = write_tiny_v3(tmp_path / "hf", hidden_size=256, intermediate_size=512, moe_intermediate_size=256,
+                       q_lora_rank=256, kv_lora_rank=256, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=64,
+                       n_routed_experts=4, num_experts_per_tok=2, n_group=2, topk_group=1, rope_scaling=None)
+    cfg = H.hf_config(hf)
+    tensors = gguf_tensors_from_hf(H.hf_state(hf), cfg)
+    rng, bb = np.random.default_rng(3), iquant.IQ_TYPES[iquant.NAMES["IQ2_XXS"]][2]
+    for name, (kind, arr) in list(tensors.items()):
+        if arr.ndim < 2 or name.endswith(("_norm.weight", "ffn_gate_inp.weight")):
+            continue
+        if "_exps." in name or "_shexp." in name:
+            rows = int(np.prod(arr.shape[:-1]))
+            blocks = _small_scale_blocks("IQ2_XXS", rows, arr.shape[-1] // 256, rng)
+            tensors[name] = ("blocks", Q.IQ2_XXS, blocks.reshape(*arr.shape[:-1], arr.shape[-1] // 256 * bb))
+        elif arr.shape[-1] % 32 == 0:
+            tensors[name] = ("quant", Q.Q8_0, arr)
+    path = tmp_path / "iq.gguf"
+    write_deepseek2_gguf(path, cfg, tensors, tokenizer=hf_tokenizer_fields(hf))
+    got, ref, calls, eng = _gguf_pair(path)
+    experts = eng.model.layers[1].ffn.fused_kernel()
+    assert experts.experts.iq and experts.shared_table.iq        # i-quants on both tables
+    assert calls["layer_step"] == 12 * len(eng.model.layers)      # every layer, one call each
+    assert eng.model.layers[1].whole.ffn.tolist()[19 + 1] != 0    # G_IQ_DOT: the row product's address
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
+    assert cos.min() > 0.99999 and torch.equal(got.argmax(-1), ref.argmax(-1)), cos.min()
