@@ -4,10 +4,13 @@
 
 Decode tokens/s of one reply (greedy, one thread) sampled freely, under Duet's edit grammar
 (app/workspace/edit_grammar.py: a SEARCH's first line is a prefix tree, one branch per
-distinct beginning), and under the same language written the plain way (one alternative
-per line: llama.cpp tracks a stack per line while the SEARCH starts), on Python files of
-100 to 16,000 lines, for the demo coder (1,024-token vocabulary) and Gemma 3 270M (262,144:
-a real model's size). Prints a table and writes bench/results/edit_grammar_bench.json.
+distinct beginning) as Duet draws under it (app/backends/llama_sampling.py: the grammar checked
+last, as llama-server does) and as llama-cpp-python does (the grammar first: every token of the
+vocabulary checked at every step), and under the same language written the plain way (one
+alternative per line: llama.cpp tracks a stack per line while the SEARCH starts; checked last),
+on Python files of 100 to 16,000 lines, for the demo coder (1,024-token vocabulary) and Gemma 3
+270M (262,144: a real model's size). Prints a table and writes
+bench/results/edit_grammar_bench.json.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import demo  # noqa: E402
-from app.backends.llamacpp import compile_grammar  # noqa: E402
+from app.backends.llama_sampling import Grammar, drawing  # noqa: E402
 from app.workspace import edit_grammar as eg  # noqa: E402
 
 SIZES = (100, 1000, 4000, 16000)
+PROMPT = b"Fix the bug in mod.py.\n"
 PLAIN_UP_TO = 1000  # the plain grammar takes minutes per reply beyond this on a large vocabulary
 
 
@@ -50,12 +54,21 @@ def plain_grammar(path: str, text: str) -> str:
     return eg._HEAD + head + "\n".join(rules) + "\n"
 
 
-def decode(llm, prompt: bytes, grammar, tokens: int) -> tuple[float, int]:
+def decode(llm, prompt: bytes, grammar: str | None, tokens: int, *, last: bool = True) -> tuple[float, int]:
+    """Tokens/s of one greedy reply under ``grammar`` (None: freely), checked ``last`` (Duet's
+    draw) or first (llama-cpp-python's)."""
+    from llama_cpp import LlamaGrammar
+
     ids = llm.tokenize(prompt, add_bos=True)
     llm.reset()
     llm.eval(ids[:-1])
     start = time.perf_counter()
-    out = llm.create_completion(ids, max_tokens=tokens, temperature=0.0, grammar=grammar)
+    if grammar is not None and last:
+        with drawing(llm, Grammar(llm, grammar, "coder")):
+            out = llm.create_completion(ids, max_tokens=tokens, temperature=0.0)
+    else:
+        held = LlamaGrammar.from_string(grammar, verbose=False) if grammar is not None else None
+        out = llm.create_completion(ids, max_tokens=tokens, temperature=0.0, grammar=held)
     seconds = time.perf_counter() - start
     n = out["usage"]["completion_tokens"]
     return n / seconds, n
@@ -83,7 +96,7 @@ def main(argv=None) -> int:
     rows = []
     for name, path in models:
         llm = Llama(str(path), n_ctx=1024, n_threads=1, verbose=False)
-        free, _ = decode(llm, b"Fix the bug in mod.py.\n", None, args.tokens)
+        free, _ = decode(llm, PROMPT, None, args.tokens)
         for n in SIZES:
             text = module(n)
             start = time.perf_counter()
@@ -91,20 +104,23 @@ def main(argv=None) -> int:
             build = time.perf_counter() - start
             row = {"model": name, "vocab": llm.n_vocab(), "lines": n, "free_tok_s": round(free, 1),
                    "grammar_kb": round(len(tree) / 1024), "build_ms": round(build * 1000),
-                   "tree_tok_s": round(decode(llm, b"Fix the bug in mod.py.\n", compile_grammar(llm, tree, "coder"), args.tokens)[0], 1)}
+                   "tree_tok_s": round(decode(llm, PROMPT, tree, args.tokens)[0], 1),
+                   "tree_first_tok_s": round(decode(llm, PROMPT, tree, args.tokens, last=False)[0], 1)}
             if n <= PLAIN_UP_TO:
-                plain = compile_grammar(llm, plain_grammar("mod.py", text), "coder")
-                row["plain_tok_s"] = round(decode(llm, b"Fix the bug in mod.py.\n", plain, args.tokens)[0], 1)
+                row["plain_tok_s"] = round(decode(llm, PROMPT, plain_grammar("mod.py", text), args.tokens)[0], 1)
             rows.append(row)
             print(row, flush=True)
         llm.close()
     print()
-    print(f"{'model':14s} {'vocab':>7s} {'lines':>6s} {'free':>7s} {'tree':>7s} {'plain':>7s} {'grammar':>8s} {'build':>7s}")
+    print(f"{'model':14s} {'vocab':>7s} {'lines':>6s} {'free':>7s} {'tree':>7s} {'first':>7s} {'plain':>7s} "
+          f"{'grammar':>8s} {'build':>7s}")
     for r in rows:
         plain = f"{r['plain_tok_s']:7.1f}" if "plain_tok_s" in r else f"{'-':>7s}"
-        print(f"{r['model']:14s} {r['vocab']:7d} {r['lines']:6d} {r['free_tok_s']:7.1f} {r['tree_tok_s']:7.1f} {plain} "
+        print(f"{r['model']:14s} {r['vocab']:7d} {r['lines']:6d} {r['free_tok_s']:7.1f} {r['tree_tok_s']:7.1f} "
+              f"{r['tree_first_tok_s']:7.1f} {plain} "
               f"{r['grammar_kb']:6d}KB {r['build_ms']:5d}ms")
-    print("(decode tokens/s, greedy, one thread; free: no grammar; tree: Duet's edit grammar; plain: one alternative per line)")
+    print("(decode tokens/s, greedy, one thread; free: no grammar; tree: Duet's edit grammar, checked last as Duet "
+          "draws; first: the same grammar checked first, as llama-cpp-python draws; plain: one alternative per line)")
     out = ROOT / "bench" / "results" / "edit_grammar_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"tokens": args.tokens, "rows": rows}, indent=2) + "\n", encoding="utf-8")

@@ -131,6 +131,7 @@ class Coder:
         import jinja2
 
         from app.backends.llamacpp import compile_grammar
+        from app.backends.llama_sampling import drawing
         from app.workspace.edit_grammar import edit_grammar, held_names, plan_lines, plan_target
 
         names = held_names(files, plan) if files and self.known_names else None
@@ -146,7 +147,8 @@ class Coder:
         self.llm.reset()
         self.llm.eval(tokens[:-1])  # read the prompt first, so the timing below is decode
         t = time.perf_counter()
-        out = self.llm.create_completion(tokens, max_tokens=max_new, temperature=0.0, grammar=grammar)
+        with drawing(self.llm, grammar):  # as Duet draws: the grammar checked last
+            out = self.llm.create_completion(tokens, max_tokens=max_new, temperature=0.0)
         dt = time.perf_counter() - t
         return out["choices"][0]["text"], out["usage"]["completion_tokens"], dt
 

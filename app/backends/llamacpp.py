@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.backends.base import Clock, cancelled, failed_from, no_exact_quotes, no_output_fields
+from app.backends.llama_sampling import Grammar, drawing
 from vocab.events import Event, Failed, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.config import RoleConfig, Sampling
@@ -110,19 +111,10 @@ def _chat_formatter(llm):
     return llama_chat_format.format_gemma if arch.startswith("gemma") else llama_chat_format.format_chatml
 
 
-def compile_grammar(llm, grammar: str | None, role: str):
-    """llama.cpp's form of a GBNF grammar (None: sample freely). llama.cpp crashes the process on
-    a grammar it cannot parse once sampling starts, so it is parsed here first, where a failure
-    is only a NULL."""
-    if grammar is None:
-        return None
-    import llama_cpp
-
-    parsed = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar.encode("utf-8"), b"root")
-    if not parsed:
-        raise DuetError(f"the {role}'s grammar: llama.cpp could not parse it (GBNF with a 'root' rule)")
-    llama_cpp.llama_sampler_free(parsed)
-    return llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
+def compile_grammar(llm, grammar: str | None, role: str) -> Grammar | None:
+    """llama.cpp's form of a GBNF grammar for one reply (None: sample freely), parsed now: a
+    grammar it cannot parse is a one-line error here, not a crash once sampling starts."""
+    return None if grammar is None else Grammar(llm, grammar, role)
 
 
 def output_grammar(kind: str, value) -> str:
@@ -216,14 +208,6 @@ class LlamaCppBackend:
                              "thinks first, in <think>) and its reply cannot be held to a grammar")
                 return
             splitter = ThinkSplitter(opened=opened)
-            generated = [0]
-
-            def count(_ids, scores):  # called once per sampled token
-                generated[0] += 1
-                return scores
-
-            from llama_cpp import LogitsProcessorList
-
             try:
                 cached = _prefill(llm, tokens, cancel)
             except Exception as exc:
@@ -234,25 +218,26 @@ class LlamaCppBackend:
                 return
             max_tokens = min(sampling.max_tokens, n_ctx - len(tokens))
             finish = None
-            chunks = llm.create_completion(tokens, stream=True, max_tokens=max_tokens, temperature=sampling.temperature,
-                                           top_p=sampling.top_p, seed=sampling.seed, stop=stop, grammar=constraint,
-                                           logits_processor=LogitsProcessorList([count]))
-            try:
-                for chunk in chunks:
-                    if cancelled(cancel):
-                        break
-                    choice = chunk["choices"][0]
-                    if choice.get("text"):
-                        clock.token()
-                        yield from piece_events(splitter.feed(choice["text"]))
-                    finish = choice.get("finish_reason") or finish
-            except Exception as exc:
-                yield from piece_events(splitter.finish(interrupted=True))
-                yield Failed(f"llama.cpp stopped mid-answer ({type(exc).__name__}: {exc})")
-                return
-            finally:
-                chunks.close()  # frees the model for the next turn
-            usage = Usage(prompt_tokens=len(tokens), completion_tokens=generated[0], cached_tokens=cached)
+            with drawing(llm, constraint) as sampler:  # the grammar checked last, as llama-server does
+                chunks = llm.create_completion(tokens, stream=True, max_tokens=max_tokens,
+                                               temperature=sampling.temperature, top_p=sampling.top_p,
+                                               seed=sampling.seed, stop=stop)
+                try:
+                    for chunk in chunks:
+                        if cancelled(cancel):
+                            break
+                        choice = chunk["choices"][0]
+                        if choice.get("text"):
+                            clock.token()
+                            yield from piece_events(splitter.feed(choice["text"]))
+                        finish = choice.get("finish_reason") or finish
+                except Exception as exc:
+                    yield from piece_events(splitter.finish(interrupted=True))
+                    yield Failed(f"llama.cpp stopped mid-answer ({type(exc).__name__}: {exc})")
+                    return
+                finally:
+                    chunks.close()  # frees the model for the next turn
+            usage = Usage(prompt_tokens=len(tokens), completion_tokens=sampler.drawn, cached_tokens=cached)
             if cancelled(cancel):
                 yield from piece_events(splitter.finish(interrupted=True))
                 yield usage
