@@ -210,11 +210,24 @@ def test_a_function_or_class_named_in_a_request_brings_the_one_file_that_defines
     assert ctx.defining("why does dot fail?") == []  # two files define it
     assert ctx.defining("addItem drops the item") == [("web/cart.ts", "addItem")]  # other languages too
     assert ctx.defining("Basket::put loses items") == [("shop.rs", "Basket")]
-    assert ctx.defining("why does put lose items?") == []  # a bare method name: too common to search by
+    assert ctx.defining("why does put lose items?") == []  # a bare method name as a word: too common to search by
+    assert ctx.defining("why does `put` lose items?") == [("shop.rs", "Basket.put")]  # ... written as code
+    assert ctx.defining("put() loses items") == [("shop.rs", "Basket.put")]
+    assert ctx.defining("why does total return 0?") == []
+    assert ctx.defining("为什么 `total` 返回 0？") == [("src/stats.py", "Ledger.total")]
     assert ctx.defining("why does inner fail? and total, helper, notes_only, leaked") == []  # not top level / not code
     assert ctx.defining("why does Ledger.total return 0?") == [("src/stats.py", "Ledger")]  # the class, first
     assert ctx.defining("is books.Ledger.total wrong?") == [("src/stats.py", "Ledger.total")]  # a method, qualified
     assert ctx.defining("why does only_odd in src/stats.py fail?") == []  # a file named: that one, not a search
+    (tmp_path / "till.py").write_text("class Till:\n    def total(self):\n        return 1\n")
+    assert ctx.defining("why does `total` return 0?") == []  # two classes in two files define it
+    (tmp_path / "till.py").write_text("class Till:\n    def sum_up(self):\n        return 1\n")
+    assert ctx.defining("why does sum_up return 1?") == [("till.py", "Till.sum_up")]  # shaped as code
+    (tmp_path / "till.py").write_text("def sum_up():\n    return 1\n\n\nclass Till:\n    def sum_up(self):\n"
+                                      "        return 1\n")
+    assert ctx.defining("why does sum_up return 1?") == [("till.py", "sum_up")]  # one file, a function first
+    (tmp_path / "c.py").write_text("def sum_up():\n    return 2\n")
+    assert ctx.defining("why does sum_up return 1?") == []  # a function in one file, a method in another
     (tmp_path / "b.py").write_text("def other(x, y):\n    return 1\n")  # read again once it changed
     assert ctx.defining("why does dot fail?") == [("a.py", "dot")]
     ctx.add("src/stats.py")

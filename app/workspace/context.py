@@ -53,6 +53,21 @@ _TEST_NAME = re.compile(r"^test_|_test\.\w+$|\.(?:test|spec)\.\w+$|^conftest\.py
 _TEST_DIRS = {"tests", "test", "__tests__"}
 
 
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+_CALLED = re.compile(r"([A-Za-z_]\w*)\s*\(")
+_SHAPED = re.compile(r"[A-Za-z_]*(?:_[A-Za-z0-9]|[a-z][A-Z]|[A-Za-z][0-9])\w*")  # add_item, addItem, v2
+
+
+def code_words(text: str) -> set[str]:
+    """The identifiers ``text`` writes as code: in backticks, called (``add()``), or shaped as
+    only code is (``add_item``, ``addItem``, ``parse2``), not a word of the sentence ("add")."""
+    out = {m.group(1) for m in _CALLED.finditer(text)}
+    for span in _CODE_SPAN.finditer(text):
+        out.update(_IDENTIFIER.findall(span.group(1)))
+    out.update(w for w in _IDENTIFIER.findall(text) if _SHAPED.fullmatch(w))
+    return out
+
+
 def is_test_path(rel: str) -> bool:
     """A test file by the usual conventions (``test_x.py``, ``x_test.go``, ``x.test.ts``,
     ``x.spec.js``, ``conftest.py``, or under ``tests/``, ``test/``, ``__tests__/``)."""
@@ -195,11 +210,12 @@ class FileContext:
 
     def defining(self, text: str) -> list[tuple[str, str]]:
         """When ``text`` names no file: ``(path, name)`` for each top-level function, class or
-        type it names, or method as ``Owner.method`` (``Cart::add`` in Rust), that exactly one
-        source file of the tree defines ("why does only_odd fail its test?" → ``stats.py``;
-        "Cart.add drops items" → ``cart.py``; Python, JavaScript, TypeScript, Go, Rust), test files
-        aside, not yet in context. Trees of up to ``DEFINITION_SCAN_FILES`` source files (a
-        larger one is not searched)."""
+        type it names, or method as ``Owner.method`` (``Cart::add`` in Rust) or by its bare name
+        written as code (`` `add` ``, ``add()``, ``add_item``, ``addItem``: not the word "add"),
+        that exactly one source file of the tree defines ("why does only_odd fail its test?" →
+        ``stats.py``; "Cart.add drops items" → ``cart.py``; Python, JavaScript, TypeScript, Go,
+        Rust), test files aside, not yet in context. Trees of up to ``DEFINITION_SCAN_FILES``
+        source files (a larger one is not searched)."""
         words: dict[str, int] = {}  # each identifier of the text (and Owner.method), at its first place
         for m in _IDENTIFIER.finditer(text):
             words.setdefault(m.group(), m.start())
@@ -209,22 +225,29 @@ class FileContext:
                 words.setdefault(f"{owner}.{member}", m.start())
         if not words or self._names_a_file(text):
             return []
+        as_code = code_words(text)
         sources = []
         for rel in self.iter_files():
             if language_of(rel) in GRAMMAR_PACKAGES and not is_test_path(rel):
                 sources.append(rel)
                 if len(sources) > DEFINITION_SCAN_FILES:
                     return []
-        where: dict[str, set[str]] = {}
+        where: dict[str, set[str]] = {}  # a name of the text: the files that define it
+        shown: dict[str, str] = {}  # a bare method name no function has: the first Owner.method
         for rel in sources:
             for name in self._defined_in(rel):
+                member = name.rsplit(".", 1)[-1]
                 if name in words:
                     where.setdefault(name, set()).add(rel)
+                    shown[name] = name
+                elif "." in name and member in as_code:
+                    where.setdefault(member, set()).add(rel)
+                    shown.setdefault(member, name)
         out: list[tuple[str, str]] = []
         for name in sorted(where, key=words.__getitem__):
             (rel, *others) = where[name]
             if not others and rel not in self._files and all(rel != r for r, _ in out) and not self._check(rel):
-                out.append((rel, name))
+                out.append((rel, shown.get(name, name)))
         return out
 
     def _names_a_file(self, text: str) -> bool:
