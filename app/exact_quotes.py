@@ -54,6 +54,7 @@ import tokenize
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import PurePosixPath
 
 from app.code_map import functions
@@ -322,6 +323,17 @@ def _whole_in(span: bytes, text: bytes) -> bool:
     return False
 
 
+def _starts_whole_in(span: bytes, text: bytes) -> bool:
+    """``span`` is in ``text`` starting where a piece of code starts (not cutting a name or a
+    number in two there): a span on its way to `_whole_in`."""
+    i = text.find(span)
+    while i >= 0:
+        if not (i > 0 and _word_byte(text[i - 1:i]) and _word_byte(span[:1])):
+            return True
+        i = text.find(span, i + 1)
+    return False
+
+
 def _word_byte(c: bytes) -> bool:
     return c.isalnum() or c == b"_"
 
@@ -379,13 +391,20 @@ class ChangeFollowsFinding:
             self.thinking = tags[-1] == THINK
 
     def __call__(self, line: bytes, complete: bool) -> bool:
+        head = _FINDING_HEAD.match(line) if self.thinking else None
+        if head and not _says_a_finding(line[head.end():], complete):
+            return False  # a finding says one of the findings, in their words
         m = _FINDING_OPEN.match(line) if self.thinking else None
         if m:  # a finding: what is wrong (its first span) is on line K
             lines, wrong = self.by_number.get(int(m.group(1))), m.group(2)
-            if lines and not any(wrong in text for text in lines):
-                return False
+            if lines and not any(_starts_whole_in(wrong, text) for text in lines):
+                return False  # on its way: from the start of a piece of line K (not "p" of "exponent")
             if lines and (m.group(3) or complete) and not any(_whole_in(wrong, text) for text in lines):
                 return False  # closed: code, and whole pieces of it (not "atches" of "matches", nor spaces)
+            if lines and _ORDER.search(line[:m.start(2)]):  # "wrong order": W has a call to reorder
+                spans = set().union(*(_reorderable_spans(text) for text in lines))
+                if not any(s.startswith(wrong) for s in spans) or (m.group(3) or complete) and wrong not in spans:
+                    return False
             said = _FINDING_RIGHT.match(line)
             if said and not self._right_ok(said, complete):
                 return False
@@ -435,6 +454,44 @@ class ChangeFollowsFinding:
         made = {(_code(c), _code(y)) for c in self.by_number.get(k, [])
                 for y in _with_one_replaced(c.strip(), wrong, right)}
         return bool(made) and made <= self.failed
+
+
+FINDING_WORDS = {  # what a finding says of line K, by kind: the demo reasoner's words (training.render)
+    "operator": "uses `{wrong}` where the docstring needs `{right}`",
+    "off_by_one": "is off by one: `{wrong}` should be `{right}`",
+    "comparison": "compares with `{wrong}` where the docstring needs `{right}`",
+    "wrong_name": "uses `{wrong}` where it should use `{right}`",
+    "accumulator": "starts the accumulator at `{wrong}`; it must start at `{right}`",
+    "swapped_args": "passes the arguments in the wrong order: `{wrong}` should be `{right}`",
+}
+_FINDING_HEAD = re.compile(rb"^Line \d+ ")
+_FINDING_FORMS = [[None if part in ("{wrong}", "{right}") else part.encode("utf-8")
+                   for part in re.split(r"(\{wrong\}|\{right\})", words) if part]
+                  for words in FINDING_WORDS.values()]
+
+
+def _says_a_finding(said: bytes, complete: bool) -> bool:
+    """``said`` (a finding's words after "Line K ") begins as one of the findings
+    (`FINDING_WORDS`), or is on its way to: its spans anything but a backtick, then free."""
+    return any(_fits(form, said, complete) for form in _FINDING_FORMS)
+
+
+def _fits(form: list[bytes | None], said: bytes, complete: bool) -> bool:
+    pos = 0
+    for part in form:
+        if part is None:  # a span: up to its closing backtick
+            end = said.find(b"`", pos)
+            if end < 0:
+                return not complete
+            pos = end
+        else:
+            chunk = said[pos:pos + len(part)]
+            if not part.startswith(chunk):
+                return False
+            if len(chunk) < len(part):
+                return not complete
+            pos += len(part)
+    return True
 
 
 _FINDING_RIGHT = re.compile(rb"^Line (\d+)\b[^`]*`([^`]+)`([^`]*)`([^`]*)(`?)")  # ... its second span, R
@@ -547,6 +604,16 @@ def _reordered_calls(span: bytes) -> set[bytes]:
                 last = b
             made.add(b"".join(out) + span[last:])
     return made
+
+
+@lru_cache(maxsize=256)
+def _reorderable_spans(text: bytes) -> frozenset[bytes]:
+    """The spans of a line of code, whole pieces of it, that have a call whose arguments can be
+    put in another order (`_reordered_calls`): what a "wrong order" finding may quote."""
+    starts = [m.start() for m in _PIECE.finditer(text)]
+    ends = [j for j in range(1, len(text) + 1) if not text[j - 1:j].isspace()
+            and not (j < len(text) and _word_byte(text[j - 1:j]) and _word_byte(text[j:j + 1]))]
+    return frozenset(text[i:j] for i in starts for j in ends if j > i and _reordered_calls(text[i:j]))
 
 
 def lines_by_number(files: Iterable[tuple[str, str]]) -> dict[int, list[bytes]]:

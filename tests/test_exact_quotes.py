@@ -193,7 +193,8 @@ def test_a_change_stated_after_a_finding_is_the_change_the_finding_names():
     rule = ChangeFollowsFinding([("calc.py", SCALE)], thinking=True)
     assert rule(b"Change `anything` to `at all`", True)  # before a finding: free
     assert rule(b"Line 3 uses `+ b +` where", False) and not rule(b"Line 3 uses `* b", False)  # W is line 3's
-    assert rule(b"Line 9 uses `-` where", True)  # no line 9: nothing to hold W to
+    assert rule(b"Line 9 uses `-` where", False)  # no line 9: nothing to hold W to
+    assert rule(b"Line 9 uses `-` where the docstring needs `+`. This is the bug.", True)
     wrote(rule, b"calc.py has 2 functions.\nLine 3 uses `+` where the docstring needs `*`. This is the bug.\n")
     for line, complete, want in [
         (b"So the bug is in `scale`, line 3. Change `return a + b + b` to `return a * b + b`.", True, True),
@@ -299,6 +300,35 @@ def test_a_finding_line_s_second_span_is_what_its_words_allow_and_never_its_firs
     for span in (b"return quot(e, 2)", b"return quot(e, 2)  # halve"):
         assert answer(b"1. Change line 8 from `return quot(2, e)` to `" + span + b"`.", True)
     assert not answer(b"1. Change line 8 from `return quot(2, e)` to `return quot(e, 3)`.", True)
+
+
+def test_a_finding_says_one_of_the_findings_in_their_words_and_quotes_line_k_from_a_piece_s_start():
+    """In the thinking, "Line K …" goes on in the words of one of the findings (FINDING_WORDS) up
+    to its second span; its first span starts where a piece of line K's code does (a span that
+    cannot close as whole pieces is a dead end, after which nothing holds the line); after "wrong
+    order" it is a span of line K with a call whose arguments can be put in another order."""
+    rule = ChangeFollowsFinding([("half.py", HALF)], thinking=True)
+    for line, complete, want in [
+        (b"Line 8 passes the arguments in the wrong o", False, True),
+        (b"Line 8 passes the arguments in the wrong comparison", False, False),  # two findings' words blended
+        (b"Line 8 passes the arguments in the wrong order:", True, False),  # cut short
+        (b"Line 3 starts the square", False, False),
+        (b"Line 8 uses `quot(2, e)` should use `quot(e, 2)`", False, False),  # "where it should use"
+        (b"Line 15 compares with `<` where the docstring needs `>`. This is the bug.", True, True),
+        (b"Line 15 compares with `<` where the docstring needs `>`; so", True, True),  # after R: free
+        (b"So the bug is in `peak`, line 15: wrong comparison.", True, True),  # not a finding
+        (b"Line 8 passes the arguments in the wrong order: `q", False, True),
+        (b"Line 8 passes the arguments in the wrong order: `u", False, False),  # "u" of "quot": no piece starts there
+        (b"Line 8 passes the arguments in the wrong order: `return", False, True),
+        (b"Line 8 passes the arguments in the wrong order: `return`", False, False),  # no call to reorder
+        (b"Line 8 passes the arguments in the wrong order: `2, e", False, False),  # no call starts in it
+        (b"Line 8 passes the arguments in the wrong order: `quot(2, e)`", False, True),
+        (b"Line 8 passes the arguments in the wrong order: `return quot(2, e)` should be `return quot(e, 2)`.",
+         True, True),
+        (b"Line 15 uses `est` where it should use `x`.", True, False),
+    ]:
+        assert rule(line, complete) is want, line
+    assert ChangeFollowsFinding([("half.py", HALF)], thinking=False)(b"Line 8 passes anything", True)  # the answer
 
 
 def test_a_quoted_docstring_is_the_named_function_s_or_else_one_the_files_have():

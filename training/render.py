@@ -19,6 +19,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from app.exact_quotes import FINDING_WORDS
 from training.tasks import KIND_EN, KIND_ZH, KINDS, Module, make_module
 
 BOS = "<｜begin▁of▁sentence｜>"
@@ -42,14 +43,9 @@ def request_for(rng: random.Random, m: Module, *, lang: str | None = None) -> st
 # ---------------------------------------------------------------------------- teacher text
 
 def reason_en(kind: str, wrong: str, right: str) -> str:
-    return {
-        "operator": f"uses `{wrong}` where the docstring needs `{right}`",
-        "off_by_one": f"is off by one: `{wrong}` should be `{right}`",
-        "comparison": f"compares with `{wrong}` where the docstring needs `{right}`",
-        "wrong_name": f"uses `{wrong}` where it should use `{right}`",
-        "accumulator": f"starts the accumulator at `{wrong}`; it must start at `{right}`",
-        "swapped_args": f"passes the arguments in the wrong order: `{wrong}` should be `{right}`",
-    }[kind]
+    """What the trace's finding says of line K (Duet holds a finding to these words:
+    app.exact_quotes.FINDING_WORDS)."""
+    return FINDING_WORDS[kind].format(wrong=wrong, right=right)
 
 
 def reason_zh(kind: str, wrong: str, right: str) -> str:
