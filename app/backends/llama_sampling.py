@@ -15,13 +15,13 @@ plus, when that draw is refused (probability 1 - A, A the allowed tokens' mass),
 second: p(t) + (1 - A) p(t)/A = p(t)/A, the masked distribution. With truncation the first draw
 truncates before the mask, as llama-server's does.
 
-A refused draw need not mask the whole vocabulary either: the chain keeps only the top_k most
-likely tokens (llama-cpp-python's default 40; greedy, the one), so the grammar checks the most
-likely few hundred, most likely first, and where top_k of them are allowed the chain draws from
-those, which are the top_k the whole masked vocabulary would keep, in the same order: the same
-token, the same random draw. Only where fewer are allowed (or the chain reorders the logits
-first: repetition penalties, mirostat, a logits processor, or no top_k) is the whole vocabulary
-masked.
+Neither draw needs the whole vocabulary: the chain keeps only the top_k most likely tokens
+(llama-cpp-python's default 40; greedy, the one), so it draws from the most likely 64 (4,096
+where top_k is longer), most likely first, and a refused draw's second from those of them the
+grammar allows, where top_k of them are: the top_k the whole (masked) vocabulary would keep, in
+the same order, so the same token and the same random draw (tested seed by seed). Only where
+fewer are allowed (or the chain reorders the logits first: repetition penalties, mirostat, a
+logits processor, or no top_k) is the whole vocabulary masked.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Sampler:
                 token = self._draw_from_shortlist(logits, most_likely, masked)
                 if token is not None:
                     return token
-            self.masked_all += 1
+            self.masked_all += masked
         view = self._view
         view["id"], view["logit"], view["p"] = self._ids, logits, 0.0
         cur = llama_cpp.llama_token_data_array(ctypes.cast(self._cur, llama_cpp.llama_token_data_p), self._n, -1,
@@ -136,13 +136,16 @@ class Sampler:
         import numpy as np
 
         m = min(most_likely, self._n)
+        if m < min(self._keep, self._n):
+            return None  # fewer than the chain keeps
         top = np.argpartition(-logits, m - 1)[:m] if m < self._n else self._ids
         top = top[np.lexsort((top, -logits[top]))]  # most likely first; ties by id, as in the vocabulary
         view = self._view
         view["id"][:m], view["logit"][:m], view["p"][:m] = top, logits[top], 0.0
         ptr = ctypes.cast(self._cur, llama_cpp.llama_token_data_p)
         if masked:
-            llama_cpp.llama_sampler_apply(self.grammar.ptr, ctypes.byref(llama_cpp.llama_token_data_array(ptr, m, -1, False)))
+            shortlist = llama_cpp.llama_token_data_array(ptr, m, -1, False)
+            llama_cpp.llama_sampler_apply(self.grammar.ptr, ctypes.byref(shortlist))
             allowed = np.flatnonzero(view["logit"][:m] != -np.inf)
             if len(allowed) < min(self._keep, self._n):
                 if m < self._n:
