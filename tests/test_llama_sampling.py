@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app import demo
-from app.backends.llama_sampling import SHORTLISTS, Grammar, drawing
+from app.backends.llama_sampling import SHORTLISTS, Grammar, drawing, require_sampler_chain
 from app.errors import DuetError
 from app.workspace.edit_grammar import edit_grammar
 from training.render import answer, coder_prompt
@@ -191,3 +191,13 @@ def test_the_short_lists_stop_at_the_whole_vocabulary_and_the_llm_is_left_as_it_
     assert "_init_sampler" not in vars(coder)  # back to llama-cpp-python's own
     out = coder.create_completion(tokens, max_tokens=5, temperature=0.0)
     assert out["usage"]["completion_tokens"] == 5
+
+
+def test_a_llama_cpp_python_without_the_sampler_chain_is_a_one_line_error(coder):
+    require_sampler_chain(coder)  # this one has it
+
+    class Older:  # what a llama-cpp-python from before the sampler chain (0.2.x) looks like here
+        pass
+
+    with pytest.raises(DuetError, match=r"^llama-cpp-python \S+ has no sampler chain Duet can draw with: pip install"):
+        require_sampler_chain(Older())

@@ -187,15 +187,20 @@ def _kept_by_chain(settings: dict) -> int:
 def drawing(llm, grammar: Grammar | None = None) -> Iterator[Sampler]:
     """Inside this block, the completions `llm` generates draw with a `Sampler` (yielded): the
     caller passes no ``grammar`` to llama-cpp-python itself."""
-    if not callable(getattr(type(llm), "_init_sampler", None)):
-        raise DuetError(f"llama-cpp-python {_version()} has no sampler chain Duet can draw with: "
-                        "pip install 'llama-cpp-python>=0.3.16'")
+    require_sampler_chain(llm)
     sampler = Sampler(llm, grammar)
     llm._init_sampler = sampler._build  # generate() builds its sampler here
     try:
         yield sampler
     finally:
         llm.__dict__.pop("_init_sampler", None)
+
+
+def require_sampler_chain(llm) -> None:
+    """DuetError unless this llama-cpp-python builds its sampler where `drawing` can stand in."""
+    if not callable(getattr(type(llm), "_init_sampler", None)):
+        raise DuetError(f"llama-cpp-python {_version()} has no sampler chain Duet can draw with: "
+                        "pip install 'llama-cpp-python>=0.3.16'")
 
 
 def _version() -> str:

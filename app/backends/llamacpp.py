@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.backends.base import Clock, cancelled, failed_from, no_exact_quotes, no_output_fields
-from app.backends.llama_sampling import Grammar, drawing
+from app.backends.llama_sampling import Grammar, drawing, require_sampler_chain
 from vocab.events import Event, Failed, Usage, piece_events
 from vocab.messages import ChatMessage, wire_messages
 from app.config import RoleConfig, Sampling
@@ -189,6 +189,7 @@ class LlamaCppBackend:
                 prompt, stop, added_special = self.model.render(wire_messages(messages))
                 tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=not added_special, special=True)
                 constraint = compile_grammar(llm, grammar, self.rc.role)
+                require_sampler_chain(llm)
             except DuetError as exc:
                 yield failed_from(exc)
                 return
