@@ -9,8 +9,10 @@ last, as llama-server does) and as llama-cpp-python does (the grammar first: eve
 vocabulary checked at every step), and under the same language written the plain way (one
 alternative per line: llama.cpp tracks a stack per line while the SEARCH starts; checked last),
 on Python files of 100 to 16,000 lines, for the demo coder (1,024-token vocabulary) and Gemma 3
-270M (262,144: a real model's size). Prints a table and writes
-bench/results/edit_grammar_bench.json.
+270M (262,144: a real model's size). Then replies as Duet asks for them, free and under their
+grammar checked last and first: the demo coder's edit blocks for 20 held-out handoffs (the plan
+that fixes each module), and Gemma held to a JSON object (`duet serve`'s response_format). Prints
+two tables and writes bench/results/edit_grammar_bench.json.
 """
 
 from __future__ import annotations
@@ -54,24 +56,64 @@ def plain_grammar(path: str, text: str) -> str:
     return eg._HEAD + head + "\n".join(rules) + "\n"
 
 
-def decode(llm, prompt: bytes, grammar: str | None, tokens: int, *, last: bool = True) -> tuple[float, int]:
-    """Tokens/s of one greedy reply under ``grammar`` (None: freely), checked ``last`` (Duet's
-    draw) or first (llama-cpp-python's)."""
+def decode(llm, prompt: bytes | list[int], grammar: str | None, tokens: int, *, last: bool = True
+           ) -> tuple[float, int, int]:
+    """(tokens/s, tokens, draws the grammar refused) of one greedy reply to ``prompt`` (text, or
+    token ids) under ``grammar`` (None: freely), checked ``last`` (Duet's draw) or first
+    (llama-cpp-python's); the prompt is read before the clock starts."""
     from llama_cpp import LlamaGrammar
 
-    ids = llm.tokenize(prompt, add_bos=True)
+    ids = llm.tokenize(prompt, add_bos=True) if isinstance(prompt, bytes) else list(prompt)
     llm.reset()
     llm.eval(ids[:-1])
     start = time.perf_counter()
+    refused = 0
     if grammar is not None and last:
-        with drawing(llm, Grammar(llm, grammar, "coder")):
+        with drawing(llm, Grammar(llm, grammar, "coder")) as sampler:
             out = llm.create_completion(ids, max_tokens=tokens, temperature=0.0)
+        refused = sampler.redrawn
     else:
         held = LlamaGrammar.from_string(grammar, verbose=False) if grammar is not None else None
         out = llm.create_completion(ids, max_tokens=tokens, temperature=0.0, grammar=held)
     seconds = time.perf_counter() - start
     n = out["usage"]["completion_tokens"]
-    return n / seconds, n
+    return n / seconds, n, refused
+
+
+def replies(llm, prompts: list[tuple[list[int], str | None]], tokens: int) -> dict:
+    """Replies as Duet asks for them: each prompt under its grammar, freely, checked last and
+    checked first; tokens/s over all of them."""
+    row = {"replies": len(prompts)}
+    for key, grammar_of, last in (("free", lambda g: None, True), ("last", lambda g: g, True),
+                                  ("first", lambda g: g, False)):
+        n = seconds = refused = 0
+        for ids, grammar in prompts:
+            rate, k, r = decode(llm, ids, grammar_of(grammar), tokens, last=last)
+            n, seconds, refused = n + k, seconds + k / rate, refused + r
+        row[f"{key}_tok_s"], row[f"{key}_tokens"] = round(n / seconds, 1), n
+        if key == "last":
+            row["refused"] = refused
+    return row
+
+
+def handoffs(llm, n: int, seed: int = 7) -> list[tuple[list[int], str | None]]:
+    """The demo coder's prompts for ``n`` held-out modules (the plan that fixes each, as Duet
+    hands it over) and the edit grammar for each."""
+    import jinja2
+
+    from training import eval as demo_eval
+    from training.render import answer, coder_prompt
+
+    demo_eval.STYLE = "heldout"
+    template = jinja2.Environment().from_string(llm.metadata["tokenizer.chat_template"])
+    out = []
+    for m, request in demo_eval.heldout_cases(n, seed):
+        brief = coder_prompt(m, request, answer(m, "en"), "handoff")
+        text = template.render(messages=[{"role": "user", "content": brief}], add_generation_prompt=True,
+                               bos_token="<｜begin▁of▁sentence｜>", eos_token="<｜end▁of▁sentence｜>")
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        out.append((ids, eg.edit_grammar([(m.path, m.source)])))
+    return out
 
 
 def main(argv=None) -> int:
@@ -96,7 +138,7 @@ def main(argv=None) -> int:
     rows = []
     for name, path in models:
         llm = Llama(str(path), n_ctx=1024, n_threads=1, verbose=False)
-        free, _ = decode(llm, PROMPT, None, args.tokens)
+        free = decode(llm, PROMPT, None, args.tokens)[0]
         for n in SIZES:
             text = module(n)
             start = time.perf_counter()
@@ -121,11 +163,43 @@ def main(argv=None) -> int:
               f"{r['grammar_kb']:6d}KB {r['build_ms']:5d}ms")
     print("(decode tokens/s, greedy, one thread; free: no grammar; tree: Duet's edit grammar, checked last as Duet "
           "draws; first: the same grammar checked first, as llama-cpp-python draws; plain: one alternative per line)")
+    asked_rows = asked(models, 64)
+    print()
+    print(f"{'model':14s} {'reply':34s} {'free':>7s} {'last':>7s} {'first':>7s} {'refused':>12s}")
+    for r in asked_rows:
+        print(f"{r['model']:14s} {r['reply']:34s} {r['free_tok_s']:7.1f} {r['last_tok_s']:7.1f} "
+              f"{r['first_tok_s']:7.1f} {r['refused']:5d} / {r['last_tokens']:<5d}")
+    print("(decode tokens/s, greedy, one thread, replies as Duet asks for them; last: the grammar checked last; "
+          "first: checked first; refused: first draws the grammar refused, of the tokens)")
     out = ROOT / "bench" / "results" / "edit_grammar_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"tokens": args.tokens, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    out.write_text(json.dumps({"tokens": args.tokens, "rows": rows, "asked": asked_rows}, indent=2) + "\n",
+                   encoding="utf-8")
     print(f"wrote {out}")
     return 0
+
+
+def asked(models: list[tuple[str, Path]], tokens: int) -> list[dict]:
+    """Replies as Duet asks for them: the demo coder on held-out handoffs under the edit grammar;
+    a large-vocabulary model held to a JSON object (`duet serve`'s response_format)."""
+    from llama_cpp import Llama
+
+    from app.backends.llamacpp import output_grammar
+
+    rows = []
+    for name, path in models:
+        llm = Llama(str(path), n_ctx=2048, n_threads=1, verbose=False)
+        if name == "demo coder":
+            row = {"model": name, "reply": "edit blocks, 20 held-out handoffs", **replies(llm, handoffs(llm, 20), 300)}
+        else:
+            chat = b"<start_of_turn>user\nList three fruits with their colours.<end_of_turn>\n<start_of_turn>model\n"
+            ids = llm.tokenize(chat, add_bos=True, special=True)
+            json_reply = [(ids, output_grammar("json", None))]
+            row = {"model": name, "reply": "a JSON object", **replies(llm, json_reply, tokens)}
+        rows.append(row)
+        print(row, flush=True)
+        llm.close()
+    return rows
 
 
 if __name__ == "__main__":
