@@ -43,14 +43,10 @@ class Grammar:
     def __init__(self, llm, text: str, role: str):
         import llama_cpp
 
-        self.text = text
         self.ptr = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, text.encode("utf-8"), b"root")
         if not self.ptr:
             raise DuetError(f"the {role}'s grammar: llama.cpp could not parse it (GBNF with a 'root' rule)")
-        self._free = weakref.finalize(self, llama_cpp.llama_sampler_free, self.ptr)
-
-    def close(self) -> None:
-        self._free()
+        weakref.finalize(self, llama_cpp.llama_sampler_free, self.ptr)  # freed with this object
 
 
 class Sampler:
