@@ -279,3 +279,19 @@ def test_a_miscopied_plan_changes_one_word_of_the_fixed_line_and_never_the_fix_i
     plain = coder_example(before, m, mode="handoff")
     after = random.Random(5)
     assert coder_example(after, m, mode="handoff", miscopy_share=0.0) == plain and before.random() == after.random()
+
+
+def test_kind_weights_shift_the_bug_kinds_and_leave_the_committed_recipes_stream_as_it_was():
+    from training.render import sample_module
+
+    def kinds(weights, n=600):
+        rng = random.Random(3)
+        return [sample_module(rng, "train", weights).mutation.kind for _ in range(n)]
+
+    # no weights: the uniform draw the committed recipe made (rng.choice), module for module
+    rng = random.Random(3)
+    assert kinds(None, 60) == [make_module(rng, "train", kind=rng.choice(KINDS)).mutation.kind for _ in range(60)]
+    doubled = kinds({"wrong_name": 2.0})
+    assert 0.22 <= doubled.count("wrong_name") / len(doubled) <= 0.36     # 2/7 expected
+    assert all(0.08 <= doubled.count(k) / len(doubled) <= 0.22 for k in KINDS if k != "wrong_name")   # 1/7 each
+    assert kinds({"comparison": 0.0}).count("comparison") == 0

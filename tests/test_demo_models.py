@@ -214,3 +214,27 @@ def test_the_demo_re_plans_as_often_as_its_eval_measured():
     assert demo_config().workspace.replans > 0
     for section in ("eval_sample_project", "eval_train_style", "eval"):
         assert m[section]["duet_run_replans_max"] == demo_config().workspace.replans, section
+
+
+def test_a_saved_reasoner_loads_back_into_training_whole_mtp_module_included(tmp_path):
+    """training.models.Reasoner.load (train.py --init, a second schedule): every tensor save wrote,
+    the MTP block's experts fused again, comes back as it was."""
+    import torch
+
+    from training import models
+
+    config = models.use_training_attention(models.reasoner_config(64, hidden_size=32, intermediate_size=64,
+                                                                  moe_intermediate_size=16, num_hidden_layers=2,
+                                                                  q_lora_rank=24, kv_lora_rank=16))
+    torch.manual_seed(0)
+    saved = models.Reasoner(config)
+    with torch.no_grad():   # nothing left at its initial value (norms start at 1, the routers' biases at 0)
+        for t in saved.state_dict().values():
+            t.add_(torch.randn_like(t) * 0.1)
+    saved.save(tmp_path)
+    loaded = models.Reasoner(config)
+    loaded.load(tmp_path)
+    want, got = saved.state_dict(), loaded.state_dict()
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.equal(want[name], got[name]), name

@@ -161,6 +161,21 @@ class Reasoner(nn.Module):
         tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
         save_file(tensors, path, metadata={"format": "pt"})
 
+    def load(self, folder):
+        """The weights of a saved reasoner (``save``'s HF folder, its MTP module at
+        model.layers.{L}), to train it on (a second schedule)."""
+        from safetensors.torch import load_file
+        from transformers import DeepseekV3ForCausalLM
+
+        saved = DeepseekV3ForCausalLM.from_pretrained(folder, config=self.lm.config, dtype=torch.float32)
+        self.lm.load_state_dict(saved.state_dict())
+        prefix = f"model.layers.{self.lm.config.num_hidden_layers}."
+        own = ("enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight", "shared_head.head.weight")
+        mtp = {k[len(prefix):]: v.float() for k, v in load_file(f"{folder}/model.safetensors").items()
+               if k.startswith(prefix) and k != prefix + "embed_tokens.weight"}   # (the embedding is the model's)
+        block = _fused({k: v for k, v in mtp.items() if k not in own}, self.mtp.block.state_dict())
+        self.mtp.load_state_dict({**{k: mtp[k] for k in own}, **{"block." + k: v for k, v in block.items()}})
+
 
 def _per_expert(state: dict) -> dict:
     """transformers fuses experts in memory; checkpoints (and save_pretrained) name them one by one."""
@@ -178,6 +193,20 @@ def _per_expert(state: dict) -> dict:
                 out[f"{base}{e}.down_proj.weight"] = t[e]
         else:
             out[name] = t
+    return out
+
+
+def _fused(state: dict, like: dict) -> dict:
+    """``_per_expert``'s inverse: the experts one by one fused as ``like`` (a module's state) holds them."""
+    out = {k: v for k, v in state.items() if ".experts." not in k}
+    for name, t in like.items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            base = name[: -len("gate_up_proj")]
+            out[name] = torch.stack([torch.cat([state[f"{base}{e}.gate_proj.weight"], state[f"{base}{e}.up_proj.weight"]])
+                                     for e in range(t.shape[0])])
+        elif name.endswith("mlp.experts.down_proj"):
+            base = name[: -len("down_proj")]
+            out[name] = torch.stack([state[f"{base}{e}.down_proj.weight"] for e in range(t.shape[0])])
     return out
 
 
@@ -205,3 +234,4 @@ class Coder(nn.Module):
 
     def save(self, folder):
         self.lm.save_pretrained(folder, safe_serialization=True)
+

@@ -294,8 +294,14 @@ def coder_example(rng: random.Random, m: Module, *, mode: str | None = None, req
     return Example(chat(prompt, reasoning=False), coder_answer(m, lang) + EOS, m, request, lang)
 
 
-def sample_module(rng: random.Random, style: str) -> Module:
-    return make_module(rng, style, kind=rng.choice(KINDS))
+def sample_module(rng: random.Random, style: str, kind_weights: dict[str, float] | None = None) -> Module:
+    """A module with a bug of a kind drawn uniformly, or by ``kind_weights`` (kind -> weight, 1 for
+    kinds it leaves out)."""
+    if kind_weights:
+        kind = rng.choices(KINDS, [kind_weights.get(k, 1.0) for k in KINDS])[0]
+    else:
+        kind = rng.choice(KINDS)  # (the committed recipe's draw: its stream stays as it was)
+    return make_module(rng, style, kind=kind)
 
 
 if __name__ == "__main__":
