@@ -234,4 +234,3 @@ class Coder(nn.Module):
 
     def save(self, folder):
         self.lm.save_pretrained(folder, safe_serialization=True)
-
