@@ -29,6 +29,14 @@ def v2(tmp_path_factory):
     return write_tiny_v2(tmp_path_factory.mktemp("v2"), **SIZES)
 
 
+def _same_picks(got: torch.Tensor, ref: torch.Tensor, tol: float = 1e-3) -> bool:
+    """Greedy picks agree: at each position got's pick is ref's, or one ref scores within ``tol`` of
+    its best (where two logits tie that closely, float32 sums in another order may pick the other:
+    4.41600 against 4.41575 on a Zen 3 core)."""
+    best = ref.max(-1).values
+    return bool((ref.gather(-1, got.argmax(-1, keepdim=True)).squeeze(-1) >= best - tol).all())
+
+
 def _pytorch_path(eng: Engine) -> None:
     """Switch the native decode calls off: every block and router takes the PyTorch path."""
     for m in eng.model.modules():
@@ -81,7 +89,7 @@ def test_native_decode_step_matches_the_pytorch_path_in_float32(request, which, 
         # AVX2): a last-bit difference of an input can move a code by one step
         cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
         assert cos.min() > 0.9995 and (got - ref).abs().max() < 0.05, (cos.min(), (got - ref).abs().max())
-    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    assert _same_picks(got, ref)
 
 
 @pytest.mark.parametrize("which", ["v3", "v2"])
@@ -108,7 +116,7 @@ def test_every_native_build_gives_the_same_step(v3, march):
         got, _, calls = _pair(v3, "float32", "int8")
     assert calls["layer_step"] > 0
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
-    assert cos.min() > 0.9995 and torch.equal(got.argmax(-1), ref.argmax(-1))
+    assert cos.min() > 0.9995 and _same_picks(got, ref)
 
 
 def test_a_long_context_spreads_attention_over_threads_and_still_matches(v3):
@@ -260,7 +268,7 @@ def test_a_gguf_models_decode_step_is_one_call_per_layer_and_matches_the_pytorch
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
     close = {8: (0.9995, 0.2), 16: (0.99999, 2e-3), 32: (0.99999, 2e-3)}[act]
     assert cos.min() > close[0] and (got - ref).abs().max() < close[1], (cos.min(), (got - ref).abs().max())
-    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    assert _same_picks(got, ref)
     # every layer's FFN of GGUF blocks: the dense MLP alone (a one-row table), then the routed
     # experts' table and the shared expert's (G_S_TABLE: F_COUNT + 8)
     ffn = [layer.whole.ffn.tolist() for layer in eng.model.layers]
@@ -323,7 +331,7 @@ def test_the_gguf_step_runs_in_every_x86_build_of_both_libraries(gguf_files, mar
         got, ref, calls, _ = _gguf_pair(gguf_files["v2", "Q4_0"])
     assert calls["layer_step"] == 12 * SIZES["num_hidden_layers"]
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
-    assert cos.min() > 0.99999 and torch.equal(got.argmax(-1), ref.argmax(-1))
+    assert cos.min() > 0.99999 and _same_picks(got, ref)
 
 
 def test_an_emulated_arm64_library_leaves_a_gguf_model_on_the_pytorch_path(gguf_files):
@@ -378,4 +386,4 @@ def test_a_gguf_step_with_i_quant_experts_matches_the_pytorch_path(tmp_path):
     assert calls["layer_step"] == 12 * len(eng.model.layers)      # every layer, one call each
     assert eng.model.layers[1].whole.ffn.tolist()[19 + 1] != 0    # G_IQ_DOT: the row product's address
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
-    assert cos.min() > 0.99999 and torch.equal(got.argmax(-1), ref.argmax(-1)), cos.min()
+    assert cos.min() > 0.99999 and _same_picks(got, ref), cos.min()
