@@ -246,9 +246,10 @@ def test_the_tiled_gemm_neither_overflows_nor_saturates_at_extremes(build, type_
 @pytest.mark.parametrize("type_id", TILED, ids=[kquant.TYPES[t][0] for t in TILED])
 def test_the_few_row_dot_products_neither_overflow_nor_saturate_at_extremes(build, type_id, act):
     """The largest weights of either sign against activation codes at +-127 with second codes at
-    +-64 (x / d = 126.5: the widest 16-bit values, 128 q + r = +-16320), one and three rows."""
+    +-64 (x / d = 126.5: the widest 16-bit values, 128 q + r = +-16320), one and three rows;
+    twelve weight rows: Q4_0's eight-row products (q4_0_rows8) and the rows after them."""
     k = 512
-    w = kquant.GGUFWeight(type_id, (6, k), torch.from_numpy(_extreme_blocks(type_id, 6, k)))
+    w = kquant.GGUFWeight(type_id, (12, k), torch.from_numpy(_extreme_blocks(type_id, 12, k)))
     x = torch.full((3, k), 126.5)
     x[:, ::4] = 127.0                      # each block's largest: the scale, 127 / 127
     x[1, 1::3] = -126.5                    # codes of either sign against weights of either sign
@@ -351,7 +352,7 @@ def test_row_lookup_dequantizes_just_the_rows_asked_for():
     assert torch.equal(rows, torch.from_numpy(quants.dequantize(raw, 12))[ids])
 
 
-MOE_TYPES = {"K-quants": (12, 13, 14, 256), "mixed": (12, 8, 6, 288), "legacy": (2, 3, 7, 96)}
+MOE_TYPES = {"K-quants": (12, 13, 14, 256), "mixed": (12, 8, 6, 288), "legacy": (2, 3, 7, 96), "Q4_0": (2, 2, 2, 96)}
 
 
 @pytest.mark.parametrize("act", [8, 16, 32])

@@ -360,11 +360,19 @@ int kq_gemm(int type, const float *x, int M, int k, const uint8_t *w, long strid
     if (act == 8 || act == 16) {
         act_t a;
         if (act_quant(&a, x, M, k, k, act_bs(type), act)) { act_free(&a); return 1; }
+        const long g8 = rows8_type(type) ? n / 8 : 0;   /* groups of eight rows (qdot_rows8), then the rest */
 #pragma omp parallel for num_threads(nthreads) schedule(static)
-        for (long j = 0; j < n; j++) {
-            float out[MAXM];
-            qdot_row(type, w + j * stride, &a, 0, M, out);
-            for (int m = 0; m < M; m++) y[m * ldy + j] = out[m];
+        for (long t = 0; t < n - 7 * g8; t++) {
+            float out[MAXM * 8];
+            if (t < g8) {
+                qdot_rows8(type, w + 8 * t * stride, stride, &a, 0, M, out, t + 1 < g8 ? w + 8 * (t + 1) * stride : NULL);
+                for (int m = 0; m < M; m++)
+                    for (int r = 0; r < 8; r++) y[m * ldy + 8 * t + r] = out[8 * m + r];
+            } else {
+                const long j = t + 7 * g8;
+                qdot_row(type, w + j * stride, &a, 0, M, out);
+                for (int m = 0; m < M; m++) y[m * ldy + j] = out[m];
+            }
         }
         act_free(&a);
         return 0;
@@ -425,26 +433,35 @@ int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_
         return 1;
     }
     const act_t *xu = same ? &ag : &au;
-    /* gate and up of all experts: one parallel loop over (expert, row) */
+    /* gate and up of all experts: one parallel loop over (expert, rows): a row, or eight of Q4_0 / Q4_K
+     * (qdot_rows8) where the matrix's rows come in eights */
+    const int rg = q8 && rows8_type(types[0]) && inter % 8 == 0 ? 8 : 1;
+    const int ru = q8 && rows8_type(types[1]) && inter % 8 == 0 ? 8 : 1;
+    const int rd = q8 && rows8_type(types[2]) && hidden % 8 == 0 ? 8 : 1;
+    const long ug = inter / rg, uu = inter / ru, ud = hidden / rd;   /* units per expert */
 #pragma omp parallel num_threads(nthreads)
     {
         float buf[QK] __attribute__((aligned(64)));
-        float o;
+        float o[8];
 #pragma omp for schedule(static)
-        for (long t = 0; t < (long)ne * inter * 2; t++) {
-            int e = (int)(t / (2L * inter)), r = (int)(t % (2L * inter));
+        for (long t = 0; t < (long)ne * (ug + uu); t++) {
+            int e = (int)(t / (ug + uu));
+            long u = t % (ug + uu);
             long ex = e < k ? idx[e] : shared;
             const int64_t *row = table + 3 * ex;
-            if (r < inter) {
-                const uint8_t *wr = (const uint8_t *)row[0] + r * gst;
-                if (q8) o = moe_dot(types[0], wr, &ag, 0, iq_dot, (const void *)grids[0]);
-                else row_dot(types[0], wr, hidden, x, 1, &o, buf);
-                g[(long)e * inter + r] = o;
+            if (u < ug) {
+                const uint8_t *wr = (const uint8_t *)row[0] + u * rg * gst;
+                if (rg == 8) qdot_rows8(types[0], wr, gst, &ag, 0, 1, o, u + 1 < ug ? wr + 8 * gst : NULL);
+                else if (q8) o[0] = moe_dot(types[0], wr, &ag, 0, iq_dot, (const void *)grids[0]);
+                else row_dot(types[0], wr, hidden, x, 1, o, buf);
+                for (int r = 0; r < rg; r++) g[(long)e * inter + u * rg + r] = o[r];
             } else {
-                const uint8_t *wr = (const uint8_t *)row[1] + (r - inter) * ust;
-                if (q8) o = moe_dot(types[1], wr, xu, 0, iq_dot, (const void *)grids[1]);
-                else row_dot(types[1], wr, hidden, x, 1, &o, buf);
-                h[(long)e * inter + r - inter] = o;
+                u -= ug;
+                const uint8_t *wr = (const uint8_t *)row[1] + u * ru * ust;
+                if (ru == 8) qdot_rows8(types[1], wr, ust, xu, 0, 1, o, u + 1 < uu ? wr + 8 * ust : NULL);
+                else if (q8) o[0] = moe_dot(types[1], wr, xu, 0, iq_dot, (const void *)grids[1]);
+                else row_dot(types[1], wr, hidden, x, 1, o, buf);
+                for (int r = 0; r < ru; r++) h[(long)e * inter + u * ru + r] = o[r];
             }
         }
 #pragma omp for schedule(static)
@@ -455,15 +472,17 @@ int kq_moe(const int64_t *table, const int *types, long gst, long ust, long dst_
 #pragma omp single
         if (q8) fail = act_quant(&ah, h, ne, inter, inter, act_bs(types[2]), act);
 #pragma omp for schedule(static)
-        for (long t = 0; t < (long)ne * hidden; t++) {
+        for (long t = 0; t < (long)ne * ud; t++) {
             if (fail) continue;
-            int e = (int)(t / hidden), r = (int)(t % hidden);
+            int e = (int)(t / ud);
+            long u = t % ud;
             long ex = e < k ? idx[e] : shared;
             const int64_t *row = table + 3 * ex;
-            const uint8_t *wr = (const uint8_t *)row[2] + r * dst_;
-            if (q8) o = moe_dot(types[2], wr, &ah, e, iq_dot, (const void *)grids[2]);
-            else row_dot(types[2], wr, inter, h + (long)e * inter, 1, &o, buf);
-            yy[t] = o;
+            const uint8_t *wr = (const uint8_t *)row[2] + u * rd * dst_;
+            if (rd == 8) qdot_rows8(types[2], wr, dst_, &ah, e, 1, o, u + 1 < ud ? wr + 8 * dst_ : NULL);
+            else if (q8) o[0] = moe_dot(types[2], wr, &ah, e, iq_dot, (const void *)grids[2]);
+            else row_dot(types[2], wr, inter, h + (long)e * inter, 1, o, buf);
+            for (int r = 0; r < rd; r++) yy[(long)e * hidden + u * rd + r] = o[r];
         }
 #pragma omp for schedule(static)
         for (int r = 0; r < hidden; r++) {

@@ -799,3 +799,243 @@ static void qdot_row(int type, const uint8_t *row, const act_t *a, int m0, int M
     }
 #undef KQ_CASE
 }
+
+/* ---- Q4_0, eight rows at a time (AVX2: decode's matrix-vector products) ------------------
+ *
+ * One row at a time, a Q4_0 block of 32 weights costs ~24 instructions (unpack, sign tricks, one
+ * maddubs, convert, scale, fma) and a row's stream of 18-byte blocks is prefetched a block at a
+ * time: on a real AVX2 core (Zen 3) that ran at ~10 GB/s of weights, a DRAM stream there reads
+ * at ~25. Eight consecutive rows read together, as stored (no repacking), instead give each
+ * 32-bit lane one row: the rows' 16 code bytes are transposed in 4-byte words (lane r of c[i]:
+ * row r's bytes 4i..4i+3, i.e. codes 4i..4i+3 in the low nibbles and 16+4i.. in the high), so
+ * each maddubs multiplies four codes of all eight rows by the same four activation codes
+ * (broadcast), eight maddubs make a block, and the block's eight scales convert in one
+ * instruction; the weights go unsigned (0..15) and Q4_0's offset 8 comes off through the
+ * activations' block sums (act_t.s16). Per block the eight int16 pair sums add up in int16
+ * (|.| <= 8 x 2 x 15 x 127 < 2^15) before one madd. And the next group of eight rows is
+ * prefetched a block's share at a time (one group ahead, ~9 KB at k = 2048): the prefetch
+ * distance a stream of DRAM reads needs. The integers are dot32_t's; the float sum of a row is
+ * over its blocks in order (dot32_t sums eight lanes, then the lanes). */
+#if defined(KQ_AVX2)
+INLINE int rows8_type(int type) { return type == 2 || type == 12; }
+
+INLINE __m256 q4_0_scales8(const uint8_t *const *p) {
+    __m128i s = _mm_cvtsi32_si128(rd16(p[0]));
+    s = _mm_insert_epi16(s, rd16(p[1]), 1); s = _mm_insert_epi16(s, rd16(p[2]), 2);
+    s = _mm_insert_epi16(s, rd16(p[3]), 3); s = _mm_insert_epi16(s, rd16(p[4]), 4);
+    s = _mm_insert_epi16(s, rd16(p[5]), 5); s = _mm_insert_epi16(s, rd16(p[6]), 6);
+    s = _mm_insert_epi16(s, rd16(p[7]), 7);
+    return _mm256_cvtph_ps(s);
+}
+
+INLINE __m256i pair128(const uint8_t *lo, const uint8_t *hi) {
+    return _mm256_set_m128i(_mm_loadu_si128((const __m128i *)hi), _mm_loadu_si128((const __m128i *)lo));
+}
+
+/* the code bytes of eight blocks p[0..7] -> c[i], lane r: p[r]'s bytes 4i..4i+3 */
+INLINE void q4_0_codes8(const uint8_t *const *p, __m256i *c) {
+    const __m256i a0 = pair128(p[0] + 2, p[4] + 2), a1 = pair128(p[1] + 2, p[5] + 2);
+    const __m256i a2 = pair128(p[2] + 2, p[6] + 2), a3 = pair128(p[3] + 2, p[7] + 2);
+    const __m256i t0 = _mm256_unpacklo_epi32(a0, a1), t1 = _mm256_unpackhi_epi32(a0, a1);
+    const __m256i t2 = _mm256_unpacklo_epi32(a2, a3), t3 = _mm256_unpackhi_epi32(a2, a3);
+    c[0] = _mm256_unpacklo_epi64(t0, t2); c[1] = _mm256_unpackhi_epi64(t0, t2);
+    c[2] = _mm256_unpacklo_epi64(t1, t3); c[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+/* int16 pair sums of the eight rows' unsigned codes (lo[i], hv[i]) with one row of activation
+ * codes x (a block of 32), added up over the block */
+INLINE __m256i q4_0_sums8(const __m256i *lo, const __m256i *hv, const int8_t *x) {
+    __m256i s = _mm256_setzero_si256();
+    for (int i = 0; i < 4; i++) {
+        int32_t x0, x1;
+        memcpy(&x0, x + 4 * i, 4);
+        memcpy(&x1, x + 16 + 4 * i, 4);
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[i], _mm256_set1_epi32(x0)));
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hv[i], _mm256_set1_epi32(x1)));
+    }
+    return s;
+}
+
+/* rows row, row + stride, .., row + 7 stride (Q4_0, a->k inputs) against activation rows m0 ..
+ * m0+MM-1 -> out[m * 8 + r]; next: the following group's first row (prefetched), or NULL */
+INLINE void q4_0_rows8_t(const int MM, const uint8_t *row, long stride, const act_t *a, int m0, float *out,
+                         const uint8_t *next) {
+    const int k = a->k, nb = k / 32, HI = a->r != NULL;
+    const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi16(1);
+    const long share = (8 * stride + nb - 1) / nb;   /* bytes of the next group per block */
+    __m256 acc[MAXM];
+    for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p[8];
+        for (int r = 0; r < 8; r++) p[r] = row + r * stride + 18L * b;
+        if (next)
+            for (long o = 0; o < share; o += 64) __builtin_prefetch(next + b * share + o, 0, 3);
+        __m256i c[4], lo[4], hv[4];
+        q4_0_codes8(p, c);
+        for (int i = 0; i < 4; i++) {
+            lo[i] = _mm256_and_si256(c[i], m4);
+            hv[i] = _mm256_and_si256(_mm256_srli_epi16(c[i], 4), m4);
+        }
+        const __m256 dw = q4_0_scales8(p);
+        for (int m = 0; m < MM; m++) {
+            const long mr = m0 + m;
+            __m256i is = _mm256_madd_epi16(q4_0_sums8(lo, hv, a->q + mr * k + 32 * b), one);
+            if (HI)   /* 128 q + r: |.| < 2^23 */
+                is = _mm256_add_epi32(_mm256_slli_epi32(is, 7),
+                                      _mm256_madd_epi16(q4_0_sums8(lo, hv, a->r + mr * k + 32 * b), one));
+            const int32_t *s = a->s16 + mr * (k / 16) + 2 * b;   /* the offset: 8 x the block's sum */
+            is = _mm256_sub_epi32(is, _mm256_set1_epi32(8 * (s[0] + s[1])));
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[mr * nb + b])),
+                                     acc[m]);
+        }
+    }
+    for (int m = 0; m < MM; m++) _mm256_storeu_ps(out + 8 * m, acc[m]);
+}
+
+/* Q4_K the same way, a super-block of 256 at a time: each quarter's 32 code bytes of the eight
+ * rows transposed in 4-byte words (8 x 8), low nibbles sub-block 2i and high 2i+1 against
+ * broadcast activation words; a sub-block's int16 sums times its 6-bit scale in one madd (the
+ * scale in both halves of the row's lane); the mins against the activations' sub-block sums.
+ * The integers are dotk_t's: for 16-bit activations the second codes' sums stay apart (x 128
+ * the first's could overflow int32), joined in float. */
+INLINE void transpose8_epi32(__m256i *v) {   /* v[r] dword w -> v[w] lane r */
+    __m256i t[8], u[8];
+    for (int r = 0; r < 8; r += 2) {
+        t[r] = _mm256_unpacklo_epi32(v[r], v[r + 1]);
+        t[r + 1] = _mm256_unpackhi_epi32(v[r], v[r + 1]);
+    }
+    for (int h = 0; h < 8; h += 4) {
+        u[h] = _mm256_unpacklo_epi64(t[h], t[h + 2]);
+        u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);
+        u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);
+        u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);
+    }
+    for (int w = 0; w < 4; w++) {
+        v[w] = _mm256_permute2x128_si256(u[w], u[w + 4], 0x20);
+        v[w + 4] = _mm256_permute2x128_si256(u[w], u[w + 4], 0x31);
+    }
+}
+
+INLINE __m256 half8(const uint8_t *const *p, int at) {   /* the eight blocks' fp16 at byte at */
+    const uint8_t *q[8];
+    for (int r = 0; r < 8; r++) q[r] = p[r] + at;
+    return q4_0_scales8(q);
+}
+
+/* int16 pair sums of the eight rows' codes c[w] (low nibbles, or high: shift 4) with one row of
+ * activation codes x (32 of them), added up over the sub-block */
+INLINE __m256i q4_k_sums8(const __m256i *c, int shift, const int8_t *x) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i s = _mm256_setzero_si256();
+    for (int w = 0; w < 8; w++) {
+        int32_t xw;
+        memcpy(&xw, x + 4 * w, 4);
+        const __m256i q = _mm256_and_si256(shift ? _mm256_srli_epi16(c[w], 4) : c[w], m4);
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(q, _mm256_set1_epi32(xw)));
+    }
+    return s;
+}
+
+/* the eight blocks' 6-bit scales and mins (scale_min_k4, all eight sub-blocks at once per row,
+ * then an 8 x 8 byte transposition): sc[j][r] row r's scale of sub-block j in both int16 halves
+ * (madd then gives a pair sum times the scale), mn[j][r] its min */
+INLINE void q4_k_scales8(const uint8_t *const *p, int32_t (*sc)[8], int32_t (*mn)[8]) {
+    __m128i vs[8], vm[8];
+    for (int r = 0; r < 8; r++) {
+        uint32_t w0, w1, w2;
+        memcpy(&w0, p[r] + 4, 4);
+        memcpy(&w1, p[r] + 8, 4);
+        memcpy(&w2, p[r] + 12, 4);
+        const uint32_t s_lo = w0 & 0x3f3f3f3fu, m_lo = w1 & 0x3f3f3f3fu;   /* sub-blocks 0..3 */
+        const uint32_t s_hi = (w2 & 0x0f0f0f0fu) | ((w0 >> 2) & 0x30303030u);   /* 4..7: low 4 bits, top 2 */
+        const uint32_t m_hi = ((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 2) & 0x30303030u);
+        vs[r] = _mm_cvtsi64_si128((long long)((uint64_t)s_hi << 32 | s_lo));
+        vm[r] = _mm_cvtsi64_si128((long long)((uint64_t)m_hi << 32 | m_lo));
+    }
+    for (int t = 0; t < 2; t++) {
+        __m128i *v = t ? vm : vs;
+        const __m128i a0 = _mm_unpacklo_epi8(v[0], v[1]), a1 = _mm_unpacklo_epi8(v[2], v[3]);
+        const __m128i a2 = _mm_unpacklo_epi8(v[4], v[5]), a3 = _mm_unpacklo_epi8(v[6], v[7]);
+        const __m128i b0 = _mm_unpacklo_epi16(a0, a1), b1 = _mm_unpackhi_epi16(a0, a1);
+        const __m128i b2 = _mm_unpacklo_epi16(a2, a3), b3 = _mm_unpackhi_epi16(a2, a3);
+        const __m128i c[4] = {_mm_unpacklo_epi32(b0, b2), _mm_unpackhi_epi32(b0, b2),
+                              _mm_unpacklo_epi32(b1, b3), _mm_unpackhi_epi32(b1, b3)};   /* sub-blocks 2i, 2i+1 */
+        int32_t (*out)[8] = t ? mn : sc;
+        for (int j = 0; j < 8; j++) {
+            __m256i e = _mm256_cvtepu8_epi32(j & 1 ? _mm_srli_si128(c[j / 2], 8) : c[j / 2]);
+            if (!t) e = _mm256_or_si256(e, _mm256_slli_epi32(e, 16));
+            _mm256_store_si256((__m256i *)out[j], e);
+        }
+    }
+}
+
+INLINE void q4_k_rows8_t(const int MM, const uint8_t *row, long stride, const act_t *a, int m0, float *out,
+                         const uint8_t *next) {
+    const int k = a->k, nb = k / 256, HI = a->r != NULL;
+    const long share = (8 * stride + nb - 1) / nb;
+    __m256 acc[MAXM];
+    for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p[8];
+        for (int r = 0; r < 8; r++) p[r] = row + r * stride + 144L * b;
+        if (next)
+            for (long o = 0; o < share; o += 64) __builtin_prefetch(next + b * share + o, 0, 3);
+        int32_t sc[8][8] __attribute__((aligned(32))), mn[8][8] __attribute__((aligned(32)));
+        q4_k_scales8(p, sc, mn);
+        const __m256 d = half8(p, 0), dmin = half8(p, 2);
+        __m256i iq[MAXM], ir[MAXM];
+        for (int m = 0; m < MM; m++) iq[m] = ir[m] = _mm256_setzero_si256();
+        for (int i = 0; i < 4; i++) {
+            __m256i c[8];
+            for (int r = 0; r < 8; r++) c[r] = _mm256_loadu_si256((const __m256i *)(p[r] + 16 + 32 * i));
+            transpose8_epi32(c);
+            const __m256i s0 = _mm256_load_si256((const __m256i *)sc[2 * i]);
+            const __m256i s1 = _mm256_load_si256((const __m256i *)sc[2 * i + 1]);
+            for (int m = 0; m < MM; m++) {
+                const long mr = m0 + m;
+                const int8_t *x = a->q + mr * k + 256 * b + 64 * i;
+                iq[m] = _mm256_add_epi32(iq[m], _mm256_add_epi32(_mm256_madd_epi16(q4_k_sums8(c, 0, x), s0),
+                                                                 _mm256_madd_epi16(q4_k_sums8(c, 1, x + 32), s1)));
+                if (HI) {
+                    const int8_t *xr = a->r + mr * k + 256 * b + 64 * i;
+                    ir[m] = _mm256_add_epi32(ir[m], _mm256_add_epi32(_mm256_madd_epi16(q4_k_sums8(c, 0, xr), s0),
+                                                                     _mm256_madd_epi16(q4_k_sums8(c, 1, xr + 32), s1)));
+                }
+            }
+        }
+        for (int m = 0; m < MM; m++) {
+            const long mr = m0 + m;
+            const int32_t *s16 = a->s16 + mr * (k / 16) + 16 * b;
+            __m256i im = _mm256_setzero_si256();   /* the mins: sum over sub-blocks of min x the activations' sum */
+            for (int j = 0; j < 8; j++)
+                im = _mm256_add_epi32(im, _mm256_mullo_epi32(_mm256_load_si256((const __m256i *)mn[j]),
+                                                             _mm256_set1_epi32(s16[2 * j] + s16[2 * j + 1])));
+            __m256 f = _mm256_cvtepi32_ps(iq[m]);
+            if (HI) f = _mm256_fmadd_ps(f, _mm256_set1_ps(128.f), _mm256_cvtepi32_ps(ir[m]));
+            const __m256 dx = _mm256_set1_ps(a->d[mr * nb + b]);
+            acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), f, acc[m]);
+            acc[m] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(im), acc[m]);
+        }
+    }
+    for (int m = 0; m < MM; m++) _mm256_storeu_ps(out + 8 * m, acc[m]);
+}
+
+/* eight rows of a rows8_type (Q4_0, Q4_K) from row on, stride bytes apart, against activation
+ * rows m0 .. m0+MM-1 -> out[m * 8 + r]; next: the following group's first row (prefetched), or NULL */
+static void qdot_rows8(int type, const uint8_t *row, long stride, const act_t *a, int m0, int MM, float *out,
+                       const uint8_t *next) {
+    if (type == 2) {
+        if (MM == 1) q4_0_rows8_t(1, row, stride, a, m0, out, next);   /* decode: the accumulator in a register */
+        else q4_0_rows8_t(MM, row, stride, a, m0, out, next);
+    } else {
+        if (MM == 1) q4_k_rows8_t(1, row, stride, a, m0, out, next);
+        else q4_k_rows8_t(MM, row, stride, a, m0, out, next);
+    }
+}
+#else
+INLINE int rows8_type(int type) { (void)type; return 0; }
+static void qdot_rows8(int type, const uint8_t *row, long stride, const act_t *a, int m0, int MM, float *out,
+                       const uint8_t *next) {
+    (void)type; (void)row; (void)stride; (void)a; (void)m0; (void)MM; (void)out; (void)next;
+}
+#endif
