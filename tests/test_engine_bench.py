@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from tests.tiny_checkpoints import write_tiny_v3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +83,29 @@ def test_the_gguf_bench_writes_i_quant_expert_blocks_that_read_back_finite_withi
             assert torch.isfinite(w).all() and 0 < w.abs().max() <= 0.01 * 31 * 62
     assert file_config({"moe_intermediate_size": 1408}, "IQ1_S")["moe_intermediate_size"] == 2048
     assert file_config({"moe_intermediate_size": 1408}, "Q8_0")["moe_intermediate_size"] == 1408
+
+
+def test_the_matvec_benchs_row_at_a_time_build_gives_the_default_builds_products():
+    """bench/gguf_matvec_bench.py's baseline (-DKQ_ONE_ROW) and the default build (eight Q4_0 /
+    Q4_K rows at a time on AVX2) compute the same integers: the same products up to float32
+    sums' order, for every type it times, 1 and 3 activation rows, both precisions."""
+    from bench.gguf_matvec_bench import TYPES, one_row_build, random_matrix
+    from kernels import kquant
+
+    if kquant.lib() is None:
+        pytest.skip("no C compiler: the native GGUF kernels did not build")
+    builds = (one_row_build(), kquant.lib())
+    n, k = 20, 512   # two groups of eight rows and four more
+    for name, t in TYPES.items():
+        w = random_matrix(t, n, k, seed=t)
+        for rows in (1, 3):
+            x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
+            for act in (8, 16):
+                ys = []
+                for so in builds:
+                    y = torch.empty(rows, n)
+                    assert so.kq_gemm(t, x.data_ptr(), rows, k, w.ctypes.data, w.shape[1], n, y.data_ptr(), n, 1, act) == 0
+                    ys.append(y)
+                assert torch.isfinite(ys[1]).all()
+                rel = ((ys[0] - ys[1]).abs().max() / ys[1].abs().max()).item()
+                assert rel < 1e-5, (name, rows, act, rel)

@@ -15,6 +15,8 @@
  *   otherwise: 256 weights of a row at a time dequantized into float32 (from L1), their dot
  *     product with each activation row in float32 -- the dequantized weights' exact product
  *     up to summation order (the reference).
+ * At 8 / 16 bits on AVX2 builds, Q4_0 and Q4_K rows go eight at a time where they come in
+ * eights (qdot_rows8, kquant_dot.h: decode's matrix-vector products); the rest a row at a time.
  * Many rows (prefill), kq_gemm_tiled: Q4_0, Q8_0, Q4_K, Q6_K at 8-bit activations, a tiled GEMM
  * on AVX2 builds (and VNNI ones: the same code, VNNI's dot instructions where they save one),
  * kq_gemm 8 rows at a time on the others (plain C, NEON); kernels/kquant.py runs it on the x86

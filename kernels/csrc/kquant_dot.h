@@ -816,7 +816,7 @@ static void qdot_row(int type, const uint8_t *row, const act_t *a, int m0, int M
  * prefetched a block's share at a time (one group ahead, ~9 KB at k = 2048): the prefetch
  * distance a stream of DRAM reads needs. The integers are dot32_t's; the float sum of a row is
  * over its blocks in order (dot32_t sums eight lanes, then the lanes). */
-#if defined(KQ_AVX2)
+#if defined(KQ_AVX2) && !defined(KQ_ONE_ROW)   /* KQ_ONE_ROW: every row alone (bench/gguf_matvec_bench.py's baseline) */
 INLINE int rows8_type(int type) { return type == 2 || type == 12; }
 
 INLINE __m256 q4_0_scales8(const uint8_t *const *p) {
