@@ -804,7 +804,7 @@ static void qdot_row(int type, const uint8_t *row, const act_t *a, int m0, int M
  *
  * One row at a time, a Q4_0 block of 32 weights costs ~24 instructions (unpack, sign tricks, one
  * maddubs, convert, scale, fma) and a row's stream of 18-byte blocks is prefetched a block at a
- * time: on a real AVX2 core (Zen 3) that ran at ~10 GB/s of weights, a DRAM stream there reads
+ * time: on a real AVX2 core (Zen 3) that ran at 7-9 GB/s of weights, where a DRAM stream reads
  * at ~25. Eight consecutive rows read together, as stored (no repacking), instead give each
  * 32-bit lane one row: the rows' 16 code bytes are transposed in 4-byte words (lane r of c[i]:
  * row r's bytes 4i..4i+3, i.e. codes 4i..4i+3 in the low nibbles and 16+4i.. in the high), so
@@ -816,7 +816,8 @@ static void qdot_row(int type, const uint8_t *row, const act_t *a, int m0, int M
  * prefetched a block's share at a time (one group ahead, ~9 KB at k = 2048): the prefetch
  * distance a stream of DRAM reads needs. The integers are dot32_t's; the float sum of a row is
  * over its blocks in order (dot32_t sums eight lanes, then the lanes). */
-#if defined(KQ_AVX2) && !defined(KQ_ONE_ROW)   /* KQ_ONE_ROW: every row alone (bench/gguf_matvec_bench.py's baseline) */
+/* (vcvtph2ps: every AVX2 target Duet builds for has F16C; KQ_ONE_ROW: every row alone, bench/gguf_matvec_bench.py's baseline) */
+#if defined(KQ_AVX2) && defined(__F16C__) && !defined(KQ_ONE_ROW)
 INLINE int rows8_type(int type) { return type == 2 || type == 12; }
 
 INLINE __m256 q4_0_scales8(const uint8_t *const *p) {
