@@ -857,6 +857,15 @@ INLINE __m256i q4_0_sums8(const __m256i *lo, const __m256i *hv, const int8_t *x)
     return s;
 }
 
+/* block b of eight rows (bb bytes a block) -> p[0..7]; and the next group's share of that block
+ * (share bytes) prefetched, where there is a next group */
+INLINE void rows8_block(const uint8_t *row, long stride, long bb, int b, const uint8_t *next, long share,
+                        const uint8_t **p) {
+    for (int r = 0; r < 8; r++) p[r] = row + r * stride + bb * b;
+    if (next)
+        for (long o = 0; o < share; o += 64) __builtin_prefetch(next + b * share + o, 0, 3);
+}
+
 /* rows row, row + stride, .., row + 7 stride (Q4_0, a->k inputs) against activation rows m0 ..
  * m0+MM-1 -> out[m * 8 + r]; next: the following group's first row (prefetched), or NULL */
 INLINE void q4_0_rows8_t(const int MM, const uint8_t *row, long stride, const act_t *a, int m0, float *out,
@@ -868,9 +877,7 @@ INLINE void q4_0_rows8_t(const int MM, const uint8_t *row, long stride, const ac
     for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *p[8];
-        for (int r = 0; r < 8; r++) p[r] = row + r * stride + 18L * b;
-        if (next)
-            for (long o = 0; o < share; o += 64) __builtin_prefetch(next + b * share + o, 0, 3);
+        rows8_block(row, stride, 18, b, next, share, p);
         __m256i c[4], lo[4], hv[4];
         q4_0_codes8(p, c);
         for (int i = 0; i < 4; i++) {
@@ -978,9 +985,7 @@ INLINE void q4_k_rows8_t(const int MM, const uint8_t *row, long stride, const ac
     for (int m = 0; m < MM; m++) acc[m] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *p[8];
-        for (int r = 0; r < 8; r++) p[r] = row + r * stride + 144L * b;
-        if (next)
-            for (long o = 0; o < share; o += 64) __builtin_prefetch(next + b * share + o, 0, 3);
+        rows8_block(row, stride, 144, b, next, share, p);
         int32_t sc[8][8] __attribute__((aligned(32))), mn[8][8] __attribute__((aligned(32)));
         q4_k_scales8(p, sc, mn);
         const __m256 d = half8(p, 0), dmin = half8(p, 2);
