@@ -247,7 +247,7 @@ def test_the_tiled_gemm_neither_overflows_nor_saturates_at_extremes(build, type_
 def test_the_few_row_dot_products_neither_overflow_nor_saturate_at_extremes(build, type_id, act):
     """The largest weights of either sign against activation codes at +-127 with second codes at
     +-64 (x / d = 126.5: the widest 16-bit values, 128 q + r = +-16320), one and three rows;
-    twelve weight rows: Q4_0's eight-row products (q4_0_rows8) and the rows after them."""
+    twelve weight rows: Q4_0's and Q4_K's eight-row products (qdot_rows8) and the rows after them."""
     k = 512
     w = kquant.GGUFWeight(type_id, (12, k), torch.from_numpy(_extreme_blocks(type_id, 12, k)))
     x = torch.full((3, k), 126.5)
